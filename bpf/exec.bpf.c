@@ -1,0 +1,49 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/* bpfstream exec: one record per successful execve/execveat, with the whole filename. */
+#include "bpfstream.h"
+#include <bpf/bpf_core_read.h>
+#include "exec.h"
+
+/* Kernel-side filters, set at load time (0 / empty: no filter). */
+const volatile __u32 targ_pid = 0;
+const volatile bool filter_comm = false;
+const volatile char targ_comm[16] = {};
+
+SEC("tracepoint/sched/sched_process_exec")
+int handle_exec(struct trace_event_raw_sched_process_exec *ctx)
+{
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	struct task_struct *task;
+	struct exec_event *e;
+	unsigned int fname_off;
+	long n;
+
+	if (targ_pid && pid != targ_pid)
+		return 0;
+
+	e = bpfstream_scratch();
+	if (!e)
+		return 0;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	if (filter_comm && !bpfstream_comm_eq(e->comm, targ_comm))
+		return 0;
+
+	task = (struct task_struct *)bpf_get_current_task();
+	e->ts_ns = bpf_ktime_get_ns();
+	e->pid = pid;
+	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	e->uid = (__u32)bpf_get_current_uid_gid();
+
+	/* __data_loc: low 16 bits are the offset of the string from the start of the record. */
+	fname_off = ctx->__data_loc_filename & 0xFFFF;
+	n = bpf_probe_read_kernel_str((void *)(e + 1), EXEC_FILENAME_MAX, (void *)ctx + fname_off);
+	if (n < 1)
+		n = 1;	/* unreadable: send an empty filename rather than nothing */
+	if (n > EXEC_FILENAME_MAX)
+		n = EXEC_FILENAME_MAX;
+	e->filename_len = n - 1;
+	bpfstream_output(ctx, e, sizeof(*e) + (n - 1));
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,225 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * bpfstream.h: the one transport layer every bpfstream BPF program sends through.
+ *
+ * Every program is compiled twice from the same source:
+ *   - ring variant (default):    `events` is a BPF_MAP_TYPE_RINGBUF (kernel >= 5.8);
+ *   - perf variant (-DBPFSTREAM_PERF): `events` is a BPF_MAP_TYPE_PERF_EVENT_ARRAY (kernel >= 4.4),
+ * so userspace picks the transport at start-up by loading one object or the other.
+ *
+ * Sending, identical in both variants:
+ *   struct ev *e = bpfstream_reserve(struct ev);  (NULL: dropped and counted, just return)
+ *   ... fill e ...
+ *   bpfstream_submit(ctx, e);                      (or bpfstream_discard(e) to send nothing)
+ * and, for records whose length is only known at run time (a path, a buffer):
+ *   void *buf = bpfstream_scratch();               (per-CPU, BPFSTREAM_SCRATCH_SIZE bytes)
+ *   ... fill len bytes ...
+ *   bpfstream_output(ctx, buf, len);               (the record is exactly len bytes long)
+ *
+ * Accounting (userspace relies on it): every attempt counts `produced` and every failure counts
+ * `dropped` in the per-CPU `bpfstream_stats` map. bpf_ringbuf_reserve() returning NULL is
+ * otherwise invisible to userspace; with these counters it is reported like a perf LOST record,
+ * and delivered + dropped == produced holds for every stream.
+ *
+ * Wakeup policy (ring variant; the perf variant's policy lives in perf_event_attr and is set by
+ * userspace): read-only globals set at load time.
+ */
+#ifndef BPFSTREAM_H
+#define BPFSTREAM_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+
+#ifndef BPFSTREAM_SCRATCH_SIZE
+/* Largest record a program can build in scratch memory (power of two, bounds the verifier). */
+#define BPFSTREAM_SCRATCH_SIZE 8192
+#endif
+
+/* Mirrored in Rust as bpfstream::accounting::WakeupPolicy; keep the numbers in step. */
+enum bpfstream_wakeup {
+	BPFSTREAM_WAKE_ADAPTIVE = 0,	/* kernel default: wake when the consumer had caught up */
+	BPFSTREAM_WAKE_EVERY = 1,	/* BPF_RB_FORCE_WAKEUP on every record */
+	BPFSTREAM_WAKE_NEVER = 2,	/* BPF_RB_NO_WAKEUP: userspace polls on its own timer */
+	BPFSTREAM_WAKE_COUNT = 3,	/* force a wakeup every `bpfstream_wakeup_arg` records per CPU */
+	BPFSTREAM_WAKE_BYTES = 4,	/* force a wakeup once `bpfstream_wakeup_arg` bytes wait */
+};
+
+const volatile __u32 bpfstream_wakeup_policy = BPFSTREAM_WAKE_ADAPTIVE;
+const volatile __u64 bpfstream_wakeup_arg = 0;
+
+/* Mirrored in Rust as bpfstream::accounting::Counters (size and offsets are tested). */
+struct bpfstream_counters {
+	__u64 produced;		/* records this CPU tried to send */
+	__u64 dropped;		/* of those, records that could not be written */
+	__u64 since_wakeup;	/* records since the last forced wakeup (BPFSTREAM_WAKE_COUNT) */
+	__u64 forced_wakeups;	/* submits that carried BPF_RB_FORCE_WAKEUP */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bpfstream_counters);
+} bpfstream_stats SEC(".maps");
+
+struct bpfstream_scratch_buf {
+	__u8 data[BPFSTREAM_SCRATCH_SIZE];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bpfstream_scratch_buf);
+} bpfstream_scratch_map SEC(".maps");
+
+#ifdef BPFSTREAM_PERF
+struct {
+	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} events SEC(".maps");
+#else
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);	/* userspace sets the real size at load */
+} events SEC(".maps");
+#endif
+
+static __always_inline struct bpfstream_counters *bpfstream_counters(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&bpfstream_stats, &zero);
+}
+
+/* Per-CPU scratch memory; tracing programs do not nest on one CPU, so it is ours until return. */
+static __always_inline void *bpfstream_scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&bpfstream_scratch_map, &zero);
+}
+
+static __always_inline void bpfstream_count(bool dropped)
+{
+	struct bpfstream_counters *c = bpfstream_counters();
+
+	if (!c)
+		return;
+	c->produced++;
+	if (dropped)
+		c->dropped++;
+}
+
+#ifndef BPFSTREAM_PERF
+/* Wakeup flags for the record being committed, per the load-time policy. */
+static __always_inline __u64 bpfstream_wakeup_flags(void)
+{
+	struct bpfstream_counters *c;
+	__u64 flags = BPF_RB_NO_WAKEUP;
+
+	switch (bpfstream_wakeup_policy) {
+	case BPFSTREAM_WAKE_EVERY:
+		flags = BPF_RB_FORCE_WAKEUP;
+		break;
+	case BPFSTREAM_WAKE_NEVER:
+		break;
+	case BPFSTREAM_WAKE_COUNT:
+		c = bpfstream_counters();
+		if (c && ++c->since_wakeup >= bpfstream_wakeup_arg) {
+			c->since_wakeup = 0;
+			flags = BPF_RB_FORCE_WAKEUP;
+		}
+		break;
+	case BPFSTREAM_WAKE_BYTES:
+		/* Includes the record being committed: its space is already reserved. */
+		if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= bpfstream_wakeup_arg)
+			flags = BPF_RB_FORCE_WAKEUP;
+		break;
+	default:
+		flags = 0;
+	}
+	if (flags == BPF_RB_FORCE_WAKEUP) {
+		c = bpfstream_counters();
+		if (c)
+			c->forced_wakeups++;
+	}
+	return flags;
+}
+
+/*
+ * Reserve a fixed-size record in the ring; NULL means dropped (already counted). A reserved
+ * record is counted as produced when it is submitted; a discarded one was never produced.
+ */
+#define bpfstream_reserve(type) ((type *)bpfstream_reserved(bpf_ringbuf_reserve(&events, sizeof(type), 0)))
+
+static __always_inline void *bpfstream_reserved(void *rec)
+{
+	if (!rec)
+		bpfstream_count(true);
+	return rec;
+}
+
+static __always_inline void bpfstream_submit_rec(void *rec)
+{
+	bpfstream_count(false);
+	bpf_ringbuf_submit(rec, bpfstream_wakeup_flags());
+}
+
+#define bpfstream_submit(ctx, rec) bpfstream_submit_rec(rec)
+#define bpfstream_discard(rec) bpf_ringbuf_discard((rec), BPF_RB_NO_WAKEUP)
+
+/* Send `len` bytes (1..BPFSTREAM_SCRATCH_SIZE) of `data` as one record of exactly that length. */
+static __always_inline long bpfstream_output(void *ctx, void *data, __u64 len)
+{
+	long err;
+
+	if (len == 0 || len > BPFSTREAM_SCRATCH_SIZE) {
+		bpfstream_count(true);
+		return -22; /* -EINVAL */
+	}
+	err = bpf_ringbuf_output(&events, data, len, bpfstream_wakeup_flags());
+	bpfstream_count(err != 0);
+	return err;
+}
+
+#else /* BPFSTREAM_PERF */
+
+/*
+ * perf has no reservation: the record is built in per-CPU scratch memory and copied out by
+ * bpf_perf_event_output() at submit time. A failed output is counted here and also shows up as
+ * a PERF_RECORD_LOST in that CPU's buffer.
+ */
+#define bpfstream_reserve(type) ((type *)bpfstream_scratch())
+#define bpfstream_submit(ctx, rec) bpfstream_output((ctx), (rec), sizeof(*(rec)))
+#define bpfstream_discard(rec) do { } while (0)
+
+static __always_inline long bpfstream_output(void *ctx, void *data, __u64 len)
+{
+	long err;
+
+	if (len == 0 || len > BPFSTREAM_SCRATCH_SIZE) {
+		bpfstream_count(true);
+		return -22; /* -EINVAL */
+	}
+	err = bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, data, len);
+	bpfstream_count(err != 0);
+	return err;
+}
+#endif /* BPFSTREAM_PERF */
+
+/* Exact comparison of two comms (TASK_COMM_LEN bytes, NUL-terminated). */
+static __always_inline bool bpfstream_comm_eq(const char *a, const volatile char *b)
+{
+#pragma unroll
+	for (int i = 0; i < 16; i++) {
+		if (a[i] != b[i])
+			return false;
+		if (a[i] == 0)
+			return true;
+	}
+	return true;
+}
+
+#endif /* BPFSTREAM_H */

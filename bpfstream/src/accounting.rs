@@ -1,0 +1,174 @@
+//! The userspace half of `bpf/include/bpfstream.h`: the per-CPU counters every bpfstream BPF
+//! program keeps, and the wakeup policy it reads at load time.
+//!
+//! A failed `bpf_ringbuf_reserve()` is visible only to the BPF program, so the header counts it
+//! (`dropped`) next to every attempt (`produced`). [`DropCounters`] reads those counters and
+//! turns their increments into [`Lost`] items, the same shape a perf buffer's
+//! `PERF_RECORD_LOST` takes, which is how ring-buffer drops stop being silent.
+
+use std::mem::size_of;
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::sys::{self, map_type};
+use crate::{Error, LossOrigin, Lost};
+
+/// Name of the per-CPU counters map defined by `bpfstream.h`.
+pub const STATS_MAP: &str = "bpfstream_stats";
+/// Name of the read-only global holding the wakeup policy.
+pub const WAKEUP_POLICY_GLOBAL: &str = "bpfstream_wakeup_policy";
+/// Name of the read-only global holding the wakeup policy's argument.
+pub const WAKEUP_ARG_GLOBAL: &str = "bpfstream_wakeup_arg";
+
+/// `struct bpfstream_counters`, one per CPU.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Records the CPU tried to send.
+    pub produced: u64,
+    /// Records that could not be written (ring full, perf buffer full, bad length).
+    pub dropped: u64,
+    /// Records since the last forced wakeup (count-based wakeup policy).
+    pub since_wakeup: u64,
+    /// Submits that forced a wakeup.
+    pub forced_wakeups: u64,
+}
+
+impl Counters {
+    fn add(&mut self, other: &Counters) {
+        self.produced += other.produced;
+        self.dropped += other.dropped;
+        self.since_wakeup += other.since_wakeup;
+        self.forced_wakeups += other.forced_wakeups;
+    }
+}
+
+/// When a ring-buffer producer wakes the consumer (`enum bpfstream_wakeup`). A perf buffer's
+/// equivalent is [`crate::PerfWakeup`], set when the buffer is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WakeupPolicy {
+    /// The kernel's default: wake when the consumer had caught up (flags 0).
+    #[default]
+    Adaptive,
+    /// `BPF_RB_FORCE_WAKEUP` on every record.
+    EveryRecord,
+    /// `BPF_RB_NO_WAKEUP` always: the consumer must poll with a timeout, which bounds the delay.
+    Never,
+    /// Force a wakeup every N records per CPU.
+    EveryRecords(u64),
+    /// Force a wakeup once N bytes wait in the ring (`bpf_ringbuf_query(BPF_RB_AVAIL_DATA)`).
+    Bytes(u64),
+}
+
+impl WakeupPolicy {
+    /// The values of `bpfstream_wakeup_policy` and `bpfstream_wakeup_arg`.
+    pub fn globals(self) -> (u32, u64) {
+        match self {
+            WakeupPolicy::Adaptive => (0, 0),
+            WakeupPolicy::EveryRecord => (1, 0),
+            WakeupPolicy::Never => (2, 0),
+            WakeupPolicy::EveryRecords(n) => (3, n.max(1)),
+            WakeupPolicy::Bytes(n) => (4, n.max(1)),
+        }
+    }
+}
+
+/// Reader of the `bpfstream_stats` per-CPU map.
+#[derive(Debug)]
+pub struct DropCounters {
+    map: OwnedFd,
+    value: Vec<u8>,
+    reported: Vec<u64>,
+}
+
+impl DropCounters {
+    /// Opens the counters behind `map` (a `BPF_MAP_TYPE_PERCPU_ARRAY` of
+    /// `struct bpfstream_counters`).
+    pub fn new(map: impl AsFd) -> Result<Self, Error> {
+        let info = sys::expect_map_type(map.as_fd(), map_type::PERCPU_ARRAY)?;
+        if info.value_size as usize != size_of::<Counters>() {
+            return Err(Error::WrongMapType {
+                expected: format!("per-CPU array of struct bpfstream_counters ({} bytes)", size_of::<Counters>()),
+                actual: format!("values of {} bytes ({:?})", info.value_size, info.name()),
+            });
+        }
+        let cpus = sys::possible_cpus()?;
+        Ok(DropCounters {
+            map: sys::dup(map.as_fd())?,
+            value: vec![0; cpus * size_of::<Counters>()],
+            reported: vec![0; cpus],
+        })
+    }
+
+    /// The counters of every possible CPU, indexed by CPU.
+    pub fn read(&mut self) -> Result<Vec<Counters>, Error> {
+        sys::map_lookup_u32(self.map.as_fd(), 0, &mut self.value)?;
+        Ok(self
+            .value
+            .chunks_exact(size_of::<Counters>())
+            .map(|chunk| {
+                let field = |i: usize| u64::from_ne_bytes(chunk[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+                Counters { produced: field(0), dropped: field(1), since_wakeup: field(2), forced_wakeups: field(3) }
+            })
+            .collect())
+    }
+
+    /// The counters summed over all CPUs.
+    pub fn total(&mut self) -> Result<Counters, Error> {
+        let mut sum = Counters::default();
+        for c in self.read()? {
+            sum.add(&c);
+        }
+        Ok(sum)
+    }
+
+    /// Drops counted since the last call, one [`Lost`] per CPU that dropped, as a consumer
+    /// reports them. `floor[cpu]`, when given, is what was already reported for that CPU by other
+    /// means (perf LOST records); only what exceeds both is new.
+    pub fn new_drops(&mut self, already: Option<&[u64]>) -> Result<Vec<Lost>, Error> {
+        let counters = self.read()?;
+        let mut lost = Vec::new();
+        for (cpu, c) in counters.iter().enumerate() {
+            let seen = self.reported[cpu].max(already.and_then(|a| a.get(cpu).copied()).unwrap_or(0));
+            if c.dropped > seen {
+                lost.push(Lost { count: c.dropped - seen, cpu: Some(cpu as u32), origin: LossOrigin::DropCounter });
+            }
+            self.reported[cpu] = seen.max(c.dropped);
+        }
+        Ok(lost)
+    }
+
+    /// Marks `count` drops on `cpu` as reported by other means (a perf LOST record), so
+    /// [`new_drops`](Self::new_drops) does not report them twice. Returns how many of them the
+    /// counters had not covered yet (and so are new).
+    pub fn note_reported(&mut self, cpu: u32, total_for_cpu: u64) -> u64 {
+        let slot = &mut self.reported[cpu as usize];
+        let new = total_for_cpu.saturating_sub(*slot);
+        *slot = (*slot).max(total_for_cpu);
+        new
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_match_the_c_layout() {
+        // struct bpfstream_counters in bpf/include/bpfstream.h: four __u64.
+        assert_eq!(size_of::<Counters>(), 32);
+        assert_eq!(std::mem::offset_of!(Counters, produced), 0);
+        assert_eq!(std::mem::offset_of!(Counters, dropped), 8);
+        assert_eq!(std::mem::offset_of!(Counters, since_wakeup), 16);
+        assert_eq!(std::mem::offset_of!(Counters, forced_wakeups), 24);
+    }
+
+    #[test]
+    fn wakeup_policy_numbers_match_the_c_enum() {
+        assert_eq!(WakeupPolicy::Adaptive.globals(), (0, 0));
+        assert_eq!(WakeupPolicy::EveryRecord.globals(), (1, 0));
+        assert_eq!(WakeupPolicy::Never.globals(), (2, 0));
+        assert_eq!(WakeupPolicy::EveryRecords(500).globals(), (3, 500));
+        assert_eq!(WakeupPolicy::Bytes(4096).globals(), (4, 4096));
+        assert_eq!(WakeupPolicy::EveryRecords(0).globals(), (3, 1));
+    }
+}

@@ -1,0 +1,455 @@
+//! Consumer of `BPF_MAP_TYPE_PERF_EVENT_ARRAY` (Linux 4.4+): one ring per CPU, filled by
+//! `bpf_perf_event_output()`.
+//!
+//! # Memory layout
+//!
+//! For every online CPU we open a `PERF_COUNT_SW_BPF_OUTPUT` software event, store its fd in the
+//! map slot of that CPU, and mmap it read-write (a read-write mapping is what tells the kernel to
+//! respect `data_tail`; a read-only one makes it overwrite unread data):
+//!
+//! ```text
+//!  page 0: struct perf_event_mmap_page          pages 1 ..= 2^n: data (data_size bytes)
+//!  +-------------------------------------+      +------------------------------------------+
+//!  | ...                                 |      | records, 8-byte aligned, wrapping at the  |
+//!  | @1024 u64 data_head  (kernel writes)|      | end: NOT double mapped, so a record that  |
+//!  | @1032 u64 data_tail  (we write)     |      | straddles the end is copied out           |
+//!  | @1040 u64 data_offset               |      +------------------------------------------+
+//!  | @1048 u64 data_size                 |
+//!  +-------------------------------------+
+//! ```
+//!
+//! Records start with `struct perf_event_header { u32 type; u16 misc; u16 size; }`, `size`
+//! counting the header and a multiple of 8:
+//!
+//! ```text
+//!  PERF_RECORD_SAMPLE (9), sample_type = PERF_SAMPLE_RAW:  u32 raw_size; u8 raw[raw_size];
+//!      raw_size includes zero padding so that 4 + raw_size is a multiple of 8: the payload
+//!      starts 4-byte aligned and may carry up to 7 trailing padding bytes.
+//!  PERF_RECORD_LOST (2):  u64 id; u64 lost;   (samples the kernel could not write)
+//! ```
+//!
+//! Head and tail are free-running byte counters. The kernel's side of the protocol is the
+//! diagram in `kernel/events/ring_buffer.c` (perf_output_put_handle):
+//!
+//! ```text
+//!    kernel                             user
+//!    if (LOAD ->data_tail) {            LOAD ->data_head
+//!                     (A)               smp_rmb()       (C)
+//!       STORE $data                     LOAD $data
+//!       smp_wmb()     (B)               smp_mb()        (D)
+//!       STORE ->data_head               STORE ->data_tail
+//!    }
+//! ```
+
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::sys::{self, map_type, Epoll, Mmap, PerfEventAttr};
+use crate::{Error, Flow, Item, LossOrigin, Lost, Record};
+
+/// `PERF_RECORD_LOST`.
+pub const RECORD_LOST: u32 = 2;
+/// `PERF_RECORD_SAMPLE`.
+pub const RECORD_SAMPLE: u32 = 9;
+/// Size of `struct perf_event_header`.
+pub const HEADER_SIZE: u64 = 8;
+
+const DATA_HEAD_OFFSET: usize = 1024;
+const DATA_TAIL_OFFSET: usize = 1032;
+
+/// The memory of one CPU's perf ring: the kernel's mmap, or a simulation in tests.
+///
+/// # Safety
+///
+/// Implementors guarantee, for as long as the value lives:
+/// - `size()` is a power of two and a multiple of 8;
+/// - `data()` is 8-byte aligned and valid for reads of `size()` bytes;
+/// - bytes between `data_tail` and `data_head` are not written until `data_tail` moves past
+///   them.
+pub unsafe trait PerfMemory {
+    /// Written by the kernel: end of the data written so far.
+    fn data_head(&self) -> &AtomicU64;
+    /// Written by us: end of the data consumed so far.
+    fn data_tail(&self) -> &AtomicU64;
+    /// Start of the data area.
+    fn data(&self) -> NonNull<u8>;
+    /// Size of the data area in bytes.
+    fn size(&self) -> usize;
+}
+
+/// Outcome of one pass over a CPU's ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Pass {
+    pub records: usize,
+    pub bytes: u64,
+    pub lost: u64,
+    pub stopped: bool,
+}
+
+fn corrupt(position: u64, length: u64, reason: &'static str) -> Error {
+    Error::Corrupt { transport: "perf", position, length, reason }
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Reads the records of one CPU's ring in order: samples go to `handler` as
+/// [`Item::Record`], `PERF_RECORD_LOST` as [`Item::Lost`], other record types are skipped.
+/// `data_tail` is published once per batch (one read of `data_head`, capped at
+/// `publish_every` bytes). Stops after `max` samples, when the handler says stop, when the ring
+/// is empty, or after one ring's worth of bytes.
+pub(crate) fn consume<M: PerfMemory + ?Sized, F: Flow>(
+    mem: &M,
+    cpu: u32,
+    scratch: &mut Vec<u8>,
+    max: usize,
+    publish_every: u64,
+    handler: &mut dyn FnMut(Item<'_>) -> F,
+) -> Result<Pass, Error> {
+    let size = mem.size() as u64;
+    let mask = size - 1;
+    let data = mem.data();
+    let mut pass = Pass::default();
+    // Only we write data_tail.
+    let mut tail = mem.data_tail().load(Ordering::Relaxed);
+    let start = tail;
+    let mut published = tail;
+
+    let result = 'outer: loop {
+        // (C): pairs with the kernel's smp_wmb() (B) before it stores data_head; everything
+        // below the head we read is fully written.
+        let head = mem.data_head().load(Ordering::Acquire);
+        if tail >= head || tail - start >= size {
+            break Ok(());
+        }
+        while tail < head {
+            if pass.records >= max || pass.stopped {
+                break 'outer Ok(());
+            }
+            let offset = (tail & mask) as usize;
+            // SAFETY: headers are 8-aligned and size is a multiple of 8, so the 8 header bytes
+            // lie inside the data area; they are below data_head and not rewritten before
+            // data_tail passes them.
+            let header = unsafe { std::slice::from_raw_parts(data.as_ptr().add(offset), HEADER_SIZE as usize) };
+            let kind = u32_at(header, 0);
+            let length = u64::from(u16::from_ne_bytes([header[6], header[7]]));
+            if length < HEADER_SIZE || length % 8 != 0 || length > head - tail {
+                break 'outer Err(corrupt(tail, length, "record size is not a multiple of 8 inside the written data"));
+            }
+            let record: &[u8] = if offset as u64 + length <= size {
+                // SAFETY: [offset, offset + length) is inside the data area and below data_head.
+                unsafe { std::slice::from_raw_parts(data.as_ptr().add(offset), length as usize) }
+            } else {
+                // The record wraps: copy its two parts into one contiguous buffer.
+                let first = size as usize - offset;
+                scratch.clear();
+                // SAFETY: the record's first part runs to the end of the data area and the
+                // rest starts at its beginning; both are below data_head.
+                unsafe {
+                    scratch.extend_from_slice(std::slice::from_raw_parts(data.as_ptr().add(offset), first));
+                }
+                // SAFETY: as above, the second part: length - first bytes from the start.
+                unsafe {
+                    scratch.extend_from_slice(std::slice::from_raw_parts(data.as_ptr(), length as usize - first));
+                }
+                scratch
+            };
+            match kind {
+                RECORD_SAMPLE => {
+                    if length < HEADER_SIZE + 4 {
+                        break 'outer Err(corrupt(tail, length, "sample too short for its raw size"));
+                    }
+                    let raw_size = u64::from(u32_at(record, 8));
+                    if HEADER_SIZE + 4 + raw_size > length {
+                        break 'outer Err(corrupt(tail, raw_size, "raw sample size exceeds its record"));
+                    }
+                    let payload = &record[12..12 + raw_size as usize];
+                    pass.records += 1;
+                    pass.bytes += raw_size;
+                    pass.stopped = handler(Item::Record(Record { data: payload, cpu: Some(cpu) })).is_stop();
+                }
+                RECORD_LOST => {
+                    if length < HEADER_SIZE + 16 {
+                        break 'outer Err(corrupt(tail, length, "LOST record too short"));
+                    }
+                    let count = u64_at(record, 16);
+                    pass.lost += count;
+                    pass.stopped =
+                        handler(Item::Lost(Lost { count, cpu: Some(cpu), origin: LossOrigin::PerfLostRecord }))
+                            .is_stop();
+                }
+                _ => {} // THROTTLE, UNTHROTTLE, ...: nothing for a BPF output consumer.
+            }
+            tail += length;
+            if tail - published >= publish_every {
+                publish(mem, tail);
+                published = tail;
+            }
+        }
+    };
+    if tail != published {
+        publish(mem, tail);
+    }
+    result.map(|()| pass)
+}
+
+fn publish<M: PerfMemory + ?Sized>(mem: &M, tail: u64) {
+    // (D): our reads of the records happen before the kernel can see the space as free; pairs
+    // with the kernel's READ_ONCE(data_tail) + smp_mb() (A) in perf_output_begin().
+    mem.data_tail().store(tail, Ordering::Release);
+}
+
+/// When a CPU's perf buffer wakes its reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PerfWakeup {
+    /// After this many samples (`wakeup_events`; libbpf's default is 1: every sample).
+    Events(u32),
+    /// Once this many bytes are waiting (`wakeup_watermark`).
+    Bytes(u32),
+}
+
+/// How to open a [`PerfBuffer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerfOptions {
+    /// Data pages per CPU: a power of two (the mapping is one page more).
+    pub pages_per_cpu: usize,
+    /// Wakeup policy; `None` picks a watermark of a quarter of the buffer. Whatever it is, a
+    /// reader that polls with a timeout bounds the delivery delay by that timeout.
+    pub wakeup: Option<PerfWakeup>,
+}
+
+impl Default for PerfOptions {
+    fn default() -> Self {
+        PerfOptions { pages_per_cpu: 64, wakeup: None }
+    }
+}
+
+impl PerfOptions {
+    /// The wakeup that will be used for a buffer of `data_size` bytes per CPU.
+    pub fn effective_wakeup(&self, data_size: usize) -> PerfWakeup {
+        self.wakeup.unwrap_or(PerfWakeup::Bytes((data_size / 4).max(1) as u32))
+    }
+}
+
+/// One CPU's perf event and its mapping.
+struct CpuRing {
+    cpu: u32,
+    event: OwnedFd,
+    mmap: Mmap,
+    data_size: usize,
+    lost: u64,
+}
+
+// SAFETY: the mapping is 1 + 2^n pages of a BPF-output perf event: the perf_event_mmap_page
+// (data_head/data_tail at their uapi offsets, 8-aligned) then `data_size` bytes of data at
+// offset PAGE (the kernel's data_offset), alive as long as `self`. The kernel writes only ahead
+// of data_tail because the mapping is writable (no overwrite mode).
+unsafe impl PerfMemory for CpuRing {
+    fn data_head(&self) -> &AtomicU64 {
+        // SAFETY: data_head is an aligned u64 at offset 1024 of the mapped control page.
+        unsafe { &*self.mmap.ptr().as_ptr().add(DATA_HEAD_OFFSET).cast::<AtomicU64>() }
+    }
+    fn data_tail(&self) -> &AtomicU64 {
+        // SAFETY: data_tail is an aligned u64 at offset 1032 of the mapped control page.
+        unsafe { &*self.mmap.ptr().as_ptr().add(DATA_TAIL_OFFSET).cast::<AtomicU64>() }
+    }
+    fn data(&self) -> NonNull<u8> {
+        // SAFETY: the data area starts one page into a mapping of 1 + 2^n pages.
+        unsafe { self.mmap.ptr().add(sys::page_size()) }
+    }
+    fn size(&self) -> usize {
+        self.data_size
+    }
+}
+
+/// Fill and loss of one CPU's perf buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerfCpuStats {
+    /// The CPU.
+    pub cpu: u32,
+    /// Data bytes of this CPU's ring.
+    pub size: u64,
+    /// Bytes written and not yet consumed.
+    pub available: u64,
+    /// Samples the kernel reported lost (PERF_RECORD_LOST) so far.
+    pub lost: u64,
+}
+
+/// A consumer of one `BPF_MAP_TYPE_PERF_EVENT_ARRAY`: a ring per online CPU.
+///
+/// Samples are lent as [`Item::Record`] with their CPU; a sample that wraps the end of its ring
+/// is copied into a scratch buffer first. Payloads are 4-byte aligned and may end with up to 7
+/// bytes of padding (decode with a length-checked, alignment-safe copy such as
+/// [`crate::FromRecord`]). Kernel losses arrive as [`Item::Lost`].
+///
+/// Minimum kernel: 4.4 (BPF output events); `PERF_FLAG_FD_CLOEXEC` 3.14.
+pub struct PerfBuffer {
+    map: OwnedFd,
+    epoll: Epoll,
+    cpus: Vec<CpuRing>,
+    scratch: Vec<u8>,
+    wakeup: PerfWakeup,
+    next: usize,
+    ready: Vec<u64>,
+}
+
+impl fmt::Debug for PerfBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PerfBuffer").field("wakeup", &self.wakeup).field("cpus", &self.stats()).finish()
+    }
+}
+
+impl PerfBuffer {
+    /// Opens a buffer on every online CPU and stores their fds in `map` (a
+    /// `BPF_MAP_TYPE_PERF_EVENT_ARRAY` with a slot per possible CPU).
+    pub fn new(map: impl AsFd, options: PerfOptions) -> Result<Self, Error> {
+        let map = map.as_fd();
+        let info = sys::expect_map_type(map, map_type::PERF_EVENT_ARRAY)?;
+        let pages = options.pages_per_cpu;
+        if pages == 0 || !pages.is_power_of_two() {
+            return Err(Error::InvalidSize {
+                what: "perf buffer pages per CPU",
+                value: pages as u64,
+                valid: "a power of two (1, 2, 4, ...)",
+            });
+        }
+        let page = sys::page_size();
+        let data_size = pages * page;
+        let wakeup = options.effective_wakeup(data_size);
+        let map = sys::dup(map)?;
+        let epoll = Epoll::new()?;
+        let mut buffer =
+            PerfBuffer { map, epoll, cpus: Vec::new(), scratch: Vec::new(), wakeup, next: 0, ready: Vec::new() };
+        for cpu in sys::online_cpus()? {
+            if cpu >= info.max_entries {
+                return Err(Error::Unsupported(format!(
+                    "CPU {cpu} is online but the perf event array {:?} has only {} slots; create it with max_entries = 0 or the number of possible CPUs",
+                    info.name(),
+                    info.max_entries
+                )));
+            }
+            let mut attr = PerfEventAttr {
+                type_: sys::PERF_TYPE_SOFTWARE,
+                config: sys::PERF_COUNT_SW_BPF_OUTPUT,
+                sample_period: 1,
+                sample_type: sys::PERF_SAMPLE_RAW,
+                ..Default::default()
+            };
+            match wakeup {
+                PerfWakeup::Events(n) => attr.wakeup = n.max(1),
+                PerfWakeup::Bytes(n) => {
+                    attr.flags |= sys::PERF_ATTR_FLAG_WATERMARK;
+                    attr.wakeup = n.clamp(1, data_size as u32 - 1);
+                }
+            }
+            let event = sys::perf_event_open_cpu(&mut attr, cpu)?;
+            let mmap = Mmap::map(event.as_fd(), page + data_size, 0, true)?;
+            buffer.epoll.add(event.as_fd(), buffer.cpus.len() as u64)?;
+            sys::map_update_u32(buffer.map.as_fd(), cpu, std::os::fd::AsRawFd::as_raw_fd(&event) as u32)?;
+            // From here on Drop removes the slot again.
+            buffer.cpus.push(CpuRing { cpu, event, mmap, data_size, lost: 0 });
+            sys::perf_event_enable(buffer.cpus.last().expect("just pushed").event.as_fd(), true)?;
+        }
+        Ok(buffer)
+    }
+
+    /// Consumes every record now in every CPU's ring without blocking; returns the number of
+    /// samples handed over ([`Item::Lost`] items are not counted).
+    pub fn consume<F: Flow>(&mut self, mut handler: impl FnMut(Item<'_>) -> F) -> Result<usize, Error> {
+        self.consume_n(usize::MAX, &mut handler)
+    }
+
+    /// Like [`consume`](Self::consume), but hands over at most `max` samples. CPUs are visited
+    /// round-robin, starting after the one the previous call ended on.
+    pub fn consume_n<F: Flow>(&mut self, max: usize, mut handler: impl FnMut(Item<'_>) -> F) -> Result<usize, Error> {
+        let count = self.cpus.len();
+        let mut total = 0;
+        for step in 0..count {
+            let index = (self.next + step) % count;
+            let ring = &mut self.cpus[index];
+            let publish_every = (ring.data_size as u64 / 4).max(HEADER_SIZE);
+            let pass = consume(&*ring, ring.cpu, &mut self.scratch, max - total, publish_every, &mut handler)?;
+            ring.lost += pass.lost;
+            total += pass.records;
+            if pass.stopped || total >= max {
+                self.next = (index + 1) % count;
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Waits up to `timeout` (`None`: forever) until a CPU's buffer signals, then consumes
+    /// every CPU. Returns the number of samples handled.
+    pub fn poll<F: Flow>(
+        &mut self,
+        timeout: Option<Duration>,
+        handler: impl FnMut(Item<'_>) -> F,
+    ) -> Result<usize, Error> {
+        if self.stats().iter().all(|s| s.available == 0) {
+            self.epoll.wait(timeout, &mut self.ready)?;
+        }
+        self.consume(handler)
+    }
+
+    /// Per-CPU fill and kernel-reported losses.
+    pub fn stats(&self) -> Vec<PerfCpuStats> {
+        self.cpus
+            .iter()
+            .map(|ring| PerfCpuStats {
+                cpu: ring.cpu,
+                size: ring.data_size as u64,
+                available: ring
+                    .data_head()
+                    .load(Ordering::Acquire)
+                    .saturating_sub(ring.data_tail().load(Ordering::Relaxed)),
+                lost: ring.lost,
+            })
+            .collect()
+    }
+
+    /// Samples the kernel reported lost (PERF_RECORD_LOST), all CPUs.
+    pub fn lost(&self) -> u64 {
+        self.cpus.iter().map(|ring| ring.lost).sum()
+    }
+
+    /// The wakeup policy in effect.
+    pub fn wakeup(&self) -> PerfWakeup {
+        self.wakeup
+    }
+
+    /// Bytes mapped for all CPUs (a control page plus the data pages each).
+    pub fn mapped_bytes(&self) -> usize {
+        self.cpus.iter().map(|ring| ring.mmap.len()).sum()
+    }
+
+    /// The CPUs this buffer reads.
+    pub fn cpus(&self) -> Vec<u32> {
+        self.cpus.iter().map(|ring| ring.cpu).collect()
+    }
+}
+
+impl AsFd for PerfBuffer {
+    /// An epoll fd over all CPUs' events: readable when any CPU's buffer has signalled.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.epoll.as_fd()
+    }
+}
+
+impl Drop for PerfBuffer {
+    fn drop(&mut self) {
+        for ring in &self.cpus {
+            // Empty the slot first so BPF programs stop writing to an event we are closing.
+            sys::map_delete_u32(self.map.as_fd(), ring.cpu);
+            let _ = sys::perf_event_enable(ring.event.as_fd(), false);
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Simulated kernel buffers: the ring-buffer and perf-buffer memory layouts in ordinary heap
+//! memory, with producers that write exactly as the kernel does. The consumers run on them
+//! unchanged, which is how the record protocols are tested (and fuzzed) without root, and how
+//! a tool's own decoder can be tested on hand-made records.
+//!
+//! ```
+//! use bpfstream::sim::SimRing;
+//! let mut ring = SimRing::new(4096);
+//! ring.output(b"hello").unwrap();
+//! let mut seen = Vec::new();
+//! ring.consumer().consume(|r: &[u8]| seen.push(r.to_vec())).unwrap();
+//! assert_eq!(seen, [b"hello".to_vec()]);
+//! ```
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::perfbuf::{self, PerfMemory};
+use crate::ringbuf::{self, RingMemory, RingStats, BUSY_BIT, DISCARD_BIT, HEADER_SIZE};
+use crate::{Error, Flow, Item};
+
+/// 8-byte aligned, zeroed memory.
+fn aligned(bytes: usize) -> Box<[AtomicU64]> {
+    (0..bytes.div_ceil(8)).map(|_| AtomicU64::new(0)).collect()
+}
+
+fn base(words: &[AtomicU64]) -> NonNull<u8> {
+    NonNull::from(words).cast()
+}
+
+/// Writes `bytes` at byte `offset` of `words` (atomically per byte; the simulation is not about
+/// speed, and atomics keep it sound while a consumer holds shared references).
+fn store_bytes(words: &[AtomicU64], offset: usize, bytes: &[u8]) {
+    for (i, &b) in bytes.iter().enumerate() {
+        let at = offset + i;
+        let word = &words[at / 8];
+        let shift = (at % 8) * 8;
+        let mask = !(0xffu64 << shift);
+        let old = word.load(Ordering::Relaxed);
+        word.store((old & mask) | (u64::from(b) << shift), Ordering::Relaxed);
+    }
+}
+
+/// A simulated `BPF_MAP_TYPE_RINGBUF`: positions, and a data area of `2 * size` bytes kept
+/// identical in both halves, as the kernel's double mapping is.
+#[derive(Debug)]
+pub struct SimRing {
+    consumer_pos: AtomicU64,
+    producer_pos: AtomicU64,
+    data: Box<[AtomicU64]>,
+    size: usize,
+}
+
+// SAFETY: `data` is 8-aligned (AtomicU64 words) and 2*size bytes; writes mirror every byte at
+// `i` and `i + size`; the producer methods below write a record's bytes only while it is BUSY
+// (before commit) or ahead of producer_pos, never committed bytes the consumer may be reading.
+unsafe impl RingMemory for SimRing {
+    fn consumer_pos(&self) -> &AtomicU64 {
+        &self.consumer_pos
+    }
+    fn producer_pos(&self) -> &AtomicU64 {
+        &self.producer_pos
+    }
+    fn data(&self) -> NonNull<u8> {
+        base(&self.data)
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+}
+
+/// A reservation in a [`SimRing`], as returned by `bpf_ringbuf_reserve()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    /// Position of the record header.
+    pub pos: u64,
+    /// Payload length.
+    pub len: u32,
+}
+
+impl SimRing {
+    /// A ring of `size` data bytes (a power of two, at least 16).
+    pub fn new(size: usize) -> Self {
+        assert!(size.is_power_of_two() && size >= 16, "ring size must be a power of two >= 16");
+        SimRing { consumer_pos: AtomicU64::new(0), producer_pos: AtomicU64::new(0), data: aligned(2 * size), size }
+    }
+
+    /// A ring whose positions start at `pos` (8-aligned), to test wrap-around and large
+    /// free-running counters.
+    pub fn starting_at(size: usize, pos: u64) -> Self {
+        let ring = Self::new(size);
+        ring.consumer_pos.store(pos & !7, Ordering::Relaxed);
+        ring.producer_pos.store(pos & !7, Ordering::Relaxed);
+        ring
+    }
+
+    fn write(&self, pos: u64, bytes: &[u8]) {
+        let mask = self.size as u64 - 1;
+        for (i, &b) in bytes.iter().enumerate() {
+            let at = ((pos + i as u64) & mask) as usize;
+            store_bytes(&self.data, at, &[b]);
+            store_bytes(&self.data, at + self.size, &[b]);
+        }
+    }
+
+    fn set_header(&self, pos: u64, len_word: u32) {
+        let mut header = [0u8; 8];
+        header[..4].copy_from_slice(&len_word.to_ne_bytes());
+        self.write(pos, &header);
+    }
+
+    /// Reserves `len` payload bytes as `__bpf_ringbuf_reserve()` does: fails when the record
+    /// would not fit behind the consumer; otherwise writes a BUSY header and advances the
+    /// producer position.
+    pub fn reserve(&self, len: u32) -> Option<Reservation> {
+        let cons = self.consumer_pos.load(Ordering::Acquire);
+        let prod = self.producer_pos.load(Ordering::Relaxed);
+        let total = (u64::from(len) + HEADER_SIZE).next_multiple_of(8);
+        if len & (BUSY_BIT | DISCARD_BIT) != 0 || prod + total - cons > self.size as u64 - 1 {
+            return None;
+        }
+        self.set_header(prod, len | BUSY_BIT);
+        self.producer_pos.store(prod + total, Ordering::Release);
+        Some(Reservation { pos: prod, len })
+    }
+
+    /// Fills a reserved record's payload.
+    pub fn fill(&self, r: Reservation, payload: &[u8]) {
+        assert!(payload.len() <= r.len as usize);
+        self.write(r.pos + HEADER_SIZE, payload);
+    }
+
+    /// Commits a reservation (`bpf_ringbuf_submit`, or `bpf_ringbuf_discard` with `discard`).
+    pub fn commit(&self, r: Reservation, discard: bool) {
+        self.set_header(r.pos, r.len | if discard { DISCARD_BIT } else { 0 });
+    }
+
+    /// Reserve, fill and submit (`bpf_ringbuf_output`); `None` when the ring is full.
+    pub fn output(&self, payload: &[u8]) -> Option<Reservation> {
+        let r = self.reserve(payload.len() as u32)?;
+        self.fill(r, payload);
+        self.commit(r, false);
+        Some(r)
+    }
+
+    /// Overwrites the header of the record at `pos` with a raw length word: to simulate
+    /// corruption.
+    pub fn corrupt_header(&self, pos: u64, len_word: u32) {
+        self.set_header(pos, len_word);
+    }
+
+    /// Size, fill and positions.
+    pub fn stats(&self) -> RingStats {
+        ringbuf::stats(self)
+    }
+
+    /// A consumer over this memory, running the same protocol code as [`crate::RingBuffer`].
+    pub fn consumer(&self) -> SimRingConsumer<'_> {
+        SimRingConsumer { ring: self, publish_every: ringbuf::default_publish_every(self.size as u64) }
+    }
+}
+
+/// The ring-buffer consumer running on a [`SimRing`].
+#[derive(Debug)]
+pub struct SimRingConsumer<'a> {
+    ring: &'a SimRing,
+    publish_every: u64,
+}
+
+impl SimRingConsumer<'_> {
+    /// As [`crate::RingBuffer::consume`].
+    pub fn consume<F: Flow>(&mut self, handler: impl FnMut(&[u8]) -> F) -> Result<usize, Error> {
+        self.consume_n(usize::MAX, handler)
+    }
+
+    /// As [`crate::RingBuffer::consume_n`].
+    pub fn consume_n<F: Flow>(&mut self, max: usize, mut handler: impl FnMut(&[u8]) -> F) -> Result<usize, Error> {
+        Ok(ringbuf::consume(self.ring, max, self.publish_every, &mut handler)?.records)
+    }
+
+    /// Publish the consumer position every `bytes` within a batch (default: a quarter ring).
+    pub fn set_publish_every(&mut self, bytes: u64) {
+        self.publish_every = bytes.max(8);
+    }
+}
+
+/// A simulated perf buffer of one CPU, with a producer that writes `PERF_RECORD_SAMPLE` and
+/// `PERF_RECORD_LOST` records the way `kernel/events/ring_buffer.c` does: a sample that does not
+/// fit is counted lost, and the count is written as a LOST record before the next sample that
+/// fits.
+#[derive(Debug)]
+pub struct SimPerf {
+    data_head: AtomicU64,
+    data_tail: AtomicU64,
+    data: Box<[AtomicU64]>,
+    size: usize,
+    pending_lost: u64,
+    scratch: Vec<u8>,
+}
+
+// SAFETY: `data` is 8-aligned and `size` bytes; the producer writes only between data_head and
+// data_tail + size (free space), never unread records.
+unsafe impl PerfMemory for SimPerf {
+    fn data_head(&self) -> &AtomicU64 {
+        &self.data_head
+    }
+    fn data_tail(&self) -> &AtomicU64 {
+        &self.data_tail
+    }
+    fn data(&self) -> NonNull<u8> {
+        base(&self.data)
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+}
+
+impl SimPerf {
+    /// A buffer of `size` data bytes (a power of two, at least 64).
+    pub fn new(size: usize) -> Self {
+        assert!(size.is_power_of_two() && size >= 64, "perf data size must be a power of two >= 64");
+        SimPerf {
+            data_head: AtomicU64::new(0),
+            data_tail: AtomicU64::new(0),
+            data: aligned(size),
+            size,
+            pending_lost: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// A buffer whose head and tail start at `pos` (8-aligned), to put records across the end.
+    pub fn starting_at(size: usize, pos: u64) -> Self {
+        let perf = Self::new(size);
+        perf.data_head.store(pos & !7, Ordering::Relaxed);
+        perf.data_tail.store(pos & !7, Ordering::Relaxed);
+        perf
+    }
+
+    /// Appends raw bytes at the head (wrapping) and publishes them: the building block for
+    /// hand-made (and corrupt) records. Returns false if they do not fit.
+    pub fn write_raw(&mut self, bytes: &[u8]) -> bool {
+        let head = self.data_head.load(Ordering::Relaxed);
+        let tail = self.data_tail.load(Ordering::Acquire);
+        if head + bytes.len() as u64 - tail > self.size as u64 {
+            return false;
+        }
+        let mask = self.size as u64 - 1;
+        for (i, &b) in bytes.iter().enumerate() {
+            store_bytes(&self.data, ((head + i as u64) & mask) as usize, &[b]);
+        }
+        self.data_head.store(head + bytes.len() as u64, Ordering::Release);
+        true
+    }
+
+    fn record(&mut self, kind: u32, body: &[u8]) -> bool {
+        let size = 8 + body.len();
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&kind.to_ne_bytes());
+        self.scratch.extend_from_slice(&0u16.to_ne_bytes());
+        self.scratch.extend_from_slice(&(size as u16).to_ne_bytes());
+        self.scratch.extend_from_slice(body);
+        let record = std::mem::take(&mut self.scratch);
+        let ok = self.write_raw(&record);
+        self.scratch = record;
+        ok
+    }
+
+    /// `bpf_perf_event_output()` of `payload`: a PERF_RECORD_SAMPLE with PERF_SAMPLE_RAW, the
+    /// raw data zero-padded so the record is 8-byte aligned. Returns false (and counts the sample
+    /// lost) when it does not fit.
+    pub fn output(&mut self, payload: &[u8]) -> bool {
+        if self.pending_lost > 0 {
+            let mut body = [0u8; 16];
+            body[8..].copy_from_slice(&self.pending_lost.to_ne_bytes());
+            if !self.record(perfbuf::RECORD_LOST, &body) {
+                self.pending_lost += 1;
+                return false;
+            }
+            self.pending_lost = 0;
+        }
+        let raw_size = (4 + payload.len()).next_multiple_of(8) - 4;
+        let mut body = Vec::with_capacity(4 + raw_size);
+        body.extend_from_slice(&(raw_size as u32).to_ne_bytes());
+        body.extend_from_slice(payload);
+        body.resize(4 + raw_size, 0);
+        if !self.record(perfbuf::RECORD_SAMPLE, &body) {
+            self.pending_lost += 1;
+            return false;
+        }
+        true
+    }
+
+    /// Samples counted lost and not yet reported in a LOST record.
+    pub fn pending_lost(&self) -> u64 {
+        self.pending_lost
+    }
+
+    /// Runs the perf consumer over this buffer, as [`crate::PerfBuffer::consume`] does for one
+    /// CPU (reported as CPU 0).
+    pub fn consume<F: Flow>(
+        &mut self,
+        scratch: &mut Vec<u8>,
+        mut handler: impl FnMut(Item<'_>) -> F,
+    ) -> Result<usize, Error> {
+        let publish_every = (self.size as u64 / 4).max(8);
+        Ok(perfbuf::consume(&*self, 0, scratch, usize::MAX, publish_every, &mut handler)?.records)
+    }
+
+    /// Bytes written and not yet consumed.
+    pub fn available(&self) -> u64 {
+        self.data_head.load(Ordering::Acquire) - self.data_tail.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,284 @@
+//! One event stream for either transport: a ring buffer or a perf buffer, plus the BPF-side
+//! drop counters, so a tool reads records and losses the same way whatever the kernel offers.
+
+use std::ops::ControlFlow;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use crate::accounting::DropCounters;
+use crate::sys::{self, map_type};
+use crate::{Error, Flow, Item, Lost, PerfBuffer, PerfOptions, Record, RingBuffer};
+
+/// Which kind of buffer carries the events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// `BPF_MAP_TYPE_RINGBUF`: one ring for all CPUs (Linux 5.8+).
+    Ring,
+    /// `BPF_MAP_TYPE_PERF_EVENT_ARRAY`: a ring per CPU (Linux 4.4+).
+    Perf,
+}
+
+impl Transport {
+    /// `"ring"` or `"perf"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Ring => "ring",
+            Transport::Perf => "perf",
+        }
+    }
+
+    /// Whether this kernel can create a ring buffer map. Creates (and frees) a one-page ring.
+    pub fn ring_supported() -> bool {
+        sys::map_create(map_type::RINGBUF, 0, 0, sys::page_size() as u32).is_ok()
+    }
+
+    /// The best transport this kernel has: [`Transport::Ring`] if it can create one, else
+    /// [`Transport::Perf`].
+    pub fn probe() -> Transport {
+        if Transport::ring_supported() {
+            Transport::Ring
+        } else {
+            Transport::Perf
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a stream has accounted for so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Totals {
+    /// Records handed to the handler.
+    pub delivered: u64,
+    /// Payload bytes handed to the handler.
+    pub bytes: u64,
+    /// Records reported lost (ring drop counters, perf LOST records).
+    pub dropped: u64,
+    /// What the BPF side says it tried to send (`None` without drop counters). Once the
+    /// producers are detached and the stream drained, `delivered + dropped == produced`.
+    pub produced: Option<u64>,
+    /// Wakeups the BPF side forced (ring buffers with a wakeup policy).
+    pub forced_wakeups: Option<u64>,
+}
+
+enum Buffer {
+    Ring(RingBuffer),
+    Perf(PerfBuffer),
+}
+
+/// A ring or perf buffer with its drop counters: yields [`Item::Record`] and [`Item::Lost`] and
+/// keeps [`Totals`].
+///
+/// Drop counters are read at most every [`EventSource::set_counter_interval`] (default 100 ms;
+/// a read is one system call) and always by [`EventSource::finish`].
+pub struct EventSource {
+    buffer: Buffer,
+    counters: Option<DropCounters>,
+    counter_interval: Duration,
+    last_counter_read: Option<Instant>,
+    /// Per CPU: losses reported by perf LOST records.
+    perf_lost: Vec<u64>,
+    totals: Totals,
+}
+
+impl std::fmt::Debug for EventSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSource").field("transport", &self.transport()).field("totals", &self.totals).finish()
+    }
+}
+
+impl EventSource {
+    /// A ring buffer source.
+    pub fn ring(ring: RingBuffer) -> Self {
+        Self::with(Buffer::Ring(ring))
+    }
+
+    /// A perf buffer source.
+    pub fn perf(perf: PerfBuffer) -> Self {
+        Self::with(Buffer::Perf(perf))
+    }
+
+    /// Opens `map` as whatever it is: a ring buffer, or a perf event array with `perf`
+    /// options.
+    pub fn open(map: impl AsFd, perf: PerfOptions) -> Result<Self, Error> {
+        let info = sys::map_info(map.as_fd())?;
+        match info.map_type {
+            map_type::RINGBUF => Ok(Self::ring(RingBuffer::new(map)?)),
+            map_type::PERF_EVENT_ARRAY => Ok(Self::perf(PerfBuffer::new(map, perf)?)),
+            other => Err(Error::WrongMapType {
+                expected: "BPF_MAP_TYPE_RINGBUF or BPF_MAP_TYPE_PERF_EVENT_ARRAY".into(),
+                actual: format!("{} ({:?})", map_type::name(other), info.name()),
+            }),
+        }
+    }
+
+    fn with(buffer: Buffer) -> Self {
+        EventSource {
+            buffer,
+            counters: None,
+            counter_interval: Duration::from_millis(100),
+            last_counter_read: None,
+            perf_lost: Vec::new(),
+            totals: Totals::default(),
+        }
+    }
+
+    /// Adds the BPF side's drop counters (the `bpfstream_stats` map of `bpfstream.h`), so ring
+    /// drops are reported and `produced` is known.
+    pub fn with_counters(mut self, counters: DropCounters) -> Self {
+        self.counters = Some(counters);
+        self
+    }
+
+    /// How often drop counters are read while streaming.
+    pub fn set_counter_interval(&mut self, interval: Duration) {
+        self.counter_interval = interval;
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> crate::Transport {
+        match self.buffer {
+            Buffer::Ring(_) => Transport::Ring,
+            Buffer::Perf(_) => Transport::Perf,
+        }
+    }
+
+    /// The ring buffer, if this is one.
+    pub fn as_ring(&self) -> Option<&RingBuffer> {
+        match &self.buffer {
+            Buffer::Ring(r) => Some(r),
+            Buffer::Perf(_) => None,
+        }
+    }
+
+    /// The perf buffer, if this is one.
+    pub fn as_perf(&self) -> Option<&PerfBuffer> {
+        match &self.buffer {
+            Buffer::Perf(p) => Some(p),
+            Buffer::Ring(_) => None,
+        }
+    }
+
+    /// Bytes of memory mapped for the buffer (all CPUs for perf; for a ring, the data once plus
+    /// its two control pages: the kernel maps the data pages twice but allocates them once).
+    pub fn buffer_bytes(&self) -> u64 {
+        match &self.buffer {
+            Buffer::Ring(r) => r.stats().size + 2 * sys::page_size() as u64,
+            Buffer::Perf(p) => p.mapped_bytes() as u64,
+        }
+    }
+
+    /// Records and losses so far.
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    /// Consumes what is buffered now, without blocking; returns the number of records handed
+    /// over. Drop counters are checked if the counter interval has passed.
+    pub fn consume<F: Flow>(&mut self, mut handler: impl FnMut(Item<'_>) -> F) -> Result<usize, Error> {
+        self.consume_n(usize::MAX, &mut handler)
+    }
+
+    /// Like [`consume`](Self::consume), at most `max` records.
+    pub fn consume_n<F: Flow>(&mut self, max: usize, mut handler: impl FnMut(Item<'_>) -> F) -> Result<usize, Error> {
+        let n = self.consume_buffer(max, &mut handler)?;
+        let due = self.last_counter_read.is_none_or(|t| t.elapsed() >= self.counter_interval);
+        if due {
+            self.report_counter_drops(&mut handler)?;
+        }
+        Ok(n)
+    }
+
+    /// Waits up to `timeout` for data, then consumes. The timeout also bounds how long a record
+    /// can wait when the producer does not wake us (`BPF_RB_NO_WAKEUP`, perf watermarks).
+    pub fn poll<F: Flow>(
+        &mut self,
+        timeout: Option<Duration>,
+        mut handler: impl FnMut(Item<'_>) -> F,
+    ) -> Result<usize, Error> {
+        let empty = match &self.buffer {
+            Buffer::Ring(r) => r.stats().available == 0,
+            Buffer::Perf(p) => p.stats().iter().all(|s| s.available == 0),
+        };
+        if empty {
+            sys::wait_readable(self.as_fd(), timeout)?;
+        }
+        self.consume_n(usize::MAX, &mut handler)
+    }
+
+    /// Drains everything buffered, reads the drop counters one last time and returns the final
+    /// totals. Call it after detaching the producers: then `delivered + dropped == produced`.
+    pub fn finish<F: Flow>(&mut self, mut handler: impl FnMut(Item<'_>) -> F) -> Result<Totals, Error> {
+        while self.consume_buffer(usize::MAX, &mut handler)? > 0 {}
+        self.report_counter_drops(&mut handler)?;
+        Ok(self.totals)
+    }
+
+    fn consume_buffer<F: Flow>(&mut self, max: usize, handler: &mut dyn FnMut(Item<'_>) -> F) -> Result<usize, Error> {
+        let totals = &mut self.totals;
+        let mut deliver =
+            |item: Item<'_>| if handler(item).is_stop() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) };
+        match &mut self.buffer {
+            Buffer::Ring(ring) => ring.consume_n(max, |data: &[u8]| {
+                totals.delivered += 1;
+                totals.bytes += data.len() as u64;
+                deliver(Item::Record(Record { data, cpu: None }))
+            }),
+            Buffer::Perf(perf) => {
+                let perf_lost = &mut self.perf_lost;
+                let counters = &mut self.counters;
+                perf.consume_n(max, |item: Item<'_>| match item {
+                    Item::Record(record) => {
+                        totals.delivered += 1;
+                        totals.bytes += record.data.len() as u64;
+                        deliver(item)
+                    }
+                    Item::Lost(lost) => {
+                        // The same drops may already have been reported from the counters.
+                        let cpu = lost.cpu.unwrap_or(0) as usize;
+                        if perf_lost.len() <= cpu {
+                            perf_lost.resize(cpu + 1, 0);
+                        }
+                        perf_lost[cpu] += lost.count;
+                        let new = match counters {
+                            Some(c) => c.note_reported(cpu as u32, perf_lost[cpu]),
+                            None => lost.count,
+                        };
+                        if new == 0 {
+                            return ControlFlow::Continue(());
+                        }
+                        totals.dropped += new;
+                        deliver(Item::Lost(Lost { count: new, ..lost }))
+                    }
+                })
+            }
+        }
+    }
+
+    fn report_counter_drops<F: Flow>(&mut self, handler: &mut dyn FnMut(Item<'_>) -> F) -> Result<(), Error> {
+        self.last_counter_read = Some(Instant::now());
+        let Some(counters) = &mut self.counters else { return Ok(()) };
+        for lost in counters.new_drops(Some(&self.perf_lost))? {
+            self.totals.dropped += lost.count;
+            handler(Item::Lost(lost));
+        }
+        let total = counters.total()?;
+        self.totals.produced = Some(total.produced);
+        self.totals.forced_wakeups = Some(total.forced_wakeups);
+        Ok(())
+    }
+}
+
+impl AsFd for EventSource {
+    /// Readable when records are waiting.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match &self.buffer {
+            Buffer::Ring(r) => r.as_fd(),
+            Buffer::Perf(p) => p.as_fd(),
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! `bpfstream`: eBPF tracers, consumer benchmarks and buffer experiments on the bpfstream
+//! library. See `bpfstream --help`.
+
+mod lifecycle;
+mod objects;
+mod output;
+mod privileges;
+mod signals;
+mod size;
+mod tools;
+mod tracefs;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bpfstream",
+    version,
+    about = "Stream kernel events through BPF ring and perf buffers, with nothing lost unaccounted"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Trace exec() calls: pid, ppid, uid, comm and the whole filename
+    Exec(tools::exec::ExecArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(missing) = privileges::check() {
+        eprintln!("bpfstream: {missing}");
+        return ExitCode::from(1);
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bpfstream: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    signals::install()?;
+    match cli.command {
+        Command::Exec(args) => tools::exec::run(args),
+    }
+}

@@ -1,0 +1,178 @@
+//! Output of events: JSON lines (hand-written: this is the hot path of a tracer) and aligned
+//! table columns, with lossless escaping of bytes that are not UTF-8.
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+
+/// Appends `bytes` to `out` as the inside of a JSON string. Valid UTF-8 is kept as is (with
+/// JSON's escapes); each byte that is not part of valid UTF-8 becomes `\xNN` (a literal
+/// backslash, `x` and two hex digits). Returns whether any such byte was found.
+pub fn json_escape_bytes(out: &mut String, bytes: &[u8]) -> bool {
+    let mut lossy = false;
+    for chunk in bytes.utf8_chunks() {
+        json_escape_str(out, chunk.valid());
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\\\x{b:02x}");
+            lossy = true;
+        }
+    }
+    lossy
+}
+
+/// Appends `s` to `out` as the inside of a JSON string.
+pub fn json_escape_str(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// Bytes for a table column: printable text as is, anything else (control characters, bytes
+/// that are not UTF-8) as `\xNN`, so a hostile name cannot move the terminal's cursor.
+pub fn display_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    let _ = write!(out, "\\x{b:02x}");
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
+/// The bytes of a NUL-terminated C string field (`comm`).
+pub fn c_str(bytes: &[u8]) -> &[u8] {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    &bytes[..end]
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Builds one JSON object on a line: `{"type":"exec","pid":1,...}`.
+#[derive(Debug)]
+pub struct JsonLine {
+    buf: String,
+}
+
+impl JsonLine {
+    pub fn new(kind: &str) -> Self {
+        let mut buf = String::with_capacity(256);
+        buf.push_str("{\"type\":\"");
+        json_escape_str(&mut buf, kind);
+        buf.push('"');
+        JsonLine { buf }
+    }
+
+    fn key(&mut self, key: &str) {
+        self.buf.push_str(",\"");
+        self.buf.push_str(key);
+        self.buf.push_str("\":");
+    }
+
+    pub fn num(mut self, key: &str, value: impl std::fmt::Display) -> Self {
+        self.key(key);
+        let _ = write!(self.buf, "{value}");
+        self
+    }
+
+    pub fn float(mut self, key: &str, value: f64) -> Self {
+        self.key(key);
+        if value.is_finite() {
+            let _ = write!(self.buf, "{value:.3}");
+        } else {
+            self.buf.push_str("null");
+        }
+        self
+    }
+
+    pub fn boolean(self, key: &str, value: bool) -> Self {
+        self.num(key, value)
+    }
+
+    pub fn str(mut self, key: &str, value: &str) -> Self {
+        self.key(key);
+        self.buf.push('"');
+        json_escape_str(&mut self.buf, value);
+        self.buf.push('"');
+        self
+    }
+
+    /// A byte string: `key` is the text (see [`json_escape_bytes`]); when the bytes are not
+    /// UTF-8, `key_hex` carries them exactly.
+    pub fn bytes(mut self, key: &str, value: &[u8]) -> Self {
+        self.key(key);
+        self.buf.push('"');
+        let lossy = json_escape_bytes(&mut self.buf, value);
+        self.buf.push('"');
+        if lossy {
+            self.buf.push_str(",\"");
+            self.buf.push_str(key);
+            self.buf.push_str("_hex\":\"");
+            self.buf.push_str(&hex(value));
+            self.buf.push('"');
+        }
+        self
+    }
+
+    /// A raw JSON value (an array or object built elsewhere).
+    pub fn raw(mut self, key: &str, json: &str) -> Self {
+        self.key(key);
+        self.buf.push_str(json);
+        self
+    }
+
+    pub fn finish(mut self) -> String {
+        self.buf.push('}');
+        self.buf
+    }
+
+    pub fn write_to(self, out: &mut impl Write) -> io::Result<()> {
+        let line = self.finish();
+        out.write_all(line.as_bytes())?;
+        out.write_all(b"\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_escape_and_keep_non_utf8_bytes() {
+        let line = JsonLine::new("open").num("pid", 7).bytes("filename", b"a\"b\\c\n\xff\xfe").finish();
+        assert_eq!(line, r#"{"type":"open","pid":7,"filename":"a\"b\\c\n\\xff\\xfe","filename_hex":"61225c630afffe"}"#);
+        let plain = JsonLine::new("x").bytes("f", "é/ok".as_bytes()).finish();
+        assert_eq!(plain, r#"{"type":"x","f":"é/ok"}"#);
+    }
+
+    #[test]
+    fn table_text_escapes_controls() {
+        assert_eq!(display_bytes(b"ab\x1b[2Jc\xff"), "ab\\x1b[2Jc\\xff");
+        assert_eq!(c_str(b"bash\0\0junk"), b"bash");
+    }
+}

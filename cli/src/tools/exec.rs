@@ -1,0 +1,139 @@
+//! `bpfstream exec`: every successful exec, with the whole filename (up to 4096 bytes, in a
+//! record exactly as long as the path), from the `sched/sched_process_exec` tracepoint.
+
+use std::io::{self, Write};
+
+use anyhow::Result;
+use bpfstream::{FromRecord, Item};
+
+use crate::lifecycle::{Attach, BufferOptions, CommonArgs, Global, Sink, Tracer, TracerSpec};
+use crate::objects;
+use crate::output::{c_str, display_bytes, JsonLine};
+
+bpfstream::record! {
+    /// `struct exec_event` of bpf/exec.h; the filename follows it.
+    #[derive(Debug)]
+    pub struct ExecEvent {
+        pub ts_ns: u64,
+        pub pid: u32,
+        pub ppid: u32,
+        pub uid: u32,
+        pub filename_len: u32,
+        pub comm: [u8; 16],
+    }
+}
+
+/// An exec record: the fixed header and the filename bytes.
+#[derive(Debug)]
+pub struct Exec<'a> {
+    pub header: ExecEvent,
+    pub filename: &'a [u8],
+}
+
+/// Decodes a record; `None` if it is shorter than it claims.
+pub fn decode(data: &[u8]) -> Option<Exec<'_>> {
+    let (header, rest) = ExecEvent::from_record_prefix(data).ok()?;
+    let filename = rest.get(..header.filename_len as usize)?;
+    Some(Exec { header, filename })
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Print a timestamp column (seconds since tracing started)
+    #[arg(short = 'T', long)]
+    pub time: bool,
+}
+
+pub fn spec(args: &CommonArgs) -> TracerSpec {
+    TracerSpec {
+        what: "exec events",
+        objects: objects::EXEC,
+        attach: vec![Attach::TracePoint { program: "handle_exec", category: "sched", name: "sched_process_exec" }],
+        globals: vec![
+            Global::u32("targ_pid", args.pid.unwrap_or(0)),
+            Global::bool("filter_comm", args.name.is_some()),
+            Global::comm("targ_comm", args.name.as_deref().unwrap_or("")),
+        ],
+    }
+}
+
+/// Prints exec events as table rows or JSON lines.
+struct Printer<W: Write> {
+    out: W,
+    json: bool,
+    time: bool,
+    first_ts: Option<u64>,
+    malformed: u64,
+    filename_bytes: u64,
+}
+
+impl<W: Write> Sink for Printer<W> {
+    fn item(&mut self, item: Item<'_>) -> io::Result<()> {
+        let Item::Record(record) = item else { return Ok(()) };
+        let Some(e) = decode(record.data) else {
+            self.malformed += 1;
+            return Ok(());
+        };
+        self.filename_bytes += e.filename.len() as u64;
+        let h = &e.header;
+        if self.json {
+            return JsonLine::new("exec")
+                .num("ts_ns", h.ts_ns)
+                .num("pid", h.pid)
+                .num("ppid", h.ppid)
+                .num("uid", h.uid)
+                .bytes("comm", c_str(&h.comm))
+                .bytes("filename", e.filename)
+                .write_to(&mut self.out);
+        }
+        if self.time {
+            let start = *self.first_ts.get_or_insert(h.ts_ns);
+            write!(self.out, "{:<9.3} ", h.ts_ns.saturating_sub(start) as f64 / 1e9)?;
+        }
+        writeln!(
+            self.out,
+            "{:<6} {:<16} {:<7} {:<7} {}",
+            h.uid,
+            display_bytes(c_str(&h.comm)),
+            h.pid,
+            h.ppid,
+            display_bytes(e.filename)
+        )
+    }
+
+    fn tick(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+pub fn run(args: ExecArgs) -> Result<()> {
+    let options = BufferOptions::from_args(&args.common);
+    let tracer = Tracer::start(&spec(&args.common), &options)?;
+    let json = args.common.json;
+    let mut printer = Printer {
+        out: io::BufWriter::new(io::stdout().lock()),
+        json,
+        time: args.time,
+        first_ts: None,
+        malformed: 0,
+        filename_bytes: 0,
+    };
+    if !json {
+        if args.time {
+            write!(printer.out, "{:<9} ", "TIME(s)")?;
+        }
+        writeln!(printer.out, "{:<6} {:<16} {:<7} {:<7} FILENAME", "UID", "PCOMM", "PID", "PPID")?;
+        printer.out.flush()?;
+    }
+    let summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
+    let avg = if summary.events > 0 { printer.filename_bytes as f64 / summary.events as f64 } else { 0.0 };
+    let malformed = printer.malformed;
+    drop(printer);
+    summary.print(json, |line| line.num("malformed", malformed).float("avg_filename_bytes", avg), "")?;
+    if malformed > 0 {
+        eprintln!("warning: {malformed} records were shorter than their header says");
+    }
+    Ok(())
+}

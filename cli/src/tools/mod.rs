@@ -1,0 +1,4 @@
+//! The tracers: each is its BPF program, its event decoder and its columns; the lifecycle is
+//! `crate::lifecycle`.
+
+pub mod exec;
