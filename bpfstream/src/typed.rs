@@ -127,7 +127,7 @@ mod tests {
 
     #[test]
     fn decodes_from_unaligned_bytes_and_returns_the_tail() {
-        let mut buf = vec![0u8; 1 + 16 + 3];
+        let mut buf = [0u8; 1 + 16 + 3];
         buf[1..9].copy_from_slice(&7u64.to_ne_bytes());
         buf[9..13].copy_from_slice(&9u32.to_ne_bytes());
         buf[13..17].copy_from_slice(&3u32.to_ne_bytes());

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::Map;
-use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
-use aya::{Btf, Ebpf, EbpfLoader};
+use aya::programs::TracePoint;
+use aya::{Ebpf, EbpfLoader};
 use bpfstream::accounting::{STATS_MAP, WAKEUP_ARG_GLOBAL, WAKEUP_POLICY_GLOBAL};
 use bpfstream::{DropCounters, EventSource, Item, PerfOptions, PerfWakeup, Poller, Transport, WakeupPolicy};
 
@@ -57,11 +57,7 @@ pub enum BufferKind {
 #[derive(Debug, Clone, Copy)]
 pub enum Attach {
     /// `SEC("tracepoint/<category>/<name>")`, attached through tracefs.
-    TracePoint { program: &'static str, category: &'static str, name: &'static str },
-    /// `SEC("raw_tracepoint/<name>")`.
-    RawTracePoint { program: &'static str, name: &'static str },
-    /// `SEC("tp_btf/<name>")`.
-    BtfTracePoint { program: &'static str, name: &'static str },
+    Tracepoint { program: &'static str, category: &'static str, name: &'static str },
 }
 
 /// A BPF object compiled for both transports (`bpf/build.sh`).
@@ -80,12 +76,6 @@ pub struct Global {
 
 impl Global {
     pub fn u32(name: &'static str, value: u32) -> Self {
-        Global { name, bytes: value.to_ne_bytes().to_vec() }
-    }
-    pub fn u64(name: &'static str, value: u64) -> Self {
-        Global { name, bytes: value.to_ne_bytes().to_vec() }
-    }
-    pub fn i64(name: &'static str, value: i64) -> Self {
         Global { name, bytes: value.to_ne_bytes().to_vec() }
     }
     pub fn bool(name: &'static str, value: bool) -> Self {
@@ -233,31 +223,17 @@ fn load_error(what: &str, e: aya::EbpfError) -> anyhow::Error {
 
 /// Loads and attaches every program of `spec`.
 pub fn attach(bpf: &mut Ebpf, spec: &TracerSpec) -> Result<()> {
-    let needs_tracefs = spec.attach.iter().any(|a| matches!(a, Attach::TracePoint { .. }));
+    let needs_tracefs = spec.attach.iter().any(|a| matches!(a, Attach::Tracepoint { .. }));
     if needs_tracefs {
         tracefs::ensure_mounted()?;
     }
-    let mut btf = None;
     for a in &spec.attach {
         match *a {
-            Attach::TracePoint { program, category, name } => {
+            Attach::Tracepoint { program, category, name } => {
                 let p: &mut TracePoint = program_mut(bpf, program)?.try_into()?;
                 p.load().with_context(|| format!("verifying {program}"))?;
                 p.attach(category, name)
                     .with_context(|| format!("attaching {program} to tracepoint {category}/{name}"))?;
-            }
-            Attach::RawTracePoint { program, name } => {
-                let p: &mut RawTracePoint = program_mut(bpf, program)?.try_into()?;
-                p.load().with_context(|| format!("verifying {program}"))?;
-                p.attach(name).with_context(|| format!("attaching {program} to raw tracepoint {name}"))?;
-            }
-            Attach::BtfTracePoint { program, name } => {
-                if btf.is_none() {
-                    btf = Some(Btf::from_sys_fs().context("reading kernel BTF from /sys/kernel/btf/vmlinux")?);
-                }
-                let p: &mut BtfTracePoint = program_mut(bpf, program)?.try_into()?;
-                p.load(name, btf.as_ref().expect("just set")).with_context(|| format!("verifying {program}"))?;
-                p.attach().with_context(|| format!("attaching {program} to BTF tracepoint {name}"))?;
             }
         }
     }
@@ -297,11 +273,6 @@ impl Tracer {
             None => format!("ring buffer ({})", human_bytes(self.size)),
             Some(perf) => format!("perf buffer ({} per CPU, {} CPUs)", human_bytes(self.size), perf.cpus().len()),
         }
-    }
-
-    /// The loaded object (for tools that read their own maps).
-    pub fn bpf(&self) -> &Ebpf {
-        &self.bpf
     }
 
     /// Streams into `sink` until SIGINT/SIGTERM, the `duration`, or a failing sink (e.g. a

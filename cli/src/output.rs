@@ -110,10 +110,6 @@ impl JsonLine {
         self
     }
 
-    pub fn boolean(self, key: &str, value: bool) -> Self {
-        self.num(key, value)
-    }
-
     pub fn str(mut self, key: &str, value: &str) -> Self {
         self.key(key);
         self.buf.push('"');
@@ -139,13 +135,6 @@ impl JsonLine {
         self
     }
 
-    /// A raw JSON value (an array or object built elsewhere).
-    pub fn raw(mut self, key: &str, json: &str) -> Self {
-        self.key(key);
-        self.buf.push_str(json);
-        self
-    }
-
     pub fn finish(mut self) -> String {
         self.buf.push('}');
         self.buf
@@ -165,7 +154,7 @@ mod tests {
     #[test]
     fn json_lines_escape_and_keep_non_utf8_bytes() {
         let line = JsonLine::new("open").num("pid", 7).bytes("filename", b"a\"b\\c\n\xff\xfe").finish();
-        assert_eq!(line, r#"{"type":"open","pid":7,"filename":"a\"b\\c\n\\xff\\xfe","filename_hex":"61225c630afffe"}"#);
+        assert_eq!(line, r#"{"type":"open","pid":7,"filename":"a\"b\\c\n\\xff\\xfe","filename_hex":"6122625c630afffe"}"#);
         let plain = JsonLine::new("x").bytes("f", "é/ok".as_bytes()).finish();
         assert_eq!(plain, r#"{"type":"x","f":"é/ok"}"#);
     }

@@ -50,7 +50,7 @@ pub fn spec(args: &CommonArgs) -> TracerSpec {
     TracerSpec {
         what: "exec events",
         objects: objects::EXEC,
-        attach: vec![Attach::TracePoint { program: "handle_exec", category: "sched", name: "sched_process_exec" }],
+        attach: vec![Attach::Tracepoint { program: "handle_exec", category: "sched", name: "sched_process_exec" }],
         globals: vec![
             Global::u32("targ_pid", args.pid.unwrap_or(0)),
             Global::bool("filter_comm", args.name.is_some()),
