@@ -154,7 +154,10 @@ mod tests {
     #[test]
     fn json_lines_escape_and_keep_non_utf8_bytes() {
         let line = JsonLine::new("open").num("pid", 7).bytes("filename", b"a\"b\\c\n\xff\xfe").finish();
-        assert_eq!(line, r#"{"type":"open","pid":7,"filename":"a\"b\\c\n\\xff\\xfe","filename_hex":"6122625c630afffe"}"#);
+        assert_eq!(
+            line,
+            r#"{"type":"open","pid":7,"filename":"a\"b\\c\n\\xff\\xfe","filename_hex":"6122625c630afffe"}"#
+        );
         let plain = JsonLine::new("x").bytes("f", "é/ok".as_bytes()).finish();
         assert_eq!(plain, r#"{"type":"x","f":"é/ok"}"#);
     }

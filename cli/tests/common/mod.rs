@@ -1,0 +1,263 @@
+//! Shared helpers of the tests that run `bpfstream` against the real kernel (as root).
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Kernel tests of one test binary run one at a time: they load programs and storm the CPUs.
+static KERNEL: Mutex<()> = Mutex::new(());
+
+/// Takes the kernel-test lock; panics with instructions when not root (set
+/// BPFSTREAM_SKIP_KERNEL_TESTS=1 to skip them deliberately, e.g. in an unprivileged container).
+pub fn kernel_test() -> Option<MutexGuard<'static, ()>> {
+    if std::env::var_os("BPFSTREAM_SKIP_KERNEL_TESTS").is_some() {
+        eprintln!("skipping a kernel test: BPFSTREAM_SKIP_KERNEL_TESTS is set");
+        return None;
+    }
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "kernel tests load BPF programs: run them as root (sudo cargo test)");
+    Some(KERNEL.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_bpfstream")
+}
+
+/// A running `bpfstream` whose stderr has printed its `Tracing` line.
+pub struct Running {
+    pub child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: std::sync::Arc<Mutex<String>>,
+}
+
+/// Starts `bpfstream args...` and waits (up to 60 s) for the `Tracing` line on stderr.
+pub fn start(args: &[&str]) -> Running {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bpfstream");
+    let (out_tx, out_rx) = mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if out_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let stderr_text = std::sync::Arc::new(Mutex::new(String::new()));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr");
+    let text = stderr_text.clone();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stderr);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if line.starts_with("Tracing") {
+                        let _ = ready_tx.send(());
+                    }
+                    text.lock().unwrap().push_str(&line);
+                }
+            }
+        }
+    });
+    if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("bpfstream {args:?} never printed its Tracing line; stderr:\n{}", stderr_text.lock().unwrap());
+    }
+    Running { child, stdout: out_rx, stderr: stderr_text }
+}
+
+/// What a finished run printed.
+pub struct Finished {
+    pub status: std::process::ExitStatus,
+    pub stdout: Vec<String>,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// Stdout lines parsed as JSON (all of them must be).
+    pub fn json(&self) -> Vec<Value> {
+        self.stdout.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+    }
+
+    /// The JSON objects of a given `type`.
+    pub fn of_type(&self, kind: &str) -> Vec<Value> {
+        self.json().into_iter().filter(|v| v["type"] == kind).collect()
+    }
+
+    /// The one summary object, which must be the last line.
+    pub fn summary(&self) -> Value {
+        let all = self.json();
+        let last = all.last().unwrap_or_else(|| panic!("no output; stderr:\n{}", self.stderr)).clone();
+        assert_eq!(last["type"], "summary", "the last line is the summary");
+        last
+    }
+}
+
+impl Running {
+    /// Sends `signal`, waits (up to 60 s) for exit and collects the output.
+    pub fn stop_with(mut self, signal: i32) -> Finished {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        self.wait()
+    }
+
+    /// SIGINT, like Ctrl-C.
+    pub fn stop(self) -> Finished {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// Waits (up to 60 s) for the process to exit by itself.
+    pub fn wait(mut self) -> Finished {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("bpfstream did not exit within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stdout = Vec::new();
+        while let Ok(line) = self.stdout.recv_timeout(Duration::from_secs(5)) {
+            stdout.push(line);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let stderr = self.stderr.lock().unwrap().clone();
+        assert!(!stderr.contains("panicked"), "bpfstream panicked:\n{stderr}");
+        Finished { status, stdout, stderr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Runs `bpfstream args...` to completion (for error cases) and returns (exit code, stderr).
+pub fn run_to_end(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(bin()).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!err.contains("panicked"), "bpfstream panicked:\n{err}");
+    (status.code(), err)
+}
+
+/// A copy of /bin/true at `dir/name`, so its execs are recognizable by path and comm.
+pub fn probe_binary(dir: &Path, name: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(name);
+    std::fs::copy("/bin/true", &path).unwrap();
+    path
+}
+
+/// A fresh directory under /tmp.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bpfstream-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+// --- BPF object introspection, straight from bpf(2), so the tests need no bpftool.
+
+const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+const BPF_MAP_GET_NEXT_ID: libc::c_long = 12;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> libc::c_long {
+    // SAFETY: a zero-initialised 128-byte bpf_attr, large enough for these commands.
+    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr) as u32) }
+}
+
+fn ids(cmd: libc::c_long) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut id = 0u32;
+    loop {
+        let mut attr = [0u64; 16];
+        attr[0] = u64::from(id); // start_id (u32) | next_id (u32) << 32
+        if bpf(cmd, &mut attr) < 0 {
+            return out;
+        }
+        id = (attr[0] >> 32) as u32;
+        out.push(id);
+    }
+}
+
+/// Name of a program or map by id (`None` once it is gone).
+fn name_of(get_fd: libc::c_long, id: u32, name_offset: usize) -> Option<String> {
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(id);
+    let fd = bpf(get_fd, &mut attr);
+    if fd < 0 {
+        return None;
+    }
+    let mut info = [0u8; 256];
+    let mut attr = [0u64; 16];
+    attr[0] = fd as u64 | ((info.len() as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    let ok = bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) >= 0;
+    // SAFETY: closing the fd we just got.
+    unsafe { libc::close(fd as i32) };
+    if !ok {
+        return None;
+    }
+    let raw = &info[name_offset..name_offset + 16];
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(16);
+    Some(String::from_utf8_lossy(&raw[..end]).into_owned())
+}
+
+/// Loaded BPF programs: (id, name). `struct bpf_prog_info.name` is at offset 64.
+pub fn programs() -> Vec<(u32, String)> {
+    ids(BPF_PROG_GET_NEXT_ID).into_iter().filter_map(|id| Some((id, name_of(BPF_PROG_GET_FD_BY_ID, id, 64)?))).collect()
+}
+
+/// Existing BPF maps: (id, name). `struct bpf_map_info.name` is at offset 24.
+pub fn maps() -> Vec<(u32, String)> {
+    ids(BPF_MAP_GET_NEXT_ID).into_iter().filter_map(|id| Some((id, name_of(BPF_MAP_GET_FD_BY_ID, id, 24)?))).collect()
+}
+
+/// Highest program and map ids now (ids only grow).
+pub fn id_watermarks() -> (u32, u32) {
+    let max = |v: Vec<(u32, String)>| v.into_iter().map(|(id, _)| id).max().unwrap_or(0);
+    (max(programs()), max(maps()))
+}
+
+/// Asserts that no program or map created after `before` and named one of `names` is still in
+/// the kernel (a link holds its program, so no program means no link), waiting up to 3 s for
+/// deferred frees.
+pub fn assert_nothing_left(before: (u32, u32), names: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let progs: Vec<_> =
+            programs().into_iter().filter(|(id, n)| *id > before.0 && names.contains(&n.as_str())).collect();
+        let maps: Vec<_> = maps().into_iter().filter(|(id, n)| *id > before.1 && names.contains(&n.as_str())).collect();
+        if progs.is_empty() && maps.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("left in the kernel after exit: programs {progs:?}, maps {maps:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
