@@ -112,7 +112,7 @@ impl Finished {
 
 impl Running {
     /// Sends `signal`, waits (up to 60 s) for exit and collects the output.
-    pub fn stop_with(mut self, signal: i32) -> Finished {
+    pub fn stop_with(self, signal: i32) -> Finished {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, signal) };
         self.wait()
