@@ -1,0 +1,335 @@
+//! The ring-buffer and perf-buffer record protocols on simulated kernel memory (no root): the
+//! same consumer code as on the kernel's mmap, fed by producers that write as the kernel does.
+
+use std::ops::ControlFlow;
+
+use bpfstream::sim::{SimPerf, SimRing};
+use bpfstream::{Error, Item, LossOrigin};
+use proptest::prelude::*;
+
+fn drain_ring(ring: &SimRing) -> Result<Vec<Vec<u8>>, Error> {
+    let mut seen = Vec::new();
+    ring.consumer().consume(|r: &[u8]| seen.push(r.to_vec()))?;
+    Ok(seen)
+}
+
+#[test]
+fn ring_delivers_in_order_and_frees_space() {
+    let ring = SimRing::new(4096);
+    for i in 0..10u8 {
+        ring.output(&[i; 5]).unwrap();
+    }
+    assert_eq!(ring.stats().available, 10 * 16, "8-byte header + 5 bytes padded to 8");
+    let seen = drain_ring(&ring).unwrap();
+    assert_eq!(seen, (0..10u8).map(|i| vec![i; 5]).collect::<Vec<_>>());
+    assert_eq!(ring.stats().available, 0);
+    assert_eq!(ring.stats().consumer_pos, 160);
+}
+
+#[test]
+fn ring_record_wrapping_the_end_is_contiguous() {
+    // Start 24 bytes before the end: a 100-byte record spans the end of the data area.
+    let ring = SimRing::starting_at(256, 256 * 7 - 24);
+    let payload: Vec<u8> = (0..100u8).collect();
+    ring.output(&payload).unwrap();
+    ring.output(b"after").unwrap();
+    assert_eq!(drain_ring(&ring).unwrap(), vec![payload, b"after".to_vec()]);
+}
+
+#[test]
+fn ring_stops_at_a_busy_record_and_resumes_after_commit() {
+    let ring = SimRing::new(1024);
+    ring.output(b"one").unwrap();
+    let busy = ring.reserve(8).unwrap();
+    ring.output(b"three").unwrap(); // committed, but behind a busy record
+    assert_eq!(drain_ring(&ring).unwrap(), vec![b"one".to_vec()]);
+    assert!(drain_ring(&ring).unwrap().is_empty(), "still busy: nothing more, no spinning");
+    ring.fill(busy, b"two!two!");
+    ring.commit(busy, false);
+    assert_eq!(drain_ring(&ring).unwrap(), vec![b"two!two!".to_vec(), b"three".to_vec()]);
+}
+
+#[test]
+fn ring_skips_discarded_records() {
+    let ring = SimRing::new(1024);
+    ring.output(b"keep1").unwrap();
+    let r = ring.reserve(40).unwrap();
+    ring.commit(r, true);
+    ring.output(b"keep2").unwrap();
+    assert_eq!(drain_ring(&ring).unwrap(), vec![b"keep1".to_vec(), b"keep2".to_vec()]);
+    assert_eq!(ring.stats().available, 0, "the discarded record's space is released too");
+}
+
+#[test]
+fn ring_full_reservation_fails_like_the_kernel() {
+    let ring = SimRing::new(64);
+    // 64-byte ring: at most 56 bytes in flight (the kernel keeps prod - cons <= size - 1).
+    assert!(ring.output(&[1; 40]).is_some()); // 48 bytes
+    assert!(ring.output(&[2; 1]).is_none()); // would make 64
+    drain_ring(&ring).unwrap();
+    assert!(ring.output(&[2; 1]).is_some());
+}
+
+#[test]
+fn ring_handler_can_stop_early_and_consume_n_limits() {
+    let ring = SimRing::new(4096);
+    for i in 0..6u8 {
+        ring.output(&[i]).unwrap();
+    }
+    let mut first = Vec::new();
+    let n = ring
+        .consumer()
+        .consume(|r: &[u8]| {
+            first.push(r[0]);
+            if r[0] == 1 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert_eq!((n, first), (2, vec![0, 1]));
+    let mut rest = Vec::new();
+    assert_eq!(ring.consumer().consume_n(3, |r: &[u8]| rest.push(r[0])).unwrap(), 3);
+    assert_eq!(rest, vec![2, 3, 4]);
+    assert_eq!(drain_ring(&ring).unwrap(), vec![vec![5]]);
+}
+
+#[test]
+fn ring_publishes_once_per_batch_not_per_record() {
+    let ring = SimRing::new(4096);
+    for _ in 0..4 {
+        ring.output(&[0; 8]).unwrap();
+    }
+    let start = ring.stats().consumer_pos;
+    let mut positions = Vec::new();
+    ring.consumer().consume(|_: &[u8]| positions.push(ring.stats().consumer_pos)).unwrap();
+    assert_eq!(positions, vec![start; 4], "the position does not move while the batch is read");
+    assert_eq!(ring.stats().consumer_pos, start + 64);
+}
+
+#[test]
+fn ring_corrupt_length_is_an_error_not_a_loop() {
+    for bad_len in [4000u32, 1 << 29, 57] {
+        let ring = SimRing::new(256);
+        let r = ring.output(&[7; 16]).unwrap();
+        ring.corrupt_header(r.pos, bad_len);
+        for _ in 0..3 {
+            let err = drain_ring(&ring).unwrap_err();
+            assert!(matches!(err, Error::Corrupt { transport: "ring", .. }), "{err}");
+        }
+        assert_eq!(ring.stats().consumer_pos, r.pos, "never moves past the bad record");
+    }
+}
+
+fn drain_perf(perf: &mut SimPerf) -> Result<Vec<Result<Vec<u8>, u64>>, Error> {
+    let mut scratch = Vec::new();
+    let mut seen = Vec::new();
+    perf.consume(&mut scratch, |item: Item<'_>| match item {
+        Item::Record(r) => seen.push(Ok(r.data.to_vec())),
+        Item::Lost(l) => {
+            assert_eq!(l.origin, LossOrigin::PerfLostRecord);
+            seen.push(Err(l.count));
+        }
+    })?;
+    Ok(seen)
+}
+
+#[test]
+fn perf_samples_carry_padding_to_8_bytes() {
+    let mut perf = SimPerf::new(4096);
+    assert!(perf.output(b"abc"));
+    assert!(perf.output(b"abcd"));
+    assert!(perf.output(b"abcdefghijkl"));
+    let seen = drain_perf(&mut perf).unwrap();
+    // 4 (raw size) + payload, rounded up to 8: 3 -> 4, 4 -> 4, 12 -> 12.
+    assert_eq!(seen[0], Ok(b"abc\0".to_vec()));
+    assert_eq!(seen[1], Ok(b"abcd".to_vec()));
+    assert_eq!(seen[2], Ok(b"abcdefghijkl".to_vec()));
+}
+
+#[test]
+fn perf_sample_straddling_the_end_is_reassembled() {
+    let mut perf = SimPerf::starting_at(256, 256 * 3 - 16);
+    let payload: Vec<u8> = (0..60u8).collect();
+    assert!(perf.output(&payload));
+    assert!(perf.output(b"next"));
+    let seen = drain_perf(&mut perf).unwrap();
+    assert_eq!(seen, vec![Ok(payload), Ok(b"next".to_vec())]);
+    assert_eq!(perf.available(), 0);
+}
+
+#[test]
+fn perf_lost_records_are_reported_before_the_next_sample() {
+    let mut perf = SimPerf::new(128);
+    let mut fitted = 0;
+    for _ in 0..20 {
+        fitted += usize::from(perf.output(&[1; 20]));
+    }
+    assert_eq!(fitted, 4, "128 bytes hold four 32-byte samples");
+    assert_eq!(perf.pending_lost(), 16);
+    let first = drain_perf(&mut perf).unwrap();
+    assert_eq!(first.len(), 4);
+    assert!(perf.output(&[2; 4]));
+    let second = drain_perf(&mut perf).unwrap();
+    assert_eq!(second, vec![Err(16), Ok(vec![2; 4])]);
+}
+
+#[test]
+fn perf_corrupt_sizes_are_errors_not_loops() {
+    // size 0 (would loop forever), size not a multiple of 8, size beyond the written data, and
+    // a raw size larger than its record.
+    let cases: [&[u8]; 4] = [
+        &[9, 0, 0, 0, 0, 0, 0, 0],
+        &[9, 0, 0, 0, 0, 0, 12, 0, 0, 0, 0, 0],
+        &[9, 0, 0, 0, 0, 0, 64, 0],
+        &[9, 0, 0, 0, 0, 0, 16, 0, 200, 0, 0, 0, 1, 2, 3, 4],
+    ];
+    for bytes in cases {
+        let mut perf = SimPerf::new(256);
+        assert!(perf.write_raw(bytes));
+        for _ in 0..2 {
+            let err = drain_perf(&mut perf).unwrap_err();
+            assert!(matches!(err, Error::Corrupt { transport: "perf", .. }), "{bytes:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn perf_skips_unknown_record_types() {
+    let mut perf = SimPerf::new(256);
+    assert!(perf.write_raw(&[5, 0, 0, 0, 0, 0, 16, 0, 1, 2, 3, 4, 5, 6, 7, 8])); // THROTTLE-like
+    assert!(perf.output(b"real"));
+    assert_eq!(drain_perf(&mut perf).unwrap(), vec![Ok(b"real".to_vec())]);
+}
+
+#[derive(Debug, Clone)]
+enum RingOp {
+    Output(Vec<u8>),
+    Discard(u32),
+    Busy(Vec<u8>),
+    Consume(usize),
+}
+
+fn ring_op() -> impl Strategy<Value = RingOp> {
+    prop_oneof![
+        4 => prop::collection::vec(any::<u8>(), 0..200).prop_map(RingOp::Output),
+        1 => (0u32..100).prop_map(RingOp::Discard),
+        1 => prop::collection::vec(any::<u8>(), 0..64).prop_map(RingOp::Busy),
+        2 => (1usize..10).prop_map(RingOp::Consume),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Any interleaving of outputs, discards, late commits and partial consumes on any ring
+    /// size and start position delivers exactly the submitted records, in order, once.
+    #[test]
+    fn ring_model(size_log in 6u32..12, start in 0u64..1 << 20, ops in prop::collection::vec(ring_op(), 1..80)) {
+        let ring = SimRing::starting_at(1 << size_log, start);
+        // Records in reservation order; a busy one is a hole until it is committed.
+        let mut expected: Vec<Option<Vec<u8>>> = Vec::new();
+        let mut delivered = Vec::new();
+        let mut busy = None;
+        let commit = |ring: &SimRing, expected: &mut Vec<Option<Vec<u8>>>, (r, p, slot): (_, Vec<u8>, usize)| {
+            ring.fill(r, &p);
+            ring.commit(r, false);
+            expected[slot] = Some(p);
+        };
+        for op in ops {
+            match op {
+                RingOp::Output(p) => if ring.output(&p).is_some() { expected.push(Some(p)) },
+                RingOp::Discard(n) => if let Some(r) = ring.reserve(n) { ring.commit(r, true) },
+                RingOp::Busy(p) => {
+                    if busy.is_none() {
+                        if let Some(r) = ring.reserve(p.len() as u32) {
+                            expected.push(None);
+                            busy = Some((r, p, expected.len() - 1));
+                        }
+                    }
+                }
+                RingOp::Consume(n) => {
+                    ring.consumer().consume_n(n, |r: &[u8]| delivered.push(r.to_vec())).unwrap();
+                    // Nothing after a busy record comes out before it is committed.
+                    if let Some((_, _, slot)) = &busy {
+                        prop_assert!(delivered.len() <= *slot);
+                    }
+                }
+            }
+            if delivered.len() % 3 == 0 {
+                if let Some(b) = busy.take() {
+                    commit(&ring, &mut expected, b);
+                }
+            }
+        }
+        if let Some(b) = busy.take() {
+            commit(&ring, &mut expected, b);
+        }
+        ring.consumer().consume(|r: &[u8]| delivered.push(r.to_vec())).unwrap();
+        prop_assert_eq!(delivered, expected.into_iter().map(Option::unwrap).collect::<Vec<_>>());
+        prop_assert_eq!(ring.stats().available, 0);
+    }
+
+    /// Samples of any size on any buffer size and start: delivered samples (padding stripped by
+    /// length) plus reported losses equal what was produced, in order.
+    #[test]
+    fn perf_model(size_log in 6u32..11, start in 0u64..1 << 20,
+                  ops in prop::collection::vec(prop_oneof![
+                      3 => prop::collection::vec(any::<u8>(), 0..120).prop_map(Some),
+                      1 => Just(None)], 1..100)) {
+        let mut perf = SimPerf::starting_at(1 << size_log, start);
+        let mut produced = 0u64;
+        let mut accepted = Vec::new();
+        let mut got = Vec::new();
+        let mut lost = 0u64;
+        let mut scratch = Vec::new();
+        let mut consume = |perf: &mut SimPerf, got: &mut Vec<Vec<u8>>, lost: &mut u64| {
+            perf.consume(&mut scratch, |item: Item<'_>| match item {
+                Item::Record(r) => got.push(r.data.to_vec()),
+                Item::Lost(l) => *lost += l.count,
+            }).unwrap();
+        };
+        for op in ops {
+            match op {
+                Some(payload) => {
+                    produced += 1;
+                    if perf.output(&payload) { accepted.push(payload) }
+                }
+                None => consume(&mut perf, &mut got, &mut lost),
+            }
+        }
+        consume(&mut perf, &mut got, &mut lost);
+        let pending = perf.pending_lost();
+        prop_assert_eq!(got.len() as u64 + lost + pending, produced);
+        prop_assert_eq!(got.len(), accepted.len());
+        for (g, a) in got.iter().zip(&accepted) {
+            prop_assert_eq!(&g[..a.len()], &a[..]);
+            prop_assert!(g[a.len()..].iter().all(|&b| b == 0) && g.len() - a.len() < 8);
+        }
+    }
+
+    /// Arbitrary bytes in the ring's data area: the consumer returns records or an error, never
+    /// reads outside the ring, never moves past the producer, never loops.
+    #[test]
+    fn ring_survives_garbage(words in prop::collection::vec(any::<u32>(), 1..64)) {
+        let ring = SimRing::new(512);
+        let r = ring.reserve(((words.len() * 4) as u32).min(400)).unwrap();
+        for (i, w) in words.iter().enumerate().take(100) {
+            ring.corrupt_header(r.pos + 8 * i as u64, *w);
+        }
+        let _ = ring.consumer().consume(|_: &[u8]| ());
+        prop_assert!(ring.stats().consumer_pos <= ring.stats().producer_pos);
+    }
+
+    /// Arbitrary bytes as perf records: records or an error, never out of bounds or a loop.
+    #[test]
+    fn perf_survives_garbage(bytes in prop::collection::vec(any::<u8>(), 8..400)) {
+        let mut perf = SimPerf::new(512);
+        let len = bytes.len() & !7;
+        prop_assert!(perf.write_raw(&bytes[..len]));
+        let mut scratch = Vec::new();
+        let _ = perf.consume(&mut scratch, |_: Item<'_>| ());
+        prop_assert!(perf.available() <= len as u64);
+    }
+}
