@@ -131,15 +131,23 @@ impl BufferOptions {
     }
 }
 
+/// Set to make bpfstream behave as on a kernel without ring buffers (to exercise the perf
+/// fallback on a modern kernel).
+pub const NO_RINGBUF_ENV: &str = "BPFSTREAM_NO_RINGBUF";
+
+fn ring_supported() -> bool {
+    std::env::var_os(NO_RINGBUF_ENV).is_none() && Transport::ring_supported()
+}
+
 /// Resolves the transport, with the fallback notice of the contract.
 pub fn choose_transport(requested: Option<Transport>) -> Result<Transport> {
     match requested {
-        Some(Transport::Ring) if !Transport::ring_supported() => {
+        Some(Transport::Ring) if !ring_supported() => {
             bail!("this kernel has no BPF ring buffers (BPF_MAP_TYPE_RINGBUF needs Linux 5.8); use --buffer perf")
         }
         Some(t) => Ok(t),
         None => {
-            let t = Transport::probe();
+            let t = if ring_supported() { Transport::Ring } else { Transport::Perf };
             if t == Transport::Perf {
                 eprintln!("Notice: this kernel has no BPF ring buffers (Linux 5.8+); using perf buffers instead.");
             }

@@ -200,3 +200,21 @@ fn unprivileged_run_says_which_capability_is_missing() {
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(!err.contains("panicked"));
 }
+
+#[test]
+fn without_ring_buffers_the_default_falls_back_to_perf_with_a_notice() {
+    let Some(_kernel) = kernel_test() else { return };
+    let name = "bpfsf-fallback";
+    let probe = probe_binary(&temp_dir("fallback"), name);
+    let no_ring = [("BPFSTREAM_NO_RINGBUF", "1")];
+    let run = start_with_env(&["exec", "--json", "--name", name], &no_ring);
+    let (code, err) = run_to_end_with_env(&["exec", "--buffer", "ring"], &no_ring);
+    assert!(Command::new(&probe).status().unwrap().success());
+    let finished = run.stop();
+    assert!(finished.stderr.contains("Notice: this kernel has no BPF ring buffers"), "{}", finished.stderr);
+    assert!(finished.stderr.contains("via perf buffer"), "{}", finished.stderr);
+    assert_eq!(finished.summary()["buffer"], "perf");
+    assert_eq!(finished.of_type("exec").len(), 1);
+    assert_eq!(code, Some(1), "an explicit --buffer ring cannot fall back");
+    assert!(err.contains("use --buffer perf"), "{err}");
+}

@@ -38,8 +38,14 @@ pub struct Running {
 
 /// Starts `bpfstream args...` and waits (up to 60 s) for the `Tracing` line on stderr.
 pub fn start(args: &[&str]) -> Running {
+    start_with_env(args, &[])
+}
+
+/// [`start`] with extra environment variables for the child.
+pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(bin())
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -153,7 +159,18 @@ impl Running {
 
 /// Runs `bpfstream args...` to completion (for error cases) and returns (exit code, stderr).
 pub fn run_to_end(args: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(bin()).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    run_to_end_with_env(args, &[])
+}
+
+/// [`run_to_end`] with extra environment variables for the child.
+pub fn run_to_end_with_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut child = Command::new(bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut err = String::new();
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     let status = child.wait().unwrap();
