@@ -45,6 +45,71 @@ pub struct CommonArgs {
     /// Only tasks whose comm is exactly COMM (first 15 bytes; filtered in the kernel)
     #[arg(long, value_name = "COMM")]
     pub name: Option<String>,
+    /// When producers wake the reader: adaptive (ring default: when the reader had caught up),
+    /// every, never, records:N, bytes:N (perf default: bytes at a quarter of the buffer)
+    #[arg(long, value_name = "POLICY", value_parser = parse_wakeup)]
+    pub wakeup: Option<Wakeup>,
+    /// Longest a record may wait in the buffer before it is read, whatever the wakeup policy
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = crate::size::parse_run_duration)]
+    pub max_delay: Duration,
+}
+
+/// `--wakeup`, for either transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wakeup {
+    Adaptive,
+    Every,
+    Never,
+    Records(u32),
+    Bytes(u32),
+}
+
+impl Wakeup {
+    /// The ring producers' policy.
+    fn ring(self) -> WakeupPolicy {
+        match self {
+            Wakeup::Adaptive => WakeupPolicy::Adaptive,
+            Wakeup::Every => WakeupPolicy::EveryRecord,
+            Wakeup::Never => WakeupPolicy::Never,
+            Wakeup::Records(n) => WakeupPolicy::EveryRecords(n.into()),
+            Wakeup::Bytes(n) => WakeupPolicy::Bytes(n.into()),
+        }
+    }
+
+    /// The perf buffers' policy (`None`: the default watermark); perf cannot wake less often
+    /// than at half the buffer, so `never` means the default.
+    fn perf(self) -> Option<PerfWakeup> {
+        match self {
+            Wakeup::Every => Some(PerfWakeup::Events(1)),
+            Wakeup::Records(n) => Some(PerfWakeup::Events(n)),
+            Wakeup::Bytes(n) => Some(PerfWakeup::Bytes(n)),
+            Wakeup::Adaptive | Wakeup::Never => None,
+        }
+    }
+}
+
+fn parse_wakeup(text: &str) -> Result<Wakeup, String> {
+    let count = |n: &str| -> Result<u32, String> {
+        match n.parse::<u32>() {
+            Ok(v) if v > 0 => Ok(v),
+            _ => Err(format!("{n:?} is not a positive count")),
+        }
+    };
+    match text.split_once(':') {
+        None => match text {
+            "adaptive" => Ok(Wakeup::Adaptive),
+            "every" => Ok(Wakeup::Every),
+            "never" => Ok(Wakeup::Never),
+            _ => Err(format!("unknown wakeup policy {text:?}: use adaptive, every, never, records:N or bytes:N")),
+        },
+        Some(("records", n)) => count(n).map(Wakeup::Records),
+        Some(("bytes", n)) => {
+            let bytes = crate::size::parse_bytes(n)?;
+            let bytes = u32::try_from(bytes).map_err(|_| format!("{n:?} is too large"))?;
+            count(&bytes.to_string()).map(Wakeup::Bytes)
+        }
+        Some(_) => Err(format!("unknown wakeup policy {text:?}: use adaptive, every, never, records:N or bytes:N")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -124,9 +189,9 @@ impl BufferOptions {
                 BufferKind::Perf => Transport::Perf,
             }),
             size: args.buffer_size.unwrap_or(DEFAULT_BUFFER_SIZE),
-            ring_wakeup: WakeupPolicy::Adaptive,
-            perf_wakeup: None,
-            max_delay: Duration::from_millis(100),
+            ring_wakeup: args.wakeup.map_or(WakeupPolicy::Adaptive, Wakeup::ring),
+            perf_wakeup: args.wakeup.and_then(Wakeup::perf),
+            max_delay: args.max_delay,
         }
     }
 }
@@ -432,5 +497,24 @@ impl Summary {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wakeup_policies_parse() {
+        assert_eq!(parse_wakeup("adaptive"), Ok(Wakeup::Adaptive));
+        assert_eq!(parse_wakeup("never"), Ok(Wakeup::Never));
+        assert_eq!(parse_wakeup("records:500"), Ok(Wakeup::Records(500)));
+        assert_eq!(parse_wakeup("bytes:64K"), Ok(Wakeup::Bytes(64 << 10)));
+        for bad in ["sometimes", "records:0", "records:x", "bytes:", "pages:3"] {
+            assert!(parse_wakeup(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Wakeup::Records(7).ring(), WakeupPolicy::EveryRecords(7));
+        assert_eq!(Wakeup::Never.perf(), None);
+        assert_eq!(Wakeup::Bytes(9).perf(), Some(PerfWakeup::Bytes(9)));
     }
 }

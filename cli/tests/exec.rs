@@ -218,3 +218,43 @@ fn without_ring_buffers_the_default_falls_back_to_perf_with_a_notice() {
     assert_eq!(code, Some(1), "an explicit --buffer ring cannot fall back");
     assert!(err.contains("use --buffer perf"), "{err}");
 }
+
+/// Every wakeup policy verifies in the kernel (the BPF side prunes the others at load time, so
+/// each must be loaded to be checked) and, with the poll timeout as the delay bound, delivers
+/// every exec, even `never`, which never wakes the reader.
+#[test]
+fn every_wakeup_policy_loads_and_delivers_within_the_delay_bound() {
+    let Some(_kernel) = kernel_test() else { return };
+    let name = "bpfsw-wakeup";
+    let probe = probe_binary(&temp_dir("wakeup"), name);
+    for transport in ["ring", "perf"] {
+        for policy in ["adaptive", "every", "never", "records:3", "bytes:100"] {
+            let run = start(&[
+                "exec",
+                "--json",
+                "--buffer",
+                transport,
+                "--wakeup",
+                policy,
+                "--max-delay",
+                "20ms",
+                "--name",
+                name,
+            ]);
+            for _ in 0..5 {
+                assert!(Command::new(&probe).status().unwrap().success());
+            }
+            // Wait for the records to come out before stopping: the final drain must not be
+            // what delivers them.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while run.lines_so_far() < 5 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let streamed = run.lines_so_far();
+            let finished = run.stop();
+            assert_eq!(streamed, 5, "{transport} {policy}: delivered while running");
+            assert_eq!(finished.of_type("exec").len(), 5, "{transport} {policy}");
+            assert_eq!(finished.summary()["produced"], 5, "{transport} {policy}");
+        }
+    }
+}

@@ -33,6 +33,7 @@ pub fn bin() -> &'static str {
 pub struct Running {
     pub child: Child,
     stdout: mpsc::Receiver<String>,
+    received: std::cell::RefCell<Vec<String>>,
     stderr: std::sync::Arc<Mutex<String>>,
 }
 
@@ -86,7 +87,7 @@ pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
         let _ = child.wait();
         panic!("bpfstream {args:?} never printed its Tracing line; stderr:\n{}", stderr_text.lock().unwrap());
     }
-    Running { child, stdout: out_rx, stderr: stderr_text }
+    Running { child, stdout: out_rx, received: Default::default(), stderr: stderr_text }
 }
 
 /// What a finished run printed.
@@ -142,7 +143,7 @@ impl Running {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let mut stdout = Vec::new();
+        let mut stdout = self.received.take();
         while let Ok(line) = self.stdout.recv_timeout(Duration::from_secs(5)) {
             stdout.push(line);
         }
@@ -150,6 +151,13 @@ impl Running {
         let stderr = self.stderr.lock().unwrap().clone();
         assert!(!stderr.contains("panicked"), "bpfstream panicked:\n{stderr}");
         Finished { status, stdout, stderr }
+    }
+
+    /// Stdout lines printed so far (while still running).
+    pub fn lines_so_far(&self) -> usize {
+        let mut received = self.received.borrow_mut();
+        received.extend(self.stdout.try_iter());
+        received.len()
     }
 
     pub fn pid(&self) -> u32 {
