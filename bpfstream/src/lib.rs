@@ -20,6 +20,9 @@ pub mod poller;
 pub mod ringbuf;
 pub mod sim;
 pub mod source;
+pub mod stats;
+#[cfg(feature = "tokio")]
+pub mod stream;
 mod sys;
 pub mod typed;
 
@@ -29,8 +32,9 @@ pub use perfbuf::{PerfBuffer, PerfOptions, PerfWakeup};
 pub use poller::{Poller, Waker};
 pub use ringbuf::{RingBuffer, RingStats};
 pub use source::{EventSource, Totals, Transport};
+pub use stats::{Fill, Stats, StatsHandle};
 pub use sys::{online_cpus, page_size, possible_cpus};
-pub use typed::{FromRecord, TypedError};
+pub use typed::{Event, FromRecord, TypedError};
 
 use std::ops::ControlFlow;
 

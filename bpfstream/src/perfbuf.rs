@@ -47,6 +47,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::stats::Fill;
 use crate::sys::{self, map_type, Epoll, Mmap, PerfEventAttr};
 use crate::{Error, Flow, Item, LossOrigin, Lost, Record};
 
@@ -414,6 +415,16 @@ impl PerfBuffer {
                 lost: ring.lost,
             })
             .collect()
+    }
+
+    /// Bytes waiting and data bytes, summed over all CPUs (two memory loads per CPU, no
+    /// allocation).
+    pub fn fill(&self) -> Fill {
+        self.cpus.iter().fold(Fill::default(), |fill, ring| Fill {
+            used: fill.used
+                + ring.data_head().load(Ordering::Acquire).saturating_sub(ring.data_tail().load(Ordering::Relaxed)),
+            capacity: fill.capacity + ring.data_size as u64,
+        })
     }
 
     /// Samples the kernel reported lost (PERF_RECORD_LOST), all CPUs.
