@@ -279,13 +279,11 @@ impl<S: Source> EventStream<S> {
     pub fn new(source: S) -> Result<Self, Error> {
         Self::with_decoder(source, Copied)
     }
-}
 
-impl<S: Source, E: FromRecord> EventStream<S, Typed<E>> {
     /// A stream of `E` values decoded from the source's records ([`Typed`]: length-checked,
     /// alignment-safe); a record too short for `E` is an [`Event::Malformed`].
-    pub fn typed(source: S) -> Result<Self, Error> {
-        Self::with_decoder(source, Typed::new())
+    pub fn typed<E: FromRecord>(source: S) -> Result<EventStream<S, Typed<E>>, Error> {
+        EventStream::with_decoder(source, Typed::new())
     }
 }
 
