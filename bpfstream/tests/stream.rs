@@ -48,7 +48,7 @@ struct Seen {
 impl Seen {
     fn item(&mut self, item: Item<'_>) {
         match item {
-            Item::Record(r) => self.record(&r.data),
+            Item::Record(r) => self.record(r.data),
             Item::Lost(l) => self.lost += l.count,
         }
     }
