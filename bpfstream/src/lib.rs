@@ -13,6 +13,7 @@
 //! `()` to go on or [`std::ops::ControlFlow`] to stop early (see [`Flow`]).
 
 pub mod accounting;
+pub mod btf;
 mod error;
 pub mod names;
 pub mod perfbuf;
