@@ -208,7 +208,8 @@ fn publish<M: PerfMemory + ?Sized>(mem: &M, tail: u64) {
     mem.data_tail().store(tail, Ordering::Release);
 }
 
-/// When a CPU's perf buffer wakes its reader.
+/// When a CPU's perf buffer wakes its reader (`perf_event_attr.wakeup_events` /
+/// `wakeup_watermark`, available wherever perf buffers are: Linux 4.4+).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PerfWakeup {
     /// After this many samples (`wakeup_events`; libbpf's default is 1: every sample).

@@ -187,6 +187,9 @@ impl Waker {
 const WAKER_TOKEN: u64 = u64::MAX;
 
 /// Serves many sources from one epoll set; see the [module docs](self).
+///
+/// Not `Send`: handlers may borrow anything, including state that is not `Send` (see the crate
+/// docs, "Threads"). Minimum kernel: that of its sources (5.8 for a ring, 4.4 for perf).
 pub struct Poller<'a> {
     epoll: Epoll,
     waker: Arc<EventFd>,

@@ -28,7 +28,8 @@ impl Transport {
         }
     }
 
-    /// Whether this kernel can create a ring buffer map. Creates (and frees) a one-page ring.
+    /// Whether this kernel can create a ring buffer map (Linux 5.8+). Creates (and frees) a
+    /// one-page ring.
     pub fn ring_supported() -> bool {
         sys::map_create(map_type::RINGBUF, 0, 0, sys::page_size() as u32).is_ok()
     }
@@ -76,6 +77,9 @@ enum Buffer {
 ///
 /// Drop counters are read at most every [`EventSource::set_counter_interval`] (default 100 ms;
 /// a read is one system call) and always by [`EventSource::finish`].
+///
+/// Minimum kernel: 5.8 for a ring, 4.4 for a perf buffer; [`open`](Self::open) 4.13
+/// (`BPF_OBJ_GET_INFO_BY_FD`).
 pub struct EventSource {
     buffer: Buffer,
     counters: Option<DropCounters>,

@@ -118,6 +118,12 @@ impl PingProbe {
         Ok(source.with_counters(DropCounters::new(map_fd(&self.bpf, STATS_MAP)?)?))
     }
 
+    /// The descriptor of one of the object's maps (`events`, `bpfstream_stats`), to build
+    /// consumers by hand.
+    pub fn map(&self, name: &str) -> Result<BorrowedFd<'_>> {
+        map_fd(&self.bpf, name)
+    }
+
     /// Attaches the uprobe to [`bpfstream_ping`] in this executable.
     pub fn attach(&mut self) -> Result<()> {
         let exe = std::env::current_exe()?;
