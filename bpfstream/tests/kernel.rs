@@ -1,6 +1,7 @@
-//! The async streams against the real kernel (as root), on loads this test triggers itself: a
-//! uprobe on `bpfstream_ping` in this binary sends one record per call (`bpf/ping.bpf.c`), and
-//! nothing else on the machine can add to it.
+//! The library against the real kernel (as root): the async streams compared with the blocking
+//! consumers, cancellation, the delay bound, typed and merged streams, stats. Every load is
+//! triggered by the test itself: a uprobe on `bpfstream_ping` in this binary sends one record per
+//! call (`bpf/ping.bpf.c`), and nothing else on the machine can add to it.
 
 #[path = "../examples/common/mod.rs"]
 mod ping;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use bpfstream::stream::{EventStream, MergedStream};
 use bpfstream::typed::{OwnedRecord, Typed, TypedError};
-use bpfstream::{Event, EventSource, Item, Record, Transport, WakeupPolicy};
+use bpfstream::{Event, EventSource, Item, Poller, Record, Transport, WakeupPolicy};
 use futures_util::StreamExt;
 use ping::{ping, PingOptions, PingProbe};
 
@@ -485,4 +486,49 @@ fn typed_decoder_is_a_plain_value() {
     let mut decoder = Typed::<u32>::new();
     assert_eq!(decoder.decode(Record { data: &[1, 0, 0, 0, 9], cpu: None }), Ok(1));
     assert!(decoder.decode(Record { data: &[1], cpu: None }).is_err());
+}
+
+/// The blocking side: a Poller whose handler borrows a local Vec, stats read from another thread
+/// while it runs, and waits counted.
+#[test]
+fn poller_handlers_borrow_locals_and_stats_are_live() {
+    let Some(_kernel) = kernel_test() else { return };
+    let count = 2000;
+    let mut probe = PingProbe::load(PingOptions::new(Transport::Ring)).unwrap();
+    let mut source = probe.source().unwrap();
+    probe.attach().unwrap();
+    let stats = source.stats_handle();
+    let mut seqs = Vec::new();
+    let mut poller = Poller::new().unwrap();
+    poller
+        .add(&mut source, |item: Item<'_>| {
+            if let Item::Record(r) = item {
+                seqs.push(ping::decode(r.data).unwrap().0.seq);
+            }
+        })
+        .unwrap();
+    let waker = poller.waker();
+    let producer = std::thread::spawn(move || {
+        for seq in 0..count {
+            ping(seq, len_of(seq));
+        }
+        // Watch from this thread until the consumer has everything, then stop it.
+        while stats.read().events < count {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        waker.wake();
+        stats.read()
+    });
+    poller.run(Duration::from_millis(50)).unwrap();
+    drop(poller);
+    let seen_from_thread = producer.join().unwrap();
+    probe.detach();
+    let totals = source.finish(|_: Item<'_>| {}).unwrap();
+    assert_eq!(seqs, (0..count).collect::<Vec<_>>());
+    assert_eq!(seen_from_thread.events, count);
+    let stats = source.stats();
+    assert_eq!((stats.events, stats.lost, stats.produced), (totals.delivered, totals.dropped, totals.produced));
+    assert_eq!(stats.produced, Some(count));
+    assert!(stats.wakeups > 0, "{stats:?}");
+    assert!(stats.peak_fill > 0 && stats.fill.capacity == 256 << 10, "{stats:?}");
 }
