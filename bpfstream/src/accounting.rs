@@ -44,6 +44,8 @@ impl Counters {
 
 /// When a ring-buffer producer wakes the consumer (`enum bpfstream_wakeup`). A perf buffer's
 /// equivalent is [`crate::PerfWakeup`], set when the buffer is opened.
+///
+/// Minimum kernel: 5.8 (`BPF_RB_NO_WAKEUP`, `BPF_RB_FORCE_WAKEUP`, `bpf_ringbuf_query`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WakeupPolicy {
     /// The kernel's default: wake when the consumer had caught up (flags 0).
@@ -73,6 +75,8 @@ impl WakeupPolicy {
 }
 
 /// Reader of the `bpfstream_stats` per-CPU map.
+///
+/// Minimum kernel: 4.13 (`BPF_OBJ_GET_INFO_BY_FD`; per-CPU arrays are 4.6).
 #[derive(Debug)]
 pub struct DropCounters {
     map: OwnedFd,

@@ -11,8 +11,68 @@
 //!
 //! Handlers are plain closures that may borrow local state (no `'static` bound); they return
 //! `()` to go on or [`std::ops::ControlFlow`] to stop early (see [`Flow`]).
+//!
+//! # The parts
+//!
+//! | | blocking | async (feature `tokio`) |
+//! |---|---|---|
+//! | one ring buffer | [`RingBuffer`] (`&[u8]` records) | [`stream::EventStream`] |
+//! | one perf buffer | [`PerfBuffer`] ([`Item`]s: records and `Lost`) | [`stream::EventStream`] |
+//! | either, with drop counters | [`EventSource`] | [`stream::EventStream`] |
+//! | many sources, priorities | [`Poller`] | [`stream::MergedStream`] |
+//!
+//! - Loss is an item, never silence: perf `PERF_RECORD_LOST` and ring-buffer drops (counted by
+//!   the BPF side, [`accounting`]) both arrive as [`Item::Lost`] / [`Event::Lost`], and
+//!   [`Totals`] keep `delivered + dropped == produced`.
+//! - Typed events: [`record!`] declares `#[repr(C)]` mirrors, [`FromRecord`] decodes them with a
+//!   length-checked, alignment-safe copy, [`typed`] adapts handlers and streams, and [`btf`]
+//!   checks a mirror's size and offsets against the struct clang compiled.
+//! - [`stats`]: events, bytes, losses, wakeups and fill, readable from any thread while the
+//!   consumer runs.
+//! - [`sim`]: the kernel's buffer layouts in ordinary memory, for tests without root.
+//!
+//! Runnable examples (as root) are in `bpfstream/examples/`: a blocking ring consumer, a perf
+//! consumer that loses events, a multi-source poller, an async stream, variable-length records.
+//!
+//! # Kernel versions
+//!
+//! Ring buffers need Linux 5.8 (`BPF_MAP_TYPE_RINGBUF`, epoll on its fd, `BPF_RB_NO_WAKEUP` /
+//! `BPF_RB_FORCE_WAKEUP`, `bpf_ringbuf_query`); perf buffers Linux 4.4 (`bpf_perf_event_output`
+//! into `PERF_COUNT_SW_BPF_OUTPUT` events). Opening a map by fd reads its type with
+//! `BPF_OBJ_GET_INFO_BY_FD` (4.13); drop counters are a per-CPU array (4.6). Items that need a
+//! kernel say so; [`typed`], [`btf`], [`stats`], [`sim`] and [`names`] need none.
+//!
+//! # Threads
+//!
+//! [`RingBuffer`], [`PerfBuffer`], [`EventSource`] and [`DropCounters`] are `Send` and `Sync`;
+//! streams are `Send` when their source and decoder are; [`StatsHandle`], [`Waker`] and
+//! [`stream::CancelHandle`] are `Send + Sync` so that other threads can watch and stop a
+//! consumer; [`Poller`] is neither. The argument:
+//!
+//! - `Send`: a consumer owns its descriptors and mappings and has no thread affinity (perf
+//!   events are opened per CPU for all processes, not per thread), so it works the same after a
+//!   move to another thread.
+//! - `Sync`: every `&self` method only reads (atomic loads of the kernel's positions, plain
+//!   fields); everything that consumes takes `&mut self`. The record protocols need a single
+//!   consumer (only it writes `consumer_pos` / `data_tail`, and a lent record stays valid until
+//!   it moves them), and `&mut` is exactly that within a process. What the compiler cannot see is
+//!   a second consumer of the same ring map (a second [`RingBuffer`] on the map, or another
+//!   process): it would move the consumer position under a lent record. One consumer per ring
+//!   map is the kernel protocol's rule; do not break it. (A second [`PerfBuffer`] on a map only
+//!   takes the map's slots over: each has its own events and rings.)
+//! - [`Poller`] holds `&mut dyn Source` and handler closures without a `Send` bound, precisely so
+//!   that handlers can borrow anything (an `Rc`, a `RefCell`, a `&mut` to a local): it lives on
+//!   the thread that runs it; wake it from others with a [`Waker`].
+//!
+//! ```compile_fail
+//! fn send<T: Send>() {}
+//! send::<bpfstream::Poller<'static>>(); // handlers may borrow non-Send state
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod accounting;
+pub mod btf;
 mod error;
 pub mod names;
 pub mod perfbuf;
@@ -20,6 +80,9 @@ pub mod poller;
 pub mod ringbuf;
 pub mod sim;
 pub mod source;
+pub mod stats;
+#[cfg(feature = "tokio")]
+pub mod stream;
 mod sys;
 pub mod typed;
 
@@ -29,10 +92,31 @@ pub use perfbuf::{PerfBuffer, PerfOptions, PerfWakeup};
 pub use poller::{Poller, Waker};
 pub use ringbuf::{RingBuffer, RingStats};
 pub use source::{EventSource, Totals, Transport};
+pub use stats::{Fill, Stats, StatsHandle};
 pub use sys::{online_cpus, page_size, possible_cpus};
-pub use typed::{FromRecord, TypedError};
+pub use typed::{Event, FromRecord, TypedError};
 
 use std::ops::ControlFlow;
+
+// The thread-safety promises of the crate docs ("Threads"), checked at compile time.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<RingBuffer>();
+    send_sync::<PerfBuffer>();
+    send_sync::<EventSource>();
+    send_sync::<DropCounters>();
+    send_sync::<StatsHandle>();
+    send_sync::<Waker>();
+    send_sync::<sim::SimRing>();
+    send_sync::<sim::SimPerf>();
+    #[cfg(feature = "tokio")]
+    {
+        send_sync::<stream::CancelHandle>();
+        const fn send<T: Send>() {}
+        send::<stream::EventStream<EventSource, typed::Typed<u64>>>();
+        send::<stream::MergedStream<'static, typed::OwnedRecord>>();
+    }
+};
 
 /// One sample from a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

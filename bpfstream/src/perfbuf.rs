@@ -47,6 +47,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::stats::Fill;
 use crate::sys::{self, map_type, Epoll, Mmap, PerfEventAttr};
 use crate::{Error, Flow, Item, LossOrigin, Lost, Record};
 
@@ -207,7 +208,8 @@ fn publish<M: PerfMemory + ?Sized>(mem: &M, tail: u64) {
     mem.data_tail().store(tail, Ordering::Release);
 }
 
-/// When a CPU's perf buffer wakes its reader.
+/// When a CPU's perf buffer wakes its reader (`perf_event_attr.wakeup_events` /
+/// `wakeup_watermark`, available wherever perf buffers are: Linux 4.4+).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PerfWakeup {
     /// After this many samples (`wakeup_events`; libbpf's default is 1: every sample).
@@ -414,6 +416,16 @@ impl PerfBuffer {
                 lost: ring.lost,
             })
             .collect()
+    }
+
+    /// Bytes waiting and data bytes, summed over all CPUs (two memory loads per CPU, no
+    /// allocation).
+    pub fn fill(&self) -> Fill {
+        self.cpus.iter().fold(Fill::default(), |fill, ring| Fill {
+            used: fill.used
+                + ring.data_head().load(Ordering::Acquire).saturating_sub(ring.data_tail().load(Ordering::Relaxed)),
+            capacity: fill.capacity + ring.data_size as u64,
+        })
     }
 
     /// Samples the kernel reported lost (PERF_RECORD_LOST), all CPUs.

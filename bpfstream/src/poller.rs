@@ -23,10 +23,12 @@
 //! critical one by more than one batch.
 
 use std::fmt;
+use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::stats::Fill;
 use crate::sys::{Epoll, EventFd};
 use crate::{Error, EventSource, Item, PerfBuffer, Record, RingBuffer};
 
@@ -39,6 +41,21 @@ pub trait Source {
     /// returns the number of records.
     fn consume_items(&mut self, max: usize, handler: &mut dyn FnMut(Item<'_>)) -> Result<usize, Error>;
 
+    /// Like [`consume_items`](Self::consume_items), but `handler` can end the pass after any
+    /// item by returning [`ControlFlow::Break`]: what was handed over is consumed, the rest stays
+    /// in the buffer. The async streams use it to take exactly one item out of the kernel's
+    /// buffer per item they yield. The default cannot stop early (it ignores `Break`), so a
+    /// source of your own should implement it.
+    fn consume_until(
+        &mut self,
+        max: usize,
+        handler: &mut dyn FnMut(Item<'_>) -> ControlFlow<()>,
+    ) -> Result<usize, Error> {
+        self.consume_items(max, &mut |item: Item<'_>| {
+            let _ = handler(item);
+        })
+    }
+
     /// Hands over everything left, for shutdown. The default consumes until empty.
     fn drain_items(&mut self, handler: &mut dyn FnMut(Item<'_>)) -> Result<usize, Error> {
         let mut total = 0;
@@ -50,6 +67,18 @@ pub trait Source {
             total += n;
         }
     }
+
+    /// Bytes waiting and capacity, if the source knows (the async streams publish it in their
+    /// [`Stats`](crate::stats::Stats)). The default: unknown.
+    fn fill(&self) -> Option<Fill> {
+        None
+    }
+
+    /// Told after every wait of a [`Poller`] whether this source's descriptor signalled, for
+    /// sources that keep [`Stats`](crate::stats::Stats). The default ignores it.
+    fn note_wait(&mut self, signalled: bool) {
+        let _ = signalled;
+    }
 }
 
 impl Source for RingBuffer {
@@ -58,6 +87,16 @@ impl Source for RingBuffer {
     }
     fn consume_items(&mut self, max: usize, handler: &mut dyn FnMut(Item<'_>)) -> Result<usize, Error> {
         self.consume_n(max, |data: &[u8]| handler(Item::Record(Record { data, cpu: None })))
+    }
+    fn consume_until(
+        &mut self,
+        max: usize,
+        handler: &mut dyn FnMut(Item<'_>) -> ControlFlow<()>,
+    ) -> Result<usize, Error> {
+        self.consume_n(max, |data: &[u8]| handler(Item::Record(Record { data, cpu: None })))
+    }
+    fn fill(&self) -> Option<Fill> {
+        Some(RingBuffer::fill(self))
     }
 }
 
@@ -68,6 +107,16 @@ impl Source for PerfBuffer {
     fn consume_items(&mut self, max: usize, handler: &mut dyn FnMut(Item<'_>)) -> Result<usize, Error> {
         self.consume_n(max, handler)
     }
+    fn consume_until(
+        &mut self,
+        max: usize,
+        handler: &mut dyn FnMut(Item<'_>) -> ControlFlow<()>,
+    ) -> Result<usize, Error> {
+        self.consume_n(max, handler)
+    }
+    fn fill(&self) -> Option<Fill> {
+        Some(PerfBuffer::fill(self))
+    }
 }
 
 impl Source for EventSource {
@@ -77,10 +126,23 @@ impl Source for EventSource {
     fn consume_items(&mut self, max: usize, handler: &mut dyn FnMut(Item<'_>)) -> Result<usize, Error> {
         self.consume_n(max, handler)
     }
+    fn consume_until(
+        &mut self,
+        max: usize,
+        handler: &mut dyn FnMut(Item<'_>) -> ControlFlow<()>,
+    ) -> Result<usize, Error> {
+        self.consume_n(max, handler)
+    }
     fn drain_items(&mut self, handler: &mut dyn FnMut(Item<'_>)) -> Result<usize, Error> {
         let before = self.totals().delivered;
         let after = self.finish(handler)?.delivered;
         Ok((after - before) as usize)
+    }
+    fn fill(&self) -> Option<Fill> {
+        Some(EventSource::fill(self))
+    }
+    fn note_wait(&mut self, signalled: bool) {
+        EventSource::note_wait(self, signalled);
     }
 }
 
@@ -101,7 +163,7 @@ impl Default for SourceOptions {
 
 /// Identifies a source added to a [`Poller`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SourceId(usize);
+pub struct SourceId(pub(crate) usize);
 
 struct Entry<'a> {
     source: &'a mut dyn Source,
@@ -125,6 +187,9 @@ impl Waker {
 const WAKER_TOKEN: u64 = u64::MAX;
 
 /// Serves many sources from one epoll set; see the [module docs](self).
+///
+/// Not `Send`: handlers may borrow anything, including state that is not `Send` (see the crate
+/// docs, "Threads"). Minimum kernel: that of its sources (5.8 for a ring, 4.4 for perf).
 pub struct Poller<'a> {
     epoll: Epoll,
     waker: Arc<EventFd>,
@@ -186,6 +251,9 @@ impl<'a> Poller<'a> {
         self.epoll.wait(timeout, &mut self.ready)?;
         if self.ready.contains(&WAKER_TOKEN) && self.waker.clear() {
             self.stopped = true;
+        }
+        for entry in &mut self.entries {
+            entry.source.note_wait(self.ready.contains(&(entry.id.0 as u64)));
         }
         self.consume()
     }

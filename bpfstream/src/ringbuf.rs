@@ -36,6 +36,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::stats::Fill;
 use crate::sys::{self, map_type, Mmap};
 use crate::{Error, Flow};
 
@@ -297,6 +298,12 @@ impl RingBuffer {
     /// Size, fill and positions, read now.
     pub fn stats(&self) -> RingStats {
         stats(&self.ring)
+    }
+
+    /// Bytes waiting and the ring's size, read now (two memory loads).
+    pub fn fill(&self) -> Fill {
+        let stats = self.stats();
+        Fill { used: stats.available, capacity: stats.size }
     }
 
     /// Bytes of memory this consumer maps (consumer page, producer page, data mapped twice).

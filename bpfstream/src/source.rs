@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use crate::accounting::DropCounters;
+use crate::stats::{Fill, Stats, StatsHandle};
 use crate::sys::{self, map_type};
 use crate::{Error, Flow, Item, Lost, PerfBuffer, PerfOptions, Record, RingBuffer};
 
@@ -27,7 +28,8 @@ impl Transport {
         }
     }
 
-    /// Whether this kernel can create a ring buffer map. Creates (and frees) a one-page ring.
+    /// Whether this kernel can create a ring buffer map (Linux 5.8+). Creates (and frees) a
+    /// one-page ring.
     pub fn ring_supported() -> bool {
         sys::map_create(map_type::RINGBUF, 0, 0, sys::page_size() as u32).is_ok()
     }
@@ -75,6 +77,9 @@ enum Buffer {
 ///
 /// Drop counters are read at most every [`EventSource::set_counter_interval`] (default 100 ms;
 /// a read is one system call) and always by [`EventSource::finish`].
+///
+/// Minimum kernel: 5.8 for a ring, 4.4 for a perf buffer; [`open`](Self::open) 4.13
+/// (`BPF_OBJ_GET_INFO_BY_FD`).
 pub struct EventSource {
     buffer: Buffer,
     counters: Option<DropCounters>,
@@ -83,6 +88,8 @@ pub struct EventSource {
     /// Per CPU: losses reported by perf LOST records.
     perf_lost: Vec<u64>,
     totals: Totals,
+    stats: Stats,
+    stats_handle: StatsHandle,
 }
 
 impl std::fmt::Debug for EventSource {
@@ -124,6 +131,8 @@ impl EventSource {
             last_counter_read: None,
             perf_lost: Vec::new(),
             totals: Totals::default(),
+            stats: Stats::default(),
+            stats_handle: StatsHandle::default(),
         }
     }
 
@@ -177,6 +186,41 @@ impl EventSource {
         self.totals
     }
 
+    /// Bytes waiting in the buffer and its capacity, read now.
+    pub fn fill(&self) -> Fill {
+        match &self.buffer {
+            Buffer::Ring(r) => r.fill(),
+            Buffer::Perf(p) => p.fill(),
+        }
+    }
+
+    /// Events, bytes, losses, wakeups and fill as of the last pass (see [`crate::stats`]).
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// A handle that reads [`stats`](Self::stats) from any thread while this source is being
+    /// consumed.
+    pub fn stats_handle(&self) -> StatsHandle {
+        self.stats_handle.clone()
+    }
+
+    /// Counts a wait for this source's descriptor: `signalled` if it became readable, otherwise
+    /// it timed out (or another source woke the waiter). [`poll`](Self::poll) and
+    /// [`Poller`](crate::Poller) call this; call it if you wait on [`AsFd`] yourself.
+    pub fn note_wait(&mut self, signalled: bool) {
+        self.stats.note_wait(signalled);
+    }
+
+    fn publish_stats(&mut self) {
+        let t = &self.totals;
+        self.stats.events = t.delivered;
+        self.stats.bytes = t.bytes;
+        self.stats.lost = t.dropped;
+        self.stats.produced = t.produced;
+        self.stats_handle.publish(&self.stats);
+    }
+
     /// Consumes what is buffered now, without blocking; returns the number of records handed
     /// over. Drop counters are checked if the counter interval has passed.
     pub fn consume<F: Flow>(&mut self, mut handler: impl FnMut(Item<'_>) -> F) -> Result<usize, Error> {
@@ -185,12 +229,12 @@ impl EventSource {
 
     /// Like [`consume`](Self::consume), at most `max` records.
     pub fn consume_n<F: Flow>(&mut self, max: usize, mut handler: impl FnMut(Item<'_>) -> F) -> Result<usize, Error> {
-        let n = self.consume_buffer(max, &mut handler)?;
+        self.stats.note_fill(Some(self.fill()));
+        let n = self.consume_buffer(max, &mut handler);
         let due = self.last_counter_read.is_none_or(|t| t.elapsed() >= self.counter_interval);
-        if due {
-            self.report_counter_drops(&mut handler)?;
-        }
-        Ok(n)
+        let counted = if n.is_ok() && due { self.report_counter_drops(&mut handler) } else { Ok(()) };
+        self.publish_stats();
+        counted.and(n)
     }
 
     /// Waits up to `timeout` for data, then consumes. The timeout also bounds how long a record
@@ -200,12 +244,9 @@ impl EventSource {
         timeout: Option<Duration>,
         mut handler: impl FnMut(Item<'_>) -> F,
     ) -> Result<usize, Error> {
-        let empty = match &self.buffer {
-            Buffer::Ring(r) => r.stats().available == 0,
-            Buffer::Perf(p) => p.stats().iter().all(|s| s.available == 0),
-        };
-        if empty {
-            sys::wait_readable(self.as_fd(), timeout)?;
+        if self.fill().used == 0 {
+            let signalled = sys::wait_readable(self.as_fd(), timeout)?;
+            self.note_wait(signalled);
         }
         self.consume_n(usize::MAX, &mut handler)
     }
@@ -213,9 +254,15 @@ impl EventSource {
     /// Drains everything buffered, reads the drop counters one last time and returns the final
     /// totals. Call it after detaching the producers: then `delivered + dropped == produced`.
     pub fn finish<F: Flow>(&mut self, mut handler: impl FnMut(Item<'_>) -> F) -> Result<Totals, Error> {
-        while self.consume_buffer(usize::MAX, &mut handler)? > 0 {}
-        self.report_counter_drops(&mut handler)?;
-        Ok(self.totals)
+        let drained = loop {
+            match self.consume_buffer(usize::MAX, &mut handler) {
+                Ok(0) => break self.report_counter_drops(&mut handler),
+                Ok(_) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.publish_stats();
+        drained.map(|()| self.totals)
     }
 
     fn consume_buffer<F: Flow>(&mut self, max: usize, handler: &mut dyn FnMut(Item<'_>) -> F) -> Result<usize, Error> {

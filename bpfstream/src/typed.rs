@@ -2,7 +2,8 @@
 //!
 //! A record's bytes are copied into the value (`read_unaligned`), never reinterpreted in place:
 //! perf payloads start 4-byte aligned (after the u32 size), so a reference to a `u64` field
-//! inside them would be misaligned. Lengths are checked; a short record is an error.
+//! inside them would be misaligned. Lengths are checked; a short record is an error, and in a
+//! typed stream a [`Event::Malformed`] item rather than a silent skip.
 //!
 //! Declare a record type with [`record!`](crate::record), which adds `#[repr(C)]` and proves
 //! at compile time that every field is plain data:
@@ -23,8 +24,19 @@
 //! assert_eq!(event.pid, 42);
 //! assert!(Event::from_record(&bytes[..3]).is_err());
 //! ```
+//!
+//! Then consume typed events with a handler built by [`events`] (blocking), or a typed async
+//! stream ([`EventStream::typed`](crate::stream::EventStream::typed), feature `tokio`); check the
+//! mirror against the C struct with [`crate::btf`]. Records of variable length (a fixed header
+//! and a tail) decode with [`FromRecord::from_record_prefix`], or with any closure
+//! `FnMut(Record<'_>) -> Result<T, TypedError>` used as a [`Decode`]r.
+//!
+//! No kernel needed: this module only reads bytes.
 
+use std::marker::PhantomData;
 use std::mem::size_of;
+
+use crate::{Flow, Item, Lost, Record};
 
 /// Types for which every bit pattern of their size is a valid value (integers, floats, arrays
 /// of them, and `#[repr(C)]` structs of them declared with [`record!`](crate::record)).
@@ -84,6 +96,152 @@ impl<T: Plain> FromRecord for T {
     }
 }
 
+/// A decoded item: what typed handlers and async streams hand over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<T> {
+    /// A record, decoded.
+    Record(T),
+    /// Records lost before reaching the buffer (perf LOST records, ring drop counters).
+    Lost(Lost),
+    /// A record the decoder rejected (too short for its type). It was consumed: it counts as
+    /// delivered, and this item is how it is reported.
+    Malformed(TypedError),
+}
+
+/// Turns a borrowed record into an owned value, while the record is still in the kernel's
+/// memory (so only what the value needs is copied).
+///
+/// Implemented by [`Copied`] (the whole payload), [`Typed`] (a [`FromRecord`] type) and by any
+/// closure `FnMut(Record<'_>) -> Result<T, TypedError>`, e.g. for a header plus a
+/// variable-length tail:
+///
+/// ```
+/// use bpfstream::typed::{Decode, TypedError};
+/// use bpfstream::{FromRecord, Record};
+/// bpfstream::record! {
+///     pub struct Header { pub len: u32 }
+/// }
+/// let mut decode = |r: Record<'_>| -> Result<Vec<u8>, TypedError> {
+///     let (h, tail) = Header::from_record_prefix(r.data)?;
+///     tail.get(..h.len as usize)
+///         .map(<[u8]>::to_vec)
+///         .ok_or(TypedError { type_name: "Header + tail", needed: 4 + h.len as usize, actual: r.data.len() })
+/// };
+/// let bytes = [2, 0, 0, 0, b'h', b'i', 0, 0];
+/// assert_eq!(decode.decode(Record { data: &bytes, cpu: None }).unwrap(), b"hi");
+/// ```
+pub trait Decode {
+    /// The owned value.
+    type Output;
+    /// Decodes one record.
+    fn decode(&mut self, record: Record<'_>) -> Result<Self::Output, TypedError>;
+}
+
+impl<T, F: FnMut(Record<'_>) -> Result<T, TypedError>> Decode for F {
+    type Output = T;
+    fn decode(&mut self, record: Record<'_>) -> Result<T, TypedError> {
+        self(record)
+    }
+}
+
+/// A record copied out of the buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedRecord {
+    /// The payload (for perf buffers, with up to 7 bytes of trailing padding).
+    pub data: Vec<u8>,
+    /// The CPU whose buffer held it (perf buffers); `None` for a ring buffer.
+    pub cpu: Option<u32>,
+}
+
+/// The [`Decode`]r that copies each payload into an [`OwnedRecord`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Copied;
+
+impl Decode for Copied {
+    type Output = OwnedRecord;
+    fn decode(&mut self, record: Record<'_>) -> Result<OwnedRecord, TypedError> {
+        Ok(OwnedRecord { data: record.data.to_vec(), cpu: record.cpu })
+    }
+}
+
+/// The [`Decode`]r of a [`FromRecord`] type: a length-checked, alignment-safe copy of the
+/// record's first `size_of::<E>()` bytes (trailing bytes, such as perf padding, are ignored).
+pub struct Typed<E>(PhantomData<fn() -> E>);
+
+impl<E> Typed<E> {
+    /// The decoder of `E`.
+    pub fn new() -> Self {
+        Typed(PhantomData)
+    }
+}
+
+impl<E> Default for Typed<E> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<E> Clone for Typed<E> {
+    fn clone(&self) -> Self {
+        Self::new()
+    }
+}
+
+impl<E> std::fmt::Debug for Typed<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Typed<{}>", std::any::type_name::<E>())
+    }
+}
+
+impl<E: FromRecord> Decode for Typed<E> {
+    type Output = E;
+    fn decode(&mut self, record: Record<'_>) -> Result<E, TypedError> {
+        E::from_record(record.data)
+    }
+}
+
+/// Adapts a handler of decoded [`Event`]s into a handler of raw [`Item`]s, for
+/// [`EventSource::consume`](crate::EventSource::consume), [`PerfBuffer`](crate::PerfBuffer),
+/// [`Poller::add`](crate::Poller::add) and the like. The handler may borrow local state.
+///
+/// ```
+/// use bpfstream::sim::SimRing;
+/// use bpfstream::typed::{decoding, Typed, Event};
+/// use bpfstream::{Item, Record};
+///
+/// let ring = SimRing::new(4096);
+/// ring.output(&7u64.to_ne_bytes()).unwrap();
+/// ring.output(&[1, 2]).unwrap(); // too short for a u64
+/// let (mut sum, mut malformed) = (0, 0);
+/// let mut handler = decoding(Typed::<u64>::new(), |event: Event<u64>| match event {
+///     Event::Record(v) => sum += v,
+///     Event::Malformed(_) => malformed += 1,
+///     Event::Lost(_) => {}
+/// });
+/// ring.consumer().consume(|data: &[u8]| handler(Item::Record(Record { data, cpu: None }))).unwrap();
+/// drop(handler);
+/// assert_eq!((sum, malformed), (7, 1));
+/// ```
+pub fn decoding<D: Decode, F: Flow>(
+    mut decoder: D,
+    mut handler: impl FnMut(Event<D::Output>) -> F,
+) -> impl FnMut(Item<'_>) -> F {
+    move |item: Item<'_>| {
+        handler(match item {
+            Item::Record(record) => match decoder.decode(record) {
+                Ok(value) => Event::Record(value),
+                Err(error) => Event::Malformed(error),
+            },
+            Item::Lost(lost) => Event::Lost(lost),
+        })
+    }
+}
+
+/// [`decoding`] with the [`Typed`] decoder of `E`: a handler of `Event<E>`.
+pub fn events<E: FromRecord, F: Flow>(handler: impl FnMut(Event<E>) -> F) -> impl FnMut(Item<'_>) -> F {
+    decoding(Typed::<E>::new(), handler)
+}
+
 /// Declares `#[repr(C)]` structs whose fields are all [`Plain`], and implements [`Plain`] (and
 /// so [`FromRecord`]) for them. A field of any other type is a compile error.
 #[macro_export]
@@ -141,5 +299,32 @@ mod tests {
     fn short_records_are_errors() {
         let err = Header::from_record(&[0u8; 15]).unwrap_err();
         assert_eq!((err.needed, err.actual), (16, 15));
+    }
+
+    #[test]
+    fn typed_handlers_pass_losses_and_report_short_records() {
+        let mut seen = Vec::new();
+        let mut handler = events::<Header, _>(|e: Event<Header>| seen.push(e));
+        let mut whole = [0u8; 19]; // a perf payload: 16 bytes and padding
+        whole[..8].copy_from_slice(&5u64.to_ne_bytes());
+        let lost = Lost { count: 3, cpu: Some(1), origin: crate::LossOrigin::PerfLostRecord };
+        handler(Item::Record(Record { data: &whole, cpu: Some(1) }));
+        handler(Item::Lost(lost));
+        handler(Item::Record(Record { data: &whole[..12], cpu: Some(0) }));
+        drop(handler);
+        assert_eq!(
+            seen,
+            [
+                Event::Record(Header { ts: 5, pid: 0, len: 0 }),
+                Event::Lost(lost),
+                Event::Malformed(TypedError { type_name: std::any::type_name::<Header>(), needed: 16, actual: 12 }),
+            ]
+        );
+    }
+
+    #[test]
+    fn copied_records_keep_payload_and_cpu() {
+        let out = Copied.decode(Record { data: b"abc", cpu: Some(2) }).unwrap();
+        assert_eq!(out, OwnedRecord { data: b"abc".to_vec(), cpu: Some(2) });
     }
 }

@@ -137,3 +137,16 @@ pub fn run(args: ExecArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_event_mirrors_the_struct_clang_laid_out() {
+        for object in [objects::EXEC.ring, objects::EXEC.perf] {
+            let c = bpfstream::btf::struct_layout(object, "exec_event").unwrap();
+            c.check(&bpfstream::rust_layout!(ExecEvent { ts_ns, pid, ppid, uid, filename_len, comm })).unwrap();
+        }
+    }
+}

@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/* bpfstream ping: one record per call of bpfstream_ping(u64 seq, u32 len) in the traced process. */
+#include "bpfstream.h"
+#include <bpf/bpf_tracing.h>
+#include "ping.h"
+
+/* Only this process (0: any). */
+const volatile __u32 targ_tgid = 0;
+
+/* Never read: keeps struct ping_event in the object's BTF, where tests check the Rust mirror. */
+const volatile struct ping_event ping_event_layout = {};
+
+SEC("uprobe")
+int handle_ping(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct ping_event *e;
+	__u64 seq, len;
+	__u8 *data;
+	__u32 i;
+
+	if (targ_tgid && tgid != targ_tgid)
+		return 0;
+	seq = PT_REGS_PARM1(ctx);
+	len = (__u32)PT_REGS_PARM2(ctx);
+	if (len > PING_DATA_MAX)
+		len = PING_DATA_MAX;
+
+	if (len == 0) {
+		e = bpfstream_reserve(struct ping_event);
+		if (!e)
+			return 0;
+		e->seq = seq;
+		e->len = 0;
+		e->cpu = bpf_get_smp_processor_id();
+		bpfstream_submit(ctx, e);
+		return 0;
+	}
+
+	e = bpfstream_scratch();
+	if (!e)
+		return 0;
+	e->seq = seq;
+	e->len = len;
+	e->cpu = bpf_get_smp_processor_id();
+	data = (__u8 *)(e + 1);
+	for (i = 0; i < PING_DATA_MAX; i++) {
+		if (i >= len)
+			break;
+		data[i] = seq + i;
+	}
+	bpfstream_output(ctx, e, sizeof(*e) + len);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,534 @@
+//! The library against the real kernel (as root): the async streams compared with the blocking
+//! consumers, cancellation, the delay bound, typed and merged streams, stats. Every load is
+//! triggered by the test itself: a uprobe on `bpfstream_ping` in this binary sends one record per
+//! call (`bpf/ping.bpf.c`), and nothing else on the machine can add to it.
+
+#[path = "../examples/common/mod.rs"]
+mod ping;
+
+use std::collections::BTreeSet;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use bpfstream::stream::{EventStream, MergedStream};
+use bpfstream::typed::{OwnedRecord, Typed, TypedError};
+use bpfstream::{Event, EventSource, Item, Poller, Record, Transport, WakeupPolicy};
+use futures_util::StreamExt;
+use ping::{ping, PingOptions, PingProbe};
+
+/// Kernel tests of this binary run one at a time: the probe of one would see the pings of
+/// another (same process).
+static KERNEL: Mutex<()> = Mutex::new(());
+
+fn kernel_test() -> Option<MutexGuard<'static, ()>> {
+    if std::env::var_os("BPFSTREAM_SKIP_KERNEL_TESTS").is_some() {
+        eprintln!("skipping a kernel test: BPFSTREAM_SKIP_KERNEL_TESTS is set");
+        return None;
+    }
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "kernel tests load BPF programs: run them as root (sudo cargo test)");
+    Some(KERNEL.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Payload lengths cycle through fixed-size records (0) and variable ones.
+fn len_of(seq: u64) -> u32 {
+    [0, 1, 7, 64, 200, 0, 13, 1000][seq as usize % 8]
+}
+
+/// What a consumer saw: the (seq, len) of every record, in order, and the losses.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Seen {
+    records: Vec<(u64, u32)>,
+    lost: u64,
+}
+
+impl Seen {
+    fn item(&mut self, item: Item<'_>) {
+        match item {
+            Item::Record(r) => self.record(r.data),
+            Item::Lost(l) => self.lost += l.count,
+        }
+    }
+
+    fn record(&mut self, data: &[u8]) {
+        let (header, _) = ping::decode(data).unwrap_or_else(|| panic!("malformed ping record {data:?}"));
+        assert_eq!(header.len, len_of(header.seq));
+        self.records.push((header.seq, header.len));
+    }
+
+    fn event(&mut self, event: Event<OwnedRecord>) {
+        match event {
+            Event::Record(r) => self.record(&r.data),
+            Event::Lost(l) => self.lost += l.count,
+            Event::Malformed(e) => panic!("{e}"),
+        }
+    }
+
+    fn seqs(&self) -> Vec<u64> {
+        self.records.iter().map(|&(seq, _)| seq).collect()
+    }
+}
+
+/// Loads the probe, sends `count` pings from a thread pinned to CPU 0 while nobody consumes,
+/// detaches, and returns the source with everything still in it.
+fn burst(options: PingOptions, count: u64) -> EventSource {
+    let mut probe = PingProbe::load(options).unwrap();
+    let source = probe.source().unwrap();
+    probe.attach().unwrap();
+    std::thread::spawn(move || {
+        ping::pin_to_cpu(0).unwrap();
+        for seq in 0..count {
+            ping(seq, len_of(seq));
+        }
+    })
+    .join()
+    .unwrap();
+    probe.detach();
+    source
+}
+
+fn drain_async(source: EventSource) -> (Seen, bpfstream::Stats) {
+    runtime().block_on(async {
+        let mut stream = EventStream::new(source).unwrap();
+        stream.cancel_handle().drain();
+        let mut seen = Seen::default();
+        while let Some(event) = stream.next().await {
+            seen.event(event.unwrap());
+        }
+        (seen, stream.stats())
+    })
+}
+
+fn same_load_same_items(transport: Transport) {
+    let Some(_kernel) = kernel_test() else { return };
+    // Small buffers, so the burst overflows them and losses are part of what must match.
+    let options = PingOptions { ring_bytes: 16 << 10, perf_pages: 1, ..PingOptions::new(transport) };
+    let count = 600;
+
+    let mut blocking = Seen::default();
+    let mut source = burst(options, count);
+    let totals = source.finish(|item: Item<'_>| blocking.item(item)).unwrap();
+    assert_eq!(totals.produced, Some(count));
+    assert_eq!(totals.delivered + totals.dropped, count, "{totals:?}");
+    assert!(totals.dropped > 0, "the burst should overflow the buffer: {totals:?}");
+
+    let (asynchronous, stats) = drain_async(burst(options, count));
+    assert_eq!(asynchronous, blocking, "the async stream saw something else than the blocking consumer");
+    assert_eq!((stats.events, stats.lost), (totals.delivered, totals.dropped));
+    assert_eq!(asynchronous.records.len() as u64 + asynchronous.lost, count);
+}
+
+#[test]
+fn ring_async_stream_delivers_what_the_blocking_consumer_does() {
+    same_load_same_items(Transport::Ring);
+}
+
+#[test]
+fn perf_async_stream_delivers_what_the_blocking_consumer_does() {
+    same_load_same_items(Transport::Perf);
+}
+
+/// A producer thread pings while the stream waits and consumes; the stream must yield every
+/// record once, in order, with no loss.
+fn live(transport: Transport) {
+    let Some(_kernel) = kernel_test() else { return };
+    let count = 3000;
+    let mut probe = PingProbe::load(PingOptions::new(transport)).unwrap();
+    let source = probe.source().unwrap();
+    probe.attach().unwrap();
+    let (seen, stats) = runtime().block_on(async {
+        let mut stream = EventStream::new(source).unwrap();
+        let cancel = stream.cancel_handle();
+        let stats = stream.stats_handle();
+        let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let watching = running.clone();
+        // Read the stats from another thread while the stream runs: they only grow.
+        let watcher = std::thread::spawn(move || {
+            let mut last = 0;
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = stats.read().events;
+                assert!(now >= last, "events went from {last} to {now}");
+                last = now;
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        });
+        let producer = std::thread::spawn(move || {
+            ping::pin_to_cpu(0).unwrap();
+            for seq in 0..count {
+                ping(seq, len_of(seq));
+                if seq % 500 == 0 {
+                    std::thread::sleep(Duration::from_millis(2)); // let the stream catch up and wait
+                }
+            }
+            cancel.drain(); // nothing more will come: yield the rest and end
+        });
+        let mut seen = Seen::default();
+        while let Some(event) = stream.next().await {
+            seen.event(event.unwrap());
+        }
+        running.store(false, std::sync::atomic::Ordering::Relaxed);
+        producer.join().unwrap();
+        watcher.join().unwrap();
+        (seen, stream.stats())
+    });
+    assert_eq!(seen.seqs(), (0..count).collect::<Vec<_>>());
+    assert_eq!(seen.lost, 0);
+    assert_eq!(stats.events, count);
+    assert!(stats.wakeups > 0, "the kernel never woke the stream: {stats:?}");
+    assert!(stats.peak_fill > 0 && stats.fill.capacity > 0, "{stats:?}");
+}
+
+#[test]
+fn ring_async_stream_keeps_up_with_a_live_producer() {
+    live(Transport::Ring);
+}
+
+#[test]
+fn perf_async_stream_keeps_up_with_a_live_producer() {
+    live(Transport::Perf);
+}
+
+/// Takes `taken` records with the stream, then stops it in one of three ways; everything not
+/// yielded must still be in the buffer for the next consumer.
+fn cancel_mid_stream(transport: Transport, how: &str) {
+    let Some(_kernel) = kernel_test() else { return };
+    let (count, taken) = (300u64, 100u64);
+    let mut probe = PingProbe::load(PingOptions::new(transport)).unwrap();
+    let source = probe.source().unwrap();
+    probe.attach().unwrap();
+    for seq in 0..count {
+        ping(seq, len_of(seq));
+    }
+    let (first, rest_source, counted) = runtime().block_on(async {
+        let mut stream = EventStream::new(source).unwrap();
+        let mut first = Seen::default();
+        while (first.records.len() as u64) < taken {
+            first.event(stream.next().await.unwrap().unwrap());
+        }
+        if how == "cancel" {
+            stream.cancel_handle().cancel();
+            assert!(stream.next().await.is_none(), "a cancelled stream ends");
+        }
+        let counted = stream.stats().events;
+        let rest_source = match how {
+            // Dropping the stream drops its ring consumer; a new one continues where it stopped.
+            "drop" => {
+                drop(stream);
+                None
+            }
+            _ => {
+                let (source, pending) = stream.into_inner();
+                assert!(pending.is_empty(), "only loss reports can wait in a stream: {pending:?}");
+                Some(source)
+            }
+        };
+        (first, rest_source, counted)
+    });
+    assert_eq!(counted, taken, "the stream counts what it yielded");
+    let mut source = rest_source.unwrap_or_else(|| probe.source().unwrap());
+    probe.detach();
+    let mut rest = Seen::default();
+    let totals = source.finish(|item: Item<'_>| rest.item(item)).unwrap();
+    assert_eq!(first.seqs(), (0..taken).collect::<Vec<_>>());
+    assert_eq!(rest.seqs(), (taken..count).collect::<Vec<_>>(), "records after a {how} were lost or repeated");
+    assert_eq!(totals.dropped, 0);
+}
+
+#[test]
+fn ring_dropping_the_stream_leaves_the_rest_in_the_ring() {
+    cancel_mid_stream(Transport::Ring, "drop");
+}
+
+#[test]
+fn ring_into_inner_gives_back_the_rest() {
+    cancel_mid_stream(Transport::Ring, "into_inner");
+}
+
+#[test]
+fn perf_cancel_handle_leaves_the_rest_in_the_buffer() {
+    cancel_mid_stream(Transport::Perf, "cancel");
+}
+
+/// `next()` futures dropped before they complete (a timeout, a `select!` branch not taken)
+/// lose nothing: every record comes out exactly once.
+#[test]
+fn dropped_next_futures_lose_nothing() {
+    let Some(_kernel) = kernel_test() else { return };
+    let count = 2000;
+    let mut probe = PingProbe::load(PingOptions::new(Transport::Ring)).unwrap();
+    let source = probe.source().unwrap();
+    probe.attach().unwrap();
+    let (seen, abandoned) = runtime().block_on(async {
+        let mut stream = EventStream::new(source).unwrap();
+        let mut abandoned = 0;
+        // Nothing was sent yet: these futures are certainly dropped while waiting.
+        for _ in 0..3 {
+            assert!(tokio::time::timeout(Duration::from_millis(5), stream.next()).await.is_err());
+            abandoned += 1;
+        }
+        let producer = std::thread::spawn(move || {
+            for seq in 0..count {
+                ping(seq, len_of(seq));
+                if seq % 100 == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        let mut seen = Seen::default();
+        while (seen.records.len() as u64) < count {
+            match tokio::time::timeout(Duration::from_micros(200), stream.next()).await {
+                Ok(event) => seen.event(event.unwrap().unwrap()),
+                Err(_) => abandoned += 1,
+            }
+        }
+        producer.join().unwrap();
+        (seen, abandoned)
+    });
+    probe.detach();
+    assert_eq!(seen.seqs(), (0..count).collect::<Vec<_>>());
+    assert!(abandoned >= 3);
+}
+
+/// With `BPF_RB_NO_WAKEUP` the kernel never wakes the consumer: records come out only through
+/// the delay timer, and must all come out.
+#[test]
+fn records_without_wakeups_arrive_through_the_delay_timer() {
+    let Some(_kernel) = kernel_test() else { return };
+    let count = 50;
+    let options = PingOptions { wakeup: WakeupPolicy::Never, ..PingOptions::new(Transport::Ring) };
+    let mut probe = PingProbe::load(options).unwrap();
+    let source = probe.source().unwrap();
+    probe.attach().unwrap();
+    let stats = runtime().block_on(async {
+        let mut stream = EventStream::new(source).unwrap();
+        stream.set_max_delay(Some(Duration::from_millis(20)));
+        let producer = tokio::task::spawn_blocking(move || {
+            // Start once the stream waits, so the records land in a buffer nobody is reading.
+            std::thread::sleep(Duration::from_millis(50));
+            for seq in 0..count {
+                ping(seq, len_of(seq));
+            }
+        });
+        let mut seen = Seen::default();
+        let all = async {
+            while (seen.records.len() as u64) < count {
+                seen.event(stream.next().await.unwrap().unwrap());
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), all).await.expect("records stranded without a wakeup");
+        producer.await.unwrap();
+        assert_eq!(seen.seqs(), (0..count).collect::<Vec<_>>());
+        stream.stats()
+    });
+    probe.detach();
+    assert_eq!(stats.wakeups, 0, "BPF_RB_NO_WAKEUP, yet the kernel woke the stream: {stats:?}");
+    assert!(stats.timeouts > 0, "{stats:?}");
+}
+
+#[test]
+fn a_cancel_wakes_a_waiting_stream() {
+    let Some(_kernel) = kernel_test() else { return };
+    let probe = PingProbe::load(PingOptions::new(Transport::Ring)).unwrap();
+    let source = probe.source().unwrap();
+    runtime().block_on(async {
+        let mut stream = EventStream::new(source).unwrap();
+        stream.set_max_delay(None); // only the cancel can end the wait
+        let cancel = stream.cancel_handle();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            cancel.cancel();
+        });
+        let next = tokio::time::timeout(Duration::from_secs(20), stream.next()).await;
+        assert!(matches!(next, Ok(None)), "the stream should end when cancelled");
+    });
+}
+
+bpfstream::record! {
+    /// A ping with at least 32 bytes of data.
+    #[derive(Debug)]
+    struct BigPing {
+        seq: u64,
+        len: u32,
+        cpu: u32,
+        data: [u8; 32],
+    }
+}
+
+#[test]
+fn typed_streams_decode_and_report_short_records() {
+    let Some(_kernel) = kernel_test() else { return };
+    let mut probe = PingProbe::load(PingOptions::new(Transport::Perf)).unwrap();
+    let source = probe.source().unwrap();
+    probe.attach().unwrap();
+    ping(1, 0); // 16 bytes: too short
+    ping(2, 32);
+    ping(3, 40); // longer than BigPing: the rest is ignored
+    probe.detach();
+    let events = runtime().block_on(async {
+        let mut stream = EventStream::typed::<BigPing>(source).unwrap();
+        stream.cancel_handle().drain();
+        let events: Vec<_> = stream.by_ref().map(Result::unwrap).collect().await;
+        assert_eq!(stream.stats().events, 3, "a malformed record is delivered (and reported)");
+        events
+    });
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(matches!(events[0], Event::Malformed(TypedError { needed: 48, .. })), "{events:?}");
+    let Event::Record(ref big) = events[1] else { panic!("{events:?}") };
+    assert_eq!((big.seq, big.len, big.data[..3].to_vec()), (2, 32, vec![2, 3, 4]));
+    assert!(matches!(events[2], Event::Record(BigPing { seq: 3, len: 40, .. })), "{events:?}");
+}
+
+/// Two probes (a ring and a perf buffer) see every ping; a merged stream serves them by
+/// priority, and in turns when the priorities are equal.
+fn merged(ring_priority: i32, perf_priority: i32) -> Vec<(&'static str, u64)> {
+    let count = 40;
+    let mut ring_probe = PingProbe::load(PingOptions::new(Transport::Ring)).unwrap();
+    let mut perf_probe = PingProbe::load(PingOptions::new(Transport::Perf)).unwrap();
+    let (ring, perf) = (ring_probe.source().unwrap(), perf_probe.source().unwrap());
+    ring_probe.attach().unwrap();
+    perf_probe.attach().unwrap();
+    for seq in 0..count {
+        ping(seq, len_of(seq));
+    }
+    ring_probe.detach();
+    perf_probe.detach();
+    runtime().block_on(async {
+        let seq_of = |r: Record<'_>| -> Result<u64, TypedError> { Ok(ping::decode(r.data).expect("intact").0.seq) };
+        let mut merged = MergedStream::new().unwrap();
+        let ring_id = merged.add(ring, ring_priority, seq_of).unwrap();
+        let perf_id = merged.add(perf, perf_priority, seq_of).unwrap();
+        merged.cancel_handle().drain();
+        let mut out = Vec::new();
+        while let Some(item) = merged.next().await {
+            let (id, event) = item.unwrap();
+            let Event::Record(seq) = event else { panic!("{event:?}") };
+            out.push((
+                if id == ring_id {
+                    "ring"
+                } else if id == perf_id {
+                    "perf"
+                } else {
+                    "?"
+                },
+                seq,
+            ));
+        }
+        assert_eq!(merged.stats().events, 2 * count);
+        out
+    })
+}
+
+#[test]
+fn merged_stream_serves_the_higher_priority_first() {
+    let Some(_kernel) = kernel_test() else { return };
+    let out = merged(0, 5);
+    let expected: Vec<_> = (0..40).map(|s| ("perf", s)).chain((0..40).map(|s| ("ring", s))).collect();
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn merged_stream_takes_turns_between_equal_priorities() {
+    let Some(_kernel) = kernel_test() else { return };
+    let out = merged(0, 0);
+    let expected: Vec<_> = (0..40).flat_map(|s| [("ring", s), ("perf", s)]).collect();
+    assert_eq!(out, expected);
+    let distinct: BTreeSet<_> = out.iter().collect();
+    assert_eq!(distinct.len(), 80);
+}
+
+#[test]
+fn streams_are_send_and_run_on_spawned_tasks() {
+    let Some(_kernel) = kernel_test() else { return };
+    let count = 100;
+    let mut probe = PingProbe::load(PingOptions::new(Transport::Ring)).unwrap();
+    let source = probe.source().unwrap();
+    probe.attach().unwrap();
+    for seq in 0..count {
+        ping(seq, 0);
+    }
+    probe.detach();
+    let seqs = runtime().block_on(async move {
+        let mut stream = EventStream::typed::<ping::PingEvent>(source).unwrap();
+        stream.cancel_handle().drain();
+        // A spawned task needs a Send + 'static stream.
+        tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            while let Some(event) = stream.next().await {
+                if let Event::Record(p) = event.unwrap() {
+                    seqs.push(p.seq);
+                }
+            }
+            seqs
+        })
+        .await
+        .unwrap()
+    });
+    assert_eq!(seqs, (0..count).collect::<Vec<_>>());
+}
+
+#[test]
+fn ping_event_mirrors_the_struct_clang_laid_out() {
+    for object in ["ping.ring.bpf.o", "ping.perf.bpf.o"] {
+        let bytes = std::fs::read(format!("{}/../bpf/obj/{object}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let c = bpfstream::btf::struct_layout(&bytes, "ping_event").unwrap();
+        c.check(&bpfstream::rust_layout!(ping::PingEvent { seq, len, cpu })).unwrap();
+    }
+}
+
+#[test]
+fn typed_decoder_is_a_plain_value() {
+    // No kernel: the decoder of a stream is an ordinary value that can be used on its own.
+    use bpfstream::typed::Decode;
+    let mut decoder = Typed::<u32>::new();
+    assert_eq!(decoder.decode(Record { data: &[1, 0, 0, 0, 9], cpu: None }), Ok(1));
+    assert!(decoder.decode(Record { data: &[1], cpu: None }).is_err());
+}
+
+/// The blocking side: a Poller whose handler borrows a local Vec, stats read from another thread
+/// while it runs, and waits counted.
+#[test]
+fn poller_handlers_borrow_locals_and_stats_are_live() {
+    let Some(_kernel) = kernel_test() else { return };
+    let count = 2000;
+    let mut probe = PingProbe::load(PingOptions::new(Transport::Ring)).unwrap();
+    let mut source = probe.source().unwrap();
+    probe.attach().unwrap();
+    let stats = source.stats_handle();
+    let mut seqs = Vec::new();
+    let mut poller = Poller::new().unwrap();
+    poller
+        .add(&mut source, |item: Item<'_>| {
+            if let Item::Record(r) = item {
+                seqs.push(ping::decode(r.data).unwrap().0.seq);
+            }
+        })
+        .unwrap();
+    let waker = poller.waker();
+    let producer = std::thread::spawn(move || {
+        for seq in 0..count {
+            ping(seq, len_of(seq));
+        }
+        // Watch from this thread until the consumer has everything, then stop it.
+        while stats.read().events < count {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        waker.wake();
+        stats.read()
+    });
+    poller.run(Duration::from_millis(50)).unwrap();
+    drop(poller);
+    let seen_from_thread = producer.join().unwrap();
+    probe.detach();
+    let totals = source.finish(|_: Item<'_>| {}).unwrap();
+    assert_eq!(seqs, (0..count).collect::<Vec<_>>());
+    assert_eq!(seen_from_thread.events, count);
+    let stats = source.stats();
+    assert_eq!((stats.events, stats.lost, stats.produced), (totals.delivered, totals.dropped, totals.produced));
+    assert_eq!(stats.produced, Some(count));
+    assert!(stats.wakeups > 0, "{stats:?}");
+    assert!(stats.peak_fill > 0 && stats.fill.capacity == 256 << 10, "{stats:?}");
+}
