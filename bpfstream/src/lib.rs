@@ -13,7 +13,9 @@
 //! `()` to go on or [`std::ops::ControlFlow`] to stop early (see [`Flow`]).
 
 pub mod accounting;
+pub mod degrade;
 mod error;
+pub mod merge;
 pub mod names;
 pub mod perfbuf;
 pub mod poller;
@@ -26,7 +28,7 @@ pub mod typed;
 pub use accounting::{Counters, DropCounters, WakeupPolicy};
 pub use error::Error;
 pub use perfbuf::{PerfBuffer, PerfOptions, PerfWakeup};
-pub use poller::{Poller, Waker};
+pub use poller::{PollStats, Poller, Waker};
 pub use ringbuf::{RingBuffer, RingStats};
 pub use source::{EventSource, Totals, Transport};
 pub use sys::{online_cpus, page_size, possible_cpus};
