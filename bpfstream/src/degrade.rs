@@ -63,7 +63,7 @@ impl DegradePolicy {
     /// at `low` full (`0 <= low < high <= 1`). Leave headroom above `high` for the events that
     /// arrive while the switch happens (a burst written by one program run).
     pub fn for_ring(ring_size: u64, high: f64, low: f64, sample_every: u32) -> Result<Self, Error> {
-        if !(0.0..1.0).contains(&low) || !(low < high && high <= 1.0) {
+        if !((0.0..1.0).contains(&low) && low < high && high <= 1.0) {
             return Err(Error::Unsupported(format!(
                 "degrade watermarks must satisfy 0 <= low < high <= 1 (fractions of the ring), got low {low}, high {high}"
             )));
