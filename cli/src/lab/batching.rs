@@ -111,6 +111,11 @@ fn run_one(name: &'static str, policy: WakeupPolicy, duration: Duration, progres
     let cpu_before = load::thread_cpu_ns();
     let mut wakeups = 0;
     std::thread::scope(|s| -> Result<()> {
+        // Registered while the ring is empty: epoll reports it readable only on a wakeup (or,
+        // being level-triggered, when data waits right after a wakeup was served).
+        let _pin = load::pin_current_thread(cpus.consumer)?;
+        let mut poller = Poller::new()?;
+        poller.add(&mut source, |item: Item<'_>| record(item, &mut latencies, &mut tail))?;
         let producer = s.spawn(|| -> Result<()> {
             let _pin = load::pin_current_thread(cpus.load)?;
             load::paced(Pace { per_sec: RATE }, 1_000_000, &stop, |sent, n| {
@@ -123,9 +128,6 @@ fn run_one(name: &'static str, policy: WakeupPolicy, duration: Duration, progres
             tail_sent.store(TAIL, Ordering::Release);
             Ok(())
         });
-        let _pin = load::pin_current_thread(cpus.consumer)?;
-        let mut poller = Poller::new()?;
-        poller.add(&mut source, |item: Item<'_>| record(item, &mut latencies, &mut tail))?;
         while started.elapsed() < duration {
             poller.poll(Some(BOUND))?;
             progress.tick();
@@ -254,7 +256,8 @@ fn report(mut rows: Vec<Row>, per_run: Duration) -> LabReport {
         setup: format!(
             "For {:.1} s per policy, one thread pinned to one CPU makes {RATE} system calls per second, each traced \
              into one record; the consumer (pinned to another CPU) polls a {} ring with a {} ms timeout. Latency: \
-             bpf_ktime_get_ns() in BPF to delivery (CLOCK_MONOTONIC).",
+             bpf_ktime_get_ns() in BPF to delivery (CLOCK_MONOTONIC). Wakeups: polls that returned because the \
+             ring was readable rather than by the timeout.",
             per_run.as_secs_f64(),
             human_bytes(BUFFER),
             BOUND.as_millis()

@@ -51,7 +51,7 @@ struct LabOptions {
     #[arg(long)]
     json: bool,
     /// Draw the experiment's figure into this SVG file
-    #[arg(long, value_name = "FILE.svg")]
+    #[arg(long, value_name = "FILE.svg", value_parser = parse_svg_path)]
     plot: Option<PathBuf>,
     /// Total run time of the experiment (default: the experiment's own, under a minute)
     #[arg(long, value_name = "SECS", value_parser = crate::size::parse_run_duration)]
@@ -106,9 +106,6 @@ pub fn run(args: LabArgs) -> Result<()> {
         Some(Experiment::Backpressure(o)) => ("backpressure", o),
         Some(Experiment::MultiRing(o)) => ("multi-ring", o),
     };
-    if let Some(path) = &options.plot {
-        check_writable(path)?;
-    }
     let lab = lab(name);
     let duration = options.duration.unwrap_or(lab.default);
     let mut progress = Progress::new(lab.name, duration);
@@ -149,15 +146,17 @@ fn run_all(args: &AllArgs) -> Result<()> {
     check_accounting(&reports)
 }
 
-fn check_writable(path: &std::path::Path) -> Result<()> {
+/// `--plot`: an .svg file in a directory that exists.
+fn parse_svg_path(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
     if path.extension().is_none_or(|e| e != "svg") {
-        bail!("--plot {}: the figure is SVG; give a file name ending in .svg", path.display());
+        return Err(format!("{text}: the figure is SVG; give a file name ending in .svg"));
     }
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     if !dir.is_dir() {
-        bail!("--plot {}: directory {} does not exist", path.display(), dir.display());
+        return Err(format!("{text}: directory {} does not exist", dir.display()));
     }
-    Ok(())
+    Ok(path)
 }
 
 fn check_accounting(reports: &[LabReport]) -> Result<()> {
