@@ -24,7 +24,7 @@
  * (summary map full) is sent instead, never lost unaccounted.
  *
  * Perf variant: a BPF program cannot read a perf buffer's fill level, so there is no watermark
- * to act on: admit() always sends, and userspace refuses a degrade policy on perf buffers.
+ * to act on: admit() always sends, and userspace (DegradePolicy::check) refuses the policy there.
  */
 #ifndef BPFSTREAM_DEGRADE_H
 #define BPFSTREAM_DEGRADE_H

@@ -26,7 +26,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use crate::sys::{self, map_type};
 use crate::typed::FromRecord;
-use crate::{Error, Totals};
+use crate::{Error, EventSource, Totals, Transport};
 
 /// The read-only global holding the high watermark (bytes waiting; 0: policy off).
 pub const HIGH_GLOBAL: &str = "bpfstream_degrade_high";
@@ -75,6 +75,19 @@ impl DegradePolicy {
     /// Whether this policy never degrades.
     pub fn is_off(&self) -> bool {
         self.high == 0
+    }
+
+    /// Checks that `source` can carry this policy: anything but [`DegradePolicy::OFF`] needs a
+    /// ring buffer, since BPF cannot read a perf buffer's fill level.
+    pub fn check(&self, source: &EventSource) -> Result<(), Error> {
+        if !self.is_off() && source.transport() != Transport::Ring {
+            return Err(Error::Unsupported(
+                "the degrade policy needs a ring buffer (BPF cannot read a perf buffer's fill level); load the ring \
+                 variant of the program or turn the policy off"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The read-only globals to set before loading: (name, native-endian value).

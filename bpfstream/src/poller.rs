@@ -361,6 +361,26 @@ mod tests {
     }
 
     #[test]
+    fn the_poll_timeout_bounds_the_delay_when_no_wakeup_comes() {
+        // Records wait in a source whose fd never signals (BPF_RB_NO_WAKEUP, or a batching
+        // producer that stopped short of its threshold): the timeout alone must deliver them.
+        let (mut silent, _) = Queue::new([1, 2, 3]);
+        let delivered = RefCell::new(Vec::new());
+        let mut poller = Poller::new().unwrap();
+        poller.add(&mut silent, |item| delivered.borrow_mut().push(value(item))).unwrap();
+        let started = std::time::Instant::now();
+        let bound = Duration::from_millis(20);
+        let handled = poller.poll(Some(bound)).unwrap();
+        let waited = started.elapsed();
+        assert_eq!(handled, 3);
+        assert!(waited >= bound, "returned after {waited:?} without any signal");
+        assert!(waited < Duration::from_secs(5), "a silent source was left waiting for {waited:?}");
+        assert_eq!(poller.stats(), PollStats { waits: 1, wakeups: 0, timeouts: 1 });
+        drop(poller);
+        assert_eq!(delivered.into_inner(), [1, 2, 3]);
+    }
+
+    #[test]
     fn stats_tell_wakeups_from_timeouts() {
         let (mut queue, items) = Queue::new([]);
         let readable = Rc::clone(&queue.fd);

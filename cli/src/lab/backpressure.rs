@@ -96,6 +96,7 @@ fn run_one(policy_on: bool, duration: Duration, progress: &Progress) -> Result<R
     let globals = policy.globals().into_iter().map(|(name, bytes)| Global { name, bytes }).collect();
     let Loaded { bpf, mut source } =
         Loaded::start("lab backpressure", objects::LAB_DEGRADE, &["lab_degrade_burst"], globals, &options)?;
+    policy.check(&source)?;
     let mut maps = degrade_maps(&bpf)?;
     let producer_maps = Mutex::new(degrade_maps(&bpf)?);
     let producer_counters = Mutex::new(load::drop_counters(&bpf)?);
