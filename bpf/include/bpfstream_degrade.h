@@ -13,7 +13,8 @@
  *     `bpfstream_degrade_high`, switch to degraded mode;
  *   - in degraded mode, count each event per key in the `bpfstream_summary` hash map instead
  *     of sending it, except every `bpfstream_degrade_sample`-th event (0: none), which is sent;
- *   - when the bytes waiting fall to `bpfstream_degrade_low` or below, return to full fidelity.
+ *   - when the bytes waiting fall to `bpfstream_degrade_low` or below, return to full fidelity
+ *     (checked as events arrive: after the load stops, the mode changes with the next event).
  * Each switch is announced in the stream by a `struct bpfstream_degrade_notice` record (first
  * u64 = BPFSTREAM_DEGRADE_MAGIC, which no CLOCK_MONOTONIC timestamp reaches), sent with a
  * forced wakeup so the consumer learns it at once.

@@ -102,6 +102,7 @@ fn run_one(policy_on: bool, duration: Duration, progress: &Progress) -> Result<R
     let producer_counters = Mutex::new(load::drop_counters(&bpf)?);
     let mut sampler = load::drop_counters(&bpf)?;
     let stop = AtomicBool::new(false);
+    let consumer_ready = AtomicBool::new(false);
     let start_ns = load::monotonic_ns();
     let phase_len = [duration / 4, duration / 2, duration / 4];
 
@@ -132,6 +133,10 @@ fn run_one(policy_on: bool, duration: Duration, progress: &Progress) -> Result<R
     let (snapshots, generated) = std::thread::scope(|s| -> Result<(Vec<Snapshot>, BTreeMap<u64, u64>)> {
         let producer = s.spawn(|| -> Result<(Vec<Snapshot>, BTreeMap<u64, u64>)> {
             let _pin = load::pin_current_thread(cpus.load)?;
+            // Start when the consumer is in place, or the calm phase would begin with a backlog.
+            while !consumer_ready.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let snapshot = || -> Result<Snapshot> {
                 let c = producer_counters.lock().expect("counters").total()?;
                 let d = producer_maps.lock().expect("maps").counters()?;
@@ -173,7 +178,10 @@ fn run_one(policy_on: bool, duration: Duration, progress: &Progress) -> Result<R
             }
             Ok((snapshots, generated))
         });
-        let _pin = load::pin_current_thread(cpus.consumer)?;
+        let pinned = load::pin_current_thread(cpus.consumer);
+        // Even if pinning failed: the producer must not wait for a consumer that bailed out.
+        consumer_ready.store(true, Ordering::Release);
+        let _pin = pinned?;
         let mut next_sample = Instant::now() + BUCKET;
         let mut last = (0u64, 0u64, load::monotonic_ns());
         while !producer.is_finished() {
@@ -370,7 +378,7 @@ fn report(runs: Vec<Run>, per_run: Duration) -> LabReport {
             ));
         }
     }
-    let panels: Vec<LinePanel> = runs
+    let mut panels: Vec<LinePanel> = runs
         .iter()
         .map(|run| {
             let end_ns = run.snapshots.last().map_or(0, |s| s.t_ns);
@@ -399,6 +407,20 @@ fn report(runs: Vec<Run>, per_run: Duration) -> LabReport {
             }
         })
         .collect();
+    // Delivered is small next to the overload's rates: its own panel, both runs.
+    panels.push(LinePanel {
+        title: "delivered to the consumer (by production time)".into(),
+        x_label: "seconds".into(),
+        y_label: "thousand events / s".into(),
+        series: runs
+            .iter()
+            .map(|run| Series {
+                name: format!("policy {}", run.name()),
+                points: run.series.iter().map(|p| (p.0, p.1 / 1e3)).collect(),
+            })
+            .collect(),
+        ..Default::default()
+    });
     let figure = move |path: &std::path::Path| {
         plot::lines(path, "Backpressure: calm, overload, calm; without and with graceful degradation", &panels)
     };

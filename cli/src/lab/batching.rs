@@ -113,6 +113,7 @@ fn run_one(name: &'static str, policy: WakeupPolicy, duration: Duration, progres
     std::thread::scope(|s| -> Result<()> {
         // Registered while the ring is empty: epoll reports it readable only on a wakeup (or,
         // being level-triggered, when data waits right after a wakeup was served).
+        let stop_guard = load::StopOnDrop(&stop);
         let _pin = load::pin_current_thread(cpus.consumer)?;
         let mut poller = Poller::new()?;
         poller.add(&mut source, |item: Item<'_>| record(item, &mut latencies, &mut tail))?;
@@ -132,7 +133,7 @@ fn run_one(name: &'static str, policy: WakeupPolicy, duration: Duration, progres
             poller.poll(Some(BOUND))?;
             progress.tick();
         }
-        stop.store(true, Ordering::Relaxed);
+        drop(stop_guard);
         // Serve the silence and the tail, waiting at most TAIL_WAIT for it.
         let tail_deadline = Instant::now() + SILENCE + TAIL_WAIT;
         loop {

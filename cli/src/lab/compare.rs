@@ -4,7 +4,7 @@
 //! throughput and consumer CPU.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -161,6 +161,7 @@ fn run_one(mode: Mode, duration: Duration, progress: &Progress) -> Result<Row> {
                 })
             })
             .collect();
+        let _stop = load::StopOnDrop(&stop);
         let mut poller = Poller::new()?;
         poller.add(&mut source, |item: Item<'_>| state.borrow_mut().record(item))?;
         while started.elapsed() < duration {
@@ -173,7 +174,7 @@ fn run_one(mode: Mode, duration: Duration, progress: &Progress) -> Result<Row> {
             progress.tick();
         }
         wakeups = poller.stats().wakeups;
-        stop.store(true, Ordering::Relaxed);
+        drop(_stop);
         for p in producers {
             p.join().expect("producer thread")?;
         }

@@ -172,6 +172,17 @@ pub fn paced(pace: Pace, group: u64, stop: &AtomicBool, mut send: impl FnMut(u64
     sent
 }
 
+/// Sets a stop flag when dropped, so producer threads end even when the consumer bails out with
+/// an error (a scope would otherwise wait for them forever).
+#[derive(Debug)]
+pub struct StopOnDrop<'a>(pub &'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Latencies (ns) collected during a run.
 #[derive(Debug, Default)]
 pub struct Latencies {

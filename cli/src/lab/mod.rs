@@ -66,7 +66,7 @@ struct AllArgs {
     /// Run time of each experiment (default: a short run of each)
     #[arg(long, value_name = "SECS", value_parser = crate::size::parse_run_duration)]
     duration: Option<Duration>,
-    /// Also print every experiment's rows as JSON lines on stdout
+    /// Print every experiment's rows as JSON lines on stdout (default: tables)
     #[arg(long)]
     json: bool,
 }
@@ -127,8 +127,9 @@ fn run_all(args: &AllArgs) -> Result<()> {
         let mut progress = Progress::new(lab.name, duration);
         let report = (lab.run)(duration, &mut progress)?;
         progress.finish();
-        if args.json {
-            report.print(true)?;
+        report.print(args.json)?;
+        if !args.json {
+            println!();
         }
         reports.push(report);
     }

@@ -78,8 +78,9 @@ pub fn run(duration: Duration, progress: &mut Progress) -> Result<LabReport> {
     Ok(report(separate, shared, per_run))
 }
 
-/// Handles a record of either class into `stats`.
-fn record(item: Item<'_>, stats: &RefCell<[ClassStats; 2]>, work: bool) {
+/// Handles a record of either class into `stats`: while running, with the consumer's work and
+/// its latency; at teardown (after detaching, which takes a while) only counted.
+fn record(item: Item<'_>, stats: &RefCell<[ClassStats; 2]>, running: bool) {
     let Item::Record(r) = item else { return };
     let Some(e) = LabEvent::decode(r.data) else { return };
     let latency = load::monotonic_ns().saturating_sub(e.ts_ns);
@@ -87,9 +88,11 @@ fn record(item: Item<'_>, stats: &RefCell<[ClassStats; 2]>, work: bool) {
     {
         let mut stats = stats.borrow_mut();
         stats[class].delivered += 1;
-        stats[class].latencies.push(latency);
+        if running {
+            stats[class].latencies.push(latency);
+        }
     }
-    if work {
+    if running {
         load::spin_ns(WORK_NS);
     }
 }
@@ -325,7 +328,8 @@ fn report(separate: Setup, shared: Setup, per_run: Duration) -> LabReport {
             "For {:.1} s per setup: a flood of bulk records (bursts of {FLOOD_BURST}, back to back, one pinned thread) \
              and {CRITICAL_RATE} failed openat() calls per second (the critical class); the consumer spends {} us per \
              record. Separate rings: critical {} (priority {CRITICAL_PRIORITY}, served whole), bulk {} (priority \
-             {BULK_PRIORITY}, {BULK_BATCH} records per turn), one Poller. Shared: both classes in one {} ring.",
+             {BULK_PRIORITY}, {BULK_BATCH} records per turn), one Poller. Shared: both classes in one {} ring. Latency: \
+             bpf_ktime_get_ns() to delivery, for records delivered while running (not those drained at teardown).",
             per_run.as_secs_f64(),
             WORK_NS / 1000,
             human_bytes(CRITICAL_RING),
