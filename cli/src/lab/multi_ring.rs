@@ -329,7 +329,8 @@ fn report(separate: Setup, shared: Setup, per_run: Duration) -> LabReport {
              and {CRITICAL_RATE} failed openat() calls per second (the critical class); the consumer spends {} us per \
              record. Separate rings: critical {} (priority {CRITICAL_PRIORITY}, served whole), bulk {} (priority \
              {BULK_PRIORITY}, {BULK_BATCH} records per turn), one Poller. Shared: both classes in one {} ring. Latency: \
-             bpf_ktime_get_ns() to delivery, for records delivered while running (not those drained at teardown).",
+             bpf_ktime_get_ns() to delivery, for records delivered while running (not those drained at teardown). In the shared ring a class's drops are what was \
+             triggered and not delivered; the ring's own counters check their total.",
             per_run.as_secs_f64(),
             WORK_NS / 1000,
             human_bytes(CRITICAL_RING),
