@@ -73,7 +73,9 @@
 
 pub mod accounting;
 pub mod btf;
+pub mod degrade;
 mod error;
+pub mod merge;
 pub mod names;
 pub mod perfbuf;
 pub mod poller;
@@ -89,7 +91,7 @@ pub mod typed;
 pub use accounting::{Counters, DropCounters, WakeupPolicy};
 pub use error::Error;
 pub use perfbuf::{PerfBuffer, PerfOptions, PerfWakeup};
-pub use poller::{Poller, Waker};
+pub use poller::{PollStats, Poller, Waker};
 pub use ringbuf::{RingBuffer, RingStats};
 pub use source::{EventSource, Totals, Transport};
 pub use stats::{Fill, Stats, StatsHandle};

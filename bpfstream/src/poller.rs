@@ -186,6 +186,17 @@ impl Waker {
 
 const WAKER_TOKEN: u64 = u64::MAX;
 
+/// How often a [`Poller`] waited and why it woke up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PollStats {
+    /// Waits ([`Poller::poll`] calls).
+    pub waits: u64,
+    /// Waits that ended because a source signalled data (a producer's wakeup).
+    pub wakeups: u64,
+    /// Waits that ended by their timeout with no source signalling.
+    pub timeouts: u64,
+}
+
 /// Serves many sources from one epoll set; see the [module docs](self).
 ///
 /// Not `Send`: handlers may borrow anything, including state that is not `Send` (see the crate
@@ -196,6 +207,7 @@ pub struct Poller<'a> {
     entries: Vec<Entry<'a>>,
     ready: Vec<u64>,
     stopped: bool,
+    stats: PollStats,
 }
 
 impl fmt::Debug for Poller<'_> {
@@ -210,7 +222,7 @@ impl<'a> Poller<'a> {
         let epoll = Epoll::new()?;
         let waker = Arc::new(EventFd::new()?);
         epoll.add(waker.as_fd(), WAKER_TOKEN)?;
-        Ok(Poller { epoll, waker, entries: Vec::new(), ready: Vec::new(), stopped: false })
+        Ok(Poller { epoll, waker, entries: Vec::new(), ready: Vec::new(), stopped: false, stats: PollStats::default() })
     }
 
     /// Adds a source with default options; `handler` receives its records and loss reports.
@@ -249,6 +261,12 @@ impl<'a> Poller<'a> {
     /// the wait (EINTR) is not an error.
     pub fn poll(&mut self, timeout: Option<Duration>) -> Result<usize, Error> {
         self.epoll.wait(timeout, &mut self.ready)?;
+        self.stats.waits += 1;
+        if self.ready.iter().any(|&token| token != WAKER_TOKEN) {
+            self.stats.wakeups += 1;
+        } else if self.ready.is_empty() {
+            self.stats.timeouts += 1;
+        }
         if self.ready.contains(&WAKER_TOKEN) && self.waker.clear() {
             self.stopped = true;
         }
@@ -298,8 +316,154 @@ impl<'a> Poller<'a> {
         Ok(total)
     }
 
+    /// Waits and wakeups so far.
+    pub fn stats(&self) -> PollStats {
+        self.stats
+    }
+
     /// The sources in the order they are served.
     pub fn sources(&self) -> Vec<(SourceId, SourceOptions)> {
         self.entries.iter().map(|e| (e.id, e.options)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::rc::Rc;
+
+    use super::*;
+
+    /// A source over a queue of numbers, readable through an eventfd the test signals.
+    struct Queue {
+        items: Rc<RefCell<VecDeque<u32>>>,
+        fd: Rc<EventFd>,
+    }
+
+    impl Queue {
+        fn new(items: impl IntoIterator<Item = u32>) -> (Self, Rc<RefCell<VecDeque<u32>>>) {
+            let items = Rc::new(RefCell::new(items.into_iter().collect()));
+            (Queue { items: Rc::clone(&items), fd: Rc::new(EventFd::new().unwrap()) }, items)
+        }
+    }
+
+    impl Source for Queue {
+        fn poll_fd(&self) -> BorrowedFd<'_> {
+            self.fd.as_fd()
+        }
+        fn consume_items(&mut self, max: usize, handler: &mut dyn FnMut(Item<'_>)) -> Result<usize, Error> {
+            let mut n = 0;
+            while n < max {
+                let Some(x) = self.items.borrow_mut().pop_front() else { break };
+                handler(Item::Record(Record { data: &x.to_ne_bytes(), cpu: None }));
+                n += 1;
+            }
+            Ok(n)
+        }
+    }
+
+    fn value(item: Item<'_>) -> u32 {
+        match item {
+            Item::Record(r) => u32::from_ne_bytes(r.data.try_into().unwrap()),
+            Item::Lost(_) => panic!("no losses here"),
+        }
+    }
+
+    #[test]
+    fn a_bulk_flood_delays_critical_records_by_at_most_one_batch() {
+        const BATCH: usize = 3;
+        let log = RefCell::new(Vec::new());
+        let (mut critical, critical_items) = Queue::new([]);
+        // Two bulk sources: without another turn for the critical source between their batches,
+        // a critical record would wait behind both.
+        let (mut bulk_a, _) = Queue::new(0..30);
+        let (mut bulk_b, _) = Queue::new(100..130);
+        let bulk_handler = |item: Item<'_>| {
+            let v = value(item);
+            log.borrow_mut().push(('b', v));
+            // Every bulk record "causes" a critical one to arrive meanwhile.
+            critical_items.borrow_mut().push_back(1000 + v);
+        };
+        let mut poller = Poller::new().unwrap();
+        // Added bulk first: priority, not insertion order, decides.
+        poller.add_with(&mut bulk_a, SourceOptions { priority: 0, batch: BATCH }, bulk_handler).unwrap();
+        poller.add_with(&mut bulk_b, SourceOptions { priority: 0, batch: BATCH }, bulk_handler).unwrap();
+        poller
+            .add_with(&mut critical, SourceOptions { priority: 10, batch: usize::MAX }, |item| {
+                log.borrow_mut().push(('c', value(item)));
+            })
+            .unwrap();
+        while poller.consume().unwrap() > 0 {}
+        drop(poller);
+        let log = log.into_inner();
+        assert_eq!(log.iter().filter(|(k, _)| *k == 'b').count(), 60);
+        assert_eq!(log.iter().filter(|(k, _)| *k == 'c').count(), 60);
+        // Each critical record 1000+v arrived right after bulk record v: at most BATCH - 1
+        // further bulk records may be handled before it.
+        for (pos, &(kind, v)) in log.iter().enumerate() {
+            if kind != 'b' {
+                continue;
+            }
+            let served = log.iter().position(|&e| e == ('c', 1000 + v)).unwrap();
+            let bulk_between = log[pos + 1..served].iter().filter(|(k, _)| *k == 'b').count();
+            assert!(bulk_between < BATCH, "critical {} waited behind {bulk_between} bulk records", 1000 + v);
+        }
+    }
+
+    #[test]
+    fn drain_serves_every_source_highest_priority_first() {
+        let order = RefCell::new(Vec::new());
+        let (mut low, _) = Queue::new([1, 2]);
+        let (mut mid, _) = Queue::new([3]);
+        let (mut high, _) = Queue::new([4, 5]);
+        let mut poller = Poller::new().unwrap();
+        let record = |item: Item<'_>| order.borrow_mut().push(value(item));
+        poller.add_with(&mut low, SourceOptions { priority: -1, batch: 1 }, record).unwrap();
+        poller.add_with(&mut mid, SourceOptions { priority: 0, batch: 1 }, record).unwrap();
+        poller.add_with(&mut high, SourceOptions { priority: 5, batch: 1 }, record).unwrap();
+        assert_eq!(poller.drain().unwrap(), 5);
+        assert_eq!(poller.sources().iter().map(|(_, o)| o.priority).collect::<Vec<_>>(), [5, 0, -1]);
+        drop(poller);
+        assert_eq!(order.into_inner(), [4, 5, 3, 1, 2]);
+    }
+
+    #[test]
+    fn the_poll_timeout_bounds_the_delay_when_no_wakeup_comes() {
+        // Records wait in a source whose fd never signals (BPF_RB_NO_WAKEUP, or a batching
+        // producer that stopped short of its threshold): the timeout alone must deliver them.
+        let (mut silent, _) = Queue::new([1, 2, 3]);
+        let delivered = RefCell::new(Vec::new());
+        let mut poller = Poller::new().unwrap();
+        poller.add(&mut silent, |item| delivered.borrow_mut().push(value(item))).unwrap();
+        let started = std::time::Instant::now();
+        let bound = Duration::from_millis(20);
+        let handled = poller.poll(Some(bound)).unwrap();
+        let waited = started.elapsed();
+        assert_eq!(handled, 3);
+        assert!(waited >= bound, "returned after {waited:?} without any signal");
+        assert!(waited < Duration::from_secs(5), "a silent source was left waiting for {waited:?}");
+        assert_eq!(poller.stats(), PollStats { waits: 1, wakeups: 0, timeouts: 1 });
+        drop(poller);
+        assert_eq!(delivered.into_inner(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn stats_tell_wakeups_from_timeouts() {
+        let (mut queue, items) = Queue::new([]);
+        let readable = Rc::clone(&queue.fd);
+        let mut poller = Poller::new().unwrap();
+        poller.add(&mut queue, |_| {}).unwrap();
+        poller.poll(Some(Duration::from_millis(1))).unwrap();
+        assert_eq!(poller.stats(), PollStats { waits: 1, wakeups: 0, timeouts: 1 });
+        items.borrow_mut().push_back(7);
+        readable.signal();
+        assert_eq!(poller.poll(Some(Duration::from_secs(5))).unwrap(), 1);
+        assert_eq!(poller.stats(), PollStats { waits: 2, wakeups: 1, timeouts: 1 });
+        readable.clear();
+        poller.waker().wake();
+        poller.poll(Some(Duration::from_secs(5))).unwrap();
+        assert!(poller.is_stopped());
+        assert_eq!(poller.stats().wakeups, 1, "the waker is not a producer's wakeup");
     }
 }

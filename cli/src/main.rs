@@ -1,6 +1,7 @@
 //! `bpfstream`: eBPF tracers, consumer benchmarks and buffer experiments on the bpfstream
 //! library. See `bpfstream --help`.
 
+mod lab;
 mod lifecycle;
 mod objects;
 mod output;
@@ -29,6 +30,9 @@ struct Cli {
 enum Command {
     /// Trace exec() calls: pid, ppid, uid, comm and the whole filename
     Exec(tools::exec::ExecArgs),
+    /// The chapter's exercises as experiments: sizing, compare, batching, backpressure,
+    /// multi-ring (or all of them into a report)
+    Lab(lab::LabArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,5 +54,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     signals::install()?;
     match cli.command {
         Command::Exec(args) => tools::exec::run(args),
+        Command::Lab(args) => lab::run(args),
     }
 }

@@ -9,3 +9,13 @@ pub const EXEC: Objects = Objects {
     ring: include_bytes_aligned!("../../bpf/obj/exec.ring.bpf.o"),
     perf: include_bytes_aligned!("../../bpf/obj/exec.perf.bpf.o"),
 };
+
+pub const LAB_LOAD: Objects = Objects {
+    ring: include_bytes_aligned!("../../bpf/obj/lab_load.ring.bpf.o"),
+    perf: include_bytes_aligned!("../../bpf/obj/lab_load.perf.bpf.o"),
+};
+
+pub const LAB_DEGRADE: Objects = Objects {
+    ring: include_bytes_aligned!("../../bpf/obj/lab_degrade.ring.bpf.o"),
+    perf: include_bytes_aligned!("../../bpf/obj/lab_degrade.perf.bpf.o"),
+};

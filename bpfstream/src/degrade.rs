@@ -1,0 +1,337 @@
+//! Graceful degradation under backpressure: the userspace half of
+//! `bpf/include/bpfstream_degrade.h`.
+//!
+//! When a ring buffer fills faster than its consumer drains it, dropping whatever no longer fits
+//! loses events blindly. With the degrade policy the BPF side watches the ring's fill
+//! (`bpf_ringbuf_query(BPF_RB_AVAIL_DATA)`): past a high watermark it stops sending each event
+//! and counts it per key in a hash map instead (optionally still sending 1 in N as a sample),
+//! and below a low watermark it returns to full fidelity. Each switch is announced in the
+//! stream by a [`Notice`] record. Nothing is lost unaccounted:
+//!
+//! ```text
+//! produced = delivered + dropped + summarized
+//! ```
+//!
+//! where `delivered` counts the application's records (not notices), `dropped` and the BPF-side
+//! `produced` come from [`crate::DropCounters`], and `summarized` from [`DegradeMaps`].
+//!
+//! Set a [`DegradePolicy`]'s [`globals`](DegradePolicy::globals) when loading the object, then
+//! read its maps with [`DegradeMaps`]. Minimum kernel: 5.8 (ring buffers,
+//! `bpf_ringbuf_query`); 5.17 for `bpf_loop` where a program uses it. Perf buffers cannot be
+//! queried for their fill level from BPF, so the policy needs a ring buffer.
+
+use std::collections::BTreeMap;
+use std::mem::size_of;
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::sys::{self, map_type};
+use crate::typed::FromRecord;
+use crate::{Error, EventSource, Totals, Transport};
+
+/// The read-only global holding the high watermark (bytes waiting; 0: policy off).
+pub const HIGH_GLOBAL: &str = "bpfstream_degrade_high";
+/// The read-only global holding the low watermark (bytes waiting).
+pub const LOW_GLOBAL: &str = "bpfstream_degrade_low";
+/// The read-only global holding N of the 1-in-N sample sent in degraded mode (0: none).
+pub const SAMPLE_GLOBAL: &str = "bpfstream_degrade_sample";
+/// The array map holding the mode (0 full fidelity, 1 degraded).
+pub const STATE_MAP: &str = "bpfstream_degrade_state";
+/// The per-CPU array of [`DegradeCounters`].
+pub const STATS_MAP: &str = "bpfstream_degrade_stats";
+/// The hash map key (u64) -> events summarized (u64).
+pub const SUMMARY_MAP: &str = "bpfstream_summary";
+/// First u64 of every [`Notice`] record (`BPFSTREAM_DEGRADE_MAGIC`); above 2^63, so no
+/// CLOCK_MONOTONIC nanosecond timestamp can start a record with it.
+pub const NOTICE_MAGIC: u64 = 0xb9f5_de9a_0de9_a0de;
+
+/// When the BPF side degrades and recovers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DegradePolicy {
+    /// Bytes waiting in the ring at which the BPF side degrades (0: never).
+    pub high: u64,
+    /// Bytes waiting at or below which it returns to full fidelity.
+    pub low: u64,
+    /// In degraded mode, still send every N-th event (0: send none, summarize all).
+    pub sample_every: u32,
+}
+
+impl DegradePolicy {
+    /// The policy that never degrades.
+    pub const OFF: DegradePolicy = DegradePolicy { high: 0, low: 0, sample_every: 0 };
+
+    /// Watermarks as fractions of a ring of `ring_size` bytes: degrade at `high` full, recover
+    /// at `low` full (`0 <= low < high <= 1`). Leave headroom above `high` for the events that
+    /// arrive while the switch happens (a burst written by one program run).
+    pub fn for_ring(ring_size: u64, high: f64, low: f64, sample_every: u32) -> Result<Self, Error> {
+        if !((0.0..1.0).contains(&low) && low < high && high <= 1.0) {
+            return Err(Error::Unsupported(format!(
+                "degrade watermarks must satisfy 0 <= low < high <= 1 (fractions of the ring), got low {low}, high {high}"
+            )));
+        }
+        let bytes = |f: f64| ((ring_size as f64 * f) as u64).max(1);
+        Ok(DegradePolicy { high: bytes(high), low: (ring_size as f64 * low) as u64, sample_every })
+    }
+
+    /// Whether this policy never degrades.
+    pub fn is_off(&self) -> bool {
+        self.high == 0
+    }
+
+    /// Checks that `source` can carry this policy: anything but [`DegradePolicy::OFF`] needs a
+    /// ring buffer, since BPF cannot read a perf buffer's fill level.
+    pub fn check(&self, source: &EventSource) -> Result<(), Error> {
+        if !self.is_off() && source.transport() != Transport::Ring {
+            return Err(Error::Unsupported(
+                "the degrade policy needs a ring buffer (BPF cannot read a perf buffer's fill level); load the ring \
+                 variant of the program or turn the policy off"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The read-only globals to set before loading: (name, native-endian value).
+    pub fn globals(&self) -> [(&'static str, Vec<u8>); 3] {
+        [
+            (HIGH_GLOBAL, self.high.to_ne_bytes().to_vec()),
+            (LOW_GLOBAL, self.low.to_ne_bytes().to_vec()),
+            (SAMPLE_GLOBAL, self.sample_every.to_ne_bytes().to_vec()),
+        ]
+    }
+}
+
+crate::record! {
+    /// `struct bpfstream_degrade_notice`.
+    struct RawNotice {
+        magic: u64,
+        ts_ns: u64,
+        fill: u64,
+        degraded: u32,
+        cpu: u32,
+    }
+}
+
+/// A mode switch announced in the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Notice {
+    /// `true`: degraded from now on; `false`: full fidelity again.
+    pub degraded: bool,
+    /// When (`bpf_ktime_get_ns`, CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Bytes waiting in the ring at the switch.
+    pub fill: u64,
+    /// The CPU that switched.
+    pub cpu: u32,
+}
+
+impl Notice {
+    /// Size of the record (`sizeof(struct bpfstream_degrade_notice)`).
+    pub const SIZE: usize = size_of::<RawNotice>();
+
+    /// The notice in `data`, or `None` if `data` is an ordinary record.
+    pub fn parse(data: &[u8]) -> Option<Notice> {
+        let raw = RawNotice::from_record(data).ok()?;
+        (raw.magic == NOTICE_MAGIC && data.len() < Self::SIZE + 8).then_some(Notice {
+            degraded: raw.degraded != 0,
+            ts_ns: raw.ts_ns,
+            fill: raw.fill,
+            cpu: raw.cpu,
+        })
+    }
+}
+
+/// `struct bpfstream_degrade_counters`, summed over CPUs by [`DegradeMaps::counters`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DegradeCounters {
+    /// Events counted in the summary instead of sent.
+    pub summarized: u64,
+    /// Events sent as the 1-in-N sample in degraded mode.
+    pub sampled: u64,
+    /// Notices written into the ring.
+    pub notices: u64,
+    /// Notices the ring had no room for (the mode is still readable with
+    /// [`DegradeMaps::is_degraded`]).
+    pub notices_dropped: u64,
+    /// Events sent in degraded mode because the summary had no room for their key.
+    pub summary_full: u64,
+    /// Events seen in degraded mode.
+    pub degraded_seen: u64,
+}
+
+const COUNTER_FIELDS: usize = size_of::<DegradeCounters>() / 8;
+
+/// The policy's maps in a loaded object.
+#[derive(Debug)]
+pub struct DegradeMaps {
+    state: OwnedFd,
+    stats: OwnedFd,
+    summary: OwnedFd,
+    per_cpu: Vec<u8>,
+}
+
+impl DegradeMaps {
+    /// Opens the maps [`STATE_MAP`], [`STATS_MAP`] and [`SUMMARY_MAP`] of a loaded object.
+    pub fn new(state: impl AsFd, stats: impl AsFd, summary: impl AsFd) -> Result<Self, Error> {
+        let check = |fd: std::os::fd::BorrowedFd<'_>, ty: u32, key: u32, value: u32, what: &str| {
+            let info = sys::expect_map_type(fd, ty)?;
+            if info.key_size != key || info.value_size != value {
+                return Err(Error::WrongMapType {
+                    expected: format!("{what} with {key}-byte keys and {value}-byte values"),
+                    actual: format!("{}/{} bytes ({:?})", info.key_size, info.value_size, info.name()),
+                });
+            }
+            Ok(())
+        };
+        check(state.as_fd(), map_type::ARRAY, 4, 8, STATE_MAP)?;
+        check(stats.as_fd(), map_type::PERCPU_ARRAY, 4, size_of::<DegradeCounters>() as u32, STATS_MAP)?;
+        check(summary.as_fd(), map_type::HASH, 8, 8, SUMMARY_MAP)?;
+        let cpus = sys::possible_cpus()?;
+        Ok(DegradeMaps {
+            state: sys::dup(state.as_fd())?,
+            stats: sys::dup(stats.as_fd())?,
+            summary: sys::dup(summary.as_fd())?,
+            per_cpu: vec![0; cpus * size_of::<DegradeCounters>()],
+        })
+    }
+
+    /// Whether the BPF side is degraded now.
+    pub fn is_degraded(&self) -> Result<bool, Error> {
+        let mut value = [0u8; 8];
+        sys::map_lookup_u32(self.state.as_fd(), 0, &mut value)?;
+        Ok(u64::from_ne_bytes(value) != 0)
+    }
+
+    /// The counters, summed over CPUs.
+    pub fn counters(&mut self) -> Result<DegradeCounters, Error> {
+        sys::map_lookup_u32(self.stats.as_fd(), 0, &mut self.per_cpu)?;
+        let mut sum = [0u64; COUNTER_FIELDS];
+        for chunk in self.per_cpu.chunks_exact(size_of::<DegradeCounters>()) {
+            for (i, field) in sum.iter_mut().enumerate() {
+                *field += u64::from_ne_bytes(chunk[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+            }
+        }
+        let [summarized, sampled, notices, notices_dropped, summary_full, degraded_seen] = sum;
+        Ok(DegradeCounters { summarized, sampled, notices, notices_dropped, summary_full, degraded_seen })
+    }
+
+    /// Events summarized per key so far (cumulative). Read while producers run, a key's count
+    /// may be a little behind [`DegradeCounters::summarized`]; once they are detached both agree.
+    pub fn summary(&self) -> Result<BTreeMap<u64, u64>, Error> {
+        let mut out = BTreeMap::new();
+        let mut key: Option<[u8; 8]> = None;
+        loop {
+            let mut next = [0u8; 8];
+            if !sys::map_next_key(self.summary.as_fd(), key.as_ref().map(|k| &k[..]), &mut next)? {
+                return Ok(out);
+            }
+            let mut value = [0u8; 8];
+            // A key deleted between the two calls is simply skipped.
+            if sys::map_lookup(self.summary.as_fd(), &next, &mut value)? {
+                out.insert(u64::from_ne_bytes(next), u64::from_ne_bytes(value));
+            }
+            key = Some(next);
+        }
+    }
+}
+
+/// The accounting of a stream under the degrade policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DegradeTotals {
+    /// Events the BPF side handled: sent or tried to send, plus summarized.
+    pub produced: u64,
+    /// Application records delivered (notices excluded).
+    pub delivered: u64,
+    /// Records that could not be written.
+    pub dropped: u64,
+    /// Events counted in the summary instead of sent.
+    pub summarized: u64,
+}
+
+impl DegradeTotals {
+    /// Combines a stream's [`Totals`] (which count notices among the delivered records) with the
+    /// policy's counters and the number of notices the consumer saw.
+    pub fn new(totals: &Totals, counters: &DegradeCounters, notices_delivered: u64) -> Self {
+        DegradeTotals {
+            produced: totals.produced.unwrap_or(0) + counters.summarized,
+            delivered: totals.delivered.saturating_sub(notices_delivered),
+            dropped: totals.dropped,
+            summarized: counters.summarized,
+        }
+    }
+
+    /// `produced - delivered - dropped - summarized`: 0 once the producers are detached and the
+    /// stream drained.
+    pub fn unaccounted(&self) -> i128 {
+        i128::from(self.produced) - i128::from(self.delivered) - i128::from(self.dropped) - i128::from(self.summarized)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_match_the_c_header() {
+        // struct bpfstream_degrade_notice: 3 x u64 + 2 x u32.
+        assert_eq!(Notice::SIZE, 32);
+        assert_eq!(std::mem::offset_of!(RawNotice, fill), 16);
+        assert_eq!(std::mem::offset_of!(RawNotice, degraded), 24);
+        assert_eq!(std::mem::offset_of!(RawNotice, cpu), 28);
+        // struct bpfstream_degrade_counters: six u64.
+        assert_eq!(size_of::<DegradeCounters>(), 48);
+        assert_eq!(std::mem::offset_of!(DegradeCounters, summary_full), 32);
+    }
+
+    fn notice_bytes(magic: u64, degraded: u32) -> Vec<u8> {
+        let mut b = Vec::new();
+        for v in [magic, 123, 4096] {
+            b.extend_from_slice(&v.to_ne_bytes());
+        }
+        b.extend_from_slice(&degraded.to_ne_bytes());
+        b.extend_from_slice(&1u32.to_ne_bytes());
+        b
+    }
+
+    #[test]
+    fn notices_are_recognised_and_ordinary_records_are_not() {
+        let n = Notice::parse(&notice_bytes(NOTICE_MAGIC, 1)).unwrap();
+        assert_eq!(n, Notice { degraded: true, ts_ns: 123, fill: 4096, cpu: 1 });
+        assert!(!Notice::parse(&notice_bytes(NOTICE_MAGIC, 0)).unwrap().degraded);
+        // A record that starts with a timestamp, even of the same length.
+        assert_eq!(Notice::parse(&notice_bytes(1_000_000_000, 1)), None);
+        // Too short, or much longer than a notice (another record type that starts alike).
+        assert_eq!(Notice::parse(&notice_bytes(NOTICE_MAGIC, 1)[..31]), None);
+        let mut long = notice_bytes(NOTICE_MAGIC, 1);
+        long.extend_from_slice(&[0; 64]);
+        assert_eq!(Notice::parse(&long), None);
+        // Perf payloads carry up to 7 padding bytes.
+        let mut padded = notice_bytes(NOTICE_MAGIC, 1);
+        padded.extend_from_slice(&[0; 4]);
+        assert!(Notice::parse(&padded).is_some());
+    }
+
+    #[test]
+    fn policy_watermarks() {
+        let p = DegradePolicy::for_ring(1 << 20, 0.5, 0.125, 100).unwrap();
+        assert_eq!((p.high, p.low, p.sample_every), (1 << 19, 1 << 17, 100));
+        assert!(!p.is_off());
+        assert!(DegradePolicy::OFF.is_off());
+        for (high, low) in [(0.5, 0.5), (0.2, 0.4), (1.5, 0.1), (0.5, -0.1)] {
+            assert!(DegradePolicy::for_ring(1 << 20, high, low, 0).is_err(), "{high} {low}");
+        }
+        let g = p.globals();
+        assert_eq!(g[0], (HIGH_GLOBAL, (1u64 << 19).to_ne_bytes().to_vec()));
+        assert_eq!(g[2], (SAMPLE_GLOBAL, 100u32.to_ne_bytes().to_vec()));
+    }
+
+    #[test]
+    fn totals_exclude_notices_and_add_the_summary() {
+        let totals = Totals { delivered: 103, dropped: 2, produced: Some(102), ..Default::default() };
+        let counters = DegradeCounters { summarized: 1000, notices: 3, ..Default::default() };
+        let t = DegradeTotals::new(&totals, &counters, 3);
+        assert_eq!((t.produced, t.delivered, t.dropped, t.summarized), (1102, 100, 2, 1000));
+        assert_eq!(t.unaccounted(), 0);
+        assert_eq!(DegradeTotals { produced: 10, delivered: 9, ..Default::default() }.unaccounted(), 1);
+    }
+}
