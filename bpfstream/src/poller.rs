@@ -38,21 +38,21 @@ pub trait Source {
     fn poll_fd(&self) -> BorrowedFd<'_>;
 
     /// Hands at most `max` records (and any loss reports) to `handler` without blocking;
-    /// returns the number of records.
-    fn consume_items(&mut self, max: usize, handler: &mut dyn FnMut(Item<'_>)) -> Result<usize, Error>;
-
-    /// Like [`consume_items`](Self::consume_items), but `handler` can end the pass after any
-    /// item by returning [`ControlFlow::Break`]: what was handed over is consumed, the rest stays
-    /// in the buffer. The async streams use it to take exactly one item out of the kernel's
-    /// buffer per item they yield. The default cannot stop early (it ignores `Break`), so a
-    /// source of your own should implement it.
+    /// returns the number of records. `handler` can end the pass after any item by returning
+    /// [`ControlFlow::Break`]: what was handed over is consumed, the rest stays in the buffer
+    /// (the async streams use it to take exactly one item out of the kernel's buffer per item
+    /// they yield).
     fn consume_until(
         &mut self,
         max: usize,
         handler: &mut dyn FnMut(Item<'_>) -> ControlFlow<()>,
-    ) -> Result<usize, Error> {
-        self.consume_items(max, &mut |item: Item<'_>| {
-            let _ = handler(item);
+    ) -> Result<usize, Error>;
+
+    /// Like [`consume_until`](Self::consume_until), with a handler that never stops the pass.
+    fn consume_items(&mut self, max: usize, handler: &mut dyn FnMut(Item<'_>)) -> Result<usize, Error> {
+        self.consume_until(max, &mut |item: Item<'_>| {
+            handler(item);
+            ControlFlow::Continue(())
         })
     }
 
@@ -85,9 +85,6 @@ impl Source for RingBuffer {
     fn poll_fd(&self) -> BorrowedFd<'_> {
         self.as_fd()
     }
-    fn consume_items(&mut self, max: usize, handler: &mut dyn FnMut(Item<'_>)) -> Result<usize, Error> {
-        self.consume_n(max, |data: &[u8]| handler(Item::Record(Record { data, cpu: None })))
-    }
     fn consume_until(
         &mut self,
         max: usize,
@@ -104,9 +101,6 @@ impl Source for PerfBuffer {
     fn poll_fd(&self) -> BorrowedFd<'_> {
         self.as_fd()
     }
-    fn consume_items(&mut self, max: usize, handler: &mut dyn FnMut(Item<'_>)) -> Result<usize, Error> {
-        self.consume_n(max, handler)
-    }
     fn consume_until(
         &mut self,
         max: usize,
@@ -122,9 +116,6 @@ impl Source for PerfBuffer {
 impl Source for EventSource {
     fn poll_fd(&self) -> BorrowedFd<'_> {
         self.as_fd()
-    }
-    fn consume_items(&mut self, max: usize, handler: &mut dyn FnMut(Item<'_>)) -> Result<usize, Error> {
-        self.consume_n(max, handler)
     }
     fn consume_until(
         &mut self,
@@ -352,12 +343,18 @@ mod tests {
         fn poll_fd(&self) -> BorrowedFd<'_> {
             self.fd.as_fd()
         }
-        fn consume_items(&mut self, max: usize, handler: &mut dyn FnMut(Item<'_>)) -> Result<usize, Error> {
+        fn consume_until(
+            &mut self,
+            max: usize,
+            handler: &mut dyn FnMut(Item<'_>) -> ControlFlow<()>,
+        ) -> Result<usize, Error> {
             let mut n = 0;
             while n < max {
                 let Some(x) = self.items.borrow_mut().pop_front() else { break };
-                handler(Item::Record(Record { data: &x.to_ne_bytes(), cpu: None }));
                 n += 1;
+                if handler(Item::Record(Record { data: &x.to_ne_bytes(), cpu: None })).is_break() {
+                    break;
+                }
             }
             Ok(n)
         }
