@@ -1,6 +1,7 @@
 //! `bpfstream`: eBPF tracers, consumer benchmarks and buffer experiments on the bpfstream
 //! library. See `bpfstream --help`.
 
+mod bench;
 mod lifecycle;
 mod objects;
 mod output;
@@ -29,6 +30,8 @@ struct Cli {
 enum Command {
     /// Trace exec() calls: pid, ppid, uid, comm and the whole filename
     Exec(tools::exec::ExecArgs),
+    /// Benchmark bpfstream's ring and perf consumers against libbpf's and aya's
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,5 +53,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     signals::install()?;
     match cli.command {
         Command::Exec(args) => tools::exec::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

@@ -9,3 +9,8 @@ pub const EXEC: Objects = Objects {
     ring: include_bytes_aligned!("../../bpf/obj/exec.ring.bpf.o"),
     perf: include_bytes_aligned!("../../bpf/obj/exec.perf.bpf.o"),
 };
+
+pub const BENCH: Objects = Objects {
+    ring: include_bytes_aligned!("../../bpf/obj/bench.ring.bpf.o"),
+    perf: include_bytes_aligned!("../../bpf/obj/bench.perf.bpf.o"),
+};
