@@ -135,8 +135,9 @@ where
                     break 'outer Ok(());
                 }
                 let len = u64::from(len_word & !(BUSY_BIT | DISCARD_BIT));
-                let total = (len + HEADER_SIZE).next_multiple_of(8);
-                if total > prod - cons {
+                // Header plus payload, rounded up to 8 (len < 2^30: no overflow).
+                let total = (len + HEADER_SIZE + 7) & !7;
+                if cons + total > prod {
                     break 'outer Err(Error::Corrupt {
                         transport: "ring",
                         position: cons,

@@ -26,19 +26,20 @@ impl Stride {
     /// (out-of-line) path that adds `actual`.
     #[inline(always)]
     pub fn next(&mut self, position: u64, actual: u64) -> u64 {
-        let predicted = position + self.0;
         if actual != self.0 {
-            return self.resync(position, actual);
+            self.0 = actual;
+            return resync(position, actual);
         }
-        predicted
+        position + self.0
     }
+}
 
-    #[cold]
-    #[inline(never)]
-    fn resync(&mut self, position: u64, actual: u64) -> u64 {
-        self.0 = actual;
-        position + actual
-    }
+/// The prediction missed: the slow, correct sum (out of line, so the compiler cannot turn the
+/// branch into a conditional move that would wait for `actual` again).
+#[cold]
+#[inline(never)]
+fn resync(position: u64, actual: u64) -> u64 {
+    position + actual
 }
 
 /// Hints the CPU to load the cache line at `address` (which may lie anywhere, mapped or not: a

@@ -196,8 +196,19 @@ impl Bench {
         let (mut program, mut consumer) = self.open(setup, libbpf)?;
         consumer.stream()?;
         self.producer.start()?;
-        let window = self.duration / STREAM_WINDOWS;
-        std::thread::sleep((self.duration / 4).max(Duration::from_millis(20)));
+        // Whatever happens while measuring, the producer stops before the row ends.
+        let measured = self.windows(&mut program, &consumer);
+        let stopped = self.producer.stop();
+        program.detach();
+        let (windows, memory) = measured?;
+        stopped?;
+        consumer.end_stream()?;
+        let consumed = consumer.finish()?;
+        finish(setup, program, consumed, &windows, memory)
+    }
+
+    /// Warm-up, then the measured windows; and the consumer's memory at their end.
+    fn windows(&self, program: &mut Program, consumer: &ConsumerThread) -> Result<(Vec<Window>, measure::Memory)> {
         let snapshot = |program: &mut Program| -> Result<(Instant, Snapshot)> {
             let cpu_ns = consumer.cpu_ns()?;
             let consumed = consumer.consumed();
@@ -205,20 +216,17 @@ impl Bench {
             let snapshot = Snapshot { produced: counters.produced, consumed, dropped: counters.dropped, cpu_ns };
             Ok((Instant::now(), snapshot))
         };
+        std::thread::sleep((self.duration / 4).max(Duration::from_millis(20)));
+        let window = self.duration / STREAM_WINDOWS;
         let mut windows = Vec::new();
-        let mut last = snapshot(&mut program)?;
+        let mut last = snapshot(program)?;
         for _ in 0..STREAM_WINDOWS {
             std::thread::sleep(window);
-            let now = snapshot(&mut program)?;
+            let now = snapshot(program)?;
             windows.push(Window::between(&last.1, &now.1, now.0 - last.0));
             last = now;
         }
-        let memory = measure::buffer_memory()?;
-        self.producer.stop()?;
-        program.detach();
-        consumer.end_stream()?;
-        let consumed = consumer.finish()?;
-        finish(setup, program, consumed, &windows, memory)
+        Ok((windows, measure::buffer_memory()?))
     }
 
     /// `drain`: fill the buffer with no consumer running, then time the consumer draining it.
@@ -360,6 +368,7 @@ fn print(rows: &[Row], json: bool) -> Result<()> {
             for row in rows {
                 writeln!(out, "{}", row.table_line())?;
             }
+            writeln!(out, "\n{}", report::TABLE_NOTES)?;
             if !targets.is_empty() {
                 writeln!(out, "\nTargets (ratios of rows of this run):")?;
                 for target in &targets {
@@ -417,6 +426,24 @@ mod tests {
         ] {
             let err = parse(bad).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn without_libbpf_its_rows_are_skipped_with_the_reason() {
+        let cpu = bpfstream::online_cpus().unwrap()[0];
+        let bench = Bench {
+            producer: Producer::spawn(cpu).unwrap(),
+            consumer_cpu: cpu,
+            libbpf: Err("libbpf.so.1 not found (...); install it (Debian: apt-get install libbpf1)".into()),
+            duration: Duration::from_millis(10),
+        };
+        for name in ["libbpf-ring", "libbpf-perf"] {
+            let outcome = bench.run(&Setup::new(Kind::parse(name).unwrap(), Mode::Sampled, 64 << 20));
+            assert!(
+                matches!(&outcome, Outcome::Skipped(why) if why.contains("apt-get install libbpf1")),
+                "{outcome:?}"
+            );
         }
     }
 

@@ -95,8 +95,9 @@ impl Row {
 
     /// One table line, under [`table_header`].
     pub fn table_line(&self) -> String {
-        let (rate, drops, cpu, mapped, rss, note) = match &self.outcome {
-            Outcome::Measured(m) => (
+        let cells = match &self.outcome {
+            Outcome::Measured(m) => [
+                rate(m.medians.produced_per_sec),
                 rate(m.medians.consumed_per_sec),
                 rate(m.medians.dropped_per_sec),
                 m.medians.cpu_ns_per_event.map_or("-".to_string(), |ns| format!("{ns:.1}")),
@@ -107,29 +108,48 @@ impl Row {
                     (Some(note), _) => format!("{}; {note}", self.wakeup),
                     (None, _) => self.wakeup.clone(),
                 },
-            ),
+            ],
             Outcome::Skipped(why) => dashes(format!("skipped: {why}")),
             Outcome::Failed(why) => dashes(format!("FAILED: {why}")),
         };
-        columns([self.consumer, self.mode.name(), &rate, &drops, &cpu, &mapped, &rss, &note])
+        let [produced, consumed, dropped, cpu, mapped, rss, note] = cells.each_ref().map(String::as_str);
+        columns([self.consumer, self.mode.name(), produced, consumed, dropped, cpu, mapped, rss, note])
     }
 }
 
-fn columns([consumer, mode, rate, drops, cpu, mapped, rss, note]: [&str; 8]) -> String {
-    format!("{consumer:<15} {mode:<8} {rate:>11} {drops:>10} {cpu:>9} {mapped:>10} {rss:>10}  {note}")
+fn dashes(note: String) -> [String; 7] {
+    let d = || "-".to_string();
+    [d(), d(), d(), d(), d(), d(), note]
+}
+
+fn columns([consumer, mode, produced, consumed, dropped, cpu, mapped, rss, note]: [&str; 9]) -> String {
+    format!(
+        "{consumer:<15} {mode:<8} {produced:>10} {consumed:>10} {dropped:>10} {cpu:>9} {mapped:>10} {rss:>10}  {note}"
+    )
 }
 
 /// The column titles of [`Row::table_line`].
 pub fn table_header() -> String {
-    columns(["CONSUMER", "MODE", "CONSUMED/s", "DROPPED/s", "CPU ns/ev", "MAPPED", "RSS", "WAKEUP / NOTE"])
+    columns([
+        "CONSUMER",
+        "MODE",
+        "PRODUCED/s",
+        "CONSUMED/s",
+        "DROPPED/s",
+        "CPU ns/ev",
+        "MAPPED",
+        "RSS",
+        "WAKEUP / NOTE",
+    ])
 }
 
-type Cells = (String, String, String, String, String, String);
-
-fn dashes(note: String) -> Cells {
-    let d = || "-".to_string();
-    (d(), d(), d(), d(), d(), note)
-}
+/// What the columns mean, printed under the table.
+pub const TABLE_NOTES: &str = "\
+PRODUCED/s: what the BPF side wrote (drain: while filling); CONSUMED/s, DROPPED/s: medians of the
+windows; CPU ns/ev: the consumer thread's CPU time (CLOCK_THREAD_CPUTIME_ID) per record consumed.
+MAPPED, RSS: the consumer's buffer mappings (smaps). A ring's data pages are mapped twice, so both
+count them twice; perf buffers are mapped VM_PFNMAP, which smaps never counts as resident, though
+all their pages are allocated.";
 
 /// `215.3M`, `140.2K`, `0`: events per second for a table.
 pub fn rate(per_sec: f64) -> String {
@@ -149,7 +169,10 @@ pub struct Target {
     pub name: &'static str,
     /// The two numbers and their ratio, in words.
     pub detail: String,
+    /// The ratio (drops: the fraction dropped).
     pub ratio: f64,
+    /// How the table shows it: `2.05x`, or a count.
+    pub shown: String,
     /// e.g. `>= 2`.
     pub goal: String,
     pub met: bool,
@@ -167,9 +190,9 @@ impl Target {
 
     pub fn text(&self) -> String {
         format!(
-            "{:<34} {:>7}x (goal {:>6})  {:<4}  {}",
+            "{:<34} {:>8} (goal {:>6})  {:<4}  {}",
             self.name,
-            format!("{:.2}", self.ratio),
+            self.shown,
             self.goal,
             if self.met { "met" } else { "MISS" },
             self.detail
@@ -181,6 +204,13 @@ fn find<'a>(rows: &'a [Row], consumer: &str, mode: Mode) -> Option<&'a Measured>
     rows.iter().find(|r| r.consumer == consumer && r.mode == mode).and_then(Row::measured)
 }
 
+/// What a ratio must be.
+#[derive(Debug, Clone, Copy)]
+enum Goal {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
 /// `ours / theirs` of one metric between two rows, when both were measured.
 fn compare(
     rows: &[Row],
@@ -188,22 +218,21 @@ fn compare(
     (ours, theirs, mode): (&str, &str, Mode),
     metric: fn(&Measured) -> Option<f64>,
     unit: &str,
-    at_most: Option<f64>,
-    at_least: Option<f64>,
+    goal: Goal,
 ) -> Option<Target> {
     let a = metric(find(rows, ours, mode)?)?;
     let b = metric(find(rows, theirs, mode)?)?;
     let ratio = a / b;
-    let (goal, met) = match (at_least, at_most) {
-        (Some(min), _) => (format!(">= {min}"), ratio >= min),
-        (None, Some(max)) => (format!("<= {max}"), ratio <= max),
-        (None, None) => ("-".into(), true),
+    let (goal, met) = match goal {
+        Goal::AtLeast(min) => (format!(">= {min}x"), ratio >= min),
+        Goal::AtMost(max) => (format!("<= {max}x"), ratio <= max),
     };
     let fmt = |v: f64| if unit == "/s" { format!("{}/s", rate(v)) } else { format!("{v:.2} {unit}") };
     Some(Target {
         name,
         detail: format!("{ours} {} vs {theirs} {} ({})", fmt(a), fmt(b), mode.name()),
         ratio,
+        shown: format!("{ratio:.2}x"),
         goal,
         met,
     })
@@ -226,8 +255,7 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
             ("bpfstream-ring", "libbpf-ring", Mode::Drain),
             consumed,
             "/s",
-            None,
-            Some(2.0),
+            Goal::AtLeast(2.0),
         ),
         compare(
             rows,
@@ -235,8 +263,7 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
             ("bpfstream-ring", "libbpf-ring", Mode::Sampled),
             consumed,
             "/s",
-            None,
-            Some(1.0),
+            Goal::AtLeast(1.0),
         ),
         compare(
             rows,
@@ -244,8 +271,7 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
             ("bpfstream-ring", "libbpf-ring", Mode::Sampled),
             cpu_per_event,
             "ns",
-            Some(0.5),
-            None,
+            Goal::AtMost(0.5),
         ),
         compare(
             rows,
@@ -253,8 +279,7 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
             ("bpfstream-perf", "libbpf-perf", Mode::Sampled),
             consumed,
             "/s",
-            None,
-            Some(1.0),
+            Goal::AtLeast(1.0),
         ),
         compare(
             rows,
@@ -262,8 +287,7 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
             ("bpfstream-perf", "libbpf-perf", Mode::Parallel),
             consumed,
             "/s",
-            None,
-            Some(20.0),
+            Goal::AtLeast(20.0),
         ),
     ];
     if let Some(m) = find(rows, "bpfstream-ring", Mode::Sampled) {
@@ -271,6 +295,7 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
             name: "ring sampled drops (whole row)",
             detail: format!("bpfstream-ring dropped {} of {} produced", m.dropped, m.produced),
             ratio: m.dropped as f64 / m.produced.max(1) as f64,
+            shown: m.dropped.to_string(),
             goal: "0".into(),
             met: m.dropped == 0,
         }));
@@ -341,12 +366,12 @@ mod tests {
     fn table_lines_line_up_with_the_header() {
         let line = row("libbpf-perf", Mode::Sampled, measured(11.2e6, Some(35.04), 0)).table_line();
         assert_eq!(
-            line.split_whitespace().take(7).collect::<Vec<_>>(),
-            ["libbpf-perf", "sampled", "11.20M", "0", "35.0", "2", "MiB"]
+            line.split_whitespace().take(8).collect::<Vec<_>>(),
+            ["libbpf-perf", "sampled", "11.20M", "11.20M", "0", "35.0", "2", "MiB"]
         );
         // Every number ends where its title ends.
         let header = table_header();
-        for title in ["CONSUMED/s", "DROPPED/s", "CPU ns/ev", "MAPPED", "RSS"] {
+        for title in ["PRODUCED/s", "CONSUMED/s", "DROPPED/s", "CPU ns/ev", "MAPPED", "RSS"] {
             let end = header.find(title).unwrap() + title.len();
             let (last, after) = (line.as_bytes()[end - 1], line.as_bytes()[end]);
             assert!(last != b' ' && after == b' ', "{title}\n{header}\n{line}");
