@@ -69,7 +69,8 @@ fn every_row_is_printed_and_accounts_for_every_record() {
 fn the_table_has_a_header_a_line_per_row_and_the_targets() {
     let Some(_kernel) = kernel_test() else { return };
     let (lines, _) = bench(&["--duration", "0.1", "--mode", "sampled", "--consumer", "bpfstream-ring"]);
-    assert_eq!(lines[0].split_whitespace().take(3).collect::<Vec<_>>(), ["CONSUMER", "MODE", "CONSUMED/s"]);
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(header[..6], ["CONSUMER", "MODE", "PRODUCED/s", "CONSUMED/s", "DROPPED/s", "CPU"], "{lines:?}");
     assert!(lines[1].starts_with("bpfstream-ring  sampled"), "{lines:?}");
     assert!(lines.iter().any(|l| l.contains("ring sampled drops")), "{lines:?}");
 }

@@ -36,7 +36,7 @@ pub enum Mode {
     Parallel,
     /// The consumer is woken once per 500 records
     Sampled,
-    /// A 64 MiB buffer filled with no consumer running, then drained: the consumer's own cost
+    /// A buffer (64 MiB) filled with no consumer running, then drained: the consumer's own cost
     Drain,
 }
 
@@ -61,10 +61,6 @@ const STREAM_WINDOWS: u32 = 5;
 /// Measured fill-and-drain rounds per `drain` row, after one unmeasured round.
 const DRAIN_WINDOWS: usize = 3;
 
-fn parse_consumer(text: &str) -> Result<Kind, String> {
-    Kind::parse(text)
-}
-
 /// `--drain-size`: a buffer size that holds at least one batch of perf records.
 fn parse_drain_size(text: &str) -> Result<u64, String> {
     let bytes = crate::size::parse_buffer_size(text)?;
@@ -77,7 +73,7 @@ fn parse_drain_size(text: &str) -> Result<u64, String> {
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Measured seconds per consumer and mode, split into 5 windows after a warm-up of a quarter
-    /// of it (drain rows always fill and drain their 64 MiB buffer 4 times)
+    /// of it (drain rows instead fill and drain --drain-size 3 times, after an eighth as warm-up)
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = crate::size::parse_run_duration)]
     pub duration: Duration,
     /// JSON lines on stdout: one object per (consumer, mode), then one per target
@@ -88,7 +84,7 @@ pub struct BenchArgs {
     pub drain_size: u64,
     /// Only this consumer (repeatable): bpfstream-ring, libbpf-ring, aya-ring, bpfstream-perf,
     /// libbpf-perf, aya-perf
-    #[arg(long, value_name = "NAME", value_parser = parse_consumer)]
+    #[arg(long, value_name = "NAME", value_parser = Kind::parse)]
     pub consumer: Vec<Kind>,
     /// Only this mode (repeatable)
     #[arg(long, value_enum)]
