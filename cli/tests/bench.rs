@@ -55,7 +55,7 @@ fn every_row_is_printed_and_accounts_for_every_record() {
         assert!(row["consumed_per_sec"].as_f64().unwrap() > 0.0, "{row}");
         assert!(row["dropped_per_sec"].as_f64().is_some(), "{row}");
         assert!(row["consumer_cpu_ns_per_event"].as_f64().unwrap() > 0.0, "{row}");
-        assert_eq!(n("windows"), if row["mode"] == "drain" { 3 } else { 5 }, "{row}");
+        assert_eq!(n("windows"), 5, "{row}");
         assert!(n("produced") > 0 && n("produced") % 500 == 0, "whole batches of 500: {row}");
         assert_eq!(n("produced"), n("consumed") + n("dropped"), "{row}");
         assert_eq!(row["unaccounted"], 0, "{row}");

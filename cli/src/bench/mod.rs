@@ -59,7 +59,7 @@ const STREAM_BUFFER: u64 = 512 << 10;
 /// Measured windows per streaming row (the row's `--duration` is split between them).
 const STREAM_WINDOWS: u32 = 5;
 /// Measured fill-and-drain rounds per `drain` row, after one unmeasured round.
-const DRAIN_WINDOWS: usize = 3;
+const DRAIN_WINDOWS: usize = 5;
 
 /// `--drain-size`: a buffer size that holds at least one batch of perf records.
 fn parse_drain_size(text: &str) -> Result<u64, String> {
@@ -73,7 +73,7 @@ fn parse_drain_size(text: &str) -> Result<u64, String> {
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Measured seconds per consumer and mode, split into 5 windows after a warm-up of a quarter
-    /// of it (drain rows instead fill and drain --drain-size 3 times, after an eighth as warm-up)
+    /// of it (drain rows instead fill and drain --drain-size 5 times, after an eighth as warm-up)
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = crate::size::parse_run_duration)]
     pub duration: Duration,
     /// JSON lines on stdout: one object per (consumer, mode), then one per target
