@@ -80,6 +80,7 @@ pub mod names;
 pub mod perfbuf;
 pub mod poller;
 pub mod ringbuf;
+mod scan;
 pub mod sim;
 pub mod source;
 pub mod stats;

@@ -385,7 +385,17 @@ impl Epoll {
     }
 
     pub fn add(&self, fd: BorrowedFd<'_>, token: u64) -> Result<(), Error> {
-        let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
+        self.add_with(fd, token, libc::EPOLLIN as u32)
+    }
+
+    /// Like [`add`](Self::add), edge-triggered: `fd` is reported once per wakeup of its wait
+    /// queue (and once if it is readable when added), not again for as long as it stays readable.
+    pub fn add_edge_triggered(&self, fd: BorrowedFd<'_>, token: u64) -> Result<(), Error> {
+        self.add_with(fd, token, (libc::EPOLLIN | libc::EPOLLET) as u32)
+    }
+
+    fn add_with(&self, fd: BorrowedFd<'_>, token: u64, events: u32) -> Result<(), Error> {
+        let mut event = libc::epoll_event { events, u64: token };
         // SAFETY: both fds are valid for the call and `event` is a valid epoll_event.
         if unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd.as_raw_fd(), &mut event) } < 0 {
             return Err(Error::sys("epoll_ctl", io::Error::last_os_error()));

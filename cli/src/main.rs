@@ -1,6 +1,7 @@
 //! `bpfstream`: eBPF tracers, consumer benchmarks and buffer experiments on the bpfstream
 //! library. See `bpfstream --help`.
 
+mod bench;
 mod lab;
 mod lifecycle;
 mod objects;
@@ -33,6 +34,8 @@ enum Command {
     /// The chapter's exercises as experiments: sizing, compare, batching, backpressure,
     /// multi-ring (or all of them into a report)
     Lab(lab::LabArgs),
+    /// Benchmark bpfstream's ring and perf consumers against libbpf's and aya's
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,5 +58,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Exec(args) => tools::exec::run(args),
         Command::Lab(args) => lab::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

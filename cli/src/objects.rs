@@ -19,3 +19,8 @@ pub const LAB_DEGRADE: Objects = Objects {
     ring: include_bytes_aligned!("../../bpf/obj/lab_degrade.ring.bpf.o"),
     perf: include_bytes_aligned!("../../bpf/obj/lab_degrade.perf.bpf.o"),
 };
+
+pub const BENCH: Objects = Objects {
+    ring: include_bytes_aligned!("../../bpf/obj/bench.ring.bpf.o"),
+    perf: include_bytes_aligned!("../../bpf/obj/bench.perf.bpf.o"),
+};

@@ -1,0 +1,412 @@
+//! The bench's results: one row per (consumer, mode) as a table line or a JSON object, and the
+//! issue's targets as ratios between rows of the same run.
+
+use super::measure::{Medians, Memory};
+use super::Mode;
+use crate::output::JsonLine;
+use crate::size::human_bytes;
+
+/// What became of one (consumer, mode).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Measured(Measured),
+    /// Not run, and why (e.g. libbpf is not installed).
+    Skipped(String),
+    /// Run, and failed.
+    Failed(String),
+}
+
+/// The measurements of one row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measured {
+    /// Medians over the windows.
+    pub medians: Medians,
+    /// The consumer's buffer mappings.
+    pub memory: Memory,
+    /// Over the whole row (warm-up, windows and the final drain): what the BPF side produced,
+    /// what the consumer got, and what the BPF side dropped.
+    pub produced: u64,
+    pub consumed: u64,
+    pub dropped: u64,
+    /// Ring: records the BPF side committed with BPF_RB_FORCE_WAKEUP.
+    pub forced_wakeups: u64,
+    /// Ring: total bytes; perf: bytes per CPU.
+    pub buffer_bytes: u64,
+    /// Anything the reader must know to read the numbers.
+    pub note: Option<String>,
+}
+
+impl Measured {
+    /// produced - consumed - dropped: 0 unless something was lost silently.
+    pub fn unaccounted(&self) -> i128 {
+        i128::from(self.produced) - i128::from(self.consumed) - i128::from(self.dropped)
+    }
+}
+
+/// One (consumer, mode).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub consumer: &'static str,
+    pub mode: Mode,
+    /// How the consumer is woken, in words.
+    pub wakeup: String,
+    pub outcome: Outcome,
+}
+
+impl Row {
+    pub fn measured(&self) -> Option<&Measured> {
+        match &self.outcome {
+            Outcome::Measured(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The JSON object of `bpfstream bench --json` (fields fixed by cli-contract.md).
+    pub fn json(&self) -> JsonLine {
+        let line = JsonLine::new("bench").str("consumer", self.consumer).str("mode", self.mode.name());
+        let line = match &self.outcome {
+            Outcome::Measured(m) => line
+                .float("consumed_per_sec", m.medians.consumed_per_sec)
+                .float("produced_per_sec", m.medians.produced_per_sec)
+                .float("dropped_per_sec", m.medians.dropped_per_sec)
+                .float("consumer_cpu_ns_per_event", m.medians.cpu_ns_per_event.unwrap_or(f64::NAN))
+                .num("windows", m.medians.windows)
+                .num("produced", m.produced)
+                .num("consumed", m.consumed)
+                .num("dropped", m.dropped)
+                .num("unaccounted", m.unaccounted())
+                .num("forced_wakeups", m.forced_wakeups)
+                .num("buffer_bytes", m.buffer_bytes)
+                .num("mapped_bytes", m.memory.mapped)
+                .num("rss_bytes", m.memory.rss),
+            Outcome::Skipped(_) | Outcome::Failed(_) => line
+                .float("consumed_per_sec", f64::NAN)
+                .float("dropped_per_sec", f64::NAN)
+                .float("consumer_cpu_ns_per_event", f64::NAN),
+        };
+        let line = line.str("wakeup", &self.wakeup);
+        match &self.outcome {
+            Outcome::Measured(Measured { note: Some(note), .. }) => line.str("note", note),
+            Outcome::Measured(_) => line,
+            Outcome::Skipped(why) => line.str("skipped", why),
+            Outcome::Failed(why) => line.str("error", why),
+        }
+    }
+
+    /// One table line, under [`table_header`].
+    pub fn table_line(&self) -> String {
+        let cells = match &self.outcome {
+            Outcome::Measured(m) => [
+                rate(m.medians.produced_per_sec),
+                rate(m.medians.consumed_per_sec),
+                rate(m.medians.dropped_per_sec),
+                m.medians.cpu_ns_per_event.map_or("-".to_string(), |ns| format!("{ns:.1}")),
+                human_bytes(m.memory.mapped),
+                human_bytes(m.memory.rss),
+                match (&m.note, m.unaccounted()) {
+                    (_, n) if n != 0 => format!("{} UNACCOUNTED; {}", n, self.wakeup),
+                    (Some(note), _) => format!("{}; {note}", self.wakeup),
+                    (None, _) => self.wakeup.clone(),
+                },
+            ],
+            Outcome::Skipped(why) => dashes(format!("skipped: {why}")),
+            Outcome::Failed(why) => dashes(format!("FAILED: {why}")),
+        };
+        let [produced, consumed, dropped, cpu, mapped, rss, note] = cells.each_ref().map(String::as_str);
+        columns([self.consumer, self.mode.name(), produced, consumed, dropped, cpu, mapped, rss, note])
+    }
+}
+
+fn dashes(note: String) -> [String; 7] {
+    let d = || "-".to_string();
+    [d(), d(), d(), d(), d(), d(), note]
+}
+
+fn columns([consumer, mode, produced, consumed, dropped, cpu, mapped, rss, note]: [&str; 9]) -> String {
+    format!(
+        "{consumer:<15} {mode:<8} {produced:>10} {consumed:>10} {dropped:>10} {cpu:>9} {mapped:>10} {rss:>10}  {note}"
+    )
+}
+
+/// The column titles of [`Row::table_line`].
+pub fn table_header() -> String {
+    columns([
+        "CONSUMER",
+        "MODE",
+        "PRODUCED/s",
+        "CONSUMED/s",
+        "DROPPED/s",
+        "CPU ns/ev",
+        "MAPPED",
+        "RSS",
+        "WAKEUP / NOTE",
+    ])
+}
+
+/// What the columns mean, printed under the table.
+pub const TABLE_NOTES: &str = "\
+PRODUCED/s: what the BPF side wrote (drain: while filling); CONSUMED/s, DROPPED/s: medians of the
+windows; CPU ns/ev: the consumer thread's CPU time (CLOCK_THREAD_CPUTIME_ID) per record consumed.
+MAPPED, RSS: the consumer's buffer mappings (smaps). A ring's data pages are mapped twice, so both
+count them twice; perf buffers are mapped VM_PFNMAP, which smaps never counts as resident, though
+all their pages are allocated.";
+
+/// `215.3M`, `140.2K`, `0`: events per second for a table.
+pub fn rate(per_sec: f64) -> String {
+    if !per_sec.is_finite() {
+        return "-".into();
+    }
+    match per_sec {
+        r if r >= 1e6 => format!("{:.2}M", r / 1e6),
+        r if r >= 1e3 => format!("{:.1}K", r / 1e3),
+        r => format!("{r:.0}"),
+    }
+}
+
+/// A goal of the issue, compared between two rows of this run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub name: &'static str,
+    /// The two numbers and their ratio, in words.
+    pub detail: String,
+    /// The ratio (drops: the fraction dropped).
+    pub ratio: f64,
+    /// How the table shows it: `2.05x`, or a count.
+    pub shown: String,
+    /// e.g. `>= 2`.
+    pub goal: String,
+    pub met: bool,
+}
+
+impl Target {
+    pub fn json(&self) -> JsonLine {
+        JsonLine::new("target")
+            .str("name", self.name)
+            .float("ratio", self.ratio)
+            .str("goal", &self.goal)
+            .num("met", self.met)
+            .str("detail", &self.detail)
+    }
+
+    pub fn text(&self) -> String {
+        format!(
+            "{:<34} {:>8} (goal {:>6})  {:<4}  {}",
+            self.name,
+            self.shown,
+            self.goal,
+            if self.met { "met" } else { "MISS" },
+            self.detail
+        )
+    }
+}
+
+fn find<'a>(rows: &'a [Row], consumer: &str, mode: Mode) -> Option<&'a Measured> {
+    rows.iter().find(|r| r.consumer == consumer && r.mode == mode).and_then(Row::measured)
+}
+
+/// What a ratio must be.
+#[derive(Debug, Clone, Copy)]
+enum Goal {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+/// `ours / theirs` of one metric between two rows, when both were measured.
+fn compare(
+    rows: &[Row],
+    name: &'static str,
+    (ours, theirs, mode): (&str, &str, Mode),
+    metric: fn(&Measured) -> Option<f64>,
+    unit: &str,
+    goal: Goal,
+) -> Option<Target> {
+    let a = metric(find(rows, ours, mode)?)?;
+    let b = metric(find(rows, theirs, mode)?)?;
+    let ratio = a / b;
+    let (goal, met) = match goal {
+        Goal::AtLeast(min) => (format!(">= {min}x"), ratio >= min),
+        Goal::AtMost(max) => (format!("<= {max}x"), ratio <= max),
+    };
+    let fmt = |v: f64| if unit == "/s" { format!("{}/s", rate(v)) } else { format!("{v:.2} {unit}") };
+    Some(Target {
+        name,
+        detail: format!("{ours} {} vs {theirs} {} ({})", fmt(a), fmt(b), mode.name()),
+        ratio,
+        shown: format!("{ratio:.2}x"),
+        goal,
+        met,
+    })
+}
+
+fn consumed(m: &Measured) -> Option<f64> {
+    Some(m.medians.consumed_per_sec)
+}
+
+fn cpu_per_event(m: &Measured) -> Option<f64> {
+    m.medians.cpu_ns_per_event
+}
+
+/// The issue's targets that this run's rows allow to compute.
+pub fn targets(rows: &[Row]) -> Vec<Target> {
+    let mut targets = vec![
+        compare(
+            rows,
+            "ring drain rate vs libbpf",
+            ("bpfstream-ring", "libbpf-ring", Mode::Drain),
+            consumed,
+            "/s",
+            Goal::AtLeast(2.0),
+        ),
+        compare(
+            rows,
+            "ring sampled rate vs libbpf",
+            ("bpfstream-ring", "libbpf-ring", Mode::Sampled),
+            consumed,
+            "/s",
+            Goal::AtLeast(1.0),
+        ),
+        compare(
+            rows,
+            "ring sampled CPU/event vs libbpf",
+            ("bpfstream-ring", "libbpf-ring", Mode::Sampled),
+            cpu_per_event,
+            "ns",
+            Goal::AtMost(0.5),
+        ),
+        compare(
+            rows,
+            "perf sampled rate vs libbpf",
+            ("bpfstream-perf", "libbpf-perf", Mode::Sampled),
+            consumed,
+            "/s",
+            Goal::AtLeast(1.0),
+        ),
+        compare(
+            rows,
+            "perf defaults rate vs libbpf's",
+            ("bpfstream-perf", "libbpf-perf", Mode::Parallel),
+            consumed,
+            "/s",
+            Goal::AtLeast(20.0),
+        ),
+    ];
+    if let Some(m) = find(rows, "bpfstream-ring", Mode::Sampled) {
+        targets.push(Some(Target {
+            name: "ring sampled drops (whole row)",
+            detail: format!("bpfstream-ring dropped {} of {} produced", m.dropped, m.produced),
+            ratio: m.dropped as f64 / m.produced.max(1) as f64,
+            shown: m.dropped.to_string(),
+            goal: "0".into(),
+            met: m.dropped == 0,
+        }));
+    }
+    targets.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(rate: f64, cpu: Option<f64>, dropped: u64) -> Measured {
+        Measured {
+            medians: Medians {
+                produced_per_sec: rate,
+                consumed_per_sec: rate,
+                dropped_per_sec: 0.0,
+                cpu_ns_per_event: cpu,
+                windows: 5,
+            },
+            memory: Memory { mapped: 2 << 20, rss: 1 << 20 },
+            produced: 1000 + dropped,
+            consumed: 1000,
+            dropped,
+            forced_wakeups: 0,
+            buffer_bytes: 512 << 10,
+            note: None,
+        }
+    }
+
+    fn row(consumer: &'static str, mode: Mode, m: Measured) -> Row {
+        Row { consumer, mode, wakeup: "flags 0".into(), outcome: Outcome::Measured(m) }
+    }
+
+    #[test]
+    fn rates_are_short() {
+        assert_eq!(rate(215_300_000.0), "215.30M");
+        assert_eq!(rate(140_200.0), "140.2K");
+        assert_eq!(rate(0.0), "0");
+        assert_eq!(rate(f64::NAN), "-");
+    }
+
+    #[test]
+    fn json_rows_carry_the_contract_fields() {
+        let line = row("bpfstream-ring", Mode::Drain, measured(4.5e8, Some(2.25), 0)).json().finish();
+        assert!(line.starts_with(r#"{"type":"bench","consumer":"bpfstream-ring","mode":"drain","#), "{line}");
+        for field in [
+            r#""consumed_per_sec":450000000.000"#,
+            r#""dropped_per_sec":0.000"#,
+            r#""consumer_cpu_ns_per_event":2.250"#,
+            r#""unaccounted":0"#,
+            r#""mapped_bytes":2097152"#,
+            r#""rss_bytes":1048576"#,
+        ] {
+            assert!(line.contains(field), "{field} in {line}");
+        }
+        let skipped = Row {
+            consumer: "libbpf-ring",
+            mode: Mode::Parallel,
+            wakeup: "flags 0".into(),
+            outcome: Outcome::Skipped("libbpf.so.1 not found".into()),
+        };
+        let line = skipped.json().finish();
+        assert!(line.contains(r#""consumed_per_sec":null"#) && line.contains(r#""skipped":"libbpf.so.1 not found""#));
+    }
+
+    #[test]
+    fn table_lines_line_up_with_the_header() {
+        let line = row("libbpf-perf", Mode::Sampled, measured(11.2e6, Some(35.04), 0)).table_line();
+        assert_eq!(
+            line.split_whitespace().take(8).collect::<Vec<_>>(),
+            ["libbpf-perf", "sampled", "11.20M", "11.20M", "0", "35.0", "2", "MiB"]
+        );
+        // Every number ends where its title ends.
+        let header = table_header();
+        for title in ["PRODUCED/s", "CONSUMED/s", "DROPPED/s", "CPU ns/ev", "MAPPED", "RSS"] {
+            let end = header.find(title).unwrap() + title.len();
+            let (last, after) = (line.as_bytes()[end - 1], line.as_bytes()[end]);
+            assert!(last != b' ' && after == b' ', "{title}\n{header}\n{line}");
+        }
+        let mut lossy = measured(1.0, None, 0);
+        lossy.consumed -= 3;
+        let line = row("aya-ring", Mode::Parallel, lossy).table_line();
+        assert!(line.contains("3 UNACCOUNTED"), "{line}");
+        let failed =
+            Row { outcome: Outcome::Failed("boom".into()), ..row("aya-perf", Mode::Drain, measured(1.0, None, 0)) };
+        assert!(failed.table_line().ends_with("FAILED: boom"));
+    }
+
+    #[test]
+    fn targets_are_ratios_of_rows_of_the_run() {
+        let rows = vec![
+            row("bpfstream-ring", Mode::Drain, measured(450e6, Some(2.0), 0)),
+            row("libbpf-ring", Mode::Drain, measured(220e6, Some(4.5), 0)),
+            row("bpfstream-ring", Mode::Sampled, measured(10e6, Some(3.0), 0)),
+            row("libbpf-ring", Mode::Sampled, measured(9e6, Some(5.0), 0)),
+            row("bpfstream-perf", Mode::Parallel, measured(3e6, None, 7)),
+            row("libbpf-perf", Mode::Parallel, measured(0.14e6, Some(900.0), 0)),
+        ];
+        let targets = targets(&rows);
+        let by_name = |n: &str| targets.iter().find(|t| t.name == n).unwrap_or_else(|| panic!("{n}"));
+        let drain = by_name("ring drain rate vs libbpf");
+        assert!((drain.ratio - 450.0 / 220.0).abs() < 1e-9 && drain.met);
+        let cpu = by_name("ring sampled CPU/event vs libbpf");
+        assert!((cpu.ratio - 0.6).abs() < 1e-9 && !cpu.met, "0.6 is above the 0.5 goal");
+        let perf = by_name("perf defaults rate vs libbpf's");
+        assert!(perf.ratio > 21.0 && perf.met);
+        assert!(by_name("ring sampled drops (whole row)").met);
+        // perf sampled was not run: no target is made up for it.
+        assert!(targets.iter().all(|t| t.name != "perf sampled rate vs libbpf"));
+        assert!(drain.text().contains("met") && cpu.text().contains("MISS"));
+        assert!(drain.json().finish().contains(r#""met":true"#));
+    }
+}

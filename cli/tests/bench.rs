@@ -1,0 +1,92 @@
+//! `bpfstream bench` against the real kernel (as root): every requested row is printed, every
+//! row accounts for every record, and nothing stays loaded. Speed is not tested here (the bench
+//! is for that); these runs are a fraction of a second per row.
+
+mod common;
+
+use std::process::Command;
+
+use common::{assert_nothing_left, bin, id_watermarks, kernel_test, run_to_end};
+use serde_json::Value;
+
+fn bench(args: &[&str]) -> (Vec<String>, String) {
+    let out = Command::new(bin()).arg("bench").args(args).output().expect("run bpfstream bench");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "bpfstream bench {args:?} failed:\n{stderr}\n{stdout}");
+    (stdout.lines().map(str::to_owned).collect(), stderr)
+}
+
+#[test]
+fn every_row_is_printed_and_accounts_for_every_record() {
+    let Some(_kernel) = kernel_test() else { return };
+    let before = id_watermarks();
+    let consumers = ["bpfstream-ring", "libbpf-perf", "aya-perf"];
+    let (lines, stderr) = bench(&[
+        "--json",
+        "--duration",
+        "0.1",
+        "--drain-size",
+        "1M",
+        "--consumer",
+        consumers[0],
+        "--consumer",
+        consumers[1],
+        "--consumer",
+        consumers[2],
+    ]);
+    let objects: Vec<Value> =
+        lines.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let rows: Vec<&Value> = objects.iter().filter(|o| o["type"] == "bench").collect();
+    let expected: Vec<(&str, &str)> =
+        ["parallel", "sampled", "drain"].iter().flat_map(|m| consumers.iter().map(move |c| (*c, *m))).collect();
+    let got: Vec<(&str, &str)> =
+        rows.iter().map(|r| (r["consumer"].as_str().unwrap(), r["mode"].as_str().unwrap())).collect();
+    assert_eq!(got, expected, "one row per (consumer, mode), in table order");
+    assert_eq!(stderr.lines().filter(|l| l.starts_with('[')).count(), 9, "a progress line per row:\n{stderr}");
+
+    for row in rows {
+        if let Some(why) = row.get("skipped") {
+            assert!(row["consumer"].as_str().unwrap().starts_with("libbpf"), "{row}");
+            assert!(why.as_str().unwrap().contains("libbpf.so.1"), "{row}");
+            continue;
+        }
+        let n = |field: &str| row[field].as_u64().unwrap_or_else(|| panic!("{field} in {row}"));
+        assert!(row["consumed_per_sec"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["dropped_per_sec"].as_f64().is_some(), "{row}");
+        assert!(row["consumer_cpu_ns_per_event"].as_f64().unwrap() > 0.0, "{row}");
+        assert_eq!(n("windows"), 5, "{row}");
+        assert!(n("produced") > 0 && n("produced") % 500 == 0, "whole batches of 500: {row}");
+        assert_eq!(n("produced"), n("consumed") + n("dropped"), "{row}");
+        assert_eq!(row["unaccounted"], 0, "{row}");
+        assert!(n("mapped_bytes") >= n("buffer_bytes"), "{row}");
+    }
+    assert!(objects.iter().any(|o| o["type"] == "target"), "the perf targets of this run are reported");
+    assert_nothing_left(before, &["bench_produce", "events", "bpfstream_stats"]);
+}
+
+#[test]
+fn the_table_has_a_header_a_line_per_row_and_the_targets() {
+    let Some(_kernel) = kernel_test() else { return };
+    let (lines, _) = bench(&["--duration", "0.1", "--mode", "sampled", "--consumer", "bpfstream-ring"]);
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(header[..6], ["CONSUMER", "MODE", "PRODUCED/s", "CONSUMED/s", "DROPPED/s", "CPU"], "{lines:?}");
+    assert!(lines[1].starts_with("bpfstream-ring  sampled"), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("ring sampled drops")), "{lines:?}");
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    for args in [
+        &["bench", "--duration", "0"][..],
+        &["bench", "--consumer", "bcc-ring"],
+        &["bench", "--mode", "burst"],
+        &["bench", "--drain-size", "3M"],
+    ] {
+        let (code, err) = run_to_end(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(!err.trim().is_empty(), "{args:?}");
+    }
+    let (_, err) = run_to_end(&["bench", "--consumer", "bcc-ring"]);
+    assert!(err.contains("choose from") && err.contains("aya-perf"), "{err}");
+}
