@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::Map;
-use aya::programs::TracePoint;
+use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use bpfstream::accounting::{STATS_MAP, WAKEUP_ARG_GLOBAL, WAKEUP_POLICY_GLOBAL};
 use bpfstream::{DropCounters, EventSource, Item, PerfOptions, PerfWakeup, Poller, Transport, WakeupPolicy};
@@ -58,6 +58,9 @@ pub enum BufferKind {
 pub enum Attach {
     /// `SEC("tracepoint/<category>/<name>")`, attached through tracefs.
     Tracepoint { program: &'static str, category: &'static str, name: &'static str },
+    /// `SEC("raw_tp/<name>")`: the tracepoint's raw arguments, without the copy into a trace
+    /// record classic tracepoints make, and no tracefs needed.
+    RawTracePoint { program: &'static str, name: &'static str },
 }
 
 /// A BPF object compiled for both transports (`bpf/build.sh`).
@@ -76,6 +79,9 @@ pub struct Global {
 
 impl Global {
     pub fn u32(name: &'static str, value: u32) -> Self {
+        Global { name, bytes: value.to_ne_bytes().to_vec() }
+    }
+    pub fn u64(name: &'static str, value: u64) -> Self {
         Global { name, bytes: value.to_ne_bytes().to_vec() }
     }
     pub fn bool(name: &'static str, value: bool) -> Self {
@@ -235,6 +241,11 @@ pub fn attach(bpf: &mut Ebpf, spec: &TracerSpec) -> Result<()> {
                 p.attach(category, name)
                     .with_context(|| format!("attaching {program} to tracepoint {category}/{name}"))?;
             }
+            Attach::RawTracePoint { program, name } => {
+                let p: &mut RawTracePoint = program_mut(bpf, program)?.try_into()?;
+                p.load().with_context(|| format!("verifying {program}"))?;
+                p.attach(name).with_context(|| format!("attaching {program} to raw tracepoint {name}"))?;
+            }
         }
     }
     Ok(())
@@ -273,6 +284,12 @@ impl Tracer {
             None => format!("ring buffer ({})", human_bytes(self.size)),
             Some(perf) => format!("perf buffer ({} per CPU, {} CPUs)", human_bytes(self.size), perf.cpus().len()),
         }
+    }
+
+    /// Takes one of the object's maps out of it (e.g. a tool's own counters), to read after
+    /// [`run`](Self::run) has detached the programs.
+    pub fn take_map(&mut self, name: &str) -> Result<Map> {
+        self.bpf.take_map(name).ok_or_else(|| anyhow!("BPF object has no {name} map"))
     }
 
     /// Streams into `sink` until SIGINT/SIGTERM, the `duration`, or a failing sink (e.g. a

@@ -1,6 +1,7 @@
 //! `bpfstream`: eBPF tracers, consumer benchmarks and buffer experiments on the bpfstream
 //! library. See `bpfstream --help`.
 
+mod histogram;
 mod lifecycle;
 mod objects;
 mod output;
@@ -29,6 +30,10 @@ struct Cli {
 enum Command {
     /// Trace exec() calls: pid, ppid, uid, comm and the whole filename
     Exec(tools::exec::ExecArgs),
+    /// Trace syscalls with their latency, or summarize them (--summary)
+    Syscalls(tools::syscalls::SyscallsArgs),
+    /// Trace open/openat/openat2: pid, comm, fd or error, flags and the whole filename
+    Open(tools::open::OpenArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,5 +55,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     signals::install()?;
     match cli.command {
         Command::Exec(args) => tools::exec::run(args),
+        Command::Syscalls(args) => tools::syscalls::run(args),
+        Command::Open(args) => tools::open::run(args),
     }
 }

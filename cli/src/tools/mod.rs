@@ -2,3 +2,6 @@
 //! `crate::lifecycle`.
 
 pub mod exec;
+pub mod open;
+pub mod syscall_summary;
+pub mod syscalls;
