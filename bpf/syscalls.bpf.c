@@ -29,22 +29,20 @@ struct syscall_start {
 };
 
 /*
- * In-flight syscalls, keyed by task_struct address rather than pid_tgid: a thread that execs
- * from a non-leader thread takes the leader's pid before its execve returns, but keeps its
- * task_struct. A thread has at most one syscall in flight, so the map holds one entry per traced
- * thread that is inside a syscall (most idle threads are: epoll_wait, futex, read...). Entries of
- * syscalls that never return (exit, exit_group, a thread killed while blocked) are removed when
- * the thread dies (sched_process_exit). Preallocated: 32768 threads, about 2.5 MB; when it is
- * full, the syscall is counted in `untracked` instead of disappearing silently.
+ * The syscall in flight, per thread: task-local storage, found from the task in a few loads
+ * (no hash, no lock), created on a thread's first traced syscall and freed by the kernel when
+ * the thread dies or the map goes, so syscalls that never return (exit, exit_group, a thread
+ * killed while blocked) leave nothing behind. It follows the task_struct, so a thread that execs
+ * from a non-leader thread (and takes the leader's pid) keeps its entry. ts_ns == 0: none.
  */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 32768);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct syscall_start);
 } starts SEC(".maps");
 
-/* Syscalls that passed the filters but could not be timed because `starts` was full. */
+/* Syscalls that passed the filters but could not be timed: no memory for the thread's storage. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -68,8 +66,8 @@ int syscall_enter(__u64 *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 pid = id >> 32, tid = (__u32)id;
-	struct syscall_start start;
-	__u64 key;
+	struct syscall_start *start;
+	__s64 nr;
 
 	if (pid == self_tgid)
 		return 0;
@@ -77,8 +75,8 @@ int syscall_enter(__u64 *ctx)
 		return 0;
 	if (targ_tid && tid != targ_tid)
 		return 0;
-	start.nr = (__s64)ctx[1];	/* sys_enter(struct pt_regs *regs, long id) */
-	if (!wanted_syscall(start.nr))
+	nr = (__s64)ctx[1];	/* sys_enter(struct pt_regs *regs, long id) */
+	if (!wanted_syscall(nr))
 		return 0;
 	if (filter_comm) {
 		char comm[16];
@@ -87,15 +85,17 @@ int syscall_enter(__u64 *ctx)
 		if (!bpfstream_comm_eq(comm, targ_comm))
 			return 0;
 	}
-	key = bpf_get_current_task();
-	start.ts_ns = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(&starts, &key, &start, BPF_ANY)) {
+	start = bpf_task_storage_get(&starts, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!start) {
 		__u32 zero = 0;
 		__u64 *n = bpf_map_lookup_elem(&untracked, &zero);
 
 		if (n)
 			(*n)++;
+		return 0;
 	}
+	start->nr = nr;
+	start->ts_ns = bpf_ktime_get_ns();
 	return 0;
 }
 
@@ -106,7 +106,7 @@ int syscall_exit(__u64 *ctx)
 	__u32 pid = id >> 32;
 	struct syscall_start *start;
 	struct syscall_event *e;
-	__u64 key, now, duration;
+	__u64 now, duration;
 	__s64 nr, ret;
 
 	/* Cheap checks first: without them every syscall on the machine pays a hash lookup. */
@@ -114,14 +114,13 @@ int syscall_exit(__u64 *ctx)
 		return 0;
 	if (targ_pid && pid != targ_pid)
 		return 0;
-	key = bpf_get_current_task();
-	start = bpf_map_lookup_elem(&starts, &key);
-	if (!start)
+	start = bpf_task_storage_get(&starts, bpf_get_current_task_btf(), 0, 0);
+	if (!start || !start->ts_ns)
 		return 0;	/* not traced, or began before we attached */
 	now = bpf_ktime_get_ns();
 	duration = now - start->ts_ns;
 	nr = start->nr;
-	bpf_map_delete_elem(&starts, &key);
+	start->ts_ns = 0;
 
 	ret = (__s64)ctx[1];	/* sys_exit(struct pt_regs *regs, long ret) */
 	if (only_failed && !(ret < 0 && ret >= -4095))
@@ -140,16 +139,6 @@ int syscall_exit(__u64 *ctx)
 	e->tid = (__u32)id;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpfstream_submit(ctx, e);
-	return 0;
-}
-
-/* A dying thread's syscall (exit, exit_group, or whatever it was blocked in) never returns. */
-SEC("raw_tp/sched_process_exit")
-int syscall_reap(void *ctx)
-{
-	__u64 key = bpf_get_current_task();
-
-	bpf_map_delete_elem(&starts, &key);
 	return 0;
 }
 

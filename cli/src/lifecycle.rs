@@ -201,6 +201,8 @@ pub fn load(spec: &TracerSpec, options: &BufferOptions) -> Result<(Ebpf, Transpo
     let (policy, arg) = options.ring_wakeup.globals();
     let size = u32::try_from(options.size).map_err(|_| anyhow!("buffer size {} is too large", options.size))?;
     let mut loader = EbpfLoader::new();
+    // Maps aya has no userspace type for (task storage) are still created for the programs.
+    loader.allow_unsupported_maps();
     for g in &spec.globals {
         loader.override_global(g.name, g.bytes.as_slice(), true);
     }

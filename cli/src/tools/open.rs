@@ -9,8 +9,9 @@ use aya::maps::{MapData, PerCpuArray};
 use bpfstream::names::syscall_name;
 use bpfstream::{FromRecord, Item};
 
-use crate::lifecycle::{Attach, BufferOptions, CommonArgs, Global, Sink, Tracer, TracerSpec};
+use crate::lifecycle::{Attach, CommonArgs, Global, Sink, Tracer, TracerSpec};
 use crate::output::{c_str, display_bytes, JsonLine};
+use crate::tools::{high_rate_options, per_cpu_total};
 use crate::{objects, tracefs};
 
 /// `OPEN_FILENAME_MAX` of bpf/open.h: the longest name reported whole.
@@ -186,7 +187,7 @@ impl<W: Write> Sink for Printer<W> {
 }
 
 pub fn run(args: OpenArgs) -> Result<()> {
-    let options = BufferOptions::from_args(&args.common);
+    let options = high_rate_options(&args.common);
     let mut tracer = Tracer::start(&spec(&args)?, &options)?;
     let untracked: PerCpuArray<MapData, u64> = tracer.take_map("untracked")?.try_into()?;
     let json = args.common.json;
@@ -213,7 +214,7 @@ pub fn run(args: OpenArgs) -> Result<()> {
     let summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
     let (malformed, truncated) = (printer.malformed, printer.truncated);
     drop(printer);
-    let untracked: u64 = untracked.get(&0, 0)?.iter().sum();
+    let untracked = per_cpu_total(&untracked)?;
     let avg = if summary.events > 0 { summary.bytes as f64 / summary.events as f64 } else { 0.0 };
     let mut extra = format!(
         "; records averaged {avg:.0} bytes against {FIXED_RECORD_BYTES} for a fixed-size record ({:.1}x smaller)",

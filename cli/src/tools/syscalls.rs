@@ -12,10 +12,11 @@ use aya::maps::{MapData, PerCpuArray};
 use bpfstream::names::{errno_name, syscall_name, syscall_number};
 use bpfstream::{FromRecord, Item};
 
-use crate::lifecycle::{Attach, BufferOptions, CommonArgs, Global, Sink, Tracer, TracerSpec};
+use crate::lifecycle::{Attach, CommonArgs, Global, Sink, Tracer, TracerSpec};
 use crate::objects;
 use crate::output::{c_str, display_bytes, JsonLine};
 use crate::tools::syscall_summary::{Aggregator, GroupBy, IntervalWriter};
+use crate::tools::{high_rate_options, per_cpu_total};
 
 bpfstream::record! {
     /// `struct syscall_event` of bpf/syscalls.h.
@@ -76,6 +77,15 @@ pub fn syscall_label(nr: i64) -> Cow<'static, str> {
 /// A failed syscall returns -errno, -4095..=-1 (the kernel's IS_ERR_VALUE).
 pub fn is_error(ret: i64) -> bool {
     (-4095..0).contains(&ret)
+}
+
+/// A comm for the table: borrowed when it is printable ASCII (nearly always), escaped otherwise.
+fn comm_text(comm: &[u8; 16]) -> Cow<'_, str> {
+    let bytes = c_str(comm);
+    match std::str::from_utf8(bytes) {
+        Ok(text) if bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ') => Cow::Borrowed(text),
+        _ => Cow::Owned(display_bytes(bytes)),
+    }
 }
 
 /// The RET column: the value, or the errno name on failure.
@@ -142,7 +152,6 @@ pub fn spec(args: &SyscallsArgs) -> TracerSpec {
         attach: vec![
             Attach::RawTracePoint { program: "syscall_enter", name: "sys_enter" },
             Attach::RawTracePoint { program: "syscall_exit", name: "sys_exit" },
-            Attach::RawTracePoint { program: "syscall_reap", name: "sched_process_exit" },
         ],
         globals,
     }
@@ -186,14 +195,16 @@ impl<W: Write> Printer<W> {
             let start = *self.first_ts.get_or_insert(e.ts_ns);
             write!(self.out, "{:<9.3} ", e.ts_ns.saturating_sub(start) as f64 / 1e9)?;
         }
+        // Integer arithmetic for the microseconds: this runs for every syscall of a storm.
         writeln!(
             self.out,
-            "{:<16} {:>7} {:>7} {:<20} {:>13.3} {}",
-            display_bytes(c_str(&e.comm)),
+            "{:<16} {:>7} {:>7} {:<20} {:>9}.{:03} {}",
+            comm_text(&e.comm),
             e.pid,
             e.tid,
             name,
-            e.duration_ns as f64 / 1e3,
+            e.duration_ns / 1000,
+            e.duration_ns % 1000,
             ret_text(e.ret)
         )
     }
@@ -250,13 +261,8 @@ impl<W: Write> Sink for Printer<W> {
     }
 }
 
-/// Sum over CPUs of a one-slot per-CPU `u64` array (a tool's own counter).
-fn per_cpu_total(map: &PerCpuArray<MapData, u64>) -> Result<u64> {
-    Ok(map.get(&0, 0)?.iter().sum())
-}
-
 pub fn run(args: SyscallsArgs) -> Result<()> {
-    let options = BufferOptions::from_args(&args.common);
+    let options = high_rate_options(&args.common);
     let mut tracer = Tracer::start(&spec(&args), &options)?;
     let untracked: PerCpuArray<MapData, u64> = tracer.take_map("untracked")?.try_into()?;
     let json = args.common.json;
@@ -337,5 +343,10 @@ mod tests {
         assert_eq!(ret_text(-4000), "-4000");
         assert_eq!(ret_text(42), "42");
         assert_eq!(ret_text(-5000), "-5000");
+        let mut comm = [0u8; 16];
+        comm[..6].copy_from_slice(b"a b\x1bc\xff");
+        assert_eq!(comm_text(&comm), "a b\\x1bc\\xff");
+        comm[..6].copy_from_slice(b"bash\0\0");
+        assert!(matches!(comm_text(&comm), Cow::Borrowed("bash")));
     }
 }
