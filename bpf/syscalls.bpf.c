@@ -3,11 +3,11 @@
  * bpfstream syscalls: one record per completed syscall, with its latency.
  *
  * raw_syscalls sys_enter/sys_exit as raw tracepoints: the program gets the tracepoint's
- * arguments directly (ctx is an array of u64, not vmlinux.h's bpf_raw_tracepoint_args, whose
- * zero-length array trips CO-RE relocation), without the classic tracepoint's copy into a trace record (and needs no
- * tracefs). Every filter runs at sys_enter, so a filtered-out syscall costs a few compares and
- * never touches the start map; --failed and --min-duration need the outcome and run at sys_exit,
- * still before anything is produced.
+ * arguments directly, without the classic tracepoint's copy into a trace record, and needs no
+ * tracefs. (ctx is an array of u64 rather than vmlinux.h's bpf_raw_tracepoint_args, whose
+ * zero-length array trips CO-RE relocation.) Every filter runs at sys_enter, so a filtered-out
+ * syscall costs a few compares and never touches the start storage; --failed and --min-duration
+ * need the outcome and run at sys_exit, still before anything is produced.
  */
 #include "bpfstream.h"
 #include "syscalls.h"
@@ -109,7 +109,7 @@ int syscall_exit(__u64 *ctx)
 	__u64 now, duration;
 	__s64 nr, ret;
 
-	/* Cheap checks first: without them every syscall on the machine pays a hash lookup. */
+	/* Cheap checks first: without them every syscall on the machine pays a storage lookup. */
 	if (pid == self_tgid)
 		return 0;
 	if (targ_pid && pid != targ_pid)
