@@ -1,8 +1,11 @@
 //! What tracing costs: a one-thread syscall storm traced by `bpfstream syscalls` (ring and perf,
 //! events and --summary) and by an equivalent bpftrace script, and an open() storm traced by
 //! `bpfstream open` and libbpf-tools' opensnoop. For each: events/s delivered, drops, the
-//! tracer's CPU per event (utime+stime from /proc/PID/stat over the window) and the traced
-//! program's syscall rate against an untraced window of the same run.
+//! tracer's CPU per event (utime+stime from /proc/PID/stat over the window), and the traced
+//! program's slowdown: its own CPU time per syscall against an untraced window of the same run
+//! (CPU time, not wall time, so that other users of a shared machine taking its CPU do not count;
+//! its wall-clock rate is shown too). "filtered-out" rows are bpfstream attached with a filter
+//! that matches nothing: the cost of the syscall tracepoints themselves, which all tracers pay.
 //!
 //! `sudo cargo bench --bench tracers` (root: it loads BPF programs). The storm runs pinned to
 //! CPU 0 and every tracer to CPU 1; each (storm, tracer) gets one window per round, rounds
@@ -99,8 +102,9 @@ impl Storm {
         Storm { pid, counter }
     }
 
-    fn count(&self) -> u64 {
-        self.counter.load(Ordering::Relaxed)
+    /// Iterations so far and the storm's CPU time (ns).
+    fn sample(&self) -> (u64, u64) {
+        (self.counter.load(Ordering::Relaxed), cpu_ns(self.pid as u32).unwrap_or(0))
     }
 }
 
@@ -182,6 +186,9 @@ fn configs() -> Vec<TracerConfig> {
 struct Window {
     /// Storm iterations per second (syscalls for getppid, opens for open).
     storm_per_sec: f64,
+    /// The storm's CPU time per iteration: what one (traced) iteration costs the traced program,
+    /// whatever share of its CPU the machine's other users leave it.
+    storm_ns_per_call: f64,
     /// Event lines the tracer wrote per second during the window.
     events_per_sec: f64,
     /// Events the tracer reported lost, per second of its run.
@@ -201,6 +208,11 @@ fn cpu_ns(pid: u32) -> Option<u64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     Some(ticks * 1_000_000_000 / hz.max(1))
+}
+
+/// CPU ns per iteration between two storm samples.
+fn per_call(from: (u64, u64), to: (u64, u64)) -> f64 {
+    (to.1 - from.1) as f64 / (to.0 - from.0).max(1) as f64
 }
 
 fn file_len(path: &Path) -> u64 {
@@ -243,10 +255,14 @@ fn reported_lost(text: &str) -> u64 {
 
 fn measure(config: &TracerConfig, storm: &Storm, window: Duration, scratch: &Path) -> Result<Window, String> {
     let Some(command) = &config.command else {
-        let (c0, t0) = (storm.count(), Instant::now());
+        let (s0, t0) = (storm.sample(), Instant::now());
         std::thread::sleep(window);
-        let rate = (storm.count() - c0) as f64 / t0.elapsed().as_secs_f64();
-        return Ok(Window { storm_per_sec: rate, ..Window::default() });
+        let (s1, secs) = (storm.sample(), t0.elapsed().as_secs_f64());
+        return Ok(Window {
+            storm_per_sec: (s1.0 - s0.0) as f64 / secs,
+            storm_ns_per_call: per_call(s0, s1),
+            ..Window::default()
+        });
     };
     let out_path = scratch.join(format!("{}.out", config.name));
     let err_path = scratch.join(format!("{}.err", config.name));
@@ -319,13 +335,14 @@ fn measure_running(
     let ready_at = Instant::now();
     std::thread::sleep(WARMUP);
     let pid = child.id();
-    let (c0, cpu0, b0, t0) = (storm.count(), cpu_ns(pid).ok_or("no /proc stat")?, file_len(out), Instant::now());
+    let (s0, cpu0, b0, t0) = (storm.sample(), cpu_ns(pid).ok_or("no /proc stat")?, file_len(out), Instant::now());
     std::thread::sleep(window);
-    let (c1, cpu1, b1, t1) = (storm.count(), cpu_ns(pid).ok_or("no /proc stat")?, file_len(out), Instant::now());
+    let (s1, cpu1, b1, t1) = (storm.sample(), cpu_ns(pid).ok_or("no /proc stat")?, file_len(out), Instant::now());
     let secs = (t1 - t0).as_secs_f64();
     let cpu = (cpu1 - cpu0) as f64;
     let w = Window {
-        storm_per_sec: (c1 - c0) as f64 / secs,
+        storm_per_sec: (s1.0 - s0.0) as f64 / secs,
+        storm_ns_per_call: per_call(s0, s1),
         cpu_ns_per_event: cpu,
         cpu_share: cpu / 1e9 / secs,
         ..Window::default()
@@ -409,11 +426,13 @@ fn main() {
                 match measure(config, &storm, window, &scratch) {
                     Ok(w) => {
                         eprintln!(
-                            "  round {} {:<8} {:<27} storm {:>9.0}/s  events {:>9.0}/s  dropped {:>9.0}/s  cpu {:>6.0} ns/event",
+                            "  round {} {:<8} {:<27} storm {:>9.0}/s {:>6.0} ns/call  events {:>9.0}/s  \
+                             dropped {:>9.0}/s  tracer {:>6.0} ns/event",
                             round + 1,
                             kind.name(),
                             config.name,
                             w.storm_per_sec,
+                            w.storm_ns_per_call,
                             w.events_per_sec,
                             w.dropped_per_sec,
                             w.cpu_ns_per_event
@@ -430,70 +449,73 @@ fn main() {
     }
     let _ = fs::remove_dir_all(&scratch);
 
+    report(&configs, &kinds, &windows, &failures, window);
+}
+
+/// The table of medians, then one JSON line per row. The storm's cost per call is its CPU time
+/// per iteration, so other users of the machine taking its CPU do not count as slowdown;
+/// `calls/s` is wall-clock throughput.
+fn report(
+    configs: &[TracerConfig],
+    kinds: &[StormKind],
+    windows: &[Vec<Window>],
+    failures: &[Option<String>],
+    window: Duration,
+) {
     println!(
-        "{:<8} {:<27} {:>10} {:>10} {:>10} {:>8} {:>13} {:>10}",
-        "STORM", "TRACER", "EVENTS/s", "DROPPED/s", "CPU ns/ev", "CPU %", "STORM calls/s", "vs untraced"
+        "{:<8} {:<27} {:>10} {:>10} {:>10} {:>7} {:>11} {:>11} {:>8}",
+        "STORM", "TRACER", "EVENTS/s", "DROPPED/s", "CPU ns/ev", "CPU %", "STORM ns/op", "STORM op/s", "SLOWDOWN"
     );
     let mut json = Vec::new();
-    for &kind in &kinds {
+    for &kind in kinds {
         let baseline = configs
             .iter()
-            .zip(&windows)
+            .zip(windows)
             .find(|(c, _)| c.storm == kind && c.command.is_none())
-            .map(|(_, w)| median(w.iter().map(|w| w.storm_per_sec).collect()))
+            .map(|(_, w)| median(w.iter().map(|w| w.storm_ns_per_call).collect()))
             .unwrap_or(f64::NAN);
-        for ((config, ws), failure) in configs.iter().zip(&windows).zip(&failures).filter(|((c, _), _)| c.storm == kind)
-        {
+        for ((config, ws), failure) in configs.iter().zip(windows).zip(failures).filter(|((c, _), _)| c.storm == kind) {
             if let Some(e) = failure {
                 println!("{:<8} {:<27} failed: {e}", kind.name(), config.name);
                 continue;
             }
             let m = |f: fn(&Window) -> f64| median(ws.iter().map(f).collect());
-            let storm = m(|w| w.storm_per_sec);
             let traced = config.command.is_some();
-            let (events, dropped, cpu_ns, cpu_share) =
-                (m(|w| w.events_per_sec), m(|w| w.dropped_per_sec), m(|w| w.cpu_ns_per_event), m(|w| w.cpu_share));
-            let ratio = storm / baseline;
-            if traced {
-                println!(
-                    "{:<8} {:<27} {:>10.0} {:>10.0} {:>10} {:>7.1}% {:>13.0} {:>9.1}%",
-                    kind.name(),
-                    config.name,
-                    events,
-                    dropped,
-                    if cpu_ns.is_finite() { format!("{cpu_ns:.0}") } else { "-".into() },
-                    cpu_share * 100.0,
-                    storm,
-                    ratio * 100.0
-                );
+            let (rate, ns_per_call) = (m(|w| w.storm_per_sec), m(|w| w.storm_ns_per_call));
+            let slowdown = ns_per_call / baseline;
+            let (events, dropped, cpu_ns, cpu_share) = if traced {
+                (m(|w| w.events_per_sec), m(|w| w.dropped_per_sec), m(|w| w.cpu_ns_per_event), m(|w| w.cpu_share))
             } else {
-                println!(
-                    "{:<8} {:<27} {:>10} {:>10} {:>10} {:>8} {:>13.0} {:>10}",
-                    kind.name(),
-                    config.name,
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    storm,
-                    "100%"
-                );
-            }
-            let zero_if_untraced = |v: f64| if traced { v } else { 0.0 };
+                (f64::NAN, f64::NAN, f64::NAN, f64::NAN)
+            };
+            let cell = |v: f64, decimals: usize| if v.is_finite() { format!("{v:.decimals$}") } else { "-".into() };
+            println!(
+                "{:<8} {:<27} {:>10} {:>10} {:>10} {:>6}% {:>11} {:>11} {:>7}x",
+                kind.name(),
+                config.name,
+                cell(events, 0),
+                cell(dropped, 0),
+                cell(cpu_ns, 0),
+                cell(cpu_share * 100.0, 1),
+                cell(ns_per_call, 0),
+                cell(rate, 0),
+                cell(slowdown, 2)
+            );
             json.push(format!(
                 "{{\"bench\":\"tracers\",\"storm\":\"{}\",\"tracer\":\"{}\",\"windows\":{},\"window_s\":{},\
-                 \"events_per_sec\":{},\"dropped_per_sec\":{},\"cpu_ns_per_event\":{},\"cpu_share\":{},\
-                 \"storm_calls_per_sec\":{},\"storm_rate_vs_untraced\":{}}}",
+                 \"events_per_sec\":{},\"dropped_per_sec\":{},\"tracer_cpu_ns_per_event\":{},\"tracer_cpu_share\":{},\
+                 \"storm_cpu_ns_per_call\":{},\"storm_calls_per_sec\":{},\"storm_slowdown\":{}}}",
                 kind.name(),
                 config.name,
                 ws.len(),
                 json_number(window.as_secs_f64(), 3),
-                json_number(zero_if_untraced(events), 0),
-                json_number(zero_if_untraced(dropped), 0),
-                json_number(zero_if_untraced(cpu_ns), 1),
-                json_number(zero_if_untraced(cpu_share), 4),
-                json_number(storm, 0),
-                json_number(ratio, 4)
+                json_number(events, 0),
+                json_number(dropped, 0),
+                json_number(cpu_ns, 1),
+                json_number(cpu_share, 4),
+                json_number(ns_per_call, 1),
+                json_number(rate, 0),
+                json_number(slowdown, 3)
             ));
         }
     }

@@ -290,4 +290,20 @@ mod tests {
             r#"{"type":"syscall_stats","interval":1,"syscall":"getppid","nr":110,"count":1,"errors":0,"total_ns":500,"p50_ns":500,"p99_ns":500,"max_ns":500}"#
         );
     }
+
+    #[test]
+    fn top_keeps_the_rows_with_most_time_and_says_how_many_there_were() {
+        let mut agg = Aggregator::new(GroupBy::Syscall);
+        agg.add(&event(7, 110, 1, 500, b"w"));
+        agg.add(&event(7, 35, 0, 9000, b"w"));
+        let mut writer = IntervalWriter { by: GroupBy::Syscall, json: false, top: Some(1), printed: 0 };
+        let mut out = Vec::new();
+        writer.write(&mut out, &mut agg, Duration::from_secs(2)).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines[0], "[2.0 s] 2 syscalls");
+        assert!(lines[1].starts_with("SYSCALL"));
+        assert!(lines[2].starts_with("nanosleep") && lines[2].contains(" 9.000"), "{}", lines[2]);
+        assert_eq!(lines.len(), 4, "one row and a blank line: {text}");
+    }
 }
