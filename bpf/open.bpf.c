@@ -106,10 +106,17 @@ static __always_inline int open_enter(__u32 nr, const char *filename, __u64 flag
 
 static __always_inline int open_exit(void *ctx, long ret)
 {
-	__u64 key = bpf_get_current_task();
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
 	struct open_start *s;
+	__u64 key;
 	__u32 len;
 
+	/* Cheap checks first: without them every open on the machine pays a hash lookup. */
+	if (pid == self_tgid)
+		return 0;
+	if (targ_pid && pid != targ_pid)
+		return 0;
+	key = bpf_get_current_task();
 	s = bpf_map_lookup_elem(&opens, &key);
 	if (!s)
 		return 0;
