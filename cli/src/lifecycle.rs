@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::Map;
-use aya::programs::TracePoint;
+use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use bpfstream::accounting::{STATS_MAP, WAKEUP_ARG_GLOBAL, WAKEUP_POLICY_GLOBAL};
 use bpfstream::{DropCounters, EventSource, Item, PerfOptions, PerfWakeup, Poller, Transport, WakeupPolicy};
@@ -123,6 +123,9 @@ pub enum BufferKind {
 pub enum Attach {
     /// `SEC("tracepoint/<category>/<name>")`, attached through tracefs.
     Tracepoint { program: &'static str, category: &'static str, name: &'static str },
+    /// `SEC("raw_tp/<name>")`: the tracepoint's raw arguments, without the copy into a trace
+    /// record classic tracepoints make, and no tracefs needed.
+    RawTracePoint { program: &'static str, name: &'static str },
 }
 
 /// A BPF object compiled for both transports (`bpf/build.sh`).
@@ -141,6 +144,9 @@ pub struct Global {
 
 impl Global {
     pub fn u32(name: &'static str, value: u32) -> Self {
+        Global { name, bytes: value.to_ne_bytes().to_vec() }
+    }
+    pub fn u64(name: &'static str, value: u64) -> Self {
         Global { name, bytes: value.to_ne_bytes().to_vec() }
     }
     pub fn bool(name: &'static str, value: bool) -> Self {
@@ -268,6 +274,8 @@ pub fn load(spec: &TracerSpec, options: &BufferOptions) -> Result<(Ebpf, Transpo
     let (policy, arg) = options.ring_wakeup.globals();
     let size = u32::try_from(options.size).map_err(|_| anyhow!("buffer size {} is too large", options.size))?;
     let mut loader = EbpfLoader::new();
+    // Maps aya has no userspace type for (task storage) are still created for the programs.
+    loader.allow_unsupported_maps();
     for g in &spec.globals {
         loader.override_global(g.name, g.bytes.as_slice(), true);
     }
@@ -308,6 +316,11 @@ pub fn attach(bpf: &mut Ebpf, spec: &TracerSpec) -> Result<()> {
                 p.attach(category, name)
                     .with_context(|| format!("attaching {program} to tracepoint {category}/{name}"))?;
             }
+            Attach::RawTracePoint { program, name } => {
+                let p: &mut RawTracePoint = program_mut(bpf, program)?.try_into()?;
+                p.load().with_context(|| format!("verifying {program}"))?;
+                p.attach(name).with_context(|| format!("attaching {program} to raw tracepoint {name}"))?;
+            }
         }
     }
     Ok(())
@@ -346,6 +359,12 @@ impl Tracer {
             None => format!("ring buffer ({})", human_bytes(self.size)),
             Some(perf) => format!("perf buffer ({} per CPU, {} CPUs)", human_bytes(self.size), perf.cpus().len()),
         }
+    }
+
+    /// Takes one of the object's maps out of it (e.g. a tool's own counters), to read after
+    /// [`run`](Self::run) has detached the programs.
+    pub fn take_map(&mut self, name: &str) -> Result<Map> {
+        self.bpf.take_map(name).ok_or_else(|| anyhow!("BPF object has no {name} map"))
     }
 
     /// Streams into `sink` until SIGINT/SIGTERM, the `duration`, or a failing sink (e.g. a

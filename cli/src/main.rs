@@ -2,6 +2,7 @@
 //! library. See `bpfstream --help`.
 
 mod bench;
+mod histogram;
 mod lab;
 mod lifecycle;
 mod objects;
@@ -29,13 +30,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Trace syscalls with their latency, or summarize them (--summary)
+    Syscalls(tools::syscalls::SyscallsArgs),
     /// Trace exec() calls: pid, ppid, uid, comm and the whole filename
     Exec(tools::exec::ExecArgs),
+    /// Trace open/openat/openat2: pid, comm, fd or error, flags and the whole filename
+    Open(tools::open::OpenArgs),
+    /// Benchmark bpfstream's ring and perf consumers against libbpf's and aya's
+    Bench(bench::BenchArgs),
     /// The chapter's exercises as experiments: sizing, compare, batching, backpressure,
     /// multi-ring (or all of them into a report)
     Lab(lab::LabArgs),
-    /// Benchmark bpfstream's ring and perf consumers against libbpf's and aya's
-    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,8 +61,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     signals::install()?;
     match cli.command {
+        Command::Syscalls(args) => tools::syscalls::run(args),
         Command::Exec(args) => tools::exec::run(args),
-        Command::Lab(args) => lab::run(args),
+        Command::Open(args) => tools::open::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Lab(args) => lab::run(args),
     }
 }

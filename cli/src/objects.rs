@@ -24,3 +24,13 @@ pub const BENCH: Objects = Objects {
     ring: include_bytes_aligned!("../../bpf/obj/bench.ring.bpf.o"),
     perf: include_bytes_aligned!("../../bpf/obj/bench.perf.bpf.o"),
 };
+
+pub const SYSCALLS: Objects = Objects {
+    ring: include_bytes_aligned!("../../bpf/obj/syscalls.ring.bpf.o"),
+    perf: include_bytes_aligned!("../../bpf/obj/syscalls.perf.bpf.o"),
+};
+
+pub const OPEN: Objects = Objects {
+    ring: include_bytes_aligned!("../../bpf/obj/open.ring.bpf.o"),
+    perf: include_bytes_aligned!("../../bpf/obj/open.perf.bpf.o"),
+};

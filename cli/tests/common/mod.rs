@@ -1,6 +1,8 @@
 //! Shared helpers of the tests that run `bpfstream` against the real kernel (as root).
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod workload;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,190 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * bpfstream open: one record per open/openat/openat2, with the filename exactly as passed (up to
+ * 4096 bytes) in a record exactly as long as the name.
+ *
+ * The name is read from user memory at entry, when it is what the caller passed, and kept with
+ * the rest of the record in a per-thread map until the exit reports `ret`. If the name's page is
+ * not resident at entry (a BPF program cannot fault it in), it is read again at exit, after the
+ * kernel's own copy has faulted it in.
+ */
+#include "bpfstream.h"
+#include "open.h"
+
+/* Kernel-side filters, set at load time (0 / false / empty: no filter). */
+const volatile __u32 self_tgid = 0;	/* bpfstream itself: never traced */
+const volatile __u32 targ_pid = 0;
+const volatile __u32 targ_tid = 0;
+const volatile bool filter_comm = false;
+const volatile char targ_comm[16] = {};
+const volatile bool only_failed = false;
+
+/* An open in flight: the record as it will be sent, plus where the name is if entry missed it. */
+struct open_start {
+	__u64 user_filename;
+	__u32 read_at_exit;
+	__u32 pad;
+	struct open_event event;
+	char filename[OPEN_READ_MAX];
+};
+
+/*
+ * Opens in flight, keyed by task_struct address (one per thread at most). Values are 4 KiB, so
+ * the map is not preallocated: it costs memory only for opens actually in flight, which is a
+ * handful (opens rarely block; a FIFO or a slow network file system can make them). 4096
+ * entries bound the worst case to about 17 MB; beyond that an open is counted in `untracked`.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, struct open_start);
+} opens SEC(".maps");
+
+/* Opens that passed the filters but could not be followed because `opens` was full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} untracked SEC(".maps");
+
+/* Reads the name into `s->filename` and sets its length; false if the page was not resident. */
+static __always_inline bool read_filename(struct open_start *s, const char *user)
+{
+	long n = bpf_probe_read_user_str(s->filename, OPEN_READ_MAX, user);
+
+	if (n < 1)
+		return false;
+	n -= 1;	/* without the NUL */
+	s->event.truncated = n > OPEN_FILENAME_MAX;
+	s->event.filename_len = n > OPEN_FILENAME_MAX ? OPEN_FILENAME_MAX : n;
+	return true;
+}
+
+static __always_inline int open_enter(__u32 nr, const char *filename, __u64 flags)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 pid = id >> 32, tid = (__u32)id;
+	struct open_start *s;
+	__u64 key;
+
+	if (pid == self_tgid)
+		return 0;
+	if (targ_pid && pid != targ_pid)
+		return 0;
+	if (targ_tid && tid != targ_tid)
+		return 0;
+	s = bpfstream_scratch();
+	if (!s)
+		return 0;
+	bpf_get_current_comm(s->event.comm, sizeof(s->event.comm));
+	if (filter_comm && !bpfstream_comm_eq(s->event.comm, targ_comm))
+		return 0;
+	s->event.pid = pid;
+	s->event.tid = tid;
+	s->event.nr = nr;
+	s->event.flags = flags;
+	s->event.ret = 0;
+	s->user_filename = (__u64)filename;
+	s->read_at_exit = !read_filename(s, filename);
+	if (s->read_at_exit) {
+		s->event.filename_len = 0;
+		s->event.truncated = 0;
+	}
+	key = bpf_get_current_task();
+	if (bpf_map_update_elem(&opens, &key, s, BPF_ANY)) {
+		__u32 zero = 0;
+		__u64 *n = bpf_map_lookup_elem(&untracked, &zero);
+
+		if (n)
+			(*n)++;
+	}
+	return 0;
+}
+
+static __always_inline int open_exit(void *ctx, long ret)
+{
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	struct open_start *s;
+	__u64 key;
+	__u32 len;
+
+	/* Cheap checks first: without them every open on the machine pays a hash lookup. */
+	if (pid == self_tgid)
+		return 0;
+	if (targ_pid && pid != targ_pid)
+		return 0;
+	key = bpf_get_current_task();
+	s = bpf_map_lookup_elem(&opens, &key);
+	if (!s)
+		return 0;
+	if (only_failed && ret >= 0)
+		goto out;
+	if (s->read_at_exit && !read_filename(s, (const char *)s->user_filename)) {
+		s->event.filename_len = 0;	/* unreadable even now: send the open without its name */
+		s->event.truncated = 0;
+	}
+	s->event.ts_ns = bpf_ktime_get_ns();
+	s->event.ret = ret;
+	len = s->event.filename_len;
+	if (len > OPEN_FILENAME_MAX)
+		len = OPEN_FILENAME_MAX;
+	bpfstream_output(ctx, &s->event, sizeof(s->event) + len);
+out:
+	bpf_map_delete_elem(&opens, &key);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_open")
+int open_enter_open(struct trace_event_raw_sys_enter *ctx)
+{
+	return open_enter(2, (const char *)ctx->args[0], ctx->args[1]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_openat")
+int open_enter_at(struct trace_event_raw_sys_enter *ctx)
+{
+	return open_enter(257, (const char *)ctx->args[1], ctx->args[2]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_openat2")
+int open_enter_at2(struct trace_event_raw_sys_enter *ctx)
+{
+	struct open_how how = {};
+
+	/* A bad `how` makes the syscall fail with EFAULT; report the open with flags 0. */
+	bpf_probe_read_user(&how, sizeof(how), (void *)ctx->args[2]);
+	return open_enter(437, (const char *)ctx->args[1], how.flags);
+}
+
+SEC("tracepoint/syscalls/sys_exit_open")
+int open_exit_open(struct trace_event_raw_sys_exit *ctx)
+{
+	return open_exit(ctx, ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_openat")
+int open_exit_at(struct trace_event_raw_sys_exit *ctx)
+{
+	return open_exit(ctx, ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_openat2")
+int open_exit_at2(struct trace_event_raw_sys_exit *ctx)
+{
+	return open_exit(ctx, ctx->ret);
+}
+
+/* A thread killed while blocked in open never reaches the exit tracepoint. */
+SEC("raw_tp/sched_process_exit")
+int open_reap(void *ctx)
+{
+	__u64 key = bpf_get_current_task();
+
+	bpf_map_delete_elem(&opens, &key);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * bpfstream syscalls: one record per completed syscall, with its latency.
+ *
+ * raw_syscalls sys_enter/sys_exit as raw tracepoints: the program gets the tracepoint's
+ * arguments directly, without the classic tracepoint's copy into a trace record, and needs no
+ * tracefs. (ctx is an array of u64 rather than vmlinux.h's bpf_raw_tracepoint_args, whose
+ * zero-length array trips CO-RE relocation.) Every filter runs at sys_enter, so a filtered-out
+ * syscall costs a few compares and never touches the start storage; --failed and --min-duration
+ * need the outcome and run at sys_exit, still before anything is produced.
+ */
+#include "bpfstream.h"
+#include "syscalls.h"
+
+/* Kernel-side filters, set at load time (0 / false / empty: no filter). */
+const volatile __u32 self_tgid = 0;	/* bpfstream itself: never traced */
+const volatile __u32 targ_pid = 0;
+const volatile __u32 targ_tid = 0;
+const volatile bool filter_comm = false;
+const volatile char targ_comm[16] = {};
+const volatile bool filter_syscalls = false;
+const volatile __u64 syscall_mask[SYSCALLS_MASK_WORDS] = {};
+const volatile bool only_failed = false;
+const volatile __u64 min_duration_ns = 0;
+
+struct syscall_start {
+	__u64 ts_ns;
+	__s64 nr;
+};
+
+/*
+ * The syscall in flight, per thread: task-local storage, found from the task in a few loads
+ * (no hash, no lock), created on a thread's first traced syscall and freed by the kernel when
+ * the thread dies or the map goes, so syscalls that never return (exit, exit_group, a thread
+ * killed while blocked) leave nothing behind. It follows the task_struct, so a thread that execs
+ * from a non-leader thread (and takes the leader's pid) keeps its entry. ts_ns == 0: none.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct syscall_start);
+} starts SEC(".maps");
+
+/* Syscalls that passed the filters but could not be timed: no memory for the thread's storage. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} untracked SEC(".maps");
+
+static __always_inline bool wanted_syscall(__s64 nr)
+{
+	__u64 bit = (__u64)nr;
+
+	if (!filter_syscalls)
+		return true;
+	if (bit >= SYSCALLS_MASK_BITS)
+		return false;
+	return (syscall_mask[bit / 64] >> (bit % 64)) & 1;
+}
+
+SEC("raw_tp/sys_enter")
+int syscall_enter(__u64 *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 pid = id >> 32, tid = (__u32)id;
+	struct syscall_start *start;
+	__s64 nr;
+
+	if (pid == self_tgid)
+		return 0;
+	if (targ_pid && pid != targ_pid)
+		return 0;
+	if (targ_tid && tid != targ_tid)
+		return 0;
+	nr = (__s64)ctx[1];	/* sys_enter(struct pt_regs *regs, long id) */
+	if (!wanted_syscall(nr))
+		return 0;
+	if (filter_comm) {
+		char comm[16];
+
+		bpf_get_current_comm(comm, sizeof(comm));
+		if (!bpfstream_comm_eq(comm, targ_comm))
+			return 0;
+	}
+	start = bpf_task_storage_get(&starts, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!start) {
+		__u32 zero = 0;
+		__u64 *n = bpf_map_lookup_elem(&untracked, &zero);
+
+		if (n)
+			(*n)++;
+		return 0;
+	}
+	start->nr = nr;
+	start->ts_ns = bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("raw_tp/sys_exit")
+int syscall_exit(__u64 *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 pid = id >> 32;
+	struct syscall_start *start;
+	struct syscall_event *e;
+	__u64 now, duration;
+	__s64 nr, ret;
+
+	/* Cheap checks first: without them every syscall on the machine pays a storage lookup. */
+	if (pid == self_tgid)
+		return 0;
+	if (targ_pid && pid != targ_pid)
+		return 0;
+	start = bpf_task_storage_get(&starts, bpf_get_current_task_btf(), 0, 0);
+	if (!start || !start->ts_ns)
+		return 0;	/* not traced, or began before we attached */
+	now = bpf_ktime_get_ns();
+	duration = now - start->ts_ns;
+	nr = start->nr;
+	start->ts_ns = 0;
+
+	ret = (__s64)ctx[1];	/* sys_exit(struct pt_regs *regs, long ret) */
+	if (only_failed && !(ret < 0 && ret >= -4095))
+		return 0;
+	if (duration < min_duration_ns)
+		return 0;
+
+	e = bpfstream_reserve(struct syscall_event);
+	if (!e)
+		return 0;
+	e->ts_ns = now;
+	e->duration_ns = duration;
+	e->ret = ret;
+	e->nr = nr;
+	e->pid = pid;
+	e->tid = (__u32)id;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpfstream_submit(ctx, e);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
