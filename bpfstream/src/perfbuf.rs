@@ -452,14 +452,28 @@ impl PerfBuffer {
         timeout: Option<Duration>,
         handler: impl FnMut(Item<'_>) -> F,
     ) -> Result<usize, Error> {
-        // The kernel signals every `wakeup_events` samples or `wakeup_watermark` bytes, counted
-        // as it writes whatever we consumed, and perf_poll() reports each signal once: after a
-        // consume that took everything it saw, waiting loses no signal. Waiting instead of
-        // consuming what trickled in since is what lets the wakeup policy batch.
-        if !self.left_behind {
-            self.epoll.wait(timeout, &mut self.ready)?;
-        }
+        self.wait(timeout)?;
         self.consume(handler)
+    }
+
+    /// Whether records wait that no coming signal is certain to announce: only when the last
+    /// consume stopped early and left some behind. The kernel signals every `wakeup_events`
+    /// samples or `wakeup_watermark` bytes, counted as it writes whatever we consumed, and
+    /// perf_poll() reports each signal once: after a consume that took everything it saw,
+    /// waiting loses no signal. Waiting instead of consuming what trickled in since is what lets
+    /// the wakeup policy batch.
+    pub fn ready_now(&self) -> bool {
+        self.left_behind
+    }
+
+    /// Sleeps up to `timeout` for a CPU's signal, unless [`ready_now`](Self::ready_now).
+    /// Returns whether a signal came.
+    pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
+        if self.ready_now() {
+            return Ok(false);
+        }
+        self.epoll.wait(timeout, &mut self.ready)?;
+        Ok(!self.ready.is_empty())
     }
 
     /// Per-CPU fill and kernel-reported losses.

@@ -74,6 +74,15 @@ pub trait Source {
         None
     }
 
+    /// Whether records wait that no coming wakeup of [`poll_fd`](Self::poll_fd) is certain to
+    /// announce: the poller then does not sleep. The poller waits edge-triggered (a ring buffer's
+    /// fd stays readable while anything waits, which would turn every wait into a spin), so a
+    /// source must say here what it holds that no wakeup will report. The default: anything
+    /// waiting, if [`fill`](Self::fill) knows.
+    fn ready_now(&self) -> bool {
+        self.fill().is_some_and(|f| f.used > 0)
+    }
+
     /// Told after every wait of a [`Poller`] whether this source's descriptor signalled, for
     /// sources that keep [`Stats`](crate::stats::Stats). The default ignores it.
     fn note_wait(&mut self, signalled: bool) {
@@ -84,6 +93,9 @@ pub trait Source {
 impl Source for RingBuffer {
     fn poll_fd(&self) -> BorrowedFd<'_> {
         self.as_fd()
+    }
+    fn ready_now(&self) -> bool {
+        RingBuffer::ready_now(self)
     }
     fn consume_until(
         &mut self,
@@ -101,6 +113,9 @@ impl Source for PerfBuffer {
     fn poll_fd(&self) -> BorrowedFd<'_> {
         self.as_fd()
     }
+    fn ready_now(&self) -> bool {
+        PerfBuffer::ready_now(self)
+    }
     fn consume_until(
         &mut self,
         max: usize,
@@ -116,6 +131,9 @@ impl Source for PerfBuffer {
 impl Source for EventSource {
     fn poll_fd(&self) -> BorrowedFd<'_> {
         self.as_fd()
+    }
+    fn ready_now(&self) -> bool {
+        EventSource::ready_now(self)
     }
     fn consume_until(
         &mut self,
@@ -230,7 +248,7 @@ impl<'a> Poller<'a> {
         handler: impl FnMut(Item<'_>) + 'a,
     ) -> Result<SourceId, Error> {
         let id = SourceId(self.entries.len());
-        self.epoll.add(source.poll_fd(), id.0 as u64)?;
+        self.epoll.add_edge_triggered(source.poll_fd(), id.0 as u64)?;
         self.entries.push(Entry { source, handler: Box::new(handler), options, id });
         // Stable: equal priorities keep their insertion order.
         self.entries.sort_by_key(|e| std::cmp::Reverse(e.options.priority));
@@ -251,7 +269,8 @@ impl<'a> Poller<'a> {
     /// every source by priority. Returns the number of records handled. A signal interrupting
     /// the wait (EINTR) is not an error.
     pub fn poll(&mut self, timeout: Option<Duration>) -> Result<usize, Error> {
-        self.epoll.wait(timeout, &mut self.ready)?;
+        let ready_now = self.entries.iter().any(|e| e.source.ready_now());
+        self.epoll.wait(if ready_now { Some(Duration::ZERO) } else { timeout }, &mut self.ready)?;
         self.stats.waits += 1;
         if self.ready.iter().any(|&token| token != WAKER_TOKEN) {
             self.stats.wakeups += 1;
@@ -443,6 +462,20 @@ mod tests {
         assert_eq!(poller.stats(), PollStats { waits: 1, wakeups: 0, timeouts: 1 });
         drop(poller);
         assert_eq!(delivered.into_inner(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_descriptor_that_stays_readable_is_one_wakeup_not_a_spin() {
+        // A ring buffer's fd polls readable for as long as any byte waits, wakeup or not; the
+        // poller waits edge-triggered, so only a new wakeup (here: the one signal) ends a wait.
+        let (mut queue, _) = Queue::new([]);
+        queue.fd.signal(); // readable from now on: never cleared
+        let mut poller = Poller::new().unwrap();
+        poller.add(&mut queue, |_| {}).unwrap();
+        for _ in 0..5 {
+            poller.poll(Some(Duration::from_millis(5))).unwrap();
+        }
+        assert_eq!(poller.stats(), PollStats { waits: 5, wakeups: 1, timeouts: 4 });
     }
 
     #[test]

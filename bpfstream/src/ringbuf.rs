@@ -324,16 +324,31 @@ impl RingBuffer {
         timeout: Option<Duration>,
         handler: impl FnMut(&[u8]) -> F,
     ) -> Result<usize, Error> {
+        self.wait(timeout)?;
+        self.consume(handler)
+    }
+
+    /// Whether records wait that no coming wakeup is certain to announce, so that sleeping
+    /// until the next wakeup could strand them: at least the policy's wakeup threshold is
+    /// waiting (with the default policy: anything at all).
+    pub fn ready_now(&self) -> bool {
         // Orders our last store of consumer_pos (the end of the previous consume) before the
         // load of producer_pos in stats(). Pairs with the full barrier of the xchg in
         // bpf_ringbuf_commit(), between the producer's store of producer_pos (reserve) and its
         // load of consumer_pos: either the producer sees where we stopped, finds its record
         // there and wakes us, or we see its record here and do not sleep.
         fence(Ordering::SeqCst);
-        if stats(&self.ring).available < self.wake_threshold {
-            self.wakeups.wait(timeout, &mut self.ready)?;
+        stats(&self.ring).available >= self.wake_threshold
+    }
+
+    /// Sleeps up to `timeout` for the producers' next wakeup, unless [`ready_now`](Self::ready_now).
+    /// Returns whether a wakeup came.
+    pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
+        if self.ready_now() {
+            return Ok(false);
         }
-        self.consume(handler)
+        self.wakeups.wait(timeout, &mut self.ready)?;
+        Ok(!self.ready.is_empty())
     }
 
     /// Size, fill and positions, read now.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::accounting::DropCounters;
 use crate::stats::{Fill, Stats, StatsHandle};
 use crate::sys::{self, map_type};
-use crate::{Error, Flow, Item, Lost, PerfBuffer, PerfOptions, Record, RingBuffer};
+use crate::{Error, Flow, Item, Lost, PerfBuffer, PerfOptions, Record, RingBuffer, WakeupPolicy};
 
 /// Which kind of buffer carries the events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -244,11 +244,31 @@ impl EventSource {
         timeout: Option<Duration>,
         mut handler: impl FnMut(Item<'_>) -> F,
     ) -> Result<usize, Error> {
-        if self.fill().used == 0 {
-            let signalled = sys::wait_readable(self.as_fd(), timeout)?;
+        if !self.ready_now() {
+            let signalled = match &mut self.buffer {
+                Buffer::Ring(r) => r.wait(timeout)?,
+                Buffer::Perf(p) => p.wait(timeout)?,
+            };
             self.note_wait(signalled);
         }
         self.consume_n(usize::MAX, &mut handler)
+    }
+
+    /// Whether records wait that no coming wakeup is certain to announce (see
+    /// [`RingBuffer::ready_now`] and [`PerfBuffer::ready_now`]).
+    pub fn ready_now(&self) -> bool {
+        match &self.buffer {
+            Buffer::Ring(r) => r.ready_now(),
+            Buffer::Perf(p) => p.ready_now(),
+        }
+    }
+
+    /// Tells a ring buffer's waits which wakeups its producers send (see
+    /// [`RingBuffer::expect_wakeups`]); perf buffers know theirs from their options.
+    pub fn expect_wakeups(&mut self, policy: WakeupPolicy) {
+        if let Buffer::Ring(r) = &mut self.buffer {
+            r.expect_wakeups(policy);
+        }
     }
 
     /// Drains everything buffered, reads the drop counters one last time and returns the final

@@ -473,22 +473,6 @@ impl AsFd for EventFd {
     }
 }
 
-/// Waits until `fd` is readable or `timeout` passes (`poll(2)` on one descriptor); returns
-/// whether it became readable. EINTR counts as a timeout.
-pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<bool, Error> {
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let timeout_ms = timeout.map_or(-1, |t| t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32);
-    // SAFETY: one valid pollfd.
-    let ready = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-    if ready < 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(Error::sys("poll", err));
-        }
-    }
-    Ok(ready > 0)
-}
-
 /// Duplicates `fd` (close-on-exec), so a consumer keeps its map alive on its own.
 pub(crate) fn dup(fd: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
     fd.try_clone_to_owned().map_err(|e| Error::sys("dup", e))

@@ -335,7 +335,8 @@ pub fn open_source(bpf: &Ebpf, options: &BufferOptions) -> Result<EventSource> {
     let events = bpf.map(EVENTS_MAP).ok_or_else(|| anyhow!("BPF object has no {EVENTS_MAP} map"))?;
     let fd = map_fd(events)?;
     let perf_pages = (options.size as usize / bpfstream::page_size()).max(1);
-    let source = EventSource::open(fd, PerfOptions { pages_per_cpu: perf_pages, wakeup: options.perf_wakeup })?;
+    let mut source = EventSource::open(fd, PerfOptions { pages_per_cpu: perf_pages, wakeup: options.perf_wakeup })?;
+    source.expect_wakeups(options.ring_wakeup);
     let stats = bpf.map(STATS_MAP).ok_or_else(|| anyhow!("BPF object has no {STATS_MAP} map"))?;
     Ok(source.with_counters(DropCounters::new(map_fd(stats)?)?))
 }

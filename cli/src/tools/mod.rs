@@ -17,10 +17,13 @@ use crate::lifecycle::{BufferOptions, CommonArgs};
 /// consumer had caught up. Each wakeup costs the traced thread an irq_work and an IPI (a VM
 /// exit on a virtual machine); under a storm the adaptive default wakes a consumer that keeps
 /// catching up for nearly every record, and the traced program runs at the consumer's pace. The
-/// poll timeout (`max_delay`, 100 ms) bounds how long a record can wait when few arrive.
+/// poll timeout (`max_delay`, 100 ms) bounds how long a record can wait when few arrive. An
+/// explicit `--wakeup` wins.
 pub fn high_rate_options(args: &CommonArgs) -> BufferOptions {
     let mut options = BufferOptions::from_args(args);
-    options.ring_wakeup = WakeupPolicy::Bytes(options.size / 4);
+    if args.wakeup.is_none() {
+        options.ring_wakeup = WakeupPolicy::Bytes(options.size / 4);
+    }
     options
 }
 
