@@ -42,7 +42,7 @@ int bench_produce(void *ctx)
 			continue;
 		}
 		*rec = i;
-		bpf_ringbuf_submit(rec, bpfstream_wakeup_flags());
+		bpf_ringbuf_submit(rec, bpfstream_wakeup_flags(sizeof(*rec)));
 #endif
 	}
 	/* Tracing programs do not nest on a CPU, so the per-CPU counters need no atomics. */

@@ -41,7 +41,8 @@ enum bpfstream_wakeup {
 	BPFSTREAM_WAKE_EVERY = 1,	/* BPF_RB_FORCE_WAKEUP on every record */
 	BPFSTREAM_WAKE_NEVER = 2,	/* BPF_RB_NO_WAKEUP: userspace polls on its own timer */
 	BPFSTREAM_WAKE_COUNT = 3,	/* force a wakeup every `bpfstream_wakeup_arg` records per CPU */
-	BPFSTREAM_WAKE_BYTES = 4,	/* force a wakeup once `bpfstream_wakeup_arg` bytes wait */
+	BPFSTREAM_WAKE_BYTES = 4,	/* force a wakeup once `bpfstream_wakeup_arg` bytes wait
+					   (at most once per that many bytes a CPU writes) */
 };
 
 const volatile __u32 bpfstream_wakeup_policy = BPFSTREAM_WAKE_ADAPTIVE;
@@ -51,7 +52,7 @@ const volatile __u64 bpfstream_wakeup_arg = 0;
 struct bpfstream_counters {
 	__u64 produced;		/* records this CPU tried to send */
 	__u64 dropped;		/* of those, records that could not be written */
-	__u64 since_wakeup;	/* records since the last forced wakeup (BPFSTREAM_WAKE_COUNT) */
+	__u64 since_wakeup;	/* records (WAKE_COUNT) or bytes (WAKE_BYTES) since the last forced wakeup */
 	__u64 forced_wakeups;	/* submits that carried BPF_RB_FORCE_WAKEUP */
 };
 
@@ -113,8 +114,8 @@ static __always_inline void bpfstream_count(bool dropped)
 }
 
 #ifndef BPFSTREAM_PERF
-/* Wakeup flags for the record being committed, per the load-time policy. */
-static __always_inline __u64 bpfstream_wakeup_flags(void)
+/* Wakeup flags for the record of `size` payload bytes being committed, per the load-time policy. */
+static __always_inline __u64 bpfstream_wakeup_flags(__u64 size)
 {
 	struct bpfstream_counters *c;
 	__u64 flags = BPF_RB_NO_WAKEUP;
@@ -133,9 +134,23 @@ static __always_inline __u64 bpfstream_wakeup_flags(void)
 		}
 		break;
 	case BPFSTREAM_WAKE_BYTES:
-		/* Includes the record being committed: its space is already reserved. */
-		if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= bpfstream_wakeup_arg)
+		/*
+		 * Wake once the threshold waits (the query includes this record: its space is
+		 * reserved), but not again for every record committed while the consumer is still
+		 * waking up: each forced wakeup costs this producer an irq_work (a self-IPI) and the
+		 * reader's CPU an IPI. So at most one per `arg` bytes this CPU writes; with several
+		 * producing CPUs up to CPUs x `arg` bytes may wait, and the reader's poll timeout
+		 * bounds the delay either way.
+		 */
+		c = bpfstream_counters();
+		if (!c)
+			break;
+		c->since_wakeup += size + 8;	/* + BPF_RINGBUF_HDR_SZ */
+		if (c->since_wakeup >= bpfstream_wakeup_arg &&
+		    bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= bpfstream_wakeup_arg) {
+			c->since_wakeup = 0;
 			flags = BPF_RB_FORCE_WAKEUP;
+		}
 		break;
 	default:
 		flags = 0;
@@ -161,13 +176,13 @@ static __always_inline void *bpfstream_reserved(void *rec)
 	return rec;
 }
 
-static __always_inline void bpfstream_submit_rec(void *rec)
+static __always_inline void bpfstream_submit_rec(void *rec, __u64 size)
 {
 	bpfstream_count(false);
-	bpf_ringbuf_submit(rec, bpfstream_wakeup_flags());
+	bpf_ringbuf_submit(rec, bpfstream_wakeup_flags(size));
 }
 
-#define bpfstream_submit(ctx, rec) bpfstream_submit_rec(rec)
+#define bpfstream_submit(ctx, rec) bpfstream_submit_rec((rec), sizeof(*(rec)))
 #define bpfstream_discard(rec) bpf_ringbuf_discard((rec), BPF_RB_NO_WAKEUP)
 
 /* Send `len` bytes (1..BPFSTREAM_SCRATCH_SIZE) of `data` as one record of exactly that length. */
@@ -179,7 +194,7 @@ static __always_inline long bpfstream_output(void *ctx, void *data, __u64 len)
 		bpfstream_count(true);
 		return -22; /* -EINVAL */
 	}
-	err = bpf_ringbuf_output(&events, data, len, bpfstream_wakeup_flags());
+	err = bpf_ringbuf_output(&events, data, len, bpfstream_wakeup_flags(len));
 	bpfstream_count(err != 0);
 	return err;
 }

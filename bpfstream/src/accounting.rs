@@ -27,7 +27,7 @@ pub struct Counters {
     pub produced: u64,
     /// Records that could not be written (ring full, perf buffer full, bad length).
     pub dropped: u64,
-    /// Records since the last forced wakeup (count-based wakeup policy).
+    /// Records (count policy) or bytes (byte policy) since the last forced wakeup.
     pub since_wakeup: u64,
     /// Submits that forced a wakeup.
     pub forced_wakeups: u64,
@@ -57,7 +57,10 @@ pub enum WakeupPolicy {
     Never,
     /// Force a wakeup every N records per CPU.
     EveryRecords(u64),
-    /// Force a wakeup once N bytes wait in the ring (`bpf_ringbuf_query(BPF_RB_AVAIL_DATA)`).
+    /// Force a wakeup once N bytes wait in the ring (`bpf_ringbuf_query(BPF_RB_AVAIL_DATA)`),
+    /// at most once per N bytes each CPU writes (so records committed while the reader wakes
+    /// up do not each raise another wakeup); with several producing CPUs up to CPUs × N bytes
+    /// can wait before the wakeup, and the reader's poll timeout bounds the delay.
     Bytes(u64),
 }
 
