@@ -21,19 +21,27 @@ pub fn json_escape_bytes(out: &mut String, bytes: &[u8]) -> bool {
 
 /// Appends `s` to `out` as the inside of a JSON string.
 pub fn json_escape_str(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    // Runs of characters that need no escape (nearly all of them) are copied whole.
+    let mut run = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..0x20 => "",
+            _ => continue,
+        };
+        out.push_str(&s[run..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escape);
         }
+        run = i + 1;
     }
+    out.push_str(&s[run..]);
 }
 
 /// Bytes for a table column: printable text as is, anything else (control characters, bytes
@@ -79,9 +87,16 @@ pub struct JsonLine {
     buf: String,
 }
 
+thread_local! {
+    /// The buffer of the last line written, reused by the next: one allocation per thread,
+    /// not one per event.
+    static SPARE: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+}
+
 impl JsonLine {
     pub fn new(kind: &str) -> Self {
-        let mut buf = String::with_capacity(256);
+        let mut buf = SPARE.take();
+        buf.clear();
         buf.push_str("{\"type\":\"");
         json_escape_str(&mut buf, kind);
         buf.push('"');
@@ -94,9 +109,15 @@ impl JsonLine {
         self.buf.push_str("\":");
     }
 
-    pub fn num(mut self, key: &str, value: impl std::fmt::Display) -> Self {
+    pub fn num(mut self, key: &str, value: impl itoa::Integer) -> Self {
         self.key(key);
-        let _ = write!(self.buf, "{value}");
+        self.buf.push_str(itoa::Buffer::new().format(value));
+        self
+    }
+
+    pub fn boolean(mut self, key: &str, value: bool) -> Self {
+        self.key(key);
+        self.buf.push_str(if value { "true" } else { "false" });
         self
     }
 
@@ -141,9 +162,11 @@ impl JsonLine {
     }
 
     pub fn write_to(self, out: &mut impl Write) -> io::Result<()> {
-        let line = self.finish();
-        out.write_all(line.as_bytes())?;
-        out.write_all(b"\n")
+        let mut line = self.finish();
+        line.push('\n');
+        let written = out.write_all(line.as_bytes());
+        SPARE.set(line);
+        written
     }
 }
 
@@ -158,6 +181,8 @@ mod tests {
             line,
             r#"{"type":"open","pid":7,"filename":"a\"b\\c\n\\xff\\xfe","filename_hex":"6122625c630afffe"}"#
         );
+        let controls = JsonLine::new("x").str("s", "a\tb\u{1}c\u{1f}").finish();
+        assert_eq!(controls, r#"{"type":"x","s":"a\tb\u0001c\u001f"}"#);
         let plain = JsonLine::new("x").bytes("f", "é/ok".as_bytes()).finish();
         assert_eq!(plain, r#"{"type":"x","f":"é/ok"}"#);
     }

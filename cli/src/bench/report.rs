@@ -184,7 +184,7 @@ impl Target {
             .str("name", self.name)
             .float("ratio", self.ratio)
             .str("goal", &self.goal)
-            .num("met", self.met)
+            .boolean("met", self.met)
             .str("detail", &self.detail)
     }
 

@@ -39,10 +39,10 @@ impl Cell {
 
     fn add_to(&self, line: JsonLine, key: &str) -> JsonLine {
         match self {
-            Cell::Int(v) => line.num(key, v),
+            Cell::Int(v) => line.num(key, *v),
             Cell::Float(v, _) => line.float(key, *v),
             Cell::Text(s) => line.str(key, s),
-            Cell::Bool(b) => line.num(key, b),
+            Cell::Bool(b) => line.boolean(key, *b),
         }
     }
 }

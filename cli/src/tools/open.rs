@@ -165,7 +165,7 @@ impl<W: Write> Sink for Printer<W> {
                 .bytes("filename", e.filename)
                 .num("flags", h.flags)
                 .num("ret", h.ret);
-            let line = if h.truncated != 0 { line.num("truncated", true) } else { line };
+            let line = if h.truncated != 0 { line.boolean("truncated", true) } else { line };
             return line.write_to(&mut self.out);
         }
         if self.time {
