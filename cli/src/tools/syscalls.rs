@@ -14,7 +14,7 @@ use bpfstream::{FromRecord, Item};
 
 use crate::lifecycle::{Attach, CommonArgs, Global, Sink, Tracer, TracerSpec};
 use crate::objects;
-use crate::output::{c_str, display_bytes, JsonLine};
+use crate::output::{c_str, cell_left, cell_right, display_bytes, JsonLine};
 use crate::tools::syscall_summary::{Aggregator, GroupBy, IntervalWriter};
 use crate::tools::{high_rate_options, per_cpu_total};
 
@@ -88,14 +88,19 @@ fn comm_text(comm: &[u8; 16]) -> Cow<'_, str> {
     }
 }
 
-/// The RET column: the value, or the errno name on failure.
-fn ret_text(ret: i64) -> Cow<'static, str> {
+/// The RET column of a failed syscall: its errno name (`None`: print the value).
+fn errno_text(ret: i64) -> Option<&'static str> {
     if is_error(ret) {
-        if let Some(name) = errno_name((-ret) as i32) {
-            return Cow::Borrowed(name);
-        }
+        errno_name((-ret) as i32)
+    } else {
+        None
     }
-    Cow::Owned(ret.to_string())
+}
+
+/// `{:03}`: digits zero-padded on the left to `width`.
+fn cell_right_zeros(out: &mut String, digits: &str, width: usize) {
+    out.extend(std::iter::repeat_n('0', width.saturating_sub(digits.len())));
+    out.push_str(digits);
 }
 
 #[derive(Debug, clap::Args)]
@@ -169,6 +174,8 @@ struct Summary {
 /// Prints syscall events as table rows or JSON lines, or folds them into summaries.
 struct Printer<W: Write> {
     out: W,
+    /// The table row being built (reused).
+    line: String,
     json: bool,
     time: bool,
     first_ts: Option<u64>,
@@ -195,18 +202,29 @@ impl<W: Write> Printer<W> {
             let start = *self.first_ts.get_or_insert(e.ts_ns);
             write!(self.out, "{:<9.3} ", e.ts_ns.saturating_sub(start) as f64 / 1e9)?;
         }
-        // Integer arithmetic for the microseconds: this runs for every syscall of a storm.
-        writeln!(
-            self.out,
-            "{:<16} {:>7} {:>7} {:<20} {:>9}.{:03} {}",
-            comm_text(&e.comm),
-            e.pid,
-            e.tid,
-            name,
-            e.duration_ns / 1000,
-            e.duration_ns % 1000,
-            ret_text(e.ret)
-        )
+        // Built by hand into a reused line (integers, no allocation): this runs for every
+        // syscall of a storm. Columns as "{:<16} {:>7} {:>7} {:<20} {:>9}.{:03} {}".
+        let mut num = itoa::Buffer::new();
+        let line = &mut self.line;
+        line.clear();
+        cell_left(line, &comm_text(&e.comm), 16);
+        line.push(' ');
+        cell_right(line, num.format(e.pid), 7);
+        line.push(' ');
+        cell_right(line, num.format(e.tid), 7);
+        line.push(' ');
+        cell_left(line, &name, 20);
+        line.push(' ');
+        cell_right(line, num.format(e.duration_ns / 1000), 9);
+        line.push('.');
+        cell_right_zeros(line, num.format(e.duration_ns % 1000), 3);
+        line.push(' ');
+        match errno_text(e.ret) {
+            Some(errno) => line.push_str(errno),
+            None => line.push_str(num.format(e.ret)),
+        }
+        line.push('\n');
+        self.out.write_all(line.as_bytes())
     }
 
     fn header(&mut self) -> io::Result<()> {
@@ -270,6 +288,7 @@ pub fn run(args: SyscallsArgs) -> Result<()> {
     let now = Instant::now();
     let mut printer = Printer {
         out: io::BufWriter::new(io::stdout().lock()),
+        line: String::new(),
         json,
         time: args.time,
         first_ts: None,
@@ -338,11 +357,11 @@ mod tests {
         assert_eq!(syscall_label(110), "getppid");
         assert_eq!(syscall_label(-1), "syscall_-1");
         assert!(is_error(-2) && is_error(-4095) && !is_error(0) && !is_error(-4096) && !is_error(3));
-        assert_eq!(ret_text(-2), "ENOENT");
-        assert_eq!(ret_text(-512), "ERESTARTSYS");
-        assert_eq!(ret_text(-4000), "-4000");
-        assert_eq!(ret_text(42), "42");
-        assert_eq!(ret_text(-5000), "-5000");
+        assert_eq!(errno_text(-2), Some("ENOENT"));
+        assert_eq!(errno_text(-512), Some("ERESTARTSYS"));
+        assert_eq!(errno_text(-4000), None);
+        assert_eq!(errno_text(42), None);
+        assert_eq!(errno_text(-5000), None);
         let mut comm = [0u8; 16];
         comm[..6].copy_from_slice(b"a b\x1bc\xff");
         assert_eq!(comm_text(&comm), "a b\\x1bc\\xff");
