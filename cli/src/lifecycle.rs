@@ -45,8 +45,9 @@ pub struct CommonArgs {
     /// Only tasks whose comm is exactly COMM (first 15 bytes; filtered in the kernel)
     #[arg(long, value_name = "COMM")]
     pub name: Option<String>,
-    /// When producers wake the reader: adaptive (ring default: when the reader had caught up),
-    /// every, never, records:N, bytes:N (perf default: bytes at a quarter of the buffer)
+    /// When producers wake the reader: adaptive (when the reader had caught up), every, never,
+    /// records:N or bytes:N. Default: bytes at a quarter of the buffer for perf buffers and for
+    /// the high-rate tracers (syscalls, open), adaptive otherwise
     #[arg(long, value_name = "POLICY", value_parser = parse_wakeup)]
     pub wakeup: Option<Wakeup>,
     /// Longest a record may wait in the buffer before it is read, whatever the wakeup policy
