@@ -9,8 +9,7 @@ const volatile __u32 targ_pid = 0;
 const volatile bool filter_comm = false;
 const volatile char targ_comm[16] = {};
 
-/* Never read: keeps struct exec_event in the object's BTF, where tests check the Rust mirror. */
-const volatile struct exec_event exec_event_layout = {};
+BPFSTREAM_EXPORT_STRUCT(exec_event);
 
 SEC("tracepoint/sched/sched_process_exec")
 int handle_exec(struct trace_event_raw_sched_process_exec *ctx)

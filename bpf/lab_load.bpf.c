@@ -6,6 +6,8 @@
 #include "bpfstream.h"
 #include "lab.h"
 
+BPFSTREAM_EXPORT_STRUCT(lab_event);
+
 const volatile __u32 targ_tgid = 0;
 
 struct burst {

@@ -12,6 +12,8 @@
 #include "bpfstream.h"
 #include "syscalls.h"
 
+BPFSTREAM_EXPORT_STRUCT(syscall_event);
+
 /* Kernel-side filters, set at load time (0 / false / empty: no filter). */
 const volatile __u32 self_tgid = 0;	/* bpfstream itself: never traced */
 const volatile __u32 targ_pid = 0;

@@ -224,6 +224,13 @@ static __always_inline long bpfstream_output(void *ctx, void *data, __u64 len)
 }
 #endif /* BPFSTREAM_PERF */
 
+/*
+ * Keeps `struct name` in the object's BTF (clang emits BTF only for the types of globals and
+ * function signatures), so userspace can check its #[repr(C)] mirror against what clang laid
+ * out (bpfstream::btf). A read-only global that is never read: it costs nothing at run time.
+ */
+#define BPFSTREAM_EXPORT_STRUCT(name) const volatile struct name bpfstream_btf_##name = {}
+
 /* Exact comparison of two comms (TASK_COMM_LEN bytes, NUL-terminated). */
 static __always_inline bool bpfstream_comm_eq(const char *a, const volatile char *b)
 {

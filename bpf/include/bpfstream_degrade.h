@@ -42,7 +42,7 @@ const volatile __u64 bpfstream_degrade_high = 0;	/* 0: policy off */
 const volatile __u64 bpfstream_degrade_low = 0;
 const volatile __u32 bpfstream_degrade_sample = 0;
 
-/* Mirrored in Rust as bpfstream::degrade::Notice (layout tested there). */
+/* Mirrored in Rust as bpfstream::degrade::Notice (layout checked against this BTF). */
 struct bpfstream_degrade_notice {
 	__u64 magic;		/* BPFSTREAM_DEGRADE_MAGIC */
 	__u64 ts_ns;		/* bpf_ktime_get_ns() at the switch */
@@ -50,6 +50,8 @@ struct bpfstream_degrade_notice {
 	__u32 degraded;		/* 1: degraded from now on; 0: full fidelity again */
 	__u32 cpu;
 };
+
+BPFSTREAM_EXPORT_STRUCT(bpfstream_degrade_notice);
 
 /* Per CPU; mirrored in Rust as bpfstream::degrade::DegradeCounters. */
 struct bpfstream_degrade_counters {

@@ -272,15 +272,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn layouts_match_the_c_header() {
-        // struct bpfstream_degrade_notice: 3 x u64 + 2 x u32.
-        assert_eq!(Notice::SIZE, 32);
-        assert_eq!(std::mem::offset_of!(RawNotice, fill), 16);
-        assert_eq!(std::mem::offset_of!(RawNotice, degraded), 24);
-        assert_eq!(std::mem::offset_of!(RawNotice, cpu), 28);
-        // struct bpfstream_degrade_counters: six u64.
-        assert_eq!(size_of::<DegradeCounters>(), 48);
-        assert_eq!(std::mem::offset_of!(DegradeCounters, summary_full), 32);
+    fn mirrors_match_what_clang_laid_out() {
+        let object: &[u8] = include_bytes!("../../bpf/obj/lab_degrade.ring.bpf.o");
+        let notice = crate::btf::struct_layout(object, "bpfstream_degrade_notice").unwrap();
+        notice.check(&crate::rust_layout!(RawNotice { magic, ts_ns, fill, degraded, cpu })).unwrap();
+        let counters = crate::btf::struct_layout(object, "bpfstream_degrade_counters").unwrap();
+        let rust = crate::rust_layout!(DegradeCounters {
+            summarized,
+            sampled,
+            notices,
+            notices_dropped,
+            summary_full,
+            degraded_seen
+        });
+        counters.check(&rust).unwrap();
     }
 
     fn notice_bytes(magic: u64, degraded: u32) -> Vec<u8> {

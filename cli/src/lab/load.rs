@@ -288,14 +288,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lab_event_matches_the_c_layout() {
-        // struct lab_event in bpf/lab.h: 2 x u64, 4 x u32, 32 bytes.
-        assert_eq!(RECORD_BYTES, 64);
-        assert_eq!(std::mem::offset_of!(LabEvent, seq), 8);
-        assert_eq!(std::mem::offset_of!(LabEvent, cpu), 16);
-        assert_eq!(std::mem::offset_of!(LabEvent, key), 24);
-        assert_eq!(std::mem::offset_of!(LabEvent, tid), 28);
-        assert_eq!(std::mem::offset_of!(LabEvent, payload), 32);
+    fn lab_event_mirrors_the_struct_clang_laid_out() {
+        for object in [crate::objects::LAB_LOAD.ring, crate::objects::LAB_LOAD.perf] {
+            let c = bpfstream::btf::struct_layout(object, "lab_event").unwrap();
+            c.check(&bpfstream::rust_layout!(LabEvent { ts_ns, seq, cpu, class, key, tid, payload })).unwrap();
+        }
     }
 
     #[test]

@@ -245,14 +245,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn record_layout_matches_the_c_struct() {
-        // struct open_event in bpf/open.h.
-        assert_eq!(std::mem::size_of::<OpenEvent>(), 56);
-        assert_eq!(std::mem::offset_of!(OpenEvent, pid), 24);
-        assert_eq!(std::mem::offset_of!(OpenEvent, nr), 32);
-        assert_eq!(std::mem::offset_of!(OpenEvent, filename_len), 36);
-        assert_eq!(std::mem::offset_of!(OpenEvent, truncated), 38);
-        assert_eq!(std::mem::offset_of!(OpenEvent, comm), 40);
+    fn open_event_mirrors_the_struct_clang_laid_out() {
+        for object in [objects::OPEN.ring, objects::OPEN.perf] {
+            let c = bpfstream::btf::struct_layout(object, "open_event").unwrap();
+            let rust =
+                bpfstream::rust_layout!(OpenEvent { ts_ns, ret, flags, pid, tid, nr, filename_len, truncated, comm });
+            c.check(&rust).unwrap();
+        }
     }
 
     #[test]

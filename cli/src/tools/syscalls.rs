@@ -329,13 +329,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn record_layout_matches_the_c_struct() {
-        // struct syscall_event in bpf/syscalls.h.
-        assert_eq!(std::mem::size_of::<SyscallEvent>(), 56);
-        assert_eq!(std::mem::offset_of!(SyscallEvent, ret), 16);
-        assert_eq!(std::mem::offset_of!(SyscallEvent, nr), 24);
-        assert_eq!(std::mem::offset_of!(SyscallEvent, pid), 32);
-        assert_eq!(std::mem::offset_of!(SyscallEvent, comm), 40);
+    fn syscall_event_mirrors_the_struct_clang_laid_out() {
+        for object in [objects::SYSCALLS.ring, objects::SYSCALLS.perf] {
+            let c = bpfstream::btf::struct_layout(object, "syscall_event").unwrap();
+            c.check(&bpfstream::rust_layout!(SyscallEvent { ts_ns, duration_ns, ret, nr, pid, tid, comm })).unwrap();
+        }
     }
 
     #[test]
