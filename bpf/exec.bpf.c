@@ -1,38 +1,33 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /* bpfstream exec: one record per successful execve/execveat, with the whole filename. */
-#include "bpfstream.h"
+#include "bpfstream_filter.h"
 #include <bpf/bpf_core_read.h>
 #include "exec.h"
-
-/* Kernel-side filters, set at load time (0 / empty: no filter). */
-const volatile __u32 targ_pid = 0;
-const volatile bool filter_comm = false;
-const volatile char targ_comm[16] = {};
 
 BPFSTREAM_EXPORT_STRUCT(exec_event);
 
 SEC("tracepoint/sched/sched_process_exec")
 int handle_exec(struct trace_event_raw_sched_process_exec *ctx)
 {
-	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	__u64 id = bpf_get_current_pid_tgid();
 	struct task_struct *task;
 	struct exec_event *e;
 	unsigned int fname_off;
 	long n;
 
-	if (targ_pid && pid != targ_pid)
+	if (!bpfstream_task_wanted(id))
 		return 0;
 
 	e = bpfstream_scratch();
 	if (!e)
 		return 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	if (filter_comm && !bpfstream_comm_eq(e->comm, targ_comm))
+	if (!bpfstream_comm_wanted(e->comm))
 		return 0;
 
 	task = (struct task_struct *)bpf_get_current_task();
 	e->ts_ns = bpf_ktime_get_ns();
-	e->pid = pid;
+	e->pid = id >> 32;
 	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
 	e->uid = (__u32)bpf_get_current_uid_gid();
 

@@ -8,17 +8,12 @@
  * not resident at entry (a BPF program cannot fault it in), it is read again at exit, after the
  * kernel's own copy has faulted it in.
  */
-#include "bpfstream.h"
+#include "bpfstream_filter.h"
 #include "open.h"
 
 BPFSTREAM_EXPORT_STRUCT(open_event);
 
-/* Kernel-side filters, set at load time (0 / false / empty: no filter). */
-const volatile __u32 self_tgid = 0;	/* bpfstream itself: never traced */
-const volatile __u32 targ_pid = 0;
-const volatile __u32 targ_tid = 0;
-const volatile bool filter_comm = false;
-const volatile char targ_comm[16] = {};
+/* Kernel-side filters beyond bpfstream_filter.h's, set at load time. */
 const volatile bool only_failed = false;
 
 /* An open in flight: the record as it will be sent, plus where the name is if entry missed it. */
@@ -72,17 +67,13 @@ static __always_inline int open_enter(__u32 nr, const char *filename, __u64 flag
 	struct open_start *s;
 	__u64 key;
 
-	if (pid == self_tgid)
-		return 0;
-	if (targ_pid && pid != targ_pid)
-		return 0;
-	if (targ_tid && tid != targ_tid)
+	if (!bpfstream_task_wanted(id))
 		return 0;
 	s = bpfstream_scratch();
 	if (!s)
 		return 0;
 	bpf_get_current_comm(s->event.comm, sizeof(s->event.comm));
-	if (filter_comm && !bpfstream_comm_eq(s->event.comm, targ_comm))
+	if (!bpfstream_comm_wanted(s->event.comm))
 		return 0;
 	s->event.pid = pid;
 	s->event.tid = tid;
@@ -108,15 +99,12 @@ static __always_inline int open_enter(__u32 nr, const char *filename, __u64 flag
 
 static __always_inline int open_exit(void *ctx, long ret)
 {
-	__u32 pid = bpf_get_current_pid_tgid() >> 32;
 	struct open_start *s;
 	__u64 key;
 	__u32 len;
 
 	/* Cheap checks first: without them every open on the machine pays a hash lookup. */
-	if (pid == self_tgid)
-		return 0;
-	if (targ_pid && pid != targ_pid)
+	if (!bpfstream_task_wanted(bpf_get_current_pid_tgid()))
 		return 0;
 	key = bpf_get_current_task();
 	s = bpf_map_lookup_elem(&opens, &key);

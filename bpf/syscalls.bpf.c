@@ -9,17 +9,12 @@
  * syscall costs a few compares and never touches the start storage; --failed and --min-duration
  * need the outcome and run at sys_exit, still before anything is produced.
  */
-#include "bpfstream.h"
+#include "bpfstream_filter.h"
 #include "syscalls.h"
 
 BPFSTREAM_EXPORT_STRUCT(syscall_event);
 
-/* Kernel-side filters, set at load time (0 / false / empty: no filter). */
-const volatile __u32 self_tgid = 0;	/* bpfstream itself: never traced */
-const volatile __u32 targ_pid = 0;
-const volatile __u32 targ_tid = 0;
-const volatile bool filter_comm = false;
-const volatile char targ_comm[16] = {};
+/* Kernel-side filters beyond bpfstream_filter.h's, set at load time (0 / false: no filter). */
 const volatile bool filter_syscalls = false;
 const volatile __u64 syscall_mask[SYSCALLS_MASK_WORDS] = {};
 const volatile bool only_failed = false;
@@ -66,16 +61,10 @@ static __always_inline bool wanted_syscall(__s64 nr)
 SEC("raw_tp/sys_enter")
 int syscall_enter(__u64 *ctx)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 pid = id >> 32, tid = (__u32)id;
 	struct syscall_start *start;
 	__s64 nr;
 
-	if (pid == self_tgid)
-		return 0;
-	if (targ_pid && pid != targ_pid)
-		return 0;
-	if (targ_tid && tid != targ_tid)
+	if (!bpfstream_task_wanted(bpf_get_current_pid_tgid()))
 		return 0;
 	nr = (__s64)ctx[1];	/* sys_enter(struct pt_regs *regs, long id) */
 	if (!wanted_syscall(nr))
@@ -84,7 +73,7 @@ int syscall_enter(__u64 *ctx)
 		char comm[16];
 
 		bpf_get_current_comm(comm, sizeof(comm));
-		if (!bpfstream_comm_eq(comm, targ_comm))
+		if (!bpfstream_comm_wanted(comm))
 			return 0;
 	}
 	start = bpf_task_storage_get(&starts, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -112,9 +101,7 @@ int syscall_exit(__u64 *ctx)
 	__s64 nr, ret;
 
 	/* Cheap checks first: without them every syscall on the machine pays a storage lookup. */
-	if (pid == self_tgid)
-		return 0;
-	if (targ_pid && pid != targ_pid)
+	if (!bpfstream_task_wanted(id))
 		return 0;
 	start = bpf_task_storage_get(&starts, bpf_get_current_task_btf(), 0, 0);
 	if (!start || !start->ts_ns)

@@ -231,17 +231,4 @@ static __always_inline long bpfstream_output(void *ctx, void *data, __u64 len)
  */
 #define BPFSTREAM_EXPORT_STRUCT(name) const volatile struct name bpfstream_btf_##name = {}
 
-/* Exact comparison of two comms (TASK_COMM_LEN bytes, NUL-terminated). */
-static __always_inline bool bpfstream_comm_eq(const char *a, const volatile char *b)
-{
-#pragma unroll
-	for (int i = 0; i < 16; i++) {
-		if (a[i] != b[i])
-			return false;
-		if (a[i] == 0)
-			return true;
-	}
-	return true;
-}
-
 #endif /* BPFSTREAM_H */

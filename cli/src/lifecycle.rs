@@ -163,6 +163,18 @@ impl Global {
     }
 }
 
+/// The globals of `bpf/include/bpfstream_filter.h`: the task filters every tracer applies in
+/// the kernel (`--pid`, `--tid`, `--name`), and bpfstream's own process, never traced.
+pub fn task_filter_globals(args: &CommonArgs, tid: Option<u32>) -> Vec<Global> {
+    vec![
+        Global::u32("self_tgid", std::process::id()),
+        Global::u32("targ_pid", args.pid.unwrap_or(0)),
+        Global::u32("targ_tid", tid.unwrap_or(0)),
+        Global::bool("filter_comm", args.name.is_some()),
+        Global::comm("targ_comm", args.name.as_deref().unwrap_or("")),
+    ]
+}
+
 /// What a tracer is made of.
 #[derive(Debug, Clone)]
 pub struct TracerSpec {

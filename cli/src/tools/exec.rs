@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use anyhow::Result;
 use bpfstream::{FromRecord, Item};
 
-use crate::lifecycle::{Attach, BufferOptions, CommonArgs, Global, Sink, Tracer, TracerSpec};
+use crate::lifecycle::{task_filter_globals, Attach, BufferOptions, CommonArgs, Sink, Tracer, TracerSpec};
 use crate::objects;
 use crate::output::{c_str, display_bytes, JsonLine};
 
@@ -51,11 +51,7 @@ pub fn spec(args: &CommonArgs) -> TracerSpec {
         what: "exec events",
         objects: objects::EXEC,
         attach: vec![Attach::Tracepoint { program: "handle_exec", category: "sched", name: "sched_process_exec" }],
-        globals: vec![
-            Global::u32("targ_pid", args.pid.unwrap_or(0)),
-            Global::bool("filter_comm", args.name.is_some()),
-            Global::comm("targ_comm", args.name.as_deref().unwrap_or("")),
-        ],
+        globals: task_filter_globals(args, None),
     }
 }
 

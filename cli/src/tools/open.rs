@@ -9,7 +9,7 @@ use aya::maps::{MapData, PerCpuArray};
 use bpfstream::names::syscall_name;
 use bpfstream::{FromRecord, Item};
 
-use crate::lifecycle::{Attach, CommonArgs, Global, Sink, Tracer, TracerSpec};
+use crate::lifecycle::{task_filter_globals, Attach, CommonArgs, Global, Sink, Tracer, TracerSpec};
 use crate::output::{c_str, display_bytes, JsonLine};
 use crate::tools::{high_rate_options, per_cpu_total};
 use crate::{objects, tracefs};
@@ -123,14 +123,7 @@ pub fn spec(args: &OpenArgs) -> Result<TracerSpec> {
         what: "open events",
         objects: objects::OPEN,
         attach,
-        globals: vec![
-            Global::u32("self_tgid", std::process::id()),
-            Global::u32("targ_pid", common.pid.unwrap_or(0)),
-            Global::u32("targ_tid", args.tid.unwrap_or(0)),
-            Global::bool("filter_comm", common.name.is_some()),
-            Global::comm("targ_comm", common.name.as_deref().unwrap_or("")),
-            Global::bool("only_failed", args.failed),
-        ],
+        globals: [task_filter_globals(common, args.tid), vec![Global::bool("only_failed", args.failed)]].concat(),
     })
 }
 

@@ -12,7 +12,7 @@ use aya::maps::{MapData, PerCpuArray};
 use bpfstream::names::{errno_name, syscall_name, syscall_number};
 use bpfstream::{FromRecord, Item};
 
-use crate::lifecycle::{Attach, CommonArgs, Global, Sink, Tracer, TracerSpec};
+use crate::lifecycle::{task_filter_globals, Attach, CommonArgs, Global, Sink, Tracer, TracerSpec};
 use crate::objects;
 use crate::output::{c_str, cell_left, cell_right, display_bytes, JsonLine};
 use crate::tools::syscall_summary::{Aggregator, GroupBy, IntervalWriter};
@@ -138,16 +138,12 @@ pub struct SyscallsArgs {
 
 pub fn spec(args: &SyscallsArgs) -> TracerSpec {
     let common = &args.common;
-    let mut globals = vec![
-        Global::u32("self_tgid", std::process::id()),
-        Global::u32("targ_pid", common.pid.unwrap_or(0)),
-        Global::u32("targ_tid", args.tid.unwrap_or(0)),
-        Global::bool("filter_comm", common.name.is_some()),
-        Global::comm("targ_comm", common.name.as_deref().unwrap_or("")),
+    let mut globals = task_filter_globals(common, args.tid);
+    globals.extend([
         Global::bool("only_failed", args.failed),
         Global::u64("min_duration_ns", args.min_duration.map_or(0, |d| d.as_nanos().min(u64::MAX.into()) as u64)),
         Global::bool("filter_syscalls", args.syscall.is_some()),
-    ];
+    ]);
     if let Some(set) = &args.syscall {
         globals.push(Global { name: "syscall_mask", bytes: set.bytes() });
     }
