@@ -30,4 +30,48 @@ struct lab_event {
 	__u8 payload[32];	/* stands for a tracer's data: a comm, a few arguments */
 };
 
+#ifdef BPFSTREAM_H	/* BPF side: the trigger and the record, shared by the lab's programs */
+
+const volatile __u32 targ_tgid = 0;	/* the lab's process */
+
+/* One trigger, as bpf_loop() callbacks see it. */
+struct lab_burst {
+	void *ctx;
+	__u64 seq;
+	__u32 class;
+	__u32 key;
+	__u32 tid;
+};
+
+/* Whether `ctx` is a trigger of the lab's process; if so, fills `b` and returns the count. */
+static __always_inline __u64 lab_trigger(struct trace_event_raw_sys_enter *ctx, struct lab_burst *b)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 count;
+
+	if ((__u32)(id >> 32) != targ_tgid || ctx->args[0] != LAB_PRCTL_OPTION)
+		return 0;
+	count = ctx->args[1];
+	b->ctx = ctx;
+	b->key = ctx->args[2];
+	b->seq = ctx->args[3];
+	b->class = ctx->args[4];
+	b->tid = (__u32)id;
+	return count > LAB_MAX_BURST ? LAB_MAX_BURST : count;
+}
+
+/* Fills a reserved record; the timestamp last, as close to the commit as it can be. */
+static __always_inline void lab_fill(struct lab_event *e, __u64 seq, __u32 class, __u32 key, __u32 tid)
+{
+	e->seq = seq;
+	e->cpu = bpf_get_smp_processor_id();
+	e->class = class;
+	e->key = key;
+	e->tid = tid;
+	__builtin_memset(e->payload, 0, sizeof(e->payload));
+	e->ts_ns = bpf_ktime_get_ns();
+}
+
+#endif /* BPFSTREAM_H */
+
 #endif
