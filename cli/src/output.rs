@@ -149,6 +149,11 @@ impl JsonLine {
         self
     }
 
+    /// `null` for `None`.
+    pub fn opt_float(self, key: &str, value: Option<f64>) -> Self {
+        self.float(key, value.unwrap_or(f64::NAN))
+    }
+
     pub fn str(mut self, key: &str, value: &str) -> Self {
         self.key(key);
         self.buf.push('"');

@@ -14,7 +14,7 @@ use aya::maps::{Map, MapData, PerfEventArray, RingBuf};
 use bpfstream::{Item, PerfBuffer, PerfOptions, PerfWakeup, RingBuffer, Transport, WakeupPolicy};
 
 use super::libbpf::{self, Libbpf};
-use super::measure::{own_cpu_ns, pin_to_cpu, ThreadClock};
+use super::measure::{own_cpu_ns, pin_to_cpu, PlainRead, ThreadClock};
 use super::perf_event;
 
 /// A consumer under test.
@@ -264,8 +264,9 @@ impl Consumer for AyaPerf {
 enum Command {
     /// Poll until `stop` is set.
     Stream,
-    /// Consume without waiting until this many records in all have been consumed.
-    Drain { until: u64 },
+    /// Consume without waiting until this many records in all have been consumed; then, with
+    /// `plain_read`, time a [`PlainRead`] of that many bytes of `record_bytes` records.
+    Drain { until: u64, plain_read: Option<(usize, usize)> },
     /// Consume what is left and exit.
     Finish,
 }
@@ -273,8 +274,16 @@ enum Command {
 enum Reply {
     Ready,
     Streamed,
-    Drained { wall: Duration, cpu_ns: u64 },
+    Drained(Drained),
     Finished(u64),
+}
+
+/// What one drain took.
+pub struct Drained {
+    pub wall: Duration,
+    pub cpu_ns: u64,
+    /// Records per second of the plain read that followed, if one was asked for.
+    pub plain_read_per_sec: Option<f64>,
 }
 
 /// Longest a record waits when the producer does not wake the consumer (the poll timeout).
@@ -304,6 +313,8 @@ struct Body {
     count: u64,
     consumed: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    /// Made on the first drain that asks for it, and kept: its pages are faulted in once.
+    plain_read: Option<PlainRead>,
 }
 
 impl Body {
@@ -316,7 +327,7 @@ impl Body {
                 }
                 Ok(Reply::Streamed)
             }
-            Command::Drain { until } => {
+            Command::Drain { until, plain_read } => {
                 let started = Instant::now();
                 let cpu_start = own_cpu_ns()?;
                 let mut progress = started;
@@ -332,7 +343,17 @@ impl Body {
                 let wall = started.elapsed();
                 let cpu_ns = own_cpu_ns()? - cpu_start;
                 self.consumed.store(self.count, Ordering::Relaxed);
-                Ok(Reply::Drained { wall, cpu_ns })
+                let plain_read_per_sec = match plain_read {
+                    Some((bytes, record_bytes)) => {
+                        let reader = match &mut self.plain_read {
+                            Some(reader) => reader,
+                            slot => slot.insert(PlainRead::new(bytes, record_bytes).context("mapping the plain read")?),
+                        };
+                        Some(reader.records_per_sec())
+                    }
+                    None => None,
+                };
+                Ok(Reply::Drained(Drained { wall, cpu_ns, plain_read_per_sec }))
             }
             Command::Finish => {
                 loop {
@@ -375,7 +396,7 @@ impl ConsumerThread {
                 }
             };
             let _ = reply_tx.send(Ok(Reply::Ready));
-            let mut body = Body { consumer, count: 0, consumed: thread_consumed, stop: thread_stop };
+            let mut body = Body { consumer, count: 0, consumed: thread_consumed, stop: thread_stop, plain_read: None };
             for command in command_rx {
                 let reply = body.answer(command);
                 let failed = reply.is_err();
@@ -440,11 +461,11 @@ impl ConsumerThread {
     }
 
     /// Consumes, without waiting, until `until` records in all; returns the wall and CPU time
-    /// it took.
-    pub fn drain(&mut self, until: u64) -> Result<(Duration, u64)> {
-        self.send(Command::Drain { until })?;
+    /// it took, and the rate of a plain read of `plain_read` (bytes, record bytes) right after.
+    pub fn drain(&mut self, until: u64, plain_read: Option<(usize, usize)>) -> Result<Drained> {
+        self.send(Command::Drain { until, plain_read })?;
         match self.reply()? {
-            Reply::Drained { wall, cpu_ns } => Ok((wall, cpu_ns)),
+            Reply::Drained(drained) => Ok(drained),
             _ => bail!("the consumer thread answered out of turn"),
         }
     }

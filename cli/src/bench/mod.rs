@@ -230,6 +230,9 @@ impl Bench {
     fn drain(&self, setup: &Setup, libbpf: Option<Arc<Libbpf>>) -> Result<Measured> {
         let (mut program, mut consumer) = self.open(setup, libbpf)?;
         let full = producer::calls_to_fill(setup.kind.transport, setup.buffer_bytes);
+        // Rings only: the drain target compares ring consumers, and memory speed bounds it.
+        let plain_read = (setup.kind.transport == Transport::Ring)
+            .then_some((setup.buffer_bytes as usize, RING_RECORD_BYTES as usize));
         let mut windows = Vec::new();
         let mut consumed = 0;
         for round in 0..=DRAIN_WINDOWS {
@@ -241,15 +244,17 @@ impl Bench {
             let after = program.counters()?;
             let dropped = after.dropped - before.dropped;
             let records = after.produced - before.produced - dropped;
-            let (wall, cpu_ns) = consumer.drain(consumed + records)?;
+            let drained = consumer.drain(consumed + records, plain_read)?;
             consumed += records;
             if round > 0 {
+                let (wall, cpu_ns) = (drained.wall, drained.cpu_ns);
                 let secs = wall.as_secs_f64().max(1e-9);
                 windows.push(Window {
                     produced_per_sec: (after.produced - before.produced) as f64 / fill.as_secs_f64().max(1e-9),
                     consumed_per_sec: records as f64 / secs,
                     dropped_per_sec: dropped as f64 / secs,
                     cpu_ns_per_event: cpu_ns as f64 / records.max(1) as f64,
+                    plain_read_per_sec: drained.plain_read_per_sec.unwrap_or(f64::NAN),
                 });
             }
         }
@@ -365,6 +370,7 @@ fn print(rows: &[Row], json: bool) -> Result<()> {
                 writeln!(out, "{}", row.table_line())?;
             }
             writeln!(out, "\n{}", report::TABLE_NOTES)?;
+
             if !targets.is_empty() {
                 writeln!(out, "\nTargets (ratios of rows of this run):")?;
                 for target in &targets {

@@ -69,7 +69,9 @@ impl Row {
                 .float("consumed_per_sec", m.medians.consumed_per_sec)
                 .float("produced_per_sec", m.medians.produced_per_sec)
                 .float("dropped_per_sec", m.medians.dropped_per_sec)
-                .float("consumer_cpu_ns_per_event", m.medians.cpu_ns_per_event.unwrap_or(f64::NAN))
+                .opt_float("consumer_cpu_ns_per_event", m.medians.cpu_ns_per_event)
+                .opt_float("plain_read_per_sec", m.medians.plain_read_per_sec)
+                .opt_float("memory_speed_fraction", m.medians.memory_speed_fraction)
                 .num("windows", m.medians.windows)
                 .num("produced", m.produced)
                 .num("consumed", m.consumed)
@@ -103,10 +105,13 @@ impl Row {
                 m.medians.cpu_ns_per_event.map_or("-".to_string(), |ns| format!("{ns:.1}")),
                 human_bytes(m.memory.mapped),
                 human_bytes(m.memory.rss),
-                match (&m.note, m.unaccounted()) {
-                    (_, n) if n != 0 => format!("{} UNACCOUNTED; {}", n, self.wakeup),
-                    (Some(note), _) => format!("{}; {note}", self.wakeup),
-                    (None, _) => self.wakeup.clone(),
+                match (&m.note, m.unaccounted(), m.medians.memory_speed_fraction) {
+                    (_, n, _) if n != 0 => format!("{} UNACCOUNTED; {}", n, self.wakeup),
+                    (Some(note), _, _) => format!("{}; {note}", self.wakeup),
+                    (None, _, Some(fraction)) => {
+                        format!("{}; {:.0}% of a plain read", self.wakeup, fraction * 100.0)
+                    }
+                    (None, _, None) => self.wakeup.clone(),
                 },
             ],
             Outcome::Skipped(why) => dashes(format!("skipped: {why}")),
@@ -176,6 +181,9 @@ pub struct Target {
     /// e.g. `>= 2`.
     pub goal: String,
     pub met: bool,
+    /// The highest ratio any consumer could show: the producer's own rate with no consumer
+    /// running, over the rate compared against. Only where this run measured that rate.
+    pub ceiling: Option<f64>,
 }
 
 impl Target {
@@ -185,6 +193,7 @@ impl Target {
             .float("ratio", self.ratio)
             .str("goal", &self.goal)
             .boolean("met", self.met)
+            .opt_float("ceiling", self.ceiling)
             .str("detail", &self.detail)
     }
 
@@ -235,6 +244,7 @@ fn compare(
         shown: format!("{ratio:.2}x"),
         goal,
         met,
+        ceiling: None,
     })
 }
 
@@ -246,6 +256,34 @@ fn cpu_per_event(m: &Measured) -> Option<f64> {
     m.medians.cpu_ns_per_event
 }
 
+/// The perf producer's rate with no consumer running: the fills of this run's perf `drain` rows
+/// (the fastest of them). No consumer can take records faster than they are written.
+fn perf_producer_alone(rows: &[Row]) -> Option<f64> {
+    ["bpfstream-perf", "libbpf-perf", "aya-perf"]
+        .into_iter()
+        .filter_map(|consumer| find(rows, consumer, Mode::Drain))
+        .map(|m| m.medians.produced_per_sec)
+        .max_by(f64::total_cmp)
+}
+
+/// Puts into a rate target against `theirs` the ceiling that `bound` (records/s, measured as
+/// `how`) sets: the ratio no consumer can pass.
+fn with_ceiling(target: &mut Target, bound: f64, how: &str, theirs: &Measured, goal: f64) {
+    let ceiling = bound / theirs.medians.consumed_per_sec;
+    target.ceiling = Some(ceiling);
+    target.detail.push_str(&format!(
+        "; {how} runs at {}/s, so no consumer can pass {ceiling:.2}x{}",
+        rate(bound),
+        if ceiling < goal { format!(", below the {goal}x goal") } else { String::new() },
+    ));
+}
+
+/// Ring drain: bpfstream against libbpf.
+const RING_DRAIN_GOAL: f64 = 2.0;
+
+/// bpfstream-perf with its defaults against libbpf's `perf_buffer__new` defaults.
+const PERF_DEFAULTS_GOAL: f64 = 20.0;
+
 /// The issue's targets that this run's rows allow to compute.
 pub fn targets(rows: &[Row]) -> Vec<Target> {
     let mut targets = vec![
@@ -255,7 +293,7 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
             ("bpfstream-ring", "libbpf-ring", Mode::Drain),
             consumed,
             "/s",
-            Goal::AtLeast(2.0),
+            Goal::AtLeast(RING_DRAIN_GOAL),
         ),
         compare(
             rows,
@@ -287,9 +325,31 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
             ("bpfstream-perf", "libbpf-perf", Mode::Parallel),
             consumed,
             "/s",
-            Goal::AtLeast(20.0),
+            Goal::AtLeast(PERF_DEFAULTS_GOAL),
         ),
     ];
+    if let (Some(Some(target)), Some(ours), Some(theirs)) =
+        (targets.first_mut(), find(rows, "bpfstream-ring", Mode::Drain), find(rows, "libbpf-ring", Mode::Drain))
+    {
+        if let (Some(f_ours), Some(f_theirs), Some(read)) = (
+            ours.medians.memory_speed_fraction,
+            theirs.medians.memory_speed_fraction,
+            theirs.medians.plain_read_per_sec,
+        ) {
+            target.detail.push_str(&format!(
+                "; as fractions of a plain read of the same memory right after each drain: {:.0}% vs {:.0}% ({:.2}x)",
+                f_ours * 100.0,
+                f_theirs * 100.0,
+                f_ours / f_theirs
+            ));
+            with_ceiling(target, read, "a plain read after libbpf-ring's drains", theirs, RING_DRAIN_GOAL);
+        }
+    }
+    if let (Some(Some(target)), Some(theirs), Some(alone)) =
+        (targets.last_mut(), find(rows, "libbpf-perf", Mode::Parallel), perf_producer_alone(rows))
+    {
+        with_ceiling(target, alone, "the producer alone (perf drain fill, no consumer)", theirs, PERF_DEFAULTS_GOAL);
+    }
     if let Some(m) = find(rows, "bpfstream-ring", Mode::Sampled) {
         targets.push(Some(Target {
             name: "ring sampled drops (whole row)",
@@ -298,6 +358,7 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
             shown: m.dropped.to_string(),
             goal: "0".into(),
             met: m.dropped == 0,
+            ceiling: None,
         }));
     }
     targets.into_iter().flatten().collect()
@@ -314,6 +375,8 @@ mod tests {
                 consumed_per_sec: rate,
                 dropped_per_sec: 0.0,
                 cpu_ns_per_event: cpu,
+                plain_read_per_sec: None,
+                memory_speed_fraction: None,
                 windows: 5,
             },
             memory: Memory { mapped: 2 << 20, rss: 1 << 20 },
@@ -408,5 +471,52 @@ mod tests {
         assert!(targets.iter().all(|t| t.name != "perf sampled rate vs libbpf"));
         assert!(drain.text().contains("met") && cpu.text().contains("MISS"));
         assert!(drain.json().finish().contains(r#""met":true"#));
+        // No perf drain row ran: the producer's own rate is unknown, so is the ceiling.
+        assert!(perf.ceiling.is_none() && perf.json().finish().contains(r#""ceiling":null"#));
+    }
+
+    #[test]
+    fn the_perf_producer_alone_bounds_the_defaults_ratio() {
+        let mut fill = measured(220e6, Some(4.5), 0);
+        fill.medians.produced_per_sec = 3.1e6;
+        let rows = vec![
+            row("bpfstream-perf", Mode::Parallel, measured(3e6, None, 0)),
+            row("libbpf-perf", Mode::Parallel, measured(0.2e6, Some(900.0), 0)),
+            row("libbpf-perf", Mode::Drain, fill),
+        ];
+        let targets = targets(&rows);
+        let perf = targets.iter().find(|t| t.name == "perf defaults rate vs libbpf's").unwrap();
+        assert!((perf.ratio - 15.0).abs() < 1e-9 && !perf.met);
+        assert!((perf.ceiling.unwrap() - 15.5).abs() < 1e-9);
+        assert!(perf.detail.contains("the producer alone (perf drain fill, no consumer) runs at 3.10M/s, so no consumer can pass 15.50x, below the 20x goal"), "{}", perf.detail);
+        assert!(perf.json().finish().contains(r#""ceiling":15.500"#));
+    }
+
+    #[test]
+    fn a_plain_read_bounds_the_drain_ratio() {
+        let with_read = |rate: f64, read: f64| {
+            let mut m = measured(rate, Some(2.0), 0);
+            m.medians.plain_read_per_sec = Some(read);
+            m.medians.memory_speed_fraction = Some(rate / read);
+            m
+        };
+        let rows = vec![
+            row("bpfstream-ring", Mode::Drain, with_read(440e6, 500e6)),
+            row("libbpf-ring", Mode::Drain, with_read(235e6, 470e6)),
+        ];
+        let targets = targets(&rows);
+        let drain = targets.iter().find(|t| t.name == "ring drain rate vs libbpf").unwrap();
+        assert!(!drain.met && (drain.ceiling.unwrap() - 2.0).abs() < 1e-9);
+        assert!(
+            drain.detail.ends_with(
+                "; as fractions of a plain read of the same memory right after each drain: 88% vs 50% (1.76x); \
+                 a plain read after libbpf-ring's drains runs at 470.00M/s, so no consumer can pass 2.00x"
+            ),
+            "{}",
+            drain.detail
+        );
+        let line = rows[0].json().finish();
+        assert!(line.contains(r#""plain_read_per_sec":500000000.000,"memory_speed_fraction":0.880"#), "{line}");
+        assert!(rows[0].table_line().ends_with("flags 0; 88% of a plain read"), "{}", rows[0].table_line());
     }
 }
