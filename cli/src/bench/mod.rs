@@ -370,7 +370,6 @@ fn print(rows: &[Row], json: bool) -> Result<()> {
                 writeln!(out, "{}", row.table_line())?;
             }
             writeln!(out, "\n{}", report::TABLE_NOTES)?;
-
             if !targets.is_empty() {
                 writeln!(out, "\nTargets (ratios of rows of this run):")?;
                 for target in &targets {
