@@ -86,6 +86,60 @@ fn perf_sees_every_exec_once_with_whole_paths() {
     exec_each_child_once("perf");
 }
 
+/// A relative name is made absolute against the caller's working directory, across mounts
+/// (/dev/shm is a tmpfs on devtmpfs on /), as written (`.` and `..` stay); from a directory
+/// deeper than the BPF side climbs, it is sent as passed.
+fn relative_names_are_made_absolute(transport: &str) {
+    let Some(_kernel) = kernel_test() else { return };
+    let name = format!("bpfsr-{transport}");
+    let shm = PathBuf::from(format!("/dev/shm/bpfstream-test-rel-{transport}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&shm);
+    probe_binary(&shm.join("sub"), &name);
+    let mut deep = temp_dir(&format!("rel-deep-{transport}"));
+    for _ in 0..70 {
+        deep.push("d");
+    }
+    probe_binary(&deep, &name);
+
+    let run = start(&["exec", "--json", "--buffer", transport, "--name", &name]);
+    let runs = [
+        (shm.clone(), format!("./sub/{name}"), format!("{}/./sub/{name}", shm.display())),
+        (shm.join("sub"), format!("../sub/{name}"), format!("{}/sub/../sub/{name}", shm.display())),
+        (
+            PathBuf::from("/"),
+            format!("{}/sub/{name}", &shm.display().to_string()[1..]),
+            format!("{}/sub/{name}", shm.display()),
+        ),
+        (deep.clone(), format!("./{name}"), format!("./{name}")),
+    ];
+    for (cwd, program, _) in &runs {
+        let status = Command::new(program).current_dir(cwd).status().unwrap();
+        assert!(status.success(), "{program} from {cwd:?}");
+    }
+    let finished = run.stop();
+    assert!(
+        finished.status.success(),
+        "stderr:
+{}",
+        finished.stderr
+    );
+    let seen: Vec<String> =
+        finished.of_type("exec").iter().map(|e| e["filename"].as_str().unwrap().to_string()).collect();
+    let expected: Vec<String> = runs.iter().map(|(_, _, filename)| filename.clone()).collect();
+    assert_eq!(seen, expected);
+    std::fs::remove_dir_all(&shm).unwrap();
+}
+
+#[test]
+fn ring_makes_relative_names_absolute() {
+    relative_names_are_made_absolute("ring");
+}
+
+#[test]
+fn perf_makes_relative_names_absolute() {
+    relative_names_are_made_absolute("perf");
+}
+
 /// A burst while the consumer is stopped overflows the smallest buffer; every exec is still
 /// either delivered or counted dropped, and the kernel-side filter means exactly ours were
 /// produced.

@@ -1,5 +1,9 @@
 //! `bpfstream exec`: every successful exec, with the whole filename (up to 4096 bytes, in a
-//! record exactly as long as the path), from the `sched/sched_process_exec` tracepoint.
+//! record exactly as long as the path), from the `sched/sched_process_exec` tracepoint. The
+//! filename is the path as passed to execve, made absolute in the kernel against the caller's
+//! working directory when it was relative (not canonicalized: `./x` from /srv is `/srv/./x`);
+//! from a working directory more than 64 levels deep, or on kernels before 5.17 (no `bpf_loop`),
+//! a relative name comes as passed.
 
 use std::io::{self, Write};
 
