@@ -7,6 +7,7 @@ mod lab;
 mod lifecycle;
 mod objects;
 mod output;
+mod plot;
 mod privileges;
 mod signals;
 mod size;

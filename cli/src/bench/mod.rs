@@ -17,6 +17,7 @@ mod producer;
 mod report;
 
 use std::io::{self, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,7 +51,7 @@ impl Mode {
     }
 }
 
-const ALL_MODES: [Mode; 3] = [Mode::Parallel, Mode::Sampled, Mode::Drain];
+pub const ALL_MODES: [Mode; 3] = [Mode::Parallel, Mode::Sampled, Mode::Drain];
 
 /// Records per wakeup in `sampled` mode (the kernel bench's `--rb-sample-rate`).
 const SAMPLE_RATE: u32 = 500;
@@ -89,6 +90,9 @@ pub struct BenchArgs {
     /// Only this mode (repeatable)
     #[arg(long, value_enum)]
     pub mode: Vec<Mode>,
+    /// Also draw the rates and the sampled rows' CPU per record as bar charts into this SVG file
+    #[arg(long, value_name = "FILE.svg", value_parser = crate::plot::parse_svg_path)]
+    pub plot: Option<PathBuf>,
 }
 
 /// Everything one row is set up with.
@@ -327,6 +331,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 
     print(&rows, args.json)?;
+    if let Some(path) = &args.plot {
+        report::figure(&rows, path)?;
+        eprintln!("figure written to {}", path.display());
+    }
     let failed = rows.iter().filter(|r| matches!(r.outcome, Outcome::Failed(_))).count();
     let unaccounted = rows.iter().filter_map(Row::measured).filter(|m| m.unaccounted() != 0).count();
     if unaccounted > 0 {

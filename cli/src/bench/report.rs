@@ -1,9 +1,12 @@
 //! The bench's results: one row per (consumer, mode) as a table line or a JSON object, and the
 //! issue's targets as ratios between rows of the same run.
 
+use std::path::Path;
+
 use super::measure::{Medians, Memory};
-use super::Mode;
+use super::{Mode, ALL_MODES};
 use crate::output::JsonLine;
+use crate::plot::{self, BarPanel};
 use crate::size::human_bytes;
 
 /// What became of one (consumer, mode).
@@ -212,6 +215,42 @@ impl Target {
 
 fn find<'a>(rows: &'a [Row], consumer: &str, mode: Mode) -> Option<&'a Measured> {
     rows.iter().find(|r| r.consumer == consumer && r.mode == mode).and_then(Row::measured)
+}
+
+/// `--plot`: per mode, the records each consumer took per second; and the sampled rows' CPU per
+/// record, where bpfstream's batching shows (rows that could not be sampled left out).
+pub fn figure(rows: &[Row], path: &Path) -> anyhow::Result<()> {
+    let panel = |title: String, y_label: &str, of: &dyn Fn(&Measured) -> Option<f64>, mode: Mode| {
+        let measured: Vec<(&str, f64)> =
+            rows.iter().filter(|r| r.mode == mode).filter_map(|r| Some((r.consumer, of(r.measured()?)?))).collect();
+        let top = measured.iter().map(|m| m.1).fold(0.0, f64::max);
+        (!measured.is_empty()).then(|| BarPanel {
+            title,
+            y_label: y_label.into(),
+            labels: measured.iter().map(|m| m.0.to_string()).collect(),
+            values: measured.iter().map(|m| m.1).collect(),
+            decimals: if top < 10.0 {
+                2
+            } else if top < 100.0 {
+                1
+            } else {
+                0
+            },
+        })
+    };
+    let million_per_sec = |m: &Measured| Some(m.medians.consumed_per_sec / 1e6);
+    let mut panels: Vec<BarPanel> = ALL_MODES
+        .into_iter()
+        .filter_map(|mode| panel(format!("{}: consumed", mode.name()), "M records/s", &million_per_sec, mode))
+        .collect();
+    // A row with a note was not sampled as asked (aya-perf cannot be): its CPU, 100x the others',
+    // would flatten every other bar.
+    let sampled_cpu = |m: &Measured| m.medians.cpu_ns_per_event.filter(|_| m.note.is_none());
+    panels.extend(panel("sampled: consumer CPU".into(), "ns per record", &sampled_cpu, Mode::Sampled));
+    if panels.is_empty() {
+        anyhow::bail!("no row was measured: nothing to draw");
+    }
+    plot::bars(path, "bpfstream bench: 500 8-byte records per getpgid(), medians of windows", &panels)
 }
 
 /// What a ratio must be.
@@ -523,6 +562,26 @@ mod tests {
             perf.detail
         );
         assert!(perf.json().finish().contains(r#""ceiling":15.500"#));
+    }
+
+    #[test]
+    fn the_figure_has_a_panel_per_measured_mode() {
+        let path = std::env::temp_dir().join(format!("bpfstream-bench-figure-{}.svg", std::process::id()));
+        let mut unsampled = measured(0.2e6, Some(2000.0), 0);
+        unsampled.note = Some("aya 0.14 cannot set wakeup_events".into());
+        let rows = vec![
+            row("bpfstream-ring", Mode::Sampled, measured(20e6, Some(9.5), 0)),
+            row("aya-perf", Mode::Sampled, unsampled),
+            row("libbpf-ring", Mode::Drain, measured(235e6, Some(4.2), 0)),
+        ];
+        figure(&rows, &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        for text in ["sampled: consumed", "drain: consumed", "sampled: consumer CPU", "20.0", "9.5", "235"] {
+            assert!(svg.contains(text), "{text} in the figure");
+        }
+        assert!(!svg.contains("parallel") && !svg.contains(">2000<"), "no parallel row, no unsampled CPU bar");
+        std::fs::remove_file(&path).unwrap();
+        assert!(figure(&rows[..0], &path).is_err(), "nothing measured: an error, not an empty figure");
     }
 
     #[test]

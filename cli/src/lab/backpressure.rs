@@ -15,11 +15,11 @@ use bpfstream::degrade::{self, DegradeMaps, DegradePolicy, Notice};
 use bpfstream::{Item, Transport, WakeupPolicy};
 
 use super::load::{self, LabEvent, Loaded, Pace, CLASS_BULK};
-use super::plot::{self, LinePanel, Series};
 use super::report::{Account, Cell, LabReport, Table};
 use super::Progress;
 use crate::lifecycle::{self, BufferOptions, Global};
 use crate::objects;
+use crate::plot::{self, LinePanel, Series};
 use crate::size::human_bytes;
 
 const BUFFER: u64 = 256 << 10;

@@ -12,11 +12,11 @@ use anyhow::Result;
 use bpfstream::{Item, Poller, Transport, WakeupPolicy};
 
 use super::load::{self, LabEvent, Latencies, Loaded, Pace, CLASS_BULK};
-use super::plot::{self, BarPanel};
 use super::report::{Account, Cell, LabReport, Table};
 use super::Progress;
 use crate::lifecycle::BufferOptions;
 use crate::objects;
+use crate::plot::{self, BarPanel};
 use crate::size::human_bytes;
 
 /// Records per second (one per system call, paced).

@@ -12,11 +12,11 @@ use bpfstream::merge::{Merged, OrderedMerge, ReorderWindow};
 use bpfstream::{Item, Poller, Transport, WakeupPolicy};
 
 use super::load::{self, LabEvent, Loaded, Pace, CLASS_BULK};
-use super::plot::{self, BarPanel};
 use super::report::{Account, Cell, LabReport, Table};
 use super::Progress;
 use crate::lifecycle::BufferOptions;
 use crate::objects;
+use crate::plot::{self, BarPanel};
 use crate::size::human_bytes;
 
 /// Records per second from each CPU's load thread.

@@ -8,7 +8,6 @@ mod batching;
 mod compare;
 mod load;
 mod multi_ring;
-mod plot;
 mod report;
 mod sizing;
 
@@ -51,7 +50,7 @@ struct LabOptions {
     #[arg(long)]
     json: bool,
     /// Draw the experiment's figure into this SVG file
-    #[arg(long, value_name = "FILE.svg", value_parser = parse_svg_path)]
+    #[arg(long, value_name = "FILE.svg", value_parser = crate::plot::parse_svg_path)]
     plot: Option<PathBuf>,
     /// Total run time of the experiment (default: the experiment's own, under a minute)
     #[arg(long, value_name = "SECS", value_parser = crate::size::parse_run_duration)]
@@ -145,19 +144,6 @@ fn run_all(args: &AllArgs) -> Result<()> {
     report::write_report(&args.out, &reports, &intro)?;
     eprintln!("report written to {}", args.out.join("README.md").display());
     check_accounting(&reports)
-}
-
-/// `--plot`: an .svg file in a directory that exists.
-fn parse_svg_path(text: &str) -> Result<PathBuf, String> {
-    let path = PathBuf::from(text);
-    if path.extension().is_none_or(|e| e != "svg") {
-        return Err(format!("{text}: the figure is SVG; give a file name ending in .svg"));
-    }
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    if !dir.is_dir() {
-        return Err(format!("{text}: directory {} does not exist", dir.display()));
-    }
-    Ok(path)
 }
 
 fn check_accounting(reports: &[LabReport]) -> Result<()> {

@@ -13,11 +13,11 @@ use bpfstream::poller::SourceOptions;
 use bpfstream::{EventSource, Item, Poller, Transport, WakeupPolicy};
 
 use super::load::{self, LabEvent, Latencies, Loaded, Pace, CLASS_BULK, CLASS_CRITICAL};
-use super::plot::{self, BarPanel};
 use super::report::{Account, Cell, LabReport, Table};
 use super::Progress;
 use crate::lifecycle::BufferOptions;
 use crate::objects;
+use crate::plot::{self, BarPanel};
 use crate::size::human_bytes;
 
 const CRITICAL_RING: u64 = 16 << 10;

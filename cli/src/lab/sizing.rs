@@ -10,11 +10,11 @@ use anyhow::Result;
 use bpfstream::{Item, Transport, WakeupPolicy};
 
 use super::load::{self, Loaded, CLASS_BULK, RECORD_BYTES};
-use super::plot::{self, LinePanel, Series};
 use super::report::{Account, Cell, LabReport, Table};
 use super::Progress;
 use crate::lifecycle::BufferOptions;
 use crate::objects;
+use crate::plot::{self, LinePanel, Series};
 use crate::size::human_bytes;
 
 /// Records per burst.

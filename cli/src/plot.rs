@@ -1,7 +1,8 @@
-//! The lab's figures, as SVG (plotters): line panels (with optional log2 x axis and shaded
-//! intervals) and bar panels (one bar per row, value printed on top).
+//! The figures of `bpfstream lab` and `bpfstream bench --plot`, as SVG (plotters): line panels
+//! (with optional log2 x axis and shaded intervals) and bar panels (one bar per row, value
+//! printed on top).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
 use plotters::coord::ranged1d::SegmentValue;
@@ -52,6 +53,19 @@ pub struct BarPanel {
     pub values: Vec<f64>,
     /// Decimals of the value printed above each bar.
     pub decimals: usize,
+}
+
+/// `--plot`: an .svg file in a directory that exists.
+pub fn parse_svg_path(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    if path.extension().is_none_or(|e| e != "svg") {
+        return Err(format!("{text}: the figure is SVG; give a file name ending in .svg"));
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(format!("{text}: directory {} does not exist", dir.display()));
+    }
+    Ok(path)
 }
 
 /// A y-axis tick without needless decimals.
