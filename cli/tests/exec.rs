@@ -123,8 +123,10 @@ fn relative_names_are_made_absolute(transport: &str) {
 {}",
         finished.stderr
     );
-    let seen: Vec<String> =
-        finished.of_type("exec").iter().map(|e| e["filename"].as_str().unwrap().to_string()).collect();
+    // By time: perf buffers are per CPU, so the children's records may come out of order.
+    let mut events = finished.of_type("exec");
+    events.sort_by_key(|e| e["ts_ns"].as_u64().unwrap());
+    let seen: Vec<String> = events.iter().map(|e| e["filename"].as_str().unwrap().to_string()).collect();
     let expected: Vec<String> = runs.iter().map(|(_, _, filename)| filename.clone()).collect();
     assert_eq!(seen, expected);
     std::fs::remove_dir_all(&shm).unwrap();
