@@ -6,7 +6,8 @@
 //!
 //! Two ring rows isolate batching: the same loop publishing the consumer position once per
 //! batch (bpfstream's default) and after every record (what libbpf's `ring_buffer__consume`
-//! does).
+//! does). A perf row runs libbpf's `perf_event_read_simple()` algorithm, rewritten here, on the
+//! same memory: what a perf consumer without our checks costs.
 //!
 //! `cargo bench -p bpfstream --bench parse`; BPFSTREAM_BENCH_ROUNDS (default 9) sets the rounds.
 
@@ -90,6 +91,47 @@ fn perf_pass(payloads: Payloads) -> Pass {
     Pass { records, payload_bytes, ns }
 }
 
+/// libbpf's `perf_event_read_simple()` loop, for comparison: each record's size read from its
+/// header, one indirect call per record, data_tail stored once at the end.
+fn perf_pass_libbpf_style(payloads: Payloads) -> Pass {
+    use bpfstream::perfbuf::PerfMemory;
+    use std::sync::atomic::Ordering;
+
+    let mut perf = SimPerf::new(BUFFER_BYTES);
+    let payload = vec![0xa5u8; 4096];
+    let mut written = 0;
+    while perf.output(&payload[..payloads.nth(written)]) {
+        written += 1;
+    }
+    extern "C" fn on_sample(count: *mut usize, _data: *const u8, size: u32) {
+        // SAFETY: `count` is the caller's live counter.
+        unsafe { *count += size as usize };
+    }
+    let callback: extern "C" fn(*mut usize, *const u8, u32) = black_box(on_sample);
+    let (data, mask) = (perf.data().as_ptr(), perf.size() as u64 - 1);
+    let (mut records, mut payload_bytes) = (0, 0usize);
+    let started = Instant::now();
+    let head = perf.data_head().load(Ordering::Acquire);
+    let mut tail = perf.data_tail().load(Ordering::Relaxed);
+    while tail < head {
+        // SAFETY: records are 8-aligned inside the simulated data area, below its head.
+        let (kind, size, raw) = unsafe {
+            let record = data.add((tail & mask) as usize);
+            (record.cast::<u32>().read(), record.add(6).cast::<u16>().read(), record.add(8).cast::<u32>().read())
+        };
+        if kind == 9 {
+            records += 1;
+            // SAFETY: the payload follows the raw size inside the record.
+            callback(&mut payload_bytes, unsafe { data.add((tail & mask) as usize + 12) }, raw);
+        }
+        tail += u64::from(size);
+    }
+    perf.data_tail().store(tail, Ordering::Release);
+    let ns = started.elapsed().as_nanos() as f64;
+    assert_eq!(records, written, "every sample written is consumed");
+    Pass { records, payload_bytes, ns }
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -115,6 +157,7 @@ fn main() {
         ("ring", Payloads::Fixed(512), Box::new(|p| ring_pass(p, false))),
         ("ring", mixed, Box::new(|p| ring_pass(p, false))),
         ("perf", Payloads::Fixed(8), Box::new(perf_pass)),
+        ("perf, libbpf-style loop", Payloads::Fixed(8), Box::new(perf_pass_libbpf_style)),
         ("perf", Payloads::Fixed(64), Box::new(perf_pass)),
         ("perf", Payloads::Fixed(512), Box::new(perf_pass)),
         ("perf", mixed, Box::new(perf_pass)),
