@@ -40,10 +40,10 @@ pub struct CommonArgs {
     #[arg(long)]
     pub json: bool,
     /// Only this process (filtered in the kernel)
-    #[arg(long, value_name = "PID")]
+    #[arg(long, value_name = "PID", value_parser = parse_task_id)]
     pub pid: Option<u32>,
     /// Only tasks whose comm is exactly COMM (first 15 bytes; filtered in the kernel)
-    #[arg(long, value_name = "COMM")]
+    #[arg(long, value_name = "COMM", value_parser = parse_comm)]
     pub name: Option<String>,
     /// When producers wake the reader: adaptive (when the reader had caught up), every, never,
     /// records:N or bytes:N. Default: bytes at a quarter of the buffer for perf buffers and for
@@ -87,6 +87,26 @@ impl Wakeup {
             Wakeup::Adaptive | Wakeup::Never => None,
         }
     }
+}
+
+/// `--pid` / `--tid`: a task id. 0 is refused: in the kernel filter it means "any task".
+pub fn parse_task_id(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(0) => Err("0 is no task's id (to trace every task, leave the option out)".into()),
+        Ok(id) => Ok(id),
+        Err(_) => Err(format!("{text:?} is not a task id (a positive integer)")),
+    }
+}
+
+/// `--name`: a comm to match. Empty names match nothing, and a comm holds no NUL.
+fn parse_comm(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("an empty name matches no task; give a comm such as `bash`".into());
+    }
+    if text.contains('\0') {
+        return Err("a comm cannot contain a NUL byte".into());
+    }
+    Ok(text.to_string())
 }
 
 fn parse_wakeup(text: &str) -> Result<Wakeup, String> {
@@ -233,7 +253,9 @@ pub fn choose_transport(requested: Option<Transport>) -> Result<Transport> {
         None => {
             let t = if ring_supported() { Transport::Ring } else { Transport::Perf };
             if t == Transport::Perf {
-                eprintln!("Notice: this kernel has no BPF ring buffers (Linux 5.8+); using perf buffers instead.");
+                eprintln_lossy!(
+                    "Notice: this kernel has no BPF ring buffers (Linux 5.8+); using perf buffers instead."
+                );
             }
             Ok(t)
         }
@@ -258,6 +280,10 @@ pub fn map_fd(map: &Map) -> Result<BorrowedFd<'_>> {
 
 /// Where a tracer's items go.
 pub trait Sink {
+    /// Before the first event: a table's column titles.
+    fn header(&mut self) -> io::Result<()> {
+        Ok(())
+    }
     /// One record or loss report.
     fn item(&mut self, item: Item<'_>) -> io::Result<()>;
     /// After every poll (a batch) and after the final drain: flush output, print periodic
@@ -363,7 +389,7 @@ impl Tracer {
         let source = open_source(&bpf, options)?;
         attach(&mut bpf, spec)?;
         let tracer = Tracer { bpf, source, what: spec.what, size: options.size };
-        eprintln!("Tracing {} via {}... Hit Ctrl-C to end.", tracer.what, tracer.describe_buffer());
+        eprintln_lossy!("Tracing {} via {}... Hit Ctrl-C to end.", tracer.what, tracer.describe_buffer());
         Ok(tracer)
     }
 
@@ -388,7 +414,14 @@ impl Tracer {
         let started = Instant::now();
         let deadline = duration.map(|d| started + d);
         let mut failure: Option<io::Error> = None;
-        {
+        // A reader gone before the first line (`| head -0`) ends the run at once, like a gone
+        // reader later on: drain, account, detach.
+        let reader_gone = match sink.header() {
+            Err(e) if is_broken_pipe(&e) => true,
+            Err(e) => return Err(anyhow!(e).context("writing the header")),
+            Ok(()) => false,
+        };
+        if !reader_gone {
             let sink_cell = std::cell::RefCell::new(&mut *sink);
             let failure = &mut failure;
             let mut poller = Poller::new()?;
@@ -521,10 +554,10 @@ impl Summary {
                 }
             }
         } else {
-            eprintln!("{}{extra_text}", self.text());
+            eprintln_lossy!("{}{extra_text}", self.text());
         }
         if self.unaccounted() != 0 {
-            eprintln!(
+            eprintln_lossy!(
                 "warning: {} events produced by the BPF side are neither delivered nor counted as dropped",
                 self.unaccounted()
             );

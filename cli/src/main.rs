@@ -1,6 +1,23 @@
 //! `bpfstream`: eBPF tracers, consumer benchmarks and buffer experiments on the bpfstream
 //! library. See `bpfstream --help`.
 
+/// `eprintln!` that never panics: when stderr has no reader any more (`2>&1 | head` after head
+/// exits), the message is dropped instead of aborting a tracer in the middle of its drain.
+macro_rules! eprintln_lossy {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that never panics (see [`eprintln_lossy`]).
+macro_rules! eprint_lossy {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod histogram;
 mod lab;
@@ -47,13 +64,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(missing) = privileges::check() {
-        eprintln!("bpfstream: {missing}");
+        eprintln_lossy!("bpfstream: {missing}");
         return ExitCode::from(1);
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("bpfstream: {e:#}");
+            eprintln_lossy!("bpfstream: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -238,6 +238,36 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     assert_eq!(code, Some(2));
     let (code, err) = run_to_end(&["exec", "--duration", "0"]);
     assert_eq!(code, Some(2), "{err}");
+    for (args, says) in [
+        (&["exec", "--pid", "0"][..], "no task's id"),
+        (&["exec", "--pid=-5"], "not a task id"),
+        (&["exec", "--name", ""], "empty name"),
+        (&["syscalls", "--tid", "0"], "no task's id"),
+        (&["syscalls", "--summary", "--top", "0"], "--top"),
+    ] {
+        let (code, err) = run_to_end(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(says) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+/// `bpfstream exec 2>&1 | head -1`: stdout and stderr lose their reader while the tracer runs;
+/// it still drains, detaches and exits 0 instead of panicking on the closed stderr.
+#[test]
+fn a_reader_that_goes_away_ends_the_tracer_cleanly() {
+    let Some(_kernel) = kernel_test() else { return };
+    let (mut read, write) = std::io::pipe().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bpfstream"))
+        .args(["syscalls", "--duration", "1"])
+        .stdout(write.try_clone().unwrap())
+        .stderr(write)
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 8];
+    std::io::Read::read_exact(&mut read, &mut first).unwrap();
+    drop(read);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
 #[test]

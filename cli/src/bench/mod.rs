@@ -309,7 +309,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let libbpf = Libbpf::load().map_err(|e| format!("{e:#}"));
     let bench = Bench { producer, consumer_cpu, libbpf, duration: args.duration };
 
-    eprintln!(
+    eprintln_lossy!(
         "Benchmarking {} rows: producer thread on CPU {producer_cpu}, consumer on CPU {consumer_cpu}{}; \
          {BATCH} 8-byte records per getpgid(); {:.2} s measured per row in {STREAM_WINDOWS} windows \
          (drain: {DRAIN_WINDOWS} fills of {})",
@@ -319,29 +319,29 @@ pub fn run(args: BenchArgs) -> Result<()> {
         crate::size::human_bytes(args.drain_size),
     );
     if let Err(why) = &bench.libbpf {
-        eprintln!("Notice: libbpf rows are skipped: {why}");
+        eprintln_lossy!("Notice: libbpf rows are skipped: {why}");
     }
     let mut rows = Vec::new();
     for (i, setup) in setups.iter().enumerate() {
-        eprint!("[{:>2}/{}] {:<15} {:<8} ", i + 1, setups.len(), setup.kind.name(), setup.mode.name());
+        eprint_lossy!("[{:>2}/{}] {:<15} {:<8} ", i + 1, setups.len(), setup.kind.name(), setup.mode.name());
         let outcome = bench.run(setup);
         let row = Row { consumer: setup.kind.name(), mode: setup.mode, wakeup: setup.wakeup(), outcome };
-        eprintln!("{}", progress_result(&row));
+        eprintln_lossy!("{}", progress_result(&row));
         rows.push(row);
     }
 
     print(&rows, args.json)?;
     if let Some(path) = &args.plot {
         report::figure(&rows, path)?;
-        eprintln!("figure written to {}", path.display());
+        eprintln_lossy!("figure written to {}", path.display());
     }
     let failed = rows.iter().filter(|r| matches!(r.outcome, Outcome::Failed(_))).count();
     let unaccounted = rows.iter().filter_map(Row::measured).filter(|m| m.unaccounted() != 0).count();
     if unaccounted > 0 {
-        eprintln!("error: {unaccounted} rows do not account for every record (produced != consumed + dropped)");
+        eprintln_lossy!("error: {unaccounted} rows do not account for every record (produced != consumed + dropped)");
     }
     if failed > 0 {
-        eprintln!("error: {failed} rows failed (see their error)");
+        eprintln_lossy!("error: {failed} rows failed (see their error)");
     }
     if failed + unaccounted > 0 {
         anyhow::bail!("the bench did not complete cleanly");

@@ -244,7 +244,7 @@ mod kernel_tests {
 
     fn kernel_test() -> bool {
         if std::env::var_os("BPFSTREAM_SKIP_KERNEL_TESTS").is_some() {
-            eprintln!("skipping a kernel test: BPFSTREAM_SKIP_KERNEL_TESTS is set");
+            eprintln_lossy!("skipping a kernel test: BPFSTREAM_SKIP_KERNEL_TESTS is set");
             return false;
         }
         // SAFETY: geteuid has no preconditions.

@@ -11,6 +11,7 @@ mod multi_ring;
 mod report;
 mod sizing;
 
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -113,7 +114,7 @@ pub fn run(args: LabArgs) -> Result<()> {
     report.print(options.json)?;
     if let Some(path) = &options.plot {
         (report.figure)(path)?;
-        eprintln!("figure written to {}", path.display());
+        eprintln_lossy!("figure written to {}", path.display());
     }
     check_accounting(&[report])
 }
@@ -128,7 +129,7 @@ fn run_all(args: &AllArgs) -> Result<()> {
         progress.finish();
         report.print(args.json)?;
         if !args.json {
-            println!();
+            writeln!(io::stdout())?;
         }
         reports.push(report);
     }
@@ -142,7 +143,7 @@ fn run_all(args: &AllArgs) -> Result<()> {
         cpus.all
     );
     report::write_report(&args.out, &reports, &intro)?;
-    eprintln!("report written to {}", args.out.join("README.md").display());
+    eprintln_lossy!("report written to {}", args.out.join("README.md").display());
     check_accounting(&reports)
 }
 

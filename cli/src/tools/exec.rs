@@ -70,6 +70,17 @@ struct Printer<W: Write> {
 }
 
 impl<W: Write> Sink for Printer<W> {
+    fn header(&mut self) -> io::Result<()> {
+        if self.json {
+            return Ok(());
+        }
+        if self.time {
+            write!(self.out, "{:<9} ", "TIME(s)")?;
+        }
+        writeln!(self.out, "{:<6} {:<16} {:<7} {:<7} FILENAME", "UID", "PCOMM", "PID", "PPID")?;
+        self.out.flush()
+    }
+
     fn item(&mut self, item: Item<'_>) -> io::Result<()> {
         let Item::Record(record) = item else { return Ok(()) };
         let Some(e) = decode(record.data) else {
@@ -120,20 +131,13 @@ pub fn run(args: ExecArgs) -> Result<()> {
         malformed: 0,
         filename_bytes: 0,
     };
-    if !json {
-        if args.time {
-            write!(printer.out, "{:<9} ", "TIME(s)")?;
-        }
-        writeln!(printer.out, "{:<6} {:<16} {:<7} {:<7} FILENAME", "UID", "PCOMM", "PID", "PPID")?;
-        printer.out.flush()?;
-    }
     let summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
     let avg = if summary.events > 0 { printer.filename_bytes as f64 / summary.events as f64 } else { 0.0 };
     let malformed = printer.malformed;
     drop(printer);
     summary.print(json, |line| line.num("malformed", malformed).float("avg_filename_bytes", avg), "")?;
     if malformed > 0 {
-        eprintln!("warning: {malformed} records were shorter than their header says");
+        eprintln_lossy!("warning: {malformed} records were shorter than their header says");
     }
     Ok(())
 }

@@ -139,6 +139,21 @@ struct Printer<W: Write> {
 }
 
 impl<W: Write> Sink for Printer<W> {
+    fn header(&mut self) -> io::Result<()> {
+        if self.json {
+            return Ok(());
+        }
+        if self.time {
+            write!(self.out, "{:<9} ", "TIME(s)")?;
+        }
+        write!(self.out, "{:<7} {:<16} {:>3} {:>3} ", "PID", "COMM", "FD", "ERR")?;
+        if self.extended {
+            write!(self.out, "{:>8} {:<8} ", "FLAGS", "SYSCALL")?;
+        }
+        writeln!(self.out, "PATH")?;
+        self.out.flush()
+    }
+
     fn item(&mut self, item: Item<'_>) -> io::Result<()> {
         let Item::Record(record) = item else { return Ok(()) };
         let Some(e) = decode(record.data) else {
@@ -193,17 +208,6 @@ pub fn run(args: OpenArgs) -> Result<()> {
         malformed: 0,
         truncated: 0,
     };
-    if !json {
-        if args.time {
-            write!(printer.out, "{:<9} ", "TIME(s)")?;
-        }
-        write!(printer.out, "{:<7} {:<16} {:>3} {:>3} ", "PID", "COMM", "FD", "ERR")?;
-        if args.extended {
-            write!(printer.out, "{:>8} {:<8} ", "FLAGS", "SYSCALL")?;
-        }
-        writeln!(printer.out, "PATH")?;
-        printer.out.flush()?;
-    }
     let summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
     let (malformed, truncated) = (printer.malformed, printer.truncated);
     drop(printer);
@@ -228,7 +232,7 @@ pub fn run(args: OpenArgs) -> Result<()> {
         &extra,
     )?;
     if malformed > 0 {
-        eprintln!("warning: {malformed} records were shorter than their header says");
+        eprintln_lossy!("warning: {malformed} records were shorter than their header says");
     }
     Ok(())
 }

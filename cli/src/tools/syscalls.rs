@@ -108,7 +108,7 @@ pub struct SyscallsArgs {
     #[command(flatten)]
     pub common: CommonArgs,
     /// Only this thread (filtered in the kernel)
-    #[arg(long, value_name = "TID")]
+    #[arg(long, value_name = "TID", value_parser = crate::lifecycle::parse_task_id)]
     pub tid: Option<u32>,
     /// Only these syscalls, by x86-64 name or number (filtered in the kernel)
     #[arg(long, value_name = "NAME[,NAME]", value_parser = parse_syscall_set)]
@@ -129,8 +129,8 @@ pub struct SyscallsArgs {
     #[arg(long, requires = "summary")]
     pub by_process: bool,
     /// With --summary: show only the N rows with the most total time
-    #[arg(long, value_name = "N", requires = "summary")]
-    pub top: Option<usize>,
+    #[arg(long, value_name = "N", requires = "summary", value_parser = clap::value_parser!(u64).range(1..))]
+    pub top: Option<u64>,
     /// Print a timestamp column (seconds since the first event)
     #[arg(short = 'T', long)]
     pub time: bool,
@@ -223,6 +223,15 @@ impl<W: Write> Printer<W> {
         self.out.write_all(line.as_bytes())
     }
 
+    /// Prints the summary accumulated since the last one.
+    fn print_interval(&mut self) -> io::Result<()> {
+        let Some(s) = &mut self.summary else { return Ok(()) };
+        s.last = Instant::now();
+        s.writer.write(&mut self.out, &mut s.agg, s.started.elapsed())
+    }
+}
+
+impl<W: Write> Sink for Printer<W> {
     fn header(&mut self) -> io::Result<()> {
         if self.json || self.summary.is_some() {
             return Ok(());
@@ -234,15 +243,6 @@ impl<W: Write> Printer<W> {
         self.out.flush()
     }
 
-    /// Prints the summary accumulated since the last one.
-    fn print_interval(&mut self) -> io::Result<()> {
-        let Some(s) = &mut self.summary else { return Ok(()) };
-        s.last = Instant::now();
-        s.writer.write(&mut self.out, &mut s.agg, s.started.elapsed())
-    }
-}
-
-impl<W: Write> Sink for Printer<W> {
     fn item(&mut self, item: Item<'_>) -> io::Result<()> {
         let record = match item {
             Item::Record(record) => record,
@@ -291,13 +291,17 @@ pub fn run(args: SyscallsArgs) -> Result<()> {
         malformed: 0,
         summary: args.summary.then(|| Summary {
             agg: Aggregator::new(by),
-            writer: IntervalWriter { by, json, top: args.top, printed: 0 },
+            writer: IntervalWriter {
+                by,
+                json,
+                top: args.top.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+                printed: 0,
+            },
             interval: args.interval,
             started: now,
             last: now,
         }),
     };
-    printer.header()?;
     let summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
     // The rows since the last interval (all of them without --interval).
     let pending =
@@ -315,7 +319,7 @@ pub fn run(args: SyscallsArgs) -> Result<()> {
         if untracked > 0 { format!("; {untracked} syscalls untracked (in-flight map full)") } else { String::new() };
     summary.print(json, |line| line.num("malformed", malformed).num("untracked", untracked), &extra)?;
     if malformed > 0 {
-        eprintln!("warning: {malformed} records were shorter than a syscall event");
+        eprintln_lossy!("warning: {malformed} records were shorter than a syscall event");
     }
     Ok(())
 }
