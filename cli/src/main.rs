@@ -77,7 +77,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    signals::install()?;
+    // Tracers catch SIGINT/SIGTERM to drain, print their summary and detach. The bench and the
+    // lab keep the default action: Ctrl-C ends them at once, and the kernel frees every program,
+    // link and map they made with the process (nothing is pinned).
+    if matches!(cli.command, Command::Syscalls(_) | Command::Exec(_) | Command::Open(_)) {
+        signals::install()?;
+    }
     match cli.command {
         Command::Syscalls(args) => tools::syscalls::run(args),
         Command::Exec(args) => tools::exec::run(args),

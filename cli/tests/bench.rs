@@ -90,3 +90,25 @@ fn bad_arguments_are_usage_errors() {
     let (_, err) = run_to_end(&["bench", "--consumer", "bcc-ring"]);
     assert!(err.contains("choose from") && err.contains("aya-perf"), "{err}");
 }
+
+/// Ctrl-C ends a long bench at once (it would otherwise run for a minute), and leaves no program
+/// or map behind.
+#[test]
+fn ctrl_c_ends_the_bench_at_once_and_leaves_nothing_loaded() {
+    let Some(_kernel) = kernel_test() else { return };
+    let before = id_watermarks();
+    let mut child = Command::new(bin())
+        .args(["bench", "--duration", "5"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let sent = std::time::Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert!(sent.elapsed() < std::time::Duration::from_secs(2), "ended {:?} after Ctrl-C", sent.elapsed());
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGINT), "{status:?}");
+    assert_nothing_left(before, &["bench_produce", "events", "bpfstream_stats"]);
+}
