@@ -90,6 +90,10 @@ pub struct BenchArgs {
     /// Only this mode (repeatable)
     #[arg(long, value_enum)]
     pub mode: Vec<Mode>,
+    /// Run every row this many times, in turn, and take the medians over the windows of all
+    /// rounds: drift on a shared machine then hits every consumer alike
+    #[arg(long, value_name = "N", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
     /// Also draw the rates and the sampled rows' CPU per record as bar charts into this SVG file
     #[arg(long, value_name = "FILE.svg", value_parser = crate::plot::parse_svg_path)]
     pub plot: Option<PathBuf>,
@@ -281,6 +285,7 @@ fn finish(
     let medians = measure::medians(windows).context("no window was measured")?;
     Ok(Measured {
         medians,
+        windows: windows.to_vec(),
         memory,
         produced: totals.produced,
         consumed,
@@ -310,10 +315,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let bench = Bench { producer, consumer_cpu, libbpf, duration: args.duration };
 
     eprintln_lossy!(
-        "Benchmarking {} rows: producer thread on CPU {producer_cpu}, consumer on CPU {consumer_cpu}{}; \
+        "Benchmarking {} rows{}: producer thread on CPU {producer_cpu}, consumer on CPU {consumer_cpu}{}; \
          {BATCH} 8-byte records per getpgid(); {:.2} s measured per row in {STREAM_WINDOWS} windows \
          (drain: {DRAIN_WINDOWS} fills of {})",
         setups.len(),
+        if args.rounds > 1 { format!(" x {} rounds, in turn", args.rounds) } else { String::new() },
         if producer_cpu == consumer_cpu { " (one CPU: they compete)" } else { "" },
         args.duration.as_secs_f64(),
         crate::size::human_bytes(args.drain_size),
@@ -321,14 +327,27 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Err(why) = &bench.libbpf {
         eprintln_lossy!("Notice: libbpf rows are skipped: {why}");
     }
-    let mut rows = Vec::new();
-    for (i, setup) in setups.iter().enumerate() {
-        eprint_lossy!("[{:>2}/{}] {:<15} {:<8} ", i + 1, setups.len(), setup.kind.name(), setup.mode.name());
-        let outcome = bench.run(setup);
-        let row = Row { consumer: setup.kind.name(), mode: setup.mode, wakeup: setup.wakeup(), outcome };
-        eprintln_lossy!("{}", progress_result(&row));
-        rows.push(row);
+    let mut outcomes: Vec<Option<Outcome>> = setups.iter().map(|_| None).collect();
+    let total = setups.len() * args.rounds as usize;
+    for round in 0..args.rounds as usize {
+        for (i, setup) in setups.iter().enumerate() {
+            let n = round * setups.len() + i + 1;
+            eprint_lossy!("[{n:>2}/{total}] {:<15} {:<8} ", setup.kind.name(), setup.mode.name());
+            let outcome = bench.run(setup);
+            eprintln_lossy!("{}", progress_result(&outcome));
+            outcomes[i] = Some(match outcomes[i].take() {
+                None => outcome,
+                Some(before) => before.merge(outcome),
+            });
+        }
     }
+    let rows: Vec<Row> = setups
+        .iter()
+        .zip(outcomes)
+        .filter_map(|(setup, outcome)| {
+            Some(Row { consumer: setup.kind.name(), mode: setup.mode, wakeup: setup.wakeup(), outcome: outcome? })
+        })
+        .collect();
 
     print(&rows, args.json)?;
     if let Some(path) = &args.plot {
@@ -349,8 +368,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn progress_result(row: &Row) -> String {
-    match &row.outcome {
+fn progress_result(outcome: &Outcome) -> String {
+    match outcome {
         Outcome::Measured(m) => format!(
             "{}/s consumed, {}/s dropped",
             report::rate(m.medians.consumed_per_sec),
@@ -431,6 +450,7 @@ mod tests {
             &["--consumer", "bcc"],
             &["--mode", "burst"],
             &["--drain-size", "8K"],
+            &["--rounds", "0"],
             &["--drain-size", "3M"],
         ] {
             let err = parse(bad).unwrap_err();

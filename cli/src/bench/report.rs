@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::measure::{Medians, Memory};
+use super::measure::{self, Medians, Memory, Window};
 use super::{Mode, ALL_MODES};
 use crate::output::JsonLine;
 use crate::plot::{self, BarPanel};
@@ -19,11 +19,24 @@ pub enum Outcome {
     Failed(String),
 }
 
+impl Outcome {
+    /// Two rounds of one row: measurements merge; a failure in either round is the row's.
+    pub fn merge(self, other: Outcome) -> Outcome {
+        match (self, other) {
+            (Outcome::Measured(a), Outcome::Measured(b)) => Outcome::Measured(a.merge(b)),
+            (failed @ Outcome::Failed(_), _) | (_, failed @ Outcome::Failed(_)) => failed,
+            (skipped @ Outcome::Skipped(_), _) | (_, skipped @ Outcome::Skipped(_)) => skipped,
+        }
+    }
+}
+
 /// The measurements of one row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Measured {
     /// Medians over the windows.
     pub medians: Medians,
+    /// The windows themselves (of every round).
+    pub windows: Vec<Window>,
     /// The consumer's buffer mappings.
     pub memory: Memory,
     /// Over the whole row (warm-up, windows and the final drain): what the BPF side produced,
@@ -40,6 +53,24 @@ pub struct Measured {
 }
 
 impl Measured {
+    /// This row and another round of it as one: medians over the windows of both, counts
+    /// summed (each round accounts for its own records, so the sums do too).
+    pub fn merge(self, other: Measured) -> Measured {
+        let mut windows = self.windows;
+        windows.extend(other.windows);
+        Measured {
+            medians: measure::medians(&windows).unwrap_or(self.medians),
+            windows,
+            memory: other.memory,
+            produced: self.produced + other.produced,
+            consumed: self.consumed + other.consumed,
+            dropped: self.dropped + other.dropped,
+            forced_wakeups: self.forced_wakeups + other.forced_wakeups,
+            buffer_bytes: self.buffer_bytes,
+            note: self.note,
+        }
+    }
+
     /// produced - consumed - dropped: 0 unless something was lost silently.
     pub fn unaccounted(&self) -> i128 {
         i128::from(self.produced) - i128::from(self.consumed) - i128::from(self.dropped)
@@ -440,6 +471,7 @@ mod tests {
                 memory_speed_fraction: None,
                 windows: 5,
             },
+            windows: Vec::new(),
             memory: Memory { mapped: 2 << 20, rss: 1 << 20 },
             produced: 1000 + dropped,
             consumed: 1000,
@@ -562,6 +594,31 @@ mod tests {
             perf.detail
         );
         assert!(perf.json().finish().contains(r#""ceiling":15.500"#));
+    }
+
+    #[test]
+    fn rounds_merge_into_medians_over_all_their_windows() {
+        let window = |rate: f64| Window {
+            produced_per_sec: rate,
+            consumed_per_sec: rate,
+            dropped_per_sec: 0.0,
+            cpu_ns_per_event: 10.0,
+            plain_read_per_sec: f64::NAN,
+        };
+        let round = |rates: &[f64], dropped: u64| {
+            let mut m = measured(0.0, None, dropped);
+            m.windows = rates.iter().copied().map(window).collect();
+            m.medians = measure::medians(&m.windows).unwrap();
+            m
+        };
+        let merged = round(&[1.0, 2.0, 9.0], 5).merge(round(&[3.0, 4.0], 0));
+        assert_eq!(merged.medians.consumed_per_sec, 3.0, "the median of 1, 2, 3, 4, 9");
+        assert_eq!(merged.medians.windows, 5);
+        assert_eq!((merged.produced, merged.consumed, merged.dropped), (2005, 2000, 5));
+        assert_eq!(merged.unaccounted(), 0);
+
+        let failed = Outcome::Measured(round(&[1.0], 0)).merge(Outcome::Failed("boom".into()));
+        assert!(matches!(failed, Outcome::Failed(why) if why == "boom"), "a failed round fails the row");
     }
 
     #[test]
