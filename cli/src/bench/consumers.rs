@@ -78,10 +78,11 @@ pub enum PerfWake {
     /// Whatever the library does by default: libbpf and aya wake on every sample; bpfstream
     /// sets a watermark of a quarter buffer.
     LibraryDefault,
-    /// `wakeup_events = n` (aya 0.14 cannot set it and keeps waking on every sample).
+    /// `wakeup_events = n` (aya 0.14 cannot set it: its buffers are written through a redirected
+    /// helper event that can, `perf_event.rs`).
     Events(u32),
-    /// `drain`: nobody waits during the fill, so wake every n samples to keep the fill cheap;
-    /// aya's buffers are filled through a redirected helper event (`perf_event.rs`).
+    /// `drain`: nobody waits during the fill, so wake every n samples to keep the fill cheap
+    /// (aya's buffers as in `Events`).
     Fill(u32),
 }
 
@@ -133,17 +134,19 @@ pub fn open(kind: Kind, map: OwnedFd, options: Options, libbpf: Option<&Arc<Libb
             let map_fd = map.try_clone()?;
             let mut array = PerfEventArray::try_from(Map::from_map_data(MapData::from_fd(map)?)?)?;
             let mut buffers = Vec::new();
-            let mut fill_helpers = Vec::new();
+            let mut helpers = Vec::new();
             for cpu in bpfstream::online_cpus()? {
                 let buffer = array.open(cpu, Some(options.perf_pages))?;
-                if let PerfWake::Fill(n) = options.perf_wake {
-                    let helper = perf_event::redirect_fills(map_fd.as_fd(), cpu, buffer.as_fd(), n)
-                        .with_context(|| format!("redirecting the fill of aya's buffer on CPU {cpu}"))?;
-                    fill_helpers.push(helper);
+                // aya opens its events waking every sample; sampled and drain rows write
+                // through a helper event that wakes every n instead.
+                if let PerfWake::Events(n) | PerfWake::Fill(n) = options.perf_wake {
+                    let helper = perf_event::redirect_samples(map_fd.as_fd(), cpu, buffer.as_fd(), n)
+                        .with_context(|| format!("redirecting the samples into aya's buffer on CPU {cpu}"))?;
+                    helpers.push(helper);
                 }
                 buffers.push(buffer);
             }
-            Box::new(AyaPerf { buffers, waiting: Vec::new(), _fill_helpers: fill_helpers })
+            Box::new(AyaPerf { buffers, waiting: Vec::new(), _helpers: helpers })
         }
     })
 }
@@ -240,8 +243,8 @@ impl Consumer for AyaRing {
 struct AyaPerf {
     buffers: Vec<PerfEventArrayBuffer<MapData>>,
     waiting: Vec<libc::pollfd>,
-    /// `drain` only: the events the BPF program writes through into `buffers`.
-    _fill_helpers: Vec<OwnedFd>,
+    /// `sampled` and `drain`: the events the BPF program writes through into `buffers`.
+    _helpers: Vec<OwnedFd>,
 }
 
 impl Consumer for AyaPerf {

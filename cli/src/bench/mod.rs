@@ -138,7 +138,9 @@ impl Setup {
         match (self.kind.transport, self.options.ring_wakeup, self.options.perf_wake, self.kind.library) {
             (Transport::Ring, WakeupPolicy::Bytes(n), _, _) => format!("FORCE_WAKEUP at {n} bytes, else NO_WAKEUP"),
             (Transport::Ring, _, _, _) => "flags 0 (kernel: wake when caught up)".into(),
-            (Transport::Perf, _, _, Library::Aya) => "wakeup_events 1 (aya's fixed setting)".into(),
+            (Transport::Perf, _, PerfWake::LibraryDefault, Library::Aya) => {
+                "wakeup_events 1 (aya's fixed setting)".into()
+            }
             (Transport::Perf, _, PerfWake::Events(n) | PerfWake::Fill(n), _) => format!("wakeup_events {n}"),
             (Transport::Perf, _, PerfWake::LibraryDefault, Library::Libbpf) => {
                 "wakeup_events 1 (libbpf default)".into()
@@ -155,8 +157,10 @@ impl Setup {
         }
         match self.options.perf_wake {
             PerfWake::LibraryDefault => None,
-            PerfWake::Events(_) => Some("aya 0.14 cannot set wakeup_events: same wakeups as parallel".into()),
-            PerfWake::Fill(_) => Some("filled through a helper event redirected into aya's buffer".into()),
+            PerfWake::Events(_) | PerfWake::Fill(_) => Some(
+                "written through a helper event redirected into aya's buffer (aya 0.14 cannot set wakeup_events)"
+                    .into(),
+            ),
         }
     }
 }

@@ -1,13 +1,14 @@
 //! The perf_event_open(2) pieces the bench needs besides the libraries: the attribute of a BPF
-//! output event (for libbpf's `perf_buffer__new_raw`), and filling aya's perf buffers through a
-//! helper event, because aya 0.14 opens its events with `wakeup_events = 1`.
+//! output event (for libbpf's `perf_buffer__new_raw`), and writing into aya's perf buffers
+//! through a helper event, because aya 0.14 opens its events with `wakeup_events = 1`.
 //!
 //! Why the helper: with `wakeup_events = 1` every sample queues a wakeup (an irq_work, a
-//! self-IPI: about 5 µs in this VM), so filling a 64 MiB buffer takes 14 s. In `drain` nobody
-//! waits during the fill, so those wakeups measure nothing. The helper is a second BPF output
-//! event on the same CPU, redirected into aya's buffer with PERF_EVENT_IOC_SET_OUTPUT and waking
-//! every N samples; the BPF program writes through it (it takes aya's slot in the map), the
-//! records land in aya's buffer, and aya reads them exactly as it reads its own.
+//! self-IPI: about 5 µs in this VM). `sampled` asks for a wakeup every 500 samples, and in
+//! `drain` nobody waits during the fill (which would take 14 s for 64 MiB). The helper is a
+//! second BPF output event on the same CPU, redirected into aya's buffer with
+//! PERF_EVENT_IOC_SET_OUTPUT and waking every N samples; the BPF program writes through it (it
+//! takes aya's slot in the map), the records land in aya's buffer, the kernel wakes aya's event
+//! with the helper's, and aya reads them exactly as it reads its own.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -106,9 +107,10 @@ fn set_map_slot(map: BorrowedFd<'_>, cpu: u32, event: BorrowedFd<'_>) -> io::Res
 }
 
 /// Makes the BPF program's samples on `cpu` land in `buffer` (a perf event already mmap'd by its
-/// consumer) through a helper event that wakes every `wakeup_events` samples. Keep the returned
-/// descriptor open as long as the fill should go that way.
-pub fn redirect_fills(
+/// consumer) through a helper event that wakes every `wakeup_events` samples: the kernel wakes
+/// every event sharing the buffer, so `buffer`'s reader is woken at that pace. Keep the returned
+/// descriptor open as long as the samples should go that way.
+pub fn redirect_samples(
     map: BorrowedFd<'_>,
     cpu: u32,
     buffer: BorrowedFd<'_>,
