@@ -70,13 +70,19 @@ fn ring_pass(payloads: Payloads, publish_every_record: bool) -> Pass {
     Pass { records, payload_bytes, ns }
 }
 
-fn perf_pass(payloads: Payloads) -> Pass {
+/// A simulated perf buffer written full of samples, and how many.
+fn filled_perf(payloads: Payloads) -> (SimPerf, usize) {
     let mut perf = SimPerf::new(BUFFER_BYTES);
     let payload = vec![0xa5u8; 4096];
     let mut written = 0;
     while perf.output(&payload[..payloads.nth(written)]) {
         written += 1;
     }
+    (perf, written)
+}
+
+fn perf_pass(payloads: Payloads) -> Pass {
+    let (mut perf, written) = filled_perf(payloads);
     let (mut scratch, mut payload_bytes) = (Vec::new(), 0);
     let started = Instant::now();
     let records = perf
@@ -97,12 +103,7 @@ fn perf_pass_libbpf_style(payloads: Payloads) -> Pass {
     use bpfstream::perfbuf::PerfMemory;
     use std::sync::atomic::Ordering;
 
-    let mut perf = SimPerf::new(BUFFER_BYTES);
-    let payload = vec![0xa5u8; 4096];
-    let mut written = 0;
-    while perf.output(&payload[..payloads.nth(written)]) {
-        written += 1;
-    }
+    let (perf, written) = filled_perf(payloads);
     extern "C" fn on_sample(count: *mut usize, _data: *const u8, size: u32) {
         // SAFETY: `count` is the caller's live counter.
         unsafe { *count += size as usize };
