@@ -85,8 +85,9 @@ static long cwd_step(__u32 index, struct cwd_walk *w)
 /*
  * Writes the path of `task`'s working directory into buf so that it ends at
  * buf[EXEC_FILENAME_MAX] (nothing for "/"). Returns where it starts, or -1 when it is deeper
- * than EXEC_CWD_DEPTH, does not fit, or bpf_loop() (Linux 5.17) is missing. The path is the one
- * seen from the initial mount namespace's root (for a chrooted or containerised caller too).
+ * than EXEC_CWD_DEPTH, does not fit, or bpf_loop() (Linux 5.17) is missing; the reference to
+ * the callback needs Linux 5.13 to load at all. The path is the one seen from the initial mount
+ * namespace's root (for a chrooted or containerised caller too).
  */
 static __always_inline int cwd_backwards(char *buf, struct task_struct *task)
 {

@@ -2,8 +2,9 @@
 //! record exactly as long as the path), from the `sched/sched_process_exec` tracepoint. The
 //! filename is the path as passed to execve, made absolute in the kernel against the caller's
 //! working directory when it was relative (not canonicalized: `./x` from /srv is `/srv/./x`);
-//! from a working directory more than 64 levels deep, or on kernels before 5.17 (no `bpf_loop`),
-//! a relative name comes as passed.
+//! from a working directory more than 64 levels deep, or on Linux 5.13–5.16 (no `bpf_loop`), a
+//! relative name comes as passed. The program needs Linux 5.13 to load (its `bpf_loop` callback
+//! is a BPF_PSEUDO_FUNC reference, which older verifiers reject even where it is never called).
 
 use std::io::{self, Write};
 
