@@ -66,6 +66,36 @@ pub fn display_bytes(bytes: &[u8]) -> String {
     out
 }
 
+/// The `-T` column of the tracers' tables: seconds since the first event, when asked for.
+#[derive(Debug)]
+pub struct TimeColumn {
+    shown: bool,
+    first_ts: Option<u64>,
+}
+
+impl TimeColumn {
+    pub fn new(shown: bool) -> Self {
+        TimeColumn { shown, first_ts: None }
+    }
+
+    /// The column's title, before the table's others.
+    pub fn title(&self, out: &mut impl Write) -> io::Result<()> {
+        if self.shown {
+            write!(out, "{:<9} ", "TIME(s)")?;
+        }
+        Ok(())
+    }
+
+    /// The cell of an event stamped `ts_ns` (bpf_ktime_get_ns), before the row's others.
+    pub fn cell(&mut self, out: &mut impl Write, ts_ns: u64) -> io::Result<()> {
+        if self.shown {
+            let start = *self.first_ts.get_or_insert(ts_ns);
+            write!(out, "{:<9.3} ", ts_ns.saturating_sub(start) as f64 / 1e9)?;
+        }
+        Ok(())
+    }
+}
+
 /// Appends `text` left-aligned in a column of `width` characters (`{:<width}` without the
 /// formatting machinery: tables of a syscall storm print a million rows a second).
 pub fn cell_left(out: &mut String, text: &str, width: usize) {
@@ -196,6 +226,21 @@ impl JsonLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_time_column_counts_from_the_first_event_when_shown() {
+        let mut out = Vec::new();
+        let mut time = TimeColumn::new(true);
+        time.title(&mut out).unwrap();
+        time.cell(&mut out, 5_000_000_000).unwrap();
+        time.cell(&mut out, 6_250_000_000).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "TIME(s)   0.000     1.250     ");
+        let mut out = Vec::new();
+        let mut hidden = TimeColumn::new(false);
+        hidden.title(&mut out).unwrap();
+        hidden.cell(&mut out, 1).unwrap();
+        assert!(out.is_empty());
+    }
 
     #[test]
     fn json_lines_escape_and_keep_non_utf8_bytes() {

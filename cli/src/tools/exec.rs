@@ -13,7 +13,7 @@ use bpfstream::{FromRecord, Item};
 
 use crate::lifecycle::{task_filter_globals, Attach, BufferOptions, CommonArgs, Sink, Tracer, TracerSpec};
 use crate::objects;
-use crate::output::{c_str, display_bytes, JsonLine};
+use crate::output::{c_str, display_bytes, JsonLine, TimeColumn};
 
 bpfstream::record! {
     /// `struct exec_event` of bpf/exec.h; the filename follows it.
@@ -46,7 +46,7 @@ pub fn decode(data: &[u8]) -> Option<Exec<'_>> {
 pub struct ExecArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Print a timestamp column (seconds since tracing started)
+    /// Print a timestamp column (seconds since the first event)
     #[arg(short = 'T', long)]
     pub time: bool,
 }
@@ -64,8 +64,7 @@ pub fn spec(args: &CommonArgs) -> TracerSpec {
 struct Printer<W: Write> {
     out: W,
     json: bool,
-    time: bool,
-    first_ts: Option<u64>,
+    time: TimeColumn,
     malformed: u64,
     filename_bytes: u64,
 }
@@ -75,9 +74,7 @@ impl<W: Write> Sink for Printer<W> {
         if self.json {
             return Ok(());
         }
-        if self.time {
-            write!(self.out, "{:<9} ", "TIME(s)")?;
-        }
+        self.time.title(&mut self.out)?;
         writeln!(self.out, "{:<6} {:<16} {:<7} {:<7} FILENAME", "UID", "PCOMM", "PID", "PPID")?;
         self.out.flush()
     }
@@ -100,10 +97,7 @@ impl<W: Write> Sink for Printer<W> {
                 .bytes("filename", e.filename)
                 .write_to(&mut self.out);
         }
-        if self.time {
-            let start = *self.first_ts.get_or_insert(h.ts_ns);
-            write!(self.out, "{:<9.3} ", h.ts_ns.saturating_sub(start) as f64 / 1e9)?;
-        }
+        self.time.cell(&mut self.out, h.ts_ns)?;
         writeln!(
             self.out,
             "{:<6} {:<16} {:<7} {:<7} {}",
@@ -127,8 +121,7 @@ pub fn run(args: ExecArgs) -> Result<()> {
     let mut printer = Printer {
         out: io::BufWriter::new(io::stdout().lock()),
         json,
-        time: args.time,
-        first_ts: None,
+        time: TimeColumn::new(args.time),
         malformed: 0,
         filename_bytes: 0,
     };

@@ -10,7 +10,7 @@ use bpfstream::names::syscall_name;
 use bpfstream::{FromRecord, Item};
 
 use crate::lifecycle::{task_filter_globals, Attach, CommonArgs, Global, Sink, Tracer, TracerSpec};
-use crate::output::{c_str, display_bytes, JsonLine};
+use crate::output::{c_str, display_bytes, JsonLine, TimeColumn};
 use crate::tools::{high_rate_options, per_cpu_total};
 use crate::{objects, tracefs};
 
@@ -131,9 +131,8 @@ pub fn spec(args: &OpenArgs) -> Result<TracerSpec> {
 struct Printer<W: Write> {
     out: W,
     json: bool,
-    time: bool,
+    time: TimeColumn,
     extended: bool,
-    first_ts: Option<u64>,
     malformed: u64,
     truncated: u64,
 }
@@ -143,9 +142,7 @@ impl<W: Write> Sink for Printer<W> {
         if self.json {
             return Ok(());
         }
-        if self.time {
-            write!(self.out, "{:<9} ", "TIME(s)")?;
-        }
+        self.time.title(&mut self.out)?;
         write!(self.out, "{:<7} {:<16} {:>3} {:>3} ", "PID", "COMM", "FD", "ERR")?;
         if self.extended {
             write!(self.out, "{:>8} {:<8} ", "FLAGS", "SYSCALL")?;
@@ -176,10 +173,7 @@ impl<W: Write> Sink for Printer<W> {
             let line = if h.truncated != 0 { line.boolean("truncated", true) } else { line };
             return line.write_to(&mut self.out);
         }
-        if self.time {
-            let start = *self.first_ts.get_or_insert(h.ts_ns);
-            write!(self.out, "{:<9.3} ", h.ts_ns.saturating_sub(start) as f64 / 1e9)?;
-        }
+        self.time.cell(&mut self.out, h.ts_ns)?;
         let (fd, err) = if h.ret >= 0 { (h.ret, 0) } else { (-1, -h.ret) };
         write!(self.out, "{:<7} {:<16} {:>3} {:>3} ", h.pid, display_bytes(c_str(&h.comm)), fd, err)?;
         if self.extended {
@@ -202,9 +196,8 @@ pub fn run(args: OpenArgs) -> Result<()> {
     let mut printer = Printer {
         out: io::BufWriter::new(io::stdout().lock()),
         json,
-        time: args.time,
+        time: TimeColumn::new(args.time),
         extended: args.extended,
-        first_ts: None,
         malformed: 0,
         truncated: 0,
     };

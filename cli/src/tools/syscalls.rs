@@ -14,7 +14,7 @@ use bpfstream::{FromRecord, Item};
 
 use crate::lifecycle::{task_filter_globals, Attach, CommonArgs, Global, Sink, Tracer, TracerSpec};
 use crate::objects;
-use crate::output::{c_str, cell_left, cell_right, display_bytes, JsonLine};
+use crate::output::{c_str, cell_left, cell_right, display_bytes, JsonLine, TimeColumn};
 use crate::tools::syscall_summary::{Aggregator, GroupBy, IntervalWriter};
 use crate::tools::{high_rate_options, per_cpu_total};
 
@@ -173,8 +173,7 @@ struct Printer<W: Write> {
     /// The table row being built (reused).
     line: String,
     json: bool,
-    time: bool,
-    first_ts: Option<u64>,
+    time: TimeColumn,
     malformed: u64,
     summary: Option<Summary>,
 }
@@ -194,10 +193,7 @@ impl<W: Write> Printer<W> {
                 .num("ret", e.ret)
                 .write_to(&mut self.out);
         }
-        if self.time {
-            let start = *self.first_ts.get_or_insert(e.ts_ns);
-            write!(self.out, "{:<9.3} ", e.ts_ns.saturating_sub(start) as f64 / 1e9)?;
-        }
+        self.time.cell(&mut self.out, e.ts_ns)?;
         // Built by hand into a reused line (integers, no allocation): this runs for every
         // syscall of a storm. Columns as "{:<16} {:>7} {:>7} {:<20} {:>9}.{:03} {}".
         let mut num = itoa::Buffer::new();
@@ -236,9 +232,7 @@ impl<W: Write> Sink for Printer<W> {
         if self.json || self.summary.is_some() {
             return Ok(());
         }
-        if self.time {
-            write!(self.out, "{:<9} ", "TIME(s)")?;
-        }
+        self.time.title(&mut self.out)?;
         writeln!(self.out, "{:<16} {:>7} {:>7} {:<20} {:>13} RET", "COMM", "PID", "TID", "SYSCALL", "DURATION(us)")?;
         self.out.flush()
     }
@@ -286,8 +280,7 @@ pub fn run(args: SyscallsArgs) -> Result<()> {
         out: io::BufWriter::new(io::stdout().lock()),
         line: String::new(),
         json,
-        time: args.time,
-        first_ts: None,
+        time: TimeColumn::new(args.time),
         malformed: 0,
         summary: args.summary.then(|| Summary {
             agg: Aggregator::new(by),
