@@ -9,6 +9,7 @@
  * kernel's own copy has faulted it in.
  */
 #include "bpfstream_filter.h"
+#include "bpfstream_untracked.h"
 #include "open.h"
 
 BPFSTREAM_EXPORT_STRUCT(open_event);
@@ -38,14 +39,6 @@ struct {
 	__type(key, __u64);
 	__type(value, struct open_start);
 } opens SEC(".maps");
-
-/* Opens that passed the filters but could not be followed because `opens` was full. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} untracked SEC(".maps");
 
 /* Reads the name into `s->filename` and sets its length; false if the page was not resident. */
 static __always_inline bool read_filename(struct open_start *s, const char *user)
@@ -87,13 +80,9 @@ static __always_inline int open_enter(__u32 nr, const char *filename, __u64 flag
 		s->event.truncated = 0;
 	}
 	key = bpf_get_current_task();
-	if (bpf_map_update_elem(&opens, &key, s, BPF_ANY)) {
-		__u32 zero = 0;
-		__u64 *n = bpf_map_lookup_elem(&untracked, &zero);
-
-		if (n)
-			(*n)++;
-	}
+	/* Could not be followed: `opens` is full. */
+	if (bpf_map_update_elem(&opens, &key, s, BPF_ANY))
+		bpfstream_count_untracked();
 	return 0;
 }
 

@@ -10,6 +10,7 @@
  * need the outcome and run at sys_exit, still before anything is produced.
  */
 #include "bpfstream_filter.h"
+#include "bpfstream_untracked.h"
 #include "syscalls.h"
 
 BPFSTREAM_EXPORT_STRUCT(syscall_event);
@@ -38,14 +39,6 @@ struct {
 	__type(key, int);
 	__type(value, struct syscall_start);
 } starts SEC(".maps");
-
-/* Syscalls that passed the filters but could not be timed: no memory for the thread's storage. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} untracked SEC(".maps");
 
 static __always_inline bool wanted_syscall(__s64 nr)
 {
@@ -78,11 +71,7 @@ int syscall_enter(__u64 *ctx)
 	}
 	start = bpf_task_storage_get(&starts, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!start) {
-		__u32 zero = 0;
-		__u64 *n = bpf_map_lookup_elem(&untracked, &zero);
-
-		if (n)
-			(*n)++;
+		bpfstream_count_untracked();	/* cannot be timed: no memory for the thread's storage */
 		return 0;
 	}
 	start->nr = nr;
