@@ -133,6 +133,12 @@ impl DropCounters {
     /// means (perf LOST records); only what exceeds both is new.
     pub fn new_drops(&mut self, already: Option<&[u64]>) -> Result<Vec<Lost>, Error> {
         let counters = self.read()?;
+        Ok(self.drops_in(&counters, already))
+    }
+
+    /// [`new_drops`](Self::new_drops) of counters already read (`counters`, indexed by CPU, as
+    /// [`read`](Self::read) returns them), so drops and `produced` come from one snapshot.
+    pub fn drops_in(&mut self, counters: &[Counters], already: Option<&[u64]>) -> Vec<Lost> {
         let mut lost = Vec::new();
         for (cpu, c) in counters.iter().enumerate() {
             let seen = self.reported[cpu].max(already.and_then(|a| a.get(cpu).copied()).unwrap_or(0));
@@ -141,7 +147,7 @@ impl DropCounters {
             }
             self.reported[cpu] = seen.max(c.dropped);
         }
-        Ok(lost)
+        lost
     }
 
     /// Marks `count` drops on `cpu` as reported by other means (a perf LOST record), so

@@ -285,6 +285,42 @@ impl EventSource {
         drained.map(|()| self.totals)
     }
 
+    /// The final drain, once the producers are detached and no program can still be running
+    /// (the caller waits for that, e.g. an RCU grace period after detaching): takes one snapshot
+    /// of the drop counters (`produced` and `dropped` from the same read), reports its drops,
+    /// then consumes until `delivered + dropped` reaches that `produced` or `deadline` passes. A
+    /// record still being written (BUSY) is waited for, not taken for the end of the stream.
+    /// Without drop counters this is [`finish`](Self::finish). May be called again to settle a
+    /// later snapshot; what the counters and the buffer still disagree on is the caller's to
+    /// report.
+    pub fn finish_by<F: Flow>(
+        &mut self,
+        deadline: Instant,
+        mut handler: impl FnMut(Item<'_>) -> F,
+    ) -> Result<Totals, Error> {
+        let Some(counters) = &mut self.counters else { return self.finish(handler) };
+        let snapshot = counters.read()?;
+        for lost in counters.drops_in(&snapshot, Some(&self.perf_lost)) {
+            self.totals.dropped += lost.count;
+            handler(Item::Lost(lost));
+        }
+        let produced = snapshot.iter().map(|c| c.produced).sum();
+        self.totals.produced = Some(produced);
+        self.totals.forced_wakeups = Some(snapshot.iter().map(|c| c.forced_wakeups).sum());
+        self.last_counter_read = Some(Instant::now());
+        let drained = loop {
+            match self.consume_buffer(usize::MAX, &mut handler) {
+                Err(e) => break Err(e),
+                Ok(_) if self.totals.delivered + self.totals.dropped >= produced => break Ok(()),
+                Ok(_) if Instant::now() >= deadline => break Ok(()),
+                Ok(0) => std::thread::sleep(Duration::from_micros(200)),
+                Ok(_) => {}
+            }
+        };
+        self.publish_stats();
+        drained.map(|()| self.totals)
+    }
+
     fn consume_buffer<F: Flow>(&mut self, max: usize, handler: &mut dyn FnMut(Item<'_>) -> F) -> Result<usize, Error> {
         let totals = &mut self.totals;
         let mut deliver =

@@ -30,6 +30,8 @@ mod signals;
 mod size;
 mod tools;
 mod tracefs;
+mod values;
+mod writer;
 
 use std::process::ExitCode;
 
@@ -77,8 +79,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    // Tracers catch SIGINT/SIGTERM to drain, print their summary and detach. The bench and the
-    // lab keep the default action: Ctrl-C ends them at once, and the kernel frees every program,
+    // Tracers catch SIGINT/SIGTERM to detach, drain, print their summary (a second one ends
+    // them at once). The bench and the lab keep the default action: Ctrl-C ends them at once, and the kernel frees every program,
     // link and map they made with the process (nothing is pinned).
     if matches!(cli.command, Command::Syscalls(_) | Command::Exec(_) | Command::Open(_)) {
         signals::install()?;

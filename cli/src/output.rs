@@ -44,17 +44,27 @@ pub fn json_escape_str(out: &mut String, s: &str) {
     out.push_str(&s[run..]);
 }
 
-/// Bytes for a table column: printable text as is, anything else (control characters, bytes
-/// that are not UTF-8) as `\xNN`, so a hostile name cannot move the terminal's cursor.
+/// Bytes for a table column: text a terminal shows as it is, as is; every byte or character a
+/// terminal would hide or reinterpret escaped, so that what is printed reads back as exactly
+/// one name and a hostile one cannot move the cursor, reorder the line, break it or hide part
+/// of itself:
+/// - a backslash is `\\` (so a literal `\x0a` in a name cannot pass for an escaped newline);
+/// - control characters (C0, DEL, C1) and bytes that are not UTF-8 are `\xNN`, per byte;
+/// - characters that are invisible or change the layout are `\u{NNNN}`: bidi controls,
+///   line and paragraph separators, zero-width and other format characters (see [`hidden`]).
 pub fn display_bytes(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
-            if c.is_control() {
+            if c == '\\' {
+                out.push_str("\\\\");
+            } else if c.is_control() {
                 let mut buf = [0u8; 4];
                 for b in c.encode_utf8(&mut buf).bytes() {
                     let _ = write!(out, "\\x{b:02x}");
                 }
+            } else if hidden(c) {
+                let _ = write!(out, "\\u{{{:04x}}}", u32::from(c));
             } else {
                 out.push(c);
             }
@@ -64,6 +74,20 @@ pub fn display_bytes(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Whether a terminal shows `c` as nothing, or lets it change how the rest of the line reads.
+pub fn hidden(c: char) -> bool {
+    matches!(u32::from(c),
+        // bidi: ALM, LRM, RLM, embeddings and overrides (LRE..RLO), isolates (LRI..PDI)
+        0x061C | 0x200E | 0x200F | 0x202A..=0x202E | 0x2066..=0x2069
+        // line and paragraph separators
+        | 0x2028 | 0x2029
+        // zero-width and invisible: soft hyphen, Mongolian vowel separator, ZWSP, ZWNJ, ZWJ,
+        // word joiner, invisible operators, deprecated format controls, BOM/ZWNBSP
+        | 0x00AD | 0x180E | 0x200B..=0x200D | 0x2060..=0x2064 | 0x206A..=0x206F | 0xFEFF
+        // blank-looking fillers, interlinear annotations, tag characters
+        | 0x115F | 0x1160 | 0x3164 | 0xFFA0 | 0xFFF9..=0xFFFB | 0xE0000..=0xE007F)
 }
 
 /// The `-T` column of the tracers' tables: seconds since the first event, when asked for.
@@ -214,6 +238,13 @@ impl JsonLine {
         self.buf
     }
 
+    /// The object and its newline.
+    pub fn finish_line(self) -> Vec<u8> {
+        let mut line = self.finish();
+        line.push('\n');
+        line.into_bytes()
+    }
+
     pub fn write_to(self, out: &mut impl Write) -> io::Result<()> {
         let mut line = self.finish();
         line.push('\n');
@@ -267,7 +298,47 @@ mod tests {
 
     #[test]
     fn table_text_escapes_controls() {
-        assert_eq!(display_bytes(b"ab\x1b[2Jc\xff"), "ab\\x1b[2Jc\\xff");
+        assert_eq!(display_bytes(b"ab\x1b[2Jc\x7f\t\n\r"), "ab\\x1b[2Jc\\x7f\\x09\\x0a\\x0d");
+        assert_eq!(display_bytes("c1\u{85}\u{9b}".as_bytes()), "c1\\xc2\\x85\\xc2\\x9b");
         assert_eq!(c_str(b"bash\0\0junk"), b"bash");
+    }
+
+    #[test]
+    fn table_text_escapes_bytes_that_are_not_utf8() {
+        assert_eq!(display_bytes(b"a\xffb\xc3"), "a\\xffb\\xc3");
+    }
+
+    #[test]
+    fn table_text_escapes_the_backslash() {
+        // A file literally named `a\x0ab` must not print like `a` NEWLINE `b` escaped.
+        assert_eq!(display_bytes(b"a\\x0ab"), "a\\\\x0ab");
+        assert_ne!(display_bytes(b"a\\x0ab"), display_bytes(b"a\nb"));
+    }
+
+    #[test]
+    fn table_text_escapes_bidi_controls() {
+        assert_eq!(display_bytes("evil\u{202e}txt.exe".as_bytes()), "evil\\u{202e}txt.exe");
+        for c in ['\u{61c}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{202d}', '\u{2066}', '\u{2069}'] {
+            assert!(hidden(c), "{:x}", u32::from(c));
+        }
+    }
+
+    #[test]
+    fn table_text_escapes_line_and_paragraph_separators() {
+        assert_eq!(display_bytes("a\u{2028}b\u{2029}c".as_bytes()), "a\\u{2028}b\\u{2029}c");
+    }
+
+    #[test]
+    fn table_text_escapes_zero_width_characters() {
+        assert_eq!(display_bytes("ba\u{200b}sh".as_bytes()), "ba\\u{200b}sh");
+        for c in ['\u{ad}', '\u{200c}', '\u{200d}', '\u{2060}', '\u{feff}', '\u{3164}', '\u{e0041}'] {
+            assert!(hidden(c), "{:x}", u32::from(c));
+        }
+    }
+
+    #[test]
+    fn table_text_keeps_what_a_terminal_shows() {
+        assert_eq!(display_bytes("/home/ünïcode/日本/файл 1.txt".as_bytes()), "/home/ünïcode/日本/файл 1.txt");
+        assert!(!hidden('a') && !hidden('é') && !hidden(' '));
     }
 }

@@ -6,22 +6,18 @@ use std::time::Duration;
 /// Largest buffer the tools accept (ring: total; perf: per CPU).
 const MAX_BUFFER: u64 = 1 << 30;
 
-/// Parses `N`, `NK`, `NM` or `NG` (binary units) into bytes.
+/// Parses `N`, `NK`, `NM` or `NG` (binary units; `KB`, `KiB` and lowercase too) into bytes.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => t.split_at(i),
-        None => (t, ""),
-    };
-    let multiplier: u64 = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
-        "" => 1,
-        "K" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let multiplier: u64 = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
         _ => return Err(format!("{text:?} is not a size: use bytes or a K/M/G suffix, e.g. 262144, 256K, 1M")),
     };
-    let n: u64 =
-        digits.parse().map_err(|_| format!("{text:?} is not a size: use bytes or a K/M/G suffix, e.g. 256K"))?;
+    let n = crate::values::parse_unsigned(digits, "a size (bytes or a K/M/G suffix, e.g. 256K)")?;
     n.checked_mul(multiplier).ok_or_else(|| format!("{text:?} is too large"))
 }
 
@@ -100,6 +96,9 @@ mod tests {
         assert_eq!(parse_bytes("1m"), Ok(1 << 20));
         assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
         assert!(parse_bytes("12X").is_err());
+        for junk in ["4kbibi", "4KBB", "+4K", "-4K", " 4K", "4K ", "K", "4.5K"] {
+            assert!(parse_bytes(junk).is_err(), "{junk}");
+        }
         assert!(parse_bytes("").is_err());
         assert!(parse_bytes("99999999999999999999G").is_err());
     }

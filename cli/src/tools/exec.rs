@@ -11,7 +11,7 @@ use std::io::{self, Write};
 use anyhow::Result;
 use bpfstream::{FromRecord, Item};
 
-use crate::lifecycle::{task_filter_globals, Attach, BufferOptions, CommonArgs, Sink, Tracer, TracerSpec};
+use crate::lifecycle::{task_filter_globals, Attach, BufferOptions, CommonArgs, EventRate, Sink, Tracer, TracerSpec};
 use crate::objects;
 use crate::output::{c_str, display_bytes, JsonLine, TimeColumn};
 
@@ -115,11 +115,11 @@ impl<W: Write> Sink for Printer<W> {
 }
 
 pub fn run(args: ExecArgs) -> Result<()> {
-    let options = BufferOptions::from_args(&args.common);
+    let options = BufferOptions::for_tracer(&args.common, EventRate::Moderate);
     let tracer = Tracer::start(&spec(&args.common), &options)?;
     let json = args.common.json;
     let mut printer = Printer {
-        out: io::BufWriter::new(io::stdout().lock()),
+        out: crate::writer::stdout(),
         json,
         time: TimeColumn::new(args.time),
         malformed: 0,

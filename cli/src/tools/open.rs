@@ -9,9 +9,11 @@ use aya::maps::{MapData, PerCpuArray};
 use bpfstream::names::syscall_name;
 use bpfstream::{FromRecord, Item};
 
-use crate::lifecycle::{task_filter_globals, Attach, CommonArgs, Global, Sink, Tracer, TracerSpec};
+use crate::lifecycle::{
+    task_filter_globals, Attach, BufferOptions, CommonArgs, EventRate, Global, Sink, Tracer, TracerSpec,
+};
 use crate::output::{c_str, display_bytes, JsonLine, TimeColumn};
-use crate::tools::{high_rate_options, per_cpu_total};
+use crate::tools::per_cpu_total;
 use crate::{objects, tracefs};
 
 /// `OPEN_FILENAME_MAX` of bpf/open.h: the longest name reported whole.
@@ -55,7 +57,7 @@ pub struct OpenArgs {
     #[command(flatten)]
     pub common: CommonArgs,
     /// Only this thread (filtered in the kernel)
-    #[arg(long, value_name = "TID")]
+    #[arg(long, value_name = "TID", value_parser = crate::values::parse_task_id)]
     pub tid: Option<u32>,
     /// Only failed opens (filtered in the kernel)
     #[arg(short = 'x', long)]
@@ -100,11 +102,11 @@ const OPEN_SYSCALLS: [OpenSyscall; 3] = [
 /// The attach points: the tracepoints of the open syscalls this kernel has (`open` is missing
 /// on architectures without it, `openat2` before Linux 5.6).
 pub fn spec(args: &OpenArgs) -> Result<TracerSpec> {
-    tracefs::ensure_mounted()?;
+    let tracefs = tracefs::Tracefs::open()?;
     let mut attach = Vec::new();
     for s in OPEN_SYSCALLS {
-        if tracefs::tracepoint_exists("syscalls", s.enter_tracepoint)
-            && tracefs::tracepoint_exists("syscalls", s.exit_tracepoint)
+        if tracefs.tracepoint_exists("syscalls", s.enter_tracepoint)
+            && tracefs.tracepoint_exists("syscalls", s.exit_tracepoint)
         {
             attach.push(Attach::Tracepoint {
                 program: s.enter_program,
@@ -189,12 +191,12 @@ impl<W: Write> Sink for Printer<W> {
 }
 
 pub fn run(args: OpenArgs) -> Result<()> {
-    let options = high_rate_options(&args.common);
+    let options = BufferOptions::for_tracer(&args.common, EventRate::High);
     let mut tracer = Tracer::start(&spec(&args)?, &options)?;
     let untracked: PerCpuArray<MapData, u64> = tracer.take_map("untracked")?.try_into()?;
     let json = args.common.json;
     let mut printer = Printer {
-        out: io::BufWriter::new(io::stdout().lock()),
+        out: crate::writer::stdout(),
         json,
         time: TimeColumn::new(args.time),
         extended: args.extended,

@@ -12,11 +12,13 @@ use aya::maps::{MapData, PerCpuArray};
 use bpfstream::names::{errno_name, syscall_name, syscall_number};
 use bpfstream::{FromRecord, Item};
 
-use crate::lifecycle::{task_filter_globals, Attach, CommonArgs, Global, Sink, Tracer, TracerSpec};
+use crate::lifecycle::{
+    task_filter_globals, Attach, BufferOptions, CommonArgs, EventRate, Global, Sink, Tracer, TracerSpec,
+};
 use crate::objects;
 use crate::output::{c_str, cell_left, cell_right, display_bytes, JsonLine, TimeColumn};
+use crate::tools::per_cpu_total;
 use crate::tools::syscall_summary::{Aggregator, GroupBy, IntervalWriter};
-use crate::tools::{high_rate_options, per_cpu_total};
 
 bpfstream::record! {
     /// `struct syscall_event` of bpf/syscalls.h.
@@ -83,7 +85,7 @@ pub fn is_error(ret: i64) -> bool {
 fn comm_text(comm: &[u8; 16]) -> Cow<'_, str> {
     let bytes = c_str(comm);
     match std::str::from_utf8(bytes) {
-        Ok(text) if bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ') => Cow::Borrowed(text),
+        Ok(text) if bytes.iter().all(|&b| (b.is_ascii_graphic() && b != b'\\') || b == b' ') => Cow::Borrowed(text),
         _ => Cow::Owned(display_bytes(bytes)),
     }
 }
@@ -108,7 +110,7 @@ pub struct SyscallsArgs {
     #[command(flatten)]
     pub common: CommonArgs,
     /// Only this thread (filtered in the kernel)
-    #[arg(long, value_name = "TID", value_parser = crate::lifecycle::parse_task_id)]
+    #[arg(long, value_name = "TID", value_parser = crate::values::parse_task_id)]
     pub tid: Option<u32>,
     /// Only these syscalls, by x86-64 name or number (filtered in the kernel)
     #[arg(long, value_name = "NAME[,NAME]", value_parser = parse_syscall_set)]
@@ -129,7 +131,7 @@ pub struct SyscallsArgs {
     #[arg(long, requires = "summary")]
     pub by_process: bool,
     /// With --summary: show only the N rows with the most total time
-    #[arg(long, value_name = "N", requires = "summary", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", requires = "summary", value_parser = crate::values::parse_count)]
     pub top: Option<u64>,
     /// Print a timestamp column (seconds since the first event)
     #[arg(short = 'T', long)]
@@ -270,14 +272,14 @@ impl<W: Write> Sink for Printer<W> {
 }
 
 pub fn run(args: SyscallsArgs) -> Result<()> {
-    let options = high_rate_options(&args.common);
+    let options = BufferOptions::for_tracer(&args.common, EventRate::High);
     let mut tracer = Tracer::start(&spec(&args), &options)?;
     let untracked: PerCpuArray<MapData, u64> = tracer.take_map("untracked")?.try_into()?;
     let json = args.common.json;
     let by = if args.by_process { GroupBy::Process } else { GroupBy::Syscall };
     let now = Instant::now();
     let mut printer = Printer {
-        out: io::BufWriter::new(io::stdout().lock()),
+        out: crate::writer::stdout(),
         line: String::new(),
         json,
         time: TimeColumn::new(args.time),
@@ -356,6 +358,8 @@ mod tests {
         let mut comm = [0u8; 16];
         comm[..6].copy_from_slice(b"a b\x1bc\xff");
         assert_eq!(comm_text(&comm), "a b\\x1bc\\xff");
+        comm[..6].copy_from_slice(b"a\\x0ab");
+        assert_eq!(comm_text(&comm), "a\\\\x0ab");
         comm[..6].copy_from_slice(b"bash\0\0");
         assert!(matches!(comm_text(&comm), Cow::Borrowed("bash")));
     }

@@ -1,0 +1,179 @@
+//! The options every tracer takes, and the one place that turns them into a buffer and its
+//! wakeup policy.
+
+use std::time::Duration;
+
+use bpfstream::{PerfWakeup, Transport, WakeupPolicy};
+
+use crate::values::{comm_parser, parse_task_id, Comm};
+
+/// Default buffer: 256 KiB (ring: total; perf: per CPU).
+pub const DEFAULT_BUFFER_SIZE: u64 = 256 << 10;
+
+/// Options every tracer takes (`cli-contract.md`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Transport: ring (default; falls back to perf where the kernel lacks ring buffers) or perf
+    #[arg(long, value_enum)]
+    pub buffer: Option<BufferKind>,
+    /// Buffer size: ring total bytes, or perf bytes per CPU; a power of two from 4K to 1G
+    #[arg(long, value_name = "BYTES", value_parser = crate::size::parse_buffer_size)]
+    pub buffer_size: Option<u64>,
+    /// Stop after SECS, drain, print the summary and exit 0
+    #[arg(long, value_name = "SECS", value_parser = crate::size::parse_run_duration)]
+    pub duration: Option<Duration>,
+    /// JSON lines on stdout: one object per event, then the summary object
+    #[arg(long)]
+    pub json: bool,
+    /// Only this process (filtered in the kernel)
+    #[arg(long, value_name = "PID", value_parser = parse_task_id)]
+    pub pid: Option<u32>,
+    /// Only tasks whose comm is exactly COMM (first 15 bytes; filtered in the kernel); any byte
+    /// can be given as \xNN, a backslash as \\
+    #[arg(long, value_name = "COMM", value_parser = comm_parser())]
+    pub name: Option<Comm>,
+    /// When producers wake the reader: adaptive (when the reader had caught up), every, never,
+    /// records:N or bytes:N. Default: bytes at a quarter of the buffer for perf buffers and for
+    /// the high-rate tracers (syscalls, open), adaptive otherwise
+    #[arg(long, value_name = "POLICY", value_parser = parse_wakeup)]
+    pub wakeup: Option<Wakeup>,
+    /// Longest a record may wait in the buffer before it is read, whatever the wakeup policy
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = crate::size::parse_run_duration)]
+    pub max_delay: Duration,
+}
+
+/// `--wakeup`, for either transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wakeup {
+    Adaptive,
+    Every,
+    Never,
+    Records(u32),
+    Bytes(u32),
+}
+
+impl Wakeup {
+    /// The ring producers' policy.
+    fn ring(self) -> WakeupPolicy {
+        match self {
+            Wakeup::Adaptive => WakeupPolicy::Adaptive,
+            Wakeup::Every => WakeupPolicy::EveryRecord,
+            Wakeup::Never => WakeupPolicy::Never,
+            Wakeup::Records(n) => WakeupPolicy::EveryRecords(n.into()),
+            Wakeup::Bytes(n) => WakeupPolicy::Bytes(n.into()),
+        }
+    }
+
+    /// The perf buffers' policy (`None`: the default watermark); perf cannot wake less often
+    /// than at half the buffer, so `never` means the default.
+    fn perf(self) -> Option<PerfWakeup> {
+        match self {
+            Wakeup::Every => Some(PerfWakeup::Events(1)),
+            Wakeup::Records(n) => Some(PerfWakeup::Events(n)),
+            Wakeup::Bytes(n) => Some(PerfWakeup::Bytes(n)),
+            Wakeup::Adaptive | Wakeup::Never => None,
+        }
+    }
+}
+
+fn parse_wakeup(text: &str) -> Result<Wakeup, String> {
+    let count = |n: &str| -> Result<u32, String> {
+        match crate::values::parse_count(n) {
+            Ok(v) => u32::try_from(v).map_err(|_| format!("{n:?} is too large")),
+            Err(e) => Err(e),
+        }
+    };
+    match text.split_once(':') {
+        None => match text {
+            "adaptive" => Ok(Wakeup::Adaptive),
+            "every" => Ok(Wakeup::Every),
+            "never" => Ok(Wakeup::Never),
+            _ => Err(format!("unknown wakeup policy {text:?}: use adaptive, every, never, records:N or bytes:N")),
+        },
+        Some(("records", n)) => count(n).map(Wakeup::Records),
+        Some(("bytes", n)) => {
+            let bytes = crate::size::parse_bytes(n)?;
+            match u32::try_from(bytes) {
+                Ok(0) => Err(format!("{n:?} is not a positive size")),
+                Ok(b) => Ok(Wakeup::Bytes(b)),
+                Err(_) => Err(format!("{n:?} is too large")),
+            }
+        }
+        Some(_) => Err(format!("unknown wakeup policy {text:?}: use adaptive, every, never, records:N or bytes:N")),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BufferKind {
+    Ring,
+    Perf,
+}
+
+/// How many events a tracer expects: it decides the default wakeup policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventRate {
+    /// Events by the dozen (exec): wake the reader whenever it had caught up.
+    Moderate,
+    /// Events by the million per second (syscalls, opens): the ring wakes the reader once a
+    /// quarter of it is full instead of whenever it had caught up. Each wakeup costs the traced
+    /// thread an irq_work and an IPI (a VM exit on a virtual machine); under a storm the adaptive
+    /// default wakes a reader that keeps catching up for nearly every record, and the traced
+    /// program runs at the reader's pace. `max_delay` bounds how long a record can wait.
+    High,
+}
+
+/// How to set up the buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferOptions {
+    /// `None`: ring if the kernel has it, else perf (with a notice).
+    pub transport: Option<Transport>,
+    /// Ring: total bytes; perf: bytes per CPU.
+    pub size: u64,
+    /// Ring producers' wakeup policy.
+    pub ring_wakeup: WakeupPolicy,
+    /// Perf buffers' wakeup policy (`None`: a quarter of the buffer).
+    pub perf_wakeup: Option<PerfWakeup>,
+    /// Longest a record may wait before we read it (the poll timeout).
+    pub max_delay: Duration,
+}
+
+impl BufferOptions {
+    /// The buffer and wakeup policy of a tracer: `--wakeup` if given, else the default for its
+    /// event rate.
+    pub fn for_tracer(args: &CommonArgs, rate: EventRate) -> Self {
+        let size = args.buffer_size.unwrap_or(DEFAULT_BUFFER_SIZE);
+        let default_ring = match rate {
+            EventRate::Moderate => WakeupPolicy::Adaptive,
+            EventRate::High => WakeupPolicy::Bytes(size / 4),
+        };
+        BufferOptions {
+            transport: args.buffer.map(|b| match b {
+                BufferKind::Ring => Transport::Ring,
+                BufferKind::Perf => Transport::Perf,
+            }),
+            size,
+            ring_wakeup: args.wakeup.map_or(default_ring, Wakeup::ring),
+            perf_wakeup: args.wakeup.and_then(Wakeup::perf),
+            max_delay: args.max_delay,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wakeup_policies_parse() {
+        assert_eq!(parse_wakeup("adaptive"), Ok(Wakeup::Adaptive));
+        assert_eq!(parse_wakeup("never"), Ok(Wakeup::Never));
+        assert_eq!(parse_wakeup("records:500"), Ok(Wakeup::Records(500)));
+        assert_eq!(parse_wakeup("bytes:64K"), Ok(Wakeup::Bytes(64 << 10)));
+        for bad in ["sometimes", "records:0", "records:x", "records:+5", "bytes:", "bytes:0", "pages:3"] {
+            assert!(parse_wakeup(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Wakeup::Records(7).ring(), WakeupPolicy::EveryRecords(7));
+        assert_eq!(Wakeup::Never.perf(), None);
+        assert_eq!(Wakeup::Bytes(9).perf(), Some(PerfWakeup::Bytes(9)));
+    }
+}

@@ -1,0 +1,197 @@
+//! Loading and attaching a tracer's BPF object: the transport, the read-only globals, the
+//! programs and where they attach, and the event stream of the loaded object.
+
+use std::os::fd::{AsFd, BorrowedFd};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::Map;
+use aya::programs::{RawTracePoint, TracePoint};
+use aya::{Ebpf, EbpfLoader};
+use bpfstream::accounting::{STATS_MAP, WAKEUP_ARG_GLOBAL, WAKEUP_POLICY_GLOBAL};
+use bpfstream::{DropCounters, EventSource, PerfOptions, Transport};
+
+use super::args::{BufferOptions, CommonArgs};
+use crate::tracefs;
+
+/// Name of the events map in every bpfstream BPF object (`bpfstream.h`).
+pub const EVENTS_MAP: &str = "events";
+
+/// One BPF program and where it attaches.
+#[derive(Debug, Clone, Copy)]
+pub enum Attach {
+    /// `SEC("tracepoint/<category>/<name>")`, attached through tracefs.
+    Tracepoint { program: &'static str, category: &'static str, name: &'static str },
+    /// `SEC("raw_tp/<name>")`: the tracepoint's raw arguments, without the copy into a trace
+    /// record classic tracepoints make, and no tracefs needed.
+    RawTracePoint { program: &'static str, name: &'static str },
+}
+
+/// A BPF object compiled for both transports (`bpf/build.sh`).
+#[derive(Debug, Clone, Copy)]
+pub struct Objects {
+    pub ring: &'static [u8],
+    pub perf: &'static [u8],
+}
+
+/// A read-only global to set before loading.
+#[derive(Debug, Clone)]
+pub struct Global {
+    pub name: &'static str,
+    pub bytes: Vec<u8>,
+}
+
+impl Global {
+    pub fn u32(name: &'static str, value: u32) -> Self {
+        Global { name, bytes: value.to_ne_bytes().to_vec() }
+    }
+    pub fn u64(name: &'static str, value: u64) -> Self {
+        Global { name, bytes: value.to_ne_bytes().to_vec() }
+    }
+    pub fn bool(name: &'static str, value: bool) -> Self {
+        Global { name, bytes: vec![u8::from(value)] }
+    }
+    /// A `char[16]` comm; longer names are cut to 15 bytes, as the kernel cuts comm.
+    pub fn comm(name: &'static str, comm: &[u8]) -> Self {
+        let mut bytes = vec![0u8; 16];
+        let n = comm.len().min(crate::values::COMM_MAX);
+        bytes[..n].copy_from_slice(&comm[..n]);
+        Global { name, bytes }
+    }
+}
+
+/// The globals of `bpf/include/bpfstream_filter.h`: the task filters every tracer applies in
+/// the kernel (`--pid`, `--tid`, `--name`), and bpfstream's own process, never traced.
+pub fn task_filter_globals(args: &CommonArgs, tid: Option<u32>) -> Vec<Global> {
+    vec![
+        Global::u32("self_tgid", std::process::id()),
+        Global::u32("targ_pid", args.pid.unwrap_or(0)),
+        Global::u32("targ_tid", tid.unwrap_or(0)),
+        Global::bool("filter_comm", args.name.is_some()),
+        Global::comm("targ_comm", args.name.as_ref().map_or(&[][..], |c| c.bytes())),
+    ]
+}
+
+/// What a tracer is made of.
+#[derive(Debug, Clone)]
+pub struct TracerSpec {
+    /// Shown in `Tracing <what> via ...`.
+    pub what: &'static str,
+    pub objects: Objects,
+    pub attach: Vec<Attach>,
+    pub globals: Vec<Global>,
+}
+
+/// Set to make bpfstream behave as on a kernel without ring buffers (to exercise the perf
+/// fallback on a modern kernel).
+pub const NO_RINGBUF_ENV: &str = "BPFSTREAM_NO_RINGBUF";
+
+fn ring_supported() -> bool {
+    std::env::var_os(NO_RINGBUF_ENV).is_none() && Transport::ring_supported()
+}
+
+/// Resolves the transport, with the fallback notice of the contract.
+pub fn choose_transport(requested: Option<Transport>) -> Result<Transport> {
+    match requested {
+        Some(Transport::Ring) if !ring_supported() => {
+            bail!("this kernel has no BPF ring buffers (BPF_MAP_TYPE_RINGBUF needs Linux 5.8); use --buffer perf")
+        }
+        Some(t) => Ok(t),
+        None => {
+            let t = if ring_supported() { Transport::Ring } else { Transport::Perf };
+            if t == Transport::Perf {
+                eprintln_lossy!(
+                    "Notice: this kernel has no BPF ring buffers (Linux 5.8+); using perf buffers instead."
+                );
+            }
+            Ok(t)
+        }
+    }
+}
+
+/// The fd of a loaded map, for the maps bpfstream objects contain.
+pub fn map_fd(map: &Map) -> Result<BorrowedFd<'_>> {
+    let data = match map {
+        Map::RingBuf(m)
+        | Map::PerfEventArray(m)
+        | Map::PerCpuArray(m)
+        | Map::Array(m)
+        | Map::HashMap(m)
+        | Map::PerCpuHashMap(m)
+        | Map::LruHashMap(m) => m,
+        Map::Unsupported(m) => m,
+        _ => bail!("unexpected map kind"),
+    };
+    Ok(data.fd().as_fd())
+}
+
+/// Loads a BPF object with the globals and buffer of `spec`/`options` (nothing attached yet).
+pub fn load(spec: &TracerSpec, options: &BufferOptions) -> Result<(Ebpf, Transport)> {
+    let transport = choose_transport(options.transport)?;
+    let (policy, arg) = options.ring_wakeup.globals();
+    let size = u32::try_from(options.size).map_err(|_| anyhow!("buffer size {} is too large", options.size))?;
+    let mut loader = EbpfLoader::new();
+    // Maps aya has no userspace type for (task storage) are still created for the programs.
+    loader.allow_unsupported_maps();
+    for g in &spec.globals {
+        loader.override_global(g.name, g.bytes.as_slice(), true);
+    }
+    loader.override_global(WAKEUP_POLICY_GLOBAL, &policy, false);
+    loader.override_global(WAKEUP_ARG_GLOBAL, &arg, false);
+    let object = match transport {
+        Transport::Ring => {
+            loader.map_max_entries(EVENTS_MAP, size);
+            spec.objects.ring
+        }
+        Transport::Perf => spec.objects.perf,
+    };
+    let bpf = loader.load(object).map_err(|e| load_error(spec.what, e))?;
+    Ok((bpf, transport))
+}
+
+fn load_error(what: &str, e: aya::EbpfError) -> anyhow::Error {
+    let text = format!("{e:#}");
+    let hint = if text.contains("Operation not permitted") || text.contains("EPERM") {
+        crate::privileges::eperm_hint()
+    } else {
+        String::new()
+    };
+    anyhow!("loading the BPF program for {what} failed{hint}: {text}")
+}
+
+/// Loads and attaches every program of `spec`.
+pub fn attach(bpf: &mut Ebpf, spec: &TracerSpec) -> Result<()> {
+    let needs_tracefs = spec.attach.iter().any(|a| matches!(a, Attach::Tracepoint { .. }));
+    // Held (and, if bpfstream mounted it, unmounted) until every tracepoint is attached.
+    let _tracefs = if needs_tracefs { Some(tracefs::Tracefs::open()?) } else { None };
+    for a in &spec.attach {
+        match *a {
+            Attach::Tracepoint { program, category, name } => {
+                let p: &mut TracePoint = program_mut(bpf, program)?.try_into()?;
+                p.load().with_context(|| format!("verifying {program}"))?;
+                p.attach(category, name)
+                    .with_context(|| format!("attaching {program} to tracepoint {category}/{name}"))?;
+            }
+            Attach::RawTracePoint { program, name } => {
+                let p: &mut RawTracePoint = program_mut(bpf, program)?.try_into()?;
+                p.load().with_context(|| format!("verifying {program}"))?;
+                p.attach(name).with_context(|| format!("attaching {program} to raw tracepoint {name}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn program_mut<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    bpf.program_mut(name).ok_or_else(|| anyhow!("BPF object has no program {name}"))
+}
+
+/// The event stream of a loaded object: its `events` map with its drop counters.
+pub fn open_source(bpf: &Ebpf, options: &BufferOptions) -> Result<EventSource> {
+    let events = bpf.map(EVENTS_MAP).ok_or_else(|| anyhow!("BPF object has no {EVENTS_MAP} map"))?;
+    let fd = map_fd(events)?;
+    let perf_pages = (options.size as usize / bpfstream::page_size()).max(1);
+    let mut source = EventSource::open(fd, PerfOptions { pages_per_cpu: perf_pages, wakeup: options.perf_wakeup })?;
+    source.expect_wakeups(options.ring_wakeup);
+    let stats = bpf.map(STATS_MAP).ok_or_else(|| anyhow!("BPF object has no {STATS_MAP} map"))?;
+    Ok(source.with_counters(DropCounters::new(map_fd(stats)?)?))
+}

@@ -1,0 +1,166 @@
+//! A tracer from `Tracing...` to its summary: one event source served directly (a poll with a
+//! timeout, records handed to the sink), until SIGINT/SIGTERM, `--duration` or a failed output
+//! ends the loop; then [`super::stop`] takes it to the last event.
+
+use std::io;
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use aya::maps::Map;
+use aya::Ebpf;
+use bpfstream::{EventSource, Item};
+
+use super::args::BufferOptions;
+use super::load::{attach, load, open_source, TracerSpec};
+use super::stop;
+use super::summary::{is_broken_pipe, Summary};
+use crate::signals;
+use crate::size::human_bytes;
+use crate::writer::{stdout_queue, Queue};
+
+/// Longest single wait: a signal that lands between the check of the stop flag and the start
+/// of the wait does not interrupt it, so the wait itself must end soon.
+const LONGEST_WAIT: Duration = Duration::from_millis(250);
+
+/// Where a tracer's items go.
+pub trait Sink {
+    /// Before the first event: a table's column titles.
+    fn header(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// One record or loss report.
+    fn item(&mut self, item: Item<'_>) -> io::Result<()>;
+    /// After every poll (a batch) and after the final drain: flush output, print periodic
+    /// summaries.
+    fn tick(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A sink and what it was given: records since the last batch, and its first error.
+pub(super) struct Feed<'a> {
+    sink: &'a mut dyn Sink,
+    queue: &'a Queue,
+    records: u64,
+    pub(super) failure: Option<io::Error>,
+}
+
+impl Feed<'_> {
+    /// Hands `item` over; an error stops the consume at once.
+    pub(super) fn item(&mut self, item: Item<'_>) -> ControlFlow<()> {
+        if self.failure.is_some() {
+            return ControlFlow::Break(());
+        }
+        let record = matches!(item, Item::Record(_));
+        match self.sink.item(item) {
+            Ok(()) => {
+                self.records += u64::from(record);
+                ControlFlow::Continue(())
+            }
+            Err(e) => {
+                self.failure = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    /// The end of a batch: its events go with the output the sink flushes now.
+    pub(super) fn end_batch(&mut self) {
+        self.queue.note_events(std::mem::take(&mut self.records));
+        if let Err(e) = self.sink.tick() {
+            self.failure.get_or_insert(e);
+        }
+    }
+
+    /// Whether the loop must end: the sink failed, or stdout did.
+    fn broken(&self) -> bool {
+        self.failure.is_some() || self.queue.error().is_some()
+    }
+}
+
+/// A loaded, attached tracer and its event stream.
+pub struct Tracer {
+    bpf: Ebpf,
+    source: EventSource,
+    what: &'static str,
+    size: u64,
+}
+
+impl std::fmt::Debug for Tracer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracer").field("what", &self.what).field("source", &self.source).finish()
+    }
+}
+
+impl Tracer {
+    /// Loads, attaches and opens the stream; then announces `Tracing...` on stderr.
+    pub fn start(spec: &TracerSpec, options: &BufferOptions) -> Result<Self> {
+        let (mut bpf, _) = load(spec, options)?;
+        // Open the buffer before attaching: perf buffers must be in the map before the first
+        // event, or those events would be dropped for want of a slot.
+        let source = open_source(&bpf, options)?;
+        attach(&mut bpf, spec)?;
+        let tracer = Tracer { bpf, source, what: spec.what, size: options.size };
+        eprintln_lossy!("Tracing {} via {}... Hit Ctrl-C to end.", tracer.what, tracer.describe_buffer());
+        Ok(tracer)
+    }
+
+    /// `ring buffer (256 KiB)` or `perf buffer (256 KiB per CPU, 2 CPUs)`.
+    pub fn describe_buffer(&self) -> String {
+        match self.source.as_perf() {
+            None => format!("ring buffer ({})", human_bytes(self.size)),
+            Some(perf) => format!("perf buffer ({} per CPU, {} CPUs)", human_bytes(self.size), perf.cpus().len()),
+        }
+    }
+
+    /// Takes one of the object's maps out of it (e.g. a tool's own counters), to read after
+    /// [`run`](Self::run) has detached the programs.
+    pub fn take_map(&mut self, name: &str) -> Result<Map> {
+        self.bpf.take_map(name).ok_or_else(|| anyhow!("BPF object has no {name} map"))
+    }
+
+    /// Streams into `sink` until SIGINT/SIGTERM, the `duration`, or a failed output (a sink
+    /// error, or stdout: closed, full). Then detaches every program, drains the buffer into the
+    /// sink to the last event and returns the accounting; the output then has until
+    /// [`Summary::print`] to be written.
+    pub fn run(mut self, duration: Option<Duration>, max_delay: Duration, sink: &mut dyn Sink) -> Result<Summary> {
+        let started = Instant::now();
+        let queue = stdout_queue();
+        let mut feed = Feed { sink, queue, records: 0, failure: None };
+        let streamed = self.stream(duration.map(|d| started + d), max_delay, &mut feed);
+        let elapsed = started.elapsed();
+        let buffer_bytes = self.source.buffer_bytes();
+        let transport = self.source.transport();
+        let Tracer { bpf, mut source, .. } = self;
+        let ending = stop::Ending::now();
+        let totals = stop::detach_and_drain(bpf, &mut source, ending, &mut feed)?;
+        streamed?;
+        if let Some(e) = feed.failure {
+            if !is_broken_pipe(&e) {
+                return Err(anyhow!(e).context("writing events"));
+            }
+        }
+        Ok(Summary::new(totals, transport, buffer_bytes, elapsed, ending))
+    }
+
+    /// The loop: one poll per batch, bounded by `max_delay` (and [`LONGEST_WAIT`]).
+    fn stream(&mut self, deadline: Option<Instant>, max_delay: Duration, feed: &mut Feed<'_>) -> Result<()> {
+        if let Err(e) = feed.sink.header() {
+            feed.failure = Some(e);
+        }
+        feed.end_batch();
+        while !signals::stop_requested() && !feed.broken() {
+            let timeout = match deadline {
+                None => max_delay,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left.min(max_delay),
+                    _ => break,
+                },
+            };
+            self.source.poll(Some(timeout.min(LONGEST_WAIT)), |item: Item<'_>| feed.item(item))?;
+            feed.end_batch();
+        }
+        Ok(())
+    }
+}

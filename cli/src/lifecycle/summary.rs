@@ -1,0 +1,122 @@
+//! The accounting of one run, and where it is printed: the JSON summary goes to stdout if
+//! stdout can still take it by the stop's deadline, the text one to stderr; when stdout is
+//! unusable (blocked, full), the summary comes on stderr instead, with what was not written.
+
+use std::io;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use bpfstream::{Totals, Transport};
+
+use super::stop::Ending;
+use crate::output::JsonLine;
+use crate::size::human_bytes;
+use crate::writer::{stderr_queue, stdout_queue};
+
+/// The accounting of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    /// Records read from the buffer and handed to the output.
+    pub events: u64,
+    pub dropped: u64,
+    pub produced: Option<u64>,
+    pub bytes: u64,
+    pub transport: Transport,
+    pub buffer_bytes: u64,
+    pub elapsed: Duration,
+    ending: Ending,
+}
+
+pub fn is_broken_pipe(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::BrokenPipe
+}
+
+impl Summary {
+    pub(super) fn new(
+        totals: Totals,
+        transport: Transport,
+        buffer_bytes: u64,
+        elapsed: Duration,
+        ending: Ending,
+    ) -> Self {
+        Summary {
+            events: totals.delivered,
+            dropped: totals.dropped,
+            produced: totals.produced,
+            bytes: totals.bytes,
+            transport,
+            buffer_bytes,
+            elapsed,
+            ending,
+        }
+    }
+
+    /// Events the BPF side produced that are neither written, nor unwritten, nor reported
+    /// dropped (0; anything else is a bug worth shouting about).
+    pub fn unaccounted(&self) -> i128 {
+        self.produced.map_or(0, |p| i128::from(p) - i128::from(self.events) - i128::from(self.dropped))
+    }
+
+    /// The summary object; tools add their own fields before writing it. `events` counts what
+    /// was written: events + dropped + unwritten = produced.
+    fn json(&self, unwritten: u64) -> JsonLine {
+        let secs = self.elapsed.as_secs_f64();
+        let written = self.events.saturating_sub(unwritten);
+        let mut line = JsonLine::new("summary")
+            .num("events", written)
+            .num("dropped", self.dropped)
+            .num("unwritten", unwritten)
+            .str("buffer", self.transport.name())
+            .num("buffer_bytes", self.buffer_bytes);
+        if let Some(p) = self.produced {
+            line = line.num("produced", p).num("unaccounted", self.unaccounted());
+        }
+        line.num("bytes", self.bytes).float("duration_s", secs).float("events_per_sec", written as f64 / secs.max(1e-9))
+    }
+
+    /// One line for humans (stderr).
+    fn text(&self, unwritten: u64) -> String {
+        let mut s = format!("{} events, {} dropped", self.events.saturating_sub(unwritten), self.dropped);
+        if unwritten > 0 {
+            s.push_str(&format!(", {unwritten} unwritten (stdout did not take them)"));
+        }
+        s.push_str(&format!(
+            " in {:.1} s via {} buffer ({} mapped)",
+            self.elapsed.as_secs_f64(),
+            self.transport,
+            human_bytes(self.buffer_bytes)
+        ));
+        if let Some(p) = self.produced {
+            s.push_str(&format!("; produced {p}"));
+        }
+        s
+    }
+
+    /// Prints the summary (JSON on stdout, or text on stderr; on stderr too when stdout cannot
+    /// take it in time) plus a warning if the accounting does not add up. Waits for the output
+    /// until the stop's deadlines at most. Fails when stdout failed for another reason than a
+    /// reader that left.
+    pub fn print(&self, json: bool, extend: impl FnOnce(JsonLine) -> JsonLine, extra_text: &str) -> Result<()> {
+        let out = stdout_queue();
+        let unwritten = out.settle(self.ending.events_by);
+        let err = stderr_queue();
+        let on_stdout = json && out.write_by(extend(self.json(unwritten)).finish_line(), self.ending.summary_by);
+        if !on_stdout {
+            let text = format!("{}{extra_text}\n", self.text(unwritten));
+            err.write_by(text.into_bytes(), self.ending.summary_by);
+        }
+        if self.unaccounted() != 0 {
+            let text = format!(
+                "warning: {} events produced by the BPF side are neither delivered nor counted as dropped (unaccounted)\n",
+                self.unaccounted()
+            );
+            err.write_by(text.into_bytes(), self.ending.summary_by);
+        }
+        match out.error() {
+            Some(kind) if kind != io::ErrorKind::BrokenPipe => {
+                Err(anyhow!("writing to stdout failed: {}", io::Error::from(kind)))
+            }
+            _ => Ok(()),
+        }
+    }
+}
