@@ -46,24 +46,26 @@ pub fn start(args: &[&str]) -> Running {
 
 /// [`start`] with extra environment variables for the child.
 pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
-    let mut child = Command::new(bin())
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bpfstream");
+    let mut command = Command::new(bin());
+    command.args(args).envs(env.iter().copied()).stdout(Stdio::piped());
+    start_command(command, &format!("{args:?}"))
+}
+
+/// Starts `command` (stdin null, stderr piped; stdout as the command says, read line by line
+/// when piped) and waits (up to 60 s) for the `Tracing` line on stderr.
+pub fn start_command(mut command: Command, what: &str) -> Running {
+    let mut child = command.stdin(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn bpfstream");
     let (out_tx, out_rx) = mpsc::channel();
-    let stdout = child.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if out_tx.send(line).is_err() {
-                break;
+    if let Some(stdout) = child.stdout.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if out_tx.send(line).is_err() {
+                    break;
+                }
             }
-        }
-    });
+        });
+    }
     let stderr_text = std::sync::Arc::new(Mutex::new(String::new()));
     let (ready_tx, ready_rx) = mpsc::channel();
     let stderr = child.stderr.take().expect("stderr");
@@ -87,7 +89,7 @@ pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
     if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
         let _ = child.kill();
         let _ = child.wait();
-        panic!("bpfstream {args:?} never printed its Tracing line; stderr:\n{}", stderr_text.lock().unwrap());
+        panic!("bpfstream {what} never printed its Tracing line; stderr:\n{}", stderr_text.lock().unwrap());
     }
     Running { child, stdout: out_rx, received: Default::default(), stderr: stderr_text }
 }

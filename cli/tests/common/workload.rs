@@ -56,6 +56,11 @@ impl Workload {
     /// Forks the child: it sets its comm to `comm` and its cwd to `cwd`, then blocks until
     /// [`go`](Self::go).
     pub fn spawn(comm: &str, cwd: Option<&std::path::Path>, steps: Vec<Step>) -> Workload {
+        Self::spawn_with_comm(comm.as_bytes(), cwd, steps)
+    }
+
+    /// [`spawn`](Self::spawn) with a comm of any bytes (not necessarily UTF-8; no NUL).
+    pub fn spawn_with_comm(comm: &[u8], cwd: Option<&std::path::Path>, steps: Vec<Step>) -> Workload {
         let comm = CString::new(comm).unwrap();
         let cwd = cwd.map(|p| CString::new(p.as_os_str().as_encoded_bytes()).unwrap());
         let mut fds = [0; 2];
