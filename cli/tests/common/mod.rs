@@ -37,6 +37,8 @@ pub struct Running {
     stdout: mpsc::Receiver<String>,
     received: std::cell::RefCell<Vec<String>>,
     stderr: std::sync::Arc<Mutex<String>>,
+    /// Disconnected once stderr reached its end.
+    stderr_eof: mpsc::Receiver<()>,
 }
 
 /// Starts `bpfstream args...` and waits (up to 60 s) for the `Tracing` line on stderr.
@@ -70,7 +72,9 @@ pub fn start_command(mut command: Command, what: &str) -> Running {
     let (ready_tx, ready_rx) = mpsc::channel();
     let stderr = child.stderr.take().expect("stderr");
     let text = stderr_text.clone();
+    let (eof_tx, stderr_eof) = mpsc::channel::<()>();
     std::thread::spawn(move || {
+        let _eof = eof_tx;
         let mut reader = BufReader::new(stderr);
         let mut line = String::new();
         loop {
@@ -91,7 +95,7 @@ pub fn start_command(mut command: Command, what: &str) -> Running {
         let _ = child.wait();
         panic!("bpfstream {what} never printed its Tracing line; stderr:\n{}", stderr_text.lock().unwrap());
     }
-    Running { child, stdout: out_rx, received: Default::default(), stderr: stderr_text }
+    Running { child, stdout: out_rx, received: Default::default(), stderr: stderr_text, stderr_eof }
 }
 
 /// What a finished run printed.
@@ -151,7 +155,9 @@ impl Running {
         while let Ok(line) = self.stdout.recv_timeout(Duration::from_secs(5)) {
             stdout.push(line);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // Everything the process wrote to stderr, up to its end (a loaded machine may run the
+        // reader late).
+        let _ = self.stderr_eof.recv_timeout(Duration::from_secs(10));
         let stderr = self.stderr.lock().unwrap().clone();
         assert!(!stderr.contains("panicked"), "bpfstream panicked:\n{stderr}");
         Finished { status, stdout, stderr }
