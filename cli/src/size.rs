@@ -8,6 +8,10 @@ const MAX_BUFFER: u64 = 1 << 30;
 
 /// Parses `N`, `NK`, `NM` or `NG` (binary units; `KB`, `KiB` and lowercase too) into bytes.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    if text.starts_with(['+', '-']) {
+        // The shared parser says why (a sign, a negative number).
+        crate::values::parse_unsigned(text, "a size")?;
+    }
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let multiplier: u64 = match unit.to_ascii_uppercase().as_str() {
