@@ -121,7 +121,7 @@ fn perf_storm_stopped_by_sigint_50_times_is_exact_every_time() {
 
 /// A pipe whose read end is kept open and never read: stdout blocks once it is full.
 fn blocked_pipe() -> (OwnedFd, OwnedFd) {
-    let (read, write) = std::io::pipe().unwrap();
+    let (read, write) = pipe();
     (read.into(), write.into())
 }
 
@@ -169,7 +169,7 @@ fn duration_ends_a_run_whose_stdout_is_blocked() {
 fn a_slow_reader_gets_every_line_it_reads_and_the_rest_is_counted() {
     let Some(_kernel) = kernel_test() else { return };
     let _storm = Storm::start();
-    let (read, write) = std::io::pipe().unwrap();
+    let (read, write) = pipe();
     let reader = std::thread::spawn(move || {
         let mut read = read;
         let mut buf = [0u8; 4096];
@@ -211,7 +211,7 @@ fn a_full_disk_ends_the_run_with_the_summary_on_stderr_and_exit_1() {
 fn a_closed_stdout_ends_the_run_cleanly_with_the_summary_on_stderr() {
     let Some(_kernel) = kernel_test() else { return };
     let _storm = Storm::start();
-    let (read, write) = std::io::pipe().unwrap();
+    let (read, write) = pipe();
     drop(read);
     let run = start_to(&["syscalls", "--name", STORM_COMM], write);
     let finished = run.wait();

@@ -196,6 +196,16 @@ pub fn run_to_end_with_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>,
     (status.code(), err)
 }
 
+/// A pipe: (read end, write end), both close-on-exec (std::io::pipe needs Rust 1.87).
+pub fn pipe() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: two fresh fds, owned by nothing else.
+    unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) }
+}
+
 /// A copy of /bin/true at `dir/name`, so its execs are recognizable by path and comm.
 pub fn probe_binary(dir: &Path, name: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
