@@ -108,6 +108,19 @@ const HOSTILE_NAMES: [(&str, &str); 5] = [
     ("esc\x1b[2J", "esc\\x1b[2J"),
 ];
 
+/// Stops `run` and checks its table: a header, then one row per name of [`HOSTILE_NAMES`], in
+/// order, ending with `prefix` and the name as it must be shown.
+fn assert_rows_end_with_escaped_names(run: Running, prefix: &str) {
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let rows = &finished.stdout[1..];
+    assert_eq!(rows.len(), HOSTILE_NAMES.len(), "one line per name: {rows:?}");
+    for (row, (_, shown)) in rows.iter().zip(HOSTILE_NAMES) {
+        let expected = format!("{prefix}{shown}");
+        assert!(row.ends_with(&expected), "{row:?} should end with {expected:?}");
+    }
+}
+
 #[test]
 fn open_table_escapes_hostile_names() {
     let Some(_kernel) = kernel_test() else { return };
@@ -124,14 +137,7 @@ fn open_table_escapes_hostile_names() {
     let pid = child.pid().to_string();
     let run = start(&["open", "--pid", &pid]);
     child.go();
-    let finished = run.stop();
-    assert!(finished.status.success(), "{}", finished.stderr);
-    let rows = &finished.stdout[1..];
-    assert_eq!(rows.len(), HOSTILE_NAMES.len(), "one line per open: {rows:?}");
-    for (row, (_, shown)) in rows.iter().zip(HOSTILE_NAMES) {
-        let expected = format!("{}/{shown}", dir.display());
-        assert!(row.ends_with(&expected), "{row:?} should end with {expected:?}");
-    }
+    assert_rows_end_with_escaped_names(run, &format!("{}/", dir.display()));
 }
 
 #[test]
@@ -145,14 +151,7 @@ fn exec_table_escapes_hostile_names() {
         let probe = probe_binary(&dir, &format!("{comm}{name}"));
         let _ = Command::new(&probe).status().unwrap();
     }
-    let finished = run.stop();
-    assert!(finished.status.success(), "{}", finished.stderr);
-    let rows = &finished.stdout[1..];
-    assert_eq!(rows.len(), HOSTILE_NAMES.len(), "one line per exec: {rows:?}");
-    for (row, (_, shown)) in rows.iter().zip(HOSTILE_NAMES) {
-        let expected = format!("{}/{comm}{shown}", dir.display());
-        assert!(row.ends_with(&expected), "{row:?} should end with {expected:?}");
-    }
+    assert_rows_end_with_escaped_names(run, &format!("{}/{comm}", dir.display()));
 }
 
 #[test]
