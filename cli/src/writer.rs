@@ -21,6 +21,9 @@ use std::time::Instant;
 /// (the buffer in the kernel keeps filling meanwhile, and drops are counted there).
 pub const MAX_QUEUED: usize = 16 << 20;
 
+/// Initial room for a batch of output (a batch grows as it needs).
+const BATCH: usize = 64 << 10;
+
 /// A batch of output and the events whose lines it holds.
 struct Chunk {
     bytes: Vec<u8>,
@@ -100,14 +103,11 @@ impl Queue {
     fn push(&self, bytes: Vec<u8>) {
         let mut state = self.lock();
         let events = std::mem::take(&mut state.pending);
-        if state.abandoned {
-            return;
-        }
         if bytes.is_empty() {
             // Nothing to write: the events (folded into a summary, or malformed) are done with.
             return;
         }
-        if state.error.is_some() || state.queued_bytes + bytes.len() > MAX_QUEUED {
+        if state.abandoned || state.error.is_some() || state.queued_bytes + bytes.len() > MAX_QUEUED {
             state.unwritten += events;
             return;
         }
@@ -208,7 +208,7 @@ pub struct Output {
 
 impl Output {
     pub fn new(queue: Arc<Queue>) -> Self {
-        Output { buf: Vec::with_capacity(64 << 10), queue }
+        Output { buf: Vec::with_capacity(BATCH), queue }
     }
 }
 
@@ -231,7 +231,8 @@ impl Write for Output {
     /// Queues the batch. Never blocks and never fails: a failed output is found with
     /// [`Queue::error`] and accounted as unwritten.
     fn flush(&mut self) -> io::Result<()> {
-        let batch = std::mem::replace(&mut self.buf, Vec::with_capacity(64 << 10));
+        let batch =
+            if self.buf.is_empty() { Vec::new() } else { std::mem::replace(&mut self.buf, Vec::with_capacity(BATCH)) };
         self.queue.push(batch);
         Ok(())
     }
