@@ -245,3 +245,24 @@ fn a_second_sigint_ends_the_process_at_once() {
     assert_eq!(finished.status.code(), Some(130), "{}", finished.stderr);
     assert_nothing_left(before, TRACER_OBJECTS);
 }
+
+/// The `events` of the summary are the lines written: a reader that takes everything gets one
+/// line per event counted, under a storm and its drops, in both transports.
+#[test]
+fn every_event_counted_is_a_line_written() {
+    let Some(_kernel) = kernel_test() else { return };
+    let _storm = Storm::start();
+    for transport in ["ring", "perf"] {
+        let run = start(&["syscalls", "--json", "--buffer", transport, "--buffer-size", "64K", "--name", STORM_COMM]);
+        std::thread::sleep(Duration::from_millis(300));
+        let finished = run.stop();
+        assert!(finished.status.success(), "{}", finished.stderr);
+        let summary = finished.summary();
+        let lines = finished.of_type("syscall").len() as u64;
+        let n = |key: &str| summary[key].as_u64().unwrap_or_else(|| panic!("{key} in {summary}"));
+        assert_eq!(n("events"), lines, "{summary}");
+        assert_eq!(n("events") + n("dropped") + n("unwritten"), n("produced"), "{summary}");
+        assert_eq!(summary["unaccounted"], 0, "{summary}");
+        assert!(lines > 0, "{summary}");
+    }
+}

@@ -133,8 +133,8 @@ impl Tracer {
         let buffer_bytes = self.source.buffer_bytes();
         let transport = self.source.transport();
         let Tracer { bpf, mut source, .. } = self;
-        let ending = stop::Ending::now();
-        let totals = stop::detach_and_drain(bpf, &mut source, ending, &mut feed)?;
+        let ending = stop::detach(bpf);
+        let totals = stop::drain(&mut source, ending, &mut feed)?;
         streamed?;
         if let Some(e) = feed.failure {
             if !is_broken_pipe(&e) {

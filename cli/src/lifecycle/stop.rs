@@ -8,8 +8,9 @@
 //!    drain's deadline; what is left is reported as `unaccounted`, never hidden;
 //! 4. the output gets until its own deadline to be written; what is not is `unwritten`.
 //!
-//! Every deadline counts from the moment the loop ended, so a stop takes at most [`STOP_BUDGET`]
-//! plus the detach itself.
+//! Every deadline counts from the end of the detach, so a stop takes the detach (what the kernel
+//! takes to unlink the programs) plus at most [`STOP_BUDGET`] (plus [`SUMMARY_AT_LEAST`] when
+//! the output used up its share).
 
 use std::time::{Duration, Instant};
 
@@ -19,12 +20,15 @@ use bpfstream::{EventSource, Item, Totals};
 
 use super::run::Feed;
 
-/// The longest a stop takes once the loop ends (the contract says 1 s).
-pub const STOP_BUDGET: Duration = Duration::from_millis(900);
+/// The longest a stop takes after the detach (the contract says 1 s in all).
+pub const STOP_BUDGET: Duration = Duration::from_millis(850);
 /// Of it, the drain's share; the output has the rest.
 const DRAIN_BUDGET: Duration = Duration::from_millis(400);
 /// Of the output's share, what the events may take; the summary line has the rest.
 const EVENTS_BUDGET: Duration = Duration::from_millis(300);
+/// What the summary always gets, even when the output used up its share: enough for a reader
+/// that takes it to get it.
+pub const SUMMARY_AT_LEAST: Duration = Duration::from_millis(100);
 
 /// When each part of a stop must be done.
 #[derive(Debug, Clone, Copy)]
@@ -36,7 +40,7 @@ pub struct Ending {
 
 impl Ending {
     /// The deadlines of a stop that begins now.
-    pub fn now() -> Self {
+    fn now() -> Self {
         let began = Instant::now();
         Ending {
             drain_by: began + DRAIN_BUDGET,
@@ -44,17 +48,25 @@ impl Ending {
             summary_by: began + STOP_BUDGET,
         }
     }
+
+    /// When the summary must be written: its deadline, but never less than
+    /// [`SUMMARY_AT_LEAST`] from now.
+    pub fn summary_deadline(&self) -> Instant {
+        self.summary_by.max(Instant::now() + SUMMARY_AT_LEAST)
+    }
 }
 
-/// Steps 1 to 3: detaches `bpf` and drains `source` into `feed` to the last event the counters
-/// account for (or the drain's deadline).
-pub(super) fn detach_and_drain(
-    bpf: Ebpf,
-    source: &mut EventSource,
-    ending: Ending,
-    feed: &mut Feed<'_>,
-) -> Result<Totals> {
+/// Step 1: detaches every program of `bpf` (closing a classic tracepoint's link waits for a
+/// grace period in the kernel, so this takes what the kernel takes) and starts the clock of the
+/// rest of the stop.
+pub(super) fn detach(bpf: Ebpf) -> Ending {
     drop(bpf);
+    Ending::now()
+}
+
+/// Steps 2 and 3: drains `source` into `feed` to the last event the counters account for (or
+/// the drain's deadline).
+pub(super) fn drain(source: &mut EventSource, ending: Ending, feed: &mut Feed<'_>) -> Result<Totals> {
     let mut previous: Option<u64> = None;
     loop {
         wait_for_running_programs();

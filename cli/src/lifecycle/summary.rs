@@ -100,17 +100,18 @@ impl Summary {
         let out = stdout_queue();
         let unwritten = out.settle(self.ending.events_by);
         let err = stderr_queue();
-        let on_stdout = json && out.write_by(extend(self.json(unwritten)).finish_line(), self.ending.summary_by);
+        let on_stdout =
+            json && out.write_by(extend(self.json(unwritten)).finish_line(), self.ending.summary_deadline());
         if !on_stdout {
             let text = format!("{}{extra_text}\n", self.text(unwritten));
-            err.write_by(text.into_bytes(), self.ending.summary_by);
+            err.write_by(text.into_bytes(), self.ending.summary_deadline());
         }
         if self.unaccounted() != 0 {
             let text = format!(
                 "warning: {} events produced by the BPF side are neither delivered nor counted as dropped (unaccounted)\n",
                 self.unaccounted()
             );
-            err.write_by(text.into_bytes(), self.ending.summary_by);
+            err.write_by(text.into_bytes(), self.ending.summary_deadline());
         }
         match out.error() {
             Some(kind) if kind != io::ErrorKind::BrokenPipe => {
