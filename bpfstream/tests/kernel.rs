@@ -532,3 +532,28 @@ fn poller_handlers_borrow_locals_and_stats_are_live() {
     assert!(stats.wakeups > 0, "{stats:?}");
     assert!(stats.peak_fill > 0 && stats.fill.capacity == 256 << 10, "{stats:?}");
 }
+
+/// A ring map has one consumer in this process: a second one (through any fd of the map) would
+/// publish past records the first still lends. Refused until the first is dropped.
+#[test]
+fn a_ring_map_has_one_consumer_per_process() {
+    let Some(_kernel) = kernel_test() else { return };
+    let mut probe = PingProbe::load(PingOptions::new(Transport::Ring)).unwrap();
+    let mut first = bpfstream::RingBuffer::new(probe.map("events").unwrap()).unwrap();
+    let err = bpfstream::RingBuffer::new(probe.map("events").unwrap()).unwrap_err();
+    assert!(matches!(err, bpfstream::Error::AlreadyConsumed { .. }), "{err}");
+    assert!(err.to_string().contains("\"events\""), "{err}");
+    let err = probe.source().unwrap_err().to_string();
+    assert!(err.contains("already has a consumer"), "{err}");
+    probe.attach().unwrap();
+    ping(1, len_of(1));
+    let mut seen = Seen::default();
+    assert_eq!(first.consume(|r: &[u8]| seen.record(r)).unwrap(), 1);
+    drop(first);
+    let mut source = probe.source().expect("free once the first consumer is dropped");
+    ping(2, len_of(2));
+    source.consume(|item: Item<'_>| seen.item(item)).unwrap();
+    drop(source);
+    probe.detach();
+    assert_eq!(seen.seqs(), [1, 2]);
+}
