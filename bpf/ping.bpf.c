@@ -53,4 +53,34 @@ int handle_ping(struct pt_regs *ctx)
 	return 0;
 }
 
+/*
+ * One call of bpfstream_ping_behind_discard(seq) in the traced process: reserves a record, sends
+ * ping `seq` (fixed size) reserved behind it, then discards the first. The consumer waits at
+ * the discarded record while the ping behind it is committed: only the discard's wakeup (or the
+ * consumer's own look) can announce it.
+ */
+SEC("uprobe")
+int handle_ping_behind_discard(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct ping_event *head, *e;
+
+	if (targ_tgid && tgid != targ_tgid)
+		return 0;
+	head = bpfstream_reserve(struct ping_event);
+	if (!head)
+		return 0;
+	e = bpfstream_reserve(struct ping_event);
+	if (!e) {
+		bpfstream_discard(head);
+		return 0;
+	}
+	e->seq = PT_REGS_PARM1(ctx);
+	e->len = 0;
+	e->cpu = bpf_get_smp_processor_id();
+	bpfstream_submit(ctx, e);
+	bpfstream_discard(head);
+	return 0;
+}
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

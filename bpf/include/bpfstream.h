@@ -182,8 +182,28 @@ static __always_inline void bpfstream_submit_rec(void *rec, __u64 size)
 	bpf_ringbuf_submit(rec, bpfstream_wakeup_flags(size));
 }
 
+/*
+ * Wakeup flags for a discard. A discarded record delivers nothing, but the consumer may be
+ * waiting right at it, with records committed behind it that woke nobody (their commit wakes
+ * only a consumer waiting at them). With the adaptive and every-record policies the discard
+ * therefore passes flags 0: the kernel wakes the consumer exactly when it waits at this record.
+ * The batching policies (count, bytes, never) leave what waits behind it to their next forced
+ * wakeup or the reader's timeout, as for any record.
+ */
+static __always_inline __u64 bpfstream_discard_flags(void)
+{
+	switch (bpfstream_wakeup_policy) {
+	case BPFSTREAM_WAKE_COUNT:
+	case BPFSTREAM_WAKE_BYTES:
+	case BPFSTREAM_WAKE_NEVER:
+		return BPF_RB_NO_WAKEUP;
+	default:
+		return 0;
+	}
+}
+
 #define bpfstream_submit(ctx, rec) bpfstream_submit_rec((rec), sizeof(*(rec)))
-#define bpfstream_discard(rec) bpf_ringbuf_discard((rec), BPF_RB_NO_WAKEUP)
+#define bpfstream_discard(rec) bpf_ringbuf_discard((rec), bpfstream_discard_flags())
 
 /* Send `len` bytes (1..BPFSTREAM_SCRATCH_SIZE) of `data` as one record of exactly that length. */
 static __always_inline long bpfstream_output(void *ctx, void *data, __u64 len)

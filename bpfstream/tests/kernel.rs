@@ -557,3 +557,45 @@ fn a_ring_map_has_one_consumer_per_process() {
     probe.detach();
     assert_eq!(seen.seqs(), [1, 2]);
 }
+
+/// A ping committed behind a record that is discarded after it (adaptive wakeups, no delay
+/// timer): the discard wakes the stream waiting at it, so the ping is delivered at once rather
+/// than stranded until some later wakeup.
+#[test]
+fn a_record_behind_a_discarded_head_is_delivered_without_a_timer() {
+    let Some(_kernel) = kernel_test() else { return };
+    let mut probe = PingProbe::load(PingOptions::new(Transport::Ring)).unwrap();
+    let source = probe.source().unwrap();
+    probe.attach_program("handle_ping_behind_discard", "bpfstream_ping_behind_discard").unwrap();
+    let (mut latencies, totals) = runtime().block_on(async {
+        let mut stream = EventStream::new(source).unwrap();
+        stream.set_max_delay(None);
+        let mut latencies = Vec::new();
+        for seq in 0..20 {
+            let producer = tokio::task::spawn_blocking(move || {
+                // Send once the stream sleeps on an empty ring.
+                std::thread::sleep(Duration::from_millis(20));
+                let sent = std::time::Instant::now();
+                ping::bpfstream_ping_behind_discard(seq);
+                sent
+            });
+            // Not `timeout`: it would poll the stream once more when it expires, and that look
+            // finds the record. Only a wakeup may deliver it here.
+            let event = tokio::select! {
+                biased;
+                () = tokio::time::sleep(Duration::from_secs(5)) => panic!("the record behind the discarded head was stranded"),
+                event = stream.next() => event,
+            };
+            let received = std::time::Instant::now();
+            let event = event.unwrap().unwrap();
+            latencies.push(received - producer.await.unwrap());
+            let Event::Record(record) = event else { panic!("{event:?}") };
+            assert_eq!(ping::decode(&record.data).unwrap().0.seq, seq);
+        }
+        (latencies, stream.into_inner().0.totals())
+    });
+    probe.detach();
+    latencies.sort();
+    eprintln!("record behind a discarded head: median {:?}, max {:?}", latencies[10], latencies[19]);
+    assert_eq!((totals.delivered, totals.dropped), (20, 0), "{totals:?}");
+}
