@@ -599,3 +599,25 @@ fn a_record_behind_a_discarded_head_is_delivered_without_a_timer() {
     eprintln!("record behind a discarded head: median {:?}, max {:?}", latencies[10], latencies[19]);
     assert_eq!((totals.delivered, totals.dropped), (20, 0), "{totals:?}");
 }
+
+/// A second perf buffer on a map takes its slots over; dropping the first leaves them to it.
+#[test]
+fn dropping_a_perf_buffer_leaves_the_slots_its_successor_took_over() {
+    let Some(_kernel) = kernel_test() else { return };
+    let mut probe = PingProbe::load(PingOptions::new(Transport::Perf)).unwrap();
+    let options = bpfstream::PerfOptions::default();
+    let first = bpfstream::PerfBuffer::new(probe.map("events").unwrap(), options).unwrap();
+    let mut second = bpfstream::PerfBuffer::new(probe.map("events").unwrap(), options).unwrap();
+    drop(first);
+    probe.attach().unwrap();
+    for seq in 0..10 {
+        ping(seq, len_of(seq));
+    }
+    let mut seen = Seen::default();
+    second.consume(|item: Item<'_>| seen.item(item)).unwrap();
+    drop(second);
+    probe.detach();
+    let mut seqs = seen.seqs();
+    seqs.sort();
+    assert_eq!((seqs, seen.lost), ((0..10).collect::<Vec<_>>(), 0));
+}
