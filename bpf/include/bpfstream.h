@@ -19,7 +19,19 @@
  * Accounting (userspace relies on it): every attempt counts `produced` and every failure counts
  * `dropped` in the per-CPU `bpfstream_stats` map. bpf_ringbuf_reserve() returning NULL is
  * otherwise invisible to userspace; with these counters it is reported like a perf LOST record,
- * and delivered + dropped == produced holds for every stream.
+ * and delivered + dropped == produced holds for every stream. `produced` is counted before a
+ * record can reach the consumer (before the commit or the output), `dropped` after the failure,
+ * in both transports: a reader never sees delivered + dropped > produced. The counters are
+ * added atomically, so they stay exact when programs interleave on a CPU (uprobes and other
+ * preemptible program types run with only migration disabled).
+ *
+ * Preemptible programs (uprobes, sleepable programs): define BPFSTREAM_PREEMPTIBLE before
+ * including this header. bpfstream_scratch() (and, in the perf variant, bpfstream_reserve())
+ * then takes a per-CPU guard: while one program builds a record in the CPU's scratch memory,
+ * another that asks for it on the same CPU gets NULL, counted produced and dropped. The guard is
+ * released by bpfstream_output() (which must then send the scratch memory), by
+ * bpfstream_discard(), or by bpfstream_scratch_release() on a path that sends nothing. (The
+ * guard's compare-and-swap needs Linux 5.12.)
  *
  * Wakeup policy (ring variant; the perf variant's policy lives in perf_event_attr and is set by
  * userspace): read-only globals set at load time.
@@ -94,23 +106,69 @@ static __always_inline struct bpfstream_counters *bpfstream_counters(void)
 	return bpf_map_lookup_elem(&bpfstream_stats, &zero);
 }
 
-/* Per-CPU scratch memory; tracing programs do not nest on one CPU, so it is ours until return. */
-static __always_inline void *bpfstream_scratch(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&bpfstream_scratch_map, &zero);
-}
-
-static __always_inline void bpfstream_count(bool dropped)
+/* A record is about to be sent: counted before the consumer can see it. */
+static __always_inline void bpfstream_count_produced(void)
 {
 	struct bpfstream_counters *c = bpfstream_counters();
 
-	if (!c)
-		return;
-	c->produced++;
-	if (dropped)
-		c->dropped++;
+	if (c)
+		__sync_fetch_and_add(&c->produced, 1);
+}
+
+/* A record counted produced could not be written. */
+static __always_inline void bpfstream_count_dropped(void)
+{
+	struct bpfstream_counters *c = bpfstream_counters();
+
+	if (c)
+		__sync_fetch_and_add(&c->dropped, 1);
+}
+
+#ifdef BPFSTREAM_PREEMPTIBLE
+/* 1 while a program on this CPU builds a record in bpfstream_scratch_map. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} bpfstream_scratch_guard SEC(".maps");
+#endif
+
+/* Gives the CPU's scratch memory back (BPFSTREAM_PREEMPTIBLE; nothing otherwise). */
+static __always_inline void bpfstream_scratch_release(void)
+{
+#ifdef BPFSTREAM_PREEMPTIBLE
+	__u32 zero = 0;
+	__u64 *busy = bpf_map_lookup_elem(&bpfstream_scratch_guard, &zero);
+
+	if (busy)
+		__sync_lock_test_and_set(busy, 0);
+#endif
+}
+
+/*
+ * Per-CPU scratch memory, ours until the record is sent. Tracing programs that run with
+ * preemption disabled do not nest on a CPU; preemptible ones take the guard (see the top).
+ */
+static __always_inline void *bpfstream_scratch(void)
+{
+	__u32 zero = 0;
+	void *scratch;
+
+#ifdef BPFSTREAM_PREEMPTIBLE
+	__u64 *busy = bpf_map_lookup_elem(&bpfstream_scratch_guard, &zero);
+
+	if (!busy || __sync_val_compare_and_swap(busy, 0, 1) != 0) {
+		/* Another program is building a record here: this attempt is dropped. */
+		bpfstream_count_produced();
+		bpfstream_count_dropped();
+		return NULL;
+	}
+#endif
+	scratch = bpf_map_lookup_elem(&bpfstream_scratch_map, &zero);
+	if (!scratch)
+		bpfstream_scratch_release();
+	return scratch;
 }
 
 #ifndef BPFSTREAM_PERF
@@ -128,6 +186,8 @@ static __always_inline __u64 bpfstream_wakeup_flags(__u64 size)
 		break;
 	case BPFSTREAM_WAKE_COUNT:
 		c = bpfstream_counters();
+		/* since_wakeup only paces wakeups: an interleaving that loses an increment moves
+		 * one wakeup by a record. Plain adds keep this path free of fetching atomics. */
 		if (c && ++c->since_wakeup >= bpfstream_wakeup_arg) {
 			c->since_wakeup = 0;
 			flags = BPF_RB_FORCE_WAKEUP;
@@ -158,7 +218,7 @@ static __always_inline __u64 bpfstream_wakeup_flags(__u64 size)
 	if (flags == BPF_RB_FORCE_WAKEUP) {
 		c = bpfstream_counters();
 		if (c)
-			c->forced_wakeups++;
+			__sync_fetch_and_add(&c->forced_wakeups, 1);
 	}
 	return flags;
 }
@@ -171,31 +231,53 @@ static __always_inline __u64 bpfstream_wakeup_flags(__u64 size)
 
 static __always_inline void *bpfstream_reserved(void *rec)
 {
-	if (!rec)
-		bpfstream_count(true);
+	if (!rec) {
+		bpfstream_count_produced();
+		bpfstream_count_dropped();
+	}
 	return rec;
 }
 
 static __always_inline void bpfstream_submit_rec(void *rec, __u64 size)
 {
-	bpfstream_count(false);
+	bpfstream_count_produced();
 	bpf_ringbuf_submit(rec, bpfstream_wakeup_flags(size));
 }
 
+/*
+ * Wakeup flags for a discard. A discarded record delivers nothing, but the consumer may be
+ * waiting right at it, with records committed behind it that woke nobody (their commit wakes
+ * only a consumer waiting at them). With the adaptive and every-record policies the discard
+ * therefore passes flags 0: the kernel wakes the consumer exactly when it waits at this record.
+ * The batching policies (count, bytes, never) leave what waits behind it to their next forced
+ * wakeup or the reader's timeout, as for any record.
+ */
+static __always_inline __u64 bpfstream_discard_flags(void)
+{
+	switch (bpfstream_wakeup_policy) {
+	case BPFSTREAM_WAKE_COUNT:
+	case BPFSTREAM_WAKE_BYTES:
+	case BPFSTREAM_WAKE_NEVER:
+		return BPF_RB_NO_WAKEUP;
+	default:
+		return 0;
+	}
+}
+
 #define bpfstream_submit(ctx, rec) bpfstream_submit_rec((rec), sizeof(*(rec)))
-#define bpfstream_discard(rec) bpf_ringbuf_discard((rec), BPF_RB_NO_WAKEUP)
+#define bpfstream_discard(rec) bpf_ringbuf_discard((rec), bpfstream_discard_flags())
 
 /* Send `len` bytes (1..BPFSTREAM_SCRATCH_SIZE) of `data` as one record of exactly that length. */
 static __always_inline long bpfstream_output(void *ctx, void *data, __u64 len)
 {
-	long err;
+	long err = -22; /* -EINVAL */
 
-	if (len == 0 || len > BPFSTREAM_SCRATCH_SIZE) {
-		bpfstream_count(true);
-		return -22; /* -EINVAL */
-	}
-	err = bpf_ringbuf_output(&events, data, len, bpfstream_wakeup_flags(len));
-	bpfstream_count(err != 0);
+	bpfstream_count_produced();
+	if (len > 0 && len <= BPFSTREAM_SCRATCH_SIZE)
+		err = bpf_ringbuf_output(&events, data, len, bpfstream_wakeup_flags(len));
+	bpfstream_scratch_release();
+	if (err)
+		bpfstream_count_dropped();
 	return err;
 }
 
@@ -208,18 +290,18 @@ static __always_inline long bpfstream_output(void *ctx, void *data, __u64 len)
  */
 #define bpfstream_reserve(type) ((type *)bpfstream_scratch())
 #define bpfstream_submit(ctx, rec) bpfstream_output((ctx), (rec), sizeof(*(rec)))
-#define bpfstream_discard(rec) do { } while (0)
+#define bpfstream_discard(rec) bpfstream_scratch_release()
 
 static __always_inline long bpfstream_output(void *ctx, void *data, __u64 len)
 {
-	long err;
+	long err = -22; /* -EINVAL */
 
-	if (len == 0 || len > BPFSTREAM_SCRATCH_SIZE) {
-		bpfstream_count(true);
-		return -22; /* -EINVAL */
-	}
-	err = bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, data, len);
-	bpfstream_count(err != 0);
+	bpfstream_count_produced();
+	if (len > 0 && len <= BPFSTREAM_SCRATCH_SIZE)
+		err = bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, data, len);
+	bpfstream_scratch_release();
+	if (err)
+		bpfstream_count_dropped();
 	return err;
 }
 #endif /* BPFSTREAM_PERF */

@@ -58,7 +58,7 @@ fn ring_pass(payloads: Payloads, publish_every_record: bool) -> Pass {
     while ring.output(&payload[..payloads.nth(written)]).is_some() {
         written += 1;
     }
-    let mut consumer = ring.consumer();
+    let mut consumer = ring.consumer().expect("one consumer");
     if publish_every_record {
         consumer.set_publish_every(0);
     }

@@ -36,6 +36,13 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The buffer already has a consumer in this process (one consumer per ring: a second one
+    /// would free records the first still lends out).
+    #[error("{what} already has a consumer in this process: drop it before opening another")]
+    AlreadyConsumed {
+        /// The buffer.
+        what: String,
+    },
     /// A size the kernel would reject.
     #[error("invalid {what} {value}: must be {valid}")]
     InvalidSize {

@@ -55,11 +55,16 @@
 //! - `Sync`: every `&self` method only reads (atomic loads of the kernel's positions, plain
 //!   fields); everything that consumes takes `&mut self`. The record protocols need a single
 //!   consumer (only it writes `consumer_pos` / `data_tail`, and a lent record stays valid until
-//!   it moves them), and `&mut` is exactly that within a process. What the compiler cannot see is
-//!   a second consumer of the same ring map (a second [`RingBuffer`] on the map, or another
-//!   process): it would move the consumer position under a lent record. One consumer per ring
-//!   map is the kernel protocol's rule; do not break it. (A second [`PerfBuffer`] on a map only
-//!   takes the map's slots over: each has its own events and rings.)
+//!   it moves them), and `&mut` is exactly that for one consumer. A second consumer of the same
+//!   ring map would move the consumer position under a lent record, so within a process
+//!   [`RingBuffer::new`] refuses one ([`Error::AlreadyConsumed`]) until the first is dropped,
+//!   whatever fd it is given. A consumer in another process is beyond what the library can see:
+//!   one consumer per ring map is the kernel protocol's rule, do not break it across processes.
+//!   (A second [`PerfBuffer`] on a map only takes the map's slots over: each has its own events
+//!   and rings, and dropping the first leaves the slots to the second.)
+//! - Whatever the kernel's memory holds (a corrupt header, a producer position more than a
+//!   ring ahead), a record is lent only from inside the mapping: anything else is an
+//!   [`Error::Corrupt`].
 //! - [`Poller`] holds `&mut dyn Source` and handler closures without a `Send` bound, precisely so
 //!   that handlers can borrow anything (an `Rc`, a `RefCell`, a `&mut` to a local): it lives on
 //!   the thread that runs it; wake it from others with a [`Waker`].
@@ -77,6 +82,7 @@ pub mod degrade;
 mod error;
 pub mod merge;
 pub mod names;
+mod ownership;
 pub mod perfbuf;
 pub mod poller;
 pub mod ringbuf;

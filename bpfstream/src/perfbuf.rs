@@ -47,6 +47,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::ownership::PerfSlots;
 use crate::scan;
 use crate::stats::Fill;
 use crate::sys::{self, map_type, Epoll, Mmap, PerfEventAttr};
@@ -129,27 +130,35 @@ where
     let data = mem.data();
     let mut pass = Pass::default();
     // Only we write data_tail.
-    let mut tail = mem.data_tail().load(Ordering::Relaxed);
-    let start = tail;
-    let mut published = tail;
+    let start = mem.data_tail().load(Ordering::Relaxed);
+    // Bytes consumed and published since `start` (positions wrap at 2^64; these stay small).
+    let mut done = 0u64;
+    let mut published = 0u64;
     // Most streams repeat one sample size; guess the smallest sample record.
     let mut stride = scan::Stride::new(HEADER_SIZE + 8);
 
     let result = 'outer: loop {
         // (C): pairs with the kernel's smp_wmb() (B) before it stores data_head; everything
         // below the head we read is fully written.
-        let head = mem.data_head().load(Ordering::Acquire);
-        if tail >= head || tail - start >= size {
+        let end = mem.data_head().load(Ordering::Acquire).wrapping_sub(start);
+        // The kernel writes only while data_head - data_tail <= size.
+        let lead = end.wrapping_sub(done);
+        if lead > size {
+            break Err(corrupt(start.wrapping_add(done), lead, "data_head is more than one buffer ahead"));
+        }
+        // One lap at most: a producer faster than the handler must not keep us here forever.
+        if lead == 0 || done >= size {
             break Ok(());
         }
-        while tail < head {
+        while done < end {
             // Within the batch, publish every `publish_every` bytes (checked per stretch, not
             // per record).
-            let stretch_end = head.min(published + publish_every);
-            while tail < stretch_end {
+            let stretch_end = end.min(published + publish_every);
+            while done < stretch_end {
                 if pass.records >= max || pass.stopped {
                     break 'outer Ok(());
                 }
+                let tail = start.wrapping_add(done);
                 let offset = (tail & mask) as usize;
                 scan::prefetch(data.as_ptr().wrapping_add(offset + scan::PREFETCH_AHEAD));
                 // SAFETY: headers are 8-aligned and size is a multiple of 8, so the 8 header bytes
@@ -158,7 +167,8 @@ where
                 let header: [u8; 8] = unsafe { data.as_ptr().add(offset).cast::<[u8; 8]>().read() };
                 let kind = u32::from_ne_bytes([header[0], header[1], header[2], header[3]]);
                 let length = u64::from(u16::from_ne_bytes([header[6], header[7]]));
-                if length < HEADER_SIZE || length % 8 != 0 || length > head - tail {
+                // `end - done <= size`: a record that passes this lies within one buffer.
+                if length < HEADER_SIZE || length % 8 != 0 || length > end - done {
                     break 'outer Err(corrupt(
                         tail,
                         length,
@@ -181,7 +191,7 @@ where
                     pass.records += 1;
                     pass.bytes += raw_size;
                     pass.stopped = handler(Item::Record(Record { data: payload, cpu: Some(cpu) })).is_stop();
-                    tail = stride.next(tail, length);
+                    done = stride.next(done, length);
                     continue;
                 }
                 let record: &[u8] = if offset as u64 + length <= size {
@@ -189,7 +199,8 @@ where
                     // data_head.
                     unsafe { std::slice::from_raw_parts(data.as_ptr().add(offset), length as usize) }
                 } else {
-                    // The record wraps: copy its two parts into one contiguous buffer.
+                    // The record wraps: copy its two parts into one contiguous buffer (at most
+                    // `size` bytes: `length <= end - done <= size`).
                     let first = size as usize - offset;
                     scratch.clear();
                     // SAFETY: the record's first part runs to the end of the data area and the
@@ -229,16 +240,16 @@ where
                     }
                     _ => {} // THROTTLE, UNTHROTTLE, ...: nothing for a BPF output consumer.
                 }
-                tail = stride.next(tail, length);
+                done = stride.next(done, length);
             }
-            if tail - published >= publish_every {
-                publish(mem, tail);
-                published = tail;
+            if done - published >= publish_every {
+                publish(mem, start.wrapping_add(done));
+                published = done;
             }
         }
     };
-    if tail != published {
-        publish(mem, tail);
+    if done != published {
+        publish(mem, start.wrapping_add(done));
     }
     result.map(|()| pass)
 }
@@ -336,6 +347,8 @@ pub struct PerfCpuStats {
 /// Minimum kernel: 4.4 (BPF output events); `PERF_FLAG_FD_CLOEXEC` 3.14.
 pub struct PerfBuffer {
     map: OwnedFd,
+    /// The map slots this buffer stored.
+    slots: PerfSlots,
     epoll: Epoll,
     cpus: Vec<CpuRing>,
     scratch: Vec<u8>,
@@ -356,6 +369,11 @@ impl fmt::Debug for PerfBuffer {
 impl PerfBuffer {
     /// Opens a buffer on every online CPU and stores their fds in `map` (a
     /// `BPF_MAP_TYPE_PERF_EVENT_ARRAY` with a slot per possible CPU).
+    ///
+    /// A second buffer on the same map takes the slots over (records go to it from then on);
+    /// dropping the first then leaves them alone. Who stored a slot last is tracked within this
+    /// process: a buffer in another process that overwrites the slots is not seen, and dropping
+    /// ours would empty them.
     pub fn new(map: impl AsFd, options: PerfOptions) -> Result<Self, Error> {
         let map = map.as_fd();
         let info = sys::expect_map_type(map, map_type::PERF_EVENT_ARRAY)?;
@@ -373,6 +391,7 @@ impl PerfBuffer {
         let map = sys::dup(map)?;
         let epoll = Epoll::new()?;
         let mut buffer = PerfBuffer {
+            slots: PerfSlots::new(info.id),
             map,
             epoll,
             cpus: Vec::new(),
@@ -407,8 +426,9 @@ impl PerfBuffer {
             let event = sys::perf_event_open_cpu(&mut attr, cpu)?;
             let mmap = Mmap::map(event.as_fd(), page + data_size, 0, true)?;
             buffer.epoll.add(event.as_fd(), buffer.cpus.len() as u64)?;
-            sys::map_update_u32(buffer.map.as_fd(), cpu, std::os::fd::AsRawFd::as_raw_fd(&event) as u32)?;
-            // From here on Drop removes the slot again.
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&event) as u32;
+            buffer.slots.store(cpu, || sys::map_update_u32(buffer.map.as_fd(), cpu, fd))?;
+            // From here on Drop removes the slot again (unless another buffer took it over).
             buffer.cpus.push(CpuRing { cpu, event, mmap, data_size, lost: 0 });
             sys::perf_event_enable(buffer.cpus.last().expect("just pushed").event.as_fd(), true)?;
         }
@@ -533,8 +553,9 @@ impl AsFd for PerfBuffer {
 impl Drop for PerfBuffer {
     fn drop(&mut self) {
         for ring in &self.cpus {
-            // Empty the slot first so BPF programs stop writing to an event we are closing.
-            sys::map_delete_u32(self.map.as_fd(), ring.cpu);
+            // Empty the slot first so BPF programs stop writing to an event we are closing;
+            // a slot another buffer has taken over since is that buffer's.
+            self.slots.release(ring.cpu, || sys::map_delete_u32(self.map.as_fd(), ring.cpu));
             let _ = sys::perf_event_enable(ring.event.as_fd(), false);
         }
     }

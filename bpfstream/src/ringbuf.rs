@@ -36,6 +36,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::ownership::RingClaim;
 use crate::scan;
 use crate::stats::Fill;
 use crate::sys::{self, map_type, Epoll, Mmap};
@@ -87,6 +88,11 @@ pub(crate) struct Pass {
 /// A batch is what one read of `producer_pos` shows, capped at `publish_every` bytes so that a
 /// long drain still returns space to the producers as it goes.
 ///
+/// Positions are free-running and wrap at 2^64 as the kernel's do; the loop counts bytes from
+/// where it started (`done`, `end`), which stay below two rings. A producer position more than
+/// a ring ahead, or a record longer than what was written, is an [`Error::Corrupt`]: so every
+/// record lent lies within one ring's worth of bytes from its start, inside the double mapping.
+///
 /// Generic over the handler so that a closure is inlined into the loop (no indirect call per
 /// record); `&mut dyn FnMut` still works where one is wanted.
 pub(crate) fn consume<M, F, H>(mem: &M, max: usize, publish_every: u64, handler: &mut H) -> Result<Pass, Error>
@@ -100,29 +106,35 @@ where
     let data = mem.data();
     let mut pass = Pass::default();
     // Only this consumer writes consumer_pos, so a relaxed load sees our own last store.
-    let mut cons = mem.consumer_pos().load(Ordering::Relaxed);
-    let start = cons;
-    let mut published = cons;
+    let start = mem.consumer_pos().load(Ordering::Relaxed);
+    // Bytes consumed and published since `start`.
+    let mut done = 0u64;
+    let mut published = 0u64;
     // Most streams repeat one record size; guess the smallest record (an empty payload).
     let mut stride = scan::Stride::new(HEADER_SIZE);
 
     let result = 'outer: loop {
         // Pairs with smp_store_release(&rb->producer_pos, ...) in __bpf_ringbuf_reserve():
         // every header below the position we read has been written (at least as BUSY).
-        let prod = mem.producer_pos().load(Ordering::Acquire);
+        let end = mem.producer_pos().load(Ordering::Acquire).wrapping_sub(start);
+        // The kernel reserves only while producer_pos - consumer_pos < size.
+        let lead = end.wrapping_sub(done);
+        if lead > size {
+            break Err(corrupt(start.wrapping_add(done), lead, "producer position is more than one ring ahead"));
+        }
         // One lap at most: a producer faster than the handler must not keep us here forever.
-        if cons >= prod || cons - start >= size {
+        if lead == 0 || done >= size {
             break Ok(());
         }
-        while cons < prod {
+        while done < end {
             // Within the batch, publish every `publish_every` bytes (checked per stretch, not
             // per record).
-            let stretch_end = prod.min(published + publish_every);
-            while cons < stretch_end {
+            let stretch_end = end.min(published + publish_every);
+            while done < stretch_end {
                 if pass.records >= max || pass.stopped {
                     break 'outer Ok(());
                 }
-                let offset = (cons & mask) as usize;
+                let offset = (start.wrapping_add(done) & mask) as usize;
                 scan::prefetch(data.as_ptr().wrapping_add(offset + scan::PREFETCH_AHEAD));
                 // SAFETY: `offset + 8 <= size` because offsets are 8-aligned and size is a
                 // multiple of 8; `data` is 8-aligned, so the header is an aligned u32 inside the
@@ -138,19 +150,16 @@ where
                 let len = u64::from(len_word & !(BUSY_BIT | DISCARD_BIT));
                 // Header plus payload, rounded up to 8 (len < 2^30: no overflow).
                 let total = (len + HEADER_SIZE + 7) & !7;
-                if cons + total > prod {
-                    break 'outer Err(Error::Corrupt {
-                        transport: "ring",
-                        position: cons,
-                        length: len,
-                        reason: "record extends past the producer position",
-                    });
+                if total > end - done {
+                    let position = start.wrapping_add(done);
+                    break 'outer Err(corrupt(position, len, "record extends past the producer position"));
                 }
                 if len_word & DISCARD_BIT == 0 {
-                    // SAFETY: the record lies within [cons, prod), i.e. at most `size` bytes from
-                    // `offset`; with the double mapping, `offset + 8 + len <= 2 * size`. The
-                    // record is committed and stays unwritten until consumer_pos passes it, which
-                    // happens only after the handler has returned and dropped this borrow.
+                    // SAFETY: the record lies within the `end - done <= size` bytes written from
+                    // `offset`, so with the double mapping `offset + 8 + len <= 2 * size`. The
+                    // record is committed and stays unwritten until consumer_pos passes it,
+                    // which happens only after the handler has returned and dropped this borrow
+                    // (and no other consumer in this process can move it: `RingClaim`).
                     let payload = unsafe {
                         std::slice::from_raw_parts(data.as_ptr().add(offset + HEADER_SIZE as usize), len as usize)
                     };
@@ -158,18 +167,22 @@ where
                     pass.bytes += len;
                     pass.stopped = handler(payload).is_stop();
                 }
-                cons = stride.next(cons, total);
+                done = stride.next(done, total);
             }
-            if cons - published >= publish_every {
-                publish(mem, cons);
-                published = cons;
+            if done - published >= publish_every {
+                publish(mem, start.wrapping_add(done));
+                published = done;
             }
         }
     };
-    if cons != published {
-        publish(mem, cons);
+    if done != published {
+        publish(mem, start.wrapping_add(done));
     }
     result.map(|()| pass)
+}
+
+fn corrupt(position: u64, length: u64, reason: &'static str) -> Error {
+    Error::Corrupt { transport: "ring", position, length, reason }
 }
 
 fn publish<M: RingMemory + ?Sized>(mem: &M, cons: u64) {
@@ -192,14 +205,10 @@ pub struct RingStats {
 }
 
 pub(crate) fn stats<M: RingMemory + ?Sized>(mem: &M) -> RingStats {
+    let size = mem.size() as u64;
     let consumer_pos = mem.consumer_pos().load(Ordering::Relaxed);
     let producer_pos = mem.producer_pos().load(Ordering::Acquire);
-    RingStats {
-        size: mem.size() as u64,
-        available: producer_pos.saturating_sub(consumer_pos),
-        consumer_pos,
-        producer_pos,
-    }
+    RingStats { size, available: producer_pos.wrapping_sub(consumer_pos).min(size), consumer_pos, producer_pos }
 }
 
 /// The kernel's ring mapped into this process.
@@ -249,6 +258,8 @@ unsafe impl RingMemory for MappedRing {
 ///
 /// Minimum kernel: 5.8.
 pub struct RingBuffer {
+    /// This process's only consumer of the map.
+    _claim: RingClaim,
     fd: OwnedFd,
     ring: MappedRing,
     publish_every: u64,
@@ -268,6 +279,10 @@ impl fmt::Debug for RingBuffer {
 impl RingBuffer {
     /// Maps the ring behind `map` (a `BPF_MAP_TYPE_RINGBUF` fd). The fd is duplicated, so the
     /// consumer keeps the map alive by itself.
+    ///
+    /// A ring has one consumer: while a `RingBuffer` of this process reads the map (whatever fd
+    /// it was opened through), another is refused with [`Error::AlreadyConsumed`]. A consumer
+    /// in another process is beyond what this process can see; do not run one.
     pub fn new(map: impl AsFd) -> Result<Self, Error> {
         let map = map.as_fd();
         let info = sys::expect_map_type(map, map_type::RINGBUF)?;
@@ -279,12 +294,14 @@ impl RingBuffer {
                 std::io::Error::other(format!("{size} is not a power-of-two multiple of the page size")),
             ));
         }
+        let claim = RingClaim::take(info.id, &info.name())?;
         let fd = sys::dup(map)?;
         let consumer = Mmap::map(fd.as_fd(), page, 0, true)?;
         let producer = Mmap::map(fd.as_fd(), page + 2 * size, page, false)?;
         let wakeups = Epoll::new()?;
         wakeups.add_edge_triggered(fd.as_fd(), 0)?;
         Ok(RingBuffer {
+            _claim: claim,
             fd,
             ring: MappedRing { consumer, producer, size },
             publish_every: default_publish_every(size as u64),
@@ -437,7 +454,7 @@ mod protocol_tests {
             every in 1usize..40,
         ) {
             let ring = SimRing::starting_at(1024, start);
-            let mut consumer = ring.consumer();
+            let mut consumer = ring.consumer().unwrap();
             let mut seen: Vec<Vec<u8>> = Vec::new();
             for (seq, &len) in sizes.iter().enumerate() {
                 while ring.output(&payload(seq, len)).is_none() {
@@ -459,7 +476,7 @@ mod protocol_tests {
     fn a_long_drain_returns_space_as_it_goes() {
         let ring = SimRing::new(1 << 16);
         while ring.output(&[7; 8]).is_some() {}
-        let mut consumer = ring.consumer();
+        let mut consumer = ring.consumer().unwrap();
         consumer.set_publish_every(256);
         let mut handled = 0u64;
         let n = consumer
@@ -483,11 +500,11 @@ mod protocol_tests {
         let busy = ring.reserve(3).unwrap();
         ring.output(b"three").unwrap();
         let mut seen = Vec::new();
-        let mut consumer = ring.consumer();
+        let mut consumer = ring.consumer().unwrap();
         consumer.consume(|r: &[u8]| seen.push(r.to_vec())).unwrap();
         assert_eq!(seen, [b"one".to_vec()], "stops at the BUSY record, skipping the discarded one");
-        assert_eq!(ring.stats().consumer_pos, busy.pos, "the BUSY record is not consumed");
-        ring.fill(busy, b"two");
+        assert_eq!(ring.stats().consumer_pos, busy.pos(), "the BUSY record is not consumed");
+        ring.fill(&busy, b"two");
         ring.commit(busy, false);
         consumer.consume(|r: &[u8]| seen.push(r.to_vec())).unwrap();
         assert_eq!(seen, [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
@@ -499,7 +516,7 @@ mod protocol_tests {
         for i in 0..10u8 {
             ring.output(&[i; 3]).unwrap();
         }
-        let mut consumer = ring.consumer();
+        let mut consumer = ring.consumer().unwrap();
         let mut seen = Vec::new();
         assert_eq!(consumer.consume_n(4, |r: &[u8]| seen.push(r[0])).unwrap(), 4);
         let stopped = consumer
@@ -522,11 +539,11 @@ mod protocol_tests {
         let ring = SimRing::new(4096);
         let r = ring.output(b"fine").unwrap();
         ring.output(b"next").unwrap();
-        ring.corrupt_header(r.pos + 16, 5000);
+        ring.corrupt_header(r + 16, 5000);
         let mut seen = 0;
-        let err = ring.consumer().consume(|_: &[u8]| seen += 1).unwrap_err();
+        let err = ring.consumer().unwrap().consume(|_: &[u8]| seen += 1).unwrap_err();
         assert_eq!(seen, 1);
         assert!(err.to_string().contains("past the producer position"), "{err}");
-        assert_eq!(ring.stats().consumer_pos, r.pos + 16, "consumed up to the bad record");
+        assert_eq!(ring.stats().consumer_pos, r + 16, "consumed up to the bad record");
     }
 }

@@ -8,12 +8,13 @@
 //! let mut ring = SimRing::new(4096);
 //! ring.output(b"hello").unwrap();
 //! let mut seen = Vec::new();
-//! ring.consumer().consume(|r: &[u8]| seen.push(r.to_vec())).unwrap();
+//! ring.consumer()?.consume(|r: &[u8]| seen.push(r.to_vec()))?;
 //! assert_eq!(seen, [b"hello".to_vec()]);
+//! # Ok::<(), bpfstream::Error>(())
 //! ```
 
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::perfbuf::{self, PerfMemory};
 use crate::ringbuf::{self, RingMemory, RingStats, BUSY_BIT, DISCARD_BIT, HEADER_SIZE};
@@ -49,11 +50,20 @@ pub struct SimRing {
     producer_pos: AtomicU64,
     data: Box<[AtomicU64]>,
     size: usize,
+    /// A [`SimRingConsumer`] exists (one at a time, as for a kernel ring).
+    consumed: AtomicBool,
+    /// Tells this ring's reservations from another ring's.
+    id: u64,
 }
 
+/// Source of [`SimRing`] identities.
+static NEXT_RING: AtomicU64 = AtomicU64::new(0);
+
 // SAFETY: `data` is 8-aligned (AtomicU64 words) and 2*size bytes; writes mirror every byte at
-// `i` and `i + size`; the producer methods below write a record's bytes only while it is BUSY
-// (before commit) or ahead of producer_pos, never committed bytes the consumer may be reading.
+// `i` and `i + size`. The producer methods write a record's bytes only while it is BUSY (a
+// `Reservation` is committed once, by value, and only on its own ring) or ahead of
+// producer_pos; the methods that write anywhere (`corrupt_header`, `force_positions`) refuse
+// while a consumer exists. So no committed byte a consumer may be lending is ever written.
 unsafe impl RingMemory for SimRing {
     fn consumer_pos(&self) -> &AtomicU64 {
         &self.consumer_pos
@@ -69,20 +79,39 @@ unsafe impl RingMemory for SimRing {
     }
 }
 
-/// A reservation in a [`SimRing`], as returned by `bpf_ringbuf_reserve()`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A reservation in a [`SimRing`], as returned by `bpf_ringbuf_reserve()`: filled while it is
+/// BUSY, committed once (by value).
+#[derive(Debug, PartialEq, Eq)]
 pub struct Reservation {
+    ring: u64,
+    pos: u64,
+    len: u32,
+}
+
+impl Reservation {
     /// Position of the record header.
-    pub pos: u64,
+    pub fn pos(&self) -> u64 {
+        self.pos
+    }
+
     /// Payload length.
-    pub len: u32,
+    pub fn payload_len(&self) -> u32 {
+        self.len
+    }
 }
 
 impl SimRing {
     /// A ring of `size` data bytes (a power of two, at least 16).
     pub fn new(size: usize) -> Self {
         assert!(size.is_power_of_two() && size >= 16, "ring size must be a power of two >= 16");
-        SimRing { consumer_pos: AtomicU64::new(0), producer_pos: AtomicU64::new(0), data: aligned(2 * size), size }
+        SimRing {
+            consumer_pos: AtomicU64::new(0),
+            producer_pos: AtomicU64::new(0),
+            data: aligned(2 * size),
+            size,
+            consumed: AtomicBool::new(false),
+            id: NEXT_RING.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
     /// A ring whose positions start at `pos` (8-aligned), to test wrap-around and large
@@ -97,7 +126,7 @@ impl SimRing {
     fn write(&self, pos: u64, bytes: &[u8]) {
         let mask = self.size as u64 - 1;
         for (i, &b) in bytes.iter().enumerate() {
-            let at = ((pos + i as u64) & mask) as usize;
+            let at = (pos.wrapping_add(i as u64) & mask) as usize;
             store_bytes(&self.data, at, &[b]);
             store_bytes(&self.data, at + self.size, &[b]);
         }
@@ -116,36 +145,47 @@ impl SimRing {
         let cons = self.consumer_pos.load(Ordering::Acquire);
         let prod = self.producer_pos.load(Ordering::Relaxed);
         let total = (u64::from(len) + HEADER_SIZE).next_multiple_of(8);
-        if len & (BUSY_BIT | DISCARD_BIT) != 0 || prod + total - cons > self.size as u64 - 1 {
+        let lead = prod.wrapping_add(total).wrapping_sub(cons);
+        if len & (BUSY_BIT | DISCARD_BIT) != 0 || lead > self.size as u64 - 1 {
             return None;
         }
         self.set_header(prod, len | BUSY_BIT);
-        self.producer_pos.store(prod + total, Ordering::Release);
-        Some(Reservation { pos: prod, len })
+        self.producer_pos.store(prod.wrapping_add(total), Ordering::Release);
+        Some(Reservation { ring: self.id, pos: prod, len })
     }
 
     /// Fills a reserved record's payload.
-    pub fn fill(&self, r: Reservation, payload: &[u8]) {
+    pub fn fill(&self, r: &Reservation, payload: &[u8]) {
+        assert_eq!(r.ring, self.id, "a reservation of another ring");
         assert!(payload.len() <= r.len as usize);
-        self.write(r.pos + HEADER_SIZE, payload);
+        self.write(r.pos.wrapping_add(HEADER_SIZE), payload);
     }
 
     /// Commits a reservation (`bpf_ringbuf_submit`, or `bpf_ringbuf_discard` with `discard`).
     pub fn commit(&self, r: Reservation, discard: bool) {
+        assert_eq!(r.ring, self.id, "a reservation of another ring");
         self.set_header(r.pos, r.len | if discard { DISCARD_BIT } else { 0 });
     }
 
-    /// Reserve, fill and submit (`bpf_ringbuf_output`); `None` when the ring is full.
-    pub fn output(&self, payload: &[u8]) -> Option<Reservation> {
+    /// Reserve, fill and submit (`bpf_ringbuf_output`); returns the record's position, `None`
+    /// when the ring is full.
+    pub fn output(&self, payload: &[u8]) -> Option<u64> {
         let r = self.reserve(payload.len() as u32)?;
-        self.fill(r, payload);
+        let pos = r.pos;
+        self.fill(&r, payload);
         self.commit(r, false);
-        Some(r)
+        Some(pos)
     }
 
-    /// Overwrites the header of the record at `pos` with a raw length word: to simulate
-    /// corruption.
+    /// Panics if a consumer exists: memory may be written anywhere only while nobody reads it.
+    fn assert_unread(&self, what: &str) {
+        assert!(!self.consumed.load(Ordering::Acquire), "{what} while a consumer reads the ring: drop it first");
+    }
+
+    /// Overwrites the header at `pos` with a raw length word, to simulate corruption (no
+    /// consumer may exist: it could be lending the bytes).
     pub fn corrupt_header(&self, pos: u64, len_word: u32) {
+        self.assert_unread("corrupt_header");
         self.set_header(pos, len_word);
     }
 
@@ -154,9 +194,22 @@ impl SimRing {
         ringbuf::stats(self)
     }
 
-    /// A consumer over this memory, running the same protocol code as [`crate::RingBuffer`].
-    pub fn consumer(&self) -> SimRingConsumer<'_> {
-        SimRingConsumer { ring: self, publish_every: ringbuf::default_publish_every(self.size as u64) }
+    /// Overwrites both positions, to simulate a corrupt or foreign consumer position or a
+    /// producer position the protocol cannot produce (no consumer may exist).
+    pub fn force_positions(&self, consumer_pos: u64, producer_pos: u64) {
+        self.assert_unread("force_positions");
+        self.consumer_pos.store(consumer_pos, Ordering::Relaxed);
+        self.producer_pos.store(producer_pos, Ordering::Release);
+    }
+
+    /// The consumer over this memory, running the same protocol code as [`crate::RingBuffer`].
+    /// As there, a ring has one consumer at a time: [`Error::AlreadyConsumed`] while another
+    /// exists.
+    pub fn consumer(&self) -> Result<SimRingConsumer<'_>, Error> {
+        if self.consumed.swap(true, Ordering::Acquire) {
+            return Err(Error::AlreadyConsumed { what: "this simulated ring".into() });
+        }
+        Ok(SimRingConsumer { ring: self, publish_every: ringbuf::default_publish_every(self.size as u64) })
     }
 }
 
@@ -165,6 +218,12 @@ impl SimRing {
 pub struct SimRingConsumer<'a> {
     ring: &'a SimRing,
     publish_every: u64,
+}
+
+impl Drop for SimRingConsumer<'_> {
+    fn drop(&mut self) {
+        self.ring.consumed.store(false, Ordering::Release);
+    }
 }
 
 impl SimRingConsumer<'_> {
@@ -242,14 +301,15 @@ impl SimPerf {
     pub fn write_raw(&mut self, bytes: &[u8]) -> bool {
         let head = self.data_head.load(Ordering::Relaxed);
         let tail = self.data_tail.load(Ordering::Acquire);
-        if head + bytes.len() as u64 - tail > self.size as u64 {
+        let end = head.wrapping_add(bytes.len() as u64);
+        if end.wrapping_sub(tail) > self.size as u64 {
             return false;
         }
         let mask = self.size as u64 - 1;
         for (i, &b) in bytes.iter().enumerate() {
-            store_bytes(&self.data, ((head + i as u64) & mask) as usize, &[b]);
+            store_bytes(&self.data, (head.wrapping_add(i as u64) & mask) as usize, &[b]);
         }
-        self.data_head.store(head + bytes.len() as u64, Ordering::Release);
+        self.data_head.store(end, Ordering::Release);
         true
     }
 
@@ -309,6 +369,21 @@ impl SimPerf {
 
     /// Bytes written and not yet consumed.
     pub fn available(&self) -> u64 {
-        self.data_head.load(Ordering::Acquire) - self.data_tail.load(Ordering::Relaxed)
+        self.data_head.load(Ordering::Acquire).wrapping_sub(self.data_tail.load(Ordering::Relaxed))
+    }
+
+    /// Overwrites `data_tail` and `data_head`: to simulate positions the protocol cannot
+    /// produce.
+    pub fn force_positions(&mut self, data_tail: u64, data_head: u64) {
+        self.data_tail.store(data_tail, Ordering::Relaxed);
+        self.data_head.store(data_head, Ordering::Release);
+    }
+
+    /// Writes `bytes` at `offset` of the data area (wrapping), without moving `data_head`: to
+    /// put arbitrary headers and payloads anywhere.
+    pub fn poke(&mut self, offset: usize, bytes: &[u8]) {
+        for (i, &b) in bytes.iter().enumerate() {
+            store_bytes(&self.data, (offset + i) % self.size, &[b]);
+        }
     }
 }

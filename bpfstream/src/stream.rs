@@ -33,6 +33,11 @@
 //! watermark not reached) within the delay bound, and what lets an
 //! [`EventSource`](crate::EventSource) read its drop counters while no record arrives.
 //!
+//! Before it sleeps, a stream asks the source whether bytes wait that no wakeup is certain to
+//! announce ([`Source::ready_now`]): a ring whose head record is still being written (BUSY)
+//! with records committed behind it. It then looks again after a millisecond instead of
+//! sleeping, so such records never wait for the delay timer (or forever, without one).
+//!
 //! # Buffering and cancellation
 //!
 //! Records are copied out of the kernel's memory to be yielded as owned values, one at a time:
@@ -88,6 +93,10 @@ use crate::{Error, Event, FromRecord, Item};
 
 /// Default bound on how long a record waits when its producer does not wake the stream.
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(100);
+
+/// How soon a stream looks again when bytes wait but the head record is still being written
+/// (BUSY): its commit is not certain to wake the stream.
+const BUSY_BACKOFF: Duration = Duration::from_millis(1);
 
 const RUNNING: u8 = 0;
 const DRAIN: u8 = 1;
@@ -148,6 +157,8 @@ enum Wake {
     Signalled,
     /// The delay timer expired.
     Timeout,
+    /// The short wait for a BUSY head record expired.
+    Backoff,
     /// A [`CancelHandle`] asked for something.
     Control,
 }
@@ -158,6 +169,8 @@ struct Waiter<T: AsRawFd> {
     fd: AsyncFd<T>,
     max_delay: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
+    /// Running while the source holds bytes that cannot be taken yet (see `BUSY_BACKOFF`).
+    backoff: Option<Pin<Box<Sleep>>>,
     control: Arc<Control>,
 }
 
@@ -175,12 +188,14 @@ impl<T: AsRawFd> Waiter<T> {
         // or taken back with `into_inner`; nothing swaps it through `get_mut` (never called).
         let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
             .map_err(|e| Error::sys("registering the buffer with tokio", e.into()))?;
-        Ok(Waiter { fd, max_delay: Some(DEFAULT_MAX_DELAY), timer: None, control: Arc::default() })
+        Ok(Waiter { fd, max_delay: Some(DEFAULT_MAX_DELAY), timer: None, backoff: None, control: Arc::default() })
     }
 
-    /// Waits for a signal from the descriptor, the delay timer or the control. Call it only
-    /// after a pass found the buffer empty.
-    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Result<Wake, Error>> {
+    /// Waits for a signal from the descriptor, the delay timer or the control, and for at most
+    /// [`BUSY_BACKOFF`] when `busy` (records wait behind a head record still being written, or
+    /// no coming wakeup is certain to announce what waits). Call it only after a pass took
+    /// nothing.
+    fn poll_wait(&mut self, cx: &mut Context<'_>, busy: bool) -> Poll<Result<Wake, Error>> {
         // Register before looking, so a request made after the look still wakes us.
         self.control.register(cx.waker());
         if self.control.request() != RUNNING {
@@ -195,6 +210,15 @@ impl<T: AsRawFd> Waiter<T> {
             }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::sys("waiting for the buffer", e))),
             Poll::Pending => {}
+        }
+        if busy {
+            let backoff = self.backoff.get_or_insert_with(|| Box::pin(tokio::time::sleep(BUSY_BACKOFF)));
+            if backoff.as_mut().poll(cx).is_ready() {
+                self.backoff = None;
+                return Poll::Ready(Ok(Wake::Backoff));
+            }
+        } else {
+            self.backoff = None;
         }
         if let Some(delay) = self.max_delay {
             let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
@@ -390,7 +414,10 @@ impl<S: Source, D: Decode> Stream for EventStream<S, D> {
                 }
                 Ok(false) => {}
             }
-            match ready!(this.waiter.poll_wait(cx)) {
+            // Bytes wait that no wakeup may announce (a BUSY head record, a store-buffer race
+            // with the producer's check of our position): look again soon rather than sleep.
+            let busy = this.source.ready_now();
+            match ready!(this.waiter.poll_wait(cx, busy)) {
                 Ok(Wake::Signalled) => {
                     this.stats.note_wait(true);
                     this.source.note_wait(true);
@@ -399,7 +426,7 @@ impl<S: Source, D: Decode> Stream for EventStream<S, D> {
                     this.stats.note_wait(false);
                     this.source.note_wait(false);
                 }
-                Ok(Wake::Control) => {}
+                Ok(Wake::Control | Wake::Backoff) => {}
                 Err(e) => return this.fail(e),
             }
         }
@@ -610,12 +637,86 @@ impl<T> Stream for MergedStream<'_, T> {
                 }
                 Ok(false) => {}
             }
-            match ready!(this.waiter.poll_wait(cx)) {
+            // As in EventStream: never sleep while a source holds bytes no wakeup may announce.
+            let busy = this.sources.iter().any(|s| s.source.ready_now());
+            match ready!(this.waiter.poll_wait(cx, busy)) {
                 Ok(Wake::Signalled) => this.stats.note_wait(true),
                 Ok(Wake::Timeout) => this.stats.note_wait(false),
-                Ok(Wake::Control) => {}
+                Ok(Wake::Control | Wake::Backoff) => {}
                 Err(e) => return this.fail(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsFd, BorrowedFd};
+
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::sys::EventFd;
+    use crate::Record;
+
+    /// A source whose one record sits behind a head record still being written for the first
+    /// `busy_passes` passes, and whose descriptor never signals: only looking again finds it.
+    struct BusyHead {
+        fd: EventFd,
+        busy_passes: u32,
+        record: Option<u64>,
+    }
+
+    impl Source for BusyHead {
+        fn poll_fd(&self) -> BorrowedFd<'_> {
+            self.fd.as_fd()
+        }
+        fn ready_now(&self) -> bool {
+            self.record.is_some()
+        }
+        fn consume_until(
+            &mut self,
+            _max: usize,
+            handler: &mut dyn FnMut(Item<'_>) -> ControlFlow<()>,
+        ) -> Result<usize, Error> {
+            if self.busy_passes > 0 {
+                self.busy_passes -= 1;
+                return Ok(0);
+            }
+            let Some(value) = self.record.take() else { return Ok(0) };
+            let _ = handler(Item::Record(Record { data: &value.to_ne_bytes(), cpu: None }));
+            Ok(1)
+        }
+    }
+
+    fn busy_head() -> BusyHead {
+        BusyHead { fd: EventFd::new().unwrap(), busy_passes: 3, record: Some(42) }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    #[test]
+    fn a_stream_without_a_timer_does_not_sleep_on_a_busy_head() {
+        runtime().block_on(async {
+            let mut stream = EventStream::new(busy_head()).unwrap();
+            stream.set_max_delay(None);
+            let next = tokio::time::timeout(Duration::from_secs(10), stream.next()).await;
+            let event = next.expect("slept while a record waited").unwrap().unwrap();
+            assert!(matches!(event, Event::Record(r) if r.data == 42u64.to_ne_bytes()));
+        });
+    }
+
+    #[test]
+    fn a_merged_stream_without_a_timer_does_not_sleep_on_a_busy_head() {
+        runtime().block_on(async {
+            let mut merged = MergedStream::new().unwrap();
+            merged.add(busy_head(), 0, Copied).unwrap();
+            merged.set_max_delay(None);
+            let next = tokio::time::timeout(Duration::from_secs(10), merged.next()).await;
+            let (_, event) = next.expect("slept while a record waited").unwrap().unwrap();
+            assert!(matches!(event, Event::Record(r) if r.data == 42u64.to_ne_bytes()));
+        });
     }
 }

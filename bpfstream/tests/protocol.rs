@@ -9,7 +9,7 @@ use proptest::prelude::*;
 
 fn drain_ring(ring: &SimRing) -> Result<Vec<Vec<u8>>, Error> {
     let mut seen = Vec::new();
-    ring.consumer().consume(|r: &[u8]| seen.push(r.to_vec()))?;
+    ring.consumer().unwrap().consume(|r: &[u8]| seen.push(r.to_vec()))?;
     Ok(seen)
 }
 
@@ -44,7 +44,7 @@ fn ring_stops_at_a_busy_record_and_resumes_after_commit() {
     ring.output(b"three").unwrap(); // committed, but behind a busy record
     assert_eq!(drain_ring(&ring).unwrap(), vec![b"one".to_vec()]);
     assert!(drain_ring(&ring).unwrap().is_empty(), "still busy: nothing more, no spinning");
-    ring.fill(busy, b"two!two!");
+    ring.fill(&busy, b"two!two!");
     ring.commit(busy, false);
     assert_eq!(drain_ring(&ring).unwrap(), vec![b"two!two!".to_vec(), b"three".to_vec()]);
 }
@@ -79,6 +79,7 @@ fn ring_handler_can_stop_early_and_consume_n_limits() {
     let mut first = Vec::new();
     let n = ring
         .consumer()
+        .unwrap()
         .consume(|r: &[u8]| {
             first.push(r[0]);
             if r[0] == 1 {
@@ -90,7 +91,7 @@ fn ring_handler_can_stop_early_and_consume_n_limits() {
         .unwrap();
     assert_eq!((n, first), (2, vec![0, 1]));
     let mut rest = Vec::new();
-    assert_eq!(ring.consumer().consume_n(3, |r: &[u8]| rest.push(r[0])).unwrap(), 3);
+    assert_eq!(ring.consumer().unwrap().consume_n(3, |r: &[u8]| rest.push(r[0])).unwrap(), 3);
     assert_eq!(rest, vec![2, 3, 4]);
     assert_eq!(drain_ring(&ring).unwrap(), vec![vec![5]]);
 }
@@ -103,7 +104,7 @@ fn ring_publishes_once_per_batch_not_per_record() {
     }
     let start = ring.stats().consumer_pos;
     let mut positions = Vec::new();
-    ring.consumer().consume(|_: &[u8]| positions.push(ring.stats().consumer_pos)).unwrap();
+    ring.consumer().unwrap().consume(|_: &[u8]| positions.push(ring.stats().consumer_pos)).unwrap();
     assert_eq!(positions, vec![start; 4], "the position does not move while the batch is read");
     assert_eq!(ring.stats().consumer_pos, start + 64);
 }
@@ -113,12 +114,12 @@ fn ring_corrupt_length_is_an_error_not_a_loop() {
     for bad_len in [4000u32, 1 << 29, 57] {
         let ring = SimRing::new(256);
         let r = ring.output(&[7; 16]).unwrap();
-        ring.corrupt_header(r.pos, bad_len);
+        ring.corrupt_header(r, bad_len);
         for _ in 0..3 {
             let err = drain_ring(&ring).unwrap_err();
             assert!(matches!(err, Error::Corrupt { transport: "ring", .. }), "{err}");
         }
-        assert_eq!(ring.stats().consumer_pos, r.pos, "never moves past the bad record");
+        assert_eq!(ring.stats().consumer_pos, r, "never moves past the bad record");
     }
 }
 
@@ -233,7 +234,7 @@ proptest! {
         let mut delivered = Vec::new();
         let mut busy = None;
         let commit = |ring: &SimRing, expected: &mut Vec<Option<Vec<u8>>>, (r, p, slot): (_, Vec<u8>, usize)| {
-            ring.fill(r, &p);
+            ring.fill(&r, &p);
             ring.commit(r, false);
             expected[slot] = Some(p);
         };
@@ -250,7 +251,7 @@ proptest! {
                     }
                 }
                 RingOp::Consume(n) => {
-                    ring.consumer().consume_n(n, |r: &[u8]| delivered.push(r.to_vec())).unwrap();
+                    ring.consumer().unwrap().consume_n(n, |r: &[u8]| delivered.push(r.to_vec())).unwrap();
                     // Nothing after a busy record comes out before it is committed.
                     if let Some((_, _, slot)) = &busy {
                         prop_assert!(delivered.len() <= *slot);
@@ -266,7 +267,7 @@ proptest! {
         if let Some(b) = busy.take() {
             commit(&ring, &mut expected, b);
         }
-        ring.consumer().consume(|r: &[u8]| delivered.push(r.to_vec())).unwrap();
+        ring.consumer().unwrap().consume(|r: &[u8]| delivered.push(r.to_vec())).unwrap();
         prop_assert_eq!(delivered, expected.into_iter().map(Option::unwrap).collect::<Vec<_>>());
         prop_assert_eq!(ring.stats().available, 0);
     }
@@ -316,9 +317,9 @@ proptest! {
         let ring = SimRing::new(512);
         let r = ring.reserve(((words.len() * 4) as u32).min(400)).unwrap();
         for (i, w) in words.iter().enumerate().take(100) {
-            ring.corrupt_header(r.pos + 8 * i as u64, *w);
+            ring.corrupt_header(r.pos() + 8 * i as u64, *w);
         }
-        let _ = ring.consumer().consume(|_: &[u8]| ());
+        let _ = ring.consumer().unwrap().consume(|_: &[u8]| ());
         prop_assert!(ring.stats().consumer_pos <= ring.stats().producer_pos);
     }
 
@@ -331,5 +332,141 @@ proptest! {
         let mut scratch = Vec::new();
         let _ = perf.consume(&mut scratch, |_: Item<'_>| ());
         prop_assert!(perf.available() <= len as u64);
+    }
+}
+
+#[test]
+fn a_simulated_ring_has_one_consumer_at_a_time() {
+    let ring = SimRing::new(4096);
+    ring.output(b"one").unwrap();
+    let first = ring.consumer().unwrap();
+    let err = ring.consumer().unwrap_err();
+    assert!(matches!(err, Error::AlreadyConsumed { .. }), "{err}");
+    assert!(err.to_string().contains("drop it"), "{err}");
+    drop(first);
+    assert_eq!(drain_ring(&ring).unwrap(), vec![b"one".to_vec()]);
+}
+
+/// A producer position more than one ring ahead of the consumer (which a second consumer of
+/// the map could cause): the header at the consumer position is reused bytes. It claims 16 MiB
+/// of a 4 KiB ring; the consumer refuses before lending anything.
+#[test]
+fn ring_producer_more_than_a_lap_ahead_is_an_error_not_a_huge_slice() {
+    let ring = SimRing::new(4096);
+    ring.corrupt_header(0, 16 << 20);
+    ring.force_positions(0, 3 * 4096 + (16 << 20));
+    let mut lent = 0;
+    let err = ring.consumer().unwrap().consume(|_: &[u8]| lent += 1).unwrap_err();
+    assert_eq!(lent, 0);
+    assert!(err.to_string().contains("more than one ring ahead"), "{err}");
+    // Even a lead of one ring and 8 bytes is refused.
+    ring.force_positions(0, 4096 + 8);
+    assert!(matches!(drain_ring(&ring), Err(Error::Corrupt { .. })));
+    // A producer behind the consumer is no ring state either.
+    ring.force_positions(4096, 0);
+    assert!(matches!(drain_ring(&ring), Err(Error::Corrupt { .. })));
+}
+
+/// The perf counterpart: `data_head` more than a lap ahead with a SAMPLE header of 65,528 bytes
+/// in a 4 KiB buffer. Nothing is copied, nothing is lent.
+#[test]
+fn perf_head_more_than_a_lap_ahead_is_an_error_not_a_huge_copy() {
+    let mut perf = SimPerf::new(4096);
+    perf.poke(4000, &[9, 0, 0, 0, 0, 0, 0xf8, 0xff, 0xf0, 0xff, 0, 0]);
+    perf.force_positions(4000, 4000 + 65536);
+    let mut lent = 0;
+    let err = perf.consume(&mut Vec::new(), |_: Item<'_>| lent += 1).unwrap_err();
+    assert_eq!(lent, 0);
+    assert!(err.to_string().contains("more than one buffer ahead"), "{err}");
+}
+
+/// Free-running positions wrap at 2^64 as the kernel's do.
+#[test]
+fn positions_wrap_at_the_end_of_u64() {
+    let ring = SimRing::starting_at(256, u64::MAX - 31);
+    for i in 0..8u8 {
+        ring.output(&[i; 9]).unwrap();
+    }
+    assert_eq!(drain_ring(&ring).unwrap(), (0..8u8).map(|i| vec![i; 9]).collect::<Vec<_>>());
+    let mut perf = SimPerf::starting_at(256, u64::MAX - 31);
+    for i in 0..6u8 {
+        assert!(perf.output(&[i; 12]));
+    }
+    let seen = drain_perf(&mut perf).unwrap();
+    assert_eq!(seen, (0..6u8).map(|i| Ok(vec![i; 12])).collect::<Vec<_>>());
+}
+
+/// Where a lent slice lies relative to a data area of `len` bytes at `base`.
+fn inside(slice: &[u8], base: *const u8, len: usize) -> bool {
+    let (start, end) = (slice.as_ptr() as usize, slice.as_ptr() as usize + slice.len());
+    start >= base as usize && end <= base as usize + len
+}
+
+/// A position near `base`: mostly within a couple of rings, sometimes anywhere.
+fn position_near() -> impl Strategy<Value = i64> {
+    prop_oneof![4 => -9000i64..9000, 1 => any::<i64>()]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Arbitrary positions (near each other, a lap or more apart, backwards, across 2^64) and
+    /// arbitrary header words anywhere in the ring: the consumer lends only slices inside the
+    /// double mapping, returns records or `Corrupt`, and never publishes past the producer.
+    #[test]
+    fn ring_survives_forced_positions_and_headers(
+        size_log in 4u32..13,
+        base in any::<u64>(),
+        lead in position_near(),
+        words in prop::collection::vec((any::<u16>(), any::<u32>()), 0..40),
+    ) {
+        use bpfstream::ringbuf::RingMemory;
+        let size = 1usize << size_log;
+        let ring = SimRing::new(size);
+        let cons = base & !7;
+        let prod = cons.wrapping_add_signed(lead) & !7;
+        for (at, word) in &words {
+            ring.corrupt_header(cons.wrapping_add(u64::from(*at) * 8), *word);
+        }
+        ring.force_positions(cons, prod);
+        let data = ring.data().as_ptr().cast_const();
+        let mut lent = Vec::new();
+        let result = ring.consumer().unwrap().consume(|r: &[u8]| lent.push(inside(r, data, 2 * size)));
+        prop_assert!(lent.iter().all(|&ok| ok), "a record outside the mapping");
+        prop_assert!(matches!(result, Ok(_) | Err(Error::Corrupt { .. })), "{:?}", result);
+        let moved = ring.stats().consumer_pos.wrapping_sub(cons);
+        prop_assert!(moved <= prod.wrapping_sub(cons) && moved <= size as u64 + (1 << 30));
+    }
+
+    /// The same for a perf buffer: arbitrary tail and head, arbitrary bytes in the data area;
+    /// lent payloads are inside the buffer or, for a wrapped record, no longer than it.
+    #[test]
+    fn perf_survives_forced_positions_and_bytes(
+        size_log in 6u32..13,
+        base in any::<u64>(),
+        lead in position_near(),
+        pokes in prop::collection::vec((any::<u16>(), prop::collection::vec(any::<u8>(), 1..16)), 0..40),
+    ) {
+        use bpfstream::perfbuf::PerfMemory;
+        let size = 1usize << size_log;
+        let mut perf = SimPerf::new(size);
+        let tail = base & !7;
+        let head = tail.wrapping_add_signed(lead) & !7;
+        for (at, bytes) in &pokes {
+            perf.poke(usize::from(*at), bytes);
+        }
+        perf.force_positions(tail, head);
+        let data = perf.data().as_ptr().cast_const();
+        let mut bad = 0;
+        let result = perf.consume(&mut Vec::new(), |item: Item<'_>| {
+            if let Item::Record(r) = item {
+                let in_place = inside(r.data, data, size);
+                let wrapped = !in_place && r.data.len() <= size;
+                bad += usize::from(!in_place && !wrapped);
+            }
+        });
+        prop_assert_eq!(bad, 0);
+        prop_assert!(matches!(result, Ok(_) | Err(Error::Corrupt { .. })), "{:?}", result);
+        prop_assert!(perf.available() == head.wrapping_sub(tail) || perf.available() <= size as u64);
     }
 }

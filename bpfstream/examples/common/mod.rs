@@ -39,6 +39,14 @@ pub extern "C" fn bpfstream_ping(seq: u64, len: u32) {
     std::hint::black_box((seq, len));
 }
 
+/// The second probed function (ring objects): sends ping `seq` (fixed size) behind a record
+/// the probe reserves first and discards last (`handle_ping_behind_discard`).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn bpfstream_ping_behind_discard(seq: u64) {
+    std::hint::black_box(seq);
+}
+
 /// Calls [`bpfstream_ping`] so that the compiler cannot drop or merge the call.
 pub fn ping(seq: u64, len: u32) {
     bpfstream_ping(std::hint::black_box(seq), std::hint::black_box(len));
@@ -126,13 +134,19 @@ impl PingProbe {
 
     /// Attaches the uprobe to [`bpfstream_ping`] in this executable.
     pub fn attach(&mut self) -> Result<()> {
+        self.attach_program("handle_ping", "bpfstream_ping")
+    }
+
+    /// Attaches the probe's program `program` to `function` in this executable (e.g.
+    /// `handle_ping_behind_discard` to [`bpfstream_ping_behind_discard`]).
+    pub fn attach_program(&mut self, program: &str, function: &str) -> Result<()> {
         let exe = std::env::current_exe()?;
         let probe: &mut UProbe =
-            self.bpf.program_mut("handle_ping").ok_or_else(|| anyhow!("no program handle_ping"))?.try_into()?;
+            self.bpf.program_mut(program).ok_or_else(|| anyhow!("no program {program}"))?.try_into()?;
         probe.load()?;
         probe
-            .attach("bpfstream_ping", &exe, UProbeScope::CallingProcess)
-            .with_context(|| format!("attaching a uprobe to bpfstream_ping in {}", exe.display()))?;
+            .attach(function, &exe, UProbeScope::CallingProcess)
+            .with_context(|| format!("attaching a uprobe to {function} in {}", exe.display()))?;
         Ok(())
     }
 
