@@ -195,7 +195,6 @@ fn live(transport: Transport) {
     });
     assert_eq!(seen.seqs(), (0..count).collect::<Vec<_>>());
     assert_eq!((seen.lost, stats.lost, stats.events), (0, 0, count), "{stats:?}");
-    assert_eq!(stats.produced, Some(count));
     assert!(stats.peak_fill > 0 && stats.fill.capacity > 0, "{stats:?}");
 }
 

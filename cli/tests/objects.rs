@@ -1,6 +1,7 @@
 //! Every BPF object in `bpf/obj/` loads, passes the verifier and attaches on the running kernel:
 //! each program of each object in both transports, attached where its ELF section says
-//! (`tracepoint/CATEGORY/NAME`, `raw_tp/NAME`, `uprobe`). The objects are listed from the
+//! (`tracepoint/CATEGORY/NAME`, `raw_tp/NAME`, `uprobe`), ring objects once per wakeup policy
+//! (a load-time constant the verifier prunes by, so each policy is another program to verify). The objects are listed from the
 //! directory, so an object added there is checked without being named here; an object or a
 //! section kind this test has no rule for fails it. Run on every kernel of the matrix
 //! (`scripts/kernel-matrix`), this is what "loads on 6.1, 6.12 and their PREEMPT_RT variants"
@@ -18,6 +19,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::programs::uprobe::UProbeScope;
 use aya::programs::{RawTracePoint, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
+use bpfstream::accounting::{WAKEUP_ARG_GLOBAL, WAKEUP_POLICY_GLOBAL};
+use bpfstream::WakeupPolicy;
 use common::{assert_nothing_left, id_watermarks, kernel_test};
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
@@ -62,10 +65,22 @@ fn program_sections(bytes: &[u8]) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-fn load(file: &str, bytes: &[u8]) -> Result<Ebpf> {
+/// Every wakeup policy, as the tools set them (`--wakeup`, the bench's sampled mode).
+const POLICIES: [WakeupPolicy; 5] = [
+    WakeupPolicy::Adaptive,
+    WakeupPolicy::EveryRecord,
+    WakeupPolicy::Never,
+    WakeupPolicy::EveryRecords(500),
+    WakeupPolicy::Bytes(8000),
+];
+
+fn load(file: &str, bytes: &[u8], policy: WakeupPolicy) -> Result<Ebpf> {
+    let (policy, arg) = policy.globals();
     let mut loader = EbpfLoader::new();
     // Maps aya has no userspace type for (task storage) are still created for the programs.
     loader.allow_unsupported_maps();
+    loader.override_global(WAKEUP_POLICY_GLOBAL, &policy, false);
+    loader.override_global(WAKEUP_ARG_GLOBAL, &arg, false);
     if file.contains(".ring.") {
         loader.map_max_entries("events", 64 << 10);
     }
@@ -97,11 +112,11 @@ fn attach(bpf: &mut Ebpf, program: &str, section: &str) -> Result<()> {
     Ok(())
 }
 
-/// Loads `file` and attaches each of its programs; returns their names.
-fn load_and_attach(file: &str) -> Result<Vec<String>> {
+/// Loads `file` with `policy` and attaches each of its programs; returns their names.
+fn load_and_attach(file: &str, policy: WakeupPolicy) -> Result<Vec<String>> {
     let bytes = std::fs::read(object_dir().join(file))?;
     let sections = program_sections(&bytes)?;
-    let mut bpf = load(file, &bytes).context("loading")?;
+    let mut bpf = load(file, &bytes, policy).context("loading")?;
     let loaded: BTreeSet<String> = bpf.programs().map(|(name, _)| name.to_owned()).collect();
     let found: BTreeSet<String> = sections.iter().map(|(name, _)| name.clone()).collect();
     if loaded != found {
@@ -122,12 +137,16 @@ fn every_program_of_every_object_loads_and_attaches() {
     let mut failures = Vec::new();
     let mut names = Vec::new();
     for file in objects() {
-        match load_and_attach(&file) {
-            Ok(programs) => {
-                eprintln!("{file}: {} attached", programs.join(", "));
-                names.extend(programs);
+        // The perf variants ignore the wakeup policy (perf wakes by its watermark).
+        let policies = if file.contains(".ring.") { &POLICIES[..] } else { &POLICIES[..1] };
+        for &policy in policies {
+            match load_and_attach(&file, policy) {
+                Ok(programs) => {
+                    eprintln!("{file} ({policy:?}): {} attached", programs.join(", "));
+                    names.extend(programs);
+                }
+                Err(e) => failures.push(format!("{file} ({policy:?}): {e:#}")),
             }
-            Err(e) => failures.push(format!("{file}: {e:#}")),
         }
     }
     assert!(failures.is_empty(), "on Linux {}:\n{}", kernel_release(), failures.join("\n"));
