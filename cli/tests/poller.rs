@@ -74,7 +74,7 @@ fn one_poller_serves_ring_and_perf_and_stops_on_wake_after_a_final_drain() {
         for _ in 0..5 {
             assert!(Command::new(&probe).status().unwrap().success());
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = deadline(Duration::from_secs(10));
         let mut seen = 0;
         while seen < 10 && Instant::now() < deadline {
             // The perf buffer wakes at a watermark, so records may only come out on the timeout:
@@ -91,8 +91,8 @@ fn one_poller_serves_ring_and_perf_and_stops_on_wake_after_a_final_drain() {
         let waker = poller.waker();
         std::thread::spawn(move || waker.wake()).join().unwrap();
         let started = Instant::now();
-        let n = poller.run(Duration::from_secs(30)).unwrap();
-        assert!(started.elapsed() < Duration::from_secs(5), "woken, not timed out");
+        let n = poller.run(scaled(Duration::from_secs(30))).unwrap();
+        assert!(started.elapsed() < scaled(Duration::from_secs(5)), "woken, not timed out");
         assert_eq!(n, 14);
         assert!(poller.is_stopped());
     }
@@ -123,8 +123,8 @@ fn a_signal_interrupting_the_wait_is_not_an_error() {
         unsafe { libc::pthread_kill(me as libc::pthread_t, libc::SIGUSR1) };
     });
     let started = Instant::now();
-    assert_eq!(poller.poll(Some(Duration::from_secs(20))).unwrap(), 0);
-    assert!(started.elapsed() < Duration::from_secs(10), "returned on the signal");
+    assert_eq!(poller.poll(Some(scaled(Duration::from_secs(20)))).unwrap(), 0);
+    assert!(started.elapsed() < scaled(Duration::from_secs(10)), "returned on the signal");
     kicker.join().unwrap();
     assert!(!poller.is_stopped(), "a signal is not a stop request");
 }

@@ -1,6 +1,8 @@
 //! Shared helpers of the tests that run `bpfstream` against the real kernel (as root).
 #![allow(dead_code)] // each test binary uses a different subset
 
+#[path = "../../../bpfstream/tests/support/time_scale.rs"]
+pub mod time_scale;
 pub mod workload;
 
 use std::io::{BufRead, BufReader, Read};
@@ -11,6 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+pub use time_scale::{deadline, scaled};
 
 /// Kernel tests of one test binary run one at a time: they load programs and storm the CPUs.
 static KERNEL: Mutex<()> = Mutex::new(());
@@ -41,7 +44,7 @@ pub struct Running {
     stderr_eof: mpsc::Receiver<()>,
 }
 
-/// Starts `bpfstream args...` and waits (up to 60 s) for the `Tracing` line on stderr.
+/// Starts `bpfstream args...` and waits (up to 60 s, scaled) for the `Tracing` line on stderr.
 pub fn start(args: &[&str]) -> Running {
     start_with_env(args, &[])
 }
@@ -90,7 +93,7 @@ pub fn start_command(mut command: Command, what: &str) -> Running {
             }
         }
     });
-    if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+    if ready_rx.recv_timeout(scaled(Duration::from_secs(60))).is_err() {
         let _ = child.kill();
         let _ = child.wait();
         panic!("bpfstream {what} never printed its Tracing line; stderr:\n{}", stderr_text.lock().unwrap());
@@ -126,7 +129,7 @@ impl Finished {
 }
 
 impl Running {
-    /// Sends `signal`, waits (up to 60 s) for exit and collects the output.
+    /// Sends `signal`, waits (up to 60 s, scaled) for exit and collects the output.
     pub fn stop_with(self, signal: i32) -> Finished {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, signal) };
@@ -138,21 +141,21 @@ impl Running {
         self.stop_with(libc::SIGINT)
     }
 
-    /// Waits (up to 60 s) for the process to exit by itself.
+    /// Waits (up to 60 s, scaled) for the process to exit by itself.
     pub fn wait(mut self) -> Finished {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = deadline(Duration::from_secs(60));
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 break status;
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("bpfstream did not exit within 60 s");
+                panic!("bpfstream did not exit within {:?}", scaled(Duration::from_secs(60)));
             }
             std::thread::sleep(Duration::from_millis(20));
         };
         let mut stdout = self.received.take();
-        while let Ok(line) = self.stdout.recv_timeout(Duration::from_secs(5)) {
+        while let Ok(line) = self.stdout.recv_timeout(scaled(Duration::from_secs(5))) {
             stdout.push(line);
         }
         // Everything the process wrote to stderr, up to its end (a loaded machine may run the
@@ -289,10 +292,10 @@ pub fn id_watermarks() -> (u32, u32) {
 }
 
 /// Asserts that no program or map created after `before` and named one of `names` is still in
-/// the kernel (a link holds its program, so no program means no link), waiting up to 3 s for
+/// the kernel (a link holds its program, so no program means no link), waiting up to 3 s (scaled) for
 /// deferred frees.
 pub fn assert_nothing_left(before: (u32, u32), names: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = deadline(Duration::from_secs(3));
     loop {
         let progs: Vec<_> =
             programs().into_iter().filter(|(id, n)| *id > before.0 && names.contains(&n.as_str())).collect();

@@ -103,7 +103,7 @@ impl Workload {
     /// Waits until the child sleeps in its read(2) of the go pipe (/proc/PID/syscall starts
     /// with the syscall number 0 then).
     fn wait_until_blocked(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = super::time_scale::deadline(Duration::from_secs(20));
         loop {
             let text = std::fs::read_to_string(format!("/proc/{}/syscall", self.pid)).unwrap_or_default();
             if text.starts_with("0 ") {
