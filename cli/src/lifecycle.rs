@@ -34,17 +34,33 @@ pub struct CommonArgs {
     #[arg(long, value_name = "BYTES", value_parser = crate::size::parse_buffer_size)]
     pub buffer_size: Option<u64>,
     /// Stop after SECS, drain, print the summary and exit 0
-    #[arg(long, value_name = "SECS", value_parser = crate::size::parse_run_duration)]
+    #[arg(short = 'd', long, value_name = "SECS", value_parser = crate::size::parse_run_duration)]
     pub duration: Option<Duration>,
     /// JSON lines on stdout: one object per event, then the summary object
     #[arg(long)]
     pub json: bool,
     /// Only this process (filtered in the kernel)
-    #[arg(long, value_name = "PID", value_parser = parse_task_id)]
+    #[arg(short = 'p', long, value_name = "PID", value_parser = parse_task_id)]
     pub pid: Option<u32>,
     /// Only tasks whose comm is exactly COMM (first 15 bytes; filtered in the kernel)
-    #[arg(long, value_name = "COMM", value_parser = parse_comm)]
+    #[arg(long, value_name = "COMM", value_parser = parse_comm, conflicts_with = "name_contains")]
     pub name: Option<String>,
+    /// Only tasks whose comm contains NAME, like opensnoop -n (filtered in the kernel)
+    #[arg(short = 'n', long, value_name = "NAME", value_parser = parse_comm)]
+    pub name_contains: Option<String>,
+    /// Only tasks of this (real) user id (filtered in the kernel)
+    #[arg(short = 'u', long, value_name = "UID", value_parser = parse_uid)]
+    pub uid: Option<u32>,
+    /// Only tasks in this cgroup v2 directory or below it, e.g. /sys/fs/cgroup/system.slice
+    /// (filtered in the kernel)
+    #[arg(long, value_name = "PATH", value_parser = crate::cgroup::parse_cgroup)]
+    pub cgroup: Option<crate::cgroup::Cgroup>,
+    /// Print a wall-clock time column (HH:MM:SS, local time), like execsnoop -T
+    #[arg(short = 'T', long)]
+    pub timestamp: bool,
+    /// Print a column of seconds since the first event
+    #[arg(long)]
+    pub elapsed: bool,
     /// When producers wake the reader: adaptive (when the reader had caught up), every, never,
     /// records:N or bytes:N. Default: bytes at a quarter of the buffer for perf buffers and for
     /// the high-rate tracers (syscalls, open), adaptive otherwise
@@ -95,6 +111,14 @@ pub fn parse_task_id(text: &str) -> Result<u32, String> {
         Ok(0) => Err("0 is no task's id (to trace every task, leave the option out)".into()),
         Ok(id) => Ok(id),
         Err(_) => Err(format!("{text:?} is not a task id (a positive integer)")),
+    }
+}
+
+/// `--uid`: a user id; 4294967295 is (uid_t)-1, no user's.
+fn parse_uid(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(u32::MAX) | Err(_) => Err(format!("{text:?} is not a user id (0 to 4294967294)")),
+        Ok(uid) => Ok(uid),
     }
 }
 
@@ -181,14 +205,23 @@ impl Global {
 }
 
 /// The globals of `bpf/include/bpfstream_filter.h`: the task filters every tracer applies in
-/// the kernel (`--pid`, `--tid`, `--name`), and bpfstream's own process, never traced.
+/// the kernel (`--pid`, `--tid`, `--uid`, `--cgroup`, `--name`, `-n`), and bpfstream's own
+/// process, never traced.
 pub fn task_filter_globals(args: &CommonArgs, tid: Option<u32>) -> Vec<Global> {
+    let comm = args.name.as_deref().or(args.name_contains.as_deref()).unwrap_or("");
+    let comm_len = comm.len().min(15) as u32;
     vec![
         Global::u32("self_tgid", std::process::id()),
         Global::u32("targ_pid", args.pid.unwrap_or(0)),
         Global::u32("targ_tid", tid.unwrap_or(0)),
-        Global::bool("filter_comm", args.name.is_some()),
-        Global::comm("targ_comm", args.name.as_deref().unwrap_or("")),
+        Global::bool("filter_uid", args.uid.is_some()),
+        Global::u32("targ_uid", args.uid.unwrap_or(0)),
+        Global::u64("targ_cgroup", args.cgroup.as_ref().map_or(0, |c| c.id)),
+        Global::u32("targ_cgroup_level", args.cgroup.as_ref().map_or(0, |c| c.level)),
+        Global::bool("filter_comm", !comm.is_empty()),
+        Global::bool("comm_substring", args.name_contains.is_some()),
+        Global::u32("targ_comm_len", comm_len),
+        Global::comm("targ_comm", comm),
     ]
 }
 

@@ -11,15 +11,6 @@ fn mounted(path: &Path) -> bool {
     path.join("events").is_dir()
 }
 
-/// Whether the kernel has tracepoint `category/name` (e.g. `syscalls/sys_enter_openat2`, which
-/// only exists from Linux 5.6, and only with CONFIG_FTRACE_SYSCALLS). Call after
-/// [`ensure_mounted`].
-pub fn tracepoint_exists(category: &str, name: &str) -> bool {
-    [TRACEFS, "/sys/kernel/debug/tracing"]
-        .iter()
-        .any(|root| Path::new(root).join("events").join(category).join(name).is_dir())
-}
-
 /// Makes sure tracefs is reachable at /sys/kernel/tracing (or the old debugfs location),
 /// mounting it when missing.
 pub fn ensure_mounted() -> Result<()> {
