@@ -46,14 +46,32 @@ pub fn start(args: &[&str]) -> Running {
 
 /// [`start`] with extra environment variables for the child.
 pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
-    let mut child = Command::new(bin())
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bpfstream");
+    let mut command = Command::new(bin());
+    command.args(args).envs(env.iter().copied());
+    start_command(command, args)
+}
+
+/// setpriv (util-linux) arguments that run a program as nobody with CAP_BPF and CAP_PERFMON
+/// and no other privilege.
+pub const LEAST_PRIVILEGE: [&str; 5] = [
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=-all,+bpf,+perfmon",
+    "--ambient-caps=+bpf,+perfmon",
+];
+
+/// [`start`] as nobody with CAP_BPF and CAP_PERFMON only.
+pub fn start_least_privileged(args: &[&str]) -> Running {
+    let mut command = Command::new("setpriv");
+    command.args(LEAST_PRIVILEGE).arg(bin()).args(args);
+    start_command(command, args)
+}
+
+/// Starts `command` (a bpfstream run with `args`) and waits (up to 60 s) for its `Tracing` line.
+fn start_command(mut command: Command, args: &[&str]) -> Running {
+    let mut child =
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn bpfstream");
     let (out_tx, out_rx) = mpsc::channel();
     let stdout = child.stdout.take().expect("stdout");
     std::thread::spawn(move || {
