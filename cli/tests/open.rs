@@ -198,9 +198,17 @@ fn filters_are_applied_in_the_kernel() {
     let pid = target_pid.to_string();
     let runs = [
         (vec!["--pid", &pid], opens),
+        (vec!["-p", &pid], opens),
         (vec!["--tid", &pid], opens),
+        (vec!["-t", &pid], opens),
         (vec!["--name", "bpfs-otarget"], opens),
+        (vec!["-n", "otarg"], opens),
         (vec!["--pid", &pid, "--failed"], failures),
+        (vec!["-x", "-n", "bpfs-otarget"], failures),
+        (vec!["--errno", "ENOENT", "-n", "bpfs-otarget"], failures),
+        (vec!["--errno", "EACCES", "-n", "bpfs-otarget"], 0),
+        (vec!["-u", "0", "-n", "bpfs-otarget"], opens),
+        (vec!["-u", "65534", "-n", "bpfs-o"], 0),
     ];
     let running: Vec<_> = runs
         .iter()
@@ -221,6 +229,44 @@ fn filters_are_applied_in_the_kernel() {
         assert_eq!(events.len() as u64, *expected, "{filter:?}: {events:#?}");
         assert!(events.iter().all(|e| e["pid"] == target_pid), "{filter:?}");
         assert_eq!(finished.summary()["produced"], *expected, "{filter:?}: filtered in the kernel");
+    }
+}
+
+/// The cgroup v2 id of this process: the inode number of its cgroup's directory.
+fn own_cgroup_id() -> u64 {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let line = mounts.lines().find(|l| l.split_whitespace().nth(2) == Some("cgroup2")).expect("a cgroup2 mount");
+    let mount = line.split_whitespace().nth(1).unwrap();
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = cgroups.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(format!("{mount}{own}")).unwrap())
+}
+
+/// As nobody with CAP_BPF and CAP_PERFMON only (no tracefs needed), in both transports: starts,
+/// delivers, exits 0; events carry the opener's uid and cgroup id.
+#[test]
+fn least_privilege_is_enough() {
+    let Some(_kernel) = kernel_test() else { return };
+    let dir = temp_dir("open-least");
+    let path = dir.join("missing");
+    for transport in ["ring", "perf"] {
+        let step = Step::OpenAt {
+            dirfd: libc::AT_FDCWD,
+            path: CString::new(path.as_os_str().as_bytes()).unwrap(),
+            flags: libc::O_RDONLY,
+        };
+        let child = Workload::spawn("bpfs-oleast", None, vec![step]);
+        let pid = child.pid().to_string();
+        let run = start_least_privileged(&["open", "--json", "--buffer", transport, "-p", &pid]);
+        child.go();
+        let finished = run.stop();
+        assert!(finished.status.success(), "{transport}: {}", finished.stderr);
+        let events = finished.of_type("open");
+        assert_eq!(events.len(), 1, "{transport}: {events:#?}");
+        assert_eq!(events[0]["filename"], path.to_str().unwrap());
+        assert_eq!(events[0]["ret"], -2);
+        assert_eq!(events[0]["uid"], 0);
+        assert_eq!(events[0]["cgroup_id"], own_cgroup_id());
     }
 }
 
