@@ -258,9 +258,9 @@ int handle_exec(__u64 *ctx)
 SEC("raw_tp/sys_enter")
 int exec_enter(__u64 *ctx)
 {
-	struct pt_regs *regs = bpfstream_syscall_regs(ctx);
 	long nr = ctx[1];
 	struct exec_start *s;
+	struct pt_regs *regs;
 
 	if (nr != NR_EXECVE && nr != NR_EXECVEAT)
 		return 0;
@@ -269,14 +269,15 @@ int exec_enter(__u64 *ctx)
 	s = bpf_task_storage_get(&exec_starts, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!s)
 		return 0;
+	regs = bpfstream_syscall_regs();
 	if (nr == NR_EXECVE) {
 		s->dirfd = AT_FDCWD;
-		s->filename = BPF_CORE_READ(regs, di);
-		s->argv = BPF_CORE_READ(regs, si);
+		s->filename = regs->di;
+		s->argv = regs->si;
 	} else {
-		s->dirfd = BPF_CORE_READ(regs, di);
-		s->filename = BPF_CORE_READ(regs, si);
-		s->argv = BPF_CORE_READ(regs, dx);
+		s->dirfd = regs->di;
+		s->filename = regs->si;
+		s->argv = regs->dx;
 	}
 	s->active = 1;
 	return 0;
@@ -330,7 +331,7 @@ static __always_inline void read_argv(struct exec_event *e, const char *const *a
 SEC("raw_tp/sys_exit")
 int exec_exit(__u64 *ctx)
 {
-	long nr = bpfstream_syscall_nr_at_exit(ctx);
+	long nr = bpfstream_syscall_nr_at_exit();
 	__u64 id = bpf_get_current_pid_tgid();
 	struct task_struct *task;
 	struct exec_start *s;

@@ -70,8 +70,6 @@ static __always_inline int open_begin(__u32 nr, const char *filename, __u64 flag
 	struct open_start *s;
 	__u64 key;
 
-	if (!bpfstream_task_wanted(id))
-		return 0;
 	s = bpfstream_scratch();
 	if (!s)
 		return 0;
@@ -102,28 +100,29 @@ static __always_inline int open_begin(__u32 nr, const char *filename, __u64 flag
 SEC("raw_tp/sys_enter")
 int open_enter(__u64 *ctx)
 {
-	struct pt_regs *regs = bpfstream_syscall_regs(ctx);
 	long nr = ctx[1];
 	struct open_how how = {};
+	struct pt_regs *regs;
 
 	/* openat first: nearly every open is one. */
 	if (nr != NR_OPENAT && nr != NR_OPEN && nr != NR_OPENAT2)
 		return 0;
-	if (!bpfstream_syscall_native())
+	if (!bpfstream_task_wanted(bpf_get_current_pid_tgid()) || !bpfstream_syscall_native())
 		return 0;
+	regs = bpfstream_syscall_regs();
 	if (nr == NR_OPEN)
-		return open_begin(nr, (const char *)BPF_CORE_READ(regs, di), BPF_CORE_READ(regs, si));
+		return open_begin(nr, (const char *)regs->di, regs->si);
 	if (nr == NR_OPENAT)
-		return open_begin(nr, (const char *)BPF_CORE_READ(regs, si), BPF_CORE_READ(regs, dx));
+		return open_begin(nr, (const char *)regs->si, regs->dx);
 	/* A bad `how` makes the syscall fail with EFAULT; report the open with flags 0. */
-	bpf_probe_read_user(&how, sizeof(how), (void *)BPF_CORE_READ(regs, dx));
-	return open_begin(nr, (const char *)BPF_CORE_READ(regs, si), how.flags);
+	bpf_probe_read_user(&how, sizeof(how), (void *)regs->dx);
+	return open_begin(nr, (const char *)regs->si, how.flags);
 }
 
 SEC("raw_tp/sys_exit")
 int open_exit(__u64 *ctx)
 {
-	long nr = bpfstream_syscall_nr_at_exit(ctx);
+	long nr = bpfstream_syscall_nr_at_exit();
 	long ret = ctx[1];
 	struct open_start *s;
 	__u64 key;

@@ -21,23 +21,26 @@
 /* arch/x86/include/asm/processor.h: a 32-bit (ia32) syscall, whose numbers are another table. */
 #define BPFSTREAM_TS_COMPAT 0x0002
 
-static __always_inline struct pt_regs *bpfstream_syscall_regs(__u64 *ctx)
+/*
+ * The current task's saved user registers, as a pointer the verifier trusts: fields are read
+ * with plain loads, not a bpf_probe_read_kernel() call each (ctx[0] is the same address, but
+ * an untyped one). bpf_task_pt_regs() needs Linux 5.15.
+ */
+static __always_inline struct pt_regs *bpfstream_syscall_regs(void)
 {
-	return (struct pt_regs *)ctx[0];
+	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 }
 
-/* At sys_exit: the number of the syscall returning (one read of kernel memory). */
-static __always_inline long bpfstream_syscall_nr_at_exit(__u64 *ctx)
+/* At sys_exit: the number of the syscall returning. */
+static __always_inline long bpfstream_syscall_nr_at_exit(void)
 {
-	return BPF_CORE_READ(bpfstream_syscall_regs(ctx), orig_ax);
+	return bpfstream_syscall_regs()->orig_ax;
 }
 
 /* Whether the current syscall uses x86-64 numbers (not a 32-bit process's int 0x80 table). */
 static __always_inline bool bpfstream_syscall_native(void)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-
-	return !(BPF_CORE_READ(task, thread_info.status) & BPFSTREAM_TS_COMPAT);
+	return !(bpf_get_current_task_btf()->thread_info.status & BPFSTREAM_TS_COMPAT);
 }
 
 #endif /* BPFSTREAM_SYSCALL_H */
