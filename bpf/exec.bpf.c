@@ -310,7 +310,7 @@ static long args_step(__u32 index, struct args_walk *w)
 	return 0;
 }
 
-/* Reads a failed exec's argv after its filename. */
+/* Reads a failed exec's argv after its filename (argc: those read, plus one if there were more). */
 static __always_inline void read_argv(struct exec_event *e, const char *const *argv)
 {
 	__u32 zero = 0;
@@ -318,7 +318,8 @@ static __always_inline void read_argv(struct exec_event *e, const char *const *a
 
 	e->argc = 0;
 	e->args_len = 0;
-	if (!w.buf || !argv)
+	/* bpf_loop() is Linux 5.17; before, the call is left out at load and no argument is read. */
+	if (!w.buf || !argv || !bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_loop))
 		return;
 	bpf_loop(EXEC_ARGS_MAX + 1, args_step, &w, 0);
 	e->argc = w.count;

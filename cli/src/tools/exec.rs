@@ -1,14 +1,15 @@
 //! `bpfstream exec`: every exec, successful or failed, with the whole filename (up to 4096
-//! bytes), argv whole up to [`ARGS_MAX`] arguments / 16 KiB (`EXEC_ARGS_BYTES`) and the return value,
-//! in a record exactly as long as its contents. Attached with raw tracepoints (no tracefs):
-//! `sched_process_exec` for execs that succeed (the file actually executed, argv from the new
-//! program's stack) and `sys_enter`/`sys_exit` for execve/execveat that fail (`ret` is -errno;
-//! name and argv as the caller passed them). The filename is made absolute in the kernel
-//! against the caller's working directory when it was relative (not canonicalized: `./x` from
-//! /srv is `/srv/./x`); from a working directory more than 64 levels deep, or on Linux
-//! 5.13–5.16 (no `bpf_loop`), a relative name comes as passed, as does one relative to an
-//! execveat directory fd. The program needs Linux 5.13 to load (its `bpf_loop` callback is a
-//! BPF_PSEUDO_FUNC reference, which older verifiers reject even where it is never called).
+//! bytes), argv whole up to [`ARGS_MAX`] arguments / 16 KiB (`EXEC_ARGS_BYTES`) and the return
+//! value, in a record exactly as long as its contents. Attached with raw tracepoints (no
+//! tracefs): `sched_process_exec` for execs that succeed (the file actually executed, argv from
+//! the new program's stack) and `sys_enter`/`sys_exit` for execve/execveat that fail (`ret` is
+//! -errno; name and argv as the caller passed them).
+//!
+//! The filename is made absolute in the kernel against the caller's working directory when it
+//! was relative (not canonicalized: `./x` from /srv is `/srv/./x`). It comes as passed when
+//! relative to an execveat directory fd, from a working directory more than 64 levels deep, or
+//! on Linux 5.15–5.16 (no `bpf_loop`, where a failed exec also comes without its arguments).
+//! The programs need Linux 5.15 to load (`bpf_task_pt_regs`).
 
 use std::io::{self, Write};
 

@@ -1,7 +1,7 @@
 //! `bpfstream open`: every open/openat/openat2 with the filename exactly as passed (up to 4096
 //! bytes), in a record exactly as long as the name (the chapter's exercise 4), from the raw
 //! tracepoints `sys_enter`/`sys_exit` (no tracefs, no trace-record layout that differs between
-//! kernels such as PREEMPT_RT's).
+//! kernels such as PREEMPT_RT's). Needs Linux 5.15 (`bpf_task_pt_regs`).
 
 use std::io::{self, Write};
 
