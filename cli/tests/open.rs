@@ -296,4 +296,39 @@ fn table_looks_like_opensnoop() {
     assert_eq!(row, [pid.as_str(), "bpfs-otable", "-1", "2", missing.to_str().unwrap()]);
     assert!(finished.stderr.contains("1 events, 0 dropped"), "{}", finished.stderr);
     assert!(finished.stderr.contains("for a fixed-size record"), "{}", finished.stderr);
+
+    let (code, err) = run_to_end(&["open", "--errno", "ENOPE"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not an errno"), "{err}");
+    let (code, err) = run_to_end(&["open", "--name", "a", "-n", "b"]);
+    assert_eq!(code, Some(2), "--name is exact, -n a substring: one or the other ({err})");
+    let (code, err) = run_to_end(&["open", "-u", "-1"]);
+    assert_eq!(code, Some(2), "{err}");
+    let finished = start(&["open", "-n", "bpfs-nothing", "-d", "0.1"]).wait();
+    assert!(!finished.stderr.contains("fixed-size"), "no averages of nothing: {}", finished.stderr);
+}
+
+/// `-T` is execsnoop's wall-clock column (`HH:MM:SS`), `-U` opensnoop's UID column, and `-d`
+/// stops the run by itself.
+#[test]
+fn short_flags_wall_clock_uid_column_and_duration() {
+    let Some(_kernel) = kernel_test() else { return };
+    let missing = temp_dir("open-short").join("missing");
+    let step = Step::OpenAt {
+        dirfd: libc::AT_FDCWD,
+        path: CString::new(missing.as_os_str().as_bytes()).unwrap(),
+        flags: libc::O_RDONLY,
+    };
+    let child = Workload::spawn("bpfs-oshort", None, vec![step]);
+    let pid = child.pid().to_string();
+    let run = start(&["open", "-T", "-U", "-p", &pid, "-d", "5"]);
+    child.go();
+    let finished = run.wait();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let header: Vec<_> = finished.stdout[0].split_whitespace().collect();
+    assert_eq!(header, ["TIME", "UID", "PID", "COMM", "FD", "ERR", "PATH"]);
+    let row: Vec<_> = finished.stdout[1].split_whitespace().collect();
+    let time: Vec<_> = row[0].split(':').collect();
+    assert!(time.len() == 3 && time.iter().all(|f| f.len() == 2 && f.parse::<u8>().is_ok()), "{row:?}");
+    assert_eq!(row[1..], ["0", pid.as_str(), "bpfs-oshort", "-1", "2", missing.to_str().unwrap()]);
 }
