@@ -3,12 +3,17 @@
  * bpfstream open: one record per open/openat/openat2, with the filename exactly as passed (up to
  * 4096 bytes) in a record exactly as long as the name.
  *
+ * Attached to raw_syscalls sys_enter/sys_exit as raw tracepoints (bpfstream_syscall.h): no
+ * tracefs, no trace-record layout to match, and cheaper per open than the classic syscall
+ * tracepoints; every other syscall costs one compare at entry and one read at exit.
+ *
  * The name is read from user memory at entry, when it is what the caller passed, and kept with
  * the rest of the record in a per-thread map until the exit reports `ret`. If the name's page is
  * not resident at entry (a BPF program cannot fault it in), it is read again at exit, after the
  * kernel's own copy has faulted it in.
  */
 #include "bpfstream_filter.h"
+#include "bpfstream_syscall.h"
 #include "bpfstream_untracked.h"
 #include "open.h"
 
@@ -16,6 +21,11 @@ BPFSTREAM_EXPORT_STRUCT(open_event);
 
 /* Kernel-side filters beyond bpfstream_filter.h's, set at load time. */
 const volatile bool only_failed = false;
+const volatile __u32 targ_errno = 0;	/* only opens failing with this errno */
+
+#define NR_OPEN 2
+#define NR_OPENAT 257
+#define NR_OPENAT2 437
 
 /* An open in flight: the record as it will be sent, plus where the name is if entry missed it. */
 struct open_start {
@@ -53,15 +63,13 @@ static __always_inline bool read_filename(struct open_start *s, const char *user
 	return true;
 }
 
-static __always_inline int open_enter(__u32 nr, const char *filename, __u64 flags)
+static __always_inline int open_begin(__u32 nr, const char *filename, __u64 flags)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 pid = id >> 32, tid = (__u32)id;
 	struct open_start *s;
 	__u64 key;
 
-	if (!bpfstream_task_wanted(id))
-		return 0;
 	s = bpfstream_scratch();
 	if (!s)
 		return 0;
@@ -70,7 +78,10 @@ static __always_inline int open_enter(__u32 nr, const char *filename, __u64 flag
 		return 0;
 	s->event.pid = pid;
 	s->event.tid = tid;
+	s->event.uid = (__u32)bpf_get_current_uid_gid();
+	s->event.cgroup_id = bpf_get_current_cgroup_id();
 	s->event.nr = nr;
+	s->event.pad = 0;
 	s->event.flags = flags;
 	s->event.ret = 0;
 	s->user_filename = (__u64)filename;
@@ -86,20 +97,47 @@ static __always_inline int open_enter(__u32 nr, const char *filename, __u64 flag
 	return 0;
 }
 
-static __always_inline int open_exit(void *ctx, long ret)
+SEC("raw_tp/sys_enter")
+int open_enter(__u64 *ctx)
 {
+	long nr = ctx[1];
+	struct open_how how = {};
+	struct pt_regs *regs;
+
+	/* openat first: nearly every open is one. */
+	if (nr != NR_OPENAT && nr != NR_OPEN && nr != NR_OPENAT2)
+		return 0;
+	if (!bpfstream_task_wanted(bpf_get_current_pid_tgid()) || !bpfstream_syscall_native())
+		return 0;
+	regs = bpfstream_syscall_regs();
+	if (nr == NR_OPEN)
+		return open_begin(nr, (const char *)regs->di, regs->si);
+	if (nr == NR_OPENAT)
+		return open_begin(nr, (const char *)regs->si, regs->dx);
+	/* A bad `how` makes the syscall fail with EFAULT; report the open with flags 0. */
+	bpf_probe_read_user(&how, sizeof(how), (void *)regs->dx);
+	return open_begin(nr, (const char *)regs->si, how.flags);
+}
+
+SEC("raw_tp/sys_exit")
+int open_exit(__u64 *ctx)
+{
+	long nr = bpfstream_syscall_nr_at_exit();
+	long ret = ctx[1];
 	struct open_start *s;
 	__u64 key;
 	__u32 len;
 
-	/* Cheap checks first: without them every open on the machine pays a hash lookup. */
+	/* Cheap checks first: without them every syscall on the machine pays a hash lookup. */
+	if (nr != NR_OPENAT && nr != NR_OPEN && nr != NR_OPENAT2)
+		return 0;
 	if (!bpfstream_task_wanted(bpf_get_current_pid_tgid()))
 		return 0;
 	key = bpf_get_current_task();
 	s = bpf_map_lookup_elem(&opens, &key);
 	if (!s)
 		return 0;
-	if (only_failed && ret >= 0)
+	if ((only_failed && ret >= 0) || (targ_errno && ret != -(long)targ_errno))
 		goto out;
 	if (s->read_at_exit && !read_filename(s, (const char *)s->user_filename)) {
 		s->event.filename_len = 0;	/* unreadable even now: send the open without its name */
@@ -114,46 +152,6 @@ static __always_inline int open_exit(void *ctx, long ret)
 out:
 	bpf_map_delete_elem(&opens, &key);
 	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_open")
-int open_enter_open(struct trace_event_raw_sys_enter *ctx)
-{
-	return open_enter(2, (const char *)ctx->args[0], ctx->args[1]);
-}
-
-SEC("tracepoint/syscalls/sys_enter_openat")
-int open_enter_at(struct trace_event_raw_sys_enter *ctx)
-{
-	return open_enter(257, (const char *)ctx->args[1], ctx->args[2]);
-}
-
-SEC("tracepoint/syscalls/sys_enter_openat2")
-int open_enter_at2(struct trace_event_raw_sys_enter *ctx)
-{
-	struct open_how how = {};
-
-	/* A bad `how` makes the syscall fail with EFAULT; report the open with flags 0. */
-	bpf_probe_read_user(&how, sizeof(how), (void *)ctx->args[2]);
-	return open_enter(437, (const char *)ctx->args[1], how.flags);
-}
-
-SEC("tracepoint/syscalls/sys_exit_open")
-int open_exit_open(struct trace_event_raw_sys_exit *ctx)
-{
-	return open_exit(ctx, ctx->ret);
-}
-
-SEC("tracepoint/syscalls/sys_exit_openat")
-int open_exit_at(struct trace_event_raw_sys_exit *ctx)
-{
-	return open_exit(ctx, ctx->ret);
-}
-
-SEC("tracepoint/syscalls/sys_exit_openat2")
-int open_exit_at2(struct trace_event_raw_sys_exit *ctx)
-{
-	return open_exit(ctx, ctx->ret);
 }
 
 /* A thread killed while blocked in open never reaches the exit tracepoint. */

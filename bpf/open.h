@@ -11,12 +11,15 @@ struct open_event {
 	__u64 ts_ns;		/* bpf_ktime_get_ns() at syscall exit */
 	__s64 ret;		/* fd, or -errno */
 	__u64 flags;		/* open flags (openat2: open_how.flags) */
+	__u64 cgroup_id;	/* cgroup v2 id of the task */
 	__u32 pid;		/* tgid */
 	__u32 tid;
+	__u32 uid;		/* real uid */
 	__u32 nr;		/* syscall number: open, openat or openat2 */
 	__u16 filename_len;	/* bytes of filename after this header, without a NUL */
 	__u16 truncated;	/* 1: the name was longer than OPEN_FILENAME_MAX and is cut there */
 	char comm[16];
+	__u32 pad;		/* to the struct's 8-byte alignment; 0 */
 	/* char filename[filename_len] follows: the record is exactly as long as the name */
 };
 

@@ -116,6 +116,7 @@ int syscall_exit(__u64 *ctx)
 	e->pid = pid;
 	e->tid = (__u32)id;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->cgroup_id = bpf_get_current_cgroup_id();
 	bpfstream_submit(ctx, e);
 	return 0;
 }

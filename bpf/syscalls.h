@@ -15,6 +15,7 @@ struct syscall_event {
 	__u32 pid;		/* tgid */
 	__u32 tid;
 	char comm[16];
+	__u64 cgroup_id;	/* cgroup v2 id of the task */
 };
 
 #endif

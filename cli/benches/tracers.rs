@@ -174,6 +174,9 @@ fn configs() -> Vec<TracerConfig> {
             ..c("bpfstream-ring-summary", getppid, bpfstream(&["syscalls", "--summary", "--pid", "{pid}"]))
         },
         c("bpftrace", getppid, bpftrace_syscalls()),
+        // `open` attaches to every syscall's entry and exit (raw tracepoints) and picks out the
+        // opens: what that costs the syscalls that are not opens.
+        c("bpfstream-open-on-getppid", getppid, bpfstream(&["open", "--pid", "{pid}"])),
         c("untraced", open, None),
         c("bpfstream-open-filtered-out", open, bpfstream(&["open", "--pid", "1"])),
         c("bpfstream-open", open, bpfstream(&["open", "--pid", "{pid}"])),

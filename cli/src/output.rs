@@ -90,33 +90,82 @@ pub fn hidden(c: char) -> bool {
         | 0x115F | 0x1160 | 0x3164 | 0xFFA0 | 0xFFF9..=0xFFFB | 0xE0000..=0xE007F)
 }
 
-/// The `-T` column of the tracers' tables: seconds since the first event, when asked for.
+/// What the tracers' time column shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimeMode {
+    None,
+    /// `-T`: the event's wall-clock time, `HH:MM:SS` local time (execsnoop's `-T`).
+    Wall {
+        realtime_minus_monotonic_ns: i128,
+    },
+    /// `--elapsed`: seconds since the first event.
+    Elapsed,
+}
+
+/// The time column of the tracers' tables: `-T` (wall clock) or `--elapsed`.
 #[derive(Debug)]
 pub struct TimeColumn {
-    shown: bool,
+    mode: TimeMode,
     first_ts: Option<u64>,
 }
 
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime(2) writes the timespec we own.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// `HH:MM:SS` of a CLOCK_REALTIME second, in the local time zone.
+fn local_hms(secs: i64) -> String {
+    // SAFETY: an all-zero tm is valid output space; localtime_r fills it from `secs`.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; both pointers are to locals alive across the call.
+    if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
+        return "??:??:??".into();
+    }
+    format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+}
+
 impl TimeColumn {
-    pub fn new(shown: bool) -> Self {
-        TimeColumn { shown, first_ts: None }
+    /// `wall`: `-T`; `elapsed`: `--elapsed` (`-T` wins when both are given).
+    pub fn new(wall: bool, elapsed: bool) -> Self {
+        let mode = if wall {
+            // Events carry CLOCK_MONOTONIC stamps: the clocks' difference now turns them into
+            // wall-clock time (as of now: a clock step during the run shifts later rows).
+            TimeMode::Wall {
+                realtime_minus_monotonic_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
+            }
+        } else if elapsed {
+            TimeMode::Elapsed
+        } else {
+            TimeMode::None
+        };
+        TimeColumn { mode, first_ts: None }
     }
 
     /// The column's title, before the table's others.
     pub fn title(&self, out: &mut impl Write) -> io::Result<()> {
-        if self.shown {
-            write!(out, "{:<9} ", "TIME(s)")?;
+        match self.mode {
+            TimeMode::None => Ok(()),
+            TimeMode::Wall { .. } => write!(out, "{:<8} ", "TIME"),
+            TimeMode::Elapsed => write!(out, "{:<9} ", "TIME(s)"),
         }
-        Ok(())
     }
 
     /// The cell of an event stamped `ts_ns` (bpf_ktime_get_ns), before the row's others.
     pub fn cell(&mut self, out: &mut impl Write, ts_ns: u64) -> io::Result<()> {
-        if self.shown {
-            let start = *self.first_ts.get_or_insert(ts_ns);
-            write!(out, "{:<9.3} ", ts_ns.saturating_sub(start) as f64 / 1e9)?;
+        match self.mode {
+            TimeMode::None => Ok(()),
+            TimeMode::Wall { realtime_minus_monotonic_ns } => {
+                let secs = (i128::from(ts_ns) + realtime_minus_monotonic_ns).div_euclid(1_000_000_000);
+                write!(out, "{:<8} ", local_hms(secs as i64))
+            }
+            TimeMode::Elapsed => {
+                let start = *self.first_ts.get_or_insert(ts_ns);
+                write!(out, "{:<9.3} ", ts_ns.saturating_sub(start) as f64 / 1e9)
+            }
         }
-        Ok(())
     }
 }
 
@@ -233,6 +282,32 @@ impl JsonLine {
         self
     }
 
+    /// An array of byte strings, each as in [`bytes`](Self::bytes); when any is not UTF-8,
+    /// `key_hex` carries every one of them exactly, in the same order.
+    pub fn byte_strings<'a>(mut self, key: &str, values: impl Iterator<Item = &'a [u8]> + Clone) -> Self {
+        self.key(key);
+        self.buf.push('[');
+        let mut lossy = false;
+        for (i, value) in values.clone().enumerate() {
+            self.buf.push_str(if i == 0 { "\"" } else { ",\"" });
+            lossy |= json_escape_bytes(&mut self.buf, value);
+            self.buf.push('"');
+        }
+        self.buf.push(']');
+        if lossy {
+            self.buf.push_str(",\"");
+            self.buf.push_str(key);
+            self.buf.push_str("_hex\":[");
+            for (i, value) in values.enumerate() {
+                self.buf.push_str(if i == 0 { "\"" } else { ",\"" });
+                self.buf.push_str(&hex(value));
+                self.buf.push('"');
+            }
+            self.buf.push(']');
+        }
+        self
+    }
+
     pub fn finish(mut self) -> String {
         self.buf.push('}');
         self.buf
@@ -259,18 +334,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_time_column_counts_from_the_first_event_when_shown() {
+    fn the_time_column_counts_from_the_first_event_with_elapsed() {
         let mut out = Vec::new();
-        let mut time = TimeColumn::new(true);
+        let mut time = TimeColumn::new(false, true);
         time.title(&mut out).unwrap();
         time.cell(&mut out, 5_000_000_000).unwrap();
         time.cell(&mut out, 6_250_000_000).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "TIME(s)   0.000     1.250     ");
         let mut out = Vec::new();
-        let mut hidden = TimeColumn::new(false);
+        let mut hidden = TimeColumn::new(false, false);
         hidden.title(&mut out).unwrap();
         hidden.cell(&mut out, 1).unwrap();
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn the_wall_clock_column_is_the_local_time_of_the_event() {
+        let mut out = Vec::new();
+        let mut time = TimeColumn::new(true, true);
+        time.title(&mut out).unwrap();
+        let now = clock_ns(libc::CLOCK_MONOTONIC) as u64;
+        time.cell(&mut out, now).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let (title, cell) = text.split_at(9);
+        assert_eq!(title, "TIME     ");
+        let wall_now = (clock_ns(libc::CLOCK_REALTIME) / 1_000_000_000) as i64;
+        // The second may have turned between the two readings.
+        assert!([local_hms(wall_now), local_hms(wall_now - 1)].contains(&cell.trim_end().to_string()), "{cell}");
+        assert_eq!(local_hms(0).len(), 8);
     }
 
     #[test]
@@ -284,6 +375,14 @@ mod tests {
         assert_eq!(controls, r#"{"type":"x","s":"a\tb\u0001c\u001f"}"#);
         let plain = JsonLine::new("x").bytes("f", "é/ok".as_bytes()).finish();
         assert_eq!(plain, r#"{"type":"x","f":"é/ok"}"#);
+        let args: [&[u8]; 3] = [b"ls", b"-l\"", b""];
+        let line = JsonLine::new("x").byte_strings("args", args.iter().copied()).finish();
+        assert_eq!(line, r#"{"type":"x","args":["ls","-l\"",""]}"#);
+        let args: [&[u8]; 2] = [b"a", b"\xff"];
+        let line = JsonLine::new("x").byte_strings("args", args.iter().copied()).finish();
+        assert_eq!(line, r#"{"type":"x","args":["a","\\xff"],"args_hex":["61","ff"]}"#);
+        let none = JsonLine::new("x").byte_strings("args", std::iter::empty()).finish();
+        assert_eq!(none, r#"{"type":"x","args":[]}"#);
     }
 
     #[test]

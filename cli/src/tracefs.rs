@@ -26,7 +26,6 @@ fn tracefs_mounted_at(mountinfo: &str, path: &str) -> bool {
 /// A reachable tracefs, unmounted on drop if bpfstream mounted it.
 #[derive(Debug)]
 pub struct Tracefs {
-    root: &'static str,
     mounted_here: bool,
 }
 
@@ -37,21 +36,15 @@ impl Tracefs {
         for root in [TRACEFS, OLD_TRACEFS] {
             if tracefs_mounted_at(&mountinfo, root) {
                 readable(root)?;
-                return Ok(Tracefs { root, mounted_here: false });
+                return Ok(Tracefs { mounted_here: false });
             }
         }
         mount()?;
-        let tracefs = Tracefs { root: TRACEFS, mounted_here: true };
+        let tracefs = Tracefs { mounted_here: true };
         if !Path::new(TRACEFS).join("events").is_dir() {
             bail!("mounted tracefs at {TRACEFS} but it has no events/ directory; is CONFIG_FTRACE enabled?");
         }
         Ok(tracefs)
-    }
-
-    /// Whether the kernel has tracepoint `category/name` (e.g. `syscalls/sys_enter_openat2`,
-    /// which only exists from Linux 5.6, and only with CONFIG_FTRACE_SYSCALLS).
-    pub fn tracepoint_exists(&self, category: &str, name: &str) -> bool {
-        Path::new(self.root).join("events").join(category).join(name).is_dir()
     }
 }
 

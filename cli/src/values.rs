@@ -62,7 +62,6 @@ pub fn parse_task_id(text: &str) -> Result<u32, String> {
 }
 
 /// A uid: 0 (root) to 4294967294; 4294967295 is `(uid_t)-1`, which no task has.
-#[allow(dead_code)] // the `-u/--uid` filters of exec and open take it
 pub fn parse_uid(text: &str) -> Result<u32, String> {
     match u32::try_from(parse_unsigned(text, "a uid")?) {
         Ok(u32::MAX) | Err(_) => Err(format!("{text} is not a uid: uids go from 0 to {}", u32::MAX - 1)),

@@ -73,7 +73,10 @@ fn exec_each_child_once(transport: &str) {
     assert_eq!(summary["produced"], 18);
     assert_eq!(summary["buffer"], transport);
     assert!(summary["buffer_bytes"].as_u64().unwrap() >= 256 << 10);
-    assert_nothing_left(before, &["handle_exec", "events", "bpfstream_stats"]);
+    assert_nothing_left(
+        before,
+        &["handle_exec", "exec_enter", "exec_exit", "exec_starts", "events", "bpfstream_stats"],
+    );
 }
 
 #[test]
@@ -216,7 +219,10 @@ fn sigterm_and_duration_end_with_a_summary() {
     let finished = start(&["exec", "--duration", "0.5"]).wait();
     assert!(finished.status.success());
     assert!(started.elapsed() < scaled(std::time::Duration::from_secs(20)));
-    assert_eq!(finished.stdout[0].split_whitespace().collect::<Vec<_>>(), ["UID", "PCOMM", "PID", "PPID", "FILENAME"]);
+    assert_eq!(
+        finished.stdout[0].split_whitespace().collect::<Vec<_>>(),
+        ["PCOMM", "PID", "PPID", "RET", "FILENAME", "ARGS"]
+    );
     assert!(
         finished.stderr.contains("events, 0 dropped") || finished.stderr.contains(" dropped"),
         "{}",
@@ -342,5 +348,194 @@ fn every_wakeup_policy_loads_and_delivers_within_the_delay_bound() {
             assert_eq!(finished.of_type("exec").len(), 5, "{transport} {policy}");
             assert_eq!(finished.summary()["produced"], 5, "{transport} {policy}");
         }
+    }
+}
+
+/// `argv[0]` and the rest, as the program got them: whole up to 128 arguments and 16 KiB (the
+/// stated bound), cut beyond with `args_truncated`, in both transports, for execs that succeed
+/// (argv from the new program's stack) and execs that fail (argv from the caller).
+fn argv_arrives_whole_up_to_the_bound(transport: &str) {
+    let Some(_kernel) = kernel_test() else { return };
+    let name = format!("bpfsa-{transport}");
+    let dir = temp_dir(&format!("argv-{transport}"));
+    let probe = probe_binary(&dir, &name);
+    let missing = dir.join("missing");
+    let plain: Vec<String> = ["a b", "", "-x", "\u{e9}t\u{e9}"].iter().map(|s| s.to_string()).collect();
+    let many: Vec<String> = (0..200).map(|i| i.to_string()).collect();
+    let big: Vec<String> = (0..5).map(|i| char::from(b'a' + i).to_string().repeat(5000)).collect();
+    let run = start(&["exec", "--json", "--buffer", transport, "-n", &name]);
+    for args in [&plain, &many, &big] {
+        assert!(Command::new(&probe).args(args).status().unwrap().success());
+    }
+    // The shell's forked child (comm `name`) fails to exec a missing file, with `plain`.
+    let script = format!("'{}' \"$@\"; true", missing.display());
+    std::fs::create_dir(dir.join("sh")).unwrap();
+    let shell = dir.join("sh").join(&name);
+    std::fs::copy("/bin/sh", &shell).unwrap();
+    assert!(Command::new(&shell).arg("-c").arg(&script).arg("sh").args(&plain).status().unwrap().success());
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let mut events = finished.of_type("exec");
+    events.sort_by_key(|e| e["ts_ns"].as_u64().unwrap());
+    let args_of = |e: &serde_json::Value| -> Vec<String> {
+        e["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect()
+    };
+    // The three runs of the probe, the shell, and its child's failed exec (the copy of sh is the
+    // probe's name too, so its own exec is seen).
+    assert_eq!(events.len(), 5, "{events:#?}");
+    let argv0 = probe.to_str().unwrap().to_string();
+    let with_argv0 = |rest: &[String]| [vec![argv0.clone()], rest.to_vec()].concat();
+    assert_eq!(args_of(&events[0]), with_argv0(&plain));
+    assert_eq!(events[0]["args_truncated"], false);
+    assert_eq!(args_of(&events[1]), with_argv0(&many[..127]), "128 arguments with argv[0]");
+    assert_eq!(events[1]["args_truncated"], true);
+    let cut = args_of(&events[2]);
+    assert_eq!(cut[..4], with_argv0(&big[..3])[..], "whole arguments before the bound");
+    assert!(big[3].starts_with(&cut[4]) && cut[4].len() < big[3].len(), "the last one cut");
+    let bytes = cut.iter().map(|a| a.len() + 1).sum::<usize>() - 1; // the cut one has no NUL
+    assert_eq!(bytes, 16 << 10, "16 KiB, NULs included");
+    assert_eq!(events[2]["args_truncated"], true);
+    for e in &events[..3] {
+        assert_eq!(e["ret"], 0);
+        assert_eq!(e["filename"], argv0.as_str());
+    }
+    let failed = &events[4];
+    assert_eq!(failed["ret"], -2, "ENOENT");
+    assert_eq!(failed["filename"], missing.to_str().unwrap());
+    assert_eq!(args_of(failed), [vec![missing.to_str().unwrap().to_string()], plain.clone()].concat());
+    assert_eq!(failed["args_truncated"], false);
+    assert_eq!(finished.summary()["failed"], 1);
+}
+
+#[test]
+fn ring_argv_arrives_whole_up_to_the_bound() {
+    argv_arrives_whole_up_to_the_bound("ring");
+}
+
+#[test]
+fn perf_argv_arrives_whole_up_to_the_bound() {
+    argv_arrives_whole_up_to_the_bound("perf");
+}
+
+/// Execs that fail are reported with -errno: a missing file (ENOENT), a file that is not
+/// executable (EACCES); `-x` shows only those, `--max-args` cuts the arguments.
+#[test]
+fn failed_execs_carry_their_errno_and_x_shows_only_them() {
+    let Some(_kernel) = kernel_test() else { return };
+    let name = "bpfsx-failed";
+    let dir = temp_dir("failed");
+    let shell = dir.join(name);
+    std::fs::copy("/bin/sh", &shell).unwrap();
+    let (missing, not_executable) = (dir.join("missing"), dir.join("data"));
+    std::fs::write(&not_executable, b"not a program").unwrap();
+    let script = format!("'{}' one two three; '{}' four; /bin/true", missing.display(), not_executable.display());
+    let all = start(&["exec", "--json", "-n", name]);
+    let failed_only = start(&["exec", "--json", "-x", "--max-args", "2", "-n", name]);
+    assert!(Command::new(&shell).arg("-c").arg(&script).status().unwrap().success());
+    let (all, failed_only) = (all.stop(), failed_only.stop());
+
+    let failures = failed_only.of_type("exec");
+    assert_eq!(failures.len(), 2, "{failures:#?}");
+    assert_eq!(failures[0]["ret"], -2, "ENOENT");
+    assert_eq!(failures[0]["filename"], missing.to_str().unwrap());
+    assert_eq!(failures[0]["args"], serde_json::json!([missing.to_str().unwrap(), "one"]));
+    assert_eq!(failures[0]["args_truncated"], true, "--max-args 2 of 4");
+    assert_eq!(failures[1]["ret"], -13, "EACCES");
+    assert_eq!(failures[1]["args"], serde_json::json!([not_executable.to_str().unwrap(), "four"]));
+    assert_eq!(failures[1]["args_truncated"], false);
+    assert_eq!(failed_only.summary()["produced"], 2, "successes filtered in the kernel");
+
+    let rets: Vec<i64> = all.of_type("exec").iter().map(|e| e["ret"].as_i64().unwrap()).collect();
+    assert_eq!(rets, [0, -2, -13], "the shell's own exec, then its child's two failures ({name} filter)");
+}
+
+/// `-u` keeps one user's execs, `-n` matches a substring of the comm, and `--name` the whole of
+/// it; all in the kernel.
+#[test]
+fn uid_and_name_filters_are_applied_in_the_kernel() {
+    let Some(_kernel) = kernel_test() else { return };
+    let dir = temp_dir("uid-name");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let probe = probe_binary(&dir, "bpfsu-probe");
+    let other = probe_binary(&dir, "bpfsu-other");
+    let by_nobody = start(&["exec", "--json", "-u", "65534", "-n", "bpfsu-"]);
+    let substring = start(&["exec", "--json", "-n", "u-pro"]);
+    let exact = start(&["exec", "--json", "--name", "u-pro"]);
+    let status = Command::new("setpriv").args(LEAST_PRIVILEGE).arg(&probe).status().unwrap();
+    assert!(status.success());
+    assert!(Command::new(&probe).status().unwrap().success());
+    assert!(Command::new(&other).status().unwrap().success());
+    let (by_nobody, substring, exact) = (by_nobody.stop(), substring.stop(), exact.stop());
+    let nobody = by_nobody.of_type("exec");
+    assert_eq!(nobody.len(), 1, "{nobody:#?}");
+    assert_eq!(nobody[0]["uid"], 65534);
+    assert_eq!(nobody[0]["comm"], "bpfsu-probe");
+    assert_eq!(by_nobody.summary()["produced"], 1);
+    let comms: Vec<_> = substring.of_type("exec").iter().map(|e| e["comm"].as_str().unwrap().to_string()).collect();
+    assert_eq!(comms, ["bpfsu-probe", "bpfsu-probe"]);
+    assert_eq!(substring.summary()["produced"], 2);
+    assert_eq!(exact.summary()["produced"], 0, "--name matches the whole comm");
+}
+
+/// The cgroup v2 mount point (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid systems).
+fn cgroup2_mount() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let line = mounts.lines().find(|l| l.split_whitespace().nth(2) == Some("cgroup2")).expect("a cgroup2 mount");
+    PathBuf::from(line.split_whitespace().nth(1).unwrap())
+}
+
+/// `--cgroup DIR` keeps the execs of tasks in that cgroup (and below), filtered in the kernel,
+/// and every event carries the task's cgroup id, the directory's inode number.
+#[test]
+fn cgroup_filter_keeps_only_tasks_in_the_cgroup() {
+    let Some(_kernel) = kernel_test() else { return };
+    let name = "bpfsc-cgroup";
+    let probe = probe_binary(&temp_dir("cgroup"), name);
+    let cgroup = cgroup2_mount().join(format!("bpfstream-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir(&cgroup);
+    std::fs::create_dir(&cgroup).unwrap();
+    let cgroup_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cgroup).unwrap());
+    let mut inside = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("read line; exec '{}'", probe.display()))
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::fs::write(cgroup.join("cgroup.procs"), inside.id().to_string()).unwrap();
+    let run = start(&["exec", "--json", "--cgroup", cgroup.to_str().unwrap()]);
+    let everywhere = start(&["exec", "--json", "-n", name]);
+    assert!(Command::new(&probe).status().unwrap().success(), "outside the cgroup");
+    inside.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(inside.wait().unwrap().success());
+    let (finished, everywhere) = (run.stop(), everywhere.stop());
+    std::fs::remove_dir(&cgroup).unwrap();
+    let events = finished.of_type("exec");
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["pid"], inside.id());
+    assert_eq!(events[0]["cgroup_id"], cgroup_id);
+    assert_eq!(finished.summary()["produced"], 1, "filtered in the kernel");
+    let ids: Vec<u64> = everywhere.of_type("exec").iter().map(|e| e["cgroup_id"].as_u64().unwrap()).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&cgroup_id) && ids.iter().any(|id| *id != cgroup_id), "{ids:?}");
+    let (code, err) = run_to_end(&["exec", "--cgroup", "/tmp"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("not a cgroup v2 directory"), "{err}");
+}
+
+/// As nobody with CAP_BPF and CAP_PERFMON only (no tracefs needed), in both transports: starts,
+/// delivers, exits 0.
+#[test]
+fn least_privilege_is_enough() {
+    let Some(_kernel) = kernel_test() else { return };
+    let name = "bpfsl-least";
+    let probe = probe_binary(&temp_dir("least"), name);
+    for transport in ["ring", "perf"] {
+        let run = start_least_privileged(&["exec", "--json", "--buffer", transport, "-n", name]);
+        assert!(Command::new(&probe).arg("x").status().unwrap().success());
+        let finished = run.stop();
+        assert!(finished.status.success(), "{transport}: {}", finished.stderr);
+        let events = finished.of_type("exec");
+        assert_eq!(events.len(), 1, "{transport}: {events:#?}");
+        assert_eq!(events[0]["args"], serde_json::json!([probe.to_str().unwrap(), "x"]));
     }
 }

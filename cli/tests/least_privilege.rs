@@ -1,10 +1,10 @@
 //! Every tracer as an unprivileged user with CAP_BPF and CAP_PERFMON and nothing more (exit 0,
 //! its events delivered), and with no capability at all (exit 1, one line naming the missing
-//! capabilities); tracefs is never mounted over an existing mount.
+//! capabilities); tracers attach raw tracepoints, so they need and mount no tracefs. exec and open
+//! run the same way in their own tests, in both transports.
 
 mod common;
 
-use std::ffi::CString;
 use std::process::{Command, Stdio};
 
 use common::workload::{Step, Workload};
@@ -23,20 +23,6 @@ fn as_nobody(caps: &str) -> Command {
 }
 
 const BPF_AND_PERFMON: &str = "+bpf,+perfmon";
-
-/// exec and open attach classic tracepoints, whose ids only root can read in tracefs (mode
-/// 0700), until they move to raw tracepoints; the tracer then says so, naming the capability.
-/// Returns whether `tool` can run with CAP_BPF and CAP_PERFMON alone on this build.
-fn runs_without_tracefs(tool: &str) -> bool {
-    let out = as_nobody(BPF_AND_PERFMON).args([tool, "--duration", "0.1"]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    if out.status.code() == Some(1) && err.contains("missing CAP_DAC_READ_SEARCH") {
-        eprintln!("gated: {tool} still attaches classic tracepoints through tracefs: {err}");
-        return false;
-    }
-    assert_eq!(out.status.code(), Some(0), "{tool}: {err}");
-    true
-}
 
 /// Runs `tool args...` as nobody with CAP_BPF + CAP_PERFMON while `child` runs its steps.
 fn trace_as_nobody(tool: &str, args: &[&str], child: Workload) -> Finished {
@@ -60,41 +46,6 @@ fn syscalls_runs_with_cap_bpf_and_cap_perfmon_alone() {
         assert_eq!(events.len(), 10, "{transport}: {events:?}");
         assert_eq!(finished.summary()["produced"], 10);
     }
-}
-
-// Gated until exec attaches raw tracepoints (the exec/open conversion): it then must pass.
-#[test]
-fn exec_runs_with_cap_bpf_and_cap_perfmon_alone() {
-    let Some(_kernel) = kernel_test() else { return };
-    if !runs_without_tracefs("exec") {
-        return;
-    }
-    let probe = probe_binary(&temp_dir("lp-exec"), "bpfs-lp-exec");
-    let mut command = as_nobody(BPF_AND_PERFMON);
-    command.args(["exec", "--json", "--name", "bpfs-lp-exec"]).stdout(Stdio::piped());
-    let run = start_command(command, "exec");
-    assert!(Command::new(&probe).status().unwrap().success());
-    let finished = run.stop();
-    assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
-    assert_eq!(finished.of_type("exec").len(), 1, "{:?}", finished.stdout);
-}
-
-// Gated until open attaches raw tracepoints (the exec/open conversion): it then must pass.
-#[test]
-fn open_runs_with_cap_bpf_and_cap_perfmon_alone() {
-    let Some(_kernel) = kernel_test() else { return };
-    if !runs_without_tracefs("open") {
-        return;
-    }
-    let path = CString::new("/nonexistent-bpfstream-lp").unwrap();
-    let child = Workload::spawn(
-        "bpfs-lp-open",
-        None,
-        vec![Step::OpenAt { dirfd: libc::AT_FDCWD, path, flags: libc::O_RDONLY }],
-    );
-    let pid = child.pid().to_string();
-    let finished = trace_as_nobody("open", &["--pid", &pid], child);
-    assert_eq!(finished.of_type("open").len(), 1, "{:?}", finished.stdout);
 }
 
 #[test]
@@ -126,16 +77,14 @@ fn tracefs_mounts() -> Vec<String> {
 }
 
 #[test]
-fn an_existing_tracefs_is_used_as_it_is() {
+fn tracers_mount_nothing() {
     let Some(_kernel) = kernel_test() else { return };
     let before = tracefs_mounts();
-    assert!(
-        before.iter().any(|m| m == "/sys/kernel/tracing"),
-        "the test machine has tracefs mounted at /sys/kernel/tracing: {before:?}"
-    );
-    let finished = start(&["open", "--duration", "0.2"]).wait();
-    assert!(finished.status.success(), "{}", finished.stderr);
-    assert_eq!(tracefs_mounts(), before, "nothing mounted over it, nothing unmounted");
+    for tool in ["exec", "open", "syscalls"] {
+        let finished = start(&[tool, "--duration", "0.2"]).wait();
+        assert!(finished.status.success(), "{tool}: {}", finished.stderr);
+        assert_eq!(tracefs_mounts(), before, "{tool}: nothing mounted, nothing unmounted");
+    }
 }
 
 /// Puts tracefs back at /sys/kernel/tracing (when the test took it away).
@@ -151,7 +100,7 @@ impl Drop for Remount {
 }
 
 #[test]
-fn a_missing_tracefs_is_mounted_for_the_attach_and_unmounted_after() {
+fn tracers_attach_without_tracefs() {
     let Some(_kernel) = kernel_test() else { return };
     let before = tracefs_mounts();
     let _remount = Remount;
@@ -163,7 +112,7 @@ fn a_missing_tracefs_is_mounted_for_the_attach_and_unmounted_after() {
     let run = start(&["open", "--json", "--name", "bpfs-no-such"]);
     assert!(
         !tracefs_mounts().iter().any(|m| m == "/sys/kernel/tracing"),
-        "unmounted once attached: {:?}",
+        "tracers need no tracefs: {:?}",
         tracefs_mounts()
     );
     let finished = run.stop();

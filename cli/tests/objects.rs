@@ -8,8 +8,13 @@
 //! rests on.
 
 mod common;
+
+/// The binary's `eprintln_lossy!`, for the tracefs module shared with it.
+macro_rules! eprintln_lossy {
+    ($($arg:tt)*) => { eprintln!($($arg)*) };
+}
 #[path = "../src/tracefs.rs"]
-#[allow(dead_code)] // only ensure_mounted is needed here
+#[allow(dead_code)] // only Tracefs::open is needed here
 mod tracefs;
 
 use std::collections::BTreeSet;
@@ -132,7 +137,7 @@ fn load_and_attach(file: &str, policy: WakeupPolicy) -> Result<Vec<String>> {
 #[test]
 fn every_program_of_every_object_loads_and_attaches() {
     let Some(_kernel) = kernel_test() else { return };
-    tracefs::ensure_mounted().unwrap();
+    let _tracefs = tracefs::Tracefs::open().unwrap(); // classic tracepoints (bench, lab)
     let before = id_watermarks();
     let mut failures = Vec::new();
     let mut names = Vec::new();

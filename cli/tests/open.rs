@@ -142,7 +142,7 @@ fn paths_arrive_whole(transport: &str) {
         assert_eq!(e["tid"], pid);
         assert_eq!(e["comm"], "bpfs-open");
         assert_eq!(e.get("truncated").is_some(), w.truncated, "step {i}");
-        record_bytes += 56 + w.filename.len() as u64;
+        record_bytes += 72 + w.filename.len() as u64; // struct open_event, then the name
     }
     for (i, ret) in results.iter().enumerate().take(6) {
         assert!(*ret >= 0, "step {i} opened an existing file: {ret}");
@@ -160,7 +160,7 @@ fn paths_arrive_whole(transport: &str) {
         _ => assert!(bytes >= record_bytes && bytes < record_bytes + 8 * want.len() as u64, "perf pads to 8 bytes"),
     }
     assert!(summary["avg_record_bytes"].as_f64().unwrap() < summary["fixed_record_bytes"].as_f64().unwrap());
-    assert_nothing_left(before, &["open_enter_at", "open_exit_at", "open_reap", "opens", "events", "untracked"]);
+    assert_nothing_left(before, &["open_enter", "open_exit", "open_reap", "opens", "events", "untracked"]);
 }
 
 #[test]
@@ -198,9 +198,17 @@ fn filters_are_applied_in_the_kernel() {
     let pid = target_pid.to_string();
     let runs = [
         (vec!["--pid", &pid], opens),
+        (vec!["-p", &pid], opens),
         (vec!["--tid", &pid], opens),
+        (vec!["-t", &pid], opens),
         (vec!["--name", "bpfs-otarget"], opens),
+        (vec!["-n", "otarg"], opens),
         (vec!["--pid", &pid, "--failed"], failures),
+        (vec!["-x", "-n", "bpfs-otarget"], failures),
+        (vec!["--errno", "ENOENT", "-n", "bpfs-otarget"], failures),
+        (vec!["--errno", "EACCES", "-n", "bpfs-otarget"], 0),
+        (vec!["-u", "0", "-n", "bpfs-otarget"], opens),
+        (vec!["-u", "65534", "-n", "bpfs-o"], 0),
     ];
     let running: Vec<_> = runs
         .iter()
@@ -221,6 +229,44 @@ fn filters_are_applied_in_the_kernel() {
         assert_eq!(events.len() as u64, *expected, "{filter:?}: {events:#?}");
         assert!(events.iter().all(|e| e["pid"] == target_pid), "{filter:?}");
         assert_eq!(finished.summary()["produced"], *expected, "{filter:?}: filtered in the kernel");
+    }
+}
+
+/// The cgroup v2 id of this process: the inode number of its cgroup's directory.
+fn own_cgroup_id() -> u64 {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let line = mounts.lines().find(|l| l.split_whitespace().nth(2) == Some("cgroup2")).expect("a cgroup2 mount");
+    let mount = line.split_whitespace().nth(1).unwrap();
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = cgroups.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(format!("{mount}{own}")).unwrap())
+}
+
+/// As nobody with CAP_BPF and CAP_PERFMON only (no tracefs needed), in both transports: starts,
+/// delivers, exits 0; events carry the opener's uid and cgroup id.
+#[test]
+fn least_privilege_is_enough() {
+    let Some(_kernel) = kernel_test() else { return };
+    let dir = temp_dir("open-least");
+    let path = dir.join("missing");
+    for transport in ["ring", "perf"] {
+        let step = Step::OpenAt {
+            dirfd: libc::AT_FDCWD,
+            path: CString::new(path.as_os_str().as_bytes()).unwrap(),
+            flags: libc::O_RDONLY,
+        };
+        let child = Workload::spawn("bpfs-oleast", None, vec![step]);
+        let pid = child.pid().to_string();
+        let run = start_least_privileged(&["open", "--json", "--buffer", transport, "-p", &pid]);
+        child.go();
+        let finished = run.stop();
+        assert!(finished.status.success(), "{transport}: {}", finished.stderr);
+        let events = finished.of_type("open");
+        assert_eq!(events.len(), 1, "{transport}: {events:#?}");
+        assert_eq!(events[0]["filename"], path.to_str().unwrap());
+        assert_eq!(events[0]["ret"], -2);
+        assert_eq!(events[0]["uid"], 0);
+        assert_eq!(events[0]["cgroup_id"], own_cgroup_id());
     }
 }
 
@@ -250,4 +296,39 @@ fn table_looks_like_opensnoop() {
     assert_eq!(row, [pid.as_str(), "bpfs-otable", "-1", "2", missing.to_str().unwrap()]);
     assert!(finished.stderr.contains("1 events, 0 dropped"), "{}", finished.stderr);
     assert!(finished.stderr.contains("for a fixed-size record"), "{}", finished.stderr);
+
+    let (code, err) = run_to_end(&["open", "--errno", "ENOPE"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not an errno"), "{err}");
+    let (code, err) = run_to_end(&["open", "--name", "a", "-n", "b"]);
+    assert_eq!(code, Some(2), "--name is exact, -n a substring: one or the other ({err})");
+    let (code, err) = run_to_end(&["open", "-u", "-1"]);
+    assert_eq!(code, Some(2), "{err}");
+    let finished = start(&["open", "-n", "bpfs-nothing", "-d", "0.1"]).wait();
+    assert!(!finished.stderr.contains("fixed-size"), "no averages of nothing: {}", finished.stderr);
+}
+
+/// `-T` is execsnoop's wall-clock column (`HH:MM:SS`), `-U` opensnoop's UID column, and `-d`
+/// stops the run by itself.
+#[test]
+fn short_flags_wall_clock_uid_column_and_duration() {
+    let Some(_kernel) = kernel_test() else { return };
+    let missing = temp_dir("open-short").join("missing");
+    let step = Step::OpenAt {
+        dirfd: libc::AT_FDCWD,
+        path: CString::new(missing.as_os_str().as_bytes()).unwrap(),
+        flags: libc::O_RDONLY,
+    };
+    let child = Workload::spawn("bpfs-oshort", None, vec![step]);
+    let pid = child.pid().to_string();
+    let run = start(&["open", "-T", "-U", "-p", &pid, "-d", "5"]);
+    child.go();
+    let finished = run.wait();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let header: Vec<_> = finished.stdout[0].split_whitespace().collect();
+    assert_eq!(header, ["TIME", "UID", "PID", "COMM", "FD", "ERR", "PATH"]);
+    let row: Vec<_> = finished.stdout[1].split_whitespace().collect();
+    let time: Vec<_> = row[0].split(':').collect();
+    assert!(time.len() == 3 && time.iter().all(|f| f.len() == 2 && f.parse::<u8>().is_ok()), "{row:?}");
+    assert_eq!(row[1..], ["0", pid.as_str(), "bpfs-oshort", "-1", "2", missing.to_str().unwrap()]);
 }

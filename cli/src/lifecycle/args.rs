@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bpfstream::{PerfWakeup, Transport, WakeupPolicy};
 
-use crate::values::{comm_parser, parse_task_id, Comm};
+use crate::values::{comm_parser, parse_task_id, parse_uid, Comm};
 
 /// Default buffer: 256 KiB (ring: total; perf: per CPU).
 pub const DEFAULT_BUFFER_SIZE: u64 = 256 << 10;
@@ -20,18 +20,35 @@ pub struct CommonArgs {
     #[arg(long, value_name = "BYTES", value_parser = crate::size::parse_buffer_size)]
     pub buffer_size: Option<u64>,
     /// Stop after SECS, drain, print the summary and exit 0
-    #[arg(long, value_name = "SECS", value_parser = crate::size::parse_run_duration)]
+    #[arg(short = 'd', long, value_name = "SECS", value_parser = crate::size::parse_run_duration)]
     pub duration: Option<Duration>,
     /// JSON lines on stdout: one object per event, then the summary object
     #[arg(long)]
     pub json: bool,
     /// Only this process (filtered in the kernel)
-    #[arg(long, value_name = "PID", value_parser = parse_task_id)]
+    #[arg(short = 'p', long, value_name = "PID", value_parser = parse_task_id)]
     pub pid: Option<u32>,
     /// Only tasks whose comm is exactly COMM (first 15 bytes; filtered in the kernel); any byte
     /// can be given as \xNN, a backslash as \\
-    #[arg(long, value_name = "COMM", value_parser = comm_parser())]
+    #[arg(long, value_name = "COMM", value_parser = comm_parser(), conflicts_with = "name_contains")]
     pub name: Option<Comm>,
+    /// Only tasks whose comm contains NAME, like opensnoop -n (filtered in the kernel; escapes as
+    /// for --name)
+    #[arg(short = 'n', long, value_name = "NAME", value_parser = comm_parser())]
+    pub name_contains: Option<Comm>,
+    /// Only tasks of this (real) user id (filtered in the kernel)
+    #[arg(short = 'u', long, value_name = "UID", value_parser = parse_uid)]
+    pub uid: Option<u32>,
+    /// Only tasks in this cgroup v2 directory or below it, e.g. /sys/fs/cgroup/system.slice
+    /// (filtered in the kernel)
+    #[arg(long, value_name = "PATH", value_parser = crate::cgroup::parse_cgroup)]
+    pub cgroup: Option<crate::cgroup::Cgroup>,
+    /// Print a wall-clock time column (HH:MM:SS, local time), like execsnoop -T
+    #[arg(short = 'T', long)]
+    pub timestamp: bool,
+    /// Print a column of seconds since the first event
+    #[arg(long)]
+    pub elapsed: bool,
     /// When producers wake the reader: adaptive (when the reader had caught up), every, never,
     /// records:N or bytes:N. Default: bytes at a quarter of the buffer for perf buffers and for
     /// the high-rate tracers (syscalls, open), adaptive otherwise

@@ -60,14 +60,22 @@ impl Global {
 }
 
 /// The globals of `bpf/include/bpfstream_filter.h`: the task filters every tracer applies in
-/// the kernel (`--pid`, `--tid`, `--name`), and bpfstream's own process, never traced.
+/// the kernel (`--pid`, `--tid`, `--uid`, `--cgroup`, `--name`, `-n`), and bpfstream's own
+/// process, never traced.
 pub fn task_filter_globals(args: &CommonArgs, tid: Option<u32>) -> Vec<Global> {
+    let comm = args.name.as_ref().or(args.name_contains.as_ref()).map_or(&[][..], |c| c.bytes());
     vec![
         Global::u32("self_tgid", std::process::id()),
         Global::u32("targ_pid", args.pid.unwrap_or(0)),
         Global::u32("targ_tid", tid.unwrap_or(0)),
-        Global::bool("filter_comm", args.name.is_some()),
-        Global::comm("targ_comm", args.name.as_ref().map_or(&[][..], |c| c.bytes())),
+        Global::bool("filter_uid", args.uid.is_some()),
+        Global::u32("targ_uid", args.uid.unwrap_or(0)),
+        Global::u64("targ_cgroup", args.cgroup.as_ref().map_or(0, |c| c.id)),
+        Global::u32("targ_cgroup_level", args.cgroup.as_ref().map_or(0, |c| c.level)),
+        Global::bool("filter_comm", !comm.is_empty()),
+        Global::bool("comm_substring", args.name_contains.is_some()),
+        Global::u32("targ_comm_len", comm.len() as u32),
+        Global::comm("targ_comm", comm),
     ]
 }
 

@@ -1,20 +1,21 @@
 //! `bpfstream open`: every open/openat/openat2 with the filename exactly as passed (up to 4096
-//! bytes), in a record exactly as long as the name (the chapter's exercise 4), from the
-//! `syscalls` tracepoints the kernel has.
+//! bytes), in a record exactly as long as the name (the chapter's exercise 4), from the raw
+//! tracepoints `sys_enter`/`sys_exit` (no tracefs, no trace-record layout that differs between
+//! kernels such as PREEMPT_RT's). Needs Linux 5.15 (`bpf_task_pt_regs`).
 
 use std::io::{self, Write};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use aya::maps::{MapData, PerCpuArray};
-use bpfstream::names::syscall_name;
+use bpfstream::names::{errno_name, syscall_name};
 use bpfstream::{FromRecord, Item};
 
 use crate::lifecycle::{
     task_filter_globals, Attach, BufferOptions, CommonArgs, EventRate, Global, Sink, Tracer, TracerSpec,
 };
+use crate::objects;
 use crate::output::{c_str, display_bytes, JsonLine, TimeColumn};
 use crate::tools::per_cpu_total;
-use crate::{objects, tracefs};
 
 /// `OPEN_FILENAME_MAX` of bpf/open.h: the longest name reported whole.
 pub const FILENAME_MAX: usize = 4096;
@@ -26,12 +27,15 @@ bpfstream::record! {
         pub ts_ns: u64,
         pub ret: i64,
         pub flags: u64,
+        pub cgroup_id: u64,
         pub pid: u32,
         pub tid: u32,
+        pub uid: u32,
         pub nr: u32,
         pub filename_len: u16,
         pub truncated: u16,
         pub comm: [u8; 16],
+        pub pad: u32,
     }
 }
 
@@ -52,81 +56,51 @@ pub fn decode(data: &[u8]) -> Option<Open<'_>> {
 /// A record's size if it had room for the longest name, as a fixed-size design would send.
 pub const FIXED_RECORD_BYTES: usize = std::mem::size_of::<OpenEvent>() + FILENAME_MAX;
 
+/// `--errno`: a name such as ENOENT, or a number.
+fn parse_errno(text: &str) -> Result<u32, String> {
+    let by_name = (1..4096).find(|&n| errno_name(n).is_some_and(|name| name.eq_ignore_ascii_case(text)));
+    match (by_name, text.parse::<u32>()) {
+        (Some(n), _) => Ok(n as u32),
+        (None, Ok(n @ 1..=4095)) => Ok(n),
+        _ => Err(format!("{text:?} is not an errno: give a name such as ENOENT, or a number from 1 to 4095")),
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct OpenArgs {
     #[command(flatten)]
     pub common: CommonArgs,
     /// Only this thread (filtered in the kernel)
-    #[arg(long, value_name = "TID", value_parser = crate::values::parse_task_id)]
+    #[arg(short = 't', long, value_name = "TID", value_parser = crate::values::parse_task_id)]
     pub tid: Option<u32>,
     /// Only failed opens (filtered in the kernel)
     #[arg(short = 'x', long)]
     pub failed: bool,
-    /// Print a timestamp column (seconds since the first event)
-    #[arg(short = 'T', long)]
-    pub time: bool,
+    /// Only opens that failed with this errno, e.g. ENOENT or 2 (filtered in the kernel)
+    #[arg(long, value_name = "ERRNO", value_parser = parse_errno)]
+    pub errno: Option<u32>,
+    /// Print a UID column
+    #[arg(short = 'U', long)]
+    pub print_uid: bool,
     /// Print the open flags (octal) and the syscall, like opensnoop -e
     #[arg(short = 'e', long)]
     pub extended: bool,
 }
 
-/// Each open syscall's tracepoints and the programs for them (bpf/open.bpf.c).
-struct OpenSyscall {
-    enter_program: &'static str,
-    enter_tracepoint: &'static str,
-    exit_program: &'static str,
-    exit_tracepoint: &'static str,
-}
-
-const OPEN_SYSCALLS: [OpenSyscall; 3] = [
-    OpenSyscall {
-        enter_program: "open_enter_open",
-        enter_tracepoint: "sys_enter_open",
-        exit_program: "open_exit_open",
-        exit_tracepoint: "sys_exit_open",
-    },
-    OpenSyscall {
-        enter_program: "open_enter_at",
-        enter_tracepoint: "sys_enter_openat",
-        exit_program: "open_exit_at",
-        exit_tracepoint: "sys_exit_openat",
-    },
-    OpenSyscall {
-        enter_program: "open_enter_at2",
-        enter_tracepoint: "sys_enter_openat2",
-        exit_program: "open_exit_at2",
-        exit_tracepoint: "sys_exit_openat2",
-    },
-];
-
-/// The attach points: the tracepoints of the open syscalls this kernel has (`open` is missing
-/// on architectures without it, `openat2` before Linux 5.6).
-pub fn spec(args: &OpenArgs) -> Result<TracerSpec> {
-    let tracefs = tracefs::Tracefs::open()?;
-    let mut attach = Vec::new();
-    for s in OPEN_SYSCALLS {
-        if tracefs.tracepoint_exists("syscalls", s.enter_tracepoint)
-            && tracefs.tracepoint_exists("syscalls", s.exit_tracepoint)
-        {
-            attach.push(Attach::Tracepoint {
-                program: s.enter_program,
-                category: "syscalls",
-                name: s.enter_tracepoint,
-            });
-            attach.push(Attach::Tracepoint { program: s.exit_program, category: "syscalls", name: s.exit_tracepoint });
-        }
-    }
-    if attach.is_empty() {
-        bail!("this kernel has no syscalls/sys_enter_open* tracepoints (it needs CONFIG_FTRACE_SYSCALLS)");
-    }
-    attach.push(Attach::RawTracePoint { program: "open_reap", name: "sched_process_exit" });
-    let common = &args.common;
-    Ok(TracerSpec {
+/// The attach points: every syscall's entry and exit, where the programs pick out the opens.
+pub fn spec(args: &OpenArgs) -> TracerSpec {
+    let mut globals = task_filter_globals(&args.common, args.tid);
+    globals.extend([Global::bool("only_failed", args.failed), Global::u32("targ_errno", args.errno.unwrap_or(0))]);
+    TracerSpec {
         what: "open events",
         objects: objects::OPEN,
-        attach,
-        globals: [task_filter_globals(common, args.tid), vec![Global::bool("only_failed", args.failed)]].concat(),
-    })
+        attach: vec![
+            Attach::RawTracePoint { program: "open_enter", name: "sys_enter" },
+            Attach::RawTracePoint { program: "open_exit", name: "sys_exit" },
+            Attach::RawTracePoint { program: "open_reap", name: "sched_process_exit" },
+        ],
+        globals,
+    }
 }
 
 /// Prints open events as table rows or JSON lines.
@@ -134,6 +108,7 @@ struct Printer<W: Write> {
     out: W,
     json: bool,
     time: TimeColumn,
+    print_uid: bool,
     extended: bool,
     malformed: u64,
     truncated: u64,
@@ -145,6 +120,9 @@ impl<W: Write> Sink for Printer<W> {
             return Ok(());
         }
         self.time.title(&mut self.out)?;
+        if self.print_uid {
+            write!(self.out, "{:<6} ", "UID")?;
+        }
         write!(self.out, "{:<7} {:<16} {:>3} {:>3} ", "PID", "COMM", "FD", "ERR")?;
         if self.extended {
             write!(self.out, "{:>8} {:<8} ", "FLAGS", "SYSCALL")?;
@@ -171,11 +149,16 @@ impl<W: Write> Sink for Printer<W> {
                 .str("syscall", syscall)
                 .bytes("filename", e.filename)
                 .num("flags", h.flags)
-                .num("ret", h.ret);
+                .num("ret", h.ret)
+                .num("uid", h.uid)
+                .num("cgroup_id", h.cgroup_id);
             let line = if h.truncated != 0 { line.boolean("truncated", true) } else { line };
             return line.write_to(&mut self.out);
         }
         self.time.cell(&mut self.out, h.ts_ns)?;
+        if self.print_uid {
+            write!(self.out, "{:<6} ", h.uid)?;
+        }
         let (fd, err) = if h.ret >= 0 { (h.ret, 0) } else { (-1, -h.ret) };
         write!(self.out, "{:<7} {:<16} {:>3} {:>3} ", h.pid, display_bytes(c_str(&h.comm)), fd, err)?;
         if self.extended {
@@ -192,13 +175,14 @@ impl<W: Write> Sink for Printer<W> {
 
 pub fn run(args: OpenArgs) -> Result<()> {
     let options = BufferOptions::for_tracer(&args.common, EventRate::High);
-    let mut tracer = Tracer::start(&spec(&args)?, &options)?;
+    let mut tracer = Tracer::start(&spec(&args), &options)?;
     let untracked: PerCpuArray<MapData, u64> = tracer.take_map("untracked")?.try_into()?;
     let json = args.common.json;
     let mut printer = Printer {
         out: crate::writer::stdout(),
         json,
-        time: TimeColumn::new(args.time),
+        time: TimeColumn::new(args.common.timestamp, args.common.elapsed),
+        print_uid: args.print_uid,
         extended: args.extended,
         malformed: 0,
         truncated: 0,
@@ -208,10 +192,13 @@ pub fn run(args: OpenArgs) -> Result<()> {
     drop(printer);
     let untracked = per_cpu_total(&untracked)?;
     let avg = if summary.events > 0 { summary.bytes as f64 / summary.events as f64 } else { 0.0 };
-    let mut extra = format!(
-        "; records averaged {avg:.0} bytes against {FIXED_RECORD_BYTES} for a fixed-size record ({:.1}x smaller)",
-        FIXED_RECORD_BYTES as f64 / avg.max(1.0)
-    );
+    let mut extra = String::new();
+    if summary.events > 0 {
+        extra = format!(
+            "; records averaged {avg:.0} bytes against {FIXED_RECORD_BYTES} for a fixed-size record ({:.1}x smaller)",
+            FIXED_RECORD_BYTES as f64 / avg
+        );
+    }
     if untracked > 0 {
         extra.push_str(&format!("; {untracked} opens untracked (in-flight map full)"));
     }
@@ -240,20 +227,42 @@ mod tests {
     fn open_event_mirrors_the_struct_clang_laid_out() {
         for object in [objects::OPEN.ring, objects::OPEN.perf] {
             let c = bpfstream::btf::struct_layout(object, "open_event").unwrap();
-            let rust =
-                bpfstream::rust_layout!(OpenEvent { ts_ns, ret, flags, pid, tid, nr, filename_len, truncated, comm });
+            let rust = bpfstream::rust_layout!(OpenEvent {
+                ts_ns,
+                ret,
+                flags,
+                cgroup_id,
+                pid,
+                tid,
+                uid,
+                nr,
+                filename_len,
+                truncated,
+                comm,
+                pad
+            });
             c.check(&rust).unwrap();
         }
     }
 
     #[test]
     fn decode_takes_exactly_the_name_and_rejects_short_records() {
-        let mut data = vec![0u8; 56];
-        data[36..38].copy_from_slice(&3u16.to_ne_bytes());
+        let mut data = vec![0u8; 72];
+        data[48..50].copy_from_slice(&3u16.to_ne_bytes());
         data.extend_from_slice(b"a/b\0\0\0\0\0"); // perf padding after the name
         let e = decode(&data).unwrap();
         assert_eq!(e.filename, b"a/b");
-        assert!(decode(&data[..58]).is_none(), "claims 3 bytes of name, has 2");
+        assert!(decode(&data[..74]).is_none(), "claims 3 bytes of name, has 2");
         assert!(decode(&data[..40]).is_none());
+    }
+
+    #[test]
+    fn errnos_parse_by_name_or_number() {
+        assert_eq!(parse_errno("ENOENT"), Ok(2));
+        assert_eq!(parse_errno("eacces"), Ok(13));
+        assert_eq!(parse_errno("2"), Ok(2));
+        for bad in ["0", "4096", "-2", "ENOPE", ""] {
+            assert!(parse_errno(bad).is_err(), "{bad}");
+        }
     }
 }

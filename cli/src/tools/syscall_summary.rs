@@ -232,7 +232,7 @@ mod tests {
     fn event(pid: u32, nr: i64, ret: i64, duration_ns: u64, comm: &[u8]) -> SyscallEvent {
         let mut c = [0u8; 16];
         c[..comm.len()].copy_from_slice(comm);
-        SyscallEvent { ts_ns: 1, duration_ns, ret, nr, pid, tid: pid, comm: c }
+        SyscallEvent { ts_ns: 1, duration_ns, ret, nr, pid, tid: pid, comm: c, cgroup_id: 1 }
     }
 
     #[test]

@@ -31,6 +31,7 @@ bpfstream::record! {
         pub pid: u32,
         pub tid: u32,
         pub comm: [u8; 16],
+        pub cgroup_id: u64,
     }
 }
 
@@ -110,7 +111,7 @@ pub struct SyscallsArgs {
     #[command(flatten)]
     pub common: CommonArgs,
     /// Only this thread (filtered in the kernel)
-    #[arg(long, value_name = "TID", value_parser = crate::values::parse_task_id)]
+    #[arg(short = 't', long, value_name = "TID", value_parser = crate::values::parse_task_id)]
     pub tid: Option<u32>,
     /// Only these syscalls, by x86-64 name or number (filtered in the kernel)
     #[arg(long, value_name = "NAME[,NAME]", value_parser = parse_syscall_set)]
@@ -133,9 +134,6 @@ pub struct SyscallsArgs {
     /// With --summary: show only the N rows with the most total time
     #[arg(long, value_name = "N", requires = "summary", value_parser = crate::values::parse_count)]
     pub top: Option<u64>,
-    /// Print a timestamp column (seconds since the first event)
-    #[arg(short = 'T', long)]
-    pub time: bool,
 }
 
 pub fn spec(args: &SyscallsArgs) -> TracerSpec {
@@ -193,6 +191,7 @@ impl<W: Write> Printer<W> {
                 .num("nr", e.nr)
                 .str("syscall", &name)
                 .num("ret", e.ret)
+                .num("cgroup_id", e.cgroup_id)
                 .write_to(&mut self.out);
         }
         self.time.cell(&mut self.out, e.ts_ns)?;
@@ -282,7 +281,7 @@ pub fn run(args: SyscallsArgs) -> Result<()> {
         out: crate::writer::stdout(),
         line: String::new(),
         json,
-        time: TimeColumn::new(args.time),
+        time: TimeColumn::new(args.common.timestamp, args.common.elapsed),
         malformed: 0,
         summary: args.summary.then(|| Summary {
             agg: Aggregator::new(by),
@@ -327,7 +326,8 @@ mod tests {
     fn syscall_event_mirrors_the_struct_clang_laid_out() {
         for object in [objects::SYSCALLS.ring, objects::SYSCALLS.perf] {
             let c = bpfstream::btf::struct_layout(object, "syscall_event").unwrap();
-            c.check(&bpfstream::rust_layout!(SyscallEvent { ts_ns, duration_ns, ret, nr, pid, tid, comm })).unwrap();
+            c.check(&bpfstream::rust_layout!(SyscallEvent { ts_ns, duration_ns, ret, nr, pid, tid, comm, cgroup_id }))
+                .unwrap();
         }
     }
 

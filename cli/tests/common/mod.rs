@@ -56,6 +56,23 @@ pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
     start_command(command, &format!("{args:?}"))
 }
 
+/// setpriv (util-linux) arguments that run a program as nobody with CAP_BPF and CAP_PERFMON
+/// and no other privilege.
+pub const LEAST_PRIVILEGE: [&str; 5] = [
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=-all,+bpf,+perfmon",
+    "--ambient-caps=+bpf,+perfmon",
+];
+
+/// [`start`] as nobody with CAP_BPF and CAP_PERFMON only.
+pub fn start_least_privileged(args: &[&str]) -> Running {
+    let mut command = Command::new("setpriv");
+    command.args(LEAST_PRIVILEGE).arg(bin()).args(args).stdout(Stdio::piped());
+    start_command(command, &format!("{args:?}"))
+}
+
 /// Starts `command` (stdin null, stderr piped; stdout as the command says, read line by line
 /// when piped) and waits (up to 60 s) for the `Tracing` line on stderr.
 pub fn start_command(mut command: Command, what: &str) -> Running {
