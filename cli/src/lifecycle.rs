@@ -14,6 +14,7 @@ use aya::{Ebpf, EbpfLoader};
 use bpfstream::accounting::{STATS_MAP, WAKEUP_ARG_GLOBAL, WAKEUP_POLICY_GLOBAL};
 use bpfstream::{DropCounters, EventSource, Item, PerfOptions, PerfWakeup, Poller, Transport, WakeupPolicy};
 
+use crate::loss::{buffer_for_burst, burst_text, LossReport, Reporting};
 use crate::output::JsonLine;
 use crate::size::human_bytes;
 use crate::{signals, tracefs};
@@ -296,6 +297,8 @@ pub struct Tracer {
     pub source: EventSource,
     what: &'static str,
     size: u64,
+    /// Loss reports as JSON lines on stdout (`--json`) instead of lines on stderr.
+    json: bool,
 }
 
 impl std::fmt::Debug for Tracer {
@@ -385,17 +388,26 @@ impl Tracer {
         // event, or those events would be dropped for want of a slot.
         let source = open_source(&bpf, options)?;
         attach(&mut bpf, spec)?;
-        let tracer = Tracer { bpf, source, what: spec.what, size: options.size };
+        let tracer = Tracer { bpf, source, what: spec.what, size: options.size, json: false };
         eprintln_lossy!("Tracing {} via {}... Hit Ctrl-C to end.", tracer.what, tracer.describe_buffer());
         Ok(tracer)
     }
 
-    /// `ring buffer (256 KiB)` or `perf buffer (256 KiB per CPU, 2 CPUs)`.
+    /// `ring buffer (256 KiB)` or `perf buffer (256 KiB per CPU, 2 CPUs: 512 KiB)`.
     pub fn describe_buffer(&self) -> String {
         match self.source.as_perf() {
             None => format!("ring buffer ({})", human_bytes(self.size)),
-            Some(perf) => format!("perf buffer ({} per CPU, {} CPUs)", human_bytes(self.size), perf.cpus().len()),
+            Some(perf) => {
+                let cpus = perf.cpus().len();
+                let total = human_bytes(self.size * cpus as u64);
+                format!("perf buffer ({} per CPU, {cpus} CPUs: {total})", human_bytes(self.size))
+            }
         }
+    }
+
+    /// Reports losses as `lost` JSON lines on stdout (for `--json`).
+    pub fn set_json(&mut self, json: bool) {
+        self.json = json;
     }
 
     /// Takes one of the object's maps out of it (e.g. a tool's own counters), to read after
@@ -408,6 +420,9 @@ impl Tracer {
     /// closed stdout). Then detaches every program, drains the buffer into the sink and returns
     /// the accounting.
     pub fn run(mut self, duration: Option<Duration>, max_delay: Duration, sink: &mut dyn Sink) -> Result<Summary> {
+        let mut reporting = Reporting::new(sink, LossReport::new(self.json, self.source.as_perf().is_some()));
+        let sink: &mut dyn Sink = &mut reporting;
+        let size = self.size;
         let started = Instant::now();
         let deadline = duration.map(|d| started + d);
         let mut failure: Option<io::Error> = None;
@@ -466,11 +481,16 @@ impl Tracer {
         if failure.is_none() {
             failure = sink.tick().err();
         }
+        if failure.is_none() {
+            failure = reporting.finish().err();
+        }
         if let Some(e) = failure {
             if !is_broken_pipe(&e) {
                 return Err(anyhow!(e).context("writing events"));
             }
         }
+        let worst_burst = reporting.loss.worst_burst();
+        let record_bytes = totals.bytes.checked_div(totals.delivered).unwrap_or(0);
         Ok(Summary {
             events: totals.delivered,
             dropped: totals.dropped,
@@ -479,6 +499,8 @@ impl Tracer {
             transport,
             buffer_bytes,
             elapsed,
+            worst_burst,
+            burst_buffer_size: buffer_for_burst(size, worst_burst, record_bytes),
         })
     }
 }
@@ -497,6 +519,10 @@ pub struct Summary {
     pub transport: Transport,
     pub buffer_bytes: u64,
     pub elapsed: Duration,
+    /// Most records one buffer lost in one burst of losses.
+    pub worst_burst: u64,
+    /// The `--buffer-size` that would have held that burst (`None`: none would).
+    pub burst_buffer_size: Option<u64>,
 }
 
 impl Summary {
@@ -517,6 +543,12 @@ impl Summary {
         if let Some(p) = self.produced {
             line = line.num("produced", p);
         }
+        if self.worst_burst > 0 {
+            line = line.num("worst_burst_lost", self.worst_burst);
+            if let Some(size) = self.burst_buffer_size {
+                line = line.num("burst_buffer_size", size);
+            }
+        }
         line.num("bytes", self.bytes)
             .float("duration_s", secs)
             .float("events_per_sec", self.events as f64 / secs.max(1e-9))
@@ -534,6 +566,9 @@ impl Summary {
         );
         if let Some(p) = self.produced {
             s.push_str(&format!("; produced {p}"));
+        }
+        if self.worst_burst > 0 {
+            s.push_str(&burst_text(self.worst_burst, self.burst_buffer_size));
         }
         s
     }

@@ -22,6 +22,7 @@ mod bench;
 mod histogram;
 mod lab;
 mod lifecycle;
+mod loss;
 mod objects;
 mod output;
 mod plot;

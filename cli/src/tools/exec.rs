@@ -116,7 +116,8 @@ impl<W: Write> Sink for Printer<W> {
 
 pub fn run(args: ExecArgs) -> Result<()> {
     let options = BufferOptions::from_args(&args.common);
-    let tracer = Tracer::start(&spec(&args.common), &options)?;
+    let mut tracer = Tracer::start(&spec(&args.common), &options)?;
+    tracer.set_json(args.common.json);
     let json = args.common.json;
     let mut printer = Printer {
         out: io::BufWriter::new(io::stdout().lock()),

@@ -11,7 +11,7 @@ use bpfstream::{FromRecord, Item};
 
 use crate::lifecycle::{task_filter_globals, Attach, CommonArgs, Global, Sink, Tracer, TracerSpec};
 use crate::output::{c_str, display_bytes, JsonLine, TimeColumn};
-use crate::tools::{high_rate_options, per_cpu_total};
+use crate::tools::{high_rate_options, per_cpu_total, BurstBudget};
 use crate::{objects, tracefs};
 
 /// `OPEN_FILENAME_MAX` of bpf/open.h: the longest name reported whole.
@@ -49,6 +49,10 @@ pub fn decode(data: &[u8]) -> Option<Open<'_>> {
 
 /// A record's size if it had room for the longest name, as a fixed-size design would send.
 pub const FIXED_RECORD_BYTES: usize = std::mem::size_of::<OpenEvent>() + FILENAME_MAX;
+
+/// What the default buffer holds without a read: 4,096 opens of 2 KiB names per CPU (32 MiB of
+/// ring on two CPUs).
+const BURST: BurstBudget = BurstBudget { record_bytes: (std::mem::size_of::<OpenEvent>() + 2048) as u64, records: 1 << 12 };
 
 #[derive(Debug, clap::Args)]
 pub struct OpenArgs {
@@ -189,8 +193,9 @@ impl<W: Write> Sink for Printer<W> {
 }
 
 pub fn run(args: OpenArgs) -> Result<()> {
-    let options = high_rate_options(&args.common);
+    let options = high_rate_options(&args.common, BURST);
     let mut tracer = Tracer::start(&spec(&args)?, &options)?;
+    tracer.set_json(args.common.json);
     let untracked: PerCpuArray<MapData, u64> = tracer.take_map("untracked")?.try_into()?;
     let json = args.common.json;
     let mut printer = Printer {

@@ -16,7 +16,7 @@ use crate::lifecycle::{task_filter_globals, Attach, CommonArgs, Global, Sink, Tr
 use crate::objects;
 use crate::output::{c_str, cell_left, cell_right, display_bytes, JsonLine, TimeColumn};
 use crate::tools::syscall_summary::{GroupBy, IntervalWriter, SortBy, StatsTable};
-use crate::tools::{high_rate_options, per_cpu_total};
+use crate::tools::{high_rate_options, per_cpu_total, BurstBudget};
 
 bpfstream::record! {
     /// `struct syscall_event` of bpf/syscalls.h.
@@ -31,6 +31,10 @@ bpfstream::record! {
         pub comm: [u8; 16],
     }
 }
+
+/// What the default buffer holds without a read: 65,536 records per CPU (8 MiB of ring on two
+/// CPUs), a storm of the cheapest syscalls on every CPU for about 40 ms.
+const BURST: BurstBudget = BurstBudget { record_bytes: std::mem::size_of::<SyscallEvent>() as u64, records: 1 << 16 };
 
 /// Words of the `--syscall` bitmap (`SYSCALLS_MASK_WORDS` in bpf/syscalls.h).
 const MASK_WORDS: usize = 8;
@@ -298,12 +302,13 @@ impl<W: Write> Sink for Printer<W> {
 
 pub fn run(args: SyscallsArgs) -> Result<()> {
     let summary_mode = args.summary_mode();
-    let mut options = high_rate_options(&args.common);
+    let mut options = high_rate_options(&args.common, BURST);
     if summary_mode {
         // Nothing is sent: the smallest buffer the transport takes.
         options.size = bpfstream::page_size() as u64;
     }
     let mut tracer = Tracer::start(&spec(&args), &options)?;
+    tracer.set_json(args.common.json);
     let untracked: PerCpuArray<MapData, u64> = tracer.take_map("untracked")?.try_into()?;
     let json = args.common.json;
     let by = if args.by_process { GroupBy::Process } else { GroupBy::Syscall };
