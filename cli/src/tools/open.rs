@@ -211,10 +211,15 @@ pub fn run(args: OpenArgs) -> Result<()> {
     drop(printer);
     let untracked = per_cpu_total(&untracked)?;
     let avg = if summary.events > 0 { summary.bytes as f64 / summary.events as f64 } else { 0.0 };
-    let mut extra = format!(
-        "; records averaged {avg:.0} bytes against {FIXED_RECORD_BYTES} for a fixed-size record ({:.1}x smaller)",
-        FIXED_RECORD_BYTES as f64 / avg.max(1.0)
-    );
+    // With no events there is no average to compare.
+    let mut extra = if summary.events > 0 {
+        format!(
+            "; records averaged {avg:.0} bytes against {FIXED_RECORD_BYTES} for a fixed-size record ({:.1}x smaller)",
+            FIXED_RECORD_BYTES as f64 / avg.max(1.0)
+        )
+    } else {
+        String::new()
+    };
     if untracked > 0 {
         extra.push_str(&format!("; {untracked} opens untracked (in-flight map full)"));
     }
