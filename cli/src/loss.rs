@@ -196,7 +196,10 @@ mod tests {
         assert_eq!(text, "{\"type\":\"lost\",\"count\":5,\"cpu\":0,\"total\":5,\"elapsed_s\":0.000}\n", "not yet due");
         report.report(t0 + Duration::from_millis(1000), false, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert_eq!(text.lines().nth(1), Some("{\"type\":\"lost\",\"count\":5,\"cpu\":1,\"total\":10,\"elapsed_s\":1.000}"));
+        assert_eq!(
+            text.lines().nth(1),
+            Some("{\"type\":\"lost\",\"count\":5,\"cpu\":1,\"total\":10,\"elapsed_s\":1.000}")
+        );
         let mut out = Vec::new();
         report.report(t0 + Duration::from_millis(3000), true, &mut out).unwrap();
         assert!(out.is_empty(), "nothing new to report");

@@ -86,7 +86,8 @@ fn known_mix_appears_exactly(transport: &str) {
     assert_eq!(summary["produced"], KNOWN_MIX_EVENTS);
     assert_eq!(summary["untracked"], 0);
     assert_eq!(summary["buffer"], transport);
-    let names = ["syscall_enter", "syscall_exit", "events", "bpfstream_stats", "starts", "untracked", "stats", "stats_init"];
+    let names =
+        ["syscall_enter", "syscall_exit", "events", "bpfstream_stats", "starts", "untracked", "stats", "stats_init"];
     assert_nothing_left(before, &names);
 }
 
@@ -249,7 +250,11 @@ fn summary_table_takes_syscount_flags() {
     let by_process = start(&["syscalls", "-P", "--pid", &pid]);
     child.go();
     let (by_syscall, by_process) = (by_syscall.stop(), by_process.stop());
-    assert!(by_syscall.stderr.contains(&format!("{KNOWN_MIX_EVENTS} syscalls counted in the kernel")), "{}", by_syscall.stderr);
+    assert!(
+        by_syscall.stderr.contains(&format!("{KNOWN_MIX_EVENTS} syscalls counted in the kernel")),
+        "{}",
+        by_syscall.stderr
+    );
     let lines = &by_syscall.stdout;
     assert!(lines[0].contains(&format!("{KNOWN_MIX_EVENTS} syscalls (percentiles within 1.6 %)")), "{lines:?}");
     assert!(lines[1].ends_with("MAX(ms)"), "{lines:?}");
@@ -326,7 +331,8 @@ fn burst_is_fully_accounted(transport: &str) {
     assert_eq!(u(&last["total"]), dropped);
     // One line per CPU per second at most, but for the last one, written at the end of the run.
     for cpu in 0..64 {
-        let times: Vec<f64> = lost.iter().filter(|l| l["cpu"] == cpu).map(|l| l["elapsed_s"].as_f64().unwrap()).collect();
+        let times: Vec<f64> =
+            lost.iter().filter(|l| l["cpu"] == cpu).map(|l| l["elapsed_s"].as_f64().unwrap()).collect();
         let before_last = &times[..times.len().saturating_sub(1)];
         assert!(before_last.windows(2).all(|w| w[1] - w[0] >= 0.999), "CPU {cpu}: {times:?}");
     }
@@ -365,7 +371,11 @@ fn table_mode_reports_loss_on_stderr() {
         .sum();
     let summary = finished.stderr.lines().find(|l| l.contains(" dropped in ")).unwrap();
     let dropped: u64 = summary.split(" events, ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
-    assert!(dropped > 0 && lost == dropped, "Lost lines ({lost}) add up to the dropped ({dropped}):\n{}", finished.stderr);
+    assert!(
+        dropped > 0 && lost == dropped,
+        "Lost lines ({lost}) add up to the dropped ({dropped}):\n{}",
+        finished.stderr
+    );
     assert!(summary.contains("would have held the worst burst"), "{summary}");
 }
 

@@ -52,7 +52,8 @@ pub const FIXED_RECORD_BYTES: usize = std::mem::size_of::<OpenEvent>() + FILENAM
 
 /// What the default buffer holds without a read: 4,096 opens of 2 KiB names per CPU (32 MiB of
 /// ring on two CPUs).
-const BURST: BurstBudget = BurstBudget { record_bytes: (std::mem::size_of::<OpenEvent>() + 2048) as u64, records: 1 << 12 };
+const BURST: BurstBudget =
+    BurstBudget { record_bytes: (std::mem::size_of::<OpenEvent>() + 2048) as u64, records: 1 << 12 };
 
 #[derive(Debug, clap::Args)]
 pub struct OpenArgs {

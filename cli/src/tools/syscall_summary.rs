@@ -331,7 +331,10 @@ mod tests {
         writer.write(&mut out, vec![r], Duration::from_secs(1)).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<_> = text.lines().collect();
-        assert_eq!(lines[0], r#"{"type":"syscall_interval","interval":1,"elapsed_s":1.000,"events":1,"rows":1,"percentile_error":0.016}"#);
+        assert_eq!(
+            lines[0],
+            r#"{"type":"syscall_interval","interval":1,"elapsed_s":1.000,"events":1,"rows":1,"percentile_error":0.016}"#
+        );
         assert_eq!(
             lines[1],
             r#"{"type":"syscall_stats","interval":1,"syscall":"getppid","nr":110,"count":1,"errors":0,"total_ns":500,"p50_ns":500,"p99_ns":500,"max_ns":500,"max_exact":true}"#

@@ -84,7 +84,9 @@ pub fn parse_errno(text: &str) -> Result<u32, String> {
     match text.parse::<u32>() {
         Ok(e @ 1..=4095) => Ok(e),
         Ok(_) => Err(format!("errno {text} is outside 1..4095")),
-        Err(_) => named().map(|e| e as u32).ok_or_else(|| format!("unknown errno {text:?}: use a name such as ENOENT, or a number")),
+        Err(_) => named()
+            .map(|e| e as u32)
+            .ok_or_else(|| format!("unknown errno {text:?}: use a name such as ENOENT, or a number")),
     }
 }
 
@@ -131,7 +133,7 @@ pub struct SyscallsArgs {
     #[arg(short = 'x', long)]
     pub failed: bool,
     /// Only syscalls that failed with this errno, e.g. ENOENT or 2 (filtered in the kernel)
-    #[arg(long, value_name = "ERRNO", value_parser = parse_errno)]
+    #[arg(short = 'e', long, value_name = "ERRNO", value_parser = parse_errno)]
     pub errno: Option<u32>,
     /// Only syscalls that took at least this long, e.g. 10us, 5ms (filtered in the kernel)
     #[arg(long, value_name = "DURATION", value_parser = crate::size::parse_duration)]
@@ -350,10 +352,9 @@ pub fn run(args: SyscallsArgs) -> Result<()> {
         String::new()
     };
     match counted {
-        Some(counted) if !json => eprintln_lossy!(
-            "{counted} syscalls counted in the kernel in {:.1} s{extra}",
-            summary.elapsed.as_secs_f64()
-        ),
+        Some(counted) if !json => {
+            eprintln_lossy!("{counted} syscalls counted in the kernel in {:.1} s{extra}", summary.elapsed.as_secs_f64())
+        }
         _ => summary.print(
             json,
             |line| {
