@@ -77,34 +77,20 @@ impl Storm {
             &*(page as *const AtomicU64)
         };
         let path = CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
-        let comm = CString::new(STORM_COMM).unwrap();
-        // SAFETY: the bench is single-threaded here; the child only makes raw syscalls and
-        // atomic stores on memory prepared before the fork, and never returns.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork");
-        if pid == 0 {
-            // SAFETY: in the child; see above.
-            unsafe {
-                pin_self(STORM_CPU);
-                libc::prctl(libc::PR_SET_NAME, comm.as_ptr());
-                let mut n: u64 = 0;
-                loop {
-                    match kind {
-                        StormKind::Getppid => {
-                            libc::syscall(libc::SYS_getppid);
-                        }
-                        StormKind::Open => {
-                            let fd = libc::syscall(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY);
-                            if fd >= 0 {
-                                libc::syscall(libc::SYS_close, fd);
-                            }
-                        }
+        let pid = fork_pinned(|| {
+            let mut n: u64 = 0;
+            loop {
+                match kind {
+                    StormKind::Getppid => {
+                        // SAFETY: a syscall without arguments.
+                        unsafe { libc::syscall(libc::SYS_getppid) };
                     }
-                    n += 1;
-                    counter.store(n, Ordering::Relaxed);
+                    StormKind::Open => open_close(&path),
                 }
+                n += 1;
+                counter.store(n, Ordering::Relaxed);
             }
-        }
+        });
         Storm { pid, counter }
     }
 
@@ -120,6 +106,38 @@ impl Drop for Storm {
         unsafe {
             libc::kill(self.pid, libc::SIGKILL);
             libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// Forks a child with the storm's comm, pinned to STORM_CPU, that runs `body` then exits. The
+/// bench is single-threaded when it forks, and `body` makes only raw syscalls and atomic stores
+/// on memory prepared before the fork.
+fn fork_pinned(body: impl FnOnce()) -> i32 {
+    let comm = CString::new(STORM_COMM).unwrap();
+    // SAFETY: see above.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        // SAFETY: in the child: pinning itself and naming itself, then `body`, then _exit.
+        unsafe {
+            pin_self(STORM_CPU);
+            libc::prctl(libc::PR_SET_NAME, comm.as_ptr());
+        }
+        body();
+        // SAFETY: ends the child without running the parent's exit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    pid
+}
+
+/// openat(path) then close, as opensnoop's users' programs do.
+fn open_close(path: &std::ffi::CStr) {
+    // SAFETY: a NUL-terminated path; the fd is ours to close.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY);
+        if fd >= 0 {
+            libc::syscall(libc::SYS_close, fd);
         }
     }
 }
@@ -311,20 +329,7 @@ fn measure(config: &TracerConfig, storm: &Storm, window: Duration, scratch: &Pat
     let err_path = scratch.join(format!("{}.err", config.name));
     let pid = storm.pid.to_string();
     let args: Vec<String> = command.iter().map(|a| a.replace("{pid}", &pid)).collect();
-    let mut cmd = Command::new(&args[0]);
-    cmd.args(&args[1..])
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&out_path).map_err(|e| e.to_string())?)
-        .stderr(fs::File::create(&err_path).map_err(|e| e.to_string())?);
-    // SAFETY: pin_self is async-signal-safe, as pre_exec requires.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            pin_self(TRACER_CPU);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", args[0]))?;
+    let mut child = spawn_tracer(&args, &out_path, &err_path)?;
     let result = measure_running(&mut child, storm, window, &out_path, &err_path);
     stop(&mut child);
     let result = result.and_then(|(w, ready_at, stopped_at, window_bytes)| {
@@ -357,6 +362,24 @@ fn measure(config: &TracerConfig, storm: &Storm, window: Duration, scratch: &Pat
     let _ = fs::remove_file(&out_path);
     let _ = fs::remove_file(&err_path);
     result
+}
+
+/// Starts `command` pinned to TRACER_CPU, its stdout and stderr into files.
+fn spawn_tracer(command: &[String], out: &Path, err: &Path) -> Result<Child, String> {
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..])
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(out).map_err(|e| e.to_string())?)
+        .stderr(fs::File::create(err).map_err(|e| e.to_string())?);
+    // SAFETY: pin_self is async-signal-safe, as pre_exec requires.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            pin_self(TRACER_CPU);
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| format!("{}: {e}", command[0]))
 }
 
 /// Window measurements with `cpu_ns_per_event` holding the window's CPU ns (divided later),
@@ -526,34 +549,21 @@ fn fork_burst(burst: Burst) -> (i32, i32) {
             (0..n).map(|i| CString::new(format!("{}x", "/".repeat((i as usize * 7919) % 4000))).unwrap()).collect()
         }
     };
-    let comm = CString::new(STORM_COMM).unwrap();
     let mut fds = [0; 2];
     // SAFETY: pipe writes two fds into the array.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // SAFETY: the child only makes raw syscalls on memory prepared before the fork and _exits.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork");
-    if pid == 0 {
-        // SAFETY: in the child; see above.
-        unsafe {
-            pin_self(STORM_CPU);
-            libc::prctl(libc::PR_SET_NAME, comm.as_ptr());
-            let mut byte = 0u8;
-            libc::read(fds[0], (&mut byte as *mut u8).cast(), 1);
-            match burst {
-                Burst::Getsid(n) => (0..n).for_each(|_| {
-                    libc::syscall(libc::SYS_getsid, 0);
-                }),
-                Burst::LongOpens(_) => names.iter().for_each(|name| {
-                    let fd = libc::syscall(libc::SYS_openat, libc::AT_FDCWD, name.as_ptr(), libc::O_RDONLY);
-                    if fd >= 0 {
-                        libc::syscall(libc::SYS_close, fd);
-                    }
-                }),
-            }
-            libc::_exit(0);
+    let pid = fork_pinned(|| {
+        let mut byte = 0u8;
+        // SAFETY: reading one byte from our pipe into a local.
+        unsafe { libc::read(fds[0], (&mut byte as *mut u8).cast(), 1) };
+        match burst {
+            // SAFETY: getsid(0) reads nothing of ours.
+            Burst::Getsid(n) => (0..n).for_each(|_| unsafe {
+                libc::syscall(libc::SYS_getsid, 0);
+            }),
+            Burst::LongOpens(_) => names.iter().for_each(|name| open_close(name)),
         }
-    }
+    });
     // SAFETY: closing our copy of the read end.
     unsafe { libc::close(fds[0]) };
     (pid, fds[1])
@@ -564,21 +574,9 @@ fn traced_burst(burst: Burst, args: &[&str], scratch: &Path) -> Result<(u64, u64
     let (out_path, err_path) = (scratch.join("burst.out"), scratch.join("burst.err"));
     let (pid, go) = fork_burst(burst);
     let pid_arg = pid.to_string();
-    let args: Vec<&str> = args.iter().map(|a| if *a == "{pid}" { pid_arg.as_str() } else { a }).collect();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bpfstream"));
-    cmd.args(&args)
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&out_path).map_err(|e| e.to_string())?)
-        .stderr(fs::File::create(&err_path).map_err(|e| e.to_string())?);
-    // SAFETY: pin_self is async-signal-safe, as pre_exec requires.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            pin_self(TRACER_CPU);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    let command = bpfstream(args).unwrap_or_default();
+    let command: Vec<String> = command.iter().map(|a| a.replace("{pid}", &pid_arg)).collect();
+    let mut child = spawn_tracer(&command, &out_path, &err_path)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !fs::read_to_string(&err_path).is_ok_and(|t| t.contains("Tracing")) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
