@@ -35,7 +35,7 @@ pub struct CommonArgs {
     #[arg(long, value_name = "BYTES", value_parser = crate::size::parse_buffer_size)]
     pub buffer_size: Option<u64>,
     /// Stop after SECS, drain, print the summary and exit 0
-    #[arg(long, value_name = "SECS", value_parser = crate::size::parse_run_duration)]
+    #[arg(short = 'd', long, value_name = "SECS", value_parser = crate::size::parse_run_duration)]
     pub duration: Option<Duration>,
     /// JSON lines on stdout: one object per event, then the summary object
     #[arg(long)]

@@ -350,6 +350,16 @@ fn perf_burst_is_fully_accounted() {
     burst_is_fully_accounted("perf");
 }
 
+/// `-d SECS` ends the run by itself, with its summary.
+#[test]
+fn duration_flag_ends_the_run() {
+    let Some(_kernel) = kernel_test() else { return };
+    let finished = start(&["syscalls", "-L", "-d", "0.3", "--pid", "1", "--json"]).wait();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert_eq!(finished.of_type("syscall_interval").len(), 1);
+    assert!(finished.summary()["duration_s"].as_f64().unwrap() >= 0.3);
+}
+
 /// In table mode the loss goes to stderr as it happens, and the summary names the buffer that
 /// would have held the burst.
 #[test]

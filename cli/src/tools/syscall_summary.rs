@@ -267,6 +267,12 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_row_takes_the_memory_the_tracing_line_states() {
+        assert_eq!(std::mem::size_of::<KernelStats>().div_ceil(1024), 10, "9 KiB and a bit, per row and CPU");
+        assert!(crate::tools::syscalls::SUMMARY_WHAT.contains("(9 KiB per row and CPU, up to 1024 rows)"));
+    }
+
     fn cpu_row(durations: &[u64], errors: u64, comm: &[u8]) -> KernelStats {
         let mut row = KernelStats {
             count: durations.len() as u64,

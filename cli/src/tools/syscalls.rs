@@ -196,7 +196,7 @@ pub fn spec(args: &SyscallsArgs) -> TracerSpec {
 }
 
 /// The `Tracing` line of summary mode, with the memory the rows take.
-const SUMMARY_WHAT: &str = "syscalls, counted in the kernel (9.2 KiB per row and CPU, up to 1024 rows),";
+pub(crate) const SUMMARY_WHAT: &str = "syscalls, counted in the kernel (9 KiB per row and CPU, up to 1024 rows),";
 
 /// Summary mode's state.
 struct Summary {
@@ -412,6 +412,15 @@ mod tests {
         assert!(err.contains("unknown syscall \"opne\""), "{err}");
         assert!(parse_syscall_set("600").is_err());
         assert!(parse_syscall_set("").is_err());
+    }
+
+    #[test]
+    fn errnos_parse_by_name_or_number() {
+        assert_eq!(parse_errno("ENOENT"), Ok(2));
+        assert_eq!(parse_errno("eacces"), Ok(13));
+        assert_eq!(parse_errno("EWOULDBLOCK").unwrap_err(), "unknown errno \"EWOULDBLOCK\": use a name such as ENOENT, or a number");
+        assert_eq!(parse_errno("4095"), Ok(4095));
+        assert!(parse_errno("0").is_err() && parse_errno("4096").is_err() && parse_errno("").is_err());
     }
 
     #[test]
