@@ -418,7 +418,10 @@ mod tests {
     fn errnos_parse_by_name_or_number() {
         assert_eq!(parse_errno("ENOENT"), Ok(2));
         assert_eq!(parse_errno("eacces"), Ok(13));
-        assert_eq!(parse_errno("EWOULDBLOCK").unwrap_err(), "unknown errno \"EWOULDBLOCK\": use a name such as ENOENT, or a number");
+        assert_eq!(
+            parse_errno("EWOULDBLOCK").unwrap_err(),
+            "unknown errno \"EWOULDBLOCK\": use a name such as ENOENT, or a number"
+        );
         assert_eq!(parse_errno("4095"), Ok(4095));
         assert!(parse_errno("0").is_err() && parse_errno("4096").is_err() && parse_errno("").is_err());
     }
