@@ -127,7 +127,7 @@ static __always_inline void count_call(__u32 pid, __s64 nr, __s64 ret, __u64 dur
 	__u32 bucket;
 
 	if (!row) {
-		bpfstream_count_untracked();	/* more than SYSCALL_STATS_ROWS rows */
+		bpfstream_count_untracked();	/* table full, or no memory for a new row yet */
 		return;
 	}
 	row->count++;

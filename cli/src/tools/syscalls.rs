@@ -347,7 +347,9 @@ pub fn run(args: SyscallsArgs) -> Result<()> {
     drop(printer);
     let untracked = per_cpu_total(&untracked)?;
     let extra = if untracked > 0 {
-        format!("; {untracked} syscalls untracked (in-flight or summary map full)")
+        format!(
+            "; {untracked} syscalls untracked (no kernel memory for their in-flight state or summary row at the time)"
+        )
     } else {
         String::new()
     };
