@@ -8,18 +8,26 @@
  * zero-length array trips CO-RE relocation.) Every filter runs at sys_enter, so a filtered-out
  * syscall costs a few compares and never touches the start storage; --failed and --min-duration
  * need the outcome and run at sys_exit, still before anything is produced.
+ *
+ * --summary (summary_mode) sends nothing: sys_exit folds the call into its row of `stats`, a
+ * per-CPU hash of count, errors, total, max and a latency histogram, so every call is counted
+ * whatever the rate (no buffer to overflow) and userspace reads the rows when it prints.
  */
 #include "bpfstream_filter.h"
 #include "bpfstream_untracked.h"
 #include "syscalls.h"
 
 BPFSTREAM_EXPORT_STRUCT(syscall_event);
+BPFSTREAM_EXPORT_STRUCT(syscall_stats);
 
 /* Kernel-side filters beyond bpfstream_filter.h's, set at load time (0 / false: no filter). */
 const volatile bool filter_syscalls = false;
 const volatile __u64 syscall_mask[SYSCALLS_MASK_WORDS] = {};
 const volatile bool only_failed = false;
 const volatile __u64 min_duration_ns = 0;
+const volatile __u32 targ_errno = 0;	/* only calls that returned -targ_errno */
+const volatile bool summary_mode = false;
+const volatile bool by_process = false;	/* summary rows per tgid instead of per syscall */
 
 struct syscall_start {
 	__u64 ts_ns;
@@ -40,6 +48,23 @@ struct {
 	__type(value, struct syscall_start);
 } starts SEC(".maps");
 
+/* The summary rows, keyed by syscall number (as u32) or tgid. Allocated as rows appear. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, SYSCALL_STATS_ROWS);
+	__type(key, __u32);
+	__type(value, struct syscall_stats);
+} stats SEC(".maps");
+
+/* A zeroed row (but for comm) to insert from: too large for the stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct syscall_stats);
+} stats_init SEC(".maps");
+
 static __always_inline bool wanted_syscall(__s64 nr)
 {
 	__u64 bit = (__u64)nr;
@@ -49,6 +74,70 @@ static __always_inline bool wanted_syscall(__s64 nr)
 	if (bit >= SYSCALLS_MASK_BITS)
 		return false;
 	return (syscall_mask[bit / 64] >> (bit % 64)) & 1;
+}
+
+/* floor(log2(v)) for v > 0, by halving (BPF has no count-leading-zeros). */
+static __always_inline __u32 log2_u64(__u64 v)
+{
+	__u32 r = 0;
+
+	if (v >> 32) { v >>= 32; r += 32; }
+	if (v >> 16) { v >>= 16; r += 16; }
+	if (v >> 8) { v >>= 8; r += 8; }
+	if (v >> 4) { v >>= 4; r += 4; }
+	if (v >> 2) { v >>= 2; r += 2; }
+	return r + (__u32)(v >> 1);
+}
+
+/* The histogram bucket of a duration (syscalls.h; cli/src/histogram.rs `bucket_of`). */
+static __always_inline __u32 hist_bucket(__u64 ns)
+{
+	__u32 exp;
+
+	if (ns < SYSCALL_HIST_SUB)
+		return (__u32)ns;
+	exp = log2_u64(ns);
+	if (exp >= SYSCALL_HIST_MAX_EXP)
+		return SYSCALL_HIST_BUCKETS - 1;
+	return (exp - SYSCALL_HIST_SUB_BITS) * SYSCALL_HIST_SUB + (__u32)(ns >> (exp - SYSCALL_HIST_SUB_BITS));
+}
+
+/* The current CPU's summary row for `key`, created on first use (NULL: the table is full). */
+static __always_inline struct syscall_stats *stats_row(__u32 key)
+{
+	struct syscall_stats *row = bpf_map_lookup_elem(&stats, &key), *init;
+	__u32 zero = 0;
+
+	if (row)
+		return row;
+	init = bpf_map_lookup_elem(&stats_init, &zero);
+	if (!init)
+		return NULL;
+	if (by_process)
+		bpf_get_current_comm(init->comm, sizeof(init->comm));
+	/* The new row's other CPUs start zeroed; BPF_NOEXIST: another CPU may have just made it. */
+	bpf_map_update_elem(&stats, &key, init, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&stats, &key);
+}
+
+/* --summary: one completed call into its row. Per-CPU row, non-nesting programs: no atomics. */
+static __always_inline void count_call(__u32 pid, __s64 nr, __s64 ret, __u64 duration)
+{
+	struct syscall_stats *row = stats_row(by_process ? pid : (__u32)nr);
+	__u32 bucket;
+
+	if (!row) {
+		bpfstream_count_untracked();	/* table full, or no memory for a new row yet */
+		return;
+	}
+	row->count++;
+	row->errors += ret < 0 && ret >= -4095;
+	row->total_ns += duration;
+	if (duration > row->max_ns)
+		row->max_ns = duration;
+	bucket = hist_bucket(duration);
+	if (bucket < SYSCALL_HIST_BUCKETS)
+		row->buckets[bucket]++;
 }
 
 SEC("raw_tp/sys_enter")
@@ -103,8 +192,14 @@ int syscall_exit(__u64 *ctx)
 	ret = (__s64)ctx[1];	/* sys_exit(struct pt_regs *regs, long ret) */
 	if (only_failed && !(ret < 0 && ret >= -4095))
 		return 0;
+	if (targ_errno && ret != -(__s64)targ_errno)
+		return 0;
 	if (duration < min_duration_ns)
 		return 0;
+	if (summary_mode) {
+		count_call(pid, nr, ret, duration);
+		return 0;
+	}
 
 	e = bpfstream_reserve(struct syscall_event);
 	if (!e)

@@ -1,6 +1,6 @@
 //! What tracing costs: a one-thread syscall storm traced by `bpfstream syscalls` (ring and perf,
-//! events and --summary) and by an equivalent bpftrace script, and an open() storm traced by
-//! `bpfstream open` and libbpf-tools' opensnoop. For each: events/s delivered, drops, the
+//! events and --summary), libbpf-tools' `syscount -L` and an equivalent bpftrace script, and an
+//! open() storm traced by `bpfstream open` and libbpf-tools' opensnoop. For each: events/s delivered, drops, the
 //! tracer's CPU per event (utime+stime from /proc/PID/stat over the window), and the traced
 //! program's slowdown: its own CPU time per syscall against an untraced window of the same run
 //! (CPU time, not wall time, so that other users of a shared machine taking its CPU do not count;
@@ -12,10 +12,16 @@
 //! interleave the tracers so drift hits all of them alike, and the table shows medians.
 //! Environment: BPFSTREAM_BENCH_WINDOW (seconds per window, default 2; e.g. 0.5 for a smoke
 //! run), BPFSTREAM_BENCH_ROUNDS (default 3, at least 3), BPFSTREAM_BENCH_STORM (`getppid` or
-//! `open`: only that storm).
+//! `open`: only that storm), BPFSTREAM_BENCH_TRACERS (comma-separated names: only those tracers
+//! and the untraced windows).
 //!
 //! Tracer output goes to files in /dev/shm, parsed after each window, so that no reader
 //! competes with the tracer for the CPU while it is measured.
+//!
+//! Then bursts (BPFSTREAM_BENCH_STORM=burst: only those): 100,000 getsid, and 20,000 opens of
+//! names 1 to 4,000 bytes long, each traced by `bpfstream syscalls` / `bpfstream open` with the
+//! default buffer and with the former default of 256 KiB, the reader running as usual: the
+//! share of each burst lost, per round.
 
 use std::ffi::CString;
 use std::fs;
@@ -71,34 +77,20 @@ impl Storm {
             &*(page as *const AtomicU64)
         };
         let path = CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
-        let comm = CString::new(STORM_COMM).unwrap();
-        // SAFETY: the bench is single-threaded here; the child only makes raw syscalls and
-        // atomic stores on memory prepared before the fork, and never returns.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork");
-        if pid == 0 {
-            // SAFETY: in the child; see above.
-            unsafe {
-                pin_self(STORM_CPU);
-                libc::prctl(libc::PR_SET_NAME, comm.as_ptr());
-                let mut n: u64 = 0;
-                loop {
-                    match kind {
-                        StormKind::Getppid => {
-                            libc::syscall(libc::SYS_getppid);
-                        }
-                        StormKind::Open => {
-                            let fd = libc::syscall(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY);
-                            if fd >= 0 {
-                                libc::syscall(libc::SYS_close, fd);
-                            }
-                        }
+        let pid = fork_pinned(|| {
+            let mut n: u64 = 0;
+            loop {
+                match kind {
+                    StormKind::Getppid => {
+                        // SAFETY: a syscall without arguments.
+                        unsafe { libc::syscall(libc::SYS_getppid) };
                     }
-                    n += 1;
-                    counter.store(n, Ordering::Relaxed);
+                    StormKind::Open => open_close(&path),
                 }
+                n += 1;
+                counter.store(n, Ordering::Relaxed);
             }
-        }
+        });
         Storm { pid, counter }
     }
 
@@ -118,6 +110,38 @@ impl Drop for Storm {
     }
 }
 
+/// Forks a child with the storm's comm, pinned to STORM_CPU, that runs `body` then exits. The
+/// bench is single-threaded when it forks, and `body` makes only raw syscalls and atomic stores
+/// on memory prepared before the fork.
+fn fork_pinned(body: impl FnOnce()) -> i32 {
+    let comm = CString::new(STORM_COMM).unwrap();
+    // SAFETY: see above.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        // SAFETY: in the child: pinning itself and naming itself, then `body`, then _exit.
+        unsafe {
+            pin_self(STORM_CPU);
+            libc::prctl(libc::PR_SET_NAME, comm.as_ptr());
+        }
+        body();
+        // SAFETY: ends the child without running the parent's exit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    pid
+}
+
+/// openat(path) then close, as opensnoop's users' programs do.
+fn open_close(path: &std::ffi::CStr) {
+    // SAFETY: a NUL-terminated path; the fd is ours to close.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY);
+        if fd >= 0 {
+            libc::syscall(libc::SYS_close, fd);
+        }
+    }
+}
+
 /// Pins the calling thread (and what it execs) to `cpu`.
 ///
 /// # Safety
@@ -132,12 +156,22 @@ unsafe fn pin_self(cpu: usize) {
     }
 }
 
+/// Where a tracer's count of traced calls comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// One output line per event.
+    Lines,
+    /// bpfstream --summary: `N syscalls counted in the kernel in S s` on stderr.
+    BpfstreamSummary,
+    /// syscount: the storm's row of its final table (`getppid  COUNT  TIME`).
+    SyscountTable,
+}
+
 /// A tracer configuration.
 struct TracerConfig {
     name: &'static str,
     storm: StormKind,
-    /// Prints no event lines (bpfstream --summary): delivered events come from its summary.
-    summary_only: bool,
+    counted: Counted,
     /// Program and arguments, `{pid}` replaced by the storm's pid; `None`: the untraced window.
     command: Option<Vec<String>>,
 }
@@ -158,10 +192,18 @@ fn bpftrace_syscalls() -> Option<Vec<String>> {
     Some(vec!["bpftrace".into(), "-e".into(), script.into()])
 }
 
+/// libbpf-tools' syscount, its stdout line-buffered so that its `Tracing` line reaches the file
+/// at once.
+fn syscount(args: &[&str]) -> Option<Vec<String>> {
+    let mut v: Vec<String> = ["stdbuf", "-oL", "/usr/sbin/syscount"].map(String::from).to_vec();
+    v.extend(args.iter().map(|s| s.to_string()));
+    Some(v)
+}
+
 fn configs() -> Vec<TracerConfig> {
     let getppid = StormKind::Getppid;
     let open = StormKind::Open;
-    let c = |name, storm, command| TracerConfig { name, storm, summary_only: false, command };
+    let c = |name, storm, command| TracerConfig { name, storm, counted: Counted::Lines, command };
     vec![
         c("untraced", getppid, None),
         // Attached but filtering everything out (pid 1 makes no getppid storm): the cost of the
@@ -170,9 +212,10 @@ fn configs() -> Vec<TracerConfig> {
         c("bpfstream-ring", getppid, bpfstream(&["syscalls", "--pid", "{pid}"])),
         c("bpfstream-perf", getppid, bpfstream(&["syscalls", "--buffer", "perf", "--pid", "{pid}"])),
         TracerConfig {
-            summary_only: true,
-            ..c("bpfstream-ring-summary", getppid, bpfstream(&["syscalls", "--summary", "--pid", "{pid}"]))
+            counted: Counted::BpfstreamSummary,
+            ..c("bpfstream-summary", getppid, bpfstream(&["syscalls", "--summary", "--pid", "{pid}"]))
         },
+        TracerConfig { counted: Counted::SyscountTable, ..c("syscount-L", getppid, syscount(&["-L", "-p", "{pid}"])) },
         c("bpftrace", getppid, bpftrace_syscalls()),
         // `open` attaches to every syscall's entry and exit (raw tracepoints) and picks out the
         // opens: what that costs the syscalls that are not opens.
@@ -229,20 +272,38 @@ fn event_lines(text: &[u8]) -> u64 {
         .count() as u64
 }
 
-/// bpfstream's summary line on stderr: `E events, N dropped in S s via ...`: (E, S).
-fn summary_events(text: &str) -> Option<(u64, f64)> {
-    let line = text.lines().find(|l| l.contains(" events, ") && l.contains(" dropped in "))?;
+/// bpfstream --summary's last line on stderr: `N syscalls counted in the kernel in S s`: (N, S).
+fn summary_counted(text: &str) -> Option<(u64, f64)> {
+    let line = text.lines().find(|l| l.contains(" syscalls counted in the kernel in "))?;
     let words: Vec<&str> = line.split_whitespace().collect();
-    let events = words.first()?.parse().ok()?;
-    let secs = words.get(words.iter().position(|w| *w == "in")? + 1)?.parse().ok()?;
-    Some((events, secs))
+    let counted = words.first()?.parse().ok()?;
+    let secs = words.get(words.iter().rposition(|w| *w == "in")? + 1)?.parse().ok()?;
+    Some((counted, secs))
 }
 
-/// Events the tracer said it lost: bpftrace's and opensnoop's "Lost N events" lines,
-/// bpfstream's summary "E events, N dropped".
+/// syscount's count of the storm's syscall in its final table.
+fn syscount_counted(out: &str, kind: StormKind) -> Option<u64> {
+    let name = match kind {
+        StormKind::Getppid => "getppid",
+        StormKind::Open => "openat",
+    };
+    out.lines().rev().find_map(|l| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        (words.first() == Some(&name)).then(|| words.get(1)?.parse().ok()).flatten()
+    })
+}
+
+/// Events the tracer said it lost: bpfstream's summary "E events, N dropped" when there is one
+/// (its "Lost N events" lines as they happen add up to it), else bpftrace's and opensnoop's
+/// "Lost N events" lines.
 fn reported_lost(text: &str) -> u64 {
+    let summary = text.lines().find(|l| l.contains(" events, ") && l.contains(" dropped in "));
+    let lines: Vec<&str> = match summary {
+        Some(line) => vec![line],
+        None => text.lines().collect(),
+    };
     let mut lost = 0;
-    for line in text.lines() {
+    for line in lines {
         let words: Vec<&str> = line.split_whitespace().collect();
         for (i, w) in words.iter().enumerate() {
             if w.eq_ignore_ascii_case("lost") {
@@ -271,20 +332,7 @@ fn measure(config: &TracerConfig, storm: &Storm, window: Duration, scratch: &Pat
     let err_path = scratch.join(format!("{}.err", config.name));
     let pid = storm.pid.to_string();
     let args: Vec<String> = command.iter().map(|a| a.replace("{pid}", &pid)).collect();
-    let mut cmd = Command::new(&args[0]);
-    cmd.args(&args[1..])
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&out_path).map_err(|e| e.to_string())?)
-        .stderr(fs::File::create(&err_path).map_err(|e| e.to_string())?);
-    // SAFETY: pin_self is async-signal-safe, as pre_exec requires.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            pin_self(TRACER_CPU);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", args[0]))?;
+    let mut child = spawn_tracer(&args, &out_path, &err_path)?;
     let result = measure_running(&mut child, storm, window, &out_path, &err_path);
     stop(&mut child);
     let result = result.and_then(|(w, ready_at, stopped_at, window_bytes)| {
@@ -293,11 +341,18 @@ fn measure(config: &TracerConfig, storm: &Storm, window: Duration, scratch: &Pat
         let (from, to) = window_bytes;
         let lost = reported_lost(&String::from_utf8_lossy(&out)) + reported_lost(&err);
         let run = (stopped_at - ready_at).as_secs_f64();
-        let events_per_sec = if config.summary_only {
-            let (events, secs) = summary_events(&err).ok_or_else(|| format!("no summary line in {err:?}"))?;
-            events as f64 / secs
-        } else {
-            event_lines(&out[from.min(out.len())..to.min(out.len())]) as f64 / window.as_secs_f64()
+        let events_per_sec = match config.counted {
+            Counted::Lines => event_lines(&out[from.min(out.len())..to.min(out.len())]) as f64 / window.as_secs_f64(),
+            Counted::BpfstreamSummary => {
+                let (counted, secs) = summary_counted(&err).ok_or_else(|| format!("no summary line in {err:?}"))?;
+                counted as f64 / secs
+            }
+            Counted::SyscountTable => {
+                let text = String::from_utf8_lossy(&out);
+                let counted =
+                    syscount_counted(&text, config.storm).ok_or_else(|| format!("no storm row in {text:?}"))?;
+                counted as f64 / run
+            }
         };
         let in_window = events_per_sec * window.as_secs_f64();
         Ok(Window {
@@ -310,6 +365,24 @@ fn measure(config: &TracerConfig, storm: &Storm, window: Duration, scratch: &Pat
     let _ = fs::remove_file(&out_path);
     let _ = fs::remove_file(&err_path);
     result
+}
+
+/// Starts `command` pinned to TRACER_CPU, its stdout and stderr into files.
+fn spawn_tracer(command: &[String], out: &Path, err: &Path) -> Result<Child, String> {
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..])
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(out).map_err(|e| e.to_string())?)
+        .stderr(fs::File::create(err).map_err(|e| e.to_string())?);
+    // SAFETY: pin_self is async-signal-safe, as pre_exec requires.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            pin_self(TRACER_CPU);
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| format!("{}: {e}", command[0]))
 }
 
 /// Window measurements with `cpu_ns_per_event` holding the window's CPU ns (divided later),
@@ -406,7 +479,11 @@ fn main() {
     let open_target = scratch.join("opened-by-the-storm");
     fs::write(&open_target, b"x").unwrap();
 
-    let configs = configs();
+    let only_tracers = std::env::var("BPFSTREAM_BENCH_TRACERS").ok();
+    let configs: Vec<TracerConfig> = configs()
+        .into_iter()
+        .filter(|c| c.command.is_none() || only_tracers.as_deref().is_none_or(|o| o.split(',').any(|n| n == c.name)))
+        .collect();
     let mut windows: Vec<Vec<Window>> = vec![Vec::new(); configs.len()];
     let mut failures: Vec<Option<String>> = vec![None; configs.len()];
     eprintln!(
@@ -450,9 +527,109 @@ fn main() {
             }
         }
     }
-    let _ = fs::remove_dir_all(&scratch);
-
     report(&configs, &kinds, &windows, &failures, window);
+    if only.as_deref().is_none_or(|o| o == "burst") {
+        bursts(rounds, &scratch);
+    }
+    let _ = fs::remove_dir_all(&scratch);
+}
+
+/// A burst: what the child does once told to.
+#[derive(Debug, Clone, Copy)]
+enum Burst {
+    /// getsid(0), this many times.
+    Getsid(u32),
+    /// openat of names 1..=4000 bytes long ("////...x"), this many.
+    LongOpens(u32),
+}
+
+/// Forks a child pinned to STORM_CPU that runs `burst` once it can read a byte from the
+/// returned pipe, then exits.
+fn fork_burst(burst: Burst) -> (i32, i32) {
+    let names: Vec<CString> = match burst {
+        Burst::Getsid(_) => Vec::new(),
+        Burst::LongOpens(n) => {
+            (0..n).map(|i| CString::new(format!("{}x", "/".repeat((i as usize * 7919) % 4000))).unwrap()).collect()
+        }
+    };
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two fds into the array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let pid = fork_pinned(|| {
+        let mut byte = 0u8;
+        // SAFETY: reading one byte from our pipe into a local.
+        unsafe { libc::read(fds[0], (&mut byte as *mut u8).cast(), 1) };
+        match burst {
+            // SAFETY: getsid(0) reads nothing of ours.
+            Burst::Getsid(n) => (0..n).for_each(|_| unsafe {
+                libc::syscall(libc::SYS_getsid, 0);
+            }),
+            Burst::LongOpens(_) => names.iter().for_each(|name| open_close(name)),
+        }
+    });
+    // SAFETY: closing our copy of the read end.
+    unsafe { libc::close(fds[0]) };
+    (pid, fds[1])
+}
+
+/// One burst traced by `args` (bpfstream, table output to a file): (delivered, dropped).
+fn traced_burst(burst: Burst, args: &[&str], scratch: &Path) -> Result<(u64, u64), String> {
+    let (out_path, err_path) = (scratch.join("burst.out"), scratch.join("burst.err"));
+    let (pid, go) = fork_burst(burst);
+    let pid_arg = pid.to_string();
+    let command = bpfstream(args).unwrap_or_default();
+    let command: Vec<String> = command.iter().map(|a| a.replace("{pid}", &pid_arg)).collect();
+    let mut child = spawn_tracer(&command, &out_path, &err_path)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !fs::read_to_string(&err_path).is_ok_and(|t| t.contains("Tracing")) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: starting our child's burst, waiting for it, closing our pipe end.
+    unsafe {
+        libc::write(go, b"g".as_ptr().cast(), 1);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+        libc::close(go);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop(&mut child);
+    let err = fs::read_to_string(&err_path).unwrap_or_default();
+    let line = err.lines().find(|l| l.contains(" events, ") && l.contains(" dropped in ")).ok_or(err.clone())?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let number =
+        |i: usize| words.get(i).and_then(|w| w.trim_end_matches(',').parse::<u64>().ok()).ok_or(line.to_string());
+    Ok((number(0)?, number(2)?))
+}
+
+/// Loss of each burst with the default buffer and with 256 KiB, per round, then one JSON line
+/// per (burst, buffer) with the median loss.
+fn bursts(rounds: usize, scratch: &Path) {
+    let getsid: &[&str] = &["syscalls", "--syscall", "getsid", "--pid", "{pid}"];
+    let opens: &[&str] = &["open", "--pid", "{pid}"];
+    let cases =
+        [("getsid-100000", Burst::Getsid(100_000), getsid), ("open-20000-long", Burst::LongOpens(20_000), opens)];
+    println!("{:<16} {:<10} {:>10} {:>10} {:>8}", "BURST", "BUFFER", "EVENTS", "DROPPED", "LOST %");
+    for (name, burst, args) in cases {
+        for (buffer, extra) in [("default", &[][..]), ("256K", &["--buffer-size", "256K"][..])] {
+            let all: Vec<&str> = args.iter().chain(extra).copied().collect();
+            let mut losses = Vec::new();
+            for _ in 0..rounds {
+                match traced_burst(burst, &all, scratch) {
+                    Ok((events, dropped)) => {
+                        let lost = 100.0 * dropped as f64 / (events + dropped).max(1) as f64;
+                        println!("{name:<16} {buffer:<10} {events:>10} {dropped:>10} {lost:>7.2}%");
+                        losses.push(lost);
+                    }
+                    Err(e) => println!("{name:<16} {buffer:<10} failed: {e}"),
+                }
+            }
+            println!(
+                "{{\"bench\":\"tracers\",\"burst\":\"{name}\",\"buffer\":\"{buffer}\",\"rounds\":{},\"lost_percent_median\":{},\"lost_percent_max\":{}}}",
+                losses.len(),
+                json_number(median(losses.clone()), 2),
+                json_number(losses.iter().copied().fold(f64::NAN, f64::max), 2)
+            );
+        }
+    }
 }
 
 /// The table of medians, then one JSON line per row. The storm's cost per call is its CPU time

@@ -23,6 +23,7 @@ mod cgroup;
 mod histogram;
 mod lab;
 mod lifecycle;
+mod loss;
 mod objects;
 mod output;
 mod plot;

@@ -1,7 +1,9 @@
 //! `bpfstream syscalls` against the real kernel: a child with a known mix of syscalls appears
 //! exactly (counts, names, return values, the sleep's duration) in both transports and in the
-//! summary; every filter is applied in the kernel (the `produced` counter says so); bursts are
-//! accounted; bpfstream never traces itself.
+//! summary; every filter is applied in the kernel (the `produced` counter says so); the summary
+//! counts a storm exactly, in the kernel, with percentiles within the stated error; bursts are
+//! accounted, their loss reported as it happens, and the default buffer holds a 100,000-call
+//! burst; bpfstream never traces itself.
 
 mod common;
 
@@ -84,7 +86,9 @@ fn known_mix_appears_exactly(transport: &str) {
     assert_eq!(summary["produced"], KNOWN_MIX_EVENTS);
     assert_eq!(summary["untracked"], 0);
     assert_eq!(summary["buffer"], transport);
-    assert_nothing_left(before, &["syscall_enter", "syscall_exit", "events", "bpfstream_stats", "starts", "untracked"]);
+    let names =
+        ["syscall_enter", "syscall_exit", "events", "bpfstream_stats", "starts", "untracked", "stats", "stats_init"];
+    assert_nothing_left(before, &names);
 }
 
 #[test]
@@ -115,7 +119,10 @@ fn filters_are_applied_in_the_kernel() {
         (vec!["--pid", &pid, "--syscall", "getppid,nanosleep"], GETPPIDS as u64 + 1),
         (vec!["--pid", &pid, "--syscall", "257"], MISSING_OPENS as u64),
         (vec!["--pid", &pid, "--failed"], MISSING_OPENS as u64),
-        (vec!["--pid", &pid, "--min-duration", "100ms"], u64::MAX),
+        (vec!["--pid", &pid, "-x"], MISSING_OPENS as u64),
+        (vec!["--pid", &pid, "--errno", "ENOENT"], MISSING_OPENS as u64),
+        (vec!["--pid", &pid, "--errno", "13"], 0),
+        (vec!["--pid", &pid, "--min-duration", "100ms"], 1),
         (vec!["--name", "bpfs-target", "--min-duration", "10s"], 0),
     ];
     let running: Vec<_> = runs
@@ -171,7 +178,97 @@ fn summary_agrees_with_the_stream() {
         assert!(u(&r["p50_ns"]) <= u(&r["p99_ns"]) && u(&r["p99_ns"]) <= u(&r["max_ns"]), "{r}");
         assert!(u(&r["total_ns"]) >= u(&r["max_ns"]));
     }
-    assert_eq!(finished.summary()["events"], KNOWN_MIX_EVENTS);
+    let summary = finished.summary();
+    assert_eq!((u(&summary["counted"]), u(&summary["untracked"])), (KNOWN_MIX_EVENTS, 0));
+    assert_eq!((u(&summary["events"]), u(&summary["dropped"])), (0, 0), "summary mode sends no records");
+}
+
+/// 300,000 calls from two processes at once, counted in the kernel to the last one, while an
+/// event stream of the same calls into a stopped reader's small ring overflows.
+#[test]
+fn summary_counts_a_storm_from_two_threads_exactly() {
+    let Some(_kernel) = kernel_test() else { return };
+    const EACH: u32 = 150_000;
+    let a = Workload::spawn("bpfs-storm2", None, vec![Step::Getppid(EACH)]);
+    let b = Workload::spawn("bpfs-storm2", None, vec![Step::Getppid(EACH)]);
+    let filter = ["--name", "bpfs-storm2", "--syscall", "getppid"];
+    let summary_run = start(&[&["syscalls", "--summary", "--json"][..], &filter].concat());
+    let events_run = start(&[&["syscalls", "--json", "--buffer-size", "4K"][..], &filter].concat());
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(events_run.pid() as i32, libc::SIGSTOP) };
+    let b_thread = std::thread::spawn(move || b.go());
+    a.go();
+    b_thread.join().unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(events_run.pid() as i32, libc::SIGCONT) };
+    let streamed = events_run.stop();
+    let counted = summary_run.stop();
+    assert!(counted.status.success() && streamed.status.success(), "{}{}", counted.stderr, streamed.stderr);
+    let total = u64::from(2 * EACH);
+    let rows = counted.of_type("syscall_stats");
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!((&rows[0]["syscall"], u(&rows[0]["count"]), u(&rows[0]["errors"])), (&Value::from("getppid"), total, 0));
+    let summary = counted.summary();
+    assert_eq!((u(&summary["counted"]), u(&summary["untracked"])), (total, 0));
+    let streamed = streamed.summary();
+    assert_eq!(u(&streamed["produced"]), total);
+    assert!(u(&streamed["dropped"]) > 0, "a stopped reader's 4 KiB ring cannot hold {total} records");
+}
+
+/// The summary's percentiles against the exact durations of the same calls, streamed at the
+/// same time: within the stated relative error (plus the few microseconds between the two
+/// tracers' timestamps of one call).
+#[test]
+fn summary_percentiles_are_within_the_stated_error() {
+    let Some(_kernel) = kernel_test() else { return };
+    let sleeps: Vec<Step> = (1..=20).map(|ms| Step::Sleep(Duration::from_micros(ms * 700))).collect();
+    let child = Workload::spawn("bpfs-pct", None, sleeps);
+    let pid = child.pid().to_string();
+    let filter = ["--pid", &pid, "--syscall", "nanosleep"];
+    let summary_run = start(&[&["syscalls", "--summary", "--json"][..], &filter].concat());
+    let events_run = start(&[&["syscalls", "--json"][..], &filter].concat());
+    child.go();
+    let (counted, streamed) = (summary_run.stop(), events_run.stop());
+    let mut exact: Vec<u64> = streamed.of_type("syscall").iter().map(|e| u(&e["duration_ns"])).collect();
+    exact.sort_unstable();
+    assert_eq!(exact.len(), 20);
+    let intervals = counted.of_type("syscall_interval");
+    let error = intervals[0]["percentile_error"].as_f64().unwrap();
+    assert!(error <= 0.02, "stated error {error}");
+    let row = &counted.of_type("syscall_stats")[0];
+    assert_eq!(u(&row["count"]), 20);
+    for (field, rank) in [("p50_ns", 10), ("p99_ns", 20), ("max_ns", 20)] {
+        let (got, want) = (u(&row[field]) as f64, exact[rank - 1] as f64);
+        assert!((got - want).abs() <= want * error + 20_000.0, "{field}: {got} against {want} (exact {exact:?})");
+    }
+    let total: u64 = exact.iter().sum();
+    assert!(u(&row["total_ns"]).abs_diff(total) <= 20 * 20_000, "{} against {total}", row["total_ns"]);
+}
+
+/// syscount's flags: -L summary, -m milliseconds, -P per process.
+#[test]
+fn summary_table_takes_syscount_flags() {
+    let Some(_kernel) = kernel_test() else { return };
+    let child = Workload::spawn("bpfs-flags", None, known_mix());
+    let pid = child.pid().to_string();
+    let by_syscall = start(&["syscalls", "-L", "-m", "--sort", "count", "--pid", &pid]);
+    let by_process = start(&["syscalls", "-P", "--pid", &pid]);
+    child.go();
+    let (by_syscall, by_process) = (by_syscall.stop(), by_process.stop());
+    assert!(
+        by_syscall.stderr.contains(&format!("{KNOWN_MIX_EVENTS} syscalls counted in the kernel")),
+        "{}",
+        by_syscall.stderr
+    );
+    let lines = &by_syscall.stdout;
+    assert!(lines[0].contains(&format!("{KNOWN_MIX_EVENTS} syscalls (percentiles within 1.6 %)")), "{lines:?}");
+    assert!(lines[1].ends_with("MAX(ms)"), "{lines:?}");
+    let rows: Vec<Vec<&str>> = lines[2..5].iter().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.iter().map(|r| r[0]).collect::<Vec<_>>(), ["getppid", "openat", "nanosleep"], "by count");
+    let slept_ms: f64 = rows[2][6].parse().unwrap();
+    assert!((200.0..2200.0).contains(&slept_ms), "{slept_ms} ms");
+    let row: Vec<&str> = by_process.stdout[2].split_whitespace().collect();
+    assert_eq!(&row[..3], [pid.as_str(), "bpfs-flags", &KNOWN_MIX_EVENTS.to_string()]);
 }
 
 /// Rows reset every interval and add up, over the intervals, to everything delivered.
@@ -203,7 +300,7 @@ fn summary_intervals_add_up_and_group_by_process() {
     let interval_total: u64 = intervals.iter().map(|i| u(&i["events"])).sum();
     assert_eq!(total, 2 * (90 + 2), "both children's getppids and sleeps");
     assert_eq!(interval_total, total);
-    assert_eq!(finished.summary()["events"], total);
+    assert_eq!(finished.summary()["counted"], total);
     let of_a: u64 = rows.iter().filter(|r| r["pid"] == a_pid).map(|r| u(&r["count"])).sum();
     assert_eq!(of_a, 92);
     assert!(rows.iter().all(|r| r["comm"] == "bpfs-byproc" && r.get("syscall").is_none()));
@@ -232,6 +329,20 @@ fn burst_is_fully_accounted(transport: &str) {
     assert_eq!(events + dropped, u64::from(BURST), "delivered + dropped = produced");
     assert!(dropped > 0, "4 KiB cannot hold {BURST} records");
     assert_eq!(finished.of_type("syscall").len() as u64, events);
+    let lost = finished.of_type("lost");
+    assert_eq!(lost.iter().map(|l| u(&l["count"])).sum::<u64>(), dropped, "lost lines add up: {lost:#?}");
+    assert!(lost.iter().all(|l| l["cpu"].is_u64()), "{lost:#?}");
+    let last = lost.last().unwrap();
+    assert_eq!(u(&last["total"]), dropped);
+    // One line per CPU per second at most, but for the last one, written at the end of the run.
+    for cpu in 0..64 {
+        let times: Vec<f64> =
+            lost.iter().filter(|l| l["cpu"] == cpu).map(|l| l["elapsed_s"].as_f64().unwrap()).collect();
+        let before_last = &times[..times.len().saturating_sub(1)];
+        assert!(before_last.windows(2).all(|w| w[1] - w[0] >= 0.999), "CPU {cpu}: {times:?}");
+    }
+    assert_eq!(u(&summary["worst_burst_lost"]), dropped, "one burst");
+    assert!(u(&summary["burst_buffer_size"]) >= u64::from(BURST) * 56, "{summary}");
 }
 
 #[test]
@@ -242,6 +353,71 @@ fn ring_burst_is_fully_accounted() {
 #[test]
 fn perf_burst_is_fully_accounted() {
     burst_is_fully_accounted("perf");
+}
+
+/// `-d SECS` ends the run by itself, with its summary.
+#[test]
+fn duration_flag_ends_the_run() {
+    let Some(_kernel) = kernel_test() else { return };
+    let finished = start(&["syscalls", "-L", "-d", "0.3", "--pid", "1", "--json"]).wait();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert_eq!(finished.of_type("syscall_interval").len(), 1);
+    assert!(finished.summary()["duration_s"].as_f64().unwrap() >= 0.3);
+}
+
+/// In table mode the loss goes to stderr as it happens, and the summary names the buffer that
+/// would have held the burst.
+#[test]
+fn table_mode_reports_loss_on_stderr() {
+    let Some(_kernel) = kernel_test() else { return };
+    let child = Workload::spawn("bpfs-lost", None, vec![Step::Getppid(20_000)]);
+    let pid = child.pid().to_string();
+    let run = start(&["syscalls", "--buffer-size", "4K", "--pid", &pid]);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(run.pid() as i32, libc::SIGSTOP) };
+    child.go();
+    // SAFETY: as above.
+    unsafe { libc::kill(run.pid() as i32, libc::SIGCONT) };
+    let finished = run.stop();
+    let lost: u64 = finished
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("Lost ")?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    let summary = finished.stderr.lines().find(|l| l.contains(" dropped in ")).unwrap();
+    let dropped: u64 = summary.split(" events, ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(
+        dropped > 0 && lost == dropped,
+        "Lost lines ({lost}) add up to the dropped ({dropped}):\n{}",
+        finished.stderr
+    );
+    assert!(summary.contains("would have held the worst burst"), "{summary}");
+}
+
+/// The default buffer holds a burst of 100,000 syscalls with the reader stopped throughout,
+/// wherever it has room for them (two CPUs or more: 8 MiB and up).
+#[test]
+fn default_buffer_holds_a_burst_of_100000_calls() {
+    let Some(_kernel) = kernel_test() else { return };
+    const BURST: u32 = 100_000;
+    let child = Workload::spawn("bpfs-default", None, vec![Step::Getppid(BURST)]);
+    let pid = child.pid().to_string();
+    let run = start(&["syscalls", "--json", "--pid", &pid]);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(run.pid() as i32, libc::SIGSTOP) };
+    child.go();
+    // SAFETY: as above.
+    unsafe { libc::kill(run.pid() as i32, libc::SIGCONT) };
+    let finished = run.stop();
+    let summary = finished.summary();
+    let (events, dropped) = (u(&summary["events"]), u(&summary["dropped"]));
+    assert_eq!((u(&summary["produced"]), events + dropped), (u64::from(BURST), u64::from(BURST)));
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert!(finished.stderr.contains("ring buffer (") && finished.stderr.contains("MiB)"), "{}", finished.stderr);
+    if cpus >= 2 {
+        assert!(u(&summary["buffer_bytes"]) >= 8 << 20, "{summary}");
+        assert_eq!(dropped, 0, "the default buffer holds the whole burst");
+    }
 }
 
 /// bpfstream's poll loop calls epoll_wait at least every 100 ms; none of those may show up.
@@ -284,8 +460,13 @@ fn bad_input_is_a_clear_error() {
     let (code, err) = run_to_end(&["syscalls", "--min-duration", "5 parsecs"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("duration"), "{err}");
-    let (code, err) = run_to_end(&["syscalls", "--interval", "1"]);
-    assert_eq!(code, Some(2), "--interval needs --summary: {err}");
     let (code, _) = run_to_end(&["syscalls", "--summary", "--interval", "0"]);
     assert_eq!(code, Some(2));
+    let (code, err) = run_to_end(&["syscalls", "--errno", "EBOGUS"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("unknown errno \"EBOGUS\""), "{err}");
+    let (code, err) = run_to_end(&["syscalls", "--errno", "5000"]);
+    assert_eq!(code, Some(2), "{err}");
+    let (code, err) = run_to_end(&["syscalls", "--sort", "size"]);
+    assert_eq!(code, Some(2), "{err}");
 }

@@ -126,17 +126,41 @@ pub enum BufferKind {
     Perf,
 }
 
-/// How many events a tracer expects: it decides the default wakeup policy.
+/// How many events a tracer expects: it decides the default buffer and wakeup policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventRate {
-    /// Events by the dozen (exec): wake the reader whenever it had caught up.
+    /// Events by the dozen (exec): a [`DEFAULT_BUFFER_SIZE`] buffer that wakes the reader
+    /// whenever it had caught up.
     Moderate,
-    /// Events by the million per second (syscalls, opens): the ring wakes the reader once a
-    /// quarter of it is full instead of whenever it had caught up. Each wakeup costs the traced
-    /// thread an irq_work and an IPI (a VM exit on a virtual machine); under a storm the adaptive
-    /// default wakes a reader that keeps catching up for nearly every record, and the traced
-    /// program runs at the reader's pace. `max_delay` bounds how long a record can wait.
-    High,
+    /// Events by the million per second (syscalls, opens): a buffer that holds the burst, and a
+    /// ring that wakes the reader once 64 KiB (a quarter of a smaller buffer) wait instead of
+    /// whenever it had caught up. Each wakeup costs the traced thread an irq_work and an IPI (a
+    /// VM exit on a virtual machine); under a storm the adaptive default wakes a reader that keeps
+    /// catching up for nearly every record, and the traced program runs at the reader's pace.
+    /// `max_delay` bounds how long a record can wait.
+    High(BurstBudget),
+}
+
+/// What a tracer's default buffer must hold: `records` records of about `record_bytes` bytes
+/// from every CPU at once, without the reader's help (a burst while it is descheduled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BurstBudget {
+    pub record_bytes: u64,
+    pub records: u64,
+}
+
+/// Largest default buffer.
+const MAX_DEFAULT_BUFFER: u64 = 256 << 20;
+
+/// The default buffer size for `budget`: the burst of every CPU (+ the ring's 8-byte record
+/// header) in one ring, or one CPU's in each perf buffer, as a power of two.
+fn burst_buffer_size(args: &CommonArgs, budget: BurstBudget) -> u64 {
+    let one_cpu = (budget.record_bytes + 8).saturating_mul(budget.records);
+    // Without --buffer the transport is a ring unless the kernel has none; a perf fallback then
+    // gets the ring's size per CPU, more than it needs.
+    let buffers_of =
+        if args.buffer == Some(BufferKind::Perf) { 1 } else { bpfstream::online_cpus().map_or(1, |c| c.len()) };
+    one_cpu.saturating_mul(buffers_of as u64).next_power_of_two().clamp(DEFAULT_BUFFER_SIZE, MAX_DEFAULT_BUFFER)
 }
 
 /// How to set up the buffer.
@@ -155,13 +179,18 @@ pub struct BufferOptions {
 }
 
 impl BufferOptions {
-    /// The buffer and wakeup policy of a tracer: `--wakeup` if given, else the default for its
-    /// event rate.
+    /// The buffer and wakeup policy of a tracer: `--buffer-size` and `--wakeup` if given, else
+    /// the defaults for its event rate.
     pub fn for_tracer(args: &CommonArgs, rate: EventRate) -> Self {
-        let size = args.buffer_size.unwrap_or(DEFAULT_BUFFER_SIZE);
-        let default_ring = match rate {
-            EventRate::Moderate => WakeupPolicy::Adaptive,
-            EventRate::High => WakeupPolicy::Bytes(size / 4),
+        let (default_size, high_rate) = match rate {
+            EventRate::Moderate => (DEFAULT_BUFFER_SIZE, false),
+            EventRate::High(budget) => (burst_buffer_size(args, budget), true),
+        };
+        let size = args.buffer_size.unwrap_or(default_size);
+        let default_ring = if high_rate {
+            WakeupPolicy::Bytes((size / 4).min(DEFAULT_BUFFER_SIZE / 4))
+        } else {
+            WakeupPolicy::Adaptive
         };
         BufferOptions {
             transport: args.buffer.map(|b| match b {

@@ -14,7 +14,7 @@ mod run;
 mod stop;
 mod summary;
 
-pub use args::{BufferOptions, CommonArgs, EventRate};
+pub use args::{BufferOptions, BurstBudget, CommonArgs, EventRate};
 pub use load::{
     attach, load, map_fd, open_source, task_filter_globals, Attach, Global, Objects, TracerSpec, EVENTS_MAP,
 };

@@ -15,6 +15,7 @@ use super::args::BufferOptions;
 use super::load::{attach, load, open_source, TracerSpec};
 use super::stop;
 use super::summary::{is_broken_pipe, Summary};
+use crate::loss::{buffer_for_burst, LossReport, Reporting};
 use crate::signals;
 use crate::size::human_bytes;
 use crate::writer::{stdout_queue, Queue};
@@ -85,6 +86,8 @@ pub struct Tracer {
     source: EventSource,
     what: &'static str,
     size: u64,
+    /// Loss reports as JSON lines on stdout (`--json`) instead of lines on stderr.
+    json: bool,
 }
 
 impl std::fmt::Debug for Tracer {
@@ -101,17 +104,26 @@ impl Tracer {
         // event, or those events would be dropped for want of a slot.
         let source = open_source(&bpf, options)?;
         attach(&mut bpf, spec)?;
-        let tracer = Tracer { bpf, source, what: spec.what, size: options.size };
+        let tracer = Tracer { bpf, source, what: spec.what, size: options.size, json: false };
         eprintln_lossy!("Tracing {} via {}... Hit Ctrl-C to end.", tracer.what, tracer.describe_buffer());
         Ok(tracer)
     }
 
-    /// `ring buffer (256 KiB)` or `perf buffer (256 KiB per CPU, 2 CPUs)`.
+    /// `ring buffer (256 KiB)` or `perf buffer (256 KiB per CPU, 2 CPUs: 512 KiB)`.
     pub fn describe_buffer(&self) -> String {
         match self.source.as_perf() {
             None => format!("ring buffer ({})", human_bytes(self.size)),
-            Some(perf) => format!("perf buffer ({} per CPU, {} CPUs)", human_bytes(self.size), perf.cpus().len()),
+            Some(perf) => {
+                let cpus = perf.cpus().len();
+                let total = human_bytes(self.size * cpus as u64);
+                format!("perf buffer ({} per CPU, {cpus} CPUs: {total})", human_bytes(self.size))
+            }
         }
+    }
+
+    /// Reports losses as `lost` JSON lines on stdout (for `--json`).
+    pub fn set_json(&mut self, json: bool) {
+        self.json = json;
     }
 
     /// Takes one of the object's maps out of it (e.g. a tool's own counters), to read after
@@ -127,21 +139,27 @@ impl Tracer {
     pub fn run(mut self, duration: Option<Duration>, max_delay: Duration, sink: &mut dyn Sink) -> Result<Summary> {
         let started = Instant::now();
         let queue = stdout_queue();
-        let mut feed = Feed { sink, queue, records: 0, failure: None };
+        let mut reporting = Reporting::new(sink, LossReport::new(self.json, self.source.as_perf().is_some()));
+        let mut feed = Feed { sink: &mut reporting, queue, records: 0, failure: None };
         let streamed = self.stream(duration.map(|d| started + d), max_delay, &mut feed);
         let elapsed = started.elapsed();
         let buffer_bytes = self.source.buffer_bytes();
         let transport = self.source.transport();
-        let Tracer { bpf, mut source, .. } = self;
+        let Tracer { bpf, mut source, size, .. } = self;
         let ending = stop::detach(bpf);
         let totals = stop::drain(&mut source, ending, &mut feed)?;
         streamed?;
-        if let Some(e) = feed.failure {
+        let failure = feed.failure;
+        reporting.finish();
+        if let Some(e) = failure {
             if !is_broken_pipe(&e) {
                 return Err(anyhow!(e).context("writing events"));
             }
         }
-        Ok(Summary::new(totals, transport, buffer_bytes, elapsed, ending))
+        let worst_burst = reporting.loss.worst_burst();
+        let record_bytes = totals.bytes.checked_div(totals.delivered).unwrap_or(0);
+        let burst = (worst_burst > 0).then(|| (worst_burst, buffer_for_burst(size, worst_burst, record_bytes)));
+        Ok(Summary::new(totals, transport, buffer_bytes, elapsed, ending, burst))
     }
 
     /// The loop: one poll per batch, bounded by `max_delay` (and [`LONGEST_WAIT`]).

@@ -9,6 +9,7 @@ use anyhow::{anyhow, Result};
 use bpfstream::{Totals, Transport};
 
 use super::stop::Ending;
+use crate::loss::burst_text;
 use crate::output::JsonLine;
 use crate::size::human_bytes;
 use crate::writer::{stderr_queue, stdout_queue};
@@ -24,6 +25,9 @@ pub struct Summary {
     pub transport: Transport,
     pub buffer_bytes: u64,
     pub elapsed: Duration,
+    /// The worst burst of loss (records one buffer lost), and the `--buffer-size` that would
+    /// have held it (`None`: none would).
+    pub burst: Option<(u64, Option<u64>)>,
     ending: Ending,
 }
 
@@ -38,6 +42,7 @@ impl Summary {
         buffer_bytes: u64,
         elapsed: Duration,
         ending: Ending,
+        burst: Option<(u64, Option<u64>)>,
     ) -> Self {
         Summary {
             events: totals.delivered,
@@ -47,6 +52,7 @@ impl Summary {
             transport,
             buffer_bytes,
             elapsed,
+            burst,
             ending,
         }
     }
@@ -71,6 +77,12 @@ impl Summary {
         if let Some(p) = self.produced {
             line = line.num("produced", p).num("unaccounted", self.unaccounted());
         }
+        if let Some((lost, size)) = self.burst {
+            line = line.num("worst_burst_lost", lost);
+            if let Some(size) = size {
+                line = line.num("burst_buffer_size", size);
+            }
+        }
         line.num("bytes", self.bytes).float("duration_s", secs).float("events_per_sec", written as f64 / secs.max(1e-9))
     }
 
@@ -88,6 +100,9 @@ impl Summary {
         ));
         if let Some(p) = self.produced {
             s.push_str(&format!("; produced {p}"));
+        }
+        if let Some((lost, size)) = self.burst {
+            s.push_str(&burst_text(lost, size));
         }
         s
     }

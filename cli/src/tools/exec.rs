@@ -223,7 +223,8 @@ impl<W: Write> Sink for Printer<W> {
 
 pub fn run(args: ExecArgs) -> Result<()> {
     let options = BufferOptions::for_tracer(&args.common, EventRate::Moderate);
-    let tracer = Tracer::start(&spec(&args), &options)?;
+    let mut tracer = Tracer::start(&spec(&args), &options)?;
+    tracer.set_json(args.common.json);
     let json = args.common.json;
     let mut printer = Printer {
         out: crate::writer::stdout(),

@@ -1,16 +1,41 @@
 //! `bpfstream syscalls --summary`: per-syscall (or per-process) count, errors, total time and
-//! latency percentiles, in the spirit of `syscount -L`. Aggregated in userspace from the very
-//! records the event mode prints, so the two modes cannot disagree: a summary is a fold of the
-//! stream.
+//! latency percentiles, in the spirit of `syscount -L`, counted in the kernel: the BPF program
+//! folds every call into its row of the `stats` map (`struct syscall_stats`, one copy per CPU),
+//! so no call is lost to a full buffer whatever the rate. The rows are cumulative since attach;
+//! each interval is the difference between two readings, so nothing is reset under a writer.
+//!
+//! ```text
+//!   stats (BPF_MAP_TYPE_PERCPU_HASH, key: syscall nr as u32, or tgid)
+//!   key -> [ CPU 0: count errors total_ns max_ns comm[16] buckets[1152] ]
+//!          [ CPU 1: ...                                                  ]
+//! ```
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Write};
 use std::time::Duration;
 
-use crate::histogram::LatencyHistogram;
+use anyhow::Result;
+use aya::maps::{Map, MapData, PerCpuHashMap};
+
+use crate::histogram::{LatencyHistogram, BUCKETS, RELATIVE_ERROR};
 use crate::output::{c_str, display_bytes, JsonLine};
-use crate::tools::syscalls::{is_error, syscall_label, SyscallEvent};
+use crate::tools::syscalls::syscall_label;
+
+/// `struct syscall_stats` of bpf/syscalls.h: one summary row as one CPU counted it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct KernelStats {
+    pub count: u64,
+    pub errors: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    pub comm: [u8; 16],
+    pub buckets: [u64; BUCKETS],
+}
+
+// SAFETY: #[repr(C)] of integers and byte arrays without padding (the layout is checked against
+// the object's BTF in the tests below): every bit pattern is a valid value.
+unsafe impl aya::Pod for KernelStats {}
 
 /// What a summary row stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,51 +44,42 @@ pub enum GroupBy {
     Process,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Key {
-    Syscall(i64),
-    Process(u32),
+/// `--sort`: the order of the rows (and what `--top` keeps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortBy {
+    /// Most total time first
+    Time,
+    /// Most calls first
+    Count,
 }
 
-/// Hashes the small integer keys with one multiply (the rustc/Fx hash): the fold runs once per
-/// event, and SipHash was a tenth of the consumer's time under a syscall storm.
-#[derive(Debug, Default)]
-struct IntHasher(u64);
-
-impl Hasher for IntHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn write_u32(&mut self, value: u32) {
-        self.write_u64(u64::from(value));
-    }
-
-    fn write_i64(&mut self, value: i64) {
-        self.write_u64(value as u64);
-    }
-
-    fn write_isize(&mut self, value: isize) {
-        self.write_u64(value as u64);
-    }
-}
-
-#[derive(Debug, Default)]
-struct Stats {
+/// One row of the kernel's table summed over CPUs, cumulative since attach.
+#[derive(Debug, Clone, Default)]
+struct Cumulative {
+    count: u64,
     errors: u64,
+    total_ns: u128,
     latency: LatencyHistogram,
-    /// Per process: the comm of its latest record.
     comm: [u8; 16],
+}
+
+impl Cumulative {
+    fn sum(per_cpu: &[KernelStats]) -> Self {
+        let mut row = Cumulative::default();
+        let mut max = 0;
+        for cpu in per_cpu {
+            row.count += cpu.count;
+            row.errors += cpu.errors;
+            row.total_ns += u128::from(cpu.total_ns);
+            max = max.max(cpu.max_ns);
+            row.latency.add_counts(&cpu.buckets);
+            if row.comm[0] == 0 {
+                row.comm = cpu.comm;
+            }
+        }
+        row.latency.set_max(max);
+        row
+    }
 }
 
 /// One row of a summary table.
@@ -79,73 +95,85 @@ pub struct Row {
     pub p50_ns: u64,
     pub p99_ns: u64,
     pub max_ns: u64,
+    /// Whether `max_ns` is exact: always on the first reading, and in later intervals when the
+    /// row's maximum rose; otherwise it is the top of the highest bucket used in the interval.
+    pub max_exact: bool,
 }
 
-/// Records folded into rows, one interval at a time.
-#[derive(Debug)]
-pub struct Aggregator {
-    by: GroupBy,
-    stats: HashMap<Key, Stats, BuildHasherDefault<IntHasher>>,
-    events: u64,
-    dropped: u64,
-}
-
-impl Aggregator {
-    pub fn new(by: GroupBy) -> Self {
-        Aggregator { by, stats: HashMap::default(), events: 0, dropped: 0 }
+/// The row for `key` between two cumulative readings (`None` if it counted nothing since).
+fn row_between(key: u32, by: GroupBy, now: &Cumulative, before: Option<&Cumulative>) -> Option<Row> {
+    let count = now.count - before.map_or(0, |b| b.count);
+    if count == 0 {
+        return None;
     }
+    let mut latency = now.latency.clone();
+    // The maximum since attach is this interval's only if it rose in this interval.
+    let max_exact = before.is_none_or(|b| now.latency.max() > b.latency.max());
+    if let Some(b) = before {
+        latency.subtract(&b.latency);
+    }
+    if !max_exact {
+        latency.set_max(latency.highest_bucket_top());
+    }
+    let (label, id) = match by {
+        GroupBy::Syscall => {
+            let nr = i64::from(key as i32);
+            (syscall_label(nr).into_owned(), nr)
+        }
+        GroupBy::Process => (display_bytes(c_str(&now.comm)), i64::from(key)),
+    };
+    Some(Row {
+        label,
+        id,
+        count,
+        errors: now.errors - before.map_or(0, |b| b.errors),
+        total_ns: now.total_ns - before.map_or(0, |b| b.total_ns),
+        p50_ns: latency.quantile(0.50),
+        p99_ns: latency.quantile(0.99),
+        max_ns: latency.max(),
+        max_exact,
+    })
+}
 
-    pub fn add(&mut self, e: &SyscallEvent) {
-        let key = match self.by {
-            GroupBy::Syscall => Key::Syscall(e.nr),
-            GroupBy::Process => Key::Process(e.pid),
+fn sort_rows(rows: &mut [Row], sort: SortBy) {
+    rows.sort_by(|a, b| {
+        let (first, second) = match sort {
+            SortBy::Time => (b.total_ns.cmp(&a.total_ns), b.count.cmp(&a.count)),
+            SortBy::Count => (b.count.cmp(&a.count), b.total_ns.cmp(&a.total_ns)),
         };
-        let stats = self.stats.entry(key).or_default();
-        stats.latency.record(e.duration_ns);
-        stats.errors += u64::from(is_error(e.ret));
-        stats.comm = e.comm;
-        self.events += 1;
+        first.then(second).then(a.id.cmp(&b.id))
+    });
+}
+
+/// The kernel's summary table and our previous reading of it.
+pub struct StatsTable {
+    map: PerCpuHashMap<MapData, u32, KernelStats>,
+    by: GroupBy,
+    sort: SortBy,
+    previous: HashMap<u32, Cumulative>,
+}
+
+impl StatsTable {
+    pub fn new(map: Map, by: GroupBy, sort: SortBy) -> Result<Self> {
+        Ok(StatsTable { map: map.try_into()?, by, sort, previous: HashMap::new() })
     }
 
-    /// Records lost in this interval (ring full, perf lost): the rows miss them.
-    pub fn lost(&mut self, count: u64) {
-        self.dropped += count;
+    /// The rows that counted calls since the last call (since attach on the first), sorted.
+    pub fn take_rows(&mut self) -> Result<Vec<Row>> {
+        let mut rows = Vec::new();
+        for entry in self.map.iter() {
+            let (key, per_cpu) = entry?;
+            let now = Cumulative::sum(&per_cpu);
+            rows.extend(row_between(key, self.by, &now, self.previous.get(&key)));
+            self.previous.insert(key, now);
+        }
+        sort_rows(&mut rows, self.sort);
+        Ok(rows)
     }
 
-    pub fn events(&self) -> u64 {
-        self.events
-    }
-
-    pub fn dropped(&self) -> u64 {
-        self.dropped
-    }
-
-    /// The rows so far, by total time (then count) descending, and a fresh start.
-    pub fn take_rows(&mut self) -> Vec<Row> {
-        let mut rows: Vec<Row> = self
-            .stats
-            .drain()
-            .map(|(key, s)| {
-                let (label, id) = match key {
-                    Key::Syscall(nr) => (syscall_label(nr).into_owned(), nr),
-                    Key::Process(pid) => (display_bytes(c_str(&s.comm)), i64::from(pid)),
-                };
-                Row {
-                    label,
-                    id,
-                    count: s.latency.count(),
-                    errors: s.errors,
-                    total_ns: s.latency.sum(),
-                    p50_ns: s.latency.quantile(0.50),
-                    p99_ns: s.latency.quantile(0.99),
-                    max_ns: s.latency.max(),
-                }
-            })
-            .collect();
-        rows.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(b.count.cmp(&a.count)).then(a.id.cmp(&b.id)));
-        self.events = 0;
-        self.dropped = 0;
-        rows
+    /// Calls counted since attach, over every row.
+    pub fn counted(&self) -> u64 {
+        self.previous.values().map(|r| r.count).sum()
     }
 }
 
@@ -157,54 +185,39 @@ pub struct IntervalWriter {
     pub json: bool,
     /// Rows shown per interval (all when `None`).
     pub top: Option<usize>,
+    /// Table durations in milliseconds (`-m`) instead of microseconds.
+    pub millis: bool,
     pub printed: u64,
 }
 
 impl IntervalWriter {
-    pub fn write(&mut self, out: &mut impl Write, agg: &mut Aggregator, elapsed: Duration) -> io::Result<()> {
-        let (events, dropped) = (agg.events(), agg.dropped());
-        let mut rows = agg.take_rows();
+    pub fn write(&mut self, out: &mut impl Write, mut rows: Vec<Row>, elapsed: Duration) -> io::Result<()> {
+        let calls: u64 = rows.iter().map(|r| r.count).sum();
         let shown = rows.len();
         if let Some(top) = self.top {
             rows.truncate(top);
         }
         self.printed += 1;
-        let index = self.printed;
         if self.json {
             JsonLine::new("syscall_interval")
-                .num("interval", index)
+                .num("interval", self.printed)
                 .float("elapsed_s", elapsed.as_secs_f64())
-                .num("events", events)
-                .num("dropped", dropped)
+                .num("events", calls)
                 .num("rows", shown)
+                .float("percentile_error", RELATIVE_ERROR)
                 .write_to(out)?;
-            for r in &rows {
-                let line = JsonLine::new("syscall_stats").num("interval", index);
-                let line = match self.by {
-                    GroupBy::Syscall => line.str("syscall", &r.label).num("nr", r.id),
-                    GroupBy::Process => line.num("pid", r.id).str("comm", &r.label),
-                };
-                line.num("count", r.count)
-                    .num("errors", r.errors)
-                    .num("total_ns", r.total_ns)
-                    .num("p50_ns", r.p50_ns)
-                    .num("p99_ns", r.p99_ns)
-                    .num("max_ns", r.max_ns)
-                    .write_to(out)?;
-            }
-            return Ok(());
+            return rows.iter().try_for_each(|r| self.json_row(out, r));
         }
-        let lost = if dropped > 0 { format!(", {dropped} DROPPED (rows below miss them)") } else { String::new() };
-        writeln!(out, "[{:.1} s] {events} syscalls{lost}", elapsed.as_secs_f64())?;
+        let error = RELATIVE_ERROR * 100.0;
+        writeln!(out, "[{:.1} s] {calls} syscalls (percentiles within {error:.1} %)", elapsed.as_secs_f64())?;
         let first = match self.by {
             GroupBy::Syscall => format!("{:<22}", "SYSCALL"),
             GroupBy::Process => format!("{:<7} {:<16}", "PID", "COMM"),
         };
-        writeln!(
-            out,
-            "{first} {:>10} {:>8} {:>12} {:>10} {:>10} {:>10}",
-            "COUNT", "ERRORS", "TOTAL(ms)", "P50(us)", "P99(us)", "MAX(us)"
-        )?;
+        let unit = if self.millis { "ms" } else { "us" };
+        let (p50, p99, max) = (format!("P50({unit})"), format!("P99({unit})"), format!("MAX({unit})"));
+        writeln!(out, "{first} {:>10} {:>8} {:>12} {p50:>10} {p99:>10} {max:>10}", "COUNT", "ERRORS", "TOTAL(ms)")?;
+        let scale = if self.millis { 1e6 } else { 1e3 };
         for r in &rows {
             let first = match self.by {
                 GroupBy::Syscall => format!("{:<22}", r.label),
@@ -216,94 +229,137 @@ impl IntervalWriter {
                 r.count,
                 r.errors,
                 r.total_ns as f64 / 1e6,
-                r.p50_ns as f64 / 1e3,
-                r.p99_ns as f64 / 1e3,
-                r.max_ns as f64 / 1e3
+                r.p50_ns as f64 / scale,
+                r.p99_ns as f64 / scale,
+                r.max_ns as f64 / scale
             )?;
         }
         writeln!(out)
+    }
+
+    fn json_row(&self, out: &mut impl Write, r: &Row) -> io::Result<()> {
+        let line = JsonLine::new("syscall_stats").num("interval", self.printed);
+        let line = match self.by {
+            GroupBy::Syscall => line.str("syscall", &r.label).num("nr", r.id),
+            GroupBy::Process => line.num("pid", r.id).str("comm", &r.label),
+        };
+        line.num("count", r.count)
+            .num("errors", r.errors)
+            .num("total_ns", r.total_ns)
+            .num("p50_ns", r.p50_ns)
+            .num("p99_ns", r.p99_ns)
+            .num("max_ns", r.max_ns)
+            .boolean("max_exact", r.max_exact)
+            .write_to(out)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::objects;
 
-    fn event(pid: u32, nr: i64, ret: i64, duration_ns: u64, comm: &[u8]) -> SyscallEvent {
-        let mut c = [0u8; 16];
-        c[..comm.len()].copy_from_slice(comm);
-        SyscallEvent { ts_ns: 1, duration_ns, ret, nr, pid, tid: pid, comm: c, cgroup_id: 1 }
+    #[test]
+    fn kernel_stats_mirror_the_struct_clang_laid_out() {
+        for object in [objects::SYSCALLS.ring, objects::SYSCALLS.perf] {
+            let c = bpfstream::btf::struct_layout(object, "syscall_stats").unwrap();
+            c.check(&bpfstream::rust_layout!(KernelStats { count, errors, total_ns, max_ns, comm, buckets })).unwrap();
+        }
     }
 
     #[test]
-    fn rows_fold_the_stream_and_reset_each_interval() {
-        let mut agg = Aggregator::new(GroupBy::Syscall);
-        for i in 0..100 {
-            agg.add(&event(7, 110, 1, 1000 + i, b"w"));
+    fn a_row_takes_the_memory_the_tracing_line_states() {
+        assert_eq!(std::mem::size_of::<KernelStats>().div_ceil(1024), 10, "9 KiB and a bit, per row and CPU");
+        assert!(crate::tools::syscalls::SUMMARY_WHAT.contains("(9 KiB per row and CPU, up to 1024 rows)"));
+    }
+
+    fn cpu_row(durations: &[u64], errors: u64, comm: &[u8]) -> KernelStats {
+        let mut row = KernelStats {
+            count: durations.len() as u64,
+            errors,
+            total_ns: durations.iter().sum(),
+            max_ns: durations.iter().copied().max().unwrap_or(0),
+            comm: [0; 16],
+            buckets: [0; BUCKETS],
+        };
+        row.comm[..comm.len()].copy_from_slice(comm);
+        for &d in durations {
+            row.buckets[crate::histogram::bucket_of(d)] += 1;
         }
-        for _ in 0..5 {
-            agg.add(&event(7, 257, -2, 3000, b"w"));
-        }
-        agg.add(&event(7, 35, 0, 200_000_000, b"w"));
-        agg.add(&event(7, 9999, 0, 10, b"w"));
-        agg.lost(3);
-        assert_eq!((agg.events(), agg.dropped()), (107, 3));
-        let rows = agg.take_rows();
-        let labels: Vec<_> = rows.iter().map(|r| r.label.as_str()).collect();
-        assert_eq!(labels, ["nanosleep", "getppid", "openat", "syscall_9999"], "by total time");
-        let getppid = &rows[1];
-        assert_eq!((getppid.count, getppid.errors, getppid.max_ns), (100, 0, 1099));
-        assert_eq!(getppid.total_ns, (1000..1100u128).sum::<u128>());
-        assert!((1049..=1049 + 33).contains(&getppid.p50_ns), "{}", getppid.p50_ns);
-        assert_eq!((rows[2].count, rows[2].errors), (5, 5));
-        assert_eq!(rows[0].max_ns, 200_000_000);
-        assert!(agg.take_rows().is_empty());
-        assert_eq!((agg.events(), agg.dropped()), (0, 0));
+        row
     }
 
     #[test]
-    fn by_process_keys_on_pid_with_latest_comm() {
-        let mut agg = Aggregator::new(GroupBy::Process);
-        agg.add(&event(1, 0, 0, 10, b"old"));
-        agg.add(&event(1, 1, -9, 10, b"new"));
-        agg.add(&event(2, 0, 0, 5, b"other"));
-        let rows = agg.take_rows();
-        assert_eq!(rows.len(), 2);
-        assert_eq!((rows[0].id, rows[0].label.as_str(), rows[0].count, rows[0].errors), (1, "new", 2, 1));
+    fn rows_sum_cpus_and_intervals_are_differences() {
+        let first = Cumulative::sum(&[cpu_row(&[1000, 1010], 1, b""), cpu_row(&[3000], 0, b"")]);
+        let row = row_between(110, GroupBy::Syscall, &first, None).unwrap();
+        assert_eq!((row.label.as_str(), row.id, row.count, row.errors, row.total_ns), ("getppid", 110, 3, 1, 5010));
+        assert_eq!((row.max_ns, row.max_exact), (3000, true));
+        assert!((1000..=1016).contains(&row.p50_ns), "{}", row.p50_ns);
+        assert_eq!(row.p99_ns, 3000);
+
+        let second = Cumulative::sum(&[cpu_row(&[1000, 1010, 2000], 1, b""), cpu_row(&[3000], 0, b"")]);
+        let row = row_between(110, GroupBy::Syscall, &second, Some(&first)).unwrap();
+        assert_eq!((row.count, row.errors, row.total_ns), (1, 0, 2000));
+        assert!(!row.max_exact, "the maximum since attach (3000) is older");
+        assert!((2000..=2000 + 2000 / 32).contains(&row.max_ns), "{}", row.max_ns);
+        assert!(row.p50_ns <= row.max_ns && (row.p50_ns as f64 - 2000.0).abs() <= 2000.0 / 64.0);
+        assert!(row_between(110, GroupBy::Syscall, &second, Some(&second)).is_none(), "nothing new");
+
+        let unknown = row_between(u32::MAX, GroupBy::Syscall, &second, None).unwrap();
+        assert_eq!((unknown.label.as_str(), unknown.id), ("syscall_-1", -1));
+        let process = Cumulative::sum(&[cpu_row(&[5], 0, b""), cpu_row(&[5], 0, b"worker")]);
+        let row = row_between(4242, GroupBy::Process, &process, None).unwrap();
+        assert_eq!((row.label.as_str(), row.id), ("worker", 4242));
+    }
+
+    fn row(id: i64, count: u64, total_ns: u128) -> Row {
+        let label = id.to_string();
+        Row { label, id, count, errors: 0, total_ns, p50_ns: 0, p99_ns: 0, max_ns: 0, max_exact: true }
+    }
+
+    #[test]
+    fn rows_sort_by_time_or_count() {
+        let mut rows = vec![row(1, 10, 500), row(2, 1, 9000), row(3, 10, 500), row(4, 20, 100)];
+        sort_rows(&mut rows, SortBy::Time);
+        assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), [2, 1, 3, 4]);
+        sort_rows(&mut rows, SortBy::Count);
+        assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), [4, 1, 3, 2]);
     }
 
     #[test]
     fn json_rows_carry_the_contract_fields() {
-        let mut agg = Aggregator::new(GroupBy::Syscall);
-        agg.add(&event(7, 110, 1, 500, b"w"));
-        let mut writer = IntervalWriter { by: GroupBy::Syscall, json: true, top: None, printed: 0 };
+        let mut writer = IntervalWriter { by: GroupBy::Syscall, json: true, top: None, millis: false, printed: 0 };
         let mut out = Vec::new();
-        writer.write(&mut out, &mut agg, Duration::from_secs(1)).unwrap();
+        let mut r = row(110, 1, 500);
+        r.label = "getppid".into();
+        (r.p50_ns, r.p99_ns, r.max_ns) = (500, 500, 500);
+        writer.write(&mut out, vec![r], Duration::from_secs(1)).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(
             lines[0],
-            r#"{"type":"syscall_interval","interval":1,"elapsed_s":1.000,"events":1,"dropped":0,"rows":1}"#
+            r#"{"type":"syscall_interval","interval":1,"elapsed_s":1.000,"events":1,"rows":1,"percentile_error":0.016}"#
         );
         assert_eq!(
             lines[1],
-            r#"{"type":"syscall_stats","interval":1,"syscall":"getppid","nr":110,"count":1,"errors":0,"total_ns":500,"p50_ns":500,"p99_ns":500,"max_ns":500}"#
+            r#"{"type":"syscall_stats","interval":1,"syscall":"getppid","nr":110,"count":1,"errors":0,"total_ns":500,"p50_ns":500,"p99_ns":500,"max_ns":500,"max_exact":true}"#
         );
     }
 
     #[test]
-    fn top_keeps_the_rows_with_most_time_and_says_how_many_there_were() {
-        let mut agg = Aggregator::new(GroupBy::Syscall);
-        agg.add(&event(7, 110, 1, 500, b"w"));
-        agg.add(&event(7, 35, 0, 9000, b"w"));
-        let mut writer = IntervalWriter { by: GroupBy::Syscall, json: false, top: Some(1), printed: 0 };
+    fn top_keeps_the_first_rows_and_millis_scales_the_table() {
+        let mut writer = IntervalWriter { by: GroupBy::Syscall, json: false, top: Some(1), millis: true, printed: 0 };
         let mut out = Vec::new();
-        writer.write(&mut out, &mut agg, Duration::from_secs(2)).unwrap();
+        let mut first = row(35, 1, 9_000_000);
+        first.label = "nanosleep".into();
+        first.max_ns = 9_000_000;
+        writer.write(&mut out, vec![first, row(110, 1, 500)], Duration::from_secs(2)).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<_> = text.lines().collect();
-        assert_eq!(lines[0], "[2.0 s] 2 syscalls");
-        assert!(lines[1].starts_with("SYSCALL"));
-        assert!(lines[2].starts_with("nanosleep") && lines[2].contains(" 9.000"), "{}", lines[2]);
+        assert_eq!(lines[0], "[2.0 s] 2 syscalls (percentiles within 1.6 %)");
+        assert!(lines[1].starts_with("SYSCALL") && lines[1].ends_with("MAX(ms)"), "{}", lines[1]);
+        assert!(lines[2].starts_with("nanosleep") && lines[2].ends_with(" 9.000"), "{}", lines[2]);
         assert_eq!(lines.len(), 4, "one row and a blank line: {text}");
     }
 }

@@ -1,7 +1,7 @@
 //! `bpfstream syscalls`: every completed syscall with its latency (the chapter's "Complete
 //! Example: Syscall Tracer"), from raw_syscalls sys_enter/sys_exit as raw tracepoints, with
-//! every filter applied in the kernel; or, with `--summary`, per-syscall statistics folded from
-//! the same records.
+//! every filter applied in the kernel; or, with `--summary`, per-syscall statistics counted in
+//! the kernel (`syscall_summary`).
 
 use std::borrow::Cow;
 use std::io::{self, Write};
@@ -13,12 +13,12 @@ use bpfstream::names::{errno_name, syscall_name, syscall_number};
 use bpfstream::{FromRecord, Item};
 
 use crate::lifecycle::{
-    task_filter_globals, Attach, BufferOptions, CommonArgs, EventRate, Global, Sink, Tracer, TracerSpec,
+    task_filter_globals, Attach, BufferOptions, BurstBudget, CommonArgs, EventRate, Global, Sink, Tracer, TracerSpec,
 };
 use crate::objects;
 use crate::output::{c_str, cell_left, cell_right, display_bytes, JsonLine, TimeColumn};
 use crate::tools::per_cpu_total;
-use crate::tools::syscall_summary::{Aggregator, GroupBy, IntervalWriter};
+use crate::tools::syscall_summary::{GroupBy, IntervalWriter, SortBy, StatsTable};
 
 bpfstream::record! {
     /// `struct syscall_event` of bpf/syscalls.h.
@@ -34,6 +34,10 @@ bpfstream::record! {
         pub cgroup_id: u64,
     }
 }
+
+/// What the default buffer holds without a read: 65,536 records per CPU (8 MiB of ring on two
+/// CPUs), a storm of the cheapest syscalls on every CPU for about 40 ms.
+const BURST: BurstBudget = BurstBudget { record_bytes: std::mem::size_of::<SyscallEvent>() as u64, records: 1 << 16 };
 
 /// Words of the `--syscall` bitmap (`SYSCALLS_MASK_WORDS` in bpf/syscalls.h).
 const MASK_WORDS: usize = 8;
@@ -77,6 +81,18 @@ pub fn syscall_label(nr: i64) -> Cow<'static, str> {
     }
 }
 
+/// `--errno ENOENT` or `--errno 2`: an errno by name or number.
+pub fn parse_errno(text: &str) -> Result<u32, String> {
+    let named = || (1..4096).find(|&e| errno_name(e).is_some_and(|n| n.eq_ignore_ascii_case(text)));
+    match text.parse::<u32>() {
+        Ok(e @ 1..=4095) => Ok(e),
+        Ok(_) => Err(format!("errno {text} is outside 1..4095")),
+        Err(_) => named()
+            .map(|e| e as u32)
+            .ok_or_else(|| format!("unknown errno {text:?}: use a name such as ENOENT, or a number")),
+    }
+}
+
 /// A failed syscall returns -errno, -4095..=-1 (the kernel's IS_ERR_VALUE).
 pub fn is_error(ret: i64) -> bool {
     (-4095..0).contains(&ret)
@@ -117,29 +133,50 @@ pub struct SyscallsArgs {
     #[arg(long, value_name = "NAME[,NAME]", value_parser = parse_syscall_set)]
     pub syscall: Option<SyscallSet>,
     /// Only failed syscalls (return value -4095..-1; filtered in the kernel)
-    #[arg(long)]
+    #[arg(short = 'x', long)]
     pub failed: bool,
+    /// Only syscalls that failed with this errno, e.g. ENOENT or 2 (filtered in the kernel)
+    #[arg(short = 'e', long, value_name = "ERRNO", value_parser = parse_errno)]
+    pub errno: Option<u32>,
     /// Only syscalls that took at least this long, e.g. 10us, 5ms (filtered in the kernel)
     #[arg(long, value_name = "DURATION", value_parser = crate::size::parse_duration)]
     pub min_duration: Option<Duration>,
-    /// Instead of events: per-syscall count, errors, total time and p50/p99/max latency
-    #[arg(long)]
+    /// Instead of events: per-syscall count, errors, total time and p50/p99/max latency,
+    /// counted in the kernel (exact at any rate; like syscount -L)
+    #[arg(short = 'L', long, visible_alias = "latency")]
     pub summary: bool,
-    /// With --summary: print and reset the table every SECS (default: once, at the end)
-    #[arg(long, value_name = "SECS", requires = "summary", value_parser = crate::size::parse_run_duration)]
+    /// Summary every SECS, each of the calls since the previous one (implies --summary;
+    /// default: once, at the end)
+    #[arg(short = 'i', long, value_name = "SECS", value_parser = crate::size::parse_run_duration)]
     pub interval: Option<Duration>,
-    /// With --summary: one row per process instead of per syscall
-    #[arg(long, requires = "summary")]
+    /// Summary rows per process instead of per syscall (implies --summary)
+    #[arg(short = 'P', long)]
     pub by_process: bool,
-    /// With --summary: show only the N rows with the most total time
-    #[arg(long, value_name = "N", requires = "summary", value_parser = crate::values::parse_count)]
+    /// Summary: show only the first N rows (implies --summary)
+    #[arg(long, value_name = "N", value_parser = crate::values::parse_count)]
     pub top: Option<u64>,
+    /// Summary rows by total time or by count, most first (implies --summary)
+    #[arg(long, value_enum, value_name = "time|count")]
+    pub sort: Option<SortBy>,
+    /// Durations in milliseconds instead of microseconds
+    #[arg(short = 'm', long)]
+    pub milliseconds: bool,
+}
+
+impl SyscallsArgs {
+    /// Summary mode: `--summary`, or any option that only makes sense there.
+    pub fn summary_mode(&self) -> bool {
+        self.summary || self.interval.is_some() || self.by_process || self.top.is_some() || self.sort.is_some()
+    }
 }
 
 pub fn spec(args: &SyscallsArgs) -> TracerSpec {
     let common = &args.common;
     let mut globals = task_filter_globals(common, args.tid);
     globals.extend([
+        Global::bool("summary_mode", args.summary_mode()),
+        Global::bool("by_process", args.by_process),
+        Global::u32("targ_errno", args.errno.unwrap_or(0)),
         Global::bool("only_failed", args.failed),
         Global::u64("min_duration_ns", args.min_duration.map_or(0, |d| d.as_nanos().min(u64::MAX.into()) as u64)),
         Global::bool("filter_syscalls", args.syscall.is_some()),
@@ -148,7 +185,7 @@ pub fn spec(args: &SyscallsArgs) -> TracerSpec {
         globals.push(Global { name: "syscall_mask", bytes: set.bytes() });
     }
     TracerSpec {
-        what: "syscalls",
+        what: if args.summary_mode() { SUMMARY_WHAT } else { "syscalls" },
         objects: objects::SYSCALLS,
         attach: vec![
             Attach::RawTracePoint { program: "syscall_enter", name: "sys_enter" },
@@ -158,9 +195,12 @@ pub fn spec(args: &SyscallsArgs) -> TracerSpec {
     }
 }
 
+/// The `Tracing` line of summary mode, with the memory the rows take.
+pub(crate) const SUMMARY_WHAT: &str = "syscalls, counted in the kernel (9 KiB per row and CPU, up to 1024 rows),";
+
 /// Summary mode's state.
 struct Summary {
-    agg: Aggregator,
+    table: StatsTable,
     writer: IntervalWriter,
     interval: Option<Duration>,
     started: Instant,
@@ -173,6 +213,7 @@ struct Printer<W: Write> {
     /// The table row being built (reused).
     line: String,
     json: bool,
+    millis: bool,
     time: TimeColumn,
     malformed: u64,
     summary: Option<Summary>,
@@ -208,9 +249,10 @@ impl<W: Write> Printer<W> {
         line.push(' ');
         cell_left(line, &name, 20);
         line.push(' ');
-        cell_right(line, num.format(e.duration_ns / 1000), 9);
+        let unit = if self.millis { 1_000_000 } else { 1000 };
+        cell_right(line, num.format(e.duration_ns / unit), 9);
         line.push('.');
-        cell_right_zeros(line, num.format(e.duration_ns % 1000), 3);
+        cell_right_zeros(line, num.format(e.duration_ns % unit / (unit / 1000)), 3);
         line.push(' ');
         match errno_text(e.ret) {
             Some(errno) => line.push_str(errno),
@@ -224,7 +266,8 @@ impl<W: Write> Printer<W> {
     fn print_interval(&mut self) -> io::Result<()> {
         let Some(s) = &mut self.summary else { return Ok(()) };
         s.last = Instant::now();
-        s.writer.write(&mut self.out, &mut s.agg, s.started.elapsed())
+        let rows = s.table.take_rows().map_err(io::Error::other)?;
+        s.writer.write(&mut self.out, rows, s.started.elapsed())
     }
 }
 
@@ -234,30 +277,20 @@ impl<W: Write> Sink for Printer<W> {
             return Ok(());
         }
         self.time.title(&mut self.out)?;
-        writeln!(self.out, "{:<16} {:>7} {:>7} {:<20} {:>13} RET", "COMM", "PID", "TID", "SYSCALL", "DURATION(us)")?;
+        let duration = if self.millis { "DURATION(ms)" } else { "DURATION(us)" };
+        writeln!(self.out, "{:<16} {:>7} {:>7} {:<20} {duration:>13} RET", "COMM", "PID", "TID", "SYSCALL")?;
         self.out.flush()
     }
 
     fn item(&mut self, item: Item<'_>) -> io::Result<()> {
-        let record = match item {
-            Item::Record(record) => record,
-            Item::Lost(lost) => {
-                if let Some(s) = &mut self.summary {
-                    s.agg.lost(lost.count);
-                }
-                return Ok(());
-            }
-        };
-        let Ok(e) = SyscallEvent::from_record(record.data) else {
-            self.malformed += 1;
-            return Ok(());
-        };
-        match &mut self.summary {
-            Some(s) => {
-                s.agg.add(&e);
+        // Losses are reported by the lifecycle and totalled in its summary.
+        let Item::Record(record) = item else { return Ok(()) };
+        match SyscallEvent::from_record(record.data) {
+            Ok(e) => self.event(&e),
+            Err(_) => {
+                self.malformed += 1;
                 Ok(())
             }
-            None => self.event(&e),
         }
     }
 
@@ -271,24 +304,37 @@ impl<W: Write> Sink for Printer<W> {
 }
 
 pub fn run(args: SyscallsArgs) -> Result<()> {
-    let options = BufferOptions::for_tracer(&args.common, EventRate::High);
+    let summary_mode = args.summary_mode();
+    let mut options = BufferOptions::for_tracer(&args.common, EventRate::High(BURST));
+    if summary_mode {
+        // Nothing is sent: the smallest buffer the transport takes.
+        options.size = bpfstream::page_size() as u64;
+    }
     let mut tracer = Tracer::start(&spec(&args), &options)?;
+    tracer.set_json(args.common.json);
     let untracked: PerCpuArray<MapData, u64> = tracer.take_map("untracked")?.try_into()?;
     let json = args.common.json;
     let by = if args.by_process { GroupBy::Process } else { GroupBy::Syscall };
+    let table = if summary_mode {
+        Some(StatsTable::new(tracer.take_map("stats")?, by, args.sort.unwrap_or(SortBy::Time))?)
+    } else {
+        None
+    };
     let now = Instant::now();
     let mut printer = Printer {
         out: crate::writer::stdout(),
         line: String::new(),
         json,
+        millis: args.milliseconds,
         time: TimeColumn::new(args.common.timestamp, args.common.elapsed),
         malformed: 0,
-        summary: args.summary.then(|| Summary {
-            agg: Aggregator::new(by),
+        summary: table.map(|table| Summary {
+            table,
             writer: IntervalWriter {
                 by,
                 json,
                 top: args.top.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+                millis: args.milliseconds,
                 printed: 0,
             },
             interval: args.interval,
@@ -297,25 +343,52 @@ pub fn run(args: SyscallsArgs) -> Result<()> {
         }),
     };
     let summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
-    // The rows since the last interval (all of them without --interval).
-    let pending =
-        printer.summary.as_ref().is_some_and(|s| s.agg.events() + s.agg.dropped() > 0 || s.writer.printed == 0);
-    if pending {
-        match printer.print_interval().and_then(|()| printer.out.flush()) {
-            Err(e) if !crate::lifecycle::is_broken_pipe(&e) => return Err(e.into()),
-            _ => {}
-        }
-    }
+    let counted = print_last_interval(&mut printer)?;
     let malformed = printer.malformed;
     drop(printer);
     let untracked = per_cpu_total(&untracked)?;
-    let extra =
-        if untracked > 0 { format!("; {untracked} syscalls untracked (in-flight map full)") } else { String::new() };
-    summary.print(json, |line| line.num("malformed", malformed).num("untracked", untracked), &extra)?;
+    let extra = if untracked > 0 {
+        format!(
+            "; {untracked} syscalls untracked (no kernel memory for their in-flight state or summary row at the time)"
+        )
+    } else {
+        String::new()
+    };
+    match counted {
+        Some(counted) if !json => {
+            eprintln_lossy!("{counted} syscalls counted in the kernel in {:.1} s{extra}", summary.elapsed.as_secs_f64())
+        }
+        _ => summary.print(
+            json,
+            |line| {
+                let line = line.num("malformed", malformed).num("untracked", untracked);
+                match counted {
+                    Some(counted) => line.num("counted", counted),
+                    None => line,
+                }
+            },
+            &extra,
+        )?,
+    }
     if malformed > 0 {
         eprintln_lossy!("warning: {malformed} records were shorter than a syscall event");
     }
     Ok(())
+}
+
+/// Summary mode: the rows since the last interval (all of them without --interval), and the
+/// calls counted since attach. `None` in events mode.
+fn print_last_interval<W: Write>(printer: &mut Printer<W>) -> Result<Option<u64>> {
+    let Some(s) = &mut printer.summary else { return Ok(None) };
+    let rows = s.table.take_rows()?;
+    if !rows.is_empty() || s.writer.printed == 0 {
+        let written = s.writer.write(&mut printer.out, rows, s.started.elapsed()).and_then(|()| printer.out.flush());
+        match written {
+            Err(e) if !crate::lifecycle::is_broken_pipe(&e) => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok(Some(s.table.counted()))
 }
 
 #[cfg(test)]
@@ -343,6 +416,18 @@ mod tests {
         assert!(err.contains("unknown syscall \"opne\""), "{err}");
         assert!(parse_syscall_set("600").is_err());
         assert!(parse_syscall_set("").is_err());
+    }
+
+    #[test]
+    fn errnos_parse_by_name_or_number() {
+        assert_eq!(parse_errno("ENOENT"), Ok(2));
+        assert_eq!(parse_errno("eacces"), Ok(13));
+        assert_eq!(
+            parse_errno("EWOULDBLOCK").unwrap_err(),
+            "unknown errno \"EWOULDBLOCK\": use a name such as ENOENT, or a number"
+        );
+        assert_eq!(parse_errno("4095"), Ok(4095));
+        assert!(parse_errno("0").is_err() && parse_errno("4096").is_err() && parse_errno("").is_err());
     }
 
     #[test]
