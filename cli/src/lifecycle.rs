@@ -53,6 +53,9 @@ pub struct CommonArgs {
     /// Longest a record may wait in the buffer before it is read, whatever the wakeup policy
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = crate::size::parse_run_duration)]
     pub max_delay: Duration,
+    // --output: shipping events to Kafka / NATS JetStream (export.rs).
+    #[command(flatten)]
+    pub output: crate::export::OutputArgs,
 }
 
 /// `--wakeup`, for either transport.
@@ -479,6 +482,7 @@ impl Tracer {
             transport,
             buffer_bytes,
             elapsed,
+            export: None,
         })
     }
 }
@@ -488,7 +492,7 @@ pub fn is_broken_pipe(e: &io::Error) -> bool {
 }
 
 /// The accounting of one run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Summary {
     pub events: u64,
     pub dropped: u64,
@@ -497,6 +501,8 @@ pub struct Summary {
     pub transport: Transport,
     pub buffer_bytes: u64,
     pub elapsed: Duration,
+    /// With `--output`: the exporter's accounting after its final flush (export.rs).
+    pub export: Option<crate::export::ExportSummary>,
 }
 
 impl Summary {
@@ -517,6 +523,9 @@ impl Summary {
         if let Some(p) = self.produced {
             line = line.num("produced", p);
         }
+        if let Some(export) = &self.export {
+            line = export.json(line);
+        }
         line.num("bytes", self.bytes)
             .float("duration_s", secs)
             .float("events_per_sec", self.events as f64 / secs.max(1e-9))
@@ -534,6 +543,9 @@ impl Summary {
         );
         if let Some(p) = self.produced {
             s.push_str(&format!("; produced {p}"));
+        }
+        if let Some(export) = &self.export {
+            s.push_str(&export.text());
         }
         s
     }
@@ -558,6 +570,10 @@ impl Summary {
                 "warning: {} events produced by the BPF side are neither delivered nor counted as dropped",
                 self.unaccounted()
             );
+        }
+        let unexported = self.export.as_ref().map_or(0, |export| export.unaccounted(self.events));
+        if unexported != 0 {
+            eprintln_lossy!("warning: {unexported} delivered events are neither exported nor counted as export_failed");
         }
         Ok(())
     }

@@ -19,6 +19,7 @@ macro_rules! eprint_lossy {
 }
 
 mod bench;
+mod export;
 mod histogram;
 mod lab;
 mod lifecycle;

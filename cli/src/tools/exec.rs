@@ -11,6 +11,7 @@ use std::io::{self, Write};
 use anyhow::Result;
 use bpfstream::{FromRecord, Item};
 
+use crate::export::Tee;
 use crate::lifecycle::{task_filter_globals, Attach, BufferOptions, CommonArgs, Sink, Tracer, TracerSpec};
 use crate::objects;
 use crate::output::{c_str, display_bytes, JsonLine, TimeColumn};
@@ -67,6 +68,7 @@ struct Printer<W: Write> {
     time: TimeColumn,
     malformed: u64,
     filename_bytes: u64,
+    tee: Tee,
 }
 
 impl<W: Write> Sink for Printer<W> {
@@ -83,19 +85,23 @@ impl<W: Write> Sink for Printer<W> {
         let Item::Record(record) = item else { return Ok(()) };
         let Some(e) = decode(record.data) else {
             self.malformed += 1;
+            self.tee.unencoded();
             return Ok(());
         };
         self.filename_bytes += e.filename.len() as u64;
         let h = &e.header;
-        if self.json {
-            return JsonLine::new("exec")
+        if self.tee.active() {
+            let line = JsonLine::new("exec")
                 .num("ts_ns", h.ts_ns)
                 .num("pid", h.pid)
                 .num("ppid", h.ppid)
                 .num("uid", h.uid)
                 .bytes("comm", c_str(&h.comm))
-                .bytes("filename", e.filename)
-                .write_to(&mut self.out);
+                .bytes("filename", e.filename);
+            self.tee.emit(&mut self.out, line)?;
+            if self.json {
+                return Ok(());
+            }
         }
         self.time.cell(&mut self.out, h.ts_ns)?;
         writeln!(
@@ -110,22 +116,26 @@ impl<W: Write> Sink for Printer<W> {
     }
 
     fn tick(&mut self) -> io::Result<()> {
+        self.tee.tick(&mut self.out)?;
         self.out.flush()
     }
 }
 
 pub fn run(args: ExecArgs) -> Result<()> {
     let options = BufferOptions::from_args(&args.common);
-    let tracer = Tracer::start(&spec(&args.common), &options)?;
     let json = args.common.json;
+    let tee = Tee::start(&args.common.output, json)?;
+    let tracer = Tracer::start(&spec(&args.common), &options)?;
     let mut printer = Printer {
         out: io::BufWriter::new(io::stdout().lock()),
         json,
         time: TimeColumn::new(args.time),
         malformed: 0,
         filename_bytes: 0,
+        tee,
     };
-    let summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
+    let mut summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
+    summary.export = printer.tee.finish();
     let avg = if summary.events > 0 { printer.filename_bytes as f64 / summary.events as f64 } else { 0.0 };
     let malformed = printer.malformed;
     drop(printer);

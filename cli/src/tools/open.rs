@@ -9,6 +9,7 @@ use aya::maps::{MapData, PerCpuArray};
 use bpfstream::names::syscall_name;
 use bpfstream::{FromRecord, Item};
 
+use crate::export::Tee;
 use crate::lifecycle::{task_filter_globals, Attach, CommonArgs, Global, Sink, Tracer, TracerSpec};
 use crate::output::{c_str, display_bytes, JsonLine, TimeColumn};
 use crate::tools::{high_rate_options, per_cpu_total};
@@ -135,6 +136,7 @@ struct Printer<W: Write> {
     extended: bool,
     malformed: u64,
     truncated: u64,
+    tee: Tee,
 }
 
 impl<W: Write> Sink for Printer<W> {
@@ -155,12 +157,13 @@ impl<W: Write> Sink for Printer<W> {
         let Item::Record(record) = item else { return Ok(()) };
         let Some(e) = decode(record.data) else {
             self.malformed += 1;
+            self.tee.unencoded();
             return Ok(());
         };
         let h = &e.header;
         self.truncated += u64::from(h.truncated != 0);
         let syscall = syscall_name(i64::from(h.nr)).unwrap_or("open");
-        if self.json {
+        if self.tee.active() {
             let line = JsonLine::new("open")
                 .num("ts_ns", h.ts_ns)
                 .num("pid", h.pid)
@@ -171,7 +174,10 @@ impl<W: Write> Sink for Printer<W> {
                 .num("flags", h.flags)
                 .num("ret", h.ret);
             let line = if h.truncated != 0 { line.boolean("truncated", true) } else { line };
-            return line.write_to(&mut self.out);
+            self.tee.emit(&mut self.out, line)?;
+            if self.json {
+                return Ok(());
+            }
         }
         self.time.cell(&mut self.out, h.ts_ns)?;
         let (fd, err) = if h.ret >= 0 { (h.ret, 0) } else { (-1, -h.ret) };
@@ -184,15 +190,17 @@ impl<W: Write> Sink for Printer<W> {
     }
 
     fn tick(&mut self) -> io::Result<()> {
+        self.tee.tick(&mut self.out)?;
         self.out.flush()
     }
 }
 
 pub fn run(args: OpenArgs) -> Result<()> {
     let options = high_rate_options(&args.common);
+    let json = args.common.json;
+    let tee = Tee::start(&args.common.output, json)?;
     let mut tracer = Tracer::start(&spec(&args)?, &options)?;
     let untracked: PerCpuArray<MapData, u64> = tracer.take_map("untracked")?.try_into()?;
-    let json = args.common.json;
     let mut printer = Printer {
         out: io::BufWriter::new(io::stdout().lock()),
         json,
@@ -200,8 +208,10 @@ pub fn run(args: OpenArgs) -> Result<()> {
         extended: args.extended,
         malformed: 0,
         truncated: 0,
+        tee,
     };
-    let summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
+    let mut summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
+    summary.export = printer.tee.finish();
     let (malformed, truncated) = (printer.malformed, printer.truncated);
     drop(printer);
     let untracked = per_cpu_total(&untracked)?;

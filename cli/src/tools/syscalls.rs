@@ -12,6 +12,7 @@ use aya::maps::{MapData, PerCpuArray};
 use bpfstream::names::{errno_name, syscall_name, syscall_number};
 use bpfstream::{FromRecord, Item};
 
+use crate::export::Tee;
 use crate::lifecycle::{task_filter_globals, Attach, CommonArgs, Global, Sink, Tracer, TracerSpec};
 use crate::objects;
 use crate::output::{c_str, cell_left, cell_right, display_bytes, JsonLine, TimeColumn};
@@ -120,7 +121,8 @@ pub struct SyscallsArgs {
     #[arg(long, value_name = "DURATION", value_parser = crate::size::parse_duration)]
     pub min_duration: Option<Duration>,
     /// Instead of events: per-syscall count, errors, total time and p50/p99/max latency
-    #[arg(long)]
+    /// (events only: not with --output)
+    #[arg(long, conflicts_with = "output")]
     pub summary: bool,
     /// With --summary: print and reset the table every SECS (default: once, at the end)
     #[arg(long, value_name = "SECS", requires = "summary", value_parser = crate::size::parse_run_duration)]
@@ -176,13 +178,14 @@ struct Printer<W: Write> {
     time: TimeColumn,
     malformed: u64,
     summary: Option<Summary>,
+    tee: Tee,
 }
 
 impl<W: Write> Printer<W> {
     fn event(&mut self, e: &SyscallEvent) -> io::Result<()> {
         let name = syscall_label(e.nr);
-        if self.json {
-            return JsonLine::new("syscall")
+        if self.tee.active() {
+            let line = JsonLine::new("syscall")
                 .num("ts_ns", e.ts_ns)
                 .num("duration_ns", e.duration_ns)
                 .num("pid", e.pid)
@@ -190,8 +193,11 @@ impl<W: Write> Printer<W> {
                 .bytes("comm", c_str(&e.comm))
                 .num("nr", e.nr)
                 .str("syscall", &name)
-                .num("ret", e.ret)
-                .write_to(&mut self.out);
+                .num("ret", e.ret);
+            self.tee.emit(&mut self.out, line)?;
+            if self.json {
+                return Ok(());
+            }
         }
         self.time.cell(&mut self.out, e.ts_ns)?;
         // Built by hand into a reused line (integers, no allocation): this runs for every
@@ -249,6 +255,7 @@ impl<W: Write> Sink for Printer<W> {
         };
         let Ok(e) = SyscallEvent::from_record(record.data) else {
             self.malformed += 1;
+            self.tee.unencoded();
             return Ok(());
         };
         match &mut self.summary {
@@ -265,15 +272,17 @@ impl<W: Write> Sink for Printer<W> {
         if due {
             self.print_interval()?;
         }
+        self.tee.tick(&mut self.out)?;
         self.out.flush()
     }
 }
 
 pub fn run(args: SyscallsArgs) -> Result<()> {
     let options = high_rate_options(&args.common);
+    let json = args.common.json;
+    let tee = Tee::start(&args.common.output, json)?;
     let mut tracer = Tracer::start(&spec(&args), &options)?;
     let untracked: PerCpuArray<MapData, u64> = tracer.take_map("untracked")?.try_into()?;
-    let json = args.common.json;
     let by = if args.by_process { GroupBy::Process } else { GroupBy::Syscall };
     let now = Instant::now();
     let mut printer = Printer {
@@ -294,8 +303,10 @@ pub fn run(args: SyscallsArgs) -> Result<()> {
             started: now,
             last: now,
         }),
+        tee,
     };
-    let summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
+    let mut summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
+    summary.export = printer.tee.finish();
     // The rows since the last interval (all of them without --interval).
     let pending =
         printer.summary.as_ref().is_some_and(|s| s.agg.events() + s.agg.dropped() > 0 || s.writer.printed == 0);

@@ -1,6 +1,7 @@
 //! Shared helpers of the tests that run `bpfstream` against the real kernel (as root).
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod engine;
 pub mod workload;
 
 use std::io::{BufRead, BufReader, Read};
