@@ -87,25 +87,27 @@ fn nats_export_runs_alongside_the_table() {
     }
 }
 
-/// The engine is killed in the middle of the stream and comes back: whatever did not reach it
-/// is in export_failed, what it acknowledged is in it once, and retries reuse their seq.
+/// The engine is killed in the middle of the stream and comes back a second later: events keep
+/// coming meanwhile, their acknowledgements time out (300 ms) and they are published again with
+/// the same seq. Whatever did not reach the engine is in export_failed, what it acknowledged is
+/// in it, and no seq is stored twice (`Nats-Msg-Id`).
 #[test]
 fn nats_restart_mid_stream_leaves_nothing_unaccounted() {
     let Some(_kernel) = kernel_test() else { return };
     let Some(mut server) = NatsServer::start() else { return };
     let subject = "bpfstream.test.restart";
-    let steps: Vec<Step> = (0..30).flat_map(|_| [Step::Getppid(200), Step::Sleep(Duration::from_millis(50))]).collect();
+    let steps: Vec<Step> = (0..40).flat_map(|_| [Step::Getppid(200), Step::Sleep(Duration::from_millis(50))]).collect();
     let child = Workload::spawn("bpfs-restart", None, steps);
     let pid = child.pid().to_string();
     let url = server.url(subject);
-    let options = ["ack_timeout=1s", "flush_timeout=20s", "queue=2000"].map(|o| ["--output-option", o]).concat();
+    let options = ["ack_timeout=300ms", "flush_timeout=20s", "queue=4000"].map(|o| ["--output-option", o]).concat();
     let mut args = vec!["syscalls", "--json", "--pid", &pid, "--buffer-size", "4M", "--output", &url];
     args.extend(options);
     let run = start(&args);
     let going = std::thread::spawn(move || child.go());
     std::thread::sleep(Duration::from_millis(400));
     server.kill();
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1000));
     server.restart();
     going.join().unwrap();
     let finished = run.stop();
@@ -113,7 +115,7 @@ fn nats_restart_mid_stream_leaves_nothing_unaccounted() {
     let summary = finished.summary();
     assert_accounted(&summary);
     let produced = u(&summary["produced"]);
-    assert_eq!(produced, 6030, "30 x (200 getppid + 1 nanosleep)");
+    assert_eq!(produced, 8040, "40 x (200 getppid + 1 nanosleep)");
     eprintln!("after the restart: {summary}");
     assert!(u(&summary["export_retries"]) > 0, "the kill went unnoticed: {summary}");
     assert!(finished.stderr.contains("bpfstream: export:"), "errors are reported: {}", finished.stderr);
