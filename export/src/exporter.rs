@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::accounting::Counters;
 use crate::pipeline::{Message, Pipeline, Publisher};
-use crate::{nats, Endpoint, ExportConfig, ExportError, ExportStats};
+use crate::{kafka, nats, Endpoint, ExportConfig, ExportError, ExportStats};
 
 /// Ships events to one engine from a thread of its own.
 #[derive(Debug)]
@@ -37,13 +37,16 @@ impl Exporter {
             .enable_all()
             .build()
             .map_err(|e| ExportError::Client(format!("starting the exporter's runtime: {e}")))?;
-        let publisher = match &config.endpoint {
-            Endpoint::Nats { .. } => runtime.block_on(nats::NatsPublisher::connect(&config))?,
-            Endpoint::Kafka { .. } => {
-                return Err(ExportError::Setup("this build has no Kafka output".into()));
+        match &config.endpoint {
+            Endpoint::Nats { .. } => {
+                let publisher = runtime.block_on(nats::NatsPublisher::connect(&config))?;
+                Self::spawn(runtime, publisher, &config, on_error)
             }
-        };
-        Self::spawn(runtime, publisher, &config, on_error)
+            Endpoint::Kafka { .. } => {
+                let publisher = runtime.block_on(kafka::KafkaPublisher::connect(&config))?;
+                Self::spawn(runtime, publisher, &config, on_error)
+            }
+        }
     }
 
     fn spawn<P: Publisher + Send + 'static>(

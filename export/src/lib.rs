@@ -21,6 +21,7 @@ mod accounting;
 mod config;
 mod endpoint;
 mod exporter;
+mod kafka;
 mod nats;
 mod pipeline;
 

@@ -93,6 +93,30 @@ pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
     Running { child, stdout: out_rx, received: Default::default(), stderr: stderr_text }
 }
 
+/// Waits (up to 60 s) until a spawned `bpfstream` with piped stderr prints its `Tracing` line;
+/// the rest of its stderr is read and dropped so that it never blocks on it.
+pub fn wait_for_tracing(child: &mut Child) -> Result<(), String> {
+    let stderr = child.stderr.take().ok_or("stderr is not piped")?;
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("Tracing") {
+                let _ = ready_tx.send(Ok(()));
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        let _ = ready_tx.send(Err(text));
+    });
+    match ready_rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(text)) => Err(format!("bpfstream exited before tracing: {text}")),
+        Err(_) => Err("bpfstream never printed its Tracing line".into()),
+    }
+}
+
 /// What a finished run printed.
 pub struct Finished {
     pub status: std::process::ExitStatus,
