@@ -136,7 +136,7 @@ pub(crate) fn parse_duration(key: &str, value: &str) -> Result<Duration, ExportE
         _ => f64::NAN,
     };
     match number.parse::<f64>().map(|n| n * scale) {
-        Ok(secs) if secs.is_finite() && secs >= 0.0 && secs < 1e9 => Ok(Duration::from_secs_f64(secs)),
+        Ok(secs) if (0.0..1e9).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
         _ => Err(ExportError::Option(format!("{key}={value:?}: give a duration such as 500ms, 5s or 2m"))),
     }
 }

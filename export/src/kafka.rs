@@ -70,17 +70,13 @@ impl KafkaPublisher {
             e @ KafkaError::ClientConfig(..) => ExportError::Option(format!("Kafka: {e}")),
             e => ExportError::Client(format!("creating the Kafka producer: {e}")),
         })?;
-        if config.connect == ConnectPolicy::Fail {
-            if !topic_exists(&producer, brokers, topic)? {
-                match config.create {
-                    Some(true) => create_topic(&settings, topic).await?,
-                    _ => {
-                        return Err(ExportError::Setup(format!(
-                            "Kafka topic {topic:?} does not exist: create it, or add --output-option create=true"
-                        )))
-                    }
-                }
+        if config.connect == ConnectPolicy::Fail && !topic_exists(&producer, brokers, topic)? {
+            if config.create != Some(true) {
+                return Err(ExportError::Setup(format!(
+                    "Kafka topic {topic:?} does not exist: create it, or add --output-option create=true"
+                )));
             }
+            create_topic(&settings, topic).await?;
         }
         Ok(KafkaPublisher { producer, topic: topic.as_str().into(), identity: Arc::new(config.identity.clone()) })
     }
