@@ -20,6 +20,7 @@ macro_rules! eprint_lossy {
 
 mod bench;
 mod cgroup;
+mod export;
 mod histogram;
 mod lab;
 mod lifecycle;

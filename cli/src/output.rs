@@ -324,8 +324,13 @@ impl JsonLine {
         let mut line = self.finish();
         line.push('\n');
         let written = out.write_all(line.as_bytes());
-        SPARE.set(line);
+        Self::recycle(line);
         written
+    }
+
+    /// Gives a finished line's buffer back for the next line to reuse.
+    pub fn recycle(line: String) {
+        SPARE.set(line);
     }
 }
 

@@ -57,6 +57,9 @@ pub struct CommonArgs {
     /// Longest a record may wait in the buffer before it is read, whatever the wakeup policy
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = crate::size::parse_run_duration)]
     pub max_delay: Duration,
+    /// `--output`: shipping events to Kafka / NATS JetStream (`crate::export`).
+    #[command(flatten)]
+    pub output: crate::export::OutputArgs,
 }
 
 /// `--wakeup`, for either transport.

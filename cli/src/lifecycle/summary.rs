@@ -15,7 +15,7 @@ use crate::size::human_bytes;
 use crate::writer::{stderr_queue, stdout_queue};
 
 /// The accounting of one run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Summary {
     /// Records read from the buffer and handed to the output.
     pub events: u64,
@@ -28,6 +28,8 @@ pub struct Summary {
     /// The worst burst of loss (records one buffer lost), and the `--buffer-size` that would
     /// have held it (`None`: none would).
     pub burst: Option<(u64, Option<u64>)>,
+    /// With `--output`: the exporter's accounting after its final flush (`crate::export`).
+    pub export: Option<crate::export::ExportSummary>,
     ending: Ending,
 }
 
@@ -53,6 +55,7 @@ impl Summary {
             buffer_bytes,
             elapsed,
             burst,
+            export: None,
             ending,
         }
     }
@@ -83,6 +86,9 @@ impl Summary {
                 line = line.num("burst_buffer_size", size);
             }
         }
+        if let Some(export) = &self.export {
+            line = export.json(line);
+        }
         line.num("bytes", self.bytes).float("duration_s", secs).float("events_per_sec", written as f64 / secs.max(1e-9))
     }
 
@@ -103,6 +109,9 @@ impl Summary {
         }
         if let Some((lost, size)) = self.burst {
             s.push_str(&burst_text(lost, size));
+        }
+        if let Some(export) = &self.export {
+            s.push_str(&export.text());
         }
         s
     }
@@ -126,6 +135,11 @@ impl Summary {
                 "warning: {} events produced by the BPF side are neither delivered nor counted as dropped (unaccounted)\n",
                 self.unaccounted()
             );
+            err.write_by(text.into_bytes(), self.ending.summary_deadline());
+        }
+        let unexported = self.export.as_ref().map_or(0, |export| export.unaccounted(self.events));
+        if unexported != 0 {
+            let text = format!("warning: {unexported} delivered events are neither exported nor counted as export_failed\n");
             err.write_by(text.into_bytes(), self.ending.summary_deadline());
         }
         match out.error() {

@@ -16,6 +16,7 @@ use std::io::{self, Write};
 use anyhow::Result;
 use bpfstream::{FromRecord, Item};
 
+use crate::export::Tee;
 use crate::lifecycle::{
     task_filter_globals, Attach, BufferOptions, CommonArgs, EventRate, Global, Sink, Tracer, TracerSpec,
 };
@@ -144,13 +145,15 @@ struct Printer<W: Write> {
     malformed: u64,
     failed: u64,
     filename_bytes: u64,
+    tee: Tee,
 }
 
 impl<W: Write> Printer<W> {
+    /// The event's JSON line, to stdout (`--json`) and/or `--output`.
     fn json(&mut self, e: &Exec<'_>) -> io::Result<()> {
         let h = &e.header;
         let (args, truncated) = e.args(self.max_args);
-        JsonLine::new("exec")
+        let line = JsonLine::new("exec")
             .num("ts_ns", h.ts_ns)
             .num("pid", h.pid)
             .num("ppid", h.ppid)
@@ -160,8 +163,8 @@ impl<W: Write> Printer<W> {
             .byte_strings("args", args.iter().copied())
             .boolean("args_truncated", truncated)
             .num("ret", h.ret)
-            .num("cgroup_id", h.cgroup_id)
-            .write_to(&mut self.out)
+            .num("cgroup_id", h.cgroup_id);
+        self.tee.emit(&mut self.out, line)
     }
 
     fn row(&mut self, e: &Exec<'_>) -> io::Result<()> {
@@ -205,27 +208,32 @@ impl<W: Write> Sink for Printer<W> {
         let Item::Record(record) = item else { return Ok(()) };
         let Some(e) = decode(record.data) else {
             self.malformed += 1;
+            self.tee.unencoded();
             return Ok(());
         };
         self.filename_bytes += e.filename.len() as u64;
         self.failed += u64::from(e.header.ret < 0);
-        if self.json {
-            self.json(&e)
-        } else {
-            self.row(&e)
+        if self.tee.active() {
+            self.json(&e)?;
         }
+        if self.json {
+            return Ok(());
+        }
+        self.row(&e)
     }
 
     fn tick(&mut self) -> io::Result<()> {
+        self.tee.tick(&mut self.out)?;
         self.out.flush()
     }
 }
 
 pub fn run(args: ExecArgs) -> Result<()> {
     let options = BufferOptions::for_tracer(&args.common, EventRate::Moderate);
-    let mut tracer = Tracer::start(&spec(&args), &options)?;
-    tracer.set_json(args.common.json);
     let json = args.common.json;
+    let tee = Tee::start(&args.common.output, json)?;
+    let mut tracer = Tracer::start(&spec(&args), &options)?;
+    tracer.set_json(json);
     let mut printer = Printer {
         out: crate::writer::stdout(),
         json,
@@ -235,8 +243,10 @@ pub fn run(args: ExecArgs) -> Result<()> {
         malformed: 0,
         failed: 0,
         filename_bytes: 0,
+        tee,
     };
-    let summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
+    let mut summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
+    summary.export = printer.tee.finish();
     let avg = if summary.events > 0 { printer.filename_bytes as f64 / summary.events as f64 } else { 0.0 };
     let (malformed, failed) = (printer.malformed, printer.failed);
     drop(printer);

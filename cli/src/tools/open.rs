@@ -10,6 +10,7 @@ use aya::maps::{MapData, PerCpuArray};
 use bpfstream::names::{errno_name, syscall_name};
 use bpfstream::{FromRecord, Item};
 
+use crate::export::Tee;
 use crate::lifecycle::{
     task_filter_globals, Attach, BufferOptions, BurstBudget, CommonArgs, EventRate, Global, Sink, Tracer, TracerSpec,
 };
@@ -117,6 +118,7 @@ struct Printer<W: Write> {
     extended: bool,
     malformed: u64,
     truncated: u64,
+    tee: Tee,
 }
 
 impl<W: Write> Sink for Printer<W> {
@@ -140,12 +142,13 @@ impl<W: Write> Sink for Printer<W> {
         let Item::Record(record) = item else { return Ok(()) };
         let Some(e) = decode(record.data) else {
             self.malformed += 1;
+            self.tee.unencoded();
             return Ok(());
         };
         let h = &e.header;
         self.truncated += u64::from(h.truncated != 0);
         let syscall = syscall_name(i64::from(h.nr)).unwrap_or("open");
-        if self.json {
+        if self.tee.active() {
             let line = JsonLine::new("open")
                 .num("ts_ns", h.ts_ns)
                 .num("pid", h.pid)
@@ -158,7 +161,10 @@ impl<W: Write> Sink for Printer<W> {
                 .num("uid", h.uid)
                 .num("cgroup_id", h.cgroup_id);
             let line = if h.truncated != 0 { line.boolean("truncated", true) } else { line };
-            return line.write_to(&mut self.out);
+            self.tee.emit(&mut self.out, line)?;
+            if self.json {
+                return Ok(());
+            }
         }
         self.time.cell(&mut self.out, h.ts_ns)?;
         if self.print_uid {
@@ -174,16 +180,18 @@ impl<W: Write> Sink for Printer<W> {
     }
 
     fn tick(&mut self) -> io::Result<()> {
+        self.tee.tick(&mut self.out)?;
         self.out.flush()
     }
 }
 
 pub fn run(args: OpenArgs) -> Result<()> {
     let options = BufferOptions::for_tracer(&args.common, EventRate::High(BURST));
-    let mut tracer = Tracer::start(&spec(&args), &options)?;
-    tracer.set_json(args.common.json);
-    let untracked: PerCpuArray<MapData, u64> = tracer.take_map("untracked")?.try_into()?;
     let json = args.common.json;
+    let tee = Tee::start(&args.common.output, json)?;
+    let mut tracer = Tracer::start(&spec(&args), &options)?;
+    tracer.set_json(json);
+    let untracked: PerCpuArray<MapData, u64> = tracer.take_map("untracked")?.try_into()?;
     let mut printer = Printer {
         out: crate::writer::stdout(),
         json,
@@ -192,8 +200,10 @@ pub fn run(args: OpenArgs) -> Result<()> {
         extended: args.extended,
         malformed: 0,
         truncated: 0,
+        tee,
     };
-    let summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
+    let mut summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
+    summary.export = printer.tee.finish();
     let (malformed, truncated) = (printer.malformed, printer.truncated);
     drop(printer);
     let untracked = per_cpu_total(&untracked)?;

@@ -12,6 +12,7 @@ use aya::maps::{MapData, PerCpuArray};
 use bpfstream::names::{errno_name, syscall_name, syscall_number};
 use bpfstream::{FromRecord, Item};
 
+use crate::export::Tee;
 use crate::lifecycle::{
     task_filter_globals, Attach, BufferOptions, BurstBudget, CommonArgs, EventRate, Global, Sink, Tracer, TracerSpec,
 };
@@ -143,7 +144,8 @@ pub struct SyscallsArgs {
     pub min_duration: Option<Duration>,
     /// Instead of events: per-syscall count, errors, total time and p50/p99/max latency,
     /// counted in the kernel (exact at any rate; like syscount -L)
-    #[arg(short = 'L', long, visible_alias = "latency")]
+    /// (not with --output: no events are streamed)
+    #[arg(short = 'L', long, visible_alias = "latency", conflicts_with = "output")]
     pub summary: bool,
     /// Summary every SECS, each of the calls since the previous one (implies --summary;
     /// default: once, at the end)
@@ -217,13 +219,14 @@ struct Printer<W: Write> {
     time: TimeColumn,
     malformed: u64,
     summary: Option<Summary>,
+    tee: Tee,
 }
 
 impl<W: Write> Printer<W> {
     fn event(&mut self, e: &SyscallEvent) -> io::Result<()> {
         let name = syscall_label(e.nr);
-        if self.json {
-            return JsonLine::new("syscall")
+        if self.tee.active() {
+            let line = JsonLine::new("syscall")
                 .num("ts_ns", e.ts_ns)
                 .num("duration_ns", e.duration_ns)
                 .num("pid", e.pid)
@@ -232,8 +235,11 @@ impl<W: Write> Printer<W> {
                 .num("nr", e.nr)
                 .str("syscall", &name)
                 .num("ret", e.ret)
-                .num("cgroup_id", e.cgroup_id)
-                .write_to(&mut self.out);
+                .num("cgroup_id", e.cgroup_id);
+            self.tee.emit(&mut self.out, line)?;
+            if self.json {
+                return Ok(());
+            }
         }
         self.time.cell(&mut self.out, e.ts_ns)?;
         // Built by hand into a reused line (integers, no allocation): this runs for every
@@ -289,6 +295,7 @@ impl<W: Write> Sink for Printer<W> {
             Ok(e) => self.event(&e),
             Err(_) => {
                 self.malformed += 1;
+                self.tee.unencoded();
                 Ok(())
             }
         }
@@ -299,21 +306,27 @@ impl<W: Write> Sink for Printer<W> {
         if due {
             self.print_interval()?;
         }
+        self.tee.tick(&mut self.out)?;
         self.out.flush()
     }
 }
 
 pub fn run(args: SyscallsArgs) -> Result<()> {
     let summary_mode = args.summary_mode();
+    if summary_mode && args.common.output.output.is_some() {
+        let text = "--output ships events, and the summary options (-L -i -P --top --sort) stream none\n";
+        clap::Error::raw(clap::error::ErrorKind::ArgumentConflict, text).exit();
+    }
+    let json = args.common.json;
+    let tee = Tee::start(&args.common.output, json)?;
     let mut options = BufferOptions::for_tracer(&args.common, EventRate::High(BURST));
     if summary_mode {
         // Nothing is sent: the smallest buffer the transport takes.
         options.size = bpfstream::page_size() as u64;
     }
     let mut tracer = Tracer::start(&spec(&args), &options)?;
-    tracer.set_json(args.common.json);
+    tracer.set_json(json);
     let untracked: PerCpuArray<MapData, u64> = tracer.take_map("untracked")?.try_into()?;
-    let json = args.common.json;
     let by = if args.by_process { GroupBy::Process } else { GroupBy::Syscall };
     let table = if summary_mode {
         Some(StatsTable::new(tracer.take_map("stats")?, by, args.sort.unwrap_or(SortBy::Time))?)
@@ -341,8 +354,10 @@ pub fn run(args: SyscallsArgs) -> Result<()> {
             started: now,
             last: now,
         }),
+        tee,
     };
-    let summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
+    let mut summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
+    summary.export = printer.tee.finish();
     let counted = print_last_interval(&mut printer)?;
     let malformed = printer.malformed;
     drop(printer);

@@ -1,6 +1,7 @@
 //! Shared helpers of the tests that run `bpfstream` against the real kernel (as root).
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod engine;
 #[path = "../../../bpfstream/tests/support/time_scale.rs"]
 pub mod time_scale;
 pub mod workload;
@@ -116,6 +117,30 @@ pub fn start_command(mut command: Command, what: &str) -> Running {
         panic!("bpfstream {what} never printed its Tracing line; stderr:\n{}", stderr_text.lock().unwrap());
     }
     Running { child, stdout: out_rx, received: Default::default(), stderr: stderr_text, stderr_eof }
+}
+
+/// Waits (up to 60 s) until a spawned `bpfstream` with piped stderr prints its `Tracing` line;
+/// the rest of its stderr is read and dropped so that it never blocks on it.
+pub fn wait_for_tracing(child: &mut Child) -> Result<(), String> {
+    let stderr = child.stderr.take().ok_or("stderr is not piped")?;
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("Tracing") {
+                let _ = ready_tx.send(Ok(()));
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        let _ = ready_tx.send(Err(text));
+    });
+    match ready_rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(text)) => Err(format!("bpfstream exited before tracing: {text}")),
+        Err(_) => Err("bpfstream never printed its Tracing line".into()),
+    }
 }
 
 /// What a finished run printed.

@@ -1,0 +1,187 @@
+//! `--output URL`: every event's JSON line also goes to Kafka or NATS JetStream
+//! (`bpfstream-export`), counted as `exported` only once the engine acknowledged it. A tracer's
+//! printer holds a [`Tee`]: it builds each event's JSON line when either stdout (`--json`) or
+//! the exporter wants it, reports export losses as they happen, and after the drain hands the
+//! summary its [`ExportSummary`].
+
+use std::io::{self, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use bpfstream_export::{Endpoint, ExportConfig, ExportStats, Exporter, Identity};
+
+use crate::output::JsonLine;
+
+/// `--output` and `--output-option` (every tracer).
+#[derive(Debug, Clone, clap::Args)]
+pub struct OutputArgs {
+    /// Also ship every event's JSON line to kafka://HOST:PORT/TOPIC or nats://HOST:PORT/SUBJECT
+    /// (JetStream); an event counts as exported only once the engine acknowledged it
+    #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
+    pub output: Option<Endpoint>,
+    /// A KEY=VALUE option of --output (repeatable): queue=N, in_flight=N, connect=fail|retry,
+    /// flush_timeout=5s, create=true|false; NATS: stream, storage, user, password, token,
+    /// creds, tls, tls_ca, ...; Kafka: any librdkafka property (compression.type, linger.ms,
+    /// batch.size, acks, security.protocol, sasl.*, ssl.*), partitions, replication_factor
+    #[arg(long = "output-option", value_name = "KEY=VALUE", requires = "output")]
+    pub output_options: Vec<String>,
+}
+
+fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
+    text.parse().map_err(|e: bpfstream_export::ExportError| e.to_string())
+}
+
+/// How often at most a `lost` line reports events that could not be exported.
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Sends each event's JSON line to stdout (`--json`) and/or the exporter.
+#[derive(Debug)]
+pub struct Tee {
+    json: bool,
+    exporter: Option<Exporter>,
+    /// Delivered records that could not be decoded into a JSON line (so never offered).
+    unencoded: u64,
+    reported_failed: u64,
+    last_report: Instant,
+}
+
+impl Tee {
+    /// Connects the `--output` exporter, if any. Bad options exit 2 like any usage error;
+    /// an engine that cannot be reached is an error (unless `connect=retry`).
+    pub fn start(args: &OutputArgs, json: bool) -> Result<Self> {
+        let exporter = match &args.output {
+            Some(endpoint) => Some(start_exporter(endpoint, &args.output_options)?),
+            None => None,
+        };
+        Ok(Tee { json, exporter, unencoded: 0, reported_failed: 0, last_report: Instant::now() })
+    }
+
+    /// Whether events need their JSON line.
+    pub fn active(&self) -> bool {
+        self.json || self.exporter.is_some()
+    }
+
+    /// One event: its line to stdout with `--json`, and (without the newline) to the exporter.
+    pub fn emit(&mut self, out: &mut impl Write, line: JsonLine) -> io::Result<()> {
+        let mut text = line.finish();
+        if let Some(exporter) = &mut self.exporter {
+            exporter.send(text.as_bytes());
+        }
+        let written = if self.json {
+            text.push('\n');
+            out.write_all(text.as_bytes())
+        } else {
+            Ok(())
+        };
+        JsonLine::recycle(text);
+        written
+    }
+
+    /// A delivered record that had no JSON line (malformed): not exported.
+    pub fn unencoded(&mut self) {
+        self.unencoded += u64::from(self.exporter.is_some());
+    }
+
+    /// At most once per second: a `lost` line (JSON) or `Lost N events` on stderr when events
+    /// failed to export since the last report.
+    pub fn tick(&mut self, out: &mut impl Write) -> io::Result<()> {
+        let Some(exporter) = &self.exporter else { return Ok(()) };
+        if self.last_report.elapsed() < REPORT_INTERVAL {
+            return Ok(());
+        }
+        self.last_report = Instant::now();
+        let stats = exporter.stats();
+        let failed = stats.export_failed() + self.unencoded;
+        let count = failed - self.reported_failed;
+        if count == 0 {
+            return Ok(());
+        }
+        self.reported_failed = failed;
+        if self.json {
+            let line = JsonLine::new("lost").num("count", count).str("cause", "export");
+            return stats_fields(line, &stats, self.unencoded).write_to(out);
+        }
+        eprintln_lossy!(
+            "Lost {count} events exporting to {}: {} exported, {} export_failed so far ({} queue full)",
+            exporter.endpoint(),
+            stats.exported,
+            failed,
+            stats.queue_full
+        );
+        Ok(())
+    }
+
+    /// After the drain: the final flush (bounded by `flush_timeout`), then the accounting.
+    pub fn finish(&mut self) -> Option<ExportSummary> {
+        let exporter = self.exporter.take()?;
+        let endpoint = exporter.endpoint().to_string();
+        Some(ExportSummary { endpoint, stats: exporter.finish(), unencoded: self.unencoded })
+    }
+}
+
+fn start_exporter(endpoint: &Endpoint, options: &[String]) -> Result<Exporter> {
+    let mut config = ExportConfig::new(endpoint.clone(), Identity::of_this_process());
+    let configured = options.iter().try_for_each(|option| config.set_text(option));
+    let exporter = configured
+        .and_then(|()| Exporter::start(config, Box::new(|error: &str| eprintln_lossy!("bpfstream: export: {error}"))));
+    match exporter {
+        Ok(exporter) => Ok(exporter),
+        Err(e) if e.is_usage() => clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n")).exit(),
+        Err(e) => Err(anyhow::anyhow!(e).context(format!("--output {endpoint}"))),
+    }
+}
+
+/// `exported`, `export_failed` and their breakdown.
+fn stats_fields(line: JsonLine, stats: &ExportStats, unencoded: u64) -> JsonLine {
+    line.num("exported", stats.exported)
+        .num("export_failed", stats.export_failed() + unencoded)
+        .num("export_queue_full", stats.queue_full)
+        .num("export_rejected", stats.rejected)
+        .num("export_unflushed", stats.unflushed)
+        .num("export_unencoded", unencoded)
+        .num("export_retries", stats.retries)
+}
+
+/// The exporter's part of a tracer's summary.
+#[derive(Debug, Clone)]
+pub struct ExportSummary {
+    pub endpoint: String,
+    pub stats: ExportStats,
+    pub unencoded: u64,
+}
+
+impl ExportSummary {
+    pub fn exported(&self) -> u64 {
+        self.stats.exported
+    }
+
+    pub fn export_failed(&self) -> u64 {
+        self.stats.export_failed() + self.unencoded
+    }
+
+    /// The summary object's fields.
+    pub fn json(&self, line: JsonLine) -> JsonLine {
+        stats_fields(line.str("output", &self.endpoint), &self.stats, self.unencoded)
+    }
+
+    /// The summary line's part.
+    pub fn text(&self) -> String {
+        let s = &self.stats;
+        format!(
+            "; {} exported to {}, {} export_failed ({} queue full, {} rejected, {} unflushed, {} unencoded), {} retries",
+            s.exported,
+            self.endpoint,
+            self.export_failed(),
+            s.queue_full,
+            s.rejected,
+            s.unflushed,
+            self.unencoded,
+            s.retries
+        )
+    }
+
+    /// Delivered events neither exported nor counted as export_failed (always 0).
+    pub fn unaccounted(&self, delivered: u64) -> i128 {
+        i128::from(delivered) - i128::from(self.exported()) - i128::from(self.export_failed())
+    }
+}

@@ -1,0 +1,332 @@
+//! `--output`: every event to NATS JetStream or Kafka, acknowledged, with the same accounting
+//! across the wire: read back from real servers, exactly, with no duplicate `seq`, through a
+//! restart of the engine, an engine down at start, and bad URLs. Needs root (the tracers),
+//! `nats-server` and `tansu` (see `common/engine.rs`).
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::engine::{create_topic, kafka_messages, nats_messages, Kafka, KafkaServer, Nats, NatsServer};
+use common::workload::{Step, Workload};
+use common::{kernel_test, run_to_end, start};
+use serde_json::Value;
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+/// exported + export_failed + dropped = produced, and every delivered event is one or the other.
+fn assert_accounted(summary: &Value) {
+    let (events, dropped, produced) = (u(&summary["events"]), u(&summary["dropped"]), u(&summary["produced"]));
+    let (exported, failed) = (u(&summary["exported"]), u(&summary["export_failed"]));
+    assert_eq!(exported + failed + dropped, produced, "exported + export_failed + dropped = produced: {summary}");
+    assert_eq!(exported + failed, events, "{summary}");
+}
+
+/// The `seq` headers: all distinct, and the set of them.
+fn distinct_seqs(messages: &[common::engine::Exported]) -> HashSet<u64> {
+    let seqs: HashSet<u64> = messages.iter().map(|m| m.seq()).collect();
+    assert_eq!(seqs.len(), messages.len(), "a seq came twice");
+    seqs
+}
+
+#[test]
+fn nats_receives_every_event_line_exactly_with_its_headers() {
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(nats) = Nats::get() else { return };
+    let (url, subject) = nats.url("exact");
+    const CALLS: u32 = 3000;
+    let child = Workload::spawn("bpfs-export", None, vec![Step::Getppid(CALLS)]);
+    let pid = child.pid().to_string();
+    let run = start(&["syscalls", "--json", "--pid", &pid, "--buffer-size", "4M", "--output", &url]);
+    child.go();
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let summary = finished.summary();
+    assert_eq!((u(&summary["produced"]), u(&summary["exported"])), (u64::from(CALLS), u64::from(CALLS)), "{summary}");
+    assert_accounted(&summary);
+    let lines: Vec<&String> = finished.stdout.iter().filter(|l| l.starts_with("{\"type\":\"syscall\"")).collect();
+    let messages = nats_messages(&nats.address(), &subject);
+    assert_eq!(messages.len(), CALLS as usize);
+    assert_eq!(distinct_seqs(&messages), (1..=u64::from(CALLS)).collect());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    for (message, line) in messages.iter().zip(&lines) {
+        assert_eq!(&message.payload, *line, "the message is the event's JSON line");
+        assert_eq!(message.headers["host"], host.trim());
+        assert_eq!(message.headers["boot_id"], boot_id.trim());
+        let id = format!("{}/{}/{}/{}", host.trim(), boot_id.trim(), message.headers["run"], message.seq());
+        assert_eq!(message.headers["Nats-Msg-Id"], id);
+    }
+}
+
+/// Table on stdout and JSON lines to the engine, from the exec tracer.
+#[test]
+fn nats_export_runs_alongside_the_table() {
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(nats) = Nats::get() else { return };
+    let (url, subject) = nats.url("table");
+    let dir = common::temp_dir("export-table");
+    let probe = common::probe_binary(&dir, "bpfs-exported");
+    let run = start(&["exec", "--name", "bpfs-exported", "--output", &url]);
+    for _ in 0..5 {
+        assert!(std::process::Command::new(&probe).status().unwrap().success());
+    }
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let rows = finished.stdout.iter().filter(|l| l.contains("bpfs-exported")).count();
+    assert_eq!(rows, 5, "table rows:\n{:?}", finished.stdout);
+    assert!(finished.stderr.contains("5 exported to nats://"), "{}", finished.stderr);
+    let messages = nats_messages(&nats.address(), &subject);
+    assert_eq!(messages.len(), 5);
+    for m in &messages {
+        let event: Value = serde_json::from_str(&m.payload).unwrap();
+        assert_eq!((event["type"].as_str(), event["filename"].as_str()), (Some("exec"), probe.to_str()));
+    }
+}
+
+/// The engine is killed in the middle of the stream and comes back a second later: events keep
+/// coming meanwhile, their acknowledgements time out (300 ms) and they are published again with
+/// the same seq. Whatever did not reach the engine is in export_failed, what it acknowledged is
+/// in it, and no seq is stored twice (`Nats-Msg-Id`).
+#[test]
+fn nats_restart_mid_stream_leaves_nothing_unaccounted() {
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(mut server) = NatsServer::start() else { return };
+    let subject = "bpfstream.test.restart";
+    let steps: Vec<Step> = (0..40).flat_map(|_| [Step::Getppid(200), Step::Sleep(Duration::from_millis(50))]).collect();
+    let child = Workload::spawn("bpfs-restart", None, steps);
+    let pid = child.pid().to_string();
+    let url = server.url(subject);
+    let options = ["ack_timeout=300ms", "flush_timeout=20s", "queue=4000"].map(|o| ["--output-option", o]).concat();
+    let mut args = vec!["syscalls", "--json", "--pid", &pid, "--buffer-size", "4M", "--output", &url];
+    args.extend(options);
+    let run = start(&args);
+    let going = std::thread::spawn(move || child.go());
+    std::thread::sleep(Duration::from_millis(400));
+    server.kill();
+    std::thread::sleep(Duration::from_millis(1000));
+    server.restart();
+    going.join().unwrap();
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let summary = finished.summary();
+    assert_accounted(&summary);
+    let produced = u(&summary["produced"]);
+    assert_eq!(produced, 8040, "40 x (200 getppid + 1 nanosleep)");
+    eprintln!("after the restart: {summary}");
+    assert!(u(&summary["export_retries"]) > 0, "the kill went unnoticed: {summary}");
+    assert!(finished.stderr.contains("bpfstream: export:"), "errors are reported: {}", finished.stderr);
+    let seqs = distinct_seqs(&nats_messages(&format!("127.0.0.1:{}", server.port), subject));
+    let (exported, failed) = (u(&summary["exported"]), u(&summary["export_failed"]));
+    assert!(seqs.len() as u64 >= exported, "{} stored, {exported} acknowledged", seqs.len());
+    assert!(produced - seqs.len() as u64 <= failed, "missing events not in export_failed: {summary}");
+}
+
+#[test]
+fn nats_down_at_start_is_an_error_or_a_wait() {
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(mut server) = NatsServer::start() else { return };
+    server.kill();
+    let url = server.url("bpfstream.test.down");
+    let (code, err) = run_to_end(&["exec", "--duration", "1", "--output", &url]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot reach nats-server") && err.contains("connect=retry"), "{err}");
+    // connect=retry: the tracer starts, the events wait in the queue until the server comes.
+    let child = Workload::spawn("bpfs-late", None, vec![Step::Getppid(500)]);
+    let pid = child.pid().to_string();
+    let run = start(&["syscalls", "--json", "--pid", &pid, "--output", &url, "--output-option", "connect=retry"]);
+    child.go();
+    server.restart();
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let summary = finished.summary();
+    assert_accounted(&summary);
+    assert_eq!(u(&summary["exported"]), 500, "{summary}");
+    assert_eq!(nats_messages(&format!("127.0.0.1:{}", server.port), "bpfstream.test.down").len(), 500);
+}
+
+/// A queue of 16 and one event in flight cannot keep up with a burst: the tracer keeps
+/// draining and counts what it could not queue.
+#[test]
+fn nats_full_queue_is_counted_not_blocking() {
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(nats) = Nats::get() else { return };
+    let (url, subject) = nats.url("full");
+    let child = Workload::spawn("bpfs-full", None, vec![Step::Getppid(20_000)]);
+    let pid = child.pid().to_string();
+    let run = start(&[
+        "syscalls",
+        "--json",
+        "--pid",
+        &pid,
+        "--buffer-size",
+        "4M",
+        "--output",
+        &url,
+        "--output-option",
+        "queue=16",
+        "--output-option",
+        "in_flight=1",
+    ]);
+    child.go();
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let summary = finished.summary();
+    assert_accounted(&summary);
+    assert_eq!((u(&summary["events"]), u(&summary["dropped"])), (20_000, 0), "{summary}");
+    assert!(u(&summary["export_queue_full"]) > 0, "{summary}");
+    assert_eq!(u(&summary["export_failed"]), u(&summary["export_queue_full"]), "{summary}");
+    let lost: u64 = finished.of_type("lost").iter().map(|l| u(&l["count"])).sum();
+    assert!(lost <= u(&summary["export_failed"]), "lost lines report export failures as they happen");
+    let messages = nats_messages(&nats.address(), &subject);
+    assert_eq!(messages.len() as u64, u(&summary["exported"]));
+    distinct_seqs(&messages);
+}
+
+#[test]
+fn nats_without_a_stream_and_create_false_is_a_clear_error() {
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(nats) = Nats::get() else { return };
+    let (url, _) = nats.url("nostream");
+    let (code, err) = run_to_end(&["exec", "--duration", "1", "--output", &url, "--output-option", "create=false"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no JetStream stream captures"), "{err}");
+}
+
+#[test]
+fn bad_outputs_are_usage_errors() {
+    for (args, says) in [
+        (&["--output", "http://127.0.0.1:4222/x"][..], "unknown scheme"),
+        (&["--output", "nats://127.0.0.1/x"], "no :PORT"),
+        (&["--output", "kafka://127.0.0.1:9092"], "no /TOPIC"),
+        (&["--output", "nats://127.0.0.1:99999/x"], "not a port"),
+        (&["--output", "nats://127.0.0.1:4222/a.>"], "not a NATS subject"),
+        (&["--output-option", "queue=1"], "--output"),
+        (&["--output", "nats://127.0.0.1:4222/x", "--output-option", "queue=0"], "positive count"),
+        (&["--output", "nats://127.0.0.1:4222/x", "--output-option", "no-equals"], "key=value"),
+        (&["--output", "nats://127.0.0.1:4222/x", "--output-option", "linger.ms=5"], "NATS has no option"),
+        (&["--output", "nats://127.0.0.1:4222/x", "--summary"], "cannot be used with"),
+        (&["--output", "kafka://127.0.0.1:9/x", "--output-option", "no.such.property=1"], "No such configuration"),
+        (&["--output", "kafka://127.0.0.1:9/x", "--output-option", "partitions=0"], "positive count"),
+    ] {
+        let args = [&["syscalls"][..], args].concat();
+        let (code, err) = run_to_end(&args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
+
+/// The events of a `--pid` storm of `calls` getppid, traced with `--json` and shipped to `url`.
+fn storm_to(url: &str, comm: &str, calls: u32, options: &[&str]) -> common::Finished {
+    let child = Workload::spawn(comm, None, vec![Step::Getppid(calls)]);
+    let pid = child.pid().to_string();
+    let mut args = vec!["syscalls", "--json", "--pid", &pid, "--buffer-size", "4M", "--output", url];
+    args.extend(options.iter().flat_map(|o| ["--output-option", o]));
+    let run = start(&args);
+    child.go();
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    finished
+}
+
+#[test]
+fn kafka_receives_every_event_line_exactly_with_key_and_headers() {
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(kafka) = Kafka::get() else { return };
+    let (url, topic) = kafka.url("exact", true);
+    const CALLS: u32 = 3000;
+    let finished = storm_to(&url, "bpfs-kafka", CALLS, &[]);
+    let summary = finished.summary();
+    assert_eq!((u(&summary["produced"]), u(&summary["exported"])), (u64::from(CALLS), u64::from(CALLS)), "{summary}");
+    assert_accounted(&summary);
+    let lines: Vec<&String> = finished.stdout.iter().filter(|l| l.starts_with("{\"type\":\"syscall\"")).collect();
+    let mut messages = kafka_messages(&kafka.address(), &topic, CALLS as usize);
+    assert_eq!(messages.len(), CALLS as usize);
+    assert_eq!(distinct_seqs(&messages), (1..=u64::from(CALLS)).collect());
+    messages.sort_by_key(|m| m.seq());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    for (message, line) in messages.iter().zip(&lines) {
+        assert_eq!(&message.payload, *line, "the record's value is the event's JSON line");
+        assert_eq!(message.headers["key"], host.trim(), "the key is the host");
+        assert_eq!(message.headers["host"], host.trim());
+        assert_eq!(message.headers["boot_id"], boot_id.trim());
+        assert!(!message.headers["run"].is_empty());
+    }
+}
+
+#[test]
+fn kafka_missing_topic_is_an_error_unless_creation_is_asked_for() {
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(kafka) = Kafka::get() else { return };
+    let (url, topic) = kafka.url("missing", false);
+    let (code, err) = run_to_end(&["exec", "--duration", "1", "--output", &url]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("does not exist") && err.contains("create=true"), "{err}");
+    let finished = storm_to(&url, "bpfs-kcreate", 200, &["create=true"]);
+    let summary = finished.summary();
+    assert_accounted(&summary);
+    assert_eq!(u(&summary["exported"]), 200, "{summary}");
+    assert_eq!(kafka_messages(&kafka.address(), &topic, 200).len(), 200);
+}
+
+#[test]
+fn kafka_down_at_start_is_an_error_or_a_wait() {
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(mut server) = KafkaServer::start() else { return };
+    server.kill();
+    let url = format!("kafka://{}/bpfstream-test-late", server.address());
+    let (code, err) = run_to_end(&["exec", "--duration", "1", "--output", &url]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot reach the Kafka brokers") && err.contains("connect=retry"), "{err}");
+    let child = Workload::spawn("bpfs-klate", None, vec![Step::Getppid(500)]);
+    let pid = child.pid().to_string();
+    let run = start(&["syscalls", "--json", "--pid", &pid, "--output", &url, "--output-option", "connect=retry"]);
+    child.go();
+    server.restart();
+    create_topic(&server.address(), "bpfstream-test-late");
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let summary = finished.summary();
+    assert_accounted(&summary);
+    assert_eq!(u(&summary["exported"]), 500, "{summary}");
+    assert_eq!(kafka_messages(&server.address(), "bpfstream-test-late", 500).len(), 500);
+}
+
+/// The broker is killed in the middle of the stream and a new one takes its place a second
+/// later (tansu's memory storage: it comes back empty, and the topic is created again). Every
+/// event is exported or in export_failed, and the new broker holds no seq twice.
+#[test]
+fn kafka_restart_mid_stream_leaves_nothing_unaccounted() {
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(mut server) = KafkaServer::start() else { return };
+    let topic = "bpfstream-test-restart";
+    create_topic(&server.address(), topic);
+    let steps: Vec<Step> = (0..40).flat_map(|_| [Step::Getppid(200), Step::Sleep(Duration::from_millis(50))]).collect();
+    let child = Workload::spawn("bpfs-krestart", None, steps);
+    let pid = child.pid().to_string();
+    let url = format!("kafka://{}/{topic}", server.address());
+    let options = ["flush_timeout=20s", "queue=4000"].map(|o| ["--output-option", o]).concat();
+    let mut args = vec!["syscalls", "--json", "--pid", &pid, "--buffer-size", "4M", "--output", &url];
+    args.extend(options);
+    let run = start(&args);
+    let going = std::thread::spawn(move || child.go());
+    std::thread::sleep(Duration::from_millis(400));
+    server.kill();
+    std::thread::sleep(Duration::from_millis(1000));
+    server.restart();
+    create_topic(&server.address(), topic);
+    going.join().unwrap();
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let summary = finished.summary();
+    eprintln!("after the restart: {summary}");
+    assert_accounted(&summary);
+    assert_eq!(u(&summary["produced"]), 8040, "40 x (200 getppid + 1 nanosleep)");
+    let stored = kafka_messages(&server.address(), topic, 0);
+    let seqs = distinct_seqs(&stored);
+    assert!(seqs.iter().all(|&s| s <= u(&summary["events"])), "only this run's seqs");
+}

@@ -1,0 +1,172 @@
+//! What an exporter needs: where to, who is sending, and the `key=value` options of
+//! `--output-option`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::{Endpoint, ExportError};
+
+/// What to do when the engine does not answer at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectPolicy {
+    /// Fail at once with a clear error (the default).
+    Fail,
+    /// Start anyway and keep trying in the background; events queue meanwhile (and count as
+    /// `queue_full` when the queue is full).
+    Retry,
+}
+
+/// Who sends: the key and headers of every message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The host name (the message key).
+    pub host: String,
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`).
+    pub boot_id: String,
+    /// This run: the start time in nanoseconds since the epoch and the process id.
+    pub run: String,
+}
+
+impl Identity {
+    /// This host, booted kernel and process.
+    pub fn of_this_process() -> Self {
+        let read = |path: &str| std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default();
+        let started = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+        Identity {
+            host: read("/proc/sys/kernel/hostname"),
+            boot_id: read("/proc/sys/kernel/random/boot_id"),
+            run: format!("{started}-{}", std::process::id()),
+        }
+    }
+}
+
+/// An exporter's configuration: [`ExportConfig::new`], then [`ExportConfig::set`] for each
+/// `key=value` option.
+///
+/// Options of every engine: `queue` (events between the tracer and the client, default
+/// 65536), `in_flight` (published and not yet acknowledged, default 8192), `connect`
+/// (`fail` or `retry`), `flush_timeout` (the final flush's deadline, default 5s), `create`
+/// (`true`/`false`: create the stream (NATS, default true) or the topic (Kafka, default false)
+/// when none exists). NATS: `stream` (the name of a stream to create), `storage`
+/// (`file`/`memory`), `duplicate_window`, `ack_timeout`, `user`, `password`, `token`, `creds`,
+/// `tls` (`true`), `tls_ca`, `tls_cert`, `tls_key`. Kafka: `partitions` and
+/// `replication_factor` (topic creation) and any librdkafka producer property
+/// (`compression.type`, `linger.ms`, `batch.size`, `security.protocol`, `sasl.mechanism`,
+/// `sasl.username`, `ssl.ca.location`, ...).
+#[derive(Debug, Clone)]
+pub struct ExportConfig {
+    pub endpoint: Endpoint,
+    pub identity: Identity,
+    pub queue: usize,
+    pub in_flight: usize,
+    pub connect: ConnectPolicy,
+    pub flush_timeout: Duration,
+    /// `None`: the engine's default (NATS creates a stream, Kafka does not create topics).
+    pub create: Option<bool>,
+    /// Options for the engine's client, checked when it starts.
+    pub engine: Vec<(String, String)>,
+}
+
+impl ExportConfig {
+    pub fn new(endpoint: Endpoint, identity: Identity) -> Self {
+        ExportConfig {
+            endpoint,
+            identity,
+            queue: 65_536,
+            in_flight: 8_192,
+            connect: ConnectPolicy::Fail,
+            flush_timeout: Duration::from_secs(5),
+            create: None,
+            engine: Vec::new(),
+        }
+    }
+
+    /// Applies one `key=value` option.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ExportError> {
+        match key {
+            "queue" => self.queue = parse_count(key, value)?,
+            "in_flight" => self.in_flight = parse_count(key, value)?,
+            "flush_timeout" => self.flush_timeout = parse_duration(key, value)?,
+            "create" => self.create = Some(parse_bool(key, value)?),
+            "connect" => {
+                self.connect = match value {
+                    "fail" => ConnectPolicy::Fail,
+                    "retry" => ConnectPolicy::Retry,
+                    _ => return Err(ExportError::Option(format!("connect={value:?}: use fail or retry"))),
+                }
+            }
+            _ => self.engine.push((key.to_string(), value.to_string())),
+        }
+        Ok(())
+    }
+
+    /// Applies `key=value` text (as given to `--output-option`).
+    pub fn set_text(&mut self, option: &str) -> Result<(), ExportError> {
+        match option.split_once('=') {
+            Some((key, value)) if !key.is_empty() => self.set(key, value),
+            _ => Err(ExportError::Option(format!("{option:?} is not key=value"))),
+        }
+    }
+}
+
+fn parse_count(key: &str, value: &str) -> Result<usize, ExportError> {
+    match value.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(ExportError::Option(format!("{key}={value:?}: give a positive count"))),
+    }
+}
+
+pub(crate) fn parse_bool(key: &str, value: &str) -> Result<bool, ExportError> {
+    match value {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(ExportError::Option(format!("{key}={value:?}: give true or false"))),
+    }
+}
+
+/// `250ms`, `5s`, `2m` or plain seconds (`1.5`).
+pub(crate) fn parse_duration(key: &str, value: &str) -> Result<Duration, ExportError> {
+    let (number, unit) = match value.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => value.split_at(i),
+        None => (value, "s"),
+    };
+    let scale = match unit {
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        _ => f64::NAN,
+    };
+    match number.parse::<f64>().map(|n| n * scale) {
+        Ok(secs) if (0.0..1e9).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(ExportError::Option(format!("{key}={value:?}: give a duration such as 500ms, 5s or 2m"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ExportConfig {
+        ExportConfig::new("nats://h:1/s".parse().unwrap(), Identity::of_this_process())
+    }
+
+    #[test]
+    fn options_set_the_exporter_or_pass_to_the_engine() {
+        let mut c = config();
+        for o in ["queue=10", "connect=retry", "flush_timeout=250ms", "create=false", "linger.ms=5"] {
+            c.set_text(o).unwrap();
+        }
+        assert_eq!((c.queue, c.connect, c.create), (10, ConnectPolicy::Retry, Some(false)));
+        assert_eq!(c.flush_timeout, Duration::from_millis(250));
+        assert_eq!(c.engine, vec![("linger.ms".to_string(), "5".to_string())]);
+        for bad in ["queue=0", "queue=x", "connect=maybe", "flush_timeout=5h", "create=perhaps", "novalue", "=v"] {
+            assert!(config().set_text(bad).unwrap_err().is_usage(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn identity_names_host_boot_and_run() {
+        let id = Identity::of_this_process();
+        assert!(!id.host.is_empty() && id.boot_id.len() == 36, "{id:?}");
+        assert!(id.run.ends_with(&format!("-{}", std::process::id())));
+    }
+}

@@ -1,0 +1,132 @@
+//! The exporter as the tracer sees it: `send` never blocks (a full queue counts the event as
+//! `queue_full`), `stats` at any time, `finish` with a deadline.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::accounting::Counters;
+use crate::pipeline::{Message, Pipeline, Publisher};
+use crate::{kafka, nats, Endpoint, ExportConfig, ExportError, ExportStats};
+
+/// Ships events to one engine from a thread of its own.
+#[derive(Debug)]
+pub struct Exporter {
+    queue: Option<mpsc::Sender<Message>>,
+    counters: Arc<Counters>,
+    deadline: watch::Sender<Option<Instant>>,
+    thread: Option<JoinHandle<()>>,
+    next_seq: u64,
+    flush_timeout: Duration,
+    endpoint: Endpoint,
+}
+
+/// Called with the text of a publishing error (at most once per retry backoff).
+pub type ErrorReporter = Box<dyn FnMut(&str) + Send>;
+
+impl Exporter {
+    /// Connects to the engine and checks that it takes the events (stream or topic), then
+    /// starts the exporter's thread. With [`ConnectPolicy::Retry`](crate::ConnectPolicy), an
+    /// engine that does not answer yet is waited for in the background.
+    pub fn start(config: ExportConfig, on_error: ErrorReporter) -> Result<Self, ExportError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ExportError::Client(format!("starting the exporter's runtime: {e}")))?;
+        match &config.endpoint {
+            Endpoint::Nats { .. } => {
+                let publisher = runtime.block_on(nats::NatsPublisher::connect(&config))?;
+                Self::spawn(runtime, publisher, &config, on_error)
+            }
+            Endpoint::Kafka { .. } => {
+                let publisher = runtime.block_on(kafka::KafkaPublisher::connect(&config))?;
+                Self::spawn(runtime, publisher, &config, on_error)
+            }
+        }
+    }
+
+    fn spawn<P: Publisher + Send + 'static>(
+        runtime: tokio::runtime::Runtime,
+        publisher: P,
+        config: &ExportConfig,
+        on_error: ErrorReporter,
+    ) -> Result<Self, ExportError> {
+        let (queue, receiver) = mpsc::channel(config.queue);
+        let (deadline, deadline_receiver) = watch::channel(None);
+        let counters = Arc::new(Counters::default());
+        let pipeline = Pipeline {
+            publisher,
+            queue: receiver,
+            counters: counters.clone(),
+            deadline: deadline_receiver,
+            max_in_flight: config.in_flight,
+            on_error,
+        };
+        let thread = std::thread::Builder::new()
+            .name("bpfstream-export".into())
+            .spawn(move || runtime.block_on(pipeline.run()))
+            .map_err(|e| ExportError::Client(format!("starting the exporter's thread: {e}")))?;
+        Ok(Exporter {
+            queue: Some(queue),
+            counters,
+            deadline,
+            thread: Some(thread),
+            next_seq: 1,
+            flush_timeout: config.flush_timeout,
+            endpoint: config.endpoint.clone(),
+        })
+    }
+
+    /// Queues one event (its bytes are copied) and numbers it; `false` if the queue was full
+    /// (counted as `queue_full`). Never blocks.
+    pub fn send(&mut self, payload: &[u8]) -> bool {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Counters::add(&self.counters.offered, 1);
+        let message = Message { seq, payload: Bytes::copy_from_slice(payload) };
+        let queued = self.queue.as_ref().is_some_and(|q| q.try_send(message).is_ok());
+        if !queued {
+            Counters::add(&self.counters.queue_full, 1);
+        }
+        queued
+    }
+
+    /// The accounting so far.
+    pub fn stats(&self) -> ExportStats {
+        self.counters.snapshot()
+    }
+
+    /// Where the events go.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Stops taking events, waits until every queued event is acknowledged or failed, or
+    /// until the `flush_timeout` option's deadline (what is left then counts as `unflushed`).
+    /// Afterwards `offered = exported + export_failed`, exactly.
+    pub fn finish(mut self) -> ExportStats {
+        self.close();
+        self.counters.snapshot()
+    }
+
+    fn close(&mut self) {
+        // The thread reads the deadline before it sees the queue closed.
+        self.deadline.send_replace(Some(Instant::now() + self.flush_timeout));
+        self.queue = None;
+        if let Some(thread) = self.thread.take() {
+            // A panic on the exporter's thread leaves its in-flight events in `in_flight`,
+            // where the caller's accounting shows them.
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,175 @@
+//! Kafka: an idempotent producer with `acks=all`, through librdkafka (bundled, built from
+//! source: Debian's 2.0 cannot talk to every broker); an event counts when its delivery report
+//! says the partition leader and its in-sync replicas have it. A missing topic is an error
+//! unless `create=true`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
+
+use crate::pipeline::{Delivery, Failure, Message, Publisher};
+use crate::{ConnectPolicy, Endpoint, ExportConfig, ExportError, Identity};
+
+/// How long the start-up checks wait for the brokers.
+const START_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Topic creation's `--output-option`s; every other key is a librdkafka property.
+#[derive(Debug)]
+struct Settings {
+    partitions: i32,
+    replication_factor: i32,
+    client: ClientConfig,
+}
+
+impl Settings {
+    fn parse(brokers: &[String], options: &[(String, String)]) -> Result<Self, ExportError> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", brokers.join(","))
+            .set("client.id", "bpfstream")
+            .set("enable.idempotence", "true")
+            .set("acks", "all");
+        let mut settings = Settings { partitions: 1, replication_factor: 1, client };
+        for (key, value) in options {
+            let number = || match value.parse::<i32>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(ExportError::Option(format!("{key}={value:?}: give a positive count"))),
+            };
+            match key.as_str() {
+                "partitions" => settings.partitions = number()?,
+                "replication_factor" => settings.replication_factor = number()?,
+                _ => {
+                    settings.client.set(key, value);
+                }
+            }
+        }
+        Ok(settings)
+    }
+}
+
+/// Produces to one topic.
+pub(crate) struct KafkaPublisher {
+    producer: FutureProducer,
+    topic: Arc<str>,
+    identity: Arc<Identity>,
+}
+
+impl KafkaPublisher {
+    /// Creates the producer (a bad property is a usage error), then, unless `connect=retry`,
+    /// checks that the brokers answer and that the topic exists (creating it if asked to).
+    pub async fn connect(config: &ExportConfig) -> Result<Self, ExportError> {
+        let Endpoint::Kafka { brokers, topic } = &config.endpoint else { unreachable!("a Kafka endpoint") };
+        let settings = Settings::parse(brokers, &config.engine)?;
+        let producer: FutureProducer = settings.client.create().map_err(|e| match e {
+            e @ KafkaError::ClientConfig(..) => ExportError::Option(format!("Kafka: {e}")),
+            e => ExportError::Client(format!("creating the Kafka producer: {e}")),
+        })?;
+        if config.connect == ConnectPolicy::Fail && !topic_exists(&producer, brokers, topic)? {
+            if config.create != Some(true) {
+                return Err(ExportError::Setup(format!(
+                    "Kafka topic {topic:?} does not exist: create it, or add --output-option create=true"
+                )));
+            }
+            create_topic(&settings, topic).await?;
+        }
+        Ok(KafkaPublisher { producer, topic: topic.as_str().into(), identity: Arc::new(config.identity.clone()) })
+    }
+}
+
+/// Asks the brokers about `topic` (without creating it).
+fn topic_exists(producer: &FutureProducer, brokers: &[String], topic: &str) -> Result<bool, ExportError> {
+    let metadata = producer.client().fetch_metadata(Some(topic), START_TIMEOUT).map_err(|e| {
+        ExportError::Unreachable(format!(
+            "cannot reach the Kafka brokers at {}: {e}. Start them, check the address, or add --output-option \
+             connect=retry to wait for them",
+            brokers.join(",")
+        ))
+    })?;
+    Ok(metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
+}
+
+async fn create_topic(settings: &Settings, topic: &str) -> Result<(), ExportError> {
+    let admin: AdminClient<DefaultClientContext> =
+        settings.client.create().map_err(|e| ExportError::Client(format!("creating a Kafka admin client: {e}")))?;
+    let new = NewTopic::new(topic, settings.partitions, TopicReplication::Fixed(settings.replication_factor));
+    let options = AdminOptions::new().operation_timeout(Some(START_TIMEOUT));
+    let failed = |e: &dyn std::fmt::Display| ExportError::Setup(format!("creating Kafka topic {topic:?} failed: {e}"));
+    for result in admin.create_topics([&new], &options).await.map_err(|e| failed(&e))? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(failed(&code)),
+        }
+    }
+    Ok(())
+}
+
+/// Errors the broker will repeat however often the event is sent again.
+fn classify(error: KafkaError) -> Failure {
+    use RDKafkaErrorCode as C;
+    match error.rdkafka_error_code() {
+        Some(
+            C::MessageSizeTooLarge
+            | C::InvalidMessageSize
+            | C::InvalidMessage
+            | C::InvalidRecord
+            | C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed,
+        ) => Failure::Reject(format!("Kafka refused an event: {error}")),
+        _ => Failure::Retry(format!("Kafka did not acknowledge an event: {error}")),
+    }
+}
+
+fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
+    Header { key, value: Some(value.as_bytes()) }
+}
+
+impl Publisher for KafkaPublisher {
+    fn publish(&self, message: &Message) -> Delivery {
+        let id = &self.identity;
+        let seq = message.seq.to_string();
+        let headers = OwnedHeaders::new_with_capacity(4)
+            .insert(header("host", &id.host))
+            .insert(header("boot_id", &id.boot_id))
+            .insert(header("run", &id.run))
+            .insert(header("seq", &seq));
+        let record =
+            FutureRecord::to(&self.topic).key(id.host.as_bytes()).payload(message.payload.as_ref()).headers(headers);
+        match self.producer.send_result(record) {
+            Ok(delivery) => Box::pin(async move {
+                match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((error, _))) => Err(classify(error)),
+                    Err(_) => Err(Failure::Retry("the Kafka producer went away".into())),
+                }
+            }),
+            Err((error, _)) => Box::pin(std::future::ready(Err(classify(error)))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_keep_topic_options_and_pass_the_rest_to_librdkafka() {
+        let options = [("partitions", "3"), ("linger.ms", "20"), ("compression.type", "lz4")]
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+        let s = Settings::parse(&["b:9092".into()], &options).unwrap();
+        assert_eq!((s.partitions, s.replication_factor), (3, 1));
+        assert_eq!(s.client.get("linger.ms"), Some("20"));
+        assert_eq!(s.client.get("acks"), Some("all"));
+        assert_eq!(s.client.get("enable.idempotence"), Some("true"));
+        assert!(Settings::parse(&[], &[("partitions".into(), "0".into())]).unwrap_err().is_usage());
+        let rejected = classify(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge));
+        assert!(matches!(rejected, Failure::Reject(_)));
+        let retried = classify(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
+        assert!(matches!(retried, Failure::Retry(_)));
+    }
+}

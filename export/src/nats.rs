@@ -1,0 +1,248 @@
+//! NATS JetStream: publish with headers and `Nats-Msg-Id`, counted when the stream's publish
+//! acknowledgement comes back. A stream capturing the subject is created unless `create=false`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::context::{ContextBuilder, GetStreamByNameErrorKind, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, stream};
+use async_nats::{ConnectOptions, HeaderMap};
+
+use crate::config::{parse_bool, parse_duration};
+use crate::pipeline::{Delivery, Failure, Message, Publisher};
+use crate::{ConnectPolicy, Endpoint, ExportConfig, ExportError, Identity};
+
+/// The `--output-option`s of NATS.
+#[derive(Debug, Default)]
+struct Settings {
+    stream: Option<String>,
+    storage: stream::StorageType,
+    duplicate_window: Option<Duration>,
+    ack_timeout: Option<Duration>,
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+    creds: Option<PathBuf>,
+    tls: bool,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+const KEYS: &str = "stream, storage, duplicate_window, ack_timeout, user, password, token, creds, tls, tls_ca, \
+                    tls_cert, tls_key (and queue, in_flight, connect, flush_timeout, create)";
+
+impl Settings {
+    fn parse(options: &[(String, String)]) -> Result<Self, ExportError> {
+        let mut s = Settings::default();
+        for (key, value) in options {
+            let text = || Some(value.clone());
+            let path = || Some(PathBuf::from(value));
+            match key.as_str() {
+                "stream" => s.stream = text(),
+                "storage" => {
+                    s.storage = match value.as_str() {
+                        "file" => stream::StorageType::File,
+                        "memory" => stream::StorageType::Memory,
+                        _ => return Err(ExportError::Option(format!("storage={value:?}: use file or memory"))),
+                    }
+                }
+                "duplicate_window" => s.duplicate_window = Some(parse_duration(key, value)?),
+                "ack_timeout" => s.ack_timeout = Some(parse_duration(key, value)?),
+                "user" => s.user = text(),
+                "password" => s.password = text(),
+                "token" => s.token = text(),
+                "creds" => s.creds = path(),
+                "tls" => s.tls = parse_bool(key, value)?,
+                "tls_ca" => s.tls_ca = path(),
+                "tls_cert" => s.tls_cert = path(),
+                "tls_key" => s.tls_key = path(),
+                _ => return Err(ExportError::Option(format!("NATS has no option {key:?}; it takes {KEYS}"))),
+            }
+        }
+        if s.password.is_some() != s.user.is_some() || s.tls_cert.is_some() != s.tls_key.is_some() {
+            return Err(ExportError::Option("give user with password, and tls_cert with tls_key".into()));
+        }
+        Ok(s)
+    }
+
+    async fn connect_options(&self, policy: ConnectPolicy) -> Result<ConnectOptions, ExportError> {
+        let mut options = ConnectOptions::new().name("bpfstream");
+        if let Some(creds) = &self.creds {
+            options = options
+                .credentials_file(creds)
+                .await
+                .map_err(|e| ExportError::Option(format!("creds={}: {e}", creds.display())))?;
+        }
+        if let (Some(user), Some(password)) = (&self.user, &self.password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
+        options = options.require_tls(self.tls);
+        if let Some(ca) = &self.tls_ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        if policy == ConnectPolicy::Retry {
+            options = options.retry_on_initial_connect();
+        }
+        Ok(options.connection_timeout(Duration::from_secs(2)))
+    }
+}
+
+/// Publishes to one subject of a JetStream-enabled server.
+pub(crate) struct NatsPublisher {
+    jetstream: jetstream::Context,
+    subject: async_nats::Subject,
+    identity: Arc<Identity>,
+}
+
+impl NatsPublisher {
+    /// Connects and makes sure a stream captures the subject (creating one unless told not
+    /// to); with `connect=retry`, both happen in the background until they succeed.
+    pub async fn connect(config: &ExportConfig) -> Result<Self, ExportError> {
+        let Endpoint::Nats { server, subject } = &config.endpoint else { unreachable!("a NATS endpoint") };
+        let settings = Settings::parse(&config.engine)?;
+        let options = settings.connect_options(config.connect).await?;
+        let client = options.connect(server.as_str()).await.map_err(|e| {
+            ExportError::Unreachable(format!(
+                "cannot reach nats-server at {server}: {e}. Start it (with -js), check the address, or add \
+                 --output-option connect=retry to wait for it"
+            ))
+        })?;
+        let jetstream = ContextBuilder::new()
+            .timeout(settings.ack_timeout.unwrap_or(Duration::from_secs(5)))
+            .max_ack_inflight(config.in_flight + 1)
+            .backpressure_on_inflight(true)
+            .build(client);
+        let stream = StreamSetup {
+            jetstream: jetstream.clone(),
+            subject: subject.clone(),
+            create: config.create.unwrap_or(true),
+            settings,
+        };
+        match config.connect {
+            ConnectPolicy::Fail => stream.ensure().await?,
+            ConnectPolicy::Retry => {
+                tokio::spawn(stream.ensure_eventually());
+            }
+        }
+        Ok(NatsPublisher { jetstream, subject: subject.as_str().into(), identity: Arc::new(config.identity.clone()) })
+    }
+}
+
+/// Finding or creating the stream that captures the subject.
+struct StreamSetup {
+    jetstream: jetstream::Context,
+    subject: String,
+    create: bool,
+    settings: Settings,
+}
+
+impl StreamSetup {
+    async fn ensure(&self) -> Result<(), ExportError> {
+        let subject = &self.subject;
+        let error = match self.jetstream.stream_by_subject(subject.as_str()).await {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        if !matches!(error.kind(), GetStreamByNameErrorKind::NotFound) {
+            return Err(ExportError::Setup(format!(
+                "asking JetStream which stream captures {subject:?} failed: {error} (is JetStream enabled: \
+                 nats-server -js?)"
+            )));
+        }
+        if !self.create {
+            return Err(ExportError::Setup(format!(
+                "no JetStream stream captures {subject:?}: create one, or leave out create=false to let bpfstream \
+                 create it"
+            )));
+        }
+        let config = stream::Config {
+            name: self.settings.stream.clone().unwrap_or_else(|| stream_name(subject)),
+            subjects: vec![subject.clone()],
+            storage: self.settings.storage,
+            duplicate_window: self.settings.duplicate_window.unwrap_or(Duration::from_secs(120)),
+            ..Default::default()
+        };
+        self.jetstream
+            .create_stream(config)
+            .await
+            .map_err(|e| ExportError::Setup(format!("creating a JetStream stream for {subject:?} failed: {e}")))?;
+        Ok(())
+    }
+
+    /// Tries again with a growing pause until the stream exists.
+    async fn ensure_eventually(self) {
+        let mut pause = Duration::from_millis(100);
+        while self.ensure().await.is_err() {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// `BPFSTREAM_` and the subject with every character a stream name cannot have as `_`.
+fn stream_name(subject: &str) -> String {
+    let cleaned: String =
+        subject.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    format!("BPFSTREAM_{cleaned}")
+}
+
+impl Publisher for NatsPublisher {
+    fn publish(&self, message: &Message) -> Delivery {
+        let id = &self.identity;
+        let seq = message.seq.to_string();
+        let mut headers = HeaderMap::new();
+        headers.insert("host", id.host.as_str());
+        headers.insert("boot_id", id.boot_id.as_str());
+        headers.insert("run", id.run.as_str());
+        headers.insert("seq", seq.as_str());
+        let publish = PublishMessage::build()
+            .payload(message.payload.clone())
+            .headers(headers)
+            .message_id(format!("{}/{}/{}/{seq}", id.host, id.boot_id, id.run));
+        let jetstream = self.jetstream.clone();
+        let subject = self.subject.clone();
+        Box::pin(async move {
+            let ack = jetstream.send_publish(subject, publish).await.map_err(|e| Failure::Retry(e.to_string()))?;
+            match ack.await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(match e.kind() {
+                    PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
+                        Failure::Reject(e.to_string())
+                    }
+                    PublishErrorKind::Other => Failure::Reject(format!("JetStream refused an event: {e}")),
+                    _ => Failure::Retry(format!("JetStream did not acknowledge an event: {e}")),
+                }),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_parse_and_refuse_unknown_keys() {
+        let options =
+            |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        let s =
+            Settings::parse(&options(&[("storage", "memory"), ("duplicate_window", "30s"), ("tls", "true")])).unwrap();
+        assert_eq!(
+            (s.storage, s.duplicate_window, s.tls),
+            (stream::StorageType::Memory, Some(Duration::from_secs(30)), true)
+        );
+        for bad in [&[("linger.ms", "5")][..], &[("storage", "disk")], &[("user", "u")], &[("tls_cert", "c")]] {
+            assert!(Settings::parse(&options(bad)).unwrap_err().is_usage(), "{bad:?}");
+        }
+        assert_eq!(stream_name("bpf.events-1"), "BPFSTREAM_bpf_events-1");
+    }
+}
