@@ -38,11 +38,12 @@ pub trait Sink {
     }
 }
 
-/// A sink and what it was given: records since the last batch, and its first error.
+/// A sink and what it was given: where each record's output ends since the last batch, and
+/// its first error.
 pub(super) struct Feed<'a> {
     sink: &'a mut dyn Sink,
     queue: &'a Queue,
-    records: u64,
+    ends: Vec<usize>,
     pub(super) failure: Option<io::Error>,
 }
 
@@ -55,7 +56,9 @@ impl Feed<'_> {
         let record = matches!(item, Item::Record(_));
         match self.sink.item(item) {
             Ok(()) => {
-                self.records += u64::from(record);
+                if record {
+                    self.queue.note_event_end(&mut self.ends);
+                }
                 ControlFlow::Continue(())
             }
             Err(e) => {
@@ -67,7 +70,7 @@ impl Feed<'_> {
 
     /// The end of a batch: its events go with the output the sink flushes now.
     pub(super) fn end_batch(&mut self) {
-        self.queue.note_events(std::mem::take(&mut self.records));
+        self.queue.note_events(&mut self.ends);
         if let Err(e) = self.sink.tick() {
             self.failure.get_or_insert(e);
         }
@@ -127,7 +130,7 @@ impl Tracer {
     pub fn run(mut self, duration: Option<Duration>, max_delay: Duration, sink: &mut dyn Sink) -> Result<Summary> {
         let started = Instant::now();
         let queue = stdout_queue();
-        let mut feed = Feed { sink, queue, records: 0, failure: None };
+        let mut feed = Feed { sink, queue, ends: Vec::new(), failure: None };
         let streamed = self.stream(duration.map(|d| started + d), max_delay, &mut feed);
         let elapsed = started.elapsed();
         let buffer_bytes = self.source.buffer_bytes();
