@@ -1,19 +1,25 @@
 //! Stdout written by a thread of its own, so that a reader that blocks, crawls, goes away or
 //! fills its disk can never hold up a tracer: the tracer formats into a buffer ([`Output`]),
 //! hands whole batches to the queue, and its stop gives the queue a bounded time to empty.
-//! Whatever is still queued then (or was refused: the reader failed, or fell more than
-//! [`MAX_QUEUED`] behind) is counted as `unwritten`, by the events it carried, so that
-//! `events + dropped + unwritten = produced` whatever stdout does.
+//! Every batch knows where each of its events' output ends, and the thread writes at most
+//! PIPE_BUF bytes at a time (all or nothing on a pipe), so it knows to the byte what went out.
+//! An event whose output was not completely written when the stop gave up, or when the reader
+//! failed, or that was refused because the reader fell more than [`MAX_QUEUED`] behind, is
+//! counted as `unwritten`: `events + dropped + unwritten = produced` whatever stdout does.
+//! (The one piece a blocked write holds when the stop gives up is counted unwritten; should the
+//! reader take it in the moment before the process exits, it gets those lines too.)
 //!
 //! ```text
-//!  tracer thread                          writer thread
-//!  Output.buf ──flush()──▶ queue: [Chunk{bytes, events}, ...] ──write(2)──▶ fd 1
-//!  note_events(n) ──▶ pending ─┘ (a flush takes the events noted since the last)
+//!  tracer thread                                  writer thread
+//!  Output.buf ──flush()──▶ queue: [Chunk{bytes, ends}, ...] ──write(2), ≤ PIPE_BUF──▶ fd
+//!   │ len (after each write)         ▲                            │ done: bytes out so far
+//!   └──▶ Queue.buffered ──note_event_end()───┘ (ends noted since the last flush)
 //! ```
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
@@ -24,20 +30,20 @@ pub const MAX_QUEUED: usize = 16 << 20;
 /// Initial room for a batch of output (a batch grows as it needs).
 const BATCH: usize = 64 << 10;
 
-/// A batch of output and the events whose lines it holds.
+/// A batch of output and, for each event it carries, the offset where its output ends.
 struct Chunk {
     bytes: Vec<u8>,
-    events: u64,
+    ends: Vec<usize>,
 }
 
 #[derive(Default)]
 struct State {
     queue: VecDeque<Chunk>,
     queued_bytes: usize,
-    /// Events given to the sink since the last flush; the next chunk carries them.
-    pending: u64,
-    /// Events of the chunk the thread is writing now.
-    writing: Option<u64>,
+    /// Ends of the events given to the sink since the last flush; the next chunk carries them.
+    pending: Vec<usize>,
+    /// The event ends of the chunk the thread is writing now, and how many of its bytes are out.
+    writing: Option<(Vec<usize>, usize)>,
     unwritten: u64,
     /// The first write error; nothing is written after it.
     error: Option<io::ErrorKind>,
@@ -45,20 +51,30 @@ struct State {
     abandoned: bool,
 }
 
+/// Events of `ends` whose output is not within the first `done` bytes.
+fn cut(ends: &[usize], done: usize) -> u64 {
+    ends.iter().filter(|&&end| end > done).count() as u64
+}
+
 /// The queue between the tracer and the writer thread of one file descriptor.
 pub struct Queue {
     fd: RawFd,
     state: Mutex<State>,
     changed: Condvar,
+    /// Bytes in the [`Output`] batch not flushed yet (the offset where the next event begins).
+    /// Stored and loaded by the tracer thread only (Relaxed: nothing else orders on it); atomic
+    /// because the queue is shared with the writer thread.
+    buffered: AtomicUsize,
 }
 
 impl Queue {
     /// A queue for `fd` and the thread that writes it (its SIGINT/SIGTERM are blocked, so they
     /// reach the tracer's thread and interrupt its wait).
     pub fn start(fd: RawFd) -> Arc<Queue> {
-        let queue = Arc::new(Queue { fd, state: Mutex::new(State::default()), changed: Condvar::new() });
+        let state = Mutex::new(State::default());
+        let queue = Arc::new(Queue { fd, state, changed: Condvar::new(), buffered: AtomicUsize::new(0) });
         let writer = queue.clone();
-        crate::signals::spawn_unsignalled("bpfstream-stdout", move || writer.write_loop());
+        crate::signals::spawn_unsignalled("bpfstream-output", move || writer.write_loop());
         queue
     }
 
@@ -76,18 +92,17 @@ impl Queue {
                 }
             };
             state.queued_bytes -= chunk.bytes.len();
-            state.writing = Some(chunk.events);
+            state.writing = Some((chunk.ends, 0));
             drop(state);
-            let written = write_all(self.fd, &chunk.bytes);
+            let written = self.write_chunk(&chunk.bytes);
             let mut state = self.lock();
-            state.writing = None;
+            let (ends, done) = state.writing.take().unwrap_or_default();
             if let Err(e) = written {
                 // Only the first error counts; after it nothing is written.
                 state.error.get_or_insert(e.kind());
                 if !state.abandoned {
-                    state.unwritten += chunk.events;
-                    let queued: u64 = state.queue.drain(..).map(|c| c.events).sum();
-                    state.unwritten += queued;
+                    let queued: u64 = state.queue.drain(..).map(|c| c.ends.len() as u64).sum();
+                    state.unwritten += cut(&ends, done) + queued;
                 }
                 state.queued_bytes = 0;
             }
@@ -95,24 +110,50 @@ impl Queue {
         }
     }
 
-    /// Events given to the sink since the last flush (their lines are in the next chunk).
-    pub fn note_events(&self, events: u64) {
-        self.lock().pending += events;
+    /// Writes `bytes` at most PIPE_BUF at a time, noting after each write how much is out.
+    fn write_chunk(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut done = 0;
+        while done < bytes.len() {
+            let piece = &bytes[done..bytes.len().min(done + libc::PIPE_BUF)];
+            write_all(self.fd, piece)?;
+            done += piece.len();
+            let mut state = self.lock();
+            if state.abandoned {
+                // What is left is counted unwritten already.
+                return Ok(());
+            }
+            if let Some((_, out)) = &mut state.writing {
+                *out = done;
+            }
+        }
+        Ok(())
+    }
+
+    /// The events just handed to the sink end here: at the end of what the output holds now.
+    pub fn note_event_end(&self, ends: &mut Vec<usize>) {
+        ends.push(self.buffered.load(Ordering::Relaxed));
+    }
+
+    /// The ends of the events given to the sink since the last flush (offsets in the next
+    /// chunk).
+    pub fn note_events(&self, ends: &mut Vec<usize>) {
+        self.lock().pending.append(ends);
     }
 
     fn push(&self, bytes: Vec<u8>) {
+        self.buffered.store(0, Ordering::Relaxed);
         let mut state = self.lock();
-        let events = std::mem::take(&mut state.pending);
+        let ends = std::mem::take(&mut state.pending);
         if bytes.is_empty() {
             // Nothing to write: the events (folded into a summary, or malformed) are done with.
             return;
         }
         if state.abandoned || state.error.is_some() || state.queued_bytes + bytes.len() > MAX_QUEUED {
-            state.unwritten += events;
+            state.unwritten += ends.len() as u64;
             return;
         }
         state.queued_bytes += bytes.len();
-        state.queue.push_back(Chunk { bytes, events });
+        state.queue.push_back(Chunk { bytes, ends });
         self.changed.notify_all();
     }
 
@@ -134,15 +175,16 @@ impl Queue {
         }
     }
 
-    /// Gives up on what is not written yet: counts its events unwritten (the chunk being
-    /// written too: its lines may be cut) and drops it. Returns the total unwritten events.
+    /// Gives up on what is not written yet: counts its events unwritten (of the chunk being
+    /// written, those whose output is not completely out) and drops it. Returns the total
+    /// unwritten events.
     pub fn abandon(&self) -> u64 {
         let mut state = self.lock();
         if !state.abandoned {
             state.abandoned = true;
-            let queued: u64 = state.queue.drain(..).map(|c| c.events).sum();
-            let writing = state.writing.unwrap_or(0);
-            state.unwritten += queued + writing + std::mem::take(&mut state.pending);
+            let queued: u64 = state.queue.drain(..).map(|c| c.ends.len() as u64).sum();
+            let writing = state.writing.as_ref().map_or(0, |(ends, done)| cut(ends, *done));
+            state.unwritten += queued + writing + std::mem::take(&mut state.pending).len() as u64;
             state.queued_bytes = 0;
         }
         state.unwritten
@@ -158,7 +200,6 @@ impl Queue {
         }
     }
 
-    /// Writes `bytes` (after everything queued) if that finishes by `deadline`.
     /// A short line (a summary) goes out at once from the calling thread when nothing waits
     /// before it and the descriptor can take it without blocking: then it does not depend on
     /// the writer thread being scheduled in time on a machine a storm keeps busy.
@@ -244,12 +285,13 @@ pub fn stdout() -> Output {
 
 impl Write for Output {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(bytes);
+        self.write_all(bytes)?;
         Ok(bytes.len())
     }
 
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.buf.extend_from_slice(bytes);
+        self.queue.buffered.store(self.buf.len(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -271,13 +313,12 @@ impl Drop for Output {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::time::Duration;
 
     use super::*;
 
     fn pipe() -> (OwnedFd, OwnedFd) {
-        use std::os::fd::FromRawFd;
         let mut fds = [0; 2];
         // SAFETY: pipe2 writes two fds into the array.
         assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
@@ -285,14 +326,23 @@ mod tests {
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
     }
 
+    /// Writes `events` events of `line` bytes each as one batch.
+    fn batch(out: &mut Output, queue: &Queue, events: usize, line: &[u8]) {
+        let mut ends = Vec::new();
+        for _ in 0..events {
+            out.write_all(line).unwrap();
+            queue.note_event_end(&mut ends);
+        }
+        queue.note_events(&mut ends);
+        out.flush().unwrap();
+    }
+
     #[test]
     fn everything_written_is_nothing_unwritten() {
         let (read, write) = pipe();
         let queue = Queue::start(write.as_raw_fd());
         let mut out = Output::new(queue.clone());
-        writeln!(out, "one").unwrap();
-        queue.note_events(1);
-        out.flush().unwrap();
+        batch(&mut out, &queue, 1, b"one\n");
         assert!(queue.drain_by(Instant::now() + Duration::from_secs(30)));
         assert_eq!(queue.abandon(), 0);
         let mut got = [0u8; 4];
@@ -302,22 +352,24 @@ mod tests {
     }
 
     #[test]
-    fn a_reader_that_never_reads_costs_a_bounded_wait_and_counts_every_event() {
-        let (_read, write) = pipe();
+    fn a_reader_that_never_reads_gets_what_the_pipe_holds_and_the_rest_is_counted() {
+        let (read, write) = pipe();
         let queue = Queue::start(write.as_raw_fd());
         let mut out = Output::new(queue.clone());
-        // More than a pipe holds (64 KiB), in batches of 10 events of 1 KiB each.
+        // 200 events of 1 KiB: more than a pipe holds (64 KiB, 16 pages).
         for _ in 0..20 {
-            for _ in 0..10 {
-                out.write_all(&[b'x'; 1024]).unwrap();
-            }
-            queue.note_events(10);
-            out.flush().unwrap();
+            batch(&mut out, &queue, 10, &[b'x'; 1024]);
         }
-        assert!(!queue.drain_by(Instant::now() + Duration::from_millis(50)));
+        // Long enough for the thread to fill the pipe and block.
+        assert!(!queue.drain_by(Instant::now() + Duration::from_secs(1)));
+        // What the pipe took (the writer is blocked, its next piece all or nothing): exactly
+        // the events not counted.
+        let mut taken: libc::c_int = 0;
+        // SAFETY: FIONREAD into a live int.
+        assert_eq!(unsafe { libc::ioctl(read.as_raw_fd(), libc::FIONREAD, &mut taken) }, 0);
         let unwritten = queue.abandon();
-        assert!(unwritten > 0 && unwritten <= 200, "{unwritten}");
-        assert_eq!(unwritten % 10, 0, "whole batches");
+        assert!(taken > 0 && taken % 1024 == 0, "{taken}");
+        assert_eq!(unwritten, 200 - taken as u64 / 1024);
         assert!(!queue.write_by(b"summary\n".to_vec(), Instant::now()));
     }
 
@@ -328,15 +380,20 @@ mod tests {
         let queue = Queue::start(write.as_raw_fd());
         let mut out = Output::new(queue.clone());
         for _ in 0..3 {
-            out.write_all(b"line\n").unwrap();
-            queue.note_events(1);
-            out.flush().unwrap();
+            batch(&mut out, &queue, 1, b"line\n");
         }
         assert!(!queue.drain_by(Instant::now() + Duration::from_secs(30)));
         assert_eq!(queue.error(), Some(io::ErrorKind::BrokenPipe));
-        out.write_all(b"late\n").unwrap();
-        queue.note_events(1);
-        out.flush().unwrap();
+        batch(&mut out, &queue, 1, b"late\n");
         assert_eq!(queue.abandon(), 4);
+    }
+
+    #[test]
+    fn events_without_output_are_done_with() {
+        let (_read, write) = pipe();
+        let queue = Queue::start(write.as_raw_fd());
+        let mut out = Output::new(queue.clone());
+        batch(&mut out, &queue, 5, b"");
+        assert_eq!(queue.abandon(), 0);
     }
 }

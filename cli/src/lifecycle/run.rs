@@ -39,11 +39,12 @@ pub trait Sink {
     }
 }
 
-/// A sink and what it was given: records since the last batch, and its first error.
+/// A sink and what it was given: where each record's output ends since the last batch, and
+/// its first error.
 pub(super) struct Feed<'a> {
     sink: &'a mut dyn Sink,
     queue: &'a Queue,
-    records: u64,
+    ends: Vec<usize>,
     pub(super) failure: Option<io::Error>,
 }
 
@@ -56,7 +57,9 @@ impl Feed<'_> {
         let record = matches!(item, Item::Record(_));
         match self.sink.item(item) {
             Ok(()) => {
-                self.records += u64::from(record);
+                if record {
+                    self.queue.note_event_end(&mut self.ends);
+                }
                 ControlFlow::Continue(())
             }
             Err(e) => {
@@ -68,7 +71,7 @@ impl Feed<'_> {
 
     /// The end of a batch: its events go with the output the sink flushes now.
     pub(super) fn end_batch(&mut self) {
-        self.queue.note_events(std::mem::take(&mut self.records));
+        self.queue.note_events(&mut self.ends);
         if let Err(e) = self.sink.tick() {
             self.failure.get_or_insert(e);
         }
@@ -140,7 +143,7 @@ impl Tracer {
         let started = Instant::now();
         let queue = stdout_queue();
         let mut reporting = Reporting::new(sink, LossReport::new(self.json, self.source.as_perf().is_some()));
-        let mut feed = Feed { sink: &mut reporting, queue, records: 0, failure: None };
+        let mut feed = Feed { sink: &mut reporting, queue, ends: Vec::new(), failure: None };
         let streamed = self.stream(duration.map(|d| started + d), max_delay, &mut feed);
         let elapsed = started.elapsed();
         let buffer_bytes = self.source.buffer_bytes();
