@@ -68,7 +68,7 @@ struct {
 	__uint(max_entries, SYSCALL_STATS_ROWS);
 	__type(key, __u32);
 	__type(value, struct syscall_counts);
-} stats_unbucketed SEC(".maps");
+} stats_early SEC(".maps");
 
 /* A zeroed row (but for comm) to insert from: too large for the stack. */
 struct {
@@ -145,11 +145,11 @@ static __always_inline void add_call(struct syscall_counts *c, __s64 ret, __u64 
 /* A call whose row could not be made: into its preallocated counts-only row. */
 static __always_inline void add_unbucketed(__u32 key, __s64 ret, __u64 duration)
 {
-	struct syscall_counts *c = bpf_map_lookup_elem(&stats_unbucketed, &key), zero = {};
+	struct syscall_counts *c = bpf_map_lookup_elem(&stats_early, &key), zero = {};
 
 	if (!c) {
-		bpf_map_update_elem(&stats_unbucketed, &key, &zero, BPF_NOEXIST);
-		c = bpf_map_lookup_elem(&stats_unbucketed, &key);
+		bpf_map_update_elem(&stats_early, &key, &zero, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&stats_early, &key);
 	}
 	if (!c) {
 		bpfstream_count_untracked();	/* more than SYSCALL_STATS_ROWS rows */

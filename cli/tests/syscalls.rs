@@ -95,7 +95,7 @@ fn known_mix_appears_exactly(transport: &str) {
         "untracked",
         "stats",
         "stats_init",
-        "stats_unbucket",
+        "stats_early",
     ];
     assert_nothing_left(before, &names);
 }

@@ -8,7 +8,7 @@
 //!   stats (BPF_MAP_TYPE_PERCPU_HASH, key: syscall nr as u32, or tgid)
 //!   key -> [ CPU 0: count errors total_ns max_ns comm[16] buckets[1152] ]
 //!          [ CPU 1: ...                                                  ]
-//!   stats_unbucketed (same keys, preallocated): the calls that found no row yet
+//!   stats_early (same keys, preallocated): the calls that found no row yet
 //!   key -> [ CPU 0: count errors total_ns max_ns ] [ CPU 1: ... ]
 //! ```
 
@@ -172,7 +172,7 @@ pub struct StatsTable {
 }
 
 impl StatsTable {
-    /// The table from the maps `stats` and `stats_unbucketed`.
+    /// The table from the maps `stats` and `stats_early`.
     pub fn new(map: Map, unbucketed: Map, by: GroupBy, sort: SortBy) -> Result<Self> {
         let (map, unbucketed) = (map.try_into()?, unbucketed.try_into()?);
         Ok(StatsTable { map, unbucketed, by, sort, previous: HashMap::new() })

@@ -315,7 +315,7 @@ pub fn run(args: SyscallsArgs) -> Result<()> {
     let json = args.common.json;
     let by = if args.by_process { GroupBy::Process } else { GroupBy::Syscall };
     let table = if summary_mode {
-        let (rows, unbucketed) = (tracer.take_map("stats")?, tracer.take_map("stats_unbucketed")?);
+        let (rows, unbucketed) = (tracer.take_map("stats")?, tracer.take_map("stats_early")?);
         Some(StatsTable::new(rows, unbucketed, by, args.sort.unwrap_or(SortBy::Time))?)
     } else {
         None
