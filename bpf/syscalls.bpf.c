@@ -57,6 +57,19 @@ struct {
 	__type(value, struct syscall_stats);
 } stats SEC(".maps");
 
+/*
+ * The calls of a row that could not be made yet: new rows come from an allocator that refills
+ * its per-CPU cache asynchronously, so the first calls of a new row may find it empty. Their
+ * count, errors, total and max go here (preallocated: inserting never allocates), so those stay
+ * exact; only their latencies miss the histogram. Userspace adds them to the row.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, SYSCALL_STATS_ROWS);
+	__type(key, __u32);
+	__type(value, struct syscall_counts);
+} stats_early SEC(".maps");
+
 /* A zeroed row (but for comm) to insert from: too large for the stack. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -120,21 +133,43 @@ static __always_inline struct syscall_stats *stats_row(__u32 key)
 	return bpf_map_lookup_elem(&stats, &key);
 }
 
+static __always_inline void add_call(struct syscall_counts *c, __s64 ret, __u64 duration)
+{
+	c->count++;
+	c->errors += ret < 0 && ret >= -4095;
+	c->total_ns += duration;
+	if (duration > c->max_ns)
+		c->max_ns = duration;
+}
+
+/* A call whose row could not be made: into its preallocated counts-only row. */
+static __always_inline void add_unbucketed(__u32 key, __s64 ret, __u64 duration)
+{
+	struct syscall_counts *c = bpf_map_lookup_elem(&stats_early, &key), zero = {};
+
+	if (!c) {
+		bpf_map_update_elem(&stats_early, &key, &zero, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&stats_early, &key);
+	}
+	if (!c) {
+		bpfstream_count_untracked();	/* more than SYSCALL_STATS_ROWS rows */
+		return;
+	}
+	add_call(c, ret, duration);
+}
+
 /* --summary: one completed call into its row. Per-CPU row, non-nesting programs: no atomics. */
 static __always_inline void count_call(__u32 pid, __s64 nr, __s64 ret, __u64 duration)
 {
-	struct syscall_stats *row = stats_row(by_process ? pid : (__u32)nr);
+	__u32 key = by_process ? pid : (__u32)nr;
+	struct syscall_stats *row = stats_row(key);
 	__u32 bucket;
 
 	if (!row) {
-		bpfstream_count_untracked();	/* table full, or no memory for a new row yet */
+		add_unbucketed(key, ret, duration);
 		return;
 	}
-	row->count++;
-	row->errors += ret < 0 && ret >= -4095;
-	row->total_ns += duration;
-	if (duration > row->max_ns)
-		row->max_ns = duration;
+	add_call(&row->counts, ret, duration);
 	bucket = hist_bucket(duration);
 	if (bucket < SYSCALL_HIST_BUCKETS)
 		row->buckets[bucket]++;

@@ -42,11 +42,15 @@ struct syscall_event {
  * write it, so no atomics, and userspace sums the CPUs. Cumulative since attach: userspace
  * subtracts its previous reading for --interval, so nothing is ever reset under a writer.
  */
-struct syscall_stats {
+struct syscall_counts {
 	__u64 count;
 	__u64 errors;		/* returns in -4095..-1 */
 	__u64 total_ns;
 	__u64 max_ns;
+};
+
+struct syscall_stats {
+	struct syscall_counts counts;
 	char comm[16];		/* --by-process: the comm at the process's first traced syscall */
 	__u64 buckets[SYSCALL_HIST_BUCKETS];
 };

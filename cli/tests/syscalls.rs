@@ -86,8 +86,17 @@ fn known_mix_appears_exactly(transport: &str) {
     assert_eq!(summary["produced"], KNOWN_MIX_EVENTS);
     assert_eq!(summary["untracked"], 0);
     assert_eq!(summary["buffer"], transport);
-    let names =
-        ["syscall_enter", "syscall_exit", "events", "bpfstream_stats", "starts", "untracked", "stats", "stats_init"];
+    let names = [
+        "syscall_enter",
+        "syscall_exit",
+        "events",
+        "bpfstream_stats",
+        "starts",
+        "untracked",
+        "stats",
+        "stats_init",
+        "stats_early",
+    ];
     assert_nothing_left(before, &names);
 }
 

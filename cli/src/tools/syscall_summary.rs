@@ -8,6 +8,8 @@
 //!   stats (BPF_MAP_TYPE_PERCPU_HASH, key: syscall nr as u32, or tgid)
 //!   key -> [ CPU 0: count errors total_ns max_ns comm[16] buckets[1152] ]
 //!          [ CPU 1: ...                                                  ]
+//!   stats_early (same keys, preallocated): the calls that found no row yet
+//!   key -> [ CPU 0: count errors total_ns max_ns ] [ CPU 1: ... ]
 //! ```
 
 use std::collections::HashMap;
@@ -21,20 +23,29 @@ use crate::histogram::{LatencyHistogram, BUCKETS, RELATIVE_ERROR};
 use crate::output::{c_str, display_bytes, JsonLine};
 use crate::tools::syscalls::syscall_label;
 
-/// `struct syscall_stats` of bpf/syscalls.h: one summary row as one CPU counted it.
+/// `struct syscall_counts` of bpf/syscalls.h.
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct KernelStats {
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelCounts {
     pub count: u64,
     pub errors: u64,
     pub total_ns: u64,
     pub max_ns: u64,
+}
+
+/// `struct syscall_stats` of bpf/syscalls.h: one summary row as one CPU counted it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct KernelStats {
+    pub counts: KernelCounts,
     pub comm: [u8; 16],
     pub buckets: [u64; BUCKETS],
 }
 
-// SAFETY: #[repr(C)] of integers and byte arrays without padding (the layout is checked against
-// the object's BTF in the tests below): every bit pattern is a valid value.
+// SAFETY: #[repr(C)] of integers and byte arrays without padding (the layouts are checked
+// against the object's BTF in the tests below): every bit pattern is a valid value.
+unsafe impl aya::Pod for KernelCounts {}
+// SAFETY: as above.
 unsafe impl aya::Pod for KernelStats {}
 
 /// What a summary row stands for.
@@ -59,25 +70,30 @@ struct Cumulative {
     count: u64,
     errors: u64,
     total_ns: u128,
+    /// The largest of all calls.
+    max: u64,
+    /// The calls with a bucket; its maximum is theirs.
     latency: LatencyHistogram,
     comm: [u8; 16],
 }
 
 impl Cumulative {
-    fn sum(per_cpu: &[KernelStats]) -> Self {
+    /// A row from its per-CPU copies and its calls that found no row (`unbucketed`).
+    fn sum(per_cpu: &[KernelStats], unbucketed: &[KernelCounts]) -> Self {
         let mut row = Cumulative::default();
-        let mut max = 0;
+        for c in per_cpu.iter().map(|cpu| &cpu.counts).chain(unbucketed) {
+            row.count += c.count;
+            row.errors += c.errors;
+            row.total_ns += u128::from(c.total_ns);
+            row.max = row.max.max(c.max_ns);
+        }
         for cpu in per_cpu {
-            row.count += cpu.count;
-            row.errors += cpu.errors;
-            row.total_ns += u128::from(cpu.total_ns);
-            max = max.max(cpu.max_ns);
             row.latency.add_counts(&cpu.buckets);
             if row.comm[0] == 0 {
                 row.comm = cpu.comm;
             }
         }
-        row.latency.set_max(max);
+        row.latency.set_max(per_cpu.iter().map(|cpu| cpu.counts.max_ns).max().unwrap_or(0));
         row
     }
 }
@@ -106,13 +122,14 @@ fn row_between(key: u32, by: GroupBy, now: &Cumulative, before: Option<&Cumulati
     if count == 0 {
         return None;
     }
+    // A maximum since attach is this interval's only if it rose in this interval.
+    let max_exact = before.is_none_or(|b| now.max > b.max);
+    let bucketed_max_exact = before.is_none_or(|b| now.latency.max() > b.latency.max());
     let mut latency = now.latency.clone();
-    // The maximum since attach is this interval's only if it rose in this interval.
-    let max_exact = before.is_none_or(|b| now.latency.max() > b.latency.max());
     if let Some(b) = before {
         latency.subtract(&b.latency);
     }
-    if !max_exact {
+    if !bucketed_max_exact {
         latency.set_max(latency.highest_bucket_top());
     }
     let (label, id) = match by {
@@ -130,7 +147,7 @@ fn row_between(key: u32, by: GroupBy, now: &Cumulative, before: Option<&Cumulati
         total_ns: now.total_ns - before.map_or(0, |b| b.total_ns),
         p50_ns: latency.quantile(0.50),
         p99_ns: latency.quantile(0.99),
-        max_ns: latency.max(),
+        max_ns: if max_exact { now.max } else { latency.max() },
         max_exact,
     })
 }
@@ -148,24 +165,39 @@ fn sort_rows(rows: &mut [Row], sort: SortBy) {
 /// The kernel's summary table and our previous reading of it.
 pub struct StatsTable {
     map: PerCpuHashMap<MapData, u32, KernelStats>,
+    unbucketed: PerCpuHashMap<MapData, u32, KernelCounts>,
     by: GroupBy,
     sort: SortBy,
     previous: HashMap<u32, Cumulative>,
 }
 
 impl StatsTable {
-    pub fn new(map: Map, by: GroupBy, sort: SortBy) -> Result<Self> {
-        Ok(StatsTable { map: map.try_into()?, by, sort, previous: HashMap::new() })
+    /// The table from the maps `stats` and `stats_early`.
+    pub fn new(map: Map, unbucketed: Map, by: GroupBy, sort: SortBy) -> Result<Self> {
+        let (map, unbucketed) = (map.try_into()?, unbucketed.try_into()?);
+        Ok(StatsTable { map, unbucketed, by, sort, previous: HashMap::new() })
     }
 
     /// The rows that counted calls since the last call (since attach on the first), sorted.
     pub fn take_rows(&mut self) -> Result<Vec<Row>> {
-        let mut rows = Vec::new();
-        for entry in self.map.iter() {
+        let mut unbucketed = HashMap::new();
+        for entry in self.unbucketed.iter() {
             let (key, per_cpu) = entry?;
-            let now = Cumulative::sum(&per_cpu);
+            unbucketed.insert(key, per_cpu.to_vec());
+        }
+        let mut rows = Vec::new();
+        let mut read = |key: u32, per_cpu: &[KernelStats], unbucketed: &[KernelCounts]| {
+            let now = Cumulative::sum(per_cpu, unbucketed);
             rows.extend(row_between(key, self.by, &now, self.previous.get(&key)));
             self.previous.insert(key, now);
+        };
+        for entry in self.map.iter() {
+            let (key, per_cpu) = entry?;
+            read(key, &per_cpu, unbucketed.remove(&key).as_deref().unwrap_or_default());
+        }
+        // Rows that never got their histogram.
+        for (key, counts) in unbucketed {
+            read(key, &[], &counts);
         }
         sort_rows(&mut rows, self.sort);
         Ok(rows)
@@ -263,7 +295,9 @@ mod tests {
     fn kernel_stats_mirror_the_struct_clang_laid_out() {
         for object in [objects::SYSCALLS.ring, objects::SYSCALLS.perf] {
             let c = bpfstream::btf::struct_layout(object, "syscall_stats").unwrap();
-            c.check(&bpfstream::rust_layout!(KernelStats { count, errors, total_ns, max_ns, comm, buckets })).unwrap();
+            c.check(&bpfstream::rust_layout!(KernelStats { counts, comm, buckets })).unwrap();
+            let c = bpfstream::btf::struct_layout(object, "syscall_counts").unwrap();
+            c.check(&bpfstream::rust_layout!(KernelCounts { count, errors, total_ns, max_ns })).unwrap();
         }
     }
 
@@ -274,14 +308,13 @@ mod tests {
     }
 
     fn cpu_row(durations: &[u64], errors: u64, comm: &[u8]) -> KernelStats {
-        let mut row = KernelStats {
+        let counts = KernelCounts {
             count: durations.len() as u64,
             errors,
             total_ns: durations.iter().sum(),
             max_ns: durations.iter().copied().max().unwrap_or(0),
-            comm: [0; 16],
-            buckets: [0; BUCKETS],
         };
+        let mut row = KernelStats { counts, comm: [0; 16], buckets: [0; BUCKETS] };
         row.comm[..comm.len()].copy_from_slice(comm);
         for &d in durations {
             row.buckets[crate::histogram::bucket_of(d)] += 1;
@@ -291,14 +324,14 @@ mod tests {
 
     #[test]
     fn rows_sum_cpus_and_intervals_are_differences() {
-        let first = Cumulative::sum(&[cpu_row(&[1000, 1010], 1, b""), cpu_row(&[3000], 0, b"")]);
+        let first = Cumulative::sum(&[cpu_row(&[1000, 1010], 1, b""), cpu_row(&[3000], 0, b"")], &[]);
         let row = row_between(110, GroupBy::Syscall, &first, None).unwrap();
         assert_eq!((row.label.as_str(), row.id, row.count, row.errors, row.total_ns), ("getppid", 110, 3, 1, 5010));
         assert_eq!((row.max_ns, row.max_exact), (3000, true));
         assert!((1000..=1016).contains(&row.p50_ns), "{}", row.p50_ns);
         assert_eq!(row.p99_ns, 3000);
 
-        let second = Cumulative::sum(&[cpu_row(&[1000, 1010, 2000], 1, b""), cpu_row(&[3000], 0, b"")]);
+        let second = Cumulative::sum(&[cpu_row(&[1000, 1010, 2000], 1, b""), cpu_row(&[3000], 0, b"")], &[]);
         let row = row_between(110, GroupBy::Syscall, &second, Some(&first)).unwrap();
         assert_eq!((row.count, row.errors, row.total_ns), (1, 0, 2000));
         assert!(!row.max_exact, "the maximum since attach (3000) is older");
@@ -308,9 +341,18 @@ mod tests {
 
         let unknown = row_between(u32::MAX, GroupBy::Syscall, &second, None).unwrap();
         assert_eq!((unknown.label.as_str(), unknown.id), ("syscall_-1", -1));
-        let process = Cumulative::sum(&[cpu_row(&[5], 0, b""), cpu_row(&[5], 0, b"worker")]);
+        let process = Cumulative::sum(&[cpu_row(&[5], 0, b""), cpu_row(&[5], 0, b"worker")], &[]);
         let row = row_between(4242, GroupBy::Process, &process, None).unwrap();
         assert_eq!((row.label.as_str(), row.id), ("worker", 4242));
+
+        // Calls that found no row yet count in full, but for the histogram.
+        let early = KernelCounts { count: 2, errors: 1, total_ns: 9_000, max_ns: 8_000 };
+        let row = Cumulative::sum(&[cpu_row(&[1000], 0, b"")], &[early, KernelCounts::default()]);
+        let row = row_between(0, GroupBy::Syscall, &row, None).unwrap();
+        assert_eq!((row.count, row.errors, row.total_ns, row.max_ns), (3, 1, 10_000, 8_000));
+        assert_eq!(row.p50_ns, 1000, "percentiles of the calls in the histogram");
+        let only_early = row_between(7, GroupBy::Syscall, &Cumulative::sum(&[], &[early]), None).unwrap();
+        assert_eq!((only_early.count, only_early.max_ns, only_early.p99_ns), (2, 8_000, 0));
     }
 
     fn row(id: i64, count: u64, total_ns: u128) -> Row {

@@ -329,7 +329,8 @@ pub fn run(args: SyscallsArgs) -> Result<()> {
     let untracked: PerCpuArray<MapData, u64> = tracer.take_map("untracked")?.try_into()?;
     let by = if args.by_process { GroupBy::Process } else { GroupBy::Syscall };
     let table = if summary_mode {
-        Some(StatsTable::new(tracer.take_map("stats")?, by, args.sort.unwrap_or(SortBy::Time))?)
+        let (rows, unbucketed) = (tracer.take_map("stats")?, tracer.take_map("stats_early")?);
+        Some(StatsTable::new(rows, unbucketed, by, args.sort.unwrap_or(SortBy::Time))?)
     } else {
         None
     };
