@@ -477,13 +477,6 @@ fn uid_and_name_filters_are_applied_in_the_kernel() {
     assert_eq!(exact.summary()["produced"], 0, "--name matches the whole comm");
 }
 
-/// The cgroup v2 mount point (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid systems).
-fn cgroup2_mount() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    let line = mounts.lines().find(|l| l.split_whitespace().nth(2) == Some("cgroup2")).expect("a cgroup2 mount");
-    PathBuf::from(line.split_whitespace().nth(1).unwrap())
-}
-
 /// `--cgroup DIR` keeps the execs of tasks in that cgroup (and below), filtered in the kernel,
 /// and every event carries the task's cgroup id, the directory's inode number.
 #[test]
