@@ -532,3 +532,26 @@ fn least_privilege_is_enough() {
         assert_eq!(events[0]["args"], serde_json::json!([probe.to_str().unwrap(), "x"]));
     }
 }
+
+/// The table is execsnoop's: `-T` wall-clock time, `-U` uid, then PCOMM PID PPID RET, the
+/// filename and the arguments (quoted where they hold spaces).
+#[test]
+fn table_looks_like_execsnoop() {
+    let Some(_kernel) = kernel_test() else { return };
+    let name = "bpfst-table";
+    let probe = probe_binary(&temp_dir("table"), name);
+    let run = start(&["exec", "-T", "-U", "-n", name]);
+    let child = Command::new(&probe).args(["a b", "-c"]).spawn().unwrap();
+    let pid = child.id().to_string();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let header: Vec<_> = finished.stdout[0].split_whitespace().collect();
+    assert_eq!(header, ["TIME", "UID", "PCOMM", "PID", "PPID", "RET", "FILENAME", "ARGS"]);
+    assert_eq!(finished.stdout.len(), 2, "{:?}", finished.stdout);
+    let row: Vec<_> = finished.stdout[1].split_whitespace().collect();
+    assert_eq!(row[0].len(), 8, "HH:MM:SS: {row:?}");
+    let path = probe.to_str().unwrap();
+    let ppid = std::process::id().to_string();
+    assert_eq!(row[1..], ["0", name, pid.as_str(), ppid.as_str(), "0", path, path, "\"a", "b\"", "-c"]);
+}
