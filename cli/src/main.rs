@@ -55,7 +55,7 @@ struct Cli {
 enum Command {
     /// Trace syscalls with their latency, or summarize them (--summary)
     Syscalls(tools::syscalls::SyscallsArgs),
-    /// Trace exec() calls: pid, ppid, uid, comm and the whole filename
+    /// Trace exec() calls, failed ones too: pid, ppid, uid, comm, ret, the whole filename and argv
     Exec(tools::exec::ExecArgs),
     /// Trace open/openat/openat2: pid, comm, fd or error, flags and the whole filename
     Open(tools::open::OpenArgs),

@@ -477,13 +477,6 @@ fn uid_and_name_filters_are_applied_in_the_kernel() {
     assert_eq!(exact.summary()["produced"], 0, "--name matches the whole comm");
 }
 
-/// The cgroup v2 mount point (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid systems).
-fn cgroup2_mount() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    let line = mounts.lines().find(|l| l.split_whitespace().nth(2) == Some("cgroup2")).expect("a cgroup2 mount");
-    PathBuf::from(line.split_whitespace().nth(1).unwrap())
-}
-
 /// `--cgroup DIR` keeps the execs of tasks in that cgroup (and below), filtered in the kernel,
 /// and every event carries the task's cgroup id, the directory's inode number.
 #[test]
@@ -538,4 +531,27 @@ fn least_privilege_is_enough() {
         assert_eq!(events.len(), 1, "{transport}: {events:#?}");
         assert_eq!(events[0]["args"], serde_json::json!([probe.to_str().unwrap(), "x"]));
     }
+}
+
+/// The table is execsnoop's: `-T` wall-clock time, `-U` uid, then PCOMM PID PPID RET, the
+/// filename and the arguments (quoted where they hold spaces).
+#[test]
+fn table_looks_like_execsnoop() {
+    let Some(_kernel) = kernel_test() else { return };
+    let name = "bpfst-table";
+    let probe = probe_binary(&temp_dir("table"), name);
+    let run = start(&["exec", "-T", "-U", "-n", name]);
+    let child = Command::new(&probe).args(["a b", "-c"]).spawn().unwrap();
+    let pid = child.id().to_string();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let header: Vec<_> = finished.stdout[0].split_whitespace().collect();
+    assert_eq!(header, ["TIME", "UID", "PCOMM", "PID", "PPID", "RET", "FILENAME", "ARGS"]);
+    assert_eq!(finished.stdout.len(), 2, "{:?}", finished.stdout);
+    let row: Vec<_> = finished.stdout[1].split_whitespace().collect();
+    assert_eq!(row[0].len(), 8, "HH:MM:SS: {row:?}");
+    let path = probe.to_str().unwrap();
+    let ppid = std::process::id().to_string();
+    assert_eq!(row[1..], ["0", name, pid.as_str(), ppid.as_str(), "0", path, path, "\"a", "b\"", "-c"]);
 }

@@ -36,6 +36,11 @@ fn cstring(bytes: &[u8]) -> CString {
     CString::new(bytes).unwrap()
 }
 
+/// openat(AT_FDCWD, path, O_RDONLY).
+fn open_at(path: &Path) -> Step {
+    Step::OpenAt { dirfd: libc::AT_FDCWD, path: cstring(path.as_os_str().as_bytes()), flags: libc::O_RDONLY }
+}
+
 /// A file-backed mapping holding `text` that nobody has touched: its page is not resident in
 /// the process, so the BPF program cannot read it at entry and must read it at exit.
 fn untouched_mapping(dir: &Path, text: &[u8]) -> *const libc::c_char {
@@ -183,11 +188,7 @@ fn filters_are_applied_in_the_kernel() {
         let mut steps = Vec::new();
         for i in 0..10 {
             let name = if i % 3 == 0 { "missing" } else { "exists" };
-            steps.push(Step::OpenAt {
-                dirfd: libc::AT_FDCWD,
-                path: CString::new(dir.join(name).as_os_str().as_bytes()).unwrap(),
-                flags: libc::O_RDONLY,
-            });
+            steps.push(open_at(&dir.join(name)));
         }
         steps
     };
@@ -234,9 +235,7 @@ fn filters_are_applied_in_the_kernel() {
 
 /// The cgroup v2 id of this process: the inode number of its cgroup's directory.
 fn own_cgroup_id() -> u64 {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    let line = mounts.lines().find(|l| l.split_whitespace().nth(2) == Some("cgroup2")).expect("a cgroup2 mount");
-    let mount = line.split_whitespace().nth(1).unwrap();
+    let mount = cgroup2_mount().display().to_string();
     let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let own = cgroups.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
     std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(format!("{mount}{own}")).unwrap())
@@ -250,11 +249,7 @@ fn least_privilege_is_enough() {
     let dir = temp_dir("open-least");
     let path = dir.join("missing");
     for transport in ["ring", "perf"] {
-        let step = Step::OpenAt {
-            dirfd: libc::AT_FDCWD,
-            path: CString::new(path.as_os_str().as_bytes()).unwrap(),
-            flags: libc::O_RDONLY,
-        };
+        let step = open_at(&path);
         let child = Workload::spawn("bpfs-oleast", None, vec![step]);
         let pid = child.pid().to_string();
         let run = start_least_privileged(&["open", "--json", "--buffer", transport, "-p", &pid]);
@@ -275,15 +270,7 @@ fn table_looks_like_opensnoop() {
     let Some(_kernel) = kernel_test() else { return };
     let dir = temp_dir("open-table");
     let missing = dir.join("missing");
-    let child = Workload::spawn(
-        "bpfs-otable",
-        None,
-        vec![Step::OpenAt {
-            dirfd: libc::AT_FDCWD,
-            path: CString::new(missing.as_os_str().as_bytes()).unwrap(),
-            flags: libc::O_RDONLY,
-        }],
-    );
+    let child = Workload::spawn("bpfs-otable", None, vec![open_at(&missing)]);
     let pid = child.pid().to_string();
     let run = start(&["open", "--pid", &pid]);
     child.go();
@@ -314,11 +301,7 @@ fn table_looks_like_opensnoop() {
 fn short_flags_wall_clock_uid_column_and_duration() {
     let Some(_kernel) = kernel_test() else { return };
     let missing = temp_dir("open-short").join("missing");
-    let step = Step::OpenAt {
-        dirfd: libc::AT_FDCWD,
-        path: CString::new(missing.as_os_str().as_bytes()).unwrap(),
-        flags: libc::O_RDONLY,
-    };
+    let step = open_at(&missing);
     let child = Workload::spawn("bpfs-oshort", None, vec![step]);
     let pid = child.pid().to_string();
     let run = start(&["open", "-T", "-U", "-p", &pid, "-d", "5"]);

@@ -2,7 +2,8 @@
 //! bytes), argv whole up to [`ARGS_MAX`] arguments / 16 KiB (`EXEC_ARGS_BYTES`) and the return
 //! value, in a record exactly as long as its contents. Attached with raw tracepoints (no
 //! tracefs): `sched_process_exec` for execs that succeed (the file actually executed, argv from
-//! the new program's stack) and `sys_enter`/`sys_exit` for execve/execveat that fail (`ret` is
+//! the new program's stack, as `ps` shows it: a script's is its interpreter's, `/bin/sh
+//! ./script arg`) and `sys_enter`/`sys_exit` for execve/execveat that fail (`ret` is
 //! -errno; name and argv as the caller passed them).
 //!
 //! The filename is made absolute in the kernel against the caller's working directory when it

@@ -259,6 +259,13 @@ pub fn probe_binary(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
+/// The cgroup v2 mount point (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid systems).
+pub fn cgroup2_mount() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let line = mounts.lines().find(|l| l.split_whitespace().nth(2) == Some("cgroup2")).expect("a cgroup2 mount");
+    PathBuf::from(line.split_whitespace().nth(1).unwrap())
+}
+
 /// A fresh directory under /tmp.
 pub fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("bpfstream-test-{tag}-{}", std::process::id()));
