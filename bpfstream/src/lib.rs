@@ -10,7 +10,8 @@
 //! `delivered + dropped == produced`.
 //!
 //! Handlers are plain closures that may borrow local state (no `'static` bound); they return
-//! `()` to go on or [`std::ops::ControlFlow`] to stop early (see [`Flow`]).
+//! `()` to go on, [`std::ops::ControlFlow`] to stop early, or a `Result` whose error stops the
+//! consumer and comes back as [`Error::Handler`] (see [`Flow`]).
 //!
 //! # The parts
 //!
@@ -167,11 +168,67 @@ pub enum Item<'a> {
     Lost(Lost),
 }
 
-/// What a handler returns: `()` to keep going, or a [`ControlFlow`] that can stop the
-/// consumer after the current record (the records handled so far are consumed, the rest stay).
+/// The error of a handler that failed, carried by [`Error::Handler`].
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a handler returns: `()` to keep going, a [`ControlFlow`] that can stop the consumer
+/// after the current record, or a `Result` whose error stops it and is returned as
+/// [`Error::Handler`] (as libbpf's `ring_buffer__poll` returns its callback's error). The
+/// records handled so far, the failing one included, are consumed; the rest stay.
 pub trait Flow {
     /// Whether the consumer should stop after this record.
     fn is_stop(&self) -> bool;
+
+    /// The handler's error, if it failed. The default: handlers of this type cannot fail.
+    fn into_error(self) -> Option<HandlerError>
+    where
+        Self: Sized,
+    {
+        None
+    }
+}
+
+impl<E: Into<HandlerError>> Flow for Result<(), E> {
+    fn is_stop(&self) -> bool {
+        self.is_err()
+    }
+    fn into_error(self) -> Option<HandlerError> {
+        self.err().map(Into::into)
+    }
+}
+
+impl<B, E: Into<HandlerError>> Flow for Result<ControlFlow<B>, E> {
+    fn is_stop(&self) -> bool {
+        self.as_ref().map_or(true, ControlFlow::is_break)
+    }
+    fn into_error(self) -> Option<HandlerError> {
+        self.err().map(Into::into)
+    }
+}
+
+/// Keeps the error of a failed handler while a consumer stops, to return it afterwards.
+#[derive(Default)]
+pub(crate) struct Failure(Option<HandlerError>);
+
+impl Failure {
+    /// The handler's verdict as the consume loops take it; keeps its error.
+    pub fn check<F: Flow>(&mut self, flow: F) -> ControlFlow<()> {
+        if !flow.is_stop() {
+            return ControlFlow::Continue(());
+        }
+        if let Some(error) = flow.into_error() {
+            self.0.get_or_insert(error);
+        }
+        ControlFlow::Break(())
+    }
+
+    /// `result`, unless a handler failed: then its error.
+    pub fn result<T>(self, result: Result<T, Error>) -> Result<T, Error> {
+        match self.0 {
+            Some(error) => Err(Error::Handler(error)),
+            None => result,
+        }
+    }
 }
 
 impl Flow for () {
