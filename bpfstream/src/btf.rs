@@ -174,6 +174,12 @@ pub fn struct_layout(btf: &[u8], name: &str) -> Result<StructLayout, BtfError> {
     Btf::parse(btf)?.struct_layout(name)
 }
 
+/// The names and values of the enum `name` in `btf` (an ELF object's `.BTF` section, or raw
+/// BTF), in declaration order: to check Rust constants against a C enum.
+pub fn enum_values(btf: &[u8], name: &str) -> Result<Vec<(String, i64)>, BtfError> {
+    Btf::parse(btf)?.enum_values(name)
+}
+
 /// The `.BTF` section of an ELF object, or the bytes themselves if they are raw BTF.
 fn btf_bytes(data: &[u8]) -> Result<&[u8], BtfError> {
     if data.starts_with(b"\x7fELF") {
@@ -363,6 +369,21 @@ impl<'a> Btf<'a> {
             return elements.checked_mul(size).ok_or_else(overflow);
         }
         Err(malformed("type chain too deep (a loop?)"))
+    }
+
+    fn enum_values(&self, name: &str) -> Result<Vec<(String, i64)>, BtfError> {
+        let found =
+            self.types.iter().find(|t| t.kind() == kind::ENUM && self.string(t.name_off).is_ok_and(|n| n == name));
+        let t = found.ok_or_else(|| BtfError::NotFound(name.to_owned()))?;
+        (0..t.vlen())
+            .map(|i| {
+                let at = t.extra + 8 * i;
+                let value = self.u32_at(at + 4)?;
+                // kind_flag: the values are signed.
+                let value = if t.kind_flag() { i64::from(value as i32) } else { i64::from(value) };
+                Ok((self.string(self.u32_at(at)?)?.to_owned(), value))
+            })
+            .collect()
     }
 
     fn struct_layout(&self, name: &str) -> Result<StructLayout, BtfError> {

@@ -6,7 +6,7 @@
 //! libbpf: [`RingBuffer`] and [`PerfBuffer`] map the kernel's memory and lend records as
 //! `&[u8]` without copying, publishing the consumer position once per batch. [`Poller`] serves
 //! many of them from one epoll set. [`EventSource`] is one stream type for either transport plus
-//! the BPF-side drop counters of `bpf/include/bpfstream.h`, so that for every stream
+//! the BPF-side drop counters of `bpfstream.h` ([`INCLUDE_DIR`]), so that for every stream
 //! `delivered + dropped == produced`.
 //!
 //! Handlers are plain closures that may borrow local state (no `'static` bound); they return
@@ -34,6 +34,27 @@
 //!
 //! Runnable examples (as root) are in `bpfstream/examples/`: a blocking ring consumer, a perf
 //! consumer that loses events, a multi-source poller, an async stream, variable-length records.
+//!
+//! # The BPF side
+//!
+//! `bpfstream.h`, shipped in this crate's package (its directory is [`INCLUDE_DIR`]), is the
+//! send path of a BPF program: `bpfstream_reserve`/`bpfstream_submit`/`bpfstream_discard` for
+//! fixed-size records, `bpfstream_scratch`/`bpfstream_output` for variable-length ones, the
+//! per-CPU counters [`DropCounters`] reads, and the wakeup policy ([`WakeupPolicy`]). One
+//! source is compiled twice, once per transport, and userspace loads the object it wants:
+//!
+//! ```text
+//! clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -I$INCLUDE_DIR -c tool.bpf.c -o tool.ring.bpf.o
+//! clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -I$INCLUDE_DIR -DBPFSTREAM_PERF \
+//!       -c tool.bpf.c -o tool.perf.bpf.o
+//! ```
+//!
+//! The program brings its own `vmlinux.h` (`bpftool btf dump file /sys/kernel/btf/vmlinux
+//! format c`): included before `bpfstream.h`, or found on the include path. The events map is
+//! named `events` ([`accounting::EVENTS_MAP`]) unless `BPFSTREAM_EVENTS` names it otherwise;
+//! uprobes and other preemptible programs define `BPFSTREAM_PREEMPTIBLE` (a guard on the per-CPU
+//! scratch record). From a `build.rs`, add this crate as a build-dependency and pass
+//! `-I{bpfstream::INCLUDE_DIR}`.
 //!
 //! # Kernel versions
 //!
@@ -107,6 +128,10 @@ pub use sys::{online_cpus, page_size, possible_cpus};
 pub use typed::{Event, FromRecord, TypedError};
 
 use std::ops::ControlFlow;
+
+/// The directory of `bpfstream.h`, the BPF-side half of this crate (see "The BPF side" in the
+/// crate docs): pass it to clang as `-I` from a `build.rs`.
+pub const INCLUDE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
 
 // The thread-safety promises of the crate docs ("Threads"), checked at compile time.
 const _: () = {
