@@ -1,4 +1,4 @@
-//! The userspace half of `bpf/include/bpfstream.h`: the per-CPU counters every bpfstream BPF
+//! The userspace half of `bpfstream.h` ([`crate::INCLUDE_DIR`]): the per-CPU counters every bpfstream BPF
 //! program keeps, and the wakeup policy it reads at load time.
 //!
 //! A failed `bpf_ringbuf_reserve()` is visible only to the BPF program, so the header counts it
@@ -12,6 +12,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use crate::sys::{self, map_type};
 use crate::{Error, LossOrigin, Lost};
 
+/// Default name of the events map defined by `bpfstream.h` (`BPFSTREAM_EVENTS` changes it).
+pub const EVENTS_MAP: &str = "events";
 /// Name of the per-CPU counters map defined by `bpfstream.h`.
 pub const STATS_MAP: &str = "bpfstream_stats";
 /// Name of the read-only global holding the wakeup policy.
@@ -167,7 +169,7 @@ mod tests {
 
     #[test]
     fn counters_match_the_c_layout() {
-        // struct bpfstream_counters in bpf/include/bpfstream.h: four __u64.
+        // struct bpfstream_counters in bpfstream.h: four __u64.
         assert_eq!(size_of::<Counters>(), 32);
         assert_eq!(std::mem::offset_of!(Counters, produced), 0);
         assert_eq!(std::mem::offset_of!(Counters, dropped), 8);
@@ -176,12 +178,25 @@ mod tests {
     }
 
     #[test]
-    fn wakeup_policy_numbers_match_the_c_enum() {
-        assert_eq!(WakeupPolicy::Adaptive.globals(), (0, 0));
-        assert_eq!(WakeupPolicy::EveryRecord.globals(), (1, 0));
-        assert_eq!(WakeupPolicy::Never.globals(), (2, 0));
-        assert_eq!(WakeupPolicy::EveryRecords(500).globals(), (3, 500));
-        assert_eq!(WakeupPolicy::Bytes(4096).globals(), (4, 4096));
-        assert_eq!(WakeupPolicy::EveryRecords(0).globals(), (3, 1));
+    fn wakeup_policy_numbers_match_the_c_enum_clang_compiled() {
+        let object: &[u8] = include_bytes!("../examples/obj/ping.ring.bpf.o");
+        let values = crate::btf::enum_values(object, "bpfstream_wakeup").unwrap();
+        let policies = [
+            ("BPFSTREAM_WAKE_ADAPTIVE", WakeupPolicy::Adaptive),
+            ("BPFSTREAM_WAKE_EVERY", WakeupPolicy::EveryRecord),
+            ("BPFSTREAM_WAKE_NEVER", WakeupPolicy::Never),
+            ("BPFSTREAM_WAKE_COUNT", WakeupPolicy::EveryRecords(500)),
+            ("BPFSTREAM_WAKE_BYTES", WakeupPolicy::Bytes(4096)),
+        ];
+        let rust: Vec<(String, i64)> =
+            policies.iter().map(|(name, policy)| ((*name).to_owned(), i64::from(policy.globals().0))).collect();
+        assert_eq!(values, rust);
+        assert_eq!(WakeupPolicy::EveryRecords(0).globals(), (3, 1), "an argument of 0 means 1");
+    }
+
+    #[test]
+    fn the_header_ships_in_the_include_dir() {
+        let header = std::fs::read_to_string(format!("{}/bpfstream.h", crate::INCLUDE_DIR)).unwrap();
+        assert!(header.contains("struct bpfstream_counters") && header.contains(&format!("{STATS_MAP} SEC")));
     }
 }

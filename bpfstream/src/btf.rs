@@ -174,6 +174,12 @@ pub fn struct_layout(btf: &[u8], name: &str) -> Result<StructLayout, BtfError> {
     Btf::parse(btf)?.struct_layout(name)
 }
 
+/// The names and values of the enum `name` in `btf` (an ELF object's `.BTF` section, or raw
+/// BTF), in declaration order: to check Rust constants against a C enum.
+pub fn enum_values(btf: &[u8], name: &str) -> Result<Vec<(String, i64)>, BtfError> {
+    Btf::parse(btf)?.enum_values(name)
+}
+
 /// The `.BTF` section of an ELF object, or the bytes themselves if they are raw BTF.
 fn btf_bytes(data: &[u8]) -> Result<&[u8], BtfError> {
     if data.starts_with(b"\x7fELF") {
@@ -330,30 +336,54 @@ impl<'a> Btf<'a> {
             .ok_or_else(|| malformed(format!("type id {id} out of range")))
     }
 
-    /// `sizeof` of type `id`, following typedefs and qualifiers (depth-limited, as BTF from a
-    /// bad file could loop).
+    /// `sizeof` of type `id`, following typedefs, qualifiers and array element types
+    /// iteratively (at most 64 steps, as BTF from a bad file can loop, e.g. an array of itself)
+    /// with checked arithmetic (element counts of a bad file can overflow).
     fn size_of(&self, id: u32) -> Result<u64, BtfError> {
+        let overflow = || malformed(format!("the size of type id {id} overflows"));
         let mut id = id;
+        // The product of the element counts of the arrays passed so far.
+        let mut elements: u64 = 1;
         for _ in 0..64 {
             if id == 0 {
                 return Ok(0); // void
             }
             let t = self.get(id)?;
-            match t.kind() {
+            let size = match t.kind() {
                 kind::INT | kind::ENUM | kind::ENUM64 | kind::STRUCT | kind::UNION | kind::FLOAT | kind::DATASEC => {
-                    return Ok(u64::from(t.size_or_type))
+                    u64::from(t.size_or_type)
                 }
-                kind::PTR => return Ok(8), // BPF is a 64-bit target
+                kind::PTR => 8, // BPF is a 64-bit target
                 kind::ARRAY => {
-                    let elem = self.u32_at(t.extra)?;
                     let count = u64::from(self.u32_at(t.extra + 8)?);
-                    return Ok(count * self.size_of(elem)?);
+                    elements = elements.checked_mul(count).ok_or_else(overflow)?;
+                    id = self.u32_at(t.extra)?;
+                    continue;
                 }
-                kind::TYPEDEF | kind::VOLATILE | kind::CONST | kind::RESTRICT | kind::TYPE_TAG => id = t.size_or_type,
+                kind::TYPEDEF | kind::VOLATILE | kind::CONST | kind::RESTRICT | kind::TYPE_TAG => {
+                    id = t.size_or_type;
+                    continue;
+                }
                 other => return Err(malformed(format!("type id {id} (kind {other}) has no size"))),
-            }
+            };
+            return elements.checked_mul(size).ok_or_else(overflow);
         }
         Err(malformed("type chain too deep (a loop?)"))
+    }
+
+    fn enum_values(&self, name: &str) -> Result<Vec<(String, i64)>, BtfError> {
+        let found =
+            self.types.iter().find(|t| t.kind() == kind::ENUM && self.string(t.name_off).is_ok_and(|n| n == name));
+        let t = found.ok_or_else(|| BtfError::NotFound(name.to_owned()))?;
+        (0..t.vlen())
+            .map(|i| {
+                let at = t.extra + 8 * i;
+                let value = self.u32_at(at + 4)?;
+                // kind_flag: the values are signed.
+                let value = if t.kind_flag() { i64::from(value as i32) } else { i64::from(value) };
+                Ok((self.string(self.u32_at(at)?)?.to_owned(), value))
+            })
+            .collect()
     }
 
     fn struct_layout(&self, name: &str) -> Result<StructLayout, BtfError> {
@@ -444,6 +474,47 @@ mod tests {
         assert!(matches!(struct_layout(b"hello", "x"), Err(BtfError::NotBtf(_))));
         assert!(matches!(struct_layout(&blob[..30], "pair"), Err(BtfError::Malformed(_))));
         assert_eq!(struct_layout(&blob, "nope"), Err(BtfError::NotFound("nope".into())));
+    }
+
+    /// `hand_made()` with the array's element type and count replaced.
+    fn with_array(elem: u32, count: u32) -> Vec<u8> {
+        let mut blob = hand_made();
+        // Type 3 (the array) starts after type 1 (16 bytes) and type 2 (16 bytes).
+        let at = HEADER_LEN + 32 + 12;
+        blob[at..at + 4].copy_from_slice(&elem.to_le_bytes());
+        blob[at + 8..at + 12].copy_from_slice(&count.to_le_bytes());
+        blob
+    }
+
+    #[test]
+    fn a_self_referencing_array_or_an_overflowing_size_is_an_error() {
+        // An array of one of itself: a loop.
+        let err = struct_layout(&with_array(3, 1), "pair").unwrap_err();
+        assert!(err.to_string().contains("too deep"), "{err}");
+        // An array of 2^32 - 1 of itself: the size overflows u64 on the third step.
+        let err = struct_layout(&with_array(3, u32::MAX), "pair").unwrap_err();
+        assert!(err.to_string().contains("overflows"), "{err}");
+        let large = struct_layout(&with_array(1, u32::MAX), "pair").unwrap().members[1].size;
+        assert_eq!(large, 4 * u64::from(u32::MAX), "int[2^32 - 1]");
+    }
+
+    proptest::proptest! {
+        /// Random bytes anywhere in a valid blob (and random cuts): an answer or an error,
+        /// never a panic, a stack overflow or a hang.
+        #[test]
+        fn malformed_btf_is_an_error_not_a_crash(
+            edits in proptest::collection::vec((0usize..200, proptest::prelude::any::<u8>()), 1..12),
+            cut in 0usize..200,
+        ) {
+            let mut blob = hand_made();
+            for (at, byte) in edits {
+                let at = at % blob.len();
+                blob[at] = byte;
+            }
+            let end = blob.len() - cut % blob.len();
+            let _ = struct_layout(&blob[..end], "pair");
+            let _ = struct_layout(&blob, "pair");
+        }
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub enum Error {
         /// The buffer.
         what: String,
     },
+    /// A handler returned an error; the consumer stopped after that record.
+    #[error("the handler failed: {0}")]
+    Handler(#[source] crate::HandlerError),
     /// A size the kernel would reject.
     #[error("invalid {what} {value}: must be {valid}")]
     InvalidSize {

@@ -6,11 +6,12 @@
 //! libbpf: [`RingBuffer`] and [`PerfBuffer`] map the kernel's memory and lend records as
 //! `&[u8]` without copying, publishing the consumer position once per batch. [`Poller`] serves
 //! many of them from one epoll set. [`EventSource`] is one stream type for either transport plus
-//! the BPF-side drop counters of `bpf/include/bpfstream.h`, so that for every stream
+//! the BPF-side drop counters of `bpfstream.h` ([`INCLUDE_DIR`]), so that for every stream
 //! `delivered + dropped == produced`.
 //!
 //! Handlers are plain closures that may borrow local state (no `'static` bound); they return
-//! `()` to go on or [`std::ops::ControlFlow`] to stop early (see [`Flow`]).
+//! `()` to go on, [`std::ops::ControlFlow`] to stop early, or a `Result` whose error stops the
+//! consumer and comes back as [`Error::Handler`] (see [`Flow`]).
 //!
 //! # The parts
 //!
@@ -33,6 +34,27 @@
 //!
 //! Runnable examples (as root) are in `bpfstream/examples/`: a blocking ring consumer, a perf
 //! consumer that loses events, a multi-source poller, an async stream, variable-length records.
+//!
+//! # The BPF side
+//!
+//! `bpfstream.h`, shipped in this crate's package (its directory is [`INCLUDE_DIR`]), is the
+//! send path of a BPF program: `bpfstream_reserve`/`bpfstream_submit`/`bpfstream_discard` for
+//! fixed-size records, `bpfstream_scratch`/`bpfstream_output` for variable-length ones, the
+//! per-CPU counters [`DropCounters`] reads, and the wakeup policy ([`WakeupPolicy`]). One
+//! source is compiled twice, once per transport, and userspace loads the object it wants:
+//!
+//! ```text
+//! clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -I$INCLUDE_DIR -c tool.bpf.c -o tool.ring.bpf.o
+//! clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -I$INCLUDE_DIR -DBPFSTREAM_PERF \
+//!       -c tool.bpf.c -o tool.perf.bpf.o
+//! ```
+//!
+//! The program brings its own `vmlinux.h` (`bpftool btf dump file /sys/kernel/btf/vmlinux
+//! format c`): included before `bpfstream.h`, or found on the include path. The events map is
+//! named `events` ([`accounting::EVENTS_MAP`]) unless `BPFSTREAM_EVENTS` names it otherwise;
+//! uprobes and other preemptible programs define `BPFSTREAM_PREEMPTIBLE` (a guard on the per-CPU
+//! scratch record). From a `build.rs`, add this crate as a build-dependency and pass
+//! `-I{bpfstream::INCLUDE_DIR}`.
 //!
 //! # Kernel versions
 //!
@@ -107,6 +129,10 @@ pub use typed::{Event, FromRecord, TypedError};
 
 use std::ops::ControlFlow;
 
+/// The directory of `bpfstream.h`, the BPF-side half of this crate (see "The BPF side" in the
+/// crate docs): pass it to clang as `-I` from a `build.rs`.
+pub const INCLUDE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
+
 // The thread-safety promises of the crate docs ("Threads"), checked at compile time.
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}
@@ -167,11 +193,67 @@ pub enum Item<'a> {
     Lost(Lost),
 }
 
-/// What a handler returns: `()` to keep going, or a [`ControlFlow`] that can stop the
-/// consumer after the current record (the records handled so far are consumed, the rest stay).
+/// The error of a handler that failed, carried by [`Error::Handler`].
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a handler returns: `()` to keep going, a [`ControlFlow`] that can stop the consumer
+/// after the current record, or a `Result` whose error stops it and is returned as
+/// [`Error::Handler`] (as libbpf's `ring_buffer__poll` returns its callback's error). The
+/// records handled so far, the failing one included, are consumed; the rest stay.
 pub trait Flow {
     /// Whether the consumer should stop after this record.
     fn is_stop(&self) -> bool;
+
+    /// The handler's error, if it failed. The default: handlers of this type cannot fail.
+    fn into_error(self) -> Option<HandlerError>
+    where
+        Self: Sized,
+    {
+        None
+    }
+}
+
+impl<E: Into<HandlerError>> Flow for Result<(), E> {
+    fn is_stop(&self) -> bool {
+        self.is_err()
+    }
+    fn into_error(self) -> Option<HandlerError> {
+        self.err().map(Into::into)
+    }
+}
+
+impl<B, E: Into<HandlerError>> Flow for Result<ControlFlow<B>, E> {
+    fn is_stop(&self) -> bool {
+        self.as_ref().map_or(true, ControlFlow::is_break)
+    }
+    fn into_error(self) -> Option<HandlerError> {
+        self.err().map(Into::into)
+    }
+}
+
+/// Keeps the error of a failed handler while a consumer stops, to return it afterwards.
+#[derive(Default)]
+pub(crate) struct Failure(Option<HandlerError>);
+
+impl Failure {
+    /// The handler's verdict as the consume loops take it; keeps its error.
+    pub fn check<F: Flow>(&mut self, flow: F) -> ControlFlow<()> {
+        if !flow.is_stop() {
+            return ControlFlow::Continue(());
+        }
+        if let Some(error) = flow.into_error() {
+            self.0.get_or_insert(error);
+        }
+        ControlFlow::Break(())
+    }
+
+    /// `result`, unless a handler failed: then its error.
+    pub fn result<T>(self, result: Result<T, Error>) -> Result<T, Error> {
+        match self.0 {
+            Some(error) => Err(Error::Handler(error)),
+            None => result,
+        }
+    }
 }
 
 impl Flow for () {

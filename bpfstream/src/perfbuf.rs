@@ -42,6 +42,7 @@
 //! ```
 
 use std::fmt;
+use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,7 +52,7 @@ use crate::ownership::PerfSlots;
 use crate::scan;
 use crate::stats::Fill;
 use crate::sys::{self, map_type, Epoll, Mmap, PerfEventAttr};
-use crate::{Error, Flow, Item, LossOrigin, Lost, Record};
+use crate::{Error, Failure, Flow, Item, LossOrigin, Lost, Record};
 
 /// `PERF_RECORD_LOST`.
 pub const RECORD_LOST: u32 = 2;
@@ -444,6 +445,15 @@ impl PerfBuffer {
     /// Like [`consume`](Self::consume), but hands over at most `max` samples. CPUs are visited
     /// round-robin, starting after the one the previous call ended on.
     pub fn consume_n<F: Flow>(&mut self, max: usize, mut handler: impl FnMut(Item<'_>) -> F) -> Result<usize, Error> {
+        let mut failure = Failure::default();
+        let total = self.consume_checked(max, &mut |item: Item<'_>| failure.check(handler(item)));
+        failure.result(total)
+    }
+
+    fn consume_checked<H>(&mut self, max: usize, handler: &mut H) -> Result<usize, Error>
+    where
+        H: FnMut(Item<'_>) -> ControlFlow<()>,
+    {
         let count = self.cpus.len();
         let mut total = 0;
         self.left_behind = false;
@@ -451,7 +461,7 @@ impl PerfBuffer {
             let index = (self.next + step) % count;
             let ring = &mut self.cpus[index];
             let publish_every = (ring.data_size as u64 / 4).max(HEADER_SIZE);
-            let pass = consume(&*ring, ring.cpu, &mut self.scratch, max - total, publish_every, &mut handler)?;
+            let pass = consume(&*ring, ring.cpu, &mut self.scratch, max - total, publish_every, handler)?;
             ring.lost += pass.lost;
             total += pass.records;
             if pass.stopped || total >= max {

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use crate::stats::Fill;
 use crate::sys::{Epoll, EventFd};
-use crate::{Error, EventSource, Item, PerfBuffer, Record, RingBuffer};
+use crate::{Error, EventSource, Failure, Flow, HandlerError, Item, PerfBuffer, Record, RingBuffer};
 
 /// Something the [`Poller`] can wait on and read.
 pub trait Source {
@@ -174,9 +174,12 @@ impl Default for SourceOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SourceId(pub(crate) usize);
 
+/// A handler's verdict, type-erased: go on, stop, or fail.
+type Verdict = Result<ControlFlow<()>, HandlerError>;
+
 struct Entry<'a> {
     source: &'a mut dyn Source,
-    handler: Box<dyn FnMut(Item<'_>) + 'a>,
+    handler: Box<dyn FnMut(Item<'_>) -> Verdict + 'a>,
     options: SourceOptions,
     id: SourceId,
 }
@@ -216,6 +219,8 @@ pub struct Poller<'a> {
     entries: Vec<Entry<'a>>,
     ready: Vec<u64>,
     stopped: bool,
+    /// The source whose handler stopped the last poll or consume.
+    stopped_by: Option<SourceId>,
     stats: PollStats,
 }
 
@@ -231,25 +236,47 @@ impl<'a> Poller<'a> {
         let epoll = Epoll::new()?;
         let waker = Arc::new(EventFd::new()?);
         epoll.add(waker.as_fd(), WAKER_TOKEN)?;
-        Ok(Poller { epoll, waker, entries: Vec::new(), ready: Vec::new(), stopped: false, stats: PollStats::default() })
+        Ok(Poller {
+            epoll,
+            waker,
+            entries: Vec::new(),
+            ready: Vec::new(),
+            stopped: false,
+            stopped_by: None,
+            stats: PollStats::default(),
+        })
     }
 
     /// Adds a source with default options; `handler` receives its records and loss reports.
-    /// Both may borrow local state for `'a`.
-    pub fn add(&mut self, source: &'a mut dyn Source, handler: impl FnMut(Item<'_>) + 'a) -> Result<SourceId, Error> {
+    /// Both may borrow local state for `'a`. The handler returns `()`, or a [`Flow`] that stops
+    /// the poll after this item ([`stopped_by`](Self::stopped_by) then names the source) or
+    /// fails it ([`Error::Handler`]).
+    pub fn add<F: Flow>(
+        &mut self,
+        source: &'a mut dyn Source,
+        handler: impl FnMut(Item<'_>) -> F + 'a,
+    ) -> Result<SourceId, Error> {
         self.add_with(source, SourceOptions::default(), handler)
     }
 
     /// Adds a source with a priority and batch size.
-    pub fn add_with(
+    pub fn add_with<F: Flow>(
         &mut self,
         source: &'a mut dyn Source,
         options: SourceOptions,
-        handler: impl FnMut(Item<'_>) + 'a,
+        mut handler: impl FnMut(Item<'_>) -> F + 'a,
     ) -> Result<SourceId, Error> {
         let id = SourceId(self.entries.len());
         self.epoll.add_edge_triggered(source.poll_fd(), id.0 as u64)?;
-        self.entries.push(Entry { source, handler: Box::new(handler), options, id });
+        let handler = Box::new(move |item: Item<'_>| -> Verdict {
+            let flow = handler(item);
+            match (flow.is_stop(), flow.into_error()) {
+                (_, Some(error)) => Err(error),
+                (true, None) => Ok(ControlFlow::Break(())),
+                (false, None) => Ok(ControlFlow::Continue(())),
+            }
+        });
+        self.entries.push(Entry { source, handler, options, id });
         // Stable: equal priorities keep their insertion order.
         self.entries.sort_by_key(|e| std::cmp::Reverse(e.options.priority));
         Ok(id)
@@ -260,14 +287,22 @@ impl<'a> Poller<'a> {
         Waker(Arc::clone(&self.waker))
     }
 
-    /// Whether a [`Waker`] has asked this poller to stop.
+    /// Whether a [`Waker`] has asked this poller to stop, or a handler stopped the last poll.
     pub fn is_stopped(&self) -> bool {
-        self.stopped
+        self.stopped || self.stopped_by.is_some()
+    }
+
+    /// The source whose handler stopped the last [`poll`](Self::poll) or
+    /// [`consume`](Self::consume) (`None`: it served every source).
+    pub fn stopped_by(&self) -> Option<SourceId> {
+        self.stopped_by
     }
 
     /// Waits up to `timeout` (`None`: until a source signals or the waker fires), then serves
-    /// every source by priority. Returns the number of records handled. A signal interrupting
-    /// the wait (EINTR) is not an error.
+    /// every source by priority. Returns the number of records handled; why it returned is
+    /// [`is_stopped`](Self::is_stopped) (the waker) and [`stopped_by`](Self::stopped_by) (a
+    /// handler), or the error of a handler that failed ([`Error::Handler`]). A signal
+    /// interrupting the wait (EINTR) is not an error.
     pub fn poll(&mut self, timeout: Option<Duration>) -> Result<usize, Error> {
         let ready_now = self.entries.iter().any(|e| e.source.ready_now());
         self.epoll.wait(if ready_now { Some(Duration::ZERO) } else { timeout }, &mut self.ready)?;
@@ -286,17 +321,21 @@ impl<'a> Poller<'a> {
         self.consume()
     }
 
-    /// Serves every source once, by priority, without blocking.
+    /// Serves every source once, by priority, without blocking (until a handler stops).
     pub fn consume(&mut self) -> Result<usize, Error> {
+        self.stopped_by = None;
         let mut total = 0;
         for i in 0..self.entries.len() {
             total += self.serve(i)?;
             // Strict priority: higher-priority sources get another turn before lower ones.
             let priority = self.entries[i].options.priority;
             for j in 0..i {
-                if self.entries[j].options.priority > priority {
+                if self.entries[j].options.priority > priority && self.stopped_by.is_none() {
                     total += self.serve(j)?;
                 }
+            }
+            if self.stopped_by.is_some() {
+                break;
             }
         }
         Ok(total)
@@ -304,26 +343,46 @@ impl<'a> Poller<'a> {
 
     fn serve(&mut self, index: usize) -> Result<usize, Error> {
         let entry = &mut self.entries[index];
-        entry.source.consume_items(entry.options.batch, &mut entry.handler)
+        let mut failure = Failure::default();
+        let handler = &mut entry.handler;
+        let mut stopped = false;
+        let served = entry.source.consume_until(entry.options.batch, &mut |item: Item<'_>| {
+            let flow = failure.check(handler(item));
+            stopped |= flow.is_break();
+            flow
+        });
+        if stopped {
+            self.stopped_by = Some(entry.id);
+        }
+        failure.result(served)
     }
 
     /// Polls (each wait at most `max_delay`, the bound on delivery delay) until a [`Waker`]
     /// fires, then drains every source. Returns the number of records handled.
+    /// A handler that stops it ends it at once, without the drain.
     pub fn run(&mut self, max_delay: Duration) -> Result<usize, Error> {
         let mut total = 0;
         while !self.stopped {
             total += self.poll(Some(max_delay))?;
+            if self.stopped_by.is_some() {
+                return Ok(total);
+            }
         }
         Ok(total + self.drain()?)
     }
 
-    /// Hands over everything still buffered in every source (highest priority first).
+    /// Hands over everything still buffered in every source (highest priority first). The
+    /// drain goes on past a handler that stops; the first handler error is returned at the end.
     pub fn drain(&mut self) -> Result<usize, Error> {
         let mut total = 0;
+        let mut failure = Failure::default();
         for entry in &mut self.entries {
-            total += entry.source.drain_items(&mut entry.handler)?;
+            let handler = &mut entry.handler;
+            total += entry.source.drain_items(&mut |item: Item<'_>| {
+                let _ = failure.check(handler(item));
+            })?;
         }
-        Ok(total)
+        failure.result(Ok(total))
     }
 
     /// Waits and wakeups so far.
@@ -384,6 +443,39 @@ mod tests {
             Item::Record(r) => u32::from_ne_bytes(r.data.try_into().unwrap()),
             Item::Lost(_) => panic!("no losses here"),
         }
+    }
+
+    #[test]
+    fn a_handler_stops_or_fails_a_poll_and_says_so() {
+        let (mut a, _) = Queue::new([1, 2, 3]);
+        let (mut b, _) = Queue::new([10, 20]);
+        let seen = RefCell::new(Vec::new());
+        {
+            let mut poller = Poller::new().unwrap();
+            let stopper = poller
+                .add(&mut a, |item: Item<'_>| {
+                    seen.borrow_mut().push(value(item));
+                    if value(item) == 2 {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })
+                .unwrap();
+            poller.add(&mut b, |item: Item<'_>| seen.borrow_mut().push(value(item))).unwrap();
+            assert_eq!(poller.consume().unwrap(), 2);
+            assert_eq!((poller.stopped_by(), poller.is_stopped()), (Some(stopper), true));
+            assert_eq!(poller.consume().unwrap(), 3, "the next pass goes on");
+            assert_eq!(poller.stopped_by(), None);
+        }
+        assert_eq!(seen.into_inner(), [1, 2, 3, 10, 20]);
+
+        let (mut c, rest) = Queue::new([7, 8, 9]);
+        let mut poller = Poller::new().unwrap();
+        poller.add(&mut c, |item: Item<'_>| if value(item) == 8 { Err("no room for 8") } else { Ok(()) }).unwrap();
+        let err = poller.poll(Some(Duration::ZERO)).unwrap_err();
+        assert_eq!(err.to_string(), "the handler failed: no room for 8");
+        assert_eq!(rest.borrow().iter().copied().collect::<Vec<_>>(), [9]);
     }
 
     #[test]

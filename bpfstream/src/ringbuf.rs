@@ -40,7 +40,7 @@ use crate::ownership::RingClaim;
 use crate::scan;
 use crate::stats::Fill;
 use crate::sys::{self, map_type, Epoll, Mmap};
-use crate::{Error, Flow, WakeupPolicy};
+use crate::{Error, Failure, Flow, WakeupPolicy};
 
 /// Set in a record's length while the producer still owns it (`BPF_RINGBUF_BUSY_BIT`).
 pub const BUSY_BIT: u32 = 1 << 31;
@@ -328,7 +328,9 @@ impl RingBuffer {
 
     /// Like [`consume`](Self::consume), but hands over at most `max` records.
     pub fn consume_n<F: Flow>(&mut self, max: usize, mut handler: impl FnMut(&[u8]) -> F) -> Result<usize, Error> {
-        Ok(consume(&self.ring, max, self.publish_every, &mut handler)?.records)
+        let mut failure = Failure::default();
+        let pass = consume(&self.ring, max, self.publish_every, &mut |data: &[u8]| failure.check(handler(data)));
+        failure.result(pass.map(|pass| pass.records))
     }
 
     /// Consumes what is in the ring, first waiting up to `timeout` (`None`: forever) for the

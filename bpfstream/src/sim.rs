@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::perfbuf::{self, PerfMemory};
 use crate::ringbuf::{self, RingMemory, RingStats, BUSY_BIT, DISCARD_BIT, HEADER_SIZE};
-use crate::{Error, Flow, Item};
+use crate::{Error, Failure, Flow, Item};
 
 /// 8-byte aligned, zeroed memory.
 fn aligned(bytes: usize) -> Box<[AtomicU64]> {
@@ -234,7 +234,9 @@ impl SimRingConsumer<'_> {
 
     /// As [`crate::RingBuffer::consume_n`].
     pub fn consume_n<F: Flow>(&mut self, max: usize, mut handler: impl FnMut(&[u8]) -> F) -> Result<usize, Error> {
-        Ok(ringbuf::consume(self.ring, max, self.publish_every, &mut handler)?.records)
+        let mut failure = Failure::default();
+        let pass = ringbuf::consume(self.ring, max, self.publish_every, &mut |r: &[u8]| failure.check(handler(r)));
+        failure.result(pass.map(|pass| pass.records))
     }
 
     /// Publish the consumer position every `bytes` within a batch (default: a quarter ring).
@@ -364,7 +366,10 @@ impl SimPerf {
         mut handler: impl FnMut(Item<'_>) -> F,
     ) -> Result<usize, Error> {
         let publish_every = (self.size as u64 / 4).max(8);
-        Ok(perfbuf::consume(&*self, 0, scratch, usize::MAX, publish_every, &mut handler)?.records)
+        let mut failure = Failure::default();
+        let mut check = |item: Item<'_>| failure.check(handler(item));
+        let pass = perfbuf::consume(&*self, 0, scratch, usize::MAX, publish_every, &mut check);
+        failure.result(pass.map(|pass| pass.records))
     }
 
     /// Bytes written and not yet consumed.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::accounting::DropCounters;
 use crate::stats::{Fill, Stats, StatsHandle};
 use crate::sys::{self, map_type};
-use crate::{Error, Flow, Item, Lost, PerfBuffer, PerfOptions, Record, RingBuffer, WakeupPolicy};
+use crate::{Error, Failure, Flow, Item, Lost, PerfBuffer, PerfOptions, Record, RingBuffer, WakeupPolicy};
 
 /// Which kind of buffer carries the events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -229,12 +229,14 @@ impl EventSource {
 
     /// Like [`consume`](Self::consume), at most `max` records.
     pub fn consume_n<F: Flow>(&mut self, max: usize, mut handler: impl FnMut(Item<'_>) -> F) -> Result<usize, Error> {
+        let mut failure = Failure::default();
+        let mut handler = |item: Item<'_>| failure.check(handler(item));
         self.stats.note_fill(Some(self.fill()));
         let n = self.consume_buffer(max, &mut handler);
         let due = self.last_counter_read.is_none_or(|t| t.elapsed() >= self.counter_interval);
         let counted = if n.is_ok() && due { self.report_counter_drops(&mut handler) } else { Ok(()) };
         self.publish_stats();
-        counted.and(n)
+        failure.result(counted.and(n))
     }
 
     /// Waits up to `timeout` for data, then consumes. The timeout also bounds how long a record
@@ -273,16 +275,27 @@ impl EventSource {
 
     /// Drains everything buffered, reads the drop counters one last time and returns the final
     /// totals. Call it after detaching the producers: then `delivered + dropped == produced`.
+    /// A handler that stops ends the drain early (the totals so far); one that fails, with its
+    /// error.
     pub fn finish<F: Flow>(&mut self, mut handler: impl FnMut(Item<'_>) -> F) -> Result<Totals, Error> {
+        let mut failure = Failure::default();
+        let stopped = std::cell::Cell::new(false);
+        let mut handler = |item: Item<'_>| {
+            let flow = failure.check(handler(item));
+            stopped.set(flow.is_break());
+            flow
+        };
         let drained = loop {
             match self.consume_buffer(usize::MAX, &mut handler) {
                 Ok(0) => break self.report_counter_drops(&mut handler),
+                // The handler stopped (or failed): what it has not taken stays.
+                Ok(_) if stopped.get() => break Ok(()),
                 Ok(_) => {}
                 Err(e) => break Err(e),
             }
         };
         self.publish_stats();
-        drained.map(|()| self.totals)
+        failure.result(drained.map(|()| self.totals))
     }
 
     /// The final drain, once the producers are detached and no program can still be running

@@ -218,9 +218,10 @@ impl<E: FromRecord> Decode for Typed<E> {
 ///     Event::Malformed(_) => malformed += 1,
 ///     Event::Lost(_) => {}
 /// });
-/// ring.consumer().consume(|data: &[u8]| handler(Item::Record(Record { data, cpu: None }))).unwrap();
+/// ring.consumer()?.consume(|data: &[u8]| handler(Item::Record(Record { data, cpu: None })))?;
 /// drop(handler);
 /// assert_eq!((sum, malformed), (7, 1));
+/// # Ok::<(), bpfstream::Error>(())
 /// ```
 pub fn decoding<D: Decode, F: Flow>(
     mut decoder: D,

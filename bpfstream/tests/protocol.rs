@@ -470,3 +470,45 @@ proptest! {
         prop_assert!(perf.available() == head.wrapping_sub(tail) || perf.available() <= size as u64);
     }
 }
+
+/// A handler that fails stops the consumer: its error comes back as `Error::Handler`, the
+/// records up to and including the failing one are consumed, the rest stay.
+#[test]
+fn a_failing_handler_stops_the_consumer_with_its_error() {
+    let ring = SimRing::new(4096);
+    for i in 0..6u8 {
+        ring.output(&[i]).unwrap();
+    }
+    let mut seen = Vec::new();
+    let err = ring
+        .consumer()
+        .unwrap()
+        .consume(|r: &[u8]| {
+            seen.push(r[0]);
+            if r[0] == 2 {
+                return Err(std::io::Error::other("disk full"));
+            }
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::Handler(_)), "{err}");
+    assert_eq!(err.to_string(), "the handler failed: disk full");
+    assert_eq!(seen, [0, 1, 2]);
+    assert_eq!(drain_ring(&ring).unwrap(), vec![vec![3], vec![4], vec![5]]);
+
+    let mut perf = SimPerf::new(4096);
+    for i in 0..4u8 {
+        assert!(perf.output(&[i; 4]));
+    }
+    let mut count = 0;
+    let result = perf.consume(&mut Vec::new(), |_: Item<'_>| -> Result<ControlFlow<()>, String> {
+        count += 1;
+        if count == 2 {
+            Err("bad record".into())
+        } else {
+            Ok(ControlFlow::Continue(()))
+        }
+    });
+    assert_eq!(result.unwrap_err().to_string(), "the handler failed: bad record");
+    assert_eq!(drain_perf(&mut perf).unwrap(), vec![Ok(vec![2; 4]), Ok(vec![3; 4])]);
+}

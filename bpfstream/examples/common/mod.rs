@@ -15,8 +15,8 @@ use aya::{include_bytes_aligned, Ebpf, EbpfLoader};
 use bpfstream::accounting::{STATS_MAP, WAKEUP_ARG_GLOBAL, WAKEUP_POLICY_GLOBAL};
 use bpfstream::{DropCounters, EventSource, PerfOptions, Transport, WakeupPolicy};
 
-static PING_RING: &[u8] = include_bytes_aligned!("../../../bpf/obj/ping.ring.bpf.o");
-static PING_PERF: &[u8] = include_bytes_aligned!("../../../bpf/obj/ping.perf.bpf.o");
+static PING_RING: &[u8] = include_bytes_aligned!("../obj/ping.ring.bpf.o");
+static PING_PERF: &[u8] = include_bytes_aligned!("../obj/ping.perf.bpf.o");
 
 /// Largest payload a ping carries (`PING_DATA_MAX` in `bpf/ping.h`).
 pub const PING_DATA_MAX: u32 = 4096;
