@@ -298,7 +298,8 @@ fn kafka_down_at_start_is_an_error_or_a_wait() {
 
 /// The broker is killed in the middle of the stream and a new one takes its place a second
 /// later (tansu's memory storage: it comes back empty, and the topic is created again). Every
-/// event is exported or in export_failed, and the new broker holds no seq twice.
+/// event is exported or in export_failed (what librdkafka still held at the final flush's
+/// deadline is unflushed), and the new broker holds no seq twice.
 #[test]
 fn kafka_restart_mid_stream_leaves_nothing_unaccounted() {
     let Some(_kernel) = kernel_test() else { return };
