@@ -3,7 +3,7 @@
 //! says the partition leader and its in-sync replicas have it. A missing topic is an error
 //! unless `create=true`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -55,7 +55,10 @@ impl Settings {
 
 /// Produces to one topic.
 pub(crate) struct KafkaPublisher {
-    producer: FutureProducer,
+    producer: Mutex<FutureProducer>,
+    /// To make a new producer after a fatal error (an idempotent producer gives up for good
+    /// when, for example, a broker that lost its state comes back).
+    client: ClientConfig,
     topic: Arc<str>,
     identity: Arc<Identity>,
 }
@@ -78,7 +81,24 @@ impl KafkaPublisher {
             }
             create_topic(&settings, topic).await?;
         }
-        Ok(KafkaPublisher { producer, topic: topic.as_str().into(), identity: Arc::new(config.identity.clone()) })
+        Ok(KafkaPublisher {
+            producer: Mutex::new(producer),
+            client: settings.client,
+            topic: topic.as_str().into(),
+            identity: Arc::new(config.identity.clone()),
+        })
+    }
+
+    /// The producer, replaced by a new one if it hit a fatal error: retried events keep their
+    /// `seq`, so that consumers drop what both producers delivered.
+    fn producer(&self) -> FutureProducer {
+        let mut producer = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
+        if producer.client().fatal_error().is_some() {
+            if let Ok(fresh) = self.client.create() {
+                *producer = fresh;
+            }
+        }
+        producer.clone()
     }
 }
 
@@ -140,7 +160,7 @@ impl Publisher for KafkaPublisher {
             .insert(header("seq", &seq));
         let record =
             FutureRecord::to(&self.topic).key(id.host.as_bytes()).payload(message.payload.as_ref()).headers(headers);
-        match self.producer.send_result(record) {
+        match self.producer().send_result(record) {
             Ok(delivery) => Box::pin(async move {
                 match delivery.await {
                     Ok(Ok(_)) => Ok(()),
