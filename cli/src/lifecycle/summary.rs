@@ -139,7 +139,8 @@ impl Summary {
         }
         let unexported = self.export.as_ref().map_or(0, |export| export.unaccounted(self.events));
         if unexported != 0 {
-            let text = format!("warning: {unexported} delivered events are neither exported nor counted as export_failed\n");
+            let text =
+                format!("warning: {unexported} delivered events are neither exported nor counted as export_failed\n");
             err.write_by(text.into_bytes(), self.ending.summary_deadline());
         }
         match out.error() {
