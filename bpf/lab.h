@@ -43,8 +43,22 @@ struct lab_burst {
 	__u32 tid;
 };
 
-/* Whether `ctx` is a trigger of the lab's process; if so, fills `b` and returns the count. */
-static __always_inline __u64 lab_trigger(struct trace_event_raw_sys_enter *ctx, struct lab_burst *b)
+/*
+ * Whether `ctx` is a trigger of the lab's process; if so, fills `b` and returns the count.
+ * A syscalls/sys_enter_* record is `struct syscall_trace_enter` (common header, int nr, args),
+ * not raw_syscalls' `trace_event_raw_sys_enter` (header, long id, args): the two agree only
+ * where the common header is 8 bytes. PREEMPT_RT's (6.1) is 12, so there nr is at 12 and args
+ * at 16, and the raw_syscalls layout reads past the record (attach fails with EACCES). CO-RE
+ * relocates these fields to the running kernel's layout (`args` with a size here: aya rejects
+ * an index into the kernel's `args[0]` on the program's side).
+ */
+struct syscall_trace_enter___lab {
+	struct trace_entry ent;
+	int nr;
+	unsigned long args[6];
+} __attribute__((preserve_access_index));
+
+static __always_inline __u64 lab_trigger(struct syscall_trace_enter___lab *ctx, struct lab_burst *b)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u64 count;

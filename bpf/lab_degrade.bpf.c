@@ -24,7 +24,7 @@ static long emit_one(__u64 index, void *data)
 }
 
 SEC("tracepoint/syscalls/sys_enter_prctl")
-int lab_degrade_burst(struct trace_event_raw_sys_enter *ctx)
+int lab_degrade_burst(struct syscall_trace_enter___lab *ctx)
 {
 	struct lab_burst b;
 	__u64 count = lab_trigger(ctx, &b);

@@ -27,7 +27,7 @@ static long emit_one(__u64 index, void *data)
 }
 
 SEC("tracepoint/syscalls/sys_enter_prctl")
-int lab_burst(struct trace_event_raw_sys_enter *ctx)
+int lab_burst(struct syscall_trace_enter___lab *ctx)
 {
 	struct lab_burst b;
 	__u64 count = lab_trigger(ctx, &b);
@@ -38,7 +38,7 @@ int lab_burst(struct trace_event_raw_sys_enter *ctx)
 }
 
 SEC("tracepoint/syscalls/sys_exit_openat")
-int lab_failed_open(struct trace_event_raw_sys_exit *ctx)
+int lab_failed_open(struct syscall_trace_exit *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 

@@ -89,7 +89,7 @@ fn load(file: &str, bytes: &[u8], policy: WakeupPolicy) -> Result<Ebpf> {
     if file.contains(".ring.") {
         loader.map_max_entries("events", 64 << 10);
     }
-    loader.load(bytes).map_err(|e| anyhow!("{e:#}"))
+    loader.load(bytes).map_err(|e| anyhow!("{e:?}")) // Debug: aya's Display hides the cause
 }
 
 /// Verifies and attaches `program` where `section` says.

@@ -11,6 +11,11 @@ pub fn scaled(timeout: Duration) -> Duration {
     timeout.mul_f64(factor())
 }
 
+/// Whether the timeouts are stretched (a slow machine, where speed is not judged at all).
+pub fn is_scaled() -> bool {
+    factor() > 1.0
+}
+
 /// The instant `timeout` (scaled) from now.
 pub fn deadline(timeout: Duration) -> Instant {
     Instant::now() + scaled(timeout)

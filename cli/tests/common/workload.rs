@@ -87,6 +87,14 @@ impl Workload {
             // SAFETY: in the child: raw syscalls on live data, then _exit without unwinding.
             unsafe { child(fds[0], &comm, cwd.as_ref(), &steps, results) }
         }
+        // One CPU for the child: a perf buffer is per CPU, so its records then come out in the
+        // order it made its syscalls (a child that migrates has them come out grouped by CPU).
+        // SAFETY: a zeroed cpu_set_t with CPU 0 set, applied to our own child.
+        unsafe {
+            let mut cpu0: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut cpu0);
+            assert_eq!(libc::sched_setaffinity(pid, std::mem::size_of_val(&cpu0), &cpu0), 0);
+        }
         // SAFETY: closing the read end in the parent; the write end becomes the `go` fd.
         unsafe { libc::close(fds[0]) };
         // SAFETY: fds[1] is ours and open.
