@@ -2,6 +2,7 @@
 //! events, so a missing privilege is one clear line that names the capability, instead of an
 //! EPERM from deep inside. CAP_SYS_ADMIN stands in for both, as on kernels before 5.8.
 
+const CAP_IPC_LOCK: u32 = 14;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -51,4 +52,32 @@ pub fn eperm_hint() -> String {
         Some(_) => " (CAP_BPF and CAP_PERFMON are there: the kernel's lockdown or a security module refuses it)".into(),
         None => " (run as root, or grant CAP_BPF and CAP_PERFMON)".into(),
     }
+}
+
+/// The most perf buffer memory per CPU this process can map: without CAP_IPC_LOCK the kernel
+/// lets a user lock `perf_event_mlock_kb` per CPU (516 KiB by default) for perf buffers, data
+/// and one metadata page (`perf_mmap()`; beyond it RLIMIT_MEMLOCK applies). `None`: no limit.
+pub fn perf_buffer_budget() -> Option<u64> {
+    let caps = effective_caps()?;
+    if caps & (1 << CAP_IPC_LOCK) != 0 {
+        return None;
+    }
+    let kb: u64 = std::fs::read_to_string("/proc/sys/kernel/perf_event_mlock_kb").ok()?.trim().parse().ok()?;
+    let data = (kb * 1024).checked_sub(bpfstream::page_size() as u64)?;
+    Some(prev_power_of_two(data.max(bpfstream::page_size() as u64)))
+}
+
+/// Explains an EPERM from mapping perf buffers of `per_cpu` bytes.
+pub fn perf_mmap_hint(per_cpu: u64) -> String {
+    let budget = perf_buffer_budget().map_or(String::new(), |b| format!(" (here {})", crate::size::human_bytes(b)));
+    format!(
+        "perf buffers of {} per CPU are more memory than this user may lock for perf events \
+         (/proc/sys/kernel/perf_event_mlock_kb per CPU, then RLIMIT_MEMLOCK): give a smaller --buffer-size{budget}, \
+         or grant CAP_IPC_LOCK",
+        crate::size::human_bytes(per_cpu)
+    )
+}
+
+fn prev_power_of_two(n: u64) -> u64 {
+    1 << (63 - n.leading_zeros())
 }

@@ -163,7 +163,13 @@ fn burst_buffer_size(args: &CommonArgs, budget: BurstBudget) -> u64 {
     // gets the ring's size per CPU, more than it needs.
     let buffers_of =
         if args.buffer == Some(BufferKind::Perf) { 1 } else { bpfstream::online_cpus().map_or(1, |c| c.len()) };
-    one_cpu.saturating_mul(buffers_of as u64).next_power_of_two().clamp(DEFAULT_BUFFER_SIZE, MAX_DEFAULT_BUFFER)
+    let size =
+        one_cpu.saturating_mul(buffers_of as u64).next_power_of_two().clamp(DEFAULT_BUFFER_SIZE, MAX_DEFAULT_BUFFER);
+    match crate::privileges::perf_buffer_budget() {
+        // Without CAP_IPC_LOCK, perf buffers must fit what the user may lock.
+        Some(budget) if args.buffer == Some(BufferKind::Perf) => size.min(budget),
+        _ => size,
+    }
 }
 
 /// How to set up the buffer.

@@ -193,12 +193,22 @@ fn program_mut<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::program
     bpf.program_mut(name).ok_or_else(|| anyhow!("BPF object has no program {name}"))
 }
 
+fn events_are_perf(map: &Map) -> bool {
+    matches!(map, Map::PerfEventArray(_))
+}
+
 /// The event stream of a loaded object: its `events` map with its drop counters.
 pub fn open_source(bpf: &Ebpf, options: &BufferOptions) -> Result<EventSource> {
     let events = bpf.map(EVENTS_MAP).ok_or_else(|| anyhow!("BPF object has no {EVENTS_MAP} map"))?;
     let fd = map_fd(events)?;
     let perf_pages = (options.size as usize / bpfstream::page_size()).max(1);
-    let mut source = EventSource::open(fd, PerfOptions { pages_per_cpu: perf_pages, wakeup: options.perf_wakeup })?;
+    let mut source = match EventSource::open(fd, PerfOptions { pages_per_cpu: perf_pages, wakeup: options.perf_wakeup })
+    {
+        Err(e) if e.is_permission_denied() && events_are_perf(events) => {
+            bail!(crate::privileges::perf_mmap_hint(options.size))
+        }
+        opened => opened?,
+    };
     source.expect_wakeups(options.ring_wakeup);
     let stats = bpf.map(STATS_MAP).ok_or_else(|| anyhow!("BPF object has no {STATS_MAP} map"))?;
     Ok(source.with_counters(DropCounters::new(map_fd(stats)?)?))

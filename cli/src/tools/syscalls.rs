@@ -36,7 +36,7 @@ bpfstream::record! {
     }
 }
 
-/// What the default buffer holds without a read: 65,536 records per CPU (8 MiB of ring on two
+/// What the default buffer holds without a read: 65,536 records per CPU (16 MiB of ring on two
 /// CPUs), a storm of the cheapest syscalls on every CPU for about 40 ms.
 const BURST: BurstBudget = BurstBudget { record_bytes: std::mem::size_of::<SyscallEvent>() as u64, records: 1 << 16 };
 
