@@ -134,6 +134,11 @@ impl Queue {
         ends.push(self.buffered.load(Ordering::Relaxed));
     }
 
+    /// Bytes the tracer's output holds that were not handed to the queue yet.
+    pub fn buffered(&self) -> usize {
+        self.buffered.load(Ordering::Relaxed)
+    }
+
     /// The ends of the events given to the sink since the last flush (offsets in the next
     /// chunk).
     pub fn note_events(&self, ends: &mut Vec<usize>) {

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aya::maps::Map;
-use aya::programs::TracePoint;
+use aya::programs::RawTracePoint;
 use aya::{include_bytes_aligned, Ebpf, EbpfLoader};
 use bpfstream::{Item, PerfBuffer, PerfOptions, Poller, RingBuffer};
 use common::*;
@@ -16,18 +16,22 @@ use common::*;
 static RING: &[u8] = include_bytes_aligned!("../../bpf/obj/exec.ring.bpf.o");
 static PERF: &[u8] = include_bytes_aligned!("../../bpf/obj/exec.perf.bpf.o");
 
-/// The exec tracer's object, filtered in the kernel to execs whose comm is `comm`, attached.
+/// The exec tracer's object, filtered in the kernel to execs whose comm is `comm`, with its
+/// successful-exec program attached (the failed-exec ones are not needed here).
 fn exec_object(object: &[u8], comm: &str) -> Ebpf {
     let mut targ = [0u8; 16];
     targ[..comm.len()].copy_from_slice(comm.as_bytes());
     let mut bpf = EbpfLoader::new()
+        // The in-flight execve map is task storage, which aya has no userspace type for.
+        .allow_unsupported_maps()
         .override_global("filter_comm", &1u8, true)
+        .override_global("targ_comm_len", &(comm.len() as u32), true)
         .override_global("targ_comm", &targ, true)
         .load(object)
         .expect("load exec object");
-    let prog: &mut TracePoint = bpf.program_mut("handle_exec").unwrap().try_into().unwrap();
+    let prog: &mut RawTracePoint = bpf.program_mut("handle_exec").unwrap().try_into().unwrap();
     prog.load().unwrap();
-    prog.attach("sched", "sched_process_exec").unwrap();
+    prog.attach("sched_process_exec").unwrap();
     bpf
 }
 

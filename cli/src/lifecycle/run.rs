@@ -39,6 +39,9 @@ pub trait Sink {
     }
 }
 
+/// Most output one chunk of the stdout queue holds (well below `writer::MAX_QUEUED`).
+const CHUNK_BYTES: usize = 1 << 20;
+
 /// A sink and what it was given: where each record's output ends since the last batch, and
 /// its first error.
 pub(super) struct Feed<'a> {
@@ -59,6 +62,11 @@ impl Feed<'_> {
             Ok(()) => {
                 if record {
                     self.queue.note_event_end(&mut self.ends);
+                }
+                if self.queue.buffered() >= CHUNK_BYTES {
+                    // A large buffer lends batches of many MiB of records, whose lines would
+                    // make one chunk larger than the queue takes: hand them over in pieces.
+                    self.end_batch();
                 }
                 ControlFlow::Continue(())
             }

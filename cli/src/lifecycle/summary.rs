@@ -116,6 +116,12 @@ impl Summary {
         s
     }
 
+    /// Waits, until the stop's deadline at most, for what a tool wrote to stdout after the run
+    /// (a final table) to be written; for tools that print no summary object of their own.
+    pub fn settle_output(&self) {
+        stdout_queue().drain_by(self.ending.summary_deadline());
+    }
+
     /// Prints the summary (JSON on stdout, or text on stderr; on stderr too when stdout cannot
     /// take it in time) plus a warning if the accounting does not add up. Waits for the output
     /// until the stop's deadlines at most. Fails when stdout failed for another reason than a

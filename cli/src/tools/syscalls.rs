@@ -372,6 +372,7 @@ pub fn run(args: SyscallsArgs) -> Result<()> {
     };
     match counted {
         Some(counted) if !json => {
+            summary.settle_output();
             eprintln_lossy!("{counted} syscalls counted in the kernel in {:.1} s{extra}", summary.elapsed.as_secs_f64())
         }
         _ => summary.print(
