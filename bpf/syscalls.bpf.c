@@ -163,7 +163,7 @@ static __always_inline void count_call(__u32 pid, __s64 nr, __s64 ret, __u64 dur
 {
 	__u32 key = by_process ? pid : (__u32)nr;
 	struct syscall_stats *row = stats_row(key);
-	__u32 bucket;
+	__u64 bucket;
 
 	if (!row) {
 		add_unbucketed(key, ret, duration);
@@ -171,6 +171,9 @@ static __always_inline void count_call(__u32 pid, __s64 nr, __s64 ret, __u64 dur
 	}
 	add_call(&row->counts, ret, duration);
 	bucket = hist_bucket(duration);
+	/* A 64-bit index tested in the register that indexes: 6.1's verifier lost the bound of a
+	 * 32-bit copy made before the test. */
+	bpfstream_opaque(bucket);
 	if (bucket < SYSCALL_HIST_BUCKETS)
 		row->buckets[bucket]++;
 }

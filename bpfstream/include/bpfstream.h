@@ -183,6 +183,14 @@ static __always_inline void *bpfstream_scratch(void)
 	return scratch;
 }
 
+/*
+ * Makes `v` opaque to clang at this point (no instruction is emitted). bpfstream_output tests a
+ * length's two bounds on either side of it, so clang cannot fold `len > 0 && len <= MAX` into one
+ * test of `len - 1`, whose bound verifiers before Linux 6.10 do not carry back to `len` (the
+ * send was rejected on 6.1).
+ */
+#define bpfstream_opaque(v) asm volatile("" : "+r"(v))
+
 #ifndef BPFSTREAM_PERF
 /* Wakeup flags for the record of `size` payload bytes being committed, per the load-time policy. */
 static __always_inline __u64 bpfstream_wakeup_flags(__u64 size)
@@ -285,8 +293,11 @@ static __always_inline long bpfstream_output(void *ctx, void *data, __u64 len)
 	long err = -22; /* -EINVAL */
 
 	bpfstream_count_produced();
-	if (len > 0 && len <= BPFSTREAM_SCRATCH_SIZE)
-		err = bpf_ringbuf_output(&BPFSTREAM_EVENTS, data, len, bpfstream_wakeup_flags(len));
+	if (len != 0) {
+		bpfstream_opaque(len);
+		if (len <= BPFSTREAM_SCRATCH_SIZE)
+			err = bpf_ringbuf_output(&BPFSTREAM_EVENTS, data, len, bpfstream_wakeup_flags(len));
+	}
 	bpfstream_scratch_release();
 	if (err)
 		bpfstream_count_dropped();
@@ -309,8 +320,11 @@ static __always_inline long bpfstream_output(void *ctx, void *data, __u64 len)
 	long err = -22; /* -EINVAL */
 
 	bpfstream_count_produced();
-	if (len > 0 && len <= BPFSTREAM_SCRATCH_SIZE)
-		err = bpf_perf_event_output(ctx, &BPFSTREAM_EVENTS, BPF_F_CURRENT_CPU, data, len);
+	if (len != 0) {
+		bpfstream_opaque(len);
+		if (len <= BPFSTREAM_SCRATCH_SIZE)
+			err = bpf_perf_event_output(ctx, &BPFSTREAM_EVENTS, BPF_F_CURRENT_CPU, data, len);
+	}
 	bpfstream_scratch_release();
 	if (err)
 		bpfstream_count_dropped();
