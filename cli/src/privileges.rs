@@ -55,16 +55,20 @@ pub fn eperm_hint() -> String {
 }
 
 /// The most perf buffer memory per CPU this process can map: without CAP_IPC_LOCK the kernel
-/// lets a user lock `perf_event_mlock_kb` per CPU (516 KiB by default) for perf buffers, data
-/// and one metadata page (`perf_mmap()`; beyond it RLIMIT_MEMLOCK applies). `None`: no limit.
+/// lets a user lock `perf_event_mlock_kb` (516 KiB by default) for perf buffers, data and one
+/// metadata page each (`perf_mmap()`; beyond it RLIMIT_MEMLOCK applies, which may be small).
+/// Kernels differ on whether that allowance is per CPU, so the budget takes it for all CPUs'
+/// buffers together. `None`: no limit.
 pub fn perf_buffer_budget() -> Option<u64> {
     let caps = effective_caps()?;
     if caps & (1 << CAP_IPC_LOCK) != 0 {
         return None;
     }
     let kb: u64 = std::fs::read_to_string("/proc/sys/kernel/perf_event_mlock_kb").ok()?.trim().parse().ok()?;
-    let data = (kb * 1024).checked_sub(bpfstream::page_size() as u64)?;
-    Some(prev_power_of_two(data.max(bpfstream::page_size() as u64)))
+    let cpus = bpfstream::online_cpus().map_or(1, |c| c.len().max(1)) as u64;
+    let page = bpfstream::page_size() as u64;
+    let data = (kb * 1024 / cpus).saturating_sub(page);
+    Some(prev_power_of_two(data.max(page)))
 }
 
 /// Explains an EPERM from mapping perf buffers of `per_cpu` bytes.

@@ -163,13 +163,7 @@ fn burst_buffer_size(args: &CommonArgs, budget: BurstBudget) -> u64 {
     // gets the ring's size per CPU, more than it needs.
     let buffers_of =
         if args.buffer == Some(BufferKind::Perf) { 1 } else { bpfstream::online_cpus().map_or(1, |c| c.len()) };
-    let size =
-        one_cpu.saturating_mul(buffers_of as u64).next_power_of_two().clamp(DEFAULT_BUFFER_SIZE, MAX_DEFAULT_BUFFER);
-    match crate::privileges::perf_buffer_budget() {
-        // Without CAP_IPC_LOCK, perf buffers must fit what the user may lock.
-        Some(budget) if args.buffer == Some(BufferKind::Perf) => size.min(budget),
-        _ => size,
-    }
+    one_cpu.saturating_mul(buffers_of as u64).next_power_of_two().clamp(DEFAULT_BUFFER_SIZE, MAX_DEFAULT_BUFFER)
 }
 
 /// How to set up the buffer.
@@ -194,6 +188,11 @@ impl BufferOptions {
         let (default_size, high_rate) = match rate {
             EventRate::Moderate => (DEFAULT_BUFFER_SIZE, false),
             EventRate::High(budget) => (burst_buffer_size(args, budget), true),
+        };
+        let default_size = match crate::privileges::perf_buffer_budget() {
+            // Without CAP_IPC_LOCK, perf buffers must fit what the user may lock.
+            Some(budget) if args.buffer == Some(BufferKind::Perf) => default_size.min(budget),
+            _ => default_size,
         };
         let size = args.buffer_size.unwrap_or(default_size);
         let default_ring = if high_rate {
