@@ -71,8 +71,22 @@ pub fn perf_buffer_budget() -> Option<u64> {
     Some(prev_power_of_two(data.max(page)))
 }
 
+/// Explains a permission error from opening perf buffers of `per_cpu` bytes.
+pub fn perf_permission_hint(per_cpu: u64) -> String {
+    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid").unwrap_or_default();
+    if paranoid.trim().parse::<i32>().is_ok_and(|p| p > 2) {
+        return format!(
+            "kernel.perf_event_paranoid is {} (a distribution's restriction, e.g. Debian's): perf events need \
+             more than CAP_PERFMON here; use the ring buffer (--buffer ring, the default), run as root, or set \
+             kernel.perf_event_paranoid to 2",
+            paranoid.trim()
+        );
+    }
+    perf_mmap_hint(per_cpu)
+}
+
 /// Explains an EPERM from mapping perf buffers of `per_cpu` bytes.
-pub fn perf_mmap_hint(per_cpu: u64) -> String {
+fn perf_mmap_hint(per_cpu: u64) -> String {
     let budget = perf_buffer_budget().map_or(String::new(), |b| format!(" (here {})", crate::size::human_bytes(b)));
     format!(
         "perf buffers of {} per CPU are more memory than this user may lock for perf events \

@@ -522,7 +522,7 @@ fn least_privilege_is_enough() {
     let Some(_kernel) = kernel_test() else { return };
     let name = "bpfsl-least";
     let probe = probe_binary(&temp_dir("least"), name);
-    for transport in ["ring", "perf"] {
+    for transport in unprivileged_transports() {
         let run = start_least_privileged(&["exec", "--json", "--buffer", transport, "-n", name]);
         assert!(Command::new(&probe).arg("x").status().unwrap().success());
         let finished = run.stop();

@@ -38,7 +38,7 @@ fn trace_as_nobody(tool: &str, args: &[&str], child: Workload) -> Finished {
 #[test]
 fn syscalls_runs_with_cap_bpf_and_cap_perfmon_alone() {
     let Some(_kernel) = kernel_test() else { return };
-    for transport in ["ring", "perf"] {
+    for transport in unprivileged_transports() {
         let child = Workload::spawn("bpfs-lp-sys", None, vec![Step::Getppid(10)]);
         let pid = child.pid().to_string();
         let finished = trace_as_nobody("syscalls", &["--buffer", transport, "--pid", &pid], child);

@@ -248,7 +248,7 @@ fn least_privilege_is_enough() {
     let Some(_kernel) = kernel_test() else { return };
     let dir = temp_dir("open-least");
     let path = dir.join("missing");
-    for transport in ["ring", "perf"] {
+    for transport in unprivileged_transports() {
         let step = open_at(&path);
         let child = Workload::spawn("bpfs-oleast", None, vec![step]);
         let pid = child.pid().to_string();

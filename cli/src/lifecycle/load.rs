@@ -205,7 +205,7 @@ pub fn open_source(bpf: &Ebpf, options: &BufferOptions) -> Result<EventSource> {
     let mut source = match EventSource::open(fd, PerfOptions { pages_per_cpu: perf_pages, wakeup: options.perf_wakeup })
     {
         Err(e) if e.is_permission_denied() && events_are_perf(events) => {
-            bail!(crate::privileges::perf_mmap_hint(options.size))
+            bail!("{}: {e}", crate::privileges::perf_permission_hint(options.size))
         }
         opened => opened?,
     };

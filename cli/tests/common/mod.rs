@@ -67,6 +67,21 @@ pub const LEAST_PRIVILEGE: [&str; 5] = [
     "--ambient-caps=+bpf,+perfmon",
 ];
 
+/// The transports an unprivileged user with CAP_BPF + CAP_PERFMON can use here: perf buffers
+/// need perf_event_open, which kernels built with Debian's perf_event_paranoid=3 restriction
+/// (CONFIG_SECURITY_PERF_EVENTS_RESTRICT, e.g. Debian's own 6.1 and 6.12) keep from such a user.
+pub fn unprivileged_transports() -> Vec<&'static str> {
+    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid").unwrap_or_default();
+    if paranoid.trim().parse::<i32>().is_ok_and(|p| p > 2) {
+        eprintln!(
+            "perf_event_paranoid is {}: perf buffers need more than CAP_PERFMON here; ring only",
+            paranoid.trim()
+        );
+        return vec!["ring"];
+    }
+    vec!["ring", "perf"]
+}
+
 /// [`start`] as nobody with CAP_BPF and CAP_PERFMON only.
 pub fn start_least_privileged(args: &[&str]) -> Running {
     let mut command = Command::new("setpriv");
