@@ -246,12 +246,14 @@ fn summary_percentiles_are_within_the_stated_error() {
     assert!(error <= 0.02, "stated error {error}");
     let row = &counted.of_type("syscall_stats")[0];
     assert_eq!(u(&row["count"]), 20);
+    // The two tracers stamp one call a few microseconds apart (more on a slower machine).
+    let apart = common::time_scale::scaled(Duration::from_micros(20)).as_nanos() as u64;
     for (field, rank) in [("p50_ns", 10), ("p99_ns", 20), ("max_ns", 20)] {
         let (got, want) = (u(&row[field]) as f64, exact[rank - 1] as f64);
-        assert!((got - want).abs() <= want * error + 20_000.0, "{field}: {got} against {want} (exact {exact:?})");
+        assert!((got - want).abs() <= want * error + apart as f64, "{field}: {got} against {want} (exact {exact:?})");
     }
     let total: u64 = exact.iter().sum();
-    assert!(u(&row["total_ns"]).abs_diff(total) <= 20 * 20_000, "{} against {total}", row["total_ns"]);
+    assert!(u(&row["total_ns"]).abs_diff(total) <= 20 * apart, "{} against {total}", row["total_ns"]);
 }
 
 /// syscount's flags: -L summary, -m milliseconds, -P per process.
