@@ -304,8 +304,13 @@ static long args_step(__u32 index, struct args_walk *w)
 	if (index >= max_args || off >= EXEC_ARGS_BYTES)
 		return 1;	/* one more than sent: counted, so the record says it was cut */
 	n = bpf_probe_read_user_str(w->buf + (off & (EXEC_ARGS_BYTES - 1)), EXEC_ARGS_BYTES - off, arg);
-	if (n < 1)
+	if (n < 0)
 		return 1;
+	if (n == 0) {
+		/* An empty argument: older kernels (6.1) return 0 for it, not 1 for its NUL. */
+		w->buf[off & (EXEC_ARGS_BYTES - 1)] = 0;
+		n = 1;
+	}
 	w->off = off + n;
 	return 0;
 }
