@@ -99,9 +99,12 @@
 #![warn(missing_docs)]
 
 pub mod accounting;
+#[cfg(feature = "aya")]
+pub mod aya;
 pub mod btf;
 pub mod degrade;
 mod error;
+mod fixed_str;
 pub mod merge;
 pub mod names;
 mod ownership;
@@ -119,6 +122,7 @@ pub mod typed;
 
 pub use accounting::{Counters, DropCounters, WakeupPolicy};
 pub use error::Error;
+pub use fixed_str::FixedStr;
 pub use perfbuf::{PerfBuffer, PerfOptions, PerfWakeup};
 pub use poller::{PollStats, Poller, Waker};
 pub use ringbuf::{RingBuffer, RingStats};
