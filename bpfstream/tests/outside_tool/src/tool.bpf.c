@@ -1,0 +1,37 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/* A tool built outside the bpfstream workspace: one record per call of tool_trigger(seq) in the
+ * traced process, with the caller's pid and comm. */
+#define BPFSTREAM_PREEMPTIBLE /* a uprobe program is preemptible */
+#include "vmlinux.h"
+#include "bpfstream.h"
+#include <bpf/bpf_tracing.h>
+
+struct tool_event {
+	__u64 seq;
+	__u32 pid;
+	char comm[16];
+};
+BPFSTREAM_EXPORT_STRUCT(tool_event);
+
+/* Only this process. */
+const volatile __u32 targ_tgid = 0;
+
+SEC("uprobe")
+int handle_trigger(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct tool_event *e;
+
+	if (tgid != targ_tgid)
+		return 0;
+	e = bpfstream_reserve(struct tool_event);
+	if (!e)
+		return 0;
+	e->seq = PT_REGS_PARM1(ctx);
+	e->pid = tgid;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpfstream_submit(ctx, e);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
