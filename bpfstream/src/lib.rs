@@ -107,6 +107,8 @@ mod error;
 mod fixed_str;
 pub mod merge;
 pub mod names;
+#[cfg(feature = "tokio")]
+mod ordered;
 mod ownership;
 pub mod perfbuf;
 pub mod poller;
