@@ -1,20 +1,27 @@
 //! outside-tool: a tool built on the bpfstream crate as a third party would, from its package
-//! alone. For each transport it loads its BPF object, calls `tool_trigger` COUNT times with no
-//! consumer reading (so a one-page buffer must drop), detaches, drains, and checks that every
-//! record is this process's and that delivered + dropped == produced == COUNT.
+//! alone. It calls `tool_trigger` COUNT times and checks what its BPF program reported:
+//! - for each transport, with a one-page buffer and no consumer reading while it triggers (so
+//!   the buffer must drop): every record is this process's, and delivered + dropped ==
+//!   produced == COUNT;
+//! - on the perf buffer, triggered from two threads on two CPUs, through an async stream put
+//!   in timestamp order: all COUNT records, in order.
 
 use std::error::Error;
+use std::time::Duration;
 
 use aya::programs::uprobe::UProbeScope;
 use aya::programs::UProbe;
 use bpfstream::btf::Mirror;
+use bpfstream::stream::EventStream;
 use bpfstream::typed::events;
-use bpfstream::{Event, FixedStr, PerfOptions, WakeupPolicy};
+use bpfstream::{Event, EventSource, FixedStr, PerfOptions, WakeupPolicy};
+use futures_util::StreamExt;
 
 bpfstream::record! {
     /// struct tool_event in src/tool.bpf.c.
     #[derive(Debug)]
     pub struct ToolEvent {
+        pub ts_ns: u64,
         pub seq: u64,
         pub pid: u32,
         pub comm: FixedStr<16>,
@@ -26,6 +33,8 @@ static PERF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tool
 
 const COUNT: u64 = 1000;
 
+type Result<T> = std::result::Result<T, Box<dyn Error>>;
+
 /// The traced function: its first argument is the record's `seq`.
 #[no_mangle]
 #[inline(never)]
@@ -33,8 +42,26 @@ pub extern "C" fn tool_trigger(seq: u64) -> u64 {
     std::hint::black_box(seq)
 }
 
-/// What one run saw.
-#[derive(Debug, Default)]
+/// Loads `object` for this process with `pages` pages of buffer (per CPU for perf) and opens
+/// its stream; the probe is attached and ready to fire.
+fn load(object: &[u8], pages: usize) -> Result<(aya::Ebpf, EventSource)> {
+    ToolEvent::check_btf(object, "tool_event")?;
+    let tgid = std::process::id();
+    let mut loader = aya::EbpfLoader::new();
+    loader.override_global("targ_tgid", &tgid, true);
+    loader.map_max_entries("events", (pages * 4096) as u32);
+    let policy = WakeupPolicy::EveryRecord;
+    let mut ebpf = bpfstream::aya::load(loader, object, policy)?;
+    let perf = PerfOptions { pages_per_cpu: pages, wakeup: None };
+    let source = bpfstream::aya::open(&ebpf, "events", policy, perf)?;
+    let program: &mut UProbe = ebpf.program_mut("handle_trigger").ok_or("no program handle_trigger")?.try_into()?;
+    program.load()?;
+    program.attach("tool_trigger", "/proc/self/exe", UProbeScope::AllProcesses)?;
+    Ok((ebpf, source))
+}
+
+/// What a drain saw.
+#[derive(Default)]
 struct Seen {
     seqs: Vec<u64>,
     dropped: u64,
@@ -42,19 +69,10 @@ struct Seen {
     malformed: u64,
 }
 
-fn run(name: &str, object: &[u8]) -> Result<(), Box<dyn Error>> {
-    ToolEvent::check_btf(object, "tool_event")?;
+fn overflowing(name: &str, object: &[u8]) -> Result<()> {
     let tgid = std::process::id();
     let comm = std::fs::read_to_string("/proc/self/comm")?.trim_end().to_owned();
-    let mut loader = aya::EbpfLoader::new();
-    loader.override_global("targ_tgid", &tgid, true);
-    loader.map_max_entries("events", 4096);
-    let policy = WakeupPolicy::EveryRecord;
-    let mut ebpf = bpfstream::aya::load(loader, object, policy)?;
-    let mut source = bpfstream::aya::open(&ebpf, "events", policy, PerfOptions { pages_per_cpu: 1, wakeup: None })?;
-    let program: &mut UProbe = ebpf.program_mut("handle_trigger").ok_or("no program handle_trigger")?.try_into()?;
-    program.load()?;
-    program.attach("tool_trigger", "/proc/self/exe", UProbeScope::CallingProcess)?;
+    let (ebpf, mut source) = load(object, 1)?;
     for seq in 0..COUNT {
         tool_trigger(seq);
     }
@@ -68,8 +86,13 @@ fn run(name: &str, object: &[u8]) -> Result<(), Box<dyn Error>> {
     }))?;
     let produced = totals.produced.ok_or("no drop counters")?;
     println!(
-        "{name}: produced={produced} delivered={} dropped={} foreign={} malformed={}",
-        totals.delivered, totals.dropped, seen.foreign, seen.malformed
+        "{name}: produced={produced} delivered={} dropped={} (records {}, reported lost {}, foreign {}, malformed {})",
+        totals.delivered,
+        totals.dropped,
+        seen.seqs.len(),
+        seen.dropped,
+        seen.foreign,
+        seen.malformed
     );
     let mut unique = seen.seqs.clone();
     unique.sort_unstable();
@@ -83,16 +106,61 @@ fn run(name: &str, object: &[u8]) -> Result<(), Box<dyn Error>> {
         && unique.len() == seen.seqs.len()
         && unique.iter().all(|&s| s < COUNT);
     if !ok {
-        return Err(format!("{name}: the accounting does not add up: {totals:?}, {seen:?}").into());
+        return Err(format!("{name}: the accounting does not add up: {totals:?}").into());
+    }
+    Ok(())
+}
+
+/// Calls `tool_trigger` for `seqs` on `cpu`.
+fn trigger_on(cpu: usize, seqs: std::ops::Range<u64>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and sched_setaffinity get valid
+        // pointers to it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+        }
+        for seq in seqs {
+            tool_trigger(seq);
+        }
+    })
+}
+
+async fn ordered_perf() -> Result<()> {
+    let (ebpf, source) = load(PERF, 64)?;
+    let threads = [trigger_on(0, 0..COUNT / 2), trigger_on(1, COUNT / 2..COUNT)];
+    for thread in threads {
+        thread.join().map_err(|_| "a trigger thread panicked")?;
+    }
+    drop(ebpf);
+    let stream = EventStream::typed::<ToolEvent>(source)?;
+    stream.cancel_handle().drain(); // producers are detached: end once all is read
+    let mut ordered = stream.ordered(Duration::from_millis(50), |e: &ToolEvent| e.ts_ns);
+    let (mut times, mut cpus_seen) = (Vec::new(), 0);
+    while let Some(event) = ordered.next().await {
+        match event? {
+            Event::Record(e) => times.push(e.ts_ns),
+            other => return Err(format!("unexpected {other:?}").into()),
+        }
+        cpus_seen += 1;
+    }
+    let totals = ordered.get_ref().get_ref().totals();
+    println!("perf ordered: produced={:?} delivered={} {:?}", totals.produced, totals.delivered, ordered.merge_stats());
+    if totals.produced != Some(COUNT) || totals.delivered != COUNT || cpus_seen != COUNT as usize {
+        return Err(format!("perf ordered: records missing: {totals:?}").into());
+    }
+    if !times.windows(2).all(|w| w[0] <= w[1]) || ordered.merge_stats().late != 0 {
+        return Err("perf ordered: records out of timestamp order".into());
     }
     Ok(())
 }
 
 fn main() {
-    for (name, object) in [("ring", RING), ("perf", PERF)] {
-        if let Err(e) = run(name, object) {
-            eprintln!("outside-tool: {e}");
-            std::process::exit(1);
-        }
+    let ordered = || tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(ordered_perf());
+    let result = overflowing("ring", RING).and_then(|()| overflowing("perf", PERF)).and_then(|()| ordered());
+    if let Err(e) = result {
+        eprintln!("outside-tool: {e}");
+        std::process::exit(1);
     }
 }

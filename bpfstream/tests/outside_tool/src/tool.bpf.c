@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /* A tool built outside the bpfstream workspace: one record per call of tool_trigger(seq) in the
- * traced process, with the caller's pid and comm. */
+ * traced process, with the time, the caller's pid and comm. */
 #define BPFSTREAM_PREEMPTIBLE /* a uprobe program is preemptible */
 #include "vmlinux.h"
 #include "bpfstream.h"
 #include <bpf/bpf_tracing.h>
 
 struct tool_event {
+	__u64 ts_ns;
 	__u64 seq;
 	__u32 pid;
 	char comm[16];
@@ -27,6 +28,7 @@ int handle_trigger(struct pt_regs *ctx)
 	e = bpfstream_reserve(struct tool_event);
 	if (!e)
 		return 0;
+	e->ts_ns = bpf_ktime_get_ns();
 	e->seq = PT_REGS_PARM1(ctx);
 	e->pid = tgid;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
