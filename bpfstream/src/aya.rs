@@ -4,7 +4,9 @@
 //! wakeup policy's read-only globals (before the object is loaded), the events map (a ring or a
 //! perf event array, whichever variant was loaded) and the per-CPU drop counters next to it.
 //! [`load`] sets the globals; [`open`] opens the map by name as an [`EventSource`] with its
-//! counters, and tells it which wakeups to expect. Pass both the same [`WakeupPolicy`].
+//! counters, and tells it which wakeups to expect. Pass both the same [`WakeupPolicy`]. Each
+//! stream of an object with several (`BPFSTREAM_STREAM` in `bpfstream.h`) is opened by its
+//! map name, with its own counters.
 //!
 //! ```no_run
 //! # fn demo(object: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
@@ -43,12 +45,15 @@ pub fn load(loader: EbpfLoader<'_>, object: &[u8], policy: WakeupPolicy) -> Resu
 }
 
 /// Opens the events map `map` of a loaded object (a ring buffer or a perf event array; `perf`
-/// applies to the latter) as an [`EventSource`] with the object's drop counters, expecting the
-/// wakeups of `policy` (the one given to [`load`]).
+/// applies to the latter) as an [`EventSource`] with its drop counters, expecting the wakeups
+/// of `policy` (the one given to [`load`]). The counters are `{map}_stats` for a stream
+/// declared with `BPFSTREAM_STREAM(map)`, else the default stream's `bpfstream_stats`.
 pub fn open(ebpf: &Ebpf, map: &str, policy: WakeupPolicy, perf: PerfOptions) -> Result<EventSource, Error> {
     let mut source = EventSource::open(map_fd(ebpf, map)?, perf)?;
     source.expect_wakeups(policy);
-    Ok(source.with_counters(DropCounters::new(map_fd(ebpf, STATS_MAP)?)?))
+    let own = format!("{map}_stats");
+    let counters = if ebpf.map(&own).is_some() { own.as_str() } else { STATS_MAP };
+    Ok(source.with_counters(DropCounters::new(map_fd(ebpf, counters)?)?))
 }
 
 /// The descriptor of the map `name` (of a type a stream or its counters can be).

@@ -130,7 +130,9 @@ fn a_tool_outside_the_workspace_builds_and_accounts_exactly_from_the_package_alo
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "the tool loads BPF programs: run the tests as root (sudo cargo test)");
     let out = run(&mut Command::new(target.join("debug/outside-tool")));
-    for run in ["ring: produced=1000 ", "perf: produced=1000 ", "perf ordered: produced=Some(1000) delivered=1000"] {
+    let runs =
+        ["ring: produced=1000 ", "ring tenths: produced=100 ", "perf: produced=1000 ", "perf tenths: produced=100 "];
+    for run in runs.iter().chain(&["perf ordered: produced=Some(1000) delivered=1000"]) {
         assert!(out.contains(run), "{out}");
     }
 }

@@ -14,25 +14,42 @@ struct tool_event {
 };
 BPFSTREAM_EXPORT_STRUCT(tool_event);
 
+/* A second stream in this object: every tenth call, with its own counters. */
+BPFSTREAM_STREAM(tenths);
+
 /* Only this process. */
 const volatile __u32 targ_tgid = 0;
+
+/* Fills `e` for call `seq` of process `tgid`. */
+static __always_inline void fill(struct tool_event *e, __u64 seq, __u32 tgid)
+{
+	e->ts_ns = bpf_ktime_get_ns();
+	e->seq = seq;
+	e->pid = tgid;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+}
 
 SEC("uprobe")
 int handle_trigger(struct pt_regs *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u64 seq = PT_REGS_PARM1(ctx);
 	struct tool_event *e;
 
 	if (tgid != targ_tgid)
 		return 0;
 	e = bpfstream_reserve(struct tool_event);
-	if (!e)
-		return 0;
-	e->ts_ns = bpf_ktime_get_ns();
-	e->seq = PT_REGS_PARM1(ctx);
-	e->pid = tgid;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	bpfstream_submit(ctx, e);
+	if (e) {	/* NULL: dropped, and counted */
+		fill(e, seq, tgid);
+		bpfstream_submit(ctx, e);
+	}
+	if (seq % 10 == 0) {
+		e = bpfstream_reserve_to(tenths, struct tool_event);
+		if (e) {
+			fill(e, seq, tgid);
+			bpfstream_submit_to(tenths, ctx, e);
+		}
+	}
 	return 0;
 }
 
