@@ -79,7 +79,8 @@
 //!
 //! A crate with its BPF program in `src/tool.bpf.c` and a `vmlinux.h` beside `Cargo.toml`;
 //! `bpfstream` is a dependency (features `aya`, and `tokio` for async streams) and a
-//! build-dependency, `aya` a dependency. The `build.rs` compiles both variants against
+//! build-dependency; `aya`, `tokio` (features `rt`, `macros`) and `futures-util` (for
+//! `StreamExt`) are dependencies. The `build.rs` compiles both variants against
 //! [`INCLUDE_DIR`]:
 //!
 //! ```no_run
@@ -124,7 +125,9 @@
 //! char LICENSE[] SEC("license") = "Dual BSD/GPL";
 //! ```
 //!
-//! And `main.rs` mirrors the record, loads the object of the transport the kernel has, opens
+//! (Attaching a tracepoint needs tracefs: `mount -t tracefs nodev /sys/kernel/tracing` where
+//! it is not mounted.) And `main.rs` mirrors the record, loads the object of the transport the
+//! kernel has, opens
 //! the stream before attaching (a perf buffer must be in its map before the first record),
 //! streams events in timestamp order until `shutdown` (Ctrl-C, say), then detaches and drains,
 //! so that the totals add up to the last event:
