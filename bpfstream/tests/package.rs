@@ -1,5 +1,6 @@
 //! The crate as a third party gets it: `cargo package` output, unpacked in a scratch directory,
-//! is all a tool outside this workspace builds from. The tool (`tests/outside_tool`: its own
+//! is all a tool outside this workspace builds from (and the package's own unit tests pass
+//! there). The tool (`tests/outside_tool`: its own
 //! crate, written from the crate docs) compiles its BPF program in its `build.rs` against the
 //! packaged `bpfstream.h` (`bpfstream::INCLUDE_DIR`), loads it with the `aya` feature, triggers
 //! its events itself and checks delivered + dropped == produced in both transports (as root).
@@ -28,8 +29,9 @@ fn run(command: &mut Command) -> String {
     stdout
 }
 
-/// `cargo package` of this crate, unpacked into `scratch/unpacked`; returns the crate's root.
-fn package_and_unpack(scratch: &Path) -> PathBuf {
+/// `cargo package` of this crate, unpacked into `unpacked` (outside the workspace, so that it
+/// builds as the root of its own); returns the crate's root.
+fn package_and_unpack(scratch: &Path, unpacked: &Path) -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace");
     let target = scratch.join("package-target");
     run(cargo()
@@ -38,14 +40,13 @@ fn package_and_unpack(scratch: &Path) -> PathBuf {
         .arg("--target-dir")
         .arg(&target));
     let name = format!("bpfstream-{}", env!("CARGO_PKG_VERSION"));
-    let unpacked = scratch.join("unpacked");
-    let _ = std::fs::remove_dir_all(&unpacked);
-    std::fs::create_dir_all(&unpacked).unwrap();
+    let _ = std::fs::remove_dir_all(unpacked);
+    std::fs::create_dir_all(unpacked).unwrap();
     run(Command::new("tar")
         .arg("xzf")
         .arg(target.join("package").join(format!("{name}.crate")))
         .arg("-C")
-        .arg(&unpacked));
+        .arg(unpacked));
     unpacked.join(name)
 }
 
@@ -111,17 +112,31 @@ bpfstream = {{ path = "{package}" }}
     tool
 }
 
+/// A scratch directory, removed when the test ends (passed or failed).
+struct Removed(PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn a_tool_outside_the_workspace_builds_and_accounts_exactly_from_the_package_alone() {
     if Command::new("clang").arg("--version").output().is_err() {
         eprintln!("skipping: clang is missing (apt-get install clang libbpf-dev), and the tool's BPF program needs it");
         return;
     }
+    // Build outputs persist between runs (the builds are incremental); sources are fresh.
     let scratch = Path::new(env!("CARGO_TARGET_TMPDIR")).join("outside-tool");
-    let package = package_and_unpack(&scratch);
+    let unpacked = Removed(std::env::temp_dir().join(format!("bpfstream-package-{}", std::process::id())));
+    let package = package_and_unpack(&scratch, &unpacked.0);
     assert_self_contained_and_touch(&package);
-    let tool = write_tool(&scratch, &package);
     let target = scratch.join("tool-target");
+    // The package's own unit tests build and pass from the package alone (its BTF checks read
+    // objects that ship in it).
+    run(cargo().current_dir(&package).args(["test", "--lib", "--offline", "--target-dir"]).arg(&target));
+    let tool = write_tool(&scratch, &package);
     run(cargo().current_dir(&tool).args(["build", "--offline", "--target-dir"]).arg(&target));
     if std::env::var_os("BPFSTREAM_SKIP_KERNEL_TESTS").is_some() {
         eprintln!("built the tool; not running it: BPFSTREAM_SKIP_KERNEL_TESTS is set");
