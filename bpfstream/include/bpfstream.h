@@ -34,7 +34,15 @@
  * guard's compare-and-swap needs Linux 5.12.)
  *
  * Wakeup policy (ring variant; the perf variant's policy lives in perf_event_attr and is set by
- * userspace): read-only globals set at load time.
+ * userspace): read-only globals set at load time, one policy for every stream of the object.
+ *
+ * Several streams in one object: the default stream is the `events` map (BPFSTREAM_EVENTS) with
+ * its counters in `bpfstream_stats`. BPFSTREAM_STREAM(name) declares another: a map `name` of
+ * the same transport and its own counters `name_stats`, so each stream keeps
+ * delivered + dropped == produced by itself. Send to it with the `_to` forms:
+ *   struct ev *e = bpfstream_reserve_to(name, struct ev);   bpfstream_submit_to(name, ctx, e);
+ *   void *buf = bpfstream_scratch_to(name);   bpfstream_output_to(name, ctx, buf, len);
+ * (bpfstream_discard is the same for every stream.) Userspace opens it by its map name.
  */
 #ifndef BPFSTREAM_H
 #define BPFSTREAM_H
@@ -80,12 +88,16 @@ struct bpfstream_counters {
 	__u64 forced_wakeups;	/* submits that carried BPF_RB_FORCE_WAKEUP */
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct bpfstream_counters);
-} bpfstream_stats SEC(".maps");
+/* A stream's per-CPU counters map. */
+#define BPFSTREAM_COUNTERS_MAP(name)					\
+	struct {							\
+		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);		\
+		__uint(max_entries, 1);					\
+		__type(key, __u32);					\
+		__type(value, struct bpfstream_counters);		\
+	} name SEC(".maps")
+
+BPFSTREAM_COUNTERS_MAP(bpfstream_stats);
 
 struct bpfstream_scratch_buf {
 	__u8 data[BPFSTREAM_SCRATCH_SIZE];
@@ -98,39 +110,55 @@ struct {
 	__type(value, struct bpfstream_scratch_buf);
 } bpfstream_scratch_map SEC(".maps");
 
+/* A stream's events map, of the transport this object is compiled for. */
 #ifdef BPFSTREAM_PERF
-struct {
-	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, sizeof(__u32));
-} BPFSTREAM_EVENTS SEC(".maps");
+#define BPFSTREAM_EVENTS_MAP(name)					\
+	struct {							\
+		__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);		\
+		__uint(key_size, sizeof(__u32));			\
+		__uint(value_size, sizeof(__u32));			\
+	} name SEC(".maps")
 #else
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);	/* userspace sets the real size at load */
-} BPFSTREAM_EVENTS SEC(".maps");
+#define BPFSTREAM_EVENTS_MAP(name)					\
+	struct {							\
+		__uint(type, BPF_MAP_TYPE_RINGBUF);			\
+		__uint(max_entries, 256 * 1024); /* userspace sets the real size at load */ \
+	} name SEC(".maps")
 #endif
 
-static __always_inline struct bpfstream_counters *bpfstream_counters(void)
+BPFSTREAM_EVENTS_MAP(BPFSTREAM_EVENTS);
+
+/* Another stream in this object: the map `name` and its counters `name_stats` (see the top). */
+#define BPFSTREAM_STREAM(name)						\
+	BPFSTREAM_EVENTS_MAP(name);					\
+	BPFSTREAM_COUNTERS_MAP(name##_stats)
+
+static __always_inline struct bpfstream_counters *bpfstream_counters_in(void *stats)
 {
 	__u32 zero = 0;
 
-	return bpf_map_lookup_elem(&bpfstream_stats, &zero);
+	return bpf_map_lookup_elem(stats, &zero);
+}
+
+/* The default stream's counters on this CPU. */
+static __always_inline struct bpfstream_counters *bpfstream_counters(void)
+{
+	return bpfstream_counters_in(&bpfstream_stats);
 }
 
 /* A record is about to be sent: counted before the consumer can see it. */
-static __always_inline void bpfstream_count_produced(void)
+static __always_inline void bpfstream_count_produced(void *stats)
 {
-	struct bpfstream_counters *c = bpfstream_counters();
+	struct bpfstream_counters *c = bpfstream_counters_in(stats);
 
 	if (c)
 		__sync_fetch_and_add(&c->produced, 1);
 }
 
 /* A record counted produced could not be written. */
-static __always_inline void bpfstream_count_dropped(void)
+static __always_inline void bpfstream_count_dropped(void *stats)
 {
-	struct bpfstream_counters *c = bpfstream_counters();
+	struct bpfstream_counters *c = bpfstream_counters_in(stats);
 
 	if (c)
 		__sync_fetch_and_add(&c->dropped, 1);
@@ -162,7 +190,7 @@ static __always_inline void bpfstream_scratch_release(void)
  * Per-CPU scratch memory, ours until the record is sent. Tracing programs that run with
  * preemption disabled do not nest on a CPU; preemptible ones take the guard (see the top).
  */
-static __always_inline void *bpfstream_scratch(void)
+static __always_inline void *bpfstream_scratch_for(void *stats)
 {
 	__u32 zero = 0;
 	void *scratch;
@@ -172,8 +200,8 @@ static __always_inline void *bpfstream_scratch(void)
 
 	if (!busy || __sync_val_compare_and_swap(busy, 0, 1) != 0) {
 		/* Another program is building a record here: this attempt is dropped. */
-		bpfstream_count_produced();
-		bpfstream_count_dropped();
+		bpfstream_count_produced(stats);
+		bpfstream_count_dropped(stats);
 		return NULL;
 	}
 #endif
@@ -182,6 +210,9 @@ static __always_inline void *bpfstream_scratch(void)
 		bpfstream_scratch_release();
 	return scratch;
 }
+
+#define bpfstream_scratch() bpfstream_scratch_for(&bpfstream_stats)
+#define bpfstream_scratch_to(name) bpfstream_scratch_for(&name##_stats)
 
 /*
  * Makes `v` opaque to clang at this point (no instruction is emitted). bpfstream_output tests a
@@ -192,8 +223,9 @@ static __always_inline void *bpfstream_scratch(void)
 #define bpfstream_opaque(v) asm volatile("" : "+r"(v))
 
 #ifndef BPFSTREAM_PERF
-/* Wakeup flags for the record of `size` payload bytes being committed, per the load-time policy. */
-static __always_inline __u64 bpfstream_wakeup_flags(__u64 size)
+/* Wakeup flags for the record of `size` payload bytes being committed to `events`, per the
+ * load-time policy. */
+static __always_inline __u64 bpfstream_wakeup_flags_in(void *events, void *stats, __u64 size)
 {
 	struct bpfstream_counters *c;
 	__u64 flags = BPF_RB_NO_WAKEUP;
@@ -205,7 +237,7 @@ static __always_inline __u64 bpfstream_wakeup_flags(__u64 size)
 	case BPFSTREAM_WAKE_NEVER:
 		break;
 	case BPFSTREAM_WAKE_COUNT:
-		c = bpfstream_counters();
+		c = bpfstream_counters_in(stats);
 		/* since_wakeup only paces wakeups: an interleaving that loses an increment moves
 		 * one wakeup by a record. Plain adds keep this path free of fetching atomics. */
 		if (c && ++c->since_wakeup >= bpfstream_wakeup_arg) {
@@ -222,12 +254,12 @@ static __always_inline __u64 bpfstream_wakeup_flags(__u64 size)
 		 * producing CPUs up to CPUs x `arg` bytes may wait, and the reader's poll timeout
 		 * bounds the delay either way.
 		 */
-		c = bpfstream_counters();
+		c = bpfstream_counters_in(stats);
 		if (!c)
 			break;
 		c->since_wakeup += size + 8;	/* + BPF_RINGBUF_HDR_SZ */
 		if (c->since_wakeup >= bpfstream_wakeup_arg &&
-		    bpf_ringbuf_query(&BPFSTREAM_EVENTS, BPF_RB_AVAIL_DATA) >= bpfstream_wakeup_arg) {
+		    bpf_ringbuf_query(events, BPF_RB_AVAIL_DATA) >= bpfstream_wakeup_arg) {
 			c->since_wakeup = 0;
 			flags = BPF_RB_FORCE_WAKEUP;
 		}
@@ -236,32 +268,36 @@ static __always_inline __u64 bpfstream_wakeup_flags(__u64 size)
 		flags = 0;
 	}
 	if (flags == BPF_RB_FORCE_WAKEUP) {
-		c = bpfstream_counters();
+		c = bpfstream_counters_in(stats);
 		if (c)
 			__sync_fetch_and_add(&c->forced_wakeups, 1);
 	}
 	return flags;
 }
 
+/* The default stream's wakeup flags. */
+#define bpfstream_wakeup_flags(size) bpfstream_wakeup_flags_in(&BPFSTREAM_EVENTS, &bpfstream_stats, (size))
+
 /*
  * Reserve a fixed-size record in the ring; NULL means dropped (already counted). A reserved
  * record is counted as produced when it is submitted; a discarded one was never produced.
  */
-#define bpfstream_reserve(type) ((type *)bpfstream_reserved(bpf_ringbuf_reserve(&BPFSTREAM_EVENTS, sizeof(type), 0)))
+#define bpfstream_reserve_in(events, stats, type)					\
+	((type *)bpfstream_reserved(bpf_ringbuf_reserve(&events, sizeof(type), 0), &stats))
 
-static __always_inline void *bpfstream_reserved(void *rec)
+static __always_inline void *bpfstream_reserved(void *rec, void *stats)
 {
 	if (!rec) {
-		bpfstream_count_produced();
-		bpfstream_count_dropped();
+		bpfstream_count_produced(stats);
+		bpfstream_count_dropped(stats);
 	}
 	return rec;
 }
 
-static __always_inline void bpfstream_submit_rec(void *rec, __u64 size)
+static __always_inline void bpfstream_submit_rec(void *events, void *stats, void *rec, __u64 size)
 {
-	bpfstream_count_produced();
-	bpf_ringbuf_submit(rec, bpfstream_wakeup_flags(size));
+	bpfstream_count_produced(stats);
+	bpf_ringbuf_submit(rec, bpfstream_wakeup_flags_in(events, stats, size));
 }
 
 /*
@@ -284,23 +320,23 @@ static __always_inline __u64 bpfstream_discard_flags(void)
 	}
 }
 
-#define bpfstream_submit(ctx, rec) bpfstream_submit_rec((rec), sizeof(*(rec)))
+#define bpfstream_submit_in(events, stats, ctx, rec) bpfstream_submit_rec(&events, &stats, (rec), sizeof(*(rec)))
 #define bpfstream_discard(rec) bpf_ringbuf_discard((rec), bpfstream_discard_flags())
 
 /* Send `len` bytes (1..BPFSTREAM_SCRATCH_SIZE) of `data` as one record of exactly that length. */
-static __always_inline long bpfstream_output(void *ctx, void *data, __u64 len)
+static __always_inline long bpfstream_output_in(void *events, void *stats, void *ctx, void *data, __u64 len)
 {
 	long err = -22; /* -EINVAL */
 
-	bpfstream_count_produced();
+	bpfstream_count_produced(stats);
 	if (len != 0) {
 		bpfstream_opaque(len);
 		if (len <= BPFSTREAM_SCRATCH_SIZE)
-			err = bpf_ringbuf_output(&BPFSTREAM_EVENTS, data, len, bpfstream_wakeup_flags(len));
+			err = bpf_ringbuf_output(events, data, len, bpfstream_wakeup_flags_in(events, stats, len));
 	}
 	bpfstream_scratch_release();
 	if (err)
-		bpfstream_count_dropped();
+		bpfstream_count_dropped(stats);
 	return err;
 }
 
@@ -311,26 +347,38 @@ static __always_inline long bpfstream_output(void *ctx, void *data, __u64 len)
  * bpf_perf_event_output() at submit time. A failed output is counted here and also shows up as
  * a PERF_RECORD_LOST in that CPU's buffer.
  */
-#define bpfstream_reserve(type) ((type *)bpfstream_scratch())
-#define bpfstream_submit(ctx, rec) bpfstream_output((ctx), (rec), sizeof(*(rec)))
+#define bpfstream_reserve_in(events, stats, type) ((type *)bpfstream_scratch_for(&stats))
+#define bpfstream_submit_in(events, stats, ctx, rec)					\
+	bpfstream_output_in(&events, &stats, (ctx), (rec), sizeof(*(rec)))
 #define bpfstream_discard(rec) bpfstream_scratch_release()
 
-static __always_inline long bpfstream_output(void *ctx, void *data, __u64 len)
+static __always_inline long bpfstream_output_in(void *events, void *stats, void *ctx, void *data, __u64 len)
 {
 	long err = -22; /* -EINVAL */
 
-	bpfstream_count_produced();
+	bpfstream_count_produced(stats);
 	if (len != 0) {
 		bpfstream_opaque(len);
 		if (len <= BPFSTREAM_SCRATCH_SIZE)
-			err = bpf_perf_event_output(ctx, &BPFSTREAM_EVENTS, BPF_F_CURRENT_CPU, data, len);
+			err = bpf_perf_event_output(ctx, events, BPF_F_CURRENT_CPU, data, len);
 	}
 	bpfstream_scratch_release();
 	if (err)
-		bpfstream_count_dropped();
+		bpfstream_count_dropped(stats);
 	return err;
 }
 #endif /* BPFSTREAM_PERF */
+
+/* The default stream (`events`, counters in `bpfstream_stats`). */
+#define bpfstream_reserve(type) bpfstream_reserve_in(BPFSTREAM_EVENTS, bpfstream_stats, type)
+#define bpfstream_submit(ctx, rec) bpfstream_submit_in(BPFSTREAM_EVENTS, bpfstream_stats, ctx, rec)
+#define bpfstream_output(ctx, data, len)						\
+	bpfstream_output_in(&BPFSTREAM_EVENTS, &bpfstream_stats, (ctx), (data), (len))
+
+/* A stream declared with BPFSTREAM_STREAM(name). */
+#define bpfstream_reserve_to(name, type) bpfstream_reserve_in(name, name##_stats, type)
+#define bpfstream_submit_to(name, ctx, rec) bpfstream_submit_in(name, name##_stats, ctx, rec)
+#define bpfstream_output_to(name, ctx, data, len) bpfstream_output_in(&name, &name##_stats, (ctx), (data), (len))
 
 /*
  * Keeps `struct name` in the object's BTF (clang emits BTF only for the types of globals and

@@ -197,6 +197,9 @@ mod tests {
     #[test]
     fn the_header_ships_in_the_include_dir() {
         let header = std::fs::read_to_string(format!("{}/bpfstream.h", crate::INCLUDE_DIR)).unwrap();
-        assert!(header.contains("struct bpfstream_counters") && header.contains(&format!("{STATS_MAP} SEC")));
+        assert!(
+            header.contains("struct bpfstream_counters")
+                && header.contains(&format!("BPFSTREAM_COUNTERS_MAP({STATS_MAP});"))
+        );
     }
 }

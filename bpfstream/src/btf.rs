@@ -12,7 +12,7 @@
 //! bpfstream::record! {
 //!     pub struct Counters { pub produced: u64, pub dropped: u64, pub since_wakeup: u64, pub forced_wakeups: u64 }
 //! }
-//! # let object = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../bpf/obj/exec.ring.bpf.o")).unwrap();
+//! # let object = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/obj/ping.ring.bpf.o")).unwrap();
 //! let c = bpfstream::btf::struct_layout(&object, "bpfstream_counters").unwrap();
 //! let rust = bpfstream::rust_layout!(Counters { produced, dropped, since_wakeup, forced_wakeups });
 //! c.check(&rust).unwrap();
@@ -76,6 +76,9 @@ pub enum BtfError {
     /// No struct or union of that name.
     #[error("no struct or union named {0:?} in the BTF (a struct only used through casts needs an anchor, e.g. an unused const volatile global of that type)")]
     NotFound(String),
+    /// The struct was found and its Rust mirror differs ([`Mirror::check_btf`]).
+    #[error(transparent)]
+    Mismatch(#[from] LayoutMismatch),
 }
 
 /// The Rust side of a layout check: build it with [`rust_layout!`](crate::rust_layout).
@@ -167,6 +170,29 @@ macro_rules! rust_layout {
 /// The size of the field a projection closure points at (used by [`rust_layout!`](crate::rust_layout)).
 pub fn size_of_field<T, F>(_projection: fn(&T) -> &F) -> usize {
     std::mem::size_of::<F>()
+}
+
+/// A `#[repr(C)]` Rust type that mirrors a C struct: [`record!`](crate::record) implements it,
+/// so a record type checks itself against the object it will be read from.
+///
+/// ```
+/// bpfstream::record! {
+///     pub struct Counters { pub produced: u64, pub dropped: u64, pub since_wakeup: u64, pub forced_wakeups: u64 }
+/// }
+/// use bpfstream::btf::Mirror;
+/// # let object = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/obj/ping.ring.bpf.o")).unwrap();
+/// Counters::check_btf(&object, "bpfstream_counters").unwrap();
+/// ```
+pub trait Mirror {
+    /// The type's size and its fields' offsets and sizes.
+    fn rust_layout() -> RustLayout;
+
+    /// Checks the type against `struct c_name` in `btf` (an ELF object's `.BTF` section, or raw
+    /// BTF): same size, and every member at the same offset with the same size. In BPF C,
+    /// `BPFSTREAM_EXPORT_STRUCT(c_name)` keeps a struct in the object's BTF.
+    fn check_btf(btf: &[u8], c_name: &str) -> Result<(), BtfError> {
+        Ok(struct_layout(btf, c_name)?.check(&Self::rust_layout())?)
+    }
 }
 
 /// Finds the struct or union `name` in `btf`: an ELF object's `.BTF` section, or raw BTF.
@@ -422,8 +448,9 @@ fn read_u32(data: &[u8], at: usize, big_endian: bool) -> Option<u32> {
 mod tests {
     use super::*;
 
-    static EXEC_RING: &[u8] = include_bytes!("../../bpf/obj/exec.ring.bpf.o");
-    static EXEC_PERF: &[u8] = include_bytes!("../../bpf/obj/exec.perf.bpf.o");
+    // The example objects ship in the crate's package (the workspace's bpf/obj does not).
+    static PING_RING: &[u8] = include_bytes!("../examples/obj/ping.ring.bpf.o");
+    static PING_PERF: &[u8] = include_bytes!("../examples/obj/ping.perf.bpf.o");
 
     /// A hand-built BTF blob: `struct pair { int a; char b[3]; unsigned c:4; }` with a bitfield.
     fn hand_made() -> Vec<u8> {
@@ -519,7 +546,7 @@ mod tests {
 
     #[test]
     fn counters_mirror_matches_what_clang_laid_out() {
-        for object in [EXEC_RING, EXEC_PERF] {
+        for object in [PING_RING, PING_PERF] {
             let c = struct_layout(object, "bpfstream_counters").unwrap();
             use crate::accounting::Counters;
             c.check(&crate::rust_layout!(Counters { produced, dropped, since_wakeup, forced_wakeups })).unwrap();
@@ -531,7 +558,7 @@ mod tests {
         crate::record! {
             struct Wrong { produced: u64, dropped: u32, extra: u32 }
         }
-        let c = struct_layout(EXEC_RING, "bpfstream_counters").unwrap();
+        let c = struct_layout(PING_RING, "bpfstream_counters").unwrap();
         let err = c.check(&crate::rust_layout!(Wrong { produced, dropped, extra })).unwrap_err();
         assert_eq!(
             err.problems,
@@ -543,6 +570,18 @@ mod tests {
                 "Rust field \"extra\" (offset 12) is not in the C struct",
             ]
         );
+    }
+
+    #[test]
+    fn record_types_check_themselves() {
+        crate::record! {
+            struct Good { produced: u64, dropped: u64, since_wakeup: u64, forced_wakeups: u64 }
+            struct Short { produced: u64, dropped: u64 }
+        }
+        Good::check_btf(PING_PERF, "bpfstream_counters").unwrap();
+        let err = Short::check_btf(PING_PERF, "bpfstream_counters").unwrap_err();
+        assert!(matches!(&err, BtfError::Mismatch(m) if m.problems.len() == 3), "{err}");
+        assert_eq!(Good::check_btf(PING_PERF, "nope").unwrap_err(), BtfError::NotFound("nope".into()));
     }
 
     #[test]

@@ -273,7 +273,7 @@ mod tests {
 
     #[test]
     fn mirrors_match_what_clang_laid_out() {
-        let object: &[u8] = include_bytes!("../../bpf/obj/lab_degrade.ring.bpf.o");
+        let object: &[u8] = include_bytes!("../testdata/lab_degrade.ring.bpf.o");
         let notice = crate::btf::struct_layout(object, "bpfstream_degrade_notice").unwrap();
         notice.check(&crate::rust_layout!(RawNotice { magic, ts_ns, fill, degraded, cpu })).unwrap();
         let counters = crate::btf::struct_layout(object, "bpfstream_degrade_counters").unwrap();

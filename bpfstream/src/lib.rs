@@ -25,9 +25,15 @@
 //! - Loss is an item, never silence: perf `PERF_RECORD_LOST` and ring-buffer drops (counted by
 //!   the BPF side, [`accounting`]) both arrive as [`Item::Lost`] / [`Event::Lost`], and
 //!   [`Totals`] keep `delivered + dropped == produced`.
-//! - Typed events: [`record!`] declares `#[repr(C)]` mirrors, [`FromRecord`] decodes them with a
-//!   length-checked, alignment-safe copy, [`typed`] adapts handlers and streams, and [`btf`]
-//!   checks a mirror's size and offsets against the struct clang compiled.
+//! - Typed events: [`record!`] declares `#[repr(C)]` mirrors (a C `char comm[16]` is a
+//!   [`FixedStr<16>`](FixedStr)), [`FromRecord`] decodes them with a length-checked,
+//!   alignment-safe copy, [`typed`] adapts handlers and streams, and a record type checks its
+//!   size and offsets against the struct clang compiled ([`btf::Mirror::check_btf`]).
+//! - Order: a ring buffer's records come in commit order; a perf buffer's come CPU by CPU, out
+//!   of timestamp order across CPUs. [`stream::EventStream::ordered`] (async) and
+//!   [`merge::OrderedMerge`] (anywhere) put them in order.
+//! - `bpfstream::aya` (feature `aya`): load an object with its wakeup policy and open a stream by map
+//!   name, with its drop counters, in two calls.
 //! - [`stats`]: events, bytes, losses, wakeups and fill, readable from any thread while the
 //!   consumer runs.
 //! - [`sim`]: the kernel's buffer layouts in ordinary memory, for tests without root.
@@ -40,8 +46,13 @@
 //! `bpfstream.h`, shipped in this crate's package (its directory is [`INCLUDE_DIR`]), is the
 //! send path of a BPF program: `bpfstream_reserve`/`bpfstream_submit`/`bpfstream_discard` for
 //! fixed-size records, `bpfstream_scratch`/`bpfstream_output` for variable-length ones, the
-//! per-CPU counters [`DropCounters`] reads, and the wakeup policy ([`WakeupPolicy`]). One
-//! source is compiled twice, once per transport, and userspace loads the object it wants:
+//! per-CPU counters [`DropCounters`] reads, and the wakeup policy ([`WakeupPolicy`]).
+//!
+//! **Two transports, one source.** The header defines the events map as a ring buffer, or,
+//! with `-DBPFSTREAM_PERF`, as a perf event array (for kernels before 5.8, or where a ring
+//! buffer is not wanted); the send calls are the same in both. So a tool compiles its program
+//! twice and loads, at start-up, the object of the transport it picks
+//! ([`Transport::probe`] says whether the kernel has ring buffers):
 //!
 //! ```text
 //! clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -I$INCLUDE_DIR -c tool.bpf.c -o tool.ring.bpf.o
@@ -49,12 +60,139 @@
 //!       -c tool.bpf.c -o tool.perf.bpf.o
 //! ```
 //!
-//! The program brings its own `vmlinux.h` (`bpftool btf dump file /sys/kernel/btf/vmlinux
-//! format c`): included before `bpfstream.h`, or found on the include path. The events map is
-//! named `events` ([`accounting::EVENTS_MAP`]) unless `BPFSTREAM_EVENTS` names it otherwise;
-//! uprobes and other preemptible programs define `BPFSTREAM_PREEMPTIBLE` (a guard on the per-CPU
-//! scratch record). From a `build.rs`, add this crate as a build-dependency and pass
-//! `-I{bpfstream::INCLUDE_DIR}`.
+//! `-g` keeps BTF in the object (aya needs it for globals and CO-RE, and
+//! [`btf::Mirror::check_btf`] reads record layouts from it). The header includes
+//! `<bpf/bpf_helpers.h>` from libbpf (Debian: `libbpf-dev`), and the program brings its own
+//! `vmlinux.h` (`bpftool btf dump file /sys/kernel/btf/vmlinux format c`): included before
+//! `bpfstream.h`, or found on the include path. Uprobes and other preemptible programs define
+//! `BPFSTREAM_PREEMPTIBLE` first (a guard on the per-CPU scratch record).
+//!
+//! **Maps.** The events map is named `events` ([`accounting::EVENTS_MAP`]) unless
+//! `BPFSTREAM_EVENTS` names it otherwise; its counters are `bpfstream_stats`. An object can
+//! hold several streams: `BPFSTREAM_STREAM(name)` declares another events map `name` with its
+//! own counters `name_stats`, sent to with `bpfstream_reserve_to(name, type)`,
+//! `bpfstream_submit_to(name, ctx, e)`, `bpfstream_scratch_to(name)` and
+//! `bpfstream_output_to(name, ctx, data, len)`; each stream keeps
+//! `delivered + dropped == produced` by itself. The wakeup policy is one per object.
+//!
+//! # A tool, end to end
+//!
+//! A crate with its BPF program in `src/tool.bpf.c` and a `vmlinux.h` beside `Cargo.toml`;
+//! `bpfstream` is a dependency (features `aya`, and `tokio` for async streams) and a
+//! build-dependency; `aya`, `tokio` (features `rt`, `macros`) and `futures-util` (for
+//! `StreamExt`) are dependencies. The `build.rs` compiles both variants against
+//! [`INCLUDE_DIR`]:
+//!
+//! ```no_run
+//! // build.rs
+//! let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
+//! for (variant, defines) in [("ring", &[][..]), ("perf", &["-DBPFSTREAM_PERF"][..])] {
+//!     let status = std::process::Command::new("clang")
+//!         .args(["-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86"])
+//!         .arg(format!("-I{}", bpfstream::INCLUDE_DIR))
+//!         .arg(format!("-I{}", std::env::var("CARGO_MANIFEST_DIR").unwrap())) // vmlinux.h
+//!         .args(defines)
+//!         .args(["-c", "src/tool.bpf.c", "-o"])
+//!         .arg(out.join(format!("tool.{variant}.bpf.o")))
+//!         .status()
+//!         .expect("clang (apt-get install clang libbpf-dev)");
+//!     assert!(status.success(), "clang failed on src/tool.bpf.c ({variant})");
+//! }
+//! println!("cargo::rerun-if-changed=src/tool.bpf.c");
+//! ```
+//!
+//! The program (`src/tool.bpf.c`) sends one record per exec:
+//!
+//! ```text
+//! #include "vmlinux.h"
+//! #include "bpfstream.h"
+//!
+//! struct exec_event { __u64 ts_ns; __u32 pid; char comm[16]; };
+//! BPFSTREAM_EXPORT_STRUCT(exec_event);  /* keeps the struct in BTF, for the layout check */
+//!
+//! SEC("tracepoint/sched/sched_process_exec")
+//! int handle_exec(void *ctx)
+//! {
+//!     struct exec_event *e = bpfstream_reserve(struct exec_event);
+//!     if (!e)
+//!         return 0;  /* dropped, and counted */
+//!     e->ts_ns = bpf_ktime_get_ns();
+//!     e->pid = bpf_get_current_pid_tgid() >> 32;
+//!     bpf_get_current_comm(e->comm, sizeof(e->comm));
+//!     bpfstream_submit(ctx, e);
+//!     return 0;
+//! }
+//! char LICENSE[] SEC("license") = "Dual BSD/GPL";
+//! ```
+//!
+//! (Attaching a tracepoint needs tracefs: `mount -t tracefs nodev /sys/kernel/tracing` where
+//! it is not mounted.) And `main.rs` mirrors the record, loads the object of the transport the
+//! kernel has, opens
+//! the stream before attaching (a perf buffer must be in its map before the first record),
+//! streams events in timestamp order until `shutdown` (Ctrl-C, say), then detaches and drains,
+//! so that the totals add up to the last event:
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "aya", feature = "tokio"))]
+//! # async fn demo(shutdown: impl std::future::Future<Output = ()>) -> Result<(), Box<dyn std::error::Error>> {
+//! use bpfstream::btf::Mirror;
+//! use bpfstream::stream::EventStream;
+//! use bpfstream::{Event, FixedStr, PerfOptions, Transport, WakeupPolicy};
+//! use futures_util::StreamExt;
+//!
+//! bpfstream::record! {
+//!     pub struct ExecEvent { pub ts_ns: u64, pub pid: u32, pub comm: FixedStr<16> }
+//! }
+//! # macro_rules! include_bytes_aligned { ($p:expr) => { &[0u8] } }
+//! static RING: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tool.ring.bpf.o"));
+//! static PERF: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tool.perf.bpf.o"));
+//! // (include_bytes_aligned is aya's macro: aya needs the object 8-byte aligned.)
+//!
+//! let object = match Transport::probe() {
+//!     Transport::Ring => RING,
+//!     Transport::Perf => PERF,
+//! };
+//! ExecEvent::check_btf(object, "exec_event")?; // the mirror matches what clang laid out
+//! let policy = WakeupPolicy::Adaptive;
+//! let mut loader = aya::EbpfLoader::new();
+//! loader.map_max_entries("events", 1 << 20); // ring bytes (ignored by the perf variant)
+//! let mut ebpf = bpfstream::aya::load(loader, object, policy)?;
+//! let source = bpfstream::aya::open(&ebpf, "events", policy, PerfOptions::default())?;
+//! let program: &mut aya::programs::TracePoint = ebpf.program_mut("handle_exec").unwrap().try_into()?;
+//! program.load()?;
+//! program.attach("sched", "sched_process_exec")?;
+//!
+//! let stream = EventStream::typed::<ExecEvent>(source)?;
+//! let cancel = stream.cancel_handle();
+//! let mut events = stream.ordered(std::time::Duration::from_millis(10), |e: &ExecEvent| e.ts_ns);
+//! let mut shutdown = std::pin::pin!(shutdown);
+//! let mut ebpf = Some(ebpf);
+//! loop {
+//!     let event = tokio::select! {
+//!         () = &mut shutdown, if ebpf.is_some() => {
+//!             ebpf = None; // detaches the programs
+//!             cancel.drain(); // the stream ends once all that is buffered is out
+//!             continue;
+//!         }
+//!         event = events.next() => event,
+//!     };
+//!     let Some(event) = event else { break };
+//!     match event? {
+//!         Event::Record(e) => println!("{} {} {}", e.ts_ns, e.pid, e.comm),
+//!         Event::Lost(lost) => eprintln!("{} events lost", lost.count),
+//!         Event::Malformed(error) => eprintln!("{error}"),
+//!     }
+//! }
+//! let totals = events.get_ref().get_ref().totals(); // the stream's source: the EventSource
+//! eprintln!("{} delivered + {} dropped of {:?}", totals.delivered, totals.dropped, totals.produced);
+//! # Ok(()) }
+//! ```
+//!
+//! Without the `aya` feature the same takes the map descriptors by hand: [`EventSource::open`]
+//! on the events map, [`EventSource::with_counters`] with a [`DropCounters`] on
+//! `bpfstream_stats`, the globals [`WakeupPolicy::globals`] names set on the loader, and
+//! [`EventSource::expect_wakeups`] with the same policy. `bpfstream/tests/outside_tool` in the
+//! repository is such a tool, built by a test from this crate's package alone.
 //!
 //! # Kernel versions
 //!
@@ -99,11 +237,16 @@
 #![warn(missing_docs)]
 
 pub mod accounting;
+#[cfg(feature = "aya")]
+pub mod aya;
 pub mod btf;
 pub mod degrade;
 mod error;
+mod fixed_str;
 pub mod merge;
 pub mod names;
+#[cfg(feature = "tokio")]
+mod ordered;
 mod ownership;
 pub mod perfbuf;
 pub mod poller;
@@ -119,6 +262,7 @@ pub mod typed;
 
 pub use accounting::{Counters, DropCounters, WakeupPolicy};
 pub use error::Error;
+pub use fixed_str::FixedStr;
 pub use perfbuf::{PerfBuffer, PerfOptions, PerfWakeup};
 pub use poller::{PollStats, Poller, Waker};
 pub use ringbuf::{RingBuffer, RingStats};

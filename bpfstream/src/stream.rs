@@ -91,6 +91,8 @@ use crate::sys::Epoll;
 use crate::typed::{Copied, Decode, Typed};
 use crate::{Error, Event, FromRecord, Item};
 
+pub use crate::ordered::Ordered;
+
 /// Default bound on how long a record waits when its producer does not wake the stream.
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(100);
 
@@ -272,6 +274,10 @@ fn decode_item<T>(decoder: &mut dyn Decode<Output = T>, stats: &mut Stats, item:
 }
 
 /// A stream of decoded [`Event`]s from one [`Source`]; see the [module docs](self).
+///
+/// Records come in the order the source holds them: commit order for a ring buffer, but CPU by
+/// CPU for a perf buffer, so a perf stream is out of timestamp order across CPUs;
+/// [`ordered`](Self::ordered) puts it in order.
 ///
 /// Items are `Result<Event<D::Output>, Error>`: an error (a corrupt buffer, a failing system
 /// call) is the last item. `Send` when the source and decoder are.

@@ -244,7 +244,9 @@ pub fn events<E: FromRecord, F: Flow>(handler: impl FnMut(Event<E>) -> F) -> imp
 }
 
 /// Declares `#[repr(C)]` structs whose fields are all [`Plain`], and implements [`Plain`] (and
-/// so [`FromRecord`]) for them. A field of any other type is a compile error.
+/// so [`FromRecord`]) for them, and [`Mirror`](crate::btf::Mirror) (to check the layout against
+/// the C struct in a BPF object's BTF). A field of any other type is a compile error; a C
+/// `char name[N]` string is a [`FixedStr<N>`](crate::FixedStr).
 #[macro_export]
 macro_rules! record {
     ($(
@@ -268,6 +270,12 @@ macro_rules! record {
             const fn assert_plain<T: $crate::typed::Plain>() {}
             $( assert_plain::<$ty>(); )*
         };
+
+        impl $crate::btf::Mirror for $name {
+            fn rust_layout() -> $crate::btf::RustLayout {
+                $crate::rust_layout!($name { $($field),* })
+            }
+        }
     )* };
 }
 
