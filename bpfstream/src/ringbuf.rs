@@ -34,7 +34,7 @@ use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::ownership::RingClaim;
 use crate::scan;
@@ -179,6 +179,48 @@ where
         publish(mem, start.wrapping_add(done));
     }
     result.map(|()| pass)
+}
+
+/// How long a poll waits before looking again at a head record still being written (BUSY): its
+/// commit is not certain to send a wakeup (`BPF_RB_NO_WAKEUP`, or a wakeup already spent).
+pub(crate) const BUSY_BACKOFF: Duration = Duration::from_millis(1);
+
+/// Whether the record at the consumer position is still being written.
+fn head_is_busy<M: RingMemory + ?Sized>(mem: &M) -> bool {
+    let cons = mem.consumer_pos().load(Ordering::Relaxed);
+    // Pairs with smp_store_release(&rb->producer_pos, ...) in __bpf_ringbuf_reserve(): the
+    // header below the position read has been written (at least as BUSY).
+    let prod = mem.producer_pos().load(Ordering::Acquire);
+    let lead = prod.wrapping_sub(cons);
+    if lead == 0 || lead > mem.size() as u64 {
+        return false;
+    }
+    let offset = (cons & (mem.size() as u64 - 1)) as usize;
+    // SAFETY: as in `consume`: an 8-aligned offset below `size` is an aligned u32 inside the
+    // mapping, written concurrently by the kernel.
+    let header = unsafe { &*mem.data().as_ptr().add(offset).cast::<AtomicU32>() };
+    // Pairs with the xchg(&hdr->len, new_len) in bpf_ringbuf_commit().
+    header.load(Ordering::Acquire) & BUSY_BIT != 0
+}
+
+/// Runs `consume` and, while it takes nothing because the head record is BUSY, runs it again
+/// every [`BUSY_BACKOFF`] until `deadline` (`None`: until the record is committed).
+pub(crate) fn consume_past_busy<M: RingMemory + ?Sized>(
+    mem: &M,
+    deadline: Option<Instant>,
+    mut consume: impl FnMut(&M) -> Result<usize, Error>,
+) -> Result<usize, Error> {
+    loop {
+        let n = consume(mem)?;
+        if n > 0 || !head_is_busy(mem) {
+            return Ok(n);
+        }
+        let left = deadline.map_or(BUSY_BACKOFF, |d| d.saturating_duration_since(Instant::now()));
+        if left.is_zero() {
+            return Ok(0);
+        }
+        std::thread::sleep(left.min(BUSY_BACKOFF));
+    }
 }
 
 fn corrupt(position: u64, length: u64, reason: &'static str) -> Error {
@@ -337,14 +379,23 @@ impl RingBuffer {
     /// producers' next wakeup if less is waiting than their wakeup policy guarantees to signal
     /// (with the default policy: if the ring is empty). Returns the number of records handled
     /// (0 on timeout or when interrupted by a signal). The timeout bounds how long a record
-    /// written without a wakeup can wait.
+    /// written without a wakeup can wait. While the head record is still being written (BUSY),
+    /// it is looked at again every millisecond within the timeout, as its commit may send no
+    /// wakeup.
     pub fn poll<F: Flow>(
         &mut self,
         timeout: Option<Duration>,
-        handler: impl FnMut(&[u8]) -> F,
+        mut handler: impl FnMut(&[u8]) -> F,
     ) -> Result<usize, Error> {
+        let deadline = timeout.map(|t| Instant::now() + t);
         self.wait(timeout)?;
-        self.consume(handler)
+        let publish_every = self.publish_every;
+        let mut failure = Failure::default();
+        let mut check = |data: &[u8]| failure.check(handler(data));
+        let n = consume_past_busy(&self.ring, deadline, |ring| {
+            consume(ring, usize::MAX, publish_every, &mut check).map(|pass| pass.records)
+        });
+        failure.result(n)
     }
 
     /// Whether records wait that no coming wakeup is certain to announce, so that sleeping
@@ -534,6 +585,42 @@ mod protocol_tests {
         assert_eq!(stopped, 3);
         assert_eq!(consumer.consume(|r: &[u8]| seen.push(r[0])).unwrap(), 3);
         assert_eq!(seen, (0..10).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn poll_looks_again_at_a_busy_head_until_it_is_committed() {
+        let ring = SimRing::new(4096);
+        let busy = ring.reserve(3).unwrap();
+        ring.output(b"behind").unwrap();
+        std::thread::scope(|s| {
+            let mut consumer = ring.consumer().unwrap();
+            s.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                ring.fill(&busy, b"one");
+                ring.commit(busy, false);
+            });
+            let mut seen = Vec::new();
+            // Without the backoff this returns 0 at once: the head is BUSY and nothing wakes it.
+            let n = consumer.poll(None, |r: &[u8]| seen.push(r.to_vec())).unwrap();
+            assert_eq!(n, 2);
+            assert_eq!(seen, [b"one".to_vec(), b"behind".to_vec()]);
+        });
+    }
+
+    #[test]
+    fn poll_on_a_busy_head_returns_at_the_timeout() {
+        let ring = SimRing::new(4096);
+        let _busy = ring.reserve(3).unwrap();
+        ring.output(b"behind").unwrap();
+        let mut consumer = ring.consumer().unwrap();
+        let n = consumer.poll(Some(std::time::Duration::from_millis(5)), |_: &[u8]| {}).unwrap();
+        assert_eq!(n, 0, "the BUSY head holds the record behind it");
+        // A committed head is taken at once, BUSY or not behind it.
+        drop(consumer);
+        let ring = SimRing::new(4096);
+        ring.output(b"head").unwrap();
+        let _busy = ring.reserve(3).unwrap();
+        assert_eq!(ring.consumer().unwrap().poll(None, |_: &[u8]| {}).unwrap(), 1);
     }
 
     #[test]

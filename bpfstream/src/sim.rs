@@ -239,6 +239,23 @@ impl SimRingConsumer<'_> {
         failure.result(pass.map(|pass| pass.records))
     }
 
+    /// As [`crate::RingBuffer::poll`] on a ring whose producers send no wakeups: consumes, and
+    /// while the head record is still being written (BUSY) looks again every millisecond until
+    /// `timeout` (`None`: until it is committed).
+    pub fn poll<F: Flow>(
+        &mut self,
+        timeout: Option<std::time::Duration>,
+        mut handler: impl FnMut(&[u8]) -> F,
+    ) -> Result<usize, Error> {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        let mut failure = Failure::default();
+        let mut check = |r: &[u8]| failure.check(handler(r));
+        let n = ringbuf::consume_past_busy(self.ring, deadline, |ring| {
+            ringbuf::consume(ring, usize::MAX, self.publish_every, &mut check).map(|pass| pass.records)
+        });
+        failure.result(n)
+    }
+
     /// Publish the consumer position every `bytes` within a batch (default: a quarter ring).
     pub fn set_publish_every(&mut self, bytes: u64) {
         self.publish_every = bytes.max(8);

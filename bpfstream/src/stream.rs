@@ -94,9 +94,9 @@ use crate::{Error, Event, FromRecord, Item};
 /// Default bound on how long a record waits when its producer does not wake the stream.
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(100);
 
-/// How soon a stream looks again when bytes wait but the head record is still being written
-/// (BUSY): its commit is not certain to wake the stream.
-const BUSY_BACKOFF: Duration = Duration::from_millis(1);
+// How soon a stream looks again when bytes wait but the head record is still being written
+// (BUSY): the same backoff as the blocking `RingBuffer::poll`.
+use crate::ringbuf::BUSY_BACKOFF;
 
 const RUNNING: u8 = 0;
 const DRAIN: u8 = 1;
