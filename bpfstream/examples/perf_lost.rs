@@ -12,7 +12,6 @@
 
 mod common;
 
-use bpfstream::accounting::STATS_MAP;
 use bpfstream::{DropCounters, Item, PerfBuffer, PerfOptions, Transport};
 use common::{pin_to_cpu, ping, PingOptions, PingProbe};
 
@@ -20,7 +19,7 @@ fn main() -> anyhow::Result<()> {
     pin_to_cpu(0)?; // all samples into CPU 0's buffer
     let mut probe = PingProbe::load(PingOptions::new(Transport::Perf))?;
     let mut perf = PerfBuffer::new(probe.map("events")?, PerfOptions { pages_per_cpu: 1, wakeup: None })?;
-    let mut counters = DropCounters::new(probe.map(STATS_MAP)?)?;
+    let mut counters = DropCounters::new(probe.map(DropCounters::MAP)?)?;
     probe.attach()?;
 
     let (mut records, mut lost) = (0u64, 0u64);

@@ -29,20 +29,20 @@ use crate::typed::FromRecord;
 use crate::{Error, EventSource, Totals, Transport};
 
 /// The read-only global holding the high watermark (bytes waiting; 0: policy off).
-pub const HIGH_GLOBAL: &str = "bpfstream_degrade_high";
+pub(crate) const HIGH_GLOBAL: &str = "bpfstream_degrade_high";
 /// The read-only global holding the low watermark (bytes waiting).
-pub const LOW_GLOBAL: &str = "bpfstream_degrade_low";
+pub(crate) const LOW_GLOBAL: &str = "bpfstream_degrade_low";
 /// The read-only global holding N of the 1-in-N sample sent in degraded mode (0: none).
-pub const SAMPLE_GLOBAL: &str = "bpfstream_degrade_sample";
+pub(crate) const SAMPLE_GLOBAL: &str = "bpfstream_degrade_sample";
 /// The array map holding the mode (0 full fidelity, 1 degraded).
-pub const STATE_MAP: &str = "bpfstream_degrade_state";
+const STATE_MAP: &str = "bpfstream_degrade_state";
 /// The per-CPU array of [`DegradeCounters`].
-pub const STATS_MAP: &str = "bpfstream_degrade_stats";
+const STATS_MAP: &str = "bpfstream_degrade_stats";
 /// The hash map key (u64) -> events summarized (u64).
-pub const SUMMARY_MAP: &str = "bpfstream_summary";
+const SUMMARY_MAP: &str = "bpfstream_summary";
 /// First u64 of every [`Notice`] record (`BPFSTREAM_DEGRADE_MAGIC`); above 2^63, so no
 /// CLOCK_MONOTONIC nanosecond timestamp can start a record with it.
-pub const NOTICE_MAGIC: u64 = 0xb9f5_de9a_0de9_a0de;
+pub(crate) const NOTICE_MAGIC: u64 = 0xb9f5_de9a_0de9_a0de;
 
 /// When the BPF side degrades and recovers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -171,6 +171,13 @@ pub struct DegradeMaps {
 }
 
 impl DegradeMaps {
+    /// Name of the degrade state map of `bpfstream.h` (the `state` argument of [`new`](Self::new)).
+    pub const STATE_MAP: &'static str = STATE_MAP;
+    /// Name of the degrade counters map (the `stats` argument of [`new`](Self::new)).
+    pub const STATS_MAP: &'static str = STATS_MAP;
+    /// Name of the summary map (the `summary` argument of [`new`](Self::new)).
+    pub const SUMMARY_MAP: &'static str = SUMMARY_MAP;
+
     /// Opens the maps [`STATE_MAP`], [`STATS_MAP`] and [`SUMMARY_MAP`] of a loaded object.
     pub fn new(state: impl AsFd, stats: impl AsFd, summary: impl AsFd) -> Result<Self, Error> {
         let check = |fd: std::os::fd::BorrowedFd<'_>, ty: u32, key: u32, value: u32, what: &str| {

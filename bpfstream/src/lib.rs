@@ -98,33 +98,34 @@
 
 #![warn(missing_docs)]
 
-pub mod accounting;
+mod accounting;
 pub mod btf;
 pub mod degrade;
 mod error;
 pub mod merge;
 pub mod names;
 mod ownership;
-pub mod perfbuf;
-pub mod poller;
-pub mod ringbuf;
+mod perfbuf;
+mod poller;
+mod ringbuf;
 mod scan;
+#[cfg(feature = "sim")]
 pub mod sim;
-pub mod source;
-pub mod stats;
+mod source;
+mod stats;
 #[cfg(feature = "tokio")]
 pub mod stream;
 mod sys;
 pub mod typed;
 
-pub use accounting::{Counters, DropCounters, WakeupPolicy};
+pub use accounting::{Counters, DropCounters, WakeupPolicy, EVENTS_MAP};
 pub use error::Error;
 pub use perfbuf::{PerfBuffer, PerfOptions, PerfWakeup};
-pub use poller::{PollStats, Poller, Waker};
-pub use ringbuf::{RingBuffer, RingStats};
+pub use poller::{PollStats, Poller, Source, SourceId, SourceOptions, Waker};
+pub use ringbuf::RingBuffer;
 pub use source::{EventSource, Totals, Transport};
 pub use stats::{Fill, Stats, StatsHandle};
-pub use sys::{online_cpus, page_size, possible_cpus};
+pub use sys::{online_cpus, page_size};
 pub use typed::{Event, FromRecord, TypedError};
 
 use std::ops::ControlFlow;
@@ -142,8 +143,11 @@ const _: () = {
     send_sync::<DropCounters>();
     send_sync::<StatsHandle>();
     send_sync::<Waker>();
-    send_sync::<sim::SimRing>();
-    send_sync::<sim::SimPerf>();
+    #[cfg(feature = "sim")]
+    {
+        send_sync::<sim::SimRing>();
+        send_sync::<sim::SimPerf>();
+    }
     #[cfg(feature = "tokio")]
     {
         send_sync::<stream::CancelHandle>();

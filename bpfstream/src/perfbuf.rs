@@ -55,11 +55,11 @@ use crate::sys::{self, map_type, Epoll, Mmap, PerfEventAttr};
 use crate::{Error, Failure, Flow, Item, LossOrigin, Lost, Record};
 
 /// `PERF_RECORD_LOST`.
-pub const RECORD_LOST: u32 = 2;
+pub(crate) const RECORD_LOST: u32 = 2;
 /// `PERF_RECORD_SAMPLE`.
-pub const RECORD_SAMPLE: u32 = 9;
+pub(crate) const RECORD_SAMPLE: u32 = 9;
 /// Size of `struct perf_event_header`.
-pub const HEADER_SIZE: u64 = 8;
+pub(crate) const HEADER_SIZE: u64 = 8;
 
 const DATA_HEAD_OFFSET: usize = 1024;
 const DATA_TAIL_OFFSET: usize = 1032;
@@ -73,7 +73,7 @@ const DATA_TAIL_OFFSET: usize = 1032;
 /// - `data()` is 8-byte aligned and valid for reads of `size()` bytes;
 /// - bytes between `data_tail` and `data_head` are not written until `data_tail` moves past
 ///   them.
-pub unsafe trait PerfMemory {
+pub(crate) unsafe trait PerfMemory {
     /// Written by the kernel: end of the data written so far.
     fn data_head(&self) -> &AtomicU64;
     /// Written by us: end of the data consumed so far.
@@ -289,7 +289,7 @@ impl Default for PerfOptions {
 
 impl PerfOptions {
     /// The wakeup that will be used for a buffer of `data_size` bytes per CPU.
-    pub fn effective_wakeup(&self, data_size: usize) -> PerfWakeup {
+    pub(crate) fn effective_wakeup(&self, data_size: usize) -> PerfWakeup {
         self.wakeup.unwrap_or(PerfWakeup::Bytes((data_size / 4).max(1) as u32))
     }
 }
@@ -327,7 +327,7 @@ unsafe impl PerfMemory for CpuRing {
 
 /// Fill and loss of one CPU's perf buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PerfCpuStats {
+pub(crate) struct PerfCpuStats {
     /// The CPU.
     pub cpu: u32,
     /// Data bytes of this CPU's ring.
@@ -444,7 +444,11 @@ impl PerfBuffer {
 
     /// Like [`consume`](Self::consume), but hands over at most `max` samples. CPUs are visited
     /// round-robin, starting after the one the previous call ended on.
-    pub fn consume_n<F: Flow>(&mut self, max: usize, mut handler: impl FnMut(Item<'_>) -> F) -> Result<usize, Error> {
+    pub(crate) fn consume_n<F: Flow>(
+        &mut self,
+        max: usize,
+        mut handler: impl FnMut(Item<'_>) -> F,
+    ) -> Result<usize, Error> {
         let mut failure = Failure::default();
         let total = self.consume_checked(max, &mut |item: Item<'_>| failure.check(handler(item)));
         failure.result(total)
@@ -507,7 +511,7 @@ impl PerfBuffer {
     }
 
     /// Per-CPU fill and kernel-reported losses.
-    pub fn stats(&self) -> Vec<PerfCpuStats> {
+    pub(crate) fn stats(&self) -> Vec<PerfCpuStats> {
         self.cpus
             .iter()
             .map(|ring| PerfCpuStats {

@@ -48,19 +48,15 @@ pub trait Source {
         handler: &mut dyn FnMut(Item<'_>) -> ControlFlow<()>,
     ) -> Result<usize, Error>;
 
-    /// Like [`consume_until`](Self::consume_until), with a handler that never stops the pass.
-    fn consume_items(&mut self, max: usize, handler: &mut dyn FnMut(Item<'_>)) -> Result<usize, Error> {
-        self.consume_until(max, &mut |item: Item<'_>| {
-            handler(item);
-            ControlFlow::Continue(())
-        })
-    }
-
-    /// Hands over everything left, for shutdown. The default consumes until empty.
+    /// Hands over everything left, for shutdown. The default consumes until empty;
+    /// [`EventSource`] also reads its drop counters one last time ([`EventSource::finish`]).
     fn drain_items(&mut self, handler: &mut dyn FnMut(Item<'_>)) -> Result<usize, Error> {
         let mut total = 0;
         loop {
-            let n = self.consume_items(usize::MAX, handler)?;
+            let n = self.consume_until(usize::MAX, &mut |item: Item<'_>| {
+                handler(item);
+                ControlFlow::Continue(())
+            })?;
             if n == 0 {
                 return Ok(total);
             }
@@ -151,7 +147,7 @@ impl Source for EventSource {
         Some(EventSource::fill(self))
     }
     fn note_wait(&mut self, signalled: bool) {
-        EventSource::note_wait(self, signalled);
+        self.note_wait(signalled);
     }
 }
 

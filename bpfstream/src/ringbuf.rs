@@ -43,11 +43,11 @@ use crate::sys::{self, map_type, Epoll, Mmap};
 use crate::{Error, Failure, Flow, WakeupPolicy};
 
 /// Set in a record's length while the producer still owns it (`BPF_RINGBUF_BUSY_BIT`).
-pub const BUSY_BIT: u32 = 1 << 31;
+pub(crate) const BUSY_BIT: u32 = 1 << 31;
 /// Set in a record's length when it was discarded (`BPF_RINGBUF_DISCARD_BIT`).
-pub const DISCARD_BIT: u32 = 1 << 30;
+pub(crate) const DISCARD_BIT: u32 = 1 << 30;
 /// Size of a record header (`BPF_RINGBUF_HDR_SZ`).
-pub const HEADER_SIZE: u64 = 8;
+pub(crate) const HEADER_SIZE: u64 = 8;
 
 /// The memory a ring-buffer consumer reads: the kernel's mmap, or a simulation in tests.
 ///
@@ -59,7 +59,7 @@ pub const HEADER_SIZE: u64 = 8;
 ///   `i + size()` is the same memory as byte `i` (the kernel's double mapping);
 /// - memory between `consumer_pos` and `producer_pos` that the ring protocol marks committed
 ///   (header without BUSY) is not written until `consumer_pos` moves past it.
-pub unsafe trait RingMemory {
+pub(crate) unsafe trait RingMemory {
     /// The consumer position (written by us, read by producers).
     fn consumer_pos(&self) -> &AtomicU64;
     /// The producer position (written by producers, read by us).
@@ -235,7 +235,7 @@ fn publish<M: RingMemory + ?Sized>(mem: &M, cons: u64) {
 
 /// Positions and fill of a ring buffer at one instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RingStats {
+pub(crate) struct RingStats {
     /// Size of the data area in bytes.
     pub size: u64,
     /// Bytes written by producers and not yet consumed (records, headers and padding).
@@ -369,7 +369,11 @@ impl RingBuffer {
     }
 
     /// Like [`consume`](Self::consume), but hands over at most `max` records.
-    pub fn consume_n<F: Flow>(&mut self, max: usize, mut handler: impl FnMut(&[u8]) -> F) -> Result<usize, Error> {
+    pub(crate) fn consume_n<F: Flow>(
+        &mut self,
+        max: usize,
+        mut handler: impl FnMut(&[u8]) -> F,
+    ) -> Result<usize, Error> {
         let mut failure = Failure::default();
         let pass = consume(&self.ring, max, self.publish_every, &mut |data: &[u8]| failure.check(handler(data)));
         failure.result(pass.map(|pass| pass.records))
@@ -422,7 +426,7 @@ impl RingBuffer {
     }
 
     /// Size, fill and positions, read now.
-    pub fn stats(&self) -> RingStats {
+    pub(crate) fn stats(&self) -> RingStats {
         stats(&self.ring)
     }
 
@@ -520,8 +524,8 @@ mod protocol_tests {
             consumer.consume(|r: &[u8]| seen.push(r.to_vec())).unwrap();
             let expected: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(seq, &len)| payload(seq, len)).collect();
             prop_assert_eq!(seen, expected);
-            let stats = ring.stats();
-            prop_assert_eq!(stats.consumer_pos, stats.producer_pos);
+            let (consumer_pos, producer_pos) = ring.positions();
+            prop_assert_eq!(consumer_pos, producer_pos);
         }
     }
 
@@ -536,12 +540,12 @@ mod protocol_tests {
             .consume(|_: &[u8]| {
                 handled += 1;
                 // Every record is 16 bytes; the position published lags by less than a stretch.
-                let lag = handled * 16 - ring.stats().consumer_pos;
+                let lag = handled * 16 - ring.positions().0;
                 assert!(lag <= 256 + 16, "consumer_pos lags {lag} bytes behind record {handled}");
             })
             .unwrap();
         assert_eq!(n as u64, handled);
-        assert_eq!(ring.stats().available, 0);
+        assert_eq!(ring.available(), 0);
     }
 
     #[test]
@@ -556,7 +560,7 @@ mod protocol_tests {
         let mut consumer = ring.consumer().unwrap();
         consumer.consume(|r: &[u8]| seen.push(r.to_vec())).unwrap();
         assert_eq!(seen, [b"one".to_vec()], "stops at the BUSY record, skipping the discarded one");
-        assert_eq!(ring.stats().consumer_pos, busy.pos(), "the BUSY record is not consumed");
+        assert_eq!(ring.positions().0, busy.pos(), "the BUSY record is not consumed");
         ring.fill(&busy, b"two");
         ring.commit(busy, false);
         consumer.consume(|r: &[u8]| seen.push(r.to_vec())).unwrap();
@@ -633,6 +637,6 @@ mod protocol_tests {
         let err = ring.consumer().unwrap().consume(|_: &[u8]| seen += 1).unwrap_err();
         assert_eq!(seen, 1);
         assert!(err.to_string().contains("past the producer position"), "{err}");
-        assert_eq!(ring.stats().consumer_pos, r + 16, "consumed up to the bad record");
+        assert_eq!(ring.positions().0, r + 16, "consumed up to the bad record");
     }
 }

@@ -17,7 +17,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::perfbuf::{self, PerfMemory};
-use crate::ringbuf::{self, RingMemory, RingStats, BUSY_BIT, DISCARD_BIT, HEADER_SIZE};
+use crate::ringbuf::{self, RingMemory, BUSY_BIT, DISCARD_BIT, HEADER_SIZE};
 use crate::{Error, Failure, Flow, Item};
 
 /// 8-byte aligned, zeroed memory.
@@ -189,9 +189,21 @@ impl SimRing {
         self.set_header(pos, len_word);
     }
 
-    /// Size, fill and positions.
-    pub fn stats(&self) -> RingStats {
-        ringbuf::stats(self)
+    /// The consumer and producer positions (free-running byte counters), read now.
+    pub fn positions(&self) -> (u64, u64) {
+        let stats = ringbuf::stats(self);
+        (stats.consumer_pos, stats.producer_pos)
+    }
+
+    /// Bytes written and not yet consumed (records, headers and padding).
+    pub fn available(&self) -> u64 {
+        ringbuf::stats(self).available
+    }
+
+    /// Start of the data area (mapped twice back to back, `2 * size` bytes), to check that
+    /// what a consumer lends lies inside it.
+    pub fn data_area(&self) -> *const u8 {
+        self.data().as_ptr().cast_const()
     }
 
     /// Overwrites both positions, to simulate a corrupt or foreign consumer position or a
@@ -387,6 +399,17 @@ impl SimPerf {
         let mut check = |item: Item<'_>| failure.check(handler(item));
         let pass = perfbuf::consume(&*self, 0, scratch, usize::MAX, publish_every, &mut check);
         failure.result(pass.map(|pass| pass.records))
+    }
+
+    /// Start of the data area (`size` bytes), to check that what a consumer lends lies
+    /// inside it (or, for a sample that wraps the end, in the consumer's scratch buffer).
+    pub fn data_area(&self) -> *const u8 {
+        self.data().as_ptr().cast_const()
+    }
+
+    /// `data_tail` and `data_head` (free-running byte counters), read now.
+    pub fn positions(&self) -> (u64, u64) {
+        (self.data_tail.load(Ordering::Relaxed), self.data_head.load(Ordering::Acquire))
     }
 
     /// Bytes written and not yet consumed.

@@ -132,7 +132,7 @@ impl EventSource {
             perf_lost: Vec::new(),
             totals: Totals::default(),
             stats: Stats::default(),
-            stats_handle: StatsHandle::default(),
+            stats_handle: StatsHandle::new(),
         }
     }
 
@@ -207,8 +207,8 @@ impl EventSource {
 
     /// Counts a wait for this source's descriptor: `signalled` if it became readable, otherwise
     /// it timed out (or another source woke the waiter). [`poll`](Self::poll) and
-    /// [`Poller`](crate::Poller) call this; call it if you wait on [`AsFd`] yourself.
-    pub fn note_wait(&mut self, signalled: bool) {
+    /// [`Poller`](crate::Poller) call this (through [`Source::note_wait`](crate::Source::note_wait)).
+    pub(crate) fn note_wait(&mut self, signalled: bool) {
         self.stats.note_wait(signalled);
     }
 
@@ -228,7 +228,11 @@ impl EventSource {
     }
 
     /// Like [`consume`](Self::consume), at most `max` records.
-    pub fn consume_n<F: Flow>(&mut self, max: usize, mut handler: impl FnMut(Item<'_>) -> F) -> Result<usize, Error> {
+    pub(crate) fn consume_n<F: Flow>(
+        &mut self,
+        max: usize,
+        mut handler: impl FnMut(Item<'_>) -> F,
+    ) -> Result<usize, Error> {
         let mut failure = Failure::default();
         let mut handler = |item: Item<'_>| failure.check(handler(item));
         self.stats.note_fill(Some(self.fill()));

@@ -104,15 +104,14 @@ struct Shared {
 #[derive(Debug, Clone)]
 pub struct StatsHandle(Arc<Shared>);
 
-impl Default for StatsHandle {
-    fn default() -> Self {
+impl StatsHandle {
+    /// A handle with nothing published yet.
+    pub(crate) fn new() -> Self {
         let shared = Shared::default();
         shared.produced.store(NONE, Ordering::Relaxed);
         StatsHandle(Arc::new(shared))
     }
-}
 
-impl StatsHandle {
     /// The counts as last published by the consumer.
     pub fn read(&self) -> Stats {
         let s = &self.0;
@@ -152,7 +151,7 @@ mod tests {
 
     #[test]
     fn published_counts_are_read_back_from_another_thread() {
-        let handle = StatsHandle::default();
+        let handle = StatsHandle::new();
         assert_eq!(handle.read(), Stats::default());
         let mut stats = Stats { events: 3, bytes: 300, lost: 2, produced: Some(5), ..Stats::default() };
         stats.note_fill(Some(Fill { used: 64, capacity: 4096 }));

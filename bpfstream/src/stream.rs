@@ -323,7 +323,7 @@ impl<S: Source, D: Decode> EventStream<S, D> {
             pending: VecDeque::new(),
             done: false,
             stats: Stats::default(),
-            stats_handle: StatsHandle::default(),
+            stats_handle: StatsHandle::new(),
         })
     }
 
@@ -512,7 +512,7 @@ impl<'a, T> MergedStream<'a, T> {
             scratch: VecDeque::new(),
             done: false,
             stats: Stats::default(),
-            stats_handle: StatsHandle::default(),
+            stats_handle: StatsHandle::new(),
         })
     }
 

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use aya::Ebpf;
-use bpfstream::accounting::STATS_MAP;
 use bpfstream::{Counters, DropCounters, Transport, WakeupPolicy};
 
 use crate::lifecycle::{self, Attach, BufferOptions, Global, TracerSpec, EVENTS_MAP};
@@ -79,7 +78,8 @@ impl Program {
         let (bpf, _) = lifecycle::load(&spec, &options)?;
         let events = bpf.map(EVENTS_MAP).ok_or_else(|| anyhow!("the bench object has no {EVENTS_MAP} map"))?;
         let events = lifecycle::map_fd(events)?.try_clone_to_owned().context("dup of the events map")?;
-        let stats = bpf.map(STATS_MAP).ok_or_else(|| anyhow!("the bench object has no {STATS_MAP} map"))?;
+        let stats =
+            bpf.map(DropCounters::MAP).ok_or_else(|| anyhow!("the bench object has no {} map", DropCounters::MAP))?;
         let counters = DropCounters::new(lifecycle::map_fd(stats)?)?;
         Ok(Program { bpf: Some(bpf), spec, counters, events })
     }

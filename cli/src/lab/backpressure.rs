@@ -80,7 +80,7 @@ fn degrade_maps(bpf: &aya::Ebpf) -> Result<DegradeMaps> {
     let map = |name: &str| {
         bpf.map(name).ok_or_else(|| anyhow!("the backpressure object has no {name} map")).and_then(lifecycle::map_fd)
     };
-    Ok(DegradeMaps::new(map(degrade::STATE_MAP)?, map(degrade::STATS_MAP)?, map(degrade::SUMMARY_MAP)?)?)
+    Ok(DegradeMaps::new(map(DegradeMaps::STATE_MAP)?, map(DegradeMaps::STATS_MAP)?, map(DegradeMaps::SUMMARY_MAP)?)?)
 }
 
 fn run_one(policy_on: bool, duration: Duration, progress: &Progress) -> Result<Run> {
