@@ -99,6 +99,7 @@
 #![warn(missing_docs)]
 
 mod accounting;
+mod batch;
 pub mod btf;
 pub mod degrade;
 mod error;

@@ -36,6 +36,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::batch::{self, Step};
 use crate::ownership::RingClaim;
 use crate::scan;
 use crate::stats::Fill;
@@ -82,16 +83,10 @@ pub(crate) struct Pass {
 }
 
 /// Reads committed records in order and hands each payload to `handler`, publishing the
-/// consumer position once per batch. Stops at a BUSY record, after `max` records, when the
-/// handler says stop, when the ring is empty, or after one ring's worth of bytes.
-///
-/// A batch is what one read of `producer_pos` shows, capped at `publish_every` bytes so that a
-/// long drain still returns space to the producers as it goes.
-///
-/// Positions are free-running and wrap at 2^64 as the kernel's do; the loop counts bytes from
-/// where it started (`done`, `end`), which stay below two rings. A producer position more than
-/// a ring ahead, or a record longer than what was written, is an [`Error::Corrupt`]: so every
-/// record lent lies within one ring's worth of bytes from its start, inside the double mapping.
+/// consumer position once per batch ([`batch::run`]). Stops at a BUSY record, after `max`
+/// records, when the handler says stop, when the ring is empty, or after one ring's worth of
+/// bytes. A record longer than what was written is an [`Error::Corrupt`], so every record lent
+/// lies within one ring's worth of bytes from its start, inside the double mapping.
 ///
 /// Generic over the handler so that a closure is inlined into the loop (no indirect call per
 /// record); `&mut dyn FnMut` still works where one is wanted.
@@ -101,84 +96,70 @@ where
     F: Flow,
     H: FnMut(&[u8]) -> F + ?Sized,
 {
-    let size = mem.size() as u64;
-    let mask = size - 1;
-    let data = mem.data();
+    let ring = batch::Ring {
+        transport: "ring",
+        size: mem.size() as u64,
+        publish_every,
+        // Most streams repeat one record size; guess the smallest record (an empty payload).
+        min_record: HEADER_SIZE,
+        too_far_ahead: "producer position is more than one ring ahead",
+    };
     let mut pass = Pass::default();
     // Only this consumer writes consumer_pos, so a relaxed load sees our own last store.
     let start = mem.consumer_pos().load(Ordering::Relaxed);
-    // Bytes consumed and published since `start`.
-    let mut done = 0u64;
-    let mut published = 0u64;
-    // Most streams repeat one record size; guess the smallest record (an empty payload).
-    let mut stride = scan::Stride::new(HEADER_SIZE);
-
-    let result = 'outer: loop {
-        // Pairs with smp_store_release(&rb->producer_pos, ...) in __bpf_ringbuf_reserve():
-        // every header below the position we read has been written (at least as BUSY).
-        let end = mem.producer_pos().load(Ordering::Acquire).wrapping_sub(start);
-        // The kernel reserves only while producer_pos - consumer_pos < size.
-        let lead = end.wrapping_sub(done);
-        if lead > size {
-            break Err(corrupt(start.wrapping_add(done), lead, "producer position is more than one ring ahead"));
+    // Pairs with smp_store_release(&rb->producer_pos, ...) in __bpf_ringbuf_reserve(): every
+    // header below the position read has been written (at least as BUSY). The kernel reserves
+    // only while producer_pos - consumer_pos < size.
+    let producer = || mem.producer_pos().load(Ordering::Acquire);
+    let parse = |position: u64, room: u64| {
+        if pass.records >= max || pass.stopped {
+            return Ok(Step::Stop);
         }
-        // One lap at most: a producer faster than the handler must not keep us here forever.
-        if lead == 0 || done >= size {
-            break Ok(());
+        let Some((len_word, total)) = read_header(mem, position, room)? else { return Ok(Step::Stop) };
+        if len_word & DISCARD_BIT == 0 {
+            let len = len_word & !(BUSY_BIT | DISCARD_BIT);
+            let offset = (position & (ring.size - 1)) as usize + HEADER_SIZE as usize;
+            // SAFETY: the record lies within the `room <= size` bytes written from its header
+            // (checked by `read_header`), so with the double mapping it ends below `2 * size`.
+            // It is committed and stays unwritten until consumer_pos passes it, which happens
+            // only after the handler has returned and dropped this borrow (and no other
+            // consumer in this process can move it: `RingClaim`).
+            let payload = unsafe { std::slice::from_raw_parts(mem.data().as_ptr().add(offset), len as usize) };
+            pass.records += 1;
+            pass.bytes += u64::from(len);
+            pass.stopped = handler(payload).is_stop();
         }
-        while done < end {
-            // Within the batch, publish every `publish_every` bytes (checked per stretch, not
-            // per record).
-            let stretch_end = end.min(published + publish_every);
-            while done < stretch_end {
-                if pass.records >= max || pass.stopped {
-                    break 'outer Ok(());
-                }
-                let offset = (start.wrapping_add(done) & mask) as usize;
-                scan::prefetch(data.as_ptr().wrapping_add(offset + scan::PREFETCH_AHEAD));
-                // SAFETY: `offset + 8 <= size` because offsets are 8-aligned and size is a
-                // multiple of 8; `data` is 8-aligned, so the header is an aligned u32 inside the
-                // mapping. The kernel writes it concurrently, hence an atomic.
-                let header = unsafe { &*data.as_ptr().add(offset).cast::<AtomicU32>() };
-                // Pairs with the xchg(&hdr->len, new_len) in bpf_ringbuf_commit() (a full
-                // barrier): once we see BUSY clear, the payload written before the commit is
-                // visible.
-                let len_word = header.load(Ordering::Acquire);
-                if len_word & BUSY_BIT != 0 {
-                    break 'outer Ok(());
-                }
-                let len = u64::from(len_word & !(BUSY_BIT | DISCARD_BIT));
-                // Header plus payload, rounded up to 8 (len < 2^30: no overflow).
-                let total = (len + HEADER_SIZE + 7) & !7;
-                if total > end - done {
-                    let position = start.wrapping_add(done);
-                    break 'outer Err(corrupt(position, len, "record extends past the producer position"));
-                }
-                if len_word & DISCARD_BIT == 0 {
-                    // SAFETY: the record lies within the `end - done <= size` bytes written from
-                    // `offset`, so with the double mapping `offset + 8 + len <= 2 * size`. The
-                    // record is committed and stays unwritten until consumer_pos passes it,
-                    // which happens only after the handler has returned and dropped this borrow
-                    // (and no other consumer in this process can move it: `RingClaim`).
-                    let payload = unsafe {
-                        std::slice::from_raw_parts(data.as_ptr().add(offset + HEADER_SIZE as usize), len as usize)
-                    };
-                    pass.records += 1;
-                    pass.bytes += len;
-                    pass.stopped = handler(payload).is_stop();
-                }
-                done = stride.next(done, total);
-            }
-            if done - published >= publish_every {
-                publish(mem, start.wrapping_add(done));
-                published = done;
-            }
-        }
+        Ok(Step::Took(total))
     };
-    if done != published {
-        publish(mem, start.wrapping_add(done));
+    batch::run(&ring, start, producer, |position| publish(mem, position), parse)?;
+    Ok(pass)
+}
+
+/// The length word of the committed record at `position` and its size in the ring (header and
+/// payload, rounded up to 8); `None` while it is BUSY. A record longer than the `room` bytes
+/// written from `position` is an [`Error::Corrupt`].
+#[inline(always)]
+fn read_header<M: RingMemory + ?Sized>(mem: &M, position: u64, room: u64) -> Result<Option<(u32, u64)>, Error> {
+    let offset = (position & (mem.size() as u64 - 1)) as usize;
+    let data = mem.data().as_ptr();
+    scan::prefetch(data.wrapping_add(offset + scan::PREFETCH_AHEAD));
+    // SAFETY: `offset + 8 <= size` because offsets are 8-aligned and size is a multiple of 8;
+    // `data` is 8-aligned, so the header is an aligned u32 inside the mapping. The kernel writes
+    // it concurrently, hence an atomic.
+    let header = unsafe { &*data.add(offset).cast::<AtomicU32>() };
+    // Pairs with the xchg(&hdr->len, new_len) in bpf_ringbuf_commit() (a full barrier): once we
+    // see BUSY clear, the payload written before the commit is visible.
+    let len_word = header.load(Ordering::Acquire);
+    if len_word & BUSY_BIT != 0 {
+        return Ok(None);
     }
-    result.map(|()| pass)
+    let len = u64::from(len_word & !(BUSY_BIT | DISCARD_BIT));
+    // Header plus payload, rounded up to 8 (len < 2^30: no overflow).
+    let total = (len + HEADER_SIZE + 7) & !7;
+    if total > room {
+        return Err(corrupt(position, len, "record extends past the producer position"));
+    }
+    Ok(Some((len_word, total)))
 }
 
 /// How long a poll waits before looking again at a head record still being written (BUSY): its
