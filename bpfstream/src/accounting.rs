@@ -10,7 +10,7 @@ use std::mem::size_of;
 use std::os::fd::{AsFd, OwnedFd};
 
 use crate::sys::{self, map_type};
-use crate::{Error, LossOrigin, Lost};
+use crate::{Error, LossOrigin, Lost, Totals};
 
 /// Default name of the events map defined by `bpfstream.h` (`BPFSTREAM_EVENTS` changes it).
 pub const EVENTS_MAP: &str = "events";
@@ -24,7 +24,7 @@ const WAKEUP_ARG_GLOBAL: &str = "bpfstream_wakeup_arg";
 /// `struct bpfstream_counters`, one per CPU.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
+pub(crate) struct Counters {
     /// Records the CPU tried to send.
     pub produced: u64,
     /// Records that could not be written (ring full, perf buffer full, bad length).
@@ -133,13 +133,22 @@ impl DropCounters {
             .collect())
     }
 
-    /// The counters summed over all CPUs.
-    pub fn total(&mut self) -> Result<Counters, Error> {
+    /// What the BPF side counted, summed over all CPUs: `produced`, `dropped` and
+    /// `forced_wakeups`. Records delivered are the consumer's to count ([`EventSource`] does):
+    /// here `delivered` and `bytes` are 0.
+    ///
+    /// [`EventSource`]: crate::EventSource
+    pub fn total(&mut self) -> Result<Totals, Error> {
         let mut sum = Counters::default();
         for c in self.read()? {
             sum.add(&c);
         }
-        Ok(sum)
+        Ok(Totals {
+            dropped: sum.dropped,
+            produced: Some(sum.produced),
+            forced_wakeups: Some(sum.forced_wakeups),
+            ..Totals::default()
+        })
     }
 
     /// Drops counted since the last call, one [`Lost`] per CPU that dropped, as a consumer

@@ -242,35 +242,18 @@ impl DegradeMaps {
     }
 }
 
-/// The accounting of a stream under the degrade policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DegradeTotals {
-    /// Events the BPF side handled: sent or tried to send, plus summarized.
-    pub produced: u64,
-    /// Application records delivered (notices excluded).
-    pub delivered: u64,
-    /// Records that could not be written.
-    pub dropped: u64,
-    /// Events counted in the summary instead of sent.
-    pub summarized: u64,
-}
-
-impl DegradeTotals {
-    /// Combines a stream's [`Totals`] (which count notices among the delivered records) with the
-    /// policy's counters and the number of notices the consumer saw.
-    pub fn new(totals: &Totals, counters: &DegradeCounters, notices_delivered: u64) -> Self {
-        DegradeTotals {
-            produced: totals.produced.unwrap_or(0) + counters.summarized,
+impl DegradeCounters {
+    /// A stream's [`Totals`] under the degrade policy: the `notices_delivered` notices (counted
+    /// among the stream's delivered records) taken out of `delivered`, and the events the policy
+    /// summarized instead of sending added to `summarized` and `produced`, so that
+    /// `delivered + dropped + summarized == produced` once the stream is drained.
+    pub fn apply(&self, totals: &Totals, notices_delivered: u64) -> Totals {
+        Totals {
+            produced: Some(totals.produced.unwrap_or(0) + self.summarized),
             delivered: totals.delivered.saturating_sub(notices_delivered),
-            dropped: totals.dropped,
-            summarized: counters.summarized,
+            summarized: totals.summarized + self.summarized,
+            ..*totals
         }
-    }
-
-    /// `produced - delivered - dropped - summarized`: 0 once the producers are detached and the
-    /// stream drained.
-    pub fn unaccounted(&self) -> i128 {
-        i128::from(self.produced) - i128::from(self.delivered) - i128::from(self.dropped) - i128::from(self.summarized)
     }
 }
 
@@ -341,9 +324,8 @@ mod tests {
     fn totals_exclude_notices_and_add_the_summary() {
         let totals = Totals { delivered: 103, dropped: 2, produced: Some(102), ..Default::default() };
         let counters = DegradeCounters { summarized: 1000, notices: 3, ..Default::default() };
-        let t = DegradeTotals::new(&totals, &counters, 3);
-        assert_eq!((t.produced, t.delivered, t.dropped, t.summarized), (1102, 100, 2, 1000));
-        assert_eq!(t.unaccounted(), 0);
-        assert_eq!(DegradeTotals { produced: 10, delivered: 9, ..Default::default() }.unaccounted(), 1);
+        let t = counters.apply(&totals, 3);
+        assert_eq!((t.produced, t.delivered, t.dropped, t.summarized), (Some(1102), 100, 2, 1000));
+        assert_eq!(t.delivered + t.dropped + t.summarized, t.produced.unwrap());
     }
 }

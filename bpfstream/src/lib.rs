@@ -23,14 +23,15 @@
 //! | many sources, priorities | [`Poller`] | [`stream::MergedStream`] |
 //!
 //! - Loss is an item, never silence: perf `PERF_RECORD_LOST` and ring-buffer drops (counted by
-//!   the BPF side, [`accounting`]) both arrive as [`Item::Lost`] / [`Event::Lost`], and
+//!   the BPF side, [`DropCounters`]) both arrive as [`Item::Lost`] / [`Event::Lost`], and
 //!   [`Totals`] keep `delivered + dropped == produced`.
 //! - Typed events: [`record!`] declares `#[repr(C)]` mirrors, [`FromRecord`] decodes them with a
 //!   length-checked, alignment-safe copy, [`typed`] adapts handlers and streams, and [`btf`]
 //!   checks a mirror's size and offsets against the struct clang compiled.
-//! - [`stats`]: events, bytes, losses, wakeups and fill, readable from any thread while the
+//! - [`Stats`]: events, bytes, losses, wakeups and fill, readable from any thread while the
 //!   consumer runs.
-//! - [`sim`]: the kernel's buffer layouts in ordinary memory, for tests without root.
+//! - `sim` (feature `sim`): the kernel's buffer layouts in ordinary memory, for tests without
+//!   root.
 //!
 //! Runnable examples (as root) are in `bpfstream/examples/`: a blocking ring consumer, a perf
 //! consumer that loses events, a multi-source poller, an async stream, variable-length records.
@@ -51,7 +52,7 @@
 //!
 //! The program brings its own `vmlinux.h` (`bpftool btf dump file /sys/kernel/btf/vmlinux
 //! format c`): included before `bpfstream.h`, or found on the include path. The events map is
-//! named `events` ([`accounting::EVENTS_MAP`]) unless `BPFSTREAM_EVENTS` names it otherwise;
+//! named `events` ([`EVENTS_MAP`]) unless `BPFSTREAM_EVENTS` names it otherwise;
 //! uprobes and other preemptible programs define `BPFSTREAM_PREEMPTIBLE` (a guard on the per-CPU
 //! scratch record). From a `build.rs`, add this crate as a build-dependency and pass
 //! `-I{bpfstream::INCLUDE_DIR}`.
@@ -62,7 +63,7 @@
 //! `BPF_RB_FORCE_WAKEUP`, `bpf_ringbuf_query`); perf buffers Linux 4.4 (`bpf_perf_event_output`
 //! into `PERF_COUNT_SW_BPF_OUTPUT` events). Opening a map by fd reads its type with
 //! `BPF_OBJ_GET_INFO_BY_FD` (4.13); drop counters are a per-CPU array (4.6). Items that need a
-//! kernel say so; [`typed`], [`btf`], [`stats`], [`sim`] and [`names`] need none.
+//! kernel say so; [`typed`], [`btf`], [`Stats`], `sim` and [`names`] need none.
 //!
 //! # Threads
 //!
@@ -119,10 +120,10 @@ pub mod stream;
 mod sys;
 pub mod typed;
 
-pub use accounting::{Counters, DropCounters, WakeupPolicy, EVENTS_MAP};
+pub use accounting::{DropCounters, WakeupPolicy, EVENTS_MAP};
 pub use error::Error;
 pub use perfbuf::{PerfBuffer, PerfOptions, PerfWakeup};
-pub use poller::{PollStats, Poller, Source, SourceId, SourceOptions, Waker};
+pub use poller::{Poller, Source, SourceId, SourceOptions, Waker};
 pub use ringbuf::RingBuffer;
 pub use source::{EventSource, Totals, Transport};
 pub use stats::{Fill, Stats, StatsHandle};
