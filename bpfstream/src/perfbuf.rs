@@ -94,12 +94,11 @@ pub(crate) struct Pass {
     pub stopped: bool,
 }
 
+/// Out of line: the consume loop's fast path stays small.
+#[cold]
+#[inline(never)]
 fn corrupt(position: u64, length: u64, reason: &'static str) -> Error {
     Error::Corrupt { transport: "perf", position, length, reason }
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
@@ -146,17 +145,19 @@ where
             return Ok(Step::Stop);
         }
         let (kind, length, record) = read_record(mem, tail, room, scratch)?;
-        match parse_record(kind, record, tail, cpu)? {
-            Some(item @ Item::Record(r)) => {
+        match kind {
+            RECORD_SAMPLE => {
+                let data = sample_payload(record, tail)?;
                 pass.records += 1;
-                pass.bytes += r.data.len() as u64;
-                pass.stopped = handler(item).is_stop();
+                pass.bytes += data.len() as u64;
+                pass.stopped = handler(Item::Record(Record { data, cpu: Some(cpu) })).is_stop();
             }
-            Some(item @ Item::Lost(lost)) => {
+            RECORD_LOST => {
+                let lost = lost_count(record, tail, cpu)?;
                 pass.lost += lost.count;
-                pass.stopped = handler(item).is_stop();
+                pass.stopped = handler(Item::Lost(lost)).is_stop();
             }
-            None => {}
+            _ => {} // THROTTLE, UNTHROTTLE, ...: nothing for a BPF output consumer.
         }
         Ok(Step::Took(length))
     };
@@ -193,44 +194,51 @@ fn read_record<'a, M: PerfMemory + ?Sized>(
         // not rewritten before data_tail passes it, which happens after the handler returned.
         return Ok((kind, length, unsafe { std::slice::from_raw_parts(data.add(offset), length as usize) }));
     }
-    // The record wraps: copy its two parts into one contiguous buffer (at most `size` bytes:
-    // `length <= room <= size`).
-    let first = size as usize - offset;
+    Ok((kind, length, copy_wrapped(mem, offset, length as usize, scratch)))
+}
+
+/// A record that wraps the end of the ring, its two parts copied into `scratch` (at most
+/// `size` bytes: `length <= room <= size`). Out of line: the fast path stays small.
+#[cold]
+#[inline(never)]
+fn copy_wrapped<'a, M: PerfMemory + ?Sized>(
+    mem: &M,
+    offset: usize,
+    length: usize,
+    scratch: &'a mut Vec<u8>,
+) -> &'a [u8] {
+    let data = mem.data().as_ptr();
+    let first = mem.size() - offset;
     scratch.clear();
     // SAFETY: the record's first part runs to the end of the data area and the rest starts at
     // its beginning; both are below data_head.
     unsafe {
         scratch.extend_from_slice(std::slice::from_raw_parts(data.add(offset), first));
-        scratch.extend_from_slice(std::slice::from_raw_parts(data, length as usize - first));
+        scratch.extend_from_slice(std::slice::from_raw_parts(data, length - first));
     }
-    Ok((kind, length, scratch))
+    scratch
 }
 
-/// What a record of type `kind` carries for a BPF output consumer: a sample's raw payload, a
-/// LOST record's count, or nothing (THROTTLE, UNTHROTTLE, ...). A size field that does not fit
-/// its record is an [`Error::Corrupt`].
+/// The raw payload of a `PERF_RECORD_SAMPLE` (`u32 raw_size; u8 raw[raw_size]` after the
+/// header). A raw size that does not fit its record is an [`Error::Corrupt`].
 #[inline(always)]
-fn parse_record(kind: u32, record: &[u8], tail: u64, cpu: u32) -> Result<Option<Item<'_>>, Error> {
-    match kind {
-        RECORD_SAMPLE => {
-            if record.len() < 12 {
-                return Err(corrupt(tail, record.len() as u64, "sample too short for its raw size"));
-            }
-            let raw_size = u32_at(record, 8) as usize;
-            let Some(data) = record.get(12..12 + raw_size) else {
-                return Err(corrupt(tail, raw_size as u64, "raw sample size exceeds its record"));
-            };
-            Ok(Some(Item::Record(Record { data, cpu: Some(cpu) })))
-        }
-        RECORD_LOST => {
-            if record.len() < 24 {
-                return Err(corrupt(tail, record.len() as u64, "LOST record too short"));
-            }
-            let count = u64_at(record, 16);
-            Ok(Some(Item::Lost(Lost { count, cpu: Some(cpu), origin: LossOrigin::PerfLostRecord })))
-        }
-        _ => Ok(None),
+fn sample_payload(record: &[u8], tail: u64) -> Result<&[u8], Error> {
+    let Some(size_bytes) = record.get(8..12) else {
+        return Err(corrupt(tail, record.len() as u64, "sample too short for its raw size"));
+    };
+    let raw_size = u32::from_ne_bytes(size_bytes.try_into().expect("4 bytes")) as usize;
+    match record.get(12..12 + raw_size) {
+        Some(payload) => Ok(payload),
+        None => Err(corrupt(tail, raw_size as u64, "raw sample size exceeds its record")),
     }
+}
+
+/// The count of a `PERF_RECORD_LOST` (`u64 id; u64 lost` after the header).
+fn lost_count(record: &[u8], tail: u64, cpu: u32) -> Result<Lost, Error> {
+    if record.len() < 24 {
+        return Err(corrupt(tail, record.len() as u64, "LOST record too short"));
+    }
+    Ok(Lost { count: u64_at(record, 16), cpu: Some(cpu), origin: LossOrigin::PerfLostRecord })
 }
 
 fn publish<M: PerfMemory + ?Sized>(mem: &M, tail: u64) {

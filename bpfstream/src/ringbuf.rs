@@ -204,6 +204,9 @@ pub(crate) fn consume_past_busy<M: RingMemory + ?Sized>(
     }
 }
 
+/// Out of line: the consume loop's fast path stays small.
+#[cold]
+#[inline(never)]
 fn corrupt(position: u64, length: u64, reason: &'static str) -> Error {
     Error::Corrupt { transport: "ring", position, length, reason }
 }
