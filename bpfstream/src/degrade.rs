@@ -178,7 +178,7 @@ impl DegradeMaps {
     /// Name of the summary map (the `summary` argument of [`new`](Self::new)).
     pub const SUMMARY_MAP: &'static str = SUMMARY_MAP;
 
-    /// Opens the maps [`STATE_MAP`], [`STATS_MAP`] and [`SUMMARY_MAP`] of a loaded object.
+    /// Opens the maps [`STATE_MAP`](Self::STATE_MAP), [`STATS_MAP`](Self::STATS_MAP) and [`SUMMARY_MAP`](Self::SUMMARY_MAP) of a loaded object.
     pub fn new(state: impl AsFd, stats: impl AsFd, summary: impl AsFd) -> Result<Self, Error> {
         let check = |fd: std::os::fd::BorrowedFd<'_>, ty: u32, key: u32, value: u32, what: &str| {
             let info = sys::expect_map_type(fd, ty)?;

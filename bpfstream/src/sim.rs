@@ -244,7 +244,8 @@ impl SimRingConsumer<'_> {
         self.consume_n(usize::MAX, handler)
     }
 
-    /// As [`crate::RingBuffer::consume_n`].
+    /// As [`crate::RingBuffer::consume`], at most `max` records (the consume loop the ring buffer
+    /// runs with a limit: for the streams and the poller).
     pub fn consume_n<F: Flow>(&mut self, max: usize, mut handler: impl FnMut(&[u8]) -> F) -> Result<usize, Error> {
         let mut failure = Failure::default();
         let pass = ringbuf::consume(self.ring, max, self.publish_every, &mut |r: &[u8]| failure.check(handler(r)));
