@@ -36,6 +36,22 @@
 //! Runnable examples (as root) are in `bpfstream/examples/`: a blocking ring consumer, a perf
 //! consumer that loses events, a multi-source poller, an async stream, variable-length records.
 //!
+//! # Consuming, and what it adds up to
+//!
+//! Every consumer has the same verbs:
+//!
+//! - `consume`: hand over what is buffered now, without blocking;
+//! - `poll`: wait (with a timeout) for the producers' wakeup, then consume;
+//! - [`EventSource::finish`]: at the end, after the producers are detached: drain, read the
+//!   drop counters one last time, and return the [`Totals`] (`delivered + dropped == produced`);
+//!   [`EventSource::finish_by`] does the same until a deadline, for records still being written.
+//!
+//! [`Poller`] and the async streams drive any [`Source`] through its two methods,
+//! [`consume_until`](Source::consume_until) (a bounded batch that a handler can stop) and
+//! [`drain_items`](Source::drain_items) (the shutdown drain). There is one count type per
+//! question: [`Stats`], the live view of a running consumer (readable from other threads through
+//! a [`StatsHandle`]), and [`Totals`], what happened, from [`EventSource::totals`] or `finish`.
+//!
 //! # The BPF side
 //!
 //! `bpfstream.h`, shipped in this crate's package (its directory is [`INCLUDE_DIR`]), is the
