@@ -62,6 +62,12 @@ pub trait Source {
     fn note_wait(&mut self, signalled: bool) {
         let _ = signalled;
     }
+
+    /// What the source has accounted for, if it keeps [`Totals`](crate::Totals)
+    /// ([`EventSource`] does). The default: nothing.
+    fn totals(&self) -> Option<crate::Totals> {
+        None
+    }
 }
 
 impl Source for RingBuffer {
@@ -123,6 +129,9 @@ impl Source for EventSource {
     }
     fn fill(&self) -> Option<Fill> {
         Some(EventSource::fill(self))
+    }
+    fn totals(&self) -> Option<crate::Totals> {
+        Some(EventSource::totals(self))
     }
     fn note_wait(&mut self, signalled: bool) {
         self.note_wait(signalled);

@@ -348,6 +348,13 @@ impl<S: Source, D: Decode> EventStream<S, D> {
         self.stats_handle.clone()
     }
 
+    /// What the source has accounted for ([`Source::totals`]; `Some` for an
+    /// [`EventSource`](crate::EventSource)): after the stream ended on a
+    /// [`drain`](CancelHandle::drain) request, the final [`Totals`](crate::Totals).
+    pub fn totals(&self) -> Option<crate::Totals> {
+        self.source.totals()
+    }
+
     /// The source.
     pub fn get_ref(&self) -> &S {
         &self.source
