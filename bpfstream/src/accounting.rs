@@ -17,9 +17,9 @@ pub const EVENTS_MAP: &str = "events";
 /// Name of the per-CPU counters map defined by `bpfstream.h` ([`DropCounters::MAP`]).
 pub(crate) const STATS_MAP: &str = "bpfstream_stats";
 /// Name of the read-only global holding the wakeup policy.
-const WAKEUP_POLICY_GLOBAL: &str = "bpfstream_wakeup_policy";
+pub(crate) const WAKEUP_POLICY_GLOBAL: &str = "bpfstream_wakeup_policy";
 /// Name of the read-only global holding the wakeup policy's argument.
-const WAKEUP_ARG_GLOBAL: &str = "bpfstream_wakeup_arg";
+pub(crate) const WAKEUP_ARG_GLOBAL: &str = "bpfstream_wakeup_arg";
 
 /// `struct bpfstream_counters`, one per CPU.
 #[repr(C)]
@@ -77,7 +77,7 @@ impl WakeupPolicy {
 
     /// The values of `bpfstream_wakeup_policy` (`enum bpfstream_wakeup`) and
     /// `bpfstream_wakeup_arg`.
-    fn numbers(self) -> (u32, u64) {
+    pub(crate) fn numbers(self) -> (u32, u64) {
         match self {
             WakeupPolicy::Adaptive => (0, 0),
             WakeupPolicy::EveryRecord => (1, 0),

@@ -35,11 +35,11 @@ pub(crate) const LOW_GLOBAL: &str = "bpfstream_degrade_low";
 /// The read-only global holding N of the 1-in-N sample sent in degraded mode (0: none).
 pub(crate) const SAMPLE_GLOBAL: &str = "bpfstream_degrade_sample";
 /// The array map holding the mode (0 full fidelity, 1 degraded).
-const STATE_MAP: &str = "bpfstream_degrade_state";
+pub(crate) const STATE_MAP: &str = "bpfstream_degrade_state";
 /// The per-CPU array of [`DegradeCounters`].
-const STATS_MAP: &str = "bpfstream_degrade_stats";
+pub(crate) const STATS_MAP: &str = "bpfstream_degrade_stats";
 /// The hash map key (u64) -> events summarized (u64).
-const SUMMARY_MAP: &str = "bpfstream_summary";
+pub(crate) const SUMMARY_MAP: &str = "bpfstream_summary";
 /// First u64 of every [`Notice`] record (`BPFSTREAM_DEGRADE_MAGIC`); above 2^63, so no
 /// CLOCK_MONOTONIC nanosecond timestamp can start a record with it.
 pub(crate) const NOTICE_MAGIC: u64 = 0xb9f5_de9a_0de9_a0de;
