@@ -100,20 +100,16 @@ fn perf_pass(payloads: Payloads) -> Pass {
 /// libbpf's `perf_event_read_simple()` loop, for comparison: each record's size read from its
 /// header, one indirect call per record, data_tail stored once at the end.
 fn perf_pass_libbpf_style(payloads: Payloads) -> Pass {
-    use bpfstream::perfbuf::PerfMemory;
-    use std::sync::atomic::Ordering;
-
-    let (perf, written) = filled_perf(payloads);
+    let (mut perf, written) = filled_perf(payloads);
     extern "C" fn on_sample(count: *mut usize, _data: *const u8, size: u32) {
         // SAFETY: `count` is the caller's live counter.
         unsafe { *count += size as usize };
     }
     let callback: extern "C" fn(*mut usize, *const u8, u32) = black_box(on_sample);
-    let (data, mask) = (perf.data().as_ptr(), perf.size() as u64 - 1);
+    let (data, mask) = (perf.data_area(), BUFFER_BYTES as u64 - 1);
     let (mut records, mut payload_bytes) = (0, 0usize);
     let started = Instant::now();
-    let head = perf.data_head().load(Ordering::Acquire);
-    let mut tail = perf.data_tail().load(Ordering::Relaxed);
+    let (mut tail, head) = perf.positions();
     while tail < head {
         // SAFETY: records are 8-aligned inside the simulated data area, below its head.
         let (kind, size, raw) = unsafe {
@@ -127,7 +123,7 @@ fn perf_pass_libbpf_style(payloads: Payloads) -> Pass {
         }
         tail += u64::from(size);
     }
-    perf.data_tail().store(tail, Ordering::Release);
+    perf.force_positions(tail, head);
     let ns = started.elapsed().as_nanos() as f64;
     assert_eq!(records, written, "every sample written is consumed");
     Pass { records, payload_bytes, ns }

@@ -12,7 +12,7 @@ mod common;
 
 use std::time::Duration;
 
-use bpfstream::poller::SourceOptions;
+use bpfstream::SourceOptions;
 use bpfstream::{Item, Poller, Transport};
 use common::{ping, PingOptions, PingProbe};
 
@@ -55,10 +55,10 @@ fn main() -> anyhow::Result<()> {
     ring_probe.detach();
     perf_probe.detach();
     println!(
-        "ring: {} records, perf: {} records, lost {lost}; ring stats {:?}",
+        "ring: {} records, perf: {} records, lost {lost}; ring fill {:?}",
         from_ring.len(),
         from_perf.len(),
-        ring.stats()
+        ring.fill()
     );
     assert_eq!(from_ring, (0..1000).collect::<Vec<_>>());
     assert_eq!(from_perf.len(), 1000);

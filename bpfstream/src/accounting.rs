@@ -10,21 +10,21 @@ use std::mem::size_of;
 use std::os::fd::{AsFd, OwnedFd};
 
 use crate::sys::{self, map_type};
-use crate::{Error, LossOrigin, Lost};
+use crate::{Error, LossOrigin, Lost, Totals};
 
 /// Default name of the events map defined by `bpfstream.h` (`BPFSTREAM_EVENTS` changes it).
 pub const EVENTS_MAP: &str = "events";
-/// Name of the per-CPU counters map defined by `bpfstream.h`.
-pub const STATS_MAP: &str = "bpfstream_stats";
+/// Name of the per-CPU counters map defined by `bpfstream.h` ([`DropCounters::MAP`]).
+pub(crate) const STATS_MAP: &str = "bpfstream_stats";
 /// Name of the read-only global holding the wakeup policy.
-pub const WAKEUP_POLICY_GLOBAL: &str = "bpfstream_wakeup_policy";
+pub(crate) const WAKEUP_POLICY_GLOBAL: &str = "bpfstream_wakeup_policy";
 /// Name of the read-only global holding the wakeup policy's argument.
-pub const WAKEUP_ARG_GLOBAL: &str = "bpfstream_wakeup_arg";
+pub(crate) const WAKEUP_ARG_GLOBAL: &str = "bpfstream_wakeup_arg";
 
 /// `struct bpfstream_counters`, one per CPU.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
+pub(crate) struct Counters {
     /// Records the CPU tried to send.
     pub produced: u64,
     /// Records that could not be written (ring full, perf buffer full, bad length).
@@ -67,8 +67,17 @@ pub enum WakeupPolicy {
 }
 
 impl WakeupPolicy {
-    /// The values of `bpfstream_wakeup_policy` and `bpfstream_wakeup_arg`.
-    pub fn globals(self) -> (u32, u64) {
+    /// The read-only globals of `bpfstream.h` that select this policy, as (name, value bytes)
+    /// pairs to set before loading the object (with aya: `EbpfLoader::override_global(name,
+    /// bytes.as_slice(), false)`, `false` as an object without a ring has no such globals).
+    pub fn globals(self) -> [(&'static str, Vec<u8>); 2] {
+        let (policy, arg) = self.numbers();
+        [(WAKEUP_POLICY_GLOBAL, policy.to_ne_bytes().to_vec()), (WAKEUP_ARG_GLOBAL, arg.to_ne_bytes().to_vec())]
+    }
+
+    /// The values of `bpfstream_wakeup_policy` (`enum bpfstream_wakeup`) and
+    /// `bpfstream_wakeup_arg`.
+    pub(crate) fn numbers(self) -> (u32, u64) {
         match self {
             WakeupPolicy::Adaptive => (0, 0),
             WakeupPolicy::EveryRecord => (1, 0),
@@ -90,6 +99,9 @@ pub struct DropCounters {
 }
 
 impl DropCounters {
+    /// Name of the counters map defined by `bpfstream.h` (`bpfstream_stats`).
+    pub const MAP: &'static str = STATS_MAP;
+
     /// Opens the counters behind `map` (a `BPF_MAP_TYPE_PERCPU_ARRAY` of
     /// `struct bpfstream_counters`).
     pub fn new(map: impl AsFd) -> Result<Self, Error> {
@@ -109,7 +121,7 @@ impl DropCounters {
     }
 
     /// The counters of every possible CPU, indexed by CPU.
-    pub fn read(&mut self) -> Result<Vec<Counters>, Error> {
+    pub(crate) fn read(&mut self) -> Result<Vec<Counters>, Error> {
         sys::map_lookup_u32(self.map.as_fd(), 0, &mut self.value)?;
         Ok(self
             .value
@@ -121,26 +133,35 @@ impl DropCounters {
             .collect())
     }
 
-    /// The counters summed over all CPUs.
-    pub fn total(&mut self) -> Result<Counters, Error> {
+    /// What the BPF side counted, summed over all CPUs: `produced`, `dropped` and
+    /// `forced_wakeups`. Records delivered are the consumer's to count ([`EventSource`] does):
+    /// here `delivered` and `bytes` are 0.
+    ///
+    /// [`EventSource`]: crate::EventSource
+    pub fn total(&mut self) -> Result<Totals, Error> {
         let mut sum = Counters::default();
         for c in self.read()? {
             sum.add(&c);
         }
-        Ok(sum)
+        Ok(Totals {
+            dropped: sum.dropped,
+            produced: Some(sum.produced),
+            forced_wakeups: Some(sum.forced_wakeups),
+            ..Totals::default()
+        })
     }
 
     /// Drops counted since the last call, one [`Lost`] per CPU that dropped, as a consumer
     /// reports them. `floor[cpu]`, when given, is what was already reported for that CPU by other
     /// means (perf LOST records); only what exceeds both is new.
-    pub fn new_drops(&mut self, already: Option<&[u64]>) -> Result<Vec<Lost>, Error> {
+    pub(crate) fn new_drops(&mut self, already: Option<&[u64]>) -> Result<Vec<Lost>, Error> {
         let counters = self.read()?;
         Ok(self.drops_in(&counters, already))
     }
 
     /// [`new_drops`](Self::new_drops) of counters already read (`counters`, indexed by CPU, as
     /// [`read`](Self::read) returns them), so drops and `produced` come from one snapshot.
-    pub fn drops_in(&mut self, counters: &[Counters], already: Option<&[u64]>) -> Vec<Lost> {
+    pub(crate) fn drops_in(&mut self, counters: &[Counters], already: Option<&[u64]>) -> Vec<Lost> {
         let mut lost = Vec::new();
         for (cpu, c) in counters.iter().enumerate() {
             let seen = self.reported[cpu].max(already.and_then(|a| a.get(cpu).copied()).unwrap_or(0));
@@ -155,7 +176,7 @@ impl DropCounters {
     /// Marks `count` drops on `cpu` as reported by other means (a perf LOST record), so
     /// [`new_drops`](Self::new_drops) does not report them twice. Returns how many of them the
     /// counters had not covered yet (and so are new).
-    pub fn note_reported(&mut self, cpu: u32, total_for_cpu: u64) -> u64 {
+    pub(crate) fn note_reported(&mut self, cpu: u32, total_for_cpu: u64) -> u64 {
         let slot = &mut self.reported[cpu as usize];
         let new = total_for_cpu.saturating_sub(*slot);
         *slot = (*slot).max(total_for_cpu);
@@ -189,9 +210,14 @@ mod tests {
             ("BPFSTREAM_WAKE_BYTES", WakeupPolicy::Bytes(4096)),
         ];
         let rust: Vec<(String, i64)> =
-            policies.iter().map(|(name, policy)| ((*name).to_owned(), i64::from(policy.globals().0))).collect();
+            policies.iter().map(|(name, policy)| ((*name).to_owned(), i64::from(policy.numbers().0))).collect();
         assert_eq!(values, rust);
-        assert_eq!(WakeupPolicy::EveryRecords(0).globals(), (3, 1), "an argument of 0 means 1");
+        assert_eq!(WakeupPolicy::EveryRecords(0).numbers(), (3, 1), "an argument of 0 means 1");
+        let [(policy, p), (arg, a)] = WakeupPolicy::Bytes(4096).globals();
+        assert_eq!(
+            (policy, p, arg, a),
+            (WAKEUP_POLICY_GLOBAL, 4u32.to_ne_bytes().to_vec(), WAKEUP_ARG_GLOBAL, 4096u64.to_ne_bytes().to_vec())
+        );
     }
 
     #[test]

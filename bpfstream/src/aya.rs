@@ -38,7 +38,7 @@ use crate::{DropCounters, Error, EventSource, PerfOptions, WakeupPolicy};
 /// Loads `object` with `loader` (its other settings kept), the wakeup policy's globals set to
 /// `policy`. Objects that do not read the policy (the perf variant) load all the same.
 pub fn load(loader: EbpfLoader<'_>, object: &[u8], policy: WakeupPolicy) -> Result<Ebpf, EbpfError> {
-    let (kind, arg) = policy.globals();
+    let (kind, arg) = policy.numbers();
     let mut loader = loader;
     loader.override_global(WAKEUP_POLICY_GLOBAL, &kind, false).override_global(WAKEUP_ARG_GLOBAL, &arg, false);
     loader.load(object)

@@ -29,20 +29,20 @@ use crate::typed::FromRecord;
 use crate::{Error, EventSource, Totals, Transport};
 
 /// The read-only global holding the high watermark (bytes waiting; 0: policy off).
-pub const HIGH_GLOBAL: &str = "bpfstream_degrade_high";
+pub(crate) const HIGH_GLOBAL: &str = "bpfstream_degrade_high";
 /// The read-only global holding the low watermark (bytes waiting).
-pub const LOW_GLOBAL: &str = "bpfstream_degrade_low";
+pub(crate) const LOW_GLOBAL: &str = "bpfstream_degrade_low";
 /// The read-only global holding N of the 1-in-N sample sent in degraded mode (0: none).
-pub const SAMPLE_GLOBAL: &str = "bpfstream_degrade_sample";
+pub(crate) const SAMPLE_GLOBAL: &str = "bpfstream_degrade_sample";
 /// The array map holding the mode (0 full fidelity, 1 degraded).
-pub const STATE_MAP: &str = "bpfstream_degrade_state";
+pub(crate) const STATE_MAP: &str = "bpfstream_degrade_state";
 /// The per-CPU array of [`DegradeCounters`].
-pub const STATS_MAP: &str = "bpfstream_degrade_stats";
+pub(crate) const STATS_MAP: &str = "bpfstream_degrade_stats";
 /// The hash map key (u64) -> events summarized (u64).
-pub const SUMMARY_MAP: &str = "bpfstream_summary";
+pub(crate) const SUMMARY_MAP: &str = "bpfstream_summary";
 /// First u64 of every [`Notice`] record (`BPFSTREAM_DEGRADE_MAGIC`); above 2^63, so no
 /// CLOCK_MONOTONIC nanosecond timestamp can start a record with it.
-pub const NOTICE_MAGIC: u64 = 0xb9f5_de9a_0de9_a0de;
+pub(crate) const NOTICE_MAGIC: u64 = 0xb9f5_de9a_0de9_a0de;
 
 /// When the BPF side degrades and recovers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -171,7 +171,14 @@ pub struct DegradeMaps {
 }
 
 impl DegradeMaps {
-    /// Opens the maps [`STATE_MAP`], [`STATS_MAP`] and [`SUMMARY_MAP`] of a loaded object.
+    /// Name of the degrade state map of `bpfstream.h` (the `state` argument of [`new`](Self::new)).
+    pub const STATE_MAP: &'static str = STATE_MAP;
+    /// Name of the degrade counters map (the `stats` argument of [`new`](Self::new)).
+    pub const STATS_MAP: &'static str = STATS_MAP;
+    /// Name of the summary map (the `summary` argument of [`new`](Self::new)).
+    pub const SUMMARY_MAP: &'static str = SUMMARY_MAP;
+
+    /// Opens the maps [`STATE_MAP`](Self::STATE_MAP), [`STATS_MAP`](Self::STATS_MAP) and [`SUMMARY_MAP`](Self::SUMMARY_MAP) of a loaded object.
     pub fn new(state: impl AsFd, stats: impl AsFd, summary: impl AsFd) -> Result<Self, Error> {
         let check = |fd: std::os::fd::BorrowedFd<'_>, ty: u32, key: u32, value: u32, what: &str| {
             let info = sys::expect_map_type(fd, ty)?;
@@ -235,35 +242,18 @@ impl DegradeMaps {
     }
 }
 
-/// The accounting of a stream under the degrade policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DegradeTotals {
-    /// Events the BPF side handled: sent or tried to send, plus summarized.
-    pub produced: u64,
-    /// Application records delivered (notices excluded).
-    pub delivered: u64,
-    /// Records that could not be written.
-    pub dropped: u64,
-    /// Events counted in the summary instead of sent.
-    pub summarized: u64,
-}
-
-impl DegradeTotals {
-    /// Combines a stream's [`Totals`] (which count notices among the delivered records) with the
-    /// policy's counters and the number of notices the consumer saw.
-    pub fn new(totals: &Totals, counters: &DegradeCounters, notices_delivered: u64) -> Self {
-        DegradeTotals {
-            produced: totals.produced.unwrap_or(0) + counters.summarized,
+impl DegradeCounters {
+    /// A stream's [`Totals`] under the degrade policy: the `notices_delivered` notices (counted
+    /// among the stream's delivered records) taken out of `delivered`, and the events the policy
+    /// summarized instead of sending added to `summarized` and `produced`, so that
+    /// `delivered + dropped + summarized == produced` once the stream is drained.
+    pub fn apply(&self, totals: &Totals, notices_delivered: u64) -> Totals {
+        Totals {
+            produced: Some(totals.produced.unwrap_or(0) + self.summarized),
             delivered: totals.delivered.saturating_sub(notices_delivered),
-            dropped: totals.dropped,
-            summarized: counters.summarized,
+            summarized: totals.summarized + self.summarized,
+            ..*totals
         }
-    }
-
-    /// `produced - delivered - dropped - summarized`: 0 once the producers are detached and the
-    /// stream drained.
-    pub fn unaccounted(&self) -> i128 {
-        i128::from(self.produced) - i128::from(self.delivered) - i128::from(self.dropped) - i128::from(self.summarized)
     }
 }
 
@@ -334,9 +324,8 @@ mod tests {
     fn totals_exclude_notices_and_add_the_summary() {
         let totals = Totals { delivered: 103, dropped: 2, produced: Some(102), ..Default::default() };
         let counters = DegradeCounters { summarized: 1000, notices: 3, ..Default::default() };
-        let t = DegradeTotals::new(&totals, &counters, 3);
-        assert_eq!((t.produced, t.delivered, t.dropped, t.summarized), (1102, 100, 2, 1000));
-        assert_eq!(t.unaccounted(), 0);
-        assert_eq!(DegradeTotals { produced: 10, delivered: 9, ..Default::default() }.unaccounted(), 1);
+        let t = counters.apply(&totals, 3);
+        assert_eq!((t.produced, t.delivered, t.dropped, t.summarized), (Some(1102), 100, 2, 1000));
+        assert_eq!(t.delivered + t.dropped + t.summarized, t.produced.unwrap());
     }
 }

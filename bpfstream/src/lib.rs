@@ -23,7 +23,7 @@
 //! | many sources, priorities | [`Poller`] | [`stream::MergedStream`] |
 //!
 //! - Loss is an item, never silence: perf `PERF_RECORD_LOST` and ring-buffer drops (counted by
-//!   the BPF side, [`accounting`]) both arrive as [`Item::Lost`] / [`Event::Lost`], and
+//!   the BPF side, [`DropCounters`]) both arrive as [`Item::Lost`] / [`Event::Lost`], and
 //!   [`Totals`] keep `delivered + dropped == produced`.
 //! - Typed events: [`record!`] declares `#[repr(C)]` mirrors (a C `char comm[16]` is a
 //!   [`FixedStr<16>`](FixedStr)), [`FromRecord`] decodes them with a length-checked,
@@ -34,12 +34,29 @@
 //!   [`merge::OrderedMerge`] (anywhere) put them in order.
 //! - `bpfstream::aya` (feature `aya`): load an object with its wakeup policy and open a stream by map
 //!   name, with its drop counters, in two calls.
-//! - [`stats`]: events, bytes, losses, wakeups and fill, readable from any thread while the
+//! - [`Stats`]: events, bytes, losses, wakeups and fill, readable from any thread while the
 //!   consumer runs.
-//! - [`sim`]: the kernel's buffer layouts in ordinary memory, for tests without root.
+//! - `sim` (feature `sim`): the kernel's buffer layouts in ordinary memory, for tests without
+//!   root.
 //!
 //! Runnable examples (as root) are in `bpfstream/examples/`: a blocking ring consumer, a perf
 //! consumer that loses events, a multi-source poller, an async stream, variable-length records.
+//!
+//! # Consuming, and what it adds up to
+//!
+//! Every consumer has the same verbs:
+//!
+//! - `consume`: hand over what is buffered now, without blocking;
+//! - `poll`: wait (with a timeout) for the producers' wakeup, then consume;
+//! - [`EventSource::finish`]: at the end, after the producers are detached: drain, read the
+//!   drop counters one last time, and return the [`Totals`] (`delivered + dropped == produced`);
+//!   [`EventSource::finish_by`] does the same until a deadline, for records still being written.
+//!
+//! [`Poller`] and the async streams drive any [`Source`] through its two methods,
+//! [`consume_until`](Source::consume_until) (a bounded batch that a handler can stop) and
+//! [`drain_items`](Source::drain_items) (the shutdown drain). There is one count type per
+//! question: [`Stats`], the live view of a running consumer (readable from other threads through
+//! a [`StatsHandle`]), and [`Totals`], what happened, from [`EventSource::totals`] or `finish`.
 //!
 //! # The BPF side
 //!
@@ -67,7 +84,7 @@
 //! `bpfstream.h`, or found on the include path. Uprobes and other preemptible programs define
 //! `BPFSTREAM_PREEMPTIBLE` first (a guard on the per-CPU scratch record).
 //!
-//! **Maps.** The events map is named `events` ([`accounting::EVENTS_MAP`]) unless
+//! **Maps.** The events map is named `events` ([`EVENTS_MAP`]) unless
 //! `BPFSTREAM_EVENTS` names it otherwise; its counters are `bpfstream_stats`. An object can
 //! hold several streams: `BPFSTREAM_STREAM(name)` declares another events map `name` with its
 //! own counters `name_stats`, sent to with `bpfstream_reserve_to(name, type)`,
@@ -200,7 +217,7 @@
 //! `BPF_RB_FORCE_WAKEUP`, `bpf_ringbuf_query`); perf buffers Linux 4.4 (`bpf_perf_event_output`
 //! into `PERF_COUNT_SW_BPF_OUTPUT` events). Opening a map by fd reads its type with
 //! `BPF_OBJ_GET_INFO_BY_FD` (4.13); drop counters are a per-CPU array (4.6). Items that need a
-//! kernel say so; [`typed`], [`btf`], [`stats`], [`sim`] and [`names`] need none.
+//! kernel say so; [`typed`], [`btf`], [`Stats`], `sim` and [`names`] need none.
 //!
 //! # Threads
 //!
@@ -236,9 +253,10 @@
 
 #![warn(missing_docs)]
 
-pub mod accounting;
+mod accounting;
 #[cfg(feature = "aya")]
 pub mod aya;
+mod batch;
 pub mod btf;
 pub mod degrade;
 mod error;
@@ -248,27 +266,28 @@ pub mod names;
 #[cfg(feature = "tokio")]
 mod ordered;
 mod ownership;
-pub mod perfbuf;
-pub mod poller;
-pub mod ringbuf;
+mod perfbuf;
+mod poller;
+mod ringbuf;
 mod scan;
+#[cfg(feature = "sim")]
 pub mod sim;
-pub mod source;
-pub mod stats;
+mod source;
+mod stats;
 #[cfg(feature = "tokio")]
 pub mod stream;
 mod sys;
 pub mod typed;
 
-pub use accounting::{Counters, DropCounters, WakeupPolicy};
+pub use accounting::{DropCounters, WakeupPolicy, EVENTS_MAP};
 pub use error::Error;
 pub use fixed_str::FixedStr;
 pub use perfbuf::{PerfBuffer, PerfOptions, PerfWakeup};
-pub use poller::{PollStats, Poller, Waker};
-pub use ringbuf::{RingBuffer, RingStats};
+pub use poller::{Poller, Source, SourceId, SourceOptions, Waker};
+pub use ringbuf::RingBuffer;
 pub use source::{EventSource, Totals, Transport};
 pub use stats::{Fill, Stats, StatsHandle};
-pub use sys::{online_cpus, page_size, possible_cpus};
+pub use sys::{online_cpus, page_size};
 pub use typed::{Event, FromRecord, TypedError};
 
 use std::ops::ControlFlow;
@@ -286,8 +305,11 @@ const _: () = {
     send_sync::<DropCounters>();
     send_sync::<StatsHandle>();
     send_sync::<Waker>();
-    send_sync::<sim::SimRing>();
-    send_sync::<sim::SimPerf>();
+    #[cfg(feature = "sim")]
+    {
+        send_sync::<sim::SimRing>();
+        send_sync::<sim::SimPerf>();
+    }
     #[cfg(feature = "tokio")]
     {
         send_sync::<stream::CancelHandle>();

@@ -48,6 +48,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::batch::{self, Step};
 use crate::ownership::PerfSlots;
 use crate::scan;
 use crate::stats::Fill;
@@ -55,11 +56,11 @@ use crate::sys::{self, map_type, Epoll, Mmap, PerfEventAttr};
 use crate::{Error, Failure, Flow, Item, LossOrigin, Lost, Record};
 
 /// `PERF_RECORD_LOST`.
-pub const RECORD_LOST: u32 = 2;
+pub(crate) const RECORD_LOST: u32 = 2;
 /// `PERF_RECORD_SAMPLE`.
-pub const RECORD_SAMPLE: u32 = 9;
+pub(crate) const RECORD_SAMPLE: u32 = 9;
 /// Size of `struct perf_event_header`.
-pub const HEADER_SIZE: u64 = 8;
+pub(crate) const HEADER_SIZE: u64 = 8;
 
 const DATA_HEAD_OFFSET: usize = 1024;
 const DATA_TAIL_OFFSET: usize = 1032;
@@ -73,7 +74,7 @@ const DATA_TAIL_OFFSET: usize = 1032;
 /// - `data()` is 8-byte aligned and valid for reads of `size()` bytes;
 /// - bytes between `data_tail` and `data_head` are not written until `data_tail` moves past
 ///   them.
-pub unsafe trait PerfMemory {
+pub(crate) unsafe trait PerfMemory {
     /// Written by the kernel: end of the data written so far.
     fn data_head(&self) -> &AtomicU64;
     /// Written by us: end of the data consumed so far.
@@ -93,12 +94,11 @@ pub(crate) struct Pass {
     pub stopped: bool,
 }
 
+/// Out of line: the consume loop's fast path stays small.
+#[cold]
+#[inline(never)]
 fn corrupt(position: u64, length: u64, reason: &'static str) -> Error {
     Error::Corrupt { transport: "perf", position, length, reason }
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
@@ -107,9 +107,8 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 
 /// Reads the records of one CPU's ring in order: samples go to `handler` as
 /// [`Item::Record`], `PERF_RECORD_LOST` as [`Item::Lost`], other record types are skipped.
-/// `data_tail` is published once per batch (one read of `data_head`, capped at
-/// `publish_every` bytes). Stops after `max` samples, when the handler says stop, when the ring
-/// is empty, or after one ring's worth of bytes.
+/// `data_tail` is published once per batch ([`batch::run`]). Stops after `max` samples, when
+/// the handler says stop, when the ring is empty, or after one ring's worth of bytes.
 ///
 /// Generic over the handler so that a closure is inlined into the loop (no indirect call per
 /// record); `&mut dyn FnMut` still works where one is wanted.
@@ -126,133 +125,120 @@ where
     F: Flow,
     H: FnMut(Item<'_>) -> F + ?Sized,
 {
-    let size = mem.size() as u64;
-    let mask = size - 1;
-    let data = mem.data();
+    let ring = batch::Ring {
+        transport: "perf",
+        size: mem.size() as u64,
+        publish_every,
+        // Most streams repeat one sample size; guess the smallest sample record.
+        min_record: HEADER_SIZE + 8,
+        too_far_ahead: "data_head is more than one buffer ahead",
+    };
     let mut pass = Pass::default();
     // Only we write data_tail.
     let start = mem.data_tail().load(Ordering::Relaxed);
-    // Bytes consumed and published since `start` (positions wrap at 2^64; these stay small).
-    let mut done = 0u64;
-    let mut published = 0u64;
-    // Most streams repeat one sample size; guess the smallest sample record.
-    let mut stride = scan::Stride::new(HEADER_SIZE + 8);
-
-    let result = 'outer: loop {
-        // (C): pairs with the kernel's smp_wmb() (B) before it stores data_head; everything
-        // below the head we read is fully written.
-        let end = mem.data_head().load(Ordering::Acquire).wrapping_sub(start);
-        // The kernel writes only while data_head - data_tail <= size.
-        let lead = end.wrapping_sub(done);
-        if lead > size {
-            break Err(corrupt(start.wrapping_add(done), lead, "data_head is more than one buffer ahead"));
+    // (C): pairs with the kernel's smp_wmb() (B) before it stores data_head; everything below
+    // the head we read is fully written. The kernel writes only while data_head - data_tail <=
+    // size.
+    let producer = || mem.data_head().load(Ordering::Acquire);
+    let parse = |tail: u64, room: u64| {
+        if pass.records >= max || pass.stopped {
+            return Ok(Step::Stop);
         }
-        // One lap at most: a producer faster than the handler must not keep us here forever.
-        if lead == 0 || done >= size {
-            break Ok(());
-        }
-        while done < end {
-            // Within the batch, publish every `publish_every` bytes (checked per stretch, not
-            // per record).
-            let stretch_end = end.min(published + publish_every);
-            while done < stretch_end {
-                if pass.records >= max || pass.stopped {
-                    break 'outer Ok(());
-                }
-                let tail = start.wrapping_add(done);
-                let offset = (tail & mask) as usize;
-                scan::prefetch(data.as_ptr().wrapping_add(offset + scan::PREFETCH_AHEAD));
-                // SAFETY: headers are 8-aligned and size is a multiple of 8, so the 8 header bytes
-                // lie inside the data area; they are below data_head and not rewritten before
-                // data_tail passes them.
-                let header: [u8; 8] = unsafe { data.as_ptr().add(offset).cast::<[u8; 8]>().read() };
-                let kind = u32::from_ne_bytes([header[0], header[1], header[2], header[3]]);
-                let length = u64::from(u16::from_ne_bytes([header[6], header[7]]));
-                // `end - done <= size`: a record that passes this lies within one buffer.
-                if length < HEADER_SIZE || length % 8 != 0 || length > end - done {
-                    break 'outer Err(corrupt(
-                        tail,
-                        length,
-                        "record size is not a multiple of 8 inside the written data",
-                    ));
-                }
-                if kind == RECORD_SAMPLE && length >= HEADER_SIZE + 4 && offset as u64 + length <= size {
-                    // The common case, a sample that does not wrap, read in place.
-                    // SAFETY: the u32 raw size follows the 8-byte header inside the record, which
-                    // lies in the data area below data_head; `offset + 8` is 4-aligned.
-                    let raw_size = u64::from(unsafe { data.as_ptr().add(offset + 8).cast::<u32>().read() });
-                    if HEADER_SIZE + 4 + raw_size > length {
-                        break 'outer Err(corrupt(tail, raw_size, "raw sample size exceeds its record"));
-                    }
-                    // SAFETY: the payload, `raw_size` bytes after the raw size, ends inside the
-                    // record (checked just above), below data_head, and is not rewritten before
-                    // data_tail passes it, which happens after the handler has returned.
-                    let payload =
-                        unsafe { std::slice::from_raw_parts(data.as_ptr().add(offset + 12), raw_size as usize) };
-                    pass.records += 1;
-                    pass.bytes += raw_size;
-                    pass.stopped = handler(Item::Record(Record { data: payload, cpu: Some(cpu) })).is_stop();
-                    done = stride.next(done, length);
-                    continue;
-                }
-                let record: &[u8] = if offset as u64 + length <= size {
-                    // SAFETY: [offset, offset + length) is inside the data area and below
-                    // data_head.
-                    unsafe { std::slice::from_raw_parts(data.as_ptr().add(offset), length as usize) }
-                } else {
-                    // The record wraps: copy its two parts into one contiguous buffer (at most
-                    // `size` bytes: `length <= end - done <= size`).
-                    let first = size as usize - offset;
-                    scratch.clear();
-                    // SAFETY: the record's first part runs to the end of the data area and the
-                    // rest starts at its beginning; both are below data_head.
-                    unsafe {
-                        scratch.extend_from_slice(std::slice::from_raw_parts(data.as_ptr().add(offset), first));
-                    }
-                    // SAFETY: as above, the second part: length - first bytes from the start.
-                    unsafe {
-                        scratch.extend_from_slice(std::slice::from_raw_parts(data.as_ptr(), length as usize - first));
-                    }
-                    scratch
-                };
-                match kind {
-                    RECORD_SAMPLE => {
-                        if length < HEADER_SIZE + 4 {
-                            break 'outer Err(corrupt(tail, length, "sample too short for its raw size"));
-                        }
-                        let raw_size = u64::from(u32_at(record, 8));
-                        if HEADER_SIZE + 4 + raw_size > length {
-                            break 'outer Err(corrupt(tail, raw_size, "raw sample size exceeds its record"));
-                        }
-                        let payload = &record[12..12 + raw_size as usize];
-                        pass.records += 1;
-                        pass.bytes += raw_size;
-                        pass.stopped = handler(Item::Record(Record { data: payload, cpu: Some(cpu) })).is_stop();
-                    }
-                    RECORD_LOST => {
-                        if length < HEADER_SIZE + 16 {
-                            break 'outer Err(corrupt(tail, length, "LOST record too short"));
-                        }
-                        let count = u64_at(record, 16);
-                        pass.lost += count;
-                        pass.stopped =
-                            handler(Item::Lost(Lost { count, cpu: Some(cpu), origin: LossOrigin::PerfLostRecord }))
-                                .is_stop();
-                    }
-                    _ => {} // THROTTLE, UNTHROTTLE, ...: nothing for a BPF output consumer.
-                }
-                done = stride.next(done, length);
+        let (kind, length, record) = read_record(mem, tail, room, scratch)?;
+        match kind {
+            RECORD_SAMPLE => {
+                let data = sample_payload(record, tail)?;
+                pass.records += 1;
+                pass.bytes += data.len() as u64;
+                pass.stopped = handler(Item::Record(Record { data, cpu: Some(cpu) })).is_stop();
             }
-            if done - published >= publish_every {
-                publish(mem, start.wrapping_add(done));
-                published = done;
+            RECORD_LOST => {
+                let lost = lost_count(record, tail, cpu)?;
+                pass.lost += lost.count;
+                pass.stopped = handler(Item::Lost(lost)).is_stop();
             }
+            _ => {} // THROTTLE, UNTHROTTLE, ...: nothing for a BPF output consumer.
         }
+        Ok(Step::Took(length))
     };
-    if done != published {
-        publish(mem, start.wrapping_add(done));
+    batch::run(&ring, start, producer, |tail| publish(mem, tail), parse)?;
+    Ok(pass)
+}
+
+/// The record at `tail`: its type, its length, and its bytes, lent in place or, when it wraps
+/// the end of the ring, copied into `scratch`. A length that is not a multiple of 8 inside the
+/// `room` bytes written from `tail` is an [`Error::Corrupt`].
+#[inline(always)]
+fn read_record<'a, M: PerfMemory + ?Sized>(
+    mem: &'a M,
+    tail: u64,
+    room: u64,
+    scratch: &'a mut Vec<u8>,
+) -> Result<(u32, u64, &'a [u8]), Error> {
+    let size = mem.size() as u64;
+    let offset = (tail & (size - 1)) as usize;
+    let data = mem.data().as_ptr();
+    scan::prefetch(data.wrapping_add(offset + scan::PREFETCH_AHEAD));
+    // SAFETY: headers are 8-aligned and size is a multiple of 8, so the 8 header bytes lie
+    // inside the data area; they are below data_head and not rewritten before data_tail passes
+    // them.
+    let header: [u8; 8] = unsafe { data.add(offset).cast::<[u8; 8]>().read() };
+    let kind = u32::from_ne_bytes([header[0], header[1], header[2], header[3]]);
+    let length = u64::from(u16::from_ne_bytes([header[6], header[7]]));
+    // `room <= size`: a record that passes this lies within one buffer.
+    if length < HEADER_SIZE || length % 8 != 0 || length > room {
+        return Err(corrupt(tail, length, "record size is not a multiple of 8 inside the written data"));
     }
-    result.map(|()| pass)
+    if offset as u64 + length <= size {
+        // SAFETY: [offset, offset + length) is inside the data area and below data_head, and is
+        // not rewritten before data_tail passes it, which happens after the handler returned.
+        return Ok((kind, length, unsafe { std::slice::from_raw_parts(data.add(offset), length as usize) }));
+    }
+    Ok((kind, length, copy_wrapped(mem, offset, length as usize, scratch)))
+}
+
+/// A record that wraps the end of the ring, its two parts copied into `scratch` (at most
+/// `size` bytes: `length <= room <= size`). Out of line: the fast path stays small.
+#[cold]
+#[inline(never)]
+fn copy_wrapped<'a, M: PerfMemory + ?Sized>(
+    mem: &M,
+    offset: usize,
+    length: usize,
+    scratch: &'a mut Vec<u8>,
+) -> &'a [u8] {
+    let data = mem.data().as_ptr();
+    let first = mem.size() - offset;
+    scratch.clear();
+    // SAFETY: the record's first part runs to the end of the data area and the rest starts at
+    // its beginning; both are below data_head.
+    unsafe {
+        scratch.extend_from_slice(std::slice::from_raw_parts(data.add(offset), first));
+        scratch.extend_from_slice(std::slice::from_raw_parts(data, length - first));
+    }
+    scratch
+}
+
+/// The raw payload of a `PERF_RECORD_SAMPLE` (`u32 raw_size; u8 raw[raw_size]` after the
+/// header). A raw size that does not fit its record is an [`Error::Corrupt`].
+#[inline(always)]
+fn sample_payload(record: &[u8], tail: u64) -> Result<&[u8], Error> {
+    let Some(size_bytes) = record.get(8..12) else {
+        return Err(corrupt(tail, record.len() as u64, "sample too short for its raw size"));
+    };
+    let raw_size = u32::from_ne_bytes(size_bytes.try_into().expect("4 bytes")) as usize;
+    match record.get(12..12 + raw_size) {
+        Some(payload) => Ok(payload),
+        None => Err(corrupt(tail, raw_size as u64, "raw sample size exceeds its record")),
+    }
+}
+
+/// The count of a `PERF_RECORD_LOST` (`u64 id; u64 lost` after the header).
+fn lost_count(record: &[u8], tail: u64, cpu: u32) -> Result<Lost, Error> {
+    if record.len() < 24 {
+        return Err(corrupt(tail, record.len() as u64, "LOST record too short"));
+    }
+    Ok(Lost { count: u64_at(record, 16), cpu: Some(cpu), origin: LossOrigin::PerfLostRecord })
 }
 
 fn publish<M: PerfMemory + ?Sized>(mem: &M, tail: u64) {
@@ -289,7 +275,7 @@ impl Default for PerfOptions {
 
 impl PerfOptions {
     /// The wakeup that will be used for a buffer of `data_size` bytes per CPU.
-    pub fn effective_wakeup(&self, data_size: usize) -> PerfWakeup {
+    pub(crate) fn effective_wakeup(&self, data_size: usize) -> PerfWakeup {
         self.wakeup.unwrap_or(PerfWakeup::Bytes((data_size / 4).max(1) as u32))
     }
 }
@@ -327,7 +313,7 @@ unsafe impl PerfMemory for CpuRing {
 
 /// Fill and loss of one CPU's perf buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PerfCpuStats {
+pub(crate) struct PerfCpuStats {
     /// The CPU.
     pub cpu: u32,
     /// Data bytes of this CPU's ring.
@@ -444,7 +430,11 @@ impl PerfBuffer {
 
     /// Like [`consume`](Self::consume), but hands over at most `max` samples. CPUs are visited
     /// round-robin, starting after the one the previous call ended on.
-    pub fn consume_n<F: Flow>(&mut self, max: usize, mut handler: impl FnMut(Item<'_>) -> F) -> Result<usize, Error> {
+    pub(crate) fn consume_n<F: Flow>(
+        &mut self,
+        max: usize,
+        mut handler: impl FnMut(Item<'_>) -> F,
+    ) -> Result<usize, Error> {
         let mut failure = Failure::default();
         let total = self.consume_checked(max, &mut |item: Item<'_>| failure.check(handler(item)));
         failure.result(total)
@@ -507,7 +497,7 @@ impl PerfBuffer {
     }
 
     /// Per-CPU fill and kernel-reported losses.
-    pub fn stats(&self) -> Vec<PerfCpuStats> {
+    pub(crate) fn stats(&self) -> Vec<PerfCpuStats> {
         self.cpus
             .iter()
             .map(|ring| PerfCpuStats {

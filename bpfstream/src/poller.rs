@@ -1,26 +1,4 @@
-//! One epoll set over many sources: ring buffers, perf buffers and [`EventSource`]s together,
-//! each with its own handler and priority.
-//!
-//! ```no_run
-//! # fn demo(mut ring: bpfstream::RingBuffer, mut perf: bpfstream::PerfBuffer) -> Result<(), bpfstream::Error> {
-//! use std::time::Duration;
-//! use bpfstream::{Item, Poller};
-//!
-//! let (mut from_ring, mut from_perf) = (0u64, 0u64);
-//! let mut poller = Poller::new()?;
-//! poller.add(&mut ring, |item: Item<'_>| if let Item::Record(_) = item { from_ring += 1 })?;
-//! poller.add(&mut perf, |item: Item<'_>| if let Item::Record(_) = item { from_perf += 1 })?;
-//! let waker = poller.waker(); // Send + Clone: call waker.wake() from a signal thread to stop
-//! # waker.wake();
-//! poller.run(Duration::from_millis(100))?; // until woken, then a final drain
-//! # Ok(()) }
-//! ```
-//!
-//! Every poll serves every source (the check of an empty buffer is two memory loads), so the
-//! poll timeout bounds how long a record can wait even when its producer never wakes us.
-//! Sources are served by priority: before a lower-priority source gets its batch, all
-//! higher-priority sources are served again, so a flood in a bulk source cannot delay a
-//! critical one by more than one batch.
+//! One epoll set over many sources, each with its own handler and priority: [`Poller`].
 
 use std::fmt;
 use std::ops::ControlFlow;
@@ -28,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::stats::Fill;
+use crate::stats::{Fill, Stats};
 use crate::sys::{Epoll, EventFd};
 use crate::{Error, EventSource, Failure, Flow, HandlerError, Item, PerfBuffer, Record, RingBuffer};
 
@@ -48,19 +26,15 @@ pub trait Source {
         handler: &mut dyn FnMut(Item<'_>) -> ControlFlow<()>,
     ) -> Result<usize, Error>;
 
-    /// Like [`consume_until`](Self::consume_until), with a handler that never stops the pass.
-    fn consume_items(&mut self, max: usize, handler: &mut dyn FnMut(Item<'_>)) -> Result<usize, Error> {
-        self.consume_until(max, &mut |item: Item<'_>| {
-            handler(item);
-            ControlFlow::Continue(())
-        })
-    }
-
-    /// Hands over everything left, for shutdown. The default consumes until empty.
+    /// Hands over everything left, for shutdown. The default consumes until empty;
+    /// [`EventSource`] also reads its drop counters one last time ([`EventSource::finish`]).
     fn drain_items(&mut self, handler: &mut dyn FnMut(Item<'_>)) -> Result<usize, Error> {
         let mut total = 0;
         loop {
-            let n = self.consume_items(usize::MAX, handler)?;
+            let n = self.consume_until(usize::MAX, &mut |item: Item<'_>| {
+                handler(item);
+                ControlFlow::Continue(())
+            })?;
             if n == 0 {
                 return Ok(total);
             }
@@ -69,7 +43,7 @@ pub trait Source {
     }
 
     /// Bytes waiting and capacity, if the source knows (the async streams publish it in their
-    /// [`Stats`](crate::stats::Stats)). The default: unknown.
+    /// [`Stats`](crate::Stats)). The default: unknown.
     fn fill(&self) -> Option<Fill> {
         None
     }
@@ -84,9 +58,15 @@ pub trait Source {
     }
 
     /// Told after every wait of a [`Poller`] whether this source's descriptor signalled, for
-    /// sources that keep [`Stats`](crate::stats::Stats). The default ignores it.
+    /// sources that keep [`Stats`](crate::Stats). The default ignores it.
     fn note_wait(&mut self, signalled: bool) {
         let _ = signalled;
+    }
+
+    /// What the source has accounted for, if it keeps [`Totals`](crate::Totals)
+    /// ([`EventSource`] does). The default: nothing.
+    fn totals(&self) -> Option<crate::Totals> {
+        None
     }
 }
 
@@ -150,8 +130,11 @@ impl Source for EventSource {
     fn fill(&self) -> Option<Fill> {
         Some(EventSource::fill(self))
     }
+    fn totals(&self) -> Option<crate::Totals> {
+        Some(EventSource::totals(self))
+    }
     fn note_wait(&mut self, signalled: bool) {
-        EventSource::note_wait(self, signalled);
+        self.note_wait(signalled);
     }
 }
 
@@ -198,18 +181,29 @@ impl Waker {
 
 const WAKER_TOKEN: u64 = u64::MAX;
 
-/// How often a [`Poller`] waited and why it woke up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PollStats {
-    /// Waits ([`Poller::poll`] calls).
-    pub waits: u64,
-    /// Waits that ended because a source signalled data (a producer's wakeup).
-    pub wakeups: u64,
-    /// Waits that ended by their timeout with no source signalling.
-    pub timeouts: u64,
-}
-
-/// Serves many sources from one epoll set; see the [module docs](self).
+/// One epoll set over many sources: ring buffers, perf buffers and [`EventSource`]s together,
+/// each with its own handler and priority.
+///
+/// ```no_run
+/// # fn demo(mut ring: bpfstream::RingBuffer, mut perf: bpfstream::PerfBuffer) -> Result<(), bpfstream::Error> {
+/// use std::time::Duration;
+/// use bpfstream::{Item, Poller};
+///
+/// let (mut from_ring, mut from_perf) = (0u64, 0u64);
+/// let mut poller = Poller::new()?;
+/// poller.add(&mut ring, |item: Item<'_>| if let Item::Record(_) = item { from_ring += 1 })?;
+/// poller.add(&mut perf, |item: Item<'_>| if let Item::Record(_) = item { from_perf += 1 })?;
+/// let waker = poller.waker(); // Send + Clone: call waker.wake() from a signal thread to stop
+/// # waker.wake();
+/// poller.run(Duration::from_millis(100))?; // until woken, then a final drain
+/// # Ok(()) }
+/// ```
+///
+/// Every poll serves every source (the check of an empty buffer is two memory loads), so the
+/// poll timeout bounds how long a record can wait even when its producer never wakes us.
+/// Sources are served by priority: before a lower-priority source gets its batch, all
+/// higher-priority sources are served again, so a flood in a bulk source cannot delay a
+/// critical one by more than one batch.
 ///
 /// Not `Send`: handlers may borrow anything, including state that is not `Send` (see the crate
 /// docs, "Threads"). Minimum kernel: that of its sources (5.8 for a ring, 4.4 for perf).
@@ -221,7 +215,7 @@ pub struct Poller<'a> {
     stopped: bool,
     /// The source whose handler stopped the last poll or consume.
     stopped_by: Option<SourceId>,
-    stats: PollStats,
+    stats: Stats,
 }
 
 impl fmt::Debug for Poller<'_> {
@@ -243,7 +237,7 @@ impl<'a> Poller<'a> {
             ready: Vec::new(),
             stopped: false,
             stopped_by: None,
-            stats: PollStats::default(),
+            stats: Stats::default(),
         })
     }
 
@@ -306,7 +300,6 @@ impl<'a> Poller<'a> {
     pub fn poll(&mut self, timeout: Option<Duration>) -> Result<usize, Error> {
         let ready_now = self.entries.iter().any(|e| e.source.ready_now());
         self.epoll.wait(if ready_now { Some(Duration::ZERO) } else { timeout }, &mut self.ready)?;
-        self.stats.waits += 1;
         if self.ready.iter().any(|&token| token != WAKER_TOKEN) {
             self.stats.wakeups += 1;
         } else if self.ready.is_empty() {
@@ -354,6 +347,9 @@ impl<'a> Poller<'a> {
         if stopped {
             self.stopped_by = Some(entry.id);
         }
+        if let Ok(n) = served {
+            self.stats.events += n as u64;
+        }
         failure.result(served)
     }
 
@@ -385,8 +381,11 @@ impl<'a> Poller<'a> {
         failure.result(Ok(total))
     }
 
-    /// Waits and wakeups so far.
-    pub fn stats(&self) -> PollStats {
+    /// The poller's own counts so far: `events` (records handed to handlers), `wakeups` (waits
+    /// ended by a source's signal) and `timeouts` (waits that ended with no signal; a wait ended
+    /// by the [`Waker`] alone is neither). Bytes, losses and fill are each source's own
+    /// ([`EventSource::stats`]).
+    pub fn stats(&self) -> Stats {
         self.stats
     }
 
@@ -551,7 +550,7 @@ mod tests {
         assert_eq!(handled, 3);
         assert!(waited >= bound, "returned after {waited:?} without any signal");
         assert!(waited < Duration::from_secs(5), "a silent source was left waiting for {waited:?}");
-        assert_eq!(poller.stats(), PollStats { waits: 1, wakeups: 0, timeouts: 1 });
+        assert_eq!((poller.stats().wakeups, poller.stats().timeouts), (0, 1));
         drop(poller);
         assert_eq!(delivered.into_inner(), [1, 2, 3]);
     }
@@ -567,7 +566,7 @@ mod tests {
         for _ in 0..5 {
             poller.poll(Some(Duration::from_millis(5))).unwrap();
         }
-        assert_eq!(poller.stats(), PollStats { waits: 5, wakeups: 1, timeouts: 4 });
+        assert_eq!((poller.stats().wakeups, poller.stats().timeouts), (1, 4));
     }
 
     #[test]
@@ -577,11 +576,11 @@ mod tests {
         let mut poller = Poller::new().unwrap();
         poller.add(&mut queue, |_| {}).unwrap();
         poller.poll(Some(Duration::from_millis(1))).unwrap();
-        assert_eq!(poller.stats(), PollStats { waits: 1, wakeups: 0, timeouts: 1 });
+        assert_eq!((poller.stats().wakeups, poller.stats().timeouts), (0, 1));
         items.borrow_mut().push_back(7);
         readable.signal();
         assert_eq!(poller.poll(Some(Duration::from_secs(5))).unwrap(), 1);
-        assert_eq!(poller.stats(), PollStats { waits: 2, wakeups: 1, timeouts: 1 });
+        assert_eq!((poller.stats().wakeups, poller.stats().timeouts), (1, 1));
         readable.clear();
         poller.waker().wake();
         poller.poll(Some(Duration::from_secs(5))).unwrap();

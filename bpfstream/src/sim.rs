@@ -17,7 +17,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::perfbuf::{self, PerfMemory};
-use crate::ringbuf::{self, RingMemory, RingStats, BUSY_BIT, DISCARD_BIT, HEADER_SIZE};
+use crate::ringbuf::{self, RingMemory, BUSY_BIT, DISCARD_BIT, HEADER_SIZE};
 use crate::{Error, Failure, Flow, Item};
 
 /// 8-byte aligned, zeroed memory.
@@ -189,9 +189,21 @@ impl SimRing {
         self.set_header(pos, len_word);
     }
 
-    /// Size, fill and positions.
-    pub fn stats(&self) -> RingStats {
-        ringbuf::stats(self)
+    /// The consumer and producer positions (free-running byte counters), read now.
+    pub fn positions(&self) -> (u64, u64) {
+        let stats = ringbuf::stats(self);
+        (stats.consumer_pos, stats.producer_pos)
+    }
+
+    /// Bytes written and not yet consumed (records, headers and padding).
+    pub fn available(&self) -> u64 {
+        ringbuf::stats(self).available
+    }
+
+    /// Start of the data area (mapped twice back to back, `2 * size` bytes), to check that
+    /// what a consumer lends lies inside it.
+    pub fn data_area(&self) -> *const u8 {
+        self.data().as_ptr().cast_const()
     }
 
     /// Overwrites both positions, to simulate a corrupt or foreign consumer position or a
@@ -232,11 +244,29 @@ impl SimRingConsumer<'_> {
         self.consume_n(usize::MAX, handler)
     }
 
-    /// As [`crate::RingBuffer::consume_n`].
+    /// As [`crate::RingBuffer::consume`], at most `max` records (the consume loop the ring buffer
+    /// runs with a limit: for the streams and the poller).
     pub fn consume_n<F: Flow>(&mut self, max: usize, mut handler: impl FnMut(&[u8]) -> F) -> Result<usize, Error> {
         let mut failure = Failure::default();
         let pass = ringbuf::consume(self.ring, max, self.publish_every, &mut |r: &[u8]| failure.check(handler(r)));
         failure.result(pass.map(|pass| pass.records))
+    }
+
+    /// As [`crate::RingBuffer::poll`] on a ring whose producers send no wakeups: consumes, and
+    /// while the head record is still being written (BUSY) looks again every millisecond until
+    /// `timeout` (`None`: until it is committed).
+    pub fn poll<F: Flow>(
+        &mut self,
+        timeout: Option<std::time::Duration>,
+        mut handler: impl FnMut(&[u8]) -> F,
+    ) -> Result<usize, Error> {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        let mut failure = Failure::default();
+        let mut check = |r: &[u8]| failure.check(handler(r));
+        let n = ringbuf::consume_past_busy(self.ring, deadline, |ring| {
+            ringbuf::consume(ring, usize::MAX, self.publish_every, &mut check).map(|pass| pass.records)
+        });
+        failure.result(n)
     }
 
     /// Publish the consumer position every `bytes` within a batch (default: a quarter ring).
@@ -370,6 +400,17 @@ impl SimPerf {
         let mut check = |item: Item<'_>| failure.check(handler(item));
         let pass = perfbuf::consume(&*self, 0, scratch, usize::MAX, publish_every, &mut check);
         failure.result(pass.map(|pass| pass.records))
+    }
+
+    /// Start of the data area (`size` bytes), to check that what a consumer lends lies
+    /// inside it (or, for a sample that wraps the end, in the consumer's scratch buffer).
+    pub fn data_area(&self) -> *const u8 {
+        self.data().as_ptr().cast_const()
+    }
+
+    /// `data_tail` and `data_head` (free-running byte counters), read now.
+    pub fn positions(&self) -> (u64, u64) {
+        (self.data_tail.load(Ordering::Relaxed), self.data_head.load(Ordering::Acquire))
     }
 
     /// Bytes written and not yet consumed.

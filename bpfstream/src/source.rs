@@ -51,7 +51,9 @@ impl std::fmt::Display for Transport {
     }
 }
 
-/// What a stream has accounted for so far.
+/// What a stream has accounted for: so far ([`EventSource::totals`]), or in the end
+/// ([`EventSource::finish`]). Once the producers are detached and the stream drained,
+/// `delivered + dropped + summarized == produced`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Totals {
     /// Records handed to the handler.
@@ -60,11 +62,14 @@ pub struct Totals {
     pub bytes: u64,
     /// Records reported lost (ring drop counters, perf LOST records).
     pub dropped: u64,
-    /// What the BPF side says it tried to send (`None` without drop counters). Once the
-    /// producers are detached and the stream drained, `delivered + dropped == produced`.
+    /// What the BPF side says it tried to send, or counted in a summary instead (`None`
+    /// without drop counters).
     pub produced: Option<u64>,
     /// Wakeups the BPF side forced (ring buffers with a wakeup policy).
     pub forced_wakeups: Option<u64>,
+    /// Events the BPF side counted in a summary instead of sending them (the degrade policy,
+    /// see [`DegradeCounters::apply`](crate::degrade::DegradeCounters::apply)); 0 otherwise.
+    pub summarized: u64,
 }
 
 enum Buffer {
@@ -132,7 +137,7 @@ impl EventSource {
             perf_lost: Vec::new(),
             totals: Totals::default(),
             stats: Stats::default(),
-            stats_handle: StatsHandle::default(),
+            stats_handle: StatsHandle::new(),
         }
     }
 
@@ -194,7 +199,7 @@ impl EventSource {
         }
     }
 
-    /// Events, bytes, losses, wakeups and fill as of the last pass (see [`crate::stats`]).
+    /// Events, bytes, losses, wakeups and fill as of the last pass (see [`StatsHandle`]).
     pub fn stats(&self) -> Stats {
         self.stats
     }
@@ -207,8 +212,8 @@ impl EventSource {
 
     /// Counts a wait for this source's descriptor: `signalled` if it became readable, otherwise
     /// it timed out (or another source woke the waiter). [`poll`](Self::poll) and
-    /// [`Poller`](crate::Poller) call this; call it if you wait on [`AsFd`] yourself.
-    pub fn note_wait(&mut self, signalled: bool) {
+    /// [`Poller`](crate::Poller) call this (through [`Source::note_wait`](crate::Source::note_wait)).
+    pub(crate) fn note_wait(&mut self, signalled: bool) {
         self.stats.note_wait(signalled);
     }
 
@@ -228,7 +233,11 @@ impl EventSource {
     }
 
     /// Like [`consume`](Self::consume), at most `max` records.
-    pub fn consume_n<F: Flow>(&mut self, max: usize, mut handler: impl FnMut(Item<'_>) -> F) -> Result<usize, Error> {
+    pub(crate) fn consume_n<F: Flow>(
+        &mut self,
+        max: usize,
+        mut handler: impl FnMut(Item<'_>) -> F,
+    ) -> Result<usize, Error> {
         let mut failure = Failure::default();
         let mut handler = |item: Item<'_>| failure.check(handler(item));
         self.stats.note_fill(Some(self.fill()));
@@ -383,8 +392,8 @@ impl EventSource {
             handler(Item::Lost(lost));
         }
         let total = counters.total()?;
-        self.totals.produced = Some(total.produced);
-        self.totals.forced_wakeups = Some(total.forced_wakeups);
+        self.totals.produced = total.produced;
+        self.totals.forced_wakeups = total.forced_wakeups;
         Ok(())
     }
 }

@@ -1,24 +1,5 @@
-//! Stream statistics readable at any time, from any thread, while the consumer runs.
-//!
-//! A consumer ([`EventSource`](crate::EventSource), or an async
-//! [`EventStream`](crate::stream::EventStream)) keeps its counts in plain integers and publishes
-//! them into a [`StatsHandle`] once per pass over the buffer: a handful of relaxed atomic stores,
-//! no locks, no read-modify-write, nothing per record. Any number of handles (they are cheap
-//! clones of one `Arc`) read them from other threads:
-//!
-//! ```
-//! # fn demo(source: &mut bpfstream::EventSource) -> Result<(), bpfstream::Error> {
-//! let stats = source.stats_handle();
-//! std::thread::spawn(move || loop {
-//!     let s = stats.read();
-//!     eprintln!("{} events, {} lost, buffer {:.0}% full", s.events, s.lost, 100.0 * s.fill_ratio());
-//!     std::thread::sleep(std::time::Duration::from_secs(1));
-//! });
-//! # Ok(()) }
-//! ```
-//!
-//! Each field is exact as of the last pass that published it; a read racing a publish may see
-//! some fields from that pass and others from the one before.
+//! A consumer's counts ([`Stats`]), published once per pass for readers on other threads
+//! ([`StatsHandle`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -101,18 +82,39 @@ struct Shared {
 /// A shared, read-only view of a consumer's [`Stats`]: `Clone + Send + Sync`, read with
 /// [`read`](Self::read) from any thread. Reading costs nine relaxed loads and never blocks the
 /// consumer.
+///
+/// Stream statistics readable at any time, from any thread, while the consumer runs.
+///
+/// A consumer ([`EventSource`](crate::EventSource), or an async
+/// [`EventStream`](crate::stream::EventStream)) keeps its counts in plain integers and publishes
+/// them into a [`StatsHandle`] once per pass over the buffer: a handful of relaxed atomic stores,
+/// no locks, no read-modify-write, nothing per record. Any number of handles (they are cheap
+/// clones of one `Arc`) read them from other threads:
+///
+/// ```
+/// # fn demo(source: &mut bpfstream::EventSource) -> Result<(), bpfstream::Error> {
+/// let stats = source.stats_handle();
+/// std::thread::spawn(move || loop {
+///     let s = stats.read();
+///     eprintln!("{} events, {} lost, buffer {:.0}% full", s.events, s.lost, 100.0 * s.fill_ratio());
+///     std::thread::sleep(std::time::Duration::from_secs(1));
+/// });
+/// # Ok(()) }
+/// ```
+///
+/// Each field is exact as of the last pass that published it; a read racing a publish may see
+/// some fields from that pass and others from the one before.
 #[derive(Debug, Clone)]
 pub struct StatsHandle(Arc<Shared>);
 
-impl Default for StatsHandle {
-    fn default() -> Self {
+impl StatsHandle {
+    /// A handle with nothing published yet.
+    pub(crate) fn new() -> Self {
         let shared = Shared::default();
         shared.produced.store(NONE, Ordering::Relaxed);
         StatsHandle(Arc::new(shared))
     }
-}
 
-impl StatsHandle {
     /// The counts as last published by the consumer.
     pub fn read(&self) -> Stats {
         let s = &self.0;
@@ -152,7 +154,7 @@ mod tests {
 
     #[test]
     fn published_counts_are_read_back_from_another_thread() {
-        let handle = StatsHandle::default();
+        let handle = StatsHandle::new();
         assert_eq!(handle.read(), Stats::default());
         let mut stats = Stats { events: 3, bytes: 300, lost: 2, produced: Some(5), ..Stats::default() };
         stats.note_fill(Some(Fill { used: 64, capacity: 4096 }));

@@ -96,9 +96,9 @@ pub use crate::ordered::Ordered;
 /// Default bound on how long a record waits when its producer does not wake the stream.
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(100);
 
-/// How soon a stream looks again when bytes wait but the head record is still being written
-/// (BUSY): its commit is not certain to wake the stream.
-const BUSY_BACKOFF: Duration = Duration::from_millis(1);
+// How soon a stream looks again when bytes wait but the head record is still being written
+// (BUSY): the same backoff as the blocking `RingBuffer::poll`.
+use crate::ringbuf::BUSY_BACKOFF;
 
 const RUNNING: u8 = 0;
 const DRAIN: u8 = 1;
@@ -329,7 +329,7 @@ impl<S: Source, D: Decode> EventStream<S, D> {
             pending: VecDeque::new(),
             done: false,
             stats: Stats::default(),
-            stats_handle: StatsHandle::default(),
+            stats_handle: StatsHandle::new(),
         })
     }
 
@@ -352,6 +352,13 @@ impl<S: Source, D: Decode> EventStream<S, D> {
     /// A handle that reads [`stats`](Self::stats) from any thread while the stream runs.
     pub fn stats_handle(&self) -> StatsHandle {
         self.stats_handle.clone()
+    }
+
+    /// What the source has accounted for ([`Source::totals`]; `Some` for an
+    /// [`EventSource`](crate::EventSource)): after the stream ended on a
+    /// [`drain`](CancelHandle::drain) request, the final [`Totals`](crate::Totals).
+    pub fn totals(&self) -> Option<crate::Totals> {
+        self.source.totals()
     }
 
     /// The source.
@@ -518,7 +525,7 @@ impl<'a, T> MergedStream<'a, T> {
             scratch: VecDeque::new(),
             done: false,
             stats: Stats::default(),
-            stats_handle: StatsHandle::default(),
+            stats_handle: StatsHandle::new(),
         })
     }
 

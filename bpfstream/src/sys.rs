@@ -362,7 +362,7 @@ pub fn online_cpus() -> Result<Vec<u32>, Error> {
 }
 
 /// Number of possible CPUs (the length of a per-CPU map value array).
-pub fn possible_cpus() -> Result<usize, Error> {
+pub(crate) fn possible_cpus() -> Result<usize, Error> {
     let cpus = read_cpu_list("/sys/devices/system/cpu/possible")?;
     Ok(cpus.iter().max().map_or(1, |&max| max as usize + 1))
 }

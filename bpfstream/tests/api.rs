@@ -83,6 +83,8 @@ struct Extractor {
     entries: Vec<String>,
     /// Types declared without `pub` in the file being read: their impls are not API.
     private_types: Vec<String>,
+    /// Traits declared without `pub` anywhere in the crate: their impls are not API.
+    private_traits: Vec<String>,
 }
 
 impl Extractor {
@@ -205,6 +207,8 @@ impl Extractor {
         let generics = tokens(&i.generics);
         let target = tokens(&i.self_ty);
         match &i.trait_ {
+            Some((_, path, _))
+                if path.segments.last().is_some_and(|s| self.private_traits.contains(&s.ident.to_string())) => {}
             // A trait impl is API as a whole (what it implements), whatever its items.
             Some((_, path, _)) => {
                 let head = format!("{cfg}{unsafety}impl{generics} {} for {target}", tokens(path));
@@ -232,9 +236,33 @@ impl Extractor {
     }
 }
 
+/// The traits of every source file that are not `pub` (crate-private plumbing).
+fn private_traits(src: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            let file = syn::parse_file(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            for item in file.items {
+                if let Item::Trait(t) = item {
+                    if !is_pub(&t.vis) {
+                        out.push(t.ident.to_string());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 fn current_api() -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut extractor = Extractor { src: root.join("src"), entries: Vec::new(), private_types: Vec::new() };
+    let mut extractor = Extractor {
+        src: root.join("src"),
+        entries: Vec::new(),
+        private_types: Vec::new(),
+        private_traits: private_traits(&root.join("src")),
+    };
     extractor.file("bpfstream", &root.join("src/lib.rs"));
     extractor.entries.sort();
     extractor.entries.dedup();

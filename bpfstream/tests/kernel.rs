@@ -610,7 +610,7 @@ fn a_record_behind_a_discarded_head_is_delivered_without_a_timer() {
             let Event::Record(record) = event else { panic!("{event:?}") };
             assert_eq!(ping::decode(&record.data).unwrap().0.seq, seq);
         }
-        (latencies, stream.into_inner().0.totals())
+        (latencies, stream.totals().expect("an EventSource keeps totals"))
     });
     probe.detach();
     latencies.sort();

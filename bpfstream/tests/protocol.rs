@@ -19,11 +19,11 @@ fn ring_delivers_in_order_and_frees_space() {
     for i in 0..10u8 {
         ring.output(&[i; 5]).unwrap();
     }
-    assert_eq!(ring.stats().available, 10 * 16, "8-byte header + 5 bytes padded to 8");
+    assert_eq!(ring.available(), 10 * 16, "8-byte header + 5 bytes padded to 8");
     let seen = drain_ring(&ring).unwrap();
     assert_eq!(seen, (0..10u8).map(|i| vec![i; 5]).collect::<Vec<_>>());
-    assert_eq!(ring.stats().available, 0);
-    assert_eq!(ring.stats().consumer_pos, 160);
+    assert_eq!(ring.available(), 0);
+    assert_eq!(ring.positions().0, 160);
 }
 
 #[test]
@@ -57,7 +57,7 @@ fn ring_skips_discarded_records() {
     ring.commit(r, true);
     ring.output(b"keep2").unwrap();
     assert_eq!(drain_ring(&ring).unwrap(), vec![b"keep1".to_vec(), b"keep2".to_vec()]);
-    assert_eq!(ring.stats().available, 0, "the discarded record's space is released too");
+    assert_eq!(ring.available(), 0, "the discarded record's space is released too");
 }
 
 #[test]
@@ -102,11 +102,11 @@ fn ring_publishes_once_per_batch_not_per_record() {
     for _ in 0..4 {
         ring.output(&[0; 8]).unwrap();
     }
-    let start = ring.stats().consumer_pos;
+    let start = ring.positions().0;
     let mut positions = Vec::new();
-    ring.consumer().unwrap().consume(|_: &[u8]| positions.push(ring.stats().consumer_pos)).unwrap();
+    ring.consumer().unwrap().consume(|_: &[u8]| positions.push(ring.positions().0)).unwrap();
     assert_eq!(positions, vec![start; 4], "the position does not move while the batch is read");
-    assert_eq!(ring.stats().consumer_pos, start + 64);
+    assert_eq!(ring.positions().0, start + 64);
 }
 
 #[test]
@@ -119,7 +119,7 @@ fn ring_corrupt_length_is_an_error_not_a_loop() {
             let err = drain_ring(&ring).unwrap_err();
             assert!(matches!(err, Error::Corrupt { transport: "ring", .. }), "{err}");
         }
-        assert_eq!(ring.stats().consumer_pos, r, "never moves past the bad record");
+        assert_eq!(ring.positions().0, r, "never moves past the bad record");
     }
 }
 
@@ -269,7 +269,7 @@ proptest! {
         }
         ring.consumer().unwrap().consume(|r: &[u8]| delivered.push(r.to_vec())).unwrap();
         prop_assert_eq!(delivered, expected.into_iter().map(Option::unwrap).collect::<Vec<_>>());
-        prop_assert_eq!(ring.stats().available, 0);
+        prop_assert_eq!(ring.available(), 0);
     }
 
     /// Samples of any size on any buffer size and start: delivered samples (padding stripped by
@@ -320,7 +320,7 @@ proptest! {
             ring.corrupt_header(r.pos() + 8 * i as u64, *w);
         }
         let _ = ring.consumer().unwrap().consume(|_: &[u8]| ());
-        prop_assert!(ring.stats().consumer_pos <= ring.stats().producer_pos);
+        prop_assert!(ring.positions().0 <= ring.positions().1);
     }
 
     /// Arbitrary bytes as perf records: records or an error, never out of bounds or a loop.
@@ -420,7 +420,6 @@ proptest! {
         lead in position_near(),
         words in prop::collection::vec((any::<u16>(), any::<u32>()), 0..40),
     ) {
-        use bpfstream::ringbuf::RingMemory;
         let size = 1usize << size_log;
         let ring = SimRing::new(size);
         let cons = base & !7;
@@ -429,12 +428,12 @@ proptest! {
             ring.corrupt_header(cons.wrapping_add(u64::from(*at) * 8), *word);
         }
         ring.force_positions(cons, prod);
-        let data = ring.data().as_ptr().cast_const();
+        let data = ring.data_area();
         let mut lent = Vec::new();
         let result = ring.consumer().unwrap().consume(|r: &[u8]| lent.push(inside(r, data, 2 * size)));
         prop_assert!(lent.iter().all(|&ok| ok), "a record outside the mapping");
         prop_assert!(matches!(result, Ok(_) | Err(Error::Corrupt { .. })), "{:?}", result);
-        let moved = ring.stats().consumer_pos.wrapping_sub(cons);
+        let moved = ring.positions().0.wrapping_sub(cons);
         prop_assert!(moved <= prod.wrapping_sub(cons) && moved <= size as u64 + (1 << 30));
     }
 
@@ -447,7 +446,6 @@ proptest! {
         lead in position_near(),
         pokes in prop::collection::vec((any::<u16>(), prop::collection::vec(any::<u8>(), 1..16)), 0..40),
     ) {
-        use bpfstream::perfbuf::PerfMemory;
         let size = 1usize << size_log;
         let mut perf = SimPerf::new(size);
         let tail = base & !7;
@@ -456,7 +454,7 @@ proptest! {
             perf.poke(usize::from(*at), bytes);
         }
         perf.force_positions(tail, head);
-        let data = perf.data().as_ptr().cast_const();
+        let data = perf.data_area();
         let mut bad = 0;
         let result = perf.consume(&mut Vec::new(), |item: Item<'_>| {
             if let Item::Record(r) = item {

@@ -24,7 +24,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::programs::uprobe::UProbeScope;
 use aya::programs::{RawTracePoint, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
-use bpfstream::accounting::{WAKEUP_ARG_GLOBAL, WAKEUP_POLICY_GLOBAL};
 use bpfstream::WakeupPolicy;
 use common::{assert_nothing_left, id_watermarks, kernel_test};
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
@@ -80,12 +79,13 @@ const POLICIES: [WakeupPolicy; 5] = [
 ];
 
 fn load(file: &str, bytes: &[u8], policy: WakeupPolicy) -> Result<Ebpf> {
-    let (policy, arg) = policy.globals();
+    let wakeup = policy.globals();
     let mut loader = EbpfLoader::new();
     // Maps aya has no userspace type for (task storage) are still created for the programs.
     loader.allow_unsupported_maps();
-    loader.override_global(WAKEUP_POLICY_GLOBAL, &policy, false);
-    loader.override_global(WAKEUP_ARG_GLOBAL, &arg, false);
+    for (name, bytes) in &wakeup {
+        loader.override_global(name, bytes.as_slice(), false);
+    }
     if file.contains(".ring.") {
         loader.map_max_entries("events", 64 << 10);
     }

@@ -12,7 +12,6 @@ use aya::maps::Map;
 use aya::programs::uprobe::UProbeScope;
 use aya::programs::UProbe;
 use aya::{include_bytes_aligned, Ebpf, EbpfLoader};
-use bpfstream::accounting::{STATS_MAP, WAKEUP_ARG_GLOBAL, WAKEUP_POLICY_GLOBAL};
 use bpfstream::{DropCounters, EventSource, PerfOptions, Transport, WakeupPolicy};
 
 static PING_RING: &[u8] = include_bytes_aligned!("../obj/ping.ring.bpf.o");
@@ -100,13 +99,13 @@ impl PingProbe {
         if unsafe { libc::geteuid() } != 0 {
             bail!("loading BPF programs needs root: run this as root (sudo)");
         }
-        let (policy, arg) = options.wakeup.globals();
+        let wakeup = options.wakeup.globals();
         let tgid = std::process::id();
         let mut loader = EbpfLoader::new();
-        loader
-            .override_global("targ_tgid", &tgid, true)
-            .override_global(WAKEUP_POLICY_GLOBAL, &policy, false)
-            .override_global(WAKEUP_ARG_GLOBAL, &arg, false);
+        loader.override_global("targ_tgid", &tgid, true);
+        for (name, bytes) in &wakeup {
+            loader.override_global(name, bytes.as_slice(), false);
+        }
         let object = match options.transport {
             Transport::Ring => {
                 loader.map_max_entries("events", options.ring_bytes);
@@ -123,7 +122,7 @@ impl PingProbe {
     pub fn source(&self) -> Result<EventSource> {
         let perf = PerfOptions { pages_per_cpu: self.options.perf_pages, wakeup: None };
         let source = EventSource::open(map_fd(&self.bpf, "events")?, perf)?;
-        Ok(source.with_counters(DropCounters::new(map_fd(&self.bpf, STATS_MAP)?)?))
+        Ok(source.with_counters(DropCounters::new(map_fd(&self.bpf, DropCounters::MAP)?)?))
     }
 
     /// The descriptor of one of the object's maps (`events`, `bpfstream_stats`), to build

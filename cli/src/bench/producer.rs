@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use aya::Ebpf;
-use bpfstream::accounting::STATS_MAP;
-use bpfstream::{Counters, DropCounters, Transport, WakeupPolicy};
+use bpfstream::{DropCounters, Transport, WakeupPolicy};
 
 use crate::lifecycle::{self, Attach, BufferOptions, Global, TracerSpec, EVENTS_MAP};
 use crate::objects;
@@ -64,6 +63,17 @@ impl std::fmt::Debug for Program {
     }
 }
 
+/// What the BPF side counted, summed over CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BpfCounts {
+    /// Records the program tried to send.
+    pub produced: u64,
+    /// Records that could not be written.
+    pub dropped: u64,
+    /// Submits that forced a wakeup.
+    pub forced_wakeups: u64,
+}
+
 impl Program {
     /// Loads the producer for thread `tid` (nothing attached yet). `ring_bytes` sizes a ring
     /// buffer; a perf buffer is sized by its consumer.
@@ -79,7 +89,8 @@ impl Program {
         let (bpf, _) = lifecycle::load(&spec, &options)?;
         let events = bpf.map(EVENTS_MAP).ok_or_else(|| anyhow!("the bench object has no {EVENTS_MAP} map"))?;
         let events = lifecycle::map_fd(events)?.try_clone_to_owned().context("dup of the events map")?;
-        let stats = bpf.map(STATS_MAP).ok_or_else(|| anyhow!("the bench object has no {STATS_MAP} map"))?;
+        let stats =
+            bpf.map(DropCounters::MAP).ok_or_else(|| anyhow!("the bench object has no {} map", DropCounters::MAP))?;
         let counters = DropCounters::new(lifecycle::map_fd(stats)?)?;
         Ok(Program { bpf: Some(bpf), spec, counters, events })
     }
@@ -101,8 +112,13 @@ impl Program {
     }
 
     /// The BPF side's counters, summed over CPUs.
-    pub fn counters(&mut self) -> Result<Counters> {
-        Ok(self.counters.total()?)
+    pub fn counters(&mut self) -> Result<BpfCounts> {
+        let totals = self.counters.total()?;
+        Ok(BpfCounts {
+            produced: totals.produced.unwrap_or(0),
+            dropped: totals.dropped,
+            forced_wakeups: totals.forced_wakeups.unwrap_or(0),
+        })
     }
 }
 
@@ -254,7 +270,7 @@ mod kernel_tests {
 
     /// Runs `calls` getpgid() on the producer thread, draining after each, and returns the BPF
     /// counters and what the consumer got, after detaching.
-    fn run(transport: Transport, buffer: u64, calls: u64) -> (Counters, u64) {
+    fn run(transport: Transport, buffer: u64, calls: u64) -> (BpfCounts, u64) {
         let cpu = bpfstream::online_cpus().unwrap()[0];
         let producer = Producer::spawn(cpu).unwrap();
         let mut program = Program::load(transport, buffer, WakeupPolicy::Adaptive, producer.tid()).unwrap();

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use bpfstream::degrade::{self, DegradeMaps, DegradePolicy, Notice};
+use bpfstream::degrade::{DegradeMaps, DegradePolicy, Notice};
 use bpfstream::{Item, Transport, WakeupPolicy};
 
 use super::load::{self, LabEvent, Loaded, Pace, CLASS_BULK};
@@ -60,7 +60,8 @@ struct Run {
     summary: BTreeMap<u64, u64>,
     notices: Vec<Notice>,
     notices_dropped: u64,
-    totals: degrade::DegradeTotals,
+    /// Under the policy: `delivered + dropped + summarized == produced`.
+    totals: bpfstream::Totals,
     /// (seconds, delivered/s, dropped/s, summarized/s) per bucket.
     series: Vec<(f64, f64, f64, f64)>,
     start_ns: u64,
@@ -80,7 +81,7 @@ fn degrade_maps(bpf: &aya::Ebpf) -> Result<DegradeMaps> {
     let map = |name: &str| {
         bpf.map(name).ok_or_else(|| anyhow!("the backpressure object has no {name} map")).and_then(lifecycle::map_fd)
     };
-    Ok(DegradeMaps::new(map(degrade::STATE_MAP)?, map(degrade::STATS_MAP)?, map(degrade::SUMMARY_MAP)?)?)
+    Ok(DegradeMaps::new(map(DegradeMaps::STATE_MAP)?, map(DegradeMaps::STATS_MAP)?, map(DegradeMaps::SUMMARY_MAP)?)?)
 }
 
 fn run_one(policy_on: bool, duration: Duration, progress: &Progress) -> Result<Run> {
@@ -142,7 +143,7 @@ fn run_one(policy_on: bool, duration: Duration, progress: &Progress) -> Result<R
                 let d = producer_maps.lock().expect("maps").counters()?;
                 Ok(Snapshot {
                     t_ns: load::monotonic_ns(),
-                    produced: c.produced,
+                    produced: c.produced.unwrap_or(0),
                     dropped: c.dropped,
                     summarized: d.summarized,
                 })
@@ -225,7 +226,7 @@ fn run_one(policy_on: bool, duration: Duration, progress: &Progress) -> Result<R
         summary,
         notices,
         notices_dropped: counters.notices_dropped,
-        totals: degrade::DegradeTotals::new(&totals, &counters, notices_delivered),
+        totals: counters.apply(&totals, notices_delivered),
         series,
         start_ns,
     })
@@ -321,12 +322,13 @@ fn report(runs: Vec<Run>, per_run: Duration) -> LabReport {
             });
         }
         let t = run.totals;
+        let produced = t.produced.unwrap_or(0);
         let generated: u64 = run.generated.values().sum();
         let exact = run.summary_exact();
         table.push(vec![
             Cell::text(run.name()),
             Cell::text("total"),
-            Cell::Int(t.produced),
+            Cell::Int(produced),
             Cell::Int(t.delivered),
             Cell::Int(t.dropped),
             Cell::Int(t.summarized),
@@ -344,16 +346,16 @@ fn report(runs: Vec<Run>, per_run: Duration) -> LabReport {
         ]);
         accounts.push(Account {
             label: format!("policy {} total", run.name()),
-            produced: t.produced,
+            produced,
             delivered: t.delivered,
             dropped: t.dropped,
             summarized: t.summarized,
         });
-        if t.produced != generated {
+        if produced != generated {
             notes.push(format!(
                 "warning: policy {}: the BPF side counted {} events for {generated} triggered",
                 run.name(),
-                t.produced
+                produced
             ));
         }
         if run.policy_on {
@@ -362,8 +364,8 @@ fn report(runs: Vec<Run>, per_run: Duration) -> LabReport {
                 "With the policy: {} dropped of {} ({:.3}%); {} summarized in {} keys; {switches} switches to degraded \
                  mode announced ({} notices lost); per-key counts (delivered + summarized = generated) {}.",
                 t.dropped,
-                t.produced,
-                load::percent(t.dropped as f64, t.produced as f64),
+                produced,
+                load::percent(t.dropped as f64, produced as f64),
                 t.summarized,
                 run.summary.len(),
                 run.notices_dropped,
@@ -373,8 +375,8 @@ fn report(runs: Vec<Run>, per_run: Duration) -> LabReport {
             notes.push(format!(
                 "Without the policy: {} dropped of {} ({:.1}%), and which keys they belonged to is unknown.",
                 t.dropped,
-                t.produced,
-                load::percent(t.dropped as f64, t.produced as f64)
+                produced,
+                load::percent(t.dropped as f64, produced as f64)
             ));
         }
     }

@@ -232,7 +232,7 @@ impl std::fmt::Debug for Loaded {
 
 /// A second reader of a lab object's drop counters (for a producer thread's snapshots).
 pub fn drop_counters(bpf: &Ebpf) -> Result<DropCounters> {
-    let map = bpf.map(bpfstream::accounting::STATS_MAP).ok_or_else(|| anyhow!("no stats map"))?;
+    let map = bpf.map(bpfstream::DropCounters::MAP).ok_or_else(|| anyhow!("no stats map"))?;
     Ok(DropCounters::new(lifecycle::map_fd(map)?)?)
 }
 

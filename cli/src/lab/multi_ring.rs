@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use bpfstream::poller::SourceOptions;
+use bpfstream::SourceOptions;
 use bpfstream::{EventSource, Item, Poller, Transport, WakeupPolicy};
 
 use super::load::{self, LabEvent, Latencies, Loaded, Pace, CLASS_BULK, CLASS_CRITICAL};

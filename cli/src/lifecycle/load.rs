@@ -7,7 +7,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::Map;
 use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
-use bpfstream::accounting::{STATS_MAP, WAKEUP_ARG_GLOBAL, WAKEUP_POLICY_GLOBAL};
 use bpfstream::{DropCounters, EventSource, PerfOptions, Transport};
 
 use super::args::{BufferOptions, CommonArgs};
@@ -135,7 +134,7 @@ pub fn map_fd(map: &Map) -> Result<BorrowedFd<'_>> {
 /// Loads a BPF object with the globals and buffer of `spec`/`options` (nothing attached yet).
 pub fn load(spec: &TracerSpec, options: &BufferOptions) -> Result<(Ebpf, Transport)> {
     let transport = choose_transport(options.transport)?;
-    let (policy, arg) = options.ring_wakeup.globals();
+    let wakeup = options.ring_wakeup.globals();
     let size = u32::try_from(options.size).map_err(|_| anyhow!("buffer size {} is too large", options.size))?;
     let mut loader = EbpfLoader::new();
     // Maps aya has no userspace type for (task storage) are still created for the programs.
@@ -143,8 +142,9 @@ pub fn load(spec: &TracerSpec, options: &BufferOptions) -> Result<(Ebpf, Transpo
     for g in &spec.globals {
         loader.override_global(g.name, g.bytes.as_slice(), true);
     }
-    loader.override_global(WAKEUP_POLICY_GLOBAL, &policy, false);
-    loader.override_global(WAKEUP_ARG_GLOBAL, &arg, false);
+    for (name, bytes) in &wakeup {
+        loader.override_global(name, bytes.as_slice(), false);
+    }
     let object = match transport {
         Transport::Ring => {
             loader.map_max_entries(EVENTS_MAP, size);
@@ -210,6 +210,6 @@ pub fn open_source(bpf: &Ebpf, options: &BufferOptions) -> Result<EventSource> {
         opened => opened?,
     };
     source.expect_wakeups(options.ring_wakeup);
-    let stats = bpf.map(STATS_MAP).ok_or_else(|| anyhow!("BPF object has no {STATS_MAP} map"))?;
+    let stats = bpf.map(DropCounters::MAP).ok_or_else(|| anyhow!("BPF object has no {} map", DropCounters::MAP))?;
     Ok(source.with_counters(DropCounters::new(map_fd(stats)?)?))
 }
