@@ -114,7 +114,7 @@ impl Queue {
     fn write_chunk(&self, bytes: &[u8]) -> io::Result<()> {
         let mut done = 0;
         while done < bytes.len() {
-            let piece = &bytes[done..bytes.len().min(done + libc::PIPE_BUF)];
+            let piece = &bytes[done..piece_end(bytes, done)];
             write_all(self.fd, piece)?;
             done += piece.len();
             let mut state = self.lock();
@@ -227,6 +227,20 @@ impl Queue {
         drop(state);
         self.push(bytes);
         self.drain_by(deadline)
+    }
+}
+
+/// Where the write of `bytes` from `done` ends: at most PIPE_BUF on, at the end of the last whole
+/// line that fits, so that a reader never holds half a line when the stop gives up on the rest
+/// (only a line longer than PIPE_BUF is written in pieces).
+fn piece_end(bytes: &[u8], done: usize) -> usize {
+    let limit = bytes.len().min(done + libc::PIPE_BUF);
+    if limit == bytes.len() {
+        return limit;
+    }
+    match bytes[done..limit].iter().rposition(|&b| b == b'\n') {
+        Some(newline) => done + newline + 1,
+        None => limit,
     }
 }
 
@@ -376,6 +390,36 @@ mod tests {
         assert!(taken > 0 && taken % 1024 == 0, "{taken}");
         assert_eq!(unwritten, 200 - taken as u64 / 1024);
         assert!(!queue.write_by(b"summary\n".to_vec(), Instant::now()));
+    }
+
+    #[test]
+    fn a_reader_that_stops_reading_holds_whole_lines_only() {
+        let (read, write) = pipe();
+        let queue = Queue::start(write.as_raw_fd());
+        let mut out = Output::new(queue.clone());
+        // 200 lines of 1000 bytes: PIPE_BUF pieces would end mid-line.
+        let mut line = vec![b'x'; 999];
+        line.push(b'\n');
+        for _ in 0..20 {
+            batch(&mut out, &queue, 10, &line);
+        }
+        assert!(!queue.drain_by(Instant::now() + Duration::from_secs(1)));
+        let unwritten = queue.abandon();
+        let mut held = vec![0u8; 1 << 20];
+        // SAFETY: read(2) into a live buffer; the pipe holds less than it.
+        let n = unsafe { libc::read(read.as_raw_fd(), held.as_mut_ptr().cast(), held.len()) };
+        assert!(n > 0 && n % 1000 == 0, "the pipe holds {n} bytes: a line was cut");
+        assert_eq!(held[n as usize - 1], b'\n');
+        assert_eq!(unwritten, 200 - n as u64 / 1000);
+    }
+
+    #[test]
+    fn pieces_end_at_line_ends_unless_a_line_is_longer_than_pipe_buf() {
+        let mut lines = [b"a".repeat(3000), b"\n".to_vec(), b"b".repeat(3000), b"\n".to_vec()].concat();
+        assert_eq!(piece_end(&lines, 0), 3001);
+        assert_eq!(piece_end(&lines, 3001), lines.len());
+        lines = b"c".repeat(3 * libc::PIPE_BUF);
+        assert_eq!(piece_end(&lines, 0), libc::PIPE_BUF);
     }
 
     #[test]

@@ -371,7 +371,7 @@ fn argv_arrives_whole_up_to_the_bound(transport: &str) {
     let script = format!("'{}' \"$@\"; true", missing.display());
     std::fs::create_dir(dir.join("sh")).unwrap();
     let shell = dir.join("sh").join(&name);
-    std::fs::copy("/bin/sh", &shell).unwrap();
+    copy_executable(Path::new("/bin/sh"), &shell);
     assert!(Command::new(&shell).arg("-c").arg(&script).arg("sh").args(&plain).status().unwrap().success());
     let finished = run.stop();
     assert!(finished.status.success(), "{}", finished.stderr);
@@ -425,7 +425,7 @@ fn failed_execs_carry_their_errno_and_x_shows_only_them() {
     let name = "bpfsx-failed";
     let dir = temp_dir("failed");
     let shell = dir.join(name);
-    std::fs::copy("/bin/sh", &shell).unwrap();
+    copy_executable(Path::new("/bin/sh"), &shell);
     let (missing, not_executable) = (dir.join("missing"), dir.join("data"));
     std::fs::write(&not_executable, b"not a program").unwrap();
     let script = format!("'{}' one two three; '{}' four; /bin/true", missing.display(), not_executable.display());

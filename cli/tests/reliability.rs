@@ -8,6 +8,7 @@
 mod common;
 
 use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ const STORM_COMM: &str = "bpfs-storm";
 impl Storm {
     fn start() -> Storm {
         let dd = temp_dir("storm").join(STORM_COMM);
-        std::fs::copy("/bin/dd", &dd).unwrap();
+        copy_executable(Path::new("/bin/dd"), &dd);
         let children = (0..2)
             .map(|_| {
                 Command::new(&dd).args(["if=/dev/zero", "of=/dev/null", "bs=1"]).stderr(Stdio::null()).spawn().unwrap()

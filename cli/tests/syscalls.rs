@@ -422,7 +422,9 @@ fn default_buffer_holds_a_burst_of_100000_calls() {
     let finished = run.stop();
     let summary = finished.summary();
     let (events, dropped) = (u(&summary["events"]), u(&summary["dropped"]));
-    assert_eq!((u(&summary["produced"]), events + dropped), (u64::from(BURST), u64::from(BURST)));
+    // A slow machine may not print the whole burst within the stop's bound: that is unwritten.
+    let written = events + u(&summary["unwritten"]);
+    assert_eq!((u(&summary["produced"]), written + dropped), (u64::from(BURST), u64::from(BURST)));
     let cpus = std::thread::available_parallelism().unwrap().get();
     assert!(finished.stderr.contains("ring buffer (") && finished.stderr.contains("MiB)"), "{}", finished.stderr);
     if cpus >= 2 {

@@ -270,8 +270,16 @@ pub fn pipe() -> (std::fs::File, std::fs::File) {
 pub fn probe_binary(dir: &Path, name: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join(name);
-    std::fs::copy("/bin/true", &path).unwrap();
+    copy_executable(Path::new("/bin/true"), &path);
     path
+}
+
+/// Copies the executable `from` to `to` with cp, not from this process: a child that another
+/// test thread forks while the copy is open for writing would inherit that descriptor, and exec
+/// of the copy would fail (ETXTBSY) until that child execs.
+pub fn copy_executable(from: &Path, to: &Path) {
+    let copied = Command::new("cp").arg(from).arg(to).status().unwrap();
+    assert!(copied.success(), "cp {} {}", from.display(), to.display());
 }
 
 /// The cgroup v2 mount point (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid systems).
