@@ -1,6 +1,7 @@
 //! The exporter against real engines on loopback, from Rust, without tracers: `nats-server`
 //! and `tansu` from PATH (skipped loudly when missing, unless `CI` is set).
 
+use std::collections::HashSet;
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,13 +19,25 @@ impl Drop for Server {
 
 /// Starts `program args` (with `{port}` replaced by a free port) and waits until it listens.
 fn serve(program: &str, args: &[&str]) -> Option<(Server, u16)> {
+    if !installed(program) {
+        return None;
+    }
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    Some((serve_on(port, program, args), port))
+}
+
+/// Whether `program` runs; when it does not, the test is skipped loudly (outside CI).
+fn installed(program: &str) -> bool {
     let found = Command::new(program).arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
     if !found {
         assert!(std::env::var_os("CI").is_none(), "CI must run the exporter's tests, but {program} is missing");
         eprintln!("\n*** SKIPPING an exporter test: {program} is not on PATH ***\n");
-        return None;
     }
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    found
+}
+
+/// Starts `program args` on `port` (replacing `{port}`) and waits until it listens.
+fn serve_on(port: u16, program: &str, args: &[&str]) -> Server {
     let args: Vec<String> = args.iter().map(|a| a.replace("{port}", &port.to_string())).collect();
     let child = Command::new(program).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let server = Server(child);
@@ -33,7 +46,7 @@ fn serve(program: &str, args: &[&str]) -> Option<(Server, u16)> {
         assert!(Instant::now() < deadline, "{program} does not listen");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Some((server, port))
+    server
 }
 
 fn start(url: &str, options: &[&str]) -> Result<Exporter, ExportError> {
@@ -77,4 +90,107 @@ fn kafka_acknowledges_every_event() {
     ship(start(&url, &["create=true", "linger.ms=5"]).unwrap(), 10_000);
     let down = start("kafka://127.0.0.1:9/t", &[]).unwrap_err();
     assert!(matches!(down, ExportError::Unreachable(_)), "{down}");
+}
+
+/// `tansu broker` (memory storage) on `port`, with `topic` created by tansu's own client.
+fn tansu_on(port: u16, topic: &str) -> Server {
+    let listener = "tcp://127.0.0.1:{port}";
+    let args = ["broker", "--listener-url", listener, "--advertised-listener-url", listener];
+    let server = serve_on(port, "tansu", &[&args[..], &["--storage-engine", "memory://tansu/"]].concat());
+    let broker = format!("tcp://127.0.0.1:{port}");
+    let created =
+        Command::new("tansu").args(["topic", "create", topic, "--broker", &broker]).stdout(Stdio::null()).status();
+    assert!(created.unwrap().success(), "tansu topic create {topic}");
+    server
+}
+
+/// The `seq` header of every record of `topic` (all partitions), read from the start until
+/// `wanted` are all there (or 30 s without a new record), then 1 s more for any duplicate.
+fn kafka_seqs(port: u16, topic: &str, wanted: &HashSet<u64>) -> Vec<u64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{port}"))
+        .set("group.id", "bpfstream-export-tests")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata.topics()[0].partitions() {
+        assignment.add_partition_offset(topic, partition.id(), Offset::Beginning).unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let (mut seqs, mut missing) = (Vec::new(), wanted.clone());
+    let mut idle_until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < idle_until {
+        let Some(record) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let record = record.unwrap();
+        let headers = record.headers().expect("headers");
+        let seq = headers.iter().find(|h| h.key == "seq").and_then(|h| h.value).expect("a seq header");
+        let seq: u64 = std::str::from_utf8(seq).unwrap().parse().unwrap();
+        seqs.push(seq);
+        missing.remove(&seq);
+        idle_until = Instant::now() + Duration::from_secs(if missing.is_empty() { 1 } else { 30 });
+    }
+    seqs
+}
+
+/// Bursts of 200 events every 50 ms; the broker (memory storage) is killed once the first
+/// 1,600 are acknowledged and comes back empty a second later, its topic created again. The
+/// idempotent producer stalls against a broker that does not know it; its events time out
+/// (`message.timeout.ms`), a new producer takes over and they are published again with their
+/// `seq`. Asserts: every event is acknowledged (the final flush has time enough) and exactly
+/// accounted; the new broker holds every event the old one had not acknowledged when it was
+/// killed; any seq stored twice there came from a republication (at most `retries` of them),
+/// so that dropping duplicates by `seq` leaves each event once.
+#[test]
+fn kafka_delivery_resumes_after_the_broker_restarts_empty() {
+    if !installed("tansu") {
+        return;
+    }
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let topic = "export-restart";
+    let server = tansu_on(port, topic);
+    let url = format!("kafka://127.0.0.1:{port}/{topic}");
+    let mut exporter = start(&url, &["flush_timeout=60s", "message.timeout.ms=3000"]).unwrap();
+    let burst = |exporter: &mut Exporter, bursts: u32| {
+        for _ in 0..bursts {
+            for _ in 0..200 {
+                assert!(exporter.send(b"{\"type\":\"test\"}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    burst(&mut exporter, 8);
+    while exporter.stats().exported < 1600 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    burst(&mut exporter, 2);
+    drop(server);
+    // Acknowledgements already read off the closed connection are counted by now.
+    std::thread::sleep(Duration::from_millis(200));
+    let acknowledged_by_the_old = exporter.stats().exported;
+    burst(&mut exporter, 5);
+    let _server = tansu_on(port, topic);
+    burst(&mut exporter, 10);
+    let stats = exporter.finish();
+    assert_eq!((stats.offered, stats.exported, stats.export_failed()), (5000, 5000, 0), "{stats:?}");
+    assert!(stats.retries > 0, "the restart went unnoticed: {stats:?}");
+    let wanted: HashSet<u64> = (acknowledged_by_the_old + 1..=5000).collect();
+    let seqs = kafka_seqs(port, topic, &wanted);
+    let distinct: HashSet<u64> = seqs.iter().copied().collect();
+    let missing = wanted.difference(&distinct).count();
+    assert_eq!(
+        missing,
+        0,
+        "of {} events; read {} records: {:?}",
+        wanted.len(),
+        seqs.len(),
+        &seqs[..seqs.len().min(20)]
+    );
+    let twice = (seqs.len() - distinct.len()) as u64;
+    assert!(twice <= stats.retries, "{twice} seqs stored twice, {} republications", stats.retries);
+    eprintln!("{stats:?}; the new broker holds {} records, {twice} of them twice", seqs.len());
 }
