@@ -13,6 +13,10 @@ use common::workload::{Step, Workload};
 use common::{kernel_test, run_to_end, start};
 use serde_json::Value;
 
+/// By default the final flush shares the stop's 1 s; tests that expect every event
+/// acknowledged give it all the time it needs.
+const FLUSH: &str = "flush_timeout=60s";
+
 fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
 }
@@ -40,7 +44,18 @@ fn nats_receives_every_event_line_exactly_with_its_headers() {
     const CALLS: u32 = 3000;
     let child = Workload::spawn("bpfs-export", None, vec![Step::Getppid(CALLS)]);
     let pid = child.pid().to_string();
-    let run = start(&["syscalls", "--json", "--pid", &pid, "--buffer-size", "4M", "--output", &url]);
+    let run = start(&[
+        "syscalls",
+        "--json",
+        "--pid",
+        &pid,
+        "--buffer-size",
+        "4M",
+        "--output",
+        &url,
+        "--output-option",
+        FLUSH,
+    ]);
     child.go();
     let finished = run.stop();
     assert!(finished.status.success(), "{}", finished.stderr);
@@ -70,7 +85,7 @@ fn nats_export_runs_alongside_the_table() {
     let (url, subject) = nats.url("table");
     let dir = common::temp_dir("export-table");
     let probe = common::probe_binary(&dir, "bpfs-exported");
-    let run = start(&["exec", "--name", "bpfs-exported", "--output", &url]);
+    let run = start(&["exec", "--name", "bpfs-exported", "--output", &url, "--output-option", FLUSH]);
     for _ in 0..5 {
         assert!(std::process::Command::new(&probe).status().unwrap().success());
     }
@@ -113,6 +128,29 @@ fn nats_restart_mid_stream_leaves_nothing_unaccounted() {
     assert!(produced - seqs.len() as u64 <= failed, "missing events not in export_failed: {summary}");
 }
 
+/// The engine hangs (SIGSTOP) under a stream of events: by default the final flush shares the
+/// stop's budget, so the tracer stops on time and counts what the engine did not acknowledge as
+/// unflushed. Asserts the accounting, exactly (the stop's duration is measured by hand: see the
+/// README).
+#[test]
+fn a_hung_engine_leaves_the_stop_bounded_and_counts_unflushed() {
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(server) = NatsServer::start() else { return };
+    let url = server.url("bpfstream.test.hung");
+    let child = Workload::spawn("bpfs-hung", None, vec![Step::Getppid(5000)]);
+    let pid = child.pid().to_string();
+    let run = start(&["syscalls", "--json", "--pid", &pid, "--buffer-size", "4M", "--output", &url]);
+    server.run_on(false);
+    child.go();
+    let finished = run.stop();
+    server.run_on(true);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let summary = finished.summary();
+    assert_accounted(&summary);
+    assert_eq!((u(&summary["events"]), u(&summary["exported"])), (5000, 0), "{summary}");
+    assert_eq!(u(&summary["export_unflushed"]), u(&summary["export_failed"]), "{summary}");
+}
+
 #[test]
 fn nats_down_at_start_is_an_error_or_a_wait() {
     let Some(_kernel) = kernel_test() else { return };
@@ -125,7 +163,8 @@ fn nats_down_at_start_is_an_error_or_a_wait() {
     // connect=retry: the tracer starts, the events wait in the queue until the server comes.
     let child = Workload::spawn("bpfs-late", None, vec![Step::Getppid(500)]);
     let pid = child.pid().to_string();
-    let run = start(&["syscalls", "--json", "--pid", &pid, "--output", &url, "--output-option", "connect=retry"]);
+    let retry = ["--output-option", "connect=retry", "--output-option", FLUSH];
+    let run = start(&[&["syscalls", "--json", "--pid", &pid, "--output", &url][..], &retry].concat());
     child.go();
     server.restart();
     let finished = run.stop();
@@ -158,6 +197,8 @@ fn nats_full_queue_is_counted_not_blocking() {
         "queue=16",
         "--output-option",
         "in_flight=1",
+        "--output-option",
+        FLUSH,
     ]);
     child.go();
     let finished = run.stop();
@@ -234,7 +275,7 @@ fn storm_to(url: &str, comm: &str, calls: u32, options: &[&str]) -> common::Fini
     let child = Workload::spawn(comm, None, vec![Step::Getppid(calls)]);
     let pid = child.pid().to_string();
     let mut args = vec!["syscalls", "--json", "--pid", &pid, "--buffer-size", "4M", "--output", url];
-    args.extend(options.iter().flat_map(|o| ["--output-option", o]));
+    args.extend([FLUSH].iter().chain(options).flat_map(|o| ["--output-option", o]));
     let run = start(&args);
     child.go();
     let finished = run.stop();
@@ -294,7 +335,8 @@ fn kafka_down_at_start_is_an_error_or_a_wait() {
     assert!(err.contains("cannot reach the Kafka brokers") && err.contains("connect=retry"), "{err}");
     let child = Workload::spawn("bpfs-klate", None, vec![Step::Getppid(500)]);
     let pid = child.pid().to_string();
-    let run = start(&["syscalls", "--json", "--pid", &pid, "--output", &url, "--output-option", "connect=retry"]);
+    let retry = ["--output-option", "connect=retry", "--output-option", FLUSH];
+    let run = start(&[&["syscalls", "--json", "--pid", &pid, "--output", &url][..], &retry].concat());
     child.go();
     server.restart();
     create_topic(&server.address(), "bpfstream-test-late");

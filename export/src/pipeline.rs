@@ -39,6 +39,13 @@ pub(crate) type Delivery = Pin<Box<dyn Future<Output = Result<(), Failure>> + Se
 pub(crate) trait Publisher {
     /// Publishes `message`; the future resolves with the engine's acknowledgement.
     fn publish(&self, message: &Message) -> Delivery;
+
+    /// Messages to publish in one turn of the loop at most: 1 for a client whose publication
+    /// starts only when its future is first polled (in no set order within a turn), so that
+    /// the engine gets the events in their order.
+    fn batch(&self) -> usize {
+        BATCH
+    }
 }
 
 /// Backoff between retries: doubles from 50 ms up to 5 s; an acknowledgement resets it.
@@ -152,10 +159,9 @@ impl<P: Publisher> Pipeline<P> {
         }
     }
 
-    /// Publishes what is already queued, while there is room, [`BATCH`] at most (a larger
-    /// burst of new publications slows a JetStream client down).
+    /// Publishes what is already queued, while there is room, [`Publisher::batch`] at most.
     fn take_queued(&mut self, state: &mut State) {
-        for _ in 1..BATCH {
+        for _ in 1..self.publisher.batch() {
             if !state.room(self.max_in_flight) {
                 return;
             }

@@ -203,7 +203,7 @@ pub fn run(args: OpenArgs) -> Result<()> {
         tee,
     };
     let mut summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
-    summary.export = printer.tee.finish();
+    summary.export = printer.tee.finish(summary.export_deadline());
     let (malformed, truncated) = (printer.malformed, printer.truncated);
     drop(printer);
     let untracked = per_cpu_total(&untracked)?;

@@ -358,7 +358,7 @@ pub fn run(args: SyscallsArgs) -> Result<()> {
         tee,
     };
     let mut summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
-    summary.export = printer.tee.finish();
+    summary.export = printer.tee.finish(summary.export_deadline());
     let counted = print_last_interval(&mut printer)?;
     let malformed = printer.malformed;
     drop(printer);
