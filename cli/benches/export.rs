@@ -50,7 +50,8 @@ fn measure(engine: &dyn Engine, topic: &str, steps: Vec<Step>, scratch: &std::pa
     let options = std::env::var("BPFSTREAM_BENCH_OPTIONS").unwrap_or_default();
     let mut tracer = Command::new(common::bin())
         .args(["syscalls", "--json", "--pid", &pid, "--buffer-size", "16M", "--output", &engine.url(topic)])
-        .args(options.split_whitespace().flat_map(|o| ["--output-option", o]))
+        // The final flush may take what it needs (it shares the stop's 1 s by default).
+        .args(["flush_timeout=60s"].into_iter().chain(options.split_whitespace()).flat_map(|o| ["--output-option", o]))
         .stdout(std::fs::File::create(&out).map_err(|e| e.to_string())?)
         .stderr(Stdio::piped())
         .spawn()
