@@ -113,6 +113,13 @@ impl Tee {
         Ok(())
     }
 
+    /// The accounting so far (`None` without `--output`).
+    pub fn so_far(&self) -> Option<ExportSummary> {
+        let exporter = self.exporter.as_ref()?;
+        let endpoint = exporter.endpoint().to_string();
+        Some(ExportSummary { endpoint, stats: exporter.stats(), unencoded: self.unencoded })
+    }
+
     /// After the drain: the final flush until `deadline` (the stop's budget; the
     /// `flush_timeout` option replaces it), then the accounting.
     pub fn finish(&mut self, deadline: Instant) -> Option<ExportSummary> {

@@ -215,6 +215,42 @@ fn nats_full_queue_is_counted_not_blocking() {
     distinct_seqs(&messages);
 }
 
+/// A storm into an 8K ring loses events in the kernel: their `lost` lines (no `cause`) carry the
+/// exporter's accounting so far, like the export's own, and the summary adds everything up.
+#[test]
+fn kernel_drop_lost_lines_carry_the_export_counts() {
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(nats) = Nats::get() else { return };
+    let (url, _) = nats.url("kdrop");
+    let child = Workload::spawn("bpfs-kdrop", None, vec![Step::Getppid(100_000)]);
+    let pid = child.pid().to_string();
+    let run = start(&[
+        "syscalls",
+        "--json",
+        "--pid",
+        &pid,
+        "--buffer-size",
+        "8K",
+        "--output",
+        &url,
+        "--output-option",
+        FLUSH,
+    ]);
+    child.go();
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let summary = finished.summary();
+    assert_accounted(&summary);
+    assert!(u(&summary["dropped"]) > 0, "the kernel dropped nothing: {summary}");
+    let kernel: Vec<Value> = finished.of_type("lost").into_iter().filter(|l| l.get("cause").is_none()).collect();
+    assert!(!kernel.is_empty(), "no lost line for the kernel's drops");
+    for line in &kernel {
+        assert!(line["output"].as_str().is_some_and(|o| o.starts_with("nats://")), "{line}");
+        let (exported, failed) = (u(&line["exported"]), u(&line["export_failed"]));
+        assert!(exported + failed <= u(&summary["events"]), "{line}");
+    }
+}
+
 #[test]
 fn nats_without_a_stream_and_create_false_is_a_clear_error() {
     let Some(_kernel) = kernel_test() else { return };

@@ -183,6 +183,10 @@ impl<W: Write> Sink for Printer<W> {
         self.tee.tick(&mut self.out)?;
         self.out.flush()
     }
+
+    fn export(&self) -> Option<crate::export::ExportSummary> {
+        self.tee.so_far()
+    }
 }
 
 pub fn run(args: OpenArgs) -> Result<()> {
