@@ -88,6 +88,13 @@ fn kafka_acknowledges_every_event() {
     let missing = start(&url, &[]).unwrap_err();
     assert!(missing.to_string().contains("does not exist"), "{missing}");
     ship(start(&url, &["create=true", "linger.ms=5"]).unwrap(), 10_000);
+    // librdkafka's properties pass through: a bad value is a usage error, and SASL
+    // credentials the broker does not take keep it from starting.
+    let bad = start(&url, &["security.protocol=bogus"]).unwrap_err();
+    assert!(bad.is_usage() && bad.to_string().contains("security.protocol"), "{bad}");
+    let sasl = ["security.protocol=sasl_plaintext", "sasl.mechanism=SCRAM-SHA-256", "sasl.username=nobody"];
+    let refused = start(&url, &[&sasl[..], &["sasl.password=wrong"]].concat()).unwrap_err();
+    assert!(matches!(refused, ExportError::Unreachable(_)), "{refused}");
     let down = start("kafka://127.0.0.1:9/t", &[]).unwrap_err();
     assert!(matches!(down, ExportError::Unreachable(_)), "{down}");
 }
@@ -193,4 +200,68 @@ fn kafka_delivery_resumes_after_the_broker_restarts_empty() {
     let twice = (seqs.len() - distinct.len()) as u64;
     assert!(twice <= stats.retries, "{twice} seqs stored twice, {} republications", stats.retries);
     eprintln!("{stats:?}; the new broker holds {} records, {twice} of them twice", seqs.len());
+}
+
+/// A CA and a server certificate for 127.0.0.1 made with openssl in `dir`: (ca, cert, key).
+fn certificates(dir: &std::path::Path) -> (String, String, String) {
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let extensions = path("server.ext");
+    std::fs::write(
+        &extensions,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let (ca, ca_key, cert, key, csr) =
+        (path("ca.pem"), path("ca.key"), path("server.pem"), path("server.key"), path("s.csr"));
+    let ca_args = [
+        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &ca_key, "-out", &ca, "-days", "1"][..],
+        &["-subj", "/CN=bpfstream test CA", "-addext", "basicConstraints=critical,CA:TRUE"],
+        &["-addext", "keyUsage=critical,keyCertSign"],
+    ]
+    .concat();
+    let server_args = ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"];
+    let sign_args = [
+        &["x509", "-req", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key, "-CAcreateserial"][..],
+        &["-out", &cert, "-days", "1", "-extfile", &extensions],
+    ]
+    .concat();
+    for args in [&ca_args[..], &server_args, &sign_args] {
+        let status = Command::new("openssl").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        assert!(status.expect("openssl").success(), "openssl {args:?}");
+    }
+    (ca, cert, key)
+}
+
+/// nats-server with TLS (a CA made here) and a user and password: the exporter reaches it with
+/// `tls`, `tls_ca`, `user` and `password`; without the CA, or with a wrong password, it is a
+/// clear error at start. A token server takes `token`.
+#[test]
+fn jetstream_over_tls_with_user_and_password_or_a_token() {
+    if !installed("nats-server") || !installed("openssl") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("bpfstream-export-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = certificates(&dir);
+    let store = dir.join("js");
+    let store = store.to_str().unwrap();
+    let base = ["-a", "127.0.0.1", "-p", "{port}", "-js", "-sd", store];
+    let tls = ["--tls", "--tlscert", &cert, "--tlskey", &key, "--user", "agent", "--pass", "s3cret"];
+    let Some((_server, port)) = serve("nats-server", &[&base[..], &tls].concat()) else { return };
+    let url = format!("nats://127.0.0.1:{port}/export.tls");
+    let tls_ca = format!("tls_ca={ca}");
+    ship(start(&url, &["tls=true", &tls_ca, "user=agent", "password=s3cret"]).unwrap(), 1000);
+    let untrusted = start(&url, &["tls=true", "user=agent", "password=s3cret"]).unwrap_err();
+    assert!(matches!(untrusted, ExportError::Unreachable(_)), "{untrusted}");
+    let refused = start(&url, &["tls=true", &tls_ca, "user=agent", "password=wrong"]).unwrap_err();
+    assert!(matches!(refused, ExportError::Unreachable(_)), "{refused}");
+    let token_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let token_store = dir.join("js-token");
+    let token_args =
+        ["-a", "127.0.0.1", "-p", "{port}", "-js", "-sd", token_store.to_str().unwrap(), "--auth", "t0ken"];
+    let _token_server = serve_on(token_port, "nats-server", &token_args);
+    let token_url = format!("nats://127.0.0.1:{token_port}/export.token");
+    ship(start(&token_url, &["token=t0ken"]).unwrap(), 1000);
+    assert!(start(&token_url, &["token=nope"]).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
 }
