@@ -182,27 +182,7 @@ fn nats_full_queue_is_counted_not_blocking() {
     let Some(_kernel) = kernel_test() else { return };
     let Some(nats) = Nats::get() else { return };
     let (url, subject) = nats.url("full");
-    let child = Workload::spawn("bpfs-full", None, vec![Step::Getppid(20_000)]);
-    let pid = child.pid().to_string();
-    let run = start(&[
-        "syscalls",
-        "--json",
-        "--pid",
-        &pid,
-        "--buffer-size",
-        "4M",
-        "--output",
-        &url,
-        "--output-option",
-        "queue=16",
-        "--output-option",
-        "in_flight=1",
-        "--output-option",
-        FLUSH,
-    ]);
-    child.go();
-    let finished = run.stop();
-    assert!(finished.status.success(), "{}", finished.stderr);
+    let finished = storm_to(&url, "bpfs-full", 20_000, &["--buffer-size", "4M"], &["queue=16", "in_flight=1"]);
     let summary = finished.summary();
     assert_accounted(&summary);
     assert_eq!((u(&summary["events"]), u(&summary["dropped"])), (20_000, 0), "{summary}");
@@ -222,23 +202,7 @@ fn kernel_drop_lost_lines_carry_the_export_counts() {
     let Some(_kernel) = kernel_test() else { return };
     let Some(nats) = Nats::get() else { return };
     let (url, _) = nats.url("kdrop");
-    let child = Workload::spawn("bpfs-kdrop", None, vec![Step::Getppid(100_000)]);
-    let pid = child.pid().to_string();
-    let run = start(&[
-        "syscalls",
-        "--json",
-        "--pid",
-        &pid,
-        "--buffer-size",
-        "8K",
-        "--output",
-        &url,
-        "--output-option",
-        FLUSH,
-    ]);
-    child.go();
-    let finished = run.stop();
-    assert!(finished.status.success(), "{}", finished.stderr);
+    let finished = storm_to(&url, "bpfs-kdrop", 100_000, &["--buffer-size", "8K"], &[]);
     let summary = finished.summary();
     assert_accounted(&summary);
     assert!(u(&summary["dropped"]) > 0, "the kernel dropped nothing: {summary}");
@@ -306,11 +270,12 @@ fn through_a_restart(url: &str, options: &[&str], bounce: impl FnOnce()) -> comm
     finished
 }
 
-/// The events of a `--pid` storm of `calls` getppid, traced with `--json` and shipped to `url`.
-fn storm_to(url: &str, comm: &str, calls: u32, options: &[&str]) -> common::Finished {
+/// The events of a `--pid` storm of `calls` getppid, traced with `--json` and the tracer's
+/// `args` and shipped to `url` with `options`.
+fn storm_to(url: &str, comm: &str, calls: u32, args: &[&str], options: &[&str]) -> common::Finished {
     let child = Workload::spawn(comm, None, vec![Step::Getppid(calls)]);
     let pid = child.pid().to_string();
-    let mut args = vec!["syscalls", "--json", "--pid", &pid, "--buffer-size", "4M", "--output", url];
+    let mut args = [&["syscalls", "--json", "--pid", &pid, "--output", url][..], args].concat();
     args.extend([FLUSH].iter().chain(options).flat_map(|o| ["--output-option", o]));
     let run = start(&args);
     child.go();
@@ -325,7 +290,7 @@ fn kafka_receives_every_event_line_exactly_with_key_and_headers() {
     let Some(kafka) = Kafka::get() else { return };
     let (url, topic) = kafka.url("exact", true);
     const CALLS: u32 = 3000;
-    let finished = storm_to(&url, "bpfs-kafka", CALLS, &[]);
+    let finished = storm_to(&url, "bpfs-kafka", CALLS, &["--buffer-size", "4M"], &[]);
     let summary = finished.summary();
     assert_eq!((u(&summary["produced"]), u(&summary["exported"])), (u64::from(CALLS), u64::from(CALLS)), "{summary}");
     assert_accounted(&summary);
@@ -353,7 +318,7 @@ fn kafka_missing_topic_is_an_error_unless_creation_is_asked_for() {
     let (code, err) = run_to_end(&["exec", "--duration", "1", "--output", &url]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("does not exist") && err.contains("create=true"), "{err}");
-    let finished = storm_to(&url, "bpfs-kcreate", 200, &["create=true"]);
+    let finished = storm_to(&url, "bpfs-kcreate", 200, &[], &["create=true"]);
     let summary = finished.summary();
     assert_accounted(&summary);
     assert_eq!(u(&summary["exported"]), 200, "{summary}");
