@@ -8,7 +8,8 @@
 //! `sudo cargo bench --bench export` (root: it loads BPF programs; needs `nats-server` and/or
 //! `tansu` on PATH: an engine that is missing is skipped with a notice). Environment:
 //! BPFSTREAM_BENCH_WINDOW (seconds of storm per row, default 5), BPFSTREAM_BENCH_ROUNDS (rows
-//! per configuration, default 3; medians are shown).
+//! per configuration, default 3; medians are shown), BPFSTREAM_BENCH_OPTIONS (`--output-option`s
+//! for every row, separated by spaces, e.g. `in_flight=65536 linger.ms=10`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -46,8 +47,11 @@ fn measure(engine: &dyn Engine, topic: &str, steps: Vec<Step>, scratch: &std::pa
     let child = Workload::spawn("bpfs-xstorm", None, steps);
     let pid = child.pid().to_string();
     let out = scratch.join("out.json");
+    let options = std::env::var("BPFSTREAM_BENCH_OPTIONS").unwrap_or_default();
     let mut tracer = Command::new(common::bin())
         .args(["syscalls", "--json", "--pid", &pid, "--buffer-size", "16M", "--output", &engine.url(topic)])
+        // The final flush may take what it needs (it shares the stop's 1 s by default).
+        .args(["flush_timeout=60s"].into_iter().chain(options.split_whitespace()).flat_map(|o| ["--output-option", o]))
         .stdout(std::fs::File::create(&out).map_err(|e| e.to_string())?)
         .stderr(Stdio::piped())
         .spawn()

@@ -20,7 +20,9 @@ pub struct OutputArgs {
     #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
     pub output: Option<Endpoint>,
     /// A KEY=VALUE option of --output (repeatable): queue=N, in_flight=N, connect=fail|retry,
-    /// flush_timeout=5s, create=true|false; NATS: stream, storage, user, password, token,
+    /// flush_timeout=DURATION (the final flush shares the 1 s stop by default: what is not
+    /// acknowledged then is export_unflushed; e.g. flush_timeout=30s waits longer),
+    /// create=true|false; NATS: stream, storage, user, password, token,
     /// creds, tls, tls_ca, ...; Kafka: any librdkafka property (compression.type, linger.ms,
     /// batch.size, acks, security.protocol, sasl.*, ssl.*), partitions, replication_factor
     #[arg(long = "output-option", value_name = "KEY=VALUE", requires = "output")]
@@ -111,11 +113,19 @@ impl Tee {
         Ok(())
     }
 
-    /// After the drain: the final flush (bounded by `flush_timeout`), then the accounting.
-    pub fn finish(&mut self) -> Option<ExportSummary> {
+    /// The accounting so far (`None` without `--output`).
+    pub fn so_far(&self) -> Option<ExportSummary> {
+        let exporter = self.exporter.as_ref()?;
+        let endpoint = exporter.endpoint().to_string();
+        Some(ExportSummary { endpoint, stats: exporter.stats(), unencoded: self.unencoded })
+    }
+
+    /// After the drain: the final flush until `deadline` (the stop's budget; the
+    /// `flush_timeout` option replaces it), then the accounting.
+    pub fn finish(&mut self, deadline: Instant) -> Option<ExportSummary> {
         let exporter = self.exporter.take()?;
         let endpoint = exporter.endpoint().to_string();
-        Some(ExportSummary { endpoint, stats: exporter.finish(), unencoded: self.unencoded })
+        Some(ExportSummary { endpoint, stats: exporter.finish_by(deadline), unencoded: self.unencoded })
     }
 }
 

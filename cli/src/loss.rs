@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bpfstream::{Item, Lost};
 
+use crate::export::ExportSummary;
 use crate::lifecycle::Sink;
 use crate::output::JsonLine;
 use crate::writer::{self, Output};
@@ -78,7 +79,14 @@ impl LossReport {
 
     /// Reports what was lost since the last report, if an interval has passed since it (or
     /// `now` is the end of the run).
-    pub fn report(&mut self, now: Instant, end: bool, out: &mut impl Write) -> io::Result<()> {
+    /// With `--output`, each report carries the exporter's accounting so far (`export`).
+    pub fn report(
+        &mut self,
+        now: Instant,
+        end: bool,
+        out: &mut impl Write,
+        export: Option<&ExportSummary>,
+    ) -> io::Result<()> {
         let due = end || self.last_report.is_none_or(|t| now.duration_since(t) >= REPORT_INTERVAL);
         if self.pending.is_empty() || !due {
             return Ok(());
@@ -93,14 +101,20 @@ impl LossReport {
                     Some(cpu) => line.num("cpu", cpu),
                     None => line,
                 };
-                line.num("total", self.total).float("elapsed_s", elapsed).write_to(out)?;
+                let line = line.num("total", self.total).float("elapsed_s", elapsed);
+                let line = match export {
+                    Some(export) => export.json(line),
+                    None => line,
+                };
+                line.write_to(out)?;
             }
             return out.flush();
         }
         let count: u64 = pending.values().sum();
         let cpus: Vec<String> = pending.iter().filter_map(|(cpu, n)| cpu.map(|c| format!("CPU {c}: {n}"))).collect();
         let detail = if cpus.len() > 1 { format!(" ({})", cpus.join(", ")) } else { String::new() };
-        writeln!(out, "Lost {count} events{detail} at {elapsed:.1} s; {} lost so far", self.total)?;
+        let exported = export.map(ExportSummary::text).unwrap_or_default();
+        writeln!(out, "Lost {count} events{detail} at {elapsed:.1} s; {} lost so far{exported}", self.total)?;
         out.flush()
     }
 
@@ -155,7 +169,8 @@ impl<'a> Reporting<'a> {
     /// The last report, after the final drain (queued; an output that failed is accounted by
     /// its queue).
     pub fn finish(&mut self) {
-        let _ = self.loss.report(Instant::now(), true, &mut self.out);
+        let export = self.inner.export();
+        let _ = self.loss.report(Instant::now(), true, &mut self.out, export.as_ref());
     }
 }
 
@@ -175,7 +190,8 @@ impl Sink for Reporting<'_> {
     /// follows the events before it.
     fn tick(&mut self) -> io::Result<()> {
         self.inner.tick()?;
-        self.loss.report(Instant::now(), false, &mut self.out)
+        let export = self.inner.export();
+        self.loss.report(Instant::now(), false, &mut self.out, export.as_ref())
     }
 }
 
@@ -194,20 +210,20 @@ mod tests {
         let t0 = report.started;
         let mut out = Vec::new();
         report.add(&lost(5, 0), t0);
-        report.report(t0, false, &mut out).unwrap();
+        report.report(t0, false, &mut out, None).unwrap();
         report.add(&lost(2, 1), t0 + Duration::from_millis(100));
         report.add(&lost(3, 1), t0 + Duration::from_millis(200));
-        report.report(t0 + Duration::from_millis(200), false, &mut out).unwrap();
+        report.report(t0 + Duration::from_millis(200), false, &mut out, None).unwrap();
         let text = String::from_utf8(out.clone()).unwrap();
         assert_eq!(text, "{\"type\":\"lost\",\"count\":5,\"cpu\":0,\"total\":5,\"elapsed_s\":0.000}\n", "not yet due");
-        report.report(t0 + Duration::from_millis(1000), false, &mut out).unwrap();
+        report.report(t0 + Duration::from_millis(1000), false, &mut out, None).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text.lines().nth(1),
             Some("{\"type\":\"lost\",\"count\":5,\"cpu\":1,\"total\":10,\"elapsed_s\":1.000}")
         );
         let mut out = Vec::new();
-        report.report(t0 + Duration::from_millis(3000), true, &mut out).unwrap();
+        report.report(t0 + Duration::from_millis(3000), true, &mut out, None).unwrap();
         assert!(out.is_empty(), "nothing new to report");
     }
 

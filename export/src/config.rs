@@ -44,7 +44,8 @@ impl Identity {
 ///
 /// Options of every engine: `queue` (events between the tracer and the client, default
 /// 65536), `in_flight` (published and not yet acknowledged, default 8192), `connect`
-/// (`fail` or `retry`), `flush_timeout` (the final flush's deadline, default 5s), `create`
+/// (`fail` or `retry`), `flush_timeout` (the final flush's deadline: by default the caller's,
+/// see [`Exporter::finish_by`](crate::Exporter::finish_by), or 5 s), `create`
 /// (`true`/`false`: create the stream (NATS, default true) or the topic (Kafka, default false)
 /// when none exists). NATS: `stream` (the name of a stream to create), `storage`
 /// (`file`/`memory`), `duplicate_window`, `ack_timeout`, `user`, `password`, `token`, `creds`,
@@ -59,7 +60,9 @@ pub struct ExportConfig {
     pub queue: usize,
     pub in_flight: usize,
     pub connect: ConnectPolicy,
-    pub flush_timeout: Duration,
+    /// `None`: the caller's deadline ([`Exporter::finish_by`](crate::Exporter::finish_by)),
+    /// or 5 s ([`Exporter::finish`](crate::Exporter::finish)).
+    pub flush_timeout: Option<Duration>,
     /// `None`: the engine's default (NATS creates a stream, Kafka does not create topics).
     pub create: Option<bool>,
     /// Options for the engine's client, checked when it starts.
@@ -74,7 +77,7 @@ impl ExportConfig {
             queue: 65_536,
             in_flight: 8_192,
             connect: ConnectPolicy::Fail,
-            flush_timeout: Duration::from_secs(5),
+            flush_timeout: None,
             create: None,
             engine: Vec::new(),
         }
@@ -85,7 +88,7 @@ impl ExportConfig {
         match key {
             "queue" => self.queue = parse_count(key, value)?,
             "in_flight" => self.in_flight = parse_count(key, value)?,
-            "flush_timeout" => self.flush_timeout = parse_duration(key, value)?,
+            "flush_timeout" => self.flush_timeout = Some(parse_duration(key, value)?),
             "create" => self.create = Some(parse_bool(key, value)?),
             "connect" => {
                 self.connect = match value {
@@ -156,7 +159,7 @@ mod tests {
             c.set_text(o).unwrap();
         }
         assert_eq!((c.queue, c.connect, c.create), (10, ConnectPolicy::Retry, Some(false)));
-        assert_eq!(c.flush_timeout, Duration::from_millis(250));
+        assert_eq!(c.flush_timeout, Some(Duration::from_millis(250)));
         assert_eq!(c.engine, vec![("linger.ms".to_string(), "5".to_string())]);
         for bad in ["queue=0", "queue=x", "connect=maybe", "flush_timeout=5h", "create=perhaps", "novalue", "=v"] {
             assert!(config().set_text(bad).unwrap_err().is_usage(), "{bad}");

@@ -21,7 +21,7 @@ pub struct Exporter {
     deadline: watch::Sender<Option<Instant>>,
     thread: Option<JoinHandle<()>>,
     next_seq: u64,
-    flush_timeout: Duration,
+    flush_timeout: Option<Duration>,
     endpoint: Endpoint,
 }
 
@@ -106,16 +106,31 @@ impl Exporter {
     }
 
     /// Stops taking events, waits until every queued event is acknowledged or failed, or
-    /// until the `flush_timeout` option's deadline (what is left then counts as `unflushed`).
-    /// Afterwards `offered = exported + export_failed`, exactly.
-    pub fn finish(mut self) -> ExportStats {
-        self.close();
+    /// until the `flush_timeout` option's deadline (5 s if not given; what is left then
+    /// counts as `unflushed`). Afterwards `offered = exported + export_failed`, exactly.
+    pub fn finish(self) -> ExportStats {
+        let deadline = std::time::Instant::now() + Self::FLUSH_TIMEOUT;
+        self.finish_by(deadline)
+    }
+
+    /// [`finish`](Self::finish) with the caller's deadline (a tracer's stop budget), unless
+    /// the `flush_timeout` option was given: then that one.
+    pub fn finish_by(mut self, deadline: std::time::Instant) -> ExportStats {
+        let deadline = match self.flush_timeout {
+            Some(timeout) => Instant::now() + timeout,
+            None => Instant::from_std(deadline),
+        };
+        self.close(deadline);
         self.counters.snapshot()
     }
 
-    fn close(&mut self) {
+    /// The final flush's deadline of [`finish`](Self::finish) and of a drop, without the
+    /// `flush_timeout` option.
+    const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+    fn close(&mut self, deadline: Instant) {
         // The thread reads the deadline before it sees the queue closed.
-        self.deadline.send_replace(Some(Instant::now() + self.flush_timeout));
+        self.deadline.send_replace(Some(deadline));
         self.queue = None;
         if let Some(thread) = self.thread.take() {
             // A panic on the exporter's thread leaves its in-flight events in `in_flight`,
@@ -127,6 +142,6 @@ impl Exporter {
 
 impl Drop for Exporter {
     fn drop(&mut self) {
-        self.close();
+        self.close(Instant::now() + self.flush_timeout.unwrap_or(Self::FLUSH_TIMEOUT));
     }
 }

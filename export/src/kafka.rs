@@ -3,6 +3,7 @@
 //! says the partition leader and its in-sync replicas have it. A missing topic is an error
 //! unless `create=true`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -19,6 +20,10 @@ use crate::{ConnectPolicy, Endpoint, ExportConfig, ExportError, Identity};
 /// How long the start-up checks wait for the brokers.
 const START_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long librdkafka tries to deliver an event before it reports a timeout (its own default
+/// is 5 minutes); a timeout makes the exporter start a new producer and publish again.
+const MESSAGE_TIMEOUT_MS: &str = "10000";
+
 /// Topic creation's `--output-option`s; every other key is a librdkafka property.
 #[derive(Debug)]
 struct Settings {
@@ -34,7 +39,8 @@ impl Settings {
             .set("bootstrap.servers", brokers.join(","))
             .set("client.id", "bpfstream")
             .set("enable.idempotence", "true")
-            .set("acks", "all");
+            .set("acks", "all")
+            .set("message.timeout.ms", MESSAGE_TIMEOUT_MS);
         let mut settings = Settings { partitions: 1, replication_factor: 1, client };
         for (key, value) in options {
             let number = || match value.parse::<i32>() {
@@ -55,7 +61,10 @@ impl Settings {
 
 /// Produces to one topic.
 pub(crate) struct KafkaPublisher {
-    producer: Mutex<FutureProducer>,
+    /// The producer and its generation (1, 2, ...: one more each time it is replaced).
+    producer: Mutex<(FutureProducer, u64)>,
+    /// The generation of a producer that let an event time out (0: none).
+    stalled: Arc<AtomicU64>,
     /// To make a new producer after a fatal error (an idempotent producer gives up for good
     /// when, for example, a broker that lost its state comes back).
     client: ClientConfig,
@@ -82,23 +91,30 @@ impl KafkaPublisher {
             create_topic(&settings, topic).await?;
         }
         Ok(KafkaPublisher {
-            producer: Mutex::new(producer),
+            producer: Mutex::new((producer, 1)),
+            stalled: Arc::new(AtomicU64::new(0)),
             client: settings.client,
             topic: topic.as_str().into(),
             identity: Arc::new(config.identity.clone()),
         })
     }
 
-    /// The producer, replaced by a new one if it hit a fatal error: retried events keep their
-    /// `seq`, so that consumers drop what both producers delivered.
-    fn producer(&self) -> FutureProducer {
-        let mut producer = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
-        if producer.client().fatal_error().is_some() {
+    /// The producer and its generation, replaced by a new one if it hit a fatal error or let
+    /// an event time out. An idempotent producer can stall for good or give up when a broker
+    /// that lost its state comes back (tansu with memory storage, a wiped cluster): dropping
+    /// the old one purges what it still held, which comes back as failures and is published
+    /// again through the new one with the same `seq`, so that consumers drop what both
+    /// delivered.
+    fn producer(&self) -> (FutureProducer, u64) {
+        let mut current = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
+        // Relaxed: a flag on its own, set by delivery reports that arrive in any order anyway.
+        let stalled = self.stalled.load(Ordering::Relaxed) == current.1;
+        if stalled || current.0.client().fatal_error().is_some() {
             if let Ok(fresh) = self.client.create() {
-                *producer = fresh;
+                *current = (fresh, current.1 + 1);
             }
         }
-        producer.clone()
+        current.clone()
     }
 }
 
@@ -160,11 +176,18 @@ impl Publisher for KafkaPublisher {
             .insert(header("seq", &seq));
         let record =
             FutureRecord::to(&self.topic).key(id.host.as_bytes()).payload(message.payload.as_ref()).headers(headers);
-        match self.producer().send_result(record) {
+        let (producer, generation) = self.producer();
+        let stalled = self.stalled.clone();
+        match producer.send_result(record) {
             Ok(delivery) => Box::pin(async move {
                 match delivery.await {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err((error, _))) => Err(classify(error)),
+                    Ok(Err((error, _))) => {
+                        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut) {
+                            stalled.fetch_max(generation, Ordering::Relaxed);
+                        }
+                        Err(classify(error))
+                    }
                     Err(_) => Err(Failure::Retry("the Kafka producer went away".into())),
                 }
             }),

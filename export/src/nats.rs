@@ -224,6 +224,11 @@ impl Publisher for NatsPublisher {
             }
         })
     }
+
+    /// A publication starts when its future is first polled.
+    fn batch(&self) -> usize {
+        1
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -38,6 +39,13 @@ pub(crate) type Delivery = Pin<Box<dyn Future<Output = Result<(), Failure>> + Se
 pub(crate) trait Publisher {
     /// Publishes `message`; the future resolves with the engine's acknowledgement.
     fn publish(&self, message: &Message) -> Delivery;
+
+    /// Messages to publish in one turn of the loop at most: 1 for a client whose publication
+    /// starts only when its future is first polled (in no set order within a turn), so that
+    /// the engine gets the events in their order.
+    fn batch(&self) -> usize {
+        BATCH
+    }
 }
 
 /// Backoff between retries: doubles from 50 ms up to 5 s; an acknowledgement resets it.
@@ -59,6 +67,27 @@ impl Backoff {
 
 type InFlight = FuturesUnordered<Pin<Box<dyn Future<Output = (Message, Result<(), Failure>)> + Send>>>;
 
+/// Messages taken off the queue in one turn of the loop at most.
+const BATCH: usize = 64;
+
+/// What the loop of [`Pipeline::run`] keeps between turns.
+struct State {
+    in_flight: InFlight,
+    /// Failed publications waiting for their next try (same `seq`).
+    retry: VecDeque<Message>,
+    backoff: Backoff,
+    /// Set after a failure: nothing is published until then.
+    paused_until: Option<Instant>,
+    /// The queue is closed and empty: no more messages will come.
+    closed: bool,
+}
+
+impl State {
+    fn room(&self, max_in_flight: usize) -> bool {
+        self.in_flight.len() < max_in_flight && self.paused_until.is_none()
+    }
+}
+
 /// The pipeline's state on the exporter's thread.
 pub(crate) struct Pipeline<P> {
     pub publisher: P,
@@ -73,55 +102,100 @@ pub(crate) struct Pipeline<P> {
 
 impl<P: Publisher> Pipeline<P> {
     /// Runs until every message is acknowledged or failed and the queue is closed, or until
-    /// the final flush's deadline.
+    /// the final flush's deadline. Each wakeup handles every acknowledgement that is ready and
+    /// takes as many queued messages as there is room for, so that a busy stream costs one
+    /// turn of the loop per batch rather than per event.
     pub async fn run(mut self) {
-        let mut in_flight: InFlight = FuturesUnordered::new();
-        let mut retry: VecDeque<Message> = VecDeque::new();
-        let mut backoff = Backoff { next: Backoff::FIRST };
-        let mut paused_until: Option<Instant> = None;
-        let mut closed = false;
+        let mut state = State {
+            in_flight: FuturesUnordered::new(),
+            retry: VecDeque::new(),
+            backoff: Backoff { next: Backoff::FIRST },
+            paused_until: None,
+            closed: false,
+        };
+        let deadline = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(deadline);
+        let mut deadline_set = false;
         loop {
-            if closed && retry.is_empty() && in_flight.is_empty() {
+            if state.closed && state.retry.is_empty() && state.in_flight.is_empty() {
                 return;
             }
-            let room = in_flight.len() < self.max_in_flight && paused_until.is_none();
-            if room {
-                if let Some(message) = retry.pop_front() {
-                    self.dispatch(&mut in_flight, message);
-                    continue;
+            self.dispatch_retries(&mut state);
+            if !deadline_set {
+                if let Some(at) = *self.deadline.borrow() {
+                    deadline.as_mut().reset(at);
+                    deadline_set = true;
                 }
             }
-            let deadline = *self.deadline.borrow();
+            let room = state.room(self.max_in_flight);
             tokio::select! {
                 biased;
-                () = sleep_until(deadline) => break,
-                Ok(()) = self.deadline.changed() => {}
-                Some((message, result)) = in_flight.next(), if !in_flight.is_empty() => match result {
-                    Ok(()) => {
-                        Counters::add(&self.counters.exported, 1);
-                        backoff.next = Backoff::FIRST;
+                () = &mut deadline, if deadline_set => break,
+                Ok(()) = self.deadline.changed(), if !deadline_set => {}
+                Some((message, result)) = state.in_flight.next(), if !state.in_flight.is_empty() => {
+                    self.settle(&mut state, message, result);
+                    while let Some(Some((message, result))) = state.in_flight.next().now_or_never() {
+                        self.settle(&mut state, message, result);
                     }
-                    Err(Failure::Reject(why)) => {
-                        Counters::add(&self.counters.rejected, 1);
-                        (self.on_error)(&why);
+                }
+                () = sleep_until(state.paused_until), if state.paused_until.is_some() => state.paused_until = None,
+                message = self.queue.recv(), if room && state.retry.is_empty() && !state.closed => match message {
+                    Some(message) => {
+                        self.dispatch(&mut state.in_flight, message);
+                        self.take_queued(&mut state);
                     }
-                    Err(Failure::Retry(why)) => {
-                        Counters::add(&self.counters.retries, 1);
-                        retry.push_back(message);
-                        if paused_until.is_none() {
-                            (self.on_error)(&why);
-                            paused_until = Some(Instant::now() + backoff.take());
-                        }
-                    }
-                },
-                () = sleep_until(paused_until), if paused_until.is_some() => paused_until = None,
-                message = self.queue.recv(), if room && retry.is_empty() && !closed => match message {
-                    Some(message) => self.dispatch(&mut in_flight, message),
-                    None => closed = true,
+                    None => state.closed = true,
                 },
             }
         }
-        self.count_unflushed(in_flight.len() + retry.len());
+        self.count_unflushed(state.in_flight.len() + state.retry.len());
+    }
+
+    /// Republishes held-back messages while there is room.
+    fn dispatch_retries(&self, state: &mut State) {
+        while state.room(self.max_in_flight) {
+            let Some(message) = state.retry.pop_front() else { return };
+            self.dispatch(&mut state.in_flight, message);
+        }
+    }
+
+    /// Publishes what is already queued, while there is room, [`Publisher::batch`] at most.
+    fn take_queued(&mut self, state: &mut State) {
+        for _ in 1..self.publisher.batch() {
+            if !state.room(self.max_in_flight) {
+                return;
+            }
+            match self.queue.try_recv() {
+                Ok(message) => self.dispatch(&mut state.in_flight, message),
+                Err(mpsc::error::TryRecvError::Empty) => return,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    state.closed = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Counts one publication's outcome; a failure is held back for a retry after a backoff.
+    fn settle(&mut self, state: &mut State, message: Message, result: Result<(), Failure>) {
+        match result {
+            Ok(()) => {
+                Counters::add(&self.counters.exported, 1);
+                state.backoff.next = Backoff::FIRST;
+            }
+            Err(Failure::Reject(why)) => {
+                Counters::add(&self.counters.rejected, 1);
+                (self.on_error)(&why);
+            }
+            Err(Failure::Retry(why)) => {
+                Counters::add(&self.counters.retries, 1);
+                state.retry.push_back(message);
+                if state.paused_until.is_none() {
+                    (self.on_error)(&why);
+                    state.paused_until = Some(Instant::now() + state.backoff.take());
+                }
+            }
+        }
     }
 
     fn dispatch(&self, in_flight: &mut InFlight, message: Message) {

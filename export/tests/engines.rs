@@ -1,6 +1,7 @@
 //! The exporter against real engines on loopback, from Rust, without tracers: `nats-server`
 //! and `tansu` from PATH (skipped loudly when missing, unless `CI` is set).
 
+use std::collections::HashSet;
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,13 +19,25 @@ impl Drop for Server {
 
 /// Starts `program args` (with `{port}` replaced by a free port) and waits until it listens.
 fn serve(program: &str, args: &[&str]) -> Option<(Server, u16)> {
+    if !installed(program) {
+        return None;
+    }
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    Some((serve_on(port, program, args), port))
+}
+
+/// Whether `program` runs; when it does not, the test is skipped loudly (outside CI).
+fn installed(program: &str) -> bool {
     let found = Command::new(program).arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
     if !found {
         assert!(std::env::var_os("CI").is_none(), "CI must run the exporter's tests, but {program} is missing");
         eprintln!("\n*** SKIPPING an exporter test: {program} is not on PATH ***\n");
-        return None;
     }
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    found
+}
+
+/// Starts `program args` on `port` (replacing `{port}`) and waits until it listens.
+fn serve_on(port: u16, program: &str, args: &[&str]) -> Server {
     let args: Vec<String> = args.iter().map(|a| a.replace("{port}", &port.to_string())).collect();
     let child = Command::new(program).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let server = Server(child);
@@ -33,7 +46,7 @@ fn serve(program: &str, args: &[&str]) -> Option<(Server, u16)> {
         assert!(Instant::now() < deadline, "{program} does not listen");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Some((server, port))
+    server
 }
 
 fn start(url: &str, options: &[&str]) -> Result<Exporter, ExportError> {
@@ -75,6 +88,180 @@ fn kafka_acknowledges_every_event() {
     let missing = start(&url, &[]).unwrap_err();
     assert!(missing.to_string().contains("does not exist"), "{missing}");
     ship(start(&url, &["create=true", "linger.ms=5"]).unwrap(), 10_000);
+    // librdkafka's properties pass through: a bad value is a usage error, and SASL
+    // credentials the broker does not take keep it from starting.
+    let bad = start(&url, &["security.protocol=bogus"]).unwrap_err();
+    assert!(bad.is_usage() && bad.to_string().contains("security.protocol"), "{bad}");
+    let sasl = ["security.protocol=sasl_plaintext", "sasl.mechanism=SCRAM-SHA-256", "sasl.username=nobody"];
+    let refused = start(&url, &[&sasl[..], &["sasl.password=wrong"]].concat()).unwrap_err();
+    assert!(matches!(refused, ExportError::Unreachable(_)), "{refused}");
     let down = start("kafka://127.0.0.1:9/t", &[]).unwrap_err();
     assert!(matches!(down, ExportError::Unreachable(_)), "{down}");
+}
+
+/// `tansu broker` (memory storage) on `port`, with `topic` created by tansu's own client.
+fn tansu_on(port: u16, topic: &str) -> Server {
+    let listener = "tcp://127.0.0.1:{port}";
+    let args = ["broker", "--listener-url", listener, "--advertised-listener-url", listener];
+    let server = serve_on(port, "tansu", &[&args[..], &["--storage-engine", "memory://tansu/"]].concat());
+    let broker = format!("tcp://127.0.0.1:{port}");
+    let created =
+        Command::new("tansu").args(["topic", "create", topic, "--broker", &broker]).stdout(Stdio::null()).status();
+    assert!(created.unwrap().success(), "tansu topic create {topic}");
+    server
+}
+
+/// The `seq` header of every record of `topic` (all partitions), read from the start until
+/// `wanted` are all there (or 30 s without a new record), then 1 s more for any duplicate.
+fn kafka_seqs(port: u16, topic: &str, wanted: &HashSet<u64>) -> Vec<u64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{port}"))
+        .set("group.id", "bpfstream-export-tests")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata.topics()[0].partitions() {
+        assignment.add_partition_offset(topic, partition.id(), Offset::Beginning).unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let (mut seqs, mut missing) = (Vec::new(), wanted.clone());
+    let mut idle_until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < idle_until {
+        let Some(record) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let record = record.unwrap();
+        let headers = record.headers().expect("headers");
+        let seq = headers.iter().find(|h| h.key == "seq").and_then(|h| h.value).expect("a seq header");
+        let seq: u64 = std::str::from_utf8(seq).unwrap().parse().unwrap();
+        seqs.push(seq);
+        missing.remove(&seq);
+        idle_until = Instant::now() + Duration::from_secs(if missing.is_empty() { 1 } else { 30 });
+    }
+    seqs
+}
+
+/// Bursts of 200 events every 50 ms; the broker (memory storage) is killed once the first
+/// 1,600 are acknowledged and comes back empty a second later, its topic created again. The
+/// idempotent producer stalls against a broker that does not know it; its events time out
+/// (`message.timeout.ms`), a new producer takes over and they are published again with their
+/// `seq`. Asserts: every event is acknowledged (the final flush has time enough) and exactly
+/// accounted; the new broker holds every event the old one had not acknowledged when it was
+/// killed; any seq stored twice there came from a republication (at most `retries` of them),
+/// so that dropping duplicates by `seq` leaves each event once.
+#[test]
+fn kafka_delivery_resumes_after_the_broker_restarts_empty() {
+    if !installed("tansu") {
+        return;
+    }
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let topic = "export-restart";
+    let server = tansu_on(port, topic);
+    let url = format!("kafka://127.0.0.1:{port}/{topic}");
+    let mut exporter = start(&url, &["flush_timeout=60s", "message.timeout.ms=3000"]).unwrap();
+    let burst = |exporter: &mut Exporter, bursts: u32| {
+        for _ in 0..bursts {
+            for _ in 0..200 {
+                assert!(exporter.send(b"{\"type\":\"test\"}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    burst(&mut exporter, 8);
+    while exporter.stats().exported < 1600 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    burst(&mut exporter, 2);
+    drop(server);
+    // Acknowledgements already read off the closed connection are counted by now.
+    std::thread::sleep(Duration::from_millis(200));
+    let acknowledged_by_the_old = exporter.stats().exported;
+    burst(&mut exporter, 5);
+    let _server = tansu_on(port, topic);
+    burst(&mut exporter, 10);
+    let stats = exporter.finish();
+    assert_eq!((stats.offered, stats.exported, stats.export_failed()), (5000, 5000, 0), "{stats:?}");
+    assert!(stats.retries > 0, "the restart went unnoticed: {stats:?}");
+    let wanted: HashSet<u64> = (acknowledged_by_the_old + 1..=5000).collect();
+    let seqs = kafka_seqs(port, topic, &wanted);
+    let distinct: HashSet<u64> = seqs.iter().copied().collect();
+    let missing = wanted.difference(&distinct).count();
+    assert_eq!(
+        missing,
+        0,
+        "of {} events; read {} records: {:?}",
+        wanted.len(),
+        seqs.len(),
+        &seqs[..seqs.len().min(20)]
+    );
+    let twice = (seqs.len() - distinct.len()) as u64;
+    assert!(twice <= stats.retries, "{twice} seqs stored twice, {} republications", stats.retries);
+    eprintln!("{stats:?}; the new broker holds {} records, {twice} of them twice", seqs.len());
+}
+
+/// A CA and a server certificate for 127.0.0.1 made with openssl in `dir`: (ca, cert, key).
+fn certificates(dir: &std::path::Path) -> (String, String, String) {
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let extensions = path("server.ext");
+    std::fs::write(
+        &extensions,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let (ca, ca_key, cert, key, csr) =
+        (path("ca.pem"), path("ca.key"), path("server.pem"), path("server.key"), path("s.csr"));
+    let ca_args = [
+        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &ca_key, "-out", &ca, "-days", "1"][..],
+        &["-subj", "/CN=bpfstream test CA", "-addext", "basicConstraints=critical,CA:TRUE"],
+        &["-addext", "keyUsage=critical,keyCertSign"],
+    ]
+    .concat();
+    let server_args = ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"];
+    let sign_args = [
+        &["x509", "-req", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key, "-CAcreateserial"][..],
+        &["-out", &cert, "-days", "1", "-extfile", &extensions],
+    ]
+    .concat();
+    for args in [&ca_args[..], &server_args, &sign_args] {
+        let status = Command::new("openssl").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        assert!(status.expect("openssl").success(), "openssl {args:?}");
+    }
+    (ca, cert, key)
+}
+
+/// nats-server with TLS (a CA made here) and a user and password: the exporter reaches it with
+/// `tls`, `tls_ca`, `user` and `password`; without the CA, or with a wrong password, it is a
+/// clear error at start. A token server takes `token`.
+#[test]
+fn jetstream_over_tls_with_user_and_password_or_a_token() {
+    if !installed("nats-server") || !installed("openssl") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("bpfstream-export-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = certificates(&dir);
+    let store = dir.join("js");
+    let store = store.to_str().unwrap();
+    let base = ["-a", "127.0.0.1", "-p", "{port}", "-js", "-sd", store];
+    let tls = ["--tls", "--tlscert", &cert, "--tlskey", &key, "--user", "agent", "--pass", "s3cret"];
+    let Some((_server, port)) = serve("nats-server", &[&base[..], &tls].concat()) else { return };
+    let url = format!("nats://127.0.0.1:{port}/export.tls");
+    let tls_ca = format!("tls_ca={ca}");
+    ship(start(&url, &["tls=true", &tls_ca, "user=agent", "password=s3cret"]).unwrap(), 1000);
+    let untrusted = start(&url, &["tls=true", "user=agent", "password=s3cret"]).unwrap_err();
+    assert!(matches!(untrusted, ExportError::Unreachable(_)), "{untrusted}");
+    let refused = start(&url, &["tls=true", &tls_ca, "user=agent", "password=wrong"]).unwrap_err();
+    assert!(matches!(refused, ExportError::Unreachable(_)), "{refused}");
+    let token_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let token_store = dir.join("js-token");
+    let token_args =
+        ["-a", "127.0.0.1", "-p", "{port}", "-js", "-sd", token_store.to_str().unwrap(), "--auth", "t0ken"];
+    let _token_server = serve_on(token_port, "nats-server", &token_args);
+    let token_url = format!("nats://127.0.0.1:{token_port}/export.token");
+    ship(start(&token_url, &["token=t0ken"]).unwrap(), 1000);
+    assert!(start(&token_url, &["token=nope"]).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -37,6 +37,10 @@ pub trait Sink {
     fn tick(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// With `--output`: the exporter's accounting so far, which `lost` lines carry.
+    fn export(&self) -> Option<crate::export::ExportSummary> {
+        None
+    }
 }
 
 /// Most output one chunk of the stdout queue holds (well below `writer::MAX_QUEUED`).

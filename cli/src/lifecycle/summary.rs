@@ -38,6 +38,11 @@ pub fn is_broken_pipe(e: &io::Error) -> bool {
 }
 
 impl Summary {
+    /// When the exporter's final flush must end: with the events' share of the stop.
+    pub fn export_deadline(&self) -> std::time::Instant {
+        self.ending.events_by
+    }
+
     pub(super) fn new(
         totals: Totals,
         transport: Transport,

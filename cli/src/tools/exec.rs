@@ -227,6 +227,10 @@ impl<W: Write> Sink for Printer<W> {
         self.tee.tick(&mut self.out)?;
         self.out.flush()
     }
+
+    fn export(&self) -> Option<crate::export::ExportSummary> {
+        self.tee.so_far()
+    }
 }
 
 pub fn run(args: ExecArgs) -> Result<()> {
@@ -247,7 +251,7 @@ pub fn run(args: ExecArgs) -> Result<()> {
         tee,
     };
     let mut summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
-    summary.export = printer.tee.finish();
+    summary.export = printer.tee.finish(summary.export_deadline());
     let avg = if summary.events > 0 { printer.filename_bytes as f64 / summary.events as f64 } else { 0.0 };
     let (malformed, failed) = (printer.malformed, printer.failed);
     drop(printer);

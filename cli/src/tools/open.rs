@@ -183,6 +183,10 @@ impl<W: Write> Sink for Printer<W> {
         self.tee.tick(&mut self.out)?;
         self.out.flush()
     }
+
+    fn export(&self) -> Option<crate::export::ExportSummary> {
+        self.tee.so_far()
+    }
 }
 
 pub fn run(args: OpenArgs) -> Result<()> {
@@ -203,7 +207,7 @@ pub fn run(args: OpenArgs) -> Result<()> {
         tee,
     };
     let mut summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
-    summary.export = printer.tee.finish();
+    summary.export = printer.tee.finish(summary.export_deadline());
     let (malformed, truncated) = (printer.malformed, printer.truncated);
     drop(printer);
     let untracked = per_cpu_total(&untracked)?;

@@ -309,6 +309,10 @@ impl<W: Write> Sink for Printer<W> {
         self.tee.tick(&mut self.out)?;
         self.out.flush()
     }
+
+    fn export(&self) -> Option<crate::export::ExportSummary> {
+        self.tee.so_far()
+    }
 }
 
 pub fn run(args: SyscallsArgs) -> Result<()> {
@@ -358,7 +362,7 @@ pub fn run(args: SyscallsArgs) -> Result<()> {
         tee,
     };
     let mut summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
-    summary.export = printer.tee.finish();
+    summary.export = printer.tee.finish(summary.export_deadline());
     let counted = print_last_interval(&mut printer)?;
     let malformed = printer.malformed;
     drop(printer);

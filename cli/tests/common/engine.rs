@@ -86,6 +86,15 @@ impl NatsServer {
     pub fn url(&self, subject: &str) -> String {
         format!("nats://127.0.0.1:{}/{subject}", self.port)
     }
+
+    /// SIGSTOP (`false`) or SIGCONT (`true`): a server that holds its connections and answers
+    /// nothing, as a hung or overloaded engine does.
+    pub fn run_on(&self, go: bool) {
+        let child = self.child.as_ref().expect("running");
+        let signal = if go { libc::SIGCONT } else { libc::SIGSTOP };
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+    }
 }
 
 impl Drop for NatsServer {
