@@ -270,7 +270,7 @@ mod perfbuf;
 mod poller;
 mod ringbuf;
 mod scan;
-#[cfg(feature = "sim")]
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 mod source;
 mod stats;
@@ -305,7 +305,7 @@ const _: () = {
     send_sync::<DropCounters>();
     send_sync::<StatsHandle>();
     send_sync::<Waker>();
-    #[cfg(feature = "sim")]
+    #[cfg(any(test, feature = "sim"))]
     {
         send_sync::<sim::SimRing>();
         send_sync::<sim::SimPerf>();
