@@ -285,13 +285,14 @@ pub fn percent(part: f64, whole: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use bpfstream::btf::Mirror;
+
     use super::*;
 
     #[test]
     fn lab_event_mirrors_the_struct_clang_laid_out() {
         for object in [crate::objects::LAB_LOAD.ring, crate::objects::LAB_LOAD.perf] {
-            let c = bpfstream::btf::struct_layout(object, "lab_event").unwrap();
-            c.check(&bpfstream::rust_layout!(LabEvent { ts_ns, seq, cpu, class, key, tid, payload })).unwrap();
+            LabEvent::check_btf(object, "lab_event").unwrap();
         }
     }
 

@@ -269,25 +269,14 @@ pub fn run(args: ExecArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use bpfstream::btf::Mirror;
+
     use super::*;
 
     #[test]
     fn exec_event_mirrors_the_struct_clang_laid_out() {
         for object in [objects::EXEC.ring, objects::EXEC.perf] {
-            let c = bpfstream::btf::struct_layout(object, "exec_event").unwrap();
-            let rust = bpfstream::rust_layout!(ExecEvent {
-                ts_ns,
-                cgroup_id,
-                ret,
-                pid,
-                ppid,
-                uid,
-                argc,
-                filename_len,
-                args_len,
-                comm
-            });
-            c.check(&rust).unwrap();
+            ExecEvent::check_btf(object, "exec_event").unwrap();
         }
     }
 

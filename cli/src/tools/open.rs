@@ -243,27 +243,14 @@ pub fn run(args: OpenArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use bpfstream::btf::Mirror;
+
     use super::*;
 
     #[test]
     fn open_event_mirrors_the_struct_clang_laid_out() {
         for object in [objects::OPEN.ring, objects::OPEN.perf] {
-            let c = bpfstream::btf::struct_layout(object, "open_event").unwrap();
-            let rust = bpfstream::rust_layout!(OpenEvent {
-                ts_ns,
-                ret,
-                flags,
-                cgroup_id,
-                pid,
-                tid,
-                uid,
-                nr,
-                filename_len,
-                truncated,
-                comm,
-                pad
-            });
-            c.check(&rust).unwrap();
+            OpenEvent::check_btf(object, "open_event").unwrap();
         }
     }
 

@@ -414,14 +414,14 @@ fn print_last_interval<W: Write>(printer: &mut Printer<W>) -> Result<Option<u64>
 
 #[cfg(test)]
 mod tests {
+    use bpfstream::btf::Mirror;
+
     use super::*;
 
     #[test]
     fn syscall_event_mirrors_the_struct_clang_laid_out() {
         for object in [objects::SYSCALLS.ring, objects::SYSCALLS.perf] {
-            let c = bpfstream::btf::struct_layout(object, "syscall_event").unwrap();
-            c.check(&bpfstream::rust_layout!(SyscallEvent { ts_ns, duration_ns, ret, nr, pid, tid, comm, cgroup_id }))
-                .unwrap();
+            SyscallEvent::check_btf(object, "syscall_event").unwrap();
         }
     }
 
