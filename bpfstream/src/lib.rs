@@ -30,7 +30,8 @@
 //!   alignment-safe copy, [`typed`] adapts handlers and streams, and a record type checks its
 //!   size and offsets against the struct clang compiled ([`btf::Mirror::check_btf`]).
 //! - Order: a ring buffer's records come in commit order; a perf buffer's come CPU by CPU, out
-//!   of timestamp order across CPUs. [`stream::EventStream::ordered`] (async) and
+//!   of timestamp order across CPUs, and several sources merged take turns.
+//!   [`stream::EventStream::ordered`] and [`stream::MergedStream::ordered`] (async) and
 //!   [`merge::OrderedMerge`] (anywhere) put them in order.
 //! - `bpfstream::aya` (feature `aya`): load an object with its wakeup policy and open a stream by map
 //!   name, with its drop counters, in two calls.

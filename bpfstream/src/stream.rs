@@ -470,7 +470,8 @@ struct Merged<'a, T> {
 /// decoder into a common type `T` and a priority; items are `(SourceId, Event<T>)`.
 ///
 /// Each poll takes one record from the highest-priority source that has one; sources of equal
-/// priority take turns. Buffering, waiting and cancellation are those of [`EventStream`] (one
+/// priority take turns. So records come out of timestamp order across sources (and across CPUs
+/// of a perf source); [`ordered`](Self::ordered) puts them in order. Buffering, waiting and cancellation are those of [`EventStream`] (one
 /// epoll set over all the sources is registered with tokio).
 ///
 /// ```no_run
@@ -565,15 +566,18 @@ impl<'a, T> MergedStream<'a, T> {
         self.stats_handle.clone()
     }
 
+    /// Bytes waiting and capacity, all sources together (those that know).
+    pub(crate) fn fill(&self) -> Fill {
+        self.sources
+            .iter()
+            .filter_map(|s| s.source.fill())
+            .fold(Fill::default(), |a, b| Fill { used: a.used + b.used, capacity: a.capacity + b.capacity })
+    }
+
     /// Takes one record from the highest-priority source that has one (equal priorities in
     /// turn), into `pending`.
     fn take_one(&mut self) -> Result<bool, Error> {
-        let fill = self
-            .sources
-            .iter()
-            .filter_map(|s| s.source.fill())
-            .fold(Fill::default(), |a, b| Fill { used: a.used + b.used, capacity: a.capacity + b.capacity });
-        self.stats.note_fill(Some(fill));
+        self.stats.note_fill(Some(self.fill()));
         let mut start = 0;
         while start < self.sources.len() {
             let priority = self.sources[start].priority;
