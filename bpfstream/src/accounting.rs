@@ -55,7 +55,9 @@ pub enum WakeupPolicy {
     Adaptive,
     /// `BPF_RB_FORCE_WAKEUP` on every record.
     EveryRecord,
-    /// `BPF_RB_NO_WAKEUP` always: the consumer must poll with a timeout, which bounds the delay.
+    /// `BPF_RB_NO_WAKEUP` always: the consumer must poll with a timeout, which bounds the delay
+    /// (told through `expect_wakeups`, the async streams keep their delay timer whatever
+    /// `set_max_delay` says).
     Never,
     /// Force a wakeup every N records per CPU.
     EveryRecords(u64),

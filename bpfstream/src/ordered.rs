@@ -286,6 +286,7 @@ mod tests {
 
     use super::*;
     use crate::stats::Fill;
+    use crate::stream::tests::{next_within, runtime};
     use crate::sys::EventFd;
     use crate::typed::Typed;
     use crate::{Item, LossOrigin, Lost, Record};
@@ -335,10 +336,6 @@ mod tests {
         stream.ordered(span, |k: &u64| *k)
     }
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-    }
-
     #[test]
     fn a_drained_stream_comes_out_in_key_order_with_losses_first() {
         runtime().block_on(async {
@@ -382,8 +379,7 @@ mod tests {
         St::Event: PartialEq + std::fmt::Debug,
     {
         for event in expected {
-            let next = tokio::time::timeout(Duration::from_secs(10), stream.next()).await;
-            assert_eq!(next.expect("a record older than the span stayed held").unwrap().unwrap(), event);
+            assert_eq!(next_within(stream, "a record older than the span stayed held").await.unwrap(), event);
         }
         assert_eq!(stream.merge_stats().held, 1);
     }

@@ -57,6 +57,14 @@ pub trait Source {
         self.fill().is_some_and(|f| f.used > 0)
     }
 
+    /// Whether the producers signal [`poll_fd`](Self::poll_fd) for the records they write.
+    /// `false` for a ring buffer told [`WakeupPolicy::Never`](crate::WakeupPolicy::Never)
+    /// ([`RingBuffer::expect_wakeups`]): the async streams then keep a delay timer whatever
+    /// `set_max_delay` says, since nothing else would ever wake them. The default: `true`.
+    fn sends_wakeups(&self) -> bool {
+        true
+    }
+
     /// Told after every wait of a [`Poller`] whether this source's descriptor signalled, for
     /// sources that keep [`Stats`](crate::Stats). The default ignores it.
     fn note_wait(&mut self, signalled: bool) {
@@ -76,6 +84,9 @@ impl Source for RingBuffer {
     }
     fn ready_now(&self) -> bool {
         RingBuffer::ready_now(self)
+    }
+    fn sends_wakeups(&self) -> bool {
+        RingBuffer::sends_wakeups(self)
     }
     fn consume_until(
         &mut self,
@@ -114,6 +125,9 @@ impl Source for EventSource {
     }
     fn ready_now(&self) -> bool {
         EventSource::ready_now(self)
+    }
+    fn sends_wakeups(&self) -> bool {
+        EventSource::sends_wakeups(self)
     }
     fn consume_until(
         &mut self,

@@ -294,6 +294,8 @@ pub struct RingBuffer {
     ready: Vec<u64>,
     /// `poll` sleeps only while fewer bytes than this wait (see `expect_wakeups`).
     wake_threshold: u64,
+    /// The producers' wakeup policy, as told by `expect_wakeups`.
+    policy: WakeupPolicy,
 }
 
 impl fmt::Debug for RingBuffer {
@@ -334,6 +336,7 @@ impl RingBuffer {
             wakeups,
             ready: Vec::new(),
             wake_threshold: wake_threshold(WakeupPolicy::Adaptive, size as u64),
+            policy: WakeupPolicy::Adaptive,
         })
     }
 
@@ -341,8 +344,19 @@ impl RingBuffer {
     /// loaded with, see `bpfstream.h`), so that it sleeps through records written without a
     /// wakeup instead of returning for each trickle of them. The default, the kernel's
     /// [`WakeupPolicy::Adaptive`], is right for every policy but wastes CPU with the others.
+    ///
+    /// With [`WakeupPolicy::Never`] nothing wakes a consumer but its own timeout: the async
+    /// streams then keep a delay timer even if asked for none
+    /// ([`EventStream::set_max_delay`](crate::stream::EventStream::set_max_delay)).
     pub fn expect_wakeups(&mut self, policy: WakeupPolicy) {
         self.wake_threshold = wake_threshold(policy, self.ring.size as u64);
+        self.policy = policy;
+    }
+
+    /// Whether the producers wake the consumer at all (not [`WakeupPolicy::Never`], as told by
+    /// [`expect_wakeups`](Self::expect_wakeups)).
+    pub(crate) fn sends_wakeups(&self) -> bool {
+        self.policy != WakeupPolicy::Never
     }
 
     /// Consumes every committed record now in the ring without blocking; returns how many

@@ -282,6 +282,15 @@ impl EventSource {
         }
     }
 
+    /// Whether the producers wake the consumer at all (see [`Source::sends_wakeups`](crate::Source::sends_wakeups)); perf
+    /// buffers always do.
+    pub(crate) fn sends_wakeups(&self) -> bool {
+        match &self.buffer {
+            Buffer::Ring(r) => r.sends_wakeups(),
+            Buffer::Perf(_) => true,
+        }
+    }
+
     /// Drains everything buffered, reads the drop counters one last time and returns the final
     /// totals. Call it after detaching the producers: then `delivered + dropped == produced`.
     /// A handler that stops ends the drain early (the totals so far); one that fails, with its

@@ -31,7 +31,11 @@
 //! delay timer ([`EventStream::set_max_delay`], default 100 ms), or a [`CancelHandle`]. The
 //! timer is what delivers records produced without a wakeup (`BPF_RB_NO_WAKEUP`, a perf
 //! watermark not reached) within the delay bound, and what lets an
-//! [`EventSource`](crate::EventSource) read its drop counters while no record arrives.
+//! [`EventSource`](crate::EventSource) read its drop counters while no record arrives. A
+//! stream over a source whose producers never wake it ([`WakeupPolicy::Never`], told through
+//! `expect_wakeups`) keeps the timer even when [`EventStream::set_max_delay`] asks for none.
+//!
+//! [`WakeupPolicy::Never`]: crate::WakeupPolicy::Never
 //!
 //! Before it sleeps, a stream asks the source whether bytes wait that no wakeup is certain to
 //! announce ([`Source::ready_now`]): a ring whose head record is still being written (BUSY)
@@ -195,9 +199,10 @@ impl<T: AsRawFd> Waiter<T> {
 
     /// Waits for a signal from the descriptor, the delay timer or the control, and for at most
     /// [`BUSY_BACKOFF`] when `busy` (records wait behind a head record still being written, or
-    /// no coming wakeup is certain to announce what waits). Call it only after a pass took
-    /// nothing.
-    fn poll_wait(&mut self, cx: &mut Context<'_>, busy: bool) -> Poll<Result<Wake, Error>> {
+    /// no coming wakeup is certain to announce what waits). `unsignalled`: some producer never
+    /// signals the descriptor, so the timer runs even if none was asked for
+    /// ([`DEFAULT_MAX_DELAY`]). Call it only after a pass took nothing.
+    fn poll_wait(&mut self, cx: &mut Context<'_>, busy: bool, unsignalled: bool) -> Poll<Result<Wake, Error>> {
         // Register before looking, so a request made after the look still wakes us.
         self.control.register(cx.waker());
         if self.control.request() != RUNNING {
@@ -222,7 +227,8 @@ impl<T: AsRawFd> Waiter<T> {
         } else {
             self.backoff = None;
         }
-        if let Some(delay) = self.max_delay {
+        let delay = self.max_delay.or(unsignalled.then_some(DEFAULT_MAX_DELAY));
+        if let Some(delay) = delay {
             let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
             if timer.as_mut().poll(cx).is_ready() {
                 timer.as_mut().reset(Instant::now() + delay);
@@ -335,6 +341,11 @@ impl<S: Source, D: Decode> EventStream<S, D> {
 
     /// Bounds how long a record can wait in the buffer when its producer does not wake us
     /// (`None`: no timer; rely on wakeups alone). Default: [`DEFAULT_MAX_DELAY`].
+    ///
+    /// A source whose producers never wake us (a ring told
+    /// [`WakeupPolicy::Never`](crate::WakeupPolicy::Never) by `expect_wakeups`,
+    /// [`Source::sends_wakeups`] `false`) cannot go without a timer: with `None` it keeps
+    /// [`DEFAULT_MAX_DELAY`], or its records would wait forever.
     pub fn set_max_delay(&mut self, max_delay: Option<Duration>) {
         self.waiter.set_max_delay(max_delay);
     }
@@ -430,7 +441,7 @@ impl<S: Source, D: Decode> Stream for EventStream<S, D> {
             // Bytes wait that no wakeup may announce (a BUSY head record, a store-buffer race
             // with the producer's check of our position): look again soon rather than sleep.
             let busy = this.source.ready_now();
-            match ready!(this.waiter.poll_wait(cx, busy)) {
+            match ready!(this.waiter.poll_wait(cx, busy, !this.source.sends_wakeups())) {
                 Ok(Wake::Signalled) => {
                     this.stats.note_wait(true);
                     this.source.note_wait(true);
@@ -546,7 +557,8 @@ impl<'a, T> MergedStream<'a, T> {
         Ok(id)
     }
 
-    /// As [`EventStream::set_max_delay`].
+    /// As [`EventStream::set_max_delay`]: with `None`, the stream still keeps
+    /// [`DEFAULT_MAX_DELAY`] while any of its sources never wakes it.
     pub fn set_max_delay(&mut self, max_delay: Option<Duration>) {
         self.waiter.set_max_delay(max_delay);
     }
@@ -656,7 +668,8 @@ impl<T> Stream for MergedStream<'_, T> {
             }
             // As in EventStream: never sleep while a source holds bytes no wakeup may announce.
             let busy = this.sources.iter().any(|s| s.source.ready_now());
-            match ready!(this.waiter.poll_wait(cx, busy)) {
+            let unsignalled = this.sources.iter().any(|s| !s.source.sends_wakeups());
+            match ready!(this.waiter.poll_wait(cx, busy, unsignalled)) {
                 Ok(Wake::Signalled) => this.stats.note_wait(true),
                 Ok(Wake::Timeout) => this.stats.note_wait(false),
                 Ok(Wake::Control | Wake::Backoff) => {}
@@ -667,7 +680,7 @@ impl<T> Stream for MergedStream<'_, T> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::os::fd::{AsFd, BorrowedFd};
 
     use futures_util::StreamExt;
@@ -676,20 +689,27 @@ mod tests {
     use crate::sys::EventFd;
     use crate::Record;
 
-    /// A source whose one record sits behind a head record still being written for the first
-    /// `busy_passes` passes, and whose descriptor never signals: only looking again finds it.
-    struct BusyHead {
+    /// A source with one record whose descriptor never signals: only looking again finds it.
+    /// For the first `busy_passes` passes the record cannot be taken yet (it sits behind a head
+    /// record still being written, or is not written yet); `ready_now` tells of the record if `tells_ready`; `wakes` is what it tells of
+    /// its producers.
+    struct Unsignalled {
         fd: EventFd,
         busy_passes: u32,
         record: Option<u64>,
+        tells_ready: bool,
+        wakes: bool,
     }
 
-    impl Source for BusyHead {
+    impl Source for Unsignalled {
         fn poll_fd(&self) -> BorrowedFd<'_> {
             self.fd.as_fd()
         }
         fn ready_now(&self) -> bool {
-            self.record.is_some()
+            self.tells_ready && self.record.is_some()
+        }
+        fn sends_wakeups(&self) -> bool {
+            self.wakes
         }
         fn consume_until(
             &mut self,
@@ -706,34 +726,60 @@ mod tests {
         }
     }
 
-    fn busy_head() -> BusyHead {
-        BusyHead { fd: EventFd::new().unwrap(), busy_passes: 3, record: Some(42) }
-    }
-
-    fn runtime() -> tokio::runtime::Runtime {
+    pub(crate) fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     }
 
-    #[test]
-    fn a_stream_without_a_timer_does_not_sleep_on_a_busy_head() {
+    /// The next item of `stream`, which must come within 10 s. (Not `tokio::time::timeout`:
+    /// it polls the stream once more when the time is up, which finds what a stream asleep
+    /// forever would have missed.)
+    pub(crate) async fn next_within<St: Stream + Unpin>(stream: &mut St, what: &str) -> St::Item {
+        tokio::select! {
+            biased;
+            () = tokio::time::sleep(Duration::from_secs(10)) => panic!("{what}"),
+            item = stream.next() => item.expect("the stream ended"),
+        }
+    }
+
+    /// A stream and a merged stream over `source()`, both asked for no delay timer, deliver its
+    /// record (rather than sleep forever).
+    fn assert_found_without_a_timer(source: impl Fn() -> Unsignalled) {
         runtime().block_on(async {
-            let mut stream = EventStream::new(busy_head()).unwrap();
+            let mut stream = EventStream::new(source()).unwrap();
             stream.set_max_delay(None);
-            let next = tokio::time::timeout(Duration::from_secs(10), stream.next()).await;
-            let event = next.expect("slept while a record waited").unwrap().unwrap();
+            let event = next_within(&mut stream, "the stream slept while a record waited").await.unwrap();
+            assert!(matches!(event, Event::Record(r) if r.data == 42u64.to_ne_bytes()));
+
+            let mut merged = MergedStream::new().unwrap();
+            merged.add(source(), 0, Copied).unwrap();
+            merged.set_max_delay(None);
+            let next = next_within(&mut merged, "the merged stream slept while a record waited").await;
+            let (_, event) = next.unwrap();
             assert!(matches!(event, Event::Record(r) if r.data == 42u64.to_ne_bytes()));
         });
     }
 
     #[test]
-    fn a_merged_stream_without_a_timer_does_not_sleep_on_a_busy_head() {
-        runtime().block_on(async {
-            let mut merged = MergedStream::new().unwrap();
-            merged.add(busy_head(), 0, Copied).unwrap();
-            merged.set_max_delay(None);
-            let next = tokio::time::timeout(Duration::from_secs(10), merged.next()).await;
-            let (_, event) = next.expect("slept while a record waited").unwrap().unwrap();
-            assert!(matches!(event, Event::Record(r) if r.data == 42u64.to_ne_bytes()));
+    fn streams_without_a_timer_do_not_sleep_on_a_busy_head() {
+        assert_found_without_a_timer(|| Unsignalled {
+            fd: EventFd::new().unwrap(),
+            busy_passes: 3,
+            record: Some(42),
+            tells_ready: true,
+            wakes: true,
+        });
+    }
+
+    #[test]
+    fn streams_keep_a_timer_for_a_source_that_never_wakes_them() {
+        // The record is written, without a wakeup, after the stream's first look found nothing;
+        // only the source's word that no wakeup will come keeps the stream looking.
+        assert_found_without_a_timer(|| Unsignalled {
+            fd: EventFd::new().unwrap(),
+            busy_passes: 1,
+            record: Some(42),
+            tells_ready: false,
+            wakes: false,
         });
     }
 }

@@ -316,14 +316,29 @@ fn dropped_next_futures_lose_nothing() {
 #[test]
 fn records_without_wakeups_arrive_through_the_delay_timer() {
     let Some(_kernel) = kernel_test() else { return };
+    let stats = records_without_wakeups_arrive(Some(Duration::from_millis(20)));
+    assert!(stats.timeouts > 0, "{stats:?}");
+}
+
+#[test]
+fn records_without_wakeups_arrive_though_no_delay_timer_was_asked_for() {
+    let Some(_kernel) = kernel_test() else { return };
+    // A source told its producers never wake it keeps the default timer.
+    records_without_wakeups_arrive(None);
+}
+
+/// Sends records with `BPF_RB_NO_WAKEUP` into a ring that a stream with `max_delay` waits on;
+/// returns the stream's stats once it has them all.
+fn records_without_wakeups_arrive(max_delay: Option<Duration>) -> bpfstream::Stats {
     let count = 50;
     let options = PingOptions { wakeup: WakeupPolicy::Never, ..PingOptions::new(Transport::Ring) };
     let mut probe = PingProbe::load(options).unwrap();
-    let source = probe.source().unwrap();
+    let mut source = probe.source().unwrap();
+    source.expect_wakeups(WakeupPolicy::Never);
     probe.attach().unwrap();
     let stats = runtime().block_on(async {
         let mut stream = EventStream::new(source).unwrap();
-        stream.set_max_delay(Some(Duration::from_millis(20)));
+        stream.set_max_delay(max_delay);
         let producer = tokio::task::spawn_blocking(move || {
             // Start once the stream waits, so the records land in a buffer nobody is reading.
             std::thread::sleep(Duration::from_millis(50));
@@ -337,14 +352,20 @@ fn records_without_wakeups_arrive_through_the_delay_timer() {
                 seen.event(stream.next().await.unwrap().unwrap());
             }
         };
-        tokio::time::timeout(scaled(Duration::from_secs(20)), all).await.expect("records stranded without a wakeup");
+        // Not `tokio::time::timeout`: at the deadline it polls the stream once more, which
+        // would find the records a stream asleep for good had missed.
+        tokio::select! {
+            biased;
+            () = tokio::time::sleep(scaled(Duration::from_secs(20))) => panic!("records stranded without a wakeup"),
+            () = all => {}
+        }
         producer.await.unwrap();
         assert_eq!(seen.seqs(), (0..count).collect::<Vec<_>>());
         stream.stats()
     });
     probe.detach();
     assert_eq!(stats.wakeups, 0, "BPF_RB_NO_WAKEUP, yet the kernel woke the stream: {stats:?}");
-    assert!(stats.timeouts > 0, "{stats:?}");
+    stats
 }
 
 #[test]
