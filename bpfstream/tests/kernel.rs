@@ -76,20 +76,26 @@ impl Seen {
     }
 }
 
+/// Pings `0..count` (of `len(seq)` bytes) from a thread pinned to CPU 0: a perf buffer's records
+/// are in order only within a CPU, and a thread that migrates mid-burst splits them.
+fn ping_from_one_cpu(count: u64, len: fn(u64) -> u32) {
+    std::thread::spawn(move || {
+        ping::pin_to_cpu(0).unwrap();
+        for seq in 0..count {
+            ping(seq, len(seq));
+        }
+    })
+    .join()
+    .unwrap();
+}
+
 /// Loads the probe, sends `count` pings from a thread pinned to CPU 0 while nobody consumes,
 /// detaches, and returns the source with everything still in it.
 fn burst(options: PingOptions, count: u64) -> EventSource {
     let mut probe = PingProbe::load(options).unwrap();
     let source = probe.source().unwrap();
     probe.attach().unwrap();
-    std::thread::spawn(move || {
-        ping::pin_to_cpu(0).unwrap();
-        for seq in 0..count {
-            ping(seq, len_of(seq));
-        }
-    })
-    .join()
-    .unwrap();
+    ping_from_one_cpu(count, len_of);
     probe.detach();
     source
 }
@@ -216,9 +222,7 @@ fn cancel_mid_stream(transport: Transport, how: &str) {
     let mut probe = PingProbe::load(PingOptions::new(transport)).unwrap();
     let source = probe.source().unwrap();
     probe.attach().unwrap();
-    for seq in 0..count {
-        ping(seq, len_of(seq));
-    }
+    ping_from_one_cpu(count, len_of);
     let (first, rest_source, counted) = runtime().block_on(async {
         let mut stream = EventStream::new(source).unwrap();
         let mut first = Seen::default();
@@ -430,9 +434,7 @@ fn merged(ring_priority: i32, perf_priority: i32) -> Vec<(&'static str, u64)> {
     let (ring, perf) = (ring_probe.source().unwrap(), perf_probe.source().unwrap());
     ring_probe.attach().unwrap();
     perf_probe.attach().unwrap();
-    for seq in 0..count {
-        ping(seq, len_of(seq));
-    }
+    ping_from_one_cpu(count, len_of);
     ring_probe.detach();
     perf_probe.detach();
     runtime().block_on(async {
