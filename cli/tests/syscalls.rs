@@ -8,7 +8,7 @@
 mod common;
 
 use std::ffi::CString;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::workload::{Step, Workload};
 use common::*;
@@ -419,10 +419,15 @@ fn default_buffer_holds_a_burst_of_100000_calls() {
     child.go();
     // SAFETY: as above.
     unsafe { libc::kill(run.pid() as i32, libc::SIGCONT) };
+    // Stopped once the burst is printed, so that a slow machine's stop has nothing left to
+    // write (what a stop cannot write in time is `unwritten`, and the summary then on stderr).
+    let printed = deadline(Duration::from_secs(30));
+    while run.lines_so_far() < BURST as usize && Instant::now() < printed {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let finished = run.stop();
     let summary = finished.summary();
     let (events, dropped) = (u(&summary["events"]), u(&summary["dropped"]));
-    // A slow machine may not print the whole burst within the stop's bound: that is unwritten.
     let written = events + u(&summary["unwritten"]);
     assert_eq!((u(&summary["produced"]), written + dropped), (u64::from(BURST), u64::from(BURST)));
     let cpus = std::thread::available_parallelism().unwrap().get();
