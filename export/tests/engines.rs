@@ -18,12 +18,19 @@ impl Drop for Server {
 }
 
 /// Starts `program args` (with `{port}` replaced by a free port) and waits until it listens.
+/// A port found free may be taken before the server binds it (by another test's server, or as
+/// the local end of a connection): then the server exits, and another port is tried.
 fn serve(program: &str, args: &[&str]) -> Option<(Server, u16)> {
     if !installed(program) {
         return None;
     }
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    Some((serve_on(port, program, args), port))
+    for _ in 0..5 {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if let Some(server) = try_serve_on(port, program, args) {
+            return Some((server, port));
+        }
+    }
+    panic!("{program} exited at start on 5 free ports in a row");
 }
 
 /// Whether `program` runs; when it does not, the test is skipped loudly (outside CI).
@@ -38,15 +45,29 @@ fn installed(program: &str) -> bool {
 
 /// Starts `program args` on `port` (replacing `{port}`) and waits until it listens.
 fn serve_on(port: u16, program: &str, args: &[&str]) -> Server {
+    try_serve_on(port, program, args).unwrap_or_else(|| panic!("{program} exited at start on port {port}"))
+}
+
+/// As [`serve_on`], or `None` if the server exits before it listens (or just after: what
+/// answered was then not the server).
+fn try_serve_on(port: u16, program: &str, args: &[&str]) -> Option<Server> {
     let args: Vec<String> = args.iter().map(|a| a.replace("{port}", &port.to_string())).collect();
     let child = Command::new(program).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let server = Server(child);
+    let mut server = Server(child);
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut exited = || server.0.try_wait().unwrap().is_some();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if exited() {
+            return None;
+        }
         assert!(Instant::now() < deadline, "{program} does not listen");
         std::thread::sleep(Duration::from_millis(20));
     }
-    server
+    std::thread::sleep(Duration::from_millis(50));
+    if exited() {
+        return None;
+    }
+    Some(server)
 }
 
 fn start(url: &str, options: &[&str]) -> Result<Exporter, ExportError> {
