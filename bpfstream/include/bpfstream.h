@@ -323,21 +323,10 @@ static __always_inline __u64 bpfstream_discard_flags(void)
 #define bpfstream_submit_in(events, stats, ctx, rec) bpfstream_submit_rec(&events, &stats, (rec), sizeof(*(rec)))
 #define bpfstream_discard(rec) bpf_ringbuf_discard((rec), bpfstream_discard_flags())
 
-/* Send `len` bytes (1..BPFSTREAM_SCRATCH_SIZE) of `data` as one record of exactly that length. */
-static __always_inline long bpfstream_output_in(void *events, void *stats, void *ctx, void *data, __u64 len)
+/* Copies `len` bytes of `data` into the ring as one record, with the policy's wakeup flags. */
+static __always_inline long bpfstream_send(void *events, void *stats, void *ctx, void *data, __u64 len)
 {
-	long err = -22; /* -EINVAL */
-
-	bpfstream_count_produced(stats);
-	if (len != 0) {
-		bpfstream_opaque(len);
-		if (len <= BPFSTREAM_SCRATCH_SIZE)
-			err = bpf_ringbuf_output(events, data, len, bpfstream_wakeup_flags_in(events, stats, len));
-	}
-	bpfstream_scratch_release();
-	if (err)
-		bpfstream_count_dropped(stats);
-	return err;
+	return bpf_ringbuf_output(events, data, len, bpfstream_wakeup_flags_in(events, stats, len));
 }
 
 #else /* BPFSTREAM_PERF */
@@ -352,6 +341,14 @@ static __always_inline long bpfstream_output_in(void *events, void *stats, void 
 	bpfstream_output_in(&events, &stats, (ctx), (rec), sizeof(*(rec)))
 #define bpfstream_discard(rec) bpfstream_scratch_release()
 
+/* Copies `len` bytes of `data` into this CPU's perf buffer as one sample. */
+static __always_inline long bpfstream_send(void *events, void *stats, void *ctx, void *data, __u64 len)
+{
+	return bpf_perf_event_output(ctx, events, BPF_F_CURRENT_CPU, data, len);
+}
+#endif /* BPFSTREAM_PERF */
+
+/* Send `len` bytes (1..BPFSTREAM_SCRATCH_SIZE) of `data` as one record of exactly that length. */
 static __always_inline long bpfstream_output_in(void *events, void *stats, void *ctx, void *data, __u64 len)
 {
 	long err = -22; /* -EINVAL */
@@ -360,14 +357,13 @@ static __always_inline long bpfstream_output_in(void *events, void *stats, void 
 	if (len != 0) {
 		bpfstream_opaque(len);
 		if (len <= BPFSTREAM_SCRATCH_SIZE)
-			err = bpf_perf_event_output(ctx, events, BPF_F_CURRENT_CPU, data, len);
+			err = bpfstream_send(events, stats, ctx, data, len);
 	}
 	bpfstream_scratch_release();
 	if (err)
 		bpfstream_count_dropped(stats);
 	return err;
 }
-#endif /* BPFSTREAM_PERF */
 
 /* The default stream (`events`, counters in `bpfstream_stats`). */
 #define bpfstream_reserve(type) bpfstream_reserve_in(BPFSTREAM_EVENTS, bpfstream_stats, type)
