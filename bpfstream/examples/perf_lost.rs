@@ -7,18 +7,19 @@
 //! One page per CPU and a burst nobody reads: most samples do not fit. The kernel counts them
 //! and writes a `PERF_RECORD_LOST` into the buffer before the next sample that fits, which the
 //! consumer hands over as an `Item::Lost`. The BPF side counts the same failures
-//! (`bpfstream_stats`): both counts agree. (`EventSource` combines the two and reports each
-//! loss once, whichever says it first.)
+//! (`bpfstream_stats`): both counts agree. (Given the counters with `with_counters`, an
+//! `EventSource` combines the two and reports each loss once, whichever says it first; here it
+//! has none, so the LOST records are all it reports.)
 
 mod common;
 
-use bpfstream::{DropCounters, Item, PerfBuffer, PerfOptions, Transport};
+use bpfstream::{DropCounters, EventSource, Item, PerfOptions, Transport};
 use common::{pin_to_cpu, ping, PingOptions, PingProbe};
 
 fn main() -> anyhow::Result<()> {
     pin_to_cpu(0)?; // all samples into CPU 0's buffer
     let mut probe = PingProbe::load(PingOptions::new(Transport::Perf))?;
-    let mut perf = PerfBuffer::new(probe.map("events")?, PerfOptions { pages_per_cpu: 1, wakeup: None })?;
+    let mut perf = EventSource::open(probe.map("events")?, PerfOptions { pages_per_cpu: 1, wakeup: None })?;
     let mut counters = DropCounters::new(probe.map(DropCounters::MAP)?)?;
     probe.attach()?;
 

@@ -283,9 +283,10 @@ pub mod typed;
 pub use accounting::{DropCounters, WakeupPolicy, EVENTS_MAP};
 pub use error::Error;
 pub use fixed_str::FixedStr;
-pub use perfbuf::{PerfBuffer, PerfOptions, PerfWakeup};
-pub use poller::{Poller, Source, SourceId, SourceOptions, Waker};
-pub use ringbuf::RingBuffer;
+pub(crate) use perfbuf::PerfBuffer;
+pub use perfbuf::{PerfOptions, PerfWakeup};
+pub use poller::{Poller, SourceId, SourceOptions, Waker};
+pub(crate) use ringbuf::RingBuffer;
 pub use source::{EventSource, Totals, Transport};
 pub use stats::{Fill, Stats, StatsHandle};
 pub use sys::{online_cpus, page_size};
@@ -315,8 +316,7 @@ const _: () = {
     {
         send_sync::<stream::CancelHandle>();
         const fn send<T: Send>() {}
-        send::<stream::EventStream<EventSource, typed::Typed<u64>>>();
-        send::<stream::MergedStream<'static, typed::OwnedRecord>>();
+        send::<stream::EventStream<u64>>();
     }
 };
 
@@ -380,21 +380,15 @@ pub trait Flow {
     }
 }
 
-impl<E: Into<HandlerError>> Flow for Result<(), E> {
+impl<T: Flow, E: Into<HandlerError>> Flow for Result<T, E> {
     fn is_stop(&self) -> bool {
-        self.is_err()
+        self.as_ref().map_or(true, Flow::is_stop)
     }
     fn into_error(self) -> Option<HandlerError> {
-        self.err().map(Into::into)
-    }
-}
-
-impl<B, E: Into<HandlerError>> Flow for Result<ControlFlow<B>, E> {
-    fn is_stop(&self) -> bool {
-        self.as_ref().map_or(true, ControlFlow::is_break)
-    }
-    fn into_error(self) -> Option<HandlerError> {
-        self.err().map(Into::into)
+        match self {
+            Ok(flow) => flow.into_error(),
+            Err(error) => Some(error.into()),
+        }
     }
 }
 

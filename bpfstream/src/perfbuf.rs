@@ -332,7 +332,7 @@ pub(crate) struct PerfCpuStats {
 /// [`crate::FromRecord`]). Kernel losses arrive as [`Item::Lost`].
 ///
 /// Minimum kernel: 4.4 (BPF output events); `PERF_FLAG_FD_CLOEXEC` 3.14.
-pub struct PerfBuffer {
+pub(crate) struct PerfBuffer {
     map: OwnedFd,
     /// The map slots this buffer stored.
     slots: PerfSlots,
@@ -422,12 +422,6 @@ impl PerfBuffer {
         Ok(buffer)
     }
 
-    /// Consumes every record now in every CPU's ring without blocking; returns the number of
-    /// samples handed over ([`Item::Lost`] items are not counted).
-    pub fn consume<F: Flow>(&mut self, mut handler: impl FnMut(Item<'_>) -> F) -> Result<usize, Error> {
-        self.consume_n(usize::MAX, &mut handler)
-    }
-
     /// Like [`consume`](Self::consume), but hands over at most `max` samples. CPUs are visited
     /// round-robin, starting after the one the previous call ended on.
     pub(crate) fn consume_n<F: Flow>(
@@ -461,19 +455,6 @@ impl PerfBuffer {
             }
         }
         Ok(total)
-    }
-
-    /// Waits up to `timeout` (`None`: forever) until a CPU's buffer signals (per the
-    /// [`PerfWakeup`] policy), then consumes every CPU. Returns the number of samples handled.
-    /// Records written since the last signal wait for the next one or the timeout, which bounds
-    /// their delay.
-    pub fn poll<F: Flow>(
-        &mut self,
-        timeout: Option<Duration>,
-        handler: impl FnMut(Item<'_>) -> F,
-    ) -> Result<usize, Error> {
-        self.wait(timeout)?;
-        self.consume(handler)
     }
 
     /// Whether records wait that no coming signal is certain to announce: only when the last
@@ -520,16 +501,6 @@ impl PerfBuffer {
                 + ring.data_head().load(Ordering::Acquire).saturating_sub(ring.data_tail().load(Ordering::Relaxed)),
             capacity: fill.capacity + ring.data_size as u64,
         })
-    }
-
-    /// Samples the kernel reported lost (PERF_RECORD_LOST), all CPUs.
-    pub fn lost(&self) -> u64 {
-        self.cpus.iter().map(|ring| ring.lost).sum()
-    }
-
-    /// The wakeup policy in effect.
-    pub fn wakeup(&self) -> PerfWakeup {
-        self.wakeup
     }
 
     /// Bytes mapped for all CPUs (a control page plus the data pages each).

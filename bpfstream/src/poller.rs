@@ -11,7 +11,7 @@ use crate::sys::{Epoll, EventFd};
 use crate::{Error, EventSource, Failure, Flow, HandlerError, Item, PerfBuffer, Record, RingBuffer};
 
 /// Something the [`Poller`] can wait on and read.
-pub trait Source {
+pub(crate) trait Source {
     /// A descriptor that polls readable when the source has data for us.
     fn poll_fd(&self) -> BorrowedFd<'_>;
 
@@ -74,6 +74,11 @@ pub trait Source {
     /// What the source has accounted for, if it keeps [`Totals`](crate::Totals)
     /// ([`EventSource`] does). The default: nothing.
     fn totals(&self) -> Option<crate::Totals> {
+        None
+    }
+
+    /// The source as an [`EventSource`], if it is one (to give it back from a stream).
+    fn into_event_source(self: Box<Self>) -> Option<EventSource> {
         None
     }
 }
@@ -146,6 +151,9 @@ impl Source for EventSource {
     }
     fn totals(&self) -> Option<crate::Totals> {
         Some(EventSource::totals(self))
+    }
+    fn into_event_source(self: Box<Self>) -> Option<EventSource> {
+        Some(*self)
     }
     fn note_wait(&mut self, signalled: bool) {
         self.note_wait(signalled);
@@ -261,14 +269,24 @@ impl<'a> Poller<'a> {
     /// fails it ([`Error::Handler`]).
     pub fn add<F: Flow>(
         &mut self,
-        source: &'a mut dyn Source,
+        source: &'a mut EventSource,
         handler: impl FnMut(Item<'_>) -> F + 'a,
     ) -> Result<SourceId, Error> {
-        self.add_with(source, SourceOptions::default(), handler)
+        self.add_source(source, SourceOptions::default(), handler)
     }
 
     /// Adds a source with a priority and batch size.
     pub fn add_with<F: Flow>(
+        &mut self,
+        source: &'a mut EventSource,
+        options: SourceOptions,
+        handler: impl FnMut(Item<'_>) -> F + 'a,
+    ) -> Result<SourceId, Error> {
+        self.add_source(source, options, handler)
+    }
+
+    /// Adds anything that is a [`Source`] (the crate's tests add simulated ones).
+    pub(crate) fn add_source<F: Flow>(
         &mut self,
         source: &'a mut dyn Source,
         options: SourceOptions,
@@ -466,7 +484,7 @@ mod tests {
         {
             let mut poller = Poller::new().unwrap();
             let stopper = poller
-                .add(&mut a, |item: Item<'_>| {
+                .add_source(&mut a, SourceOptions::default(), |item: Item<'_>| {
                     seen.borrow_mut().push(value(item));
                     if value(item) == 2 {
                         ControlFlow::Break(())
@@ -475,7 +493,9 @@ mod tests {
                     }
                 })
                 .unwrap();
-            poller.add(&mut b, |item: Item<'_>| seen.borrow_mut().push(value(item))).unwrap();
+            poller
+                .add_source(&mut b, SourceOptions::default(), |item: Item<'_>| seen.borrow_mut().push(value(item)))
+                .unwrap();
             assert_eq!(poller.consume().unwrap(), 2);
             assert_eq!((poller.stopped_by(), poller.is_stopped()), (Some(stopper), true));
             assert_eq!(poller.consume().unwrap(), 3, "the next pass goes on");
@@ -485,7 +505,13 @@ mod tests {
 
         let (mut c, rest) = Queue::new([7, 8, 9]);
         let mut poller = Poller::new().unwrap();
-        poller.add(&mut c, |item: Item<'_>| if value(item) == 8 { Err("no room for 8") } else { Ok(()) }).unwrap();
+        poller
+            .add_source(
+                &mut c,
+                SourceOptions::default(),
+                |item: Item<'_>| if value(item) == 8 { Err("no room for 8") } else { Ok(()) },
+            )
+            .unwrap();
         let err = poller.poll(Some(Duration::ZERO)).unwrap_err();
         assert_eq!(err.to_string(), "the handler failed: no room for 8");
         assert_eq!(rest.borrow().iter().copied().collect::<Vec<_>>(), [9]);
@@ -508,10 +534,10 @@ mod tests {
         };
         let mut poller = Poller::new().unwrap();
         // Added bulk first: priority, not insertion order, decides.
-        poller.add_with(&mut bulk_a, SourceOptions { priority: 0, batch: BATCH }, bulk_handler).unwrap();
-        poller.add_with(&mut bulk_b, SourceOptions { priority: 0, batch: BATCH }, bulk_handler).unwrap();
+        poller.add_source(&mut bulk_a, SourceOptions { priority: 0, batch: BATCH }, bulk_handler).unwrap();
+        poller.add_source(&mut bulk_b, SourceOptions { priority: 0, batch: BATCH }, bulk_handler).unwrap();
         poller
-            .add_with(&mut critical, SourceOptions { priority: 10, batch: usize::MAX }, |item| {
+            .add_source(&mut critical, SourceOptions { priority: 10, batch: usize::MAX }, |item| {
                 log.borrow_mut().push(('c', value(item)));
             })
             .unwrap();
@@ -540,9 +566,9 @@ mod tests {
         let (mut high, _) = Queue::new([4, 5]);
         let mut poller = Poller::new().unwrap();
         let record = |item: Item<'_>| order.borrow_mut().push(value(item));
-        poller.add_with(&mut low, SourceOptions { priority: -1, batch: 1 }, record).unwrap();
-        poller.add_with(&mut mid, SourceOptions { priority: 0, batch: 1 }, record).unwrap();
-        poller.add_with(&mut high, SourceOptions { priority: 5, batch: 1 }, record).unwrap();
+        poller.add_source(&mut low, SourceOptions { priority: -1, batch: 1 }, record).unwrap();
+        poller.add_source(&mut mid, SourceOptions { priority: 0, batch: 1 }, record).unwrap();
+        poller.add_source(&mut high, SourceOptions { priority: 5, batch: 1 }, record).unwrap();
         assert_eq!(poller.drain().unwrap(), 5);
         assert_eq!(poller.sources().iter().map(|(_, o)| o.priority).collect::<Vec<_>>(), [5, 0, -1]);
         drop(poller);
@@ -556,7 +582,9 @@ mod tests {
         let (mut silent, _) = Queue::new([1, 2, 3]);
         let delivered = RefCell::new(Vec::new());
         let mut poller = Poller::new().unwrap();
-        poller.add(&mut silent, |item| delivered.borrow_mut().push(value(item))).unwrap();
+        poller
+            .add_source(&mut silent, SourceOptions::default(), |item| delivered.borrow_mut().push(value(item)))
+            .unwrap();
         let started = std::time::Instant::now();
         let bound = Duration::from_millis(20);
         let handled = poller.poll(Some(bound)).unwrap();
@@ -576,7 +604,7 @@ mod tests {
         let (mut queue, _) = Queue::new([]);
         queue.fd.signal(); // readable from now on: never cleared
         let mut poller = Poller::new().unwrap();
-        poller.add(&mut queue, |_| {}).unwrap();
+        poller.add_source(&mut queue, SourceOptions::default(), |_| {}).unwrap();
         for _ in 0..5 {
             poller.poll(Some(Duration::from_millis(5))).unwrap();
         }
@@ -588,7 +616,7 @@ mod tests {
         let (mut queue, items) = Queue::new([]);
         let readable = Rc::clone(&queue.fd);
         let mut poller = Poller::new().unwrap();
-        poller.add(&mut queue, |_| {}).unwrap();
+        poller.add_source(&mut queue, SourceOptions::default(), |_| {}).unwrap();
         poller.poll(Some(Duration::from_millis(1))).unwrap();
         assert_eq!((poller.stats().wakeups, poller.stats().timeouts), (0, 1));
         items.borrow_mut().push_back(7);

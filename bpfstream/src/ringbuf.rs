@@ -167,7 +167,7 @@ fn read_header<M: RingMemory + ?Sized>(mem: &M, position: u64, room: u64) -> Res
 pub(crate) const BUSY_BACKOFF: Duration = Duration::from_millis(1);
 
 /// Whether the record at the consumer position is still being written.
-fn head_is_busy<M: RingMemory + ?Sized>(mem: &M) -> bool {
+pub(crate) fn head_is_busy<M: RingMemory + ?Sized>(mem: &M) -> bool {
     let cons = mem.consumer_pos().load(Ordering::Relaxed);
     // Pairs with smp_store_release(&rb->producer_pos, ...) in __bpf_ringbuf_reserve(): the
     // header below the position read has been written (at least as BUSY).
@@ -184,16 +184,16 @@ fn head_is_busy<M: RingMemory + ?Sized>(mem: &M) -> bool {
     header.load(Ordering::Acquire) & BUSY_BIT != 0
 }
 
-/// Runs `consume` and, while it takes nothing because the head record is BUSY, runs it again
-/// every [`BUSY_BACKOFF`] until `deadline` (`None`: until the record is committed).
-pub(crate) fn consume_past_busy<M: RingMemory + ?Sized>(
-    mem: &M,
+/// Runs `pass` (records taken, and whether the head record is BUSY after it) and, while it takes
+/// nothing because the head record is BUSY, runs it again every [`BUSY_BACKOFF`] until
+/// `deadline` (`None`: until the record is committed).
+pub(crate) fn consume_past_busy(
     deadline: Option<Instant>,
-    mut consume: impl FnMut(&M) -> Result<usize, Error>,
+    mut pass: impl FnMut() -> Result<(usize, bool), Error>,
 ) -> Result<usize, Error> {
     loop {
-        let n = consume(mem)?;
-        if n > 0 || !head_is_busy(mem) {
+        let (n, busy) = pass()?;
+        if n > 0 || !busy {
             return Ok(n);
         }
         let left = deadline.map_or(BUSY_BACKOFF, |d| d.saturating_duration_since(Instant::now()));
@@ -283,7 +283,7 @@ unsafe impl RingMemory for MappedRing {
 /// ```
 ///
 /// Minimum kernel: 5.8.
-pub struct RingBuffer {
+pub(crate) struct RingBuffer {
     /// This process's only consumer of the map.
     _claim: RingClaim,
     fd: OwnedFd,
@@ -359,13 +359,6 @@ impl RingBuffer {
         self.policy != WakeupPolicy::Never
     }
 
-    /// Consumes every committed record now in the ring without blocking; returns how many
-    /// records were handed to `handler`. The handler may stop early by returning
-    /// [`std::ops::ControlFlow::Break`].
-    pub fn consume<F: Flow>(&mut self, mut handler: impl FnMut(&[u8]) -> F) -> Result<usize, Error> {
-        self.consume_n(usize::MAX, &mut handler)
-    }
-
     /// Like [`consume`](Self::consume), but hands over at most `max` records.
     pub(crate) fn consume_n<F: Flow>(
         &mut self,
@@ -375,29 +368,6 @@ impl RingBuffer {
         let mut failure = Failure::default();
         let pass = consume(&self.ring, max, self.publish_every, &mut |data: &[u8]| failure.check(handler(data)));
         failure.result(pass.map(|pass| pass.records))
-    }
-
-    /// Consumes what is in the ring, first waiting up to `timeout` (`None`: forever) for the
-    /// producers' next wakeup if less is waiting than their wakeup policy guarantees to signal
-    /// (with the default policy: if the ring is empty). Returns the number of records handled
-    /// (0 on timeout or when interrupted by a signal). The timeout bounds how long a record
-    /// written without a wakeup can wait. While the head record is still being written (BUSY),
-    /// it is looked at again every millisecond within the timeout, as its commit may send no
-    /// wakeup.
-    pub fn poll<F: Flow>(
-        &mut self,
-        timeout: Option<Duration>,
-        mut handler: impl FnMut(&[u8]) -> F,
-    ) -> Result<usize, Error> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        self.wait(timeout)?;
-        let publish_every = self.publish_every;
-        let mut failure = Failure::default();
-        let mut check = |data: &[u8]| failure.check(handler(data));
-        let n = consume_past_busy(&self.ring, deadline, |ring| {
-            consume(ring, usize::MAX, publish_every, &mut check).map(|pass| pass.records)
-        });
-        failure.result(n)
     }
 
     /// Whether records wait that no coming wakeup is certain to announce, so that sleeping
@@ -423,6 +393,11 @@ impl RingBuffer {
         Ok(!self.ready.is_empty())
     }
 
+    /// Whether the record at the consumer position is still being written.
+    pub(crate) fn head_is_busy(&self) -> bool {
+        head_is_busy(&self.ring)
+    }
+
     /// Size, fill and positions, read now.
     pub(crate) fn stats(&self) -> RingStats {
         stats(&self.ring)
@@ -432,12 +407,6 @@ impl RingBuffer {
     pub fn fill(&self) -> Fill {
         let stats = self.stats();
         Fill { used: stats.available, capacity: stats.size }
-    }
-
-    /// Bytes of memory this consumer maps (consumer page, producer page, data mapped twice).
-    /// The kernel allocates the data pages once; they appear twice in the address space.
-    pub fn mapped_bytes(&self) -> usize {
-        self.ring.consumer.len() + self.ring.producer.len()
     }
 }
 

@@ -263,8 +263,9 @@ impl SimRingConsumer<'_> {
         let deadline = timeout.map(|t| std::time::Instant::now() + t);
         let mut failure = Failure::default();
         let mut check = |r: &[u8]| failure.check(handler(r));
-        let n = ringbuf::consume_past_busy(self.ring, deadline, |ring| {
-            ringbuf::consume(ring, usize::MAX, self.publish_every, &mut check).map(|pass| pass.records)
+        let n = ringbuf::consume_past_busy(deadline, || {
+            let pass = ringbuf::consume(self.ring, usize::MAX, self.publish_every, &mut check)?;
+            Ok((pass.records, ringbuf::head_is_busy(self.ring)))
         });
         failure.result(n)
     }

@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use crate::accounting::DropCounters;
+use crate::ringbuf;
 use crate::stats::{Fill, Stats, StatsHandle};
 use crate::sys::{self, map_type};
 use crate::{Error, Failure, Flow, Item, Lost, PerfBuffer, PerfOptions, Record, RingBuffer, WakeupPolicy};
@@ -72,6 +73,24 @@ pub struct Totals {
     pub summarized: u64,
 }
 
+impl Totals {
+    /// Two sources' totals together (a stream over several).
+    pub(crate) fn sum(self, other: Totals) -> Totals {
+        let both = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
+        Totals {
+            delivered: self.delivered + other.delivered,
+            bytes: self.bytes + other.bytes,
+            dropped: self.dropped + other.dropped,
+            produced: both(self.produced, other.produced),
+            forced_wakeups: both(self.forced_wakeups, other.forced_wakeups),
+            summarized: self.summarized + other.summarized,
+        }
+    }
+}
+
 enum Buffer {
     Ring(RingBuffer),
     Perf(PerfBuffer),
@@ -104,23 +123,13 @@ impl std::fmt::Debug for EventSource {
 }
 
 impl EventSource {
-    /// A ring buffer source.
-    pub fn ring(ring: RingBuffer) -> Self {
-        Self::with(Buffer::Ring(ring))
-    }
-
-    /// A perf buffer source.
-    pub fn perf(perf: PerfBuffer) -> Self {
-        Self::with(Buffer::Perf(perf))
-    }
-
     /// Opens `map` as whatever it is: a ring buffer, or a perf event array with `perf`
     /// options.
     pub fn open(map: impl AsFd, perf: PerfOptions) -> Result<Self, Error> {
         let info = sys::map_info(map.as_fd())?;
         match info.map_type {
-            map_type::RINGBUF => Ok(Self::ring(RingBuffer::new(map)?)),
-            map_type::PERF_EVENT_ARRAY => Ok(Self::perf(PerfBuffer::new(map, perf)?)),
+            map_type::RINGBUF => Ok(Self::with(Buffer::Ring(RingBuffer::new(map)?))),
+            map_type::PERF_EVENT_ARRAY => Ok(Self::with(Buffer::Perf(PerfBuffer::new(map, perf)?))),
             other => Err(Error::WrongMapType {
                 expected: "BPF_MAP_TYPE_RINGBUF or BPF_MAP_TYPE_PERF_EVENT_ARRAY".into(),
                 actual: format!("{} ({:?})", map_type::name(other), info.name()),
@@ -161,19 +170,12 @@ impl EventSource {
         }
     }
 
-    /// The ring buffer, if this is one.
-    pub fn as_ring(&self) -> Option<&RingBuffer> {
+    /// The CPUs with a buffer of their own: those of a perf buffer (its online CPUs); empty for a
+    /// ring, which all CPUs share.
+    pub fn cpus(&self) -> Vec<u32> {
         match &self.buffer {
-            Buffer::Ring(r) => Some(r),
-            Buffer::Perf(_) => None,
-        }
-    }
-
-    /// The perf buffer, if this is one.
-    pub fn as_perf(&self) -> Option<&PerfBuffer> {
-        match &self.buffer {
-            Buffer::Perf(p) => Some(p),
-            Buffer::Ring(_) => None,
+            Buffer::Perf(p) => p.cpus(),
+            Buffer::Ring(_) => Vec::new(),
         }
     }
 
@@ -255,6 +257,7 @@ impl EventSource {
         timeout: Option<Duration>,
         mut handler: impl FnMut(Item<'_>) -> F,
     ) -> Result<usize, Error> {
+        let deadline = timeout.map(|t| Instant::now() + t);
         if !self.ready_now() {
             let signalled = match &mut self.buffer {
                 Buffer::Ring(r) => r.wait(timeout)?,
@@ -262,7 +265,12 @@ impl EventSource {
             };
             self.note_wait(signalled);
         }
-        self.consume_n(usize::MAX, &mut handler)
+        // A ring's head record still being written holds back what is committed behind it, and
+        // its commit may send no wakeup: look again every millisecond until the deadline.
+        ringbuf::consume_past_busy(deadline, || {
+            let n = self.consume_n(usize::MAX, &mut handler)?;
+            Ok((n, matches!(&self.buffer, Buffer::Ring(r) if r.head_is_busy())))
+        })
     }
 
     /// Whether records wait that no coming wakeup is certain to announce (see

@@ -28,12 +28,12 @@
 //! Then consume typed events with a handler built by [`events`] (blocking), or a typed async
 //! stream ([`EventStream::typed`](crate::stream::EventStream::typed), feature `tokio`); check the
 //! mirror against the C struct with [`crate::btf`]. Records of variable length (a fixed header
-//! and a tail) decode with [`FromRecord::from_record_prefix`], or with any closure
-//! `FnMut(Record<'_>) -> Result<T, TypedError>` used as a [`Decode`]r.
+//! and a tail) decode with [`FromRecord::from_record_prefix`] in a closure
+//! `FnMut(Record<'_>) -> Result<T, TypedError>` given to [`decoding`] (blocking) or
+//! [`EventStream::with_decoder`](crate::stream::EventStream::with_decoder).
 //!
 //! No kernel needed: this module only reads bytes.
 
-use std::marker::PhantomData;
 use std::mem::size_of;
 
 use crate::{Flow, Item, Lost, Record};
@@ -108,42 +108,6 @@ pub enum Event<T> {
     Malformed(TypedError),
 }
 
-/// Turns a borrowed record into an owned value, while the record is still in the kernel's
-/// memory (so only what the value needs is copied).
-///
-/// Implemented by [`Copied`] (the whole payload), [`Typed`] (a [`FromRecord`] type) and by any
-/// closure `FnMut(Record<'_>) -> Result<T, TypedError>`, e.g. for a header plus a
-/// variable-length tail:
-///
-/// ```
-/// use bpfstream::typed::{Decode, TypedError};
-/// use bpfstream::{FromRecord, Record};
-/// bpfstream::record! {
-///     pub struct Header { pub len: u32 }
-/// }
-/// let mut decode = |r: Record<'_>| -> Result<Vec<u8>, TypedError> {
-///     let (h, tail) = Header::from_record_prefix(r.data)?;
-///     tail.get(..h.len as usize)
-///         .map(<[u8]>::to_vec)
-///         .ok_or(TypedError { type_name: "Header + tail", needed: 4 + h.len as usize, actual: r.data.len() })
-/// };
-/// let bytes = [2, 0, 0, 0, b'h', b'i', 0, 0];
-/// assert_eq!(decode.decode(Record { data: &bytes, cpu: None }).unwrap(), b"hi");
-/// ```
-pub trait Decode {
-    /// The owned value.
-    type Output;
-    /// Decodes one record.
-    fn decode(&mut self, record: Record<'_>) -> Result<Self::Output, TypedError>;
-}
-
-impl<T, F: FnMut(Record<'_>) -> Result<T, TypedError>> Decode for F {
-    type Output = T;
-    fn decode(&mut self, record: Record<'_>) -> Result<T, TypedError> {
-        self(record)
-    }
-}
-
 /// A record copied out of the buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnedRecord {
@@ -153,67 +117,21 @@ pub struct OwnedRecord {
     pub cpu: Option<u32>,
 }
 
-/// The [`Decode`]r that copies each payload into an [`OwnedRecord`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Copied;
-
-impl Decode for Copied {
-    type Output = OwnedRecord;
-    fn decode(&mut self, record: Record<'_>) -> Result<OwnedRecord, TypedError> {
-        Ok(OwnedRecord { data: record.data.to_vec(), cpu: record.cpu })
-    }
-}
-
-/// The [`Decode`]r of a [`FromRecord`] type: a length-checked, alignment-safe copy of the
-/// record's first `size_of::<E>()` bytes (trailing bytes, such as perf padding, are ignored).
-pub struct Typed<E>(PhantomData<fn() -> E>);
-
-impl<E> Typed<E> {
-    /// The decoder of `E`.
-    pub fn new() -> Self {
-        Typed(PhantomData)
-    }
-}
-
-impl<E> Default for Typed<E> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<E> Clone for Typed<E> {
-    fn clone(&self) -> Self {
-        Self::new()
-    }
-}
-
-impl<E> std::fmt::Debug for Typed<E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Typed<{}>", std::any::type_name::<E>())
-    }
-}
-
-impl<E: FromRecord> Decode for Typed<E> {
-    type Output = E;
-    fn decode(&mut self, record: Record<'_>) -> Result<E, TypedError> {
-        E::from_record(record.data)
-    }
-}
-
 /// Adapts a handler of decoded [`Event`]s into a handler of raw [`Item`]s, for
-/// [`EventSource::consume`](crate::EventSource::consume), [`PerfBuffer`](crate::PerfBuffer),
-/// [`Poller::add`](crate::Poller::add) and the like. The handler may borrow local state.
+/// [`EventSource::consume`](crate::EventSource::consume), [`Poller::add`](crate::Poller::add) and
+/// the like: `decoder` turns each record into a value while it is still in the kernel's memory
+/// (so only what the value needs is copied), e.g. a header and a variable-length tail
+/// ([`FromRecord::from_record_prefix`]). The handler may borrow local state.
 ///
 /// ```
 /// use bpfstream::sim::SimRing;
-/// use bpfstream::typed::{decoding, Typed, Event};
-/// use bpfstream::{Item, Record};
+/// use bpfstream::{decoding, Event, FromRecord, Item, Record};
 ///
 /// let ring = SimRing::new(4096);
 /// ring.output(&7u64.to_ne_bytes()).unwrap();
 /// ring.output(&[1, 2]).unwrap(); // too short for a u64
 /// let (mut sum, mut malformed) = (0, 0);
-/// let mut handler = decoding(Typed::<u64>::new(), |event: Event<u64>| match event {
+/// let mut handler = decoding(|r: Record<'_>| u64::from_record(r.data), |event: Event<u64>| match event {
 ///     Event::Record(v) => sum += v,
 ///     Event::Malformed(_) => malformed += 1,
 ///     Event::Lost(_) => {}
@@ -223,13 +141,13 @@ impl<E: FromRecord> Decode for Typed<E> {
 /// assert_eq!((sum, malformed), (7, 1));
 /// # Ok::<(), bpfstream::Error>(())
 /// ```
-pub fn decoding<D: Decode, F: Flow>(
-    mut decoder: D,
-    mut handler: impl FnMut(Event<D::Output>) -> F,
+pub fn decoding<T, F: Flow>(
+    mut decoder: impl FnMut(Record<'_>) -> Result<T, TypedError>,
+    mut handler: impl FnMut(Event<T>) -> F,
 ) -> impl FnMut(Item<'_>) -> F {
     move |item: Item<'_>| {
         handler(match item {
-            Item::Record(record) => match decoder.decode(record) {
+            Item::Record(record) => match decoder(record) {
                 Ok(value) => Event::Record(value),
                 Err(error) => Event::Malformed(error),
             },
@@ -238,9 +156,9 @@ pub fn decoding<D: Decode, F: Flow>(
     }
 }
 
-/// [`decoding`] with the [`Typed`] decoder of `E`: a handler of `Event<E>`.
+/// [`decoding`] into `E` ([`FromRecord`]): a handler of `Event<E>`.
 pub fn events<E: FromRecord, F: Flow>(handler: impl FnMut(Event<E>) -> F) -> impl FnMut(Item<'_>) -> F {
-    decoding(Typed::<E>::new(), handler)
+    decoding(|r: Record<'_>| E::from_record(r.data), handler)
 }
 
 /// Declares `#[repr(C)]` structs whose fields are all [`Plain`], and implements [`Plain`] (and
@@ -329,11 +247,5 @@ mod tests {
                 Event::Malformed(TypedError { type_name: std::any::type_name::<Header>(), needed: 16, actual: 12 }),
             ]
         );
-    }
-
-    #[test]
-    fn copied_records_keep_payload_and_cpu() {
-        let out = Copied.decode(Record { data: b"abc", cpu: Some(2) }).unwrap();
-        assert_eq!(out, OwnedRecord { data: b"abc".to_vec(), cpu: Some(2) });
     }
 }

@@ -321,8 +321,8 @@ fn public_api_matches_the_snapshot() {
 fn the_extractor_sees_signatures_fields_and_feature_gates() {
     let api = current_api();
     for expected in [
-        "bpfstream::ringbuf: impl RingBuffer",
-        "pub fn consume<F: Flow>(&mut self, mut handler: impl FnMut(&[u8]) -> F) -> Result<usize, Error>",
+        "bpfstream::source: impl EventSource",
+        "pub fn consume<F: Flow>(&mut self, mut handler: impl FnMut(Item<'_>) -> F) -> Result<usize, Error>",
         "bpfstream: #[cfg(feature = \"tokio\")] pub mod stream",
         "bpfstream: macro record!",
         "bpfstream::source: #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)] pub struct Totals",

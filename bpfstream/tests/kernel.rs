@@ -12,8 +12,8 @@ use std::collections::BTreeSet;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use bpfstream::stream::{EventStream, MergedStream};
-use bpfstream::typed::{OwnedRecord, Typed, TypedError};
+use bpfstream::stream::EventStream;
+use bpfstream::typed::{OwnedRecord, TypedError};
 use bpfstream::{Event, EventSource, Item, Poller, Record, Transport, WakeupPolicy};
 use futures_util::StreamExt;
 use ping::{ping, PingOptions, PingProbe};
@@ -241,9 +241,9 @@ fn cancel_mid_stream(transport: Transport, how: &str) {
                 None
             }
             _ => {
-                let (source, pending) = stream.into_inner();
+                let (mut sources, pending) = stream.into_sources();
                 assert!(pending.is_empty(), "only loss reports can wait in a stream: {pending:?}");
-                Some(source)
+                Some(sources.remove(0))
             }
         };
         (first, rest_source, counted)
@@ -427,7 +427,7 @@ fn typed_streams_decode_and_report_short_records() {
 
 /// Two probes (a ring and a perf buffer) see every ping; a merged stream serves them by
 /// priority, and in turns when the priorities are equal.
-fn merged(ring_priority: i32, perf_priority: i32) -> Vec<(&'static str, u64)> {
+fn merged(perf_priority: i32) -> Vec<(&'static str, u64)> {
     let count = 40;
     let mut ring_probe = PingProbe::load(PingOptions::new(Transport::Ring)).unwrap();
     let mut perf_probe = PingProbe::load(PingOptions::new(Transport::Perf)).unwrap();
@@ -438,25 +438,19 @@ fn merged(ring_priority: i32, perf_priority: i32) -> Vec<(&'static str, u64)> {
     ring_probe.detach();
     perf_probe.detach();
     runtime().block_on(async {
-        let seq_of = |r: Record<'_>| -> Result<u64, TypedError> { Ok(ping::decode(r.data).expect("intact").0.seq) };
-        let mut merged = MergedStream::new().unwrap();
-        let ring_id = merged.add(ring, ring_priority, seq_of).unwrap();
-        let perf_id = merged.add(perf, perf_priority, seq_of).unwrap();
+        let tagged = |source: &'static str| {
+            move |r: Record<'_>| -> Result<(&'static str, u64), TypedError> {
+                Ok((source, ping::decode(r.data).expect("intact").0.seq))
+            }
+        };
+        let mut merged = EventStream::with_decoder(ring, tagged("ring")).unwrap(); // priority 0
+        merged.add(perf, perf_priority, tagged("perf")).unwrap();
         merged.cancel_handle().drain();
         let mut out = Vec::new();
         while let Some(item) = merged.next().await {
-            let (id, event) = item.unwrap();
-            let Event::Record(seq) = event else { panic!("{event:?}") };
-            out.push((
-                if id == ring_id {
-                    "ring"
-                } else if id == perf_id {
-                    "perf"
-                } else {
-                    "?"
-                },
-                seq,
-            ));
+            let event = item.unwrap();
+            let Event::Record(tagged) = event else { panic!("{event:?}") };
+            out.push(tagged);
         }
         assert_eq!(merged.stats().events, 2 * count);
         out
@@ -466,7 +460,7 @@ fn merged(ring_priority: i32, perf_priority: i32) -> Vec<(&'static str, u64)> {
 #[test]
 fn merged_stream_serves_the_higher_priority_first() {
     let Some(_kernel) = kernel_test() else { return };
-    let out = merged(0, 5);
+    let out = merged(5);
     let expected: Vec<_> = (0..40).map(|s| ("perf", s)).chain((0..40).map(|s| ("ring", s))).collect();
     assert_eq!(out, expected);
 }
@@ -474,7 +468,7 @@ fn merged_stream_serves_the_higher_priority_first() {
 #[test]
 fn merged_stream_takes_turns_between_equal_priorities() {
     let Some(_kernel) = kernel_test() else { return };
-    let out = merged(0, 0);
+    let out = merged(0);
     let expected: Vec<_> = (0..40).flat_map(|s| [("ring", s), ("perf", s)]).collect();
     assert_eq!(out, expected);
     let distinct: BTreeSet<_> = out.iter().collect();
@@ -518,15 +512,6 @@ fn ping_event_mirrors_the_struct_clang_laid_out() {
         let c = bpfstream::btf::struct_layout(&bytes, "ping_event").unwrap();
         c.check(&bpfstream::rust_layout!(ping::PingEvent { seq, len, cpu })).unwrap();
     }
-}
-
-#[test]
-fn typed_decoder_is_a_plain_value() {
-    // No kernel: the decoder of a stream is an ordinary value that can be used on its own.
-    use bpfstream::typed::Decode;
-    let mut decoder = Typed::<u32>::new();
-    assert_eq!(decoder.decode(Record { data: &[1, 0, 0, 0, 9], cpu: None }), Ok(1));
-    assert!(decoder.decode(Record { data: &[1], cpu: None }).is_err());
 }
 
 /// The blocking side: a Poller whose handler borrows a local Vec, stats read from another thread
@@ -580,8 +565,9 @@ fn poller_handlers_borrow_locals_and_stats_are_live() {
 fn a_ring_map_has_one_consumer_per_process() {
     let Some(_kernel) = kernel_test() else { return };
     let mut probe = PingProbe::load(PingOptions::new(Transport::Ring)).unwrap();
-    let mut first = bpfstream::RingBuffer::new(probe.map("events").unwrap()).unwrap();
-    let err = bpfstream::RingBuffer::new(probe.map("events").unwrap()).unwrap_err();
+    let options = bpfstream::PerfOptions::default();
+    let mut first = EventSource::open(probe.map("events").unwrap(), options).unwrap();
+    let err = EventSource::open(probe.map("events").unwrap(), options).unwrap_err();
     assert!(matches!(err, bpfstream::Error::AlreadyConsumed { .. }), "{err}");
     assert!(err.to_string().contains("\"events\""), "{err}");
     let err = probe.source().unwrap_err().to_string();
@@ -589,7 +575,7 @@ fn a_ring_map_has_one_consumer_per_process() {
     probe.attach().unwrap();
     ping(1, len_of(1));
     let mut seen = Seen::default();
-    assert_eq!(first.consume(|r: &[u8]| seen.record(r)).unwrap(), 1);
+    assert_eq!(first.consume(|item: Item<'_>| seen.item(item)).unwrap(), 1);
     drop(first);
     let mut source = probe.source().expect("free once the first consumer is dropped");
     ping(2, len_of(2));
@@ -633,7 +619,7 @@ fn a_record_behind_a_discarded_head_is_delivered_without_a_timer() {
             let Event::Record(record) = event else { panic!("{event:?}") };
             assert_eq!(ping::decode(&record.data).unwrap().0.seq, seq);
         }
-        (latencies, stream.totals().expect("an EventSource keeps totals"))
+        (latencies, stream.totals())
     });
     probe.detach();
     latencies.sort();
@@ -647,8 +633,8 @@ fn dropping_a_perf_buffer_leaves_the_slots_its_successor_took_over() {
     let Some(_kernel) = kernel_test() else { return };
     let mut probe = PingProbe::load(PingOptions::new(Transport::Perf)).unwrap();
     let options = bpfstream::PerfOptions::default();
-    let first = bpfstream::PerfBuffer::new(probe.map("events").unwrap(), options).unwrap();
-    let mut second = bpfstream::PerfBuffer::new(probe.map("events").unwrap(), options).unwrap();
+    let first = EventSource::open(probe.map("events").unwrap(), options).unwrap();
+    let mut second = EventSource::open(probe.map("events").unwrap(), options).unwrap();
     drop(first);
     probe.attach().unwrap();
     for seq in 0..10 {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use aya::maps::Map;
 use aya::programs::RawTracePoint;
 use aya::{include_bytes_aligned, Ebpf, EbpfLoader};
-use bpfstream::{Item, PerfBuffer, PerfOptions, Poller, RingBuffer};
+use bpfstream::{DropCounters, EventSource, Item, PerfOptions, Poller};
 use common::*;
 
 static RING: &[u8] = include_bytes_aligned!("../../bpf/obj/exec.ring.bpf.o");
@@ -49,8 +49,8 @@ fn one_poller_serves_ring_and_perf_and_stops_on_wake_after_a_final_drain() {
     let probe = probe_binary(&temp_dir("poller"), comm);
     let ring_bpf = exec_object(RING, comm);
     let perf_bpf = exec_object(PERF, comm);
-    let mut ring = RingBuffer::new(events_fd(&ring_bpf)).unwrap();
-    let mut perf = PerfBuffer::new(events_fd(&perf_bpf), PerfOptions::default()).unwrap();
+    let mut ring = EventSource::open(events_fd(&ring_bpf), PerfOptions::default()).unwrap();
+    let mut perf = EventSource::open(events_fd(&perf_bpf), PerfOptions::default()).unwrap();
 
     let (mut from_ring, mut from_perf, mut lost_ring, mut lost_perf) = (0u32, 0u32, 0u64, 0u64);
     {
@@ -116,7 +116,7 @@ fn a_signal_interrupting_the_wait_is_not_an_error() {
         libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut());
     }
     let ring_bpf = exec_object(RING, "bpfs-eintr");
-    let mut ring = RingBuffer::new(events_fd(&ring_bpf)).unwrap();
+    let mut ring = EventSource::open(events_fd(&ring_bpf), PerfOptions::default()).unwrap();
     let mut poller = Poller::new().unwrap();
     poller.add(&mut ring, |_: Item<'_>| ()).unwrap();
     // SAFETY: pthread_self has no preconditions.
@@ -134,17 +134,15 @@ fn a_signal_interrupting_the_wait_is_not_an_error() {
 }
 
 #[test]
-fn consumers_reject_a_map_of_the_wrong_type() {
+fn a_source_rejects_a_map_that_is_no_event_buffer_and_bad_options() {
     let Some(_kernel) = kernel_test() else { return };
-    let ring_bpf = exec_object(RING, "bpfs-wrongtype");
     let perf_bpf = exec_object(PERF, "bpfs-wrongtype");
-    let err = RingBuffer::new(events_fd(&perf_bpf)).unwrap_err().to_string();
-    assert!(err.contains("expected BPF_MAP_TYPE_RINGBUF") && err.contains("PERF_EVENT_ARRAY"), "{err}");
-    let err = PerfBuffer::new(events_fd(&ring_bpf), PerfOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("expected BPF_MAP_TYPE_PERF_EVENT_ARRAY"), "{err}");
-    let err = PerfBuffer::new(events_fd(&perf_bpf), PerfOptions { pages_per_cpu: 3, wakeup: None }).unwrap_err();
+    let Map::PerCpuArray(counters) = perf_bpf.map(DropCounters::MAP).unwrap() else { panic!("counters") };
+    let err = EventSource::open(counters.fd().as_fd(), PerfOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("expected BPF_MAP_TYPE_RINGBUF or BPF_MAP_TYPE_PERF_EVENT_ARRAY"), "{err}");
+    let err = EventSource::open(events_fd(&perf_bpf), PerfOptions { pages_per_cpu: 3, wakeup: None }).unwrap_err();
     assert!(err.to_string().contains("power of two"), "{err}");
     let stdin = std::io::stdin();
-    let err = RingBuffer::new(stdin.as_fd()).unwrap_err().to_string();
+    let err = EventSource::open(stdin.as_fd(), PerfOptions::default()).unwrap_err().to_string();
     assert!(err.contains("not a BPF map"), "{err}");
 }

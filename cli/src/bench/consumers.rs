@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::perf::{PerfEvent, PerfEventArrayBuffer};
 use aya::maps::{Map, MapData, PerfEventArray, RingBuf};
-use bpfstream::{Item, PerfBuffer, PerfOptions, PerfWakeup, RingBuffer, Transport, WakeupPolicy};
+use bpfstream::{EventSource, Item, PerfOptions, PerfWakeup, Transport, WakeupPolicy};
 
 use super::libbpf::{self, Libbpf};
 use super::measure::{own_cpu_ns, pin_to_cpu, PlainRead, ThreadClock};
@@ -101,17 +101,14 @@ pub struct Options {
 /// open them before the producer is attached.
 pub fn open(kind: Kind, map: OwnedFd, options: Options, libbpf: Option<&Arc<Libbpf>>) -> Result<Box<dyn Consumer>> {
     Ok(match (kind.library, kind.transport) {
-        (Library::Bpfstream, Transport::Ring) => {
-            let mut ring = RingBuffer::new(map)?;
-            ring.expect_wakeups(options.ring_wakeup);
-            Box::new(OurRing(ring))
-        }
-        (Library::Bpfstream, Transport::Perf) => {
+        (Library::Bpfstream, _) => {
             let wakeup = match options.perf_wake {
                 PerfWake::LibraryDefault => PerfOptions::default().wakeup,
                 PerfWake::Events(n) | PerfWake::Fill(n) => Some(PerfWakeup::Events(n)),
             };
-            Box::new(OurPerf(PerfBuffer::new(map, PerfOptions { pages_per_cpu: options.perf_pages, wakeup })?))
+            let mut source = EventSource::open(map, PerfOptions { pages_per_cpu: options.perf_pages, wakeup })?;
+            source.expect_wakeups(options.ring_wakeup);
+            Box::new(Ours(source))
         }
         (Library::Libbpf, transport) => {
             let libbpf = libbpf.ok_or_else(|| anyhow!("libbpf is not loaded"))?.clone();
@@ -170,24 +167,8 @@ fn wait_readable<'a>(
     Ok(())
 }
 
-struct OurRing(RingBuffer);
-
-impl Consumer for OurRing {
-    fn poll(&mut self, timeout: Duration, count: &mut u64) -> Result<()> {
-        let mut records = 0;
-        self.0.poll(Some(timeout), |_: &[u8]| records += 1)?;
-        *count += records;
-        Ok(())
-    }
-    fn consume(&mut self, count: &mut u64) -> Result<()> {
-        let mut records = 0;
-        self.0.consume(|_: &[u8]| records += 1)?;
-        *count += records;
-        Ok(())
-    }
-}
-
-struct OurPerf(PerfBuffer);
+/// bpfstream's consumer: an [`EventSource`] over the ring or perf buffer, without drop counters.
+struct Ours(EventSource);
 
 fn count_record(records: &mut u64) -> impl FnMut(Item<'_>) + '_ {
     move |item: Item<'_>| {
@@ -197,17 +178,13 @@ fn count_record(records: &mut u64) -> impl FnMut(Item<'_>) + '_ {
     }
 }
 
-impl Consumer for OurPerf {
+impl Consumer for Ours {
     fn poll(&mut self, timeout: Duration, count: &mut u64) -> Result<()> {
-        let mut records = 0;
-        self.0.poll(Some(timeout), count_record(&mut records))?;
-        *count += records;
+        self.0.poll(Some(timeout), count_record(count))?;
         Ok(())
     }
     fn consume(&mut self, count: &mut u64) -> Result<()> {
-        let mut records = 0;
-        self.0.consume(count_record(&mut records))?;
-        *count += records;
+        self.0.consume(count_record(count))?;
         Ok(())
     }
 }

@@ -256,7 +256,7 @@ mod tests {
 #[cfg(test)]
 mod kernel_tests {
     use super::*;
-    use bpfstream::{Item, PerfBuffer, PerfOptions, RingBuffer};
+    use bpfstream::{EventSource, Item, PerfOptions};
 
     fn kernel_test() -> bool {
         if std::env::var_os("BPFSTREAM_SKIP_KERNEL_TESTS").is_some() {
@@ -285,20 +285,9 @@ mod kernel_tests {
         };
         let pages = (buffer as usize / bpfstream::page_size()).max(1);
         let events = program.events().unwrap();
-        type Drain = Box<dyn FnMut(&mut dyn FnMut(Item<'_>))>;
-        let mut drain: Drain = match transport {
-            Transport::Ring => {
-                let mut ring = RingBuffer::new(events).unwrap();
-                Box::new(move |f| {
-                    ring.consume(|data: &[u8]| f(Item::Record(bpfstream::Record { data, cpu: None }))).unwrap();
-                })
-            }
-            Transport::Perf => {
-                let mut perf = PerfBuffer::new(events, PerfOptions { pages_per_cpu: pages, wakeup: None }).unwrap();
-                Box::new(move |f| {
-                    perf.consume(|item: Item<'_>| f(item)).unwrap();
-                })
-            }
+        let mut source = EventSource::open(events, PerfOptions { pages_per_cpu: pages, wakeup: None }).unwrap();
+        let mut drain = move |f: &mut dyn FnMut(Item<'_>)| {
+            source.consume(|item: Item<'_>| f(item)).unwrap();
         };
         program.attach().unwrap();
         // SAFETY: getpgid has no memory effects. This thread is not the producer: filtered out.

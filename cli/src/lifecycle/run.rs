@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use aya::maps::Map;
 use aya::Ebpf;
-use bpfstream::{EventSource, Item};
+use bpfstream::{EventSource, Item, Transport};
 
 use super::args::BufferOptions;
 use super::load::{attach, load, open_source, TracerSpec};
@@ -126,10 +126,10 @@ impl Tracer {
 
     /// `ring buffer (256 KiB)` or `perf buffer (256 KiB per CPU, 2 CPUs: 512 KiB)`.
     pub fn describe_buffer(&self) -> String {
-        match self.source.as_perf() {
-            None => format!("ring buffer ({})", human_bytes(self.size)),
-            Some(perf) => {
-                let cpus = perf.cpus().len();
+        match self.source.transport() {
+            Transport::Ring => format!("ring buffer ({})", human_bytes(self.size)),
+            Transport::Perf => {
+                let cpus = self.source.cpus().len();
                 let total = human_bytes(self.size * cpus as u64);
                 format!("perf buffer ({} per CPU, {cpus} CPUs: {total})", human_bytes(self.size))
             }
@@ -154,7 +154,8 @@ impl Tracer {
     pub fn run(mut self, duration: Option<Duration>, max_delay: Duration, sink: &mut dyn Sink) -> Result<Summary> {
         let started = Instant::now();
         let queue = stdout_queue();
-        let mut reporting = Reporting::new(sink, LossReport::new(self.json, self.source.as_perf().is_some()));
+        let mut reporting =
+            Reporting::new(sink, LossReport::new(self.json, self.source.transport() == Transport::Perf));
         let mut feed = Feed { sink: &mut reporting, queue, ends: Vec::new(), failure: None };
         let streamed = self.stream(duration.map(|d| started + d), max_delay, &mut feed);
         let elapsed = started.elapsed();
