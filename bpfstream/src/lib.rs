@@ -263,7 +263,6 @@ pub mod degrade;
 mod error;
 mod fixed_str;
 pub mod merge;
-pub mod names;
 #[cfg(feature = "tokio")]
 mod ordered;
 mod ownership;
