@@ -259,7 +259,6 @@ mod accounting;
 pub mod aya;
 mod batch;
 pub mod btf;
-pub mod degrade;
 mod error;
 mod fixed_str;
 pub mod merge;
