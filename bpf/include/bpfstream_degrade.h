@@ -8,7 +8,7 @@
  *             return 0;                  (summarized: counted under `key`, send nothing)
  *     e = bpfstream_reserve(...); ...    (full fidelity, or the 1-in-N sample)
  *
- * Policy (read-only globals set at load time; userspace: bpfstream::degrade::DegradePolicy):
+ * Policy (read-only globals set at load time; userspace: the CLI's lab::degrade::DegradePolicy):
  *   - when the bytes waiting in the ring (bpf_ringbuf_query(BPF_RB_AVAIL_DATA)) reach
  *     `bpfstream_degrade_high`, switch to degraded mode;
  *   - in degraded mode, count each event per key in the `bpfstream_summary` hash map instead
@@ -42,7 +42,7 @@ const volatile __u64 bpfstream_degrade_high = 0;	/* 0: policy off */
 const volatile __u64 bpfstream_degrade_low = 0;
 const volatile __u32 bpfstream_degrade_sample = 0;
 
-/* Mirrored in Rust as bpfstream::degrade::Notice (layout checked against this BTF). */
+/* Mirrored in Rust by the CLI's lab::degrade::Notice (layout checked against this BTF). */
 struct bpfstream_degrade_notice {
 	__u64 magic;		/* BPFSTREAM_DEGRADE_MAGIC */
 	__u64 ts_ns;		/* bpf_ktime_get_ns() at the switch */
@@ -53,7 +53,7 @@ struct bpfstream_degrade_notice {
 
 BPFSTREAM_EXPORT_STRUCT(bpfstream_degrade_notice);
 
-/* Per CPU; mirrored in Rust as bpfstream::degrade::DegradeCounters. */
+/* Per CPU; mirrored in Rust by the CLI's lab::degrade::DegradeCounters. */
 struct bpfstream_degrade_counters {
 	__u64 summarized;	/* events counted in the summary instead of sent */
 	__u64 sampled;		/* events sent in degraded mode (1 in N) */

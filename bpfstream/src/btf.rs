@@ -2,20 +2,18 @@
 //!
 //! A BPF object compiled with `-g` carries BTF (`.BTF` section): the type information of its
 //! programs, maps and globals, including the record structs shared with userspace (a struct
-//! only used through a pointer cast can be kept in BTF with an unused global, as
-//! `bpf/exec.bpf.c` does). This is a small reader of that format
-//! (`Documentation/bpf/btf.rst`): it finds a struct or union by name and lists its members with
-//! byte offsets and sizes. [`rust_layout!`](crate::rust_layout) describes the Rust side, and
-//! [`StructLayout::check`] compares the two:
+//! only used through a pointer cast is kept in BTF by `BPFSTREAM_EXPORT_STRUCT(name)` of
+//! `bpfstream.h`). This is a small reader of that format (`Documentation/bpf/btf.rst`): it
+//! finds a struct or union by name and lists its members with byte offsets and sizes. Every
+//! type declared with [`record!`](crate::record) is a [`Mirror`] and checks itself against it:
 //!
 //! ```
 //! bpfstream::record! {
 //!     pub struct Counters { pub produced: u64, pub dropped: u64, pub since_wakeup: u64, pub forced_wakeups: u64 }
 //! }
+//! use bpfstream::btf::Mirror;
 //! # let object = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/obj/ping.ring.bpf.o")).unwrap();
-//! let c = bpfstream::btf::struct_layout(&object, "bpfstream_counters").unwrap();
-//! let rust = bpfstream::rust_layout!(Counters { produced, dropped, since_wakeup, forced_wakeups });
-//! c.check(&rust).unwrap();
+//! Counters::check_btf(&object, "bpfstream_counters").unwrap();
 //! ```
 //!
 //! It reads ELF objects (the `.BTF` section) and raw BTF such as `/sys/kernel/btf/vmlinux`. No
@@ -27,20 +25,18 @@ use object::{Object, ObjectSection};
 
 /// A struct or union as the compiler laid it out.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StructLayout {
+pub(crate) struct StructLayout {
     /// Its name (without `struct`).
     pub name: String,
     /// `sizeof`, in bytes.
     pub size: u64,
-    /// Whether it is a union.
-    pub is_union: bool,
     /// Its members in declaration order (anonymous members have an empty name).
     pub members: Vec<Member>,
 }
 
 /// One member of a [`StructLayout`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
+pub(crate) struct Member {
     /// The member's name.
     pub name: String,
     /// Offset from the start of the struct, in bits (a multiple of 8 except for bitfields).
@@ -53,7 +49,7 @@ pub struct Member {
 
 impl Member {
     /// Offset in bytes (rounded down for a bitfield).
-    pub fn offset(&self) -> u64 {
+    fn offset(&self) -> u64 {
         self.bit_offset / 8
     }
 }
@@ -77,44 +73,29 @@ pub enum BtfError {
     #[error("no struct or union named {0:?} in the BTF (a struct only used through casts needs an anchor, e.g. an unused const volatile global of that type)")]
     NotFound(String),
     /// The struct was found and its Rust mirror differs ([`Mirror::check_btf`]).
-    #[error(transparent)]
-    Mismatch(#[from] LayoutMismatch),
-}
-
-/// The Rust side of a layout check: build it with [`rust_layout!`](crate::rust_layout).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RustLayout {
-    /// The Rust type's name.
-    pub name: &'static str,
-    /// `size_of`.
-    pub size: usize,
-    /// Every field: (name, byte offset, size).
-    pub fields: Vec<(&'static str, usize, usize)>,
-}
-
-/// The differences between a C layout and its Rust mirror.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{rust} does not mirror struct {c}:\n  {}", problems.join("\n  "))]
-pub struct LayoutMismatch {
-    /// The C struct.
-    pub c: String,
-    /// The Rust type.
-    pub rust: &'static str,
-    /// One line per difference.
-    pub problems: Vec<String>,
+    #[error("{rust} does not mirror struct {c}:\n  {}", problems.join("\n  "))]
+    Mismatch {
+        /// The C struct.
+        c: String,
+        /// The Rust type.
+        rust: &'static str,
+        /// One line per difference.
+        problems: Vec<String>,
+    },
 }
 
 impl StructLayout {
-    /// Checks that `rust` has this struct's size and, for every C member, a field of the same
+    /// Checks that `M` has this struct's size and, for every C member, a field of the same
     /// name at the same offset with the same size (and no field the C struct lacks).
-    pub fn check(&self, rust: &RustLayout) -> Result<(), LayoutMismatch> {
+    fn check<M: Mirror + ?Sized>(&self) -> Result<(), BtfError> {
+        let (size, fields) = M::layout();
         let mut problems = Vec::new();
-        if self.size != rust.size as u64 {
-            problems.push(format!("size: C {} bytes, Rust {} bytes", self.size, rust.size));
+        if self.size != size as u64 {
+            problems.push(format!("size: C {} bytes, Rust {size} bytes", self.size));
         }
         for m in &self.members {
             let name = m.name.as_str();
-            let Some(&(_, offset, size)) = rust.fields.iter().find(|f| f.0.trim_start_matches("r#") == name) else {
+            let Some(&(_, offset, size)) = fields.iter().find(|f| f.0.trim_start_matches("r#") == name) else {
                 problems.push(format!("C member {name:?} (offset {}) has no Rust field", m.offset()));
                 continue;
             };
@@ -128,7 +109,7 @@ impl StructLayout {
                 ));
             }
         }
-        for (field, offset, _) in &rust.fields {
+        for (field, offset, _) in &fields {
             if !self.members.iter().any(|m| m.name == field.trim_start_matches("r#")) {
                 problems.push(format!("Rust field {field:?} (offset {offset}) is not in the C struct"));
             }
@@ -136,40 +117,9 @@ impl StructLayout {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(LayoutMismatch { c: self.name.clone(), rust: rust.name, problems })
+            Err(BtfError::Mismatch { c: self.name.clone(), rust: std::any::type_name::<M>(), problems })
         }
     }
-}
-
-/// Describes a `#[repr(C)]` Rust type for [`StructLayout::check`]: its size and, for each
-/// listed field, its offset and size. List every field; names must match the C members
-/// (`r#type` matches `type`).
-///
-/// ```
-/// #[repr(C)]
-/// struct Event { ts: u64, pid: u32 }
-/// let layout = bpfstream::rust_layout!(Event { ts, pid });
-/// assert_eq!(layout.size, 16);
-/// assert_eq!(layout.fields, [("ts", 0, 8), ("pid", 8, 4)]);
-/// ```
-#[macro_export]
-macro_rules! rust_layout {
-    ($ty:ty { $($field:ident),* $(,)? }) => {
-        $crate::btf::RustLayout {
-            name: ::core::stringify!($ty),
-            size: ::core::mem::size_of::<$ty>(),
-            fields: ::std::vec![$((
-                ::core::stringify!($field),
-                ::core::mem::offset_of!($ty, $field),
-                $crate::btf::size_of_field(|value: &$ty| &value.$field),
-            )),*],
-        }
-    };
-}
-
-/// The size of the field a projection closure points at (used by [`rust_layout!`](crate::rust_layout)).
-pub fn size_of_field<T, F>(_projection: fn(&T) -> &F) -> usize {
-    std::mem::size_of::<F>()
 }
 
 /// A `#[repr(C)]` Rust type that mirrors a C struct: [`record!`](crate::record) implements it,
@@ -180,29 +130,32 @@ pub fn size_of_field<T, F>(_projection: fn(&T) -> &F) -> usize {
 ///     pub struct Counters { pub produced: u64, pub dropped: u64, pub since_wakeup: u64, pub forced_wakeups: u64 }
 /// }
 /// use bpfstream::btf::Mirror;
+/// assert_eq!(Counters::layout(), (32, vec![("produced", 0, 8), ("dropped", 8, 8), ("since_wakeup", 16, 8), ("forced_wakeups", 24, 8)]));
 /// # let object = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/obj/ping.ring.bpf.o")).unwrap();
 /// Counters::check_btf(&object, "bpfstream_counters").unwrap();
 /// ```
 pub trait Mirror {
-    /// The type's size and its fields' offsets and sizes.
-    fn rust_layout() -> RustLayout;
+    /// The type's size and, for every field in declaration order, its name, byte offset and
+    /// size (a field named `r#type` matches the C member `type`).
+    fn layout() -> (usize, Vec<(&'static str, usize, usize)>);
 
     /// Checks the type against `struct c_name` in `btf` (an ELF object's `.BTF` section, or raw
     /// BTF): same size, and every member at the same offset with the same size. In BPF C,
     /// `BPFSTREAM_EXPORT_STRUCT(c_name)` keeps a struct in the object's BTF.
     fn check_btf(btf: &[u8], c_name: &str) -> Result<(), BtfError> {
-        Ok(struct_layout(btf, c_name)?.check(&Self::rust_layout())?)
+        struct_layout(btf, c_name)?.check::<Self>()
     }
 }
 
 /// Finds the struct or union `name` in `btf`: an ELF object's `.BTF` section, or raw BTF.
-pub fn struct_layout(btf: &[u8], name: &str) -> Result<StructLayout, BtfError> {
+pub(crate) fn struct_layout(btf: &[u8], name: &str) -> Result<StructLayout, BtfError> {
     Btf::parse(btf)?.struct_layout(name)
 }
 
 /// The names and values of the enum `name` in `btf` (an ELF object's `.BTF` section, or raw
 /// BTF), in declaration order: to check Rust constants against a C enum.
-pub fn enum_values(btf: &[u8], name: &str) -> Result<Vec<(String, i64)>, BtfError> {
+#[cfg(test)]
+pub(crate) fn enum_values(btf: &[u8], name: &str) -> Result<Vec<(String, i64)>, BtfError> {
     Btf::parse(btf)?.enum_values(name)
 }
 
@@ -397,6 +350,7 @@ impl<'a> Btf<'a> {
         Err(malformed("type chain too deep (a loop?)"))
     }
 
+    #[cfg(test)]
     fn enum_values(&self, name: &str) -> Result<Vec<(String, i64)>, BtfError> {
         let found =
             self.types.iter().find(|t| t.kind() == kind::ENUM && self.string(t.name_off).is_ok_and(|n| n == name));
@@ -430,12 +384,7 @@ impl<'a> Btf<'a> {
                 bitfield_bits: (bitfield != 0 || bit_offset % 8 != 0).then_some(bitfield),
             });
         }
-        Ok(StructLayout {
-            name: name.to_owned(),
-            size: u64::from(t.size_or_type),
-            is_union: t.kind() == kind::UNION,
-            members,
-        })
+        Ok(StructLayout { name: name.to_owned(), size: u64::from(t.size_or_type), members })
     }
 }
 
@@ -486,7 +435,7 @@ mod tests {
     #[test]
     fn reads_members_offsets_sizes_and_bitfields_from_raw_btf() {
         let layout = struct_layout(&hand_made(), "pair").unwrap();
-        assert_eq!((layout.name.as_str(), layout.size, layout.is_union), ("pair", 8, false));
+        assert_eq!((layout.name.as_str(), layout.size), ("pair", 8));
         let got: Vec<_> =
             layout.members.iter().map(|m| (m.name.as_str(), m.bit_offset, m.size, m.bitfield_bits)).collect();
         assert_eq!(got, [("a", 0, 4, None), ("b", 32, 3, None), ("c", 56, 4, Some(4))]);
@@ -545,24 +494,16 @@ mod tests {
     }
 
     #[test]
-    fn counters_mirror_matches_what_clang_laid_out() {
-        for object in [PING_RING, PING_PERF] {
-            let c = struct_layout(object, "bpfstream_counters").unwrap();
-            use crate::accounting::Counters;
-            c.check(&crate::rust_layout!(Counters { produced, dropped, since_wakeup, forced_wakeups })).unwrap();
-        }
-    }
-
-    #[test]
     fn mismatches_are_listed() {
         crate::record! {
             struct Wrong { produced: u64, dropped: u32, extra: u32 }
         }
-        let c = struct_layout(PING_RING, "bpfstream_counters").unwrap();
-        let err = c.check(&crate::rust_layout!(Wrong { produced, dropped, extra })).unwrap_err();
+        let err = Wrong::check_btf(PING_RING, "bpfstream_counters").unwrap_err();
+        let BtfError::Mismatch { c, rust, problems } = &err else { panic!("{err}") };
+        assert_eq!((c.as_str(), *rust), ("bpfstream_counters", std::any::type_name::<Wrong>()));
         assert_eq!(
-            err.problems,
-            [
+            problems,
+            &[
                 "size: C 32 bytes, Rust 16 bytes",
                 "dropped: C offset 8 size 8, Rust offset 8 size 4",
                 "C member \"since_wakeup\" (offset 16) has no Rust field",
@@ -577,10 +518,12 @@ mod tests {
         crate::record! {
             struct Good { produced: u64, dropped: u64, since_wakeup: u64, forced_wakeups: u64 }
             struct Short { produced: u64, dropped: u64 }
+            struct Keyword { r#type: u32, cpu: u32, pad: [u64; 3] }
         }
+        assert_eq!(Keyword::layout(), (32, vec![("r#type", 0, 4), ("cpu", 4, 4), ("pad", 8, 24)]));
         Good::check_btf(PING_PERF, "bpfstream_counters").unwrap();
         let err = Short::check_btf(PING_PERF, "bpfstream_counters").unwrap_err();
-        assert!(matches!(&err, BtfError::Mismatch(m) if m.problems.len() == 3), "{err}");
+        assert!(matches!(&err, BtfError::Mismatch { problems, .. } if problems.len() == 3), "{err}");
         assert_eq!(Good::check_btf(PING_PERF, "nope").unwrap_err(), BtfError::NotFound("nope".into()));
     }
 

@@ -218,7 +218,7 @@
 //! `BPF_RB_FORCE_WAKEUP`, `bpf_ringbuf_query`); perf buffers Linux 4.4 (`bpf_perf_event_output`
 //! into `PERF_COUNT_SW_BPF_OUTPUT` events). Opening a map by fd reads its type with
 //! `BPF_OBJ_GET_INFO_BY_FD` (4.13); drop counters are a per-CPU array (4.6). Items that need a
-//! kernel say so; [`typed`], [`btf`], [`Stats`], `sim` and [`names`] need none.
+//! kernel say so; [`typed`], [`btf`], [`Stats`] and `sim` need none.
 //!
 //! # Threads
 //!
@@ -259,11 +259,9 @@ mod accounting;
 pub mod aya;
 mod batch;
 pub mod btf;
-pub mod degrade;
 mod error;
 mod fixed_str;
 pub mod merge;
-pub mod names;
 #[cfg(feature = "tokio")]
 mod ordered;
 mod ownership;

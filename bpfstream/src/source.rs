@@ -68,8 +68,8 @@ pub struct Totals {
     pub produced: Option<u64>,
     /// Wakeups the BPF side forced (ring buffers with a wakeup policy).
     pub forced_wakeups: Option<u64>,
-    /// Events the BPF side counted in a summary instead of sending them (the degrade policy,
-    /// see [`DegradeCounters::apply`](crate::degrade::DegradeCounters::apply)); 0 otherwise.
+    /// Events the BPF side counted in a summary instead of sending them, as filled in by a
+    /// tool that summarizes under backpressure (the CLI's `lab backpressure`); 0 otherwise.
     pub summarized: u64,
 }
 

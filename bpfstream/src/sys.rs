@@ -15,7 +15,6 @@ const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
 /// `enum bpf_map_type` values this crate cares about.
@@ -161,38 +160,6 @@ pub(crate) fn map_lookup_u32(map: BorrowedFd<'_>, key: u32, value: &mut [u8]) ->
     };
     bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map_err(|e| Error::sys("BPF_MAP_LOOKUP_ELEM", e))?;
     Ok(())
-}
-
-/// BPF_MAP_LOOKUP_ELEM with any key (its size must be the map's key size) into `value` (the
-/// map's whole value); `Ok(false)` when the key is absent.
-pub(crate) fn map_lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> Result<bool, Error> {
-    let mut attr = MapElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: key.as_ptr() as u64,
-        value: value.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
-        Ok(_) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(Error::sys("BPF_MAP_LOOKUP_ELEM", e)),
-    }
-}
-
-/// BPF_MAP_GET_NEXT_KEY: the key after `key` (`None`: the first) into `next`; `Ok(false)` at
-/// the end of the map.
-pub(crate) fn map_next_key(map: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> Result<bool, Error> {
-    let mut attr = MapElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: key.map_or(0, |k| k.as_ptr() as u64),
-        value: next.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
-        Ok(_) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(Error::sys("BPF_MAP_GET_NEXT_KEY", e)),
-    }
 }
 
 /// Creates a map (used to probe kernel features); the map is freed when the fd is dropped.

@@ -190,8 +190,13 @@ macro_rules! record {
         };
 
         impl $crate::btf::Mirror for $name {
-            fn rust_layout() -> $crate::btf::RustLayout {
-                $crate::rust_layout!($name { $($field),* })
+            fn layout() -> (usize, ::std::vec::Vec<(&'static str, usize, usize)>) {
+                let fields = ::std::vec![$((
+                    ::core::stringify!($field),
+                    ::core::mem::offset_of!($name, $field),
+                    ::core::mem::size_of::<$ty>(),
+                )),*];
+                (::core::mem::size_of::<$name>(), fields)
             }
         }
     )* };

@@ -507,10 +507,10 @@ fn streams_are_send_and_run_on_spawned_tasks() {
 
 #[test]
 fn ping_event_mirrors_the_struct_clang_laid_out() {
+    use bpfstream::btf::Mirror;
     for object in ["ping.ring.bpf.o", "ping.perf.bpf.o"] {
         let bytes = std::fs::read(format!("{}/examples/obj/{object}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-        let c = bpfstream::btf::struct_layout(&bytes, "ping_event").unwrap();
-        c.check(&bpfstream::rust_layout!(ping::PingEvent { seq, len, cpu })).unwrap();
+        ping::PingEvent::check_btf(&bytes, "ping_event").unwrap();
     }
 }
 

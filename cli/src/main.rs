@@ -25,6 +25,7 @@ mod histogram;
 mod lab;
 mod lifecycle;
 mod loss;
+mod names;
 mod objects;
 mod output;
 mod plot;

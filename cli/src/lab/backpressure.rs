@@ -1,5 +1,5 @@
-//! `lab backpressure` (exercise 3): a source that overruns its consumer, without and with the
-//! library's graceful degradation (`bpf/include/bpfstream_degrade.h` + `bpfstream::degrade`).
+//! `lab backpressure`: a source that overruns its consumer, without and with graceful
+//! degradation (`bpf/include/bpfstream_degrade.h` + its userspace half, [`super::degrade`]).
 //! Each run has three phases: calm, overload, calm. Without the policy the overload drops what
 //! does not fit; with it the BPF side summarizes per key past the high watermark (sending 1 in
 //! N as a sample) and returns to full fidelity below the low one, so nothing is dropped and the
@@ -10,14 +10,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Result};
-use bpfstream::degrade::{DegradeMaps, DegradePolicy, Notice};
+use anyhow::Result;
 use bpfstream::{Item, Transport, WakeupPolicy};
 
+use super::degrade::{DegradeMaps, DegradePolicy, Notice};
 use super::load::{self, LabEvent, Loaded, Pace, CLASS_BULK};
 use super::report::{Account, Cell, LabReport, Table};
 use super::Progress;
-use crate::lifecycle::{self, BufferOptions, Global};
+use crate::lifecycle::{BufferOptions, Global};
 use crate::objects;
 use crate::plot::{self, LinePanel, Series};
 use crate::size::human_bytes;
@@ -77,13 +77,6 @@ pub fn run(duration: Duration, progress: &mut Progress) -> Result<LabReport> {
     Ok(report(runs, per_run))
 }
 
-fn degrade_maps(bpf: &aya::Ebpf) -> Result<DegradeMaps> {
-    let map = |name: &str| {
-        bpf.map(name).ok_or_else(|| anyhow!("the backpressure object has no {name} map")).and_then(lifecycle::map_fd)
-    };
-    Ok(DegradeMaps::new(map(DegradeMaps::STATE_MAP)?, map(DegradeMaps::STATS_MAP)?, map(DegradeMaps::SUMMARY_MAP)?)?)
-}
-
 fn run_one(policy_on: bool, duration: Duration, progress: &Progress) -> Result<Run> {
     let cpus = load::cpus()?;
     let policy = if policy_on { DegradePolicy::for_ring(BUFFER, HIGH, LOW, SAMPLE_EVERY)? } else { DegradePolicy::OFF };
@@ -95,11 +88,10 @@ fn run_one(policy_on: bool, duration: Duration, progress: &Progress) -> Result<R
         max_delay: MAX_DELAY,
     };
     let globals = policy.globals().into_iter().map(|(name, bytes)| Global { name, bytes }).collect();
-    let Loaded { bpf, mut source } =
+    let Loaded { mut bpf, mut source } =
         Loaded::start("lab backpressure", objects::LAB_DEGRADE, &["lab_degrade_burst"], globals, &options)?;
     policy.check(&source)?;
-    let mut maps = degrade_maps(&bpf)?;
-    let producer_maps = Mutex::new(degrade_maps(&bpf)?);
+    let maps = DegradeMaps::take(&mut bpf)?;
     let producer_counters = Mutex::new(load::drop_counters(&bpf)?);
     let mut sampler = load::drop_counters(&bpf)?;
     let stop = AtomicBool::new(false);
@@ -140,7 +132,7 @@ fn run_one(policy_on: bool, duration: Duration, progress: &Progress) -> Result<R
             }
             let snapshot = || -> Result<Snapshot> {
                 let c = producer_counters.lock().expect("counters").total()?;
-                let d = producer_maps.lock().expect("maps").counters()?;
+                let d = maps.counters()?;
                 Ok(Snapshot {
                     t_ns: load::monotonic_ns(),
                     produced: c.produced.unwrap_or(0),

@@ -6,6 +6,7 @@
 mod backpressure;
 mod batching;
 mod compare;
+mod degrade;
 mod load;
 mod multi_ring;
 mod report;

@@ -7,13 +7,13 @@ use std::io::{self, Write};
 
 use anyhow::Result;
 use aya::maps::{MapData, PerCpuArray};
-use bpfstream::names::{errno_name, syscall_name};
 use bpfstream::{FromRecord, Item};
 
 use crate::export::Tee;
 use crate::lifecycle::{
     task_filter_globals, Attach, BufferOptions, BurstBudget, CommonArgs, EventRate, Global, Sink, Tracer, TracerSpec,
 };
+use crate::names::{errno_name, syscall_name};
 use crate::objects;
 use crate::output::{c_str, display_bytes, JsonLine, TimeColumn};
 use crate::tools::per_cpu_total;

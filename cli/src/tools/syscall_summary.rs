@@ -23,23 +23,23 @@ use crate::histogram::{LatencyHistogram, BUCKETS, RELATIVE_ERROR};
 use crate::output::{c_str, display_bytes, JsonLine};
 use crate::tools::syscalls::syscall_label;
 
-/// `struct syscall_counts` of bpf/syscalls.h.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct KernelCounts {
-    pub count: u64,
-    pub errors: u64,
-    pub total_ns: u64,
-    pub max_ns: u64,
-}
+bpfstream::record! {
+    /// `struct syscall_counts` of bpf/syscalls.h.
+    #[derive(Debug, Default)]
+    pub struct KernelCounts {
+        pub count: u64,
+        pub errors: u64,
+        pub total_ns: u64,
+        pub max_ns: u64,
+    }
 
-/// `struct syscall_stats` of bpf/syscalls.h: one summary row as one CPU counted it.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct KernelStats {
-    pub counts: KernelCounts,
-    pub comm: [u8; 16],
-    pub buckets: [u64; BUCKETS],
+    /// `struct syscall_stats` of bpf/syscalls.h: one summary row as one CPU counted it.
+    #[derive(Debug)]
+    pub struct KernelStats {
+        pub counts: KernelCounts,
+        pub comm: [u8; 16],
+        pub buckets: [u64; BUCKETS],
+    }
 }
 
 // SAFETY: #[repr(C)] of integers and byte arrays without padding (the layouts are checked
@@ -288,16 +288,16 @@ impl IntervalWriter {
 
 #[cfg(test)]
 mod tests {
+    use bpfstream::btf::Mirror;
+
     use super::*;
     use crate::objects;
 
     #[test]
     fn kernel_stats_mirror_the_struct_clang_laid_out() {
         for object in [objects::SYSCALLS.ring, objects::SYSCALLS.perf] {
-            let c = bpfstream::btf::struct_layout(object, "syscall_stats").unwrap();
-            c.check(&bpfstream::rust_layout!(KernelStats { counts, comm, buckets })).unwrap();
-            let c = bpfstream::btf::struct_layout(object, "syscall_counts").unwrap();
-            c.check(&bpfstream::rust_layout!(KernelCounts { count, errors, total_ns, max_ns })).unwrap();
+            KernelStats::check_btf(object, "syscall_stats").unwrap();
+            KernelCounts::check_btf(object, "syscall_counts").unwrap();
         }
     }
 

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use aya::maps::{MapData, PerCpuArray};
-use bpfstream::names::{errno_name, syscall_name, syscall_number};
 use bpfstream::{FromRecord, Item};
 
 use crate::export::Tee;
 use crate::lifecycle::{
     task_filter_globals, Attach, BufferOptions, BurstBudget, CommonArgs, EventRate, Global, Sink, Tracer, TracerSpec,
 };
+use crate::names::{errno_name, syscall_name, syscall_number};
 use crate::objects;
 use crate::output::{c_str, cell_left, cell_right, display_bytes, JsonLine, TimeColumn};
 use crate::tools::per_cpu_total;

@@ -13,36 +13,33 @@
 //! ```
 //!
 //! where `delivered` counts the application's records (not notices), `dropped` and the BPF-side
-//! `produced` come from [`crate::DropCounters`], and `summarized` from [`DegradeMaps`].
+//! `produced` come from the library's drop counters, and `summarized` from [`DegradeMaps`].
 //!
 //! Set a [`DegradePolicy`]'s [`globals`](DegradePolicy::globals) when loading the object, then
-//! read its maps with [`DegradeMaps`]. Minimum kernel: 5.8 (ring buffers,
+//! take its maps with [`DegradeMaps::take`]. Minimum kernel: 5.8 (ring buffers,
 //! `bpf_ringbuf_query`); 5.17 for `bpf_loop` where a program uses it. Perf buffers cannot be
 //! queried for their fill level from BPF, so the policy needs a ring buffer.
 
 use std::collections::BTreeMap;
 use std::mem::size_of;
-use std::os::fd::{AsFd, OwnedFd};
 
-use crate::sys::{self, map_type};
-use crate::typed::FromRecord;
-use crate::{Error, EventSource, Totals, Transport};
+use anyhow::{anyhow, bail, Result};
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+use bpfstream::{EventSource, FromRecord, Totals, Transport};
 
 /// The read-only global holding the high watermark (bytes waiting; 0: policy off).
-pub(crate) const HIGH_GLOBAL: &str = "bpfstream_degrade_high";
+const HIGH_GLOBAL: &str = "bpfstream_degrade_high";
 /// The read-only global holding the low watermark (bytes waiting).
-pub(crate) const LOW_GLOBAL: &str = "bpfstream_degrade_low";
+const LOW_GLOBAL: &str = "bpfstream_degrade_low";
 /// The read-only global holding N of the 1-in-N sample sent in degraded mode (0: none).
-pub(crate) const SAMPLE_GLOBAL: &str = "bpfstream_degrade_sample";
-/// The array map holding the mode (0 full fidelity, 1 degraded).
-pub(crate) const STATE_MAP: &str = "bpfstream_degrade_state";
+const SAMPLE_GLOBAL: &str = "bpfstream_degrade_sample";
 /// The per-CPU array of [`DegradeCounters`].
-pub(crate) const STATS_MAP: &str = "bpfstream_degrade_stats";
+const STATS_MAP: &str = "bpfstream_degrade_stats";
 /// The hash map key (u64) -> events summarized (u64).
-pub(crate) const SUMMARY_MAP: &str = "bpfstream_summary";
+const SUMMARY_MAP: &str = "bpfstream_summary";
 /// First u64 of every [`Notice`] record (`BPFSTREAM_DEGRADE_MAGIC`); above 2^63, so no
 /// CLOCK_MONOTONIC nanosecond timestamp can start a record with it.
-pub(crate) const NOTICE_MAGIC: u64 = 0xb9f5_de9a_0de9_a0de;
+const NOTICE_MAGIC: u64 = 0xb9f5_de9a_0de9_a0de;
 
 /// When the BPF side degrades and recovers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -62,11 +59,9 @@ impl DegradePolicy {
     /// Watermarks as fractions of a ring of `ring_size` bytes: degrade at `high` full, recover
     /// at `low` full (`0 <= low < high <= 1`). Leave headroom above `high` for the events that
     /// arrive while the switch happens (a burst written by one program run).
-    pub fn for_ring(ring_size: u64, high: f64, low: f64, sample_every: u32) -> Result<Self, Error> {
+    pub fn for_ring(ring_size: u64, high: f64, low: f64, sample_every: u32) -> Result<Self> {
         if !((0.0..1.0).contains(&low) && low < high && high <= 1.0) {
-            return Err(Error::Unsupported(format!(
-                "degrade watermarks must satisfy 0 <= low < high <= 1 (fractions of the ring), got low {low}, high {high}"
-            )));
+            bail!("degrade watermarks must satisfy 0 <= low < high <= 1 (fractions of the ring), got low {low}, high {high}");
         }
         let bytes = |f: f64| ((ring_size as f64 * f) as u64).max(1);
         Ok(DegradePolicy { high: bytes(high), low: (ring_size as f64 * low) as u64, sample_every })
@@ -79,13 +74,12 @@ impl DegradePolicy {
 
     /// Checks that `source` can carry this policy: anything but [`DegradePolicy::OFF`] needs a
     /// ring buffer, since BPF cannot read a perf buffer's fill level.
-    pub fn check(&self, source: &EventSource) -> Result<(), Error> {
+    pub fn check(&self, source: &EventSource) -> Result<()> {
         if !self.is_off() && source.transport() != Transport::Ring {
-            return Err(Error::Unsupported(
+            bail!(
                 "the degrade policy needs a ring buffer (BPF cannot read a perf buffer's fill level); load the ring \
                  variant of the program or turn the policy off"
-                    .into(),
-            ));
+            );
         }
         Ok(())
     }
@@ -100,7 +94,7 @@ impl DegradePolicy {
     }
 }
 
-crate::record! {
+bpfstream::record! {
     /// `struct bpfstream_degrade_notice`.
     struct RawNotice {
         magic: u64,
@@ -109,7 +103,29 @@ crate::record! {
         degraded: u32,
         cpu: u32,
     }
+
+    /// `struct bpfstream_degrade_counters`, summed over CPUs by [`DegradeMaps::counters`].
+    #[derive(Debug, Default, PartialEq, Eq)]
+    pub struct DegradeCounters {
+        /// Events counted in the summary instead of sent.
+        pub summarized: u64,
+        /// Events sent as the 1-in-N sample in degraded mode.
+        pub sampled: u64,
+        /// Notices written into the ring.
+        pub notices: u64,
+        /// Notices the ring had no room for (the mode is still in the map
+        /// `bpfstream_degrade_state`).
+        pub notices_dropped: u64,
+        /// Events sent in degraded mode because the summary had no room for their key.
+        pub summary_full: u64,
+        /// Events seen in degraded mode.
+        pub degraded_seen: u64,
+    }
 }
+
+// SAFETY: #[repr(C)] (record!) with only u64 fields: no padding, and every bit pattern is a
+// valid value, as aya's Pod requires of a map value.
+unsafe impl aya::Pod for DegradeCounters {}
 
 /// A mode switch announced in the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +142,7 @@ pub struct Notice {
 
 impl Notice {
     /// Size of the record (`sizeof(struct bpfstream_degrade_notice)`).
-    pub const SIZE: usize = size_of::<RawNotice>();
+    const SIZE: usize = size_of::<RawNotice>();
 
     /// The notice in `data`, or `None` if `data` is an ordinary record.
     pub fn parse(data: &[u8]) -> Option<Notice> {
@@ -140,106 +156,45 @@ impl Notice {
     }
 }
 
-/// `struct bpfstream_degrade_counters`, summed over CPUs by [`DegradeMaps::counters`].
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DegradeCounters {
-    /// Events counted in the summary instead of sent.
-    pub summarized: u64,
-    /// Events sent as the 1-in-N sample in degraded mode.
-    pub sampled: u64,
-    /// Notices written into the ring.
-    pub notices: u64,
-    /// Notices the ring had no room for (the mode is still readable with
-    /// [`DegradeMaps::is_degraded`]).
-    pub notices_dropped: u64,
-    /// Events sent in degraded mode because the summary had no room for their key.
-    pub summary_full: u64,
-    /// Events seen in degraded mode.
-    pub degraded_seen: u64,
-}
-
-const COUNTER_FIELDS: usize = size_of::<DegradeCounters>() / 8;
-
-/// The policy's maps in a loaded object.
-#[derive(Debug)]
+/// The policy's maps, taken out of a loaded object: they stay readable after the object (and
+/// so its programs) is dropped.
 pub struct DegradeMaps {
-    state: OwnedFd,
-    stats: OwnedFd,
-    summary: OwnedFd,
-    per_cpu: Vec<u8>,
+    stats: PerCpuArray<MapData, DegradeCounters>,
+    summary: HashMap<MapData, u64, u64>,
 }
 
 impl DegradeMaps {
-    /// Name of the degrade state map of `bpfstream.h` (the `state` argument of [`new`](Self::new)).
-    pub const STATE_MAP: &'static str = STATE_MAP;
-    /// Name of the degrade counters map (the `stats` argument of [`new`](Self::new)).
-    pub const STATS_MAP: &'static str = STATS_MAP;
-    /// Name of the summary map (the `summary` argument of [`new`](Self::new)).
-    pub const SUMMARY_MAP: &'static str = SUMMARY_MAP;
-
-    /// Opens the maps [`STATE_MAP`](Self::STATE_MAP), [`STATS_MAP`](Self::STATS_MAP) and [`SUMMARY_MAP`](Self::SUMMARY_MAP) of a loaded object.
-    pub fn new(state: impl AsFd, stats: impl AsFd, summary: impl AsFd) -> Result<Self, Error> {
-        let check = |fd: std::os::fd::BorrowedFd<'_>, ty: u32, key: u32, value: u32, what: &str| {
-            let info = sys::expect_map_type(fd, ty)?;
-            if info.key_size != key || info.value_size != value {
-                return Err(Error::WrongMapType {
-                    expected: format!("{what} with {key}-byte keys and {value}-byte values"),
-                    actual: format!("{}/{} bytes ({:?})", info.key_size, info.value_size, info.name()),
-                });
-            }
-            Ok(())
-        };
-        check(state.as_fd(), map_type::ARRAY, 4, 8, STATE_MAP)?;
-        check(stats.as_fd(), map_type::PERCPU_ARRAY, 4, size_of::<DegradeCounters>() as u32, STATS_MAP)?;
-        check(summary.as_fd(), map_type::HASH, 8, 8, SUMMARY_MAP)?;
-        let cpus = sys::possible_cpus()?;
-        Ok(DegradeMaps {
-            state: sys::dup(state.as_fd())?,
-            stats: sys::dup(stats.as_fd())?,
-            summary: sys::dup(summary.as_fd())?,
-            per_cpu: vec![0; cpus * size_of::<DegradeCounters>()],
-        })
-    }
-
-    /// Whether the BPF side is degraded now.
-    pub fn is_degraded(&self) -> Result<bool, Error> {
-        let mut value = [0u8; 8];
-        sys::map_lookup_u32(self.state.as_fd(), 0, &mut value)?;
-        Ok(u64::from_ne_bytes(value) != 0)
+    /// Takes the maps of `bpfstream_degrade.h` out of `bpf`.
+    pub fn take(bpf: &mut aya::Ebpf) -> Result<Self> {
+        Ok(DegradeMaps { stats: take_map(bpf, STATS_MAP)?, summary: take_map(bpf, SUMMARY_MAP)? })
     }
 
     /// The counters, summed over CPUs.
-    pub fn counters(&mut self) -> Result<DegradeCounters, Error> {
-        sys::map_lookup_u32(self.stats.as_fd(), 0, &mut self.per_cpu)?;
-        let mut sum = [0u64; COUNTER_FIELDS];
-        for chunk in self.per_cpu.chunks_exact(size_of::<DegradeCounters>()) {
-            for (i, field) in sum.iter_mut().enumerate() {
-                *field += u64::from_ne_bytes(chunk[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-            }
-        }
-        let [summarized, sampled, notices, notices_dropped, summary_full, degraded_seen] = sum;
-        Ok(DegradeCounters { summarized, sampled, notices, notices_dropped, summary_full, degraded_seen })
+    pub fn counters(&self) -> Result<DegradeCounters> {
+        Ok(self.stats.get(&0, 0)?.iter().fold(DegradeCounters::default(), |sum, cpu| DegradeCounters {
+            summarized: sum.summarized + cpu.summarized,
+            sampled: sum.sampled + cpu.sampled,
+            notices: sum.notices + cpu.notices,
+            notices_dropped: sum.notices_dropped + cpu.notices_dropped,
+            summary_full: sum.summary_full + cpu.summary_full,
+            degraded_seen: sum.degraded_seen + cpu.degraded_seen,
+        }))
     }
 
     /// Events summarized per key so far (cumulative). Read while producers run, a key's count
     /// may be a little behind [`DegradeCounters::summarized`]; once they are detached both agree.
-    pub fn summary(&self) -> Result<BTreeMap<u64, u64>, Error> {
-        let mut out = BTreeMap::new();
-        let mut key: Option<[u8; 8]> = None;
-        loop {
-            let mut next = [0u8; 8];
-            if !sys::map_next_key(self.summary.as_fd(), key.as_ref().map(|k| &k[..]), &mut next)? {
-                return Ok(out);
-            }
-            let mut value = [0u8; 8];
-            // A key deleted between the two calls is simply skipped.
-            if sys::map_lookup(self.summary.as_fd(), &next, &mut value)? {
-                out.insert(u64::from_ne_bytes(next), u64::from_ne_bytes(value));
-            }
-            key = Some(next);
-        }
+    /// A key deleted while the map is walked is skipped.
+    pub fn summary(&self) -> Result<BTreeMap<u64, u64>> {
+        Ok(self.summary.iter().collect::<Result<_, _>>()?)
     }
+}
+
+/// Takes the map `name` out of `bpf` as an `M`, which checks its type and key and value sizes.
+fn take_map<M: TryFrom<Map, Error = MapError>>(bpf: &mut aya::Ebpf, name: &str) -> Result<M> {
+    let map = bpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("the object has no {name} map: does it include bpfstream_degrade.h?"))?;
+    M::try_from(map).map_err(|e| anyhow!("map {name}: {e}"))
 }
 
 impl DegradeCounters {
@@ -248,34 +203,26 @@ impl DegradeCounters {
     /// summarized instead of sending added to `summarized` and `produced`, so that
     /// `delivered + dropped + summarized == produced` once the stream is drained.
     pub fn apply(&self, totals: &Totals, notices_delivered: u64) -> Totals {
-        Totals {
-            produced: Some(totals.produced.unwrap_or(0) + self.summarized),
-            delivered: totals.delivered.saturating_sub(notices_delivered),
-            summarized: totals.summarized + self.summarized,
-            ..*totals
-        }
+        let mut out = *totals;
+        out.produced = Some(totals.produced.unwrap_or(0) + self.summarized);
+        out.delivered = totals.delivered.saturating_sub(notices_delivered);
+        out.summarized = totals.summarized + self.summarized;
+        out
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use bpfstream::btf::Mirror;
+
     use super::*;
 
     #[test]
     fn mirrors_match_what_clang_laid_out() {
-        let object: &[u8] = include_bytes!("../testdata/lab_degrade.ring.bpf.o");
-        let notice = crate::btf::struct_layout(object, "bpfstream_degrade_notice").unwrap();
-        notice.check(&crate::rust_layout!(RawNotice { magic, ts_ns, fill, degraded, cpu })).unwrap();
-        let counters = crate::btf::struct_layout(object, "bpfstream_degrade_counters").unwrap();
-        let rust = crate::rust_layout!(DegradeCounters {
-            summarized,
-            sampled,
-            notices,
-            notices_dropped,
-            summary_full,
-            degraded_seen
-        });
-        counters.check(&rust).unwrap();
+        for object in [crate::objects::LAB_DEGRADE.ring, crate::objects::LAB_DEGRADE.perf] {
+            RawNotice::check_btf(object, "bpfstream_degrade_notice").unwrap();
+            DegradeCounters::check_btf(object, "bpfstream_degrade_counters").unwrap();
+        }
     }
 
     fn notice_bytes(magic: u64, degraded: u32) -> Vec<u8> {
@@ -322,7 +269,8 @@ mod tests {
 
     #[test]
     fn totals_exclude_notices_and_add_the_summary() {
-        let totals = Totals { delivered: 103, dropped: 2, produced: Some(102), ..Default::default() };
+        let mut totals = Totals::default();
+        (totals.delivered, totals.dropped, totals.produced) = (103, 2, Some(102));
         let counters = DegradeCounters { summarized: 1000, notices: 3, ..Default::default() };
         let t = counters.apply(&totals, 3);
         assert_eq!((t.produced, t.delivered, t.dropped, t.summarized), (Some(1102), 100, 2, 1000));

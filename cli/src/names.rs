@@ -139,11 +139,6 @@ pub fn syscall_number(name: &str) -> Option<i64> {
     SYSCALLS.iter().find(|&&(_, n)| n == name).map(|&(nr, _)| nr)
 }
 
-/// Iterates over every known `(number, name)` pair in ascending number order.
-pub fn syscall_names() -> impl Iterator<Item = (i64, &'static str)> {
-    SYSCALLS.iter().copied()
-}
-
 /// Returns the symbolic name of a positive errno value (e.g. `2` -> `"ENOENT"`).
 ///
 /// Pass the negated syscall return value (`-ret`). Aliases map to the canonical
@@ -223,7 +218,7 @@ mod tests {
             assert_eq!(syscall_number(name), Some(nr), "name {name}");
         }
         assert_eq!(SYSCALLS.len(), 383);
-        assert_eq!(syscall_names().last(), Some((469, "file_setattr")));
+        assert_eq!(SYSCALLS.last(), Some(&(469, "file_setattr")));
     }
 
     #[test]
@@ -242,7 +237,7 @@ mod tests {
     fn round_trip_and_unique() {
         let mut names = HashSet::new();
         let mut prev = -1;
-        for (nr, name) in syscall_names() {
+        for &(nr, name) in SYSCALLS {
             assert!(nr > prev, "not sorted at {nr}");
             prev = nr;
             assert!(names.insert(name), "duplicate name {name}");
