@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut events = EventStream::typed::<PingEvent>(source)?;
     events.set_max_delay(Some(Duration::from_millis(10)));
-    let cancel = events.cancel_handle();
+    let cancel = events.stop_handle();
     let stats = events.stats_handle();
 
     let watcher = tokio::spawn(async move {

@@ -1,6 +1,6 @@
 //! One thread serving several buffers with priorities: a `Poller` over a ring buffer and a perf
 //! buffer, with handlers that borrow local state (no `'static`, no `Arc<Mutex>`), stopped from
-//! another thread by its `Waker`. Run as root:
+//! another thread by its `StopHandle`. Run as root:
 //!
 //! ```text
 //! cargo run -p bpfstream --example poller
@@ -41,12 +41,12 @@ fn main() -> anyhow::Result<()> {
             }
         })?;
 
-        let waker = poller.waker();
+        let stop = poller.stop_handle();
         let producer = std::thread::spawn(move || {
             for seq in 0..1000 {
                 ping(seq, (seq % 300) as u32);
             }
-            waker.wake(); // stop: the poller drains what is left, then returns
+            stop.drain(); // stop: the poller drains what is left, then returns
         });
         let handled = poller.run(Duration::from_millis(100))?;
         producer.join().expect("producer");

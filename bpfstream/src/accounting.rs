@@ -12,8 +12,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use crate::sys::{self, map_type};
 use crate::{Error, LossOrigin, Lost, Totals};
 
-/// Default name of the events map defined by `bpfstream.h` (`BPFSTREAM_EVENTS` changes it).
-pub const EVENTS_MAP: &str = "events";
 /// Name of the per-CPU counters map defined by `bpfstream.h` ([`DropCounters::MAP`]).
 pub(crate) const STATS_MAP: &str = "bpfstream_stats";
 /// Name of the read-only global holding the wakeup policy.

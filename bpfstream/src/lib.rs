@@ -85,7 +85,7 @@
 //! `bpfstream.h`, or found on the include path. Uprobes and other preemptible programs define
 //! `BPFSTREAM_PREEMPTIBLE` first (a guard on the per-CPU scratch record).
 //!
-//! **Maps.** The events map is named `events` ([`EVENTS_MAP`]) unless
+//! **Maps.** The events map is named `events` ([`EventSource::MAP`]) unless
 //! `BPFSTREAM_EVENTS` names it otherwise; its counters are `bpfstream_stats`. An object can
 //! hold several streams: `BPFSTREAM_STREAM(name)` declares another events map `name` with its
 //! own counters `name_stats`, sent to with `bpfstream_reserve_to(name, type)`,
@@ -181,7 +181,7 @@
 //! program.attach("sched", "sched_process_exec")?;
 //!
 //! let stream = EventStream::typed::<ExecEvent>(source)?;
-//! let cancel = stream.cancel_handle();
+//! let cancel = stream.stop_handle();
 //! let mut events = stream.ordered(std::time::Duration::from_millis(10), |e: &ExecEvent| e.ts_ns);
 //! let mut shutdown = std::pin::pin!(shutdown);
 //! let mut ebpf = Some(ebpf);
@@ -273,20 +273,22 @@ mod scan;
 pub mod sim;
 mod source;
 mod stats;
+mod stop;
 #[cfg(feature = "tokio")]
 pub mod stream;
 mod sys;
 pub mod typed;
 
-pub use accounting::{DropCounters, WakeupPolicy, EVENTS_MAP};
+pub use accounting::{DropCounters, WakeupPolicy};
 pub use error::Error;
 pub use fixed_str::FixedStr;
 pub(crate) use perfbuf::PerfBuffer;
 pub use perfbuf::{PerfOptions, PerfWakeup};
-pub use poller::{Poller, SourceId, SourceOptions, Waker};
+pub use poller::{Poller, SourceId, SourceOptions};
 pub(crate) use ringbuf::RingBuffer;
 pub use source::{EventSource, Totals, Transport};
 pub use stats::{Fill, Stats, StatsHandle};
+pub use stop::StopHandle;
 pub use sys::{online_cpus, page_size};
 pub use typed::{Event, FromRecord, TypedError};
 
@@ -304,7 +306,7 @@ const _: () = {
     send_sync::<EventSource>();
     send_sync::<DropCounters>();
     send_sync::<StatsHandle>();
-    send_sync::<Waker>();
+    send_sync::<StopHandle>();
     #[cfg(any(test, feature = "sim"))]
     {
         send_sync::<sim::SimRing>();
@@ -312,7 +314,6 @@ const _: () = {
     }
     #[cfg(feature = "tokio")]
     {
-        send_sync::<stream::CancelHandle>();
         const fn send<T: Send>() {}
         send::<stream::EventStream<u64>>();
     }
@@ -359,7 +360,7 @@ pub enum Item<'a> {
 }
 
 /// The error of a handler that failed, carried by [`Error::Handler`].
-pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a handler returns: `()` to keep going, a [`ControlFlow`] that can stop the consumer
 /// after the current record, or a `Result` whose error stops it and is returned as

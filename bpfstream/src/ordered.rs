@@ -223,7 +223,7 @@ mod tests {
             let mut items: Vec<Option<u64>> = keys.iter().copied().map(Some).collect();
             items.insert(3, None);
             let mut stream = ordered(&items, Duration::from_secs(3600));
-            stream.cancel_handle().drain();
+            stream.stop_handle().drain();
             let out: Vec<Event<u64>> = (&mut stream).map(Result::unwrap).collect().await;
             let mut sorted = keys.to_vec();
             sorted.sort_unstable();
@@ -278,7 +278,7 @@ mod tests {
             // Each source in order; taking turns between them gives 10 5 20 15 30.
             let (a, b) = ([now + 10, now + 20, now + 30], [now + 5, now + 15]);
             let mut stream = merged(&[&a, &b], Duration::from_secs(3600));
-            stream.cancel_handle().drain();
+            stream.stop_handle().drain();
             let out: Vec<Event<(u8, u64)>> = (&mut stream).map(Result::unwrap).collect().await;
             let records: Vec<(u8, u64)> = out
                 .iter()

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::stats::{Fill, Stats};
+use crate::stop::{Control, StopHandle, CANCEL, RUNNING};
 use crate::sys::{Epoll, EventFd};
 use crate::{Error, EventSource, Failure, Flow, HandlerError, Item, PerfBuffer, Record, RingBuffer};
 
@@ -189,19 +190,8 @@ struct Entry<'a> {
     id: SourceId,
 }
 
-/// Wakes a [`Poller`] blocked in [`Poller::poll`] or [`Poller::run`] from any thread (or a
-/// signal-handling thread), and makes `run` stop after a final drain.
-#[derive(Debug, Clone)]
-pub struct Waker(Arc<EventFd>);
-
-impl Waker {
-    /// Asks the poller to stop; safe to call any number of times, from any thread.
-    pub fn wake(&self) {
-        self.0.signal();
-    }
-}
-
-const WAKER_TOKEN: u64 = u64::MAX;
+/// The epoll token of the stop handle's eventfd.
+const STOP_TOKEN: u64 = u64::MAX;
 
 /// One epoll set over many sources: ring buffers, perf buffers and [`EventSource`]s together,
 /// each with its own handler and priority.
@@ -215,9 +205,9 @@ const WAKER_TOKEN: u64 = u64::MAX;
 /// let mut poller = Poller::new()?;
 /// poller.add(&mut ring, |item: Item<'_>| if let Item::Record(_) = item { from_ring += 1 })?;
 /// poller.add(&mut perf, |item: Item<'_>| if let Item::Record(_) = item { from_perf += 1 })?;
-/// let waker = poller.waker(); // Send + Clone: call waker.wake() from a signal thread to stop
-/// # waker.wake();
-/// poller.run(Duration::from_millis(100))?; // until woken, then a final drain
+/// let stop = poller.stop_handle(); // Send + Clone: call stop.drain() from a signal thread
+/// # stop.drain();
+/// poller.run(Duration::from_millis(100))?; // until stopped, then a final drain
 /// # Ok(()) }
 /// ```
 ///
@@ -231,10 +221,9 @@ const WAKER_TOKEN: u64 = u64::MAX;
 /// docs, "Threads"). Minimum kernel: that of its sources (5.8 for a ring, 4.4 for perf).
 pub struct Poller<'a> {
     epoll: Epoll,
-    waker: Arc<EventFd>,
+    control: Arc<Control>,
     entries: Vec<Entry<'a>>,
     ready: Vec<u64>,
-    stopped: bool,
     /// The source whose handler stopped the last poll or consume.
     stopped_by: Option<SourceId>,
     stats: Stats,
@@ -242,7 +231,7 @@ pub struct Poller<'a> {
 
 impl fmt::Debug for Poller<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Poller").field("sources", &self.entries.len()).field("stopped", &self.stopped).finish()
+        f.debug_struct("Poller").field("sources", &self.entries.len()).field("stop", &self.control.request()).finish()
     }
 }
 
@@ -250,17 +239,11 @@ impl<'a> Poller<'a> {
     /// An empty poller.
     pub fn new() -> Result<Self, Error> {
         let epoll = Epoll::new()?;
-        let waker = Arc::new(EventFd::new()?);
-        epoll.add(waker.as_fd(), WAKER_TOKEN)?;
-        Ok(Poller {
-            epoll,
-            waker,
-            entries: Vec::new(),
-            ready: Vec::new(),
-            stopped: false,
-            stopped_by: None,
-            stats: Stats::default(),
-        })
+        let control = Arc::new(Control::with_fd(EventFd::new()?));
+        if let Some(fd) = control.fd() {
+            epoll.add(fd.as_fd(), STOP_TOKEN)?;
+        }
+        Ok(Poller { epoll, control, entries: Vec::new(), ready: Vec::new(), stopped_by: None, stats: Stats::default() })
     }
 
     /// Adds a source with default options; `handler` receives its records and loss reports.
@@ -308,14 +291,16 @@ impl<'a> Poller<'a> {
         Ok(id)
     }
 
-    /// A handle that wakes and stops this poller from another thread.
-    pub fn waker(&self) -> Waker {
-        Waker(Arc::clone(&self.waker))
+    /// A handle that stops this poller from another thread: [`run`](Self::run) then returns,
+    /// after a final drain unless it was [`cancel`](StopHandle::cancel)led.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(Arc::clone(&self.control))
     }
 
-    /// Whether a [`Waker`] has asked this poller to stop, or a handler stopped the last poll.
+    /// Whether a [`StopHandle`] has asked this poller to stop, or a handler stopped the last
+    /// poll.
     pub fn is_stopped(&self) -> bool {
-        self.stopped || self.stopped_by.is_some()
+        self.control.request() != RUNNING || self.stopped_by.is_some()
     }
 
     /// The source whose handler stopped the last [`poll`](Self::poll) or
@@ -324,21 +309,21 @@ impl<'a> Poller<'a> {
         self.stopped_by
     }
 
-    /// Waits up to `timeout` (`None`: until a source signals or the waker fires), then serves
+    /// Waits up to `timeout` (`None`: until a source signals or a stop is asked), then serves
     /// every source by priority. Returns the number of records handled; why it returned is
-    /// [`is_stopped`](Self::is_stopped) (the waker) and [`stopped_by`](Self::stopped_by) (a
+    /// [`is_stopped`](Self::is_stopped) (a [`StopHandle`]) and [`stopped_by`](Self::stopped_by) (a
     /// handler), or the error of a handler that failed ([`Error::Handler`]). A signal
     /// interrupting the wait (EINTR) is not an error.
     pub fn poll(&mut self, timeout: Option<Duration>) -> Result<usize, Error> {
         let ready_now = self.entries.iter().any(|e| e.source.ready_now());
         self.epoll.wait(if ready_now { Some(Duration::ZERO) } else { timeout }, &mut self.ready)?;
-        if self.ready.iter().any(|&token| token != WAKER_TOKEN) {
+        if self.ready.iter().any(|&token| token != STOP_TOKEN) {
             self.stats.wakeups += 1;
         } else if self.ready.is_empty() {
             self.stats.timeouts += 1;
         }
-        if self.ready.contains(&WAKER_TOKEN) && self.waker.clear() {
-            self.stopped = true;
+        if let Some(fd) = self.control.fd().filter(|_| self.ready.contains(&STOP_TOKEN)) {
+            fd.clear();
         }
         for entry in &mut self.entries {
             entry.source.note_wait(self.ready.contains(&(entry.id.0 as u64)));
@@ -385,16 +370,19 @@ impl<'a> Poller<'a> {
         failure.result(served)
     }
 
-    /// Polls (each wait at most `max_delay`, the bound on delivery delay) until a [`Waker`]
-    /// fires, then drains every source. Returns the number of records handled.
+    /// Polls (each wait at most `max_delay`, the bound on delivery delay) until a [`StopHandle`]
+    /// asks, then drains every source (unless it asked to cancel). Returns the number of records handled.
     /// A handler that stops it ends it at once, without the drain.
     pub fn run(&mut self, max_delay: Duration) -> Result<usize, Error> {
         let mut total = 0;
-        while !self.stopped {
+        while self.control.request() == RUNNING {
             total += self.poll(Some(max_delay))?;
             if self.stopped_by.is_some() {
                 return Ok(total);
             }
+        }
+        if self.control.request() == CANCEL {
+            return Ok(total);
         }
         Ok(total + self.drain()?)
     }
@@ -415,7 +403,7 @@ impl<'a> Poller<'a> {
 
     /// The poller's own counts so far: `events` (records handed to handlers), `wakeups` (waits
     /// ended by a source's signal) and `timeouts` (waits that ended with no signal; a wait ended
-    /// by the [`Waker`] alone is neither). Bytes, losses and fill are each source's own
+    /// by the [`StopHandle`] alone is neither). Bytes, losses and fill are each source's own
     /// ([`EventSource::stats`]).
     pub fn stats(&self) -> Stats {
         self.stats
@@ -624,9 +612,37 @@ mod tests {
         assert_eq!(poller.poll(Some(Duration::from_secs(5))).unwrap(), 1);
         assert_eq!((poller.stats().wakeups, poller.stats().timeouts), (1, 1));
         readable.clear();
-        poller.waker().wake();
+        poller.stop_handle().drain();
         poller.poll(Some(Duration::from_secs(5))).unwrap();
         assert!(poller.is_stopped());
-        assert_eq!(poller.stats().wakeups, 1, "the waker is not a producer's wakeup");
+        assert_eq!(poller.stats().wakeups, 1, "a stop is not a producer's wakeup");
+    }
+
+    #[test]
+    fn a_stop_handle_drains_or_cancels_a_run() {
+        let (mut queue, items) = Queue::new([1, 2, 3]);
+        let delivered = RefCell::new(Vec::new());
+        {
+            let mut poller = Poller::new().unwrap();
+            poller
+                .add_source(&mut queue, SourceOptions::default(), |item| delivered.borrow_mut().push(value(item)))
+                .unwrap();
+            let stop = poller.stop_handle();
+            stop.cancel();
+            stop.drain(); // cancel wins, whatever the order
+            assert_eq!(poller.run(Duration::from_secs(5)).unwrap(), 0, "a cancelled run hands nothing over");
+            assert!(poller.is_stopped());
+        }
+        assert_eq!(items.borrow().len(), 3, "what was not taken stays in the source");
+        {
+            let mut poller = Poller::new().unwrap();
+            poller
+                .add_source(&mut queue, SourceOptions::default(), |item| delivered.borrow_mut().push(value(item)))
+                .unwrap();
+            let stop = poller.stop_handle();
+            std::thread::spawn(move || stop.drain()).join().unwrap();
+            assert_eq!(poller.run(Duration::from_secs(5)).unwrap(), 3, "a drained run hands everything over");
+        }
+        assert_eq!(delivered.into_inner(), [1, 2, 3]);
     }
 }

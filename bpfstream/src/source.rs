@@ -123,15 +123,20 @@ impl std::fmt::Debug for EventSource {
 }
 
 impl EventSource {
+    /// The name of the events map `bpfstream.h` defines (`BPFSTREAM_EVENTS` renames it;
+    /// `BPFSTREAM_STREAM(name)` defines more).
+    pub const MAP: &'static str = "events";
+
     /// Opens `map` as whatever it is: a ring buffer, or a perf event array with `perf`
     /// options.
     pub fn open(map: impl AsFd, perf: PerfOptions) -> Result<Self, Error> {
-        let info = sys::map_info(map.as_fd())?;
+        const EXPECTED: &str = "BPF_MAP_TYPE_RINGBUF or BPF_MAP_TYPE_PERF_EVENT_ARRAY";
+        let info = sys::map_info_of(map.as_fd(), EXPECTED)?;
         match info.map_type {
             map_type::RINGBUF => Ok(Self::with(Buffer::Ring(RingBuffer::new(map)?))),
             map_type::PERF_EVENT_ARRAY => Ok(Self::with(Buffer::Perf(PerfBuffer::new(map, perf)?))),
             other => Err(Error::WrongMapType {
-                expected: "BPF_MAP_TYPE_RINGBUF or BPF_MAP_TYPE_PERF_EVENT_ARRAY".into(),
+                expected: EXPECTED.into(),
                 actual: format!("{} ({:?})", map_type::name(other), info.name()),
             }),
         }

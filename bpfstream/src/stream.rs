@@ -27,7 +27,7 @@
 //! The source's descriptor (a ring's map fd; a perf buffer's epoll fd over its CPUs) is
 //! registered with tokio's reactor through [`AsyncFd`]. A stream takes records while there are
 //! any; when the buffer is empty it waits for whichever comes first: the kernel's wakeup, the
-//! delay timer ([`EventStream::set_max_delay`], default 100 ms), or a [`CancelHandle`]. The
+//! delay timer ([`EventStream::set_max_delay`], default 100 ms), or a [`StopHandle`]. The
 //! timer is what delivers records produced without a wakeup (`BPF_RB_NO_WAKEUP`, a perf
 //! watermark not reached) within the delay bound, and what lets an
 //! [`EventSource`](crate::EventSource) read its drop counters while no record arrives. A
@@ -56,9 +56,9 @@
 //! stream (or the future of `next()`, as `select!` and timeouts do) between polls therefore
 //! loses nothing: every record not yet yielded is still in the kernel's buffer, for the next
 //! consumer ([`EventStream::into_inner`] gives the source back; the blocking
-//! [`EventSource::finish`](crate::EventSource::finish) then drains it). A [`CancelHandle`] ends a
-//! stream from anywhere: [`cancel`](CancelHandle::cancel) ends it at once (records stay in the
-//! buffer), [`drain`](CancelHandle::drain) ends it once everything buffered and the last loss
+//! [`EventSource::finish`](crate::EventSource::finish) then drains it). A [`StopHandle`] ends a
+//! stream from anywhere: [`cancel`](StopHandle::cancel) ends it at once (records stay in the
+//! buffer), [`drain`](StopHandle::drain) ends it once everything buffered and the last loss
 //! report have been yielded (detach the producers first, or it drains as long as they
 //! produce).
 //!
@@ -79,9 +79,8 @@ use std::future::Future;
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll, Waker};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream;
@@ -92,6 +91,7 @@ use crate::merge::MergeStats;
 use crate::ordered::Reorder;
 use crate::poller::Source;
 use crate::stats::{Fill, Stats, StatsHandle};
+use crate::stop::{Control, StopHandle, CANCEL, DRAIN, RUNNING};
 use crate::sys::Epoll;
 use crate::typed::OwnedRecord;
 use crate::{Error, Event, EventSource, FromRecord, Item, Record, Totals, TypedError};
@@ -103,59 +103,6 @@ const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(100);
 // (BUSY): the same backoff as the blocking `RingBuffer::poll`.
 use crate::ringbuf::BUSY_BACKOFF;
 
-const RUNNING: u8 = 0;
-const DRAIN: u8 = 1;
-const CANCEL: u8 = 2;
-
-/// What a [`CancelHandle`] asked for, and the waker of the task polling the stream.
-#[derive(Debug, Default)]
-struct Control {
-    request: AtomicU8,
-    waker: Mutex<Option<Waker>>,
-}
-
-impl Control {
-    fn request(&self) -> u8 {
-        self.request.load(Ordering::Acquire)
-    }
-
-    fn ask(&self, request: u8) {
-        // Cancel wins over drain, whatever the order they come in.
-        self.request.fetch_max(request, Ordering::AcqRel);
-        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-
-    fn register(&self, waker: &Waker) {
-        let mut slot = self.waker.lock().unwrap_or_else(|e| e.into_inner());
-        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            *slot = Some(waker.clone());
-        }
-    }
-}
-
-/// Ends a stream from any task or thread (`Clone + Send + Sync`); see the
-/// [module docs](self#buffering-and-cancellation).
-#[derive(Debug, Clone)]
-pub struct CancelHandle(Arc<Control>);
-
-impl CancelHandle {
-    /// Ends the stream at its next poll: what it has already taken from the kernel (loss reports
-    /// only) is yielded, records not yet taken stay in the buffer.
-    pub fn cancel(&self) {
-        self.0.ask(CANCEL);
-    }
-
-    /// Ends the stream once it has yielded every record left in the buffer and the final loss
-    /// report (an [`EventSource`](crate::EventSource) reads its drop counters one last time).
-    /// Detach the producers first, or the drain lasts as long as they produce.
-    pub fn drain(&self) {
-        self.0.ask(DRAIN);
-    }
-}
-
 /// Why a wait ended.
 enum Wake {
     /// The descriptor became readable.
@@ -164,7 +111,7 @@ enum Wake {
     Timeout,
     /// The short wait for a BUSY head record expired.
     Backoff,
-    /// A [`CancelHandle`] asked for something.
+    /// A [`StopHandle`] asked for something.
     Control,
 }
 
@@ -579,9 +526,10 @@ impl<T: 'static> EventStream<T> {
         self.inputs.waiter.set_max_delay(max_delay);
     }
 
-    /// A handle that ends this stream from another task or thread.
-    pub fn cancel_handle(&self) -> CancelHandle {
-        CancelHandle(Arc::clone(&self.inputs.waiter.control))
+    /// A handle that ends this stream from another task or thread (see the
+    /// [module docs](self#buffering-and-cancellation)).
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(Arc::clone(&self.inputs.waiter.control))
     }
 
     /// What this stream has yielded and seen so far, all sources together.
@@ -595,14 +543,14 @@ impl<T: 'static> EventStream<T> {
     }
 
     /// What the sources have accounted for, summed: after the stream ended on a
-    /// [`drain`](CancelHandle::drain) request, the final [`Totals`].
+    /// [`drain`](StopHandle::drain) request, the final [`Totals`].
     pub fn totals(&self) -> Totals {
         self.inputs.inputs.iter().filter_map(|input| input.source.totals()).fold(Totals::default(), Totals::sum)
     }
 
     /// Ends the stream and returns its sources, in the order they were added, with every record
     /// not yet yielded still in their buffers, and the items the stream had taken but not
-    /// yielded yet (loss reports only, except after a [`drain`](CancelHandle::drain) request;
+    /// yielded yet (loss reports only, except after a [`drain`](StopHandle::drain) request;
     /// records held for [`ordered`](Self::ordered) come first).
     pub fn into_sources(self) -> (Vec<EventSource>, Vec<Event<T>>) {
         let EventStream { mut inputs, order } = self;

@@ -114,14 +114,20 @@ pub(crate) fn map_info(fd: BorrowedFd<'_>) -> Result<MapInfo, Error> {
     Ok(info)
 }
 
-/// Checks that `fd` is a BPF map of type `expected`.
-pub(crate) fn expect_map_type(fd: BorrowedFd<'_>, expected: u32) -> Result<MapInfo, Error> {
-    let info = map_info(fd).map_err(|e| match e {
+/// Describes the map behind `fd`, which should be a map of the `expected` type(s): a descriptor
+/// that is no BPF map at all is a [`Error::WrongMapType`] too.
+pub(crate) fn map_info_of(fd: BorrowedFd<'_>, expected: &str) -> Result<MapInfo, Error> {
+    map_info(fd).map_err(|e| match e {
         Error::Sys { source, .. } if source.raw_os_error() == Some(libc::EINVAL) => {
-            Error::WrongMapType { expected: map_type::name(expected), actual: "not a BPF map".into() }
+            Error::WrongMapType { expected: expected.into(), actual: "not a BPF map".into() }
         }
         other => other,
-    })?;
+    })
+}
+
+/// Checks that `fd` is a BPF map of type `expected`.
+pub(crate) fn expect_map_type(fd: BorrowedFd<'_>, expected: u32) -> Result<MapInfo, Error> {
+    let info = map_info_of(fd, &map_type::name(expected))?;
     if info.map_type != expected {
         return Err(Error::WrongMapType {
             expected: map_type::name(expected),

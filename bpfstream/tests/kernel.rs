@@ -103,7 +103,7 @@ fn burst(options: PingOptions, count: u64) -> EventSource {
 fn drain_async(source: EventSource) -> (Seen, bpfstream::Stats) {
     runtime().block_on(async {
         let mut stream = EventStream::new(source).unwrap();
-        stream.cancel_handle().drain();
+        stream.stop_handle().drain();
         let mut seen = Seen::default();
         while let Some(event) = stream.next().await {
             seen.event(event.unwrap());
@@ -158,7 +158,7 @@ fn live(transport: Transport) {
         if transport == Transport::Ring {
             stream.set_max_delay(None);
         }
-        let cancel = stream.cancel_handle();
+        let cancel = stream.stop_handle();
         let stats = stream.stats_handle();
         let progress = stream.stats_handle();
         let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -230,7 +230,7 @@ fn cancel_mid_stream(transport: Transport, how: &str) {
             first.event(stream.next().await.unwrap().unwrap());
         }
         if how == "cancel" {
-            stream.cancel_handle().cancel();
+            stream.stop_handle().cancel();
             assert!(stream.next().await.is_none(), "a cancelled stream ends");
         }
         let counted = stream.stats().events;
@@ -380,7 +380,7 @@ fn a_cancel_wakes_a_waiting_stream() {
     runtime().block_on(async {
         let mut stream = EventStream::new(source).unwrap();
         stream.set_max_delay(None); // only the cancel can end the wait
-        let cancel = stream.cancel_handle();
+        let cancel = stream.stop_handle();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             cancel.cancel();
@@ -413,7 +413,7 @@ fn typed_streams_decode_and_report_short_records() {
     probe.detach();
     let events = runtime().block_on(async {
         let mut stream = EventStream::typed::<BigPing>(source).unwrap();
-        stream.cancel_handle().drain();
+        stream.stop_handle().drain();
         let events: Vec<_> = stream.by_ref().map(Result::unwrap).collect().await;
         assert_eq!(stream.stats().events, 3, "a malformed record is delivered (and reported)");
         events
@@ -445,7 +445,7 @@ fn merged(perf_priority: i32) -> Vec<(&'static str, u64)> {
         };
         let mut merged = EventStream::with_decoder(ring, tagged("ring")).unwrap(); // priority 0
         merged.add(perf, perf_priority, tagged("perf")).unwrap();
-        merged.cancel_handle().drain();
+        merged.stop_handle().drain();
         let mut out = Vec::new();
         while let Some(item) = merged.next().await {
             let event = item.unwrap();
@@ -488,7 +488,7 @@ fn streams_are_send_and_run_on_spawned_tasks() {
     probe.detach();
     let seqs = runtime().block_on(async move {
         let mut stream = EventStream::typed::<ping::PingEvent>(source).unwrap();
-        stream.cancel_handle().drain();
+        stream.stop_handle().drain();
         // A spawned task needs a Send + 'static stream.
         tokio::spawn(async move {
             let mut seqs = Vec::new();
@@ -533,7 +533,7 @@ fn poller_handlers_borrow_locals_and_stats_are_live() {
             }
         })
         .unwrap();
-    let waker = poller.waker();
+    let stop = poller.stop_handle();
     let producer = std::thread::spawn(move || {
         for seq in 0..count {
             ping(seq, 0); // 24 bytes each: the ring holds them all, however slow the consumer
@@ -542,7 +542,7 @@ fn poller_handlers_borrow_locals_and_stats_are_live() {
         while stats.read().events < count {
             std::thread::sleep(Duration::from_millis(1));
         }
-        waker.wake();
+        stop.drain();
         stats.read()
     });
     poller.run(Duration::from_millis(50)).unwrap();

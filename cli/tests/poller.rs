@@ -92,8 +92,8 @@ fn one_poller_serves_ring_and_perf_and_stops_on_wake_after_a_final_drain() {
         for _ in 0..7 {
             assert!(Command::new(&probe).status().unwrap().success());
         }
-        let waker = poller.waker();
-        std::thread::spawn(move || waker.wake()).join().unwrap();
+        let stop = poller.stop_handle();
+        std::thread::spawn(move || stop.drain()).join().unwrap();
         let started = Instant::now();
         let n = poller.run(scaled(Duration::from_secs(30))).unwrap();
         assert!(started.elapsed() < scaled(Duration::from_secs(5)), "woken, not timed out");

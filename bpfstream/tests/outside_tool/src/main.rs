@@ -149,7 +149,7 @@ async fn ordered_perf() -> Result<()> {
     }
     drop(ebpf);
     let stream = EventStream::typed::<ToolEvent>(source)?;
-    stream.cancel_handle().drain(); // producers are detached: end once all is read
+    stream.stop_handle().drain(); // producers are detached: end once all is read
     let mut ordered = stream.ordered(Duration::from_millis(50), |e: &ToolEvent| e.ts_ns);
     let (mut times, mut cpus_seen) = (Vec::new(), 0);
     while let Some(event) = ordered.next().await {
