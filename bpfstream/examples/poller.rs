@@ -12,7 +12,6 @@ mod common;
 
 use std::time::Duration;
 
-use bpfstream::SourceOptions;
 use bpfstream::{Item, Poller, Transport};
 use common::{ping, PingOptions, PingProbe};
 
@@ -30,8 +29,8 @@ fn main() -> anyhow::Result<()> {
     let mut lost = 0;
     {
         let mut poller = Poller::new()?;
-        let urgent = SourceOptions { priority: 10, batch: 64 };
-        poller.add_with(&mut ring, urgent, |item: Item<'_>| match item {
+        // Urgent: served first, 64 records per turn.
+        poller.add_with(&mut ring, 10, 64, |item: Item<'_>| match item {
             Item::Record(r) => from_ring.push(common::decode(r.data).expect("intact").0.seq),
             Item::Lost(l) => lost += l.count,
         })?;

@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
 
     // The handler borrows `seen` (no 'static, no Arc): consume and poll run it in place.
     let mut seen = Vec::new();
-    let mut handler = bpfstream::typed::events(|event: Event<PingEvent>| match event {
+    let mut handler = bpfstream::events(|event: Event<PingEvent>| match event {
         Event::Record(ping) => seen.push(ping.seq),
         Event::Lost(lost) => eprintln!("{} records lost", lost.count),
         Event::Malformed(error) => eprintln!("bad record: {error}"),

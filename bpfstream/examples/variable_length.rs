@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use bpfstream::typed::{decoding, Event, TypedError};
+use bpfstream::{decoding, Event, TypedError};
 use bpfstream::{FromRecord, Record, Transport};
 use common::{ping, PingEvent, PingOptions, PingProbe};
 

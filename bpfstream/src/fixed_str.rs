@@ -24,7 +24,7 @@ use std::fmt;
 pub struct FixedStr<const N: usize>(pub [u8; N]);
 
 // SAFETY: a transparent wrapper of a byte array: every bit pattern is a valid value.
-unsafe impl<const N: usize> crate::typed::Plain for FixedStr<N> {}
+unsafe impl<const N: usize> crate::Plain for FixedStr<N> {}
 
 impl<const N: usize> FixedStr<N> {
     /// The bytes before the first NUL.

@@ -277,20 +277,20 @@ mod stop;
 #[cfg(feature = "tokio")]
 pub mod stream;
 mod sys;
-pub mod typed;
+mod typed;
 
 pub use accounting::{DropCounters, WakeupPolicy};
 pub use error::Error;
 pub use fixed_str::FixedStr;
 pub(crate) use perfbuf::PerfBuffer;
 pub use perfbuf::{PerfOptions, PerfWakeup};
-pub use poller::{Poller, SourceId, SourceOptions};
+pub use poller::{Poller, SourceId};
 pub(crate) use ringbuf::RingBuffer;
 pub use source::{EventSource, Totals, Transport};
 pub use stats::{Fill, Stats, StatsHandle};
 pub use stop::StopHandle;
 pub use sys::{online_cpus, page_size};
-pub use typed::{Event, FromRecord, TypedError};
+pub use typed::{decoding, events, Event, FromRecord, OwnedRecord, Plain, TypedError};
 
 use std::ops::ControlFlow;
 

@@ -163,11 +163,11 @@ impl Source for EventSource {
 
 /// How the poller serves one source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SourceOptions {
+pub(crate) struct SourceOptions {
     /// Higher is served first, and again before every batch of a lower-priority source.
-    pub priority: i32,
+    priority: i32,
     /// Records per batch (the weight in a round). `usize::MAX`: everything available.
-    pub batch: usize,
+    batch: usize,
 }
 
 impl Default for SourceOptions {
@@ -258,14 +258,17 @@ impl<'a> Poller<'a> {
         self.add_source(source, SourceOptions::default(), handler)
     }
 
-    /// Adds a source with a priority and batch size.
+    /// Adds a source with a `priority` (higher is served first, and again before every batch of
+    /// a lower-priority source; the default is 0) and a `batch` size (records per turn;
+    /// `usize::MAX`, the default: everything available).
     pub fn add_with<F: Flow>(
         &mut self,
         source: &'a mut EventSource,
-        options: SourceOptions,
+        priority: i32,
+        batch: usize,
         handler: impl FnMut(Item<'_>) -> F + 'a,
     ) -> Result<SourceId, Error> {
-        self.add_source(source, options, handler)
+        self.add_source(source, SourceOptions { priority, batch }, handler)
     }
 
     /// Adds anything that is a [`Source`] (the crate's tests add simulated ones).
@@ -410,7 +413,8 @@ impl<'a> Poller<'a> {
     }
 
     /// The sources in the order they are served.
-    pub fn sources(&self) -> Vec<(SourceId, SourceOptions)> {
+    #[cfg(test)]
+    fn sources(&self) -> Vec<(SourceId, SourceOptions)> {
         self.entries.iter().map(|e| (e.id, e.options)).collect()
     }
 }

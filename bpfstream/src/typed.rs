@@ -182,10 +182,10 @@ macro_rules! record {
 
         // SAFETY: #[repr(C)] and every field is Plain (checked below), so every bit pattern is
         // a valid value; padding bytes carry no validity requirement.
-        unsafe impl $crate::typed::Plain for $name {}
+        unsafe impl $crate::Plain for $name {}
 
         const _: () = {
-            const fn assert_plain<T: $crate::typed::Plain>() {}
+            const fn assert_plain<T: $crate::Plain>() {}
             $( assert_plain::<$ty>(); )*
         };
 

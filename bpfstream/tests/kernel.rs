@@ -13,8 +13,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use bpfstream::stream::EventStream;
-use bpfstream::typed::{OwnedRecord, TypedError};
 use bpfstream::{Event, EventSource, Item, Poller, Record, Transport, WakeupPolicy};
+use bpfstream::{OwnedRecord, TypedError};
 use futures_util::StreamExt;
 use ping::{ping, PingOptions, PingProbe};
 use time_scale::{deadline, scaled};

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use bpfstream::SourceOptions;
 use bpfstream::{EventSource, Item, Poller, Transport, WakeupPolicy};
 
 use super::load::{self, LabEvent, Latencies, Loaded, Pace, CLASS_BULK, CLASS_CRITICAL};
@@ -146,16 +145,8 @@ fn run_separate(duration: Duration, progress: &Progress) -> Result<Setup> {
     let stats = RefCell::new([ClassStats::default(), ClassStats::default()]);
     let (bulk_sent, opens) = {
         let mut poller = Poller::new()?;
-        poller.add_with(
-            &mut critical,
-            SourceOptions { priority: CRITICAL_PRIORITY, batch: usize::MAX },
-            |item: Item<'_>| record(item, &stats, true),
-        )?;
-        poller.add_with(
-            &mut bulk,
-            SourceOptions { priority: BULK_PRIORITY, batch: BULK_BATCH },
-            |item: Item<'_>| record(item, &stats, true),
-        )?;
+        poller.add_with(&mut critical, CRITICAL_PRIORITY, usize::MAX, |item: Item<'_>| record(item, &stats, true))?;
+        poller.add_with(&mut bulk, BULK_PRIORITY, BULK_BATCH, |item: Item<'_>| record(item, &stats, true))?;
         drive(duration, progress, || poller.poll(Some(MAX_DELAY)).map(drop).map_err(Into::into))?
     };
     drop((critical_bpf, bulk_bpf));

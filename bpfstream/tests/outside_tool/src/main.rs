@@ -14,7 +14,7 @@ use aya::programs::uprobe::UProbeScope;
 use aya::programs::UProbe;
 use bpfstream::btf::Mirror;
 use bpfstream::stream::EventStream;
-use bpfstream::typed::events;
+use bpfstream::events;
 use bpfstream::{Event, EventSource, FixedStr, PerfOptions, WakeupPolicy};
 use futures_util::StreamExt;
 
