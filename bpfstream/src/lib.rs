@@ -3,11 +3,10 @@
 //! lost unaccounted.
 //!
 //! The consumers here are written from the kernel's memory protocols, not wrapped from
-//! libbpf: [`RingBuffer`] and [`PerfBuffer`] map the kernel's memory and lend records as
-//! `&[u8]` without copying, publishing the consumer position once per batch. [`Poller`] serves
-//! many of them from one epoll set. [`EventSource`] is one stream type for either transport plus
-//! the BPF-side drop counters of `bpfstream.h` ([`INCLUDE_DIR`]), so that for every stream
-//! `delivered + dropped == produced`.
+//! libbpf: an [`EventSource`] maps a ring or perf buffer's memory and lends its records as
+//! `&[u8]` without copying, publishing the consumer position once per batch, and counts with
+//! the BPF-side drop counters of `bpfstream.h` ([`INCLUDE_DIR`]) so that for every stream
+//! `delivered + dropped == produced`. [`Poller`] serves many sources from one epoll set.
 //!
 //! Handlers are plain closures that may borrow local state (no `'static` bound); they return
 //! `()` to go on, [`std::ops::ControlFlow`] to stop early, or a `Result` whose error stops the
@@ -17,22 +16,22 @@
 //!
 //! | | blocking | async (feature `tokio`) |
 //! |---|---|---|
-//! | one ring buffer | [`RingBuffer`] (`&[u8]` records) | [`stream::EventStream`] |
-//! | one perf buffer | [`PerfBuffer`] ([`Item`]s: records and `Lost`) | [`stream::EventStream`] |
-//! | either, with drop counters | [`EventSource`] | [`stream::EventStream`] |
-//! | many sources, priorities | [`Poller`] | [`stream::MergedStream`] |
+//! | one ring or perf buffer | [`EventSource`] ([`Item`]s: records and `Lost`) | [`stream::EventStream`] |
+//! | many sources, priorities | [`Poller`] | [`stream::EventStream::add`] |
+//! | stop from another thread | [`StopHandle`] | [`StopHandle`] |
 //!
 //! - Loss is an item, never silence: perf `PERF_RECORD_LOST` and ring-buffer drops (counted by
 //!   the BPF side, [`DropCounters`]) both arrive as [`Item::Lost`] / [`Event::Lost`], and
 //!   [`Totals`] keep `delivered + dropped == produced`.
 //! - Typed events: [`record!`] declares `#[repr(C)]` mirrors (a C `char comm[16]` is a
 //!   [`FixedStr<16>`](FixedStr)), [`FromRecord`] decodes them with a length-checked,
-//!   alignment-safe copy, [`typed`] adapts handlers and streams, and a record type checks its
-//!   size and offsets against the struct clang compiled ([`btf::Mirror::check_btf`]).
+//!   alignment-safe copy, [`events`] and [`decoding`] adapt blocking handlers and
+//!   [`stream::EventStream::typed`] streams, and a record type checks its size and offsets
+//!   against the struct clang compiled ([`btf::Mirror::check_btf`]).
 //! - Order: a ring buffer's records come in commit order; a perf buffer's come CPU by CPU, out
 //!   of timestamp order across CPUs, and several sources merged take turns.
-//!   [`stream::EventStream::ordered`] and [`stream::MergedStream::ordered`] (async) and
-//!   [`merge::OrderedMerge`] (anywhere) put them in order.
+//!   [`stream::EventStream::ordered`] (async) and [`merge::OrderedMerge`] (anywhere) put them
+//!   in order.
 //! - `bpfstream::aya` (feature `aya`): load an object with its wakeup policy and open a stream by map
 //!   name, with its drop counters, in two calls.
 //! - [`Stats`]: events, bytes, losses, wakeups and fill, readable from any thread while the
@@ -52,12 +51,11 @@
 //! - [`EventSource::finish`]: at the end, after the producers are detached: drain, read the
 //!   drop counters one last time, and return the [`Totals`] (`delivered + dropped == produced`);
 //!   [`EventSource::finish_by`] does the same until a deadline, for records still being written.
+//!   A [`Poller`] or a stream does the same drain when a [`StopHandle`] asks it to.
 //!
-//! [`Poller`] and the async streams drive any [`Source`] through its two methods,
-//! [`consume_until`](Source::consume_until) (a bounded batch that a handler can stop) and
-//! [`drain_items`](Source::drain_items) (the shutdown drain). There is one count type per
-//! question: [`Stats`], the live view of a running consumer (readable from other threads through
-//! a [`StatsHandle`]), and [`Totals`], what happened, from [`EventSource::totals`] or `finish`.
+//! There is one count type per question: [`Stats`], the live view of a running consumer
+//! (readable from other threads through a [`StatsHandle`]), and [`Totals`], what happened, from
+//! [`EventSource::totals`], `finish`, or [`stream::EventStream::totals`].
 //!
 //! # The BPF side
 //!
@@ -181,7 +179,7 @@
 //! program.attach("sched", "sched_process_exec")?;
 //!
 //! let stream = EventStream::typed::<ExecEvent>(source)?;
-//! let cancel = stream.stop_handle();
+//! let stop = stream.stop_handle();
 //! let mut events = stream.ordered(std::time::Duration::from_millis(10), |e: &ExecEvent| e.ts_ns);
 //! let mut shutdown = std::pin::pin!(shutdown);
 //! let mut ebpf = Some(ebpf);
@@ -189,7 +187,7 @@
 //!     let event = tokio::select! {
 //!         () = &mut shutdown, if ebpf.is_some() => {
 //!             ebpf = None; // detaches the programs
-//!             cancel.drain(); // the stream ends once all that is buffered is out
+//!             stop.drain(); // the stream ends once all that is buffered is out
 //!             continue;
 //!         }
 //!         event = events.next() => event,
@@ -201,7 +199,7 @@
 //!         Event::Malformed(error) => eprintln!("{error}"),
 //!     }
 //! }
-//! let totals = events.get_ref().get_ref().totals(); // the stream's source: the EventSource
+//! let totals = events.totals(); // its sources' totals, final once the drain is done
 //! eprintln!("{} delivered + {} dropped of {:?}", totals.delivered, totals.dropped, totals.produced);
 //! # Ok(()) }
 //! ```
@@ -218,14 +216,13 @@
 //! `BPF_RB_FORCE_WAKEUP`, `bpf_ringbuf_query`); perf buffers Linux 4.4 (`bpf_perf_event_output`
 //! into `PERF_COUNT_SW_BPF_OUTPUT` events). Opening a map by fd reads its type with
 //! `BPF_OBJ_GET_INFO_BY_FD` (4.13); drop counters are a per-CPU array (4.6). Items that need a
-//! kernel say so; [`typed`], [`btf`], [`Stats`] and `sim` need none.
+//! kernel say so; [`FromRecord`], [`btf`], [`Stats`] and `sim` need none.
 //!
 //! # Threads
 //!
-//! [`RingBuffer`], [`PerfBuffer`], [`EventSource`] and [`DropCounters`] are `Send` and `Sync`;
-//! streams are `Send` when their source and decoder are; [`StatsHandle`], [`Waker`] and
-//! [`stream::CancelHandle`] are `Send + Sync` so that other threads can watch and stop a
-//! consumer; [`Poller`] is neither. The argument:
+//! [`EventSource`] and [`DropCounters`] are `Send` and `Sync`; streams are `Send` when what they
+//! yield is; [`StatsHandle`] and [`StopHandle`] are `Send + Sync` so that other threads can watch
+//! and stop a consumer; [`Poller`] is neither. The argument:
 //!
 //! - `Send`: a consumer owns its descriptors and mappings and has no thread affinity (perf
 //!   events are opened per CPU for all processes, not per thread), so it works the same after a
@@ -235,17 +232,17 @@
 //!   consumer (only it writes `consumer_pos` / `data_tail`, and a lent record stays valid until
 //!   it moves them), and `&mut` is exactly that for one consumer. A second consumer of the same
 //!   ring map would move the consumer position under a lent record, so within a process
-//!   [`RingBuffer::new`] refuses one ([`Error::AlreadyConsumed`]) until the first is dropped,
+//!   [`EventSource::open`] refuses one ([`Error::AlreadyConsumed`]) until the first is dropped,
 //!   whatever fd it is given. A consumer in another process is beyond what the library can see:
 //!   one consumer per ring map is the kernel protocol's rule, do not break it across processes.
-//!   (A second [`PerfBuffer`] on a map only takes the map's slots over: each has its own events
+//!   (A second source on a perf map only takes the map's slots over: each has its own events
 //!   and rings, and dropping the first leaves the slots to the second.)
 //! - Whatever the kernel's memory holds (a corrupt header, a producer position more than a
 //!   ring ahead), a record is lent only from inside the mapping: anything else is an
 //!   [`Error::Corrupt`].
-//! - [`Poller`] holds `&mut dyn Source` and handler closures without a `Send` bound, precisely so
-//!   that handlers can borrow anything (an `Rc`, a `RefCell`, a `&mut` to a local): it lives on
-//!   the thread that runs it; wake it from others with a [`Waker`].
+//! - [`Poller`] holds `&mut EventSource`s and handler closures without a `Send` bound, precisely
+//!   so that handlers can borrow anything (an `Rc`, a `RefCell`, a `&mut` to a local): it lives
+//!   on the thread that runs it; stop it from others with a [`StopHandle`].
 //!
 //! ```compile_fail
 //! fn send<T: Send>() {}

@@ -257,7 +257,7 @@ pub enum PerfWakeup {
     Bytes(u32),
 }
 
-/// How to open a [`PerfBuffer`].
+/// How [`EventSource::open`](crate::EventSource::open) opens a perf buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PerfOptions {
     /// Data pages per CPU: a power of two (the mapping is one page more).

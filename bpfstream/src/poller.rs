@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::stats::{Fill, Stats};
 use crate::stop::{Control, StopHandle, CANCEL, RUNNING};
 use crate::sys::{Epoll, EventFd};
-use crate::{Error, EventSource, Failure, Flow, HandlerError, Item, PerfBuffer, Record, RingBuffer};
+use crate::{Error, EventSource, Failure, Flow, HandlerError, Item};
 
 /// Something the [`Poller`] can wait on and read.
 pub(crate) trait Source {
@@ -58,6 +58,7 @@ pub(crate) trait Source {
         self.fill().is_some_and(|f| f.used > 0)
     }
 
+    #[cfg(feature = "tokio")]
     /// Whether the producers signal [`poll_fd`](Self::poll_fd) for the records they write.
     /// `false` for a ring buffer told [`WakeupPolicy::Never`](crate::WakeupPolicy::Never)
     /// ([`RingBuffer::expect_wakeups`]): the async streams then keep a delay timer whatever
@@ -72,56 +73,17 @@ pub(crate) trait Source {
         let _ = signalled;
     }
 
+    #[cfg(feature = "tokio")]
     /// What the source has accounted for, if it keeps [`Totals`](crate::Totals)
     /// ([`EventSource`] does). The default: nothing.
     fn totals(&self) -> Option<crate::Totals> {
         None
     }
 
+    #[cfg(feature = "tokio")]
     /// The source as an [`EventSource`], if it is one (to give it back from a stream).
     fn into_event_source(self: Box<Self>) -> Option<EventSource> {
         None
-    }
-}
-
-impl Source for RingBuffer {
-    fn poll_fd(&self) -> BorrowedFd<'_> {
-        self.as_fd()
-    }
-    fn ready_now(&self) -> bool {
-        RingBuffer::ready_now(self)
-    }
-    fn sends_wakeups(&self) -> bool {
-        RingBuffer::sends_wakeups(self)
-    }
-    fn consume_until(
-        &mut self,
-        max: usize,
-        handler: &mut dyn FnMut(Item<'_>) -> ControlFlow<()>,
-    ) -> Result<usize, Error> {
-        self.consume_n(max, |data: &[u8]| handler(Item::Record(Record { data, cpu: None })))
-    }
-    fn fill(&self) -> Option<Fill> {
-        Some(RingBuffer::fill(self))
-    }
-}
-
-impl Source for PerfBuffer {
-    fn poll_fd(&self) -> BorrowedFd<'_> {
-        self.as_fd()
-    }
-    fn ready_now(&self) -> bool {
-        PerfBuffer::ready_now(self)
-    }
-    fn consume_until(
-        &mut self,
-        max: usize,
-        handler: &mut dyn FnMut(Item<'_>) -> ControlFlow<()>,
-    ) -> Result<usize, Error> {
-        self.consume_n(max, handler)
-    }
-    fn fill(&self) -> Option<Fill> {
-        Some(PerfBuffer::fill(self))
     }
 }
 
@@ -132,6 +94,7 @@ impl Source for EventSource {
     fn ready_now(&self) -> bool {
         EventSource::ready_now(self)
     }
+    #[cfg(feature = "tokio")]
     fn sends_wakeups(&self) -> bool {
         EventSource::sends_wakeups(self)
     }
@@ -150,9 +113,11 @@ impl Source for EventSource {
     fn fill(&self) -> Option<Fill> {
         Some(EventSource::fill(self))
     }
+    #[cfg(feature = "tokio")]
     fn totals(&self) -> Option<crate::Totals> {
         Some(EventSource::totals(self))
     }
+    #[cfg(feature = "tokio")]
     fn into_event_source(self: Box<Self>) -> Option<EventSource> {
         Some(*self)
     }
@@ -426,6 +391,7 @@ mod tests {
     use std::rc::Rc;
 
     use super::*;
+    use crate::Record;
 
     /// A source over a queue of numbers, readable through an eventfd the test signals.
     struct Queue {

@@ -353,6 +353,7 @@ impl RingBuffer {
         self.policy = policy;
     }
 
+    #[cfg(feature = "tokio")]
     /// Whether the producers wake the consumer at all (not [`WakeupPolicy::Never`], as told by
     /// [`expect_wakeups`](Self::expect_wakeups)).
     pub(crate) fn sends_wakeups(&self) -> bool {

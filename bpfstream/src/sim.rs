@@ -214,7 +214,8 @@ impl SimRing {
         self.producer_pos.store(producer_pos, Ordering::Release);
     }
 
-    /// The consumer over this memory, running the same protocol code as [`crate::RingBuffer`].
+    /// The consumer over this memory, running the same protocol code as an
+    /// [`EventSource`](crate::EventSource) over a ring.
     /// As there, a ring has one consumer at a time: [`Error::AlreadyConsumed`] while another
     /// exists.
     pub fn consumer(&self) -> Result<SimRingConsumer<'_>, Error> {
@@ -239,12 +240,13 @@ impl Drop for SimRingConsumer<'_> {
 }
 
 impl SimRingConsumer<'_> {
-    /// As [`crate::RingBuffer::consume`].
+    /// Consumes every committed record now in the ring, as
+    /// [`EventSource::consume`](crate::EventSource::consume) does.
     pub fn consume<F: Flow>(&mut self, handler: impl FnMut(&[u8]) -> F) -> Result<usize, Error> {
         self.consume_n(usize::MAX, handler)
     }
 
-    /// As [`crate::RingBuffer::consume`], at most `max` records (the consume loop the ring buffer
+    /// As [`consume`](Self::consume), at most `max` records (the consume loop the ring buffer
     /// runs with a limit: for the streams and the poller).
     pub fn consume_n<F: Flow>(&mut self, max: usize, mut handler: impl FnMut(&[u8]) -> F) -> Result<usize, Error> {
         let mut failure = Failure::default();
@@ -252,7 +254,7 @@ impl SimRingConsumer<'_> {
         failure.result(pass.map(|pass| pass.records))
     }
 
-    /// As [`crate::RingBuffer::poll`] on a ring whose producers send no wakeups: consumes, and
+    /// As [`EventSource::poll`](crate::EventSource::poll) on a ring whose producers send no wakeups: consumes, and
     /// while the head record is still being written (BUSY) looks again every millisecond until
     /// `timeout` (`None`: until it is committed).
     pub fn poll<F: Flow>(
@@ -389,7 +391,7 @@ impl SimPerf {
         self.pending_lost
     }
 
-    /// Runs the perf consumer over this buffer, as [`crate::PerfBuffer::consume`] does for one
+    /// Runs the perf consumer over this buffer, as an [`EventSource`](crate::EventSource) does for one
     /// CPU (reported as CPU 0).
     pub fn consume<F: Flow>(
         &mut self,

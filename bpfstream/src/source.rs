@@ -73,6 +73,7 @@ pub struct Totals {
     pub summarized: u64,
 }
 
+#[cfg(feature = "tokio")]
 impl Totals {
     /// Two sources' totals together (a stream over several).
     pub(crate) fn sum(self, other: Totals) -> Totals {
@@ -278,8 +279,11 @@ impl EventSource {
         })
     }
 
-    /// Whether records wait that no coming wakeup is certain to announce (see
-    /// [`RingBuffer::ready_now`] and [`PerfBuffer::ready_now`]).
+    /// Whether records wait that no coming wakeup is certain to announce, so that sleeping
+    /// until the next wakeup could strand them: for a ring, at least the wakeup threshold of the
+    /// policy told by [`expect_wakeups`](Self::expect_wakeups) is waiting (with the default
+    /// policy: anything at all); for a perf buffer, the last consume stopped early and left
+    /// records behind.
     pub fn ready_now(&self) -> bool {
         match &self.buffer {
             Buffer::Ring(r) => r.ready_now(),
@@ -287,15 +291,21 @@ impl EventSource {
         }
     }
 
-    /// Tells a ring buffer's waits which wakeups its producers send (see
-    /// [`RingBuffer::expect_wakeups`]); perf buffers know theirs from their options.
+    /// Tells a ring buffer's waits which wakeups its producers send (the policy the BPF side
+    /// was loaded with, see `bpfstream.h`), so that [`poll`](Self::poll) sleeps through records
+    /// written without a wakeup instead of returning for each trickle of them. The default, the
+    /// kernel's [`WakeupPolicy::Adaptive`], is right for every policy but wastes CPU with the
+    /// others. With [`WakeupPolicy::Never`] nothing wakes a consumer but its own timeout: the
+    /// async streams then keep a delay timer even if asked for none. Perf buffers know their
+    /// wakeups from their [`PerfOptions`].
     pub fn expect_wakeups(&mut self, policy: WakeupPolicy) {
         if let Buffer::Ring(r) = &mut self.buffer {
             r.expect_wakeups(policy);
         }
     }
 
-    /// Whether the producers wake the consumer at all (see [`Source::sends_wakeups`](crate::Source::sends_wakeups)); perf
+    #[cfg(feature = "tokio")]
+    /// Whether the producers wake the consumer at all (see `Source::sends_wakeups`); perf
     /// buffers always do.
     pub(crate) fn sends_wakeups(&self) -> bool {
         match &self.buffer {

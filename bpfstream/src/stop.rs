@@ -52,6 +52,7 @@ impl Control {
         }
     }
 
+    #[cfg(feature = "tokio")]
     /// Remembers the task to wake on a request (the stream calls it before it looks, so a
     /// request made after the look still wakes it).
     pub(crate) fn register(&self, waker: &Waker) {

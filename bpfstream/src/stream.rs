@@ -1,5 +1,5 @@
 //! Async streams of events on tokio (feature `tokio`): [`EventStream`], a
-//! [`futures_core::Stream`] over an [`EventSource`](crate::EventSource) or several merged, in the
+//! [`futures_core::Stream`] over an [`EventSource`] or several merged, in the
 //! order the buffers hold them or in timestamp order ([`EventStream::ordered`]).
 //!
 //! ```no_run
@@ -30,7 +30,7 @@
 //! delay timer ([`EventStream::set_max_delay`], default 100 ms), or a [`StopHandle`]. The
 //! timer is what delivers records produced without a wakeup (`BPF_RB_NO_WAKEUP`, a perf
 //! watermark not reached) within the delay bound, and what lets an
-//! [`EventSource`](crate::EventSource) read its drop counters while no record arrives. A
+//! [`EventSource`] read its drop counters while no record arrives. A
 //! stream over a source whose producers never wake it ([`WakeupPolicy::Never`], told through
 //! `expect_wakeups`) keeps the timer even when [`EventStream::set_max_delay`] asks for none.
 //!
@@ -55,7 +55,7 @@
 //! The consumer position moves past a record only in the poll that yields it. Dropping the
 //! stream (or the future of `next()`, as `select!` and timeouts do) between polls therefore
 //! loses nothing: every record not yet yielded is still in the kernel's buffer, for the next
-//! consumer ([`EventStream::into_inner`] gives the source back; the blocking
+//! consumer ([`EventStream::into_sources`] gives the sources back; the blocking
 //! [`EventSource::finish`](crate::EventSource::finish) then drains it). A [`StopHandle`] ends a
 //! stream from anywhere: [`cancel`](StopHandle::cancel) ends it at once (records stay in the
 //! buffer), [`drain`](StopHandle::drain) ends it once everything buffered and the last loss
@@ -100,7 +100,7 @@ use crate::{Error, Event, EventSource, FromRecord, Item, Record, Totals, TypedEr
 const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(100);
 
 // How soon a stream looks again when bytes wait but the head record is still being written
-// (BUSY): the same backoff as the blocking `RingBuffer::poll`.
+// (BUSY): the same backoff as the blocking `EventSource::poll`.
 use crate::ringbuf::BUSY_BACKOFF;
 
 /// Why a wait ended.

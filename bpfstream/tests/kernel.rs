@@ -269,7 +269,7 @@ fn ring_into_inner_gives_back_the_rest() {
 }
 
 #[test]
-fn perf_cancel_handle_leaves_the_rest_in_the_buffer() {
+fn perf_stop_handle_cancel_leaves_the_rest_in_the_buffer() {
     cancel_mid_stream(Transport::Perf, "cancel");
 }
 

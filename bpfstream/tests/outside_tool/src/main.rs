@@ -159,7 +159,7 @@ async fn ordered_perf() -> Result<()> {
         }
         cpus_seen += 1;
     }
-    let totals = ordered.get_ref().get_ref().totals();
+    let totals = ordered.totals();
     println!("perf ordered: produced={:?} delivered={} {:?}", totals.produced, totals.delivered, ordered.merge_stats());
     if totals.produced != Some(COUNT) || totals.delivered != COUNT || cpus_seen != COUNT as usize {
         return Err(format!("perf ordered: records missing: {totals:?}").into());
