@@ -65,11 +65,6 @@ impl Error {
     pub(crate) fn sys(call: &'static str, source: io::Error) -> Self {
         Error::Sys { call, source }
     }
-
-    /// Whether this is a permission failure (EPERM/EACCES), i.e. missing privileges.
-    pub fn is_permission_denied(&self) -> bool {
-        matches!(self, Error::Sys { source, .. } if matches!(source.raw_os_error(), Some(libc::EPERM | libc::EACCES)))
-    }
 }
 
 fn permission_hint(source: &io::Error) -> &'static str {

@@ -286,7 +286,6 @@ pub(crate) use ringbuf::RingBuffer;
 pub use source::{EventSource, Totals, Transport};
 pub use stats::{Fill, Stats, StatsHandle};
 pub use stop::StopHandle;
-pub use sys::{online_cpus, page_size};
 pub use typed::{decoding, events, Event, FromRecord, OwnedRecord, Plain, TypedError};
 
 use std::ops::ControlFlow;

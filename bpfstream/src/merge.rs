@@ -6,10 +6,10 @@
 //! them in key order:
 //!
 //! - a record is released once nothing earlier can still arrive: its key is at least
-//!   [`ReorderWindow::span`] behind the newest key seen (or the clock given to
+//!   [`OrderedMerge::with_span`] behind the newest key seen (or the clock given to
 //!   [`OrderedMerge::advance`]), or, when the streams are declared sorted, no stream can still
 //!   send an earlier key (the classic k-way merge);
-//! - [`ReorderWindow::max_held`] bounds memory: past it the oldest record is released early;
+//! - [`OrderedMerge::with_max_held`] bounds memory: past it the oldest record is released early;
 //! - a record that arrives after a later key was already released is **late**: it is handed
 //!   out at once as [`Merged::Late`], with how far behind it is. Nothing is dropped and nothing
 //!   is silently put out of order;
@@ -21,9 +21,9 @@
 //! late.
 //!
 //! ```
-//! use bpfstream::merge::{Merged, OrderedMerge, ReorderWindow};
+//! use bpfstream::merge::{Merged, OrderedMerge};
 //! // (cpu, timestamp) records from two CPUs, read one CPU's batch at a time.
-//! let mut merge = OrderedMerge::new(2, ReorderWindow::span(100), |r: &(u32, u64)| r.1);
+//! let mut merge = OrderedMerge::new(2, |r: &(u32, u64)| r.1).with_span(100);
 //! for r in [(0, 10), (0, 30), (1, 20), (1, 40)] {
 //!     merge.push(r.0 as usize, r);
 //! }
@@ -41,35 +41,16 @@ use std::fmt;
 
 /// How long records may be held back to put them in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ReorderWindow {
+struct ReorderWindow {
     /// Release a record once the newest key is this far past it (key units: ns for
     /// timestamps). `None`: no time bound.
-    pub span: Option<u64>,
+    span: Option<u64>,
     /// Hold at most this many records; past it the oldest is released early. `None`: no bound.
-    pub max_held: Option<usize>,
+    max_held: Option<usize>,
     /// Every stream is in key order by itself (a perf CPU ring), so a record can be released as
     /// soon as every stream has sent a later one. A stream that breaks this has its records
     /// reported late, not lost.
-    pub sorted_streams: bool,
-}
-
-impl ReorderWindow {
-    /// A time window of `span` key units.
-    pub fn span(span: u64) -> Self {
-        ReorderWindow { span: Some(span), ..Default::default() }
-    }
-
-    /// Also bound the records held.
-    pub fn with_max_held(mut self, max_held: usize) -> Self {
-        self.max_held = Some(max_held);
-        self
-    }
-
-    /// Declare every stream sorted by itself.
-    pub fn with_sorted_streams(mut self) -> Self {
-        self.sorted_streams = true;
-        self
-    }
+    sorted_streams: bool,
 }
 
 /// What the merge hands out.
@@ -99,7 +80,7 @@ pub struct MergeStats {
     pub late: u64,
     /// The furthest behind a late record was.
     pub max_behind: u64,
-    /// Records released early because of [`ReorderWindow::max_held`].
+    /// Records released early because of [`OrderedMerge::with_max_held`].
     pub forced: u64,
     /// Records held now.
     pub held: usize,
@@ -154,11 +135,13 @@ impl<T, K: Fn(&T) -> u64> fmt::Debug for OrderedMerge<T, K> {
 }
 
 impl<T, K: Fn(&T) -> u64> OrderedMerge<T, K> {
-    /// A merge of `streams` streams (numbered `0..streams`) ordered by `key`.
-    pub fn new(streams: usize, window: ReorderWindow, key: K) -> Self {
+    /// A merge of `streams` streams (numbered `0..streams`) ordered by `key`, holding records
+    /// back until [`finish`](Self::finish) unless a bound is set: [`with_span`](Self::with_span),
+    /// [`with_max_held`](Self::with_max_held) or [`with_sorted_streams`](Self::with_sorted_streams).
+    pub fn new(streams: usize, key: K) -> Self {
         OrderedMerge {
             key,
-            window,
+            window: ReorderWindow::default(),
             held: BinaryHeap::new(),
             late: VecDeque::new(),
             stream_keys: vec![None; streams.max(1)],
@@ -168,6 +151,27 @@ impl<T, K: Fn(&T) -> u64> OrderedMerge<T, K> {
             arrivals: 0,
             stats: MergeStats::default(),
         }
+    }
+
+    /// Releases a record once the newest key is `span` past it (key units: ns for timestamps).
+    pub fn with_span(mut self, span: u64) -> Self {
+        self.window.span = Some(span);
+        self
+    }
+
+    /// Holds at most `max_held` records; past it the oldest is released early (counted in
+    /// [`MergeStats::forced`]).
+    pub fn with_max_held(mut self, max_held: usize) -> Self {
+        self.window.max_held = Some(max_held);
+        self
+    }
+
+    /// Declares every stream in key order by itself (a perf CPU ring), so a record can be
+    /// released as soon as every stream has sent a later one (the classic k-way merge). A stream
+    /// that breaks this has its records reported late, not lost.
+    pub fn with_sorted_streams(mut self) -> Self {
+        self.window.sorted_streams = true;
+        self
     }
 
     /// Adds a record from `stream` (streams beyond the number given to `new` are added). A
@@ -272,7 +276,8 @@ mod tests {
     type Rec = (usize, u64, usize);
 
     fn run(window: ReorderWindow, arrivals: &[Rec], pop_every: usize) -> (Vec<Merged<Rec>>, MergeStats) {
-        let mut m = OrderedMerge::new(4, window, |r: &Rec| r.1);
+        let mut m = OrderedMerge::new(4, |r: &Rec| r.1);
+        m.window = window;
         let mut out = Vec::new();
         for (i, r) in arrivals.iter().enumerate() {
             m.push(r.0, *r);
@@ -329,14 +334,14 @@ mod tests {
     proptest! {
         #[test]
         fn never_out_of_order_and_nothing_lost(arrivals in any_arrivals(), span in 0u64..500, pop_every in 1usize..10) {
-            let (out, stats) = run(ReorderWindow::span(span), &arrivals, pop_every);
+            let (out, stats) = run(ReorderWindow { span: Some(span), ..Default::default() }, &arrivals, pop_every);
             check_common(&arrivals, &out);
             prop_assert_eq!(stats.in_order + stats.late, arrivals.len() as u64);
         }
 
         #[test]
         fn records_within_the_span_are_never_late(arrivals in any_arrivals(), span in 0u64..500, pop_every in 1usize..10) {
-            let (out, _) = run(ReorderWindow::span(span), &arrivals, pop_every);
+            let (out, _) = run(ReorderWindow { span: Some(span), ..Default::default() }, &arrivals, pop_every);
             check_common(&arrivals, &out);
             // Newest key seen before each arrival.
             let mut newest_before = Vec::with_capacity(arrivals.len());
@@ -355,7 +360,7 @@ mod tests {
 
         #[test]
         fn sorted_streams_merge_without_lates(arrivals in sorted_streams(), pop_every in 1usize..10) {
-            let window = ReorderWindow::default().with_sorted_streams();
+            let window = ReorderWindow { sorted_streams: true, ..Default::default() };
             let (out, stats) = run(window, &arrivals, pop_every);
             check_common(&arrivals, &out);
             prop_assert_eq!(stats.late, 0);
@@ -363,7 +368,7 @@ mod tests {
 
         #[test]
         fn max_held_bounds_memory(arrivals in any_arrivals(), max in 1usize..20) {
-            let mut m = OrderedMerge::new(4, ReorderWindow::default().with_max_held(max), |r: &Rec| r.1);
+            let mut m = OrderedMerge::new(4, |r: &Rec| r.1).with_max_held(max);
             let mut out = Vec::new();
             for r in &arrivals {
                 m.push(r.0, *r);
@@ -378,7 +383,7 @@ mod tests {
 
     #[test]
     fn reports_records_that_arrive_too_late() {
-        let mut m = OrderedMerge::new(2, ReorderWindow::span(10), |r: &u64| *r);
+        let mut m = OrderedMerge::new(2, |r: &u64| *r).with_span(10);
         m.push(0, 100);
         m.push(0, 125); // releases 100 (125 - 10 >= 100)
         assert_eq!(m.pop(), Some(Merged::InOrder(100)));
@@ -396,7 +401,7 @@ mod tests {
 
     #[test]
     fn advancing_the_clock_releases_quiet_streams() {
-        let mut m = OrderedMerge::new(2, ReorderWindow::span(1_000), |r: &u64| *r);
+        let mut m = OrderedMerge::new(2, |r: &u64| *r).with_span(1_000);
         m.push(0, 5_000);
         assert_eq!(m.pop(), None);
         m.advance(5_999);
@@ -407,7 +412,7 @@ mod tests {
 
     #[test]
     fn sorted_streams_release_as_soon_as_every_stream_moved_on() {
-        let mut m = OrderedMerge::new(2, ReorderWindow::span(1_000_000).with_sorted_streams(), |r: &u64| *r);
+        let mut m = OrderedMerge::new(2, |r: &u64| *r).with_span(1_000_000).with_sorted_streams();
         m.push(0, 10);
         m.push(0, 30);
         assert_eq!(m.pop(), None, "stream 1 may still send something before 10");
@@ -419,7 +424,7 @@ mod tests {
 
     #[test]
     fn finish_flushes_everything() {
-        let mut m = OrderedMerge::new(3, ReorderWindow::span(u64::MAX), |r: &u64| *r);
+        let mut m = OrderedMerge::new(3, |r: &u64| *r).with_span(u64::MAX);
         for k in [7, 3, 9, 1, 5] {
             m.push(k as usize % 3, k);
         }

@@ -293,7 +293,7 @@ impl Drop for Mmap {
 }
 
 /// The system page size.
-pub fn page_size() -> usize {
+pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no memory-safety preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if size > 0 {
@@ -330,7 +330,7 @@ fn read_cpu_list(path: &str) -> Result<Vec<u32>, Error> {
 }
 
 /// CPUs that are online now (perf buffers are opened on these).
-pub fn online_cpus() -> Result<Vec<u32>, Error> {
+pub(crate) fn online_cpus() -> Result<Vec<u32>, Error> {
     read_cpu_list("/sys/devices/system/cpu/online")
 }
 

@@ -22,6 +22,7 @@ mod bench;
 mod cgroup;
 mod export;
 mod histogram;
+mod host;
 mod lab;
 mod lifecycle;
 mod loss;

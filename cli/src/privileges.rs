@@ -65,8 +65,8 @@ pub fn perf_buffer_budget() -> Option<u64> {
         return None;
     }
     let kb: u64 = std::fs::read_to_string("/proc/sys/kernel/perf_event_mlock_kb").ok()?.trim().parse().ok()?;
-    let cpus = bpfstream::online_cpus().map_or(1, |c| c.len().max(1)) as u64;
-    let page = bpfstream::page_size() as u64;
+    let cpus = crate::host::online_cpus().map_or(1, |c| c.len().max(1)) as u64;
+    let page = crate::host::page_size() as u64;
     let data = (kb * 1024 / cpus).saturating_sub(page);
     Some(prev_power_of_two(data.max(page)))
 }

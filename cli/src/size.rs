@@ -30,7 +30,7 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 /// the same rule).
 pub fn parse_buffer_size(text: &str) -> Result<u64, String> {
     let bytes = parse_bytes(text)?;
-    let page = bpfstream::page_size() as u64;
+    let page = crate::host::page_size() as u64;
     if !bytes.is_power_of_two() || bytes < page || bytes > MAX_BUFFER {
         return Err(format!(
             "{text} ({bytes} bytes) is not a valid buffer size: it must be a power of two from {} to {} \

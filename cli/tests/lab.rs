@@ -89,7 +89,7 @@ fn compare_merge_removes_perf_inversions() {
         n(merged, "late"),
         "the ordered merge let an unreported inversion through"
     );
-    if bpfstream::online_cpus().unwrap().len() > 1 {
+    if aya::util::online_cpus().unwrap().len() > 1 {
         assert!(n(perf, "ordering_inversions") > 0, "perf over several CPUs came out in order?");
         assert!(n(perf, "buffer_bytes") > n(ring, "buffer_bytes"), "perf maps a buffer per CPU");
     }

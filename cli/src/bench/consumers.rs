@@ -132,7 +132,7 @@ pub fn open(kind: Kind, map: OwnedFd, options: Options, libbpf: Option<&Arc<Libb
             let mut array = PerfEventArray::try_from(Map::from_map_data(MapData::from_fd(map)?)?)?;
             let mut buffers = Vec::new();
             let mut helpers = Vec::new();
-            for cpu in bpfstream::online_cpus()? {
+            for cpu in crate::host::online_cpus()? {
                 let buffer = array.open(cpu, Some(options.perf_pages))?;
                 // aya opens its events waking every sample; sampled and drain rows write
                 // through a helper event that wakes every n instead.

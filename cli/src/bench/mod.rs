@@ -122,7 +122,7 @@ impl Setup {
             Mode::Sampled => PerfWake::Events(SAMPLE_RATE),
             Mode::Drain => PerfWake::Fill(SAMPLE_RATE),
         };
-        let perf_pages = (buffer_bytes / bpfstream::page_size() as u64) as usize;
+        let perf_pages = (buffer_bytes / crate::host::page_size() as u64) as usize;
         let options = Options { ring_wakeup, perf_pages, perf_wake };
         Setup { kind, mode, buffer_bytes, options }
     }
@@ -312,7 +312,7 @@ fn plan(args: &BenchArgs) -> Vec<Setup> {
 /// Runs the bench; progress on stderr, results on stdout.
 pub fn run(args: BenchArgs) -> Result<()> {
     let setups = plan(&args);
-    let online = bpfstream::online_cpus()?;
+    let online = crate::host::online_cpus()?;
     let (producer_cpu, consumer_cpu) = measure::choose_cpus(&online);
     let producer = Producer::spawn(producer_cpu)?;
     let libbpf = Libbpf::load().map_err(|e| format!("{e:#}"));
@@ -464,7 +464,7 @@ mod tests {
 
     #[test]
     fn without_libbpf_its_rows_are_skipped_with_the_reason() {
-        let cpu = bpfstream::online_cpus().unwrap()[0];
+        let cpu = crate::host::online_cpus().unwrap()[0];
         let bench = Bench {
             producer: Producer::spawn(cpu).unwrap(),
             consumer_cpu: cpu,
@@ -494,7 +494,7 @@ mod tests {
         assert_eq!(setup(ours_ring, Mode::Parallel).options.ring_wakeup, WakeupPolicy::Adaptive);
 
         let drain = setup(libbpf_perf, Mode::Drain);
-        assert_eq!((drain.buffer_bytes, drain.options.perf_pages), (64 << 20, (64 << 20) / bpfstream::page_size()));
+        assert_eq!((drain.buffer_bytes, drain.options.perf_pages), (64 << 20, (64 << 20) / crate::host::page_size()));
 
         assert_eq!(setup(libbpf_perf, Mode::Sampled).options.perf_wake, PerfWake::Events(500));
         assert_eq!(setup(libbpf_perf, Mode::Parallel).wakeup(), "wakeup_events 1 (libbpf default)");

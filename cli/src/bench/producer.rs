@@ -271,7 +271,7 @@ mod kernel_tests {
     /// Runs `calls` getpgid() on the producer thread, draining after each, and returns the BPF
     /// counters and what the consumer got, after detaching.
     fn run(transport: Transport, buffer: u64, calls: u64) -> (BpfCounts, u64) {
-        let cpu = bpfstream::online_cpus().unwrap()[0];
+        let cpu = crate::host::online_cpus().unwrap()[0];
         let producer = Producer::spawn(cpu).unwrap();
         let mut program = Program::load(transport, buffer, WakeupPolicy::Adaptive, producer.tid()).unwrap();
         let mut consumed = 0u64;
@@ -283,7 +283,7 @@ mod kernel_tests {
                 consumed += 1;
             }
         };
-        let pages = (buffer as usize / bpfstream::page_size()).max(1);
+        let pages = (buffer as usize / crate::host::page_size()).max(1);
         let events = program.events().unwrap();
         let mut source = EventSource::open(events, PerfOptions { pages_per_cpu: pages, wakeup: None }).unwrap();
         let mut drain = move |f: &mut dyn FnMut(Item<'_>)| {

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use bpfstream::merge::{Merged, OrderedMerge, ReorderWindow};
+use bpfstream::merge::{Merged, OrderedMerge};
 use bpfstream::{Item, Poller, Transport, WakeupPolicy};
 
 use super::load::{self, LabEvent, Loaded, Pace, CLASS_BULK};
@@ -122,7 +122,7 @@ impl State {
 }
 
 fn run_one(mode: Mode, duration: Duration, progress: &Progress) -> Result<Row> {
-    let cpus = bpfstream::online_cpus()?;
+    let cpus = crate::host::online_cpus()?;
     let options = BufferOptions {
         transport: Some(if mode == Mode::Ring { Transport::Ring } else { Transport::Perf }),
         size: BUFFER,
@@ -132,13 +132,10 @@ fn run_one(mode: Mode, duration: Duration, progress: &Progress) -> Result<Row> {
     };
     let Loaded { bpf, mut source } =
         Loaded::start("lab compare", objects::LAB_LOAD, &["lab_burst"], Vec::new(), &options)?;
-    let window = ReorderWindow::span(WINDOW.as_nanos() as u64).with_sorted_streams();
     let key: fn(&(u32, u64)) -> u64 = |e| e.1;
-    let state = RefCell::new(State {
-        merge: (mode == Mode::PerfMerged).then(|| OrderedMerge::new(cpus.len(), window, key)),
-        order: Order::default(),
-        delivered: 0,
-    });
+    let merge = || OrderedMerge::new(cpus.len(), key).with_span(WINDOW.as_nanos() as u64).with_sorted_streams();
+    let state =
+        RefCell::new(State { merge: (mode == Mode::PerfMerged).then(merge), order: Order::default(), delivered: 0 });
     let stop = AtomicBool::new(false);
     let started = Instant::now();
     let cpu_before = load::thread_cpu_ns();
@@ -249,7 +246,7 @@ fn report(rows: Vec<Row>, per_run: Duration) -> LabReport {
             "Memory: the ring maps {} for all CPUs; perf maps {} ({} per CPU): perf's memory grows with the CPU count.",
             human_bytes(ring.buffer_bytes),
             human_bytes(perf.buffer_bytes),
-            human_bytes(BUFFER + bpfstream::page_size() as u64)
+            human_bytes(BUFFER + crate::host::page_size() as u64)
         ));
         notes.push(format!(
             "Ordering: the ring delivered {} of {} records behind an earlier-delivered timestamp (producers on \

@@ -99,7 +99,7 @@ pub struct Cpus {
 }
 
 pub fn cpus() -> Result<Cpus> {
-    let online = bpfstream::online_cpus()?;
+    let online = crate::host::online_cpus()?;
     let first = *online.first().ok_or_else(|| anyhow!("no online CPU"))?;
     let last = *online.last().expect("non-empty");
     Ok(Cpus { load: first, consumer: last, all: online.len() })

@@ -195,7 +195,7 @@ fn recommendation(rows: &[Row]) -> Vec<String> {
     let ring_need = BURST * RING_RECORD;
     let perf_need = BURST * PERF_RECORD;
     let smallest = |t: Transport| rows.iter().filter(|r| r.transport == t && r.dropped == 0).map(|r| r.size).min();
-    let cpus = bpfstream::online_cpus().map(|c| c.len() as u64).unwrap_or(1);
+    let cpus = crate::host::online_cpus().map(|c| c.len() as u64).unwrap_or(1);
     let mut notes = vec![format!(
         "The burst: {BURST} records = {} in a ring ({RING_RECORD} bytes each with header), {} in one CPU's perf \
          buffer ({PERF_RECORD} bytes each).",

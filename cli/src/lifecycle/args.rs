@@ -162,7 +162,7 @@ fn burst_buffer_size(args: &CommonArgs, budget: BurstBudget) -> u64 {
     // Without --buffer the transport is a ring unless the kernel has none; a perf fallback then
     // gets the ring's size per CPU, more than it needs.
     let buffers_of =
-        if args.buffer == Some(BufferKind::Perf) { 1 } else { bpfstream::online_cpus().map_or(1, |c| c.len()) };
+        if args.buffer == Some(BufferKind::Perf) { 1 } else { crate::host::online_cpus().map_or(1, |c| c.len()) };
     one_cpu.saturating_mul(buffers_of as u64).next_power_of_two().clamp(DEFAULT_BUFFER_SIZE, MAX_DEFAULT_BUFFER)
 }
 

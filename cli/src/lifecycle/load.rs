@@ -197,14 +197,19 @@ fn events_are_perf(map: &Map) -> bool {
     matches!(map, Map::PerfEventArray(_))
 }
 
+/// Whether opening a buffer failed for want of privileges (EPERM or EACCES).
+fn is_permission_denied(error: &bpfstream::Error) -> bool {
+    matches!(error, bpfstream::Error::Sys { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
+}
+
 /// The event stream of a loaded object: its `events` map with its drop counters.
 pub fn open_source(bpf: &Ebpf, options: &BufferOptions) -> Result<EventSource> {
     let events = bpf.map(EVENTS_MAP).ok_or_else(|| anyhow!("BPF object has no {EVENTS_MAP} map"))?;
     let fd = map_fd(events)?;
-    let perf_pages = (options.size as usize / bpfstream::page_size()).max(1);
+    let perf_pages = (options.size as usize / crate::host::page_size()).max(1);
     let mut source = match EventSource::open(fd, PerfOptions { pages_per_cpu: perf_pages, wakeup: options.perf_wakeup })
     {
-        Err(e) if e.is_permission_denied() && events_are_perf(events) => {
+        Err(e) if is_permission_denied(&e) && events_are_perf(events) => {
             bail!("{}: {e}", crate::privileges::perf_permission_hint(options.size))
         }
         opened => opened?,

@@ -326,7 +326,7 @@ pub fn run(args: SyscallsArgs) -> Result<()> {
     let mut options = BufferOptions::for_tracer(&args.common, EventRate::High(BURST));
     if summary_mode {
         // Nothing is sent: the smallest buffer the transport takes.
-        options.size = bpfstream::page_size() as u64;
+        options.size = crate::host::page_size() as u64;
     }
     let mut tracer = Tracer::start(&spec(&args), &options)?;
     tracer.set_json(json);
