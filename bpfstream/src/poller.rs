@@ -158,11 +158,11 @@ struct Entry<'a> {
 /// The epoll token of the stop handle's eventfd.
 const STOP_TOKEN: u64 = u64::MAX;
 
-/// One epoll set over many sources: ring buffers, perf buffers and [`EventSource`]s together,
-/// each with its own handler and priority.
+/// One epoll set over many [`EventSource`]s (ring and perf buffers together), each with its
+/// own handler and priority.
 ///
 /// ```no_run
-/// # fn demo(mut ring: bpfstream::RingBuffer, mut perf: bpfstream::PerfBuffer) -> Result<(), bpfstream::Error> {
+/// # fn demo(mut ring: bpfstream::EventSource, mut perf: bpfstream::EventSource) -> Result<(), bpfstream::Error> {
 /// use std::time::Duration;
 /// use bpfstream::{Item, Poller};
 ///

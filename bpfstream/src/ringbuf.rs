@@ -267,20 +267,12 @@ unsafe impl RingMemory for MappedRing {
     }
 }
 
-/// A consumer of one `BPF_MAP_TYPE_RINGBUF`.
+/// A consumer of one `BPF_MAP_TYPE_RINGBUF` (what an [`EventSource`](crate::EventSource) over a
+/// ring reads with).
 ///
 /// Records are lent to a handler as `&[u8]` straight from the kernel's memory (zero copy); the
 /// consumer position is published once per batch, after the handler has returned, so a record
 /// is never overwritten while borrowed.
-///
-/// ```no_run
-/// # fn demo(map: std::os::fd::BorrowedFd<'_>) -> Result<(), bpfstream::Error> {
-/// use std::time::Duration;
-/// let mut ring = bpfstream::RingBuffer::new(map)?;
-/// let mut total = 0usize;
-/// ring.poll(Some(Duration::from_millis(100)), |record: &[u8]| total += record.len())?;
-/// # Ok(()) }
-/// ```
 ///
 /// Minimum kernel: 5.8.
 pub(crate) struct RingBuffer {
@@ -353,7 +345,6 @@ impl RingBuffer {
         self.policy = policy;
     }
 
-    #[cfg(feature = "tokio")]
     /// Whether the producers wake the consumer at all (not [`WakeupPolicy::Never`], as told by
     /// [`expect_wakeups`](Self::expect_wakeups)).
     pub(crate) fn sends_wakeups(&self) -> bool {

@@ -92,6 +92,9 @@ impl Totals {
     }
 }
 
+/// How often a blocking poll without a timeout looks at a ring whose producers never wake it.
+const UNWOKEN_LOOK_EVERY: Duration = Duration::from_millis(100);
+
 enum Buffer {
     Ring(RingBuffer),
     Perf(PerfBuffer),
@@ -257,11 +260,31 @@ impl EventSource {
     }
 
     /// Waits up to `timeout` for data, then consumes. The timeout also bounds how long a record
-    /// can wait when the producer does not wake us (`BPF_RB_NO_WAKEUP`, perf watermarks).
+    /// can wait when the producer does not wake us (`BPF_RB_NO_WAKEUP`, perf watermarks). With
+    /// no timeout on a ring whose producers never wake us ([`WakeupPolicy::Never`], told by
+    /// [`expect_wakeups`](Self::expect_wakeups)), it looks every 100 ms until it has records
+    /// rather than sleep forever.
     pub fn poll<F: Flow>(
         &mut self,
         timeout: Option<Duration>,
         mut handler: impl FnMut(Item<'_>) -> F,
+    ) -> Result<usize, Error> {
+        if timeout.is_none() && !self.sends_wakeups() {
+            loop {
+                let n = self.wait_and_consume(Some(UNWOKEN_LOOK_EVERY), &mut handler)?;
+                if n > 0 {
+                    return Ok(n);
+                }
+            }
+        }
+        self.wait_and_consume(timeout, &mut handler)
+    }
+
+    /// One [`poll`](Self::poll): a wait of at most `timeout`, then a consume.
+    fn wait_and_consume<F: Flow>(
+        &mut self,
+        timeout: Option<Duration>,
+        handler: &mut impl FnMut(Item<'_>) -> F,
     ) -> Result<usize, Error> {
         let deadline = timeout.map(|t| Instant::now() + t);
         if !self.ready_now() {
@@ -274,7 +297,7 @@ impl EventSource {
         // A ring's head record still being written holds back what is committed behind it, and
         // its commit may send no wakeup: look again every millisecond until the deadline.
         ringbuf::consume_past_busy(deadline, || {
-            let n = self.consume_n(usize::MAX, &mut handler)?;
+            let n = self.consume_n(usize::MAX, &mut *handler)?;
             Ok((n, matches!(&self.buffer, Buffer::Ring(r) if r.head_is_busy())))
         })
     }
@@ -304,7 +327,6 @@ impl EventSource {
         }
     }
 
-    #[cfg(feature = "tokio")]
     /// Whether the producers wake the consumer at all (see `Source::sends_wakeups`); perf
     /// buffers always do.
     pub(crate) fn sends_wakeups(&self) -> bool {

@@ -372,6 +372,34 @@ fn records_without_wakeups_arrive(max_delay: Option<Duration>) -> bpfstream::Sta
     stats
 }
 
+/// A blocking poll without a timeout on a ring whose producers never wake it looks again on
+/// its own rather than sleep forever: records sent after it started waiting are delivered.
+#[test]
+fn a_blocking_poll_without_timeout_finds_records_sent_without_wakeups() {
+    let Some(_kernel) = kernel_test() else { return };
+    let options = PingOptions { wakeup: WakeupPolicy::Never, ..PingOptions::new(Transport::Ring) };
+    let mut probe = PingProbe::load(options).unwrap();
+    let mut source = probe.source().unwrap();
+    source.expect_wakeups(WakeupPolicy::Never);
+    probe.attach().unwrap();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let consumer = std::thread::spawn(move || {
+        let mut seen = Seen::default();
+        let n = source.poll(None, |item: Item<'_>| seen.item(item)).unwrap();
+        done_tx.send(()).unwrap();
+        (n, seen.seqs())
+    });
+    // Start once the consumer waits, so the record lands in a buffer nobody is reading.
+    std::thread::sleep(Duration::from_millis(50));
+    ping(7, len_of(7));
+    if done.recv_timeout(scaled(Duration::from_secs(20))).is_err() {
+        panic!("poll(None) slept while a record waited");
+    }
+    let (n, seqs) = consumer.join().unwrap();
+    probe.detach();
+    assert_eq!((n, seqs), (1, vec![7]));
+}
+
 #[test]
 fn a_cancel_wakes_a_waiting_stream() {
     let Some(_kernel) = kernel_test() else { return };
