@@ -222,7 +222,11 @@ impl SimRing {
         if self.consumed.swap(true, Ordering::Acquire) {
             return Err(Error::AlreadyConsumed { what: "this simulated ring".into() });
         }
-        Ok(SimRingConsumer { ring: self, publish_every: ringbuf::default_publish_every(self.size as u64) })
+        Ok(SimRingConsumer {
+            ring: self,
+            _claim: Claim(&self.consumed),
+            publish_every: ringbuf::default_publish_every(self.size as u64),
+        })
     }
 }
 
@@ -230,12 +234,18 @@ impl SimRing {
 #[derive(Debug)]
 pub struct SimRingConsumer<'a> {
     ring: &'a SimRing,
+    /// The ring's one consumer, until dropped.
+    _claim: Claim<'a>,
     publish_every: u64,
 }
 
-impl Drop for SimRingConsumer<'_> {
+/// A ring's consumer flag, set while its consumer exists: cleared on drop.
+#[derive(Debug)]
+struct Claim<'a>(&'a AtomicBool);
+
+impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        self.ring.consumed.store(false, Ordering::Release);
+        self.0.store(false, Ordering::Release);
     }
 }
 
