@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::certificates::{certificates, client_certificate};
 use common::engine::{
-    create_topic, free_port, kafka_messages, kafka_messages_with, nats_messages, Kafka, KafkaServer, Nats, NatsServer,
+    create_topic, free_ports, kafka_messages, kafka_messages_with, nats_messages, Kafka, KafkaServer, Nats, NatsServer,
     TlsProxy,
 };
 use common::workload::{Step, Workload};
@@ -404,7 +404,7 @@ impl TlsKafka {
         let dir = common::temp_dir(tag);
         let (ca, cert, key) = certificates(&dir);
         let (client_cert, client_key) = client_certificate(&dir);
-        let (proxy_port, broker_port) = (free_port(), free_port());
+        let [proxy_port, broker_port] = free_ports();
         let server = KafkaServer::start_with(broker_port, proxy_port, args)?;
         let proxy = TlsProxy::start(proxy_port, broker_port, &cert, &key, &ca)?;
         let tls = [
