@@ -26,6 +26,8 @@ struct Row {
     storm_per_sec: f64,
     exported_per_sec: f64,
     export_failed: f64,
+    /// Of export_failed: what did not fit the exporter's queue.
+    queue_full: f64,
     dropped: f64,
     tracer_ns_per_event: f64,
     engine_ns_per_event: f64,
@@ -83,6 +85,7 @@ fn measure(engine: &dyn Engine, topic: &str, steps: Vec<Step>, scratch: &std::pa
         storm_per_sec: n("produced") / storm_secs,
         exported_per_sec: exported / total,
         export_failed: n("export_failed"),
+        queue_full: n("export_queue_full"),
         dropped: n("dropped"),
         tracer_ns_per_event: cpu_ns(&usage) / exported,
         engine_ns_per_event: engine_cpu / exported,
@@ -115,9 +118,9 @@ fn main() {
         engines.push(Box::new(kafka));
     }
     println!(
-        "| engine | storm | syscalls/s | exported/s end to end | export_failed | dropped | tracer CPU ns/event | engine CPU ns/event | final flush ms |"
+        "| engine | storm | syscalls/s | exported/s end to end | export_failed | of which queue_full | dropped | tracer CPU ns/event | engine CPU ns/event | final flush ms |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for engine in &engines {
         for (name, pause) in [("paced 200k/s", Some(Duration::from_millis(4))), ("unpaced", None)] {
             let mut rows = Vec::new();
@@ -130,11 +133,12 @@ fn main() {
             }
             let m = |f: fn(&Row) -> f64| median(rows.iter().map(f));
             println!(
-                "| {} | {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                "| {} | {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
                 engine.name(),
                 m(|r| r.storm_per_sec),
                 m(|r| r.exported_per_sec),
                 m(|r| r.export_failed),
+                m(|r| r.queue_full),
                 m(|r| r.dropped),
                 m(|r| r.tracer_ns_per_event),
                 m(|r| r.engine_ns_per_event),

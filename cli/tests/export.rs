@@ -8,7 +8,11 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::engine::{create_topic, kafka_messages, nats_messages, Kafka, KafkaServer, Nats, NatsServer};
+use common::certificates::{certificates, client_certificate};
+use common::engine::{
+    create_topic, free_ports, kafka_messages, kafka_messages_with, nats_messages, Kafka, KafkaServer, Nats, NatsServer,
+    TlsProxy,
+};
 use common::workload::{Step, Workload};
 use common::{kernel_test, run_to_end, start};
 use serde_json::Value;
@@ -380,4 +384,102 @@ fn kafka_restart_mid_stream_resumes_delivery() {
     assert!(seqs.iter().all(|&s| s <= events), "only this run's seqs");
     let twice = (stored.len() - seqs.len()) as u64;
     assert!(twice <= u(&summary["export_retries"]), "{twice} seqs stored twice: {summary}");
+}
+
+/// A tansu broker (with `args`) behind socat terminating mutual TLS, with certificates made in
+/// a fresh directory: the broker advertises socat's port, so that librdkafka's every
+/// connection, the bootstrap and the follow-ups, goes through TLS.
+struct TlsKafka {
+    dir: std::path::PathBuf,
+    server: KafkaServer,
+    _proxy: TlsProxy,
+    proxy_port: u16,
+    /// The client's librdkafka properties: `ssl`, the CA, a client certificate and its key.
+    tls: [(&'static str, String); 4],
+}
+
+impl TlsKafka {
+    /// `None`: skipped (tansu or socat missing, outside CI).
+    fn start(tag: &str, args: &[&str]) -> Option<TlsKafka> {
+        let dir = common::temp_dir(tag);
+        let (ca, cert, key) = certificates(&dir);
+        let (client_cert, client_key) = client_certificate(&dir);
+        let [proxy_port, broker_port] = free_ports();
+        let server = KafkaServer::start_with(broker_port, proxy_port, args)?;
+        let proxy = TlsProxy::start(proxy_port, broker_port, &cert, &key, &ca)?;
+        let tls = [
+            ("security.protocol", "ssl".to_string()),
+            ("ssl.ca.location", ca),
+            ("ssl.certificate.location", client_cert),
+            ("ssl.key.location", client_key),
+        ];
+        Some(TlsKafka { dir, server, _proxy: proxy, proxy_port, tls })
+    }
+
+    fn url(&self, topic: &str) -> String {
+        format!("kafka://127.0.0.1:{}/{topic}", self.proxy_port)
+    }
+
+    /// `--output-option`s: the TLS properties, with `more` added or replacing theirs.
+    fn options(&self, more: &[(&str, &str)]) -> Vec<String> {
+        let kept = self.tls.iter().filter(|(k, _)| !more.iter().any(|(m, _)| m == k));
+        let tls = kept.map(|(k, v)| format!("{k}={v}"));
+        tls.chain(more.iter().map(|(k, v)| format!("{k}={v}"))).collect()
+    }
+
+    /// Every record of `topic`, read back through the proxy with the TLS properties and `more`.
+    fn messages(&self, more: &[(&str, &str)], topic: &str, expected: usize) -> Vec<common::engine::Exported> {
+        let config: Vec<(&str, &str)> =
+            self.tls.iter().map(|(k, v)| (*k, v.as_str())).chain(more.iter().copied()).collect();
+        kafka_messages_with(&format!("127.0.0.1:{}", self.proxy_port), &config, topic, expected)
+    }
+}
+
+impl Drop for TlsKafka {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Ships `calls` getppid events to `url` with `options`; asserts they were all exported.
+fn all_exported(url: &str, comm: &str, calls: u32, options: &[String]) {
+    let options: Vec<&str> = options.iter().map(String::as_str).collect();
+    let summary = storm_to(url, comm, calls, &[], &options).summary();
+    assert_accounted(&summary);
+    assert_eq!(u(&summary["exported"]), u64::from(calls), "{summary}");
+}
+
+/// `bpfstream exec --output url` with `options` cannot start: exit 1, saying `says`.
+fn refused_at_start(url: &str, options: &[String], what: &str, says: &str) {
+    let mut args = vec!["exec", "--duration", "1", "--output", url];
+    args.extend(options.iter().flat_map(|o| ["--output-option", o.as_str()]));
+    let (code, err) = run_to_end(&args);
+    assert_eq!(code, Some(1), "{what}: {err}");
+    assert!(err.contains("cannot reach the Kafka brokers") && err.contains(says), "{what}: {err}");
+}
+
+/// Kafka over mutual TLS, end to end (tansu has no TLS of its own: 0.6 takes `--cert` and
+/// `--key` but never uses them; socat terminates TLS in front of it). With the CA and a client
+/// certificate, every event arrives and is read back through the proxy; a CA that did not sign
+/// the broker's certificate, or no client certificate, is an error at start that says so.
+#[test]
+fn kafka_over_mutual_tls_through_a_terminating_proxy() {
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(kafka) = TlsKafka::start("kafka-tls", &[]) else { return };
+    let topic = "bpfstream-test-tls";
+    create_topic(&kafka.server.address(), topic);
+    all_exported(&kafka.url(topic), "bpfs-ktls", 2000, &kafka.options(&[]));
+    assert_eq!(distinct_seqs(&kafka.messages(&[], topic, 2000)), (1..=2000).collect());
+    let other = common::temp_dir("kafka-tls-other");
+    let (wrong_ca, _, _) = certificates(&other);
+    let wrong = kafka.options(&[("ssl.ca.location", &wrong_ca)]);
+    refused_at_start(
+        &kafka.url(topic),
+        &wrong,
+        "a CA that did not sign the broker's certificate",
+        "certificate verify failed",
+    );
+    let anonymous: Vec<String> = kafka.options(&[]).into_iter().take(2).collect();
+    refused_at_start(&kafka.url(topic), &anonymous, "no client certificate", "certificate required");
+    let _ = std::fs::remove_dir_all(&other);
 }

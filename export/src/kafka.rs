@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::ClientConfig;
 
 use crate::pipeline::{Delivery, Failure, Message, Publisher};
@@ -23,6 +23,31 @@ const START_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long librdkafka tries to deliver an event before it reports a timeout (its own default
 /// is 5 minutes); a timeout makes the exporter start a new producer and publish again.
 const MESSAGE_TIMEOUT_MS: &str = "10000";
+
+/// librdkafka's client context: keeps the last error librdkafka reported about a broker, which
+/// says what failed (a TLS handshake, a certificate, SASL) when the start-up checks only see a
+/// timeout ("all brokers are down", its consequence, is left out).
+#[derive(Clone, Default)]
+struct LastError(Arc<Mutex<Option<String>>>);
+
+impl ClientContext for LastError {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            return;
+        }
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.to_string());
+    }
+}
+
+impl LastError {
+    /// ` (librdkafka: REASON)`, or nothing if librdkafka reported no error.
+    fn describe(&self) -> String {
+        let last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        last.as_ref().map_or_else(String::new, |reason| format!(" (librdkafka: {reason})"))
+    }
+}
+
+type Producer = FutureProducer<LastError>;
 
 /// Topic creation's `--output-option`s; every other key is a librdkafka property.
 #[derive(Debug)]
@@ -62,7 +87,7 @@ impl Settings {
 /// Produces to one topic.
 pub(crate) struct KafkaPublisher {
     /// The producer and its generation (1, 2, ...: one more each time it is replaced).
-    producer: Mutex<(FutureProducer, u64)>,
+    producer: Mutex<(Producer, u64)>,
     /// The generation of a producer that let an event time out (0: none).
     stalled: Arc<AtomicU64>,
     /// To make a new producer after a fatal error (an idempotent producer gives up for good
@@ -78,11 +103,12 @@ impl KafkaPublisher {
     pub async fn connect(config: &ExportConfig) -> Result<Self, ExportError> {
         let Endpoint::Kafka { brokers, topic } = &config.endpoint else { unreachable!("a Kafka endpoint") };
         let settings = Settings::parse(brokers, &config.engine)?;
-        let producer: FutureProducer = settings.client.create().map_err(|e| match e {
+        let errors = LastError::default();
+        let producer: Producer = settings.client.create_with_context(errors.clone()).map_err(|e| match e {
             e @ KafkaError::ClientConfig(..) => ExportError::Option(format!("Kafka: {e}")),
             e => ExportError::Client(format!("creating the Kafka producer: {e}")),
         })?;
-        if config.connect == ConnectPolicy::Fail && !topic_exists(&producer, brokers, topic)? {
+        if config.connect == ConnectPolicy::Fail && !topic_exists(&producer, &errors, brokers, topic)? {
             if config.create != Some(true) {
                 return Err(ExportError::Setup(format!(
                     "Kafka topic {topic:?} does not exist: create it, or add --output-option create=true"
@@ -105,12 +131,12 @@ impl KafkaPublisher {
     /// the old one purges what it still held, which comes back as failures and is published
     /// again through the new one with the same `seq`, so that consumers drop what both
     /// delivered.
-    fn producer(&self) -> (FutureProducer, u64) {
+    fn producer(&self) -> (Producer, u64) {
         let mut current = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
         // Relaxed: a flag on its own, set by delivery reports that arrive in any order anyway.
         let stalled = self.stalled.load(Ordering::Relaxed) == current.1;
         if stalled || current.0.client().fatal_error().is_some() {
-            if let Ok(fresh) = self.client.create() {
+            if let Ok(fresh) = self.client.create_with_context(LastError::default()) {
                 *current = (fresh, current.1 + 1);
             }
         }
@@ -118,13 +144,14 @@ impl KafkaPublisher {
     }
 }
 
-/// Asks the brokers about `topic` (without creating it).
-fn topic_exists(producer: &FutureProducer, brokers: &[String], topic: &str) -> Result<bool, ExportError> {
+/// Asks the brokers about `topic` (without creating it); `errors` is the producer's context.
+fn topic_exists(producer: &Producer, errors: &LastError, brokers: &[String], topic: &str) -> Result<bool, ExportError> {
     let metadata = producer.client().fetch_metadata(Some(topic), START_TIMEOUT).map_err(|e| {
         ExportError::Unreachable(format!(
-            "cannot reach the Kafka brokers at {}: {e}. Start them, check the address, or add --output-option \
-             connect=retry to wait for them",
-            brokers.join(",")
+            "cannot reach the Kafka brokers at {}: {e}{}. Start them, check the address and the TLS/SASL \
+             options, or add --output-option connect=retry to wait for them",
+            brokers.join(","),
+            errors.describe()
         ))
     })?;
     Ok(metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))

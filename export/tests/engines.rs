@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 use bpfstream_export::{ExportConfig, ExportError, Exporter, Identity};
 
+#[path = "support/certificates.rs"]
+mod certificates;
+use certificates::certificates;
+
 struct Server(Child);
 
 impl Drop for Server {
@@ -221,36 +225,6 @@ fn kafka_delivery_resumes_after_the_broker_restarts_empty() {
     let twice = (seqs.len() - distinct.len()) as u64;
     assert!(twice <= stats.retries, "{twice} seqs stored twice, {} republications", stats.retries);
     eprintln!("{stats:?}; the new broker holds {} records, {twice} of them twice", seqs.len());
-}
-
-/// A CA and a server certificate for 127.0.0.1 made with openssl in `dir`: (ca, cert, key).
-fn certificates(dir: &std::path::Path) -> (String, String, String) {
-    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
-    let extensions = path("server.ext");
-    std::fs::write(
-        &extensions,
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    let (ca, ca_key, cert, key, csr) =
-        (path("ca.pem"), path("ca.key"), path("server.pem"), path("server.key"), path("s.csr"));
-    let ca_args = [
-        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &ca_key, "-out", &ca, "-days", "1"][..],
-        &["-subj", "/CN=bpfstream test CA", "-addext", "basicConstraints=critical,CA:TRUE"],
-        &["-addext", "keyUsage=critical,keyCertSign"],
-    ]
-    .concat();
-    let server_args = ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"];
-    let sign_args = [
-        &["x509", "-req", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key, "-CAcreateserial"][..],
-        &["-out", &cert, "-days", "1", "-extfile", &extensions],
-    ]
-    .concat();
-    for args in [&ca_args[..], &server_args, &sign_args] {
-        let status = Command::new("openssl").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
-        assert!(status.expect("openssl").success(), "openssl {args:?}");
-    }
-    (ca, cert, key)
 }
 
 /// nats-server with TLS (a CA made here) and a user and password: the exporter reaches it with

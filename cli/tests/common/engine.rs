@@ -26,7 +26,13 @@ fn available(program: &str, what: &str) -> bool {
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct ports nobody listens on right now.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: [TcpListener; N] = std::array::from_fn(|_| TcpListener::bind("127.0.0.1:0").unwrap());
+    listeners.map(|l| l.local_addr().unwrap().port())
 }
 
 fn wait_listening(port: u16, child: &mut Child, what: &str) {
@@ -209,16 +215,28 @@ impl Engine for NatsServer {
 /// A private `tansu` Kafka broker on a free loopback port (memory storage).
 pub struct KafkaServer {
     pub port: u16,
+    /// The port it tells clients to connect to: its own, or a proxy's in front of it.
+    advertised: u16,
+    /// More `tansu broker` arguments.
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl KafkaServer {
     /// `None`: skipped (see the module's doc).
     pub fn start() -> Option<KafkaServer> {
+        let port = free_port();
+        Self::start_with(port, port, &[])
+    }
+
+    /// A broker on `port` that tells its clients to connect to `advertised` (a proxy in front
+    /// of it), with more `tansu broker` arguments. `None`: skipped (see the module's doc).
+    pub fn start_with(port: u16, advertised: u16, args: &[&str]) -> Option<KafkaServer> {
         if !available("tansu", "Kafka") {
             return None;
         }
-        let mut server = KafkaServer { port: free_port(), child: None };
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut server = KafkaServer { port, advertised, args, child: None };
         server.restart();
         Some(server)
     }
@@ -226,9 +244,11 @@ impl KafkaServer {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
         let listener = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised);
         let mut child = Command::new("tansu")
-            .args(["broker", "--listener-url", &listener, "--advertised-listener-url", &listener])
+            .args(["broker", "--listener-url", &listener, "--advertised-listener-url", &advertised])
             .args(["--storage-engine", "memory://tansu/"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -262,6 +282,37 @@ pub fn create_topic(address: &str, topic: &str) {
 impl Drop for KafkaServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// `socat` terminating TLS on a loopback port in front of a plain TCP server: it presents a
+/// server certificate and takes only clients whose certificate `ca` signed (mutual TLS).
+pub struct TlsProxy(Child);
+
+impl TlsProxy {
+    /// Listens on `port` and forwards each connection to 127.0.0.1:`target`. `None`: skipped
+    /// (see the module's doc).
+    pub fn start(port: u16, target: u16, cert: &str, key: &str, ca: &str) -> Option<TlsProxy> {
+        if !available("socat", "TLS") {
+            return None;
+        }
+        let listen =
+            format!("OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={cert},key={key},cafile={ca},verify=1");
+        let mut child = Command::new("socat")
+            .args([&listen, &format!("TCP:127.0.0.1:{target}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn socat");
+        wait_listening(port, &mut child, "socat");
+        Some(TlsProxy(child))
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -316,15 +367,20 @@ impl Kafka {
 /// Every record of `topic` (all partitions), fetched from the start: reads until `expected`
 /// records came, then one more second for any extra (a duplicate would show there).
 pub fn kafka_messages(address: &str, topic: &str, expected: usize) -> Vec<Exported> {
+    kafka_messages_with(address, &[], topic, expected)
+}
+
+/// [`kafka_messages`] by a consumer with more librdkafka properties (TLS, SASL).
+pub fn kafka_messages_with(address: &str, config: &[(&str, &str)], topic: &str, expected: usize) -> Vec<Exported> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", address)
-        .set("group.id", "bpfstream-tests")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", address).set("group.id", "bpfstream-tests").set("enable.auto.commit", "false");
+    for (key, value) in config {
+        client.set(*key, *value);
+    }
+    let consumer: BaseConsumer = client.create().unwrap();
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
     let mut assignment = TopicPartitionList::new();
     for partition in metadata.topics()[0].partitions() {

@@ -1,6 +1,8 @@
 //! Shared helpers of the tests that run `bpfstream` against the real kernel (as root).
 #![allow(dead_code)] // each test binary uses a different subset
 
+#[path = "../../../export/tests/support/certificates.rs"]
+pub mod certificates;
 pub mod engine;
 #[path = "../../../bpfstream/tests/support/time_scale.rs"]
 pub mod time_scale;
