@@ -183,10 +183,20 @@ fn nats_down_at_start_is_an_error_or_a_wait() {
 /// draining and counts what it could not queue.
 #[test]
 fn nats_full_queue_is_counted_not_blocking() {
+    full_queue_is_counted_not_blocking("full", &["queue=16", "in_flight=1"]);
+}
+
+/// The same with the queue bounded in bytes (a few events' worth) rather than in events.
+#[test]
+fn nats_queue_full_in_bytes_is_counted_not_blocking() {
+    full_queue_is_counted_not_blocking("fullbytes", &["queue_bytes=4096", "in_flight=1"]);
+}
+
+fn full_queue_is_counted_not_blocking(name: &str, options: &[&str]) {
     let Some(_kernel) = kernel_test() else { return };
     let Some(nats) = Nats::get() else { return };
-    let (url, subject) = nats.url("full");
-    let finished = storm_to(&url, "bpfs-full", 20_000, &["--buffer-size", "4M"], &["queue=16", "in_flight=1"]);
+    let (url, subject) = nats.url(name);
+    let finished = storm_to(&url, "bpfs-full", 20_000, &["--buffer-size", "4M"], options);
     let summary = finished.summary();
     assert_accounted(&summary);
     assert_eq!((u(&summary["events"]), u(&summary["dropped"])), (20_000, 0), "{summary}");

@@ -1,7 +1,7 @@
 //! The exporter's counters: written by the tracer's thread (offered, queue_full) and by the
 //! exporter's thread (the rest), read by anyone at any time.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Shared counters. Relaxed everywhere: each counter is a tally on its own; the only reader
 /// that needs them to add up reads after [`Exporter::finish`](crate::Exporter::finish) joined
@@ -34,6 +34,37 @@ impl Counters {
     }
 }
 
+/// The bytes of the events in the queue, against the `queue_bytes` bound: taken by the tracer's
+/// thread (the only one that takes) before it queues an event, given back by the exporter's
+/// thread as it takes the event out, so bytes are never given back before they were taken.
+/// Relaxed: a tally, as the counters.
+#[derive(Debug)]
+pub(crate) struct QueueBytes {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl QueueBytes {
+    pub fn new(max: usize) -> Self {
+        QueueBytes { used: AtomicUsize::new(0), max }
+    }
+
+    /// Counts `len` more bytes queued, unless that would pass the bound.
+    pub fn take(&self, len: usize) -> bool {
+        let used = self.used.load(Ordering::Relaxed);
+        if used.saturating_add(len) > self.max {
+            return false;
+        }
+        self.used.fetch_add(len, Ordering::Relaxed);
+        true
+    }
+
+    /// Counts `len` bytes out of the queue.
+    pub fn give_back(&self, len: usize) {
+        self.used.fetch_sub(len, Ordering::Relaxed);
+    }
+}
+
 /// An exporter's accounting. After [`Exporter::finish`](crate::Exporter::finish):
 /// `offered = exported + export_failed()`, exactly.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,5 +92,22 @@ impl ExportStats {
     /// Queued or published, not yet acknowledged nor failed (0 after the final flush).
     pub fn in_flight(&self) -> u64 {
         self.offered.saturating_sub(self.exported + self.export_failed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_bytes_refuse_what_passes_the_bound_until_given_back() {
+        let bytes = QueueBytes::new(100);
+        assert!(bytes.take(60));
+        assert!(bytes.take(40), "up to the bound exactly");
+        assert!(!bytes.take(1), "past the bound");
+        bytes.give_back(60);
+        assert!(!bytes.take(61));
+        assert!(bytes.take(60));
+        assert!(!bytes.take(usize::MAX), "no overflow");
     }
 }

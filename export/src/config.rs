@@ -43,7 +43,8 @@ impl Identity {
 /// `key=value` option.
 ///
 /// Options of every engine: `queue` (events between the tracer and the client, default
-/// 65536), `in_flight` (published and not yet acknowledged, default 8192), `connect`
+/// 262144) and `queue_bytes` (their bytes, default 64 MiB: whichever bound is reached first
+/// counts the next event `queue_full`), `in_flight` (published and not yet acknowledged, default 8192), `connect`
 /// (`fail` or `retry`), `flush_timeout` (the final flush's deadline: by default the caller's,
 /// see [`Exporter::finish_by`](crate::Exporter::finish_by), or 5 s), `create`
 /// (`true`/`false`: create the stream (NATS, default true) or the topic (Kafka, default false)
@@ -58,6 +59,7 @@ pub struct ExportConfig {
     pub endpoint: Endpoint,
     pub identity: Identity,
     pub queue: usize,
+    pub queue_bytes: usize,
     pub in_flight: usize,
     pub connect: ConnectPolicy,
     /// `None`: the caller's deadline ([`Exporter::finish_by`](crate::Exporter::finish_by)),
@@ -74,7 +76,8 @@ impl ExportConfig {
         ExportConfig {
             endpoint,
             identity,
-            queue: 65_536,
+            queue: 262_144,
+            queue_bytes: 64 << 20,
             in_flight: 8_192,
             connect: ConnectPolicy::Fail,
             flush_timeout: None,
@@ -87,6 +90,7 @@ impl ExportConfig {
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ExportError> {
         match key {
             "queue" => self.queue = parse_count(key, value)?,
+            "queue_bytes" => self.queue_bytes = parse_count(key, value)?,
             "in_flight" => self.in_flight = parse_count(key, value)?,
             "flush_timeout" => self.flush_timeout = Some(parse_duration(key, value)?),
             "create" => self.create = Some(parse_bool(key, value)?),
@@ -155,13 +159,23 @@ mod tests {
     #[test]
     fn options_set_the_exporter_or_pass_to_the_engine() {
         let mut c = config();
-        for o in ["queue=10", "connect=retry", "flush_timeout=250ms", "create=false", "linger.ms=5"] {
+        for o in ["queue=10", "queue_bytes=4096", "connect=retry", "flush_timeout=250ms", "create=false", "linger.ms=5"]
+        {
             c.set_text(o).unwrap();
         }
-        assert_eq!((c.queue, c.connect, c.create), (10, ConnectPolicy::Retry, Some(false)));
+        assert_eq!((c.queue, c.queue_bytes, c.connect, c.create), (10, 4096, ConnectPolicy::Retry, Some(false)));
         assert_eq!(c.flush_timeout, Some(Duration::from_millis(250)));
         assert_eq!(c.engine, vec![("linger.ms".to_string(), "5".to_string())]);
-        for bad in ["queue=0", "queue=x", "connect=maybe", "flush_timeout=5h", "create=perhaps", "novalue", "=v"] {
+        for bad in [
+            "queue=0",
+            "queue=x",
+            "queue_bytes=0",
+            "connect=maybe",
+            "flush_timeout=5h",
+            "create=perhaps",
+            "novalue",
+            "=v",
+        ] {
             assert!(config().set_text(bad).unwrap_err().is_usage(), "{bad}");
         }
     }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::accounting::Counters;
+use crate::accounting::{Counters, QueueBytes};
 use crate::pipeline::{Message, Pipeline, Publisher};
 use crate::{kafka, nats, Endpoint, ExportConfig, ExportError, ExportStats};
 
@@ -17,6 +17,7 @@ use crate::{kafka, nats, Endpoint, ExportConfig, ExportError, ExportStats};
 #[derive(Debug)]
 pub struct Exporter {
     queue: Option<mpsc::Sender<Message>>,
+    queue_bytes: Arc<QueueBytes>,
     counters: Arc<Counters>,
     deadline: watch::Sender<Option<Instant>>,
     thread: Option<JoinHandle<()>>,
@@ -58,9 +59,11 @@ impl Exporter {
         let (queue, receiver) = mpsc::channel(config.queue);
         let (deadline, deadline_receiver) = watch::channel(None);
         let counters = Arc::new(Counters::default());
+        let queue_bytes = Arc::new(QueueBytes::new(config.queue_bytes));
         let pipeline = Pipeline {
             publisher,
             queue: receiver,
+            queue_bytes: queue_bytes.clone(),
             counters: counters.clone(),
             deadline: deadline_receiver,
             max_in_flight: config.in_flight,
@@ -72,6 +75,7 @@ impl Exporter {
             .map_err(|e| ExportError::Client(format!("starting the exporter's thread: {e}")))?;
         Ok(Exporter {
             queue: Some(queue),
+            queue_bytes,
             counters,
             deadline,
             thread: Some(thread),
@@ -81,14 +85,20 @@ impl Exporter {
         })
     }
 
-    /// Queues one event (its bytes are copied) and numbers it; `false` if the queue was full
-    /// (counted as `queue_full`). Never blocks.
+    /// Queues one event (its bytes are copied) and numbers it; `false` if the queue was full,
+    /// in events (`queue`) or in bytes (`queue_bytes`): counted as `queue_full`. Never blocks.
     pub fn send(&mut self, payload: &[u8]) -> bool {
         let seq = self.next_seq;
         self.next_seq += 1;
         Counters::add(&self.counters.offered, 1);
-        let message = Message { seq, payload: Bytes::copy_from_slice(payload) };
-        let queued = self.queue.as_ref().is_some_and(|q| q.try_send(message).is_ok());
+        let queued = self.queue_bytes.take(payload.len()) && {
+            let message = Message { seq, payload: Bytes::copy_from_slice(payload) };
+            let sent = self.queue.as_ref().is_some_and(|q| q.try_send(message).is_ok());
+            if !sent {
+                self.queue_bytes.give_back(payload.len());
+            }
+            sent
+        };
         if !queued {
             Counters::add(&self.counters.queue_full, 1);
         }

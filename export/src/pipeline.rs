@@ -14,7 +14,7 @@ use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::accounting::Counters;
+use crate::accounting::{Counters, QueueBytes};
 
 /// One event on its way: its per-run sequence number and its bytes.
 #[derive(Debug, Clone)]
@@ -92,6 +92,8 @@ impl State {
 pub(crate) struct Pipeline<P> {
     pub publisher: P,
     pub queue: mpsc::Receiver<Message>,
+    /// The queue's bytes: given back as each message is taken out.
+    pub queue_bytes: Arc<QueueBytes>,
     pub counters: Arc<Counters>,
     /// Set by `finish`: the final flush's deadline.
     pub deadline: watch::Receiver<Option<Instant>>,
@@ -141,6 +143,7 @@ impl<P: Publisher> Pipeline<P> {
                 () = sleep_until(state.paused_until), if state.paused_until.is_some() => state.paused_until = None,
                 message = self.queue.recv(), if room && state.retry.is_empty() && !state.closed => match message {
                     Some(message) => {
+                        self.queue_bytes.give_back(message.payload.len());
                         self.dispatch(&mut state.in_flight, message);
                         self.take_queued(&mut state);
                     }
@@ -166,7 +169,10 @@ impl<P: Publisher> Pipeline<P> {
                 return;
             }
             match self.queue.try_recv() {
-                Ok(message) => self.dispatch(&mut state.in_flight, message),
+                Ok(message) => {
+                    self.queue_bytes.give_back(message.payload.len());
+                    self.dispatch(&mut state.in_flight, message);
+                }
                 Err(mpsc::error::TryRecvError::Empty) => return,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     state.closed = true;
@@ -259,11 +265,13 @@ mod tests {
     fn run(script: Scripted, events: u64, deadline: Duration) -> (crate::ExportStats, Vec<u64>) {
         let published = script.published.clone();
         let counters = Arc::new(Counters::default());
+        let queue_bytes = Arc::new(QueueBytes::new(usize::MAX));
         let (tx, rx) = mpsc::channel(1024);
         let (deadline_tx, deadline_rx) = watch::channel(None);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         runtime.block_on(async {
             for seq in 1..=events {
+                assert!(queue_bytes.take(2));
                 tx.send(Message { seq, payload: Bytes::from_static(b"{}") }).await.unwrap();
                 Counters::add(&counters.offered, 1);
             }
@@ -272,6 +280,7 @@ mod tests {
             let pipeline = Pipeline {
                 publisher: script,
                 queue: rx,
+                queue_bytes: queue_bytes.clone(),
                 counters: counters.clone(),
                 deadline: deadline_rx,
                 max_in_flight: 4,
