@@ -389,7 +389,8 @@ impl<T> Inputs<T> {
                 Err(e) => return self.fail(e),
             };
             self.stats.note_wait(signalled);
-            for input in &mut self.inputs {
+            // Which source of a set signalled is not known: only a lone source is told.
+            if let [input] = &mut self.inputs[..] {
                 input.source.note_wait(signalled);
             }
         }
