@@ -422,8 +422,8 @@ impl PerfBuffer {
         Ok(buffer)
     }
 
-    /// Like [`consume`](Self::consume), but hands over at most `max` samples. CPUs are visited
-    /// round-robin, starting after the one the previous call ended on.
+    /// Hands at most `max` samples (and the loss reports) to `handler` without blocking. CPUs
+    /// are visited round-robin, starting after the one the previous call ended on.
     pub(crate) fn consume_n<F: Flow>(
         &mut self,
         max: usize,

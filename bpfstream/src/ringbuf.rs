@@ -281,7 +281,7 @@ pub(crate) struct RingBuffer {
     fd: OwnedFd,
     ring: MappedRing,
     publish_every: u64,
-    /// The map fd, edge-triggered: [`poll`](Self::poll) sleeps until the producers' next wakeup.
+    /// The map fd, edge-triggered: [`wait`](Self::wait) sleeps until the producers' next wakeup.
     wakeups: Epoll,
     ready: Vec<u64>,
     /// `poll` sleeps only while fewer bytes than this wait (see `expect_wakeups`).
@@ -332,7 +332,7 @@ impl RingBuffer {
         })
     }
 
-    /// Tells [`poll`](Self::poll) which wakeups the producers send (the policy the BPF side was
+    /// Tells [`wait`](Self::wait) which wakeups the producers send (the policy the BPF side was
     /// loaded with, see `bpfstream.h`), so that it sleeps through records written without a
     /// wakeup instead of returning for each trickle of them. The default, the kernel's
     /// [`WakeupPolicy::Adaptive`], is right for every policy but wastes CPU with the others.
@@ -351,7 +351,8 @@ impl RingBuffer {
         self.policy != WakeupPolicy::Never
     }
 
-    /// Like [`consume`](Self::consume), but hands over at most `max` records.
+    /// Hands every committed record (at most `max`) to `handler` without blocking; returns how
+    /// many. The handler may stop early (see [`Flow`]).
     pub(crate) fn consume_n<F: Flow>(
         &mut self,
         max: usize,
