@@ -58,11 +58,11 @@ pub(crate) trait Source {
         self.fill().is_some_and(|f| f.used > 0)
     }
 
-    #[cfg(feature = "tokio")]
     /// Whether the producers signal [`poll_fd`](Self::poll_fd) for the records they write.
     /// `false` for a ring buffer told [`WakeupPolicy::Never`](crate::WakeupPolicy::Never)
-    /// ([`RingBuffer::expect_wakeups`]): the async streams then keep a delay timer whatever
+    /// ([`EventSource::expect_wakeups`]): the async streams then keep a delay timer whatever
     /// `set_max_delay` says, since nothing else would ever wake them. The default: `true`.
+    #[cfg(feature = "tokio")]
     fn sends_wakeups(&self) -> bool {
         true
     }
@@ -73,15 +73,15 @@ pub(crate) trait Source {
         let _ = signalled;
     }
 
-    #[cfg(feature = "tokio")]
     /// What the source has accounted for, if it keeps [`Totals`](crate::Totals)
     /// ([`EventSource`] does). The default: nothing.
+    #[cfg(feature = "tokio")]
     fn totals(&self) -> Option<crate::Totals> {
         None
     }
 
-    #[cfg(feature = "tokio")]
     /// The source as an [`EventSource`], if it is one (to give it back from a stream).
+    #[cfg(feature = "tokio")]
     fn into_event_source(self: Box<Self>) -> Option<EventSource> {
         None
     }
@@ -204,10 +204,9 @@ impl<'a> Poller<'a> {
     /// An empty poller.
     pub fn new() -> Result<Self, Error> {
         let epoll = Epoll::new()?;
-        let control = Arc::new(Control::with_fd(EventFd::new()?));
-        if let Some(fd) = control.fd() {
-            epoll.add(fd.as_fd(), STOP_TOKEN)?;
-        }
+        let stop_fd = EventFd::new()?;
+        epoll.add(stop_fd.as_fd(), STOP_TOKEN)?;
+        let control = Arc::new(Control::with_fd(stop_fd));
         Ok(Poller { epoll, control, entries: Vec::new(), ready: Vec::new(), stopped_by: None, stats: Stats::default() })
     }
 

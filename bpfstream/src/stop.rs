@@ -52,9 +52,9 @@ impl Control {
         }
     }
 
-    #[cfg(feature = "tokio")]
     /// Remembers the task to wake on a request (the stream calls it before it looks, so a
     /// request made after the look still wakes it).
+    #[cfg(feature = "tokio")]
     pub(crate) fn register(&self, waker: &Waker) {
         let mut slot = self.task.lock().unwrap_or_else(|e| e.into_inner());
         if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
