@@ -284,7 +284,7 @@ pub(crate) struct RingBuffer {
     /// The map fd, edge-triggered: [`wait`](Self::wait) sleeps until the producers' next wakeup.
     wakeups: Epoll,
     ready: Vec<u64>,
-    /// `poll` sleeps only while fewer bytes than this wait (see `expect_wakeups`).
+    /// [`wait`](Self::wait) sleeps only while fewer bytes than this wait (see `expect_wakeups`).
     wake_threshold: u64,
     /// The producers' wakeup policy, as told by `expect_wakeups`.
     policy: WakeupPolicy,

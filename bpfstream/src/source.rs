@@ -223,7 +223,7 @@ impl EventSource {
 
     /// Counts a wait for this source's descriptor: `signalled` if it became readable, otherwise
     /// it timed out (or another source woke the waiter). [`poll`](Self::poll) and
-    /// [`Poller`](crate::Poller) call this (through [`Source::note_wait`](crate::Source::note_wait)).
+    /// [`Poller`](crate::Poller) call this (through [`Source::note_wait`](crate::poller::Source::note_wait)).
     pub(crate) fn note_wait(&mut self, signalled: bool) {
         self.stats.note_wait(signalled);
     }
