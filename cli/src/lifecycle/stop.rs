@@ -1,11 +1,14 @@
-//! The end of a run, exact to the last event and bounded in time, whatever stdout does:
+//! The end of a run, exact to the last event of every stream and bounded in time, whatever
+//! stdout does:
 //!
-//! 1. detach: closing the object's links and programs takes them out of the tracepoints, so no
+//! 1. detach: closing the objects' links and programs takes them out of the tracepoints, so no
 //!    new run of them can start;
-//! 2. wait until no run that started before can still be going (a grace period);
-//! 3. one snapshot of the drop counters, then drain until `delivered + dropped` reaches its
-//!    `produced`, and again after another grace period until two snapshots agree, or until the
-//!    drain's deadline; what is left is reported as `unaccounted`, never hidden;
+//! 2. wait until no run that started before can still be going (a grace period, one for every
+//!    stream);
+//! 3. for each source, one snapshot of its drop counters, then drain until `delivered +
+//!    dropped` reaches its `produced`, and again after another grace period until two snapshots
+//!    agree, or until the drain's one deadline; what is left is reported as `unaccounted`,
+//!    never hidden;
 //! 4. the output gets until its own deadline to be written; what is not is `unwritten`.
 //!
 //! The deadlines count from the end of the loop, so the whole stop fits in [`STOP_BUDGET`],
@@ -15,11 +18,11 @@
 
 use std::time::{Duration, Instant};
 
+use std::ops::ControlFlow;
+
 use anyhow::Result;
 use aya::Ebpf;
 use bpfstream::{EventSource, Item, Totals};
-
-use super::run::Feed;
 
 /// The longest a stop takes (the contract says 1 s).
 pub const STOP_BUDGET: Duration = Duration::from_millis(900);
@@ -49,10 +52,11 @@ impl Ending {
     }
 }
 
-/// Step 1: detaches every program of `bpf`; returns the deadlines of the rest of the stop.
-pub(super) fn detach(bpf: Ebpf) -> Ending {
+/// Step 1: detaches every program of every object; returns the deadlines of the rest of the
+/// stop.
+pub(super) fn detach(objects: Vec<Ebpf>) -> Ending {
     let began = Instant::now();
-    drop(bpf);
+    drop(objects);
     let drain_by = (began + DRAIN_BUDGET).max(Instant::now() + DRAIN_AT_LEAST);
     Ending {
         drain_by,
@@ -61,19 +65,30 @@ pub(super) fn detach(bpf: Ebpf) -> Ending {
     }
 }
 
-/// Steps 2 and 3: drains `source` into `feed` to the last event the counters account for (or
-/// the drain's deadline).
-pub(super) fn drain(source: &mut EventSource, ending: Ending, feed: &mut Feed<'_>) -> Result<Totals> {
-    let mut previous: Option<u64> = None;
+/// Steps 2 and 3 for every source at once, in the order given (the highest priority first):
+/// drains each into `handler` (given the source's index) to the last event its counters account
+/// for, or until the drain's deadline. Returns each source's totals.
+pub(super) fn drain(
+    sources: &mut [&mut EventSource],
+    ending: Ending,
+    mut handler: impl FnMut(usize, Item<'_>) -> ControlFlow<()>,
+) -> Result<Vec<Totals>> {
+    let mut totals = vec![Totals::default(); sources.len()];
+    // Settled: two snapshots in a row agree, or the source has no counters.
+    let mut settled = vec![false; sources.len()];
     loop {
         wait_for_running_programs();
-        let totals = source.finish_by(ending.drain_by, |item: Item<'_>| feed.item(item))?;
-        feed.end_batch();
-        let settled = totals.produced.is_none() || previous == totals.produced;
-        if settled || Instant::now() >= ending.drain_by {
+        for (i, source) in sources.iter_mut().enumerate() {
+            if settled[i] {
+                continue;
+            }
+            let previous = totals[i].produced;
+            totals[i] = source.finish_by(ending.drain_by, |item: Item<'_>| handler(i, item))?;
+            settled[i] = totals[i].produced.is_none() || totals[i].produced == previous;
+        }
+        if settled.iter().all(|&s| s) || Instant::now() >= ending.drain_by {
             return Ok(totals);
         }
-        previous = totals.produced;
     }
 }
 

@@ -1,22 +1,25 @@
-//! The accounting of one run, and where it is printed: the JSON summary goes to stdout if
-//! stdout can still take it by the stop's deadline, the text one to stderr; when stdout is
-//! unusable (blocked, full), the summary comes on stderr instead, with what was not written.
+//! The accounting of one stream of a run, and where it is printed: the JSON summary goes to
+//! stdout if stdout can still take it by the stop's deadline, the text one to stderr; when
+//! stdout is unusable (blocked, full), the summary comes on stderr instead, with what was not
+//! written.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
 use bpfstream::{Totals, Transport};
 
+use super::feed::Console;
 use super::stop::Ending;
 use crate::loss::burst_text;
 use crate::output::JsonLine;
 use crate::size::human_bytes;
-use crate::writer::{stderr_queue, stdout_queue};
 
-/// The accounting of one run.
+/// The accounting of one stream of a run.
 #[derive(Debug, Clone)]
 pub struct Summary {
+    /// The stream's name (`"stream"`), if it has one.
+    pub stream: Option<Arc<str>>,
     /// Records read from the buffer and handed to the output.
     pub events: u64,
     pub dropped: u64,
@@ -30,6 +33,10 @@ pub struct Summary {
     pub burst: Option<(u64, Option<u64>)>,
     /// With `--output`: the exporter's accounting after its final flush (`crate::export`).
     pub export: Option<crate::export::ExportSummary>,
+    /// Events whose line stdout did not take (of `events`).
+    pub unwritten: u64,
+    /// Records shorter than their type (of `events`).
+    pub malformed: u64,
     ending: Ending,
 }
 
@@ -44,14 +51,15 @@ impl Summary {
     }
 
     pub(super) fn new(
+        stream: Option<Arc<str>>,
         totals: Totals,
         transport: Transport,
         buffer_bytes: u64,
         elapsed: Duration,
         ending: Ending,
-        burst: Option<(u64, Option<u64>)>,
     ) -> Self {
         Summary {
+            stream,
             events: totals.delivered,
             dropped: totals.dropped,
             produced: totals.produced,
@@ -59,8 +67,10 @@ impl Summary {
             transport,
             buffer_bytes,
             elapsed,
-            burst,
+            burst: None,
             export: None,
+            unwritten: 0,
+            malformed: 0,
             ending,
         }
     }
@@ -71,12 +81,17 @@ impl Summary {
         self.produced.map_or(0, |p| i128::from(p) - i128::from(self.events) - i128::from(self.dropped))
     }
 
-    /// The summary object; tools add their own fields before writing it. `events` counts what
-    /// was written: events + dropped + unwritten = produced.
-    fn json(&self, unwritten: u64) -> JsonLine {
+    /// The summary object; tracers add their own fields after it. `events` counts what was
+    /// written: events + dropped + unwritten = produced.
+    fn json(&self) -> JsonLine {
         let secs = self.elapsed.as_secs_f64();
+        let unwritten = self.unwritten;
         let written = self.events.saturating_sub(unwritten);
-        let mut line = JsonLine::new("summary")
+        let mut line = match &self.stream {
+            Some(name) => JsonLine::new("summary").str("stream", name),
+            None => JsonLine::new("summary"),
+        };
+        line = line
             .num("events", written)
             .num("dropped", self.dropped)
             .num("unwritten", unwritten)
@@ -94,11 +109,15 @@ impl Summary {
         if let Some(export) = &self.export {
             line = export.json(line);
         }
-        line.num("bytes", self.bytes).float("duration_s", secs).float("events_per_sec", written as f64 / secs.max(1e-9))
+        line.num("bytes", self.bytes)
+            .float("duration_s", secs)
+            .float("events_per_sec", written as f64 / secs.max(1e-9))
+            .num("malformed", self.malformed)
     }
 
-    /// One line for humans (stderr).
-    fn text(&self, unwritten: u64) -> String {
+    /// One line for humans (stderr), without the newline.
+    fn text(&self) -> String {
+        let unwritten = self.unwritten;
         let mut s = format!("{} events, {} dropped", self.events.saturating_sub(unwritten), self.dropped);
         if unwritten > 0 {
             s.push_str(&format!(", {unwritten} unwritten (stdout did not take them)"));
@@ -121,44 +140,52 @@ impl Summary {
         s
     }
 
-    /// Waits, until the stop's deadline at most, for what a tool wrote to stdout after the run
-    /// (a final table) to be written; for tools that print no summary object of their own.
-    pub fn settle_output(&self) {
-        stdout_queue().drain_by(self.ending.summary_deadline());
+    /// `NAME: ` before a line for people about a named stream.
+    fn prefix(&self) -> String {
+        self.stream.as_ref().map(|name| format!("{name}: ")).unwrap_or_default()
     }
 
     /// Prints the summary (JSON on stdout, or text on stderr; on stderr too when stdout cannot
-    /// take it in time) plus a warning if the accounting does not add up. Waits for the output
-    /// until the stop's deadlines at most. Fails when stdout failed for another reason than a
-    /// reader that left.
-    pub fn print(&self, json: bool, extend: impl FnOnce(JsonLine) -> JsonLine, extra_text: &str) -> Result<()> {
-        let out = stdout_queue();
-        let unwritten = out.settle(self.ending.events_by);
-        let err = stderr_queue();
-        let on_stdout =
-            json && out.write_by(extend(self.json(unwritten)).finish_line(), self.ending.summary_deadline());
+    /// take it in time) plus warnings if the accounting does not add up. Call it once the
+    /// console's stdout settled ([`crate::writer::Queue::settle`]); waits for the output until
+    /// the stop's summary deadline at most. `extend` adds the tracer's fields to the object,
+    /// `text` makes the line for people from the lifecycle's.
+    pub fn print(
+        &self,
+        console: &Console,
+        json: bool,
+        extend: impl FnOnce(JsonLine) -> JsonLine,
+        text: impl FnOnce(String) -> String,
+    ) {
+        let deadline = self.ending.summary_deadline();
+        let on_stdout = json && console.stdout.write_by(extend(self.json()).finish_line(), deadline);
+        let mut warnings = String::new();
         if !on_stdout {
-            let text = format!("{}{extra_text}\n", self.text(unwritten));
-            err.write_by(text.into_bytes(), self.ending.summary_deadline());
+            warnings = format!("{}{}\n", self.prefix(), text(self.text()));
         }
         if self.unaccounted() != 0 {
-            let text = format!(
-                "warning: {} events produced by the BPF side are neither delivered nor counted as dropped (unaccounted)\n",
+            warnings.push_str(&format!(
+                "{}warning: {} events produced by the BPF side are neither delivered nor counted as dropped (unaccounted)\n",
+                self.prefix(),
                 self.unaccounted()
-            );
-            err.write_by(text.into_bytes(), self.ending.summary_deadline());
+            ));
         }
         let unexported = self.export.as_ref().map_or(0, |export| export.unaccounted(self.events));
         if unexported != 0 {
-            let text =
-                format!("warning: {unexported} delivered events are neither exported nor counted as export_failed\n");
-            err.write_by(text.into_bytes(), self.ending.summary_deadline());
+            warnings.push_str(&format!(
+                "{}warning: {unexported} delivered events are neither exported nor counted as export_failed\n",
+                self.prefix()
+            ));
         }
-        match out.error() {
-            Some(kind) if kind != io::ErrorKind::BrokenPipe => {
-                Err(anyhow!("writing to stdout failed: {}", io::Error::from(kind)))
-            }
-            _ => Ok(()),
+        if self.malformed > 0 {
+            warnings.push_str(&format!(
+                "{}warning: {} records were shorter than the event they carry (counted as malformed)\n",
+                self.prefix(),
+                self.malformed
+            ));
+        }
+        if !warnings.is_empty() {
+            console.stderr.write_by(warnings.into_bytes(), deadline);
         }
     }
 }

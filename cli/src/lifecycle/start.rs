@@ -1,0 +1,111 @@
+//! The start of a run: every stream loaded (its programs verified) and its buffer opened, then
+//! all of them attached, so that nothing is attached unless every stream could be; then one
+//! `Tracing...` line per stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use aya::maps::Map;
+use aya::Ebpf;
+use bpfstream::{EventSource, Transport};
+
+use super::args::BufferOptions;
+use super::load::{attach, load, open_source, TracerSpec};
+use crate::size::human_bytes;
+
+/// One stream of a run: a tracer and its buffer, with a name its events, loss reports and
+/// summary carry (`"stream":NAME`), and a priority (a higher one is served first, and again
+/// before every batch of a lower one).
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    pub tracer: TracerSpec,
+    pub buffer: BufferOptions,
+    pub name: Option<String>,
+    pub priority: i32,
+}
+
+impl StreamSpec {
+    /// The one stream of a one-tracer command: no name, the default priority.
+    pub fn alone(tracer: TracerSpec, buffer: BufferOptions) -> Self {
+        StreamSpec { tracer, buffer, name: None, priority: 0 }
+    }
+}
+
+/// A stream loaded and attached, its buffer open.
+pub struct Loaded {
+    /// `None` once detached.
+    pub(super) bpf: Option<Ebpf>,
+    pub(super) source: EventSource,
+    pub(super) what: &'static str,
+    pub(super) name: Option<Arc<str>>,
+    pub(super) priority: i32,
+    /// `--buffer-size`: ring total, or perf per CPU.
+    pub(super) size: u64,
+    pub(super) max_delay: Duration,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("what", &self.what)
+            .field("name", &self.name)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl Loaded {
+    /// Takes one of the object's maps out of it (e.g. a tool's own counters), to read after the
+    /// run detached the programs.
+    pub fn take_map(&mut self, name: &str) -> Result<Map> {
+        let bpf = self.bpf.as_mut().ok_or_else(|| anyhow!("the programs of {} are detached", self.what))?;
+        bpf.take_map(name).ok_or_else(|| anyhow!("BPF object has no {name} map"))
+    }
+
+    /// `ring buffer (256 KiB)` or `perf buffer (256 KiB per CPU, 2 CPUs: 512 KiB)`.
+    pub fn describe_buffer(&self) -> String {
+        match self.source.transport() {
+            Transport::Ring => format!("ring buffer ({})", human_bytes(self.size)),
+            Transport::Perf => {
+                let cpus = self.source.cpus().len();
+                let total = human_bytes(self.size * cpus as u64);
+                format!("perf buffer ({} per CPU, {cpus} CPUs: {total})", human_bytes(self.size))
+            }
+        }
+    }
+}
+
+/// Loads every stream and opens its buffer, then attaches them all (nothing is attached unless
+/// every stream loaded), then announces each on stderr: `Tracing <what> via <buffer>...`.
+pub fn start(specs: Vec<StreamSpec>) -> Result<Vec<Loaded>> {
+    let mut opened = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        let (bpf, _) = load(&spec.tracer, &spec.buffer)?;
+        // Open the buffer before attaching: perf buffers must be in the map before the first
+        // event, or those events would be dropped for want of a slot.
+        let source = open_source(&bpf, &spec.buffer)?;
+        opened.push((bpf, source));
+    }
+    for ((bpf, _), spec) in opened.iter_mut().zip(&specs) {
+        attach(bpf, &spec.tracer)?;
+    }
+    let streams: Vec<Loaded> = opened
+        .into_iter()
+        .zip(specs)
+        .map(|((bpf, source), spec)| Loaded {
+            bpf: Some(bpf),
+            source,
+            what: spec.tracer.what,
+            name: spec.name.map(Arc::from),
+            priority: spec.priority,
+            size: spec.buffer.size,
+            max_delay: spec.buffer.max_delay,
+        })
+        .collect();
+    for stream in &streams {
+        let name = stream.name.as_ref().map(|name| format!(" (stream {name})")).unwrap_or_default();
+        eprintln_lossy!("Tracing {} via {}{name}... Hit Ctrl-C to end.", stream.what, stream.describe_buffer());
+    }
+    Ok(streams)
+}
