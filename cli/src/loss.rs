@@ -191,6 +191,25 @@ mod tests {
     }
 
     #[test]
+    fn a_named_stream_says_its_name_on_every_report() {
+        let mut report = LossReport::new(true, false, Some("exec".into()));
+        let t0 = report.started;
+        let mut out = Vec::new();
+        report.add(&lost(5, 0), t0);
+        report.report(t0, false, &mut out, None).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "{\"type\":\"lost\",\"stream\":\"exec\",\"count\":5,\"cpu\":0,\"total\":5,\"elapsed_s\":0.000}\n"
+        );
+        let mut report = LossReport::new(false, false, Some("exec".into()));
+        let mut out = Vec::new();
+        report.add(&lost(5, 0), t0);
+        report.report(t0, true, &mut out, None).unwrap();
+        assert!(String::from_utf8(out).unwrap().starts_with("exec: Lost 5 events at "));
+    }
+
+    #[test]
     fn bursts_are_per_buffer_and_end_after_a_gap() {
         let t0 = Instant::now();
         let mut ring = LossReport::new(false, false, None);

@@ -368,8 +368,10 @@ impl Write for Output {
     /// Queues the batch. Never blocks and never fails: a failed output is found with
     /// [`Queue::error`] and accounted as unwritten.
     fn flush(&mut self) -> io::Result<()> {
+        // The next batch gets room for as much as this one held: batches grow without a copy.
+        let room = self.buf.len().next_power_of_two().max(BATCH);
         let bytes =
-            if self.buf.is_empty() { Vec::new() } else { std::mem::replace(&mut self.buf, Vec::with_capacity(BATCH)) };
+            if self.buf.is_empty() { Vec::new() } else { std::mem::replace(&mut self.buf, Vec::with_capacity(room)) };
         let events = (self.events > 0).then(|| EventLines {
             end: self.events_end,
             count: self.events,

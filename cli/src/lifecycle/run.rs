@@ -24,9 +24,10 @@ use crate::signals;
 /// of the wait does not interrupt it, so the wait itself must end soon.
 const LONGEST_WAIT: Duration = Duration::from_millis(250);
 
-/// Records a stream is served at most per turn when it shares the poller: after each batch of a
-/// lower-priority stream, the higher ones are served again. A stream alone takes all there is.
-const SHARED_BATCH: usize = 4096;
+/// Records a stream is served at most per turn: the loop looks for a stop (signal, duration,
+/// failed output) between turns, even while producers outpace it, and after each batch of a
+/// lower-priority stream the higher ones are served again.
+const BATCH_RECORDS: usize = 4096;
 
 /// A loaded stream with the way out of its events.
 pub struct Stream {
@@ -140,10 +141,9 @@ fn serve(
     max_delay: Duration,
     console: &Console,
 ) -> Result<()> {
-    let batch = if sources.len() == 1 { usize::MAX } else { SHARED_BATCH };
     let mut poller = Poller::new()?;
     for ((source, feed), shape) in sources.iter_mut().zip(feeds).zip(shapes) {
-        feed.serve(&mut poller, source, shape.priority, batch)?;
+        feed.serve(&mut poller, source, shape.priority, BATCH_RECORDS)?;
     }
     for feed in feeds {
         feed.header();

@@ -118,9 +118,9 @@ fn errno_text(ret: i64) -> Option<&'static str> {
     }
 }
 
-/// `{:03}`: digits zero-padded on the left to `width`.
-fn cell_right_zeros(out: &mut String, digits: &str, width: usize) {
-    out.extend(std::iter::repeat_n('0', width.saturating_sub(digits.len())));
+/// `{:03}`: digits zero-padded on the left to 3.
+fn cell_three_digits(out: &mut String, digits: &str) {
+    out.push_str(&"000"[..3usize.saturating_sub(digits.len())]);
     out.push_str(digits);
 }
 
@@ -267,7 +267,7 @@ impl Format for SyscallsFormat {
         let unit = if self.millis { 1_000_000 } else { 1000 };
         cell_right(line, num.format(e.duration_ns / unit), 9);
         line.push('.');
-        cell_right_zeros(line, num.format(e.duration_ns % unit / (unit / 1000)), 3);
+        cell_three_digits(line, num.format(e.duration_ns % unit / (unit / 1000)));
         line.push(' ');
         match errno_text(e.ret) {
             Some(errno) => line.push_str(errno),
