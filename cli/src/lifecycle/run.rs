@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use aya::Ebpf;
-use bpfstream::{EventSource, Poller};
+use bpfstream::{EventSource, Poller, Totals};
 
 use super::args::{BufferOptions, CommonArgs};
 use super::feed::{Console, Fed, Feed, Outlet};
 use super::format::Format;
 use super::load::TracerSpec;
 use super::start::{start, Loaded, StreamSpec};
-use super::stop;
+use super::stop::{self, Ending};
 use super::summary::Summary;
 use crate::signals;
 
@@ -68,8 +68,8 @@ pub fn trace<F: Format>(
 
 /// Runs `streams` until SIGINT/SIGTERM, `duration` or a failed output, then stops them all
 /// (detach, exact drain within one deadline) and prints each one's summary. Streams are served,
-/// drained and summarized by priority, highest first (then in the order given); the summaries
-/// come back in that order. A stream whose format or output failed (but for stdout's reader
+/// drained and summarized by priority, highest first (then in the order given), and their
+/// summaries come back in that order. A stream whose format or output failed (but for stdout's reader
 /// leaving) makes it an error once every summary is printed.
 pub fn run(mut streams: Vec<Stream>, duration: Option<Duration>, console: &Console) -> Result<Vec<Summary>> {
     streams.sort_by_key(|s| std::cmp::Reverse(s.loaded.priority));
@@ -96,12 +96,24 @@ pub fn run(mut streams: Vec<Stream>, duration: Option<Duration>, console: &Conso
     if let Some(e) = feeds.iter().find_map(|f| f.take_failure()) {
         return Err(anyhow!(e).context("writing events"));
     }
+    summarize(&feeds, shapes, totals, elapsed, ending, console)
+}
+
+/// After the drain: each stream closes (its last loss report, the exporter's flush, its last
+/// output), stdout gets until the events' deadline, then each stream prints its summary.
+fn summarize(
+    feeds: &[&dyn Fed],
+    shapes: Vec<Shape>,
+    totals: Vec<Totals>,
+    elapsed: Duration,
+    ending: Ending,
+    console: &Console,
+) -> Result<Vec<Summary>> {
     let mut summaries = Vec::with_capacity(feeds.len());
     let mut closed = Ok(());
     for ((feed, shape), totals) in feeds.iter().zip(shapes).zip(totals) {
         let mut summary = Summary::new(shape.name, totals, shape.transport, shape.buffer_bytes, elapsed, ending);
-        let result = feed.close(&mut summary, shape.size);
-        closed = closed.and(result);
+        closed = closed.and(feed.close(&mut summary, shape.size));
         summaries.push(summary);
     }
     console.stdout.settle(ending.events_by);

@@ -93,9 +93,9 @@ fn text(mut file: &File) -> String {
 }
 
 /// Runs a `syscalls` stream named "calls" (priority 1) and an `open` stream named "opens" of a
-/// worker making `calls` getppid() and `opens` opens, both with `--json`; returns their
-/// summaries.
-fn two_streams(calls: usize, opens: usize, console: &Console) -> Vec<Summary> {
+/// worker making `calls` getppid() and `opens` opens, both with `--json`, for `duration` after
+/// the worker is done; returns their summaries.
+fn two_streams(calls: usize, opens: usize, duration: Duration, console: &Console) -> Vec<Summary> {
     let worker = Worker::start(calls, opens);
     let tid = worker.tid.to_string();
     let syscalls_args: syscalls::SyscallsArgs =
@@ -129,7 +129,7 @@ fn two_streams(calls: usize, opens: usize, console: &Console) -> Vec<Summary> {
         },
     ];
     worker.run();
-    run(streams, Some(Duration::from_millis(300)), console).unwrap()
+    run(streams, Some(duration), console).unwrap()
 }
 
 fn lines(file: &File) -> Vec<Value> {
@@ -145,7 +145,8 @@ fn streams_of_one_run_are_each_named_and_exact() {
     let (calls, opens) = (3000, 700);
     let stdout = tempfile();
     let (console, _stderr) = console(&stdout);
-    let summaries = two_streams(calls, opens, &console);
+    // The poller serves them.
+    let summaries = two_streams(calls, opens, Duration::from_millis(300), &console);
     let names: Vec<_> = summaries.iter().map(|s| s.stream.as_deref().unwrap_or("")).collect();
     assert_eq!(names, ["calls", "opens"], "by priority, highest first");
     for (summary, n) in summaries.iter().zip([calls, opens]) {
@@ -170,7 +171,8 @@ fn what_stdout_does_not_take_is_counted_to_its_stream() {
     let (calls, opens) = (2000, 500);
     let full = File::options().write(true).open("/dev/full").unwrap();
     let (console, stderr) = console(&full);
-    let summaries = two_streams(calls, opens, &console);
+    // No time to serve them: every event comes in the final drain.
+    let summaries = two_streams(calls, opens, Duration::ZERO, &console);
     for (summary, n) in summaries.iter().zip([calls, opens]) {
         let n = n as u64;
         assert_eq!((summary.events, summary.unwritten, summary.produced), (n, n, Some(n)), "{:?}", summary.stream);
