@@ -20,6 +20,8 @@ macro_rules! eprint_lossy {
 
 mod bench;
 mod cgroup;
+mod cgroup_paths;
+mod container;
 mod export;
 mod histogram;
 mod host;
