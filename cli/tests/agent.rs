@@ -1,0 +1,117 @@
+//! `bpfstream agent --check FILE` and the refusals of `--config FILE`: a valid file exits 0
+//! with what it would run; a bad one exits 2 with `FILE:LINE: reason`, attaching nothing.
+//! Checking needs no privilege.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+const VALID: &str = r#"
+[output]
+url = "nats://127.0.0.1:4222/bpf"
+options = { connect = "retry" }
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[[stream]]
+name = "exec"
+tracer = "exec"
+args = ["-x", "--cgroup-path"]
+priority = 10
+topic = "bpf.exec"
+
+[[stream]]
+name = "slow"
+tracer = "syscalls"
+args = ["--min-duration", "10ms"]
+"#;
+
+fn write(name: &str, text: &str) -> PathBuf {
+    let path = temp_dir(&format!("agent-{name}")).join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn agent(mode: &str, file: &Path) -> (Option<i32>, String) {
+    let output = Command::new(bin()).args(["agent", mode, file.to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    assert!(!text.contains("panicked"), "{text}");
+    (output.status.code(), text)
+}
+
+#[test]
+fn a_valid_file_passes_the_check() {
+    let file = write("valid.toml", VALID);
+    let (code, text) = agent("--check", &file);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(
+            "valid: 2 streams (exec: exec, slow: syscalls); output nats://127.0.0.1:4222/bpf; metrics on 127.0.0.1:0"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn checking_needs_no_privilege() {
+    let file = write("unprivileged.toml", VALID);
+    std::fs::set_permissions(file.parent().unwrap(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", bin(), "agent", "--check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn bad_files_are_refused_with_their_line() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let in_use = taken.local_addr().unwrap().to_string();
+    let cases = [
+        (VALID.replace("priority = 10", "priority = 10\nprio = 1"), ":14: unknown field `prio`"),
+        (VALID.replace("name = \"slow\"", "name = \"exec\""), ":17: stream name \"exec\" is already used at line 10"),
+        (
+            VALID.replace("\"-x\",", "\"-x\", \"--errno\", \"ENOENT\","),
+            ":12: stream \"exec\": unexpected argument '--errno'",
+        ),
+        (
+            VALID.replace("\"10ms\"", "\"10ms\", \"--output\", \"nats://127.0.0.1:4222/x\""),
+            ":19: stream \"slow\": --output is the agent's",
+        ),
+        (VALID.replace("127.0.0.1:0", &in_use), ":7: metrics address"),
+        (
+            VALID.replace("connect = \"retry\"", "connect = \"later\""),
+            ":4: [output] options: bad output option: connect=\"later\"",
+        ),
+        (VALID.replace("nats://", "amqp://"), ":3: [output] url: bad output URL"),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let file = write(&format!("bad-{i}.toml"), text);
+        let (code, message) = agent("--check", &file);
+        assert_eq!(code, Some(2), "{expected}: {message}");
+        let expected = format!("bpfstream agent: {}{expected}", file.display());
+        assert!(message.starts_with(&expected), "expected {expected:?}, got {message:?}");
+        assert_eq!(message.lines().count(), 1, "{message}");
+    }
+    assert!(agent("--check", Path::new("/no/such/file.toml")).1.contains("/no/such/file.toml: cannot read it"));
+    drop(taken);
+}
+
+/// `--config` checks the whole file before it attaches anything: a bad last stream means no
+/// program of the first one was ever loaded.
+#[test]
+fn a_bad_file_attaches_nothing() {
+    let Some(_kernel) = kernel_test() else { return };
+    let before = id_watermarks();
+    let file = write("late-error.toml", &VALID.replace("\"10ms\"", "\"10ms\", \"--syscall\", \"no_such_call\""));
+    let (code, message) = agent("--config", &file);
+    assert_eq!(code, Some(2), "{message}");
+    assert!(message.contains(":19: stream \"slow\": invalid value 'no_such_call' for '--syscall"), "{message}");
+    assert_eq!(id_watermarks(), before, "no program or map was loaded");
+}
