@@ -115,3 +115,18 @@ fn a_bad_file_attaches_nothing() {
     assert!(message.contains(":19: stream \"slow\": invalid value 'no_such_call' for '--syscall"), "{message}");
     assert_eq!(id_watermarks(), before, "no program or map was loaded");
 }
+
+/// The README's example file is valid as written (on a free port).
+#[test]
+fn the_readme_example_passes_the_check() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let section = readme.split("## The agent").nth(1).unwrap();
+    let example = section.split("```toml\n").nth(1).unwrap().split("```").next().unwrap();
+    let file = write("readme.toml", &example.replace("127.0.0.1:9464", "127.0.0.1:0"));
+    let (code, text) = agent("--check", &file);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("valid: 2 streams (exec: exec, slow: syscalls); output kafka://127.0.0.1:9092/bpf"),
+        "{text}"
+    );
+}

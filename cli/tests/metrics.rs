@@ -4,7 +4,6 @@
 //! Prometheus' query API (`last_over_time`: a vanished target's series are marked stale) equals
 //! what the streams published last. `/healthz` says 503 and why until every stream is attached.
 
-#[allow(dead_code, unused_imports)]
 #[path = "../src/metrics/mod.rs"]
 mod metrics;
 #[path = "../../bpfstream/tests/support/time_scale.rs"]

@@ -51,8 +51,10 @@ const PER_STREAM: [PerStream; 8] = [
     }),
 ];
 
-/// `bpfstream_export_failed_total`'s causes and their values.
-const FAILED_CAUSES: [(&str, fn(&StreamCounters) -> u64); 3] = [
+/// A cause of `bpfstream_export_failed_total` and its count in a snapshot.
+type Cause = (&'static str, fn(&StreamCounters) -> u64);
+
+const FAILED_CAUSES: [Cause; 3] = [
     ("queue_full", |c| c.export_queue_full),
     ("rejected", |c| c.export_rejected),
     ("unencoded", |c| c.export_unencoded),
