@@ -6,7 +6,7 @@ mod common;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use common::*;
 
@@ -97,17 +97,31 @@ fn bad_files_are_refused_with_their_line() {
     drop(taken);
 }
 
-/// `--config` checks the whole file before it attaches anything: a bad last stream means no
-/// program of the first one was ever loaded.
+/// `--config` checks the whole file before it attaches anything: with a bad last stream, the
+/// agent makes not one bpf() call (seen by `bpfstream syscalls` on a copy of the binary with a
+/// name of its own; the same copy tracing for a moment is seen making them).
 #[test]
 fn a_bad_file_attaches_nothing() {
     let Some(_kernel) = kernel_test() else { return };
-    let before = id_watermarks();
+    let agent_copy = temp_dir("agent-bpf-calls").join("bpfs-agent");
+    copy_executable(Path::new(bin()), &agent_copy);
     let file = write("late-error.toml", &VALID.replace("\"10ms\"", "\"10ms\", \"--syscall\", \"no_such_call\""));
-    let (code, message) = agent("--config", &file);
+    let watch = start(&["syscalls", "--json", "--name", "bpfs-agent", "--syscall", "bpf"]);
+    let run = |args: &[&str]| {
+        let child = Command::new(&agent_copy).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let pid = child.id();
+        let output = child.wait_with_output().unwrap();
+        (pid, output.status.code(), String::from_utf8_lossy(&output.stderr).to_string())
+    };
+    let (refused, code, message) = run(&["agent", "--config", file.to_str().unwrap()]);
     assert_eq!(code, Some(2), "{message}");
     assert!(message.contains(":19: stream \"slow\": invalid value 'no_such_call' for '--syscall"), "{message}");
-    assert_eq!(id_watermarks(), before, "no program or map was loaded");
+    let (control, code, message) = run(&["exec", "-d", "0.1"]);
+    assert_eq!(code, Some(0), "{message}");
+    let calls = watch.stop().of_type("syscall");
+    let of = |pid: u32| calls.iter().filter(|e| e["pid"] == pid).count();
+    assert_eq!(of(refused), 0, "no bpf() call from the refused agent: {calls:?}");
+    assert!(of(control) > 0, "the control run's bpf() calls are seen: {calls:?}");
 }
 
 /// The README's example file is valid as written (on a free port).

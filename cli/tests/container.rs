@@ -151,3 +151,37 @@ fn cgroup_path_needs_json_lines() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--cgroup-path adds fields to JSON lines"), "{err}");
 }
+
+/// `open` and `syscalls` take the flag too: a process in a docker container's cgroup opens a
+/// file, and each tracer's events of it carry the container.
+#[test]
+fn open_and_syscalls_events_carry_the_container() {
+    let Some(_kernel) = kernel_test() else { return };
+    let name = format!("bpfstream-containers-tools-{}", std::process::id());
+    let root = cgroup2_mount().join(&name);
+    if root.exists() {
+        remove_tree(&root);
+    }
+    let relative = format!("system.slice/docker-{ID}.scope");
+    let cgroup = make(&root, &relative);
+    for tracer in ["open", "syscalls"] {
+        let run = start(&[tracer, "--json", "--cgroup-path", "--cgroup", root.to_str().unwrap()]);
+        let marker = format!("/nonexistent-{tracer}-marker");
+        let script = format!("echo $$ > '{}' && exec cat {marker}", cgroup.join("cgroup.procs").display());
+        let _ = Command::new("sh").args(["-c", &script]).stderr(std::process::Stdio::null()).status().unwrap();
+        let finished = run.stop();
+        assert!(finished.status.success(), "{tracer}: {}", finished.stderr);
+        let events: Vec<_> =
+            finished.json().into_iter().filter(|e| e["type"] == "open" || e["type"] == "syscall").collect();
+        assert!(!events.is_empty(), "{tracer}: no event");
+        if tracer == "open" {
+            assert!(events.iter().any(|e| e["filename"] == marker.as_str()), "{events:#?}");
+        }
+        for e in &events {
+            assert_eq!(e["cgroup"], format!("/{name}/{relative}").as_str(), "{tracer}: {e}");
+            assert_eq!(e["container_id"], ID, "{tracer}: {e}");
+            assert!(e.get("pod_uid").is_none(), "{tracer}: {e}");
+        }
+    }
+    remove_tree(&root);
+}
