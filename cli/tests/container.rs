@@ -43,6 +43,16 @@ fn remove_tree(dir: &Path) {
     remove(dir);
 }
 
+/// A cgroup of the test's own under the cgroup2 mount, empty: (its name, its directory).
+fn fresh_root(tag: &str) -> (String, PathBuf) {
+    let name = format!("{tag}-{}", std::process::id());
+    let root = cgroup2_mount().join(&name);
+    if root.exists() {
+        remove_tree(&root);
+    }
+    (name, root)
+}
+
 /// Runs `/bin/true MARKER` from a shell that moved itself into `cgroup` first.
 fn exec_in(cgroup: &Path, marker: &str) {
     let procs = cgroup.join("cgroup.procs");
@@ -80,11 +90,7 @@ fn wait_lines(run: &Running, count: usize) {
 #[test]
 fn events_carry_their_cgroup_container_and_pod() {
     let Some(_kernel) = kernel_test() else { return };
-    let name = format!("bpfstream-containers-{}", std::process::id());
-    let root = cgroup2_mount().join(&name);
-    if root.exists() {
-        remove_tree(&root);
-    }
+    let (name, root) = fresh_root("bpfstream-containers");
     let uid_ = POD.replace('-', "_");
     let docker = format!("system.slice/docker-{ID}.scope");
     let cri =
@@ -157,11 +163,7 @@ fn cgroup_path_needs_json_lines() {
 #[test]
 fn open_and_syscalls_events_carry_the_container() {
     let Some(_kernel) = kernel_test() else { return };
-    let name = format!("bpfstream-containers-tools-{}", std::process::id());
-    let root = cgroup2_mount().join(&name);
-    if root.exists() {
-        remove_tree(&root);
-    }
+    let (name, root) = fresh_root("bpfstream-containers-tools");
     let relative = format!("system.slice/docker-{ID}.scope");
     let cgroup = make(&root, &relative);
     for tracer in ["open", "syscalls"] {
