@@ -5,7 +5,7 @@
 //! buffer no call is dynamic. The lifecycle reaches a stream through [`Fed`], once per batch.
 //!
 //! ```text
-//!  Poller ──handler──▶ Feed<F>::item ──▶ F::decode ──▶ Tee (JSON line: stdout, exporter)
+//!  Poller ──handler──▶ Feed<F>::item ──▶ F::decode ──▶ F::json + containers ──▶ Tee (stdout, exporter)
 //!                                                 └──▶ time cell + F::row ──▶ Output (stdout)
 //!  end of batch: F::tick, export losses, loss report, Output::flush ──▶ stdout queue
 //! ```
@@ -22,6 +22,7 @@ use bpfstream::{EventSource, Item, Poller, SourceId, Transport};
 use super::args::CommonArgs;
 use super::format::Format;
 use super::summary::Summary;
+use crate::container::{ContainerArgs, ContainerFields};
 use crate::export::Tee;
 use crate::loss::{buffer_for_burst, LossReport};
 use crate::output::{JsonLine, TimeColumn};
@@ -55,21 +56,23 @@ impl Console {
     }
 }
 
-/// How a stream's events leave: a table or JSON lines on stdout, the exporter (`--output`), and
-/// the table's time column.
+/// How a stream's events leave: a table or JSON lines on stdout, the exporter (`--output`), the
+/// table's time column and the JSON lines' container fields (`--cgroup-path`).
 #[derive(Debug)]
 pub struct Outlet {
     json: bool,
     time: TimeColumn,
     tee: Tee,
+    containers: ContainerFields,
 }
 
 impl Outlet {
-    /// `--json`, `-T`/`--elapsed` and `--output`, whose exporter connects now: an engine that
-    /// cannot be reached is an error before anything is loaded.
-    pub fn start(args: &CommonArgs) -> Result<Self> {
+    /// `--json`, `-T`/`--elapsed`, `--cgroup-path` and `--output`, whose exporter connects now:
+    /// an engine that cannot be reached is an error before anything is loaded.
+    pub fn start(args: &CommonArgs, container: &ContainerArgs) -> Result<Self> {
         let tee = Tee::start(&args.output, args.json)?;
-        Ok(Outlet { json: args.json, time: TimeColumn::new(args.timestamp, args.elapsed), tee })
+        let containers = ContainerFields::for_tracer(container, tee.active())?;
+        Ok(Outlet { json: args.json, time: TimeColumn::new(args.timestamp, args.elapsed), tee, containers })
     }
 }
 
@@ -83,6 +86,7 @@ pub(super) struct Feed<F: Format> {
     json: bool,
     time: TimeColumn,
     tee: Tee,
+    containers: ContainerFields,
     stream: Option<Arc<str>>,
     loss: LossReport,
     malformed: u64,
@@ -98,7 +102,7 @@ impl<F: Format> Feed<F> {
         stream: Option<Arc<str>>,
         transport: Transport,
     ) -> Self {
-        let Outlet { json, time, mut tee } = outlet;
+        let Outlet { json, time, mut tee, containers } = outlet;
         tee.set_stream(stream.clone());
         Feed {
             format,
@@ -107,6 +111,7 @@ impl<F: Format> Feed<F> {
             json,
             time,
             tee,
+            containers,
             loss: LossReport::new(json, transport == Transport::Perf, stream.clone()),
             stream,
             malformed: 0,
@@ -152,7 +157,8 @@ impl<F: Format> Feed<F> {
                 Some(name) => JsonLine::new(F::KIND).str("stream", name),
                 None => JsonLine::new(F::KIND),
             };
-            self.tee.emit(&mut self.out, self.format.json(&event, line))?;
+            let line = self.containers.add(self.format.json(&event, line), F::cgroup_id(&event));
+            self.tee.emit(&mut self.out, line)?;
             if self.json {
                 self.out.end_event();
                 return Ok(());

@@ -1,6 +1,6 @@
 //! What a tracer brings besides its BPF object: how to decode its records and its columns, in a
 //! table and in JSON. Where its events go (stdout, the exporter), the time column, the stream's
-//! name, malformed records and losses are the lifecycle's.
+//! name, the container fields, malformed records and losses are the lifecycle's.
 
 use std::io;
 
@@ -29,6 +29,9 @@ pub trait Format: 'static {
 
     /// The event's stamp (`bpf_ktime_get_ns`), for the time column.
     fn ts_ns(event: &Self::Event<'_>) -> u64;
+
+    /// The event's cgroup (`bpf_get_current_cgroup_id`), for `--cgroup-path`.
+    fn cgroup_id(event: &Self::Event<'_>) -> u64;
 
     /// The table's column titles after the time column's, with the newline; `None` when the
     /// tracer prints no table of events.

@@ -27,6 +27,7 @@ mod stop;
 mod summary;
 
 pub use args::{BufferOptions, BurstBudget, CommonArgs, EventRate};
+pub use feed::Outlet;
 pub use format::Format;
 pub use load::{
     attach, load, map_fd, open_source, task_filter_globals, Attach, Global, Objects, TracerSpec, EVENTS_MAP,

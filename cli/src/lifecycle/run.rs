@@ -11,7 +11,7 @@ use anyhow::{anyhow, Result};
 use aya::Ebpf;
 use bpfstream::{EventSource, Poller, Totals};
 
-use super::args::{BufferOptions, CommonArgs};
+use super::args::BufferOptions;
 use super::feed::{Console, Fed, Feed, Outlet};
 use super::format::Format;
 use super::load::TracerSpec;
@@ -50,19 +50,20 @@ impl Loaded {
 }
 
 /// A one-tracer command: its stream (`format` made once it is loaded, e.g. from its maps) run
-/// until stopped, then its summary; fails when stdout failed (but for a reader that left).
+/// until stopped (or for `duration`), then its summary; fails when stdout failed (but for a
+/// reader that left).
 pub fn trace<F: Format>(
     tracer: TracerSpec,
     buffer: BufferOptions,
-    args: &CommonArgs,
+    outlet: Outlet,
+    duration: Option<Duration>,
     format: impl FnOnce(&mut Loaded) -> Result<F>,
 ) -> Result<()> {
-    let outlet = Outlet::start(args)?;
     let console = Console::process();
     let mut streams = start(vec![StreamSpec::alone(tracer, buffer)])?;
     let mut loaded = streams.pop().ok_or_else(|| anyhow!("no stream started"))?;
     let format = format(&mut loaded)?;
-    run(vec![loaded.stream(format, outlet, &console)], args.duration, &console)?;
+    run(vec![loaded.stream(format, outlet, &console)], duration, &console)?;
     console.check()
 }
 

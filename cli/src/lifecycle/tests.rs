@@ -119,12 +119,12 @@ fn two_streams(calls: usize, opens: usize, duration: Duration, console: &Console
     let streams: Vec<Stream> = vec![
         {
             let format = open::format(&open_args, &mut loaded[0]).unwrap();
-            let outlet = Outlet::start(&open_args.common).unwrap();
+            let outlet = Outlet::start(&open_args.common, &open_args.container).unwrap();
             loaded.remove(0).stream(format, outlet, console)
         },
         {
             let format = syscalls::format(&syscalls_args, &mut loaded[0]).unwrap();
-            let outlet = Outlet::start(&syscalls_args.common).unwrap();
+            let outlet = Outlet::start(&syscalls_args.common, &syscalls_args.container).unwrap();
             loaded.remove(0).stream(format, outlet, console)
         },
     ];

@@ -17,8 +17,9 @@ use std::io::{self, Write};
 use anyhow::Result;
 use bpfstream::FromRecord;
 
+use crate::container::ContainerArgs;
 use crate::lifecycle::{
-    task_filter_globals, Attach, BufferOptions, CommonArgs, EventRate, Format, Global, Summary, TracerSpec,
+    task_filter_globals, Attach, BufferOptions, CommonArgs, EventRate, Format, Global, Outlet, Summary, TracerSpec,
 };
 use crate::objects;
 use crate::output::{c_str, display_bytes, JsonLine};
@@ -98,6 +99,8 @@ fn parse_max_args(text: &str) -> Result<u32, String> {
 pub struct ExecArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub container: ContainerArgs,
     /// Only this thread (the one calling exec; filtered in the kernel)
     #[arg(short = 't', long, value_name = "TID", value_parser = crate::values::parse_task_id)]
     pub tid: Option<u32>,
@@ -161,6 +164,10 @@ impl Format for ExecFormat {
         e.header.ts_ns
     }
 
+    fn cgroup_id(e: &Exec<'_>) -> u64 {
+        e.header.cgroup_id
+    }
+
     fn titles(&self) -> Option<String> {
         let uid = if self.print_uid { format!("{:<6} ", "UID") } else { String::new() };
         Some(format!("{uid}{:<16} {:<7} {:<7} {:>4} FILENAME ARGS\n", "PCOMM", "PID", "PPID", "RET"))
@@ -218,7 +225,8 @@ impl Format for ExecFormat {
 }
 
 pub fn run(args: ExecArgs) -> Result<()> {
-    crate::lifecycle::trace(spec(&args), buffer(&args), &args.common, |_| Ok(format(&args)))
+    let outlet = Outlet::start(&args.common, &args.container)?;
+    crate::lifecycle::trace(spec(&args), buffer(&args), outlet, args.common.duration, |_| Ok(format(&args)))
 }
 
 /// The buffer of `args`.

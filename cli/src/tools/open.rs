@@ -9,9 +9,10 @@ use anyhow::Result;
 use aya::maps::{MapData, PerCpuArray};
 use bpfstream::FromRecord;
 
+use crate::container::ContainerArgs;
 use crate::lifecycle::{
-    task_filter_globals, Attach, BufferOptions, BurstBudget, CommonArgs, EventRate, Format, Global, Loaded, Summary,
-    TracerSpec,
+    task_filter_globals, Attach, BufferOptions, BurstBudget, CommonArgs, EventRate, Format, Global, Loaded, Outlet,
+    Summary, TracerSpec,
 };
 use crate::names::{errno_name, syscall_name};
 use crate::objects;
@@ -77,6 +78,8 @@ const BURST: BurstBudget =
 pub struct OpenArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub container: ContainerArgs,
     /// Only this thread (filtered in the kernel)
     #[arg(short = 't', long, value_name = "TID", value_parser = crate::values::parse_task_id)]
     pub tid: Option<u32>,
@@ -134,6 +137,10 @@ impl Format for OpenFormat {
 
     fn ts_ns(e: &Open<'_>) -> u64 {
         e.header.ts_ns
+    }
+
+    fn cgroup_id(e: &Open<'_>) -> u64 {
+        e.header.cgroup_id
     }
 
     fn titles(&self) -> Option<String> {
@@ -218,7 +225,8 @@ fn average_record(summary: &Summary) -> f64 {
 }
 
 pub fn run(args: OpenArgs) -> Result<()> {
-    crate::lifecycle::trace(spec(&args), buffer(&args), &args.common, |loaded| format(&args, loaded))
+    let outlet = Outlet::start(&args.common, &args.container)?;
+    crate::lifecycle::trace(spec(&args), buffer(&args), outlet, args.common.duration, |loaded| format(&args, loaded))
 }
 
 /// The buffer of `args`.

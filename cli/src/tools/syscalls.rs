@@ -11,9 +11,10 @@ use anyhow::Result;
 use aya::maps::{MapData, PerCpuArray};
 use bpfstream::FromRecord;
 
+use crate::container::ContainerArgs;
 use crate::lifecycle::{
-    task_filter_globals, Attach, BufferOptions, BurstBudget, CommonArgs, EventRate, Format, Global, Loaded, Summary,
-    TracerSpec,
+    task_filter_globals, Attach, BufferOptions, BurstBudget, CommonArgs, EventRate, Format, Global, Loaded, Outlet,
+    Summary, TracerSpec,
 };
 use crate::names::{errno_name, syscall_name, syscall_number};
 use crate::objects;
@@ -128,6 +129,8 @@ fn cell_three_digits(out: &mut String, digits: &str) {
 pub struct SyscallsArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub container: ContainerArgs,
     /// Only this thread (filtered in the kernel)
     #[arg(short = 't', long, value_name = "TID", value_parser = crate::values::parse_task_id)]
     pub tid: Option<u32>,
@@ -244,6 +247,10 @@ impl Format for SyscallsFormat {
         e.ts_ns
     }
 
+    fn cgroup_id(e: &SyscallEvent) -> u64 {
+        e.cgroup_id
+    }
+
     fn titles(&self) -> Option<String> {
         let duration = if self.millis { "DURATION(ms)" } else { "DURATION(us)" };
         let titles = format!("{:<16} {:>7} {:>7} {:<20} {duration:>13} RET\n", "COMM", "PID", "TID", "SYSCALL");
@@ -338,7 +345,8 @@ pub fn run(args: SyscallsArgs) -> Result<()> {
         let text = "--output ships events, and the summary options (-L -i -P --top --sort) stream none\n";
         clap::Error::raw(clap::error::ErrorKind::ArgumentConflict, text).exit();
     }
-    crate::lifecycle::trace(spec(&args), buffer(&args), &args.common, |loaded| format(&args, loaded))
+    let outlet = Outlet::start(&args.common, &args.container)?;
+    crate::lifecycle::trace(spec(&args), buffer(&args), outlet, args.common.duration, |loaded| format(&args, loaded))
 }
 
 /// The buffer of `args`.
