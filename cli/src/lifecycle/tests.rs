@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::feed::{Console, Outlet};
 use super::load::TracerSpec;
-use super::run::{run, Stream};
+use super::run::run;
 use super::start::{start, StreamSpec};
 use super::summary::Summary;
 use crate::tools::{open, syscalls};
@@ -115,18 +115,12 @@ fn two_streams(calls: usize, opens: usize, duration: Duration, console: &Console
             priority: 1,
         },
     ];
-    let mut loaded = start(specs).unwrap();
-    let streams: Vec<Stream> = vec![
-        {
-            let format = open::format(&open_args, &mut loaded[0]).unwrap();
-            let outlet = Outlet::start(&open_args.common, &open_args.container).unwrap();
-            loaded.remove(0).stream(format, outlet, console)
-        },
-        {
-            let format = syscalls::format(&syscalls_args, &mut loaded[0]).unwrap();
-            let outlet = Outlet::start(&syscalls_args.common, &syscalls_args.container).unwrap();
-            loaded.remove(0).stream(format, outlet, console)
-        },
+    let [mut opens, mut calls]: [_; 2] = start(specs).unwrap().try_into().unwrap();
+    let open_format = open::format(&open_args, &mut opens).unwrap();
+    let syscalls_format = syscalls::format(&syscalls_args, &mut calls).unwrap();
+    let streams = vec![
+        opens.stream(open_format, Outlet::start(&open_args.common, &open_args.container).unwrap(), console),
+        calls.stream(syscalls_format, Outlet::start(&syscalls_args.common, &syscalls_args.container).unwrap(), console),
     ];
     worker.run();
     run(streams, Some(duration), console).unwrap()
