@@ -237,8 +237,9 @@ pub(super) trait Fed {
     /// The first error of the format or an output, if it is not stdout's reader leaving.
     fn take_failure(&self) -> Option<io::Error>;
     fn close(&self, summary: &mut Summary, size: u64) -> Result<()>;
-    /// Prints `summary` once the queues settled, with what stdout did not take of this stream.
-    fn print(&self, summary: &mut Summary, console: &Console);
+    /// Prints `summary` once the queues settled, with what stdout did not take of this stream,
+    /// by `deadline` at most.
+    fn print(&self, summary: &mut Summary, console: &Console, deadline: Instant);
 }
 
 impl<F: Format> Fed for RefCell<Feed<F>> {
@@ -279,12 +280,13 @@ impl<F: Format> Fed for RefCell<Feed<F>> {
         self.borrow_mut().close(summary, size)
     }
 
-    fn print(&self, summary: &mut Summary, console: &Console) {
+    fn print(&self, summary: &mut Summary, console: &Console, deadline: Instant) {
         let feed = self.borrow();
         summary.unwritten = feed.out.unwritten();
         let summary = &*summary;
         summary.print(
             console,
+            deadline,
             feed.json,
             |line| feed.format.summary_json(summary, line),
             |text| feed.format.summary_text(summary, text),

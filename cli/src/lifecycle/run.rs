@@ -118,8 +118,10 @@ fn summarize(
         summaries.push(summary);
     }
     console.stdout.settle(ending.events_by);
+    // One deadline for every summary, however many streams.
+    let deadline = ending.summary_deadline();
     for (feed, summary) in feeds.iter().zip(&mut summaries) {
-        feed.print(summary, console);
+        feed.print(summary, console, deadline);
     }
     closed.map(|()| summaries)
 }

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bpfstream::{Totals, Transport};
 
@@ -148,16 +148,17 @@ impl Summary {
     /// Prints the summary (JSON on stdout, or text on stderr; on stderr too when stdout cannot
     /// take it in time) plus warnings if the accounting does not add up. Call it once the
     /// console's stdout settled ([`crate::writer::Queue::settle`]); waits for the output until
-    /// the stop's summary deadline at most. `extend` adds the tracer's fields to the object,
-    /// `text` makes the line for people from the lifecycle's.
+    /// `deadline` at most (the stop's summary deadline, [`Ending::summary_deadline`]). `extend`
+    /// adds the tracer's fields to the object, `text` makes the line for people from the
+    /// lifecycle's.
     pub fn print(
         &self,
         console: &Console,
+        deadline: Instant,
         json: bool,
         extend: impl FnOnce(JsonLine) -> JsonLine,
         text: impl FnOnce(String) -> String,
     ) {
-        let deadline = self.ending.summary_deadline();
         let on_stdout = json && console.stdout.write_by(extend(self.json()).finish_line(), deadline);
         let mut warnings = String::new();
         if !on_stdout {
