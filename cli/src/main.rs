@@ -31,6 +31,7 @@ mod objects;
 mod output;
 mod plot;
 mod privileges;
+mod run;
 mod signals;
 mod size;
 mod tools;
@@ -74,11 +75,15 @@ enum Command {
     /// The chapter's exercises as experiments: sizing, compare, batching, backpressure,
     /// multi-ring (or all of them into a report)
     Lab(lab::LabArgs),
+    /// Run any BPF object (CO-RE, with BTF) and stream its events, decoded from its BTF
+    Run(run::RunArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(missing) = privileges::check() {
+    // Describing an object reads a file: no privilege needed.
+    let describe = matches!(&cli.command, Command::Run(args) if args.describe);
+    if let (false, Err(missing)) = (describe, privileges::check()) {
         eprintln_lossy!("bpfstream: {missing}");
         return ExitCode::from(1);
     }
@@ -95,7 +100,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // Tracers catch SIGINT/SIGTERM to detach, drain, print their summary (a second one ends
     // them at once). The bench and the lab keep the default action: Ctrl-C ends them at once, and the kernel frees every program,
     // link and map they made with the process (nothing is pinned).
-    if matches!(cli.command, Command::Syscalls(_) | Command::Exec(_) | Command::Open(_)) {
+    if matches!(cli.command, Command::Syscalls(_) | Command::Exec(_) | Command::Open(_) | Command::Run(_)) {
         signals::install()?;
     }
     match cli.command {
@@ -104,5 +109,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Open(args) => tools::open::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Lab(args) => lab::run(args),
+        Command::Run(args) => run::run(args),
     }
 }

@@ -1,0 +1,806 @@
+//! Records decoded from BTF: a [`Plan`] is compiled once from the record struct (every member's
+//! offset, width, signedness, bitfield, enum names, strings, nested structs and arrays unrolled
+//! into one flat list of [`Op`]s with their JSON keys already written), then applied to each
+//! record with no tree walk and no allocation per field: each op reads its bytes and appends its
+//! key and value to the line being built.
+//!
+//! ```text
+//!   struct ev { __u64 ts; __u32 len; char comm[4]; struct { __u8 a:3, b:5; } f; char data[] };
+//!   ops:  Int  at 0  size 8   ,"ts":
+//!         Int  at 8  size 4   ,"len":
+//!         Str  at 12 len 4    ,"comm":           (cut at NUL; ,"comm_hex": when not UTF-8)
+//!         Open {              ,"f":
+//!         Bits at 16 shift 0 bits 3   "a":
+//!         Bits at 16 shift 3 bits 5   ,"b":
+//!         Close }
+//!   tail: data at 20, one char per byte, `len` of them (btf_decl_tag("bpfstream_len:len"))
+//! ```
+//!
+//! The tail is a trailing flexible array member: it starts at the member's offset, as C lays it
+//! out (not at `sizeof`), and holds as many elements as the field its `bpfstream_len:FIELD`
+//! declaration tag names says; untagged, it takes the rest of the record.
+
+use std::fmt::Write as _;
+use std::ops::Range;
+
+use super::btf::{Btf, Kind, Member, TypeId, MAX_DEPTH};
+use crate::output::{display_bytes, json_escape_bytes, json_escape_str};
+
+/// The declaration tag that names a flexible array's length field.
+pub const LEN_TAG: &str = "bpfstream_len:";
+
+/// Most ops one record type may unroll into; a larger array is shown as hex.
+const MAX_OPS: usize = 1 << 16;
+
+/// Top-level names the JSON line uses for itself: a field so named gets a trailing `_`.
+const RESERVED: [&str; 4] = ["type", "map", "stream", "cpu"];
+
+/// How an integer's value is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Show {
+    Number,
+    Bool,
+    /// By name, from the plan's enum table `n` (the number when no name has that value).
+    Enum(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum What {
+    /// A little-endian integer of 1, 2, 4 or 8 bytes.
+    Int { size: u8, signed: bool, show: Show },
+    Int128 { signed: bool },
+    /// `bits` bits from bit `shift` of the bytes at `at` (a bitfield).
+    Bits { shift: u8, bits: u8, signed: bool, show: Show },
+    Float { size: u8 },
+    /// A pointer: its value in hex.
+    Pointer,
+    /// A char array: a string cut at its first NUL.
+    Str { len: u32, hex_key: Box<str> },
+    /// Bytes with no better form: hex.
+    Hex { len: u32 },
+    /// `{` or `[`, and their ends.
+    Open(char),
+    Close(char),
+}
+
+/// One step of a plan: the bytes at `at`, shown as `what`, after `key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Op {
+    at: u32,
+    /// What precedes the value in JSON: `,"name":`, `"name":` (first in an object), `,` or ``.
+    key: Box<str>,
+    /// The same in a table cell: ` name=`, `name=`, ` ` or ``.
+    label: Box<str>,
+    what: What,
+}
+
+/// The variable-length tail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Tail {
+    /// The flexible member's offset.
+    at: usize,
+    elem_size: usize,
+    /// Where its length is: the op of the length field (`None`: the rest of the record).
+    len_field: Option<Op>,
+    /// char elements: a string; else each element's ops, at offsets from the element.
+    elem: TailElem,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TailElem {
+    Str { hex_key: Box<str> },
+    Ops(Vec<Op>),
+}
+
+/// What a field is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Content {
+    Ops(Range<usize>),
+    Tail,
+}
+
+/// How a field sits in a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Column {
+    pub width: usize,
+    pub right: bool,
+}
+
+/// A top-level field of the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    /// Its JSON key (the C name, with `_` after a reserved one).
+    pub name: String,
+    /// What precedes its value in JSON: `,"name":`.
+    key: Box<str>,
+    content: Content,
+    pub column: Column,
+}
+
+/// Why a record cannot be decoded: too short for its type or for the length it states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed;
+
+/// A record type, compiled.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The struct's name: the JSON line's `type`.
+    pub name: String,
+    /// Bytes every record has (the struct's size, or the flexible member's offset).
+    pub fixed: usize,
+    ops: Vec<Op>,
+    enums: Vec<Vec<(i128, Box<str>)>>,
+    fields: Vec<Field>,
+    tail: Option<Tail>,
+}
+
+/// A record type that cannot be decoded, and why (one line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanError(pub String);
+
+impl std::fmt::Display for PlanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn fail<T>(text: impl Into<String>) -> Result<T, PlanError> {
+    Err(PlanError(text.into()))
+}
+
+/// JSON key prefix of a member (`first`: the first in its object).
+fn json_key(name: &str, first: bool) -> Box<str> {
+    let mut key = String::from(if first { "\"" } else { ",\"" });
+    json_escape_str(&mut key, name);
+    key.push_str("\":");
+    key.into()
+}
+
+fn text_label(name: &str, first: bool) -> Box<str> {
+    format!("{}{}=", if first { "" } else { " " }, display_bytes(name.as_bytes())).into()
+}
+
+/// Whether arrays of this (resolved) type are strings: `char`, as C writes text.
+fn is_char(btf: &Btf, id: TypeId) -> bool {
+    let t = btf.get(id);
+    matches!(t.kind, Kind::Int { size: 1, char, .. } if char || t.name == "char")
+}
+
+impl Plan {
+    /// Compiles the plan of `struct_id` (a struct or union of `btf`).
+    pub fn compile(btf: &Btf, struct_id: TypeId) -> Result<Plan, PlanError> {
+        let id = btf.resolve(struct_id).map_err(|e| PlanError(e.to_string()))?;
+        let t = btf.get(id);
+        let (size, members) = match &t.kind {
+            Kind::Struct { size, members } | Kind::Union { size, members } => (*size as usize, members),
+            other => return fail(format!("{} is a {}, not a struct", t.name, super::btf::kind_name(other))),
+        };
+        let mut compiler = Compiler { btf, ops: Vec::new(), enums: Vec::new() };
+        let mut fields = Vec::new();
+        let mut tail = None;
+        let mut fixed = size;
+        let flat = compiler.flatten(members, 0, 0)?;
+        for (index, (member, bit_base)) in flat.iter().enumerate() {
+            let name = if RESERVED.contains(&member.name.as_str()) { format!("{}_", member.name) } else { member.name.clone() };
+            let key = json_key(&name, false);
+            let last = index + 1 == flat.len();
+            if last && is_flexible(btf, member.ty) {
+                let at = (bit_base + member.bit_offset) as usize / 8;
+                tail = Some(compiler.tail(member, at, &key, id, members, &flat)?);
+                fixed = at;
+                fields.push(Field { name, key, content: Content::Tail, column: Column { width: 0, right: false } });
+                continue;
+            }
+            if member.name.is_empty() {
+                continue; // unnamed padding bitfields
+            }
+            let start = compiler.ops.len();
+            compiler.member(&key, "", member, *bit_base, 0, 0)?;
+            let content = start..compiler.ops.len();
+            let column = compiler.column(&compiler.ops[content.clone()], &name);
+            fields.push(Field { name, key, content: Content::Ops(content), column });
+        }
+        for &tag_member in &tagged_members(btf, id) {
+            let is_tail = flat.last().is_some_and(|(m, _)| m.name == members[tag_member].name) && tail.is_some();
+            if !is_tail {
+                let name = &members[tag_member].name;
+                return fail(format!("{name} has a {LEN_TAG} tag but is not the struct's trailing flexible array member"));
+            }
+        }
+        let plan = Plan { name: t.name.clone(), fixed, ops: compiler.ops, enums: compiler.enums, fields, tail };
+        plan.check_bounds(size)?;
+        Ok(plan)
+    }
+
+    /// Every op reads inside the struct (BTF that says otherwise is malformed).
+    fn check_bounds(&self, size: usize) -> Result<(), PlanError> {
+        for op in &self.ops {
+            let end = op.at as usize + op.width();
+            if end > size {
+                return fail(format!("a member of {} reads bytes {}..{end}, beyond its {size} bytes", self.name, op.at));
+            }
+        }
+        Ok(())
+    }
+
+    /// The top-level fields, in output order.
+    pub fn fields(&self) -> &[Field] {
+        &self.fields
+    }
+
+    /// Keeps only the fields `names`, in that order (`--fields`).
+    pub fn select(&mut self, names: &[String]) -> Result<(), String> {
+        let mut chosen = Vec::with_capacity(names.len());
+        for name in names {
+            let wanted = |f: &&Field| f.name == *name || f.name.strip_suffix('_') == Some(name);
+            match self.fields.iter().find(wanted) {
+                Some(field) => chosen.push(field.clone()),
+                None => {
+                    let known: Vec<&str> = self.fields.iter().map(|f| f.name.as_str()).collect();
+                    return Err(format!("--fields: {} has no field {name:?} (its fields: {})", self.name, known.join(",")));
+                }
+            }
+        }
+        self.fields = chosen;
+        Ok(())
+    }
+
+    /// The offset of the top-level `__u64` field `name`, if there is one (e.g. `ts_ns`).
+    pub fn u64_field(&self, name: &str) -> Option<usize> {
+        let field = self.fields.iter().find(|f| f.name == name)?;
+        let Content::Ops(range) = &field.content else { return None };
+        match &self.ops[range.clone()] {
+            [op @ Op { what: What::Int { size: 8, signed: false, show: Show::Number }, .. }] => Some(op.at as usize),
+            _ => None,
+        }
+    }
+
+    /// The number of tail elements of `record`, once it is known to hold its type.
+    pub fn check(&self, record: &[u8]) -> Result<usize, Malformed> {
+        if record.len() < self.fixed {
+            return Err(Malformed);
+        }
+        let Some(tail) = &self.tail else { return Ok(0) };
+        let room = (record.len() - tail.at) / tail.elem_size;
+        match &tail.len_field {
+            None => Ok(room),
+            Some(op) => match usize::try_from(read_int(record, op)) {
+                Ok(count) if count <= room => Ok(count),
+                _ => Err(Malformed),
+            },
+        }
+    }
+
+    /// Appends the fields of `record` (checked: `tail` is [`check`](Self::check)'s count) to a
+    /// JSON object being written, each as `,"name":value`.
+    pub fn json(&self, record: &[u8], tail: usize, out: &mut String) {
+        for field in &self.fields {
+            match &field.content {
+                Content::Ops(range) => {
+                    for op in &self.ops[range.clone()] {
+                        self.json_op(op, record, 0, out);
+                    }
+                }
+                Content::Tail => self.json_tail(&field.key, record, tail, out),
+            }
+        }
+    }
+
+    fn json_tail(&self, key: &str, record: &[u8], count: usize, out: &mut String) {
+        let Some(tail) = &self.tail else { return };
+        out.push_str(key);
+        match &tail.elem {
+            TailElem::Str { hex_key } => json_str(out, bytes(record, tail.at, count), hex_key),
+            TailElem::Ops(ops) => {
+                out.push('[');
+                for i in 0..count {
+                    let base = tail.at + i * tail.elem_size;
+                    for (j, op) in ops.iter().enumerate() {
+                        if j == 0 && i > 0 {
+                            out.push(',');
+                        }
+                        self.json_op(op, record, base, out);
+                    }
+                }
+                out.push(']');
+            }
+        }
+    }
+
+    fn json_op(&self, op: &Op, record: &[u8], base: usize, out: &mut String) {
+        out.push_str(&op.key);
+        let at = base + op.at as usize;
+        match &op.what {
+            What::Int { show, .. } | What::Bits { show, .. } => {
+                let value = read_value(record, base, op);
+                match self.enum_name(*show, value) {
+                    Some(name) => {
+                        out.push('"');
+                        out.push_str(name);
+                        out.push('"');
+                    }
+                    None => push_value(out, *show, value),
+                }
+            }
+            What::Str { len, hex_key } => json_str(out, bytes(record, at, *len as usize), hex_key),
+            What::Pointer | What::Hex { .. } | What::Int128 { .. } | What::Float { .. } => {
+                let quoted = matches!(op.what, What::Pointer | What::Hex { .. });
+                if quoted {
+                    out.push('"');
+                }
+                self.scalar_text(op, record, base, out);
+                if quoted {
+                    out.push('"');
+                }
+            }
+            What::Open(c) | What::Close(c) => out.push(*c),
+        }
+    }
+
+    /// The values shown the same way in JSON and tables (a pointer and hex unquoted here).
+    fn scalar_text(&self, op: &Op, record: &[u8], base: usize, out: &mut String) {
+        let at = base + op.at as usize;
+        match op.what {
+            What::Pointer => {
+                let _ = write!(out, "{:#x}", u64::from_le_bytes(array(record, at)));
+            }
+            What::Hex { len } => push_hex(out, bytes(record, at, len as usize)),
+            What::Int128 { signed } => {
+                let raw = u128::from_le_bytes(array(record, at));
+                let mut num = itoa::Buffer::new();
+                out.push_str(if signed { num.format(raw as i128) } else { num.format(raw) });
+            }
+            What::Float { size } => {
+                let value = if size == 4 { f64::from(f32::from_le_bytes(array(record, at))) } else { f64::from_le_bytes(array(record, at)) };
+                if value.is_finite() {
+                    let _ = write!(out, "{value}");
+                } else {
+                    out.push_str("null");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn enum_name(&self, show: Show, value: Value) -> Option<&str> {
+        let Show::Enum(table) = show else { return None };
+        let names = self.enums.get(table as usize)?;
+        let wanted = value.as_i128();
+        names.binary_search_by_key(&wanted, |(v, _)| *v).ok().map(|i| &*names[i].1)
+    }
+
+    /// The table cell of `field` for `record` (checked), escaped as the tracers' tables are.
+    pub fn cell(&self, field: &Field, record: &[u8], tail: usize, out: &mut String) {
+        match &field.content {
+            Content::Ops(range) => {
+                for op in &self.ops[range.clone()] {
+                    self.text_op(op, record, 0, out);
+                }
+            }
+            Content::Tail => {
+                let Some(t) = &self.tail else { return };
+                match &t.elem {
+                    TailElem::Str { .. } => push_display(out, c_str(bytes(record, t.at, tail))),
+                    TailElem::Ops(ops) => {
+                        out.push('[');
+                        for i in 0..tail {
+                            for (j, op) in ops.iter().enumerate() {
+                                if j == 0 && i > 0 {
+                                    out.push(' ');
+                                }
+                                self.text_op(op, record, t.at + i * t.elem_size, out);
+                            }
+                        }
+                        out.push(']');
+                    }
+                }
+            }
+        }
+    }
+
+    fn text_op(&self, op: &Op, record: &[u8], base: usize, out: &mut String) {
+        out.push_str(&op.label);
+        match &op.what {
+            What::Int { show, .. } | What::Bits { show, .. } => {
+                let value = read_value(record, base, op);
+                match self.enum_name(*show, value) {
+                    Some(name) => out.push_str(name),
+                    None => push_value(out, *show, value),
+                }
+            }
+            What::Str { len, .. } => push_display(out, c_str(bytes(record, base + op.at as usize, *len as usize))),
+            What::Open(c) | What::Close(c) => out.push(*c),
+            _ => self.scalar_text(op, record, base, out),
+        }
+    }
+}
+
+/// Whether a member is a flexible array (`T name[]` or `T name[0]`).
+fn is_flexible(btf: &Btf, ty: TypeId) -> bool {
+    btf.resolve(ty).is_ok_and(|id| matches!(btf.get(id).kind, Kind::Array { nelems: 0, .. }))
+}
+
+/// Indexes of the members of `struct_id` with a length tag.
+fn tagged_members(btf: &Btf, struct_id: TypeId) -> Vec<usize> {
+    let (Kind::Struct { members, .. } | Kind::Union { members, .. }) = &btf.get(struct_id).kind else { return Vec::new() };
+    (0..members.len()).filter(|&i| btf.member_tags(struct_id, i).any(|t| t.starts_with(LEN_TAG))).collect()
+}
+
+/// An integer as read: its bits, and whether to read them as signed.
+#[derive(Debug, Clone, Copy)]
+struct Value {
+    raw: u64,
+    signed: bool,
+}
+
+impl Value {
+    fn as_i128(self) -> i128 {
+        if self.signed {
+            i128::from(self.raw as i64)
+        } else {
+            i128::from(self.raw)
+        }
+    }
+}
+
+fn push_value(out: &mut String, show: Show, value: Value) {
+    if show == Show::Bool {
+        out.push_str(if value.raw != 0 { "true" } else { "false" });
+        return;
+    }
+    let mut num = itoa::Buffer::new();
+    out.push_str(if value.signed { num.format(value.raw as i64) } else { num.format(value.raw) });
+}
+
+/// `N` bytes at `at` (zeros past the end: plans are checked to read inside the record).
+fn array<const N: usize>(record: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    if let Some(bytes) = record.get(at..at.saturating_add(N)) {
+        out.copy_from_slice(bytes);
+    }
+    out
+}
+
+/// `len` bytes at `at`, or what there is of them.
+fn bytes(record: &[u8], at: usize, len: usize) -> &[u8] {
+    let start = at.min(record.len());
+    &record[start..at.saturating_add(len).min(record.len())]
+}
+
+fn c_str(bytes: &[u8]) -> &[u8] {
+    crate::output::c_str(bytes)
+}
+
+/// The integer an `Int` or `Bits` op reads, sign-extended when signed.
+fn read_value(record: &[u8], base: usize, op: &Op) -> Value {
+    let at = base + op.at as usize;
+    match op.what {
+        What::Int { size, signed, .. } => {
+            let raw = match size {
+                1 => u64::from(record.get(at).copied().unwrap_or(0)),
+                2 => u64::from(u16::from_le_bytes(array(record, at))),
+                4 => u64::from(u32::from_le_bytes(array(record, at))),
+                _ => u64::from_le_bytes(array(record, at)),
+            };
+            Value { raw: if signed { sign_extend(raw, u32::from(size) * 8) } else { raw }, signed }
+        }
+        What::Bits { shift, bits, signed, .. } => {
+            let window = u128::from_le_bytes(array::<16>(&pad_window(record, at), 0));
+            let raw = (window >> shift) as u64 & mask(bits);
+            Value { raw: if signed { sign_extend(raw, u32::from(bits)) } else { raw }, signed }
+        }
+        _ => Value { raw: 0, signed: false },
+    }
+}
+
+/// Up to 16 bytes from `at`, zero-padded.
+fn pad_window(record: &[u8], at: usize) -> [u8; 16] {
+    let mut window = [0u8; 16];
+    let have = bytes(record, at, 16);
+    window[..have.len()].copy_from_slice(have);
+    window
+}
+
+fn read_int(record: &[u8], op: &Op) -> u64 {
+    let value = read_value(record, 0, op);
+    if value.signed && (value.raw as i64) < 0 {
+        u64::MAX // a negative length: more than any record holds
+    } else {
+        value.raw
+    }
+}
+
+fn mask(bits: u8) -> u64 {
+    if bits >= 64 {
+        u64::MAX
+    } else {
+        (1 << bits) - 1
+    }
+}
+
+fn sign_extend(raw: u64, bits: u32) -> u64 {
+    if bits >= 64 {
+        return raw;
+    }
+    let shift = 64 - bits;
+    (((raw << shift) as i64) >> shift) as u64
+}
+
+/// A JSON string of a C string field; a `_hex` twin when it is not UTF-8.
+fn json_str(out: &mut String, field: &[u8], hex_key: &str) {
+    let text = c_str(field);
+    out.push('"');
+    let lossy = json_escape_bytes(out, text);
+    out.push('"');
+    if lossy {
+        out.push_str(hex_key);
+        out.push('"');
+        push_hex(out, text);
+        out.push('"');
+    }
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+}
+
+/// Text for a table, as the tracers escape it; printable ASCII (nearly always) goes as is.
+fn push_display(out: &mut String, bytes: &[u8]) {
+    let plain = bytes.iter().all(|&b| (b.is_ascii_graphic() && b != b'\\') || b == b' ');
+    match std::str::from_utf8(bytes) {
+        Ok(text) if plain => out.push_str(text),
+        _ => out.push_str(&display_bytes(bytes)),
+    }
+}
+
+impl Op {
+    /// Bytes it reads from `at`.
+    fn width(&self) -> usize {
+        match &self.what {
+            What::Int { size, .. } => usize::from(*size),
+            What::Int128 { .. } => 16,
+            What::Bits { shift, bits, .. } => (usize::from(*shift) + usize::from(*bits)).div_ceil(8),
+            What::Float { size } => usize::from(*size),
+            What::Pointer => 8,
+            What::Str { len, .. } | What::Hex { len } => *len as usize,
+            What::Open(_) | What::Close(_) => 0,
+        }
+    }
+}
+
+/// Builds the ops of a struct, member by member.
+struct Compiler<'a> {
+    btf: &'a Btf,
+    ops: Vec<Op>,
+    enums: Vec<Vec<(i128, Box<str>)>>,
+}
+
+impl<'a> Compiler<'a> {
+    /// The members of a struct with those of its anonymous struct and union members in their
+    /// place (C reads them as the parent's), each with the bit offset of the struct it is in.
+    fn flatten(&self, members: &'a [Member], bit_base: u32, depth: usize) -> Result<Vec<(&'a Member, u32)>, PlanError> {
+        if depth > MAX_DEPTH {
+            return fail(format!("anonymous members nested deeper than {MAX_DEPTH}"));
+        }
+        let btf: &'a Btf = self.btf;
+        let mut out = Vec::with_capacity(members.len());
+        for member in members {
+            if member.name.is_empty() && member.bitfield_bits.is_none() {
+                if let Kind::Struct { members: inner, .. } | Kind::Union { members: inner, .. } = &btf.get(self.resolve(member.ty)?).kind {
+                    out.extend(self.flatten(inner, bit_base + member.bit_offset, depth + 1)?);
+                    continue;
+                }
+            }
+            out.push((member, bit_base));
+        }
+        Ok(out)
+    }
+
+    fn resolve(&self, ty: TypeId) -> Result<TypeId, PlanError> {
+        self.btf.resolve(ty).map_err(|e| PlanError(e.to_string()))
+    }
+
+    /// The ops of one member at `bit_base` + its offset (`base_at`: bytes of enclosing arrays).
+    fn member(&mut self, key: &str, label: &str, member: &Member, bit_base: u32, base_at: usize, depth: usize) -> Result<(), PlanError> {
+        let bit_offset = u64::from(bit_base) + u64::from(member.bit_offset);
+        let id = self.resolve(member.ty)?;
+        let int_bits = match self.btf.get(id).kind {
+            Kind::Int { bit_offset, bits, size, .. } if u32::from(bits) < size * 8 || bit_offset > 0 => Some((bit_offset, bits)),
+            _ => None,
+        };
+        if let Some(bits) = member.bitfield_bits.or(int_bits.map(|(_, b)| b)) {
+            let bit = bit_offset + u64::from(int_bits.map_or(0, |(o, _)| o));
+            return self.bitfield(key, label, &member.name, id, base_at as u64 * 8 + bit, bits);
+        }
+        if bit_offset % 8 != 0 {
+            return fail(format!("member {} is at bit {bit_offset}, not on a byte, and is not a bitfield", member.name));
+        }
+        self.value(key, label, id, base_at + (bit_offset / 8) as usize, depth)
+    }
+
+    fn bitfield(&mut self, key: &str, label: &str, name: &str, id: TypeId, bit: u64, bits: u8) -> Result<(), PlanError> {
+        let (signed, show) = match &self.btf.get(id).kind {
+            Kind::Int { signed, bool, .. } => (*signed, if *bool { Show::Bool } else { Show::Number }),
+            Kind::Enum { signed, .. } => (*signed, self.enum_table(id)),
+            other => return fail(format!("bitfield {name} is a {}", super::btf::kind_name(other))),
+        };
+        if bits == 0 || bits > 64 {
+            return fail(format!("bitfield {name} of {bits} bits"));
+        }
+        let at = u32::try_from(bit / 8).map_err(|_| PlanError(format!("bitfield {name} is too far in")))?;
+        self.push(key, label, at as usize, What::Bits { shift: (bit % 8) as u8, bits, signed, show })
+    }
+
+    fn push(&mut self, key: &str, label: &str, at: usize, what: What) -> Result<(), PlanError> {
+        if self.ops.len() >= MAX_OPS {
+            return fail(format!("the record type has more than {MAX_OPS} values to show"));
+        }
+        let at = u32::try_from(at).map_err(|_| PlanError("a member beyond 4 GiB".into()))?;
+        self.ops.push(Op { at, key: key.into(), label: label.into(), what });
+        Ok(())
+    }
+
+    /// The ops of a value of (resolved) type `id` at byte `at`.
+    fn value(&mut self, key: &str, label: &str, id: TypeId, at: usize, depth: usize) -> Result<(), PlanError> {
+        if depth > MAX_DEPTH {
+            return fail(format!("types nested deeper than {MAX_DEPTH}"));
+        }
+        let btf: &'a Btf = self.btf;
+        let what = match &btf.get(id).kind {
+            Kind::Int { size: 16, signed, .. } => What::Int128 { signed: *signed },
+            Kind::Int { size, signed, bool, .. } => {
+                What::Int { size: *size as u8, signed: *signed, show: if *bool { Show::Bool } else { Show::Number } }
+            }
+            Kind::Enum { size, signed, .. } => What::Int { size: *size as u8, signed: *signed, show: self.enum_table(id) },
+            Kind::Float { size: size @ (4 | 8) } => What::Float { size: *size as u8 },
+            Kind::Float { size } => What::Hex { len: *size },
+            Kind::Ptr(_) => What::Pointer,
+            Kind::Array { elem, nelems } => return self.array(key, label, *elem, *nelems, at, depth),
+            Kind::Struct { members, .. } | Kind::Union { members, .. } => {
+                return self.compound(key, label, members, at, depth);
+            }
+            other => return fail(format!("a member's type {} ({}) has no value to show", self.btf.type_name(id), super::btf::kind_name(other))),
+        };
+        self.push(key, label, at, what)
+    }
+
+    fn compound(&mut self, key: &str, label: &str, members: &'a [Member], at: usize, depth: usize) -> Result<(), PlanError> {
+        self.push(key, label, at, What::Open('{'))?;
+        let flat = self.flatten(members, 0, depth)?;
+        let mut first = true;
+        for (member, bit_base) in flat {
+            if member.name.is_empty() {
+                continue;
+            }
+            self.member(&json_key(&member.name, first), &text_label(&member.name, first), member, bit_base, at, depth + 1)?;
+            first = false;
+        }
+        self.push("", "", at, What::Close('}'))
+    }
+
+    fn array(&mut self, key: &str, label: &str, elem: TypeId, nelems: u32, at: usize, depth: usize) -> Result<(), PlanError> {
+        let elem = self.resolve(elem)?;
+        let elem_size = self.btf.size_of(elem).map_err(|e| PlanError(e.to_string()))? as usize;
+        if is_char(self.btf, elem) {
+            let hex_key = hex_key(key);
+            return self.push(key, label, at, What::Str { len: nelems, hex_key });
+        }
+        let total = elem_size.checked_mul(nelems as usize).ok_or_else(|| PlanError("an array too large".into()))?;
+        self.push(key, label, at, What::Open('['))?;
+        let start = self.ops.len();
+        if nelems > 0 {
+            self.value("", "", elem, at, depth + 1)?;
+        }
+        let per_elem = self.ops.len() - start;
+        if per_elem.saturating_mul(nelems as usize) + self.ops.len() > MAX_OPS {
+            self.ops.truncate(start - 1);
+            return self.push(key, label, at, What::Hex { len: total as u32 });
+        }
+        for i in 1..nelems as usize {
+            for j in 0..per_elem {
+                let mut op = self.ops[start + j].clone();
+                op.at += (i * elem_size) as u32;
+                if j == 0 {
+                    (op.key, op.label) = (",".into(), " ".into());
+                }
+                self.ops.push(op);
+            }
+        }
+        self.push("", "", at, What::Close(']'))
+    }
+
+    /// The enum table of `id`, sorted by value (the first name of a value kept).
+    fn enum_table(&mut self, id: TypeId) -> Show {
+        let Kind::Enum { values, .. } = &self.btf.get(id).kind else { return Show::Number };
+        let mut table: Vec<(i128, Box<str>)> = Vec::with_capacity(values.len());
+        for v in values {
+            let mut name = String::new();
+            json_escape_str(&mut name, &v.name);
+            table.push((v.value, name.into()));
+        }
+        table.sort_by_key(|(v, _)| *v);
+        table.dedup_by_key(|(v, _)| *v);
+        self.enums.push(table);
+        Show::Enum(self.enums.len() as u32 - 1)
+    }
+
+    /// The tail of a flexible member at byte `at`; its length field named by its tag.
+    fn tail(&mut self, member: &Member, at: usize, key: &str, struct_id: TypeId, members: &[Member], flat: &[(&Member, u32)]) -> Result<Tail, PlanError> {
+        let Kind::Array { elem, .. } = self.btf.get(self.resolve(member.ty)?).kind else { return fail("not an array") };
+        let elem = self.resolve(elem)?;
+        let elem_size = self.btf.size_of(elem).map_err(|e| PlanError(e.to_string()))? as usize;
+        if elem_size == 0 {
+            return fail(format!("flexible member {} has elements of size 0", member.name));
+        }
+        let index = members.iter().position(|m| std::ptr::eq(m, member));
+        let tag = index.and_then(|i| self.btf.member_tags(struct_id, i).find_map(|t| t.strip_prefix(LEN_TAG)));
+        let len_field = match tag {
+            None => None,
+            Some(name) => Some(self.len_field(name, &member.name, flat)?),
+        };
+        let elem = if is_char(self.btf, elem) {
+            TailElem::Str { hex_key: hex_key(key) }
+        } else {
+            let mut inner = Compiler { btf: self.btf, ops: Vec::new(), enums: std::mem::take(&mut self.enums) };
+            inner.value("", "", elem, 0, 1)?;
+            self.enums = inner.enums;
+            TailElem::Ops(inner.ops)
+        };
+        Ok(Tail { at, elem_size, len_field, elem })
+    }
+
+    /// The op that reads the length field `name` of the flexible member `of`.
+    fn len_field(&mut self, name: &str, of: &str, flat: &[(&Member, u32)]) -> Result<Op, PlanError> {
+        let Some((member, bit_base)) = flat.iter().find(|(m, _)| m.name == name) else {
+            return fail(format!("{of}'s tag {LEN_TAG}{name} names no member of the struct"));
+        };
+        let saved = self.ops.len();
+        self.member("", "", member, *bit_base, 0, 0)?;
+        let op = self.ops.pop().filter(|_| self.ops.len() == saved);
+        match op {
+            Some(op @ Op { what: What::Int { show: Show::Number, .. } | What::Bits { show: Show::Number, .. }, .. }) => Ok(op),
+            _ => {
+                self.ops.truncate(saved);
+                fail(format!("{of}'s length field {name} is not an integer"))
+            }
+        }
+    }
+
+    /// The table column of a field's ops, sized by its type.
+    fn column(&self, ops: &[Op], name: &str) -> Column {
+        let (width, right) = match ops {
+            [op] => match &op.what {
+                What::Int { size, signed, show: Show::Number } => (digits(u32::from(*size) * 8) + usize::from(*signed), true),
+                What::Bits { bits, signed, show: Show::Number, .. } => (digits(u32::from(*bits)) + usize::from(*signed), true),
+                What::Int { show: Show::Bool, .. } | What::Bits { show: Show::Bool, .. } => (5, false),
+                What::Int { show: Show::Enum(t), .. } | What::Bits { show: Show::Enum(t), .. } => {
+                    (self.enums[*t as usize].iter().map(|(_, n)| n.chars().count()).max().unwrap_or(0).min(24), false)
+                }
+                What::Int128 { signed } => (39 + usize::from(*signed), true),
+                What::Float { .. } => (12, true),
+                What::Pointer => (18, false),
+                What::Str { len, .. } => ((*len as usize).min(32), false),
+                _ => (0, false),
+            },
+            _ => (0, false),
+        };
+        Column { width: width.max(name.chars().count()), right }
+    }
+}
+
+/// Decimal digits of the largest unsigned value of `bits` bits.
+fn digits(bits: u32) -> usize {
+    let max = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
+    itoa::Buffer::new().format(max).len()
+}
+
+/// `,"name_hex":` from `,"name":`.
+fn hex_key(key: &str) -> Box<str> {
+    let base = key.strip_suffix("\":").unwrap_or(key);
+    let base = base.strip_prefix(',').unwrap_or(base);
+    format!(",{base}_hex\":").into()
+}
