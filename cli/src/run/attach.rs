@@ -79,7 +79,9 @@ impl std::fmt::Display for Point {
                 }
                 Ok(())
             }
-            Point::Kprobe { ret, function, .. } => write!(f, "{} {function}", if *ret { "kretprobe" } else { "kprobe" }),
+            Point::Kprobe { ret, function, .. } => {
+                write!(f, "{} {function}", if *ret { "kretprobe" } else { "kprobe" })
+            }
         }
     }
 }
@@ -100,7 +102,12 @@ pub fn kernel_has_kprobes() -> bool {
 }
 
 /// The attachments of the chosen `programs` (every program when empty); one line per refusal.
-pub fn plan(object: &ObjectInfo, programs: &[String], uprobes: &[UprobeTarget], kprobes: bool) -> Result<Vec<Attachment>, String> {
+pub fn plan(
+    object: &ObjectInfo,
+    programs: &[String],
+    uprobes: &[UprobeTarget],
+    kprobes: bool,
+) -> Result<Vec<Attachment>, String> {
     if let Some(p) = object.programs.iter().find(|p| aya_obj::ProgramSection::from_str(&p.section).is_err()) {
         return Err(format!(
             "program {} is in section {:?}, which bpfstream's loader (aya) cannot load; run attaches {ATTACHED}",
@@ -110,7 +117,10 @@ pub fn plan(object: &ObjectInfo, programs: &[String], uprobes: &[UprobeTarget], 
     for name in programs {
         if !object.programs.iter().any(|p| &p.name == name) {
             let known: Vec<&str> = object.programs.iter().map(|p| p.name.as_str()).collect();
-            return Err(format!("--program {name}: the object has no program {name} (its programs: {})", known.join(", ")));
+            return Err(format!(
+                "--program {name}: the object has no program {name} (its programs: {})",
+                known.join(", ")
+            ));
         }
     }
     let chosen = object.programs.iter().filter(|p| programs.is_empty() || programs.contains(&p.name));
@@ -123,7 +133,9 @@ pub fn plan(object: &ObjectInfo, programs: &[String], uprobes: &[UprobeTarget], 
                 Some((category, name)) if !category.is_empty() && !name.is_empty() && !name.contains('/') => {
                     vec![Point::Tracepoint { category: category.into(), name: name.into() }]
                 }
-                _ => return Err(format!("program {}: section {:?} is not tracepoint/CATEGORY/NAME", p.name, p.section)),
+                _ => {
+                    return Err(format!("program {}: section {:?} is not tracepoint/CATEGORY/NAME", p.name, p.section))
+                }
             },
             ("raw_tp" | "raw_tracepoint", Some(name)) if !name.is_empty() => vec![Point::RawTracepoint(name.into())],
             ("tp_btf", Some(name)) if !name.is_empty() => vec![Point::BtfTracepoint(name.into())],
@@ -131,7 +143,8 @@ pub fn plan(object: &ObjectInfo, programs: &[String], uprobes: &[UprobeTarget], 
                 let ret = kind.starts_with("uretprobe");
                 match target {
                     Some(target) => {
-                        let target = target.parse().map_err(|e| format!("program {}: section {:?}: {e}", p.name, p.section))?;
+                        let target =
+                            target.parse().map_err(|e| format!("program {}: section {:?}: {e}", p.name, p.section))?;
                         vec![Point::Uprobe { ret, target }]
                     }
                     None if uprobes.is_empty() => {
@@ -155,7 +168,11 @@ pub fn plan(object: &ObjectInfo, programs: &[String], uprobes: &[UprobeTarget], 
                     ));
                 }
                 let (function, offset) = match function.split_once('+') {
-                    Some((f, off)) => (f, parse_offset(off).ok_or_else(|| format!("program {}: bad offset in {:?}", p.name, p.section))?),
+                    Some((f, off)) => (
+                        f,
+                        parse_offset(off)
+                            .ok_or_else(|| format!("program {}: bad offset in {:?}", p.name, p.section))?,
+                    ),
                     None => (function, 0),
                 };
                 vec![Point::Kprobe { ret: kind == "kretprobe", function: function.into(), offset }]
@@ -171,7 +188,9 @@ pub fn plan(object: &ObjectInfo, programs: &[String], uprobes: &[UprobeTarget], 
         out.extend(points.into_iter().map(|point| Attachment { program: p.name.clone(), point }));
     }
     if !uprobes.is_empty() && !bare_uprobe {
-        return Err("--uprobe: no chosen program is a uprobe without a function in its section (SEC(\"uprobe\"))".into());
+        return Err(
+            "--uprobe: no chosen program is a uprobe without a function in its section (SEC(\"uprobe\"))".into()
+        );
     }
     if out.is_empty() {
         return Err("the object has no program to attach".into());
@@ -200,13 +219,17 @@ pub fn attach(bpf: &mut Ebpf, attachments: &[Attachment]) -> Result<()> {
     // Held (and, if bpfstream mounted it, unmounted) until every tracepoint is attached.
     let _tracefs = if needs_tracefs { Some(crate::tracefs::Tracefs::open()?) } else { None };
     let kernel_btf = if attachments.iter().any(|a| matches!(a.point, Point::BtfTracepoint(_))) {
-        Some(aya::Btf::from_sys_fs().context("reading the kernel's BTF (/sys/kernel/btf/vmlinux) for tp_btf programs")?)
+        Some(
+            aya::Btf::from_sys_fs()
+                .context("reading the kernel's BTF (/sys/kernel/btf/vmlinux) for tp_btf programs")?,
+        )
     } else {
         None
     };
     let mut loaded: Vec<&str> = Vec::new();
     for a in attachments {
-        let program = bpf.program_mut(&a.program).ok_or_else(|| anyhow!("the loader found no program {}", a.program))?;
+        let program =
+            bpf.program_mut(&a.program).ok_or_else(|| anyhow!("the loader found no program {}", a.program))?;
         let first = !loaded.contains(&a.program.as_str());
         attach_one(program, &a.point, first, kernel_btf.as_ref())
             .with_context(|| format!("program {}: attaching to {}", a.program, a.point))?;
@@ -269,8 +292,10 @@ mod tests {
 
     fn object_with(sections: &[(&str, &str)]) -> ObjectInfo {
         let mut object = ObjectInfo::read(crate::objects::SYSCALLS.ring).unwrap();
-        object.programs =
-            sections.iter().map(|(name, section)| ProgramInfo { name: (*name).into(), section: (*section).into() }).collect();
+        object.programs = sections
+            .iter()
+            .map(|(name, section)| ProgramInfo { name: (*name).into(), section: (*section).into() })
+            .collect();
         object
     }
 
@@ -319,7 +344,10 @@ mod tests {
         let targets = [target("/bin/x:f"), target("/bin/y:g+16")];
         let plan = plan(&object, &[], &targets, false).unwrap();
         assert_eq!(plan.len(), 4);
-        assert_eq!(plan[3].point, Point::Uprobe { ret: true, target: UprobeTarget { path: "/bin/y".into(), symbol: "g".into(), offset: 16 } });
+        assert_eq!(
+            plan[3].point,
+            Point::Uprobe { ret: true, target: UprobeTarget { path: "/bin/y".into(), symbol: "g".into(), offset: 16 } }
+        );
         let not_bare = object_with(&[("p", "uprobe//bin/x:f")]);
         assert!(super::plan(&not_bare, &[], &targets, false).unwrap_err().starts_with("--uprobe: no chosen program"));
         for bad in ["nocolon", ":f", "/bin/x:", "/bin/x:f+zz"] {

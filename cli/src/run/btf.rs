@@ -65,25 +65,58 @@ pub struct EnumValue {
 pub enum Kind {
     Void,
     /// `bit_offset`/`bits`: the INT encoding's own bitfield (old-style BTF bitfields).
-    Int { size: u32, signed: bool, char: bool, bool: bool, bit_offset: u8, bits: u8 },
+    Int {
+        size: u32,
+        signed: bool,
+        char: bool,
+        bool: bool,
+        bit_offset: u8,
+        bits: u8,
+    },
     Ptr(TypeId),
-    Array { elem: TypeId, nelems: u32 },
-    Struct { size: u32, members: Vec<Member> },
-    Union { size: u32, members: Vec<Member> },
-    Enum { size: u32, signed: bool, values: Vec<EnumValue> },
+    Array {
+        elem: TypeId,
+        nelems: u32,
+    },
+    Struct {
+        size: u32,
+        members: Vec<Member>,
+    },
+    Union {
+        size: u32,
+        members: Vec<Member>,
+    },
+    Enum {
+        size: u32,
+        signed: bool,
+        values: Vec<EnumValue>,
+    },
     Fwd,
     Typedef(TypeId),
     Volatile(TypeId),
     Const(TypeId),
     Restrict(TypeId),
     TypeTag(TypeId),
-    Func { proto: TypeId, linkage: u32 },
+    Func {
+        proto: TypeId,
+        linkage: u32,
+    },
     FuncProto,
-    Var { ty: TypeId, linkage: u32 },
-    Datasec { vars: Vec<SecVar> },
-    Float { size: u32 },
+    Var {
+        ty: TypeId,
+        linkage: u32,
+    },
+    Datasec {
+        vars: Vec<SecVar>,
+    },
+    Float {
+        size: u32,
+    },
     /// `btf_decl_tag("value")` on `target` (a member of it when `component` >= 0).
-    DeclTag { target: TypeId, component: i32 },
+    DeclTag {
+        target: TypeId,
+        component: i32,
+    },
 }
 
 /// A variable of a DATASEC: its VAR type id and place (as clang writes them: 0 in objects,
@@ -296,7 +329,8 @@ impl Btf {
                 break;
             }
             let t = self.get(id);
-            let named = |what: &str| if t.name.is_empty() { format!("{what} (anon)") } else { format!("{what} {}", t.name) };
+            let named =
+                |what: &str| if t.name.is_empty() { format!("{what} (anon)") } else { format!("{what} {}", t.name) };
             let base = match &t.kind {
                 Kind::Array { elem, nelems } => {
                     suffix.push_str(&if *nelems == 0 { "[]".to_string() } else { format!("[{nelems}]") });
@@ -473,7 +507,7 @@ fn members(r: &mut Reader<'_>, strings: &[u8], vlen: u32, kind_flag: bool) -> Re
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Raw BTF from a header, type data and strings.
@@ -497,30 +531,83 @@ mod tests {
     #[test]
     fn every_kind_parses() {
         let strings = b"\0int\0s\0a\0b\0E\0X\0Y\0v\0.rodata\0tag\0f\0";
-        let at = |name: &str| strings.windows(name.len() + 2).position(|w| w[1..].starts_with(name.as_bytes()) && w[0] == 0).unwrap() as u32 + 1;
+        let at = |name: &str| {
+            strings.windows(name.len() + 2).position(|w| w[1..].starts_with(name.as_bytes()) && w[0] == 0).unwrap()
+                as u32
+                + 1
+        };
         let types = [
             // 1: int, signed, 4 bytes
-            at("int"), info(kind::INT, 0, false), 4, INT_SIGNED << 24 | 32,
+            at("int"),
+            info(kind::INT, 0, false),
+            4,
+            INT_SIGNED << 24 | 32,
             // 2: struct s { int a; int b:3 } (kind_flag: bitfield widths in offsets)
-            at("s"), info(kind::STRUCT, 2, true), 8, at("a"), 1, 0, at("b"), 1, 3 << 24 | 32,
+            at("s"),
+            info(kind::STRUCT, 2, true),
+            8,
+            at("a"),
+            1,
+            0,
+            at("b"),
+            1,
+            3 << 24 | 32,
             // 3: int[4]
-            0, info(kind::ARRAY, 0, false), 0, 1, 1, 4,
+            0,
+            info(kind::ARRAY, 0, false),
+            0,
+            1,
+            1,
+            4,
             // 4: enum E { X = -1, Y = 7 } (signed)
-            at("E"), info(kind::ENUM, 2, true), 4, at("X"), u32::MAX, at("Y"), 7,
+            at("E"),
+            info(kind::ENUM, 2, true),
+            4,
+            at("X"),
+            u32::MAX,
+            at("Y"),
+            7,
             // 5: const int, 6: pointer to 5, 7: typedef v = 3
-            0, info(kind::CONST, 0, false), 1,
-            0, info(kind::PTR, 0, false), 5,
-            at("v"), info(kind::TYPEDEF, 0, false), 3,
+            0,
+            info(kind::CONST, 0, false),
+            1,
+            0,
+            info(kind::PTR, 0, false),
+            5,
+            at("v"),
+            info(kind::TYPEDEF, 0, false),
+            3,
             // 8: var v of 7, 9: datasec .rodata { 8 }
-            at("v"), info(kind::VAR, 0, false), 7, 1,
-            at(".rodata"), info(kind::DATASEC, 1, false), 0, 8, 0, 16,
+            at("v"),
+            info(kind::VAR, 0, false),
+            7,
+            1,
+            at(".rodata"),
+            info(kind::DATASEC, 1, false),
+            0,
+            8,
+            0,
+            16,
             // 10: decl tag on member 1 of 2, 11: float, 12: enum64 with one value
-            at("tag"), info(kind::DECL_TAG, 0, false), 2, 1,
-            at("f"), info(kind::FLOAT, 0, false), 8,
-            at("E"), info(kind::ENUM64, 1, false), 8, at("X"), 1, 2,
+            at("tag"),
+            info(kind::DECL_TAG, 0, false),
+            2,
+            1,
+            at("f"),
+            info(kind::FLOAT, 0, false),
+            8,
+            at("E"),
+            info(kind::ENUM64, 1, false),
+            8,
+            at("X"),
+            1,
+            2,
         ];
         let btf = Btf::parse(&raw_btf(&types, strings)).unwrap();
-        assert_eq!(btf.get(1).kind, Kind::Int { size: 4, signed: true, char: false, bool: false, bit_offset: 0, bits: 32 });
+        assert_eq!(
+            btf.get(1).kind,
+            Kind::Int { size: 4, signed: true, char: false, bool: false, bit_offset: 0, bits: 32 }
+        );
         let Kind::Struct { size: 8, members } = &btf.get(2).kind else { panic!("{:?}", btf.get(2)) };
         assert_eq!(members[1], Member { name: "b".into(), ty: 1, bit_offset: 32, bitfield_bits: Some(3) });
         assert_eq!(btf.size_of(7).unwrap(), 16);
@@ -547,6 +634,10 @@ mod tests {
         // an array of itself
         let array = [0, info(kind::ARRAY, 0, false), 0, 1, 1, 2];
         assert!(Btf::parse(&raw_btf(&array, b"\0")).unwrap().size_of(1).is_err());
+        // a pointer to an array of itself
+        let ptr_loop = [0, info(kind::PTR, 0, false), 2, 0, info(kind::ARRAY, 0, false), 0, 1, 1, 1];
+        let btf = Btf::parse(&raw_btf(&ptr_loop, b"\0")).unwrap();
+        assert!(btf.type_name(1).starts_with('?'), "cut at the depth limit: {}", btf.type_name(1));
         let dangling = [0, info(kind::PTR, 0, false), 9];
         assert!(Btf::parse(&raw_btf(&dangling, b"\0")).unwrap_err().0.contains("refers to type 9"));
         let bad_name = [77, info(kind::PTR, 0, false), 0];

@@ -47,17 +47,35 @@ enum Show {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum What {
     /// A little-endian integer of 1, 2, 4 or 8 bytes.
-    Int { size: u8, signed: bool, show: Show },
-    Int128 { signed: bool },
+    Int {
+        size: u8,
+        signed: bool,
+        show: Show,
+    },
+    Int128 {
+        signed: bool,
+    },
     /// `bits` bits from bit `shift` of the bytes at `at` (a bitfield).
-    Bits { shift: u8, bits: u8, signed: bool, show: Show },
-    Float { size: u8 },
+    Bits {
+        shift: u8,
+        bits: u8,
+        signed: bool,
+        show: Show,
+    },
+    Float {
+        size: u8,
+    },
     /// A pointer: its value in hex.
     Pointer,
     /// A char array: a string cut at its first NUL.
-    Str { len: u32, hex_key: Box<str> },
+    Str {
+        len: u32,
+        hex_key: Box<str>,
+    },
     /// Bytes with no better form: hex.
-    Hex { len: u32 },
+    Hex {
+        len: u32,
+    },
     /// `{` or `[`, and their ends.
     Open(char),
     Close(char),
@@ -181,7 +199,11 @@ impl Plan {
         let mut fixed = size;
         let flat = compiler.flatten(members, 0, 0)?;
         for (index, (member, bit_base)) in flat.iter().enumerate() {
-            let name = if RESERVED.contains(&member.name.as_str()) { format!("{}_", member.name) } else { member.name.clone() };
+            let name = if RESERVED.contains(&member.name.as_str()) {
+                format!("{}_", member.name)
+            } else {
+                member.name.clone()
+            };
             let key = json_key(&name, false);
             let last = index + 1 == flat.len();
             if last && is_flexible(btf, member.ty) {
@@ -204,7 +226,9 @@ impl Plan {
             let is_tail = flat.last().is_some_and(|(m, _)| m.name == members[tag_member].name) && tail.is_some();
             if !is_tail {
                 let name = &members[tag_member].name;
-                return fail(format!("{name} has a {LEN_TAG} tag but is not the struct's trailing flexible array member"));
+                return fail(format!(
+                    "{name} has a {LEN_TAG} tag but is not the struct's trailing flexible array member"
+                ));
             }
         }
         let plan = Plan { name: t.name.clone(), fixed, ops: compiler.ops, enums: compiler.enums, fields, tail };
@@ -217,7 +241,10 @@ impl Plan {
         for op in &self.ops {
             let end = op.at as usize + op.width();
             if end > size {
-                return fail(format!("a member of {} reads bytes {}..{end}, beyond its {size} bytes", self.name, op.at));
+                return fail(format!(
+                    "a member of {} reads bytes {}..{end}, beyond its {size} bytes",
+                    self.name, op.at
+                ));
             }
         }
         Ok(())
@@ -237,7 +264,11 @@ impl Plan {
                 Some(field) => chosen.push(field.clone()),
                 None => {
                     let known: Vec<&str> = self.fields.iter().map(|f| f.name.as_str()).collect();
-                    return Err(format!("--fields: {} has no field {name:?} (its fields: {})", self.name, known.join(",")));
+                    return Err(format!(
+                        "--fields: {} has no field {name:?} (its fields: {})",
+                        self.name,
+                        known.join(",")
+                    ));
                 }
             }
         }
@@ -351,7 +382,11 @@ impl Plan {
                 out.push_str(if signed { num.format(raw as i128) } else { num.format(raw) });
             }
             What::Float { size } => {
-                let value = if size == 4 { f64::from(f32::from_le_bytes(array(record, at))) } else { f64::from_le_bytes(array(record, at)) };
+                let value = if size == 4 {
+                    f64::from(f32::from_le_bytes(array(record, at)))
+                } else {
+                    f64::from_le_bytes(array(record, at))
+                };
                 if value.is_finite() {
                     let _ = write!(out, "{value}");
                 } else {
@@ -422,7 +457,9 @@ fn is_flexible(btf: &Btf, ty: TypeId) -> bool {
 
 /// Indexes of the members of `struct_id` with a length tag.
 fn tagged_members(btf: &Btf, struct_id: TypeId) -> Vec<usize> {
-    let (Kind::Struct { members, .. } | Kind::Union { members, .. }) = &btf.get(struct_id).kind else { return Vec::new() };
+    let (Kind::Struct { members, .. } | Kind::Union { members, .. }) = &btf.get(struct_id).kind else {
+        return Vec::new();
+    };
     (0..members.len()).filter(|&i| btf.member_tags(struct_id, i).any(|t| t.starts_with(LEN_TAG))).collect()
 }
 
@@ -590,7 +627,9 @@ impl<'a> Compiler<'a> {
         let mut out = Vec::with_capacity(members.len());
         for member in members {
             if member.name.is_empty() && member.bitfield_bits.is_none() {
-                if let Kind::Struct { members: inner, .. } | Kind::Union { members: inner, .. } = &btf.get(self.resolve(member.ty)?).kind {
+                if let Kind::Struct { members: inner, .. } | Kind::Union { members: inner, .. } =
+                    &btf.get(self.resolve(member.ty)?).kind
+                {
                     out.extend(self.flatten(inner, bit_base + member.bit_offset, depth + 1)?);
                     continue;
                 }
@@ -605,11 +644,21 @@ impl<'a> Compiler<'a> {
     }
 
     /// The ops of one member at `bit_base` + its offset (`base_at`: bytes of enclosing arrays).
-    fn member(&mut self, key: &str, label: &str, member: &Member, bit_base: u32, base_at: usize, depth: usize) -> Result<(), PlanError> {
+    fn member(
+        &mut self,
+        key: &str,
+        label: &str,
+        member: &Member,
+        bit_base: u32,
+        base_at: usize,
+        depth: usize,
+    ) -> Result<(), PlanError> {
         let bit_offset = u64::from(bit_base) + u64::from(member.bit_offset);
         let id = self.resolve(member.ty)?;
         let int_bits = match self.btf.get(id).kind {
-            Kind::Int { bit_offset, bits, size, .. } if u32::from(bits) < size * 8 || bit_offset > 0 => Some((bit_offset, bits)),
+            Kind::Int { bit_offset, bits, size, .. } if u32::from(bits) < size * 8 || bit_offset > 0 => {
+                Some((bit_offset, bits))
+            }
             _ => None,
         };
         if let Some(bits) = member.bitfield_bits.or(int_bits.map(|(_, b)| b)) {
@@ -617,12 +666,23 @@ impl<'a> Compiler<'a> {
             return self.bitfield(key, label, &member.name, id, base_at as u64 * 8 + bit, bits);
         }
         if bit_offset % 8 != 0 {
-            return fail(format!("member {} is at bit {bit_offset}, not on a byte, and is not a bitfield", member.name));
+            return fail(format!(
+                "member {} is at bit {bit_offset}, not on a byte, and is not a bitfield",
+                member.name
+            ));
         }
         self.value(key, label, id, base_at + (bit_offset / 8) as usize, depth)
     }
 
-    fn bitfield(&mut self, key: &str, label: &str, name: &str, id: TypeId, bit: u64, bits: u8) -> Result<(), PlanError> {
+    fn bitfield(
+        &mut self,
+        key: &str,
+        label: &str,
+        name: &str,
+        id: TypeId,
+        bit: u64,
+        bits: u8,
+    ) -> Result<(), PlanError> {
         let (signed, show) = match &self.btf.get(id).kind {
             Kind::Int { signed, bool, .. } => (*signed, if *bool { Show::Bool } else { Show::Number }),
             Kind::Enum { signed, .. } => (*signed, self.enum_table(id)),
@@ -655,7 +715,9 @@ impl<'a> Compiler<'a> {
             Kind::Int { size, signed, bool, .. } => {
                 What::Int { size: *size as u8, signed: *signed, show: if *bool { Show::Bool } else { Show::Number } }
             }
-            Kind::Enum { size, signed, .. } => What::Int { size: *size as u8, signed: *signed, show: self.enum_table(id) },
+            Kind::Enum { size, signed, .. } => {
+                What::Int { size: *size as u8, signed: *signed, show: self.enum_table(id) }
+            }
             Kind::Float { size: size @ (4 | 8) } => What::Float { size: *size as u8 },
             Kind::Float { size } => What::Hex { len: *size },
             Kind::Ptr(_) => What::Pointer,
@@ -663,12 +725,25 @@ impl<'a> Compiler<'a> {
             Kind::Struct { members, .. } | Kind::Union { members, .. } => {
                 return self.compound(key, label, members, at, depth);
             }
-            other => return fail(format!("a member's type {} ({}) has no value to show", self.btf.type_name(id), super::btf::kind_name(other))),
+            other => {
+                return fail(format!(
+                    "a member's type {} ({}) has no value to show",
+                    self.btf.type_name(id),
+                    super::btf::kind_name(other)
+                ))
+            }
         };
         self.push(key, label, at, what)
     }
 
-    fn compound(&mut self, key: &str, label: &str, members: &'a [Member], at: usize, depth: usize) -> Result<(), PlanError> {
+    fn compound(
+        &mut self,
+        key: &str,
+        label: &str,
+        members: &'a [Member],
+        at: usize,
+        depth: usize,
+    ) -> Result<(), PlanError> {
         self.push(key, label, at, What::Open('{'))?;
         let flat = self.flatten(members, 0, depth)?;
         let mut first = true;
@@ -676,13 +751,28 @@ impl<'a> Compiler<'a> {
             if member.name.is_empty() {
                 continue;
             }
-            self.member(&json_key(&member.name, first), &text_label(&member.name, first), member, bit_base, at, depth + 1)?;
+            self.member(
+                &json_key(&member.name, first),
+                &text_label(&member.name, first),
+                member,
+                bit_base,
+                at,
+                depth + 1,
+            )?;
             first = false;
         }
         self.push("", "", at, What::Close('}'))
     }
 
-    fn array(&mut self, key: &str, label: &str, elem: TypeId, nelems: u32, at: usize, depth: usize) -> Result<(), PlanError> {
+    fn array(
+        &mut self,
+        key: &str,
+        label: &str,
+        elem: TypeId,
+        nelems: u32,
+        at: usize,
+        depth: usize,
+    ) -> Result<(), PlanError> {
         let elem = self.resolve(elem)?;
         let elem_size = self.btf.size_of(elem).map_err(|e| PlanError(e.to_string()))? as usize;
         if is_char(self.btf, elem) {
@@ -729,7 +819,15 @@ impl<'a> Compiler<'a> {
     }
 
     /// The tail of a flexible member at byte `at`; its length field named by its tag.
-    fn tail(&mut self, member: &Member, at: usize, key: &str, struct_id: TypeId, members: &[Member], flat: &[(&Member, u32)]) -> Result<Tail, PlanError> {
+    fn tail(
+        &mut self,
+        member: &Member,
+        at: usize,
+        key: &str,
+        struct_id: TypeId,
+        members: &[Member],
+        flat: &[(&Member, u32)],
+    ) -> Result<Tail, PlanError> {
         let Kind::Array { elem, .. } = self.btf.get(self.resolve(member.ty)?).kind else { return fail("not an array") };
         let elem = self.resolve(elem)?;
         let elem_size = self.btf.size_of(elem).map_err(|e| PlanError(e.to_string()))? as usize;
@@ -762,7 +860,9 @@ impl<'a> Compiler<'a> {
         self.member("", "", member, *bit_base, 0, 0)?;
         let op = self.ops.pop().filter(|_| self.ops.len() == saved);
         match op {
-            Some(op @ Op { what: What::Int { show: Show::Number, .. } | What::Bits { show: Show::Number, .. }, .. }) => Ok(op),
+            Some(
+                op @ Op { what: What::Int { show: Show::Number, .. } | What::Bits { show: Show::Number, .. }, .. },
+            ) => Ok(op),
             _ => {
                 self.ops.truncate(saved);
                 fail(format!("{of}'s length field {name} is not an integer"))
@@ -774,8 +874,12 @@ impl<'a> Compiler<'a> {
     fn column(&self, ops: &[Op], name: &str) -> Column {
         let (width, right) = match ops {
             [op] => match &op.what {
-                What::Int { size, signed, show: Show::Number } => (digits(u32::from(*size) * 8) + usize::from(*signed), true),
-                What::Bits { bits, signed, show: Show::Number, .. } => (digits(u32::from(*bits)) + usize::from(*signed), true),
+                What::Int { size, signed, show: Show::Number } => {
+                    (digits(u32::from(*size) * 8) + usize::from(*signed), true)
+                }
+                What::Bits { bits, signed, show: Show::Number, .. } => {
+                    (digits(u32::from(*bits)) + usize::from(*signed), true)
+                }
                 What::Int { show: Show::Bool, .. } | What::Bits { show: Show::Bool, .. } => (5, false),
                 What::Int { show: Show::Enum(t), .. } | What::Bits { show: Show::Enum(t), .. } => {
                     (self.enums[*t as usize].iter().map(|(_, n)| n.chars().count()).max().unwrap_or(0).min(24), false)
@@ -803,4 +907,272 @@ fn hex_key(key: &str) -> Box<str> {
     let base = key.strip_suffix("\":").unwrap_or(key);
     let base = base.strip_prefix(',').unwrap_or(base);
     format!(",{base}_hex\":").into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::object::ObjectInfo;
+
+    /// bpf/tests/run_kinds.bpf.c: a field of every kind, and a variable-length tail.
+    const KINDS: &[u8] = aya::include_bytes_aligned!("../../../bpf/obj/tests/run_kinds.ring.bpf.o");
+
+    fn plan_of(object: &[u8], name: &str) -> Plan {
+        let object = ObjectInfo::read(object).unwrap();
+        let id = object.btf.find(name, |k| matches!(k, Kind::Struct { .. })).unwrap();
+        Plan::compile(&object.btf, id).unwrap()
+    }
+
+    /// A record of struct kinds_event (offsets from its BTF, as clang laid it out) with `data`.
+    fn kinds_record(data: &[u8]) -> Vec<u8> {
+        let mut r = vec![0u8; 110];
+        let mut put = |at: usize, bytes: &[u8]| r[at..at + bytes.len()].copy_from_slice(bytes);
+        put(0, &[255, 0xff]);
+        put(2, &65535u16.to_le_bytes());
+        put(4, &i16::MIN.to_le_bytes());
+        put(8, &1007u32.to_le_bytes());
+        put(12, &i32::MIN.to_le_bytes());
+        put(16, &u64::MAX.to_le_bytes());
+        put(24, &(-5i64).to_le_bytes());
+        put(32, &[1]);
+        put(36, &(-3i32).to_le_bytes()); // BLUE
+        put(40, &7u32.to_le_bytes());
+        put(44, b"hello\0\0\0");
+        put(52, b"\xffa\xfe\0");
+        for (i, n) in [1u32, 2, 3].iter().enumerate() {
+            put(56 + 4 * i, &n.to_le_bytes());
+        }
+        for (i, p) in [1i16, -1, 2, -2].iter().enumerate() {
+            put(68 + 2 * i, &p.to_le_bytes());
+        }
+        put(80, &0x0403_0201u32.to_le_bytes());
+        put(84, &[10, 20]);
+        put(88, &0xdead_beefu64.to_le_bytes());
+        // low:3 = 5, mid:13 = 4097 from bit 3, high:16 = 65535 from bit 16
+        put(96, &(5u32 | 4097 << 3 | 65535 << 16).to_le_bytes());
+        put(100, &(0b10000u32).to_le_bytes()); // neg:5 = -16
+        put(104, &99u32.to_le_bytes());
+        put(108, &(data.len() as u16).to_le_bytes());
+        r.extend_from_slice(data);
+        r
+    }
+
+    fn json(plan: &Plan, record: &[u8]) -> String {
+        let tail = plan.check(record).unwrap();
+        let mut out = String::new();
+        plan.json(record, tail, &mut out);
+        out
+    }
+
+    #[test]
+    fn every_kind_of_field_decodes_to_json() {
+        let plan = plan_of(KINDS, "kinds_event");
+        assert_eq!((plan.name.as_str(), plan.fixed), ("kinds_event", 110), "the tail starts at its offset, not sizeof");
+        let expected = concat!(
+            r#","u8":255,"s8":-1,"u16":65535,"s16":-32768,"u32":1007,"s32":-2147483648,"u64":18446744073709551615,"#,
+            r#""s64":-5,"flag":true,"color":"BLUE","unnamed_color":7,"text":"hello","#,
+            r#""bytes":"\\xffa\\xfe","bytes_hex":"ff61fe","numbers":[1,2,3],"points":[{"x":1,"y":-1},{"x":2,"y":-2}],"#,
+            r#""origin":{"x":0,"y":0},"word":{"u":67305985,"b":[1,2,3,4]},"inner_a":10,"inner_b":20,"#,
+            r#""ptr":"0xdeadbeef","low":5,"mid":4097,"high":65535,"neg":-16,"type_":99,"data_len":3,"data":"abc""#
+        );
+        assert_eq!(json(&plan, &kinds_record(b"abc")), expected);
+        let line = crate::output::JsonLine::new(&plan.name).raw(|b| plan.json(&kinds_record(b""), 0, b)).finish();
+        let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            (&parsed["type"], &parsed["data"], &parsed["type_"]),
+            (&"kinds_event".into(), &"".into(), &99.into())
+        );
+    }
+
+    #[test]
+    fn records_short_of_their_type_or_their_length_are_malformed() {
+        let plan = plan_of(KINDS, "kinds_event");
+        let whole = kinds_record(b"abcd");
+        assert_eq!(plan.check(&whole), Ok(4));
+        assert_eq!(plan.check(&whole[..113]), Err(Malformed), "data_len says 4, 3 are there");
+        assert_eq!(plan.check(&whole[..109]), Err(Malformed), "shorter than the fixed part");
+        assert_eq!(plan.check(&[]), Err(Malformed));
+        let mut padded = whole.clone();
+        padded.extend_from_slice(&[0; 6]); // perf pads samples to 8 bytes
+        assert_eq!(json(&plan, &padded), json(&plan, &whole));
+    }
+
+    #[test]
+    fn table_cells_escape_as_the_tracers_do() {
+        let plan = plan_of(KINDS, "kinds_event");
+        let mut record = kinds_record(b"a\x1b[2Jb");
+        record[44..52].copy_from_slice(b"we\\ird\n\0");
+        let cell = |name: &str| {
+            let field = plan.fields().iter().find(|f| f.name == name).unwrap();
+            let mut out = String::new();
+            plan.cell(field, &record, plan.check(&record).unwrap(), &mut out);
+            out
+        };
+        assert_eq!(cell("text"), "we\\\\ird\\x0a");
+        assert_eq!(cell("bytes"), "\\xffa\\xfe");
+        assert_eq!(cell("data"), "a\\x1b[2Jb");
+        assert_eq!(cell("color"), "BLUE");
+        assert_eq!(cell("points"), "[{x=1 y=-1} {x=2 y=-2}]");
+        assert_eq!(cell("ptr"), "0xdeadbeef");
+        assert_eq!(cell("neg"), "-16");
+        let column = |name: &str| plan.fields().iter().find(|f| f.name == name).unwrap().column;
+        assert_eq!(column("u32"), Column { width: 10, right: true });
+        assert_eq!(column("s64"), Column { width: 21, right: true });
+        assert_eq!(column("text"), Column { width: 8, right: false });
+    }
+
+    #[test]
+    fn fields_can_be_picked_and_ordered() {
+        let mut plan = plan_of(KINDS, "kinds_event");
+        plan.select(&["data".into(), "type".into(), "u8".into()]).unwrap();
+        assert_eq!(json(&plan, &kinds_record(b"xy")), r#","data":"xy","type_":99,"u8":255"#);
+        let err = plan.select(&["nope".into()]).unwrap_err();
+        assert!(err.starts_with("--fields: kinds_event has no field \"nope\""), "{err}");
+    }
+
+    /// The bytes of a record from its Rust mirror's layout and a value per field.
+    fn record_bytes(
+        (size, layout): (usize, Vec<(&str, usize, usize)>),
+        values: &[(&str, Vec<u8>)],
+        tail: &[u8],
+    ) -> Vec<u8> {
+        let mut out = vec![0u8; size];
+        for (name, bytes) in values {
+            let (_, at, len) = layout.iter().find(|f| f.0 == *name).unwrap();
+            out[*at..*at + len].copy_from_slice(&bytes[..*len]);
+        }
+        out.extend_from_slice(tail);
+        out
+    }
+
+    fn decoded(plan: &Plan, record: &[u8]) -> serde_json::Value {
+        let line = crate::output::JsonLine::new(&plan.name)
+            .raw(|b| plan.json(record, plan.check(record).unwrap(), b))
+            .finish();
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// What `run` decodes from the tracers' records is what their own typed decoders read.
+    #[test]
+    fn the_tracers_records_decode_as_the_tracers_read_them() {
+        use crate::tools::{exec, open, syscalls};
+        use bpfstream::btf::Mirror;
+        use bpfstream::FromRecord;
+        let le = |v: i64| v.to_le_bytes().to_vec();
+        let comm = b"c\xffmm\0\0\0\0\0\0\0\0\0\0\0\0".to_vec();
+
+        let plan = plan_of(crate::objects::SYSCALLS.ring, "syscall_event");
+        let values = [
+            ("ts_ns", le(11)),
+            ("duration_ns", le(12)),
+            ("ret", le(-2)),
+            ("nr", le(257)),
+            ("pid", le(13)),
+            ("tid", le(14)),
+            ("comm", comm.clone()),
+            ("cgroup_id", le(15)),
+        ];
+        let record = record_bytes(syscalls::SyscallEvent::layout(), &values, b"");
+        let (e, v) = (syscalls::SyscallEvent::from_record(&record).unwrap(), decoded(&plan, &record));
+        assert_eq!(
+            (v["ts_ns"].as_u64(), v["duration_ns"].as_u64(), v["ret"].as_i64(), v["nr"].as_i64()),
+            (Some(e.ts_ns), Some(e.duration_ns), Some(e.ret), Some(e.nr))
+        );
+        assert_eq!(
+            (v["pid"].as_u64(), v["tid"].as_u64(), v["cgroup_id"].as_u64()),
+            (Some(e.pid.into()), Some(e.tid.into()), Some(e.cgroup_id))
+        );
+        assert_eq!((&v["comm"], &v["comm_hex"]), (&"c\\xffmm".into(), &"63ff6d6d".into()));
+
+        let plan = plan_of(crate::objects::OPEN.ring, "open_event");
+        let name = b"/tmp/a name";
+        let values = [
+            ("ts_ns", le(1)),
+            ("ret", le(-13)),
+            ("flags", le(0o100)),
+            ("cgroup_id", le(2)),
+            ("pid", le(3)),
+            ("tid", le(4)),
+            ("uid", le(5)),
+            ("nr", le(257)),
+            ("filename_len", le(name.len() as i64)),
+            ("truncated", le(0)),
+            ("comm", comm.clone()),
+        ];
+        let record = record_bytes(open::OpenEvent::layout(), &values, name);
+        let (o, v) = (open::decode(&record).unwrap(), decoded(&plan, &record));
+        assert_eq!(
+            (v["ret"].as_i64(), v["flags"].as_u64(), v["uid"].as_u64(), v["nr"].as_u64()),
+            (Some(o.header.ret), Some(o.header.flags), Some(o.header.uid.into()), Some(o.header.nr.into()))
+        );
+        assert_eq!(v["filename"].as_str().map(str::as_bytes), Some(o.filename));
+
+        let plan = plan_of(crate::objects::EXEC.ring, "exec_event");
+        let (file, args) = (b"/bin/true", b"true\0-x\0");
+        let values = [
+            ("ts_ns", le(1)),
+            ("cgroup_id", le(2)),
+            ("ret", le(-2)),
+            ("pid", le(3)),
+            ("ppid", le(4)),
+            ("uid", le(5)),
+            ("argc", le(2)),
+            ("filename_len", le(file.len() as i64)),
+            ("args_len", le(args.len() as i64)),
+            ("comm", comm),
+        ];
+        let record = record_bytes(exec::ExecEvent::layout(), &values, &[&file[..], &args[..]].concat());
+        let (x, v) = (exec::decode(&record).unwrap(), decoded(&plan, &record));
+        assert_eq!(
+            (v["ret"].as_i64(), v["ppid"].as_u64(), v["argc"].as_u64()),
+            (Some(x.header.ret.into()), Some(x.header.ppid.into()), Some(x.header.argc.into()))
+        );
+        assert_eq!(
+            v["filename"].as_str().map(str::as_bytes),
+            Some(x.filename),
+            "the first variable part; the arguments are not in BTF"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Plans compiled from any change to real BTF, and applied to any record, never panic.
+        #[test]
+        fn plans_from_mutated_btf_never_panic(
+            edits in proptest::collection::vec((0usize..1 << 20, proptest::num::u8::ANY), 1..6),
+            record in proptest::collection::vec(proptest::num::u8::ANY, 0..160),
+        ) {
+            let mut bytes = crate::run::object::btf_section(KINDS).unwrap().to_vec();
+            for (at, value) in edits {
+                let n = bytes.len();
+                bytes[at % n] = value;
+            }
+            let Ok(btf) = crate::run::btf::Btf::parse(&bytes) else { return Ok(()) };
+            for (id, t) in btf.types() {
+                if !matches!(t.kind, Kind::Struct { .. } | Kind::Union { .. }) {
+                    continue;
+                }
+                let Ok(plan) = Plan::compile(&btf, id) else { continue };
+                if let Ok(tail) = plan.check(&record) {
+                    let mut out = String::new();
+                    plan.json(&record, tail, &mut out);
+                    for field in plan.fields() {
+                        plan.cell(field, &record, tail, &mut out);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_struct_layouts_are_errors() {
+        use crate::run::btf::Btf;
+        // struct s { int a; } whose member lies beyond its 2 bytes
+        let strings = b"\0int\0s\0a\0";
+        let types = [1, 1 << 24, 4, 1 << 24 | 32, 5, 4 << 24 | 1, 2, 7, 1, 0];
+        let btf = Btf::parse(&crate::run::btf::tests::raw_btf(&types, strings)).unwrap();
+        let err = Plan::compile(&btf, 2).unwrap_err();
+        assert!(err.0.contains("beyond its 2 bytes"), "{err}");
+    }
 }

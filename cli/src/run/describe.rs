@@ -13,11 +13,40 @@ const MAX_LAYOUT_LINES: usize = 400;
 
 /// `BPF_MAP_TYPE_*` names, by number.
 const MAP_TYPES: [&str; 34] = [
-    "unspec", "hash", "array", "prog_array", "perf_event_array", "percpu_hash", "percpu_array", "stack_trace",
-    "cgroup_array", "lru_hash", "lru_percpu_hash", "lpm_trie", "array_of_maps", "hash_of_maps", "devmap", "sockmap",
-    "cpumap", "xskmap", "sockhash", "cgroup_storage", "reuseport_sockarray", "percpu_cgroup_storage", "queue", "stack",
-    "sk_storage", "devmap_hash", "struct_ops", "ringbuf", "inode_storage", "task_storage", "bloom_filter",
-    "user_ringbuf", "cgrp_storage", "arena",
+    "unspec",
+    "hash",
+    "array",
+    "prog_array",
+    "perf_event_array",
+    "percpu_hash",
+    "percpu_array",
+    "stack_trace",
+    "cgroup_array",
+    "lru_hash",
+    "lru_percpu_hash",
+    "lpm_trie",
+    "array_of_maps",
+    "hash_of_maps",
+    "devmap",
+    "sockmap",
+    "cpumap",
+    "xskmap",
+    "sockhash",
+    "cgroup_storage",
+    "reuseport_sockarray",
+    "percpu_cgroup_storage",
+    "queue",
+    "stack",
+    "sk_storage",
+    "devmap_hash",
+    "struct_ops",
+    "ringbuf",
+    "inode_storage",
+    "task_storage",
+    "bloom_filter",
+    "user_ringbuf",
+    "cgrp_storage",
+    "arena",
 ];
 
 /// What `run` chose, or why it could not.
@@ -113,7 +142,9 @@ fn default_text(btf: &Btf, ty: TypeId, bytes: &[u8]) -> String {
             let number = int(*size as usize, *signed);
             values.iter().find(|v| v.value.to_string() == number).map_or(number, |v| v.name.clone())
         }
-        Kind::Array { elem, .. } if btf.resolve(*elem).is_ok_and(|e| matches!(btf.get(e).kind, Kind::Int { size: 1, .. })) => {
+        Kind::Array { elem, .. }
+            if btf.resolve(*elem).is_ok_and(|e| matches!(btf.get(e).kind, Kind::Int { size: 1, .. })) =>
+        {
             format!("\"{}\"", crate::output::display_bytes(crate::output::c_str(bytes)))
         }
         _ => "(not settable from the command line)".into(),
@@ -135,7 +166,15 @@ fn record(out: &mut String, btf: &Btf, id: TypeId, how: &str) {
 }
 
 /// The members of a struct, those of nested structs indented below them.
-fn layout(out: &mut String, btf: &Btf, struct_id: TypeId, members: &[Member], base_bits: u64, depth: usize, lines: &mut usize) {
+fn layout(
+    out: &mut String,
+    btf: &Btf,
+    struct_id: TypeId,
+    members: &[Member],
+    base_bits: u64,
+    depth: usize,
+    lines: &mut usize,
+) {
     for (index, m) in members.iter().enumerate() {
         if *lines > MAX_LAYOUT_LINES {
             return;

@@ -57,7 +57,11 @@ fn filter_settings(object: &ObjectInfo, common: &CommonArgs) -> Result<Vec<Setti
         let Some(global) = object.global(g.name) else { continue };
         let size = object.btf.size_of(global.ty).ok();
         if size != Some(g.bytes.len() as u64) {
-            return Err(format!("the object's {} is not the {}-byte global of bpfstream_filter.h", g.name, g.bytes.len()));
+            return Err(format!(
+                "the object's {} is not the {}-byte global of bpfstream_filter.h",
+                g.name,
+                g.bytes.len()
+            ));
         }
         out.push(Setting { name: g.name.to_owned(), bytes: g.bytes });
     }

@@ -173,7 +173,10 @@ fn events_map<'a>(object: &'a ObjectInfo, wanted: &[String]) -> Result<&'a MapIn
                 [] => Err("the object has no ring buffer or perf event array map to stream".into()),
                 _ => {
                     let names: Vec<&str> = events.iter().map(|m| m.name.as_str()).collect();
-                    Err(format!("the object has several events maps ({}): choose one with --map NAME", names.join(", ")))
+                    Err(format!(
+                        "the object has several events maps ({}): choose one with --map NAME",
+                        names.join(", ")
+                    ))
                 }
             }
         }
@@ -208,7 +211,9 @@ fn record_type(object: &ObjectInfo, wanted: Option<&str>) -> Result<(TypeId, &'s
         (None, []) => Err("the object names no record type: give --type STRUCT, or keep the struct in its BTF \
                            with BPFSTREAM_EXPORT_STRUCT(name) (bpfstream.h)"
             .into()),
-        (None, several) => Err(format!("the object exports several record types ({}): choose one with --type", several.join(", "))),
+        (None, several) => {
+            Err(format!("the object exports several record types ({}): choose one with --type", several.join(", ")))
+        }
     }
 }
 
@@ -229,7 +234,9 @@ fn check_transport(common: &CommonArgs, map: &MapInfo, object: &ObjectInfo) -> R
         _ => {}
     }
     if ring && common.wakeup.is_some() && object.global("bpfstream_wakeup_policy").is_none() {
-        return Err("--wakeup: the object's programs choose their own ring wakeups (it does not use bpfstream.h)".into());
+        return Err(
+            "--wakeup: the object's programs choose their own ring wakeups (it does not use bpfstream.h)".into()
+        );
     }
     Ok(())
 }
@@ -319,4 +326,3 @@ fn load(p: &Prepared, options: &BufferOptions) -> Result<aya::Ebpf> {
         error
     })
 }
-

@@ -268,7 +268,8 @@ fn exported(btf: &Btf) -> Vec<String> {
     let mut out = Vec::new();
     for (_, t) in btf.types() {
         let (Some(name), Kind::Var { ty, .. }) = (t.name.strip_prefix(EXPORT_PREFIX), &t.kind) else { continue };
-        let is_struct = btf.resolve(*ty).is_ok_and(|r| matches!(btf.get(r).kind, Kind::Struct { .. } | Kind::Union { .. }));
+        let is_struct =
+            btf.resolve(*ty).is_ok_and(|r| matches!(btf.get(r).kind, Kind::Struct { .. } | Kind::Union { .. }));
         if is_struct && !out.iter().any(|n| n == name) {
             out.push(name.to_owned());
         }
@@ -311,7 +312,7 @@ mod tests {
     }
 
     /// Renames every section ending in `from` (e.g. `.BTF` and `.rel.BTF`) in the section names.
-    pub(crate) fn rename_section(bytes: &mut [u8], from: &[u8], to: &[u8]) {
+    fn rename_section(bytes: &mut [u8], from: &[u8], to: &[u8]) {
         for at in 0..bytes.len() - from.len() {
             if &bytes[at..at + from.len()] == from {
                 bytes[at..at + to.len()].copy_from_slice(to);
