@@ -4,7 +4,8 @@
  * bpfstream_run_kinds(seq, len) in the traced process (a uprobe the test attaches with
  * --uprobe), filled from the arguments and from read-only globals the test sets with --set.
  * Some calls send what the decoder must count as malformed: seq 1000, a record cut short; seq
- * 1001, a record whose data_len says more than it holds.
+ * 1001, a record whose data_len says more than it holds (by more than the padding of a perf
+ * sample, which a reader cannot tell from data).
  */
 #define BPFSTREAM_PREEMPTIBLE
 #include "bpfstream.h"
@@ -85,7 +86,8 @@ int kinds(struct pt_regs *ctx)
 	e->flag = flag_value;
 	e->color = color_value;
 	e->unnamed_color = 7;
-	__builtin_memcpy(e->text, (const void *)label, sizeof(e->text));
+	for (i = 0; i < sizeof(e->text); i++)
+		e->text[i] = label[i];	/* volatile reads: what --set loaded, not the initializer */
 	e->bytes[0] = 0xff;
 	e->bytes[1] = 'a';
 	e->bytes[2] = 0xfe;
@@ -118,7 +120,7 @@ int kinds(struct pt_regs *ctx)
 	if (seq == 1000)
 		size = 8;			/* shorter than the struct */
 	if (seq == 1001)
-		e->data_len = len + 1;		/* one byte more than sent */
+		e->data_len = len + 8;		/* more than sent, and than perf's padding to 8 bytes */
 	bpfstream_output(ctx, e, size);
 	return 0;
 }
