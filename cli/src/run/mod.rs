@@ -35,28 +35,43 @@ use crate::export::Tee;
 use crate::lifecycle::{load_error, open_stream, BufferKind, BufferOptions, CommonArgs, EventRate, Tracer};
 use crate::output::TimeColumn;
 
-const EXAMPLE: &str = "\
-Example: the exec tracer of bpf/examples/execsnoop.bpf.c, with a variable-length field
+const EXAMPLE: &str = r#"Example: bpf/examples/execsnoop.bpf.c, the exec tracer with a variable-length field
 
-  // struct exec_record { __u64 ts_ns; __u32 pid; __u16 filename_len; char comm[16];
-  //                      char filename[] __bpfstream_len(filename_len); };
-  // BPFSTREAM_EXPORT_STRUCT(exec_record);
-  // SEC(\"tp/sched/sched_process_exec\") int handle(...) { ... bpfstream_output(ctx, e, len); }
+  #include "bpfstream.h"
+  struct exec_record {
+          __u64 ts_ns;
+          __u32 pid;
+          __u32 uid;
+          char comm[16];
+          __u16 filename_len;
+          char filename[] __bpfstream_len(filename_len);  /* its length: filename_len */
+  };
+  BPFSTREAM_EXPORT_STRUCT(exec_record);        /* the record type, kept in the BTF */
+  const volatile __u32 min_uid = 0;            /* --set min_uid=1000 */
 
-  $ clang -g -O2 -target bpf -Ibpf/include -c bpf/examples/execsnoop.bpf.c -o execsnoop.bpf.o
-  $ sudo bpfstream run execsnoop.bpf.o --describe         # maps, programs, globals, the record
-  $ sudo bpfstream run execsnoop.bpf.o -d 10
+  SEC("tp_btf/sched_process_exec")
+  int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+  {
+          struct exec_record *e = bpfstream_scratch();
+          ... /* fill it, read the name into e->filename */
+          bpfstream_output(ctx, e, offsetof(struct exec_record, filename) + e->filename_len);
+          return 0;
+  }
+
+  $ clang -g -O2 -target bpf -D__TARGET_ARCH_x86 -Ibpf/include -c execsnoop.bpf.c -o execsnoop.bpf.o
+  $ bpfstream run execsnoop.bpf.o --describe       # maps, programs, globals, the record's layout
+  $ sudo bpfstream run execsnoop.bpf.o
   Tracing struct exec_record records from execsnoop.bpf.o (map events) via ring buffer (256 KiB)... Hit Ctrl-C to end.
-  TS_NS                   PID FILENAME_LEN COMM             FILENAME
-  1234567890123          4242            8 bash             /bin/cat
-  $ sudo bpfstream run execsnoop.bpf.o --json --set targ_uid=1000 --fields pid,comm,filename
-  {\"type\":\"exec_record\",\"pid\":4242,\"comm\":\"bash\",\"filename\":\"/bin/cat\"}
-  {\"type\":\"summary\",\"events\":1,\"dropped\":0,\"unwritten\":0,...,\"produced\":1,...}
+                 TS_NS        PID        UID COMM             FILENAME_LEN FILENAME
+         2539688635120       8371          0 hello                      14 /tmp/ex2/hello
+  ^C
+  1 events, 0 dropped in 2.0 s via ring buffer (264 KiB mapped); produced 1
+  $ sudo bpfstream run execsnoop.bpf.o --set min_uid=1000 --json --fields pid,comm,filename
+  {"type":"exec_record","pid":8488,"comm":"hello","filename":"/tmp/ex2/hello"}
 
-Loads: tracepoint/ tp/ raw_tp/ raw_tracepoint/ tp_btf/ uprobe uretprobe (kprobe/ kretprobe/
-where the kernel has kprobes) programs; maps of any type; CO-RE relocations. Refused, by name:
-kconfig and ksym externs, sections it cannot attach. The record: the struct
-BPFSTREAM_EXPORT_STRUCT names, or --type. See the README, \"Your own program\".";
+Attaches tracepoint/ tp/ raw_tp/ raw_tracepoint/ tp_btf/ uprobe uretprobe sections (kprobe/
+kretprobe/ where the kernel has kprobes); maps of any type; CO-RE. Refused by name, exit 2:
+kconfig and ksym externs, sections it cannot attach. README: "Your own program"."#;
 
 /// `bpfstream run` options.
 #[derive(Debug, clap::Args)]
