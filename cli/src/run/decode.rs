@@ -207,7 +207,7 @@ impl Plan {
             let key = json_key(&name, false);
             let last = index + 1 == flat.len();
             if last && is_flexible(btf, member.ty) {
-                let at = (bit_base + member.bit_offset) as usize / 8;
+                let at = usize::try_from((bit_base + u64::from(member.bit_offset)) / 8).unwrap_or(usize::MAX);
                 tail = Some(compiler.tail(member, at, &key, id, members, &flat)?);
                 fixed = at;
                 fields.push(Field { name, key, content: Content::Tail, column: Column { width: 0, right: false } });
@@ -619,7 +619,7 @@ struct Compiler<'a> {
 impl<'a> Compiler<'a> {
     /// The members of a struct with those of its anonymous struct and union members in their
     /// place (C reads them as the parent's), each with the bit offset of the struct it is in.
-    fn flatten(&self, members: &'a [Member], bit_base: u32, depth: usize) -> Result<Vec<(&'a Member, u32)>, PlanError> {
+    fn flatten(&self, members: &'a [Member], bit_base: u64, depth: usize) -> Result<Vec<(&'a Member, u64)>, PlanError> {
         if depth > MAX_DEPTH {
             return fail(format!("anonymous members nested deeper than {MAX_DEPTH}"));
         }
@@ -630,7 +630,7 @@ impl<'a> Compiler<'a> {
                 if let Kind::Struct { members: inner, .. } | Kind::Union { members: inner, .. } =
                     &btf.get(self.resolve(member.ty)?).kind
                 {
-                    out.extend(self.flatten(inner, bit_base + member.bit_offset, depth + 1)?);
+                    out.extend(self.flatten(inner, bit_base + u64::from(member.bit_offset), depth + 1)?);
                     continue;
                 }
             }
@@ -649,11 +649,11 @@ impl<'a> Compiler<'a> {
         key: &str,
         label: &str,
         member: &Member,
-        bit_base: u32,
+        bit_base: u64,
         base_at: usize,
         depth: usize,
     ) -> Result<(), PlanError> {
-        let bit_offset = u64::from(bit_base) + u64::from(member.bit_offset);
+        let bit_offset = bit_base + u64::from(member.bit_offset);
         let id = self.resolve(member.ty)?;
         let int_bits = match self.btf.get(id).kind {
             Kind::Int { bit_offset, bits, size, .. } if u32::from(bits) < size * 8 || bit_offset > 0 => {
@@ -779,7 +779,8 @@ impl<'a> Compiler<'a> {
             let hex_key = hex_key(key);
             return self.push(key, label, at, What::Str { len: nelems, hex_key });
         }
-        let total = elem_size.checked_mul(nelems as usize).ok_or_else(|| PlanError("an array too large".into()))?;
+        let too_large = || PlanError(format!("an array of {nelems} elements of {elem_size} bytes"));
+        let total = elem_size.checked_mul(nelems as usize).and_then(|t| u32::try_from(t).ok()).ok_or_else(too_large)?;
         self.push(key, label, at, What::Open('['))?;
         let start = self.ops.len();
         if nelems > 0 {
@@ -788,12 +789,13 @@ impl<'a> Compiler<'a> {
         let per_elem = self.ops.len() - start;
         if per_elem.saturating_mul(nelems as usize) + self.ops.len() > MAX_OPS {
             self.ops.truncate(start - 1);
-            return self.push(key, label, at, What::Hex { len: total as u32 });
+            return self.push(key, label, at, What::Hex { len: total });
         }
         for i in 1..nelems as usize {
             for j in 0..per_elem {
                 let mut op = self.ops[start + j].clone();
-                op.at += (i * elem_size) as u32;
+                // i * elem_size < total, which fits a u32
+                op.at = op.at.checked_add((i * elem_size) as u32).ok_or_else(too_large)?;
                 if j == 0 {
                     (op.key, op.label) = (",".into(), " ".into());
                 }
@@ -826,7 +828,7 @@ impl<'a> Compiler<'a> {
         key: &str,
         struct_id: TypeId,
         members: &[Member],
-        flat: &[(&Member, u32)],
+        flat: &[(&Member, u64)],
     ) -> Result<Tail, PlanError> {
         let Kind::Array { elem, .. } = self.btf.get(self.resolve(member.ty)?).kind else { return fail("not an array") };
         let elem = self.resolve(elem)?;
@@ -852,7 +854,7 @@ impl<'a> Compiler<'a> {
     }
 
     /// The op that reads the length field `name` of the flexible member `of`.
-    fn len_field(&mut self, name: &str, of: &str, flat: &[(&Member, u32)]) -> Result<Op, PlanError> {
+    fn len_field(&mut self, name: &str, of: &str, flat: &[(&Member, u64)]) -> Result<Op, PlanError> {
         let Some((member, bit_base)) = flat.iter().find(|(m, _)| m.name == name) else {
             return fail(format!("{of}'s tag {LEN_TAG}{name} names no member of the struct"));
         };
@@ -1174,5 +1176,40 @@ mod tests {
         let btf = Btf::parse(&crate::run::btf::tests::raw_btf(&types, strings)).unwrap();
         let err = Plan::compile(&btf, 2).unwrap_err();
         assert!(err.0.contains("beyond its 2 bytes"), "{err}");
+        // anonymous structs nested at bit 0xfffffff0 of each other: offsets past 2^32 bits
+        let far = 0xffff_fff0;
+        let anon = |inner: u32| [0, 4 << 24 | 1, 4, 0, inner, far];
+        let mut types = vec![1, 1 << 24, 4, 1 << 24 | 32, 0, 4 << 24 | 1, 4, 7, 1, far];
+        types.extend(anon(2));
+        types.extend([5, 4 << 24 | 1, 4, 0, 3, far]);
+        let btf = Btf::parse(&crate::run::btf::tests::raw_btf(&types, strings)).unwrap();
+        assert!(Plan::compile(&btf, 4).is_err());
+        // an array of 2^20 arrays of 2^20 ints
+        let types = [
+            1,
+            1 << 24,
+            4,
+            1 << 24 | 32,
+            0,
+            3 << 24,
+            0,
+            1,
+            1,
+            1 << 20,
+            0,
+            3 << 24,
+            0,
+            2,
+            1,
+            1 << 20,
+            5,
+            4 << 24 | 1,
+            4,
+            7,
+            3,
+            0,
+        ];
+        let btf = Btf::parse(&crate::run::btf::tests::raw_btf(&types, strings)).unwrap();
+        assert!(Plan::compile(&btf, 4).is_err());
     }
 }
