@@ -18,14 +18,18 @@ macro_rules! eprint_lossy {
     }};
 }
 
+mod agent;
 mod bench;
 mod cgroup;
+mod cgroup_paths;
+mod container;
 mod export;
 mod histogram;
 mod host;
 mod lab;
 mod lifecycle;
 mod loss;
+mod metrics;
 mod names;
 mod objects;
 mod output;
@@ -77,13 +81,20 @@ enum Command {
     Lab(lab::LabArgs),
     /// Run any BPF object (CO-RE, with BTF) and stream its events, decoded from its BTF
     Run(run::RunArgs),
+    /// Many streams in one process from a TOML file: one exporter, Prometheus metrics, container
+    /// identity (--check FILE validates a file)
+    Agent(agent::AgentArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Describing an object reads a file: no privilege needed.
-    let describe = matches!(&cli.command, Command::Run(args) if args.describe);
-    if let (false, Err(missing)) = (describe, privileges::check()) {
+    // Checking a config or describing an object reads files: no privilege needed.
+    let checks_only = match &cli.command {
+        Command::Agent(args) => args.only_checks(),
+        Command::Run(args) => args.describe,
+        _ => false,
+    };
+    if let Err(missing) = privileges::check().or_else(|e| if checks_only { Ok(()) } else { Err(e) }) {
         eprintln_lossy!("bpfstream: {missing}");
         return ExitCode::from(1);
     }
@@ -110,5 +121,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Lab(args) => lab::run(args),
         Command::Run(args) => run::run(args),
+        Command::Agent(args) => agent::run(args),
     }
 }
