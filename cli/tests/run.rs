@@ -225,6 +225,7 @@ fn bad_objects_and_options_are_one_line_and_exit_2() {
         ),
         (&[&plain, "--type", "plain_event", "--fields", "pid,nope"], "--fields: plain_event has no field \"nope\""),
         (&[&plain, "--type", "plain_event", "-T"], "-T and --elapsed read the record's ts_ns"),
+        (&[&plain, "--type", "plain_event", "--json", "--cgroup-path"], "--cgroup-path reads the record's cgroup_id"),
         (&[&plain, "--type", "plain_event", "--buffer", "perf"], "--buffer perf: the object's map rb is a ring buffer"),
         (
             &[&plain, "--type", "plain_event", "--wakeup", "every"],
@@ -285,8 +286,8 @@ fn describe_shows_the_object_without_privileges() {
 }
 
 /// The built-in tracer and `run` on its own object, side by side on one workload: every field
-/// the record carries has the same value in both, but the time stamps (each program takes its
-/// own) and what the tracer computes in userspace (syscall names, argv).
+/// the record carries has the same value in both (and `--cgroup-path`'s), but the time stamps
+/// (each program takes its own) and what the tracer computes in userspace (syscall names, argv).
 fn same_events(
     tracer: &[&str],
     run: &[&str],
@@ -329,10 +330,10 @@ fn the_tracers_objects_through_run_give_what_the_tracers_give() {
     let pid = child.pid().to_string();
     let file = obj("syscalls.ring.bpf.o");
     let n = same_events(
-        &["syscalls", "--json", "--pid", &pid],
-        &["run", &file, "--type", "syscall_event", "--json", "--pid", &pid],
+        &["syscalls", "--json", "--cgroup-path", "--pid", &pid],
+        &["run", &file, "--type", "syscall_event", "--json", "--cgroup-path", "--pid", &pid],
         ("syscall", "syscall_event"),
-        &["pid", "tid", "comm", "nr", "ret", "cgroup_id"],
+        &["pid", "tid", "comm", "nr", "ret", "cgroup_id", "cgroup"],
         || drop(child.go()),
     );
     assert_eq!(n, 23);

@@ -31,6 +31,7 @@ use self::btf::{Kind, TypeId};
 use self::decode::Plan;
 use self::globals::Setting;
 use self::object::{MapInfo, ObjectInfo, MAP_RINGBUF};
+use crate::container::{ContainerArgs, ContainerFields};
 use crate::export::Tee;
 use crate::lifecycle::{load_error, open_stream, BufferKind, BufferOptions, CommonArgs, EventRate, Tracer};
 use crate::output::TimeColumn;
@@ -104,6 +105,9 @@ pub struct RunArgs {
     pub describe: bool,
     #[command(flatten)]
     pub common: CommonArgs,
+    /// `--cgroup-path`, for records with a `cgroup_id` (`__u64`).
+    #[command(flatten)]
+    pub container: ContainerArgs,
 }
 
 /// Everything checked before loading.
@@ -114,6 +118,7 @@ struct Prepared {
     map: MapInfo,
     plan: Plan,
     ts_at: Option<usize>,
+    cgroup_at: Option<usize>,
     attachments: Vec<Attachment>,
     settings: Vec<Setting>,
 }
@@ -172,10 +177,14 @@ fn prepare(args: &RunArgs) -> Result<Prepared, String> {
     if (args.common.timestamp || args.common.elapsed) && ts_at.is_none() {
         return Err(format!("-T and --elapsed read the record's ts_ns (__u64), which struct {} has not", plan.name));
     }
+    let cgroup_at = plan.u64_field("cgroup_id");
+    if args.container.cgroup_path && cgroup_at.is_none() {
+        return Err(format!("--cgroup-path reads the record's cgroup_id (__u64), which struct {} has not", plan.name));
+    }
     let attachments = attach::plan(&object, &args.program, &args.uprobe, attach::kernel_has_kprobes())
         .map_err(|e| format!("{label}: {e}"))?;
     let settings = globals::settings(&object, &args.common, &args.set)?;
-    Ok(Prepared { label, bytes, object, map, plan, ts_at, attachments, settings })
+    Ok(Prepared { label, bytes, object, map, plan, ts_at, cgroup_at, attachments, settings })
 }
 
 /// The map to stream: `--map`, or the one ring buffer or perf event array.
@@ -282,6 +291,7 @@ fn stream(args: RunArgs, p: Prepared) -> Result<()> {
         }
     }
     let tee = Tee::start(&common.output, common.json)?;
+    let containers = ContainerFields::for_tracer(&args.container, common.json || common.output.output.is_some())?;
     let mut bpf = load(&p, &options)?;
     let counters = counters_map(&p.object, &p.map.name);
     let source = open_stream(&bpf, &p.map.name, counters.as_deref(), &options)?;
@@ -291,7 +301,9 @@ fn stream(args: RunArgs, p: Prepared) -> Result<()> {
     let mut tracer = Tracer::attached(bpf, source, what, options.size);
     tracer.set_json(common.json);
     let time = TimeColumn::new(common.timestamp, common.elapsed);
-    let mut printer = sink::Printer::new(crate::writer::stdout(), p.plan, common.json, time, p.ts_at, tee);
+    let mut printer = sink::Printer::new(crate::writer::stdout(), p.plan, common.json, tee);
+    printer.time = (time, p.ts_at);
+    printer.containers = (containers, p.cgroup_at);
     let mut summary = tracer.run(common.duration, options.max_delay, &mut printer)?;
     summary.export = printer.tee.finish(summary.export_deadline());
     let malformed = printer.malformed;

@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use bpfstream::Item;
 
 use super::decode::Plan;
+use crate::container::ContainerFields;
 use crate::export::Tee;
 use crate::lifecycle::Sink;
 use crate::output::{cell_left, cell_right, JsonLine, TimeColumn};
@@ -15,9 +16,10 @@ pub struct Printer<W: Write> {
     pub out: W,
     pub plan: Plan,
     pub json: bool,
-    pub time: TimeColumn,
-    /// Where the record's `ts_ns` is, for `-T` / `--elapsed`.
-    pub ts_at: Option<usize>,
+    /// `-T` / `--elapsed`, and where the record's `ts_ns` is.
+    pub time: (TimeColumn, Option<usize>),
+    /// `--cgroup-path`, and where the record's `cgroup_id` is.
+    pub containers: (ContainerFields, Option<usize>),
     /// Records shorter than their type, or than the length they state.
     pub malformed: u64,
     pub tee: Tee,
@@ -26,9 +28,25 @@ pub struct Printer<W: Write> {
     cell: String,
 }
 
+/// The `__u64` at `at` of a checked record.
+fn u64_at(data: &[u8], at: Option<usize>) -> Option<u64> {
+    let at = at?;
+    Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?))
+}
+
 impl<W: Write> Printer<W> {
-    pub fn new(out: W, plan: Plan, json: bool, time: TimeColumn, ts_at: Option<usize>, tee: Tee) -> Self {
-        Printer { out, plan, json, time, ts_at, malformed: 0, tee, line: String::new(), cell: String::new() }
+    pub fn new(out: W, plan: Plan, json: bool, tee: Tee) -> Self {
+        Printer {
+            out,
+            plan,
+            json,
+            time: (TimeColumn::new(false, false), None),
+            containers: (ContainerFields::none(), None),
+            malformed: 0,
+            tee,
+            line: String::new(),
+            cell: String::new(),
+        }
     }
 
     fn record(&mut self, data: &[u8]) -> io::Result<()> {
@@ -39,15 +57,17 @@ impl<W: Write> Printer<W> {
         };
         if self.tee.active() {
             let plan = &self.plan;
-            let line = JsonLine::new(&plan.name).raw(|buf| plan.json(data, tail, buf));
+            let mut line = JsonLine::new(&plan.name).raw(|buf| plan.json(data, tail, buf));
+            if let Some(cgroup_id) = u64_at(data, self.containers.1) {
+                line = self.containers.0.add(line, cgroup_id);
+            }
             self.tee.emit(&mut self.out, line)?;
             if self.json {
                 return Ok(());
             }
         }
-        if let Some(at) = self.ts_at {
-            let ts = data.get(at..at + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
-            self.time.cell(&mut self.out, ts)?;
+        if let Some(ts) = u64_at(data, self.time.1) {
+            self.time.0.cell(&mut self.out, ts)?;
         }
         self.line.clear();
         let fields = self.plan.fields();
@@ -71,7 +91,7 @@ impl<W: Write> Sink for Printer<W> {
         if self.json {
             return Ok(());
         }
-        self.time.title(&mut self.out)?;
+        self.time.0.title(&mut self.out)?;
         let mut line = String::new();
         let fields = self.plan.fields();
         for (i, field) in fields.iter().enumerate() {
