@@ -281,15 +281,7 @@ fn counters_map(object: &ObjectInfo, map: &str) -> Option<String> {
 }
 
 fn stream(args: RunArgs, p: Prepared) -> Result<()> {
-    let ring = p.map.map_type == MAP_RINGBUF;
-    let mut common = args.common.clone();
-    common.buffer = Some(if ring { BufferKind::Ring } else { BufferKind::Perf });
-    let mut options = BufferOptions::for_tracer(&common, EventRate::Moderate);
-    if let (true, None, Some(declared)) = (ring, common.buffer_size, p.map.max_entries) {
-        if p.object.global("bpfstream_wakeup_policy").is_none() {
-            options.size = u64::from(declared); // a plain object's ring, as its author sized it
-        }
-    }
+    let (common, options) = buffer_options(&args.common, &p);
     let tee = Tee::start(&common.output, common.json)?;
     let containers = ContainerFields::for_tracer(&args.container, common.json || common.output.output.is_some())?;
     let mut bpf = load(&p, &options)?;
@@ -300,27 +292,42 @@ fn stream(args: RunArgs, p: Prepared) -> Result<()> {
     let what = format!("struct {} records from {file} (map {})", p.plan.name, p.map.name);
     let mut tracer = Tracer::attached(bpf, source, what, options.size);
     tracer.set_json(common.json);
-    let time = TimeColumn::new(common.timestamp, common.elapsed);
     let mut printer = sink::Printer::new(crate::writer::stdout(), p.plan, common.json, tee);
-    printer.time = (time, p.ts_at);
+    printer.time = (TimeColumn::new(common.timestamp, common.elapsed), p.ts_at);
     printer.containers = (containers, p.cgroup_at);
     let mut summary = tracer.run(common.duration, options.max_delay, &mut printer)?;
     summary.export = printer.tee.finish(summary.export_deadline());
-    let malformed = printer.malformed;
-    let record = printer.plan.name.clone();
-    drop(printer);
-    let counted = counters.is_some();
-    summary.dropped_unknown = !counted && ring;
-    let extra = if counted {
-        String::new()
-    } else {
-        "; drops not counted: the object sends without bpfstream.h's counters (produced unknown)".to_string()
+    // A ring without counters: what it dropped is not known (perf's LOST records say it).
+    summary.dropped_unknown = counters.is_none() && p.map.map_type == MAP_RINGBUF;
+    let extra = match counters {
+        Some(_) => String::new(),
+        None => "; drops not counted: the object sends without bpfstream.h's counters (produced unknown)".into(),
     };
-    summary.print(common.json, |line| line.num("malformed", malformed).boolean("counters", counted), &extra)?;
+    let malformed = printer.malformed;
+    summary.print(
+        common.json,
+        |line| line.num("malformed", malformed).boolean("counters", counters.is_some()),
+        &extra,
+    )?;
     if malformed > 0 {
+        let record = &printer.plan.name;
         eprintln_lossy!("warning: {malformed} records were shorter than struct {record} or than the length they state");
     }
     Ok(())
+}
+
+/// The common options with the object's transport, and its buffer: `--buffer-size`, else a
+/// plain object's ring as its author sized it, else the tracers' default.
+fn buffer_options(args: &CommonArgs, p: &Prepared) -> (CommonArgs, BufferOptions) {
+    let ring = p.map.map_type == MAP_RINGBUF;
+    let mut common = args.clone();
+    common.buffer = Some(if ring { BufferKind::Ring } else { BufferKind::Perf });
+    let mut options = BufferOptions::for_tracer(&common, EventRate::Moderate);
+    let on_bpfstream_h = p.object.global("bpfstream_wakeup_policy").is_some();
+    if let (true, false, None, Some(declared)) = (ring, on_bpfstream_h, common.buffer_size, p.map.max_entries) {
+        options.size = u64::from(declared);
+    }
+    (common, options)
 }
 
 /// Loads the object with its settings and buffer (nothing attached yet).
