@@ -153,18 +153,25 @@ impl<F: Format> Feed<F> {
         };
         self.format.note(&event);
         if self.tee.active() {
+            let kind = self.format.kind();
             let line = match &self.stream {
-                Some(name) => JsonLine::new(F::KIND).str("stream", name),
-                None => JsonLine::new(F::KIND),
+                Some(name) => JsonLine::new(kind).str("stream", name),
+                None => JsonLine::new(kind),
             };
-            let line = self.containers.add(self.format.json(&event, line), F::cgroup_id(&event));
+            let line = self.format.json(&event, line);
+            let line = match self.format.cgroup_id(&event) {
+                Some(id) => self.containers.add(line, id),
+                None => line,
+            };
             self.tee.emit(&mut self.out, line)?;
             if self.json {
                 self.out.end_event();
                 return Ok(());
             }
         }
-        self.time.cell(&mut self.out, F::ts_ns(&event))?;
+        if let Some(ts) = self.format.ts_ns(&event) {
+            self.time.cell(&mut self.out, ts)?;
+        }
         self.format.row(&event, &mut self.out)?;
         self.out.end_event();
         Ok(())

@@ -14,7 +14,7 @@ use crate::writer::Output;
 /// (no dynamic call per event).
 pub trait Format: 'static {
     /// The `type` of the events' JSON lines.
-    const KIND: &'static str;
+    fn kind(&self) -> &str;
 
     /// A record decoded, borrowing from the buffer's memory.
     type Event<'a>;
@@ -27,11 +27,12 @@ pub trait Format: 'static {
         let _ = event;
     }
 
-    /// The event's stamp (`bpf_ktime_get_ns`), for the time column.
-    fn ts_ns(event: &Self::Event<'_>) -> u64;
+    /// The event's stamp (`bpf_ktime_get_ns`), for the time column (`None`: it has none).
+    fn ts_ns(&self, event: &Self::Event<'_>) -> Option<u64>;
 
-    /// The event's cgroup (`bpf_get_current_cgroup_id`), for `--cgroup-path`.
-    fn cgroup_id(event: &Self::Event<'_>) -> u64;
+    /// The event's cgroup (`bpf_get_current_cgroup_id`), for `--cgroup-path` (`None`: it has
+    /// none).
+    fn cgroup_id(&self, event: &Self::Event<'_>) -> Option<u64>;
 
     /// The table's column titles after the time column's, with the newline; `None` when the
     /// tracer prints no table of events.

@@ -26,14 +26,15 @@ mod start;
 mod stop;
 mod summary;
 
-pub use args::{BufferOptions, BurstBudget, CommonArgs, EventRate};
+pub use args::{BufferKind, BufferOptions, BurstBudget, CommonArgs, EventRate};
 pub use feed::Outlet;
 pub use format::Format;
 pub use load::{
-    attach, load, map_fd, open_source, task_filter_globals, Attach, Global, Objects, TracerSpec, EVENTS_MAP,
+    attach, load, load_error, map_fd, open_source, open_stream, task_filter_globals, Attach, Global, Objects,
+    TracerSpec, EVENTS_MAP,
 };
 pub use run::trace;
-pub use start::Loaded;
+pub use start::{Loaded, Tracer};
 pub use summary::{is_broken_pipe, Summary};
 
 #[cfg(test)]

@@ -14,8 +14,7 @@ use bpfstream::{EventSource, Poller, Totals};
 use super::args::BufferOptions;
 use super::feed::{Console, Fed, Feed, Outlet};
 use super::format::Format;
-use super::load::TracerSpec;
-use super::start::{start, Loaded, StreamSpec};
+use super::start::{start, Loaded, StreamSpec, Tracer};
 use super::stop::{self, Ending};
 use super::summary::Summary;
 use crate::signals;
@@ -53,7 +52,7 @@ impl Loaded {
 /// until stopped (or for `duration`), then its summary; fails when stdout failed (but for a
 /// reader that left).
 pub fn trace<F: Format>(
-    tracer: TracerSpec,
+    tracer: impl Tracer,
     buffer: BufferOptions,
     outlet: Outlet,
     duration: Option<Duration>,

@@ -14,21 +14,48 @@ use super::args::BufferOptions;
 use super::load::{attach, load, open_source, TracerSpec};
 use crate::size::human_bytes;
 
+/// What a stream runs in the kernel: an object, the buffer it streams, the programs it attaches.
+pub trait Tracer {
+    /// Shown in `Tracing <what> via ...`.
+    fn what(&self) -> String;
+    /// Loads the object for `buffer`, its programs verified where it can; nothing attached.
+    fn load(&self, buffer: &BufferOptions) -> Result<Ebpf>;
+    /// The event stream of the loaded object.
+    fn open(&self, bpf: &Ebpf, buffer: &BufferOptions) -> Result<EventSource>;
+    /// Attaches the loaded object's programs.
+    fn attach(&self, bpf: &mut Ebpf) -> Result<()>;
+}
+
+/// A built-in tracer: an embedded object, its `events` map, its attach points.
+impl Tracer for TracerSpec {
+    fn what(&self) -> String {
+        self.what.to_owned()
+    }
+    fn load(&self, buffer: &BufferOptions) -> Result<Ebpf> {
+        load(self, buffer).map(|(bpf, _)| bpf)
+    }
+    fn open(&self, bpf: &Ebpf, buffer: &BufferOptions) -> Result<EventSource> {
+        open_source(bpf, buffer)
+    }
+    fn attach(&self, bpf: &mut Ebpf) -> Result<()> {
+        attach(bpf, self)
+    }
+}
+
 /// One stream of a run: a tracer and its buffer, with a name its events, loss reports and
 /// summary carry (`"stream":NAME`), and a priority (a higher one is served first, and again
 /// before every batch of a lower one).
-#[derive(Debug, Clone)]
-pub struct StreamSpec {
-    pub tracer: TracerSpec,
+pub struct StreamSpec<'t> {
+    pub tracer: Box<dyn Tracer + 't>,
     pub buffer: BufferOptions,
     pub name: Option<String>,
     pub priority: i32,
 }
 
-impl StreamSpec {
+impl<'t> StreamSpec<'t> {
     /// The one stream of a one-tracer command: no name, the default priority.
-    pub fn alone(tracer: TracerSpec, buffer: BufferOptions) -> Self {
-        StreamSpec { tracer, buffer, name: None, priority: 0 }
+    pub fn alone(tracer: impl Tracer + 't, buffer: BufferOptions) -> Self {
+        StreamSpec { tracer: Box::new(tracer), buffer, name: None, priority: 0 }
     }
 }
 
@@ -37,7 +64,7 @@ pub struct Loaded {
     /// `None` once detached.
     pub(super) bpf: Option<Ebpf>,
     pub(super) source: EventSource,
-    pub(super) what: &'static str,
+    pub(super) what: String,
     pub(super) name: Option<Arc<str>>,
     pub(super) priority: i32,
     /// `--buffer-size`: ring total, or perf per CPU.
@@ -78,17 +105,17 @@ impl Loaded {
 
 /// Loads every stream and opens its buffer, then attaches them all (nothing is attached unless
 /// every stream loaded), then announces each on stderr: `Tracing <what> via <buffer>...`.
-pub fn start(specs: Vec<StreamSpec>) -> Result<Vec<Loaded>> {
+pub fn start(specs: Vec<StreamSpec<'_>>) -> Result<Vec<Loaded>> {
     let mut opened = Vec::with_capacity(specs.len());
     for spec in &specs {
-        let (bpf, _) = load(&spec.tracer, &spec.buffer)?;
+        let bpf = spec.tracer.load(&spec.buffer)?;
         // Open the buffer before attaching: perf buffers must be in the map before the first
         // event, or those events would be dropped for want of a slot.
-        let source = open_source(&bpf, &spec.buffer)?;
+        let source = spec.tracer.open(&bpf, &spec.buffer)?;
         opened.push((bpf, source));
     }
     for ((bpf, _), spec) in opened.iter_mut().zip(&specs) {
-        attach(bpf, &spec.tracer)?;
+        spec.tracer.attach(bpf)?;
     }
     let streams: Vec<Loaded> = opened
         .into_iter()
@@ -96,7 +123,7 @@ pub fn start(specs: Vec<StreamSpec>) -> Result<Vec<Loaded>> {
         .map(|((bpf, source), spec)| Loaded {
             bpf: Some(bpf),
             source,
-            what: spec.tracer.what,
+            what: spec.tracer.what(),
             name: spec.name.map(Arc::from),
             priority: spec.priority,
             size: spec.buffer.size,

@@ -37,6 +37,8 @@ pub struct Summary {
     pub unwritten: u64,
     /// Records shorter than their type (of `events`).
     pub malformed: u64,
+    /// A ring without drop counters: what it dropped is not known (`"dropped": null`).
+    pub dropped_unknown: bool,
     ending: Ending,
 }
 
@@ -71,6 +73,8 @@ impl Summary {
             export: None,
             unwritten: 0,
             malformed: 0,
+            // A ring without drop counters (perf buffers report theirs in LOST records).
+            dropped_unknown: totals.produced.is_none() && transport == Transport::Ring,
             ending,
         }
     }
@@ -87,13 +91,13 @@ impl Summary {
         let secs = self.elapsed.as_secs_f64();
         let unwritten = self.unwritten;
         let written = self.events.saturating_sub(unwritten);
-        let mut line = match &self.stream {
+        let line = match &self.stream {
             Some(name) => JsonLine::new("summary").str("stream", name),
             None => JsonLine::new("summary"),
         };
-        line = line
-            .num("events", written)
-            .num("dropped", self.dropped)
+        let line = line.num("events", written);
+        let line = if self.dropped_unknown { line.null("dropped") } else { line.num("dropped", self.dropped) };
+        let mut line = line
             .num("unwritten", unwritten)
             .str("buffer", self.transport.name())
             .num("buffer_bytes", self.buffer_bytes);
@@ -118,7 +122,10 @@ impl Summary {
     /// One line for humans (stderr), without the newline.
     fn text(&self) -> String {
         let unwritten = self.unwritten;
-        let mut s = format!("{} events, {} dropped", self.events.saturating_sub(unwritten), self.dropped);
+        let mut s = format!("{} events", self.events.saturating_sub(unwritten));
+        if !self.dropped_unknown {
+            s.push_str(&format!(", {} dropped", self.dropped));
+        }
         if unwritten > 0 {
             s.push_str(&format!(", {unwritten} unwritten (stdout did not take them)"));
         }

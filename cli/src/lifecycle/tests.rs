@@ -103,13 +103,13 @@ fn two_streams(calls: usize, opens: usize, duration: Duration, console: &Console
     let open_args: open::OpenArgs = parse(&["--json", "--tid", &tid, "--buffer-size", "1M"].map(String::from));
     let specs = vec![
         StreamSpec {
-            tracer: including_this_process(open::spec(&open_args)),
+            tracer: Box::new(including_this_process(open::spec(&open_args))),
             buffer: open::buffer(&open_args),
             name: Some("opens".into()),
             priority: 0,
         },
         StreamSpec {
-            tracer: including_this_process(syscalls::spec(&syscalls_args)),
+            tracer: Box::new(including_this_process(syscalls::spec(&syscalls_args))),
             buffer: syscalls::buffer(&syscalls_args),
             name: Some("calls".into()),
             priority: 1,

@@ -29,7 +29,7 @@ use crate::writer::Output;
 pub const ARGS_MAX: u32 = 128;
 
 bpfstream::record! {
-    /// `struct exec_event` of bpf/exec.h; the filename and the arguments follow it.
+    /// `struct exec_event` of bpf/exec.h.
     #[derive(Debug)]
     pub struct ExecEvent {
         pub ts_ns: u64,
@@ -42,6 +42,8 @@ bpfstream::record! {
         pub filename_len: u16,
         pub args_len: u16,
         pub comm: [u8; 16],
+        /// The flexible `filename[]`: its bytes follow the header, then the arguments'.
+        pub filename: [u8; 0],
     }
 }
 
@@ -148,7 +150,6 @@ struct ExecFormat {
 }
 
 impl Format for ExecFormat {
-    const KIND: &'static str = "exec";
     type Event<'a> = Exec<'a>;
 
     fn decode<'a>(&mut self, data: &'a [u8]) -> Option<Exec<'a>> {
@@ -160,12 +161,16 @@ impl Format for ExecFormat {
         self.failed += u64::from(e.header.ret < 0);
     }
 
-    fn ts_ns(e: &Exec<'_>) -> u64 {
-        e.header.ts_ns
+    fn kind(&self) -> &str {
+        "exec"
     }
 
-    fn cgroup_id(e: &Exec<'_>) -> u64 {
-        e.header.cgroup_id
+    fn ts_ns(&self, e: &Exec<'_>) -> Option<u64> {
+        Some(e.header.ts_ns)
+    }
+
+    fn cgroup_id(&self, e: &Exec<'_>) -> Option<u64> {
+        Some(e.header.cgroup_id)
     }
 
     fn titles(&self) -> Option<String> {

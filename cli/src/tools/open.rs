@@ -24,7 +24,7 @@ use crate::writer::Output;
 pub const FILENAME_MAX: usize = 4096;
 
 bpfstream::record! {
-    /// `struct open_event` of bpf/open.h; the filename follows it.
+    /// `struct open_event` of bpf/open.h.
     #[derive(Debug)]
     pub struct OpenEvent {
         pub ts_ns: u64,
@@ -39,6 +39,8 @@ bpfstream::record! {
         pub truncated: u16,
         pub comm: [u8; 16],
         pub pad: u32,
+        /// The flexible `filename[]`: its bytes follow the header.
+        pub filename: [u8; 0],
     }
 }
 
@@ -124,7 +126,6 @@ struct OpenFormat {
 }
 
 impl Format for OpenFormat {
-    const KIND: &'static str = "open";
     type Event<'a> = Open<'a>;
 
     fn decode<'a>(&mut self, data: &'a [u8]) -> Option<Open<'a>> {
@@ -135,12 +136,16 @@ impl Format for OpenFormat {
         self.truncated += u64::from(e.header.truncated != 0);
     }
 
-    fn ts_ns(e: &Open<'_>) -> u64 {
-        e.header.ts_ns
+    fn kind(&self) -> &str {
+        "open"
     }
 
-    fn cgroup_id(e: &Open<'_>) -> u64 {
-        e.header.cgroup_id
+    fn ts_ns(&self, e: &Open<'_>) -> Option<u64> {
+        Some(e.header.ts_ns)
+    }
+
+    fn cgroup_id(&self, e: &Open<'_>) -> Option<u64> {
+        Some(e.header.cgroup_id)
     }
 
     fn titles(&self) -> Option<String> {

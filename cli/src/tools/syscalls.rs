@@ -236,19 +236,22 @@ struct SyscallsFormat {
 }
 
 impl Format for SyscallsFormat {
-    const KIND: &'static str = "syscall";
     type Event<'a> = SyscallEvent;
 
     fn decode(&mut self, data: &[u8]) -> Option<SyscallEvent> {
         SyscallEvent::from_record(data).ok()
     }
 
-    fn ts_ns(e: &SyscallEvent) -> u64 {
-        e.ts_ns
+    fn kind(&self) -> &str {
+        "syscall"
     }
 
-    fn cgroup_id(e: &SyscallEvent) -> u64 {
-        e.cgroup_id
+    fn ts_ns(&self, e: &SyscallEvent) -> Option<u64> {
+        Some(e.ts_ns)
+    }
+
+    fn cgroup_id(&self, e: &SyscallEvent) -> Option<u64> {
+        Some(e.cgroup_id)
     }
 
     fn titles(&self) -> Option<String> {
