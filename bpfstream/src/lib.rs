@@ -254,7 +254,6 @@
 mod accounting;
 #[cfg(feature = "aya")]
 pub mod aya;
-mod batch;
 pub mod btf;
 mod error;
 mod fixed_str;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::stats::{Fill, Stats};
 use crate::stop::{Control, StopHandle, CANCEL, RUNNING};
 use crate::sys::{Epoll, EventFd};
-use crate::{Error, EventSource, Failure, Flow, HandlerError, Item};
+use crate::{Error, EventSource, Failure, Flow, Item};
 
 /// Something the [`Poller`] can wait on and read.
 pub(crate) trait Source {
@@ -26,6 +26,27 @@ pub(crate) trait Source {
         max: usize,
         handler: &mut dyn FnMut(Item<'_>) -> ControlFlow<()>,
     ) -> Result<usize, Error>;
+
+    /// [`consume_until`](Self::consume_until) for a handler of a known type: a source whose
+    /// consume loop is generic overrides it, so that the loop inlines the handler (the
+    /// [`Poller`] erases a handler's type once per batch, not per record).
+    fn consume_with<H>(&mut self, max: usize, mut handler: H) -> Result<usize, Error>
+    where
+        Self: Sized,
+        H: FnMut(Item<'_>) -> ControlFlow<()>,
+    {
+        self.consume_until(max, &mut handler)
+    }
+
+    /// [`drain_items`](Self::drain_items) for a handler of a known type (see
+    /// [`consume_with`](Self::consume_with)).
+    fn drain_with<H>(&mut self, mut handler: H) -> Result<usize, Error>
+    where
+        Self: Sized,
+        H: FnMut(Item<'_>),
+    {
+        self.drain_items(&mut handler)
+    }
 
     /// Hands over everything left, for shutdown. The default consumes until empty;
     /// [`EventSource`] also reads its drop counters one last time ([`EventSource::finish`]).
@@ -106,6 +127,18 @@ impl Source for EventSource {
         self.consume_n(max, handler)
     }
     fn drain_items(&mut self, handler: &mut dyn FnMut(Item<'_>)) -> Result<usize, Error> {
+        self.drain_with(handler)
+    }
+    fn consume_with<H>(&mut self, max: usize, handler: H) -> Result<usize, Error>
+    where
+        H: FnMut(Item<'_>) -> ControlFlow<()>,
+    {
+        self.consume_n(max, handler)
+    }
+    fn drain_with<H>(&mut self, handler: H) -> Result<usize, Error>
+    where
+        H: FnMut(Item<'_>),
+    {
         let before = self.totals().delivered;
         let after = self.finish(handler)?.delivered;
         Ok((after - before) as usize)
@@ -145,12 +178,51 @@ impl Default for SourceOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SourceId(pub(crate) usize);
 
-/// A handler's verdict, type-erased: go on, stop, or fail.
-type Verdict = Result<ControlFlow<()>, HandlerError>;
+/// A source and its handler, type-erased together: one dynamic call per batch, with the
+/// source's consume loop compiled for the handler inside it.
+trait Lane {
+    fn source(&self) -> &dyn Source;
+    fn source_mut(&mut self) -> &mut dyn Source;
+    /// One batch of at most `max` records: how many, and whether the handler stopped. A handler
+    /// that fails keeps its error in `failure`.
+    fn serve(&mut self, max: usize, failure: &mut Failure) -> Result<(usize, bool), Error>;
+    /// Everything left ([`Source::drain_with`]), past a handler that stops; its first error
+    /// goes to `failure`.
+    fn drain(&mut self, failure: &mut Failure) -> Result<usize, Error>;
+}
+
+struct Served<'a, S, H> {
+    source: &'a mut S,
+    handler: H,
+}
+
+impl<S: Source, F: Flow, H: FnMut(Item<'_>) -> F> Lane for Served<'_, S, H> {
+    fn source(&self) -> &dyn Source {
+        self.source
+    }
+    fn source_mut(&mut self) -> &mut dyn Source {
+        self.source
+    }
+    fn serve(&mut self, max: usize, failure: &mut Failure) -> Result<(usize, bool), Error> {
+        let handler = &mut self.handler;
+        let mut stopped = false;
+        let served = self.source.consume_with(max, |item: Item<'_>| {
+            let flow = failure.check(handler(item));
+            stopped |= flow.is_break();
+            flow
+        })?;
+        Ok((served, stopped))
+    }
+    fn drain(&mut self, failure: &mut Failure) -> Result<usize, Error> {
+        let handler = &mut self.handler;
+        self.source.drain_with(|item: Item<'_>| {
+            let _ = failure.check(handler(item));
+        })
+    }
+}
 
 struct Entry<'a> {
-    source: &'a mut dyn Source,
-    handler: Box<dyn FnMut(Item<'_>) -> Verdict + 'a>,
+    lane: Box<dyn Lane + 'a>,
     options: SourceOptions,
     id: SourceId,
 }
@@ -236,23 +308,15 @@ impl<'a> Poller<'a> {
     }
 
     /// Adds anything that is a [`Source`] (the crate's tests add simulated ones).
-    pub(crate) fn add_source<F: Flow>(
+    pub(crate) fn add_source<S: Source, F: Flow>(
         &mut self,
-        source: &'a mut dyn Source,
+        source: &'a mut S,
         options: SourceOptions,
-        mut handler: impl FnMut(Item<'_>) -> F + 'a,
+        handler: impl FnMut(Item<'_>) -> F + 'a,
     ) -> Result<SourceId, Error> {
         let id = SourceId(self.entries.len());
         self.epoll.add_edge_triggered(source.poll_fd(), id.0 as u64)?;
-        let handler = Box::new(move |item: Item<'_>| -> Verdict {
-            let flow = handler(item);
-            match (flow.is_stop(), flow.into_error()) {
-                (_, Some(error)) => Err(error),
-                (true, None) => Ok(ControlFlow::Break(())),
-                (false, None) => Ok(ControlFlow::Continue(())),
-            }
-        });
-        self.entries.push(Entry { source, handler, options, id });
+        self.entries.push(Entry { lane: Box::new(Served { source, handler }), options, id });
         // Stable: equal priorities keep their insertion order.
         self.entries.sort_by_key(|e| std::cmp::Reverse(e.options.priority));
         Ok(id)
@@ -282,7 +346,7 @@ impl<'a> Poller<'a> {
     /// handler), or the error of a handler that failed ([`Error::Handler`]). A signal
     /// interrupting the wait (EINTR) is not an error.
     pub fn poll(&mut self, timeout: Option<Duration>) -> Result<usize, Error> {
-        let ready_now = self.entries.iter().any(|e| e.source.ready_now());
+        let ready_now = self.entries.iter().any(|e| e.lane.source().ready_now());
         self.epoll.wait(if ready_now { Some(Duration::ZERO) } else { timeout }, &mut self.ready)?;
         if self.ready.iter().any(|&token| token != STOP_TOKEN) {
             self.stats.wakeups += 1;
@@ -293,7 +357,7 @@ impl<'a> Poller<'a> {
             fd.clear();
         }
         for entry in &mut self.entries {
-            entry.source.note_wait(self.ready.contains(&(entry.id.0 as u64)));
+            entry.lane.source_mut().note_wait(self.ready.contains(&(entry.id.0 as u64)));
         }
         self.consume()
     }
@@ -321,19 +385,14 @@ impl<'a> Poller<'a> {
     fn serve(&mut self, index: usize) -> Result<usize, Error> {
         let entry = &mut self.entries[index];
         let mut failure = Failure::default();
-        let handler = &mut entry.handler;
-        let mut stopped = false;
-        let served = entry.source.consume_until(entry.options.batch, &mut |item: Item<'_>| {
-            let flow = failure.check(handler(item));
-            stopped |= flow.is_break();
-            flow
-        });
-        if stopped {
-            self.stopped_by = Some(entry.id);
-        }
-        if let Ok(n) = served {
+        let served = entry.lane.serve(entry.options.batch, &mut failure);
+        let served = served.map(|(n, stopped)| {
+            if stopped {
+                self.stopped_by = Some(entry.id);
+            }
             self.stats.events += n as u64;
-        }
+            n
+        });
         failure.result(served)
     }
 
@@ -360,10 +419,7 @@ impl<'a> Poller<'a> {
         let mut total = 0;
         let mut failure = Failure::default();
         for entry in &mut self.entries {
-            let handler = &mut entry.handler;
-            total += entry.source.drain_items(&mut |item: Item<'_>| {
-                let _ = failure.check(handler(item));
-            })?;
+            total += entry.lane.drain(&mut failure)?;
         }
         failure.result(Ok(total))
     }

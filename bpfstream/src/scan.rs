@@ -21,6 +21,12 @@ impl Stride {
         Stride(size)
     }
 
+    /// The predicted size: the last one seen.
+    #[inline(always)]
+    pub fn size(self) -> u64 {
+        self.0
+    }
+
     /// `position + actual`, computed so that it does not wait for `actual` when `actual` is the
     /// predicted size: the common path adds the prediction, and only a size change takes the
     /// (out-of-line) path that adds `actual`.

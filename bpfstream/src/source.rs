@@ -384,6 +384,10 @@ impl EventSource {
         self.totals.produced = Some(produced);
         self.totals.forced_wakeups = Some(snapshot.iter().map(|c| c.forced_wakeups).sum());
         self.last_counter_read = Some(Instant::now());
+        let mut handler = |item: Item<'_>| {
+            handler(item);
+            ControlFlow::Continue(())
+        };
         let drained = loop {
             match self.consume_buffer(usize::MAX, &mut handler) {
                 Err(e) => break Err(e),
@@ -397,48 +401,44 @@ impl EventSource {
         drained.map(|()| self.totals)
     }
 
-    fn consume_buffer<F: Flow>(&mut self, max: usize, handler: &mut dyn FnMut(Item<'_>) -> F) -> Result<usize, Error> {
+    /// One pass over the buffer: hands at most `max` records and the perf LOST reports to
+    /// `handler` and counts them in the totals. Generic, so that the transport's loop inlines
+    /// the handler: per record, no call the compiler cannot see.
+    #[inline(always)]
+    fn consume_buffer<H>(&mut self, max: usize, handler: &mut H) -> Result<usize, Error>
+    where
+        H: FnMut(Item<'_>) -> ControlFlow<()>,
+    {
         let totals = &mut self.totals;
-        let mut deliver =
-            |item: Item<'_>| if handler(item).is_stop() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) };
-        match &mut self.buffer {
-            Buffer::Ring(ring) => ring.consume_n(max, |data: &[u8]| {
-                totals.delivered += 1;
-                totals.bytes += data.len() as u64;
-                deliver(Item::Record(Record { data, cpu: None }))
-            }),
+        let (records, bytes, result) = match &mut self.buffer {
+            Buffer::Ring(ring) => {
+                let (pass, result) =
+                    ring.consume(max, &mut |data: &[u8]| handler(Item::Record(Record { data, cpu: None })));
+                (pass.records, pass.bytes, result)
+            }
             Buffer::Perf(perf) => {
                 let perf_lost = &mut self.perf_lost;
                 let counters = &mut self.counters;
-                perf.consume_n(max, |item: Item<'_>| match item {
-                    Item::Record(record) => {
-                        totals.delivered += 1;
-                        totals.bytes += record.data.len() as u64;
-                        deliver(item)
-                    }
+                let (pass, result) = perf.consume(max, &mut |item: Item<'_>| match item {
+                    Item::Record(_) => handler(item),
                     Item::Lost(lost) => {
-                        // The same drops may already have been reported from the counters.
-                        let cpu = lost.cpu.unwrap_or(0) as usize;
-                        if perf_lost.len() <= cpu {
-                            perf_lost.resize(cpu + 1, 0);
-                        }
-                        perf_lost[cpu] += lost.count;
-                        let new = match counters {
-                            Some(c) => c.note_reported(cpu as u32, perf_lost[cpu]),
-                            None => lost.count,
-                        };
+                        let new = note_perf_lost(perf_lost, counters.as_mut(), lost);
                         if new == 0 {
                             return ControlFlow::Continue(());
                         }
                         totals.dropped += new;
-                        deliver(Item::Lost(Lost { count: new, ..lost }))
+                        handler(Item::Lost(Lost { count: new, ..lost }))
                     }
-                })
+                });
+                (pass.records, pass.bytes, result)
             }
-        }
+        };
+        self.totals.delivered += records as u64;
+        self.totals.bytes += bytes;
+        result.map(|()| records)
     }
 
-    fn report_counter_drops<F: Flow>(&mut self, handler: &mut dyn FnMut(Item<'_>) -> F) -> Result<(), Error> {
+    fn report_counter_drops<R>(&mut self, handler: &mut dyn FnMut(Item<'_>) -> R) -> Result<(), Error> {
         self.last_counter_read = Some(Instant::now());
         let Some(counters) = &mut self.counters else { return Ok(()) };
         for lost in counters.new_drops(Some(&self.perf_lost))? {
@@ -449,6 +449,21 @@ impl EventSource {
         self.totals.produced = total.produced;
         self.totals.forced_wakeups = total.forced_wakeups;
         Ok(())
+    }
+}
+
+/// Adds a perf LOST record's count to its CPU's total and returns how many of them the drop
+/// counters have not reported already (the same drops may be counted by both).
+#[cold]
+fn note_perf_lost(perf_lost: &mut Vec<u64>, counters: Option<&mut DropCounters>, lost: Lost) -> u64 {
+    let cpu = lost.cpu.unwrap_or(0) as usize;
+    if perf_lost.len() <= cpu {
+        perf_lost.resize(cpu + 1, 0);
+    }
+    perf_lost[cpu] += lost.count;
+    match counters {
+        Some(c) => c.note_reported(cpu as u32, perf_lost[cpu]),
+        None => lost.count,
     }
 }
 
