@@ -49,10 +49,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::ownership::PerfSlots;
+use crate::ringbuf::{guarded, Panic};
 use crate::scan::{self, Stride};
 use crate::stats::Fill;
 use crate::sys::{self, map_type, Epoll, Mmap, PerfEventAttr};
 use crate::{Error, Item, LossOrigin, Lost, Record};
+
+/// Most data bytes per CPU (see [`PerfBuffer::new`]).
+const MAX_DATA_BYTES: usize = 1 << 31;
 
 /// `PERF_RECORD_LOST`.
 pub(crate) const RECORD_LOST: u32 = 2;
@@ -84,13 +88,15 @@ pub(crate) unsafe trait PerfMemory {
     fn size(&self) -> usize;
 }
 
-/// Outcome of one pass over a CPU's ring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Outcome of one pass over a CPU's ring (over all CPUs, for [`PerfBuffer::consume`]).
+#[derive(Debug, Default)]
 pub(crate) struct Pass {
     pub records: usize,
     pub bytes: u64,
     pub lost: u64,
     pub stopped: bool,
+    /// The handler panicked on the last item counted (see [`ringbuf::Pass`](crate::ringbuf::Pass)).
+    pub panicked: Option<Panic>,
 }
 
 /// Out of line: the consume loop's fast path stays small.
@@ -174,6 +180,10 @@ where
                     pass.stopped = true;
                     true
                 }
+                PerfExit::Panicked(panic) => {
+                    pass.panicked = Some(panic);
+                    true
+                }
                 PerfExit::Max => true,
                 PerfExit::Other => {
                     let tail = start.wrapping_add(done);
@@ -211,6 +221,8 @@ enum PerfExit {
     Other,
     /// The handler broke, after the sample it was handed.
     Stopped,
+    /// The handler panicked on the sample it was handed.
+    Panicked(Panic),
     /// `max` samples were handed over.
     Max,
 }
@@ -283,9 +295,16 @@ impl Walk {
             let data = unsafe { std::slice::from_raw_parts(first.add(at + 12), raw_size) };
             bytes += raw_size as u64;
             left -= 1;
-            if handler(Item::Record(Record { data, cpu: Some(cpu) })).is_break() {
-                at += length;
-                break PerfExit::Stopped;
+            match guarded(handler, Item::Record(Record { data, cpu: Some(cpu) })) {
+                Ok(flow) if flow.is_break() => {
+                    at += length;
+                    break PerfExit::Stopped;
+                }
+                Ok(_) => {}
+                Err(panic) => {
+                    at += length;
+                    break PerfExit::Panicked(panic);
+                }
             }
             if LIMITED && left == 0 {
                 at += length;
@@ -337,14 +356,21 @@ where
             let data = sample_payload(record, tail)?;
             walk.left -= 1;
             walk.bytes += data.len() as u64;
-            handler(Item::Record(Record { data, cpu: Some(cpu) }))
+            guarded(handler, Item::Record(Record { data, cpu: Some(cpu) }))
         }
         RECORD_LOST => {
             let lost = lost_count(record, tail, cpu)?;
             pass.lost += lost.count;
-            handler(Item::Lost(lost))
+            guarded(handler, Item::Lost(lost))
         }
         _ => return Ok((length, false)), // THROTTLE, UNTHROTTLE, ...: nothing for a BPF output consumer.
+    };
+    let flow = match flow {
+        Ok(flow) => flow,
+        Err(panic) => {
+            pass.panicked = Some(panic);
+            return Ok((length, true));
+        }
     };
     pass.stopped = flow.is_break();
     Ok((length, pass.stopped || walk.left == 0))
@@ -416,7 +442,7 @@ pub enum PerfWakeup {
 /// How [`EventSource::open`](crate::EventSource::open) opens a perf buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PerfOptions {
-    /// Data pages per CPU: a power of two (the mapping is one page more).
+    /// Data pages per CPU: a power of two, at most 2 GiB of data (the mapping is one page more).
     pub pages_per_cpu: usize,
     /// Wakeup policy; `None` picks a watermark of a quarter of the buffer. Whatever it is, a
     /// reader that polls with a timeout bounds the delivery delay by that timeout.
@@ -536,7 +562,15 @@ impl PerfBuffer {
             });
         }
         let page = sys::page_size();
-        let data_size = pages * page;
+        // The kernel's interface has the watermark (and our record walk the ring offsets) in 32
+        // bits: at most 2 GiB of data per CPU.
+        let Some(data_size) = pages.checked_mul(page).filter(|&bytes| bytes <= MAX_DATA_BYTES) else {
+            return Err(Error::InvalidSize {
+                what: "perf buffer pages per CPU",
+                value: pages as u64,
+                valid: "a power of two, at most 2 GiB of data per CPU (524288 pages of 4 KiB)",
+            });
+        };
         let wakeup = options.effective_wakeup(data_size);
         let map = sys::dup(map)?;
         let epoll = Epoll::new()?;
@@ -551,6 +585,8 @@ impl PerfBuffer {
             ready: Vec::new(),
             left_behind: false,
         };
+        // Every CPU's event first, the map's slots after: an open that fails part way (EMFILE,
+        // ENOMEM) must not have taken over slots that another buffer on the map still reads.
         for cpu in sys::online_cpus()? {
             if cpu >= info.max_entries {
                 return Err(Error::Unsupported(format!(
@@ -578,11 +614,13 @@ impl PerfBuffer {
             // SAFETY: the data area starts one page into a mapping of 1 + 2^n pages.
             let data = unsafe { mmap.ptr().add(page) };
             buffer.epoll.add(event.as_fd(), buffer.cpus.len() as u64)?;
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&event) as u32;
-            buffer.slots.store(cpu, || sys::map_update_u32(buffer.map.as_fd(), cpu, fd))?;
-            // From here on Drop removes the slot again (unless another buffer took it over).
             buffer.cpus.push(CpuRing { cpu, event, mmap, data, data_size, lost: 0 });
-            sys::perf_event_enable(buffer.cpus.last().expect("just pushed").event.as_fd(), true)?;
+        }
+        for ring in &buffer.cpus {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&ring.event) as u32;
+            // From here on Drop removes the slot again (unless another buffer took it over).
+            buffer.slots.store(ring.cpu, || sys::map_update_u32(buffer.map.as_fd(), ring.cpu, fd))?;
+            sys::perf_event_enable(ring.event.as_fd(), true)?;
         }
         Ok(buffer)
     }
@@ -609,7 +647,8 @@ impl PerfBuffer {
             total.bytes += pass.bytes;
             total.lost += pass.lost;
             total.stopped = pass.stopped;
-            if result.is_err() || pass.stopped || total.records >= max {
+            total.panicked = pass.panicked;
+            if result.is_err() || total.stopped || total.panicked.is_some() || total.records >= max {
                 self.next = (index + 1) % count;
                 self.left_behind = true;
                 return (total, result);

@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ringbuf::BUSY_BACKOFF;
 use crate::stats::{Fill, Stats};
 use crate::stop::{Control, StopHandle, CANCEL, RUNNING};
 use crate::sys::{Epoll, EventFd};
@@ -79,6 +80,13 @@ pub(crate) trait Source {
         self.fill().is_some_and(|f| f.used > 0)
     }
 
+    /// Whether the record at the head of the buffer is still being written (a ring's BUSY
+    /// record): what waits behind it cannot be taken yet, and its commit may send no wakeup, so
+    /// the poller looks again after [`BUSY_BACKOFF`] rather than at once. The default: no.
+    fn head_is_busy(&self) -> bool {
+        false
+    }
+
     /// Whether the producers signal [`poll_fd`](Self::poll_fd) for the records they write.
     /// `false` for a ring buffer told [`WakeupPolicy::Never`](crate::WakeupPolicy::Never)
     /// ([`EventSource::expect_wakeups`]): the async streams then keep a delay timer whatever
@@ -114,6 +122,9 @@ impl Source for EventSource {
     }
     fn ready_now(&self) -> bool {
         EventSource::ready_now(self)
+    }
+    fn head_is_busy(&self) -> bool {
+        EventSource::head_is_busy(self)
     }
     #[cfg(feature = "tokio")]
     fn sends_wakeups(&self) -> bool {
@@ -346,8 +357,8 @@ impl<'a> Poller<'a> {
     /// handler), or the error of a handler that failed ([`Error::Handler`]). A signal
     /// interrupting the wait (EINTR) is not an error.
     pub fn poll(&mut self, timeout: Option<Duration>) -> Result<usize, Error> {
-        let ready_now = self.entries.iter().any(|e| e.lane.source().ready_now());
-        self.epoll.wait(if ready_now { Some(Duration::ZERO) } else { timeout }, &mut self.ready)?;
+        let wait = self.wait_for(timeout);
+        self.epoll.wait(wait, &mut self.ready)?;
         if self.ready.iter().any(|&token| token != STOP_TOKEN) {
             self.stats.wakeups += 1;
         } else if self.ready.is_empty() {
@@ -360,6 +371,20 @@ impl<'a> Poller<'a> {
             entry.lane.source_mut().note_wait(self.ready.contains(&(entry.id.0 as u64)));
         }
         self.consume()
+    }
+
+    /// How long [`poll`](Self::poll) may wait: not at all while a source holds records no wakeup
+    /// may announce, at most [`BUSY_BACKOFF`] while one waits behind a record still being
+    /// written (taking nothing now, but not to be left for a whole timeout), else `timeout`.
+    fn wait_for(&self, timeout: Option<Duration>) -> Option<Duration> {
+        let sources = || self.entries.iter().map(|e| e.lane.source());
+        if sources().any(|s| s.ready_now() && !s.head_is_busy()) {
+            Some(Duration::ZERO)
+        } else if sources().any(|s| s.head_is_busy()) {
+            Some(timeout.map_or(BUSY_BACKOFF, |t| t.min(BUSY_BACKOFF)))
+        } else {
+            timeout
+        }
     }
 
     /// Serves every source once, by priority, without blocking (until a handler stops).
@@ -608,6 +633,39 @@ mod tests {
         assert_eq!((poller.stats().wakeups, poller.stats().timeouts), (0, 1));
         drop(poller);
         assert_eq!(delivered.into_inner(), [1, 2, 3]);
+    }
+
+    /// A source whose head record is still being written: records wait, but none can be taken.
+    struct BusyHead {
+        fd: EventFd,
+    }
+
+    impl Source for BusyHead {
+        fn poll_fd(&self) -> BorrowedFd<'_> {
+            self.fd.as_fd()
+        }
+        fn consume_until(&mut self, _: usize, _: &mut dyn FnMut(Item<'_>) -> ControlFlow<()>) -> Result<usize, Error> {
+            Ok(0)
+        }
+        fn ready_now(&self) -> bool {
+            true
+        }
+        fn head_is_busy(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_busy_head_is_looked_at_again_after_a_backoff_not_at_once() {
+        let mut busy = BusyHead { fd: EventFd::new().unwrap() };
+        let mut poller = Poller::new().unwrap();
+        poller.add_source(&mut busy, SourceOptions::default(), |_| {}).unwrap();
+        let started = std::time::Instant::now();
+        for _ in 0..3 {
+            assert_eq!(poller.poll(Some(Duration::from_secs(5))).unwrap(), 0);
+        }
+        let waited = started.elapsed();
+        assert!(waited >= 3 * crate::ringbuf::BUSY_BACKOFF, "three polls spun for {waited:?} in all");
     }
 
     #[test]

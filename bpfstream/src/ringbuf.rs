@@ -72,7 +72,7 @@ pub(crate) unsafe trait RingMemory {
 }
 
 /// Outcome of one pass over the ring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Pass {
     /// Records handed to the handler.
     pub records: usize,
@@ -80,6 +80,23 @@ pub(crate) struct Pass {
     pub bytes: u64,
     /// The handler asked to stop.
     pub stopped: bool,
+    /// The handler panicked, on the last record counted: the pass stopped there, and what it
+    /// handed over is consumed and counted. The caller resumes the panic once it has counted.
+    pub panicked: Option<Panic>,
+}
+
+/// A handler's panic, caught to be resumed after the bookkeeping.
+pub(crate) type Panic = Box<dyn std::any::Any + Send>;
+
+/// Runs the handler on one record, catching a panic: the consume loops record what was handed
+/// over before they let it go on (a record must not be handed over twice). No cost on the
+/// path that does not panic.
+#[inline(always)]
+pub(crate) fn guarded<T, H: FnMut(T) -> ControlFlow<()> + ?Sized>(
+    handler: &mut H,
+    item: T,
+) -> Result<ControlFlow<()>, Panic> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(item)))
 }
 
 /// Reads committed records in order and hands each payload to `handler`, publishing the
@@ -165,6 +182,10 @@ where
                     pass.stopped = true;
                     break 'batch Ok(());
                 }
+                Exit::Panicked(panic) => {
+                    pass.panicked = Some(panic);
+                    break 'batch Ok(());
+                }
                 Exit::Max => break 'batch Ok(()),
             }
             if done - published >= publish_every {
@@ -191,6 +212,8 @@ enum Exit {
     Corrupt(u32),
     /// The handler broke, after the record it was handed.
     Stopped,
+    /// The handler panicked on the record it was handed.
+    Panicked(Panic),
     /// `max` records were handed over.
     Max,
 }
@@ -254,8 +277,10 @@ impl Walk {
             let payload = unsafe { std::slice::from_raw_parts(first.add(at + 8), len_word as usize) };
             self.bytes += u64::from(len_word);
             self.left -= 1;
-            if handler(payload).is_break() {
-                return (at + total, Exit::Stopped);
+            match guarded(handler, payload) {
+                Ok(flow) if flow.is_break() => return (at + total, Exit::Stopped),
+                Ok(_) => {}
+                Err(panic) => return (at + total, Exit::Panicked(panic)),
             }
             if LIMITED && self.left == 0 {
                 return (at + total, Exit::Max);
@@ -317,6 +342,29 @@ pub(crate) fn consume_past_busy(
         let left = deadline.map_or(BUSY_BACKOFF, |d| d.saturating_duration_since(Instant::now()));
         if left.is_zero() {
             return Ok(0);
+        }
+        std::thread::sleep(left.min(BUSY_BACKOFF));
+    }
+}
+
+/// A drain: runs `pass` (records taken, and whether the head record is BUSY after it) until it
+/// takes nothing with no BUSY head; while the head is BUSY (its program is still writing it, and
+/// the records behind it wait), looks again every [`BUSY_BACKOFF`] until `deadline`. Returns
+/// the records taken in all.
+pub(crate) fn drain_past_busy(
+    deadline: Instant,
+    mut pass: impl FnMut() -> Result<(usize, bool), Error>,
+) -> Result<usize, Error> {
+    let mut total = 0;
+    loop {
+        let (n, busy) = pass()?;
+        total += n;
+        if n > 0 {
+            continue;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !busy || left.is_zero() {
+            return Ok(total);
         }
         std::thread::sleep(left.min(BUSY_BACKOFF));
     }
@@ -578,6 +626,7 @@ mod protocol_tests {
 
     use proptest::prelude::*;
 
+    use crate::ringbuf;
     use crate::sim::SimRing;
 
     fn payload(seq: usize, len: usize) -> Vec<u8> {
@@ -693,6 +742,40 @@ mod protocol_tests {
             assert_eq!(n, 2);
             assert_eq!(seen, [b"one".to_vec(), b"behind".to_vec()]);
         });
+    }
+
+    #[test]
+    fn a_drain_waits_out_a_busy_head_until_its_deadline() {
+        let ring = SimRing::new(4096);
+        let busy = ring.reserve(3).unwrap();
+        ring.output(b"behind").unwrap();
+        std::thread::scope(|s| {
+            let mut consumer = ring.consumer().unwrap();
+            s.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                ring.fill(&busy, b"one");
+                ring.commit(busy, false);
+            });
+            let mut seen = Vec::new();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            let n = super::drain_past_busy(deadline, || {
+                let pass = consumer.consume(|r: &[u8]| seen.push(r.to_vec()))?;
+                Ok((pass, ringbuf::head_is_busy(&ring)))
+            })
+            .unwrap();
+            assert_eq!((n, seen), (2, vec![b"one".to_vec(), b"behind".to_vec()]), "the drain ended at the BUSY head");
+        });
+        // A head that stays BUSY ends the drain at its deadline, with what was taken before it.
+        let ring = SimRing::new(4096);
+        ring.output(b"first").unwrap();
+        let _busy = ring.reserve(3).unwrap();
+        let mut consumer = ring.consumer().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(5);
+        let n = super::drain_past_busy(deadline, || {
+            let pass = consumer.consume(|_: &[u8]| {})?;
+            Ok((pass, ringbuf::head_is_busy(&ring)))
+        });
+        assert_eq!(n.unwrap(), 1);
     }
 
     #[test]

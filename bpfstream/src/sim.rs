@@ -278,6 +278,9 @@ impl SimRingConsumer<'_> {
         let mut check = |r: &[u8]| failure.check(handler(r));
         let n = ringbuf::consume_past_busy(deadline, || {
             let (pass, result) = ringbuf::consume(self.ring, usize::MAX, self.publish_every, &mut check);
+            if let Some(panic) = pass.panicked {
+                std::panic::resume_unwind(panic);
+            }
             result.map(|()| (pass.records, ringbuf::head_is_busy(self.ring)))
         });
         failure.result(n)
@@ -413,6 +416,9 @@ impl SimPerf {
         let mut failure = Failure::default();
         let mut check = |item: Item<'_>| failure.check(handler(item));
         let (pass, result) = perfbuf::consume(&*self, 0, scratch, usize::MAX, publish_every, &mut check);
+        if let Some(panic) = pass.panicked {
+            std::panic::resume_unwind(panic);
+        }
         failure.result(result.map(|()| pass.records))
     }
 

@@ -1,6 +1,7 @@
 //! One event stream for either transport: a ring buffer or a perf buffer, plus the BPF-side
 //! drop counters, so a tool reads records and losses the same way whatever the kernel offers.
 
+use std::cell::Cell;
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
@@ -91,6 +92,11 @@ impl Totals {
         }
     }
 }
+
+/// How long a drain ([`EventSource::finish`], a [`StopHandle`](crate::StopHandle) drain) waits for
+/// a record still being written (BUSY) at the head of a ring: its program runs on another CPU
+/// and commits within microseconds, unless that CPU is preempted.
+const BUSY_DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
 /// How often a blocking poll without a timeout looks at a ring whose producers never wake it.
 const UNWOKEN_LOOK_EVERY: Duration = Duration::from_millis(100);
@@ -298,7 +304,7 @@ impl EventSource {
         // its commit may send no wakeup: look again every millisecond until the deadline.
         ringbuf::consume_past_busy(deadline, || {
             let n = self.consume_n(usize::MAX, &mut *handler)?;
-            Ok((n, matches!(&self.buffer, Buffer::Ring(r) if r.head_is_busy())))
+            Ok((n, self.head_is_busy()))
         })
     }
 
@@ -338,24 +344,29 @@ impl EventSource {
 
     /// Drains everything buffered, reads the drop counters one last time and returns the final
     /// totals. Call it after detaching the producers: then `delivered + dropped == produced`.
+    /// A record still being written (BUSY) at the head of a ring is waited for, up to a second.
     /// A handler that stops ends the drain early (the totals so far); one that fails, with its
     /// error.
     pub fn finish<F: Flow>(&mut self, mut handler: impl FnMut(Item<'_>) -> F) -> Result<Totals, Error> {
         let mut failure = Failure::default();
-        let stopped = std::cell::Cell::new(false);
+        let stopped = Cell::new(false);
         let mut handler = |item: Item<'_>| {
             let flow = failure.check(handler(item));
-            stopped.set(flow.is_break());
+            stopped.set(stopped.get() || flow.is_break());
             flow
         };
-        let drained = loop {
-            match self.consume_buffer(usize::MAX, &mut handler) {
-                Ok(0) => break self.report_counter_drops(&mut handler),
-                // The handler stopped (or failed): what it has not taken stays.
-                Ok(_) if stopped.get() => break Ok(()),
-                Ok(_) => {}
-                Err(e) => break Err(e),
+        let deadline = Instant::now() + BUSY_DRAIN_LIMIT;
+        let drained = ringbuf::drain_past_busy(deadline, || {
+            if stopped.get() {
+                return Ok((0, false));
             }
+            let n = self.consume_buffer(usize::MAX, &mut handler)?;
+            Ok((n, self.head_is_busy()))
+        });
+        // The handler stopped (or failed): what it has not taken stays, and so do the counters.
+        let drained = match drained {
+            Ok(_) if !stopped.get() => self.report_counter_drops(&mut handler),
+            other => other.map(drop),
         };
         self.publish_stats();
         failure.result(drained.map(|()| self.totals))
@@ -365,10 +376,11 @@ impl EventSource {
     /// (the caller waits for that, e.g. an RCU grace period after detaching): takes one snapshot
     /// of the drop counters (`produced` and `dropped` from the same read), reports its drops,
     /// then consumes until `delivered + dropped` reaches that `produced` or `deadline` passes. A
-    /// record still being written (BUSY) is waited for, not taken for the end of the stream.
-    /// Without drop counters this is [`finish`](Self::finish). May be called again to settle a
-    /// later snapshot; what the counters and the buffer still disagree on is the caller's to
-    /// report.
+    /// record still being written (BUSY) is waited for, not taken for the end of the stream. A
+    /// handler that stops ends the drain there (the totals so far); one that fails, with its
+    /// error. Without drop counters this is [`finish`](Self::finish). May be called again to
+    /// settle a later snapshot; what the counters and the buffer still disagree on is the
+    /// caller's to report.
     pub fn finish_by<F: Flow>(
         &mut self,
         deadline: Instant,
@@ -376,19 +388,27 @@ impl EventSource {
     ) -> Result<Totals, Error> {
         let Some(counters) = &mut self.counters else { return self.finish(handler) };
         let snapshot = counters.read()?;
+        let mut failure = Failure::default();
+        let stopped = Cell::new(false);
+        let mut handler = |item: Item<'_>| {
+            let flow = failure.check(handler(item));
+            stopped.set(stopped.get() || flow.is_break());
+            flow
+        };
         for lost in counters.drops_in(&snapshot, Some(&self.perf_lost)) {
             self.totals.dropped += lost.count;
-            handler(Item::Lost(lost));
+            if !stopped.get() {
+                let _ = handler(Item::Lost(lost));
+            }
         }
         let produced = snapshot.iter().map(|c| c.produced).sum();
         self.totals.produced = Some(produced);
         self.totals.forced_wakeups = Some(snapshot.iter().map(|c| c.forced_wakeups).sum());
         self.last_counter_read = Some(Instant::now());
-        let mut handler = |item: Item<'_>| {
-            handler(item);
-            ControlFlow::Continue(())
-        };
         let drained = loop {
+            if stopped.get() {
+                break Ok(());
+            }
             match self.consume_buffer(usize::MAX, &mut handler) {
                 Err(e) => break Err(e),
                 Ok(_) if self.totals.delivered + self.totals.dropped >= produced => break Ok(()),
@@ -398,7 +418,13 @@ impl EventSource {
             }
         };
         self.publish_stats();
-        drained.map(|()| self.totals)
+        failure.result(drained.map(|()| self.totals))
+    }
+
+    /// Whether the record at a ring's consumer position is still being written (never, for a
+    /// perf buffer: its records are whole below `data_head`).
+    pub(crate) fn head_is_busy(&self) -> bool {
+        matches!(&self.buffer, Buffer::Ring(r) if r.head_is_busy())
     }
 
     /// One pass over the buffer: hands at most `max` records and the perf LOST reports to
@@ -410,11 +436,11 @@ impl EventSource {
         H: FnMut(Item<'_>) -> ControlFlow<()>,
     {
         let totals = &mut self.totals;
-        let (records, bytes, result) = match &mut self.buffer {
+        let (records, bytes, panicked, result) = match &mut self.buffer {
             Buffer::Ring(ring) => {
                 let (pass, result) =
                     ring.consume(max, &mut |data: &[u8]| handler(Item::Record(Record { data, cpu: None })));
-                (pass.records, pass.bytes, result)
+                (pass.records, pass.bytes, pass.panicked, result)
             }
             Buffer::Perf(perf) => {
                 let perf_lost = &mut self.perf_lost;
@@ -430,11 +456,17 @@ impl EventSource {
                         handler(Item::Lost(Lost { count: new, ..lost }))
                     }
                 });
-                (pass.records, pass.bytes, result)
+                (pass.records, pass.bytes, pass.panicked, result)
             }
         };
         self.totals.delivered += records as u64;
         self.totals.bytes += bytes;
+        if let Some(panic) = panicked {
+            // What the handler was handed, the record it panicked on included, is consumed and
+            // counted: a later consume or finish does not hand it over again.
+            self.publish_stats();
+            std::panic::resume_unwind(panic);
+        }
         result.map(|()| records)
     }
 

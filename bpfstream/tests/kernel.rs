@@ -735,3 +735,95 @@ fn ring_counters_stay_exact_in_a_uprobe_storm() {
 fn perf_counters_stay_exact_in_a_uprobe_storm() {
     uprobe_storm(Transport::Perf);
 }
+
+/// Sets this process's limit of open descriptors (soft), returning the old one.
+fn set_open_files_limit(soft: u64) -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write one rlimit through valid pointers.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        let old = limit.rlim_cur;
+        limit.rlim_cur = soft;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        old
+    }
+}
+
+/// A second perf buffer whose open fails on its second CPU (EMFILE: the first CPU's event was
+/// opened, the second could not be) leaves the first buffer every slot: the first still gets
+/// the records of the first CPU.
+#[test]
+fn a_second_perf_open_that_fails_part_way_leaves_the_first_its_slots() {
+    let Some(_kernel) = kernel_test() else { return };
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("skipping: one CPU, a perf open cannot fail part way");
+        return;
+    }
+    let mut probe = PingProbe::load(PingOptions::new(Transport::Perf)).unwrap();
+    let options = bpfstream::PerfOptions::default();
+    let mut first = EventSource::open(probe.map("events").unwrap(), options).unwrap();
+    // The lowest free descriptors, in the order the next opens get them: the second open takes
+    // three (the map's duplicate, its epoll set, the first CPU's event) before the second CPU's
+    // event, the fourth, which the limit refuses.
+    let free: Vec<std::fs::File> = (0..4).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
+    let fourth = std::os::fd::AsRawFd::as_raw_fd(&free[3]) as u64;
+    drop(free);
+    let old = set_open_files_limit(fourth);
+    let second = EventSource::open(probe.map("events").unwrap(), options);
+    set_open_files_limit(old);
+    let err = second.expect_err("the second CPU's event is past the limit");
+    assert!(err.to_string().contains("Too many open files"), "{err}");
+    probe.attach().unwrap();
+    ping_from_one_cpu(5, len_of);
+    probe.detach();
+    let mut seen = Seen::default();
+    first.consume(|item: Item<'_>| seen.item(item)).unwrap();
+    assert_eq!((seen.seqs(), seen.lost), ((0..5).collect::<Vec<_>>(), 0), "the first buffer lost CPU 0's slot");
+}
+
+/// `finish_by` with a handler that fails stops at the failure and returns its error.
+#[test]
+fn finish_by_stops_at_a_failing_handler_and_returns_its_error() {
+    let Some(_kernel) = kernel_test() else { return };
+    let mut source = burst(PingOptions::new(Transport::Ring), 5);
+    let mut calls = 0;
+    let result = source.finish_by(std::time::Instant::now() + scaled(Duration::from_secs(1)), |_: Item<'_>| {
+        calls += 1;
+        Err::<(), _>("no room")
+    });
+    let err = result.expect_err("the handler failed");
+    assert_eq!((err.to_string().as_str(), calls), ("the handler failed: no room", 1));
+}
+
+/// A handler that panics mid-pass (the caller catches it): the records handed over before and
+/// the one it panicked on are consumed and counted, so the final drain hands over only the rest
+/// and delivered + dropped == produced.
+#[test]
+fn a_handler_that_panics_hands_no_record_over_twice() {
+    let Some(_kernel) = kernel_test() else { return };
+    for transport in [Transport::Ring, Transport::Perf] {
+        let mut source = burst(PingOptions::new(transport), 5);
+        let mut seen = Seen::default();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            source.consume(|item: Item<'_>| {
+                seen.item(item);
+                assert!(seen.records.len() < 3, "the handler gives up at the third record");
+            })
+        }));
+        assert!(panicked.is_err(), "{transport}: the handler panicked");
+        let totals = source.finish(|item: Item<'_>| seen.item(item)).unwrap();
+        assert_eq!(seen.seqs(), (0..5).collect::<Vec<_>>(), "{transport}: each record once, in order");
+        assert_eq!((totals.delivered, totals.dropped, totals.produced), (5, 0, Some(5)), "{transport}");
+    }
+}
+
+/// A perf buffer too large to describe (the watermark and the ring size are 32-bit in the
+/// kernel's interface) is an error from `open`, not a panic.
+#[test]
+fn a_perf_buffer_too_large_is_an_error() {
+    let Some(_kernel) = kernel_test() else { return };
+    let probe = PingProbe::load(PingOptions::new(Transport::Perf)).unwrap();
+    let options = bpfstream::PerfOptions { pages_per_cpu: 1 << 20, ..bpfstream::PerfOptions::default() };
+    let err = EventSource::open(probe.map("events").unwrap(), options).expect_err("4 GiB per CPU");
+    assert!(err.to_string().contains("pages per CPU"), "{err}");
+}
