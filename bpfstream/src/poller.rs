@@ -4,13 +4,13 @@ use std::fmt;
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::ringbuf::BUSY_BACKOFF;
 use crate::stats::{Fill, Stats};
 use crate::stop::{Control, StopHandle, CANCEL, RUNNING};
 use crate::sys::{Epoll, EventFd};
-use crate::{Error, EventSource, Failure, Flow, Item};
+use crate::{sys, Error, EventSource, Failure, Flow, Item, Totals};
 
 /// Something the [`Poller`] can wait on and read.
 pub(crate) trait Source {
@@ -47,6 +47,21 @@ pub(crate) trait Source {
         H: FnMut(Item<'_>),
     {
         self.drain_items(&mut handler)
+    }
+
+    /// One round of an exact stop ([`EventSource::finish`], after the grace period the caller
+    /// waited for): the source's totals, and whether the handler stopped. The default, for
+    /// sources without counters: everything left, and empty totals.
+    fn settle_with<H>(&mut self, deadline: Instant, handler: H) -> Result<(Totals, bool), Error>
+    where
+        Self: Sized,
+        H: FnMut(Item<'_>) -> ControlFlow<()>,
+    {
+        let _ = deadline;
+        let mut handler = handler;
+        let mut stopped = false;
+        self.drain_items(&mut |item: Item<'_>| stopped |= handler(item).is_break())?;
+        Ok((Totals::default(), stopped))
     }
 
     /// Hands over everything left, for shutdown. The default consumes until empty;
@@ -104,7 +119,6 @@ pub(crate) trait Source {
 
     /// What the source has accounted for, if it keeps [`Totals`](crate::Totals)
     /// ([`EventSource`] does). The default: nothing.
-    #[cfg(feature = "tokio")]
     fn totals(&self) -> Option<crate::Totals> {
         None
     }
@@ -151,13 +165,18 @@ impl Source for EventSource {
         H: FnMut(Item<'_>),
     {
         let before = self.totals().delivered;
-        let after = self.finish(handler)?.delivered;
+        let after = self.drain(handler)?.delivered;
         Ok((after - before) as usize)
+    }
+    fn settle_with<H>(&mut self, deadline: Instant, handler: H) -> Result<(Totals, bool), Error>
+    where
+        H: FnMut(Item<'_>) -> ControlFlow<()>,
+    {
+        self.settle(deadline, handler)
     }
     fn fill(&self) -> Option<Fill> {
         Some(EventSource::fill(self))
     }
-    #[cfg(feature = "tokio")]
     fn totals(&self) -> Option<crate::Totals> {
         Some(EventSource::totals(self))
     }
@@ -200,6 +219,9 @@ trait Lane {
     /// Everything left ([`Source::drain_with`]), past a handler that stops; its first error
     /// goes to `failure`.
     fn drain(&mut self, failure: &mut Failure) -> Result<usize, Error>;
+    /// One round of an exact stop ([`Source::settle_with`]): the totals, and whether the handler
+    /// stopped (its error goes to `failure`).
+    fn settle(&mut self, deadline: Instant, failure: &mut Failure) -> Result<(Totals, bool), Error>;
 }
 
 struct Served<'a, S, H> {
@@ -229,6 +251,10 @@ impl<S: Source, F: Flow, H: FnMut(Item<'_>) -> F> Lane for Served<'_, S, H> {
         self.source.drain_with(|item: Item<'_>| {
             let _ = failure.check(handler(item));
         })
+    }
+    fn settle(&mut self, deadline: Instant, failure: &mut Failure) -> Result<(Totals, bool), Error> {
+        let handler = &mut self.handler;
+        self.source.settle_with(deadline, |item: Item<'_>| failure.check(handler(item)))
     }
 }
 
@@ -438,9 +464,37 @@ impl<'a> Poller<'a> {
         Ok(total + self.drain()?)
     }
 
+    /// The exact end of every source, once the caller has detached every program that writes
+    /// to them: [`EventSource::finish`] for all of them at once (one grace period per round for
+    /// all, the sources by priority, each to its own snapshot of its counters, until two
+    /// snapshots of every source agree), by `deadline`. Returns each source's final [`Totals`],
+    /// in the order the sources were added. A handler that stops ends its source's part of the
+    /// round; the first handler error is returned once every source had its round.
+    pub fn finish(&mut self, deadline: Instant) -> Result<Vec<(SourceId, Totals)>, Error> {
+        let mut previous: Vec<Option<Option<u64>>> = vec![None; self.entries.len()];
+        let mut failure = Failure::default();
+        loop {
+            sys::wait_for_running_programs();
+            let mut settled = true;
+            for (entry, previous) in self.entries.iter_mut().zip(&mut previous) {
+                let (totals, stopped) = entry.lane.settle(deadline, &mut failure)?;
+                let produced = Some(totals.produced);
+                settled &= stopped || totals.produced.is_none() || *previous == produced;
+                *previous = produced;
+            }
+            if settled || Instant::now() >= deadline {
+                break;
+            }
+        }
+        let mut totals: Vec<(SourceId, Totals)> =
+            self.entries.iter().map(|e| (e.id, e.lane.source().totals().unwrap_or_default())).collect();
+        totals.sort_by_key(|(id, _)| id.0);
+        failure.result(Ok(totals))
+    }
+
     /// Hands over everything still buffered in every source (highest priority first). The
     /// drain goes on past a handler that stops; the first handler error is returned at the end.
-    pub fn drain(&mut self) -> Result<usize, Error> {
+    fn drain(&mut self) -> Result<usize, Error> {
         let mut total = 0;
         let mut failure = Failure::default();
         for entry in &mut self.entries {

@@ -93,7 +93,7 @@ impl Totals {
     }
 }
 
-/// How long a drain ([`EventSource::finish`], a [`StopHandle`](crate::StopHandle) drain) waits for
+/// How long a [`StopHandle`](crate::StopHandle) drain waits for
 /// a record still being written (BUSY) at the head of a ring: its program runs on another CPU
 /// and commits within microseconds, unless that CPU is preempted.
 const BUSY_DRAIN_LIMIT: Duration = Duration::from_secs(1);
@@ -342,52 +342,50 @@ impl EventSource {
         }
     }
 
-    /// Drains everything buffered, reads the drop counters one last time and returns the final
-    /// totals. Call it after detaching the producers: then `delivered + dropped == produced`.
-    /// A record still being written (BUSY) at the head of a ring is waited for, up to a second.
-    /// A handler that stops ends the drain early (the totals so far); one that fails, with its
-    /// error.
-    pub fn finish<F: Flow>(&mut self, mut handler: impl FnMut(Item<'_>) -> F) -> Result<Totals, Error> {
-        let mut failure = Failure::default();
-        let stopped = Cell::new(false);
-        let mut handler = |item: Item<'_>| {
-            let flow = failure.check(handler(item));
-            stopped.set(stopped.get() || flow.is_break());
-            flow
-        };
-        let deadline = Instant::now() + BUSY_DRAIN_LIMIT;
-        let drained = ringbuf::drain_past_busy(deadline, || {
-            if stopped.get() {
-                return Ok((0, false));
-            }
-            let n = self.consume_buffer(usize::MAX, &mut handler)?;
-            Ok((n, self.head_is_busy()))
-        });
-        // The handler stopped (or failed): what it has not taken stays, and so do the counters.
-        let drained = match drained {
-            Ok(_) if !stopped.get() => self.report_counter_drops(&mut handler),
-            other => other.map(drop),
-        };
-        self.publish_stats();
-        failure.result(drained.map(|()| self.totals))
-    }
-
-    /// The final drain, once the producers are detached and no program can still be running
-    /// (the caller waits for that, e.g. an RCU grace period after detaching): takes one snapshot
-    /// of the drop counters (`produced` and `dropped` from the same read), reports its drops,
-    /// then consumes until `delivered + dropped` reaches that `produced` or `deadline` passes. A
-    /// record still being written (BUSY) is waited for, not taken for the end of the stream. A
-    /// handler that stops ends the drain there (the totals so far); one that fails, with its
-    /// error. Without drop counters this is [`finish`](Self::finish). May be called again to
-    /// settle a later snapshot; what the counters and the buffer still disagree on is the
-    /// caller's to report.
-    pub fn finish_by<F: Flow>(
+    /// The exact end of the stream, once the caller has detached every program that writes to
+    /// it (closed its links, or dropped the `aya::Ebpf` that holds them): hands over everything
+    /// the programs wrote, with the final loss reports, and returns the final [`Totals`], by
+    /// `deadline`. Then, with drop counters ([`with_counters`](Self::with_counters)),
+    /// `delivered + dropped == produced`, to the last event.
+    ///
+    /// What it does, in rounds: waits for an RCU grace period (`membarrier(2)`), so that no run
+    /// of a detached program that started before can still be going; takes one snapshot of the
+    /// drop counters (`produced` and `dropped` from the same read) and reports its drops; drains
+    /// until `delivered + dropped` reaches that `produced`, waiting out records still being
+    /// written (BUSY); and again, after another grace period, until two snapshots agree (a
+    /// program that entered late, through a faultable tracepoint or a uprobe, shows as a counter
+    /// that moved). Without drop counters: one grace period, then a drain until the buffer is
+    /// empty and no record at its head is BUSY.
+    ///
+    /// At `deadline` it returns what it has: then `produced` may exceed `delivered + dropped`,
+    /// and what they disagree on is the caller's to report. A handler that stops ends it early
+    /// (the totals so far); one that fails, with its error. Producers still attached keep it
+    /// busy until the deadline and make the totals a moment's view, not a final one.
+    pub fn finish<F: Flow>(
         &mut self,
         deadline: Instant,
         mut handler: impl FnMut(Item<'_>) -> F,
     ) -> Result<Totals, Error> {
-        let Some(counters) = &mut self.counters else { return self.finish(handler) };
-        let snapshot = counters.read()?;
+        let mut previous = None;
+        loop {
+            sys::wait_for_running_programs();
+            let (totals, stopped) = self.settle(deadline, &mut handler)?;
+            if stopped || totals.produced.is_none() || previous == totals.produced || Instant::now() >= deadline {
+                return Ok(totals);
+            }
+            previous = totals.produced;
+        }
+    }
+
+    /// One round of [`finish`](Self::finish), after a grace period: one snapshot of the drop
+    /// counters, its drops reported, then a drain until `delivered + dropped` reaches its
+    /// `produced` (without counters: until empty), or `deadline`. Returns the totals, and
+    /// whether the handler stopped.
+    pub(crate) fn settle<F: Flow>(
+        &mut self,
+        deadline: Instant,
+        mut handler: impl FnMut(Item<'_>) -> F,
+    ) -> Result<(Totals, bool), Error> {
         let mut failure = Failure::default();
         let stopped = Cell::new(false);
         let mut handler = |item: Item<'_>| {
@@ -395,6 +393,58 @@ impl EventSource {
             stopped.set(stopped.get() || flow.is_break());
             flow
         };
+        let drained = match self.counters.is_some() {
+            true => self.drain_to_snapshot(deadline, &mut handler, &stopped),
+            false => self.drain_with(deadline, &mut handler, &stopped),
+        };
+        self.publish_stats();
+        failure.result(drained.map(|()| (self.totals, stopped.get())))
+    }
+
+    /// Drains everything buffered and reads the drop counters one last time: what a
+    /// [`StopHandle`](crate::StopHandle) drain does. A record still being written (BUSY) at the
+    /// head of a ring is waited for, up to [`BUSY_DRAIN_LIMIT`].
+    pub(crate) fn drain<F: Flow>(&mut self, mut handler: impl FnMut(Item<'_>) -> F) -> Result<Totals, Error> {
+        let mut failure = Failure::default();
+        let stopped = Cell::new(false);
+        let mut handler = |item: Item<'_>| {
+            let flow = failure.check(handler(item));
+            stopped.set(stopped.get() || flow.is_break());
+            flow
+        };
+        let drained = self.drain_with(Instant::now() + BUSY_DRAIN_LIMIT, &mut handler, &stopped);
+        self.publish_stats();
+        failure.result(drained.map(|()| self.totals))
+    }
+
+    /// Consumes until the buffer is empty with no BUSY head (or `deadline`), then, unless the
+    /// handler stopped, reads the drop counters one last time.
+    fn drain_with<H>(&mut self, deadline: Instant, handler: &mut H, stopped: &Cell<bool>) -> Result<(), Error>
+    where
+        H: FnMut(Item<'_>) -> ControlFlow<()>,
+    {
+        ringbuf::drain_past_busy(deadline, || {
+            if stopped.get() {
+                return Ok((0, false));
+            }
+            let n = self.consume_buffer(usize::MAX, handler)?;
+            Ok((n, self.head_is_busy()))
+        })?;
+        // The handler stopped (or failed): what it has not taken stays, and so do the counters.
+        if stopped.get() {
+            return Ok(());
+        }
+        self.report_counter_drops(handler)
+    }
+
+    /// One snapshot of the drop counters, its drops reported, then consumes until `delivered +
+    /// dropped` reaches its `produced`, the handler stops, or `deadline`.
+    fn drain_to_snapshot<H>(&mut self, deadline: Instant, handler: &mut H, stopped: &Cell<bool>) -> Result<(), Error>
+    where
+        H: FnMut(Item<'_>) -> ControlFlow<()>,
+    {
+        let Some(counters) = &mut self.counters else { return Ok(()) };
+        let snapshot = counters.read()?;
         for lost in counters.drops_in(&snapshot, Some(&self.perf_lost)) {
             self.totals.dropped += lost.count;
             if !stopped.get() {
@@ -405,20 +455,13 @@ impl EventSource {
         self.totals.produced = Some(produced);
         self.totals.forced_wakeups = Some(snapshot.iter().map(|c| c.forced_wakeups).sum());
         self.last_counter_read = Some(Instant::now());
-        let drained = loop {
-            if stopped.get() {
-                break Ok(());
+        while !stopped.get() && self.totals.delivered + self.totals.dropped < produced && Instant::now() < deadline {
+            // A record still being written (BUSY) is waited for, not taken for the end.
+            if self.consume_buffer(usize::MAX, handler)? == 0 {
+                std::thread::sleep(Duration::from_micros(200));
             }
-            match self.consume_buffer(usize::MAX, &mut handler) {
-                Err(e) => break Err(e),
-                Ok(_) if self.totals.delivered + self.totals.dropped >= produced => break Ok(()),
-                Ok(_) if Instant::now() >= deadline => break Ok(()),
-                Ok(0) => std::thread::sleep(Duration::from_micros(200)),
-                Ok(_) => {}
-            }
-        };
-        self.publish_stats();
-        failure.result(drained.map(|()| self.totals))
+        }
+        Ok(())
     }
 
     /// Whether the record at a ring's consumer position is still being written (never, for a

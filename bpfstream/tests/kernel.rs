@@ -120,7 +120,7 @@ fn same_load_same_items(transport: Transport) {
 
     let mut blocking = Seen::default();
     let mut source = burst(options, count);
-    let totals = source.finish(|item: Item<'_>| blocking.item(item)).unwrap();
+    let totals = source.finish(deadline(Duration::from_secs(5)), |item: Item<'_>| blocking.item(item)).unwrap();
     assert_eq!(totals.produced, Some(count));
     assert_eq!(totals.delivered + totals.dropped, count, "{totals:?}");
     assert!(totals.dropped > 0, "the burst should overflow the buffer: {totals:?}");
@@ -252,7 +252,7 @@ fn cancel_mid_stream(transport: Transport, how: &str) {
     let mut source = rest_source.unwrap_or_else(|| probe.source().unwrap());
     probe.detach();
     let mut rest = Seen::default();
-    let totals = source.finish(|item: Item<'_>| rest.item(item)).unwrap();
+    let totals = source.finish(deadline(Duration::from_secs(5)), |item: Item<'_>| rest.item(item)).unwrap();
     assert_eq!(first.seqs(), (0..taken).collect::<Vec<_>>());
     assert_eq!(rest.seqs(), (taken..count).collect::<Vec<_>>(), "records after a {how} were lost or repeated");
     assert_eq!(totals.dropped, 0);
@@ -577,7 +577,7 @@ fn poller_handlers_borrow_locals_and_stats_are_live() {
     drop(poller);
     let seen_from_thread = producer.join().unwrap();
     probe.detach();
-    let totals = source.finish(|_: Item<'_>| {}).unwrap();
+    let totals = source.finish(deadline(Duration::from_secs(5)), |_: Item<'_>| {}).unwrap();
     assert_eq!(seqs, (0..count).collect::<Vec<_>>());
     assert_eq!(seen_from_thread.events, count);
     let stats = source.stats();
@@ -717,7 +717,7 @@ fn uprobe_storm(transport: Transport) {
         }
     });
     probe.detach();
-    let totals = source.finish(&mut handle).unwrap();
+    let totals = source.finish(deadline(Duration::from_secs(5)), &mut handle).unwrap();
     eprintln!("{transport:?} storm: {totals:?}, {malformed} malformed");
     assert_eq!(malformed, 0, "records built by two programs at once");
     assert_eq!(totals.produced, Some(THREADS * PER_THREAD), "every call counted once: {totals:?}");
@@ -781,13 +781,13 @@ fn a_second_perf_open_that_fails_part_way_leaves_the_first_its_slots() {
     assert_eq!((seen.seqs(), seen.lost), ((0..5).collect::<Vec<_>>(), 0), "the first buffer lost CPU 0's slot");
 }
 
-/// `finish_by` with a handler that fails stops at the failure and returns its error.
+/// `finish` with a handler that fails stops at the failure and returns its error.
 #[test]
-fn finish_by_stops_at_a_failing_handler_and_returns_its_error() {
+fn finish_stops_at_a_failing_handler_and_returns_its_error() {
     let Some(_kernel) = kernel_test() else { return };
     let mut source = burst(PingOptions::new(Transport::Ring), 5);
     let mut calls = 0;
-    let result = source.finish_by(std::time::Instant::now() + scaled(Duration::from_secs(1)), |_: Item<'_>| {
+    let result = source.finish(deadline(Duration::from_secs(1)), |_: Item<'_>| {
         calls += 1;
         Err::<(), _>("no room")
     });
@@ -811,7 +811,7 @@ fn a_handler_that_panics_hands_no_record_over_twice() {
             })
         }));
         assert!(panicked.is_err(), "{transport}: the handler panicked");
-        let totals = source.finish(|item: Item<'_>| seen.item(item)).unwrap();
+        let totals = source.finish(deadline(Duration::from_secs(5)), |item: Item<'_>| seen.item(item)).unwrap();
         assert_eq!(seen.seqs(), (0..5).collect::<Vec<_>>(), "{transport}: each record once, in order");
         assert_eq!((totals.delivered, totals.dropped, totals.produced), (5, 0, Some(5)), "{transport}");
     }
@@ -826,4 +826,24 @@ fn a_perf_buffer_too_large_is_an_error() {
     let options = bpfstream::PerfOptions { pages_per_cpu: 1 << 20, ..bpfstream::PerfOptions::default() };
     let err = EventSource::open(probe.map("events").unwrap(), options).expect_err("4 GiB per CPU");
     assert!(err.to_string().contains("pages per CPU"), "{err}");
+}
+
+/// The exact end of a poller's sources in one call: after the detach, every source's totals add
+/// up (delivered + dropped == produced), each delivered record handed to its source's handler.
+#[test]
+fn a_poller_finishes_all_its_sources_exactly() {
+    let Some(_kernel) = kernel_test() else { return };
+    let mut ring = burst(PingOptions::new(Transport::Ring), 7);
+    let mut perf = burst(PingOptions::new(Transport::Perf), 9);
+    let (mut from_ring, mut from_perf) = (Seen::default(), Seen::default());
+    let mut poller = Poller::new().unwrap();
+    let ring_id = poller.add(&mut ring, |item: Item<'_>| from_ring.item(item)).unwrap();
+    let perf_id = poller.add_with(&mut perf, 5, usize::MAX, |item: Item<'_>| from_perf.item(item)).unwrap();
+    let totals = poller.finish(deadline(Duration::from_secs(5))).unwrap();
+    drop(poller);
+    assert_eq!(totals.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [ring_id, perf_id], "in the order added");
+    for ((_, totals), (seen, sent)) in totals.iter().zip([(&from_ring, 7), (&from_perf, 9)]) {
+        assert_eq!((totals.delivered, totals.dropped, totals.produced), (sent, 0, Some(sent)), "{totals:?}");
+        assert_eq!(seen.seqs(), (0..sent).collect::<Vec<_>>());
+    }
 }
