@@ -18,14 +18,18 @@ macro_rules! eprint_lossy {
     }};
 }
 
+mod agent;
 mod bench;
 mod cgroup;
+mod cgroup_paths;
+mod container;
 mod export;
 mod histogram;
 mod host;
 mod lab;
 mod lifecycle;
 mod loss;
+mod metrics;
 mod names;
 mod objects;
 mod output;
@@ -74,11 +78,15 @@ enum Command {
     /// The chapter's exercises as experiments: sizing, compare, batching, backpressure,
     /// multi-ring (or all of them into a report)
     Lab(lab::LabArgs),
+    /// Many streams in one process from a TOML file: one exporter, Prometheus metrics, container
+    /// identity (--check FILE validates a file)
+    Agent(agent::AgentArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(missing) = privileges::check() {
+    let checks_only = matches!(&cli.command, Command::Agent(args) if args.only_checks());
+    if let Err(missing) = privileges::check().or_else(|e| if checks_only { Ok(()) } else { Err(e) }) {
         eprintln_lossy!("bpfstream: {missing}");
         return ExitCode::from(1);
     }
@@ -104,5 +112,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Open(args) => tools::open::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Lab(args) => lab::run(args),
+        Command::Agent(args) => agent::run(args),
     }
 }
