@@ -50,7 +50,7 @@ use std::time::Duration;
 
 use crate::ownership::PerfSlots;
 use crate::ringbuf::{guarded, Panic};
-use crate::scan::{self, Stride};
+use crate::scan::{self, Walk};
 use crate::stats::Fill;
 use crate::sys::{self, map_type, Epoll, Mmap, PerfEventAttr};
 use crate::{Error, Item, LossOrigin, Lost, Record};
@@ -146,7 +146,8 @@ where
     let start = mem.data_tail().load(Ordering::Relaxed);
     let mut done = 0u64;
     let mut published = 0u64;
-    let mut walk = Walk { left: max, bytes: 0, stride: Stride::new(HEADER_SIZE + 8) };
+    // Most streams repeat one sample size; the first guess is the smallest sample record.
+    let mut walk = Walk::new(max, HEADER_SIZE + 8);
     let result = 'batch: loop {
         // (C): pairs with the kernel's smp_wmb() (B) before it stores data_head; everything
         // below the head we read is fully written. The kernel writes only while data_head -
@@ -225,16 +226,6 @@ enum PerfExit {
     Panicked(Panic),
     /// `max` samples were handed over.
     Max,
-}
-
-/// The state of the sample walk that outlives one stretch.
-struct Walk {
-    /// Samples still to hand over before `max` is reached.
-    left: usize,
-    /// Payload bytes handed over.
-    bytes: u64,
-    /// Most streams repeat one sample size; starts at the smallest sample record.
-    stride: Stride,
 }
 
 impl Walk {

@@ -38,7 +38,7 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::ownership::RingClaim;
-use crate::scan::{self, Stride};
+use crate::scan::{self, Walk};
 use crate::stats::Fill;
 use crate::sys::{self, map_type, Epoll, Mmap};
 use crate::{Error, WakeupPolicy};
@@ -137,7 +137,8 @@ where
     let start = mem.consumer_pos().load(Ordering::Relaxed);
     let mut done = 0u64;
     let mut published = 0u64;
-    let mut walk = Walk { left: max, bytes: 0, stride: Stride::new(HEADER_SIZE) };
+    // Most streams repeat one record size; the first guess is the smallest (an empty payload).
+    let mut walk = Walk::new(max, HEADER_SIZE);
     let result = 'batch: loop {
         // Pairs with smp_store_release(&rb->producer_pos, ...) in __bpf_ringbuf_reserve(): every
         // header below the position read has been written (at least as BUSY). The kernel
@@ -216,16 +217,6 @@ enum Exit {
     Panicked(Panic),
     /// `max` records were handed over.
     Max,
-}
-
-/// The state of the record walk that outlives one stretch.
-struct Walk {
-    /// Records still to hand over before `max` is reached.
-    left: usize,
-    /// Payload bytes handed over.
-    bytes: u64,
-    /// Most streams repeat one record size; starts at the smallest record (an empty payload).
-    stride: Stride,
 }
 
 impl Walk {
@@ -724,8 +715,11 @@ mod protocol_tests {
         assert_eq!(seen, (0..10).collect::<Vec<u8>>());
     }
 
-    #[test]
-    fn poll_looks_again_at_a_busy_head_until_it_is_committed() {
+    /// A ring whose head record stays BUSY for 20 ms, with a record behind it: what `take` got
+    /// (records, payloads), run meanwhile.
+    fn committed_late(
+        take: impl FnOnce(&SimRing, &mut crate::sim::SimRingConsumer<'_>) -> (usize, Vec<Vec<u8>>),
+    ) -> (usize, Vec<Vec<u8>>) {
         let ring = SimRing::new(4096);
         let busy = ring.reserve(3).unwrap();
         ring.output(b"behind").unwrap();
@@ -736,46 +730,45 @@ mod protocol_tests {
                 ring.fill(&busy, b"one");
                 ring.commit(busy, false);
             });
+            take(&ring, &mut consumer)
+        })
+    }
+
+    #[test]
+    fn poll_looks_again_at_a_busy_head_until_it_is_committed() {
+        // Without the backoff this returns 0 at once: the head is BUSY and nothing wakes it.
+        let taken = committed_late(|_, consumer| {
             let mut seen = Vec::new();
-            // Without the backoff this returns 0 at once: the head is BUSY and nothing wakes it.
-            let n = consumer.poll(None, |r: &[u8]| seen.push(r.to_vec())).unwrap();
-            assert_eq!(n, 2);
-            assert_eq!(seen, [b"one".to_vec(), b"behind".to_vec()]);
+            (consumer.poll(None, |r: &[u8]| seen.push(r.to_vec())).unwrap(), seen)
         });
+        assert_eq!(taken, (2, vec![b"one".to_vec(), b"behind".to_vec()]));
     }
 
     #[test]
     fn a_drain_waits_out_a_busy_head_until_its_deadline() {
-        let ring = SimRing::new(4096);
-        let busy = ring.reserve(3).unwrap();
-        ring.output(b"behind").unwrap();
-        std::thread::scope(|s| {
-            let mut consumer = ring.consumer().unwrap();
-            s.spawn(|| {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                ring.fill(&busy, b"one");
-                ring.commit(busy, false);
-            });
-            let mut seen = Vec::new();
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            let n = super::drain_past_busy(deadline, || {
-                let pass = consumer.consume(|r: &[u8]| seen.push(r.to_vec()))?;
-                Ok((pass, ringbuf::head_is_busy(&ring)))
-            })
-            .unwrap();
-            assert_eq!((n, seen), (2, vec![b"one".to_vec(), b"behind".to_vec()]), "the drain ended at the BUSY head");
-        });
+        let taken = committed_late(|ring, consumer| drain(ring, consumer, std::time::Duration::from_secs(30)));
+        assert_eq!(taken, (2, vec![b"one".to_vec(), b"behind".to_vec()]), "the drain ended at the BUSY head");
         // A head that stays BUSY ends the drain at its deadline, with what was taken before it.
         let ring = SimRing::new(4096);
         ring.output(b"first").unwrap();
         let _busy = ring.reserve(3).unwrap();
         let mut consumer = ring.consumer().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(5);
-        let n = super::drain_past_busy(deadline, || {
-            let pass = consumer.consume(|_: &[u8]| {})?;
-            Ok((pass, ringbuf::head_is_busy(&ring)))
+        assert_eq!(drain(&ring, &mut consumer, std::time::Duration::from_millis(5)).0, 1);
+    }
+
+    /// [`super::drain_past_busy`] over a simulated ring, within `limit`: the records and their
+    /// payloads.
+    fn drain(
+        ring: &SimRing,
+        consumer: &mut crate::sim::SimRingConsumer<'_>,
+        limit: std::time::Duration,
+    ) -> (usize, Vec<Vec<u8>>) {
+        let mut seen = Vec::new();
+        let n = super::drain_past_busy(std::time::Instant::now() + limit, || {
+            let pass = consumer.consume(|r: &[u8]| seen.push(r.to_vec()))?;
+            Ok((pass, ringbuf::head_is_busy(ring)))
         });
-        assert_eq!(n.unwrap(), 1);
+        (n.unwrap(), seen)
     }
 
     #[test]

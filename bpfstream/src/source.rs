@@ -384,19 +384,16 @@ impl EventSource {
     pub(crate) fn settle<F: Flow>(
         &mut self,
         deadline: Instant,
-        mut handler: impl FnMut(Item<'_>) -> F,
+        handler: impl FnMut(Item<'_>) -> F,
     ) -> Result<(Totals, bool), Error> {
         let mut failure = Failure::default();
         let stopped = Cell::new(false);
-        let mut handler = |item: Item<'_>| {
-            let flow = failure.check(handler(item));
-            stopped.set(stopped.get() || flow.is_break());
-            flow
-        };
+        let mut handler = stopping(&mut failure, &stopped, handler);
         let drained = match self.counters.is_some() {
             true => self.drain_to_snapshot(deadline, &mut handler, &stopped),
             false => self.drain_with(deadline, &mut handler, &stopped),
         };
+        drop(handler);
         self.publish_stats();
         failure.result(drained.map(|()| (self.totals, stopped.get())))
     }
@@ -404,15 +401,12 @@ impl EventSource {
     /// Drains everything buffered and reads the drop counters one last time: what a
     /// [`StopHandle`](crate::StopHandle) drain does. A record still being written (BUSY) at the
     /// head of a ring is waited for, up to [`BUSY_DRAIN_LIMIT`].
-    pub(crate) fn drain<F: Flow>(&mut self, mut handler: impl FnMut(Item<'_>) -> F) -> Result<Totals, Error> {
+    pub(crate) fn drain<F: Flow>(&mut self, handler: impl FnMut(Item<'_>) -> F) -> Result<Totals, Error> {
         let mut failure = Failure::default();
         let stopped = Cell::new(false);
-        let mut handler = |item: Item<'_>| {
-            let flow = failure.check(handler(item));
-            stopped.set(stopped.get() || flow.is_break());
-            flow
-        };
+        let mut handler = stopping(&mut failure, &stopped, handler);
         let drained = self.drain_with(Instant::now() + BUSY_DRAIN_LIMIT, &mut handler, &stopped);
+        drop(handler);
         self.publish_stats();
         failure.result(drained.map(|()| self.totals))
     }
@@ -524,6 +518,20 @@ impl EventSource {
         self.totals.produced = total.produced;
         self.totals.forced_wakeups = total.forced_wakeups;
         Ok(())
+    }
+}
+
+/// `handler` as the consume loops take it: its verdict checked (an error kept in `failure`), and
+/// whether it ever stopped in `stopped`.
+fn stopping<'h, F: Flow>(
+    failure: &'h mut Failure,
+    stopped: &'h Cell<bool>,
+    mut handler: impl FnMut(Item<'_>) -> F + 'h,
+) -> impl FnMut(Item<'_>) -> ControlFlow<()> + 'h {
+    move |item: Item<'_>| {
+        let flow = failure.check(handler(item));
+        stopped.set(stopped.get() || flow.is_break());
+        flow
     }
 }
 
