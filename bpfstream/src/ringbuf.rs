@@ -117,9 +117,10 @@ pub(crate) fn guarded<T, H: FnMut(T) -> ControlFlow<()> + ?Sized>(
 /// Positions are free-running and wrap at 2^64 as the kernel's do; the loop counts bytes from
 /// where it started (`done`, `end`), which stay below two rings.
 ///
-/// Per record: one acquire load of the header (a plain load on x86), a few register operations
-/// and the handler, inlined (generic over the handler and the memory): no call, no atomic
-/// read-modify-write, no system call. The consumer position is stored once per stretch.
+/// Per record ([`Walk::records`], compiled for each handler and called once per stretch): one
+/// acquire load of the header (a plain load on x86), a few register operations and the handler,
+/// inlined: no call, no atomic read-modify-write, no system call. The consumer position is
+/// stored once per stretch.
 #[inline(always)]
 pub(crate) fn consume<M, H>(mem: &M, max: usize, publish_every: u64, handler: &mut H) -> (Pass, Result<(), Error>)
 where
@@ -230,7 +231,9 @@ impl Walk {
     /// `first` is 8-aligned and the `room >= stretch` bytes from it are readable: written by the
     /// producers (the double mapping makes them contiguous), with committed records left
     /// unwritten until the consumer position passes them.
-    #[inline(always)]
+    // Out of line (one call per stretch): the loop then has the registers to itself, where
+    // inlined into the pass it shares them with the pass's own state and spills to the stack.
+    #[inline(never)]
     unsafe fn records<H, const LIMITED: bool>(
         &mut self,
         first: *const u8,
@@ -244,8 +247,13 @@ impl Walk {
         // A record shorter than this ends within `room` wherever in the stretch it starts: the
         // exact check is needed only for longer ones (in the last stretch of a batch, all).
         let slack = room - stretch;
+        // In locals, so that they stay in registers whatever the handler does with memory.
+        let (mut left, mut bytes, mut stride) = (self.left, self.bytes, self.stride);
         let mut at = 0usize;
-        while at < stretch {
+        let exit = loop {
+            if at >= stretch {
+                break Exit::StretchDone;
+            }
             scan::prefetch(first.wrapping_add(at + scan::PREFETCH_AHEAD));
             // SAFETY: `at < stretch <= room`, 8-aligned: the header is an aligned u32 inside the
             // readable bytes. The kernel writes it concurrently, hence an atomic.
@@ -254,31 +262,39 @@ impl Walk {
             // once we see BUSY clear, the payload written before the commit is visible.
             let len_word = header.load(Ordering::Acquire);
             if len_word & (BUSY_BIT | DISCARD_BIT) != 0 {
-                return (at, Exit::Flagged(len_word));
+                break Exit::Flagged(len_word);
             }
             // Header plus payload, rounded up to 8 (len < 2^30: no overflow).
             let total = (len_word as usize + HEADER_SIZE as usize + 7) & !7;
             if total > slack && total > room - at {
-                return (at, Exit::Corrupt(len_word));
+                break Exit::Corrupt(len_word);
             }
             // SAFETY: the record lies within the readable bytes (checked above). It is committed
             // and stays unwritten until consumer_pos passes it, which happens only after the
             // handler has returned and dropped this borrow (and no other consumer in this
             // process can move it: `RingClaim`).
             let payload = unsafe { std::slice::from_raw_parts(first.add(at + 8), len_word as usize) };
-            self.bytes += u64::from(len_word);
-            self.left -= 1;
+            bytes += u64::from(len_word);
+            left -= 1;
             match guarded(handler, payload) {
-                Ok(flow) if flow.is_break() => return (at + total, Exit::Stopped),
+                Ok(flow) if flow.is_break() => {
+                    at += total;
+                    break Exit::Stopped;
+                }
                 Ok(_) => {}
-                Err(panic) => return (at + total, Exit::Panicked(panic)),
+                Err(panic) => {
+                    at += total;
+                    break Exit::Panicked(panic);
+                }
             }
-            if LIMITED && self.left == 0 {
-                return (at + total, Exit::Max);
+            if LIMITED && left == 0 {
+                at += total;
+                break Exit::Max;
             }
-            at = self.stride.next(at as u64, total as u64) as usize;
-        }
-        (at, Exit::StretchDone)
+            at = stride.next(at as u64, total as u64) as usize;
+        };
+        (self.left, self.bytes, self.stride) = (left, bytes, stride);
+        (at, exit)
     }
 }
 
