@@ -35,6 +35,7 @@ mod objects;
 mod output;
 mod plot;
 mod privileges;
+mod run;
 mod signals;
 mod size;
 mod tools;
@@ -78,6 +79,8 @@ enum Command {
     /// The chapter's exercises as experiments: sizing, compare, batching, backpressure,
     /// multi-ring (or all of them into a report)
     Lab(lab::LabArgs),
+    /// Run any BPF object (CO-RE, with BTF) and stream its events, decoded from its BTF
+    Run(run::RunArgs),
     /// Many streams in one process from a TOML file: one exporter, Prometheus metrics, container
     /// identity (--check FILE validates a file)
     Agent(agent::AgentArgs),
@@ -85,7 +88,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let checks_only = matches!(&cli.command, Command::Agent(args) if args.only_checks());
+    // Checking a config or describing an object reads files: no privilege needed.
+    let checks_only = match &cli.command {
+        Command::Agent(args) => args.only_checks(),
+        Command::Run(args) => args.describe,
+        _ => false,
+    };
     if let Err(missing) = privileges::check().or_else(|e| if checks_only { Ok(()) } else { Err(e) }) {
         eprintln_lossy!("bpfstream: {missing}");
         return ExitCode::from(1);
@@ -103,7 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // Tracers catch SIGINT/SIGTERM to detach, drain, print their summary (a second one ends
     // them at once). The bench and the lab keep the default action: Ctrl-C ends them at once, and the kernel frees every program,
     // link and map they made with the process (nothing is pinned).
-    if matches!(cli.command, Command::Syscalls(_) | Command::Exec(_) | Command::Open(_)) {
+    if matches!(cli.command, Command::Syscalls(_) | Command::Exec(_) | Command::Open(_) | Command::Run(_)) {
         signals::install()?;
     }
     match cli.command {
@@ -112,6 +120,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Open(args) => tools::open::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Lab(args) => lab::run(args),
+        Command::Run(args) => run::run(args),
         Command::Agent(args) => agent::run(args),
     }
 }
