@@ -226,8 +226,8 @@ impl<F: Format> Feed<F> {
     }
 }
 
-/// A stream's feed as the lifecycle drives it, whatever its format: called per batch, except
-/// [`item`](Self::item) in the final drain.
+/// A stream's feed as the lifecycle drives it, whatever its format: called once per batch (its
+/// records come through the handler [`serve`](Self::serve) gives the poller).
 pub(super) trait Fed {
     /// Adds `source` to `poller`, its records handed to this feed.
     fn serve<'a>(
@@ -237,7 +237,6 @@ pub(super) trait Fed {
         priority: i32,
         batch: usize,
     ) -> Result<SourceId, bpfstream::Error>;
-    fn item(&self, item: Item<'_>) -> ControlFlow<()>;
     fn header(&self);
     fn end_batch(&self);
     fn failed(&self) -> bool;
@@ -258,10 +257,6 @@ impl<F: Format> Fed for RefCell<Feed<F>> {
         batch: usize,
     ) -> Result<SourceId, bpfstream::Error> {
         poller.add_with(source, priority, batch, move |item: Item<'_>| self.borrow_mut().item(item))
-    }
-
-    fn item(&self, item: Item<'_>) -> ControlFlow<()> {
-        self.borrow_mut().item(item)
     }
 
     fn header(&self) {

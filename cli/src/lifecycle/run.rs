@@ -1,7 +1,7 @@
 //! A run from its streams' first event to their summaries: one [`Poller`] serves every stream's
 //! source by priority until SIGINT/SIGTERM, the duration or a failed output ends the loop; then
-//! [`super::stop`] detaches every program and drains every source to its last event within one
-//! deadline, and each stream prints its summary. A one-tracer command is the run of one stream
+//! [`super::stop`] detaches every program and the same poller drains every source to its last
+//! event within one deadline, and each stream prints its summary. A one-tracer command is the run of one stream
 //! ([`trace`]).
 
 use std::cell::RefCell;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use aya::Ebpf;
-use bpfstream::{EventSource, Poller, Totals};
+use bpfstream::{Poller, Totals};
 
 use super::args::BufferOptions;
 use super::feed::{Console, Fed, Feed, Outlet};
@@ -76,18 +76,19 @@ pub fn run(mut streams: Vec<Stream>, duration: Option<Duration>, console: &Conso
     let max_delay = streams.iter().map(|s| s.loaded.max_delay).min().unwrap_or(LONGEST_WAIT);
     let started = Instant::now();
     let shapes: Vec<Shape> = streams.iter().map(|s| Shape::of(&s.loaded)).collect();
-    let mut sources: Vec<&mut EventSource> = Vec::with_capacity(streams.len());
-    let mut feeds: Vec<&dyn Fed> = Vec::with_capacity(streams.len());
     let mut objects: Vec<Ebpf> = Vec::with_capacity(streams.len());
+    let mut feeds: Vec<&dyn Fed> = Vec::with_capacity(streams.len());
+    let mut poller = Poller::new()?;
     for stream in &mut streams {
         objects.extend(stream.loaded.bpf.take());
-        sources.push(&mut stream.loaded.source);
-        feeds.push(&*stream.feed);
+        let feed: &dyn Fed = &*stream.feed;
+        feed.serve(&mut poller, &mut stream.loaded.source, stream.loaded.priority, BATCH_RECORDS)?;
+        feeds.push(feed);
     }
-    let streamed = serve(&mut sources, &feeds, &shapes, duration.map(|d| started + d), max_delay, console);
+    let streamed = serve(&mut poller, &feeds, duration.map(|d| started + d), max_delay, console);
     let elapsed = started.elapsed();
     let ending = stop::detach(objects);
-    let drained = stop::drain(&mut sources, ending, |i, item| feeds[i].item(item));
+    let drained = stop::drain(&mut poller, ending);
     for feed in &feeds {
         feed.end_batch();
     }
@@ -128,7 +129,6 @@ fn summarize(
 /// What a stream's summary says of its buffer and name.
 struct Shape {
     name: Option<std::sync::Arc<str>>,
-    priority: i32,
     transport: bpfstream::Transport,
     buffer_bytes: u64,
     size: u64,
@@ -138,7 +138,6 @@ impl Shape {
     fn of(loaded: &Loaded) -> Self {
         Shape {
             name: loaded.name.clone(),
-            priority: loaded.priority,
             transport: loaded.source.transport(),
             buffer_bytes: loaded.source.buffer_bytes(),
             size: loaded.size,
@@ -148,17 +147,12 @@ impl Shape {
 
 /// The loop: one poll per batch, bounded by the streams' `max_delay` (and [`LONGEST_WAIT`]).
 fn serve(
-    sources: &mut [&mut EventSource],
+    poller: &mut Poller<'_>,
     feeds: &[&dyn Fed],
-    shapes: &[Shape],
     deadline: Option<Instant>,
     max_delay: Duration,
     console: &Console,
 ) -> Result<()> {
-    let mut poller = Poller::new()?;
-    for ((source, feed), shape) in sources.iter_mut().zip(feeds).zip(shapes) {
-        feed.serve(&mut poller, source, shape.priority, BATCH_RECORDS)?;
-    }
     for feed in feeds {
         feed.header();
     }

@@ -3,13 +3,11 @@
 //!
 //! 1. detach: closing the objects' links and programs takes them out of the tracepoints, so no
 //!    new run of them can start;
-//! 2. wait until no run that started before can still be going (a grace period, one for every
-//!    stream);
-//! 3. for each source, one snapshot of its drop counters, then drain until `delivered +
-//!    dropped` reaches its `produced`, and again after another grace period until two snapshots
-//!    agree, or until the drain's one deadline; what is left is reported as `unaccounted`,
-//!    never hidden;
-//! 4. the output gets until its own deadline to be written; what is not is `unwritten`.
+//! 2. [`Poller::finish`], for every stream's source at once: grace periods (one per round for
+//!    all), drop-counter snapshots until two agree, a drain until `delivered + dropped` reaches
+//!    `produced`, by the drain's one deadline; what is left is reported as `unaccounted`, never
+//!    hidden;
+//! 3. the output gets until its own deadline to be written; what is not is `unwritten`.
 //!
 //! The deadlines count from the end of the loop, so the whole stop fits in [`STOP_BUDGET`],
 //! except that a detach that used up the drain's share (closing classic tracepoints waits for
@@ -18,11 +16,9 @@
 
 use std::time::{Duration, Instant};
 
-use std::ops::ControlFlow;
-
 use anyhow::Result;
 use aya::Ebpf;
-use bpfstream::{EventSource, Item, Totals};
+use bpfstream::{Poller, Totals};
 
 /// The longest a stop takes (the contract says 1 s).
 pub const STOP_BUDGET: Duration = Duration::from_millis(900);
@@ -65,54 +61,8 @@ pub(super) fn detach(objects: Vec<Ebpf>) -> Ending {
     }
 }
 
-/// Steps 2 and 3 for every source at once, in the order given (the highest priority first):
-/// drains each into `handler` (given the source's index) to the last event its counters account
-/// for, or until the drain's deadline. Returns each source's totals.
-pub(super) fn drain(
-    sources: &mut [&mut EventSource],
-    ending: Ending,
-    mut handler: impl FnMut(usize, Item<'_>) -> ControlFlow<()>,
-) -> Result<Vec<Totals>> {
-    let mut totals = vec![Totals::default(); sources.len()];
-    // Settled: two snapshots in a row agree, or the source has no counters.
-    let mut settled = vec![false; sources.len()];
-    loop {
-        wait_for_running_programs();
-        for (i, source) in sources.iter_mut().enumerate() {
-            if settled[i] {
-                continue;
-            }
-            let previous = totals[i].produced;
-            totals[i] = source.finish_by(ending.drain_by, |item: Item<'_>| handler(i, item))?;
-            settled[i] = totals[i].produced.is_none() || totals[i].produced == previous;
-        }
-        if settled.iter().all(|&s| s) || Instant::now() >= ending.drain_by {
-            return Ok(totals);
-        }
-    }
-}
-
-/// `MEMBARRIER_CMD_GLOBAL` of membarrier(2).
-const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
-
-/// Waits until no program detached before the call can still be running.
-///
-/// Detaching replaces the tracepoint's probe array (tracepoint_probe_unregister(), for raw
-/// tracepoints) or the event's program array (perf_event_detach_bpf_prog(), for classic ones,
-/// which also waits for a Tasks Trace grace period before it returns). A tracepoint call that
-/// read the old array may still be running one of our programs: under preempt_disable() or
-/// rcu_read_lock() (classic tracepoints, and every BPF run through __bpf_trace_run()), which
-/// MEMBARRIER_CMD_GLOBAL waits for, as it is synchronize_rcu() (kernel/sched/membarrier.c).
-/// A faultable tracepoint (sys_enter/sys_exit) reads the array under Tasks Trace RCU, which
-/// synchronize_rcu() does not wait for: such a call can be between reading the array and
-/// entering the program. That is why the drain takes a second snapshot after a second grace
-/// period and goes on until two agree: a late run shows as a counter that moved.
-fn wait_for_running_programs() {
-    // SAFETY: membarrier(2) takes no pointers.
-    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
-    if rc != 0 {
-        // nohz_full kernels refuse it (EINVAL), pre-4.3 ones lack it: a plain pause, the
-        // settle loop catches what still ran after it.
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Step 2: every source of `poller` into its handler, to the last event its counters account
+/// for (or the drain's deadline). Returns each source's totals, in the order they were added.
+pub(super) fn drain(poller: &mut Poller<'_>, ending: Ending) -> Result<Vec<Totals>> {
+    Ok(poller.finish(ending.drain_by)?.into_iter().map(|(_, totals)| totals).collect())
 }
