@@ -157,7 +157,7 @@ pub fn load(spec: &TracerSpec, options: &BufferOptions) -> Result<(Ebpf, Transpo
 }
 
 fn load_error(what: &str, e: aya::EbpfError) -> anyhow::Error {
-    let text = format!("{e:#}");
+    let text = crate::limits::chain(&e);
     let hint = if text.contains("Operation not permitted") || text.contains("EPERM") {
         crate::privileges::eperm_hint()
     } else {
@@ -210,7 +210,7 @@ pub fn open_source(bpf: &Ebpf, options: &BufferOptions) -> Result<EventSource> {
     let mut source = match EventSource::open(fd, PerfOptions { pages_per_cpu: perf_pages, wakeup: options.perf_wakeup })
     {
         Err(e) if is_permission_denied(&e) && events_are_perf(events) => {
-            bail!("{}: {e}", crate::privileges::perf_permission_hint(options.size))
+            bail!("{}: {}", crate::privileges::perf_permission_hint(options.size), crate::privileges::os_error(&e))
         }
         opened => opened?,
     };

@@ -409,3 +409,44 @@ pub fn kafka_messages_with(address: &str, config: &[(&str, &str)], topic: &str, 
     }
     out
 }
+
+/// A TCP listener on loopback that accepts every connection and never says a word: an engine
+/// that never answers (a frozen server, a stuck proxy or load balancer), for NATS and Kafka
+/// alike. The connections stay open until it is dropped.
+pub struct SilentEngine {
+    pub port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SilentEngine {
+    pub fn start() -> SilentEngine {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(AtomicBool::new(true));
+        let accepting = open.clone();
+        std::thread::spawn(move || {
+            let mut connections = Vec::new();
+            for stream in listener.incoming() {
+                if !accepting.load(Ordering::Relaxed) {
+                    break;
+                }
+                connections.extend(stream.ok());
+            }
+        });
+        SilentEngine { port, open }
+    }
+
+    /// The URL of `scheme` (`nats` or `kafka`) to a destination both take.
+    pub fn url(&self, scheme: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}/bpfs-silent", self.port)
+    }
+}
+
+impl Drop for SilentEngine {
+    fn drop(&mut self) {
+        self.open.store(false, std::sync::atomic::Ordering::Relaxed);
+        // Wakes the accepting thread, which then ends and closes every connection.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
