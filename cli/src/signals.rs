@@ -120,6 +120,15 @@ pub fn stop_requested() -> bool {
     STOPPING.load(Ordering::SeqCst)
 }
 
+/// `Err(StoppedAtStart)` once a stop signal arrived: for the steps of a start, between which a
+/// stop is honoured at once.
+pub fn stop_point(during: &str) -> Result<(), StoppedAtStart> {
+    match stop_requested() {
+        true => Err(StoppedAtStart { during: during.into() }),
+        false => Ok(()),
+    }
+}
+
 /// Whether `signal` arrived since the last call (for the same signal).
 pub fn take(signal: Signal) -> bool {
     PENDING.fetch_and(!signal.bit(), Ordering::SeqCst) & signal.bit() != 0

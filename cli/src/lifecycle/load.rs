@@ -166,12 +166,17 @@ fn load_error(what: &str, e: aya::EbpfError) -> anyhow::Error {
     anyhow!("loading the BPF program for {what} failed{hint}: {text}")
 }
 
+/// What a start that a stop signal ended was doing.
+pub(super) const LOADING: &str = "loading the BPF programs";
+
 /// Loads and attaches every program of `spec`.
 pub fn attach(bpf: &mut Ebpf, spec: &TracerSpec) -> Result<()> {
     let needs_tracefs = spec.attach.iter().any(|a| matches!(a, Attach::Tracepoint { .. }));
     // Held (and, if bpfstream mounted it, unmounted) until every tracepoint is attached.
     let _tracefs = if needs_tracefs { Some(tracefs::Tracefs::open()?) } else { None };
     for a in &spec.attach {
+        // Each program's verification may take a while: a stop is honoured between them.
+        crate::signals::stop_point(LOADING)?;
         match *a {
             Attach::Tracepoint { program, category, name } => {
                 let p: &mut TracePoint = program_mut(bpf, program)?.try_into()?;

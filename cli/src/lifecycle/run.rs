@@ -12,7 +12,7 @@ use aya::Ebpf;
 use bpfstream::{DropCounters, EventSource, Item, Transport};
 
 use super::args::BufferOptions;
-use super::load::{attach, load, map_fd, open_source, TracerSpec};
+use super::load::{attach, load, map_fd, open_source, TracerSpec, LOADING};
 use super::stop;
 use super::summary::{is_broken_pipe, Summary};
 use crate::loss::{buffer_for_burst, LossReport, Reporting};
@@ -126,20 +126,18 @@ impl Tracer {
     /// Loads, attaches and opens the stream; then announces `Tracing...` on stderr. A stop
     /// signal before or during it ends the start with [`signals::StoppedAtStart`].
     pub fn start(spec: &TracerSpec, options: &BufferOptions) -> Result<Self> {
-        let stopped = || signals::StoppedAtStart { during: "loading the BPF programs".into() };
-        if signals::stop_requested() {
-            return Err(stopped().into());
-        }
+        signals::stop_point(LOADING)?;
         let started = Self::load_and_attach(spec, options);
         match started {
-            // A signal interrupts the verifier (EINTR, EAGAIN): the stop, not the error, counts.
-            Err(_) if signals::stop_requested() => Err(stopped().into()),
+            // A signal may interrupt the verifier (EINTR, EAGAIN): the stop, not the error, counts.
+            Err(_) if signals::stop_requested() => Err(signals::stop_point(LOADING).unwrap_err().into()),
             started => started,
         }
     }
 
     fn load_and_attach(spec: &TracerSpec, options: &BufferOptions) -> Result<Self> {
         let (mut bpf, _) = load(spec, options)?;
+        signals::stop_point(LOADING)?;
         // Open the buffer before attaching: perf buffers must be in the map before the first
         // event, or those events would be dropped for want of a slot.
         let source = open_source(&bpf, options)?;
