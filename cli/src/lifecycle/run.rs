@@ -130,7 +130,7 @@ impl Tracer {
         let started = Self::load_and_attach(spec, options);
         match started {
             // A signal may interrupt the verifier (EINTR, EAGAIN): the stop, not the error, counts.
-            Err(_) if signals::stop_requested() => Err(signals::stop_point(LOADING).unwrap_err().into()),
+            Err(_) if signals::stop_requested() => Err(signals::StoppedAtStart { during: LOADING.into() }.into()),
             started => started,
         }
     }

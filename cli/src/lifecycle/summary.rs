@@ -1,6 +1,7 @@
 //! The accounting of one run, and where it is printed: the JSON summary goes to stdout if
 //! stdout can still take it by the stop's deadline, the text one to stderr; when stdout is
-//! unusable (blocked, full), the summary comes on stderr instead, with what was not written.
+//! unusable (blocked, full, closed), the summary (the JSON object with `--json`) comes on
+//! stderr instead, with what was not written.
 
 use std::io::{self, Write};
 use std::time::Duration;
