@@ -18,9 +18,12 @@ macro_rules! eprint_lossy {
     }};
 }
 
+mod agent;
 mod allocator;
 mod bench;
 mod cgroup;
+mod cgroup_paths;
+mod container;
 mod export;
 mod histogram;
 mod host;
@@ -28,6 +31,7 @@ mod lab;
 mod lifecycle;
 mod limits;
 mod loss;
+mod metrics;
 mod names;
 mod objects;
 mod output;
@@ -73,6 +77,9 @@ enum Command {
     /// The chapter's exercises as experiments: sizing, compare, batching, backpressure,
     /// multi-ring (or all of them into a report)
     Lab(lab::LabArgs),
+    /// Many streams in one process from a TOML file: one exporter, Prometheus metrics, container
+    /// identity (--check FILE validates a file)
+    Agent(agent::AgentArgs),
 }
 
 impl Command {
@@ -82,7 +89,7 @@ impl Command {
             Command::Syscalls(args) => Some(&args.common),
             Command::Exec(args) => Some(&args.common),
             Command::Open(args) => Some(&args.common),
-            Command::Bench(_) | Command::Lab(_) => None,
+            Command::Bench(_) | Command::Lab(_) | Command::Agent(_) => None,
         }
     }
 }
@@ -96,7 +103,8 @@ fn main() -> ExitCode {
     }
     allocator::reserve_stack();
     let cli = Cli::parse();
-    if let Err(missing) = privileges::check() {
+    let checks_only = matches!(&cli.command, Command::Agent(args) if args.only_checks());
+    if let Err(missing) = privileges::check().or_else(|e| if checks_only { Ok(()) } else { Err(e) }) {
         eprintln_lossy!("bpfstream: {missing}");
         return ExitCode::from(1);
     }
@@ -117,15 +125,18 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command.tracer() {
+    match &cli.command {
         // Tracers stop on SIGINT/SIGTERM/SIGHUP (detach, drain, summary; a second one ends them
         // at once) and print the summary so far on SIGUSR1. Their output threads start before
         // anything else, so that one that cannot start fails the run before it attaches.
-        Some(_) => writer::start()?,
+        command if command.tracer().is_some() => writer::start()?,
+        // The agent stops on SIGINT/SIGTERM; SIGHUP is its reload, recorded for it to take
+        // (signals::take(Signal::Hangup)).
+        Command::Agent(_) => signals::install(&[signals::Signal::Interrupt, signals::Signal::Terminate])?,
         // The bench and the lab keep the default actions: Ctrl-C ends them at once, and the
         // kernel frees every program, link and map they made with the process (nothing is
         // pinned).
-        None => signals::restore_default()?,
+        _ => signals::restore_default()?,
     }
     match cli.command {
         Command::Syscalls(args) => tools::syscalls::run(args),
@@ -133,5 +144,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Open(args) => tools::open::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Lab(args) => lab::run(args),
+        Command::Agent(args) => agent::run(args),
     }
 }

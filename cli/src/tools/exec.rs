@@ -17,6 +17,7 @@ use std::io::{self, Write};
 use anyhow::Result;
 use bpfstream::{FromRecord, Item};
 
+use crate::container::{ContainerArgs, ContainerFields};
 use crate::export::Tee;
 use crate::lifecycle::{
     task_filter_globals, Attach, BufferOptions, CommonArgs, EventRate, Global, Sink, Tracer, TracerSpec,
@@ -98,6 +99,8 @@ fn parse_max_args(text: &str) -> Result<u32, String> {
 pub struct ExecArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub container: ContainerArgs,
     /// Only this thread (the one calling exec; filtered in the kernel)
     #[arg(short = 't', long, value_name = "TID", value_parser = crate::values::parse_task_id)]
     pub tid: Option<u32>,
@@ -147,6 +150,7 @@ struct Printer<W: Write> {
     failed: u64,
     filename_bytes: u64,
     tee: Tee,
+    containers: ContainerFields,
 }
 
 impl<W: Write> Printer<W> {
@@ -165,6 +169,7 @@ impl<W: Write> Printer<W> {
             .boolean("args_truncated", truncated)
             .num("ret", h.ret)
             .num("cgroup_id", h.cgroup_id);
+        let line = self.containers.add(line, h.cgroup_id);
         self.tee.emit(&mut self.out, line)
     }
 
@@ -237,6 +242,7 @@ pub fn run(args: ExecArgs) -> Result<()> {
     let options = BufferOptions::for_tracer(&args.common, EventRate::Moderate);
     let json = args.common.json;
     let tee = Tee::start(&args.common.output, json)?;
+    let containers = ContainerFields::for_tracer(&args.container, tee.active())?;
     let mut tracer = Tracer::start(&spec(&args), &options)?;
     tracer.set_json(json);
     let mut printer = Printer {
@@ -249,6 +255,7 @@ pub fn run(args: ExecArgs) -> Result<()> {
         failed: 0,
         filename_bytes: 0,
         tee,
+        containers,
     };
     let mut summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
     summary.export = printer.tee.finish(summary.export_deadline());

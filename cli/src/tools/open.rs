@@ -9,6 +9,7 @@ use anyhow::Result;
 use aya::maps::{MapData, PerCpuArray};
 use bpfstream::{FromRecord, Item};
 
+use crate::container::{ContainerArgs, ContainerFields};
 use crate::export::Tee;
 use crate::lifecycle::{
     task_filter_globals, Attach, BufferOptions, BurstBudget, CommonArgs, EventRate, Global, Sink, Tracer, TracerSpec,
@@ -76,6 +77,8 @@ const BURST: BurstBudget =
 pub struct OpenArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub container: ContainerArgs,
     /// Only this thread (filtered in the kernel)
     #[arg(short = 't', long, value_name = "TID", value_parser = crate::values::parse_task_id)]
     pub tid: Option<u32>,
@@ -119,6 +122,7 @@ struct Printer<W: Write> {
     malformed: u64,
     truncated: u64,
     tee: Tee,
+    containers: ContainerFields,
 }
 
 impl<W: Write> Sink for Printer<W> {
@@ -161,6 +165,7 @@ impl<W: Write> Sink for Printer<W> {
                 .num("uid", h.uid)
                 .num("cgroup_id", h.cgroup_id);
             let line = if h.truncated != 0 { line.boolean("truncated", true) } else { line };
+            let line = self.containers.add(line, h.cgroup_id);
             self.tee.emit(&mut self.out, line)?;
             if self.json {
                 return Ok(());
@@ -193,6 +198,7 @@ pub fn run(args: OpenArgs) -> Result<()> {
     let options = BufferOptions::for_tracer(&args.common, EventRate::High(BURST));
     let json = args.common.json;
     let tee = Tee::start(&args.common.output, json)?;
+    let containers = ContainerFields::for_tracer(&args.container, tee.active())?;
     let mut tracer = Tracer::start(&spec(&args), &options)?;
     tracer.set_json(json);
     let untracked: PerCpuArray<MapData, u64> = tracer.take_map("untracked")?.try_into()?;
@@ -205,6 +211,7 @@ pub fn run(args: OpenArgs) -> Result<()> {
         malformed: 0,
         truncated: 0,
         tee,
+        containers,
     };
     let mut summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
     summary.export = printer.tee.finish(summary.export_deadline());

@@ -11,6 +11,7 @@ use anyhow::Result;
 use aya::maps::{MapData, PerCpuArray};
 use bpfstream::{FromRecord, Item};
 
+use crate::container::{ContainerArgs, ContainerFields};
 use crate::export::Tee;
 use crate::lifecycle::{
     task_filter_globals, Attach, BufferOptions, BurstBudget, CommonArgs, EventRate, Global, Sink, Tracer, TracerSpec,
@@ -127,6 +128,8 @@ fn cell_right_zeros(out: &mut String, digits: &str, width: usize) {
 pub struct SyscallsArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub container: ContainerArgs,
     /// Only this thread (filtered in the kernel)
     #[arg(short = 't', long, value_name = "TID", value_parser = crate::values::parse_task_id)]
     pub tid: Option<u32>,
@@ -220,6 +223,7 @@ struct Printer<W: Write> {
     malformed: u64,
     summary: Option<Summary>,
     tee: Tee,
+    containers: ContainerFields,
 }
 
 impl<W: Write> Printer<W> {
@@ -236,6 +240,7 @@ impl<W: Write> Printer<W> {
                 .str("syscall", &name)
                 .num("ret", e.ret)
                 .num("cgroup_id", e.cgroup_id);
+            let line = self.containers.add(line, e.cgroup_id);
             self.tee.emit(&mut self.out, line)?;
             if self.json {
                 return Ok(());
@@ -323,6 +328,7 @@ pub fn run(args: SyscallsArgs) -> Result<()> {
     }
     let json = args.common.json;
     let tee = Tee::start(&args.common.output, json)?;
+    let containers = ContainerFields::for_tracer(&args.container, tee.active())?;
     let mut options = BufferOptions::for_tracer(&args.common, EventRate::High(BURST));
     if summary_mode {
         // Nothing is sent: the smallest buffer the transport takes.
@@ -360,6 +366,7 @@ pub fn run(args: SyscallsArgs) -> Result<()> {
             last: now,
         }),
         tee,
+        containers,
     };
     let mut summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
     summary.export = printer.tee.finish(summary.export_deadline());

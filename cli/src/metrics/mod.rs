@@ -1,0 +1,22 @@
+//! The agent's metrics for Prometheus, and its health:
+//!
+//! - `registry`: what the streams publish (each its counters, as one snapshot, lock-free) and
+//!   the exporter's gauges; read by the server;
+//! - `exposition`: the registry as Prometheus' text format (`/metrics`);
+//! - `process`: the `process_*` metrics from `/proc/self`;
+//! - `server`: the HTTP server (`/metrics`, `/healthz`) on a thread of its own.
+//!
+//! The lifecycle holds one [`StreamMetrics`] per stream (from [`Registry::add_stream`]) and
+//! publishes after each batch; the exporter's state goes through the `Registry::set_export*`
+//! setters. This module uses nothing else of the binary (`tests/metrics.rs` builds it alone).
+
+// Until the agent's run loop publishes into it, only `--check` (which binds) uses it.
+#![allow(dead_code, unused_imports)]
+
+mod exposition;
+mod process;
+mod registry;
+mod server;
+
+pub use registry::{Registry, StreamCounters, StreamMetrics};
+pub use server::{bind, MetricsServer};

@@ -1,0 +1,310 @@
+//! What `/metrics` and `/healthz` read: each stream's counters, written by the thread that
+//! serves the stream and read by the metrics server's thread.
+//!
+//! A stream's counters are published whole, as one snapshot, under a sequence lock: a scrape
+//! never sees `delivered` of one snapshot next to `produced` of another (so
+//! delivered + dropped <= produced holds in every scrape, and = at stop). The writer pays a few
+//! plain stores per publish, no lock; a reader retries in the rare case a publish overlapped.
+//!
+//! ```text
+//! StreamCell   seq: u64       even: stable; odd: a publish is under way
+//!              words: [u64; WORDS]   the counters of StreamCounters, in field order
+//! ```
+
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// A stream's accounting, as the lifecycle knows it at a moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StreamCounters {
+    /// What the BPF side tried to send (delivered + dropped, and what is still in the buffer).
+    pub produced: u64,
+    pub delivered: u64,
+    /// Could not be written into the buffer (ring full, perf lost).
+    pub dropped: u64,
+    /// Delivered, but stdout never took their line (agent without `[output]`).
+    pub unwritten: u64,
+    /// Acknowledged by the engine.
+    pub exported: u64,
+    pub export_queue_full: u64,
+    pub export_rejected: u64,
+    /// Delivered records that had no JSON line to export (malformed).
+    pub export_unencoded: u64,
+    /// Still unacknowledged when the final flush ended.
+    pub export_unflushed: u64,
+    /// How full the buffer was at the last poll, 0 to 1.
+    pub buffer_fill_ratio: f64,
+}
+
+/// Words of a [`StreamCounters`].
+const WORDS: usize = 10;
+
+impl StreamCounters {
+    fn to_words(self) -> [u64; WORDS] {
+        [
+            self.produced,
+            self.delivered,
+            self.dropped,
+            self.unwritten,
+            self.exported,
+            self.export_queue_full,
+            self.export_rejected,
+            self.export_unencoded,
+            self.export_unflushed,
+            self.buffer_fill_ratio.to_bits(),
+        ]
+    }
+
+    fn from_words(w: [u64; WORDS]) -> Self {
+        StreamCounters {
+            produced: w[0],
+            delivered: w[1],
+            dropped: w[2],
+            unwritten: w[3],
+            exported: w[4],
+            export_queue_full: w[5],
+            export_rejected: w[6],
+            export_unencoded: w[7],
+            export_unflushed: w[8],
+            buffer_fill_ratio: f64::from_bits(w[9]),
+        }
+    }
+}
+
+/// One stream's cell in the registry.
+#[derive(Debug)]
+pub(super) struct StreamCell {
+    pub(super) name: String,
+    seq: AtomicU64,
+    words: [AtomicU64; WORDS],
+    attached: AtomicBool,
+    /// Why the stream is not attached (read only when `attached` is false).
+    reason: Mutex<String>,
+}
+
+impl StreamCell {
+    /// Publishes a snapshot. One writer only: [`StreamMetrics`] is its sole owner and takes
+    /// `&mut self`.
+    fn write(&self, words: [u64; WORDS]) {
+        let seq = self.seq.load(Ordering::Relaxed); // only this writer changes it
+        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        // The odd sequence is ordered before every word stored below: a reader that loads one
+        // of those words and then runs its acquire fence sees the odd (or a later) sequence in
+        // its second load, and retries (pairs with the fence in `read`).
+        fence(Ordering::Release);
+        for (cell, value) in self.words.iter().zip(words) {
+            cell.store(value, Ordering::Relaxed);
+        }
+        // Release: the words are visible to a reader whose first (acquire) load sees this even
+        // sequence (pairs with that load in `read`).
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    /// A snapshot no publish was in the middle of.
+    pub(super) fn read(&self) -> StreamCounters {
+        loop {
+            // Acquire: pairs with the writer's last store; the words of that publish are visible.
+            let before = self.seq.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let words = std::array::from_fn(|i| self.words[i].load(Ordering::Relaxed));
+            // Orders the loads of the words before the second load of the sequence (pairs with
+            // the writer's release fence): a word of a newer publish implies a changed sequence.
+            fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) == before {
+                return StreamCounters::from_words(words);
+            }
+        }
+    }
+
+    /// `None` while attached, else why not.
+    pub(super) fn detached_reason(&self) -> Option<String> {
+        // Relaxed: a flag with no data behind it but the reason, which its own lock orders.
+        if self.attached.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+/// The exporter shared by every stream.
+#[derive(Debug, Default)]
+pub(super) struct ExporterCell {
+    /// Where it ships (`None`: no `[output]`, events go to stdout).
+    pub(super) endpoint: Mutex<Option<String>>,
+    pub(super) connected: AtomicBool,
+    pub(super) queue_depth: AtomicU64,
+    pub(super) reconnects: AtomicU64,
+}
+
+/// Every stream's metrics and the exporter's, read by [`super::MetricsServer`].
+#[derive(Debug)]
+pub struct Registry {
+    pub(super) version: String,
+    /// In the order they were added; taken for writing only when a stream comes or goes.
+    pub(super) streams: RwLock<Vec<Arc<StreamCell>>>,
+    pub(super) exporter: ExporterCell,
+}
+
+impl Registry {
+    /// An empty registry; `version` goes into `bpfstream_build_info`.
+    pub fn new(version: &str) -> Arc<Self> {
+        Arc::new(Registry {
+            version: version.to_string(),
+            streams: RwLock::new(Vec::new()),
+            exporter: ExporterCell::default(),
+        })
+    }
+
+    /// Adds a stream, not yet attached, with zero counters; its series last as long as the
+    /// returned handle. `None` if a stream of that name is in the registry already.
+    pub fn add_stream(self: &Arc<Self>, name: &str) -> Option<StreamMetrics> {
+        let mut streams = self.streams.write().unwrap_or_else(|e| e.into_inner());
+        if streams.iter().any(|s| s.name == name) {
+            return None;
+        }
+        let cell = Arc::new(StreamCell {
+            name: name.to_string(),
+            seq: AtomicU64::new(0),
+            words: std::array::from_fn(|_| AtomicU64::new(0)),
+            attached: AtomicBool::new(false),
+            reason: Mutex::new("starting".to_string()),
+        });
+        streams.push(cell.clone());
+        Some(StreamMetrics { registry: self.clone(), cell })
+    }
+
+    /// The exporter's endpoint (`None`: no exporter); it starts disconnected.
+    pub fn set_exporter(&self, endpoint: Option<String>) {
+        *self.exporter.endpoint.lock().unwrap_or_else(|e| e.into_inner()) = endpoint;
+        self.exporter.connected.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the exporter is connected to its engine.
+    pub fn set_exporter_connected(&self, connected: bool) {
+        // Relaxed, as every gauge below: independent values, each read on its own.
+        self.exporter.connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// Events in the exporter's queue, not yet acknowledged.
+    pub fn set_export_queue_depth(&self, depth: u64) {
+        self.exporter.queue_depth.store(depth, Ordering::Relaxed);
+    }
+
+    /// Times the exporter's client reconnected (or was replaced) since the start.
+    pub fn set_export_reconnects(&self, reconnects: u64) {
+        self.exporter.reconnects.store(reconnects, Ordering::Relaxed);
+    }
+
+    /// `Ok` while every stream is attached and the exporter (if any) connected; else why not,
+    /// one reason per line.
+    pub fn health(&self) -> Result<(), String> {
+        let mut reasons = Vec::new();
+        let streams = self.streams.read().unwrap_or_else(|e| e.into_inner());
+        if streams.is_empty() {
+            reasons.push("no stream".to_string());
+        }
+        for stream in streams.iter() {
+            if let Some(reason) = stream.detached_reason() {
+                reasons.push(format!("stream {}: not attached: {reason}", stream.name));
+            }
+        }
+        let endpoint = self.exporter.endpoint.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(endpoint) = endpoint.as_ref() {
+            if !self.exporter.connected.load(Ordering::Relaxed) {
+                reasons.push(format!("exporter {endpoint}: not connected"));
+            }
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons.join("\n"))
+        }
+    }
+}
+
+/// A stream's handle on its metrics: the one writer of its counters. Dropping it removes the
+/// stream's series.
+#[derive(Debug)]
+pub struct StreamMetrics {
+    registry: Arc<Registry>,
+    cell: Arc<StreamCell>,
+}
+
+impl StreamMetrics {
+    /// Publishes the stream's counters, all at once (a few stores; call it once per batch).
+    pub fn publish(&mut self, counters: &StreamCounters) {
+        self.cell.write(counters.to_words());
+    }
+
+    /// The counters last published.
+    pub fn counters(&self) -> StreamCounters {
+        self.cell.read()
+    }
+
+    /// The stream's programs are attached and its buffer is read.
+    pub fn set_attached(&mut self) {
+        self.cell.attached.store(true, Ordering::Relaxed);
+    }
+
+    /// The stream is not attached (any more), and why: `/healthz` says 503 with the reason.
+    pub fn set_detached(&mut self, reason: &str) {
+        *self.cell.reason.lock().unwrap_or_else(|e| e.into_inner()) = reason.to_string();
+        self.cell.attached.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Drop for StreamMetrics {
+    fn drop(&mut self) {
+        let mut streams = self.registry.streams.write().unwrap_or_else(|e| e.into_inner());
+        streams.retain(|s| !Arc::ptr_eq(s, &self.cell));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scrape_sees_whole_snapshots() {
+        let registry = Registry::new("test");
+        let mut stream = registry.add_stream("s").unwrap();
+        let cell = registry.streams.read().unwrap()[0].clone();
+        let reader = std::thread::spawn(move || {
+            for _ in 0..200_000 {
+                let c = cell.read();
+                assert_eq!(c.delivered + c.dropped, c.produced, "{c:?}");
+                assert_eq!(c.exported, c.delivered, "{c:?}");
+            }
+        });
+        for n in 0..2_000_000u64 {
+            let c =
+                StreamCounters { produced: 3 * n, delivered: 2 * n, dropped: n, exported: 2 * n, ..Default::default() };
+            stream.publish(&c);
+            if reader.is_finished() {
+                break;
+            }
+        }
+        reader.join().unwrap();
+    }
+
+    #[test]
+    fn health_names_what_is_wrong() {
+        let registry = Registry::new("test");
+        assert_eq!(registry.health(), Err("no stream".into()));
+        let mut exec = registry.add_stream("exec").unwrap();
+        assert!(registry.add_stream("exec").is_none(), "one series per name");
+        assert_eq!(registry.health(), Err("stream exec: not attached: starting".into()));
+        exec.set_attached();
+        assert_eq!(registry.health(), Ok(()));
+        registry.set_exporter(Some("kafka://127.0.0.1:9092/bpf".into()));
+        assert_eq!(registry.health(), Err("exporter kafka://127.0.0.1:9092/bpf: not connected".into()));
+        registry.set_exporter_connected(true);
+        exec.set_detached("its programs were detached");
+        assert_eq!(registry.health(), Err("stream exec: not attached: its programs were detached".into()));
+        drop(exec);
+        assert!(registry.streams.read().unwrap().is_empty(), "its series are gone with it");
+    }
+}

@@ -1,0 +1,198 @@
+//! The agent's `/metrics` as a real Prometheus server sees it: Debian's `prometheus` scrapes the
+//! metrics server (the binary's own module, built alone here) every second on a private
+//! loopback port; once the target is gone, as an agent that stopped, every value read through
+//! Prometheus' query API (`last_over_time`: a vanished target's series are marked stale) equals
+//! what the streams published last. `/healthz` says 503 and why until every stream is attached.
+
+#[path = "../src/metrics/mod.rs"]
+mod metrics;
+#[path = "../../bpfstream/tests/support/time_scale.rs"]
+mod time_scale;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use metrics::{MetricsServer, Registry, StreamCounters};
+use serde_json::Value;
+
+/// `GET path` over HTTP/1.0: (status, body).
+fn get(address: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    (status, body.to_string())
+}
+
+/// Percent-encodes a query parameter.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// Prometheus on a free loopback port, scraping `target` every second; killed when dropped.
+struct Prometheus {
+    child: Child,
+    address: SocketAddr,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, target: SocketAddr) -> Self {
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: agent\n    \
+             static_configs:\n      - targets: ['{target}']\n"
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let address = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={address}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("prometheus (Debian package `prometheus`; .ci/run installs it)");
+        Prometheus { child, address }
+    }
+
+    /// The instant vector of `query` (waits for Prometheus to answer).
+    fn query(&self, query: &str) -> Vec<Value> {
+        let deadline = time_scale::deadline(Duration::from_secs(30));
+        loop {
+            if let Ok(mut stream) = TcpStream::connect(self.address) {
+                let path = format!("/api/v1/query?query={}", encode(query));
+                write!(stream, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+                let mut response = String::new();
+                stream.read_to_string(&mut response).unwrap();
+                if let Some((_, body)) = response.split_once("\r\n\r\n") {
+                    let answer: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+                    if answer["status"] == "success" {
+                        return answer["data"]["result"].as_array().unwrap().clone();
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "Prometheus did not answer {query}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The one value of `query`, once it has one that `ready` accepts (a scrape may be due).
+    fn value_when(&self, query: &str, ready: impl Fn(f64) -> bool) -> f64 {
+        let deadline = time_scale::deadline(Duration::from_secs(30));
+        loop {
+            let result = self.query(query);
+            if let [sample] = &result[..] {
+                let value: f64 = sample["value"][1].as_str().unwrap().parse().unwrap();
+                if ready(value) {
+                    return value;
+                }
+            }
+            assert!(Instant::now() < deadline, "{query}: {result:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn prometheus_reads_what_the_streams_published() {
+    let dir = std::env::temp_dir().join(format!("bpfstream-test-metrics-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let registry = Registry::new("9.8.7");
+    let server =
+        MetricsServer::start(metrics::bind("127.0.0.1:0".parse().unwrap()).unwrap(), registry.clone()).unwrap();
+    let address = server.address();
+
+    let mut exec = registry.add_stream("exec").unwrap();
+    let mut slow = registry.add_stream("slow").unwrap();
+    registry.set_exporter(Some("kafka://127.0.0.1:9/bpf".into()));
+    let (status, body) = get(address, "/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("stream exec: not attached: starting"), "{body}");
+    assert!(body.contains("exporter kafka://127.0.0.1:9/bpf: not connected"), "{body}");
+    exec.set_attached();
+    slow.set_attached();
+    registry.set_exporter_connected(true);
+    assert_eq!(get(address, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(get(address, "/nothing").0, 404);
+
+    let prometheus = Prometheus::start(&dir, address);
+    let up = "up{job=\"agent\"}";
+    prometheus.value_when(up, |v| v == 1.0);
+    // As at a stop: the last snapshots, exact (exported + failed + unflushed + dropped = produced).
+    let exec_last = StreamCounters {
+        produced: 1_000_003,
+        delivered: 999_990,
+        dropped: 13,
+        exported: 999_000,
+        export_queue_full: 700,
+        export_rejected: 90,
+        export_unencoded: 0,
+        export_unflushed: 200,
+        buffer_fill_ratio: 0.125,
+        ..Default::default()
+    };
+    let slow_last =
+        StreamCounters { produced: 42, delivered: 42, exported: 41, export_unflushed: 1, ..Default::default() };
+    exec.publish(&exec_last);
+    slow.publish(&slow_last);
+    registry.set_export_queue_depth(17);
+    registry.set_export_reconnects(3);
+    prometheus.value_when("bpfstream_events_produced_total{stream=\"slow\"}", |v| v == 42.0);
+    prometheus.value_when("bpfstream_export_reconnects_total", |v| v == 3.0);
+    drop(server);
+    prometheus.value_when(up, |v| v == 0.0);
+    assert!(prometheus.query("bpfstream_events_produced_total").is_empty(), "a vanished target's series are stale");
+
+    let last = |metric: &str, labels: &str| {
+        prometheus.value_when(&format!("last_over_time({metric}{{{labels}}}[5m])"), |_| true)
+    };
+    for (stream, c) in [("exec", exec_last), ("slow", slow_last)] {
+        let label = format!("stream=\"{stream}\"");
+        let expected = [
+            ("bpfstream_events_produced_total", c.produced as f64),
+            ("bpfstream_events_delivered_total", c.delivered as f64),
+            ("bpfstream_events_dropped_total", c.dropped as f64),
+            ("bpfstream_events_unwritten_total", c.unwritten as f64),
+            ("bpfstream_events_exported_total", c.exported as f64),
+            ("bpfstream_export_unflushed_total", c.export_unflushed as f64),
+            ("bpfstream_buffer_fill_ratio", c.buffer_fill_ratio),
+            ("bpfstream_stream_attached", 1.0),
+        ];
+        for (metric, value) in expected {
+            assert_eq!(last(metric, &label), value, "{metric}{{{label}}}");
+        }
+        let failed: f64 = ["queue_full", "rejected", "unencoded"]
+            .iter()
+            .map(|cause| last("bpfstream_export_failed_total", &format!("{label},cause=\"{cause}\"")))
+            .sum();
+        assert_eq!(failed, (c.export_queue_full + c.export_rejected + c.export_unencoded) as f64, "{stream}");
+        let exported_or_failed = c.exported as f64 + failed + c.export_unflushed as f64 + c.dropped as f64;
+        assert_eq!(exported_or_failed, c.produced as f64, "{stream}: the accounting, from Prometheus alone");
+    }
+    let output = "output=\"kafka://127.0.0.1:9/bpf\"";
+    assert_eq!(last("bpfstream_export_queue_depth", output), 17.0);
+    assert_eq!(last("bpfstream_export_reconnects_total", output), 3.0);
+    assert_eq!(last("bpfstream_export_connected", output), 1.0);
+    assert_eq!(last("bpfstream_build_info", "version=\"9.8.7\""), 1.0);
+    let started = last("process_start_time_seconds", "job=\"agent\"");
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(started > since_epoch - 3600.0 && started <= since_epoch, "{started}");
+    assert!(last("process_resident_memory_bytes", "job=\"agent\"") > 0.0);
+    assert!(last("process_cpu_seconds_total", "job=\"agent\"") > 0.0);
+    drop(prometheus);
+    let _ = std::fs::remove_dir_all(&dir);
+}
