@@ -293,7 +293,7 @@ fn stopped_during_start(args: &[&str], signal: i32, delay: Duration) -> serde_js
 /// The stop signals at many points of a start that waits for an engine that accepts the
 /// connection and never answers (a frozen server, a stuck proxy), NATS and Kafka: each ends the
 /// process with exit 0 and an empty summary (nothing was traced), never a hang, never an
-/// error. No engine answers within these delays (the start's deadline is 3 s).
+/// error. The start's deadline is set far beyond the delays (the stop owes nothing to it).
 #[test]
 fn a_stop_signal_at_any_point_of_a_start_against_silent_engines_ends_it_with_a_summary() {
     let Some(_kernel) = kernel_test() else { return };
@@ -303,7 +303,7 @@ fn a_stop_signal_at_any_point_of_a_start_against_silent_engines_ends_it_with_a_s
         let url = silent.url(scheme);
         for (i, ms) in [0, 1, 3, 10, 30, 100, 300, 1000, 2000].into_iter().enumerate() {
             let summary = stopped_during_start(
-                &["exec", "--json", "--output", &url],
+                &["exec", "--json", "--output", &url, "--output-option", "connect_timeout=10m"],
                 signals[i % signals.len()],
                 Duration::from_millis(ms),
             );
@@ -451,29 +451,28 @@ fn exited(pid: u32) -> bool {
     stat.rfind(')').and_then(|close| stat[close + 1..].split_whitespace().next()) == Some("Z")
 }
 
-/// Two SIGINTs 50 ms apart: the second ends the process at once with 130, in every run whose
-/// stop it reaches (with stdout blocked a stop lasts longer; an idle tracer's may be over in
-/// less than 50 ms, and then the process exited 0 before the second was sent, which the test
-/// checks rather than guesses).
+/// Two SIGINTs 50 ms apart: the second ends the process at once with 130 in every run whose
+/// stop it reaches. A stop may be over in less than 50 ms (a reader blocked long before is given
+/// up at once): then the process exited 0 before the second was sent, which the test checks
+/// rather than guesses. With `--json` under a storm most stops last longer.
 #[test]
 fn two_sigints_50_ms_apart_exit_130_whenever_the_second_finds_the_stop() {
     let Some(_kernel) = kernel_test() else { return };
     let _storm = Storm::start();
+    let mut at_once = 0;
     for round in 0..10 {
         let (_read, write) = blocked_pipe();
-        let run = match round % 2 {
-            0 => start_to(&["syscalls", "--name", STORM_COMM], write),
-            _ => start_to(&["syscalls", "--name", "bpfs-nothing"], Stdio::null()),
-        };
+        let run = start_to(&["syscalls", "--json", "--name", STORM_COMM], write);
         std::thread::sleep(Duration::from_millis(300));
         let pid = run.pid();
-        // SAFETY: kill(2) on our own child, which is not reaped until `wait` below.
+        // SAFETY: kill(2) on our own child, which is not reaped until `stop` below.
         unsafe { libc::kill(pid as i32, libc::SIGINT) };
         std::thread::sleep(Duration::from_millis(50));
         let over = exited(pid);
         let finished = run.stop();
         let expected = if over { 0 } else { 130 };
         assert_eq!(finished.status.code(), Some(expected), "round {round}: {}", finished.stderr);
-        assert!(round % 2 == 1 || !over, "a stop with stdout blocked was over within 50 ms");
+        at_once += u32::from(!over);
     }
+    assert!(at_once > 0, "every stop was over within 50 ms: the second SIGINT was never tried");
 }
