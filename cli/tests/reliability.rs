@@ -402,6 +402,26 @@ fn any_memory_limit_is_one_line_and_exit_1_never_an_abort() {
     assert!(started && refused > 0, "no limit in 30..200 MiB refused the start");
 }
 
+/// The same with the Kafka client (librdkafka, which aborts when an allocation or a thread's
+/// creation fails) starting against a port nobody listens on: every limit ends in one line and
+/// exit 1 (out of memory, or the broker that could not be reached).
+#[test]
+fn any_memory_limit_with_the_kafka_client_is_one_line_and_exit_1() {
+    let Some(_kernel) = kernel_test() else { return };
+    let url = format!("kafka://127.0.0.1:{}/bpfs-nobody", common::engine::free_port());
+    let args = ["exec", "--output", &url, "--output-option", "connect_timeout=300ms"];
+    let mut started = false;
+    for mib in (30..=200).step_by(10) {
+        let (status, stderr) = run_limited(&["prlimit", &format!("--as={}", mib << 20)], &args);
+        started |= status.code().is_some_and(|c| c != 127);
+        if started {
+            assert_eq!(status.code(), Some(1), "{mib} MiB: {stderr}");
+            assert!(one_line(&stderr).starts_with("bpfstream: "), "{mib} MiB: {stderr}");
+        }
+    }
+    assert!(started);
+}
+
 /// With a descriptor limit too low for its maps, the start fails in one line that names it.
 #[test]
 fn a_descriptor_limit_too_low_is_named() {

@@ -18,6 +18,9 @@ use crate::pipeline::{Delivery, Failure, Message, Publisher};
 use crate::start::{self, Budget};
 use crate::{ConnectPolicy, Endpoint, ExportConfig, ExportError, Identity};
 
+/// How long a look for a topic that may have disappeared, and its creation, wait.
+const HEAL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long librdkafka tries to deliver an event before it reports a timeout (its own default
 /// is 5 minutes); a timeout makes the exporter start a new producer and publish again.
 const MESSAGE_TIMEOUT_MS: &str = "10000";
@@ -139,6 +142,7 @@ impl KafkaPublisher {
     /// saying in `budget` what it waits for.
     pub async fn connect(config: &ExportConfig, settings: Settings, budget: Budget) -> Result<Self, ExportError> {
         let Endpoint::Kafka { brokers, topic } = &config.endpoint else { unreachable!("a Kafka endpoint") };
+        check_room_for_librdkafka()?;
         let errors = LastError::default();
         let producer: Producer = settings.client.create_with_context(errors.clone()).map_err(|e| match e {
             e @ KafkaError::ClientConfig(..) => ExportError::Option(format!("Kafka: {e}")),
@@ -182,6 +186,36 @@ impl KafkaPublisher {
         }
         current.clone()
     }
+}
+
+/// Address space librdkafka needs beyond what the process uses before it starts: its threads'
+/// stacks (one per broker and a few of its own, `ulimit -s` each: 8 MiB by default), an admin
+/// client's to create a topic, its queues.
+const LIBRDKAFKA_ROOM: u64 = 64 << 20;
+
+/// librdkafka ends the process (an assertion, an abort) when an allocation or a thread's
+/// creation fails: under an address-space limit (`ulimit -v`) that leaves it too little room,
+/// the start is refused instead, with one line.
+fn check_room_for_librdkafka() -> Result<(), ExportError> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit(2) fills the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
+        return Ok(());
+    }
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let used = pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    let left = limit.rlim_cur.saturating_sub(used);
+    if left >= LIBRDKAFKA_ROOM {
+        return Ok(());
+    }
+    Err(ExportError::Client(format!(
+        "out of memory: the address-space limit (ulimit -v) leaves {} MiB, and the Kafka client (librdkafka, which \
+         aborts when an allocation fails) needs about {} MiB: raise the limit",
+        left >> 20,
+        LIBRDKAFKA_ROOM >> 20
+    )))
 }
 
 /// The topic events go to: checked (and created when asked to) at start, and created again
@@ -249,6 +283,23 @@ impl Topic {
         asked.await.unwrap_or(Err(KafkaError::Canceled))
     }
 
+    /// A publication failed: with `create=true`, looks in the background (once a second at
+    /// most) whether the topic is still there, and creates it again if it is not.
+    fn check_soon(self: &Arc<Self>, producer: &Producer) {
+        // Relaxed: a flag on its own; the task that clears it is the one it guards.
+        if !self.create || self.healing.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let (topic, producer) = (self.clone(), producer.clone());
+        tokio::spawn(async move {
+            if let Ok(false) = topic.exists(&producer, HEAL_TIMEOUT).await {
+                let _ = topic.create(HEAL_TIMEOUT).await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            topic.healing.store(false, Ordering::Relaxed);
+        });
+    }
+
     async fn create(&self, timeout: Duration) -> Result<(), ExportError> {
         let topic = &self.name;
         let admin: AdminClient<DefaultClientContext> =
@@ -302,6 +353,7 @@ impl Publisher for KafkaPublisher {
             .headers(headers);
         let (producer, generation) = self.producer();
         let stalled = self.stalled.clone();
+        let topic = self.topic.clone();
         match producer.send_result(record) {
             Ok(delivery) => Box::pin(async move {
                 match delivery.await {
@@ -310,12 +362,16 @@ impl Publisher for KafkaPublisher {
                         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut) {
                             stalled.fetch_max(generation, Ordering::Relaxed);
                         }
+                        topic.check_soon(&producer);
                         Err(classify(error))
                     }
                     Err(_) => Err(Failure::Retry("the Kafka producer went away".into())),
                 }
             }),
-            Err((error, _)) => Box::pin(std::future::ready(Err(classify(error)))),
+            Err((error, _)) => {
+                self.topic.check_soon(&producer);
+                Box::pin(std::future::ready(Err(classify(error))))
+            }
         }
     }
 }
