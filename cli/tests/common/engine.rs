@@ -95,12 +95,28 @@ impl NatsServer {
 
     /// SIGSTOP (`false`) or SIGCONT (`true`): a server that holds its connections and answers
     /// nothing, as a hung or overloaded engine does.
+    /// When it returns, every thread of the server has stopped (a signal takes effect when each
+    /// thread next runs).
     pub fn run_on(&self, go: bool) {
         let child = self.child.as_ref().expect("running");
         let signal = if go { libc::SIGCONT } else { libc::SIGSTOP };
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !go && !all_stopped(child.id()) {
+            assert!(Instant::now() < deadline, "nats-server did not stop");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in /proc/PID/task/*/stat).
+fn all_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        stat.rfind(')').and_then(|close| stat[close + 1..].split_whitespace().next()) == Some("T")
+    })
 }
 
 impl Drop for NatsServer {
