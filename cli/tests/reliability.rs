@@ -480,7 +480,7 @@ fn two_sigints_50_ms_apart_exit_130_whenever_the_second_finds_the_stop() {
     let Some(_kernel) = kernel_test() else { return };
     let _storm = Storm::start();
     let mut at_once = 0;
-    for round in 0..10 {
+    for round in 0..6 {
         let (_read, write) = blocked_pipe();
         let run = start_to(&["syscalls", "--json", "--name", STORM_COMM], write);
         std::thread::sleep(Duration::from_millis(300));
