@@ -91,13 +91,18 @@ fn ship(mut exporter: Exporter, n: u64) {
     assert_eq!((stats.offered, stats.exported, stats.export_failed(), stats.in_flight()), (n, n, 0, 0), "{stats:?}");
 }
 
+/// `nats-server -js` on a free port with its store in a fresh directory named after `tag`:
+/// the server, its port and the store (to remove at the end).
+fn jetstream_server(tag: &str) -> Option<(Server, u16, String)> {
+    let store = std::env::temp_dir().join(format!("bpfstream-export-{tag}-{}", std::process::id()));
+    let store = store.to_str().unwrap().to_string();
+    let (server, port) = serve("nats-server", &["-a", "127.0.0.1", "-p", "{port}", "-js", "-sd", &store])?;
+    Some((server, port, store))
+}
+
 #[test]
 fn jetstream_acknowledges_every_event() {
-    let store = std::env::temp_dir().join(format!("bpfstream-export-test-{}", std::process::id()));
-    let store = store.to_str().unwrap().to_string();
-    let Some((_server, port)) = serve("nats-server", &["-a", "127.0.0.1", "-p", "{port}", "-js", "-sd", &store]) else {
-        return;
-    };
+    let Some((_server, port, store)) = jetstream_server("test") else { return };
     ship(start(&format!("nats://127.0.0.1:{port}/export.test"), &[]).unwrap(), 10_000);
     let missing = start(&format!("nats://127.0.0.1:{port}/export.none"), &["create=false"]).unwrap_err();
     assert!(missing.to_string().contains("no JetStream stream captures"), "{missing}");
@@ -316,11 +321,7 @@ fn options_that_weaken_the_delivery_promise_are_refused() {
 /// event, every event after the deletion acknowledged and stored once in the new stream.
 #[test]
 fn jetstream_stream_deleted_mid_run_is_made_again_and_delivery_resumes() {
-    let store = std::env::temp_dir().join(format!("bpfstream-export-heal-{}", std::process::id()));
-    let store = store.to_str().unwrap().to_string();
-    let Some((_server, port)) = serve("nats-server", &["-a", "127.0.0.1", "-p", "{port}", "-js", "-sd", &store]) else {
-        return;
-    };
+    let Some((_server, port, store)) = jetstream_server("heal") else { return };
     let subject = "export.heal";
     let mut exporter = start(&format!("nats://127.0.0.1:{port}/{subject}"), &["flush_timeout=30s"]).unwrap();
     let send = |exporter: &mut Exporter, n: usize| (0..n).for_each(|_| assert!(exporter.send(b"{}")));
