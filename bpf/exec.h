@@ -28,6 +28,7 @@ struct exec_event {
 	__u16 filename_len;	/* bytes of filename after this header */
 	__u16 args_len;		/* bytes of args after the filename */
 	char comm[16];
+	char filename[] __bpfstream_len(filename_len);	/* then args[args_len] */
 };
 
 #endif

@@ -32,8 +32,10 @@ struct open_start {
 	__u64 user_filename;
 	__u32 read_at_exit;
 	__u32 pad;
-	struct open_event event;
-	char filename[OPEN_READ_MAX];
+	union {
+		struct open_event event;	/* its filename[] is the rest of record[] */
+		char record[sizeof(struct open_event) + OPEN_READ_MAX];
+	};
 };
 
 /*
@@ -50,10 +52,10 @@ struct {
 	__type(value, struct open_start);
 } opens SEC(".maps");
 
-/* Reads the name into `s->filename` and sets its length; false if the page was not resident. */
+/* Reads the name into `s->event.filename` and sets its length; false if the page was not resident. */
 static __always_inline bool read_filename(struct open_start *s, const char *user)
 {
-	long n = bpf_probe_read_user_str(s->filename, OPEN_READ_MAX, user);
+	long n = bpf_probe_read_user_str(s->event.filename, OPEN_READ_MAX, user);
 
 	if (n < 1)
 		return false;

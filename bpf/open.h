@@ -20,7 +20,8 @@ struct open_event {
 	__u16 truncated;	/* 1: the name was longer than OPEN_FILENAME_MAX and is cut there */
 	char comm[16];
 	__u32 pad;		/* to the struct's 8-byte alignment; 0 */
-	/* char filename[filename_len] follows: the record is exactly as long as the name */
+	/* the record is exactly as long as the name */
+	char filename[] __bpfstream_len(filename_len);
 };
 
 #endif

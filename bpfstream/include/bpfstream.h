@@ -377,6 +377,26 @@ static __always_inline long bpfstream_output_in(void *events, void *stats, void 
 #define bpfstream_output_to(name, ctx, data, len) bpfstream_output_in(&name, &name##_stats, (ctx), (data), (len))
 
 /*
+ * Names the field that holds the length (in elements) of a struct's trailing flexible array
+ * member, for decoders that read the record from BTF (`bpfstream run`):
+ *
+ *   struct ev { __u16 name_len; char name[] __bpfstream_len(name_len); };
+ *
+ * The array starts at its offset in the struct, as C lays it out (offsetof(struct ev, name),
+ * which may be less than sizeof(struct ev)): send offsetof(struct ev, name) + name_len bytes.
+ * A BTF declaration tag (clang 14+; nothing with older compilers, where the array is read to the
+ * end of the record).
+ */
+#ifdef __has_attribute
+#if __has_attribute(btf_decl_tag)
+#define __bpfstream_len(field) __attribute__((btf_decl_tag("bpfstream_len:" #field)))
+#endif
+#endif
+#ifndef __bpfstream_len
+#define __bpfstream_len(field)
+#endif
+
+/*
  * Keeps `struct name` in the object's BTF (clang emits BTF only for the types of globals and
  * function signatures), so userspace can check its #[repr(C)] mirror against what clang laid
  * out (bpfstream::btf). A read-only global that is never read: it costs nothing at run time.

@@ -18,6 +18,11 @@
 //! Tracer output goes to files in /dev/shm, parsed after each window, so that no reader
 //! competes with the tracer for the CPU while it is measured.
 //!
+//! `bpfstream run` on the syscalls tracer's own object, JSON lines decoded from its BTF, runs
+//! against `bpfstream syscalls --json` on the same storm with the same buffer and wakeups: the
+//! ratio of their CPU per event (medians of one run) is the cost of decoding from BTF against
+//! the tracer's hand-written formatting.
+//!
 //! Then bursts (BPFSTREAM_BENCH_STORM=burst: only those): 100,000 getsid, and 20,000 opens of
 //! names 1 to 4,000 bytes long, each traced by `bpfstream syscalls` / `bpfstream open` with the
 //! default buffer and with the former default of 256 KiB, the reader running as usual: the
@@ -200,6 +205,15 @@ fn syscount(args: &[&str]) -> Option<Vec<String>> {
     Some(v)
 }
 
+/// The syscalls tracer's object, as `bpfstream run` takes it.
+const SYSCALLS_OBJECT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../bpf/obj/syscalls.ring.bpf.o");
+/// `bpfstream syscalls --json` and `bpfstream run` on its object: the tracer's default buffer
+/// and wakeups for both.
+const SAME_BUFFER: &str = "--buffer-size=16M";
+const SAME_WAKEUP: &str = "--wakeup=bytes:64K";
+/// The decoding cost `run` may have: at most this many times the tracer's CPU per event.
+const RUN_TARGET: f64 = 1.5;
+
 fn configs() -> Vec<TracerConfig> {
     let getppid = StormKind::Getppid;
     let open = StormKind::Open;
@@ -211,6 +225,22 @@ fn configs() -> Vec<TracerConfig> {
         c("bpfstream-filtered-out", getppid, bpfstream(&["syscalls", "--pid", "1"])),
         c("bpfstream-ring", getppid, bpfstream(&["syscalls", "--pid", "{pid}"])),
         c("bpfstream-perf", getppid, bpfstream(&["syscalls", "--buffer", "perf", "--pid", "{pid}"])),
+        c("bpfstream-json", getppid, bpfstream(&["syscalls", "--json", "--pid", "{pid}", SAME_BUFFER, SAME_WAKEUP])),
+        c(
+            "run-syscalls-json",
+            getppid,
+            bpfstream(&[
+                "run",
+                SYSCALLS_OBJECT,
+                "--type",
+                "syscall_event",
+                "--json",
+                "--pid",
+                "{pid}",
+                SAME_BUFFER,
+                SAME_WAKEUP,
+            ]),
+        ),
         TracerConfig {
             counted: Counted::BpfstreamSummary,
             ..c("bpfstream-summary", getppid, bpfstream(&["syscalls", "--summary", "--pid", "{pid}"]))
@@ -702,4 +732,24 @@ fn report(
     for line in json {
         println!("{line}");
     }
+    run_ratio(configs, windows);
+}
+
+/// `bpfstream run`'s CPU per event over `bpfstream syscalls --json`'s, against its target.
+fn run_ratio(configs: &[TracerConfig], windows: &[Vec<Window>]) {
+    let cpu = |name: &str| {
+        let i = configs.iter().position(|c| c.name == name)?;
+        Some(median(windows[i].iter().map(|w| w.cpu_ns_per_event).collect())).filter(|v| v.is_finite())
+    };
+    let (Some(run), Some(builtin)) = (cpu("run-syscalls-json"), cpu("bpfstream-json")) else { return };
+    let ratio = run / builtin;
+    let verdict = if ratio <= RUN_TARGET { "met" } else { "MISSED" };
+    println!(
+        "run on the syscalls object: {run:.0} ns/event, bpfstream syscalls --json: {builtin:.0} ns/event: \
+         {ratio:.2}x (target <= {RUN_TARGET}x: {verdict})"
+    );
+    println!(
+        "{{\"bench\":\"tracers\",\"ratio\":\"run_over_syscalls_json_cpu_per_event\",\"value\":{},\"target\":{RUN_TARGET}}}",
+        json_number(ratio, 3)
+    );
 }

@@ -37,6 +37,7 @@ mod objects;
 mod output;
 mod plot;
 mod privileges;
+mod run;
 mod signals;
 mod size;
 mod stopped;
@@ -77,6 +78,8 @@ enum Command {
     /// The chapter's exercises as experiments: sizing, compare, batching, backpressure,
     /// multi-ring (or all of them into a report)
     Lab(lab::LabArgs),
+    /// Run any BPF object (CO-RE, with BTF) and stream its events, decoded from its BTF
+    Run(run::RunArgs),
     /// Many streams in one process from a TOML file: one exporter, Prometheus metrics, container
     /// identity (--check FILE validates a file)
     Agent(agent::AgentArgs),
@@ -89,6 +92,7 @@ impl Command {
             Command::Syscalls(args) => Some(&args.common),
             Command::Exec(args) => Some(&args.common),
             Command::Open(args) => Some(&args.common),
+            Command::Run(args) => Some(&args.common),
             Command::Bench(_) | Command::Lab(_) | Command::Agent(_) => None,
         }
     }
@@ -103,7 +107,12 @@ fn main() -> ExitCode {
     }
     allocator::reserve_stack();
     let cli = Cli::parse();
-    let checks_only = matches!(&cli.command, Command::Agent(args) if args.only_checks());
+    // Checking a config or describing an object reads files: no privilege needed.
+    let checks_only = match &cli.command {
+        Command::Agent(args) => args.only_checks(),
+        Command::Run(args) => args.describe,
+        _ => false,
+    };
     if let Err(missing) = privileges::check().or_else(|e| if checks_only { Ok(()) } else { Err(e) }) {
         eprintln_lossy!("bpfstream: {missing}");
         return ExitCode::from(1);
@@ -144,6 +153,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Open(args) => tools::open::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Lab(args) => lab::run(args),
+        Command::Run(args) => run::run(args),
         Command::Agent(args) => agent::run(args),
     }
 }

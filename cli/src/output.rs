@@ -236,6 +236,18 @@ impl JsonLine {
         self
     }
 
+    pub fn null(mut self, key: &str) -> Self {
+        self.key(key);
+        self.buf.push_str("null");
+        self
+    }
+
+    /// Appends what `write` writes: fields already in JSON (`,"key":value...`).
+    pub fn raw(mut self, write: impl FnOnce(&mut String)) -> Self {
+        write(&mut self.buf);
+        self
+    }
+
     pub fn boolean(mut self, key: &str, value: bool) -> Self {
         self.key(key);
         self.buf.push_str(if value { "true" } else { "false" });

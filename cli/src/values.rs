@@ -108,7 +108,7 @@ pub fn parse_comm(text: &OsStr) -> Result<Comm, String> {
 }
 
 /// `\xNN` → the byte, `\\` → a backslash; any other backslash is an error.
-fn unescape(text: &[u8]) -> Result<Vec<u8>, String> {
+pub fn unescape(text: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(text.len());
     let mut rest = text;
     while let Some((&b, tail)) = rest.split_first() {

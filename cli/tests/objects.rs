@@ -1,6 +1,6 @@
 //! Every BPF object in `bpf/obj/` loads, passes the verifier and attaches on the running kernel:
 //! each program of each object in both transports, attached where its ELF section says
-//! (`tracepoint/CATEGORY/NAME`, `raw_tp/NAME`, `uprobe`), ring objects once per wakeup policy
+//! (`tracepoint/CATEGORY/NAME`, `raw_tp/NAME`, `tp_btf/NAME`, `uprobe`), ring objects once per wakeup policy
 //! (a load-time constant the verifier prunes by, so each policy is another program to verify). The objects are listed from the
 //! directory, so an object added there is checked without being named here; an object or a
 //! section kind this test has no rule for fails it. Run on every kernel of the matrix
@@ -22,14 +22,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::programs::uprobe::UProbeScope;
-use aya::programs::{RawTracePoint, TracePoint, UProbe};
+use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use bpfstream::WakeupPolicy;
 use common::{assert_nothing_left, id_watermarks, kernel_test};
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
-/// The tools with objects in `bpf/obj/`, each built as `TOOL.ring.bpf.o` and `TOOL.perf.bpf.o`.
-const TOOLS: [&str; 7] = ["bench", "exec", "lab_degrade", "lab_load", "open", "ping", "syscalls"];
+/// The tools (and examples) with objects in `bpf/obj/`, each built as `TOOL.ring.bpf.o` and
+/// `TOOL.perf.bpf.o`.
+const TOOLS: [&str; 8] = ["bench", "exec", "execsnoop", "lab_degrade", "lab_load", "open", "ping", "syscalls"];
 
 /// Where uprobes of objects without a fixed target (`SEC("uprobe")`) are attached.
 #[no_mangle]
@@ -106,6 +107,11 @@ fn attach(bpf: &mut Ebpf, program: &str, section: &str) -> Result<()> {
             let p: &mut RawTracePoint = p.try_into()?;
             p.load().context("verifying")?;
             p.attach(name)?;
+        }
+        ["tp_btf", name] => {
+            let p: &mut BtfTracePoint = p.try_into()?;
+            p.load(name, &aya::Btf::from_sys_fs()?).context("verifying")?;
+            p.attach()?;
         }
         ["uprobe"] => {
             let p: &mut UProbe = p.try_into()?;

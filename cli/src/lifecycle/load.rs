@@ -156,8 +156,9 @@ pub fn load(spec: &TracerSpec, options: &BufferOptions) -> Result<(Ebpf, Transpo
     Ok((bpf, transport))
 }
 
-fn load_error(what: &str, e: aya::EbpfError) -> anyhow::Error {
-    let text = crate::limits::chain(&e);
+/// A failed load, with the privilege a refusal points at.
+pub fn load_error(what: &str, e: aya::EbpfError) -> anyhow::Error {
+    let text = crate::limits::chain(&e); // with its causes, each once
     let hint = if text.contains("Operation not permitted") || text.contains("EPERM") {
         crate::privileges::eperm_hint()
     } else {
@@ -209,7 +210,13 @@ fn is_permission_denied(error: &bpfstream::Error) -> bool {
 
 /// The event stream of a loaded object: its `events` map with its drop counters.
 pub fn open_source(bpf: &Ebpf, options: &BufferOptions) -> Result<EventSource> {
-    let events = bpf.map(EVENTS_MAP).ok_or_else(|| anyhow!("BPF object has no {EVENTS_MAP} map"))?;
+    open_stream(bpf, EVENTS_MAP, Some(DropCounters::MAP), options)
+}
+
+/// The event stream of the map `map`, with the drop counters of the map `counters` (`None`: an
+/// object that sends without bpfstream.h's counters).
+pub fn open_stream(bpf: &Ebpf, map: &str, counters: Option<&str>, options: &BufferOptions) -> Result<EventSource> {
+    let events = bpf.map(map).ok_or_else(|| anyhow!("BPF object has no {map} map"))?;
     let fd = map_fd(events)?;
     let perf_pages = (options.size as usize / crate::host::page_size()).max(1);
     let mut source = match EventSource::open(fd, PerfOptions { pages_per_cpu: perf_pages, wakeup: options.perf_wakeup })
@@ -220,6 +227,7 @@ pub fn open_source(bpf: &Ebpf, options: &BufferOptions) -> Result<EventSource> {
         opened => opened?,
     };
     source.expect_wakeups(options.ring_wakeup);
-    let stats = bpf.map(DropCounters::MAP).ok_or_else(|| anyhow!("BPF object has no {} map", DropCounters::MAP))?;
+    let Some(counters) = counters else { return Ok(source) };
+    let stats = bpf.map(counters).ok_or_else(|| anyhow!("BPF object has no {counters} map"))?;
     Ok(source.with_counters(DropCounters::new(map_fd(stats)?)?))
 }

@@ -14,9 +14,10 @@ mod run;
 mod stop;
 mod summary;
 
-pub use args::{BufferOptions, BurstBudget, CommonArgs, EventRate};
+pub use args::{BufferKind, BufferOptions, BurstBudget, CommonArgs, EventRate};
 pub use load::{
-    attach, load, map_fd, open_source, task_filter_globals, Attach, Global, Objects, TracerSpec, EVENTS_MAP,
+    attach, load, load_error, map_fd, open_source, open_stream, task_filter_globals, Attach, Global, Objects,
+    TracerSpec, EVENTS_MAP,
 };
 pub use run::{Sink, Tracer};
 pub use summary::is_broken_pipe;

@@ -110,7 +110,7 @@ impl Feed<'_> {
 pub struct Tracer {
     bpf: Ebpf,
     source: EventSource,
-    what: &'static str,
+    what: String,
     size: u64,
     /// Loss reports as JSON lines on stdout (`--json`) instead of lines on stderr.
     json: bool,
@@ -142,9 +142,15 @@ impl Tracer {
         // event, or those events would be dropped for want of a slot.
         let source = open_source(&bpf, options)?;
         attach(&mut bpf, spec)?;
-        let tracer = Tracer { bpf, source, what: spec.what, size: options.size, json: false };
+        Ok(Self::attached(bpf, source, spec.what.to_owned(), options.size))
+    }
+
+    /// An object loaded and attached, streaming `source` (a buffer of `size` bytes, per CPU for
+    /// perf): announces `Tracing <what> via ...` on stderr.
+    pub fn attached(bpf: Ebpf, source: EventSource, what: String, size: u64) -> Self {
+        let tracer = Tracer { bpf, source, what, size, json: false };
         eprintln_lossy!("Tracing {} via {}... Hit Ctrl-C to end.", tracer.what, tracer.describe_buffer());
-        Ok(tracer)
+        tracer
     }
 
     /// `ring buffer (256 KiB)` or `perf buffer (256 KiB per CPU, 2 CPUs: 512 KiB)`.

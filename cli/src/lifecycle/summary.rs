@@ -31,6 +31,8 @@ pub struct Summary {
     pub burst: Option<(u64, Option<u64>)>,
     /// With `--output`: the exporter's accounting after its final flush (`crate::export`).
     pub export: Option<crate::export::ExportSummary>,
+    /// A ring without drop counters: what it dropped is not known (`"dropped": null`).
+    pub dropped_unknown: bool,
     ending: Ending,
 }
 
@@ -62,6 +64,7 @@ impl Summary {
             elapsed,
             burst,
             export: None,
+            dropped_unknown: false,
             ending,
         }
     }
@@ -103,9 +106,9 @@ impl Summary {
     fn json(&self, kind: &str, unwritten: u64) -> JsonLine {
         let secs = self.elapsed.as_secs_f64();
         let written = self.events.saturating_sub(unwritten);
-        let mut line = JsonLine::new(kind)
-            .num("events", written)
-            .num("dropped", self.dropped)
+        let line = JsonLine::new(kind).num("events", written);
+        let line = if self.dropped_unknown { line.null("dropped") } else { line.num("dropped", self.dropped) };
+        let mut line = line
             .num("unwritten", unwritten)
             .str("buffer", self.transport.name())
             .num("buffer_bytes", self.buffer_bytes);
@@ -127,7 +130,10 @@ impl Summary {
 
     /// One line for humans (stderr).
     fn text(&self, unwritten: u64) -> String {
-        let mut s = format!("{} events, {} dropped", self.events.saturating_sub(unwritten), self.dropped);
+        let mut s = format!("{} events", self.events.saturating_sub(unwritten));
+        if !self.dropped_unknown {
+            s.push_str(&format!(", {} dropped", self.dropped));
+        }
         if unwritten > 0 {
             s.push_str(&format!(", {unwritten} unwritten (stdout did not take them)"));
         }

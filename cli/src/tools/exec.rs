@@ -29,7 +29,7 @@ use crate::output::{c_str, display_bytes, JsonLine, TimeColumn};
 pub const ARGS_MAX: u32 = 128;
 
 bpfstream::record! {
-    /// `struct exec_event` of bpf/exec.h; the filename and the arguments follow it.
+    /// `struct exec_event` of bpf/exec.h.
     #[derive(Debug)]
     pub struct ExecEvent {
         pub ts_ns: u64,
@@ -42,6 +42,8 @@ bpfstream::record! {
         pub filename_len: u16,
         pub args_len: u16,
         pub comm: [u8; 16],
+        /// The flexible `filename[]`: its bytes follow the header, then the arguments'.
+        pub filename: [u8; 0],
     }
 }
 

@@ -23,7 +23,7 @@ use crate::tools::per_cpu_total;
 pub const FILENAME_MAX: usize = 4096;
 
 bpfstream::record! {
-    /// `struct open_event` of bpf/open.h; the filename follows it.
+    /// `struct open_event` of bpf/open.h.
     #[derive(Debug)]
     pub struct OpenEvent {
         pub ts_ns: u64,
@@ -38,6 +38,8 @@ bpfstream::record! {
         pub truncated: u16,
         pub comm: [u8; 16],
         pub pad: u32,
+        /// The flexible `filename[]`: its bytes follow the header.
+        pub filename: [u8; 0],
     }
 }
 

@@ -1,0 +1,364 @@
+//! `bpfstream run OBJECT` against the real kernel: a record with a field of every kind, its
+//! variable-length tail included, arrives decoded from BTF in both transports, with `--set`
+//! typed values; a program without bpfstream.h streams and says its drops are not counted;
+//! every section kind attaches where it says (kprobes where the kernel has them), what cannot
+//! attach is refused by name; bad objects and options are one line and exit 2; the project's own
+//! objects through `run` give what the built-in tracers give, field for field.
+//!
+//! The programs are bpf/tests/*.bpf.c, compiled now where clang is installed (else the committed
+//! objects of bpf/obj/tests/, which `bpf/build.sh --check` keeps in step with the sources).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::workload::{Step, Workload};
+use common::*;
+use serde_json::{json, Value};
+
+/// The uprobe of bpf/tests/run_kinds.bpf.c: one record per call.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn bpfstream_run_kinds(seq: u64, len: u64) -> u64 {
+    std::hint::black_box(seq.wrapping_add(len))
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Where the test programs' objects are: built from bpf/tests/ now when clang is there, on a
+/// machine whose time is not scaled (an emulated guest would spend minutes compiling).
+fn objects() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let committed = repo().join("bpf/obj/tests");
+        let clang = Command::new("clang").arg("--version").output().is_ok_and(|o| o.status.success());
+        if !clang || time_scale::is_scaled() {
+            let why = if clang { "time is scaled (an emulated guest)" } else { "clang is not installed" };
+            eprintln!("{why}: using the committed objects of bpf/obj/tests, not building bpf/tests/*.bpf.c");
+            return committed;
+        }
+        let dir = temp_dir("run-objects");
+        let sources: Vec<PathBuf> = std::fs::read_dir(repo().join("bpf/tests"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(".bpf.c"))
+            .collect();
+        let built = Command::new(repo().join("bpf/build.sh")).arg("--out").arg(&dir).args(&sources).status().unwrap();
+        assert!(built.success(), "bpf/build.sh --out {} bpf/tests/*.bpf.c failed", dir.display());
+        dir
+    })
+}
+
+fn object(name: &str) -> String {
+    objects().join(name).to_str().unwrap().to_owned()
+}
+
+/// The kinds record the program sends for `seq` and `len` with the test's --set values.
+fn kinds_event(seq: u64, len: usize) -> Value {
+    let data: String = (0..len).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    json!({
+        "type": "kinds_event", "u8": 255, "s8": -1, "u16": 65535, "s16": -32768, "u32": 1000 + seq,
+        "s32": -2147483648i64, "u64": u64::MAX, "s64": -5, "flag": true, "color": "BLUE", "unnamed_color": 7,
+        "text": "hello", "bytes": "\\xffa\\xfe", "bytes_hex": "ff61fe", "numbers": [1, 2, 3],
+        "points": [{"x": 1, "y": -1}, {"x": 2, "y": -2}], "origin": {"x": 0, "y": 0},
+        "word": {"u": 67305985, "b": [1, 2, 3, 4]}, "inner_a": 10, "inner_b": 20, "ptr": "0xdeadbeef",
+        "low": 5, "mid": 4097, "high": 65535, "neg": -16, "type_": 99, "data_len": len, "data": data,
+    })
+}
+
+fn every_kind_arrives_decoded(transport: &str) {
+    let Some(_kernel) = kernel_test() else { return };
+    let before = id_watermarks();
+    let exe = std::env::current_exe().unwrap();
+    let target = format!("{}:bpfstream_run_kinds", exe.display());
+    let file = object(&format!("run_kinds.{transport}.bpf.o"));
+    let sets = ["base=1000", "offset=-5", "flag_value=true", "color_value=BLUE", "label=hello"];
+    let mut args = vec!["run", &file, "--uprobe", &target, "--json"];
+    args.extend(sets.iter().flat_map(|s| ["--set", s]));
+    let run = start(&args);
+    for (seq, len) in [(7, 3), (8, 0), (9, 64), (1000, 3), (1001, 2)] {
+        bpfstream_run_kinds(seq, len);
+    }
+    let finished = run.stop();
+    assert!(finished.status.success(), "stderr:\n{}", finished.stderr);
+    let events = finished.of_type("kinds_event");
+    assert_eq!(events, [kinds_event(7, 3), kinds_event(8, 0), kinds_event(9, 64)]);
+    let summary = finished.summary();
+    assert_eq!((&summary["events"], &summary["dropped"], &summary["produced"]), (&json!(5), &json!(0), &json!(5)));
+    assert_eq!(summary["malformed"], 2, "seq 1000 is cut short, seq 1001 states more data than it has");
+    assert_eq!(summary["counters"], true);
+    assert!(finished.stderr.contains("warning: 2 records were shorter"), "{}", finished.stderr);
+    assert_nothing_left(before, &["kinds", "events", "bpfstream_stats"]);
+}
+
+#[test]
+fn every_kind_arrives_decoded_from_a_ring() {
+    every_kind_arrives_decoded("ring");
+}
+
+#[test]
+fn every_kind_arrives_decoded_from_perf_buffers() {
+    every_kind_arrives_decoded("perf");
+}
+
+/// A program with its own ring and bpf_ringbuf_output (no bpfstream.h), run by a user with
+/// CAP_BPF and CAP_PERFMON only.
+#[test]
+fn a_program_without_bpfstream_h_streams_and_says_drops_are_not_counted() {
+    let Some(_kernel) = kernel_test() else { return };
+    let child = Workload::spawn("bpfs-plain", None, vec![Step::Getppid(3)]);
+    let set = format!("target_pid={}", child.pid());
+    let file = object("run_plain.bpf.o");
+    let args = ["run", &file, "--type", "plain_event", "--set", &set, "--json", "--fields", "comm,nr"];
+    let run = start_least_privileged(&args);
+    child.go();
+    let finished = run.stop();
+    assert!(finished.status.success(), "stderr:\n{}", finished.stderr);
+    let expected = json!({"type": "plain_event", "comm": "bpfs-plain", "nr": 110});
+    assert_eq!(finished.of_type("plain_event"), vec![expected; 3]);
+    let summary = finished.summary();
+    assert_eq!(
+        (&summary["events"], &summary["dropped"], &summary["counters"]),
+        (&json!(3), &Value::Null, &json!(false))
+    );
+    assert!(summary.get("produced").is_none(), "never a made-up number: {summary}");
+}
+
+#[test]
+fn each_section_attaches_where_it_says_and_what_cannot_is_refused_by_name() {
+    let Some(_kernel) = kernel_test() else { return };
+    let file = object("run_sections.bpf.o");
+    let refused = |args: &[&str], expected: &str| {
+        let mut all = vec!["run", file.as_str()];
+        all.extend(args);
+        let (code, err) = run_to_end(&all);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+    };
+    refused(&[], "several events maps (first, second): choose one with --map NAME");
+    refused(&["--map", "first"], "names no record type: give --type STRUCT");
+    refused(
+        &["--map", "first", "--type", "section_event"],
+        "program net is in section \"xdp\", which run cannot attach",
+    );
+    let kprobes = Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    if kprobes {
+        eprintln!("this kernel has kprobes: the kprobe program attaches (not refused)");
+    } else {
+        refused(&["--map", "first", "--type", "section_event", "--program", "nanosleep"], "this kernel has no kprobes");
+    }
+
+    let child = Workload::spawn(
+        "bpfs-sections",
+        None,
+        vec![Step::Getppid(3), Step::Sleep(std::time::Duration::from_millis(1))],
+    );
+    let pid = child.pid().to_string();
+    let set = format!("target_pid={pid}");
+    let mut args = vec!["run", &file, "--map", "first", "--type", "section_event", "--set", &set];
+    for program in ["raw_enter", "btf_enter", "tp_enter"].into_iter().chain(kprobes.then_some("nanosleep")) {
+        args.extend(["--program", program]);
+    }
+    let run = start(&args);
+    child.go();
+    let finished = run.stop();
+    assert!(finished.status.success(), "stderr:\n{}", finished.stderr);
+    // A table, and the summary of a program without bpfstream.h's counters on stderr.
+    assert_eq!(finished.stdout[0].split_whitespace().collect::<Vec<_>>(), ["KIND", "PID"]);
+    let mut by_kind = BTreeMap::new();
+    for row in &finished.stdout[1..] {
+        let [kind, row_pid] = row.split_whitespace().collect::<Vec<_>>()[..] else { panic!("{row:?}") };
+        assert_eq!(row_pid, pid);
+        *by_kind.entry(kind.parse::<u32>().unwrap()).or_insert(0) += 1;
+    }
+    let mut expected = BTreeMap::from([(1, 3), (2, 3), (3, 3)]); // raw_tp, tp_btf, tp: 3 getppid each
+    if kprobes {
+        expected.insert(4, 1); // kprobe/do_nanosleep: the sleep
+    }
+    assert_eq!(by_kind, expected);
+    let events = expected.values().sum::<u32>();
+    let summary = finished.stderr.lines().find(|l| l.contains(" events in ")).unwrap_or_default();
+    assert!(summary.starts_with(&format!("{events} events in ")), "no dropped count: {}", finished.stderr);
+    assert!(summary.contains("drops not counted") && !summary.contains("; produced "), "{summary}");
+}
+
+#[test]
+fn bad_objects_and_options_are_one_line_and_exit_2() {
+    let dir = temp_dir("run-bad");
+    let text = dir.join("notes.txt");
+    std::fs::write(&text, "not an object\n").unwrap();
+    let mut unbtf = std::fs::read(object("run_plain.bpf.o")).unwrap();
+    rename(&mut unbtf, b".BTF\0", b".XTF\0");
+    let no_btf = dir.join("no_btf.bpf.o");
+    std::fs::write(&no_btf, unbtf).unwrap();
+    let (kinds, plain, externs) =
+        (object("run_kinds.ring.bpf.o"), object("run_plain.bpf.o"), object("run_externs.ring.bpf.o"));
+    let uprobe = "--uprobe=/bin/true:main";
+    let cases: &[(&[&str], &str)] = &[
+        (&[text.to_str().unwrap()], "notes.txt: not an ELF object"),
+        (&["/nonexistent/x.bpf.o"], "/nonexistent/x.bpf.o: No such file or directory"),
+        (&[no_btf.to_str().unwrap()], "the object has no BTF (.BTF section): compile it with clang -g"),
+        (&[&externs], "cannot resolve externs: LINUX_KERNEL_VERSION (a __kconfig extern"),
+        (&[&plain], "the object names no record type: give --type STRUCT"),
+        (&[&plain, "--type", "nope"], "no struct nope in the object's BTF"),
+        (&[&plain, "--type", "plain_event", "--map", "nope"], "--map nope: the object has no map nope"),
+        (&[&plain, "--type", "plain_event", "--map", "rb", "--map", "rb"], "several --map at once are not served yet"),
+        (
+            &[&plain, "--type", "plain_event", "--set", "nope=1"],
+            "--set nope: the object has no read-only global nope (its globals: target_pid)",
+        ),
+        (&[&plain, "--type", "plain_event", "--set", "target_pid=-1"], "--set target_pid=-1: \"-1\" is not a __u32"),
+        (
+            &[&plain, "--type", "plain_event", "--pid", "1"],
+            "--pid, --uid, --name, -n and --cgroup set the globals of bpfstream_filter.h",
+        ),
+        (&[&plain, "--type", "plain_event", "--fields", "pid,nope"], "--fields: plain_event has no field \"nope\""),
+        (&[&plain, "--type", "plain_event", "-T"], "-T and --elapsed read the record's ts_ns"),
+        (&[&plain, "--type", "plain_event", "--json", "--cgroup-path"], "--cgroup-path reads the record's cgroup_id"),
+        (&[&plain, "--type", "plain_event", "--buffer", "perf"], "--buffer perf: the object's map rb is a ring buffer"),
+        (
+            &[&plain, "--type", "plain_event", "--wakeup", "every"],
+            "--wakeup: the object's programs choose their own ring wakeups",
+        ),
+        (&[&kinds], "program kinds (uprobe) names no function in its section: give --uprobe PATH:SYMBOL"),
+        (
+            &[&kinds, uprobe, "--set", "label=123456789"],
+            "--set label=123456789: 9 bytes do not fit in char[8] with its NUL",
+        ),
+        (&[&kinds, uprobe, "--set", "color_value=PURPLE"], "enum color takes one of RED, GREEN, BLUE"),
+        (
+            &[&kinds, uprobe, "--program", "nope"],
+            "--program nope: the object has no program nope (its programs: kinds)",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut all = vec!["run"];
+        all.extend(args.iter());
+        let (code, err) = run_to_end(&all);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+}
+
+/// Renames every ELF section name ending in `from` (`.BTF` and `.rel.BTF`).
+fn rename(bytes: &mut [u8], from: &[u8], to: &[u8]) {
+    for at in 0..bytes.len() - from.len() {
+        if &bytes[at..at + from.len()] == from {
+            bytes[at..at + to.len()].copy_from_slice(to);
+        }
+    }
+}
+
+#[test]
+fn describe_shows_the_object_without_privileges() {
+    let file = object("run_kinds.ring.bpf.o");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([bin(), "run", &file, "--describe"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for expected in [
+        "events                   ringbuf            max_entries 262144  <- streamed",
+        "kinds                    uprobe                           refused: program kinds (uprobe) names no function",
+        "label                    char[8]                  = \"none\"",
+        "color_value              enum color               = RED",
+        "record: struct kinds_event (112 bytes; BPFSTREAM_EXPORT_STRUCT)",
+        "   110     -  data                     char[] (variable length: data_len elements)",
+        "    96:3     4  mid                      __u32 (13-bit bitfield)",
+        "privileges: CAP_BPF + CAP_PERFMON",
+    ] {
+        assert!(text.contains(expected), "{expected:?} in:\n{text}");
+    }
+}
+
+/// The built-in tracer and `run` on its own object, side by side on one workload: every field
+/// the record carries has the same value in both (and `--cgroup-path`'s), but the time stamps
+/// (each program takes its own) and what the tracer computes in userspace (syscall names, argv).
+fn same_events(
+    tracer: &[&str],
+    run: &[&str],
+    (kind, record): (&str, &str),
+    must: &[&str],
+    workload: impl FnOnce(),
+) -> usize {
+    let builtin = start(tracer);
+    let through_run = start(run);
+    workload();
+    let (a, b) = (builtin.stop(), through_run.stop());
+    assert!(a.status.success() && b.status.success(), "stderr:\n{}\n{}", a.stderr, b.stderr);
+    let (a, b) = (a.of_type(kind), b.of_type(record));
+    assert_eq!(a.len(), b.len(), "{tracer:?}: {a:#?}\n{run:?}: {b:#?}");
+    for (x, y) in a.iter().zip(&b) {
+        let compared: Vec<&String> = y.as_object().unwrap().keys().filter(|k| x.get(k.as_str()).is_some()).collect();
+        for key in &compared {
+            if !["type", "ts_ns", "duration_ns"].contains(&key.as_str()) {
+                assert_eq!(x[key.as_str()], y[key.as_str()], "{key}: {x} against {y}");
+            }
+        }
+        for key in must {
+            assert!(compared.iter().any(|k| k == key), "{key} compared: {compared:?}");
+        }
+    }
+    a.len()
+}
+
+/// Left out where time is scaled (an emulated guest): it compares the decoding of the same
+/// bytes as here, and its six tracers would take half of this binary's time there.
+#[test]
+fn the_tracers_objects_through_run_give_what_the_tracers_give() {
+    let Some(_kernel) = kernel_test() else { return };
+    if time_scale::is_scaled() {
+        eprintln!("time is scaled (an emulated guest): the side-by-side comparison runs on the host");
+        return;
+    }
+    let obj = |name: &str| repo().join("bpf/obj").join(name).to_str().unwrap().to_owned();
+
+    let mut steps = vec![Step::Getppid(20)];
+    for i in 0..3 {
+        let path = std::ffi::CString::new(format!("/nonexistent-bpfstream-run/{i}")).unwrap();
+        steps.push(Step::OpenAt { dirfd: libc::AT_FDCWD, path, flags: libc::O_RDONLY });
+    }
+    let child = Workload::spawn("bpfs-dogfood", None, steps.clone());
+    let pid = child.pid().to_string();
+    let file = obj("syscalls.ring.bpf.o");
+    let n = same_events(
+        &["syscalls", "--json", "--cgroup-path", "--pid", &pid],
+        &["run", &file, "--type", "syscall_event", "--json", "--cgroup-path", "--pid", &pid],
+        ("syscall", "syscall_event"),
+        &["pid", "tid", "comm", "nr", "ret", "cgroup_id", "cgroup"],
+        || drop(child.go()),
+    );
+    assert_eq!(n, 23);
+
+    let child = Workload::spawn("bpfs-dogfood", None, steps);
+    let pid = child.pid().to_string();
+    let file = obj("open.ring.bpf.o");
+    let n = same_events(
+        &["open", "--json", "--pid", &pid],
+        &["run", &file, "--json", "--pid", &pid],
+        ("open", "open_event"),
+        &["pid", "tid", "comm", "flags", "ret", "cgroup_id", "filename"],
+        || drop(child.go()),
+    );
+    assert_eq!(n, 3, "the three openat, filenames compared");
+
+    let dir = temp_dir("run-dogfood");
+    let name = "bpfs-rundog";
+    let binary = probe_binary(&dir, name);
+    let file = obj("exec.ring.bpf.o");
+    let run = ["run", &file, "--json", "--name", name];
+    let must = ["pid", "ppid", "uid", "comm", "ret", "cgroup_id", "filename"];
+    let n = same_events(&["exec", "--json", "--name", name], &run, ("exec", "exec_event"), &must, || {
+        assert!(Command::new(&binary).status().unwrap().success());
+    });
+    assert_eq!(n, 1, "filename compared; argv is split in userspace by the tracer");
+}
