@@ -83,12 +83,20 @@ impl Queue {
     pub fn start(fd: RawFd) -> io::Result<Arc<Queue>> {
         let queue = Self::new(fd, None);
         let writer = queue.clone();
-        crate::signals::spawn_unsignalled(THREAD, move || writer.write_loop()).map_err(|e| {
+        let (running, started) = std::sync::mpsc::channel();
+        let work = move || {
+            let _ = running.send(());
+            writer.write_loop()
+        };
+        crate::signals::spawn_unsignalled(THREAD, work).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("cannot start the {THREAD} thread: {e} (a process or memory limit: ulimit -u, ulimit -v?)"),
             )
         })?;
+        // Until the thread runs: its start-up allocates too (allocator.rs), and a failure there
+        // belongs to this start, not to a later moment (after an error line, say).
+        let _ = started.recv();
         Ok(queue)
     }
 
