@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bpfstream::{Event, Transport};
 use common::{ping, PingEvent, PingOptions, PingProbe};
@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
 
     // Detach the producer, then drain: what is left, and the final drop count.
     probe.detach();
-    let totals = source.finish(&mut handler)?;
+    let totals = source.finish(Instant::now() + Duration::from_secs(1), &mut handler)?;
     drop(handler);
     println!("records {seen:?}");
     println!(

@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bpfstream::{decoding, Event, TypedError};
 use bpfstream::{FromRecord, Record, Transport};
@@ -54,7 +54,7 @@ fn main() -> anyhow::Result<()> {
             source.poll(Some(Duration::from_millis(100)), &mut handler)?;
         }
         probe.detach();
-        source.finish(&mut handler)?;
+        source.finish(Instant::now() + Duration::from_secs(1), &mut handler)?;
         drop(handler);
 
         for p in &pings {

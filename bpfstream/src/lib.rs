@@ -48,10 +48,14 @@
 //!
 //! - `consume`: hand over what is buffered now, without blocking;
 //! - `poll`: wait (with a timeout) for the producers' wakeup, then consume;
-//! - [`EventSource::finish`]: at the end, after the producers are detached: drain, read the
-//!   drop counters one last time, and return the [`Totals`] (`delivered + dropped == produced`);
-//!   [`EventSource::finish_by`] does the same until a deadline, for records still being written.
-//!   A [`Poller`] or a stream does the same drain when a [`StopHandle`] asks it to.
+//! - `finish(deadline, ...)`: the exact end, after the caller has detached the programs
+//!   ([`EventSource::finish`], [`Poller::finish`] for all of a poller's sources): waits the RCU
+//!   grace periods, drains until `delivered + dropped == produced` for a snapshot of the drop
+//!   counters, waiting out records still being written, until two snapshots agree, and returns
+//!   the [`Totals`]; by the caller's deadline.
+//! - A [`StopHandle`] drain (a [`Poller`]'s `run`, a stream) hands over what is buffered and
+//!   reads the counters once more, without the grace periods: after `finish`, or where an
+//!   approximate end is enough.
 //!
 //! There is one count type per question: [`Stats`], the live view of a running consumer
 //! (readable from other threads through a [`StatsHandle`]), and [`Totals`], what happened, from
@@ -254,7 +258,6 @@
 mod accounting;
 #[cfg(feature = "aya")]
 pub mod aya;
-mod batch;
 pub mod btf;
 mod error;
 mod fixed_str;

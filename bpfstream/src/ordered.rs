@@ -10,8 +10,12 @@
 //! not held: they come out as they arrive.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::time::Sleep;
 
 use crate::merge::MergeStats;
 use crate::stream::Inputs;
@@ -35,6 +39,9 @@ pub(crate) struct Reorder<T> {
     passing: VecDeque<Event<T>>,
     /// The stream's last item, an error: yielded once everything held is out.
     error: Option<Error>,
+    /// Wakes the stream when the first record held is `span` old, for a stream that no delay
+    /// timer and no producer's wakeup would wake once its buffers are empty.
+    release_timer: Option<Pin<Box<Sleep>>>,
     ended: bool,
     stats: MergeStats,
 }
@@ -50,6 +57,7 @@ impl<T> Reorder<T> {
             last_released: None,
             passing: VecDeque::new(),
             error: None,
+            release_timer: None,
             ended: false,
             stats: MergeStats::default(),
         }
@@ -132,10 +140,38 @@ impl<T> Reorder<T> {
                     if inputs.is_empty() {
                         self.bound = self.bound.max(now.saturating_sub(self.span));
                     }
-                    return self.released().map_or(Poll::Pending, |event| Poll::Ready(Some(Ok(event))));
+                    if let Some(event) = self.released() {
+                        return Poll::Ready(Some(Ok(event)));
+                    }
+                    if !self.release_due(cx, now) {
+                        return Poll::Pending;
+                    }
                 }
             }
         }
+    }
+}
+
+impl<T> Reorder<T> {
+    /// Whether the first record held is due now (`span` past its key at `now`); if not, arms the
+    /// release timer for when it will be, so that the stream is woken then (`cx`). A key beyond
+    /// the clock is looked at again every `span`.
+    fn release_due(&mut self, cx: &mut Context<'_>, now: u64) -> bool {
+        let Some((&(key, _), _)) = self.held.first_key_value() else {
+            self.release_timer = None;
+            return false;
+        };
+        let wait = key.saturating_add(self.span).saturating_sub(now).clamp(1, self.span.max(1));
+        let at = tokio::time::Instant::now() + Duration::from_nanos(wait);
+        let timer = self.release_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if timer.deadline() > at {
+            timer.as_mut().reset(at);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            self.release_timer = None;
+            return true;
+        }
+        false
     }
 }
 
@@ -232,6 +268,19 @@ mod tests {
             expected.extend(sorted.into_iter().map(Event::Record));
             assert_eq!(out, expected);
             assert_eq!((stream.merge_stats().in_order, stream.merge_stats().late), (5, 0));
+        });
+    }
+
+    /// No delay timer and no producer's wakeup to come (the buffer is empty): the record held
+    /// is released once it is `span` old all the same.
+    #[test]
+    fn a_held_record_is_released_without_a_delay_timer() {
+        runtime().block_on(async {
+            let mut stream = EventStream::from_source(keys([Some(monotonic_ns())]), Box::new(key_of)).unwrap();
+            stream.set_max_delay(None);
+            let mut stream = stream.ordered(Duration::from_millis(10), |k: &u64| *k);
+            let event = next_within(&mut stream, "the held record was never released").await.unwrap();
+            assert!(matches!(event, Event::Record(_)), "{event:?}");
         });
     }
 

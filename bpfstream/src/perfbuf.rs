@@ -48,12 +48,15 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::batch::{self, Step};
 use crate::ownership::PerfSlots;
-use crate::scan;
+use crate::ringbuf::{guarded, Panic};
+use crate::scan::{self, Walk};
 use crate::stats::Fill;
 use crate::sys::{self, map_type, Epoll, Mmap, PerfEventAttr};
-use crate::{Error, Failure, Flow, Item, LossOrigin, Lost, Record};
+use crate::{Error, Item, LossOrigin, Lost, Record};
+
+/// Most data bytes per CPU (see [`PerfBuffer::new`]).
+const MAX_DATA_BYTES: usize = 1 << 31;
 
 /// `PERF_RECORD_LOST`.
 pub(crate) const RECORD_LOST: u32 = 2;
@@ -85,13 +88,15 @@ pub(crate) unsafe trait PerfMemory {
     fn size(&self) -> usize;
 }
 
-/// Outcome of one pass over a CPU's ring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Outcome of one pass over a CPU's ring (over all CPUs, for [`PerfBuffer::consume`]).
+#[derive(Debug, Default)]
 pub(crate) struct Pass {
     pub records: usize,
     pub bytes: u64,
     pub lost: u64,
     pub stopped: bool,
+    /// The handler panicked on the last item counted (see [`ringbuf::Pass`](crate::ringbuf::Pass)).
+    pub panicked: Option<Panic>,
 }
 
 /// Out of line: the consume loop's fast path stays small.
@@ -107,107 +112,275 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 
 /// Reads the records of one CPU's ring in order: samples go to `handler` as
 /// [`Item::Record`], `PERF_RECORD_LOST` as [`Item::Lost`], other record types are skipped.
-/// `data_tail` is published once per batch ([`batch::run`]). Stops after `max` samples, when
-/// the handler says stop, when the ring is empty, or after one ring's worth of bytes.
+/// `data_tail` is published every `publish_every` bytes and once at the end (the positions are
+/// drawn at [`ringbuf::consume`](crate::ringbuf::consume)). Stops after `max` samples, when the
+/// handler breaks, when the ring is empty, or after one ring's worth of bytes. A record whose
+/// size is not a multiple of 8 inside what was written is an [`Error::Corrupt`]; what was handed
+/// over before is counted and published.
 ///
-/// Generic over the handler so that a closure is inlined into the loop (no indirect call per
-/// record); `&mut dyn FnMut` still works where one is wanted.
-pub(crate) fn consume<M, F, H>(
+/// Samples that lie whole before the end of the ring take [`Walk::samples`], a loop with no
+/// atomic (everything below the `data_head` read is written and stays so), no call and no store
+/// but the handler's; the rest (a sample that wraps the end, a LOST record) take
+/// [`other_record`], out of line.
+#[inline(always)]
+pub(crate) fn consume<M, H>(
     mem: &M,
     cpu: u32,
     scratch: &mut Vec<u8>,
     max: usize,
     publish_every: u64,
     handler: &mut H,
-) -> Result<Pass, Error>
+) -> (Pass, Result<(), Error>)
 where
     M: PerfMemory + ?Sized,
-    F: Flow,
-    H: FnMut(Item<'_>) -> F + ?Sized,
+    H: FnMut(Item<'_>) -> ControlFlow<()> + ?Sized,
 {
-    let ring = batch::Ring {
-        transport: "perf",
-        size: mem.size() as u64,
-        publish_every,
-        // Most streams repeat one sample size; guess the smallest sample record.
-        min_record: HEADER_SIZE + 8,
-        too_far_ahead: "data_head is more than one buffer ahead",
-    };
     let mut pass = Pass::default();
+    if max == 0 {
+        return (pass, Ok(()));
+    }
+    let size = mem.size() as u64;
+    let data = mem.data().as_ptr();
+    let publish_every = publish_every.max(HEADER_SIZE);
     // Only we write data_tail.
     let start = mem.data_tail().load(Ordering::Relaxed);
-    // (C): pairs with the kernel's smp_wmb() (B) before it stores data_head; everything below
-    // the head we read is fully written. The kernel writes only while data_head - data_tail <=
-    // size.
-    let producer = || mem.data_head().load(Ordering::Acquire);
-    let parse = |tail: u64, room: u64| {
-        if pass.records >= max || pass.stopped {
-            return Ok(Step::Stop);
+    let mut done = 0u64;
+    let mut published = 0u64;
+    // Most streams repeat one sample size; the first guess is the smallest sample record.
+    let mut walk = Walk::new(max, HEADER_SIZE + 8);
+    let result = 'batch: loop {
+        // (C): pairs with the kernel's smp_wmb() (B) before it stores data_head; everything
+        // below the head we read is fully written. The kernel writes only while data_head -
+        // data_tail <= size.
+        let end = mem.data_head().load(Ordering::Acquire).wrapping_sub(start);
+        let lead = end.wrapping_sub(done);
+        if lead > size {
+            break Err(corrupt(start.wrapping_add(done), lead, "data_head is more than one buffer ahead"));
         }
-        let (kind, length, record) = read_record(mem, tail, room, scratch)?;
-        match kind {
-            RECORD_SAMPLE => {
-                let data = sample_payload(record, tail)?;
-                pass.records += 1;
-                pass.bytes += data.len() as u64;
-                pass.stopped = handler(Item::Record(Record { data, cpu: Some(cpu) })).is_stop();
-            }
-            RECORD_LOST => {
-                let lost = lost_count(record, tail, cpu)?;
-                pass.lost += lost.count;
-                pass.stopped = handler(Item::Lost(lost)).is_stop();
-            }
-            _ => {} // THROTTLE, UNTHROTTLE, ...: nothing for a BPF output consumer.
+        if lead == 0 || done >= size {
+            break Ok(());
         }
-        Ok(Step::Took(length))
+        while done < end {
+            let offset = start.wrapping_add(done) & (size - 1);
+            // SAFETY: the offset is below `size`, inside the data area.
+            let first = unsafe { data.add(offset as usize) };
+            // Written bytes from `first` that do not wrap the end of the ring.
+            let room = (end - done).min(size - offset) as usize;
+            let stretch = ((end.min(published + publish_every) - done) as usize).min(room);
+            let walked = if max == usize::MAX {
+                // SAFETY: the `room` bytes from `first` are written, inside the data area.
+                unsafe { walk.samples::<H, false>(first, stretch, room, cpu, handler) }
+            } else {
+                // SAFETY: as above.
+                unsafe { walk.samples::<H, true>(first, stretch, room, cpu, handler) }
+            };
+            done += walked.0 as u64;
+            let stop = match walked.1 {
+                PerfExit::StretchDone => false,
+                PerfExit::Stopped => {
+                    pass.stopped = true;
+                    true
+                }
+                PerfExit::Panicked(panic) => {
+                    pass.panicked = Some(panic);
+                    true
+                }
+                PerfExit::Max => true,
+                PerfExit::Other => {
+                    let tail = start.wrapping_add(done);
+                    match other_record(mem, cpu, tail, end - done, scratch, &mut walk, &mut pass, handler) {
+                        Ok((length, stop)) => {
+                            done += length;
+                            stop
+                        }
+                        Err(e) => break 'batch Err(e),
+                    }
+                }
+            };
+            if stop {
+                break 'batch Ok(());
+            }
+            if done - published >= publish_every {
+                publish(mem, start.wrapping_add(done));
+                published = done;
+            }
+        }
     };
-    batch::run(&ring, start, producer, |tail| publish(mem, tail), parse)?;
-    Ok(pass)
+    if done != published {
+        publish(mem, start.wrapping_add(done));
+    }
+    pass.records = max - walk.left;
+    pass.bytes = walk.bytes;
+    (pass, result)
 }
 
-/// The record at `tail`: its type, its length, and its bytes, lent in place or, when it wraps
-/// the end of the ring, copied into `scratch`. A length that is not a multiple of 8 inside the
-/// `room` bytes written from `tail` is an [`Error::Corrupt`].
-#[inline(always)]
-fn read_record<'a, M: PerfMemory + ?Sized>(
-    mem: &'a M,
+/// Why [`Walk::samples`] returned.
+enum PerfExit {
+    /// It reached the end of the stretch.
+    StretchDone,
+    /// The record there is not a sample lying whole in the walked bytes: [`other_record`]'s.
+    Other,
+    /// The handler broke, after the sample it was handed.
+    Stopped,
+    /// The handler panicked on the sample it was handed.
+    Panicked(Panic),
+    /// `max` samples were handed over.
+    Max,
+}
+
+impl Walk {
+    /// Hands the samples from `first` on to `handler` until `stretch` bytes are passed or a
+    /// record that is not a whole, well-formed sample within `room` is reached; returns the
+    /// bytes walked over (the last sample's included if the handler broke or `max` was reached)
+    /// and why it stopped.
+    ///
+    /// # Safety
+    ///
+    /// `first` is 8-aligned, `stretch <= room`, and the `room` bytes from it are inside the data
+    /// area, below data_head, and not rewritten before data_tail passes them.
+    #[inline(always)]
+    unsafe fn samples<H, const LIMITED: bool>(
+        &mut self,
+        first: *const u8,
+        stretch: usize,
+        room: usize,
+        cpu: u32,
+        handler: &mut H,
+    ) -> (usize, PerfExit)
+    where
+        H: FnMut(Item<'_>) -> ControlFlow<()> + ?Sized,
+    {
+        // A record shorter than this ends within `room` wherever in the stretch it starts.
+        let slack = room - stretch;
+        // In locals, so that they stay in registers (`self` is also lent to `other_record`).
+        let (mut left, mut bytes, mut stride) = (self.left, self.bytes, self.stride);
+        let mut at = 0usize;
+        let exit = loop {
+            if at >= stretch {
+                break PerfExit::StretchDone;
+            }
+            scan::prefetch(first.wrapping_add(at + scan::PREFETCH_AHEAD));
+            // SAFETY: headers are 8-aligned and `at < stretch <= room`, with `room` a multiple of
+            // 8: the 8 header bytes (`u32 type; u16 misc; u16 size`) are inside the readable
+            // bytes.
+            let (kind, length) = unsafe {
+                let header = first.add(at);
+                (header.cast::<u32>().read(), header.add(6).cast::<u16>().read() as usize)
+            };
+            // A length seen before is known to be a multiple of 8 of at least 16: the common
+            // case costs one compare.
+            if kind != RECORD_SAMPLE || (length as u64 != stride.size() && (length < 16 || length % 8 != 0)) {
+                break PerfExit::Other;
+            }
+            if length > slack && length > room - at {
+                break PerfExit::Other;
+            }
+            // SAFETY: the sample's `length >= 16` bytes lie within the readable bytes (checked
+            // above); its raw size follows the 8-byte header, 4-aligned.
+            let raw_size = unsafe { first.add(at + 8).cast::<u32>().read() } as usize;
+            if raw_size > length - 12 {
+                break PerfExit::Other;
+            }
+            // SAFETY: [at + 12, at + 12 + raw_size) lies inside the sample, inside the readable
+            // bytes, not rewritten before data_tail passes it, after the handler returned.
+            let data = unsafe { std::slice::from_raw_parts(first.add(at + 12), raw_size) };
+            bytes += raw_size as u64;
+            left -= 1;
+            match guarded(handler, Item::Record(Record { data, cpu: Some(cpu) })) {
+                Ok(flow) if flow.is_break() => {
+                    at += length;
+                    break PerfExit::Stopped;
+                }
+                Ok(_) => {}
+                Err(panic) => {
+                    at += length;
+                    break PerfExit::Panicked(panic);
+                }
+            }
+            if LIMITED && left == 0 {
+                at += length;
+                break PerfExit::Max;
+            }
+            at = stride.next(at as u64, length as u64) as usize;
+        };
+        (self.left, self.bytes, self.stride) = (left, bytes, stride);
+        (at, exit)
+    }
+}
+
+/// The record at `tail` that [`Walk::samples`] left: a sample that wraps the end of the ring
+/// (its two parts copied into `scratch`), a LOST record, another type (skipped), or a corrupt
+/// one (an [`Error::Corrupt`]: a size that is not a multiple of 8 inside the `room` bytes
+/// written from `tail`, or a raw size that does not fit its sample). Returns the record's length
+/// and whether the pass ends after it. Out of line: the fast path stays small.
+#[cold]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn other_record<M, H>(
+    mem: &M,
+    cpu: u32,
     tail: u64,
     room: u64,
-    scratch: &'a mut Vec<u8>,
-) -> Result<(u32, u64, &'a [u8]), Error> {
-    let size = mem.size() as u64;
-    let offset = (tail & (size - 1)) as usize;
-    let data = mem.data().as_ptr();
-    scan::prefetch(data.wrapping_add(offset + scan::PREFETCH_AHEAD));
+    scratch: &mut Vec<u8>,
+    walk: &mut Walk,
+    pass: &mut Pass,
+    handler: &mut H,
+) -> Result<(u64, bool), Error>
+where
+    M: PerfMemory + ?Sized,
+    H: FnMut(Item<'_>) -> ControlFlow<()> + ?Sized,
+{
+    let offset = (tail & (mem.size() as u64 - 1)) as usize;
     // SAFETY: headers are 8-aligned and size is a multiple of 8, so the 8 header bytes lie
     // inside the data area; they are below data_head and not rewritten before data_tail passes
     // them.
-    let header: [u8; 8] = unsafe { data.add(offset).cast::<[u8; 8]>().read() };
+    let header: [u8; 8] = unsafe { mem.data().as_ptr().add(offset).cast::<[u8; 8]>().read() };
     let kind = u32::from_ne_bytes([header[0], header[1], header[2], header[3]]);
     let length = u64::from(u16::from_ne_bytes([header[6], header[7]]));
     // `room <= size`: a record that passes this lies within one buffer.
     if length < HEADER_SIZE || length % 8 != 0 || length > room {
         return Err(corrupt(tail, length, "record size is not a multiple of 8 inside the written data"));
     }
-    if offset as u64 + length <= size {
-        // SAFETY: [offset, offset + length) is inside the data area and below data_head, and is
-        // not rewritten before data_tail passes it, which happens after the handler returned.
-        return Ok((kind, length, unsafe { std::slice::from_raw_parts(data.add(offset), length as usize) }));
-    }
-    Ok((kind, length, copy_wrapped(mem, offset, length as usize, scratch)))
+    let record = record_bytes(mem, offset, length as usize, scratch);
+    let flow = match kind {
+        RECORD_SAMPLE => {
+            let data = sample_payload(record, tail)?;
+            walk.left -= 1;
+            walk.bytes += data.len() as u64;
+            guarded(handler, Item::Record(Record { data, cpu: Some(cpu) }))
+        }
+        RECORD_LOST => {
+            let lost = lost_count(record, tail, cpu)?;
+            pass.lost += lost.count;
+            guarded(handler, Item::Lost(lost))
+        }
+        _ => return Ok((length, false)), // THROTTLE, UNTHROTTLE, ...: nothing for a BPF output consumer.
+    };
+    let flow = match flow {
+        Ok(flow) => flow,
+        Err(panic) => {
+            pass.panicked = Some(panic);
+            return Ok((length, true));
+        }
+    };
+    pass.stopped = flow.is_break();
+    Ok((length, pass.stopped || walk.left == 0))
 }
 
-/// A record that wraps the end of the ring, its two parts copied into `scratch` (at most
-/// `size` bytes: `length <= room <= size`). Out of line: the fast path stays small.
-#[cold]
-#[inline(never)]
-fn copy_wrapped<'a, M: PerfMemory + ?Sized>(
-    mem: &M,
+/// The `length` bytes of the record at `offset`: lent in place, or, when it wraps the end of
+/// the ring, its two parts copied into `scratch` (at most `size` bytes: `length <= size`).
+fn record_bytes<'a, M: PerfMemory + ?Sized>(
+    mem: &'a M,
     offset: usize,
     length: usize,
     scratch: &'a mut Vec<u8>,
 ) -> &'a [u8] {
     let data = mem.data().as_ptr();
+    if offset + length <= mem.size() {
+        // SAFETY: [offset, offset + length) is inside the data area and below data_head, and is
+        // not rewritten before data_tail passes it, which happens after the handler returned.
+        return unsafe { std::slice::from_raw_parts(data.add(offset), length) };
+    }
     let first = mem.size() - offset;
     scratch.clear();
     // SAFETY: the record's first part runs to the end of the data area and the rest starts at
@@ -260,7 +433,7 @@ pub enum PerfWakeup {
 /// How [`EventSource::open`](crate::EventSource::open) opens a perf buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PerfOptions {
-    /// Data pages per CPU: a power of two (the mapping is one page more).
+    /// Data pages per CPU: a power of two, at most 2 GiB of data (the mapping is one page more).
     pub pages_per_cpu: usize,
     /// Wakeup policy; `None` picks a watermark of a quarter of the buffer. Whatever it is, a
     /// reader that polls with a timeout bounds the delivery delay by that timeout.
@@ -285,9 +458,17 @@ struct CpuRing {
     cpu: u32,
     event: OwnedFd,
     mmap: Mmap,
+    /// The data area, one page into `mmap` (computed once: the loop reads it per record).
+    data: NonNull<u8>,
     data_size: usize,
     lost: u64,
 }
+
+// SAFETY: `data` points into `mmap`, which the value owns; the mapping is Send and Sync
+// (`Mmap`), and `&CpuRing` hands out only what `Mmap` does: pointers and atomics.
+unsafe impl Send for CpuRing {}
+// SAFETY: as above.
+unsafe impl Sync for CpuRing {}
 
 // SAFETY: the mapping is 1 + 2^n pages of a BPF-output perf event: the perf_event_mmap_page
 // (data_head/data_tail at their uapi offsets, 8-aligned) then `data_size` bytes of data at
@@ -303,8 +484,7 @@ unsafe impl PerfMemory for CpuRing {
         unsafe { &*self.mmap.ptr().as_ptr().add(DATA_TAIL_OFFSET).cast::<AtomicU64>() }
     }
     fn data(&self) -> NonNull<u8> {
-        // SAFETY: the data area starts one page into a mapping of 1 + 2^n pages.
-        unsafe { self.mmap.ptr().add(sys::page_size()) }
+        self.data
     }
     fn size(&self) -> usize {
         self.data_size
@@ -373,7 +553,15 @@ impl PerfBuffer {
             });
         }
         let page = sys::page_size();
-        let data_size = pages * page;
+        // The kernel's interface has the watermark (and our record walk the ring offsets) in 32
+        // bits: at most 2 GiB of data per CPU.
+        let Some(data_size) = pages.checked_mul(page).filter(|&bytes| bytes <= MAX_DATA_BYTES) else {
+            return Err(Error::InvalidSize {
+                what: "perf buffer pages per CPU",
+                value: pages as u64,
+                valid: "a power of two, at most 2 GiB of data per CPU (524288 pages of 4 KiB)",
+            });
+        };
         let wakeup = options.effective_wakeup(data_size);
         let map = sys::dup(map)?;
         let epoll = Epoll::new()?;
@@ -388,6 +576,8 @@ impl PerfBuffer {
             ready: Vec::new(),
             left_behind: false,
         };
+        // Every CPU's event first, the map's slots after: an open that fails part way (EMFILE,
+        // ENOMEM) must not have taken over slots that another buffer on the map still reads.
         for cpu in sys::online_cpus()? {
             if cpu >= info.max_entries {
                 return Err(Error::Unsupported(format!(
@@ -412,49 +602,50 @@ impl PerfBuffer {
             }
             let event = sys::perf_event_open_cpu(&mut attr, cpu)?;
             let mmap = Mmap::map(event.as_fd(), page + data_size, 0, true)?;
+            // SAFETY: the data area starts one page into a mapping of 1 + 2^n pages.
+            let data = unsafe { mmap.ptr().add(page) };
             buffer.epoll.add(event.as_fd(), buffer.cpus.len() as u64)?;
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&event) as u32;
-            buffer.slots.store(cpu, || sys::map_update_u32(buffer.map.as_fd(), cpu, fd))?;
+            buffer.cpus.push(CpuRing { cpu, event, mmap, data, data_size, lost: 0 });
+        }
+        for ring in &buffer.cpus {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&ring.event) as u32;
             // From here on Drop removes the slot again (unless another buffer took it over).
-            buffer.cpus.push(CpuRing { cpu, event, mmap, data_size, lost: 0 });
-            sys::perf_event_enable(buffer.cpus.last().expect("just pushed").event.as_fd(), true)?;
+            buffer.slots.store(ring.cpu, || sys::map_update_u32(buffer.map.as_fd(), ring.cpu, fd))?;
+            sys::perf_event_enable(ring.event.as_fd(), true)?;
         }
         Ok(buffer)
     }
 
-    /// Hands at most `max` samples (and the loss reports) to `handler` without blocking. CPUs
-    /// are visited round-robin, starting after the one the previous call ended on.
-    pub(crate) fn consume_n<F: Flow>(
-        &mut self,
-        max: usize,
-        mut handler: impl FnMut(Item<'_>) -> F,
-    ) -> Result<usize, Error> {
-        let mut failure = Failure::default();
-        let total = self.consume_checked(max, &mut |item: Item<'_>| failure.check(handler(item)));
-        failure.result(total)
-    }
-
-    fn consume_checked<H>(&mut self, max: usize, handler: &mut H) -> Result<usize, Error>
+    /// Hands at most `max` samples (and the loss reports) to `handler` without blocking
+    /// ([`consume`]). CPUs are visited round-robin, starting after the one the previous call
+    /// ended on.
+    #[inline(always)]
+    pub(crate) fn consume<H>(&mut self, max: usize, handler: &mut H) -> (Pass, Result<(), Error>)
     where
         H: FnMut(Item<'_>) -> ControlFlow<()>,
     {
         let count = self.cpus.len();
-        let mut total = 0;
+        let mut total = Pass::default();
         self.left_behind = false;
         for step in 0..count {
             let index = (self.next + step) % count;
             let ring = &mut self.cpus[index];
             let publish_every = (ring.data_size as u64 / 4).max(HEADER_SIZE);
-            let pass = consume(&*ring, ring.cpu, &mut self.scratch, max - total, publish_every, handler)?;
+            let (pass, result) =
+                consume(&*ring, ring.cpu, &mut self.scratch, max - total.records, publish_every, handler);
             ring.lost += pass.lost;
-            total += pass.records;
-            if pass.stopped || total >= max {
+            total.records += pass.records;
+            total.bytes += pass.bytes;
+            total.lost += pass.lost;
+            total.stopped = pass.stopped;
+            total.panicked = pass.panicked;
+            if result.is_err() || total.stopped || total.panicked.is_some() || total.records >= max {
                 self.next = (index + 1) % count;
                 self.left_behind = true;
-                break;
+                return (total, result);
             }
         }
-        Ok(total)
+        (total, Ok(()))
     }
 
     /// Whether records wait that no coming signal is certain to announce: only when the last

@@ -4,12 +4,13 @@ use std::fmt;
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::ringbuf::BUSY_BACKOFF;
 use crate::stats::{Fill, Stats};
 use crate::stop::{Control, StopHandle, CANCEL, RUNNING};
 use crate::sys::{Epoll, EventFd};
-use crate::{Error, EventSource, Failure, Flow, HandlerError, Item};
+use crate::{sys, Error, EventSource, Failure, Flow, Item, Totals};
 
 /// Something the [`Poller`] can wait on and read.
 pub(crate) trait Source {
@@ -26,6 +27,42 @@ pub(crate) trait Source {
         max: usize,
         handler: &mut dyn FnMut(Item<'_>) -> ControlFlow<()>,
     ) -> Result<usize, Error>;
+
+    /// [`consume_until`](Self::consume_until) for a handler of a known type: a source whose
+    /// consume loop is generic overrides it, so that the loop inlines the handler (the
+    /// [`Poller`] erases a handler's type once per batch, not per record).
+    fn consume_with<H>(&mut self, max: usize, mut handler: H) -> Result<usize, Error>
+    where
+        Self: Sized,
+        H: FnMut(Item<'_>) -> ControlFlow<()>,
+    {
+        self.consume_until(max, &mut handler)
+    }
+
+    /// [`drain_items`](Self::drain_items) for a handler of a known type (see
+    /// [`consume_with`](Self::consume_with)).
+    fn drain_with<H>(&mut self, mut handler: H) -> Result<usize, Error>
+    where
+        Self: Sized,
+        H: FnMut(Item<'_>),
+    {
+        self.drain_items(&mut handler)
+    }
+
+    /// One round of an exact stop ([`EventSource::finish`], after the grace period the caller
+    /// waited for): the source's totals, and whether the handler stopped. The default, for
+    /// sources without counters: everything left, and empty totals.
+    fn settle_with<H>(&mut self, deadline: Instant, handler: H) -> Result<(Totals, bool), Error>
+    where
+        Self: Sized,
+        H: FnMut(Item<'_>) -> ControlFlow<()>,
+    {
+        let _ = deadline;
+        let mut handler = handler;
+        let mut stopped = false;
+        self.drain_items(&mut |item: Item<'_>| stopped |= handler(item).is_break())?;
+        Ok((Totals::default(), stopped))
+    }
 
     /// Hands over everything left, for shutdown. The default consumes until empty;
     /// [`EventSource`] also reads its drop counters one last time ([`EventSource::finish`]).
@@ -58,6 +95,13 @@ pub(crate) trait Source {
         self.fill().is_some_and(|f| f.used > 0)
     }
 
+    /// Whether the record at the head of the buffer is still being written (a ring's BUSY
+    /// record): what waits behind it cannot be taken yet, and its commit may send no wakeup, so
+    /// the poller looks again after [`BUSY_BACKOFF`] rather than at once. The default: no.
+    fn head_is_busy(&self) -> bool {
+        false
+    }
+
     /// Whether the producers signal [`poll_fd`](Self::poll_fd) for the records they write.
     /// `false` for a ring buffer told [`WakeupPolicy::Never`](crate::WakeupPolicy::Never)
     /// ([`EventSource::expect_wakeups`]): the async streams then keep a delay timer whatever
@@ -75,7 +119,6 @@ pub(crate) trait Source {
 
     /// What the source has accounted for, if it keeps [`Totals`](crate::Totals)
     /// ([`EventSource`] does). The default: nothing.
-    #[cfg(feature = "tokio")]
     fn totals(&self) -> Option<crate::Totals> {
         None
     }
@@ -94,6 +137,9 @@ impl Source for EventSource {
     fn ready_now(&self) -> bool {
         EventSource::ready_now(self)
     }
+    fn head_is_busy(&self) -> bool {
+        EventSource::head_is_busy(self)
+    }
     #[cfg(feature = "tokio")]
     fn sends_wakeups(&self) -> bool {
         EventSource::sends_wakeups(self)
@@ -106,14 +152,31 @@ impl Source for EventSource {
         self.consume_n(max, handler)
     }
     fn drain_items(&mut self, handler: &mut dyn FnMut(Item<'_>)) -> Result<usize, Error> {
+        self.drain_with(handler)
+    }
+    fn consume_with<H>(&mut self, max: usize, handler: H) -> Result<usize, Error>
+    where
+        H: FnMut(Item<'_>) -> ControlFlow<()>,
+    {
+        self.consume_n(max, handler)
+    }
+    fn drain_with<H>(&mut self, handler: H) -> Result<usize, Error>
+    where
+        H: FnMut(Item<'_>),
+    {
         let before = self.totals().delivered;
-        let after = self.finish(handler)?.delivered;
+        let after = self.drain(handler)?.delivered;
         Ok((after - before) as usize)
+    }
+    fn settle_with<H>(&mut self, deadline: Instant, handler: H) -> Result<(Totals, bool), Error>
+    where
+        H: FnMut(Item<'_>) -> ControlFlow<()>,
+    {
+        self.settle(deadline, handler)
     }
     fn fill(&self) -> Option<Fill> {
         Some(EventSource::fill(self))
     }
-    #[cfg(feature = "tokio")]
     fn totals(&self) -> Option<crate::Totals> {
         Some(EventSource::totals(self))
     }
@@ -145,12 +208,58 @@ impl Default for SourceOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SourceId(pub(crate) usize);
 
-/// A handler's verdict, type-erased: go on, stop, or fail.
-type Verdict = Result<ControlFlow<()>, HandlerError>;
+/// A source and its handler, type-erased together: one dynamic call per batch, with the
+/// source's consume loop compiled for the handler inside it.
+trait Lane {
+    fn source(&self) -> &dyn Source;
+    fn source_mut(&mut self) -> &mut dyn Source;
+    /// One batch of at most `max` records: how many, and whether the handler stopped. A handler
+    /// that fails keeps its error in `failure`.
+    fn serve(&mut self, max: usize, failure: &mut Failure) -> Result<(usize, bool), Error>;
+    /// Everything left ([`Source::drain_with`]), past a handler that stops; its first error
+    /// goes to `failure`.
+    fn drain(&mut self, failure: &mut Failure) -> Result<usize, Error>;
+    /// One round of an exact stop ([`Source::settle_with`]): the totals, and whether the handler
+    /// stopped (its error goes to `failure`).
+    fn settle(&mut self, deadline: Instant, failure: &mut Failure) -> Result<(Totals, bool), Error>;
+}
+
+struct Served<'a, S, H> {
+    source: &'a mut S,
+    handler: H,
+}
+
+impl<S: Source, F: Flow, H: FnMut(Item<'_>) -> F> Lane for Served<'_, S, H> {
+    fn source(&self) -> &dyn Source {
+        self.source
+    }
+    fn source_mut(&mut self) -> &mut dyn Source {
+        self.source
+    }
+    fn serve(&mut self, max: usize, failure: &mut Failure) -> Result<(usize, bool), Error> {
+        let handler = &mut self.handler;
+        let mut stopped = false;
+        let served = self.source.consume_with(max, |item: Item<'_>| {
+            let flow = failure.check(handler(item));
+            stopped |= flow.is_break();
+            flow
+        })?;
+        Ok((served, stopped))
+    }
+    fn drain(&mut self, failure: &mut Failure) -> Result<usize, Error> {
+        let handler = &mut self.handler;
+        self.source.drain_with(|item: Item<'_>| {
+            let _ = failure.check(handler(item));
+        })
+    }
+    fn settle(&mut self, deadline: Instant, failure: &mut Failure) -> Result<(Totals, bool), Error> {
+        let handler = &mut self.handler;
+        self.source.settle_with(deadline, |item: Item<'_>| failure.check(handler(item)))
+    }
+}
 
 struct Entry<'a> {
-    source: &'a mut dyn Source,
-    handler: Box<dyn FnMut(Item<'_>) -> Verdict + 'a>,
+    lane: Box<dyn Lane + 'a>,
     options: SourceOptions,
     id: SourceId,
 }
@@ -236,23 +345,15 @@ impl<'a> Poller<'a> {
     }
 
     /// Adds anything that is a [`Source`] (the crate's tests add simulated ones).
-    pub(crate) fn add_source<F: Flow>(
+    pub(crate) fn add_source<S: Source, F: Flow>(
         &mut self,
-        source: &'a mut dyn Source,
+        source: &'a mut S,
         options: SourceOptions,
-        mut handler: impl FnMut(Item<'_>) -> F + 'a,
+        handler: impl FnMut(Item<'_>) -> F + 'a,
     ) -> Result<SourceId, Error> {
         let id = SourceId(self.entries.len());
         self.epoll.add_edge_triggered(source.poll_fd(), id.0 as u64)?;
-        let handler = Box::new(move |item: Item<'_>| -> Verdict {
-            let flow = handler(item);
-            match (flow.is_stop(), flow.into_error()) {
-                (_, Some(error)) => Err(error),
-                (true, None) => Ok(ControlFlow::Break(())),
-                (false, None) => Ok(ControlFlow::Continue(())),
-            }
-        });
-        self.entries.push(Entry { source, handler, options, id });
+        self.entries.push(Entry { lane: Box::new(Served { source, handler }), options, id });
         // Stable: equal priorities keep their insertion order.
         self.entries.sort_by_key(|e| std::cmp::Reverse(e.options.priority));
         Ok(id)
@@ -282,8 +383,8 @@ impl<'a> Poller<'a> {
     /// handler), or the error of a handler that failed ([`Error::Handler`]). A signal
     /// interrupting the wait (EINTR) is not an error.
     pub fn poll(&mut self, timeout: Option<Duration>) -> Result<usize, Error> {
-        let ready_now = self.entries.iter().any(|e| e.source.ready_now());
-        self.epoll.wait(if ready_now { Some(Duration::ZERO) } else { timeout }, &mut self.ready)?;
+        let wait = self.wait_for(timeout);
+        self.epoll.wait(wait, &mut self.ready)?;
         if self.ready.iter().any(|&token| token != STOP_TOKEN) {
             self.stats.wakeups += 1;
         } else if self.ready.is_empty() {
@@ -293,9 +394,23 @@ impl<'a> Poller<'a> {
             fd.clear();
         }
         for entry in &mut self.entries {
-            entry.source.note_wait(self.ready.contains(&(entry.id.0 as u64)));
+            entry.lane.source_mut().note_wait(self.ready.contains(&(entry.id.0 as u64)));
         }
         self.consume()
+    }
+
+    /// How long [`poll`](Self::poll) may wait: not at all while a source holds records no wakeup
+    /// may announce, at most [`BUSY_BACKOFF`] while one waits behind a record still being
+    /// written (taking nothing now, but not to be left for a whole timeout), else `timeout`.
+    fn wait_for(&self, timeout: Option<Duration>) -> Option<Duration> {
+        let sources = || self.entries.iter().map(|e| e.lane.source());
+        if sources().any(|s| s.ready_now() && !s.head_is_busy()) {
+            Some(Duration::ZERO)
+        } else if sources().any(|s| s.head_is_busy()) {
+            Some(timeout.map_or(BUSY_BACKOFF, |t| t.min(BUSY_BACKOFF)))
+        } else {
+            timeout
+        }
     }
 
     /// Serves every source once, by priority, without blocking (until a handler stops).
@@ -321,19 +436,14 @@ impl<'a> Poller<'a> {
     fn serve(&mut self, index: usize) -> Result<usize, Error> {
         let entry = &mut self.entries[index];
         let mut failure = Failure::default();
-        let handler = &mut entry.handler;
-        let mut stopped = false;
-        let served = entry.source.consume_until(entry.options.batch, &mut |item: Item<'_>| {
-            let flow = failure.check(handler(item));
-            stopped |= flow.is_break();
-            flow
-        });
-        if stopped {
-            self.stopped_by = Some(entry.id);
-        }
-        if let Ok(n) = served {
+        let served = entry.lane.serve(entry.options.batch, &mut failure);
+        let served = served.map(|(n, stopped)| {
+            if stopped {
+                self.stopped_by = Some(entry.id);
+            }
             self.stats.events += n as u64;
-        }
+            n
+        });
         failure.result(served)
     }
 
@@ -354,16 +464,41 @@ impl<'a> Poller<'a> {
         Ok(total + self.drain()?)
     }
 
+    /// The exact end of every source, once the caller has detached every program that writes
+    /// to them: [`EventSource::finish`] for all of them at once (one grace period per round for
+    /// all, the sources by priority, each to its own snapshot of its counters, until two
+    /// snapshots of every source agree), by `deadline`. Returns each source's final [`Totals`],
+    /// in the order the sources were added. A handler that stops ends its source's part of the
+    /// round; the first handler error is returned once every source had its round.
+    pub fn finish(&mut self, deadline: Instant) -> Result<Vec<(SourceId, Totals)>, Error> {
+        let mut previous: Vec<Option<Option<u64>>> = vec![None; self.entries.len()];
+        let mut failure = Failure::default();
+        loop {
+            sys::wait_for_running_programs();
+            let mut settled = true;
+            for (entry, previous) in self.entries.iter_mut().zip(&mut previous) {
+                let (totals, stopped) = entry.lane.settle(deadline, &mut failure)?;
+                let produced = Some(totals.produced);
+                settled &= stopped || totals.produced.is_none() || *previous == produced;
+                *previous = produced;
+            }
+            if settled || Instant::now() >= deadline {
+                break;
+            }
+        }
+        let mut totals: Vec<(SourceId, Totals)> =
+            self.entries.iter().map(|e| (e.id, e.lane.source().totals().unwrap_or_default())).collect();
+        totals.sort_by_key(|(id, _)| id.0);
+        failure.result(Ok(totals))
+    }
+
     /// Hands over everything still buffered in every source (highest priority first). The
     /// drain goes on past a handler that stops; the first handler error is returned at the end.
-    pub fn drain(&mut self) -> Result<usize, Error> {
+    fn drain(&mut self) -> Result<usize, Error> {
         let mut total = 0;
         let mut failure = Failure::default();
         for entry in &mut self.entries {
-            let handler = &mut entry.handler;
-            total += entry.source.drain_items(&mut |item: Item<'_>| {
-                let _ = failure.check(handler(item));
-            })?;
+            total += entry.lane.drain(&mut failure)?;
         }
         failure.result(Ok(total))
     }
@@ -552,6 +687,39 @@ mod tests {
         assert_eq!((poller.stats().wakeups, poller.stats().timeouts), (0, 1));
         drop(poller);
         assert_eq!(delivered.into_inner(), [1, 2, 3]);
+    }
+
+    /// A source whose head record is still being written: records wait, but none can be taken.
+    struct BusyHead {
+        fd: EventFd,
+    }
+
+    impl Source for BusyHead {
+        fn poll_fd(&self) -> BorrowedFd<'_> {
+            self.fd.as_fd()
+        }
+        fn consume_until(&mut self, _: usize, _: &mut dyn FnMut(Item<'_>) -> ControlFlow<()>) -> Result<usize, Error> {
+            Ok(0)
+        }
+        fn ready_now(&self) -> bool {
+            true
+        }
+        fn head_is_busy(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_busy_head_is_looked_at_again_after_a_backoff_not_at_once() {
+        let mut busy = BusyHead { fd: EventFd::new().unwrap() };
+        let mut poller = Poller::new().unwrap();
+        poller.add_source(&mut busy, SourceOptions::default(), |_| {}).unwrap();
+        let started = std::time::Instant::now();
+        for _ in 0..3 {
+            assert_eq!(poller.poll(Some(Duration::from_secs(5))).unwrap(), 0);
+        }
+        let waited = started.elapsed();
+        assert!(waited >= 3 * crate::ringbuf::BUSY_BACKOFF, "three polls spun for {waited:?} in all");
     }
 
     #[test]

@@ -31,17 +31,17 @@
 //! `consumer_pos` once per batch, which is what frees the space for the producers.
 
 use std::fmt;
+use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::batch::{self, Step};
 use crate::ownership::RingClaim;
-use crate::scan;
+use crate::scan::{self, Walk};
 use crate::stats::Fill;
 use crate::sys::{self, map_type, Epoll, Mmap};
-use crate::{Error, Failure, Flow, WakeupPolicy};
+use crate::{Error, WakeupPolicy};
 
 /// Set in a record's length while the producer still owns it (`BPF_RINGBUF_BUSY_BIT`).
 pub(crate) const BUSY_BIT: u32 = 1 << 31;
@@ -72,7 +72,7 @@ pub(crate) unsafe trait RingMemory {
 }
 
 /// Outcome of one pass over the ring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Pass {
     /// Records handed to the handler.
     pub records: usize,
@@ -80,86 +80,236 @@ pub(crate) struct Pass {
     pub bytes: u64,
     /// The handler asked to stop.
     pub stopped: bool,
+    /// The handler panicked, on the last record counted: the pass stopped there, and what it
+    /// handed over is consumed and counted. The caller resumes the panic once it has counted.
+    pub panicked: Option<Panic>,
+}
+
+/// A handler's panic, caught to be resumed after the bookkeeping.
+pub(crate) type Panic = Box<dyn std::any::Any + Send>;
+
+/// Runs the handler on one record, catching a panic: the consume loops record what was handed
+/// over before they let it go on (a record must not be handed over twice). No cost on the
+/// path that does not panic.
+#[inline(always)]
+pub(crate) fn guarded<T, H: FnMut(T) -> ControlFlow<()> + ?Sized>(
+    handler: &mut H,
+    item: T,
+) -> Result<ControlFlow<()>, Panic> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(item)))
 }
 
 /// Reads committed records in order and hands each payload to `handler`, publishing the
-/// consumer position once per batch ([`batch::run`]). Stops at a BUSY record, after `max`
-/// records, when the handler says stop, when the ring is empty, or after one ring's worth of
-/// bytes. A record longer than what was written is an [`Error::Corrupt`], so every record lent
-/// lies within one ring's worth of bytes from its start, inside the double mapping.
+/// consumer position every `publish_every` bytes within a batch and once at the end, so that a
+/// long drain returns space to the producers as it goes. Stops at a BUSY record, after `max`
+/// records, when the handler breaks, when the ring is empty, or after one ring's worth of bytes
+/// (a producer faster than the handler must not keep us here forever). A producer more than a
+/// ring ahead, or a record longer than what was written, is an [`Error::Corrupt`], so every
+/// record lent lies within one ring's worth of bytes from its start, inside the double mapping.
+/// What was handed over is counted and published in every case, the error's included.
 ///
-/// Generic over the handler so that a closure is inlined into the loop (no indirect call per
-/// record); `&mut dyn FnMut` still works where one is wanted.
-pub(crate) fn consume<M, F, H>(mem: &M, max: usize, publish_every: u64, handler: &mut H) -> Result<Pass, Error>
+/// ```text
+///  start            published        done              end = producer - start
+///    |-- published ---|-- read, not yet --|-- written, not --|
+///                         published          read yet
+/// ```
+///
+/// Positions are free-running and wrap at 2^64 as the kernel's do; the loop counts bytes from
+/// where it started (`done`, `end`), which stay below two rings.
+///
+/// Per record ([`Walk::records`], compiled for each handler and called once per stretch): one
+/// acquire load of the header (a plain load on x86), a few register operations and the handler,
+/// inlined: no call, no atomic read-modify-write, no system call. The consumer position is
+/// stored once per stretch.
+#[inline(always)]
+pub(crate) fn consume<M, H>(mem: &M, max: usize, publish_every: u64, handler: &mut H) -> (Pass, Result<(), Error>)
 where
     M: RingMemory + ?Sized,
-    F: Flow,
-    H: FnMut(&[u8]) -> F + ?Sized,
+    H: FnMut(&[u8]) -> ControlFlow<()> + ?Sized,
 {
-    let ring = batch::Ring {
-        transport: "ring",
-        size: mem.size() as u64,
-        publish_every,
-        // Most streams repeat one record size; guess the smallest record (an empty payload).
-        min_record: HEADER_SIZE,
-        too_far_ahead: "producer position is more than one ring ahead",
-    };
     let mut pass = Pass::default();
+    if max == 0 {
+        return (pass, Ok(()));
+    }
+    let size = mem.size() as u64;
+    let data = mem.data().as_ptr();
+    let publish_every = publish_every.max(HEADER_SIZE);
     // Only this consumer writes consumer_pos, so a relaxed load sees our own last store.
     let start = mem.consumer_pos().load(Ordering::Relaxed);
-    // Pairs with smp_store_release(&rb->producer_pos, ...) in __bpf_ringbuf_reserve(): every
-    // header below the position read has been written (at least as BUSY). The kernel reserves
-    // only while producer_pos - consumer_pos < size.
-    let producer = || mem.producer_pos().load(Ordering::Acquire);
-    let parse = |position: u64, room: u64| {
-        if pass.records >= max || pass.stopped {
-            return Ok(Step::Stop);
+    let mut done = 0u64;
+    let mut published = 0u64;
+    // Most streams repeat one record size; the first guess is the smallest (an empty payload).
+    let mut walk = Walk::new(max, HEADER_SIZE);
+    let result = 'batch: loop {
+        // Pairs with smp_store_release(&rb->producer_pos, ...) in __bpf_ringbuf_reserve(): every
+        // header below the position read has been written (at least as BUSY). The kernel
+        // reserves only while producer_pos - consumer_pos < size.
+        let end = mem.producer_pos().load(Ordering::Acquire).wrapping_sub(start);
+        let lead = end.wrapping_sub(done);
+        if lead > size {
+            let reason = "producer position is more than one ring ahead";
+            break Err(corrupt(start.wrapping_add(done), lead, reason));
         }
-        let Some((len_word, total)) = read_header(mem, position, room)? else { return Ok(Step::Stop) };
-        if len_word & DISCARD_BIT == 0 {
-            let len = len_word & !(BUSY_BIT | DISCARD_BIT);
-            let offset = (position & (ring.size - 1)) as usize + HEADER_SIZE as usize;
-            // SAFETY: the record lies within the `room <= size` bytes written from its header
-            // (checked by `read_header`), so with the double mapping it ends below `2 * size`.
-            // It is committed and stays unwritten until consumer_pos passes it, which happens
-            // only after the handler has returned and dropped this borrow (and no other
-            // consumer in this process can move it: `RingClaim`).
-            let payload = unsafe { std::slice::from_raw_parts(mem.data().as_ptr().add(offset), len as usize) };
-            pass.records += 1;
-            pass.bytes += u64::from(len);
-            pass.stopped = handler(payload).is_stop();
+        if lead == 0 || done >= size {
+            break Ok(());
         }
-        Ok(Step::Took(total))
+        while done < end {
+            // SAFETY: the offset is below `size`, inside the mapping.
+            let first = unsafe { data.add((start.wrapping_add(done) & (size - 1)) as usize) };
+            let stretch = end.min(published + publish_every) - done;
+            // SAFETY: `first` is below `data + size`, and everything the walk reads lies within
+            // the `end - done <= size` bytes written from it: inside the double mapping.
+            let (stretch, room) = (stretch as usize, (end - done) as usize);
+            let (walked, exit) = if max == usize::MAX {
+                // SAFETY: as above.
+                unsafe { walk.records::<H, false>(first, stretch, room, handler) }
+            } else {
+                // SAFETY: as above.
+                unsafe { walk.records::<H, true>(first, stretch, room, handler) }
+            };
+            let position = start.wrapping_add(done);
+            done += walked as u64;
+            match exit {
+                Exit::StretchDone => {}
+                Exit::Flagged(len_word) if len_word & BUSY_BIT != 0 => break 'batch Ok(()),
+                Exit::Flagged(len_word) => match skip_discarded(position + walked as u64, end - done, len_word) {
+                    Ok(total) => done += total,
+                    Err(e) => break 'batch Err(e),
+                },
+                Exit::Corrupt(len_word) => {
+                    let reason = "record extends past the producer position";
+                    break 'batch Err(corrupt(position + walked as u64, u64::from(len_word), reason));
+                }
+                Exit::Stopped => {
+                    pass.stopped = true;
+                    break 'batch Ok(());
+                }
+                Exit::Panicked(panic) => {
+                    pass.panicked = Some(panic);
+                    break 'batch Ok(());
+                }
+                Exit::Max => break 'batch Ok(()),
+            }
+            if done - published >= publish_every {
+                publish(mem, start.wrapping_add(done));
+                published = done;
+            }
+        }
     };
-    batch::run(&ring, start, producer, |position| publish(mem, position), parse)?;
-    Ok(pass)
+    if done != published {
+        publish(mem, start.wrapping_add(done));
+    }
+    pass.records = max - walk.left;
+    pass.bytes = walk.bytes;
+    (pass, result)
 }
 
-/// The length word of the committed record at `position` and its size in the ring (header and
-/// payload, rounded up to 8); `None` while it is BUSY. A record longer than the `room` bytes
-/// written from `position` is an [`Error::Corrupt`].
-#[inline(always)]
-fn read_header<M: RingMemory + ?Sized>(mem: &M, position: u64, room: u64) -> Result<Option<(u32, u64)>, Error> {
-    let offset = (position & (mem.size() as u64 - 1)) as usize;
-    let data = mem.data().as_ptr();
-    scan::prefetch(data.wrapping_add(offset + scan::PREFETCH_AHEAD));
-    // SAFETY: `offset + 8 <= size` because offsets are 8-aligned and size is a multiple of 8;
-    // `data` is 8-aligned, so the header is an aligned u32 inside the mapping. The kernel writes
-    // it concurrently, hence an atomic.
-    let header = unsafe { &*data.add(offset).cast::<AtomicU32>() };
-    // Pairs with the xchg(&hdr->len, new_len) in bpf_ringbuf_commit() (a full barrier): once we
-    // see BUSY clear, the payload written before the commit is visible.
-    let len_word = header.load(Ordering::Acquire);
-    if len_word & BUSY_BIT != 0 {
-        return Ok(None);
+/// Why [`Walk::records`] returned.
+enum Exit {
+    /// It reached the end of the stretch.
+    StretchDone,
+    /// The record there is BUSY or discarded: this length word.
+    Flagged(u32),
+    /// The record there extends past the producer position: this length word.
+    Corrupt(u32),
+    /// The handler broke, after the record it was handed.
+    Stopped,
+    /// The handler panicked on the record it was handed.
+    Panicked(Panic),
+    /// `max` records were handed over.
+    Max,
+}
+
+impl Walk {
+    /// Hands the committed records from `first` on to `handler` until `stretch` bytes are passed;
+    /// returns the bytes walked over (the records handed over, and the last one if the handler
+    /// broke or `max` was reached) and why it stopped. The hot loop of every ring consumer: a
+    /// pointer walk with no masking, no call and no store but the handler's.
+    ///
+    /// # Safety
+    ///
+    /// `first` is 8-aligned and the `room >= stretch` bytes from it are readable: written by the
+    /// producers (the double mapping makes them contiguous), with committed records left
+    /// unwritten until the consumer position passes them.
+    // Out of line (one call per stretch): the loop then has the registers to itself, where
+    // inlined into the pass it shares them with the pass's own state and spills to the stack.
+    #[inline(never)]
+    unsafe fn records<H, const LIMITED: bool>(
+        &mut self,
+        first: *const u8,
+        stretch: usize,
+        room: usize,
+        handler: &mut H,
+    ) -> (usize, Exit)
+    where
+        H: FnMut(&[u8]) -> ControlFlow<()> + ?Sized,
+    {
+        // A record shorter than this ends within `room` wherever in the stretch it starts: the
+        // exact check is needed only for longer ones (in the last stretch of a batch, all).
+        let slack = room - stretch;
+        // In locals, so that they stay in registers whatever the handler does with memory.
+        let (mut left, mut bytes, mut stride) = (self.left, self.bytes, self.stride);
+        let mut at = 0usize;
+        let exit = loop {
+            if at >= stretch {
+                break Exit::StretchDone;
+            }
+            scan::prefetch(first.wrapping_add(at + scan::PREFETCH_AHEAD));
+            // SAFETY: `at < stretch <= room`, 8-aligned: the header is an aligned u32 inside the
+            // readable bytes. The kernel writes it concurrently, hence an atomic.
+            let header = unsafe { &*first.add(at).cast::<AtomicU32>() };
+            // Pairs with the xchg(&hdr->len, new_len) in bpf_ringbuf_commit() (a full barrier):
+            // once we see BUSY clear, the payload written before the commit is visible.
+            let len_word = header.load(Ordering::Acquire);
+            if len_word & (BUSY_BIT | DISCARD_BIT) != 0 {
+                break Exit::Flagged(len_word);
+            }
+            // Header plus payload, rounded up to 8 (len < 2^30: no overflow).
+            let total = (len_word as usize + HEADER_SIZE as usize + 7) & !7;
+            if total > slack && total > room - at {
+                break Exit::Corrupt(len_word);
+            }
+            // SAFETY: the record lies within the readable bytes (checked above). It is committed
+            // and stays unwritten until consumer_pos passes it, which happens only after the
+            // handler has returned and dropped this borrow (and no other consumer in this
+            // process can move it: `RingClaim`).
+            let payload = unsafe { std::slice::from_raw_parts(first.add(at + 8), len_word as usize) };
+            bytes += u64::from(len_word);
+            left -= 1;
+            match guarded(handler, payload) {
+                Ok(flow) if flow.is_break() => {
+                    at += total;
+                    break Exit::Stopped;
+                }
+                Ok(_) => {}
+                Err(panic) => {
+                    at += total;
+                    break Exit::Panicked(panic);
+                }
+            }
+            if LIMITED && left == 0 {
+                at += total;
+                break Exit::Max;
+            }
+            at = stride.next(at as u64, total as u64) as usize;
+        };
+        (self.left, self.bytes, self.stride) = (left, bytes, stride);
+        (at, exit)
     }
-    let len = u64::from(len_word & !(BUSY_BIT | DISCARD_BIT));
-    // Header plus payload, rounded up to 8 (len < 2^30: no overflow).
+}
+
+/// The size of the discarded record at `position` (`len_word` read from its header, BUSY
+/// clear), or an [`Error::Corrupt`] if it extends past the `room` bytes written from there.
+/// Out of line: discarded records are rare, and the fast path stays small.
+#[cold]
+#[inline(never)]
+fn skip_discarded(position: u64, room: u64, len_word: u32) -> Result<u64, Error> {
+    let len = u64::from(len_word & !DISCARD_BIT);
     let total = (len + HEADER_SIZE + 7) & !7;
     if total > room {
         return Err(corrupt(position, len, "record extends past the producer position"));
     }
-    Ok(Some((len_word, total)))
+    Ok(total)
 }
 
 /// How long a poll waits before looking again at a head record still being written (BUSY): its
@@ -204,6 +354,29 @@ pub(crate) fn consume_past_busy(
     }
 }
 
+/// A drain: runs `pass` (records taken, and whether the head record is BUSY after it) until it
+/// takes nothing with no BUSY head; while the head is BUSY (its program is still writing it, and
+/// the records behind it wait), looks again every [`BUSY_BACKOFF`] until `deadline`. Returns
+/// the records taken in all.
+pub(crate) fn drain_past_busy(
+    deadline: Instant,
+    mut pass: impl FnMut() -> Result<(usize, bool), Error>,
+) -> Result<usize, Error> {
+    let mut total = 0;
+    loop {
+        let (n, busy) = pass()?;
+        total += n;
+        if n > 0 {
+            continue;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !busy || left.is_zero() {
+            return Ok(total);
+        }
+        std::thread::sleep(left.min(BUSY_BACKOFF));
+    }
+}
+
 /// Out of line: the consume loop's fast path stays small.
 #[cold]
 #[inline(never)]
@@ -241,8 +414,16 @@ pub(crate) fn stats<M: RingMemory + ?Sized>(mem: &M) -> RingStats {
 struct MappedRing {
     consumer: Mmap,
     producer: Mmap,
+    /// The data area, one page into `producer` (computed once: the loop reads it per record).
+    data: NonNull<u8>,
     size: usize,
 }
+
+// SAFETY: `data` points into `producer`, which the value owns; the mappings are Send and Sync
+// (`Mmap`), and `&MappedRing` hands out only what `Mmap` does: pointers and atomics.
+unsafe impl Send for MappedRing {}
+// SAFETY: as above.
+unsafe impl Sync for MappedRing {}
 
 // SAFETY: the kernel maps the consumer page (page aligned, so the u64 is aligned) and, at
 // PAGE, the producer page followed by the data pages twice (`ringbuf_map_mmap_kern`); both
@@ -258,9 +439,7 @@ unsafe impl RingMemory for MappedRing {
         unsafe { &*self.producer.ptr().as_ptr().cast::<AtomicU64>() }
     }
     fn data(&self) -> NonNull<u8> {
-        // SAFETY: the data area starts one page into the producer mapping, which is
-        // PAGE + 2*size bytes long.
-        unsafe { self.producer.ptr().add(sys::page_size()) }
+        self.data
     }
     fn size(&self) -> usize {
         self.size
@@ -318,12 +497,15 @@ impl RingBuffer {
         let fd = sys::dup(map)?;
         let consumer = Mmap::map(fd.as_fd(), page, 0, true)?;
         let producer = Mmap::map(fd.as_fd(), page + 2 * size, page, false)?;
+        // SAFETY: the data area starts one page into the producer mapping, which is
+        // PAGE + 2*size bytes long.
+        let data = unsafe { producer.ptr().add(page) };
         let wakeups = Epoll::new()?;
         wakeups.add_edge_triggered(fd.as_fd(), 0)?;
         Ok(RingBuffer {
             _claim: claim,
             fd,
-            ring: MappedRing { consumer, producer, size },
+            ring: MappedRing { consumer, producer, data, size },
             publish_every: default_publish_every(size as u64),
             wakeups,
             ready: Vec::new(),
@@ -351,16 +533,13 @@ impl RingBuffer {
         self.policy != WakeupPolicy::Never
     }
 
-    /// Hands every committed record (at most `max`) to `handler` without blocking; returns how
-    /// many. The handler may stop early (see [`Flow`]).
-    pub(crate) fn consume_n<F: Flow>(
-        &mut self,
-        max: usize,
-        mut handler: impl FnMut(&[u8]) -> F,
-    ) -> Result<usize, Error> {
-        let mut failure = Failure::default();
-        let pass = consume(&self.ring, max, self.publish_every, &mut |data: &[u8]| failure.check(handler(data)));
-        failure.result(pass.map(|pass| pass.records))
+    /// Hands every committed record (at most `max`) to `handler` without blocking ([`consume`]).
+    #[inline(always)]
+    pub(crate) fn consume<H>(&mut self, max: usize, handler: &mut H) -> (Pass, Result<(), Error>)
+    where
+        H: FnMut(&[u8]) -> ControlFlow<()>,
+    {
+        consume(&self.ring, max, self.publish_every, handler)
     }
 
     /// Whether records wait that no coming wakeup is certain to announce, so that sleeping
@@ -454,6 +633,7 @@ mod protocol_tests {
 
     use proptest::prelude::*;
 
+    use crate::ringbuf;
     use crate::sim::SimRing;
 
     fn payload(seq: usize, len: usize) -> Vec<u8> {
@@ -551,8 +731,11 @@ mod protocol_tests {
         assert_eq!(seen, (0..10).collect::<Vec<u8>>());
     }
 
-    #[test]
-    fn poll_looks_again_at_a_busy_head_until_it_is_committed() {
+    /// A ring whose head record stays BUSY for 20 ms, with a record behind it: what `take` got
+    /// (records, payloads), run meanwhile.
+    fn committed_late(
+        take: impl FnOnce(&SimRing, &mut crate::sim::SimRingConsumer<'_>) -> (usize, Vec<Vec<u8>>),
+    ) -> (usize, Vec<Vec<u8>>) {
         let ring = SimRing::new(4096);
         let busy = ring.reserve(3).unwrap();
         ring.output(b"behind").unwrap();
@@ -563,12 +746,45 @@ mod protocol_tests {
                 ring.fill(&busy, b"one");
                 ring.commit(busy, false);
             });
+            take(&ring, &mut consumer)
+        })
+    }
+
+    #[test]
+    fn poll_looks_again_at_a_busy_head_until_it_is_committed() {
+        // Without the backoff this returns 0 at once: the head is BUSY and nothing wakes it.
+        let taken = committed_late(|_, consumer| {
             let mut seen = Vec::new();
-            // Without the backoff this returns 0 at once: the head is BUSY and nothing wakes it.
-            let n = consumer.poll(None, |r: &[u8]| seen.push(r.to_vec())).unwrap();
-            assert_eq!(n, 2);
-            assert_eq!(seen, [b"one".to_vec(), b"behind".to_vec()]);
+            (consumer.poll(None, |r: &[u8]| seen.push(r.to_vec())).unwrap(), seen)
         });
+        assert_eq!(taken, (2, vec![b"one".to_vec(), b"behind".to_vec()]));
+    }
+
+    #[test]
+    fn a_drain_waits_out_a_busy_head_until_its_deadline() {
+        let taken = committed_late(|ring, consumer| drain(ring, consumer, std::time::Duration::from_secs(30)));
+        assert_eq!(taken, (2, vec![b"one".to_vec(), b"behind".to_vec()]), "the drain ended at the BUSY head");
+        // A head that stays BUSY ends the drain at its deadline, with what was taken before it.
+        let ring = SimRing::new(4096);
+        ring.output(b"first").unwrap();
+        let _busy = ring.reserve(3).unwrap();
+        let mut consumer = ring.consumer().unwrap();
+        assert_eq!(drain(&ring, &mut consumer, std::time::Duration::from_millis(5)).0, 1);
+    }
+
+    /// [`super::drain_past_busy`] over a simulated ring, within `limit`: the records and their
+    /// payloads.
+    fn drain(
+        ring: &SimRing,
+        consumer: &mut crate::sim::SimRingConsumer<'_>,
+        limit: std::time::Duration,
+    ) -> (usize, Vec<Vec<u8>>) {
+        let mut seen = Vec::new();
+        let n = super::drain_past_busy(std::time::Instant::now() + limit, || {
+            let pass = consumer.consume(|r: &[u8]| seen.push(r.to_vec()))?;
+            Ok((pass, ringbuf::head_is_busy(ring)))
+        });
+        (n.unwrap(), seen)
     }
 
     #[test]

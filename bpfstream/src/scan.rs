@@ -11,6 +11,24 @@
 /// Bytes ahead of the current record that [`prefetch`] asks for.
 pub(crate) const PREFETCH_AHEAD: usize = 2048;
 
+/// The state of a record walk that outlives one stretch (`ringbuf::Walk::records`,
+/// `perfbuf`'s `Walk::samples`): kept in locals of the loop, so in registers.
+pub(crate) struct Walk {
+    /// Records still to hand over before `max` is reached.
+    pub left: usize,
+    /// Payload bytes handed over.
+    pub bytes: u64,
+    /// The next record's size predicted: most streams repeat one.
+    pub stride: Stride,
+}
+
+impl Walk {
+    /// A walk that hands over at most `max` records, first expecting records of `size` bytes.
+    pub fn new(max: usize, size: u64) -> Self {
+        Walk { left: max, bytes: 0, stride: Stride::new(size) }
+    }
+}
+
 /// The size of the records seen last: the prediction of the next record's size.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Stride(u64);
@@ -19,6 +37,12 @@ impl Stride {
     /// Starts predicting records of `size` bytes.
     pub fn new(size: u64) -> Self {
         Stride(size)
+    }
+
+    /// The predicted size: the last one seen.
+    #[inline(always)]
+    pub fn size(self) -> u64 {
+        self.0
     }
 
     /// `position + actual`, computed so that it does not wait for `actual` when `actual` is the

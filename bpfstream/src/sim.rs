@@ -260,8 +260,9 @@ impl SimRingConsumer<'_> {
     /// runs with a limit: for the streams and the poller).
     pub fn consume_n<F: Flow>(&mut self, max: usize, mut handler: impl FnMut(&[u8]) -> F) -> Result<usize, Error> {
         let mut failure = Failure::default();
-        let pass = ringbuf::consume(self.ring, max, self.publish_every, &mut |r: &[u8]| failure.check(handler(r)));
-        failure.result(pass.map(|pass| pass.records))
+        let (pass, result) =
+            ringbuf::consume(self.ring, max, self.publish_every, &mut |r: &[u8]| failure.check(handler(r)));
+        failure.result(result.map(|()| pass.records))
     }
 
     /// As [`EventSource::poll`](crate::EventSource::poll) on a ring whose producers send no wakeups: consumes, and
@@ -276,8 +277,11 @@ impl SimRingConsumer<'_> {
         let mut failure = Failure::default();
         let mut check = |r: &[u8]| failure.check(handler(r));
         let n = ringbuf::consume_past_busy(deadline, || {
-            let pass = ringbuf::consume(self.ring, usize::MAX, self.publish_every, &mut check)?;
-            Ok((pass.records, ringbuf::head_is_busy(self.ring)))
+            let (pass, result) = ringbuf::consume(self.ring, usize::MAX, self.publish_every, &mut check);
+            if let Some(panic) = pass.panicked {
+                std::panic::resume_unwind(panic);
+            }
+            result.map(|()| (pass.records, ringbuf::head_is_busy(self.ring)))
         });
         failure.result(n)
     }
@@ -411,8 +415,11 @@ impl SimPerf {
         let publish_every = (self.size as u64 / 4).max(8);
         let mut failure = Failure::default();
         let mut check = |item: Item<'_>| failure.check(handler(item));
-        let pass = perfbuf::consume(&*self, 0, scratch, usize::MAX, publish_every, &mut check);
-        failure.result(pass.map(|pass| pass.records))
+        let (pass, result) = perfbuf::consume(&*self, 0, scratch, usize::MAX, publish_every, &mut check);
+        if let Some(panic) = pass.panicked {
+            std::panic::resume_unwind(panic);
+        }
+        failure.result(result.map(|()| pass.records))
     }
 
     /// Start of the data area (`size` bytes), to check that what a consumer lends lies

@@ -1,6 +1,7 @@
 //! One event stream for either transport: a ring buffer or a perf buffer, plus the BPF-side
 //! drop counters, so a tool reads records and losses the same way whatever the kernel offers.
 
+use std::cell::Cell;
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
@@ -91,6 +92,11 @@ impl Totals {
         }
     }
 }
+
+/// How long a [`StopHandle`](crate::StopHandle) drain waits for
+/// a record still being written (BUSY) at the head of a ring: its program runs on another CPU
+/// and commits within microseconds, unless that CPU is preempted.
+const BUSY_DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
 /// How often a blocking poll without a timeout looks at a ring whose producers never wake it.
 const UNWOKEN_LOOK_EVERY: Duration = Duration::from_millis(100);
@@ -298,7 +304,7 @@ impl EventSource {
         // its commit may send no wakeup: look again every millisecond until the deadline.
         ringbuf::consume_past_busy(deadline, || {
             let n = self.consume_n(usize::MAX, &mut *handler)?;
-            Ok((n, matches!(&self.buffer, Buffer::Ring(r) if r.head_is_busy())))
+            Ok((n, self.head_is_busy()))
         })
     }
 
@@ -336,109 +342,172 @@ impl EventSource {
         }
     }
 
-    /// Drains everything buffered, reads the drop counters one last time and returns the final
-    /// totals. Call it after detaching the producers: then `delivered + dropped == produced`.
-    /// A handler that stops ends the drain early (the totals so far); one that fails, with its
-    /// error.
-    pub fn finish<F: Flow>(&mut self, mut handler: impl FnMut(Item<'_>) -> F) -> Result<Totals, Error> {
-        let mut failure = Failure::default();
-        let stopped = std::cell::Cell::new(false);
-        let mut handler = |item: Item<'_>| {
-            let flow = failure.check(handler(item));
-            stopped.set(flow.is_break());
-            flow
-        };
-        let drained = loop {
-            match self.consume_buffer(usize::MAX, &mut handler) {
-                Ok(0) => break self.report_counter_drops(&mut handler),
-                // The handler stopped (or failed): what it has not taken stays.
-                Ok(_) if stopped.get() => break Ok(()),
-                Ok(_) => {}
-                Err(e) => break Err(e),
-            }
-        };
-        self.publish_stats();
-        failure.result(drained.map(|()| self.totals))
-    }
-
-    /// The final drain, once the producers are detached and no program can still be running
-    /// (the caller waits for that, e.g. an RCU grace period after detaching): takes one snapshot
-    /// of the drop counters (`produced` and `dropped` from the same read), reports its drops,
-    /// then consumes until `delivered + dropped` reaches that `produced` or `deadline` passes. A
-    /// record still being written (BUSY) is waited for, not taken for the end of the stream.
-    /// Without drop counters this is [`finish`](Self::finish). May be called again to settle a
-    /// later snapshot; what the counters and the buffer still disagree on is the caller's to
-    /// report.
-    pub fn finish_by<F: Flow>(
+    /// The exact end of the stream, once the caller has detached every program that writes to
+    /// it (closed its links, or dropped the `aya::Ebpf` that holds them): hands over everything
+    /// the programs wrote, with the final loss reports, and returns the final [`Totals`], by
+    /// `deadline`. Then, with drop counters ([`with_counters`](Self::with_counters)),
+    /// `delivered + dropped == produced`, to the last event.
+    ///
+    /// What it does, in rounds: waits for an RCU grace period (`membarrier(2)`), so that no run
+    /// of a detached program that started before can still be going; takes one snapshot of the
+    /// drop counters (`produced` and `dropped` from the same read) and reports its drops; drains
+    /// until `delivered + dropped` reaches that `produced`, waiting out records still being
+    /// written (BUSY); and again, after another grace period, until two snapshots agree (a
+    /// program that entered late, through a faultable tracepoint or a uprobe, shows as a counter
+    /// that moved). Without drop counters: one grace period, then a drain until the buffer is
+    /// empty and no record at its head is BUSY.
+    ///
+    /// At `deadline` it returns what it has: then `produced` may exceed `delivered + dropped`,
+    /// and what they disagree on is the caller's to report. A handler that stops ends it early
+    /// (the totals so far); one that fails, with its error. Producers still attached keep it
+    /// busy until the deadline and make the totals a moment's view, not a final one.
+    pub fn finish<F: Flow>(
         &mut self,
         deadline: Instant,
         mut handler: impl FnMut(Item<'_>) -> F,
     ) -> Result<Totals, Error> {
-        let Some(counters) = &mut self.counters else { return self.finish(handler) };
+        let mut previous = None;
+        loop {
+            sys::wait_for_running_programs();
+            let (totals, stopped) = self.settle(deadline, &mut handler)?;
+            if stopped || totals.produced.is_none() || previous == totals.produced || Instant::now() >= deadline {
+                return Ok(totals);
+            }
+            previous = totals.produced;
+        }
+    }
+
+    /// One round of [`finish`](Self::finish), after a grace period: one snapshot of the drop
+    /// counters, its drops reported, then a drain until `delivered + dropped` reaches its
+    /// `produced` (without counters: until empty), or `deadline`. Returns the totals, and
+    /// whether the handler stopped.
+    pub(crate) fn settle<F: Flow>(
+        &mut self,
+        deadline: Instant,
+        handler: impl FnMut(Item<'_>) -> F,
+    ) -> Result<(Totals, bool), Error> {
+        let mut failure = Failure::default();
+        let stopped = Cell::new(false);
+        let mut handler = stopping(&mut failure, &stopped, handler);
+        let drained = match self.counters.is_some() {
+            true => self.drain_to_snapshot(deadline, &mut handler, &stopped),
+            false => self.drain_with(deadline, &mut handler, &stopped),
+        };
+        drop(handler);
+        self.publish_stats();
+        failure.result(drained.map(|()| (self.totals, stopped.get())))
+    }
+
+    /// Drains everything buffered and reads the drop counters one last time: what a
+    /// [`StopHandle`](crate::StopHandle) drain does. A record still being written (BUSY) at the
+    /// head of a ring is waited for, up to [`BUSY_DRAIN_LIMIT`].
+    pub(crate) fn drain<F: Flow>(&mut self, handler: impl FnMut(Item<'_>) -> F) -> Result<Totals, Error> {
+        let mut failure = Failure::default();
+        let stopped = Cell::new(false);
+        let mut handler = stopping(&mut failure, &stopped, handler);
+        let drained = self.drain_with(Instant::now() + BUSY_DRAIN_LIMIT, &mut handler, &stopped);
+        drop(handler);
+        self.publish_stats();
+        failure.result(drained.map(|()| self.totals))
+    }
+
+    /// Consumes until the buffer is empty with no BUSY head (or `deadline`), then, unless the
+    /// handler stopped, reads the drop counters one last time.
+    fn drain_with<H>(&mut self, deadline: Instant, handler: &mut H, stopped: &Cell<bool>) -> Result<(), Error>
+    where
+        H: FnMut(Item<'_>) -> ControlFlow<()>,
+    {
+        ringbuf::drain_past_busy(deadline, || {
+            if stopped.get() {
+                return Ok((0, false));
+            }
+            let n = self.consume_buffer(usize::MAX, handler)?;
+            Ok((n, self.head_is_busy()))
+        })?;
+        // The handler stopped (or failed): what it has not taken stays, and so do the counters.
+        if stopped.get() {
+            return Ok(());
+        }
+        self.report_counter_drops(handler)
+    }
+
+    /// One snapshot of the drop counters, its drops reported, then consumes until `delivered +
+    /// dropped` reaches its `produced`, the handler stops, or `deadline`.
+    fn drain_to_snapshot<H>(&mut self, deadline: Instant, handler: &mut H, stopped: &Cell<bool>) -> Result<(), Error>
+    where
+        H: FnMut(Item<'_>) -> ControlFlow<()>,
+    {
+        let Some(counters) = &mut self.counters else { return Ok(()) };
         let snapshot = counters.read()?;
         for lost in counters.drops_in(&snapshot, Some(&self.perf_lost)) {
             self.totals.dropped += lost.count;
-            handler(Item::Lost(lost));
+            if !stopped.get() {
+                let _ = handler(Item::Lost(lost));
+            }
         }
         let produced = snapshot.iter().map(|c| c.produced).sum();
         self.totals.produced = Some(produced);
         self.totals.forced_wakeups = Some(snapshot.iter().map(|c| c.forced_wakeups).sum());
         self.last_counter_read = Some(Instant::now());
-        let drained = loop {
-            match self.consume_buffer(usize::MAX, &mut handler) {
-                Err(e) => break Err(e),
-                Ok(_) if self.totals.delivered + self.totals.dropped >= produced => break Ok(()),
-                Ok(_) if Instant::now() >= deadline => break Ok(()),
-                Ok(0) => std::thread::sleep(Duration::from_micros(200)),
-                Ok(_) => {}
+        while !stopped.get() && self.totals.delivered + self.totals.dropped < produced && Instant::now() < deadline {
+            // A record still being written (BUSY) is waited for, not taken for the end.
+            if self.consume_buffer(usize::MAX, handler)? == 0 {
+                std::thread::sleep(Duration::from_micros(200));
             }
-        };
-        self.publish_stats();
-        drained.map(|()| self.totals)
+        }
+        Ok(())
     }
 
-    fn consume_buffer<F: Flow>(&mut self, max: usize, handler: &mut dyn FnMut(Item<'_>) -> F) -> Result<usize, Error> {
+    /// Whether the record at a ring's consumer position is still being written (never, for a
+    /// perf buffer: its records are whole below `data_head`).
+    pub(crate) fn head_is_busy(&self) -> bool {
+        matches!(&self.buffer, Buffer::Ring(r) if r.head_is_busy())
+    }
+
+    /// One pass over the buffer: hands at most `max` records and the perf LOST reports to
+    /// `handler` and counts them in the totals. Generic, so that the transport's loop inlines
+    /// the handler: per record, no call the compiler cannot see.
+    #[inline(always)]
+    fn consume_buffer<H>(&mut self, max: usize, handler: &mut H) -> Result<usize, Error>
+    where
+        H: FnMut(Item<'_>) -> ControlFlow<()>,
+    {
         let totals = &mut self.totals;
-        let mut deliver =
-            |item: Item<'_>| if handler(item).is_stop() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) };
-        match &mut self.buffer {
-            Buffer::Ring(ring) => ring.consume_n(max, |data: &[u8]| {
-                totals.delivered += 1;
-                totals.bytes += data.len() as u64;
-                deliver(Item::Record(Record { data, cpu: None }))
-            }),
+        let (records, bytes, panicked, result) = match &mut self.buffer {
+            Buffer::Ring(ring) => {
+                let (pass, result) =
+                    ring.consume(max, &mut |data: &[u8]| handler(Item::Record(Record { data, cpu: None })));
+                (pass.records, pass.bytes, pass.panicked, result)
+            }
             Buffer::Perf(perf) => {
                 let perf_lost = &mut self.perf_lost;
                 let counters = &mut self.counters;
-                perf.consume_n(max, |item: Item<'_>| match item {
-                    Item::Record(record) => {
-                        totals.delivered += 1;
-                        totals.bytes += record.data.len() as u64;
-                        deliver(item)
-                    }
+                let (pass, result) = perf.consume(max, &mut |item: Item<'_>| match item {
+                    Item::Record(_) => handler(item),
                     Item::Lost(lost) => {
-                        // The same drops may already have been reported from the counters.
-                        let cpu = lost.cpu.unwrap_or(0) as usize;
-                        if perf_lost.len() <= cpu {
-                            perf_lost.resize(cpu + 1, 0);
-                        }
-                        perf_lost[cpu] += lost.count;
-                        let new = match counters {
-                            Some(c) => c.note_reported(cpu as u32, perf_lost[cpu]),
-                            None => lost.count,
-                        };
+                        let new = note_perf_lost(perf_lost, counters.as_mut(), lost);
                         if new == 0 {
                             return ControlFlow::Continue(());
                         }
                         totals.dropped += new;
-                        deliver(Item::Lost(Lost { count: new, ..lost }))
+                        handler(Item::Lost(Lost { count: new, ..lost }))
                     }
-                })
+                });
+                (pass.records, pass.bytes, pass.panicked, result)
             }
+        };
+        self.totals.delivered += records as u64;
+        self.totals.bytes += bytes;
+        if let Some(panic) = panicked {
+            // What the handler was handed, the record it panicked on included, is consumed and
+            // counted: a later consume or finish does not hand it over again.
+            self.publish_stats();
+            std::panic::resume_unwind(panic);
         }
+        result.map(|()| records)
     }
 
-    fn report_counter_drops<F: Flow>(&mut self, handler: &mut dyn FnMut(Item<'_>) -> F) -> Result<(), Error> {
+    fn report_counter_drops<R>(&mut self, handler: &mut dyn FnMut(Item<'_>) -> R) -> Result<(), Error> {
         self.last_counter_read = Some(Instant::now());
         let Some(counters) = &mut self.counters else { return Ok(()) };
         for lost in counters.new_drops(Some(&self.perf_lost))? {
@@ -449,6 +518,35 @@ impl EventSource {
         self.totals.produced = total.produced;
         self.totals.forced_wakeups = total.forced_wakeups;
         Ok(())
+    }
+}
+
+/// `handler` as the consume loops take it: its verdict checked (an error kept in `failure`), and
+/// whether it ever stopped in `stopped`.
+fn stopping<'h, F: Flow>(
+    failure: &'h mut Failure,
+    stopped: &'h Cell<bool>,
+    mut handler: impl FnMut(Item<'_>) -> F + 'h,
+) -> impl FnMut(Item<'_>) -> ControlFlow<()> + 'h {
+    move |item: Item<'_>| {
+        let flow = failure.check(handler(item));
+        stopped.set(stopped.get() || flow.is_break());
+        flow
+    }
+}
+
+/// Adds a perf LOST record's count to its CPU's total and returns how many of them the drop
+/// counters have not reported already (the same drops may be counted by both).
+#[cold]
+fn note_perf_lost(perf_lost: &mut Vec<u64>, counters: Option<&mut DropCounters>, lost: Lost) -> u64 {
+    let cpu = lost.cpu.unwrap_or(0) as usize;
+    if perf_lost.len() <= cpu {
+        perf_lost.resize(cpu + 1, 0);
+    }
+    perf_lost[cpu] += lost.count;
+    match counters {
+        Some(c) => c.note_reported(cpu as u32, perf_lost[cpu]),
+        None => lost.count,
     }
 }
 

@@ -73,7 +73,11 @@ impl StopHandle {
     /// Stops once everything left in the buffers has been handed over, with the final loss
     /// report (an [`EventSource`](crate::EventSource) reads its drop counters one last time): a
     /// poller's [`run`](crate::Poller::run) drains and returns; a stream yields the rest and
-    /// ends. Detach the producers first, or the drain lasts as long as they produce.
+    /// ends. A record still being written at the head of a ring is waited for, up to a second.
+    /// Detach the producers first, or the drain lasts as long as they produce; for an end exact
+    /// to the last event (grace periods, counter snapshots), call
+    /// [`Poller::finish`](crate::Poller::finish) or
+    /// [`EventSource::finish`](crate::EventSource::finish) after the detach.
     pub fn drain(&self) {
         self.0.ask(DRAIN);
     }

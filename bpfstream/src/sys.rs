@@ -1,5 +1,5 @@
 //! The few system calls the consumers need, as safe wrappers: `bpf(2)` map commands,
-//! `perf_event_open(2)`, `mmap(2)`, epoll and eventfd. Everything here owns its file
+//! `perf_event_open(2)`, `mmap(2)`, epoll, eventfd and `membarrier(2)`. Everything here owns its file
 //! descriptors (`OwnedFd`) and mappings (`Mmap`), so nothing leaks on an error path.
 
 use std::io;
@@ -447,6 +447,32 @@ impl AsFd for EventFd {
 }
 
 /// Duplicates `fd` (close-on-exec), so a consumer keeps its map alive on its own.
+/// `MEMBARRIER_CMD_GLOBAL` of membarrier(2).
+const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+
+/// Waits until no BPF program detached before the call can still be running (an RCU grace
+/// period).
+///
+/// Detaching replaces the tracepoint's probe array (tracepoint_probe_unregister(), for raw
+/// tracepoints) or the event's program array (perf_event_detach_bpf_prog(), for classic ones,
+/// which also waits for a Tasks Trace grace period before it returns). A tracepoint call that
+/// read the old array may still be running one of the programs: under preempt_disable() or
+/// rcu_read_lock() (classic tracepoints, and every BPF run through __bpf_trace_run()), which
+/// MEMBARRIER_CMD_GLOBAL waits for, as it is synchronize_rcu() (kernel/sched/membarrier.c).
+/// A faultable tracepoint (sys_enter/sys_exit) or a uprobe reads the array under Tasks Trace
+/// RCU, which synchronize_rcu() does not wait for: such a call can be between reading the array
+/// and entering the program. That is why `finish` takes a second snapshot of the counters after
+/// a second grace period and goes on until two agree: a late run shows as a counter that moved.
+pub(crate) fn wait_for_running_programs() {
+    // SAFETY: membarrier(2) takes no pointers.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        // nohz_full kernels refuse it (EINVAL), pre-4.3 ones lack it: a plain pause; the
+        // settle loop catches what still ran after it.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub(crate) fn dup(fd: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
     fd.try_clone_to_owned().map_err(|e| Error::sys("dup", e))
 }

@@ -120,7 +120,7 @@ fn same_load_same_items(transport: Transport) {
 
     let mut blocking = Seen::default();
     let mut source = burst(options, count);
-    let totals = source.finish(|item: Item<'_>| blocking.item(item)).unwrap();
+    let totals = source.finish(deadline(Duration::from_secs(5)), |item: Item<'_>| blocking.item(item)).unwrap();
     assert_eq!(totals.produced, Some(count));
     assert_eq!(totals.delivered + totals.dropped, count, "{totals:?}");
     assert!(totals.dropped > 0, "the burst should overflow the buffer: {totals:?}");
@@ -252,7 +252,7 @@ fn cancel_mid_stream(transport: Transport, how: &str) {
     let mut source = rest_source.unwrap_or_else(|| probe.source().unwrap());
     probe.detach();
     let mut rest = Seen::default();
-    let totals = source.finish(|item: Item<'_>| rest.item(item)).unwrap();
+    let totals = source.finish(deadline(Duration::from_secs(5)), |item: Item<'_>| rest.item(item)).unwrap();
     assert_eq!(first.seqs(), (0..taken).collect::<Vec<_>>());
     assert_eq!(rest.seqs(), (taken..count).collect::<Vec<_>>(), "records after a {how} were lost or repeated");
     assert_eq!(totals.dropped, 0);
@@ -577,7 +577,7 @@ fn poller_handlers_borrow_locals_and_stats_are_live() {
     drop(poller);
     let seen_from_thread = producer.join().unwrap();
     probe.detach();
-    let totals = source.finish(|_: Item<'_>| {}).unwrap();
+    let totals = source.finish(deadline(Duration::from_secs(5)), |_: Item<'_>| {}).unwrap();
     assert_eq!(seqs, (0..count).collect::<Vec<_>>());
     assert_eq!(seen_from_thread.events, count);
     let stats = source.stats();
@@ -717,7 +717,7 @@ fn uprobe_storm(transport: Transport) {
         }
     });
     probe.detach();
-    let totals = source.finish(&mut handle).unwrap();
+    let totals = source.finish(deadline(Duration::from_secs(5)), &mut handle).unwrap();
     eprintln!("{transport:?} storm: {totals:?}, {malformed} malformed");
     assert_eq!(malformed, 0, "records built by two programs at once");
     assert_eq!(totals.produced, Some(THREADS * PER_THREAD), "every call counted once: {totals:?}");
@@ -734,4 +734,116 @@ fn ring_counters_stay_exact_in_a_uprobe_storm() {
 #[test]
 fn perf_counters_stay_exact_in_a_uprobe_storm() {
     uprobe_storm(Transport::Perf);
+}
+
+/// Sets this process's limit of open descriptors (soft), returning the old one.
+fn set_open_files_limit(soft: u64) -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write one rlimit through valid pointers.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        let old = limit.rlim_cur;
+        limit.rlim_cur = soft;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        old
+    }
+}
+
+/// A second perf buffer whose open fails on its second CPU (EMFILE: the first CPU's event was
+/// opened, the second could not be) leaves the first buffer every slot: the first still gets
+/// the records of the first CPU.
+#[test]
+fn a_second_perf_open_that_fails_part_way_leaves_the_first_its_slots() {
+    let Some(_kernel) = kernel_test() else { return };
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("skipping: one CPU, a perf open cannot fail part way");
+        return;
+    }
+    let mut probe = PingProbe::load(PingOptions::new(Transport::Perf)).unwrap();
+    let options = bpfstream::PerfOptions::default();
+    let mut first = EventSource::open(probe.map("events").unwrap(), options).unwrap();
+    // The lowest free descriptors, in the order the next opens get them: the second open takes
+    // three (the map's duplicate, its epoll set, the first CPU's event) before the second CPU's
+    // event, the fourth, which the limit refuses.
+    let free: Vec<std::fs::File> = (0..4).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
+    let fourth = std::os::fd::AsRawFd::as_raw_fd(&free[3]) as u64;
+    drop(free);
+    let old = set_open_files_limit(fourth);
+    let second = EventSource::open(probe.map("events").unwrap(), options);
+    set_open_files_limit(old);
+    let err = second.expect_err("the second CPU's event is past the limit");
+    assert!(err.to_string().contains("Too many open files"), "{err}");
+    probe.attach().unwrap();
+    ping_from_one_cpu(5, len_of);
+    probe.detach();
+    let mut seen = Seen::default();
+    first.consume(|item: Item<'_>| seen.item(item)).unwrap();
+    assert_eq!((seen.seqs(), seen.lost), ((0..5).collect::<Vec<_>>(), 0), "the first buffer lost CPU 0's slot");
+}
+
+/// `finish` with a handler that fails stops at the failure and returns its error.
+#[test]
+fn finish_stops_at_a_failing_handler_and_returns_its_error() {
+    let Some(_kernel) = kernel_test() else { return };
+    let mut source = burst(PingOptions::new(Transport::Ring), 5);
+    let mut calls = 0;
+    let result = source.finish(deadline(Duration::from_secs(1)), |_: Item<'_>| {
+        calls += 1;
+        Err::<(), _>("no room")
+    });
+    let err = result.expect_err("the handler failed");
+    assert_eq!((err.to_string().as_str(), calls), ("the handler failed: no room", 1));
+}
+
+/// A handler that panics mid-pass (the caller catches it): the records handed over before and
+/// the one it panicked on are consumed and counted, so the final drain hands over only the rest
+/// and delivered + dropped == produced.
+#[test]
+fn a_handler_that_panics_hands_no_record_over_twice() {
+    let Some(_kernel) = kernel_test() else { return };
+    for transport in [Transport::Ring, Transport::Perf] {
+        let mut source = burst(PingOptions::new(transport), 5);
+        let mut seen = Seen::default();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            source.consume(|item: Item<'_>| {
+                seen.item(item);
+                assert!(seen.records.len() < 3, "the handler gives up at the third record");
+            })
+        }));
+        assert!(panicked.is_err(), "{transport}: the handler panicked");
+        let totals = source.finish(deadline(Duration::from_secs(5)), |item: Item<'_>| seen.item(item)).unwrap();
+        assert_eq!(seen.seqs(), (0..5).collect::<Vec<_>>(), "{transport}: each record once, in order");
+        assert_eq!((totals.delivered, totals.dropped, totals.produced), (5, 0, Some(5)), "{transport}");
+    }
+}
+
+/// A perf buffer too large to describe (the watermark and the ring size are 32-bit in the
+/// kernel's interface) is an error from `open`, not a panic.
+#[test]
+fn a_perf_buffer_too_large_is_an_error() {
+    let Some(_kernel) = kernel_test() else { return };
+    let probe = PingProbe::load(PingOptions::new(Transport::Perf)).unwrap();
+    let options = bpfstream::PerfOptions { pages_per_cpu: 1 << 20, ..bpfstream::PerfOptions::default() };
+    let err = EventSource::open(probe.map("events").unwrap(), options).expect_err("4 GiB per CPU");
+    assert!(err.to_string().contains("pages per CPU"), "{err}");
+}
+
+/// The exact end of a poller's sources in one call: after the detach, every source's totals add
+/// up (delivered + dropped == produced), each delivered record handed to its source's handler.
+#[test]
+fn a_poller_finishes_all_its_sources_exactly() {
+    let Some(_kernel) = kernel_test() else { return };
+    let mut ring = burst(PingOptions::new(Transport::Ring), 7);
+    let mut perf = burst(PingOptions::new(Transport::Perf), 9);
+    let (mut from_ring, mut from_perf) = (Seen::default(), Seen::default());
+    let mut poller = Poller::new().unwrap();
+    let ring_id = poller.add(&mut ring, |item: Item<'_>| from_ring.item(item)).unwrap();
+    let perf_id = poller.add_with(&mut perf, 5, usize::MAX, |item: Item<'_>| from_perf.item(item)).unwrap();
+    let totals = poller.finish(deadline(Duration::from_secs(5))).unwrap();
+    drop(poller);
+    assert_eq!(totals.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [ring_id, perf_id], "in the order added");
+    for ((_, totals), (seen, sent)) in totals.iter().zip([(&from_ring, 7), (&from_perf, 9)]) {
+        assert_eq!((totals.delivered, totals.dropped, totals.produced), (sent, 0, Some(sent)), "{totals:?}");
+        assert_eq!(seen.seqs(), (0..sent).collect::<Vec<_>>());
+    }
 }

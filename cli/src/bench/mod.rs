@@ -97,6 +97,10 @@ pub struct BenchArgs {
     /// Also draw the rates and the sampled rows' CPU per record as bar charts into this SVG file
     #[arg(long, value_name = "FILE.svg", value_parser = crate::plot::parse_svg_path)]
     pub plot: Option<PathBuf>,
+    /// Exit 1 if a target's ratio falls past its floor (the goal less room for noise; ratios of
+    /// rows of this run only): the regression guard of CI
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// Everything one row is set up with.
@@ -353,7 +357,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         })
         .collect();
 
-    print(&rows, args.json)?;
+    let targets = report::targets(&rows);
+    print(&rows, &targets, args.json)?;
     if let Some(path) = &args.plot {
         report::figure(&rows, path)?;
         eprintln_lossy!("figure written to {}", path.display());
@@ -369,6 +374,26 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if failed + unaccounted > 0 {
         anyhow::bail!("the bench did not complete cleanly");
     }
+    if args.check {
+        check(&targets)?;
+    }
+    Ok(())
+}
+
+/// `--check`: every target with a floor was computed and holds it.
+fn check(targets: &[report::Target]) -> Result<()> {
+    let failures: Vec<String> = targets.iter().filter_map(report::Target::below_floor).collect();
+    for failure in &failures {
+        eprintln_lossy!("check failed: {failure}");
+    }
+    let checked = targets.iter().filter(|t| t.floor.is_some()).count();
+    if checked == 0 {
+        anyhow::bail!("--check: no target with a floor was computed; run the drain and sampled modes of bpfstream-ring, libbpf-ring, bpfstream-perf and libbpf-perf");
+    }
+    if !failures.is_empty() {
+        anyhow::bail!("{} of {checked} checked ratios fell past their floors", failures.len());
+    }
+    eprintln_lossy!("check passed: {checked} ratios hold their floors");
     Ok(())
 }
 
@@ -384,15 +409,14 @@ fn progress_result(outcome: &Outcome) -> String {
     }
 }
 
-fn print(rows: &[Row], json: bool) -> Result<()> {
-    let targets = report::targets(rows);
+fn print(rows: &[Row], targets: &[report::Target], json: bool) -> Result<()> {
     let mut out = io::stdout().lock();
     let written = (|| -> io::Result<()> {
         if json {
             for row in rows {
                 row.json().write_to(&mut out)?;
             }
-            for target in &targets {
+            for target in targets {
                 target.json().write_to(&mut out)?;
             }
         } else {
@@ -403,7 +427,7 @@ fn print(rows: &[Row], json: bool) -> Result<()> {
             writeln!(out, "\n{}", report::TABLE_NOTES)?;
             if !targets.is_empty() {
                 writeln!(out, "\nTargets (ratios of rows of this run):")?;
-                for target in &targets {
+                for target in targets {
                     writeln!(out, "  {}", target.text())?;
                 }
             }

@@ -219,17 +219,39 @@ pub struct Target {
     /// The highest ratio any consumer could show: the producer's own rate with no consumer
     /// running, over the rate compared against. Only where this run measured that rate.
     pub ceiling: Option<f64>,
+    /// What `--check` holds the ratio to: the goal less room for a shared machine's noise, so
+    /// that only a regression fails it (`None`: not checked).
+    pub floor: Option<Goal>,
 }
 
 impl Target {
     pub fn json(&self) -> JsonLine {
-        JsonLine::new("target")
+        let line = JsonLine::new("target")
             .str("name", self.name)
             .float("ratio", self.ratio)
             .str("goal", &self.goal)
             .boolean("met", self.met)
-            .opt_float("ceiling", self.ceiling)
-            .str("detail", &self.detail)
+            .opt_float("ceiling", self.ceiling);
+        let line = match self.floor {
+            Some(floor) => line.str("floor", &floor.text()),
+            None => line,
+        };
+        line.str("detail", &self.detail)
+    }
+
+    /// `--check`: why the ratio fails its floor, if it does.
+    pub fn below_floor(&self) -> Option<String> {
+        let floor = self.floor?;
+        (!floor.holds(self.ratio)).then(|| {
+            format!(
+                "{}: {:.2}x, the floor is {} (the goal {}): {}",
+                self.name,
+                self.ratio,
+                floor.text(),
+                self.goal,
+                self.detail
+            )
+        })
     }
 
     pub fn text(&self) -> String {
@@ -283,10 +305,26 @@ pub fn figure(rows: &[Row], path: &Path) -> anyhow::Result<()> {
 }
 
 /// What a ratio must be.
-#[derive(Debug, Clone, Copy)]
-enum Goal {
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Goal {
     AtLeast(f64),
     AtMost(f64),
+}
+
+impl Goal {
+    fn text(self) -> String {
+        match self {
+            Goal::AtLeast(min) => format!(">= {min}x"),
+            Goal::AtMost(max) => format!("<= {max}x"),
+        }
+    }
+
+    fn holds(self, ratio: f64) -> bool {
+        match self {
+            Goal::AtLeast(min) => ratio >= min,
+            Goal::AtMost(max) => ratio <= max,
+        }
+    }
 }
 
 /// `ours / theirs` of one metric between two rows, when both were measured.
@@ -296,15 +334,13 @@ fn compare(
     (ours, theirs, mode): (&str, &str, Mode),
     metric: fn(&Measured) -> Option<f64>,
     unit: &str,
-    goal: Goal,
+    (goal, floor): (Goal, Option<Goal>),
 ) -> Option<Target> {
     let a = metric(find(rows, ours, mode)?)?;
     let b = metric(find(rows, theirs, mode)?)?;
     let ratio = a / b;
-    let (goal, met) = match goal {
-        Goal::AtLeast(min) => (format!(">= {min}x"), ratio >= min),
-        Goal::AtMost(max) => (format!("<= {max}x"), ratio <= max),
-    };
+    let met = goal.holds(ratio);
+    let goal = goal.text();
     let fmt = |v: f64| if unit == "/s" { format!("{}/s", rate(v)) } else { format!("{v:.2} {unit}") };
     Some(Target {
         name,
@@ -314,6 +350,7 @@ fn compare(
         goal,
         met,
         ceiling: None,
+        floor,
     })
 }
 
@@ -350,6 +387,8 @@ fn with_ceiling(target: &mut Target, bound: f64, how: &str, theirs: &Measured, g
 
 /// Ring drain: bpfstream against libbpf.
 const RING_DRAIN_GOAL: f64 = 2.0;
+/// Ring drain: bpfstream's rate over that of a plain read of as much memory right after it.
+const RING_DRAIN_OF_PLAIN_READ_GOAL: f64 = 0.9;
 
 /// What the other ring consumers dropped in `sampled`: stalls of the machine hit them all.
 fn others_dropped(rows: &[Row]) -> String {
@@ -363,7 +402,8 @@ fn others_dropped(rows: &[Row]) -> String {
 /// bpfstream-perf with its defaults against libbpf's `perf_buffer__new` defaults.
 const PERF_DEFAULTS_GOAL: f64 = 20.0;
 
-/// The issue's targets that this run's rows allow to compute.
+/// The goals of the consumers' speed that this run's rows allow to compute, each a ratio of two
+/// rows of this run; the first four have a floor for `--check` (CI).
 pub fn targets(rows: &[Row]) -> Vec<Target> {
     let targets = vec![
         compare(
@@ -372,15 +412,23 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
             ("bpfstream-ring", "libbpf-ring", Mode::Drain),
             consumed,
             "/s",
-            Goal::AtLeast(RING_DRAIN_GOAL),
+            (Goal::AtLeast(RING_DRAIN_GOAL), Some(Goal::AtLeast(1.5))),
         ),
         compare(
             rows,
-            "ring sampled rate vs libbpf",
-            ("bpfstream-ring", "libbpf-ring", Mode::Sampled),
+            "ring drain CPU/record vs libbpf",
+            ("bpfstream-ring", "libbpf-ring", Mode::Drain),
+            cpu_per_event,
+            "ns",
+            (Goal::AtMost(0.5), Some(Goal::AtMost(0.6))),
+        ),
+        compare(
+            rows,
+            "perf drain rate vs libbpf",
+            ("bpfstream-perf", "libbpf-perf", Mode::Drain),
             consumed,
             "/s",
-            Goal::AtLeast(1.0),
+            (Goal::AtLeast(1.2), Some(Goal::AtLeast(1.0))),
         ),
         compare(
             rows,
@@ -388,7 +436,15 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
             ("bpfstream-ring", "libbpf-ring", Mode::Sampled),
             cpu_per_event,
             "ns",
-            Goal::AtMost(0.5),
+            (Goal::AtMost(0.3), Some(Goal::AtMost(1.0))),
+        ),
+        compare(
+            rows,
+            "ring sampled rate vs libbpf",
+            ("bpfstream-ring", "libbpf-ring", Mode::Sampled),
+            consumed,
+            "/s",
+            (Goal::AtLeast(1.0), None),
         ),
         compare(
             rows,
@@ -396,7 +452,7 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
             ("bpfstream-perf", "libbpf-perf", Mode::Sampled),
             consumed,
             "/s",
-            Goal::AtLeast(1.0),
+            (Goal::AtLeast(1.0), None),
         ),
         compare(
             rows,
@@ -404,8 +460,9 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
             ("bpfstream-perf", "libbpf-perf", Mode::Parallel),
             consumed,
             "/s",
-            Goal::AtLeast(PERF_DEFAULTS_GOAL),
+            (Goal::AtLeast(PERF_DEFAULTS_GOAL), None),
         ),
+        of_plain_read(rows),
     ];
     let mut targets: Vec<Target> = targets.into_iter().flatten().collect();
     let named = |targets: &[Target], name: &str| targets.iter().position(|t| t.name == name);
@@ -442,6 +499,7 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
     }
     if let Some(m) = find(rows, "bpfstream-ring", Mode::Sampled) {
         targets.push(Target {
+            floor: None,
             name: "ring sampled drops (whole row)",
             detail: format!("bpfstream-ring dropped {} of {} produced{}", m.dropped, m.produced, others_dropped(rows)),
             ratio: m.dropped as f64 / m.produced.max(1) as f64,
@@ -452,6 +510,23 @@ pub fn targets(rows: &[Row]) -> Vec<Target> {
         });
     }
     targets
+}
+
+/// The ring drain's rate as a fraction of a plain read of as much memory right after it (the
+/// memory's own speed, measured in the same window).
+fn of_plain_read(rows: &[Row]) -> Option<Target> {
+    let fraction = find(rows, "bpfstream-ring", Mode::Drain)?.medians.memory_speed_fraction?;
+    let goal = Goal::AtLeast(RING_DRAIN_OF_PLAIN_READ_GOAL);
+    Some(Target {
+        name: "ring drain vs a plain read",
+        detail: format!("bpfstream-ring drains at {:.0}% of a plain read of the same memory", fraction * 100.0),
+        ratio: fraction,
+        shown: format!("{fraction:.2}x"),
+        goal: goal.text(),
+        met: goal.holds(fraction),
+        ceiling: None,
+        floor: None,
+    })
 }
 
 #[cfg(test)]
@@ -554,7 +629,9 @@ mod tests {
         let drain = by_name("ring drain rate vs libbpf");
         assert!((drain.ratio - 450.0 / 220.0).abs() < 1e-9 && drain.met);
         let cpu = by_name("ring sampled CPU/event vs libbpf");
-        assert!((cpu.ratio - 0.6).abs() < 1e-9 && !cpu.met, "0.6 is above the 0.5 goal");
+        assert!((cpu.ratio - 0.6).abs() < 1e-9 && !cpu.met, "0.6 is above the 0.3 goal");
+        assert!(cpu.below_floor().is_none(), "but within the floor of 1.0");
+        assert!(by_name("ring drain CPU/record vs libbpf").below_floor().is_none(), "2.0 of 4.5 ns");
         let perf = by_name("perf defaults rate vs libbpf's");
         assert!(perf.ratio > 21.0 && perf.met);
         let drops = by_name("ring sampled drops (whole row)");
@@ -569,6 +646,20 @@ mod tests {
         assert!(drain.json().finish().contains(r#""met":true"#));
         // No perf drain row ran: the producer's own rate is unknown, so is the ceiling.
         assert!(perf.ceiling.is_none() && perf.json().finish().contains(r#""ceiling":null"#));
+    }
+
+    #[test]
+    fn a_ratio_past_its_floor_is_named_with_its_value_and_floor() {
+        let rows = vec![
+            row("bpfstream-ring", Mode::Drain, measured(240e6, Some(4.0), 0)),
+            row("libbpf-ring", Mode::Drain, measured(200e6, Some(4.5), 0)),
+        ];
+        let targets = targets(&rows);
+        let failures: Vec<String> = targets.iter().filter_map(Target::below_floor).collect();
+        assert_eq!(failures.len(), 2, "{failures:?}");
+        assert!(failures[0].starts_with("ring drain rate vs libbpf: 1.20x, the floor is >= 1.5x (the goal >= 2x)"));
+        assert!(failures[1].starts_with("ring drain CPU/record vs libbpf: 0.89x, the floor is <= 0.6x"));
+        assert!(targets[0].json().finish().contains(r#""floor":">= 1.5x""#));
     }
 
     #[test]

@@ -199,7 +199,7 @@ fn run_one(policy_on: bool, duration: Duration, progress: &Progress) -> Result<R
         producer.join().expect("producer thread")
     })?;
     drop(bpf);
-    let totals = source.finish(|item: Item<'_>| handle(item, false, &mut buckets))?;
+    let totals = source.finish(super::finish_deadline(), |item: Item<'_>| handle(item, false, &mut buckets))?;
     let counters = maps.counters()?;
     let summary = maps.summary()?;
     let notices_delivered = notices.len() as u64;

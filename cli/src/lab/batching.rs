@@ -150,7 +150,7 @@ fn run_one(name: &'static str, policy: WakeupPolicy, duration: Duration, progres
     let elapsed = started.elapsed();
     let cpu_ns = load::thread_cpu_ns() - cpu_before;
     drop(bpf);
-    let totals = source.finish(|item: Item<'_>| record(item, &mut latencies, &mut tail))?;
+    let totals = source.finish(super::finish_deadline(), |item: Item<'_>| record(item, &mut latencies, &mut tail))?;
     Ok(Row {
         policy: name,
         produced: totals.produced.unwrap_or(0),

@@ -179,7 +179,7 @@ fn run_one(mode: Mode, duration: Duration, progress: &Progress) -> Result<Row> {
     })?;
     let buffer_bytes = source.buffer_bytes();
     drop(bpf);
-    let totals = source.finish(|item: Item<'_>| state.borrow_mut().record(item))?;
+    let totals = source.finish(super::finish_deadline(), |item: Item<'_>| state.borrow_mut().record(item))?;
     let mut state = state.into_inner();
     if let Some(merge) = &mut state.merge {
         merge.finish();

@@ -80,6 +80,12 @@ struct Lab {
     run: fn(Duration, &mut Progress) -> Result<LabReport>,
 }
 
+/// When a lab's final drain must be done ([`bpfstream::EventSource::finish`]): its programs are
+/// detached just before, so the drain takes milliseconds; the bound only keeps a stuck one short.
+fn finish_deadline() -> Instant {
+    Instant::now() + Duration::from_secs(2)
+}
+
 const LABS: [Lab; 5] = [
     Lab { name: "sizing", default: Duration::from_secs(12), brief: Duration::from_secs(4), run: sizing::run },
     Lab { name: "compare", default: Duration::from_secs(9), brief: Duration::from_secs(3), run: compare::run },

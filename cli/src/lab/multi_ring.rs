@@ -150,8 +150,8 @@ fn run_separate(duration: Duration, progress: &Progress) -> Result<Setup> {
         drive(duration, progress, || poller.poll(Some(MAX_DELAY)).map(drop).map_err(Into::into))?
     };
     drop((critical_bpf, bulk_bpf));
-    let critical_totals = critical.finish(|item: Item<'_>| record(item, &stats, false))?;
-    let bulk_totals = bulk.finish(|item: Item<'_>| record(item, &stats, false))?;
+    let critical_totals = critical.finish(super::finish_deadline(), |item: Item<'_>| record(item, &stats, false))?;
+    let bulk_totals = bulk.finish(super::finish_deadline(), |item: Item<'_>| record(item, &stats, false))?;
     let [bulk_stats, critical_stats] = stats.into_inner();
     let mut warnings = Vec::new();
     let critical_produced = critical_totals.produced.unwrap_or(0);
@@ -196,7 +196,7 @@ fn run_shared(duration: Duration, progress: &Progress) -> Result<Setup> {
         Ok(())
     })?;
     drop(bpf);
-    let totals = source.finish(|item: Item<'_>| record(item, &stats, false))?;
+    let totals = source.finish(super::finish_deadline(), |item: Item<'_>| record(item, &stats, false))?;
     let [bulk_stats, critical_stats] = stats.into_inner();
     let delivered = bulk_stats.delivered + critical_stats.delivered;
     let produced = totals.produced.unwrap_or(0);

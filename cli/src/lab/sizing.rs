@@ -103,7 +103,7 @@ fn run_one(transport: Transport, size: u64, bursts: u64, cpus: load::Cpus, progr
     })?;
     let mapped = source.buffer_bytes();
     drop(bpf);
-    let totals = source.finish(|item: Item<'_>| {
+    let totals = source.finish(super::finish_deadline(), |item: Item<'_>| {
         if let Item::Record(_) = item {
             delivered += 1;
         }

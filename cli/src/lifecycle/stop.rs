@@ -2,10 +2,9 @@
 //!
 //! 1. detach: closing the object's links and programs takes them out of the tracepoints, so no
 //!    new run of them can start;
-//! 2. wait until no run that started before can still be going (a grace period);
-//! 3. one snapshot of the drop counters, then drain until `delivered + dropped` reaches its
-//!    `produced`, and again after another grace period until two snapshots agree, or until the
-//!    drain's deadline; what is left is reported as `unaccounted`, never hidden;
+//! 2. [`EventSource::finish`]: grace periods, drop-counter snapshots until two agree, a drain
+//!    until `delivered + dropped` reaches `produced`, by the drain's deadline; what is left is
+//!    reported as `unaccounted`, never hidden;
 //! 4. the output gets until its own deadline to be written; what is not is `unwritten`.
 //!
 //! The deadlines count from the end of the loop, so the whole stop fits in [`STOP_BUDGET`],
@@ -70,40 +69,7 @@ pub(super) fn detach(bpf: Ebpf) -> Ending {
 /// Steps 2 and 3: drains `source` into `feed` to the last event the counters account for (or
 /// the drain's deadline).
 pub(super) fn drain(source: &mut EventSource, ending: Ending, feed: &mut Feed<'_>) -> Result<Totals> {
-    let mut previous: Option<u64> = None;
-    loop {
-        wait_for_running_programs();
-        let totals = source.finish_by(ending.drain_by, |item: Item<'_>| feed.item(item))?;
-        feed.end_batch();
-        let settled = totals.produced.is_none() || previous == totals.produced;
-        if settled || Instant::now() >= ending.drain_by {
-            return Ok(totals);
-        }
-        previous = totals.produced;
-    }
-}
-
-/// `MEMBARRIER_CMD_GLOBAL` of membarrier(2).
-const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
-
-/// Waits until no program detached before the call can still be running.
-///
-/// Detaching replaces the tracepoint's probe array (tracepoint_probe_unregister(), for raw
-/// tracepoints) or the event's program array (perf_event_detach_bpf_prog(), for classic ones,
-/// which also waits for a Tasks Trace grace period before it returns). A tracepoint call that
-/// read the old array may still be running one of our programs: under preempt_disable() or
-/// rcu_read_lock() (classic tracepoints, and every BPF run through __bpf_trace_run()), which
-/// MEMBARRIER_CMD_GLOBAL waits for, as it is synchronize_rcu() (kernel/sched/membarrier.c).
-/// A faultable tracepoint (sys_enter/sys_exit) reads the array under Tasks Trace RCU, which
-/// synchronize_rcu() does not wait for: such a call can be between reading the array and
-/// entering the program. That is why the drain takes a second snapshot after a second grace
-/// period and goes on until two agree: a late run shows as a counter that moved.
-fn wait_for_running_programs() {
-    // SAFETY: membarrier(2) takes no pointers.
-    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
-    if rc != 0 {
-        // nohz_full kernels refuse it (EINVAL), pre-4.3 ones lack it: a plain pause, the
-        // settle loop catches what still ran after it.
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let totals = source.finish(ending.drain_by, |item: Item<'_>| feed.item(item))?;
+    feed.end_batch();
+    Ok(totals)
 }

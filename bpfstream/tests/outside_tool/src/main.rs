@@ -79,7 +79,7 @@ fn drain(name: &str, source: &mut EventSource, produced: u64, step: u64) -> Resu
     let tgid = std::process::id();
     let comm = std::fs::read_to_string("/proc/self/comm")?.trim_end().to_owned();
     let mut seen = Seen::default();
-    let totals = source.finish(events::<ToolEvent, _>(|event| match event {
+    let totals = source.finish(std::time::Instant::now() + std::time::Duration::from_secs(5), events::<ToolEvent, _>(|event| match event {
         Event::Record(e) if e.pid == tgid && e.comm.to_string() == comm => seen.seqs.push(e.seq),
         Event::Record(_) => seen.foreign += 1,
         Event::Lost(lost) => seen.dropped += lost.count,
