@@ -246,6 +246,8 @@ pub(super) trait Fed {
     /// Prints `summary` once the queues settled, with what stdout did not take of this stream,
     /// by `deadline` at most.
     fn print(&self, summary: &mut Summary, console: &Console, deadline: Instant);
+    /// Prints the run so far (`summary`, the consumer's part) at once, with this feed's part.
+    fn report(&self, summary: Summary, console: &Console);
 }
 
 impl<F: Format> Fed for RefCell<Feed<F>> {
@@ -280,6 +282,14 @@ impl<F: Format> Fed for RefCell<Feed<F>> {
 
     fn close(&self, summary: &mut Summary, size: u64) -> Result<()> {
         self.borrow_mut().close(summary, size)
+    }
+
+    fn report(&self, mut summary: Summary, console: &Console) {
+        let feed = self.borrow();
+        summary.unwritten = feed.out.unwritten();
+        summary.malformed = feed.malformed;
+        summary.export = feed.tee.so_far();
+        summary.report(console, feed.json);
     }
 
     fn print(&self, summary: &mut Summary, console: &Console, deadline: Instant) {

@@ -172,6 +172,8 @@ pub fn load(spec: &TracerSpec, options: &BufferOptions) -> Result<(Ebpf, Transpo
 /// Loads every program of `spec` into the kernel, which verifies it.
 fn verify(bpf: &mut Ebpf, spec: &TracerSpec) -> Result<()> {
     for a in &spec.attach {
+        // Each program's verification may take a while: a stop is honoured between them.
+        crate::signals::stop_point(LOADING)?;
         let program = program_mut(bpf, a.program())?;
         let verified = match a {
             Attach::Tracepoint { .. } => <&mut TracePoint>::try_from(program)?.load(),
@@ -184,7 +186,7 @@ fn verify(bpf: &mut Ebpf, spec: &TracerSpec) -> Result<()> {
 
 /// A failed load, with the privilege a refusal points at.
 pub fn load_error(what: &str, e: aya::EbpfError) -> anyhow::Error {
-    let text = format!("{:#}", anyhow::Error::from(e)); // with its causes
+    let text = crate::limits::chain(&e); // with its causes, each once
     let hint = if text.contains("Operation not permitted") || text.contains("EPERM") {
         crate::privileges::eperm_hint()
     } else {
@@ -192,6 +194,9 @@ pub fn load_error(what: &str, e: aya::EbpfError) -> anyhow::Error {
     };
     anyhow!("loading the BPF program for {what} failed{hint}: {text}")
 }
+
+/// What a start that a stop signal ended was doing.
+pub(super) const LOADING: &str = "loading the BPF programs";
 
 /// Attaches every program of `spec` (loaded by [`load`]).
 pub fn attach(bpf: &mut Ebpf, spec: &TracerSpec) -> Result<()> {
@@ -241,7 +246,7 @@ pub fn open_stream(bpf: &Ebpf, map: &str, counters: Option<&str>, options: &Buff
     let mut source = match EventSource::open(fd, PerfOptions { pages_per_cpu: perf_pages, wakeup: options.perf_wakeup })
     {
         Err(e) if is_permission_denied(&e) && events_are_perf(events) => {
-            bail!("{}: {e}", crate::privileges::perf_permission_hint(options.size))
+            bail!("{}: {}", crate::privileges::perf_permission_hint(options.size), crate::privileges::os_error(&e))
         }
         opened => opened?,
     };

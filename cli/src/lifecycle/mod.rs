@@ -30,8 +30,7 @@ pub use args::{BufferKind, BufferOptions, BurstBudget, CommonArgs, EventRate};
 pub use feed::Outlet;
 pub use format::Format;
 pub use load::{
-    attach, load, load_error, map_fd, open_source, open_stream, task_filter_globals, Attach, Global, Objects,
-    TracerSpec, EVENTS_MAP,
+    attach, load, load_error, map_fd, open_source, task_filter_globals, Attach, Global, Objects, TracerSpec, EVENTS_MAP,
 };
 pub use run::trace;
 pub use start::{Loaded, Tracer};

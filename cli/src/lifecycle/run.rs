@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use aya::Ebpf;
-use bpfstream::{Poller, Totals};
+use bpfstream::{DropCounters, Poller, StatsHandle, Totals};
 
 use super::args::BufferOptions;
 use super::feed::{Console, Fed, Feed, Outlet};
@@ -17,7 +17,7 @@ use super::format::Format;
 use super::start::{start, Loaded, StreamSpec, Tracer};
 use super::stop::{self, Ending};
 use super::summary::Summary;
-use crate::signals;
+use crate::signals::{self, Signal};
 
 /// Longest single wait: a signal that lands between the check of the stop flag and the start
 /// of the wait does not interrupt it, so the wait itself must end soon.
@@ -75,7 +75,7 @@ pub fn run(mut streams: Vec<Stream>, duration: Option<Duration>, console: &Conso
     streams.sort_by_key(|s| std::cmp::Reverse(s.loaded.priority));
     let max_delay = streams.iter().map(|s| s.loaded.max_delay).min().unwrap_or(LONGEST_WAIT);
     let started = Instant::now();
-    let shapes: Vec<Shape> = streams.iter().map(|s| Shape::of(&s.loaded)).collect();
+    let mut shapes: Vec<Shape> = streams.iter_mut().map(|s| Shape::of(&mut s.loaded)).collect();
     let mut objects: Vec<Ebpf> = Vec::with_capacity(streams.len());
     let mut feeds: Vec<&dyn Fed> = Vec::with_capacity(streams.len());
     let mut poller = Poller::new()?;
@@ -85,7 +85,8 @@ pub fn run(mut streams: Vec<Stream>, duration: Option<Duration>, console: &Conso
         feed.serve(&mut poller, &mut stream.loaded.source, stream.loaded.priority, BATCH_RECORDS)?;
         feeds.push(feed);
     }
-    let streamed = serve(&mut poller, &feeds, duration.map(|d| started + d), max_delay, console);
+    let until = duration.map(|d| started + d);
+    let streamed = serve(&mut poller, &feeds, &mut shapes, (started, until), max_delay, console);
     let elapsed = started.elapsed();
     let ending = stop::detach(objects);
     let drained = stop::drain(&mut poller, ending);
@@ -126,39 +127,65 @@ fn summarize(
     closed.map(|()| summaries)
 }
 
-/// What a stream's summary says of its buffer and name.
+/// What a stream's summaries say of it besides its feed's part: its name and buffer, and its
+/// counts so far.
 struct Shape {
     name: Option<std::sync::Arc<str>>,
     transport: bpfstream::Transport,
     buffer_bytes: u64,
     size: u64,
+    /// What its consumer published (the poller holds the source).
+    stats: StatsHandle,
+    counters: Option<DropCounters>,
 }
 
 impl Shape {
-    fn of(loaded: &Loaded) -> Self {
+    fn of(loaded: &mut Loaded) -> Self {
         Shape {
             name: loaded.name.clone(),
             transport: loaded.source.transport(),
             buffer_bytes: loaded.source.buffer_bytes(),
             size: loaded.size,
+            stats: loaded.source.stats_handle(),
+            counters: loaded.counters.take(),
         }
+    }
+
+    /// The stream so far: what its consumer published, with the BPF side's counters as of now.
+    fn so_far(&mut self, elapsed: Duration) -> Summary {
+        let stats = self.stats.read();
+        let mut totals = Totals {
+            delivered: stats.events,
+            bytes: stats.bytes,
+            dropped: stats.lost,
+            produced: stats.produced,
+            ..Totals::default()
+        };
+        if let Some(now) = self.counters.as_mut().and_then(|c| c.total().ok()) {
+            totals.produced = now.produced;
+            totals.dropped = totals.dropped.max(now.dropped);
+        }
+        Summary::so_far(self.name.clone(), totals, self.transport, self.buffer_bytes, elapsed)
     }
 }
 
-/// The loop: one poll per batch, bounded by the streams' `max_delay` (and [`LONGEST_WAIT`]).
+/// The loop: one poll per batch, bounded by the streams' `max_delay` (and [`LONGEST_WAIT`]),
+/// from `started` until the stop or the end of the duration; SIGUSR1 prints every stream's run
+/// so far.
 fn serve(
     poller: &mut Poller<'_>,
     feeds: &[&dyn Fed],
-    deadline: Option<Instant>,
+    shapes: &mut [Shape],
+    (started, until): (Instant, Option<Instant>),
     max_delay: Duration,
     console: &Console,
 ) -> Result<()> {
     for feed in feeds {
         feed.header();
     }
-    let broken = || console.stdout.error().is_some() || feeds.iter().any(|f| f.failed());
+    let broken = || console.stdout.has_failed() || feeds.iter().any(|f| f.failed());
     while !signals::stop_requested() && !broken() {
-        let timeout = match deadline {
+        let timeout = match until {
             None => max_delay,
             Some(d) => match d.checked_duration_since(Instant::now()) {
                 Some(left) if !left.is_zero() => left.min(max_delay),
@@ -168,6 +195,11 @@ fn serve(
         poller.poll(Some(timeout.min(LONGEST_WAIT)))?;
         for feed in feeds {
             feed.end_batch();
+        }
+        if signals::take(Signal::Report) {
+            for (feed, shape) in feeds.iter().zip(shapes.iter_mut()) {
+                feed.report(shape.so_far(started.elapsed()), console);
+            }
         }
     }
     Ok(())

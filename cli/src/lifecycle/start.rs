@@ -1,6 +1,7 @@
 //! The start of a run: every stream loaded (its programs verified) and its buffer opened, then
 //! all of them attached, so that nothing is attached unless every stream could be; then one
-//! `Tracing...` line per stream.
+//! `Tracing...` line per stream. A stop signal during the start ends it
+//! ([`StoppedAtStart`](crate::signals::StoppedAtStart)).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,22 +9,29 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use aya::maps::Map;
 use aya::Ebpf;
-use bpfstream::{EventSource, Transport};
+use bpfstream::{DropCounters, EventSource, Transport};
 
 use super::args::BufferOptions;
-use super::load::{attach, load, open_source, TracerSpec};
+use super::load::{attach, load, map_fd, open_stream, TracerSpec, EVENTS_MAP, LOADING};
+use crate::signals;
 use crate::size::human_bytes;
 
-/// What a stream runs in the kernel: an object, the buffer it streams, the programs it attaches.
+/// What a stream runs in the kernel: an object, the map it streams, the programs it attaches.
 pub trait Tracer {
     /// Shown in `Tracing <what> via ...`.
     fn what(&self) -> String;
     /// Loads the object for `buffer`, its programs verified where it can; nothing attached.
     fn load(&self, buffer: &BufferOptions) -> Result<Ebpf>;
-    /// The event stream of the loaded object.
-    fn open(&self, bpf: &Ebpf, buffer: &BufferOptions) -> Result<EventSource>;
     /// Attaches the loaded object's programs.
     fn attach(&self, bpf: &mut Ebpf) -> Result<()>;
+    /// The map it streams: a ring buffer or a perf event array.
+    fn events_map(&self) -> &str {
+        EVENTS_MAP
+    }
+    /// The map of its drop counters (`None`: it sends without bpfstream.h's counters).
+    fn counters_map(&self) -> Option<&str> {
+        Some(DropCounters::MAP)
+    }
 }
 
 /// A built-in tracer: an embedded object, its `events` map, its attach points.
@@ -33,9 +41,6 @@ impl Tracer for TracerSpec {
     }
     fn load(&self, buffer: &BufferOptions) -> Result<Ebpf> {
         load(self, buffer).map(|(bpf, _)| bpf)
-    }
-    fn open(&self, bpf: &Ebpf, buffer: &BufferOptions) -> Result<EventSource> {
-        open_source(bpf, buffer)
     }
     fn attach(&self, bpf: &mut Ebpf) -> Result<()> {
         attach(bpf, self)
@@ -70,6 +75,8 @@ pub struct Loaded {
     /// `--buffer-size`: ring total, or perf per CPU.
     pub(super) size: u64,
     pub(super) max_delay: Duration,
+    /// Its drop counters, read for the run so far (SIGUSR1).
+    pub(super) counters: Option<DropCounters>,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -106,21 +113,44 @@ impl Loaded {
 /// Loads every stream and opens its buffer, then attaches them all (nothing is attached unless
 /// every stream loaded), then announces each on stderr: `Tracing <what> via <buffer>...`.
 pub fn start(specs: Vec<StreamSpec<'_>>) -> Result<Vec<Loaded>> {
+    let started = load_and_attach(specs);
+    match started {
+        // A signal may interrupt the verifier (EINTR, EAGAIN): the stop, not the error, counts.
+        Err(_) if signals::stop_requested() => Err(signals::StoppedAtStart { during: LOADING.into() }.into()),
+        Ok(streams) => {
+            for stream in &streams {
+                let name = stream.name.as_ref().map(|name| format!(" (stream {name})")).unwrap_or_default();
+                eprintln_lossy!("Tracing {} via {}{name}... Hit Ctrl-C to end.", stream.what, stream.describe_buffer());
+            }
+            Ok(streams)
+        }
+        failed => failed,
+    }
+}
+
+fn load_and_attach(specs: Vec<StreamSpec<'_>>) -> Result<Vec<Loaded>> {
     let mut opened = Vec::with_capacity(specs.len());
     for spec in &specs {
-        let bpf = spec.tracer.load(&spec.buffer)?;
+        signals::stop_point(LOADING)?;
+        let t = &spec.tracer;
+        let bpf = t.load(&spec.buffer)?;
         // Open the buffer before attaching: perf buffers must be in the map before the first
         // event, or those events would be dropped for want of a slot.
-        let source = spec.tracer.open(&bpf, &spec.buffer)?;
-        opened.push((bpf, source));
+        let source = open_stream(&bpf, t.events_map(), t.counters_map(), &spec.buffer)?;
+        let counters = match t.counters_map().and_then(|name| bpf.map(name)) {
+            Some(map) => Some(DropCounters::new(map_fd(map)?)?),
+            None => None,
+        };
+        opened.push((bpf, source, counters));
     }
-    for ((bpf, _), spec) in opened.iter_mut().zip(&specs) {
+    for ((bpf, ..), spec) in opened.iter_mut().zip(&specs) {
+        signals::stop_point(LOADING)?;
         spec.tracer.attach(bpf)?;
     }
-    let streams: Vec<Loaded> = opened
+    let streams = opened
         .into_iter()
         .zip(specs)
-        .map(|((bpf, source), spec)| Loaded {
+        .map(|((bpf, source, counters), spec)| Loaded {
             bpf: Some(bpf),
             source,
             what: spec.tracer.what(),
@@ -128,11 +158,8 @@ pub fn start(specs: Vec<StreamSpec<'_>>) -> Result<Vec<Loaded>> {
             priority: spec.priority,
             size: spec.buffer.size,
             max_delay: spec.buffer.max_delay,
+            counters,
         })
         .collect();
-    for stream in &streams {
-        let name = stream.name.as_ref().map(|name| format!(" (stream {name})")).unwrap_or_default();
-        eprintln_lossy!("Tracing {} via {}{name}... Hit Ctrl-C to end.", stream.what, stream.describe_buffer());
-    }
     Ok(streams)
 }

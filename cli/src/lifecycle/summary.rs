@@ -1,9 +1,9 @@
 //! The accounting of one stream of a run, and where it is printed: the JSON summary goes to
 //! stdout if stdout can still take it by the stop's deadline, the text one to stderr; when
-//! stdout is unusable (blocked, full), the summary comes on stderr instead, with what was not
-//! written.
+//! stdout is unusable (blocked, full, closed), the summary (the JSON object with `--json`) comes
+//! on stderr instead, with what was not written.
 
-use std::io;
+use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use super::stop::Ending;
 use crate::loss::burst_text;
 use crate::output::JsonLine;
 use crate::size::human_bytes;
+use crate::writer::Output;
 
 /// The accounting of one stream of a run.
 #[derive(Debug, Clone)]
@@ -79,21 +80,44 @@ impl Summary {
         }
     }
 
+    /// A stream's run so far (SIGUSR1): nothing waits for its deadlines.
+    pub(super) fn so_far(
+        stream: Option<Arc<str>>,
+        totals: Totals,
+        transport: Transport,
+        buffer_bytes: u64,
+        elapsed: Duration,
+    ) -> Self {
+        Summary::new(stream, totals, transport, buffer_bytes, elapsed, Ending::passed())
+    }
+
+    /// Prints the run so far and returns at once: a `progress` object on stdout (`--json`),
+    /// or a `so far:` line on stderr, queued behind the output before it.
+    pub(super) fn report(&self, console: &Console, json: bool) {
+        let (queue, line) = match json {
+            true => (&console.stdout, self.json("progress").finish_line()),
+            false => (&console.stderr, format!("{}so far: {}\n", self.prefix(), self.text()).into_bytes()),
+        };
+        let mut out = Output::new(queue.clone());
+        let _ = out.write_all(&line);
+    }
+
     /// Events the BPF side produced that are neither written, nor unwritten, nor reported
     /// dropped (0; anything else is a bug worth shouting about).
     pub fn unaccounted(&self) -> i128 {
         self.produced.map_or(0, |p| i128::from(p) - i128::from(self.events) - i128::from(self.dropped))
     }
 
-    /// The summary object; tracers add their own fields after it. `events` counts what was
-    /// written: events + dropped + unwritten = produced.
-    fn json(&self) -> JsonLine {
+    /// The summary object (`kind`: `summary`, or `progress` for the run so far, whose
+    /// `in_flight` events are still in the buffer); tracers add their own fields after it.
+    /// `events` counts what was written: events + dropped + unwritten = produced.
+    fn json(&self, kind: &str) -> JsonLine {
         let secs = self.elapsed.as_secs_f64();
         let unwritten = self.unwritten;
         let written = self.events.saturating_sub(unwritten);
         let line = match &self.stream {
-            Some(name) => JsonLine::new("summary").str("stream", name),
-            None => JsonLine::new("summary"),
+            Some(name) => JsonLine::new(kind).str("stream", name),
+            None => JsonLine::new(kind),
         };
         let line = line.num("events", written);
         let line = if self.dropped_unknown { line.null("dropped") } else { line.num("dropped", self.dropped) };
@@ -102,7 +126,8 @@ impl Summary {
             .str("buffer", self.transport.name())
             .num("buffer_bytes", self.buffer_bytes);
         if let Some(p) = self.produced {
-            line = line.num("produced", p).num("unaccounted", self.unaccounted());
+            let unaccounted = if kind == "progress" { "in_flight" } else { "unaccounted" };
+            line = line.num("produced", p).num(unaccounted, self.unaccounted());
         }
         if let Some((lost, size)) = self.burst {
             line = line.num("worst_burst_lost", lost);
@@ -152,12 +177,12 @@ impl Summary {
         self.stream.as_ref().map(|name| format!("{name}: ")).unwrap_or_default()
     }
 
-    /// Prints the summary (JSON on stdout, or text on stderr; on stderr too when stdout cannot
-    /// take it in time) plus warnings if the accounting does not add up. Call it once the
-    /// console's stdout settled ([`crate::writer::Queue::settle`]); waits for the output until
-    /// `deadline` at most (the stop's summary deadline, [`Ending::summary_deadline`]). `extend`
-    /// adds the tracer's fields to the object, `text` makes the line for people from the
-    /// lifecycle's.
+    /// Prints the summary (JSON on stdout, or text on stderr; when stdout cannot take the JSON
+    /// object in time, or failed, or its reader left, the object goes to stderr) plus warnings
+    /// if the accounting does not add up. Call it once the console's stdout settled
+    /// ([`crate::writer::Queue::settle`]); waits for the output until `deadline` at most (the
+    /// stop's summary deadline, [`Ending::summary_deadline`]). `extend` adds the tracer's fields
+    /// to the object, `text` makes the line for people from the lifecycle's.
     pub fn print(
         &self,
         console: &Console,
@@ -166,10 +191,12 @@ impl Summary {
         extend: impl FnOnce(JsonLine) -> JsonLine,
         text: impl FnOnce(String) -> String,
     ) {
-        let on_stdout = json && console.stdout.write_by(extend(self.json()).finish_line(), deadline);
+        let object = json.then(|| extend(self.json("summary")).finish_line());
+        let on_stdout = object.as_ref().is_some_and(|line| console.stdout.write_by(line.clone(), deadline));
         let mut warnings = String::new();
+        let mut on_stderr = Vec::new();
         if !on_stdout {
-            warnings = format!("{}{}\n", self.prefix(), text(self.text()));
+            on_stderr = object.unwrap_or_else(|| format!("{}{}\n", self.prefix(), text(self.text())).into_bytes());
         }
         if self.unaccounted() != 0 {
             warnings.push_str(&format!(
@@ -192,8 +219,9 @@ impl Summary {
                 self.malformed
             ));
         }
-        if !warnings.is_empty() {
-            console.stderr.write_by(warnings.into_bytes(), deadline);
+        on_stderr.extend_from_slice(warnings.as_bytes());
+        if !on_stderr.is_empty() {
+            console.stderr.write_by(on_stderr, deadline);
         }
     }
 }

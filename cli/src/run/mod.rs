@@ -24,7 +24,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Result};
 use aya::EbpfLoader;
-use bpfstream::{DropCounters, EventSource};
+use bpfstream::DropCounters;
 
 use self::attach::{Attachment, UprobeTarget};
 use self::btf::{Kind, TypeId};
@@ -32,7 +32,7 @@ use self::decode::Plan;
 use self::globals::Setting;
 use self::object::{MapInfo, ObjectInfo, MAP_RINGBUF};
 use crate::container::ContainerArgs;
-use crate::lifecycle::{load_error, open_stream, BufferKind, BufferOptions, CommonArgs, EventRate, Outlet, Tracer};
+use crate::lifecycle::{load_error, BufferKind, BufferOptions, CommonArgs, EventRate, Outlet, Tracer};
 
 const EXAMPLE: &str = r#"Example: bpf/examples/execsnoop.bpf.c, the exec tracer with a variable-length field
 
@@ -304,11 +304,14 @@ impl Tracer for ObjectTracer<'_> {
     fn load(&self, buffer: &BufferOptions) -> Result<aya::Ebpf> {
         load(self.p, buffer)
     }
-    fn open(&self, bpf: &aya::Ebpf, buffer: &BufferOptions) -> Result<EventSource> {
-        open_stream(bpf, &self.p.map.name, self.counters.as_deref(), buffer)
-    }
     fn attach(&self, bpf: &mut aya::Ebpf) -> Result<()> {
         attach::attach(bpf, &self.p.attachments)
+    }
+    fn events_map(&self) -> &str {
+        &self.p.map.name
+    }
+    fn counters_map(&self) -> Option<&str> {
+        self.counters.as_deref()
     }
 }
 
