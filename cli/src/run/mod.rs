@@ -308,8 +308,8 @@ fn stream(args: RunArgs, p: Prepared) -> Result<()> {
     let width = p.maps.iter().map(|m| m.name.chars().count()).max().unwrap_or(0);
     let (mut maps, mut formats, mut outlets) = (Vec::new(), Vec::new(), Vec::new());
     for (i, map) in p.maps.iter().enumerate() {
-        let (common, buffer) = buffer_options(&args.common, &p, map);
         let counters = counters_map(&p.object, &map.name);
+        let (common, buffer) = buffer_options(&args.common, map, counters.is_some());
         let label = several.then(|| MapLabel { name: map.name.clone(), width, first: i == 0 });
         formats.push(Records::new(p.plan.clone(), p.ts_at, p.cgroup_at, counters.is_some(), label));
         outlets.push(Outlet::start(&common, &args.container)?);
@@ -348,15 +348,14 @@ impl Tracer for ObjectTracer<'_> {
     }
 }
 
-/// The common options with `map`'s transport, and its buffer: `--buffer-size`, else a plain
-/// object's ring as its author sized it, else the tracers' default.
-fn buffer_options(args: &CommonArgs, p: &Prepared, map: &MapInfo) -> (CommonArgs, BufferOptions) {
+/// The common options with `map`'s transport, and its buffer: `--buffer-size`, else a ring sent
+/// to without bpfstream.h's counters as its author sized it, else the tracers' default.
+fn buffer_options(args: &CommonArgs, map: &MapInfo, counted: bool) -> (CommonArgs, BufferOptions) {
     let ring = map.map_type == MAP_RINGBUF;
     let mut common = args.clone();
     common.buffer = Some(if ring { BufferKind::Ring } else { BufferKind::Perf });
     let mut options = BufferOptions::for_tracer(&common, EventRate::Moderate);
-    let on_bpfstream_h = p.object.global("bpfstream_wakeup_policy").is_some();
-    if let (true, false, None, Some(declared)) = (ring, on_bpfstream_h, common.buffer_size, map.max_entries) {
+    if let (true, false, None, Some(declared)) = (ring, counted, common.buffer_size, map.max_entries) {
         options.size = u64::from(declared);
     }
     (common, options)
