@@ -183,6 +183,49 @@ fn each_map_is_a_stream_of_one_object_from_perf_and_ring_buffers() {
     each_map_is_a_stream("perf");
 }
 
+/// A map that overflows while bpfstream is stopped (SIGSTOP) says so on its own `lost` lines,
+/// and its summary counts them; the other map is exact by itself.
+#[test]
+fn the_lost_lines_of_a_map_name_it() {
+    let Some(_kernel) = kernel_test() else { return };
+    let exe = std::env::current_exe().unwrap();
+    let target = format!("{}:bpfstream_run_maps", exe.display());
+    let file = object("run_maps.ring.bpf.o");
+    let args =
+        ["run", &file, "--uprobe", &target, "--json", "--buffer-size", "4096", "--map", "events", "--map", "second"];
+    let run = start(&args);
+    let (sent, second) = (1000, 3);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(run.pid() as i32, libc::SIGSTOP) };
+    for seq in 0..sent {
+        bpfstream_run_maps(seq, 0);
+    }
+    for seq in 0..second {
+        bpfstream_run_maps(seq, 1);
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(run.pid() as i32, libc::SIGCONT) };
+    let finished = run.stop();
+    assert!(finished.status.success(), "stderr:\n{}", finished.stderr);
+    let lost = finished.of_type("lost");
+    assert!(lost.iter().all(|l| l["map"] == "events"), "{lost:?}");
+    let lost: u64 = lost.iter().map(|l| l["count"].as_u64().unwrap()).sum();
+    let summaries = finished.of_type("summary");
+    let summary =
+        |name: &str| summaries.iter().find(|s| s["map"] == name).unwrap_or_else(|| panic!("{name}: {summaries:?}"));
+    let events = summary("events");
+    assert!(lost > 0, "a 4 KiB ring cannot hold {sent} records: {events}");
+    assert_eq!(events["dropped"], lost, "{events}");
+    assert_eq!(events["events"].as_u64().unwrap() + lost, sent, "{events}");
+    assert_eq!(events["produced"], sent, "{events}");
+    let second_summary = summary("second");
+    assert_eq!(
+        (&second_summary["events"], &second_summary["dropped"]),
+        (&json!(second), &json!(0)),
+        "{second_summary}"
+    );
+}
+
 /// A program with its own ring and bpf_ringbuf_output (no bpfstream.h), run by a user with
 /// CAP_BPF and CAP_PERFMON only.
 #[test]

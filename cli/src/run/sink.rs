@@ -68,6 +68,10 @@ impl Format for Records {
         &self.plan.name
     }
 
+    fn map(&self) -> Option<&str> {
+        self.map.as_ref().map(|m| m.name.as_str())
+    }
+
     fn ts_ns(&self, r: &Checked<'_>) -> Option<u64> {
         u64_at(r.data, self.ts_at)
     }
