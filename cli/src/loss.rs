@@ -206,42 +206,35 @@ mod tests {
         assert!(out.is_empty(), "nothing new to report");
     }
 
-    #[test]
-    fn a_named_stream_says_its_name_on_every_report() {
-        let mut report = LossReport::new(true, false, Some("exec".into()));
-        let t0 = report.started;
-        let mut out = Vec::new();
-        report.add(&lost(5, 0), t0);
-        report.report(t0, false, &mut out, None).unwrap();
-        let text = String::from_utf8(out).unwrap();
-        assert_eq!(
-            text,
-            "{\"type\":\"lost\",\"stream\":\"exec\",\"count\":5,\"cpu\":0,\"total\":5,\"elapsed_s\":0.000}\n"
-        );
-        let mut report = LossReport::new(false, false, Some("exec".into()));
-        let mut out = Vec::new();
-        report.add(&lost(5, 0), t0);
-        report.report(t0, true, &mut out, None).unwrap();
-        assert!(String::from_utf8(out).unwrap().starts_with("exec: Lost 5 events at "));
+    /// The first report of 5 records lost on CPU 0, in JSON and for people, by a stream named
+    /// `stream` of the map `map`.
+    fn first_reports(stream: Option<&str>, map: Option<&str>) -> (String, String) {
+        [true, false]
+            .map(|json| {
+                let mut report = LossReport::new(json, false, stream.map(Into::into)).of_map(map);
+                let t0 = report.started;
+                let mut out = Vec::new();
+                report.add(&lost(5, 0), t0);
+                report.report(t0, !json, &mut out, None).unwrap();
+                String::from_utf8(out).unwrap()
+            })
+            .into()
     }
 
     #[test]
-    fn a_map_of_several_says_its_name_on_every_report() {
-        let mut report = LossReport::new(true, false, None).of_map(Some("second"));
-        let t0 = report.started;
-        let mut out = Vec::new();
-        report.add(&lost(5, 0), t0);
-        report.report(t0, false, &mut out, None).unwrap();
-        let text = String::from_utf8(out).unwrap();
+    fn a_named_stream_and_a_map_of_several_say_their_names_on_every_report() {
+        let (json, text) = first_reports(Some("exec"), None);
         assert_eq!(
-            text,
+            json,
+            "{\"type\":\"lost\",\"stream\":\"exec\",\"count\":5,\"cpu\":0,\"total\":5,\"elapsed_s\":0.000}\n"
+        );
+        assert!(text.starts_with("exec: Lost 5 events at "), "{text}");
+        let (json, text) = first_reports(None, Some("second"));
+        assert_eq!(
+            json,
             "{\"type\":\"lost\",\"map\":\"second\",\"count\":5,\"cpu\":0,\"total\":5,\"elapsed_s\":0.000}\n"
         );
-        let mut report = LossReport::new(false, false, None).of_map(Some("second"));
-        let mut out = Vec::new();
-        report.add(&lost(5, 0), t0);
-        report.report(t0, true, &mut out, None).unwrap();
-        assert!(String::from_utf8(out).unwrap().starts_with("map second: Lost 5 events at "));
+        assert!(text.starts_with("map second: Lost 5 events at "), "{text}");
     }
 
     #[test]
