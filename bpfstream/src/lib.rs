@@ -255,41 +255,48 @@
 
 #![warn(missing_docs)]
 
-mod accounting;
+// The private modules are `pub(crate)`, not private, because the parse bench
+// (`benches/parse.rs`) includes this file as a module of its own crate, and its items reach
+// each other through `crate::` paths that the bench's root imports.
+pub(crate) mod accounting;
 #[cfg(feature = "aya")]
 pub mod aya;
 pub mod btf;
-mod error;
-mod fixed_str;
-pub mod merge;
-#[cfg(feature = "tokio")]
-mod ordered;
-mod ownership;
-mod perfbuf;
-mod poller;
-mod ringbuf;
-mod scan;
-#[cfg(any(test, feature = "sim"))]
-pub mod sim;
-mod source;
-mod stats;
-mod stop;
-#[cfg(feature = "tokio")]
+pub(crate) mod error;
+pub(crate) mod fixed_str;
+pub(crate) mod options;
+pub(crate) mod ordered;
+pub(crate) mod ownership;
+pub(crate) mod perfbuf;
+pub(crate) mod poller;
+pub(crate) mod records;
+pub(crate) mod ringbuf;
+pub(crate) mod scan;
+#[cfg(test)]
+pub(crate) mod sim;
+pub(crate) mod source;
+pub(crate) mod stop;
 pub mod stream;
-mod sys;
-mod typed;
+#[cfg(feature = "tokio")]
+pub(crate) mod stream_tokio;
+pub(crate) mod sys;
+pub(crate) mod totals;
+pub(crate) mod typed;
 
-pub use accounting::{DropCounters, WakeupPolicy};
+pub(crate) use accounting::DropCounters;
+pub use accounting::WakeupPolicy;
 pub use error::Error;
 pub use fixed_str::FixedStr;
+pub use options::Options;
 pub(crate) use perfbuf::PerfBuffer;
-pub use perfbuf::{PerfOptions, PerfWakeup};
+pub use perfbuf::PerfWakeup;
 pub use poller::{Poller, SourceId};
+pub use records::Records;
 pub(crate) use ringbuf::RingBuffer;
-pub use source::{EventSource, Totals, Transport};
-pub use stats::{Fill, Stats, StatsHandle};
+pub use source::{EventSource, Transport};
 pub use stop::StopHandle;
-pub use typed::{decoding, events, Event, FromRecord, OwnedRecord, Plain, TypedError};
+pub use totals::{Fill, Totals, TotalsHandle};
+pub use typed::{FromRecord, OwnedRecord, Plain};
 
 use std::ops::ControlFlow;
 
@@ -300,25 +307,17 @@ pub const INCLUDE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
 // The thread-safety promises of the crate docs ("Threads"), checked at compile time.
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}
+    const fn send<T: Send>() {}
     send_sync::<RingBuffer>();
     send_sync::<PerfBuffer>();
     send_sync::<EventSource>();
     send_sync::<DropCounters>();
-    send_sync::<StatsHandle>();
+    send_sync::<TotalsHandle>();
     send_sync::<StopHandle>();
-    #[cfg(any(test, feature = "sim"))]
-    {
-        send_sync::<sim::SimRing>();
-        send_sync::<sim::SimPerf>();
-    }
-    #[cfg(feature = "tokio")]
-    {
-        const fn send<T: Send>() {}
-        send::<stream::EventStream<u64>>();
-    }
+    send::<stream::EventStream<u64>>();
 };
 
-/// One sample from a buffer.
+/// One sample from a buffer, lent from the kernel's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record<'a> {
     /// The payload, borrowed from the kernel's memory (or, for a perf sample that wrapped the
@@ -329,100 +328,145 @@ pub struct Record<'a> {
     pub cpu: Option<u32>,
 }
 
-/// Where a loss report comes from.
+/// Who counted a drop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LossOrigin {
+pub enum DropOrigin {
     /// A `PERF_RECORD_LOST` the kernel wrote into a perf buffer.
     PerfLostRecord,
     /// The per-CPU drop counter of `bpfstream.h` (a failed ring reservation or output).
     DropCounter,
 }
 
-/// Events that could not be written to a buffer.
+/// Records the producers could not write to the buffer (it was full): what
+/// [`Totals::dropped`] adds up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lost {
+pub struct Dropped {
     /// How many.
     pub count: u64,
-    /// The CPU they were lost on, when known.
+    /// The CPU they were dropped on, when known.
     pub cpu: Option<u32>,
     /// Who counted them.
-    pub origin: LossOrigin,
+    pub origin: DropOrigin,
 }
 
-/// What a consumer hands to its handler: a record, or a report of lost records.
+/// What a consumer hands over: a record, or a report of records dropped before they reached
+/// the buffer. Handlers of an [`EventSource`] or a [`Poller`] get `Event<Record<'_>>` (lent
+/// from the kernel's memory); streams yield `Event<T>`, `T` what their decoder made of the
+/// record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Item<'a> {
-    /// A sample.
-    Record(Record<'a>),
-    /// Samples that were lost before reaching the buffer.
-    Lost(Lost),
+pub enum Event<R> {
+    /// A record.
+    Record(R),
+    /// Records dropped before reaching the buffer.
+    Dropped(Dropped),
 }
 
-/// The error of a handler that failed, carried by [`Error::Handler`].
-pub(crate) type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+mod sealed {
+    use std::ops::ControlFlow;
 
-/// What a handler returns: `()` to keep going, a [`ControlFlow`] that can stop the consumer
-/// after the current record, or a `Result` whose error stops it and is returned as
-/// [`Error::Handler`] (as libbpf's `ring_buffer__poll` returns its callback's error). The
-/// records handled so far, the failing one included, are consumed; the rest stay.
-pub trait Flow {
-    /// Whether the consumer should stop after this record.
-    fn is_stop(&self) -> bool;
-
-    /// The handler's error, if it failed. The default: handlers of this type cannot fail.
-    fn into_error(self) -> Option<HandlerError>
-    where
-        Self: Sized,
-    {
-        None
+    /// A handler's return value as the consume loops take it: go on, stop after this record,
+    /// or fail with `E`.
+    pub trait Verdict<E> {
+        fn verdict(self) -> Result<ControlFlow<()>, E>;
     }
-}
 
-impl<T: Flow, E: Into<HandlerError>> Flow for Result<T, E> {
-    fn is_stop(&self) -> bool {
-        self.as_ref().map_or(true, Flow::is_stop)
+    impl Verdict<crate::Error> for () {
+        #[inline(always)]
+        fn verdict(self) -> Result<ControlFlow<()>, crate::Error> {
+            Ok(ControlFlow::Continue(()))
+        }
     }
-    fn into_error(self) -> Option<HandlerError> {
-        match self {
-            Ok(flow) => flow.into_error(),
-            Err(error) => Some(error.into()),
+
+    impl Verdict<crate::Error> for ControlFlow<()> {
+        #[inline(always)]
+        fn verdict(self) -> Result<ControlFlow<()>, crate::Error> {
+            Ok(self)
+        }
+    }
+
+    impl<E> Verdict<E> for Result<(), E> {
+        #[inline(always)]
+        fn verdict(self) -> Result<ControlFlow<()>, E> {
+            self.map(|()| ControlFlow::Continue(()))
+        }
+    }
+
+    impl<E> Verdict<E> for Result<ControlFlow<()>, E> {
+        #[inline(always)]
+        fn verdict(self) -> Result<ControlFlow<()>, E> {
+            self
         }
     }
 }
 
-/// Keeps the error of a failed handler while a consumer stops, to return it afterwards.
-#[derive(Default)]
-pub(crate) struct Failure(Option<HandlerError>);
-
-impl Failure {
-    /// The handler's verdict as the consume loops take it; keeps its error.
-    pub fn check<F: Flow>(&mut self, flow: F) -> ControlFlow<()> {
-        if !flow.is_stop() {
-            return ControlFlow::Continue(());
-        }
-        if let Some(error) = flow.into_error() {
-            self.0.get_or_insert(error);
-        }
-        ControlFlow::Break(())
-    }
-
-    /// `result`, unless a handler failed: then its error.
-    pub fn result<T>(self, result: Result<T, Error>) -> Result<T, Error> {
-        match self.0 {
-            Some(error) => Err(Error::Handler(error)),
-            None => result,
-        }
-    }
+/// What a handler returns, in std terms: `()` to go on, [`ControlFlow<()>`] to stop the
+/// consumer after this record, `Result<(), E>` (or `Result<ControlFlow<()>, E>`) to fail it.
+///
+/// The consuming call returns `Result<_, F::Error>`: [`Error`] for `()` and `ControlFlow`, the
+/// handler's own `E` for a `Result`, so a handler's error comes back as itself (library errors
+/// become an `E` through `From<bpfstream::Error>`, which `anyhow::Error`, `Box<dyn Error>` and a
+/// `thiserror` enum with a `#[from] bpfstream::Error` variant all have). The records handed
+/// over before the stop, the last one included, are consumed; the rest stay in the buffer.
+///
+/// Nothing to implement: the four types above are the handlers' return types (the trait is
+/// sealed).
+pub trait Flow: sealed::Verdict<<Self as Flow>::Error> {
+    /// The error the consuming call returns.
+    type Error: From<Error>;
 }
 
 impl Flow for () {
-    fn is_stop(&self) -> bool {
-        false
+    type Error = Error;
+}
+
+impl Flow for ControlFlow<()> {
+    type Error = Error;
+}
+
+impl<E: From<Error>> Flow for Result<(), E> {
+    type Error = E;
+}
+
+impl<E: From<Error>> Flow for Result<ControlFlow<()>, E> {
+    type Error = E;
+}
+
+/// Keeps the error of a failed handler while a consumer stops, to return it afterwards.
+pub(crate) struct Failure<E>(Option<E>);
+
+impl<E> Default for Failure<E> {
+    fn default() -> Self {
+        Failure(None)
     }
 }
 
-impl<B> Flow for ControlFlow<B> {
-    fn is_stop(&self) -> bool {
-        self.is_break()
+impl<E> Failure<E> {
+    /// The handler's verdict as the consume loops take it; keeps its error (the first one).
+    #[inline(always)]
+    pub fn check<F: Flow<Error = E>>(&mut self, flow: F) -> ControlFlow<()> {
+        match sealed::Verdict::verdict(flow) {
+            Ok(flow) => flow,
+            Err(error) => {
+                self.keep(error);
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    /// Keeps `error` unless one is kept already.
+    #[cold]
+    pub fn keep(&mut self, error: E) {
+        self.0.get_or_insert(error);
+    }
+
+    /// `result`, unless a handler failed: then its error.
+    pub fn result<T>(self, result: Result<T, Error>) -> Result<T, E>
+    where
+        E: From<Error>,
+    {
+        match self.0 {
+            Some(error) => Err(error),
+            None => result.map_err(E::from),
+        }
     }
 }

@@ -432,6 +432,7 @@ impl EventFd {
     }
 
     /// Resets the counter; returns whether it had been signalled.
+    #[cfg(test)]
     pub fn clear(&self) -> bool {
         let mut value: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64 from a valid non-blocking eventfd.
