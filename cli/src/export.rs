@@ -8,9 +8,10 @@ use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use bpfstream_export::{Endpoint, ExportConfig, ExportStats, Exporter, Identity};
+use bpfstream_export::{Endpoint, ExportConfig, ExportError, ExportStats, Exporter, Identity};
 
-use crate::output::JsonLine;
+use crate::output::{display_bytes, JsonLine};
+use crate::signals::StoppedAtStart;
 
 /// `--output` and `--output-option` (every tracer).
 #[derive(Debug, Clone, clap::Args)]
@@ -20,11 +21,15 @@ pub struct OutputArgs {
     #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
     pub output: Option<Endpoint>,
     /// A KEY=VALUE option of --output (repeatable): queue=N, in_flight=N, connect=fail|retry,
-    /// flush_timeout=DURATION (the final flush shares the 1 s stop by default: what is not
-    /// acknowledged then is export_unflushed; e.g. flush_timeout=30s waits longer),
-    /// create=true|false; NATS: stream, storage, user, password, token,
-    /// creds, tls, tls_ca, ...; Kafka: any librdkafka property (compression.type, linger.ms,
-    /// batch.size, acks, security.protocol, sasl.*, ssl.*), partitions, replication_factor
+    /// connect_timeout=DURATION (how long the start waits for the engine: connection, greeting,
+    /// TLS, stream or topic; default 3s), flush_timeout=DURATION (the final flush shares the 1 s
+    /// stop by default: what is not acknowledged then is export_unflushed; e.g. flush_timeout=30s
+    /// waits longer), create=true|false (also makes the stream or topic again if it
+    /// disappears); NATS: stream, storage, user, password, token, creds, tls, tls_ca, tls_cert,
+    /// tls_key (these turn TLS on); Kafka: any librdkafka property (compression.type, linger.ms,
+    /// batch.size, security.protocol, sasl.*, ssl.*), partitions, replication_factor. Refused:
+    /// what would make exported mean less than acknowledged (acks other than all,
+    /// enable.idempotence=false, ack_timeout=0, bootstrap.servers: brokers go in the URL)
     #[arg(long = "output-option", value_name = "KEY=VALUE", requires = "output")]
     pub output_options: Vec<String>,
 }
@@ -105,7 +110,7 @@ impl Tee {
         }
         eprintln_lossy!(
             "Lost {count} events exporting to {}: {} exported, {} export_failed so far ({} queue full)",
-            exporter.endpoint(),
+            display_bytes(exporter.endpoint().to_string().as_bytes()),
             stats.exported,
             failed,
             stats.queue_full
@@ -129,15 +134,19 @@ impl Tee {
     }
 }
 
+/// Starts the exporter; a stop signal meanwhile ends the start at once
+/// ([`StoppedAtStart`](crate::signals::StoppedAtStart)).
 fn start_exporter(endpoint: &Endpoint, options: &[String]) -> Result<Exporter> {
     let mut config = ExportConfig::new(endpoint.clone(), Identity::of_this_process());
     let configured = options.iter().try_for_each(|option| config.set_text(option));
-    let exporter = configured
-        .and_then(|()| Exporter::start(config, Box::new(|error: &str| eprintln_lossy!("bpfstream: export: {error}"))));
+    let on_error = Box::new(|error: &str| eprintln_lossy!("bpfstream: export: {error}"));
+    let exporter = configured.and_then(|()| Exporter::start_until(config, on_error, &crate::signals::stop_requested));
+    let url = display_bytes(endpoint.to_string().as_bytes());
     match exporter {
         Ok(exporter) => Ok(exporter),
         Err(e) if e.is_usage() => clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n")).exit(),
-        Err(e) => Err(anyhow::anyhow!(e).context(format!("--output {endpoint}"))),
+        Err(ExportError::Cancelled) => Err(StoppedAtStart { during: format!("connecting to {url}") }.into()),
+        Err(e) => Err(anyhow::anyhow!(e).context(format!("--output {url}"))),
     }
 }
 
@@ -174,13 +183,14 @@ impl ExportSummary {
         stats_fields(line.str("output", &self.endpoint), &self.stats, self.unencoded)
     }
 
-    /// The summary line's part.
+    /// The summary line's part (the URL escaped as a table's text: a subject may hold any
+    /// character, a bidi control too).
     pub fn text(&self) -> String {
         let s = &self.stats;
         format!(
             "; {} exported to {}, {} export_failed ({} queue full, {} rejected, {} unflushed, {} unencoded), {} retries",
             s.exported,
-            self.endpoint,
+            display_bytes(self.endpoint.as_bytes()),
             self.export_failed(),
             s.queue_full,
             s.rejected,

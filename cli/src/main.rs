@@ -19,6 +19,7 @@ macro_rules! eprint_lossy {
 }
 
 mod agent;
+mod allocator;
 mod bench;
 mod cgroup;
 mod cgroup_paths;
@@ -28,6 +29,7 @@ mod histogram;
 mod host;
 mod lab;
 mod lifecycle;
+mod limits;
 mod loss;
 mod metrics;
 mod names;
@@ -38,6 +40,7 @@ mod privileges;
 mod run;
 mod signals;
 mod size;
+mod stopped;
 mod tools;
 mod tracefs;
 mod values;
@@ -45,13 +48,9 @@ mod writer;
 
 use std::process::ExitCode;
 
-/// jemalloc for every allocation of the process, librdkafka's included (its `malloc` and `free`
-/// replace glibc's at link time). With `--output kafka://`, events are allocated on the exporter's
-/// thread and freed on librdkafka's: glibc then finds its per-thread cache empty and takes the
-/// arena's lock for nearly every allocation; jemalloc halves the tracer's CPU per exported event
-/// (README, "Shipping events to Kafka or NATS JetStream").
+/// jemalloc, which ends the process with one line when an allocation fails (allocator.rs).
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
 
 use clap::{Parser, Subcommand};
 
@@ -86,7 +85,27 @@ enum Command {
     Agent(agent::AgentArgs),
 }
 
+impl Command {
+    /// The options of a tracer (`None`: not a tracer).
+    fn tracer(&self) -> Option<&lifecycle::CommonArgs> {
+        match self {
+            Command::Syscalls(args) => Some(&args.common),
+            Command::Exec(args) => Some(&args.common),
+            Command::Open(args) => Some(&args.common),
+            Command::Run(args) => Some(&args.common),
+            Command::Bench(_) | Command::Lab(_) | Command::Agent(_) => None,
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let started = std::time::Instant::now();
+    // First: a stop signal at any later point of the start is then honoured (see signals.rs).
+    if let Err(e) = signals::install(signals::TRACER_STOPS) {
+        eprintln_lossy!("bpfstream: {e:#}");
+        return ExitCode::from(1);
+    }
+    allocator::reserve_stack();
     let cli = Cli::parse();
     // Checking a config or describing an object reads files: no privilege needed.
     let checks_only = match &cli.command {
@@ -98,21 +117,35 @@ fn main() -> ExitCode {
         eprintln_lossy!("bpfstream: {missing}");
         return ExitCode::from(1);
     }
+    let tracer = cli.command.tracer().cloned();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln_lossy!("bpfstream: {e:#}");
-            ExitCode::from(1)
-        }
+        Err(e) => match (e.downcast_ref::<signals::StoppedAtStart>(), &tracer) {
+            (Some(stopped), Some(args)) => {
+                stopped::print_summary(args, &stopped.during, started.elapsed());
+                ExitCode::SUCCESS
+            }
+            _ => {
+                eprintln_lossy!("bpfstream: {}", limits::explain(&e));
+                ExitCode::from(1)
+            }
+        },
     }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    // Tracers catch SIGINT/SIGTERM to detach, drain, print their summary (a second one ends
-    // them at once). The bench and the lab keep the default action: Ctrl-C ends them at once, and the kernel frees every program,
-    // link and map they made with the process (nothing is pinned).
-    if matches!(cli.command, Command::Syscalls(_) | Command::Exec(_) | Command::Open(_) | Command::Run(_)) {
-        signals::install()?;
+    match &cli.command {
+        // Tracers stop on SIGINT/SIGTERM/SIGHUP (detach, drain, summary; a second one ends them
+        // at once) and print the summary so far on SIGUSR1. Their output threads start before
+        // anything else, so that one that cannot start fails the run before it attaches.
+        command if command.tracer().is_some() => writer::start()?,
+        // The agent stops on SIGINT/SIGTERM; SIGHUP is its reload, recorded for it to take
+        // (signals::take(Signal::Hangup)).
+        Command::Agent(_) => signals::install(&[signals::Signal::Interrupt, signals::Signal::Terminate])?,
+        // The bench and the lab keep the default actions: Ctrl-C ends them at once, and the
+        // kernel frees every program, link and map they made with the process (nothing is
+        // pinned).
+        _ => signals::restore_default()?,
     }
     match cli.command {
         Command::Syscalls(args) => tools::syscalls::run(args),

@@ -85,6 +85,15 @@ pub fn perf_permission_hint(per_cpu: u64) -> String {
     perf_mmap_hint(per_cpu)
 }
 
+/// The OS error of a failed buffer set-up (`mmap failed: Operation not permitted`) without the
+/// library's generic hint, for callers that give the real cause themselves.
+pub fn os_error(error: &bpfstream::Error) -> String {
+    match error {
+        bpfstream::Error::Sys { call, source } => format!("{call} failed: {source}"),
+        other => other.to_string(),
+    }
+}
+
 /// Explains an EPERM from mapping perf buffers of `per_cpu` bytes.
 fn perf_mmap_hint(per_cpu: u64) -> String {
     let budget = perf_buffer_budget().map_or(String::new(), |b| format!(" (here {})", crate::size::human_bytes(b)));

@@ -19,13 +19,17 @@
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Most bytes waiting for a slow reader; a batch beyond it is not queued but counted unwritten
 /// (the buffer in the kernel keeps filling meanwhile, and drops are counted there).
 pub const MAX_QUEUED: usize = 16 << 20;
+
+/// A reader that took no bytes for this long is taken for blocked by [`Queue::drain_by`] (a slow
+/// one takes some every few milliseconds).
+const STALLED: Duration = Duration::from_millis(100);
 
 /// Initial room for a batch of output (a batch grows as it needs).
 const BATCH: usize = 64 << 10;
@@ -49,6 +53,8 @@ struct State {
     error: Option<io::ErrorKind>,
     /// Set by [`Queue::abandon`]: the stop deadline passed.
     abandoned: bool,
+    /// When the writer last got bytes out, or began a chunk.
+    progress: Option<Instant>,
 }
 
 /// Events of `ends` whose output is not within the first `done` bytes.
@@ -65,17 +71,45 @@ pub struct Queue {
     /// Stored and loaded by the tracer thread only (Relaxed: nothing else orders on it); atomic
     /// because the queue is shared with the writer thread.
     buffered: AtomicUsize,
+    /// Set with `State::error`, for a look without the lock (Relaxed: a flag on its own; the
+    /// error itself is read under the lock).
+    failed: AtomicBool,
 }
 
 impl Queue {
-    /// A queue for `fd` and the thread that writes it (its SIGINT/SIGTERM are blocked, so they
-    /// reach the tracer's thread and interrupt its wait).
-    pub fn start(fd: RawFd) -> Arc<Queue> {
-        let state = Mutex::new(State::default());
-        let queue = Arc::new(Queue { fd, state, changed: Condvar::new(), buffered: AtomicUsize::new(0) });
+    /// A queue for `fd` and the thread that writes it (its signals are blocked, so they reach
+    /// the tracer's thread and interrupt its wait). Fails when the thread cannot start (the
+    /// user's process limit, memory).
+    pub fn start(fd: RawFd) -> io::Result<Arc<Queue>> {
+        let queue = Self::new(fd, None);
         let writer = queue.clone();
-        crate::signals::spawn_unsignalled("bpfstream-output", move || writer.write_loop());
-        queue
+        let (running, started) = std::sync::mpsc::channel();
+        let work = move || {
+            let _ = running.send(());
+            writer.write_loop()
+        };
+        crate::signals::spawn_unsignalled(THREAD, work).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot start the {THREAD} thread: {e} (a process or memory limit: ulimit -u, ulimit -v?)"),
+            )
+        })?;
+        // Until the thread runs: its start-up allocates too (allocator.rs), and a failure there
+        // belongs to this start, not to a later moment (after an error line, say).
+        let _ = started.recv();
+        Ok(queue)
+    }
+
+    /// A queue whose `fd` failed with `error` before anything was written: every event given to
+    /// it counts as unwritten.
+    fn failed(fd: RawFd, error: io::ErrorKind) -> Arc<Queue> {
+        Self::new(fd, Some(error))
+    }
+
+    fn new(fd: RawFd, error: Option<io::ErrorKind>) -> Arc<Queue> {
+        let failed = AtomicBool::new(error.is_some());
+        let state = Mutex::new(State { error, ..State::default() });
+        Arc::new(Queue { fd, state, changed: Condvar::new(), buffered: AtomicUsize::new(0), failed })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -93,6 +127,7 @@ impl Queue {
             };
             state.queued_bytes -= chunk.bytes.len();
             state.writing = Some((chunk.ends, 0));
+            state.progress = Some(Instant::now());
             drop(state);
             let written = self.write_chunk(&chunk.bytes);
             let mut state = self.lock();
@@ -100,6 +135,7 @@ impl Queue {
             if let Err(e) = written {
                 // Only the first error counts; after it nothing is written.
                 state.error.get_or_insert(e.kind());
+                self.failed.store(true, Ordering::Relaxed);
                 if !state.abandoned {
                     let queued: u64 = state.queue.drain(..).map(|c| c.ends.len() as u64).sum();
                     state.unwritten += cut(&ends, done) + queued;
@@ -125,6 +161,7 @@ impl Queue {
             if let Some((_, out)) = &mut state.writing {
                 *out = done;
             }
+            state.progress = Some(Instant::now());
         }
         Ok(())
     }
@@ -157,9 +194,24 @@ impl Queue {
             state.unwritten += ends.len() as u64;
             return;
         }
+        if state.queue.is_empty() && state.writing.is_none() {
+            // The writer was idle: its time to take this chunk starts now.
+            state.progress = Some(Instant::now());
+        }
         state.queued_bytes += bytes.len();
         state.queue.push_back(Chunk { bytes, ends });
         self.changed.notify_all();
+    }
+
+    /// Events not written so far (refused, or lost with a failed output).
+    pub fn unwritten(&self) -> u64 {
+        self.lock().unwritten
+    }
+
+    /// Whether the output failed ([`error`](Self::error)), without taking the lock: cheap enough
+    /// to ask after every event.
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
     }
 
     /// The write error that ended the output, if any (e.g. `BrokenPipe`: the reader left).
@@ -167,15 +219,18 @@ impl Queue {
         self.lock().error
     }
 
-    /// Waits until everything queued is written, at most until `deadline`; returns whether it
-    /// was.
+    /// Waits until everything queued is written, at most until `deadline`, or until the reader
+    /// took nothing for [`STALLED`] (a blocked reader: waiting longer only delays the stop);
+    /// returns whether everything was written.
     pub fn drain_by(&self, deadline: Instant) -> bool {
         let mut state = self.lock();
         loop {
             if state.queue.is_empty() && state.writing.is_none() {
                 return state.error.is_none();
             }
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return false };
+            let now = Instant::now();
+            let stalled_at = state.progress.map_or(deadline, |p| p + STALLED);
+            let Some(left) = deadline.min(stalled_at).checked_duration_since(now) else { return false };
             state = self.changed.wait_timeout(state, left).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
@@ -220,6 +275,7 @@ impl Queue {
                 Ok(()) => true,
                 Err(e) => {
                     state.error.get_or_insert(e.kind());
+                    self.failed.store(true, Ordering::Relaxed);
                     false
                 }
             };
@@ -272,16 +328,38 @@ fn write_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// The queue of the process's stdout (its thread starts at the first use).
+/// The name of the writer threads.
+const THREAD: &str = "bpfstream-output";
+
+static STDOUT: OnceLock<Arc<Queue>> = OnceLock::new();
+static STDERR: OnceLock<Arc<Queue>> = OnceLock::new();
+
+/// Starts the writer threads of stdout and stderr. A tracer calls it before anything else, so
+/// that a thread that cannot start ends the run before it began (exit 1), not after it traced
+/// for nothing.
+pub fn start() -> io::Result<()> {
+    for (queue, fd) in [(&STDOUT, libc::STDOUT_FILENO), (&STDERR, libc::STDERR_FILENO)] {
+        if queue.get().is_none() {
+            let _ = queue.set(Queue::start(fd)?);
+        }
+    }
+    Ok(())
+}
+
+/// The queue of `fd`, started by [`start`]; a thread that cannot start at this point makes a
+/// queue that writes nothing and counts every event unwritten.
+fn queue(queue: &'static OnceLock<Arc<Queue>>, fd: RawFd) -> &'static Arc<Queue> {
+    queue.get_or_init(|| Queue::start(fd).unwrap_or_else(|e| Queue::failed(fd, e.kind())))
+}
+
+/// The queue of the process's stdout.
 pub fn stdout_queue() -> &'static Arc<Queue> {
-    static STDOUT: OnceLock<Arc<Queue>> = OnceLock::new();
-    STDOUT.get_or_init(|| Queue::start(libc::STDOUT_FILENO))
+    queue(&STDOUT, libc::STDOUT_FILENO)
 }
 
 /// The queue of the process's stderr, for what must not block a stop (the summary).
 pub fn stderr_queue() -> &'static Arc<Queue> {
-    static STDERR: OnceLock<Arc<Queue>> = OnceLock::new();
-    STDERR.get_or_init(|| Queue::start(libc::STDERR_FILENO))
+    queue(&STDERR, libc::STDERR_FILENO)
 }
 
 /// What a tracer writes its events into: a buffer handed to the queue at each flush (the end
@@ -359,7 +437,7 @@ mod tests {
     #[test]
     fn everything_written_is_nothing_unwritten() {
         let (read, write) = pipe();
-        let queue = Queue::start(write.as_raw_fd());
+        let queue = Queue::start(write.as_raw_fd()).unwrap();
         let mut out = Output::new(queue.clone());
         batch(&mut out, &queue, 1, b"one\n");
         assert!(queue.drain_by(Instant::now() + Duration::from_secs(30)));
@@ -373,7 +451,7 @@ mod tests {
     #[test]
     fn a_reader_that_never_reads_gets_what_the_pipe_holds_and_the_rest_is_counted() {
         let (read, write) = pipe();
-        let queue = Queue::start(write.as_raw_fd());
+        let queue = Queue::start(write.as_raw_fd()).unwrap();
         let mut out = Output::new(queue.clone());
         // 200 events of 1 KiB: more than a pipe holds (64 KiB, 16 pages).
         for _ in 0..20 {
@@ -395,7 +473,7 @@ mod tests {
     #[test]
     fn a_reader_that_stops_reading_holds_whole_lines_only() {
         let (read, write) = pipe();
-        let queue = Queue::start(write.as_raw_fd());
+        let queue = Queue::start(write.as_raw_fd()).unwrap();
         let mut out = Output::new(queue.clone());
         // 200 lines of 1000 bytes: PIPE_BUF pieces would end mid-line.
         let mut line = vec![b'x'; 999];
@@ -426,7 +504,7 @@ mod tests {
     fn a_failed_output_counts_what_it_carried_and_everything_after() {
         let (read, write) = pipe();
         drop(read);
-        let queue = Queue::start(write.as_raw_fd());
+        let queue = Queue::start(write.as_raw_fd()).unwrap();
         let mut out = Output::new(queue.clone());
         for _ in 0..3 {
             batch(&mut out, &queue, 1, b"line\n");
@@ -440,7 +518,7 @@ mod tests {
     #[test]
     fn events_without_output_are_done_with() {
         let (_read, write) = pipe();
-        let queue = Queue::start(write.as_raw_fd());
+        let queue = Queue::start(write.as_raw_fd()).unwrap();
         let mut out = Output::new(queue.clone());
         batch(&mut out, &queue, 5, b"");
         assert_eq!(queue.abandon(), 0);

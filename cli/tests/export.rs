@@ -241,6 +241,8 @@ fn nats_without_a_stream_and_create_false_is_a_clear_error() {
 
 #[test]
 fn bad_outputs_are_usage_errors() {
+    let long_host = format!("nats://{}:4222/x", "h".repeat(1200));
+    let tls_ca = "tls_ca=/etc/hostname".to_string();
     for (args, says) in [
         (&["--output", "http://127.0.0.1:4222/x"][..], "unknown scheme"),
         (&["--output", "nats://127.0.0.1/x"], "no :PORT"),
@@ -254,6 +256,24 @@ fn bad_outputs_are_usage_errors() {
         (&["--output", "nats://127.0.0.1:4222/x", "--summary"], "cannot be used with"),
         (&["--output", "kafka://127.0.0.1:9/x", "--output-option", "no.such.property=1"], "No such configuration"),
         (&["--output", "kafka://127.0.0.1:9/x", "--output-option", "partitions=0"], "positive count"),
+        (&["--output", "nats://[::1:14222/x"], "not a host"),
+        (&["--output", &long_host], "not a host"),
+        (&["--output", "nats://127.0.0.1:4222/x", "--output-option", "connect_timeout=0"], "above zero"),
+        // What would make `exported` mean less than acknowledged.
+        (&["--output", "nats://127.0.0.1:4222/x", "--output-option", "ack_timeout=0"], "above zero"),
+        (&["--output", "kafka://127.0.0.1:9/x", "--output-option", "acks=0"], "acks=all"),
+        (&["--output", "kafka://127.0.0.1:9/x", "--output-option", "acks=1"], "acks=all"),
+        (&["--output", "kafka://127.0.0.1:9/x", "--output-option", "request.required.acks=1"], "acks=all"),
+        (&["--output", "kafka://127.0.0.1:9/x", "--output-option", "enable.idempotence=false"], "idempotent"),
+        (&["--output", "kafka://127.0.0.1:9/x", "--output-option", "bootstrap.servers=127.0.0.2:9092"], "URL"),
+        (&["--output", "kafka://127.0.0.1:9/x", "--output-option", "transactional.id=t"], "transaction"),
+        // TLS settings without TLS, or files that cannot be read: never plaintext.
+        (&["--output", "nats://127.0.0.1:4222/x", "--output-option", "tls_ca=/nonexistent"], "cannot read"),
+        (
+            &["--output", "nats://127.0.0.1:4222/x", "--output-option", "tls=false", "--output-option", &tls_ca],
+            "tls=false",
+        ),
+        (&["--output", "kafka://127.0.0.1:9/x", "--output-option", "ssl.ca.location=/etc/hostname"], "in clear"),
     ] {
         let args = [&["syscalls"][..], args].concat();
         let (code, err) = run_to_end(&args);
@@ -492,4 +512,53 @@ fn kafka_over_mutual_tls_through_a_terminating_proxy() {
     let anonymous: Vec<String> = kafka.options(&[]).into_iter().take(2).collect();
     refused_at_start(&kafka.url(topic), &anonymous, "no client certificate", "certificate required");
     let _ = std::fs::remove_dir_all(&other);
+}
+
+/// An engine that accepts the connection and then says nothing: the start ends at
+/// `connect_timeout` with one line that names what did not answer, and exit 1.
+#[test]
+fn a_silent_engine_ends_the_start_at_connect_timeout_naming_what_did_not_answer() {
+    let silent = common::engine::SilentEngine::start();
+    for (scheme, says) in [
+        ("nats", "accepted the connection but sent no INFO greeting"),
+        ("kafka", "accepted the connection but did not answer"),
+    ] {
+        let url = silent.url(scheme);
+        let (code, err) = run_to_end(&["exec", "--output", &url, "--output-option", "connect_timeout=500ms"]);
+        assert_eq!(code, Some(1), "{err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains(says) && err.contains("within 500ms") && err.contains("connect_timeout"), "{err}");
+    }
+}
+
+/// TLS files given without `tls=true` turn TLS on: against a server without TLS the start
+/// fails, where it used to send the events in clear.
+#[test]
+fn nats_tls_files_without_tls_never_go_in_clear() {
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(nats) = Nats::get() else { return };
+    let (url, _) = nats.url("cleartext");
+    let dir = common::temp_dir("cleartext");
+    let (ca, cert, key) = certificates(&dir);
+    for options in [vec![format!("tls_ca={ca}")], vec![format!("tls_cert={cert}"), format!("tls_key={key}")]] {
+        let mut args = vec!["exec", "--duration", "1", "--output", &url];
+        args.extend(options.iter().flat_map(|o| ["--output-option", o.as_str()]));
+        let (code, err) = run_to_end(&args);
+        assert_eq!(code, Some(1), "{options:?}: {err}");
+        assert!(err.contains("cannot reach nats-server") && err.contains("TLS"), "{options:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A subject holding a bidi control (U+202E) is escaped in the summary line, as any name in a
+/// table is.
+#[test]
+fn a_hostile_subject_is_escaped_in_the_summary_line() {
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(nats) = Nats::get() else { return };
+    let (url, _) = nats.url("bidi\u{202e}gnp");
+    let (code, err) = run_to_end(&["exec", "--duration", "0.5", "--output", &url]);
+    assert_eq!(code, Some(0), "{err}");
+    let summary = err.lines().find(|l| l.contains(" exported to ")).unwrap_or_else(|| panic!("no summary: {err}"));
+    assert!(summary.contains("bidi\\u{202e}gnp") && !summary.contains('\u{202e}'), "{summary}");
 }

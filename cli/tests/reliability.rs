@@ -8,39 +8,11 @@
 mod common;
 
 use std::os::fd::OwnedFd;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::storm::{Storm, STORM_COMM};
 use common::*;
-
-/// Two copies of dd named `bpfs-storm`, copying /dev/zero to /dev/null a byte at a time: a
-/// read and a write syscall per byte, at full speed, one per CPU.
-struct Storm(Vec<Child>);
-
-const STORM_COMM: &str = "bpfs-storm";
-
-impl Storm {
-    fn start() -> Storm {
-        let dd = temp_dir("storm").join(STORM_COMM);
-        copy_executable(Path::new("/bin/dd"), &dd);
-        let children = (0..2)
-            .map(|_| {
-                Command::new(&dd).args(["if=/dev/zero", "of=/dev/null", "bs=1"]).stderr(Stdio::null()).spawn().unwrap()
-            })
-            .collect();
-        Storm(children)
-    }
-}
-
-impl Drop for Storm {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// The numbers of a text summary line: `N events, N dropped[, N unwritten (...)] in ... ;
 /// produced N`.
@@ -58,7 +30,20 @@ fn number_before(text: &str, word: &str) -> Option<u64> {
     text[start..end].trim().parse().ok()
 }
 
+/// The accounting of the summary on stderr: a JSON object (a `--json` run whose stdout could
+/// not take it), or the text line.
 fn accounting(stderr: &str) -> Accounting {
+    if let Some(object) = stderr.lines().find(|l| l.starts_with("{\"type\":\"summary\"")) {
+        let summary: serde_json::Value = serde_json::from_str(object).unwrap();
+        let n = |key: &str| summary[key].as_u64().unwrap_or_else(|| panic!("{key} in {summary}"));
+        assert_eq!(summary["unaccounted"], 0, "{summary}");
+        return Accounting {
+            events: n("events"),
+            dropped: n("dropped"),
+            unwritten: n("unwritten"),
+            produced: n("produced"),
+        };
+    }
     let line = stderr
         .lines()
         .find(|l| l.contains(" events, ") && l.contains("produced"))
@@ -75,7 +60,7 @@ fn accounting(stderr: &str) -> Accounting {
 /// Asserts events + dropped + unwritten = produced and no `unaccounted` warning.
 fn assert_exact(finished: &Finished) -> Accounting {
     let a = accounting(&finished.stderr);
-    assert!(!finished.stderr.contains("unaccounted"), "{}", finished.stderr);
+    assert!(!finished.stderr.contains("(unaccounted)"), "{}", finished.stderr);
     assert_eq!(a.events + a.dropped + a.unwritten, a.produced, "{a:?}\n{}", finished.stderr);
     a
 }
@@ -142,7 +127,16 @@ fn blocked_stdout_stop(extra: &[&str]) {
     assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
     let a = assert_exact(&finished);
     assert!(a.unwritten > 0, "a blocked stdout leaves lines unwritten: {a:?}");
+    assert_json_on_stderr(extra, &finished);
     assert_nothing_left(before, TRACER_OBJECTS);
+}
+
+/// A `--json` run whose stdout could not take its summary prints the object on stderr, for the
+/// scripts that read it.
+fn assert_json_on_stderr(args: &[&str], finished: &Finished) {
+    if args.contains(&"--json") {
+        assert!(finished.stderr.contains("{\"type\":\"summary\""), "{}", finished.stderr);
+    }
 }
 
 #[test]
@@ -205,6 +199,7 @@ fn a_full_disk_ends_the_run_with_the_summary_on_stderr_and_exit_1() {
     assert_eq!(finished.status.code(), Some(1), "{}", finished.stderr);
     assert!(finished.stderr.contains("writing to stdout failed"), "{}", finished.stderr);
     assert!(assert_exact(&finished).unwritten > 0);
+    assert_json_on_stderr(&["--json"], &finished);
     assert_nothing_left(before, TRACER_OBJECTS);
 }
 
@@ -212,12 +207,15 @@ fn a_full_disk_ends_the_run_with_the_summary_on_stderr_and_exit_1() {
 fn a_closed_stdout_ends_the_run_cleanly_with_the_summary_on_stderr() {
     let Some(_kernel) = kernel_test() else { return };
     let _storm = Storm::start();
-    let (read, write) = pipe();
-    drop(read);
-    let run = start_to(&["syscalls", "--name", STORM_COMM], write);
-    let finished = run.wait();
-    assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
-    assert_exact(&finished);
+    for json in [&[][..], &["--json"]] {
+        let (read, write) = pipe();
+        drop(read);
+        let run = start_to(&[&["syscalls", "--name", STORM_COMM][..], json].concat(), write);
+        let finished = run.wait();
+        assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
+        assert_exact(&finished);
+        assert_json_on_stderr(json, &finished);
+    }
 }
 
 /// Whether SIGINT is pending for `pid` (`ShdPnd` of /proc/PID/status).
@@ -266,4 +264,235 @@ fn every_event_counted_is_a_line_written() {
         assert_eq!(summary["unaccounted"], 0, "{summary}");
         assert!(lines > 0, "{summary}");
     }
+}
+
+/// Waits (up to 10 s) until `pid` handles SIGINT itself: before, a signal would find the
+/// process still in the runtime's start, where the kernel's default action applies.
+fn wait_for_handlers(pid: u32) {
+    let deadline = deadline(Duration::from_secs(10));
+    while !catches(pid, libc::SIGINT) {
+        assert!(std::time::Instant::now() < deadline, "bpfstream never installed its signal handlers");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// `bpfstream args...` gets `signal` `delay` after its handlers are in place: it ends with exit
+/// 0 and a summary object, as any stopped run. Returns the summary.
+fn stopped_during_start(args: &[&str], signal: i32, delay: Duration) -> serde_json::Value {
+    let run = spawn(args);
+    wait_for_handlers(run.pid());
+    std::thread::sleep(delay);
+    let finished = run.stop_with(signal);
+    assert_eq!(finished.status.code(), Some(0), "{args:?}, signal {signal} after {delay:?}: {}", finished.stderr);
+    let summary = finished.summary();
+    assert_eq!(summary["events"], summary["produced"], "{summary}");
+    assert_eq!(summary["unaccounted"], 0, "{summary}");
+    summary
+}
+
+/// The stop signals at many points of a start that waits for an engine that accepts the
+/// connection and never answers (a frozen server, a stuck proxy), NATS and Kafka: each ends the
+/// process with exit 0 and an empty summary (nothing was traced), never a hang, never an
+/// error. The start's deadline is set far beyond the delays (the stop owes nothing to it).
+#[test]
+fn a_stop_signal_at_any_point_of_a_start_against_silent_engines_ends_it_with_a_summary() {
+    let Some(_kernel) = kernel_test() else { return };
+    let silent = common::engine::SilentEngine::start();
+    let signals = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+    for scheme in ["nats", "kafka"] {
+        let url = silent.url(scheme);
+        for (i, ms) in [0, 1, 3, 10, 30, 100, 300, 1000, 2000].into_iter().enumerate() {
+            let summary = stopped_during_start(
+                &["exec", "--json", "--output", &url, "--output-option", "connect_timeout=10m"],
+                signals[i % signals.len()],
+                Duration::from_millis(ms),
+            );
+            assert_eq!((summary["events"].as_u64(), summary["exported"].as_u64()), (Some(0), Some(0)), "{summary}");
+            assert!(summary["stopped_at_start"].as_str().is_some_and(|s| s.contains("connecting to")), "{summary}");
+        }
+    }
+}
+
+/// The same while the programs load and attach (no engine): the stop comes before, during or
+/// just after the load, and the run ends with its summary either way.
+#[test]
+fn a_stop_signal_while_the_programs_load_ends_the_run_with_a_summary() {
+    let Some(_kernel) = kernel_test() else { return };
+    let before = id_watermarks();
+    for (i, us) in [0, 100, 300, 1000, 3000, 10_000, 30_000, 100_000].into_iter().enumerate() {
+        let signal = [libc::SIGTERM, libc::SIGINT][i % 2];
+        stopped_during_start(&["syscalls", "--json"], signal, Duration::from_micros(us));
+    }
+    assert_nothing_left(before, TRACER_OBJECTS);
+}
+
+/// SIGUSR1 prints the summary so far and the run goes on; SIGHUP then ends it like SIGTERM,
+/// with its summary and exit 0.
+#[test]
+fn sigusr1_reports_so_far_and_sighup_stops_with_the_summary() {
+    let Some(_kernel) = kernel_test() else { return };
+    let before = id_watermarks();
+    let run = start(&["syscalls", "--json", "--name", "bpfs-nothing"]);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(run.pid() as i32, libc::SIGUSR1) };
+    let deadline = deadline(Duration::from_secs(10));
+    while run.lines_so_far() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no progress line after SIGUSR1");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let finished = run.stop_with(libc::SIGHUP);
+    assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
+    let progress = finished.of_type("progress");
+    assert_eq!(progress.len(), 1, "{:?}", finished.stdout);
+    assert!(progress[0]["produced"].as_u64().is_some() && progress[0]["duration_s"].as_f64().is_some());
+    assert_eq!(finished.summary()["unaccounted"], 0);
+    assert_nothing_left(before, TRACER_OBJECTS);
+}
+
+/// Runs `bpfstream args...` through `prefix` (a program that sets a limit, then execs the next
+/// one) to its end: (exit code or signal, stderr).
+fn run_limited(prefix: &[&str], args: &[&str]) -> (std::process::ExitStatus, String) {
+    let output = Command::new(prefix[0])
+        .args(&prefix[1..])
+        .arg(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// The one line of a failed start (besides nothing else).
+fn one_line(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected:\n{stderr}");
+    lines[0]
+}
+
+/// Under every address-space limit from the one at which the process starts at all up to one
+/// that lets it trace, it either traces (exit 0) or says in one line that it ran out of memory
+/// (exit 1): never an abort (Rust's "memory allocation failed", glibc's "failed to register
+/// TLS destructor"), never a SIGSEGV from a stack that could not grow.
+#[test]
+fn any_memory_limit_is_one_line_and_exit_1_never_an_abort() {
+    let Some(_kernel) = kernel_test() else { return };
+    let (mut started, mut refused) = (false, 0);
+    for mib in (30..=200).step_by(10) {
+        let limit = format!("--as={}", mib << 20);
+        let (status, stderr) = run_limited(&["prlimit", &limit], &["syscalls", "--duration", "0.2"]);
+        // Below some limit the kernel (SIGSEGV at exec) or the dynamic loader (127) cannot even
+        // load the binary.
+        let loaded = status.code().is_some_and(|c| c != 127);
+        started |= loaded;
+        if !started {
+            continue;
+        }
+        match status.code() {
+            Some(0) => {}
+            Some(1) => {
+                refused += 1;
+                let line = one_line(&stderr);
+                assert!(line.starts_with("bpfstream: ") && line.contains("ulimit -v"), "{mib} MiB: {line}");
+            }
+            _ => panic!("{mib} MiB: {status}\n{stderr}"),
+        }
+    }
+    assert!(started && refused > 0, "no limit in 30..200 MiB refused the start");
+}
+
+/// The same with the Kafka client (librdkafka, which aborts when an allocation or a thread's
+/// creation fails) starting against a port nobody listens on: every limit ends in one line and
+/// exit 1 (out of memory, or the broker that could not be reached).
+#[test]
+fn any_memory_limit_with_the_kafka_client_is_one_line_and_exit_1() {
+    let Some(_kernel) = kernel_test() else { return };
+    let url = format!("kafka://127.0.0.1:{}/bpfs-nobody", common::engine::free_port());
+    let args = ["exec", "--output", &url, "--output-option", "connect_timeout=300ms"];
+    let mut started = false;
+    for mib in (30..=200).step_by(10) {
+        let (status, stderr) = run_limited(&["prlimit", &format!("--as={}", mib << 20)], &args);
+        started |= status.code().is_some_and(|c| c != 127);
+        if started {
+            assert_eq!(status.code(), Some(1), "{mib} MiB: {stderr}");
+            assert!(one_line(&stderr).starts_with("bpfstream: "), "{mib} MiB: {stderr}");
+        }
+    }
+    assert!(started);
+}
+
+/// With a descriptor limit too low for its maps, the start fails in one line that names it.
+#[test]
+fn a_descriptor_limit_too_low_is_named() {
+    let Some(_kernel) = kernel_test() else { return };
+    let (status, stderr) = run_limited(&["prlimit", "--nofile=4"], &["syscalls", "--duration", "0.2"]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let line = one_line(&stderr);
+    assert!(line.contains("file descriptors") && line.contains("ulimit -n") && line.contains(" 4,"), "{line}");
+}
+
+/// An unprivileged user (CAP_BPF + CAP_PERFMON) whose process limit leaves no room for the
+/// output thread: the run fails before it attaches (exit 1, one line), instead of tracing for
+/// nothing and reporting what it traced as unwritten.
+#[test]
+fn an_output_thread_that_cannot_start_fails_the_run_before_it_attaches() {
+    let Some(_kernel) = kernel_test() else { return };
+    let before = id_watermarks();
+    let prefix = [&["prlimit", "--nproc=1", "setpriv"][..], &LEAST_PRIVILEGE].concat();
+    let (status, stderr) = run_limited(&prefix, &["syscalls", "--duration", "1"]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let line = one_line(&stderr);
+    assert!(line.contains("cannot start the bpfstream-output thread"), "{line}");
+    assert_nothing_left(before, TRACER_OBJECTS);
+}
+
+/// A perf buffer larger than an unprivileged user may lock, asked for by one who holds CAP_BPF
+/// and CAP_PERFMON: the refusal names the real cause (the locked-memory allowance), not the
+/// capabilities the user has.
+#[test]
+fn a_perf_buffer_over_the_lock_allowance_names_it_not_the_capabilities() {
+    let Some(_kernel) = kernel_test() else { return };
+    if !unprivileged_transports().contains(&"perf") {
+        return;
+    }
+    let prefix = [&["setpriv"][..], &LEAST_PRIVILEGE].concat();
+    let args = ["syscalls", "--buffer", "perf", "--buffer-size", "16M", "--duration", "1"];
+    let (status, stderr) = run_limited(&prefix, &args);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let line = one_line(&stderr);
+    assert!(line.contains("perf_event_mlock_kb") && line.contains("CAP_IPC_LOCK"), "{line}");
+    assert!(!line.contains("grant CAP_BPF and CAP_PERFMON"), "the user has them: {line}");
+}
+
+/// Whether `pid` has exited (a zombie its parent has not reaped yet).
+fn exited(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rfind(')').and_then(|close| stat[close + 1..].split_whitespace().next()) == Some("Z")
+}
+
+/// Two SIGINTs 50 ms apart: the second ends the process at once with 130 in every run whose
+/// stop it reaches. A stop may be over in less than 50 ms (a reader blocked long before is given
+/// up at once): then the process exited 0 before the second was sent, which the test checks
+/// rather than guesses. With `--json` under a storm most stops last longer.
+#[test]
+fn two_sigints_50_ms_apart_exit_130_whenever_the_second_finds_the_stop() {
+    let Some(_kernel) = kernel_test() else { return };
+    let _storm = Storm::start();
+    let mut at_once = 0;
+    for round in 0..6 {
+        let (_read, write) = blocked_pipe();
+        let run = start_to(&["syscalls", "--json", "--name", STORM_COMM], write);
+        std::thread::sleep(Duration::from_millis(300));
+        let pid = run.pid();
+        // SAFETY: kill(2) on our own child, which is not reaped until `stop` below.
+        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+        std::thread::sleep(Duration::from_millis(50));
+        let over = exited(pid);
+        let finished = run.stop();
+        let expected = if over { 0 } else { 130 };
+        assert_eq!(finished.status.code(), Some(expected), "round {round}: {}", finished.stderr);
+        at_once += u32::from(!over);
+    }
+    assert!(at_once > 0, "every stop was over within 50 ms: the second SIGINT was never tried");
 }

@@ -45,15 +45,18 @@ impl Identity {
 /// Options of every engine: `queue` (events between the tracer and the client, default
 /// 262144) and `queue_bytes` (their bytes, default 64 MiB: whichever bound is reached first
 /// counts the next event `queue_full`), `in_flight` (published and not yet acknowledged, default 8192), `connect`
-/// (`fail` or `retry`), `flush_timeout` (the final flush's deadline: by default the caller's,
+/// (`fail` or `retry`), `connect_timeout` (how long the whole start may wait for the engine:
+/// connection, greeting, TLS handshake, stream or topic lookup and creation; default 3 s),
+/// `flush_timeout` (the final flush's deadline: by default the caller's,
 /// see [`Exporter::finish_by`](crate::Exporter::finish_by), or 5 s), `create`
 /// (`true`/`false`: create the stream (NATS, default true) or the topic (Kafka, default false)
-/// when none exists). NATS: `stream` (the name of a stream to create), `storage`
+/// when none exists, at start and whenever it disappears). NATS: `stream` (the name of a stream to create), `storage`
 /// (`file`/`memory`), `duplicate_window`, `ack_timeout`, `user`, `password`, `token`, `creds`,
 /// `tls` (`true`), `tls_ca`, `tls_cert`, `tls_key`. Kafka: `partitions` and
 /// `replication_factor` (topic creation) and any librdkafka producer property
 /// (`compression.type`, `linger.ms`, `batch.size`, `security.protocol`, `sasl.mechanism`,
-/// `sasl.username`, `ssl.ca.location`, ...).
+/// `sasl.username`, `ssl.ca.location`, ...). Options that would let `exported` mean less than
+/// acknowledged are refused (see [`ExportError::Option`](crate::ExportError::Option)).
 #[derive(Debug, Clone)]
 pub struct ExportConfig {
     pub endpoint: Endpoint,
@@ -62,6 +65,8 @@ pub struct ExportConfig {
     pub queue_bytes: usize,
     pub in_flight: usize,
     pub connect: ConnectPolicy,
+    /// How long the start may wait for the engine, all steps together.
+    pub connect_timeout: Duration,
     /// `None`: the caller's deadline ([`Exporter::finish_by`](crate::Exporter::finish_by)),
     /// or 5 s ([`Exporter::finish`](crate::Exporter::finish)).
     pub flush_timeout: Option<Duration>,
@@ -80,11 +85,15 @@ impl ExportConfig {
             queue_bytes: 64 << 20,
             in_flight: 8_192,
             connect: ConnectPolicy::Fail,
+            connect_timeout: Self::CONNECT_TIMEOUT,
             flush_timeout: None,
             create: None,
             engine: Vec::new(),
         }
     }
+
+    /// The start's deadline without the `connect_timeout` option.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
     /// Applies one `key=value` option.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ExportError> {
@@ -93,6 +102,7 @@ impl ExportConfig {
             "queue_bytes" => self.queue_bytes = parse_count(key, value)?,
             "in_flight" => self.in_flight = parse_count(key, value)?,
             "flush_timeout" => self.flush_timeout = Some(parse_duration(key, value)?),
+            "connect_timeout" => self.connect_timeout = parse_positive_duration(key, value)?,
             "create" => self.create = Some(parse_bool(key, value)?),
             "connect" => {
                 self.connect = match value {
@@ -148,6 +158,14 @@ pub(crate) fn parse_duration(key: &str, value: &str) -> Result<Duration, ExportE
     }
 }
 
+/// A duration that is not zero (a zero deadline would fail or time out everything).
+pub(crate) fn parse_positive_duration(key: &str, value: &str) -> Result<Duration, ExportError> {
+    match parse_duration(key, value)? {
+        d if d.is_zero() => Err(ExportError::Option(format!("{key}={value:?}: give a duration above zero"))),
+        d => Ok(d),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,10 +177,18 @@ mod tests {
     #[test]
     fn options_set_the_exporter_or_pass_to_the_engine() {
         let mut c = config();
-        for o in ["queue=10", "queue_bytes=4096", "connect=retry", "flush_timeout=250ms", "create=false", "linger.ms=5"]
-        {
+        for o in [
+            "queue=10",
+            "queue_bytes=4096",
+            "connect=retry",
+            "connect_timeout=10s",
+            "flush_timeout=250ms",
+            "create=false",
+            "linger.ms=5",
+        ] {
             c.set_text(o).unwrap();
         }
+        assert_eq!(c.connect_timeout, Duration::from_secs(10));
         assert_eq!((c.queue, c.queue_bytes, c.connect, c.create), (10, 4096, ConnectPolicy::Retry, Some(false)));
         assert_eq!(c.flush_timeout, Some(Duration::from_millis(250)));
         assert_eq!(c.engine, vec![("linger.ms".to_string(), "5".to_string())]);
@@ -172,6 +198,8 @@ mod tests {
             "queue_bytes=0",
             "connect=maybe",
             "flush_timeout=5h",
+            "connect_timeout=0",
+            "connect_timeout=0ms",
             "create=perhaps",
             "novalue",
             "=v",

@@ -45,17 +45,35 @@ fn bad(url: &str, why: impl fmt::Display) -> ExportError {
     ExportError::Url(format!("{url:?}: {why}"))
 }
 
-/// `HOST:PORT` with a non-empty host and a port from 1 to 65535.
+/// `HOST:PORT` with a host name, an IPv4 address or a bracketed IPv6 address (`[::1]:4222`),
+/// and a port from 1 to 65535.
 fn host_port(url: &str, text: &str) -> Result<String, ExportError> {
     let (host, port) = text.rsplit_once(':').ok_or_else(|| bad(url, format!("{text:?} has no :PORT")))?;
-    let host_ok = !host.is_empty() && !host.contains(['/', '@', '?', '#', ' ']);
-    if !host_ok {
-        return Err(bad(url, format!("{host:?} is not a host name or address")));
+    if !valid_host(host) {
+        return Err(bad(
+            url,
+            format!("{host:?} is not a host name (labels of 1-63 of A-Z a-z 0-9 - _, 253 in all), an IPv4 address or an [IPv6] address"),
+        ));
     }
     match port.parse::<u16>() {
         Ok(p) if p > 0 => Ok(text.to_string()),
         _ => Err(bad(url, format!("{port:?} is not a port (1-65535)"))),
     }
+}
+
+/// A DNS name (RFC 1123 labels; `_` too, as container networks use it), an IPv4 address (which
+/// has the same shape) or an IPv6 address in brackets.
+fn valid_host(host: &str) -> bool {
+    if let Some(inside) = host.strip_prefix('[') {
+        return inside.strip_suffix(']').is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    (1..=253).contains(&host.len()) && host.split('.').all(label_ok)
 }
 
 /// A Kafka topic name: 1 to 249 of `[A-Za-z0-9._-]`, not `.` or `..`.
@@ -126,6 +144,15 @@ mod tests {
         let n: Endpoint = "nats://localhost:4222/bpf.events".parse().unwrap();
         assert_eq!(n, Endpoint::Nats { server: "localhost:4222".into(), subject: "bpf.events".into() });
         assert_eq!(n.to_string(), "nats://localhost:4222/bpf.events");
+        for good in ["nats://[::1]:4222/s", "nats://nats_1.svc-a.example:4222/s", "kafka://10.0.0.1:9092/t"] {
+            assert!(good.parse::<Endpoint>().is_ok(), "{good}");
+        }
+        let long = format!("nats://{}:4222/s", vec!["a".repeat(63); 4].join("."));
+        assert!(long.parse::<Endpoint>().unwrap_err().to_string().contains("not a host"), "255 characters");
+        let long_label = format!("nats://{}:4222/s", "a".repeat(64));
+        assert!(long_label.parse::<Endpoint>().is_err());
+        let host_1200 = format!("nats://{}:4222/s", "h".repeat(1200));
+        assert!(host_1200.parse::<Endpoint>().is_err());
     }
 
     #[test]
@@ -138,6 +165,12 @@ mod tests {
             ("kafka://h:0/t", "not a port"),
             ("kafka://h:70000/t", "not a port"),
             ("kafka://:9092/t", "not a host"),
+            ("nats://[::1:14222/x", "not a host"),
+            ("nats://::1:14222/x", "not a host"),
+            ("nats://[::g]:14222/x", "not a host"),
+            ("nats://a..b:1/x", "not a host"),
+            ("nats://-a:1/x", "not a host"),
+            ("nats://a b:1/x", "not a host"),
             ("kafka://h:1/", "not a Kafka topic"),
             ("kafka://h:1/a/b", "not a Kafka topic"),
             ("nats://h:1/a.*", "not a NATS subject"),

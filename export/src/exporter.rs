@@ -10,7 +10,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::accounting::{Counters, QueueBytes};
-use crate::pipeline::{Message, Pipeline, Publisher};
+use crate::pipeline::{Message, Pipeline, Publisher, Wiring};
+use crate::start::{self, Starting};
 use crate::{kafka, nats, Endpoint, ExportConfig, ExportError, ExportStats};
 
 /// Ships events to one engine from a thread of its own.
@@ -29,39 +30,76 @@ pub struct Exporter {
 /// Called with the text of a publishing error (at most once per retry backoff).
 pub type ErrorReporter = Box<dyn FnMut(&str) + Send>;
 
-impl Exporter {
-    /// Connects to the engine and checks that it takes the events (stream or topic), then
-    /// starts the exporter's thread. With [`ConnectPolicy::Retry`](crate::ConnectPolicy), an
-    /// engine that does not answer yet is waited for in the background.
-    pub fn start(config: ExportConfig, on_error: ErrorReporter) -> Result<Self, ExportError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| ExportError::Client(format!("starting the exporter's runtime: {e}")))?;
-        match &config.endpoint {
-            Endpoint::Nats { .. } => {
-                let publisher = runtime.block_on(nats::NatsPublisher::connect(&config))?;
-                Self::spawn(runtime, publisher, &config, on_error)
+/// An engine's client settings, checked before anything starts (a bad option is a usage
+/// error, whatever the engine's state).
+enum Engine {
+    Nats(nats::Settings),
+    Kafka(kafka::Settings),
+}
+
+impl Engine {
+    fn configure(config: &ExportConfig) -> Result<Self, ExportError> {
+        Ok(match &config.endpoint {
+            Endpoint::Nats { .. } => Engine::Nats(nats::Settings::parse(&config.engine)?),
+            Endpoint::Kafka { brokers, .. } => Engine::Kafka(kafka::Settings::parse(brokers, &config.engine)?),
+        })
+    }
+
+    /// The exporter's thread: connects within the start's deadline, then runs the pipeline.
+    fn serve(self, config: &ExportConfig, starting: Starting, wiring: Wiring) {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(e) => return starting.fail(ExportError::Client(format!("starting the exporter's runtime: {e}"))),
+        };
+        let budget = starting.budget();
+        match self {
+            Engine::Nats(settings) => {
+                serve(&runtime, starting, nats::NatsPublisher::connect(config, settings, budget), wiring)
             }
-            Endpoint::Kafka { .. } => {
-                let publisher = runtime.block_on(kafka::KafkaPublisher::connect(&config))?;
-                Self::spawn(runtime, publisher, &config, on_error)
+            Engine::Kafka(settings) => {
+                serve(&runtime, starting, kafka::KafkaPublisher::connect(config, settings, budget), wiring)
             }
         }
     }
+}
 
-    fn spawn<P: Publisher + Send + 'static>(
-        runtime: tokio::runtime::Runtime,
-        publisher: P,
-        config: &ExportConfig,
+/// Connects, and once the caller took the exporter, runs its pipeline.
+fn serve<P: Publisher>(
+    runtime: &tokio::runtime::Runtime,
+    starting: Starting,
+    connect: impl std::future::Future<Output = Result<P, ExportError>>,
+    wiring: Wiring,
+) {
+    if let Some(publisher) = runtime.block_on(starting.run(connect)) {
+        runtime.block_on(Pipeline::new(publisher, wiring).run());
+    }
+}
+
+impl Exporter {
+    /// Connects to the engine and checks that it takes the events (stream or topic), then
+    /// starts the exporter's thread. With [`ConnectPolicy::Retry`](crate::ConnectPolicy), an
+    /// engine that does not answer yet is waited for in the background. The whole start has
+    /// the `connect_timeout` option's deadline; an error then names the step that did not
+    /// answer ([`ExportError::Unreachable`]).
+    pub fn start(config: ExportConfig, on_error: ErrorReporter) -> Result<Self, ExportError> {
+        Self::start_until(config, on_error, &|| false)
+    }
+
+    /// [`start`](Self::start) that gives up, with [`ExportError::Cancelled`], as soon as
+    /// `cancelled` returns true (it is asked every 10 ms while the start waits for the engine;
+    /// e.g. whether a stop signal arrived). The exporter's thread, and every thread its client
+    /// starts, blocks SIGINT, SIGTERM, SIGHUP and SIGUSR1, so that they reach the caller's.
+    pub fn start_until(
+        config: ExportConfig,
         on_error: ErrorReporter,
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<Self, ExportError> {
+        let engine = Engine::configure(&config)?;
         let (queue, receiver) = mpsc::channel(config.queue);
         let (deadline, deadline_receiver) = watch::channel(None);
         let counters = Arc::new(Counters::default());
         let queue_bytes = Arc::new(QueueBytes::new(config.queue_bytes));
-        let pipeline = Pipeline {
-            publisher,
+        let wiring = Wiring {
             queue: receiver,
             queue_bytes: queue_bytes.clone(),
             counters: counters.clone(),
@@ -69,10 +107,13 @@ impl Exporter {
             max_in_flight: config.in_flight,
             on_error,
         };
-        let thread = std::thread::Builder::new()
-            .name("bpfstream-export".into())
-            .spawn(move || runtime.block_on(pipeline.run()))
-            .map_err(|e| ExportError::Client(format!("starting the exporter's thread: {e}")))?;
+        let (handshake, starting) = start::handshake(config.connect_timeout);
+        let endpoint = config.endpoint.clone();
+        let flush_timeout = config.flush_timeout;
+        let thread = start::spawn_unsignalled("bpfstream-export", move || engine.serve(&config, starting, wiring))
+            .map_err(|e| ExportError::Client(format!("cannot start the bpfstream-export thread: {e}")))?;
+        // On an error the thread is left to end by itself (it stops connecting at once).
+        handshake.wait(cancelled)?;
         Ok(Exporter {
             queue: Some(queue),
             queue_bytes,
@@ -80,8 +121,8 @@ impl Exporter {
             deadline,
             thread: Some(thread),
             next_seq: 1,
-            flush_timeout: config.flush_timeout,
-            endpoint: config.endpoint.clone(),
+            flush_timeout,
+            endpoint,
         })
     }
 

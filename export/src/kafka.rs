@@ -3,7 +3,7 @@
 //! says the partition leader and its in-sync replicas have it. A missing topic is an error
 //! unless `create=true`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -15,10 +15,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::ClientConfig;
 
 use crate::pipeline::{Delivery, Failure, Message, Publisher};
+use crate::start::{self, Budget};
 use crate::{ConnectPolicy, Endpoint, ExportConfig, ExportError, Identity};
 
-/// How long the start-up checks wait for the brokers.
-const START_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a look for a topic that may have disappeared, and its creation, wait.
+const HEAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long librdkafka tries to deliver an event before it reports a timeout (its own default
 /// is 5 minutes); a timeout makes the exporter start a new producer and publish again.
@@ -51,14 +52,48 @@ type Producer = FutureProducer<LastError>;
 
 /// Topic creation's `--output-option`s; every other key is a librdkafka property.
 #[derive(Debug)]
-struct Settings {
+pub(crate) struct Settings {
     partitions: i32,
     replication_factor: i32,
     client: ClientConfig,
 }
 
+/// Why a librdkafka property that would make `exported` mean less than acknowledged by every
+/// in-sync replica, or send events elsewhere than the URL says, is refused.
+fn weakens_delivery(key: &str, value: &str) -> Option<&'static str> {
+    match key {
+        "acks" | "request.required.acks" if value != "all" && value != "-1" => {
+            Some("an event counts as exported only once every in-sync replica has it (acks=all)")
+        }
+        "enable.idempotence" if !matches!(value, "true" | "1") => {
+            Some("the idempotent producer keeps a republished event from being stored twice or out of order")
+        }
+        "bootstrap.servers" | "metadata.broker.list" => {
+            Some("the brokers are the URL's (kafka://HOST:PORT,HOST:PORT/TOPIC), which errors and the summary name")
+        }
+        "transactional.id" => Some("bpfstream commits no transaction: consumers that read committed would see nothing"),
+        _ => None,
+    }
+}
+
+/// TLS properties (`ssl.*`) without TLS (`security.protocol` ssl or sasl_ssl) would be ignored
+/// by librdkafka and the events sent in clear: refused.
+fn check_tls(client: &ClientConfig) -> Result<(), ExportError> {
+    let protocol = client.get("security.protocol").unwrap_or("plaintext").to_ascii_lowercase();
+    let tls = protocol == "ssl" || protocol == "sasl_ssl";
+    match client.config_map().keys().find(|key| key.starts_with("ssl.")) {
+        Some(key) if !tls => Err(ExportError::Option(format!(
+            "{key} is a TLS setting, but security.protocol is {protocol}: the events would go in clear; add \
+             security.protocol=ssl (or sasl_ssl)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 impl Settings {
-    fn parse(brokers: &[String], options: &[(String, String)]) -> Result<Self, ExportError> {
+    /// Reads the options: topic creation's, and librdkafka properties, refusing those that
+    /// would weaken the delivery promise ([`weakens_delivery`]) or TLS files without TLS.
+    pub fn parse(brokers: &[String], options: &[(String, String)]) -> Result<Self, ExportError> {
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", brokers.join(","))
@@ -75,11 +110,15 @@ impl Settings {
             match key.as_str() {
                 "partitions" => settings.partitions = number()?,
                 "replication_factor" => settings.replication_factor = number()?,
-                _ => {
-                    settings.client.set(key, value);
-                }
+                _ => match weakens_delivery(key, value) {
+                    Some(why) => return Err(ExportError::Option(format!("{key}={value}: refused: {why}"))),
+                    None => {
+                        settings.client.set(key, value);
+                    }
+                },
             }
         }
+        check_tls(&settings.client)?;
         Ok(settings)
     }
 }
@@ -93,34 +132,39 @@ pub(crate) struct KafkaPublisher {
     /// To make a new producer after a fatal error (an idempotent producer gives up for good
     /// when, for example, a broker that lost its state comes back).
     client: ClientConfig,
-    topic: Arc<str>,
+    topic: Arc<Topic>,
     identity: Arc<Identity>,
 }
 
 impl KafkaPublisher {
     /// Creates the producer (a bad property is a usage error), then, unless `connect=retry`,
-    /// checks that the brokers answer and that the topic exists (creating it if asked to).
-    pub async fn connect(config: &ExportConfig) -> Result<Self, ExportError> {
+    /// checks that the brokers answer and that the topic exists (creating it if asked to),
+    /// saying in `budget` what it waits for.
+    pub async fn connect(config: &ExportConfig, settings: Settings, budget: Budget) -> Result<Self, ExportError> {
         let Endpoint::Kafka { brokers, topic } = &config.endpoint else { unreachable!("a Kafka endpoint") };
-        let settings = Settings::parse(brokers, &config.engine)?;
+        check_room_for_librdkafka()?;
         let errors = LastError::default();
         let producer: Producer = settings.client.create_with_context(errors.clone()).map_err(|e| match e {
             e @ KafkaError::ClientConfig(..) => ExportError::Option(format!("Kafka: {e}")),
             e => ExportError::Client(format!("creating the Kafka producer: {e}")),
         })?;
-        if config.connect == ConnectPolicy::Fail && !topic_exists(&producer, &errors, brokers, topic)? {
-            if config.create != Some(true) {
-                return Err(ExportError::Setup(format!(
-                    "Kafka topic {topic:?} does not exist: create it, or add --output-option create=true"
-                )));
-            }
-            create_topic(&settings, topic).await?;
+        let topic = Arc::new(Topic {
+            name: topic.clone(),
+            brokers: brokers.join(","),
+            create: config.create == Some(true),
+            partitions: settings.partitions,
+            replication_factor: settings.replication_factor,
+            client: settings.client.clone(),
+            healing: AtomicBool::new(false),
+        });
+        if config.connect == ConnectPolicy::Fail {
+            topic.check_at_start(&producer, &errors, &budget).await?;
         }
         Ok(KafkaPublisher {
             producer: Mutex::new((producer, 1)),
             stalled: Arc::new(AtomicU64::new(0)),
             client: settings.client,
-            topic: topic.as_str().into(),
+            topic,
             identity: Arc::new(config.identity.clone()),
         })
     }
@@ -144,32 +188,134 @@ impl KafkaPublisher {
     }
 }
 
-/// Asks the brokers about `topic` (without creating it); `errors` is the producer's context.
-fn topic_exists(producer: &Producer, errors: &LastError, brokers: &[String], topic: &str) -> Result<bool, ExportError> {
-    let metadata = producer.client().fetch_metadata(Some(topic), START_TIMEOUT).map_err(|e| {
-        ExportError::Unreachable(format!(
-            "cannot reach the Kafka brokers at {}: {e}{}. Start them, check the address and the TLS/SASL \
-             options, or add --output-option connect=retry to wait for them",
-            brokers.join(","),
-            errors.describe()
-        ))
-    })?;
-    Ok(metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
+/// Address space librdkafka needs beyond what the process uses before it starts: its threads'
+/// stacks (one per broker and a few of its own, `ulimit -s` each: 8 MiB by default), an admin
+/// client's to create a topic, its queues.
+const LIBRDKAFKA_ROOM: u64 = 64 << 20;
+
+/// librdkafka ends the process (an assertion, an abort) when an allocation or a thread's
+/// creation fails: under an address-space limit (`ulimit -v`) that leaves it too little room,
+/// the start is refused instead, with one line.
+fn check_room_for_librdkafka() -> Result<(), ExportError> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit(2) fills the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
+        return Ok(());
+    }
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let used = pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    let left = limit.rlim_cur.saturating_sub(used);
+    if left >= LIBRDKAFKA_ROOM {
+        return Ok(());
+    }
+    Err(ExportError::Client(format!(
+        "out of memory: the address-space limit (ulimit -v) leaves {} MiB, and the Kafka client (librdkafka, which \
+         aborts when an allocation fails) needs about {} MiB: raise the limit",
+        left >> 20,
+        LIBRDKAFKA_ROOM >> 20
+    )))
 }
 
-async fn create_topic(settings: &Settings, topic: &str) -> Result<(), ExportError> {
-    let admin: AdminClient<DefaultClientContext> =
-        settings.client.create().map_err(|e| ExportError::Client(format!("creating a Kafka admin client: {e}")))?;
-    let new = NewTopic::new(topic, settings.partitions, TopicReplication::Fixed(settings.replication_factor));
-    let options = AdminOptions::new().operation_timeout(Some(START_TIMEOUT));
-    let failed = |e: &dyn std::fmt::Display| ExportError::Setup(format!("creating Kafka topic {topic:?} failed: {e}"));
-    for result in admin.create_topics([&new], &options).await.map_err(|e| failed(&e))? {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => return Err(failed(&code)),
+/// The topic events go to: checked (and created when asked to) at start, and created again
+/// whenever it disappears (a broker that came back without its storage) with `create=true`.
+struct Topic {
+    name: String,
+    /// The URL's brokers, for messages.
+    brokers: String,
+    create: bool,
+    partitions: i32,
+    replication_factor: i32,
+    client: ClientConfig,
+    /// A check or a creation is under way (one at a time).
+    healing: AtomicBool,
+}
+
+impl Topic {
+    /// At start: the brokers answer and the topic exists, or is created with `create=true`.
+    async fn check_at_start(
+        &self,
+        producer: &Producer,
+        errors: &LastError,
+        budget: &Budget,
+    ) -> Result<(), ExportError> {
+        // librdkafka's own timeout ends just before the start's, so that its error, with the
+        // reason it reported (TLS, SASL), is the one told.
+        let timeout = budget.time_left().saturating_sub(Duration::from_millis(100));
+        let found = tokio::select! {
+            found = self.exists(producer, timeout) => found,
+            never = start::watch(self.brokers.split(',').next().unwrap_or_default(), "the Kafka broker", None, &budget.progress) => match never {},
+        };
+        let found = found.map_err(|e| {
+            ExportError::Unreachable(format!(
+                "cannot reach the Kafka brokers at {} within {:?} (connect_timeout): {}: {e}{}. Start them, check \
+                 the address and the TLS/SASL options, raise connect_timeout for a slower network, or add \
+                 --output-option connect=retry to wait for them",
+                self.brokers,
+                budget.timeout(),
+                budget.progress.describe(),
+                errors.describe()
+            ))
+        })?;
+        match (found, self.create) {
+            (true, _) => Ok(()),
+            (false, false) => Err(ExportError::Setup(format!(
+                "Kafka topic {:?} does not exist: create it, or add --output-option create=true",
+                self.name
+            ))),
+            (false, true) => {
+                budget
+                    .progress
+                    .waiting_for(format!("the Kafka brokers at {} did not create topic {:?}", self.brokers, self.name));
+                self.create(budget.time_left()).await
+            }
         }
     }
-    Ok(())
+
+    /// Asks the brokers (through `producer`) whether the topic exists, without creating it.
+    async fn exists(&self, producer: &Producer, timeout: Duration) -> Result<bool, KafkaError> {
+        let (producer, name) = (producer.clone(), self.name.clone());
+        let asked = start::blocking("the Kafka metadata request", move || {
+            let metadata = producer.client().fetch_metadata(Some(&name), timeout)?;
+            Ok(metadata.topics().iter().any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty()))
+        });
+        asked.await.unwrap_or(Err(KafkaError::Canceled))
+    }
+
+    /// A publication failed: with `create=true`, looks in the background (once a second at
+    /// most) whether the topic is still there, and creates it again if it is not.
+    fn check_soon(self: &Arc<Self>, producer: &Producer) {
+        // Relaxed: a flag on its own; the task that clears it is the one it guards.
+        if !self.create || self.healing.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let (topic, producer) = (self.clone(), producer.clone());
+        tokio::spawn(async move {
+            if let Ok(false) = topic.exists(&producer, HEAL_TIMEOUT).await {
+                let _ = topic.create(HEAL_TIMEOUT).await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            topic.healing.store(false, Ordering::Relaxed);
+        });
+    }
+
+    async fn create(&self, timeout: Duration) -> Result<(), ExportError> {
+        let topic = &self.name;
+        let admin: AdminClient<DefaultClientContext> =
+            self.client.create().map_err(|e| ExportError::Client(format!("creating a Kafka admin client: {e}")))?;
+        let new = NewTopic::new(topic, self.partitions, TopicReplication::Fixed(self.replication_factor));
+        let options = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
+        let failed =
+            |e: &dyn std::fmt::Display| ExportError::Setup(format!("creating Kafka topic {topic:?} failed: {e}"));
+        for result in admin.create_topics([&new], &options).await.map_err(|e| failed(&e))? {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => return Err(failed(&code)),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Errors the broker will repeat however often the event is sent again.
@@ -201,10 +347,13 @@ impl Publisher for KafkaPublisher {
             .insert(header("boot_id", &id.boot_id))
             .insert(header("run", &id.run))
             .insert(header("seq", &seq));
-        let record =
-            FutureRecord::to(&self.topic).key(id.host.as_bytes()).payload(message.payload.as_ref()).headers(headers);
+        let record = FutureRecord::to(&self.topic.name)
+            .key(id.host.as_bytes())
+            .payload(message.payload.as_ref())
+            .headers(headers);
         let (producer, generation) = self.producer();
         let stalled = self.stalled.clone();
+        let topic = self.topic.clone();
         match producer.send_result(record) {
             Ok(delivery) => Box::pin(async move {
                 match delivery.await {
@@ -213,12 +362,16 @@ impl Publisher for KafkaPublisher {
                         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut) {
                             stalled.fetch_max(generation, Ordering::Relaxed);
                         }
+                        topic.check_soon(&producer);
                         Err(classify(error))
                     }
                     Err(_) => Err(Failure::Retry("the Kafka producer went away".into())),
                 }
             }),
-            Err((error, _)) => Box::pin(std::future::ready(Err(classify(error)))),
+            Err((error, _)) => {
+                self.topic.check_soon(&producer);
+                Box::pin(std::future::ready(Err(classify(error))))
+            }
         }
     }
 }
@@ -237,6 +390,25 @@ mod tests {
         assert_eq!(s.client.get("acks"), Some("all"));
         assert_eq!(s.client.get("enable.idempotence"), Some("true"));
         assert!(Settings::parse(&[], &[("partitions".into(), "0".into())]).unwrap_err().is_usage());
+        for (key, value) in [
+            ("acks", "0"),
+            ("acks", "1"),
+            ("request.required.acks", "1"),
+            ("enable.idempotence", "false"),
+            ("bootstrap.servers", "b2:9092"),
+            ("metadata.broker.list", "b2:9092"),
+            ("transactional.id", "t"),
+            ("ssl.ca.location", "/etc/hostname"),
+        ] {
+            let refused = Settings::parse(&[], &[(key.into(), value.into())]).unwrap_err();
+            assert!(refused.is_usage(), "{key}={value}: {refused}");
+        }
+        for (key, value) in [("acks", "all"), ("acks", "-1"), ("enable.idempotence", "true")] {
+            assert!(Settings::parse(&[], &[(key.into(), value.into())]).is_ok(), "{key}={value}");
+        }
+        let tls = [("security.protocol", "ssl"), ("ssl.ca.location", "/etc/hostname")]
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+        assert!(Settings::parse(&[], &tls).is_ok());
         let rejected = classify(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge));
         assert!(matches!(rejected, Failure::Reject(_)));
         let retried = classify(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));

@@ -24,6 +24,7 @@ mod exporter;
 mod kafka;
 mod nats;
 mod pipeline;
+mod start;
 
 pub use accounting::ExportStats;
 pub use config::{ConnectPolicy, ExportConfig, Identity};
@@ -48,6 +49,9 @@ pub enum ExportError {
     /// The client library failed in a way not covered above.
     #[error("{0}")]
     Client(String),
+    /// The caller gave up on the start ([`Exporter::start_until`]).
+    #[error("the start was cancelled")]
+    Cancelled,
 }
 
 impl ExportError {

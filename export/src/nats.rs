@@ -2,6 +2,7 @@
 //! acknowledgement comes back. A stream capturing the subject is created unless `create=false`.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,13 +11,14 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use async_nats::{ConnectOptions, HeaderMap};
 
-use crate::config::{parse_bool, parse_duration};
+use crate::config::{parse_bool, parse_duration, parse_positive_duration};
 use crate::pipeline::{Delivery, Failure, Message, Publisher};
+use crate::start::{self, Budget, Progress};
 use crate::{ConnectPolicy, Endpoint, ExportConfig, ExportError, Identity};
 
 /// The `--output-option`s of NATS.
-#[derive(Debug, Default)]
-struct Settings {
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Settings {
     stream: Option<String>,
     storage: stream::StorageType,
     duplicate_window: Option<Duration>,
@@ -25,7 +27,8 @@ struct Settings {
     password: Option<String>,
     token: Option<String>,
     creds: Option<PathBuf>,
-    tls: bool,
+    /// `tls=true`, or `tls_ca`, `tls_cert`/`tls_key` given (`None`: not said).
+    tls: Option<bool>,
     tls_ca: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -35,7 +38,10 @@ const KEYS: &str = "stream, storage, duplicate_window, ack_timeout, user, passwo
                     tls_cert, tls_key (and queue, in_flight, connect, flush_timeout, create)";
 
 impl Settings {
-    fn parse(options: &[(String, String)]) -> Result<Self, ExportError> {
+    /// Reads the options; refuses unknown keys, settings that would make `exported` mean less
+    /// than acknowledged (a zero `ack_timeout`), and TLS files without TLS (they turn TLS on:
+    /// never plaintext when a certificate was given) or that cannot be read.
+    pub fn parse(options: &[(String, String)]) -> Result<Self, ExportError> {
         let mut s = Settings::default();
         for (key, value) in options {
             let text = || Some(value.clone());
@@ -50,12 +56,12 @@ impl Settings {
                     }
                 }
                 "duplicate_window" => s.duplicate_window = Some(parse_duration(key, value)?),
-                "ack_timeout" => s.ack_timeout = Some(parse_duration(key, value)?),
+                "ack_timeout" => s.ack_timeout = Some(parse_positive_duration(key, value)?),
                 "user" => s.user = text(),
                 "password" => s.password = text(),
                 "token" => s.token = text(),
                 "creds" => s.creds = path(),
-                "tls" => s.tls = parse_bool(key, value)?,
+                "tls" => s.tls = Some(parse_bool(key, value)?),
                 "tls_ca" => s.tls_ca = path(),
                 "tls_cert" => s.tls_cert = path(),
                 "tls_key" => s.tls_key = path(),
@@ -65,7 +71,34 @@ impl Settings {
         if s.password.is_some() != s.user.is_some() || s.tls_cert.is_some() != s.tls_key.is_some() {
             return Err(ExportError::Option("give user with password, and tls_cert with tls_key".into()));
         }
+        s.check_tls_files()?;
         Ok(s)
+    }
+
+    /// TLS files turn TLS on, and must be readable now.
+    fn check_tls_files(&mut self) -> Result<(), ExportError> {
+        let files = [("tls_ca", &self.tls_ca), ("tls_cert", &self.tls_cert), ("tls_key", &self.tls_key)];
+        let given: Vec<(&str, &PathBuf)> =
+            files.iter().filter_map(|(key, path)| Some((*key, path.as_ref()?))).collect();
+        if given.is_empty() {
+            return Ok(());
+        }
+        if self.tls == Some(false) {
+            return Err(ExportError::Option(format!(
+                "{} given with tls=false: TLS files need TLS (leave out tls=false)",
+                given[0].0
+            )));
+        }
+        for (key, path) in given {
+            std::fs::File::open(path)
+                .map_err(|e| ExportError::Option(format!("{key}={}: cannot read it: {e}", path.display())))?;
+        }
+        self.tls = Some(true);
+        Ok(())
+    }
+
+    fn tls(&self) -> bool {
+        self.tls == Some(true)
     }
 
     async fn connect_options(&self, policy: ConnectPolicy) -> Result<ConnectOptions, ExportError> {
@@ -82,7 +115,7 @@ impl Settings {
         if let Some(token) = &self.token {
             options = options.token(token.clone());
         }
-        options = options.require_tls(self.tls);
+        options = options.require_tls(self.tls());
         if let Some(ca) = &self.tls_ca {
             options = options.add_root_certificates(ca.clone());
         }
@@ -92,7 +125,7 @@ impl Settings {
         if policy == ConnectPolicy::Retry {
             options = options.retry_on_initial_connect();
         }
-        Ok(options.connection_timeout(Duration::from_secs(2)))
+        Ok(options)
     }
 }
 
@@ -101,18 +134,33 @@ pub(crate) struct NatsPublisher {
     jetstream: jetstream::Context,
     subject: async_nats::Subject,
     identity: Arc<Identity>,
+    stream: Arc<StreamSetup>,
 }
 
 impl NatsPublisher {
     /// Connects and makes sure a stream captures the subject (creating one unless told not
-    /// to); with `connect=retry`, both happen in the background until they succeed.
-    pub async fn connect(config: &ExportConfig) -> Result<Self, ExportError> {
+    /// to), saying in `budget` what it waits for; with `connect=retry`, both happen in the
+    /// background until they succeed.
+    pub async fn connect(config: &ExportConfig, settings: Settings, budget: Budget) -> Result<Self, ExportError> {
         let Endpoint::Nats { server, subject } = &config.endpoint else { unreachable!("a NATS endpoint") };
-        let settings = Settings::parse(&config.engine)?;
+        let progress = &budget.progress;
+        let tls = settings.tls();
         let options = settings.connect_options(config.connect).await?;
-        let client = options.connect(server.as_str()).await.map_err(|e| {
+        let connected = match config.connect {
+            ConnectPolicy::Retry => options.connect(server.as_str()).await,
+            ConnectPolicy::Fail => {
+                let after = if tls { "the TLS handshake and the login" } else { "the login" };
+                tokio::select! {
+                    client = options.connect(server.as_str()) => client,
+                    never = start::watch(server, "nats-server", Some(("INFO", after)), progress) => match never {},
+                }
+            }
+        };
+        let over =
+            if tls { " over TLS (tls, tls_ca, tls_cert and tls_key require it: does the server have it?)" } else { "" };
+        let client = connected.map_err(|e| {
             ExportError::Unreachable(format!(
-                "cannot reach nats-server at {server}: {e}. Start it (with -js), check the address, or add \
+                "cannot reach nats-server at {server}{over}: {e}. Start it (with -js), check the address, or add \
                  --output-option connect=retry to wait for it"
             ))
         })?;
@@ -121,33 +169,44 @@ impl NatsPublisher {
             .max_ack_inflight(config.in_flight + 1)
             .backpressure_on_inflight(true)
             .build(client);
-        let stream = StreamSetup {
+        let stream = Arc::new(StreamSetup {
             jetstream: jetstream.clone(),
+            server: server.clone(),
             subject: subject.clone(),
             create: config.create.unwrap_or(true),
             settings,
-        };
+            progress: progress.clone(),
+            healing: AtomicBool::new(false),
+        });
         match config.connect {
             ConnectPolicy::Fail => stream.ensure().await?,
             ConnectPolicy::Retry => {
-                tokio::spawn(stream.ensure_eventually());
+                tokio::spawn(stream.clone().ensure_eventually());
             }
         }
-        Ok(NatsPublisher { jetstream, subject: subject.as_str().into(), identity: Arc::new(config.identity.clone()) })
+        let identity = Arc::new(config.identity.clone());
+        Ok(NatsPublisher { jetstream, subject: subject.as_str().into(), identity, stream })
     }
 }
 
-/// Finding or creating the stream that captures the subject.
+/// Finding or creating the stream that captures the subject: at start, and again whenever a
+/// publication finds none (the stream was deleted, or the server came back without its store).
 struct StreamSetup {
     jetstream: jetstream::Context,
+    server: String,
     subject: String,
     create: bool,
     settings: Settings,
+    /// What the start waits for.
+    progress: Progress,
+    /// A creation is under way (one at a time).
+    healing: AtomicBool,
 }
 
 impl StreamSetup {
     async fn ensure(&self) -> Result<(), ExportError> {
-        let subject = &self.subject;
+        let (server, subject) = (&self.server, &self.subject);
+        self.progress.waiting_for(format!("JetStream at {server} did not say which stream captures {subject:?}"));
         let error = match self.jetstream.stream_by_subject(subject.as_str()).await {
             Ok(_) => return Ok(()),
             Err(e) => e,
@@ -171,6 +230,7 @@ impl StreamSetup {
             duplicate_window: self.settings.duplicate_window.unwrap_or(Duration::from_secs(120)),
             ..Default::default()
         };
+        self.progress.waiting_for(format!("JetStream at {server} did not create a stream for {subject:?}"));
         self.jetstream
             .create_stream(config)
             .await
@@ -179,12 +239,30 @@ impl StreamSetup {
     }
 
     /// Tries again with a growing pause until the stream exists.
-    async fn ensure_eventually(self) {
+    async fn ensure_eventually(self: Arc<Self>) {
         let mut pause = Duration::from_millis(100);
         while self.ensure().await.is_err() {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(5));
         }
+    }
+
+    /// A publication found no stream: unless `create=false`, makes it again in the background
+    /// (the failed publications are retried meanwhile, with their `seq`). Returns the words
+    /// for the failure's report.
+    fn stream_missing(self: &Arc<Self>) -> &'static str {
+        if !self.create {
+            return " (create=false: create the stream)";
+        }
+        // Relaxed: a flag on its own; the task that clears it is the one it guards.
+        if !self.healing.swap(true, Ordering::Relaxed) {
+            let setup = self.clone();
+            tokio::spawn(async move {
+                let _ = setup.ensure().await;
+                setup.healing.store(false, Ordering::Relaxed);
+            });
+        }
+        " (deleted, or a server that lost its store: creating it again)"
     }
 }
 
@@ -210,11 +288,15 @@ impl Publisher for NatsPublisher {
             .message_id(format!("{}/{}/{}/{seq}", id.host, id.boot_id, id.run));
         let jetstream = self.jetstream.clone();
         let subject = self.subject.clone();
+        let stream = self.stream.clone();
         Box::pin(async move {
             let ack = jetstream.send_publish(subject, publish).await.map_err(|e| Failure::Retry(e.to_string()))?;
             match ack.await {
                 Ok(_) => Ok(()),
                 Err(e) => Err(match e.kind() {
+                    PublishErrorKind::StreamNotFound => {
+                        Failure::Retry(format!("JetStream has no stream for the subject{}", stream.stream_missing()))
+                    }
                     PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
                         Failure::Reject(e.to_string())
                     }
@@ -243,11 +325,21 @@ mod tests {
             Settings::parse(&options(&[("storage", "memory"), ("duplicate_window", "30s"), ("tls", "true")])).unwrap();
         assert_eq!(
             (s.storage, s.duplicate_window, s.tls),
-            (stream::StorageType::Memory, Some(Duration::from_secs(30)), true)
+            (stream::StorageType::Memory, Some(Duration::from_secs(30)), Some(true))
         );
-        for bad in [&[("linger.ms", "5")][..], &[("storage", "disk")], &[("user", "u")], &[("tls_cert", "c")]] {
+        for bad in [
+            &[("linger.ms", "5")][..],
+            &[("storage", "disk")],
+            &[("user", "u")],
+            &[("tls_cert", "c")],
+            &[("ack_timeout", "0")],
+            &[("tls_ca", "/nonexistent")],
+            &[("tls", "false"), ("tls_ca", "/etc/hostname")],
+        ] {
             assert!(Settings::parse(&options(bad)).unwrap_err().is_usage(), "{bad:?}");
         }
         assert_eq!(stream_name("bpf.events-1"), "BPFSTREAM_bpf_events-1");
+        let tls_by_its_files = Settings::parse(&options(&[("tls_ca", "/etc/hostname")])).unwrap();
+        assert!(tls_by_its_files.tls(), "a CA turns TLS on");
     }
 }

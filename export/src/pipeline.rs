@@ -88,9 +88,8 @@ impl State {
     }
 }
 
-/// The pipeline's state on the exporter's thread.
-pub(crate) struct Pipeline<P> {
-    pub publisher: P,
+/// Everything a pipeline needs besides its publisher (made before the engine answers).
+pub(crate) struct Wiring {
     pub queue: mpsc::Receiver<Message>,
     /// The queue's bytes: given back as each message is taken out.
     pub queue_bytes: Arc<QueueBytes>,
@@ -102,7 +101,17 @@ pub(crate) struct Pipeline<P> {
     pub on_error: Box<dyn FnMut(&str) + Send>,
 }
 
+/// The pipeline on the exporter's thread.
+pub(crate) struct Pipeline<P> {
+    pub publisher: P,
+    pub w: Wiring,
+}
+
 impl<P: Publisher> Pipeline<P> {
+    pub fn new(publisher: P, w: Wiring) -> Self {
+        Pipeline { publisher, w }
+    }
+
     /// Runs until every message is acknowledged or failed and the queue is closed, or until
     /// the final flush's deadline. Each wakeup handles every acknowledgement that is ready and
     /// takes as many queued messages as there is room for, so that a busy stream costs one
@@ -124,16 +133,16 @@ impl<P: Publisher> Pipeline<P> {
             }
             self.dispatch_retries(&mut state);
             if !deadline_set {
-                if let Some(at) = *self.deadline.borrow() {
+                if let Some(at) = *self.w.deadline.borrow() {
                     deadline.as_mut().reset(at);
                     deadline_set = true;
                 }
             }
-            let room = state.room(self.max_in_flight);
+            let room = state.room(self.w.max_in_flight);
             tokio::select! {
                 biased;
                 () = &mut deadline, if deadline_set => break,
-                Ok(()) = self.deadline.changed(), if !deadline_set => {}
+                Ok(()) = self.w.deadline.changed(), if !deadline_set => {}
                 Some((message, result)) = state.in_flight.next(), if !state.in_flight.is_empty() => {
                     self.settle(&mut state, message, result);
                     while let Some(Some((message, result))) = state.in_flight.next().now_or_never() {
@@ -141,9 +150,9 @@ impl<P: Publisher> Pipeline<P> {
                     }
                 }
                 () = sleep_until(state.paused_until), if state.paused_until.is_some() => state.paused_until = None,
-                message = self.queue.recv(), if room && state.retry.is_empty() && !state.closed => match message {
+                message = self.w.queue.recv(), if room && state.retry.is_empty() && !state.closed => match message {
                     Some(message) => {
-                        self.queue_bytes.give_back(message.payload.len());
+                        self.w.queue_bytes.give_back(message.payload.len());
                         self.dispatch(&mut state.in_flight, message);
                         self.take_queued(&mut state);
                     }
@@ -156,7 +165,7 @@ impl<P: Publisher> Pipeline<P> {
 
     /// Republishes held-back messages while there is room.
     fn dispatch_retries(&self, state: &mut State) {
-        while state.room(self.max_in_flight) {
+        while state.room(self.w.max_in_flight) {
             let Some(message) = state.retry.pop_front() else { return };
             self.dispatch(&mut state.in_flight, message);
         }
@@ -165,12 +174,12 @@ impl<P: Publisher> Pipeline<P> {
     /// Publishes what is already queued, while there is room, [`Publisher::batch`] at most.
     fn take_queued(&mut self, state: &mut State) {
         for _ in 1..self.publisher.batch() {
-            if !state.room(self.max_in_flight) {
+            if !state.room(self.w.max_in_flight) {
                 return;
             }
-            match self.queue.try_recv() {
+            match self.w.queue.try_recv() {
                 Ok(message) => {
-                    self.queue_bytes.give_back(message.payload.len());
+                    self.w.queue_bytes.give_back(message.payload.len());
                     self.dispatch(&mut state.in_flight, message);
                 }
                 Err(mpsc::error::TryRecvError::Empty) => return,
@@ -186,18 +195,18 @@ impl<P: Publisher> Pipeline<P> {
     fn settle(&mut self, state: &mut State, message: Message, result: Result<(), Failure>) {
         match result {
             Ok(()) => {
-                Counters::add(&self.counters.exported, 1);
+                Counters::add(&self.w.counters.exported, 1);
                 state.backoff.next = Backoff::FIRST;
             }
             Err(Failure::Reject(why)) => {
-                Counters::add(&self.counters.rejected, 1);
-                (self.on_error)(&why);
+                Counters::add(&self.w.counters.rejected, 1);
+                (self.w.on_error)(&why);
             }
             Err(Failure::Retry(why)) => {
-                Counters::add(&self.counters.retries, 1);
+                Counters::add(&self.w.counters.retries, 1);
                 state.retry.push_back(message);
                 if state.paused_until.is_none() {
-                    (self.on_error)(&why);
+                    (self.w.on_error)(&why);
                     state.paused_until = Some(Instant::now() + state.backoff.take());
                 }
             }
@@ -211,12 +220,12 @@ impl<P: Publisher> Pipeline<P> {
 
     /// At the deadline: what is unacknowledged and what is still queued.
     fn count_unflushed(&mut self, unacknowledged: usize) {
-        self.queue.close();
+        self.w.queue.close();
         let mut left = unacknowledged as u64;
-        while self.queue.try_recv().is_ok() {
+        while self.w.queue.try_recv().is_ok() {
             left += 1;
         }
-        Counters::add(&self.counters.unflushed, left);
+        Counters::add(&self.w.counters.unflushed, left);
     }
 }
 
@@ -277,8 +286,7 @@ mod tests {
             }
             drop(tx);
             deadline_tx.send(Some(Instant::now() + deadline)).unwrap();
-            let pipeline = Pipeline {
-                publisher: script,
+            let wiring = Wiring {
                 queue: rx,
                 queue_bytes: queue_bytes.clone(),
                 counters: counters.clone(),
@@ -286,7 +294,7 @@ mod tests {
                 max_in_flight: 4,
                 on_error: Box::new(|_| {}),
             };
-            pipeline.run().await;
+            Pipeline::new(script, wiring).run().await;
         });
         let published = published.lock().unwrap().clone();
         (counters.snapshot(), published)

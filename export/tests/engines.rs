@@ -91,13 +91,18 @@ fn ship(mut exporter: Exporter, n: u64) {
     assert_eq!((stats.offered, stats.exported, stats.export_failed(), stats.in_flight()), (n, n, 0, 0), "{stats:?}");
 }
 
+/// `nats-server -js` on a free port with its store in a fresh directory named after `tag`:
+/// the server, its port and the store (to remove at the end).
+fn jetstream_server(tag: &str) -> Option<(Server, u16, String)> {
+    let store = std::env::temp_dir().join(format!("bpfstream-export-{tag}-{}", std::process::id()));
+    let store = store.to_str().unwrap().to_string();
+    let (server, port) = serve("nats-server", &["-a", "127.0.0.1", "-p", "{port}", "-js", "-sd", &store])?;
+    Some((server, port, store))
+}
+
 #[test]
 fn jetstream_acknowledges_every_event() {
-    let store = std::env::temp_dir().join(format!("bpfstream-export-test-{}", std::process::id()));
-    let store = store.to_str().unwrap().to_string();
-    let Some((_server, port)) = serve("nats-server", &["-a", "127.0.0.1", "-p", "{port}", "-js", "-sd", &store]) else {
-        return;
-    };
+    let Some((_server, port, store)) = jetstream_server("test") else { return };
     ship(start(&format!("nats://127.0.0.1:{port}/export.test"), &[]).unwrap(), 10_000);
     let missing = start(&format!("nats://127.0.0.1:{port}/export.none"), &["create=false"]).unwrap_err();
     assert!(missing.to_string().contains("no JetStream stream captures"), "{missing}");
@@ -124,11 +129,16 @@ fn kafka_acknowledges_every_event() {
     assert!(matches!(down, ExportError::Unreachable(_)), "{down}");
 }
 
-/// `tansu broker` (memory storage) on `port`, with `topic` created by tansu's own client.
-fn tansu_on(port: u16, topic: &str) -> Server {
+/// `tansu broker` (memory storage) on `port`, with no topic.
+fn empty_tansu_on(port: u16) -> Server {
     let listener = "tcp://127.0.0.1:{port}";
     let args = ["broker", "--listener-url", listener, "--advertised-listener-url", listener];
-    let server = serve_on(port, "tansu", &[&args[..], &["--storage-engine", "memory://tansu/"]].concat());
+    serve_on(port, "tansu", &[&args[..], &["--storage-engine", "memory://tansu/"]].concat())
+}
+
+/// `tansu broker` (memory storage) on `port`, with `topic` created by tansu's own client.
+fn tansu_on(port: u16, topic: &str) -> Server {
+    let server = empty_tansu_on(port);
     let broker = format!("tcp://127.0.0.1:{port}");
     let created =
         Command::new("tansu").args(["topic", "create", topic, "--broker", &broker]).stdout(Stdio::null()).status();
@@ -170,13 +180,14 @@ fn kafka_seqs(port: u16, topic: &str, wanted: &HashSet<u64>) -> Vec<u64> {
 }
 
 /// Bursts of 200 events every 50 ms; the broker (memory storage) is killed once the first
-/// 1,600 are acknowledged and comes back empty a second later, its topic created again. The
-/// idempotent producer stalls against a broker that does not know it; its events time out
-/// (`message.timeout.ms`), a new producer takes over and they are published again with their
-/// `seq`. Asserts: every event is acknowledged (the final flush has time enough) and exactly
-/// accounted; the new broker holds every event the old one had not acknowledged when it was
-/// killed; any seq stored twice there came from a republication (at most `retries` of them),
-/// so that dropping duplicates by `seq` leaves each event once.
+/// 1,600 are acknowledged and comes back empty a second later, without the topic, which the
+/// exporter makes again (`create=true`). The idempotent producer stalls against a broker that
+/// does not know it; its events time out (`message.timeout.ms`), a new producer takes over and
+/// they are published again with their `seq`. Asserts: every event is acknowledged (the final
+/// flush has time enough) and exactly accounted; the new broker holds every event the old one
+/// had not acknowledged when it was killed; any seq stored twice there came from a
+/// republication (at most `retries` of them), so that dropping duplicates by `seq` leaves each
+/// event once.
 #[test]
 fn kafka_delivery_resumes_after_the_broker_restarts_empty() {
     if !installed("tansu") {
@@ -186,7 +197,7 @@ fn kafka_delivery_resumes_after_the_broker_restarts_empty() {
     let topic = "export-restart";
     let server = tansu_on(port, topic);
     let url = format!("kafka://127.0.0.1:{port}/{topic}");
-    let mut exporter = start(&url, &["flush_timeout=60s", "message.timeout.ms=3000"]).unwrap();
+    let mut exporter = start(&url, &["flush_timeout=60s", "message.timeout.ms=3000", "create=true"]).unwrap();
     let burst = |exporter: &mut Exporter, bursts: u32| {
         for _ in 0..bursts {
             for _ in 0..200 {
@@ -205,7 +216,7 @@ fn kafka_delivery_resumes_after_the_broker_restarts_empty() {
     std::thread::sleep(Duration::from_millis(200));
     let acknowledged_by_the_old = exporter.stats().exported;
     burst(&mut exporter, 5);
-    let _server = tansu_on(port, topic);
+    let _server = empty_tansu_on(port);
     burst(&mut exporter, 10);
     let stats = exporter.finish();
     assert_eq!((stats.offered, stats.exported, stats.export_failed()), (5000, 5000, 0), "{stats:?}");
@@ -259,4 +270,102 @@ fn jetstream_over_tls_with_user_and_password_or_a_token() {
     ship(start(&token_url, &["token=t0ken"]).unwrap(), 1000);
     assert!(start(&token_url, &["token=nope"]).is_err());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A loopback listener that accepts connections and never answers (a frozen engine); the
+/// connections stay open while the test runs.
+fn silent_listener() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let held: Vec<TcpStream> = listener.incoming().map_while(Result::ok).collect();
+        drop(held);
+    });
+    port
+}
+
+/// Against an engine that never answers, the start ends at `connect_timeout` naming the step,
+/// or at once when the caller gives up.
+#[test]
+fn a_start_against_a_silent_engine_ends_at_its_deadline_or_when_cancelled() {
+    let port = silent_listener();
+    for (scheme, says) in [("nats", "sent no INFO greeting"), ("kafka", "accepted the connection but did not answer")] {
+        let url = format!("{scheme}://127.0.0.1:{port}/silent");
+        let error = start(&url, &["connect_timeout=300ms"]).unwrap_err();
+        assert!(matches!(error, ExportError::Unreachable(_)) && error.to_string().contains(says), "{error}");
+        let mut config = ExportConfig::new(url.parse().unwrap(), Identity::of_this_process());
+        config.set_text("connect_timeout=60s").unwrap();
+        let asked = Instant::now();
+        let cancelled =
+            Exporter::start_until(config, Box::new(|_| {}), &|| asked.elapsed() > Duration::from_millis(200));
+        assert!(matches!(cancelled, Err(ExportError::Cancelled)), "{scheme}: {cancelled:?}");
+    }
+}
+
+/// Options that would make `exported` mean less than acknowledged are usage errors.
+#[test]
+fn options_that_weaken_the_delivery_promise_are_refused() {
+    for (url, option) in [
+        ("kafka://127.0.0.1:9/t", "acks=1"),
+        ("kafka://127.0.0.1:9/t", "enable.idempotence=false"),
+        ("kafka://127.0.0.1:9/t", "bootstrap.servers=127.0.0.2:9"),
+        ("nats://127.0.0.1:9/t", "ack_timeout=0s"),
+    ] {
+        let error = start(url, &[option]).unwrap_err();
+        assert!(error.is_usage(), "{option}: {error}");
+    }
+}
+
+/// The JetStream stream is deleted in the middle of a run (create=true, the default): the next
+/// publications find no stream, the exporter makes it again and delivery resumes with the next
+/// event, every event after the deletion acknowledged and stored once in the new stream.
+#[test]
+fn jetstream_stream_deleted_mid_run_is_made_again_and_delivery_resumes() {
+    let Some((_server, port, store)) = jetstream_server("heal") else { return };
+    let subject = "export.heal";
+    let mut exporter = start(&format!("nats://127.0.0.1:{port}/{subject}"), &["flush_timeout=30s"]).unwrap();
+    let send = |exporter: &mut Exporter, n: usize| (0..n).for_each(|_| assert!(exporter.send(b"{}")));
+    send(&mut exporter, 500);
+    while exporter.stats().exported < 500 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    jetstream(port, |js| async move { js.delete_stream("BPFSTREAM_export_heal").await.map(drop).unwrap() });
+    send(&mut exporter, 500);
+    let stats = exporter.finish();
+    assert_eq!((stats.exported, stats.export_failed()), (1000, 0), "{stats:?}");
+    assert!(stats.retries > 0, "the deletion went unnoticed: {stats:?}");
+    let mut seqs = jetstream(port, move |js| async move { stored_seqs(&js, subject).await });
+    // Republished events come after the ones published meanwhile: sorted, each seq once.
+    seqs.sort_unstable();
+    assert_eq!(seqs, (501..=1000).collect::<Vec<u64>>(), "the new stream holds every event after the deletion, once");
+    let _ = std::fs::remove_dir_all(&store);
+}
+
+/// Runs `work` with a JetStream context on the server at `port`.
+fn jetstream<T, F: std::future::Future<Output = T>>(
+    port: u16,
+    work: impl FnOnce(async_nats::jetstream::Context) -> F,
+) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(format!("127.0.0.1:{port}")).await.unwrap();
+        work(async_nats::jetstream::new(client)).await
+    })
+}
+
+/// The `seq` header of every message of the stream capturing `subject`, in stream order.
+async fn stored_seqs(js: &async_nats::jetstream::Context, subject: &str) -> Vec<u64> {
+    use futures_util::StreamExt;
+    let name = js.stream_by_subject(subject).await.unwrap();
+    let mut stream = js.get_stream(&name).await.unwrap();
+    let count = stream.info().await.unwrap().state.messages as usize;
+    let consumer =
+        stream.create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default()).await.unwrap();
+    let mut messages = consumer.messages().await.unwrap().take(count);
+    let mut seqs = Vec::with_capacity(count);
+    while let Some(message) = messages.next().await {
+        let headers = message.unwrap().headers.clone().expect("headers");
+        seqs.push(headers.get("seq").expect("a seq header").as_str().parse().unwrap());
+    }
+    seqs
 }

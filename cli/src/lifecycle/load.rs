@@ -158,7 +158,7 @@ pub fn load(spec: &TracerSpec, options: &BufferOptions) -> Result<(Ebpf, Transpo
 
 /// A failed load, with the privilege a refusal points at.
 pub fn load_error(what: &str, e: aya::EbpfError) -> anyhow::Error {
-    let text = format!("{:#}", anyhow::Error::from(e)); // with its causes
+    let text = crate::limits::chain(&e); // with its causes, each once
     let hint = if text.contains("Operation not permitted") || text.contains("EPERM") {
         crate::privileges::eperm_hint()
     } else {
@@ -167,12 +167,17 @@ pub fn load_error(what: &str, e: aya::EbpfError) -> anyhow::Error {
     anyhow!("loading the BPF program for {what} failed{hint}: {text}")
 }
 
+/// What a start that a stop signal ended was doing.
+pub(super) const LOADING: &str = "loading the BPF programs";
+
 /// Loads and attaches every program of `spec`.
 pub fn attach(bpf: &mut Ebpf, spec: &TracerSpec) -> Result<()> {
     let needs_tracefs = spec.attach.iter().any(|a| matches!(a, Attach::Tracepoint { .. }));
     // Held (and, if bpfstream mounted it, unmounted) until every tracepoint is attached.
     let _tracefs = if needs_tracefs { Some(tracefs::Tracefs::open()?) } else { None };
     for a in &spec.attach {
+        // Each program's verification may take a while: a stop is honoured between them.
+        crate::signals::stop_point(LOADING)?;
         match *a {
             Attach::Tracepoint { program, category, name } => {
                 let p: &mut TracePoint = program_mut(bpf, program)?.try_into()?;
@@ -217,7 +222,7 @@ pub fn open_stream(bpf: &Ebpf, map: &str, counters: Option<&str>, options: &Buff
     let mut source = match EventSource::open(fd, PerfOptions { pages_per_cpu: perf_pages, wakeup: options.perf_wakeup })
     {
         Err(e) if is_permission_denied(&e) && events_are_perf(events) => {
-            bail!("{}: {e}", crate::privileges::perf_permission_hint(options.size))
+            bail!("{}: {}", crate::privileges::perf_permission_hint(options.size), crate::privileges::os_error(&e))
         }
         opened => opened?,
     };

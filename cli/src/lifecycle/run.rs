@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use aya::maps::Map;
 use aya::Ebpf;
-use bpfstream::{EventSource, Item, Transport};
+use bpfstream::{DropCounters, EventSource, Item, Transport};
 
 use super::args::BufferOptions;
-use super::load::{attach, load, open_source, TracerSpec};
+use super::load::{attach, load, map_fd, open_source, TracerSpec, LOADING};
 use super::stop;
 use super::summary::{is_broken_pipe, Summary};
 use crate::loss::{buffer_for_burst, LossReport, Reporting};
-use crate::signals;
+use crate::signals::{self, Signal};
 use crate::size::human_bytes;
 use crate::writer::{stdout_queue, Queue};
 
@@ -42,6 +42,9 @@ pub trait Sink {
         None
     }
 }
+
+/// Records between two looks at the clock in a batch (a look costs about as much as a record).
+const CLOCK_EVERY: u32 = 1024;
 
 /// Most output one chunk of the stdout queue holds (well below `writer::MAX_QUEUED`).
 const CHUNK_BYTES: usize = 1 << 20;
@@ -93,6 +96,14 @@ impl Feed<'_> {
     fn broken(&self) -> bool {
         self.failure.is_some() || self.queue.error().is_some()
     }
+
+    /// Whether the loop must end after the record just handed over: a stop signal, a failed
+    /// stdout or (looked at every [`CLOCK_EVERY`] records) the run's `deadline`.
+    fn must_end(&self, records: &mut u32, deadline: Option<Instant>) -> bool {
+        *records = records.wrapping_add(1);
+        let late = || *records % CLOCK_EVERY == 0 && deadline.is_some_and(|d| Instant::now() >= d);
+        signals::stop_requested() || self.queue.has_failed() || late()
+    }
 }
 
 /// A loaded, attached tracer and its event stream.
@@ -112,9 +123,21 @@ impl std::fmt::Debug for Tracer {
 }
 
 impl Tracer {
-    /// Loads, attaches and opens the stream; then announces `Tracing...` on stderr.
+    /// Loads, attaches and opens the stream; then announces `Tracing...` on stderr. A stop
+    /// signal before or during it ends the start with [`signals::StoppedAtStart`].
     pub fn start(spec: &TracerSpec, options: &BufferOptions) -> Result<Self> {
+        signals::stop_point(LOADING)?;
+        let started = Self::load_and_attach(spec, options);
+        match started {
+            // A signal may interrupt the verifier (EINTR, EAGAIN): the stop, not the error, counts.
+            Err(_) if signals::stop_requested() => Err(signals::StoppedAtStart { during: LOADING.into() }.into()),
+            started => started,
+        }
+    }
+
+    fn load_and_attach(spec: &TracerSpec, options: &BufferOptions) -> Result<Self> {
         let (mut bpf, _) = load(spec, options)?;
+        signals::stop_point(LOADING)?;
         // Open the buffer before attaching: perf buffers must be in the map before the first
         // event, or those events would be dropped for want of a slot.
         let source = open_source(&bpf, options)?;
@@ -163,7 +186,7 @@ impl Tracer {
         let mut reporting =
             Reporting::new(sink, LossReport::new(self.json, self.source.transport() == Transport::Perf));
         let mut feed = Feed { sink: &mut reporting, queue, ends: Vec::new(), failure: None };
-        let streamed = self.stream(duration.map(|d| started + d), max_delay, &mut feed);
+        let streamed = self.stream(started, duration.map(|d| started + d), max_delay, &mut feed);
         let elapsed = started.elapsed();
         let buffer_bytes = self.source.buffer_bytes();
         let transport = self.source.transport();
@@ -185,7 +208,13 @@ impl Tracer {
     }
 
     /// The loop: one poll per batch, bounded by `max_delay` (and [`LONGEST_WAIT`]).
-    fn stream(&mut self, deadline: Option<Instant>, max_delay: Duration, feed: &mut Feed<'_>) -> Result<()> {
+    fn stream(
+        &mut self,
+        started: Instant,
+        deadline: Option<Instant>,
+        max_delay: Duration,
+        feed: &mut Feed<'_>,
+    ) -> Result<()> {
         if let Err(e) = feed.sink.header() {
             feed.failure = Some(e);
         }
@@ -198,9 +227,35 @@ impl Tracer {
                     _ => break,
                 },
             };
-            self.source.poll(Some(timeout.min(LONGEST_WAIT)), |item: Item<'_>| feed.item(item))?;
+            // The end of the loop ends the batch at the record it came on: the rest is for the
+            // drain, which the stop's deadlines bound; under a storm a batch may last as long as
+            // the storm.
+            let mut records = 0u32;
+            let until_end = |item: Item<'_>| match feed.item(item) {
+                ControlFlow::Continue(()) if feed.must_end(&mut records, deadline) => ControlFlow::Break(()),
+                flow => flow,
+            };
+            self.source.poll(Some(timeout.min(LONGEST_WAIT)), until_end)?;
             feed.end_batch();
+            if signals::take(Signal::Report) {
+                self.report_so_far(started, feed);
+            }
         }
         Ok(())
+    }
+
+    /// SIGUSR1: the summary so far, where the final one goes (a `progress` object on stdout
+    /// with `--json`, a line on stderr otherwise); the run goes on.
+    fn report_so_far(&self, started: Instant, feed: &Feed<'_>) {
+        let mut totals = self.source.totals();
+        // The BPF side's counters as of now (the source reads them every 100 ms at most).
+        let stats = self.bpf.map(DropCounters::MAP).and_then(|m| map_fd(m).ok());
+        if let Some(now) = stats.and_then(|fd| DropCounters::new(fd).and_then(|mut c| c.total()).ok()) {
+            totals.produced = now.produced;
+            totals.dropped = totals.dropped.max(now.dropped);
+        }
+        let export = feed.sink.export();
+        let (transport, buffer_bytes) = (self.source.transport(), self.source.buffer_bytes());
+        Summary::so_far(totals, transport, buffer_bytes, started.elapsed(), export).report(self.json);
     }
 }

@@ -41,6 +41,12 @@ pub struct Ending {
 }
 
 impl Ending {
+    /// Deadlines that have passed: a summary of the run so far, which nothing waits for.
+    pub(super) fn passed() -> Self {
+        let now = Instant::now();
+        Ending { drain_by: now, events_by: now, summary_by: now }
+    }
+
     /// When the summary must be written: its deadline, but never less than
     /// [`SUMMARY_AT_LEAST`] from now.
     pub fn summary_deadline(&self) -> Instant {

@@ -1,8 +1,9 @@
 //! The accounting of one run, and where it is printed: the JSON summary goes to stdout if
 //! stdout can still take it by the stop's deadline, the text one to stderr; when stdout is
-//! unusable (blocked, full), the summary comes on stderr instead, with what was not written.
+//! unusable (blocked, full, closed), the summary (the JSON object with `--json`) comes on
+//! stderr instead, with what was not written.
 
-use std::io;
+use std::io::{self, Write};
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
@@ -12,7 +13,7 @@ use super::stop::Ending;
 use crate::loss::burst_text;
 use crate::output::JsonLine;
 use crate::size::human_bytes;
-use crate::writer::{stderr_queue, stdout_queue};
+use crate::writer::{stderr_queue, stdout_queue, Output};
 
 /// The accounting of one run.
 #[derive(Debug, Clone)]
@@ -68,25 +69,52 @@ impl Summary {
         }
     }
 
+    /// The run so far (SIGUSR1), with the exporter's accounting so far.
+    pub(super) fn so_far(
+        totals: Totals,
+        transport: Transport,
+        buffer_bytes: u64,
+        elapsed: Duration,
+        export: Option<crate::export::ExportSummary>,
+    ) -> Self {
+        let mut summary = Summary::new(totals, transport, buffer_bytes, elapsed, Ending::passed(), None);
+        summary.export = export;
+        summary
+    }
+
+    /// Prints the run so far and returns at once: a `progress` object on stdout (`--json`),
+    /// or a `so far:` line on stderr, queued behind the output before it.
+    pub(super) fn report(&self, json: bool) {
+        let unwritten = stdout_queue().unwritten();
+        let (queue, line) = match json {
+            true => (stdout_queue(), self.json("progress", unwritten).finish_line()),
+            false => (stderr_queue(), format!("so far: {}\n", self.text(unwritten)).into_bytes()),
+        };
+        let mut out = Output::new(queue.clone());
+        let _ = out.write_all(&line);
+    }
+
     /// Events the BPF side produced that are neither written, nor unwritten, nor reported
     /// dropped (0; anything else is a bug worth shouting about).
     pub fn unaccounted(&self) -> i128 {
         self.produced.map_or(0, |p| i128::from(p) - i128::from(self.events) - i128::from(self.dropped))
     }
 
-    /// The summary object; tools add their own fields before writing it. `events` counts what
-    /// was written: events + dropped + unwritten = produced.
-    fn json(&self, unwritten: u64) -> JsonLine {
+    /// The summary object (`kind`: `summary`, or `progress` for the run so far, whose
+    /// `in_flight` events are still in the buffer); tools add their own fields before writing
+    /// it. `events` counts what was written: events + dropped + unwritten = produced.
+    fn json(&self, kind: &str, unwritten: u64) -> JsonLine {
         let secs = self.elapsed.as_secs_f64();
         let written = self.events.saturating_sub(unwritten);
-        let line = JsonLine::new("summary").num("events", written);
+        let line = JsonLine::new(kind).num("events", written);
         let line = if self.dropped_unknown { line.null("dropped") } else { line.num("dropped", self.dropped) };
         let mut line = line
             .num("unwritten", unwritten)
             .str("buffer", self.transport.name())
             .num("buffer_bytes", self.buffer_bytes);
         if let Some(p) = self.produced {
-            line = line.num("produced", p).num("unaccounted", self.unaccounted());
+            let unaccounted = if kind == "progress" { "in_flight" } else { "unaccounted" };
+            line = line.num("produced", p).num(unaccounted, self.unaccounted());
         }
         if let Some((lost, size)) = self.burst {
             line = line.num("worst_burst_lost", lost);
@@ -133,19 +161,19 @@ impl Summary {
         stdout_queue().drain_by(self.ending.summary_deadline());
     }
 
-    /// Prints the summary (JSON on stdout, or text on stderr; on stderr too when stdout cannot
-    /// take it in time) plus a warning if the accounting does not add up. Waits for the output
-    /// until the stop's deadlines at most. Fails when stdout failed for another reason than a
-    /// reader that left.
+    /// Prints the summary (JSON on stdout, or text on stderr; when stdout cannot take the JSON
+    /// object in time, or failed, or its reader left, the object goes to stderr) plus a warning
+    /// if the accounting does not add up. Waits for the output until the stop's deadlines at
+    /// most. Fails when stdout failed for another reason than a reader that left.
     pub fn print(&self, json: bool, extend: impl FnOnce(JsonLine) -> JsonLine, extra_text: &str) -> Result<()> {
         let out = stdout_queue();
         let unwritten = out.settle(self.ending.events_by);
         let err = stderr_queue();
-        let on_stdout =
-            json && out.write_by(extend(self.json(unwritten)).finish_line(), self.ending.summary_deadline());
+        let object = json.then(|| extend(self.json("summary", unwritten)).finish_line());
+        let on_stdout = object.as_ref().is_some_and(|line| out.write_by(line.clone(), self.ending.summary_deadline()));
         if !on_stdout {
-            let text = format!("{}{extra_text}\n", self.text(unwritten));
-            err.write_by(text.into_bytes(), self.ending.summary_deadline());
+            let line = object.unwrap_or_else(|| format!("{}{extra_text}\n", self.text(unwritten)).into_bytes());
+            err.write_by(line, self.ending.summary_deadline());
         }
         if self.unaccounted() != 0 {
             let text = format!(

@@ -95,12 +95,28 @@ impl NatsServer {
 
     /// SIGSTOP (`false`) or SIGCONT (`true`): a server that holds its connections and answers
     /// nothing, as a hung or overloaded engine does.
+    /// When it returns, every thread of the server has stopped (a signal takes effect when each
+    /// thread next runs).
     pub fn run_on(&self, go: bool) {
         let child = self.child.as_ref().expect("running");
         let signal = if go { libc::SIGCONT } else { libc::SIGSTOP };
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !go && !all_stopped(child.id()) {
+            assert!(Instant::now() < deadline, "nats-server did not stop");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in /proc/PID/task/*/stat).
+fn all_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        stat.rfind(')').and_then(|close| stat[close + 1..].split_whitespace().next()) == Some("T")
+    })
 }
 
 impl Drop for NatsServer {
@@ -408,4 +424,45 @@ pub fn kafka_messages_with(address: &str, config: &[(&str, &str)], topic: &str, 
         }
     }
     out
+}
+
+/// A TCP listener on loopback that accepts every connection and never says a word: an engine
+/// that never answers (a frozen server, a stuck proxy or load balancer), for NATS and Kafka
+/// alike. The connections stay open until it is dropped.
+pub struct SilentEngine {
+    pub port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SilentEngine {
+    pub fn start() -> SilentEngine {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(AtomicBool::new(true));
+        let accepting = open.clone();
+        std::thread::spawn(move || {
+            let mut connections = Vec::new();
+            for stream in listener.incoming() {
+                if !accepting.load(Ordering::Relaxed) {
+                    break;
+                }
+                connections.extend(stream.ok());
+            }
+        });
+        SilentEngine { port, open }
+    }
+
+    /// The URL of `scheme` (`nats` or `kafka`) to a destination both take.
+    pub fn url(&self, scheme: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}/bpfs-silent", self.port)
+    }
+}
+
+impl Drop for SilentEngine {
+    fn drop(&mut self) {
+        self.open.store(false, std::sync::atomic::Ordering::Relaxed);
+        // Wakes the accepting thread, which then ends and closes every connection.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
 }

@@ -4,6 +4,7 @@
 #[path = "../../../export/tests/support/certificates.rs"]
 pub mod certificates;
 pub mod engine;
+pub mod storm;
 #[path = "../../../bpfstream/tests/support/time_scale.rs"]
 pub mod time_scale;
 pub mod workload;
@@ -93,7 +94,26 @@ pub fn start_least_privileged(args: &[&str]) -> Running {
 
 /// Starts `command` (stdin null, stderr piped; stdout as the command says, read line by line
 /// when piped) and waits (up to 60 s) for the `Tracing` line on stderr.
-pub fn start_command(mut command: Command, what: &str) -> Running {
+pub fn start_command(command: Command, what: &str) -> Running {
+    let (mut running, ready_rx) = launch(command);
+    if ready_rx.recv_timeout(scaled(Duration::from_secs(60))).is_err() {
+        let _ = running.child.kill();
+        let _ = running.child.wait();
+        panic!("bpfstream {what} never printed its Tracing line; stderr:\n{}", running.stderr.lock().unwrap());
+    }
+    running
+}
+
+/// Starts `bpfstream args...` with stdout piped, without waiting for anything (a start that may
+/// never end, or end in an error).
+pub fn spawn(args: &[&str]) -> Running {
+    let mut command = Command::new(bin());
+    command.args(args).stdout(Stdio::piped());
+    launch(command).0
+}
+
+/// Starts `command` as [`start_command`] does; the receiver gets the `Tracing` line.
+fn launch(mut command: Command) -> (Running, mpsc::Receiver<()>) {
     let mut child = command.stdin(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn bpfstream");
     let (out_tx, out_rx) = mpsc::channel();
     if let Some(stdout) = child.stdout.take() {
@@ -128,12 +148,15 @@ pub fn start_command(mut command: Command, what: &str) -> Running {
             }
         }
     });
-    if ready_rx.recv_timeout(scaled(Duration::from_secs(60))).is_err() {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("bpfstream {what} never printed its Tracing line; stderr:\n{}", stderr_text.lock().unwrap());
-    }
-    Running { child, stdout: out_rx, received: Default::default(), stderr: stderr_text, stderr_eof }
+    (Running { child, stdout: out_rx, received: Default::default(), stderr: stderr_text, stderr_eof }, ready_rx)
+}
+
+/// Whether process `pid` has a handler for `signal` (`SigCgt` of /proc/PID/status): from then
+/// on, the signal is its to handle.
+pub fn catches(pid: u32, signal: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).map(str::trim).unwrap_or("0");
+    u64::from_str_radix(mask, 16).unwrap_or(0) & (1 << (signal - 1)) != 0
 }
 
 /// Waits (up to 60 s) until a spawned `bpfstream` with piped stderr prints its `Tracing` line;
