@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
-use bpfstream::{Item, Lost};
+use bpfstream::{Dropped, Event, Record};
 
 use crate::export::ExportSummary;
 use crate::lifecycle::Sink;
@@ -61,7 +61,7 @@ impl LossReport {
         }
     }
 
-    pub fn add(&mut self, lost: &Lost, now: Instant) {
+    pub fn add(&mut self, lost: &Dropped, now: Instant) {
         if lost.count == 0 {
             return;
         }
@@ -179,8 +179,8 @@ impl Sink for Reporting<'_> {
         self.inner.header()
     }
 
-    fn item(&mut self, item: Item<'_>) -> io::Result<()> {
-        if let Item::Lost(lost) = &item {
+    fn item(&mut self, item: Event<Record<'_>>) -> io::Result<()> {
+        if let Event::Dropped(lost) = &item {
             self.loss.add(lost, Instant::now());
         }
         self.inner.item(item)
@@ -198,10 +198,10 @@ impl Sink for Reporting<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bpfstream::LossOrigin;
+    use bpfstream::DropOrigin;
 
-    fn lost(count: u64, cpu: u32) -> Lost {
-        Lost { count, cpu: Some(cpu), origin: LossOrigin::DropCounter }
+    fn lost(count: u64, cpu: u32) -> Dropped {
+        Dropped { count, cpu: Some(cpu), origin: DropOrigin::DropCounter }
     }
 
     #[test]

@@ -16,8 +16,8 @@ mod summary;
 
 pub use args::{BufferKind, BufferOptions, BurstBudget, CommonArgs, EventRate};
 pub use load::{
-    attach, load, load_error, map_fd, open_source, open_stream, task_filter_globals, Attach, Global, Objects,
-    TracerSpec, EVENTS_MAP,
+    attach, load, load_error, map_fd, open_stream, task_filter_globals, Attach, Global, Objects, TracerSpec,
+    COUNTERS_MAP, EVENTS_MAP,
 };
 pub use run::{Sink, Tracer};
 pub use summary::is_broken_pipe;

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use aya::maps::Map;
 use aya::Ebpf;
-use bpfstream::{DropCounters, EventSource, Item, Transport};
+use bpfstream::{Event, EventSource, Record, Transport};
 
 use super::args::BufferOptions;
-use super::load::{attach, load, map_fd, open_source, TracerSpec, LOADING};
+use super::load::{attach, load, open_source, TracerSpec, LOADING};
 use super::stop;
 use super::summary::{is_broken_pipe, Summary};
 use crate::loss::{buffer_for_burst, LossReport, Reporting};
@@ -31,7 +31,7 @@ pub trait Sink {
         Ok(())
     }
     /// One record or loss report.
-    fn item(&mut self, item: Item<'_>) -> io::Result<()>;
+    fn item(&mut self, item: Event<Record<'_>>) -> io::Result<()>;
     /// After every poll (a batch) and after the final drain: flush output, print periodic
     /// summaries.
     fn tick(&mut self) -> io::Result<()> {
@@ -60,11 +60,11 @@ pub(super) struct Feed<'a> {
 
 impl Feed<'_> {
     /// Hands `item` over; an error stops the consume at once.
-    pub(super) fn item(&mut self, item: Item<'_>) -> ControlFlow<()> {
+    pub(super) fn item(&mut self, item: Event<Record<'_>>) -> ControlFlow<()> {
         if self.failure.is_some() {
             return ControlFlow::Break(());
         }
-        let record = matches!(item, Item::Record(_));
+        let record = matches!(item, Event::Record(_));
         match self.sink.item(item) {
             Ok(()) => {
                 if record {
@@ -158,8 +158,9 @@ impl Tracer {
         match self.source.transport() {
             Transport::Ring => format!("ring buffer ({})", human_bytes(self.size)),
             Transport::Perf => {
-                let cpus = self.source.cpus().len();
-                let total = human_bytes(self.size * cpus as u64);
+                // A perf buffer's capacity is its size on each of its CPUs.
+                let cpus = self.source.fill().capacity / self.size.max(1);
+                let total = human_bytes(self.size * cpus);
                 format!("perf buffer ({} per CPU, {cpus} CPUs: {total})", human_bytes(self.size))
             }
         }
@@ -188,7 +189,7 @@ impl Tracer {
         let mut feed = Feed { sink: &mut reporting, queue, ends: Vec::new(), failure: None };
         let streamed = self.stream(started, duration.map(|d| started + d), max_delay, &mut feed);
         let elapsed = started.elapsed();
-        let buffer_bytes = self.source.buffer_bytes();
+        let buffer_bytes = self.source.mapped_bytes();
         let transport = self.source.transport();
         let Tracer { bpf, mut source, size, .. } = self;
         let ending = stop::detach(bpf);
@@ -231,7 +232,7 @@ impl Tracer {
             // drain, which the stop's deadlines bound; under a storm a batch may last as long as
             // the storm.
             let mut records = 0u32;
-            let until_end = |item: Item<'_>| match feed.item(item) {
+            let until_end = |item: Event<Record<'_>>| match feed.item(item) {
                 ControlFlow::Continue(()) if feed.must_end(&mut records, deadline) => ControlFlow::Break(()),
                 flow => flow,
             };
@@ -247,15 +248,10 @@ impl Tracer {
     /// SIGUSR1: the summary so far, where the final one goes (a `progress` object on stdout
     /// with `--json`, a line on stderr otherwise); the run goes on.
     fn report_so_far(&self, started: Instant, feed: &Feed<'_>) {
-        let mut totals = self.source.totals();
-        // The BPF side's counters as of now (the source reads them every 100 ms at most).
-        let stats = self.bpf.map(DropCounters::MAP).and_then(|m| map_fd(m).ok());
-        if let Some(now) = stats.and_then(|fd| DropCounters::new(fd).and_then(|mut c| c.total()).ok()) {
-            totals.produced = now.produced;
-            totals.dropped = totals.dropped.max(now.dropped);
-        }
+        // As of the last poll (the source reads the BPF side's counters every 100 ms at most).
+        let totals = self.source.totals();
         let export = feed.sink.export();
-        let (transport, buffer_bytes) = (self.source.transport(), self.source.buffer_bytes());
+        let (transport, buffer_bytes) = (self.source.transport(), self.source.mapped_bytes());
         Summary::so_far(totals, transport, buffer_bytes, started.elapsed(), export).report(self.json);
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use aya::Ebpf;
-use bpfstream::{EventSource, Item, Totals};
+use bpfstream::{Event, EventSource, Record, Totals};
 
 use super::run::Feed;
 
@@ -69,7 +69,7 @@ pub(super) fn detach(bpf: Ebpf) -> Ending {
 /// Steps 2 and 3: drains `source` into `feed` to the last event the counters account for (or
 /// the drain's deadline).
 pub(super) fn drain(source: &mut EventSource, ending: Ending, feed: &mut Feed<'_>) -> Result<Totals> {
-    let totals = source.finish(ending.drain_by, |item: Item<'_>| feed.item(item))?;
+    let totals = source.finish(ending.drain_by, |item: Event<Record<'_>>| feed.item(item))?;
     feed.end_batch();
     Ok(totals)
 }

@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 
-use bpfstream::Item;
+use bpfstream::{Event, Record};
 
 use super::decode::Plan;
 use crate::container::ContainerFields;
@@ -108,11 +108,11 @@ impl<W: Write> Sink for Printer<W> {
         self.out.flush()
     }
 
-    fn item(&mut self, item: Item<'_>) -> io::Result<()> {
+    fn item(&mut self, item: Event<Record<'_>>) -> io::Result<()> {
         // Losses are reported by the lifecycle and totalled in its summary.
         match item {
-            Item::Record(record) => self.record(record.data),
-            Item::Lost(_) => Ok(()),
+            Event::Record(record) => self.record(record.data),
+            Event::Dropped(_) => Ok(()),
         }
     }
 

@@ -15,7 +15,7 @@
 use std::io::{self, Write};
 
 use anyhow::Result;
-use bpfstream::{FromRecord, Item};
+use bpfstream::{Event, FromRecord, Record};
 
 use crate::container::{ContainerArgs, ContainerFields};
 use crate::export::Tee;
@@ -212,8 +212,8 @@ impl<W: Write> Sink for Printer<W> {
         self.out.flush()
     }
 
-    fn item(&mut self, item: Item<'_>) -> io::Result<()> {
-        let Item::Record(record) = item else { return Ok(()) };
+    fn item(&mut self, item: Event<Record<'_>>) -> io::Result<()> {
+        let Event::Record(record) = item else { return Ok(()) };
         let Some(e) = decode(record.data) else {
             self.malformed += 1;
             self.tee.unencoded();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use aya::maps::{MapData, PerCpuArray};
-use bpfstream::{FromRecord, Item};
+use bpfstream::{Event, FromRecord, Record};
 
 use crate::container::{ContainerArgs, ContainerFields};
 use crate::export::Tee;
@@ -293,9 +293,9 @@ impl<W: Write> Sink for Printer<W> {
         self.out.flush()
     }
 
-    fn item(&mut self, item: Item<'_>) -> io::Result<()> {
+    fn item(&mut self, item: Event<Record<'_>>) -> io::Result<()> {
         // Losses are reported by the lifecycle and totalled in its summary.
-        let Item::Record(record) = item else { return Ok(()) };
+        let Event::Record(record) = item else { return Ok(()) };
         match SyscallEvent::from_record(record.data) {
             Ok(e) => self.event(&e),
             Err(_) => {
