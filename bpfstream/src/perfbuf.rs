@@ -964,33 +964,39 @@ mod protocol_tests {
     proptest! {
         /// Mixed sizes (the next-record prediction misses and hits), samples that wrap the end
         /// of the ring (copied out), and LOST records between them: every sample comes out whole
-        /// and in order, and every loss is reported.
+        /// and in order, and every loss is reported; through the handler or the pull.
         #[test]
         fn samples_and_losses_come_out_in_order(
             sizes in proptest::collection::vec(0usize..300, 1..300),
             start in 0u64..10_000,
             every in 1usize..40,
+            pull in proptest::bool::ANY,
         ) {
             let mut perf = SimPerf::starting_at(1024, start);
-            let mut scratch = Vec::new();
+            let (mut scratch, mut pulled_scratch) = (Vec::new(), Vec::new());
             let mut seen: Vec<Vec<u8>> = Vec::new();
             let mut lost = 0u64;
             let mut written = Vec::new();
+            let mut take = |perf: &mut SimPerf| {
+                let mut handle = |event: Event<Record<'_>>| match event {
+                    Event::Record(r) => seen.push(r.data.to_vec()),
+                    Event::Dropped(l) => lost += l.count,
+                };
+                match pull {
+                    true => perf.read(&mut pulled_scratch).for_each(handle),
+                    false => perf.consume(&mut scratch, &mut handle).map(drop).unwrap(),
+                }
+            };
             for (seq, &len) in sizes.iter().enumerate() {
                 if perf.output(&payload(seq, len)) {
                     written.push(payload(seq, len));
                 }
                 if seq % every == 0 {
-                    perf.consume(&mut scratch, |item: Event<Record<'_>>| match item {
-                        Event::Record(r) => seen.push(r.data.to_vec()),
-                        Event::Dropped(l) => lost += l.count,
-                    }).unwrap();
+                    take(&mut perf);
                 }
             }
-            perf.consume(&mut scratch, |item: Event<Record<'_>>| match item {
-                Event::Record(r) => seen.push(r.data.to_vec()),
-                Event::Dropped(l) => lost += l.count,
-            }).unwrap();
+            take(&mut perf);
+            take(&mut perf); // publishes a last pulled batch
             prop_assert_eq!(seen.len(), written.len());
             for (got, sent) in seen.iter().zip(&written) {
                 // Payloads carry the kernel's padding up to 4 + raw_size ≡ 0 (mod 8).

@@ -780,34 +780,48 @@ mod protocol_tests {
     use proptest::prelude::*;
 
     use crate::ringbuf;
-    use crate::sim::SimRing;
+    use crate::sim::{SimRing, SimRingConsumer};
 
     fn payload(seq: usize, len: usize) -> Vec<u8> {
         (0..len).map(|i| (seq * 31 + i) as u8).collect()
     }
 
+    /// Takes records from `consumer` into `seen`: with the handler, or, when `pull` is some,
+    /// through a pulled batch stopped after that many records. Returns how many.
+    fn take(consumer: &mut SimRingConsumer<'_>, pull: Option<usize>, seen: &mut Vec<Vec<u8>>) -> usize {
+        let before = seen.len();
+        match pull {
+            None => drop(consumer.consume(|r: &[u8]| seen.push(r.to_vec())).unwrap()),
+            Some(n) => seen.extend(consumer.read().take(n).map(<[u8]>::to_vec)),
+        }
+        seen.len() - before
+    }
+
     proptest! {
         /// Whatever the mix of sizes (so the next-record prediction keeps missing and hitting),
         /// wherever the ring wraps and however the reads interleave with the writes, records
-        /// come out whole and in order, and the consumer ends where the producer is.
+        /// come out whole and in order, and the consumer ends where the producer is; through the
+        /// handler or the pull (whose batches are stopped early now and then).
         #[test]
         fn records_come_out_whole_and_in_order(
             sizes in proptest::collection::vec(0usize..200, 1..300),
             start in 0u64..10_000,
             every in 1usize..40,
+            pull in proptest::option::of(1usize..8),
         ) {
             let ring = SimRing::starting_at(1024, start);
             let mut consumer = ring.consumer().unwrap();
             let mut seen: Vec<Vec<u8>> = Vec::new();
             for (seq, &len) in sizes.iter().enumerate() {
                 while ring.output(&payload(seq, len)).is_none() {
-                    consumer.consume(|r: &[u8]| seen.push(r.to_vec())).unwrap();
+                    take(&mut consumer, pull, &mut seen);
                 }
                 if seq % every == 0 {
-                    consumer.consume(|r: &[u8]| seen.push(r.to_vec())).unwrap();
+                    take(&mut consumer, pull, &mut seen);
                 }
             }
-            consumer.consume(|r: &[u8]| seen.push(r.to_vec())).unwrap();
+            while take(&mut consumer, pull, &mut seen) > 0 {}
+            drop(consumer); // publishes the last pulled batch
             let expected: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(seq, &len)| payload(seq, len)).collect();
             prop_assert_eq!(seen, expected);
             let (consumer_pos, producer_pos) = ring.positions();
