@@ -15,6 +15,7 @@ use super::args::BufferOptions;
 use super::load::{attach, load, open_source, TracerSpec, LOADING};
 use super::stop;
 use super::summary::{is_broken_pipe, Summary};
+use crate::counters::DropCounters;
 use crate::loss::{buffer_for_burst, LossReport, Reporting};
 use crate::signals::{self, Signal};
 use crate::size::human_bytes;
@@ -248,8 +249,12 @@ impl Tracer {
     /// SIGUSR1: the summary so far, where the final one goes (a `progress` object on stdout
     /// with `--json`, a line on stderr otherwise); the run goes on.
     fn report_so_far(&self, started: Instant, feed: &Feed<'_>) {
-        // As of the last poll (the source reads the BPF side's counters every 100 ms at most).
-        let totals = self.source.totals();
+        let mut totals = self.source.totals();
+        // The BPF side's counters as of now (the source reads them every 100 ms at most).
+        if let Ok(now) = DropCounters::open(&self.bpf).and_then(|counters| counters.total()) {
+            totals.produced = Some(now.produced);
+            totals.dropped = totals.dropped.max(now.dropped);
+        }
         let export = feed.sink.export();
         let (transport, buffer_bytes) = (self.source.transport(), self.source.mapped_bytes());
         Summary::so_far(totals, transport, buffer_bytes, started.elapsed(), export).report(self.json);
