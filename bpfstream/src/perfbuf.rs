@@ -50,7 +50,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ownership::PerfSlots;
-use crate::ringbuf::{guarded, Panic, STOP_TOKEN};
+use crate::ringbuf::{guarded, Panic, Waited, STOP_TOKEN};
 use crate::scan::{self, Corruption, Stride, Walk};
 use crate::sys::{self, map_type, Epoll, Mmap, PerfEventAttr};
 use crate::{DropOrigin, Dropped, Error, Event, Fill, Options, Record};
@@ -672,14 +672,14 @@ impl PerfBuffer {
     }
 
     /// Sleeps up to `timeout` for a CPU's signal (or a stop), unless
-    /// [`ready_now`](Self::ready_now). Returns whether a signal came.
-    pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
+    /// [`ready_now`](Self::ready_now).
+    pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> Result<Waited, Error> {
         self.settle();
         if self.ready_now() {
-            return Ok(false);
+            return Ok(Waited::NotWoken);
         }
-        self.epoll.wait(timeout, &mut self.ready)?;
-        Ok(self.ready.iter().any(|&token| token != STOP_TOKEN))
+        let interrupted = self.epoll.wait(timeout, &mut self.ready)?;
+        Ok(Waited::of(interrupted, &self.ready))
     }
 
     /// Bytes waiting, data bytes and positions, summed over all CPUs (two memory loads per CPU,

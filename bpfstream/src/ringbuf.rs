@@ -466,6 +466,31 @@ pub(crate) struct RingBuffer {
 /// The epoll token of a stop eventfd in a buffer's wait set.
 pub(crate) const STOP_TOKEN: u64 = u64::MAX;
 
+/// How a wait for a buffer's wakeup ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// The producers woke the consumer.
+    Woken,
+    /// The timeout passed, records were waiting already, or a stop was asked.
+    NotWoken,
+    /// A signal interrupted the wait (EINTR).
+    Interrupted,
+}
+
+impl Waited {
+    /// How a wait of a buffer's wait set ended: `interrupted`, or with the tokens of `ready`
+    /// (a stop is no wakeup).
+    pub(crate) fn of(interrupted: bool, ready: &[u64]) -> Self {
+        if interrupted {
+            Waited::Interrupted
+        } else if ready.iter().any(|&token| token != STOP_TOKEN) {
+            Waited::Woken
+        } else {
+            Waited::NotWoken
+        }
+    }
+}
+
 impl fmt::Debug for RingBuffer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RingBuffer").field("fill", &self.fill()).finish()
@@ -583,14 +608,14 @@ impl RingBuffer {
     }
 
     /// Sleeps up to `timeout` for the producers' next wakeup (or a stop), unless
-    /// [`ready_now`](Self::ready_now). Returns whether a wakeup came.
-    pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
+    /// [`ready_now`](Self::ready_now).
+    pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> Result<Waited, Error> {
         self.settle();
         if self.ready_now() {
-            return Ok(false);
+            return Ok(Waited::NotWoken);
         }
-        self.wakeups.wait(timeout, &mut self.ready)?;
-        Ok(self.ready.iter().any(|&token| token != STOP_TOKEN))
+        let interrupted = self.wakeups.wait(timeout, &mut self.ready)?;
+        Ok(Waited::of(interrupted, &self.ready))
     }
 
     /// Whether the record at the consumer position is still being written.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::accounting::DropCounters;
 use crate::records::{Ended, Records};
-use crate::ringbuf;
+use crate::ringbuf::{self, Waited};
 use crate::stop::{Control, StopHandle, RUNNING};
 use crate::sys::{self, map_type, EventFd};
 use crate::{perfbuf, Dropped, Error, Event, Failure, Fill, Flow, Options, PerfBuffer, Record, RingBuffer};
@@ -321,7 +321,9 @@ impl EventSource {
         let deadline = timeout.map(|t| Instant::now() + t);
         if timeout.is_none() && !self.sends_wakeups() {
             while self.fill().used == 0 && !self.stopped() {
-                self.wait_once(Some(UNWOKEN_LOOK_EVERY))?;
+                if self.wait_once(Some(UNWOKEN_LOOK_EVERY))? == Waited::Interrupted {
+                    break;
+                }
             }
         } else if !self.stopped() {
             self.wait_once(timeout)?;
@@ -332,16 +334,16 @@ impl EventSource {
 
     /// One wait of at most `timeout` for the producers' wakeup (none if records wait that no
     /// wakeup may announce), counted in the totals.
-    fn wait_once(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+    fn wait_once(&mut self, timeout: Option<Duration>) -> Result<Waited, Error> {
         if self.ready_now() {
-            return Ok(());
+            return Ok(Waited::NotWoken);
         }
-        let signalled = match &mut self.buffer {
+        let waited = match &mut self.buffer {
             Buffer::Ring(r) => r.wait(timeout)?,
             Buffer::Perf(p) => p.wait(timeout)?,
         };
-        self.note_wait(signalled);
-        Ok(())
+        self.note_wait(waited == Waited::Woken);
+        Ok(waited)
     }
 
     /// Counts a wait for this source's descriptor: `signalled` if it became readable, otherwise

@@ -10,7 +10,8 @@ mod ping;
 mod time_scale;
 
 use std::collections::BTreeSet;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bpfstream::stream::EventStream;
@@ -206,12 +207,12 @@ fn live(transport: Transport) {
             stream.set_max_delay(None);
         }
         let cancel = stream.stop_handle();
-        let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let running = Arc::new(AtomicBool::new(true));
         let watching = running.clone();
         // Read the totals from another thread while the stream runs: they only grow.
         let watcher = std::thread::spawn(move || {
             let mut last = 0;
-            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+            while watching.load(Ordering::Relaxed) {
                 let now = stats.read().delivered;
                 assert!(now >= last, "delivered went from {last} to {now}");
                 last = now;
@@ -239,7 +240,7 @@ fn live(transport: Transport) {
             }
         };
         tokio::time::timeout(scaled(Duration::from_secs(60)), all).await.expect("records stranded without a wakeup");
-        running.store(false, std::sync::atomic::Ordering::Relaxed);
+        running.store(false, Ordering::Relaxed);
         producer.join().unwrap();
         let fill = stats_fill.fill();
         watcher.join().unwrap();
@@ -755,6 +756,57 @@ fn a_stop_handle_wakes_a_blocked_poll_and_read() {
         assert_eq!(source.read(None).unwrap().count(), 0, "{transport}: a stopped source does not wait");
         assert!(started.elapsed() < scaled(Duration::from_secs(20)), "{transport}: the stop did not wake the wait");
     }
+}
+
+/// A signal that interrupts a blocking poll or read without a timeout ends its wait, as a
+/// timeout does (`Ok`, with nothing), so that the caller's loop can look at what the signal's
+/// handler set: on either transport, and on a ring whose producers never wake it (where the
+/// wait looks at the ring on its own every 100 ms).
+#[test]
+fn a_signal_ends_a_blocking_poll_and_read() {
+    let Some(_kernel) = kernel_test() else { return };
+    extern "C" fn ignore(_: libc::c_int) {}
+    // SAFETY: a handler that does nothing, for SIGUSR2, which nothing else in this binary uses.
+    unsafe { libc::signal(libc::SIGUSR2, ignore as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+    let cases = [
+        (Transport::Ring, Options::default()),
+        (Transport::Ring, never_woken()),
+        (Transport::Perf, Options::default()),
+    ];
+    for (transport, options) in cases {
+        let probe = PingProbe::load(transport, options).unwrap();
+        let mut source = probe.source().unwrap();
+        for pull in [false, true] {
+            let returned = Arc::new(AtomicBool::new(false));
+            let signaller = interrupt_until(Arc::clone(&returned), source.stop_handle());
+            let taken = if pull { source.read(None).unwrap().count() } else { source.poll(None, |_| ()).unwrap() };
+            returned.store(true, Ordering::SeqCst);
+            let stopped = signaller.join().unwrap();
+            assert!(!stopped, "{transport} {:?}, pull {pull}: the signal did not end the wait", options.wakeup);
+            assert_eq!(taken, 0, "{transport}: nothing was sent");
+        }
+    }
+}
+
+/// Sends SIGUSR2 to this thread every 10 ms until `returned` (a signal that comes before the
+/// wait begins interrupts nothing); stops the source through `stop` instead if the wait lasts
+/// 20 s, and then says so.
+fn interrupt_until(returned: Arc<AtomicBool>, stop: bpfstream::StopHandle) -> std::thread::JoinHandle<bool> {
+    // SAFETY: pthread_self has no preconditions; this thread outlives the signaller (joined).
+    let waiting = unsafe { libc::pthread_self() };
+    let deadline = deadline(Duration::from_secs(20));
+    std::thread::spawn(move || {
+        while !returned.load(Ordering::SeqCst) {
+            if std::time::Instant::now() > deadline {
+                stop.cancel();
+                return true;
+            }
+            // SAFETY: the waiting thread is alive until it joins this one.
+            unsafe { libc::pthread_kill(waiting, libc::SIGUSR2) };
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    })
 }
 
 /// A blocking tool's ordered pull: records from two CPUs of a perf buffer, the later ones
