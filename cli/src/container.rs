@@ -91,11 +91,6 @@ impl ContainerFields {
         Ok(ContainerFields { paths })
     }
 
-    /// Without `--cgroup-path`: adds nothing.
-    pub fn none() -> Self {
-        ContainerFields { paths: None }
-    }
-
     /// A tracer's own command: the fields go to JSON lines, so `--cgroup-path` without `--json`
     /// or `--output` is a usage error (exit 2).
     pub fn for_tracer(args: &ContainerArgs, json_lines: bool) -> anyhow::Result<Self> {

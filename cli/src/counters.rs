@@ -3,8 +3,6 @@
 //! bench's producer (whose consumer may be libbpf's or aya's) and the lab's phase snapshots need
 //! them at an instant of their own.
 
-use std::os::fd::BorrowedFd;
-
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{Map, MapData, PerCpuArray};
 use aya::Ebpf;
@@ -44,10 +42,12 @@ impl DropCounters {
     /// The counters of `bpf`'s default stream.
     pub fn open(bpf: &Ebpf) -> Result<Self> {
         let map = bpf.map(COUNTERS_MAP).ok_or_else(|| anyhow!("the BPF object has no {COUNTERS_MAP} map"))?;
-        Self::from_fd(lifecycle::map_fd(map)?)
+        Self::of(map)
     }
 
-    fn from_fd(fd: BorrowedFd<'_>) -> Result<Self> {
+    /// The counters in `map` (a stream's `bpfstream_stats`, or its own `<map>_stats`).
+    pub fn of(map: &Map) -> Result<Self> {
+        let fd = lifecycle::map_fd(map)?;
         let data = MapData::from_fd(fd.try_clone_to_owned()?).context("opening the drop counters")?;
         Ok(DropCounters(PerCpuArray::try_from(Map::PerCpuArray(data))?))
     }

@@ -50,6 +50,8 @@ pub struct Tee {
     unencoded: u64,
     reported_failed: u64,
     last_report: Instant,
+    /// The stream's name, which its `lost` lines carry.
+    stream: Option<std::sync::Arc<str>>,
 }
 
 impl Tee {
@@ -60,7 +62,12 @@ impl Tee {
             Some(endpoint) => Some(start_exporter(endpoint, &args.output_options)?),
             None => None,
         };
-        Ok(Tee { json, exporter, unencoded: 0, reported_failed: 0, last_report: Instant::now() })
+        Ok(Tee { json, exporter, unencoded: 0, reported_failed: 0, last_report: Instant::now(), stream: None })
+    }
+
+    /// Names the stream whose events these are.
+    pub fn set_stream(&mut self, stream: Option<std::sync::Arc<str>>) {
+        self.stream = stream;
     }
 
     /// Whether events need their JSON line.
@@ -105,11 +112,16 @@ impl Tee {
         }
         self.reported_failed = failed;
         if self.json {
-            let line = JsonLine::new("lost").num("count", count).str("cause", "export");
+            let line = match &self.stream {
+                Some(name) => JsonLine::new("lost").str("stream", name),
+                None => JsonLine::new("lost"),
+            };
+            let line = line.num("count", count).str("cause", "export");
             return stats_fields(line, &stats, self.unencoded).write_to(out);
         }
+        let stream = self.stream.as_ref().map(|name| format!("{name}: ")).unwrap_or_default();
         eprintln_lossy!(
-            "Lost {count} events exporting to {}: {} exported, {} export_failed so far ({} queue full)",
+            "{stream}Lost {count} events exporting to {}: {} exported, {} export_failed so far ({} queue full)",
             display_bytes(exporter.endpoint().to_string().as_bytes()),
             stats.exported,
             failed,

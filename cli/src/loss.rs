@@ -11,12 +11,10 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
-use bpfstream::{Dropped, Event, Record};
+use bpfstream::Dropped;
 
 use crate::export::ExportSummary;
-use crate::lifecycle::Sink;
 use crate::output::JsonLine;
-use crate::writer::{self, Output};
 
 /// At most one report per interval.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
@@ -32,6 +30,8 @@ const MAX_BUFFER_SIZE: u64 = 1 << 30;
 #[derive(Debug)]
 pub struct LossReport {
     json: bool,
+    /// The stream's name, which its reports carry (`"stream"`, or before `Lost` on stderr).
+    stream: Option<std::sync::Arc<str>>,
     /// Perf buffers are one per CPU, so a burst fills one CPU's buffer; a ring is shared.
     per_cpu_buffers: bool,
     started: Instant,
@@ -47,9 +47,10 @@ pub struct LossReport {
 }
 
 impl LossReport {
-    pub fn new(json: bool, per_cpu_buffers: bool) -> Self {
+    pub fn new(json: bool, per_cpu_buffers: bool, stream: Option<std::sync::Arc<str>>) -> Self {
         LossReport {
             json,
+            stream,
             per_cpu_buffers,
             started: Instant::now(),
             last_report: None,
@@ -96,7 +97,12 @@ impl LossReport {
         let pending = std::mem::take(&mut self.pending);
         if self.json {
             for (cpu, count) in pending {
-                let line = JsonLine::new("lost").num("count", count);
+                let line = JsonLine::new("lost");
+                let line = match &self.stream {
+                    Some(name) => line.str("stream", name),
+                    None => line,
+                };
+                let line = line.num("count", count);
                 let line = match cpu {
                     Some(cpu) => line.num("cpu", cpu),
                     None => line,
@@ -114,7 +120,8 @@ impl LossReport {
         let cpus: Vec<String> = pending.iter().filter_map(|(cpu, n)| cpu.map(|c| format!("CPU {c}: {n}"))).collect();
         let detail = if cpus.len() > 1 { format!(" ({})", cpus.join(", ")) } else { String::new() };
         let exported = export.map(ExportSummary::text).unwrap_or_default();
-        writeln!(out, "Lost {count} events{detail} at {elapsed:.1} s; {} lost so far{exported}", self.total)?;
+        let stream = self.stream.as_ref().map(|name| format!("{name}: ")).unwrap_or_default();
+        writeln!(out, "{stream}Lost {count} events{detail} at {elapsed:.1} s; {} lost so far{exported}", self.total)?;
         out.flush()
     }
 
@@ -151,50 +158,6 @@ fn size_arg(bytes: u64) -> String {
     }
 }
 
-/// A sink that reports losses as they happen before passing every item on. Reports go through
-/// the tracers' output queues (stdout for `lost` lines, stderr for `Lost N events`), which never
-/// block a stop.
-pub struct Reporting<'a> {
-    inner: &'a mut dyn Sink,
-    pub loss: LossReport,
-    out: Output,
-}
-
-impl<'a> Reporting<'a> {
-    pub fn new(inner: &'a mut dyn Sink, loss: LossReport) -> Self {
-        let out = if loss.json { writer::stdout() } else { Output::new(writer::stderr_queue().clone()) };
-        Reporting { inner, loss, out }
-    }
-
-    /// The last report, after the final drain (queued; an output that failed is accounted by
-    /// its queue).
-    pub fn finish(&mut self) {
-        let export = self.inner.export();
-        let _ = self.loss.report(Instant::now(), true, &mut self.out, export.as_ref());
-    }
-}
-
-impl Sink for Reporting<'_> {
-    fn header(&mut self) -> io::Result<()> {
-        self.inner.header()
-    }
-
-    fn item(&mut self, item: Event<Record<'_>>) -> io::Result<()> {
-        if let Event::Dropped(lost) = &item {
-            self.loss.add(lost, Instant::now());
-        }
-        self.inner.item(item)
-    }
-
-    /// The inner sink's tick flushes its output, so a `lost` line written to stdout after it
-    /// follows the events before it.
-    fn tick(&mut self) -> io::Result<()> {
-        self.inner.tick()?;
-        let export = self.inner.export();
-        self.loss.report(Instant::now(), false, &mut self.out, export.as_ref())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,7 +169,7 @@ mod tests {
 
     #[test]
     fn reports_at_most_once_per_interval_per_cpu() {
-        let mut report = LossReport::new(true, false);
+        let mut report = LossReport::new(true, false, None);
         let t0 = report.started;
         let mut out = Vec::new();
         report.add(&lost(5, 0), t0);
@@ -228,14 +191,33 @@ mod tests {
     }
 
     #[test]
+    fn a_named_stream_says_its_name_on_every_report() {
+        let mut report = LossReport::new(true, false, Some("exec".into()));
+        let t0 = report.started;
+        let mut out = Vec::new();
+        report.add(&lost(5, 0), t0);
+        report.report(t0, false, &mut out, None).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "{\"type\":\"lost\",\"stream\":\"exec\",\"count\":5,\"cpu\":0,\"total\":5,\"elapsed_s\":0.000}\n"
+        );
+        let mut report = LossReport::new(false, false, Some("exec".into()));
+        let mut out = Vec::new();
+        report.add(&lost(5, 0), t0);
+        report.report(t0, true, &mut out, None).unwrap();
+        assert!(String::from_utf8(out).unwrap().starts_with("exec: Lost 5 events at "));
+    }
+
+    #[test]
     fn bursts_are_per_buffer_and_end_after_a_gap() {
         let t0 = Instant::now();
-        let mut ring = LossReport::new(false, false);
+        let mut ring = LossReport::new(false, false, None);
         ring.add(&lost(100, 0), t0);
         ring.add(&lost(50, 1), t0 + Duration::from_millis(100));
         ring.add(&lost(10, 0), t0 + Duration::from_secs(5));
         assert_eq!(ring.worst_burst(), 150, "one shared ring: the CPUs' losses add up");
-        let mut perf = LossReport::new(false, true);
+        let mut perf = LossReport::new(false, true, None);
         perf.add(&lost(100, 0), t0);
         perf.add(&lost(50, 1), t0 + Duration::from_millis(100));
         perf.add(&lost(70, 1), t0 + Duration::from_millis(200));

@@ -184,7 +184,14 @@ pub fn cell_right(out: &mut String, text: &str, width: usize) {
 
 fn pad(out: &mut String, text: &str, width: usize) {
     let len = if text.is_ascii() { text.len() } else { text.chars().count() };
-    out.extend(std::iter::repeat_n(' ', width.saturating_sub(len)));
+    let mut left = width.saturating_sub(len);
+    // A slice at a time: `extend` of a `char` iterator pushes them one by one.
+    const SPACES: &str = "                                ";
+    while left > 0 {
+        let n = left.min(SPACES.len());
+        out.push_str(&SPACES[..n]);
+        left -= n;
+    }
 }
 
 /// The bytes of a NUL-terminated C string field (`comm`).

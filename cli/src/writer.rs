@@ -1,25 +1,27 @@
 //! Stdout written by a thread of its own, so that a reader that blocks, crawls, goes away or
 //! fills its disk can never hold up a tracer: the tracer formats into a buffer ([`Output`]),
 //! hands whole batches to the queue, and its stop gives the queue a bounded time to empty.
-//! Every batch knows where each of its events' output ends, and the thread writes at most
-//! PIPE_BUF bytes at a time (all or nothing on a pipe), so it knows to the byte what went out.
-//! An event whose output was not completely written when the stop gave up, or when the reader
-//! failed, or that was refused because the reader fell more than [`MAX_QUEUED`] behind, is
-//! counted as `unwritten`: `events + dropped + unwritten = produced` whatever stdout does.
-//! (The one piece a blocked write holds when the stop gives up is counted unwritten; should the
-//! reader take it in the moment before the process exits, it gets those lines too.)
+//! An event's output is one line (or nothing), and a batch begins with its events' lines: the
+//! batch carries how many they are and where they end, nothing per event. The thread writes at
+//! most PIPE_BUF bytes at a time (all or nothing on a pipe), ending each write at a line's end,
+//! so it knows to the byte, and so to the line, what went out. An event whose line was not
+//! completely written when the stop gave up, or when the reader failed, or that was refused
+//! because the reader fell more than [`MAX_QUEUED`] behind, is counted as `unwritten`, to the
+//! stream whose [`Output`] wrote it: `events + dropped + unwritten = produced` for each stream,
+//! whatever stdout does. (The one piece a blocked write holds when the stop gives up is counted
+//! unwritten; should the reader take it in the moment before the process exits, it gets those
+//! lines too.)
 //!
 //! ```text
-//!  tracer thread                                  writer thread
-//!  Output.buf ──flush()──▶ queue: [Chunk{bytes, ends}, ...] ──write(2), ≤ PIPE_BUF──▶ fd
-//!   │ len (after each write)         ▲                            │ done: bytes out so far
-//!   └──▶ Queue.buffered ──note_event_end()───┘ (ends noted since the last flush)
+//!  tracer thread                                   writer thread
+//!  Output.buf ──flush()──▶ queue: [Chunk, ...] ──▶ writing: bytes, done ──write(2), ≤ PIPE_BUF──▶ fd
+//!  [event lines | other lines]   Chunk: bytes + EventLines{end, count, unwritten: the stream's}
 //! ```
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -34,20 +36,68 @@ const STALLED: Duration = Duration::from_millis(100);
 /// Initial room for a batch of output (a batch grows as it needs).
 const BATCH: usize = 64 << 10;
 
-/// A batch of output and, for each event it carries, the offset where its output ends.
+/// The events' lines a chunk begins with: one line per event.
+struct EventLines {
+    /// Where they end; other output (loss reports, tables) may follow.
+    end: usize,
+    count: u64,
+    /// The count of unwritten events of the stream that wrote them. Added to under the queue's
+    /// lock and read after [`Queue::settle`] took it: Relaxed, the lock orders both.
+    unwritten: Arc<AtomicU64>,
+}
+
+impl EventLines {
+    /// Counts `n` of these events unwritten.
+    fn lose(&self, n: u64) -> u64 {
+        self.unwritten.fetch_add(n, Ordering::Relaxed);
+        n
+    }
+
+    /// Counts unwritten the events whose line is not within the first `done` bytes of `bytes`
+    /// (their lines, the writer's pieces and the stop all end at line ends).
+    fn cut(&self, bytes: &[u8], done: usize) -> u64 {
+        let left = match done {
+            0 => self.count,
+            _ => bytes[done.min(self.end)..self.end].iter().filter(|&&b| b == b'\n').count() as u64,
+        };
+        self.lose(left)
+    }
+}
+
+/// A batch of output.
 struct Chunk {
     bytes: Vec<u8>,
-    ends: Vec<usize>,
+    events: Option<EventLines>,
+}
+
+impl Chunk {
+    /// Counts its events unwritten (it is not written at all).
+    fn refuse(&self) -> u64 {
+        self.events.as_ref().map_or(0, |e| e.lose(e.count))
+    }
+}
+
+/// The chunk the thread is writing: shared with [`Queue::abandon`], which counts what it did
+/// not write.
+struct Writing {
+    bytes: Arc<Vec<u8>>,
+    events: Option<EventLines>,
+    /// Bytes out so far.
+    done: usize,
+}
+
+impl Writing {
+    fn cut(&self) -> u64 {
+        self.events.as_ref().map_or(0, |e| e.cut(&self.bytes, self.done))
+    }
 }
 
 #[derive(Default)]
 struct State {
     queue: VecDeque<Chunk>,
     queued_bytes: usize,
-    /// Ends of the events given to the sink since the last flush; the next chunk carries them.
-    pending: Vec<usize>,
-    /// The event ends of the chunk the thread is writing now, and how many of its bytes are out.
-    writing: Option<(Vec<usize>, usize)>,
+    writing: Option<Writing>,
+    /// Every stream's unwritten events.
     unwritten: u64,
     /// The first write error; nothing is written after it.
     error: Option<io::ErrorKind>,
@@ -57,9 +107,13 @@ struct State {
     progress: Option<Instant>,
 }
 
-/// Events of `ends` whose output is not within the first `done` bytes.
-fn cut(ends: &[usize], done: usize) -> u64 {
-    ends.iter().filter(|&&end| end > done).count() as u64
+impl State {
+    /// Counts unwritten what is queued, and forgets it.
+    fn refuse_queued(&mut self) {
+        let refused: u64 = self.queue.drain(..).map(|c| c.refuse()).sum();
+        self.unwritten += refused;
+        self.queued_bytes = 0;
+    }
 }
 
 /// The queue between the tracer and the writer thread of one file descriptor.
@@ -67,10 +121,6 @@ pub struct Queue {
     fd: RawFd,
     state: Mutex<State>,
     changed: Condvar,
-    /// Bytes in the [`Output`] batch not flushed yet (the offset where the next event begins).
-    /// Stored and loaded by the tracer thread only (Relaxed: nothing else orders on it); atomic
-    /// because the queue is shared with the writer thread.
-    buffered: AtomicUsize,
     /// Set with `State::error`, for a look without the lock (Relaxed: a flag on its own; the
     /// error itself is read under the lock).
     failed: AtomicBool,
@@ -109,7 +159,7 @@ impl Queue {
     fn new(fd: RawFd, error: Option<io::ErrorKind>) -> Arc<Queue> {
         let failed = AtomicBool::new(error.is_some());
         let state = Mutex::new(State { error, ..State::default() });
-        Arc::new(Queue { fd, state, changed: Condvar::new(), buffered: AtomicUsize::new(0), failed })
+        Arc::new(Queue { fd, state, changed: Condvar::new(), failed })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -126,21 +176,21 @@ impl Queue {
                 }
             };
             state.queued_bytes -= chunk.bytes.len();
-            state.writing = Some((chunk.ends, 0));
+            let bytes = Arc::new(chunk.bytes);
+            state.writing = Some(Writing { bytes: bytes.clone(), events: chunk.events, done: 0 });
             state.progress = Some(Instant::now());
             drop(state);
-            let written = self.write_chunk(&chunk.bytes);
+            let written = self.write_chunk(&bytes);
             let mut state = self.lock();
-            let (ends, done) = state.writing.take().unwrap_or_default();
+            let writing = state.writing.take();
             if let Err(e) = written {
                 // Only the first error counts; after it nothing is written.
                 state.error.get_or_insert(e.kind());
                 self.failed.store(true, Ordering::Relaxed);
                 if !state.abandoned {
-                    let queued: u64 = state.queue.drain(..).map(|c| c.ends.len() as u64).sum();
-                    state.unwritten += cut(&ends, done) + queued;
+                    state.unwritten += writing.map_or(0, |w| w.cut());
+                    state.refuse_queued();
                 }
-                state.queued_bytes = 0;
             }
             self.changed.notify_all();
         }
@@ -158,54 +208,31 @@ impl Queue {
                 // What is left is counted unwritten already.
                 return Ok(());
             }
-            if let Some((_, out)) = &mut state.writing {
-                *out = done;
+            if let Some(writing) = &mut state.writing {
+                writing.done = done;
             }
             state.progress = Some(Instant::now());
         }
         Ok(())
     }
 
-    /// The events just handed to the sink end here: at the end of what the output holds now.
-    pub fn note_event_end(&self, ends: &mut Vec<usize>) {
-        ends.push(self.buffered.load(Ordering::Relaxed));
-    }
-
-    /// Bytes the tracer's output holds that were not handed to the queue yet.
-    pub fn buffered(&self) -> usize {
-        self.buffered.load(Ordering::Relaxed)
-    }
-
-    /// The ends of the events given to the sink since the last flush (offsets in the next
-    /// chunk).
-    pub fn note_events(&self, ends: &mut Vec<usize>) {
-        self.lock().pending.append(ends);
-    }
-
-    fn push(&self, bytes: Vec<u8>) {
-        self.buffered.store(0, Ordering::Relaxed);
-        let mut state = self.lock();
-        let ends = std::mem::take(&mut state.pending);
-        if bytes.is_empty() {
+    fn push(&self, chunk: Chunk) {
+        if chunk.bytes.is_empty() {
             // Nothing to write: the events (folded into a summary, or malformed) are done with.
             return;
         }
-        if state.abandoned || state.error.is_some() || state.queued_bytes + bytes.len() > MAX_QUEUED {
-            state.unwritten += ends.len() as u64;
+        let mut state = self.lock();
+        if state.abandoned || state.error.is_some() || state.queued_bytes + chunk.bytes.len() > MAX_QUEUED {
+            state.unwritten += chunk.refuse();
             return;
         }
         if state.queue.is_empty() && state.writing.is_none() {
             // The writer was idle: its time to take this chunk starts now.
             state.progress = Some(Instant::now());
         }
-        state.queued_bytes += bytes.len();
-        state.queue.push_back(Chunk { bytes, ends });
+        state.queued_bytes += chunk.bytes.len();
+        state.queue.push_back(chunk);
         self.changed.notify_all();
-    }
-
-    /// Events not written so far (refused, or lost with a failed output).
-    pub fn unwritten(&self) -> u64 {
-        self.lock().unwritten
     }
 
     /// Whether the output failed ([`error`](Self::error)), without taking the lock: cheap enough
@@ -236,16 +263,14 @@ impl Queue {
     }
 
     /// Gives up on what is not written yet: counts its events unwritten (of the chunk being
-    /// written, those whose output is not completely out) and drops it. Returns the total
+    /// written, those whose line is not completely out) and drops it. Returns the total
     /// unwritten events.
     pub fn abandon(&self) -> u64 {
         let mut state = self.lock();
         if !state.abandoned {
             state.abandoned = true;
-            let queued: u64 = state.queue.drain(..).map(|c| c.ends.len() as u64).sum();
-            let writing = state.writing.as_ref().map_or(0, |(ends, done)| cut(ends, *done));
-            state.unwritten += queued + writing + std::mem::take(&mut state.pending).len() as u64;
-            state.queued_bytes = 0;
+            state.unwritten += state.writing.as_ref().map_or(0, Writing::cut);
+            state.refuse_queued();
         }
         state.unwritten
     }
@@ -281,7 +306,7 @@ impl Queue {
             };
         }
         drop(state);
-        self.push(bytes);
+        self.push(Chunk { bytes, events: None });
         self.drain_by(deadline)
     }
 }
@@ -363,21 +388,44 @@ pub fn stderr_queue() -> &'static Arc<Queue> {
 }
 
 /// What a tracer writes its events into: a buffer handed to the queue at each flush (the end
-/// of a batch), and at drop.
+/// of a batch), and at drop. A batch is its events' lines, one per event, each noted with
+/// [`end_event`](Self::end_event) once written, then any other output (loss reports, tables)
+/// until the flush: nothing else is written between a flush and the last event's line.
 pub struct Output {
     buf: Vec<u8>,
     queue: Arc<Queue>,
+    /// Where the events' lines of `buf` end, and how many they are.
+    events_end: usize,
+    events: u64,
+    /// Events of this output whose line the queue did not write.
+    unwritten: Arc<AtomicU64>,
 }
 
 impl Output {
     pub fn new(queue: Arc<Queue>) -> Self {
-        Output { buf: Vec::with_capacity(BATCH), queue }
+        Output { buf: Vec::with_capacity(BATCH), queue, events_end: 0, events: 0, unwritten: Arc::default() }
     }
-}
 
-/// The tracers' stdout.
-pub fn stdout() -> Output {
-    Output::new(stdout_queue().clone())
+    /// The line of an event was just written: it ends the output so far.
+    pub fn end_event(&mut self) {
+        debug_assert!(
+            self.buf.last() == Some(&b'\n') && self.buf[self.events_end..].iter().filter(|&&b| b == b'\n').count() == 1,
+            "an event's output is one line, after the previous event's"
+        );
+        self.events += 1;
+        self.events_end = self.buf.len();
+    }
+
+    /// Bytes written since the last flush.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The events whose line the queue did not write, so far ([`Queue::settle`] first, for the
+    /// final count).
+    pub fn unwritten(&self) -> u64 {
+        self.unwritten.load(Ordering::Relaxed)
+    }
 }
 
 impl Write for Output {
@@ -388,16 +436,23 @@ impl Write for Output {
 
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.buf.extend_from_slice(bytes);
-        self.queue.buffered.store(self.buf.len(), Ordering::Relaxed);
         Ok(())
     }
 
     /// Queues the batch. Never blocks and never fails: a failed output is found with
     /// [`Queue::error`] and accounted as unwritten.
     fn flush(&mut self) -> io::Result<()> {
-        let batch =
-            if self.buf.is_empty() { Vec::new() } else { std::mem::replace(&mut self.buf, Vec::with_capacity(BATCH)) };
-        self.queue.push(batch);
+        // The next batch gets room for as much as this one held: batches grow without a copy.
+        let room = self.buf.len().next_power_of_two().max(BATCH);
+        let bytes =
+            if self.buf.is_empty() { Vec::new() } else { std::mem::replace(&mut self.buf, Vec::with_capacity(room)) };
+        let events = (self.events > 0).then(|| EventLines {
+            end: self.events_end,
+            count: self.events,
+            unwritten: self.unwritten.clone(),
+        });
+        (self.events, self.events_end) = (0, 0);
+        self.queue.push(Chunk { bytes, events });
         Ok(())
     }
 }
@@ -423,15 +478,20 @@ mod tests {
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
     }
 
-    /// Writes `events` events of `line` bytes each as one batch.
-    fn batch(out: &mut Output, queue: &Queue, events: usize, line: &[u8]) {
-        let mut ends = Vec::new();
+    /// Writes `events` events of one `line` each as one batch.
+    fn batch(out: &mut Output, events: usize, line: &[u8]) {
         for _ in 0..events {
             out.write_all(line).unwrap();
-            queue.note_event_end(&mut ends);
+            out.end_event();
         }
-        queue.note_events(&mut ends);
         out.flush().unwrap();
+    }
+
+    /// A line of `len` bytes, its newline included.
+    fn line(len: usize) -> Vec<u8> {
+        let mut line = vec![b'x'; len - 1];
+        line.push(b'\n');
+        line
     }
 
     #[test]
@@ -439,7 +499,7 @@ mod tests {
         let (read, write) = pipe();
         let queue = Queue::start(write.as_raw_fd()).unwrap();
         let mut out = Output::new(queue.clone());
-        batch(&mut out, &queue, 1, b"one\n");
+        batch(&mut out, 1, b"one\n");
         assert!(queue.drain_by(Instant::now() + Duration::from_secs(30)));
         assert_eq!(queue.abandon(), 0);
         let mut got = [0u8; 4];
@@ -455,7 +515,7 @@ mod tests {
         let mut out = Output::new(queue.clone());
         // 200 events of 1 KiB: more than a pipe holds (64 KiB, 16 pages).
         for _ in 0..20 {
-            batch(&mut out, &queue, 10, &[b'x'; 1024]);
+            batch(&mut out, 10, &line(1024));
         }
         // Long enough for the thread to fill the pipe and block.
         assert!(!queue.drain_by(Instant::now() + Duration::from_secs(1)));
@@ -476,10 +536,8 @@ mod tests {
         let queue = Queue::start(write.as_raw_fd()).unwrap();
         let mut out = Output::new(queue.clone());
         // 200 lines of 1000 bytes: PIPE_BUF pieces would end mid-line.
-        let mut line = vec![b'x'; 999];
-        line.push(b'\n');
         for _ in 0..20 {
-            batch(&mut out, &queue, 10, &line);
+            batch(&mut out, 10, &line(1000));
         }
         assert!(!queue.drain_by(Instant::now() + Duration::from_secs(1)));
         let unwritten = queue.abandon();
@@ -507,20 +565,57 @@ mod tests {
         let queue = Queue::start(write.as_raw_fd()).unwrap();
         let mut out = Output::new(queue.clone());
         for _ in 0..3 {
-            batch(&mut out, &queue, 1, b"line\n");
+            batch(&mut out, 1, b"line\n");
         }
         assert!(!queue.drain_by(Instant::now() + Duration::from_secs(30)));
         assert_eq!(queue.error(), Some(io::ErrorKind::BrokenPipe));
-        batch(&mut out, &queue, 1, b"late\n");
+        batch(&mut out, 1, b"late\n");
         assert_eq!(queue.abandon(), 4);
     }
 
     #[test]
-    fn events_without_output_are_done_with() {
-        let (_read, write) = pipe();
+    fn output_without_events_is_not_counted() {
+        let (read, write) = pipe();
+        drop(read);
         let queue = Queue::start(write.as_raw_fd()).unwrap();
         let mut out = Output::new(queue.clone());
-        batch(&mut out, &queue, 5, b"");
+        out.write_all(b"a table title\n").unwrap();
+        out.flush().unwrap();
+        assert!(!queue.drain_by(Instant::now() + Duration::from_secs(30)));
+        out.write_all(b"a loss report\n").unwrap();
+        out.flush().unwrap();
         assert_eq!(queue.abandon(), 0);
+    }
+
+    #[test]
+    fn unwritten_events_are_counted_to_the_output_that_wrote_them() {
+        let (read, write) = pipe();
+        let queue = Queue::start(write.as_raw_fd()).unwrap();
+        let (mut a, mut b) = (Output::new(queue.clone()), Output::new(queue.clone()));
+        // 40 KiB of a's lines, then b's, each batch followed by a line that is no event: more
+        // than the pipe holds in all, so the writer blocks in b's lines.
+        for _ in 0..5 {
+            for _ in 0..8 {
+                a.write_all(&line(1024)).unwrap();
+                a.end_event();
+            }
+            a.write_all(b"not an event\n").unwrap();
+            a.flush().unwrap();
+        }
+        for _ in 0..40 {
+            batch(&mut b, 1, &line(1024));
+        }
+        assert!(!queue.drain_by(Instant::now() + Duration::from_secs(1)));
+        let unwritten = queue.abandon();
+        let mut held = vec![0u8; 1 << 20];
+        // SAFETY: read(2) into a live buffer; the pipe holds less than it.
+        let n = unsafe { libc::read(read.as_raw_fd(), held.as_mut_ptr().cast(), held.len()) } as usize;
+        let text = &held[..n];
+        let lines = |from: &[u8]| from.split(|&c| c == b'\n').filter(|l| l.len() == 1023).count() as u64;
+        let mark = b"not an event\n";
+        let b_start = text.windows(mark.len()).rposition(|w| w == mark).unwrap() + mark.len();
+        assert_eq!(lines(&text[..b_start]), 40, "a's lines all went out");
+        assert_eq!((a.unwritten(), b.unwritten()), (0, 40 - lines(&text[b_start..])));
+        assert_eq!(unwritten, b.unwritten());
     }
 }

@@ -1,5 +1,7 @@
 //! Loading and attaching a tracer's BPF object: the transport, the read-only globals, the
-//! programs and where they attach, and the event stream of the loaded object.
+//! programs and where they attach, and the event stream of the loaded object; and the start of
+//! a run's streams: every one loaded (its programs verified) and its buffer opened before any
+//! is attached.
 
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -26,6 +28,15 @@ pub enum Attach {
     /// `SEC("raw_tp/<name>")`: the tracepoint's raw arguments, without the copy into a trace
     /// record classic tracepoints make, and no tracefs needed.
     RawTracePoint { program: &'static str, name: &'static str },
+}
+
+impl Attach {
+    /// The program's name in the object.
+    fn program(&self) -> &'static str {
+        match *self {
+            Attach::Tracepoint { program, .. } | Attach::RawTracePoint { program, .. } => program,
+        }
+    }
 }
 
 /// A BPF object compiled for both transports (`bpf/build.sh`).
@@ -134,7 +145,8 @@ pub fn map_fd(map: &Map) -> Result<BorrowedFd<'_>> {
     Ok(data.fd().as_fd())
 }
 
-/// Loads a BPF object with the globals and buffer of `spec`/`options` (nothing attached yet).
+/// Loads a BPF object with the globals and buffer of `spec`/`options` and verifies the programs
+/// of `spec` (nothing attached yet).
 pub fn load(spec: &TracerSpec, options: &BufferOptions) -> Result<(Ebpf, Transport)> {
     let transport = choose_transport(options.transport)?;
     let mut loader = EbpfLoader::new();
@@ -148,11 +160,27 @@ pub fn load(spec: &TracerSpec, options: &BufferOptions) -> Result<(Ebpf, Transpo
         Transport::Perf => spec.objects.perf,
     };
     // The wakeup globals and the ring's size, from the same options the stream opens with.
-    let bpf = match bpfstream::aya::load(loader, object, &options.library()) {
+    let mut bpf = match bpfstream::aya::load(loader, object, &options.library()) {
         Err(bpfstream::Error::Load(e)) => return Err(load_error(spec.what, e)),
         loaded => loaded?,
     };
+    verify(&mut bpf, spec)?;
     Ok((bpf, transport))
+}
+
+/// Loads every program of `spec` into the kernel, which verifies it.
+fn verify(bpf: &mut Ebpf, spec: &TracerSpec) -> Result<()> {
+    for a in &spec.attach {
+        // Each program's verification may take a while: a stop is honoured between them.
+        crate::signals::stop_point(LOADING)?;
+        let program = program_mut(bpf, a.program())?;
+        let verified = match a {
+            Attach::Tracepoint { .. } => <&mut TracePoint>::try_from(program)?.load(),
+            Attach::RawTracePoint { .. } => <&mut RawTracePoint>::try_from(program)?.load(),
+        };
+        verified.with_context(|| format!("verifying {}", a.program()))?;
+    }
+    Ok(())
 }
 
 /// A failed load, with the privilege a refusal points at.
@@ -169,24 +197,20 @@ pub fn load_error(what: &str, e: aya::EbpfError) -> anyhow::Error {
 /// What a start that a stop signal ended was doing.
 pub(super) const LOADING: &str = "loading the BPF programs";
 
-/// Loads and attaches every program of `spec`.
+/// Attaches every program of `spec` (loaded by [`load`]).
 pub fn attach(bpf: &mut Ebpf, spec: &TracerSpec) -> Result<()> {
     let needs_tracefs = spec.attach.iter().any(|a| matches!(a, Attach::Tracepoint { .. }));
     // Held (and, if bpfstream mounted it, unmounted) until every tracepoint is attached.
     let _tracefs = if needs_tracefs { Some(tracefs::Tracefs::open()?) } else { None };
     for a in &spec.attach {
-        // Each program's verification may take a while: a stop is honoured between them.
-        crate::signals::stop_point(LOADING)?;
         match *a {
             Attach::Tracepoint { program, category, name } => {
                 let p: &mut TracePoint = program_mut(bpf, program)?.try_into()?;
-                p.load().with_context(|| format!("verifying {program}"))?;
                 p.attach(category, name)
                     .with_context(|| format!("attaching {program} to tracepoint {category}/{name}"))?;
             }
             Attach::RawTracePoint { program, name } => {
                 let p: &mut RawTracePoint = program_mut(bpf, program)?.try_into()?;
-                p.load().with_context(|| format!("verifying {program}"))?;
                 p.attach(name).with_context(|| format!("attaching {program} to raw tracepoint {name}"))?;
             }
         }
@@ -205,11 +229,6 @@ fn events_are_perf(map: &Map) -> bool {
 /// Whether opening a buffer failed for want of privileges (EPERM or EACCES).
 fn is_permission_denied(error: &bpfstream::Error) -> bool {
     matches!(error, bpfstream::Error::Sys { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
-}
-
-/// The event stream of a loaded object: its `events` map with its drop counters.
-pub fn open_source(bpf: &Ebpf, options: &BufferOptions) -> Result<EventSource> {
-    open_stream(bpf, EVENTS_MAP, Some(COUNTERS_MAP), options)
 }
 
 /// The event stream of the map `map`, with the drop counters of the map `counters` (`None`: an

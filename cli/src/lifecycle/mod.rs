@@ -1,23 +1,41 @@
-//! The life of every tracer, written once. A tool brings only its BPF objects, attach points,
-//! globals and a sink for its events; the rest is here, one file per job:
+//! The life of every tracer, written once, for one stream or several in one process. A tracer
+//! brings only its BPF objects, attach points, globals and a [`Format`] (decoder and columns);
+//! the rest is here, one file per job:
 //!
 //! - `args`: the options every tracer takes, and the buffer and wakeup policy they make;
-//! - `load`: transport, globals, loading, attaching, the event stream of the object;
-//! - `run`: `Tracing...`, the loop that feeds the sink until a signal, `--duration` or a failed
-//!   output;
-//! - `stop`: detach, wait until no program can still run, drain to the last event;
-//! - `summary`: the accounting, printed where it can still be read.
+//! - `load`: transport, globals, loading, attaching, the event stream of one object;
+//! - `start`: every stream loaded and its buffer opened before any is attached;
+//! - `format`: what a tracer's events look like (its decoder and columns);
+//! - `feed`: a stream's way from its buffer to stdout and the exporter, and its losses;
+//! - `run`: one poller over every stream until a signal, the duration or a failed output;
+//! - `stop`: detach, wait until no program can still run, drain every stream to its last event;
+//! - `summary`: each stream's accounting, printed where it can still be read.
+//!
+//! ```text
+//!  StreamSpec ──start()──▶ Loaded ──.stream(format, outlet, console)──▶ Stream ──run()──▶ Summary
+//!   (tracer, buffer,        (attached,                                 (source +        (one per
+//!    name, priority)         buffer open)                               Feed<F>)          stream)
+//! ```
 
 mod args;
+mod feed;
+mod format;
 mod load;
 mod run;
+mod start;
 mod stop;
 mod summary;
 
 pub use args::{BufferKind, BufferOptions, BurstBudget, CommonArgs, EventRate};
+pub use feed::Outlet;
+pub use format::Format;
 pub use load::{
-    attach, load, load_error, map_fd, open_stream, task_filter_globals, Attach, Global, Objects, TracerSpec,
-    COUNTERS_MAP, EVENTS_MAP,
+    attach, load, load_error, map_fd, task_filter_globals, Attach, Global, Objects, TracerSpec, COUNTERS_MAP,
+    EVENTS_MAP,
 };
-pub use run::{Sink, Tracer};
-pub use summary::is_broken_pipe;
+pub use run::trace;
+pub use start::{Loaded, Tracer};
+pub use summary::{is_broken_pipe, Summary};
+
+#[cfg(test)]
+mod tests;

@@ -1,11 +1,13 @@
-//! The end of a run, exact to the last event and bounded in time, whatever stdout does:
+//! The end of a run, exact to the last event of every stream and bounded in time, whatever
+//! stdout does:
 //!
-//! 1. detach: closing the object's links and programs takes them out of the tracepoints, so no
+//! 1. detach: closing the objects' links and programs takes them out of the tracepoints, so no
 //!    new run of them can start;
-//! 2. [`EventSource::finish`]: grace periods, drop-counter snapshots until two agree, a drain
-//!    until `delivered + dropped` reaches `produced`, by the drain's deadline; what is left is
-//!    reported as `unaccounted`, never hidden;
-//! 4. the output gets until its own deadline to be written; what is not is `unwritten`.
+//! 2. [`Poller::finish`], for every stream's source at once: grace periods (one per round for
+//!    all), drop-counter snapshots until two agree, a drain until `delivered + dropped` reaches
+//!    `produced`, by the drain's one deadline; what is left is reported as `unaccounted`, never
+//!    hidden;
+//! 3. the output gets until its own deadline to be written; what is not is `unwritten`.
 //!
 //! The deadlines count from the end of the loop, so the whole stop fits in [`STOP_BUDGET`],
 //! except that a detach that used up the drain's share (closing classic tracepoints waits for
@@ -16,9 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use aya::Ebpf;
-use bpfstream::{Event, EventSource, Record, Totals};
-
-use super::run::Feed;
+use bpfstream::{Poller, Totals};
 
 /// The longest a stop takes (the contract says 1 s).
 pub const STOP_BUDGET: Duration = Duration::from_millis(900);
@@ -54,10 +54,11 @@ impl Ending {
     }
 }
 
-/// Step 1: detaches every program of `bpf`; returns the deadlines of the rest of the stop.
-pub(super) fn detach(bpf: Ebpf) -> Ending {
+/// Step 1: detaches every program of every object; returns the deadlines of the rest of the
+/// stop.
+pub(super) fn detach(objects: Vec<Ebpf>) -> Ending {
     let began = Instant::now();
-    drop(bpf);
+    drop(objects);
     let drain_by = (began + DRAIN_BUDGET).max(Instant::now() + DRAIN_AT_LEAST);
     Ending {
         drain_by,
@@ -66,10 +67,8 @@ pub(super) fn detach(bpf: Ebpf) -> Ending {
     }
 }
 
-/// Steps 2 and 3: drains `source` into `feed` to the last event the counters account for (or
-/// the drain's deadline).
-pub(super) fn drain(source: &mut EventSource, ending: Ending, feed: &mut Feed<'_>) -> Result<Totals> {
-    let totals = source.finish(ending.drain_by, |item: Event<Record<'_>>| feed.item(item))?;
-    feed.end_batch();
-    Ok(totals)
+/// Step 2: every source of `poller` into its handler, to the last event its counters account
+/// for (or the drain's deadline). Returns each source's totals, in the order they were added.
+pub(super) fn drain(poller: &mut Poller<'_>, ending: Ending) -> Result<Vec<Totals>> {
+    Ok(poller.finish(ending.drain_by)?.into_iter().map(|(_, totals)| totals).collect())
 }

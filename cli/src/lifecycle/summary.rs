@@ -1,23 +1,26 @@
-//! The accounting of one run, and where it is printed: the JSON summary goes to stdout if
-//! stdout can still take it by the stop's deadline, the text one to stderr; when stdout is
-//! unusable (blocked, full, closed), the summary (the JSON object with `--json`) comes on
-//! stderr instead, with what was not written.
+//! The accounting of one stream of a run, and where it is printed: the JSON summary goes to
+//! stdout if stdout can still take it by the stop's deadline, the text one to stderr; when
+//! stdout is unusable (blocked, full, closed), the summary (the JSON object with `--json`) comes
+//! on stderr instead, with what was not written.
 
 use std::io::{self, Write};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Result};
 use bpfstream::{Totals, Transport};
 
+use super::feed::Console;
 use super::stop::Ending;
 use crate::loss::burst_text;
 use crate::output::JsonLine;
 use crate::size::human_bytes;
-use crate::writer::{stderr_queue, stdout_queue, Output};
+use crate::writer::Output;
 
-/// The accounting of one run.
+/// The accounting of one stream of a run.
 #[derive(Debug, Clone)]
 pub struct Summary {
+    /// The stream's name (`"stream"`), if it has one.
+    pub stream: Option<Arc<str>>,
     /// Records read from the buffer and handed to the output.
     pub events: u64,
     pub dropped: u64,
@@ -31,6 +34,10 @@ pub struct Summary {
     pub burst: Option<(u64, Option<u64>)>,
     /// With `--output`: the exporter's accounting after its final flush (`crate::export`).
     pub export: Option<crate::export::ExportSummary>,
+    /// Events whose line stdout did not take (of `events`).
+    pub unwritten: u64,
+    /// Records shorter than their type (of `events`).
+    pub malformed: u64,
     /// A ring without drop counters: what it dropped is not known (`"dropped": null`).
     pub dropped_unknown: bool,
     ending: Ending,
@@ -47,14 +54,15 @@ impl Summary {
     }
 
     pub(super) fn new(
+        stream: Option<Arc<str>>,
         totals: Totals,
         transport: Transport,
         buffer_bytes: u64,
         elapsed: Duration,
         ending: Ending,
-        burst: Option<(u64, Option<u64>)>,
     ) -> Self {
         Summary {
+            stream,
             events: totals.delivered,
             dropped: totals.dropped,
             produced: totals.produced,
@@ -62,33 +70,33 @@ impl Summary {
             transport,
             buffer_bytes,
             elapsed,
-            burst,
+            burst: None,
             export: None,
-            dropped_unknown: false,
+            unwritten: 0,
+            malformed: 0,
+            // A ring without drop counters (perf buffers report theirs in LOST records).
+            dropped_unknown: totals.produced.is_none() && transport == Transport::Ring,
             ending,
         }
     }
 
-    /// The run so far (SIGUSR1), with the exporter's accounting so far.
+    /// A stream's run so far (SIGUSR1): nothing waits for its deadlines.
     pub(super) fn so_far(
+        stream: Option<Arc<str>>,
         totals: Totals,
         transport: Transport,
         buffer_bytes: u64,
         elapsed: Duration,
-        export: Option<crate::export::ExportSummary>,
     ) -> Self {
-        let mut summary = Summary::new(totals, transport, buffer_bytes, elapsed, Ending::passed(), None);
-        summary.export = export;
-        summary
+        Summary::new(stream, totals, transport, buffer_bytes, elapsed, Ending::passed())
     }
 
     /// Prints the run so far and returns at once: a `progress` object on stdout (`--json`),
     /// or a `so far:` line on stderr, queued behind the output before it.
-    pub(super) fn report(&self, json: bool) {
-        let unwritten = stdout_queue().unwritten();
+    pub(super) fn report(&self, console: &Console, json: bool) {
         let (queue, line) = match json {
-            true => (stdout_queue(), self.json("progress", unwritten).finish_line()),
-            false => (stderr_queue(), format!("so far: {}\n", self.text(unwritten)).into_bytes()),
+            true => (&console.stdout, self.json("progress").finish_line()),
+            false => (&console.stderr, format!("{}so far: {}\n", self.prefix(), self.text()).into_bytes()),
         };
         let mut out = Output::new(queue.clone());
         let _ = out.write_all(&line);
@@ -101,12 +109,17 @@ impl Summary {
     }
 
     /// The summary object (`kind`: `summary`, or `progress` for the run so far, whose
-    /// `in_flight` events are still in the buffer); tools add their own fields before writing
-    /// it. `events` counts what was written: events + dropped + unwritten = produced.
-    fn json(&self, kind: &str, unwritten: u64) -> JsonLine {
+    /// `in_flight` events are still in the buffer); tracers add their own fields after it.
+    /// `events` counts what was written: events + dropped + unwritten = produced.
+    fn json(&self, kind: &str) -> JsonLine {
         let secs = self.elapsed.as_secs_f64();
+        let unwritten = self.unwritten;
         let written = self.events.saturating_sub(unwritten);
-        let line = JsonLine::new(kind).num("events", written);
+        let line = match &self.stream {
+            Some(name) => JsonLine::new(kind).str("stream", name),
+            None => JsonLine::new(kind),
+        };
+        let line = line.num("events", written);
         let line = if self.dropped_unknown { line.null("dropped") } else { line.num("dropped", self.dropped) };
         let mut line = line
             .num("unwritten", unwritten)
@@ -125,11 +138,15 @@ impl Summary {
         if let Some(export) = &self.export {
             line = export.json(line);
         }
-        line.num("bytes", self.bytes).float("duration_s", secs).float("events_per_sec", written as f64 / secs.max(1e-9))
+        line.num("bytes", self.bytes)
+            .float("duration_s", secs)
+            .float("events_per_sec", written as f64 / secs.max(1e-9))
+            .num("malformed", self.malformed)
     }
 
-    /// One line for humans (stderr).
-    fn text(&self, unwritten: u64) -> String {
+    /// One line for humans (stderr), without the newline.
+    fn text(&self) -> String {
+        let unwritten = self.unwritten;
         let mut s = format!("{} events", self.events.saturating_sub(unwritten));
         if !self.dropped_unknown {
             s.push_str(&format!(", {} dropped", self.dropped));
@@ -155,44 +172,56 @@ impl Summary {
         s
     }
 
-    /// Waits, until the stop's deadline at most, for what a tool wrote to stdout after the run
-    /// (a final table) to be written; for tools that print no summary object of their own.
-    pub fn settle_output(&self) {
-        stdout_queue().drain_by(self.ending.summary_deadline());
+    /// `NAME: ` before a line for people about a named stream.
+    fn prefix(&self) -> String {
+        self.stream.as_ref().map(|name| format!("{name}: ")).unwrap_or_default()
     }
 
     /// Prints the summary (JSON on stdout, or text on stderr; when stdout cannot take the JSON
-    /// object in time, or failed, or its reader left, the object goes to stderr) plus a warning
-    /// if the accounting does not add up. Waits for the output until the stop's deadlines at
-    /// most. Fails when stdout failed for another reason than a reader that left.
-    pub fn print(&self, json: bool, extend: impl FnOnce(JsonLine) -> JsonLine, extra_text: &str) -> Result<()> {
-        let out = stdout_queue();
-        let unwritten = out.settle(self.ending.events_by);
-        let err = stderr_queue();
-        let object = json.then(|| extend(self.json("summary", unwritten)).finish_line());
-        let on_stdout = object.as_ref().is_some_and(|line| out.write_by(line.clone(), self.ending.summary_deadline()));
+    /// object in time, or failed, or its reader left, the object goes to stderr) plus warnings
+    /// if the accounting does not add up. Call it once the console's stdout settled
+    /// ([`crate::writer::Queue::settle`]); waits for the output until `deadline` at most (the
+    /// stop's summary deadline, [`Ending::summary_deadline`]). `extend` adds the tracer's fields
+    /// to the object, `text` makes the line for people from the lifecycle's.
+    pub fn print(
+        &self,
+        console: &Console,
+        deadline: Instant,
+        json: bool,
+        extend: impl FnOnce(JsonLine) -> JsonLine,
+        text: impl FnOnce(String) -> String,
+    ) {
+        let object = json.then(|| extend(self.json("summary")).finish_line());
+        let on_stdout = object.as_ref().is_some_and(|line| console.stdout.write_by(line.clone(), deadline));
+        let mut warnings = String::new();
+        let mut on_stderr = Vec::new();
         if !on_stdout {
-            let line = object.unwrap_or_else(|| format!("{}{extra_text}\n", self.text(unwritten)).into_bytes());
-            err.write_by(line, self.ending.summary_deadline());
+            on_stderr = object.unwrap_or_else(|| format!("{}{}\n", self.prefix(), text(self.text())).into_bytes());
         }
         if self.unaccounted() != 0 {
-            let text = format!(
-                "warning: {} events produced by the BPF side are neither delivered nor counted as dropped (unaccounted)\n",
+            warnings.push_str(&format!(
+                "{}warning: {} events produced by the BPF side are neither delivered nor counted as dropped (unaccounted)\n",
+                self.prefix(),
                 self.unaccounted()
-            );
-            err.write_by(text.into_bytes(), self.ending.summary_deadline());
+            ));
         }
         let unexported = self.export.as_ref().map_or(0, |export| export.unaccounted(self.events));
         if unexported != 0 {
-            let text =
-                format!("warning: {unexported} delivered events are neither exported nor counted as export_failed\n");
-            err.write_by(text.into_bytes(), self.ending.summary_deadline());
+            warnings.push_str(&format!(
+                "{}warning: {unexported} delivered events are neither exported nor counted as export_failed\n",
+                self.prefix()
+            ));
         }
-        match out.error() {
-            Some(kind) if kind != io::ErrorKind::BrokenPipe => {
-                Err(anyhow!("writing to stdout failed: {}", io::Error::from(kind)))
-            }
-            _ => Ok(()),
+        if self.malformed > 0 {
+            warnings.push_str(&format!(
+                "{}warning: {} records were shorter than the event they carry (counted as malformed)\n",
+                self.prefix(),
+                self.malformed
+            ));
+        }
+        on_stderr.extend_from_slice(warnings.as_bytes());
+        if !on_stderr.is_empty() {
+            console.stderr.write_by(on_stderr, deadline);
         }
     }
 }

@@ -7,7 +7,7 @@
 //! - `attach`: where each program attaches, from its section name;
 //! - `globals`: `--set NAME=VALUE`, typed from BTF;
 //! - `describe`: `--describe`;
-//! - `sink`: records to JSON lines or table rows.
+//! - `sink`: the records' format (JSON fields, table columns) for the lifecycle.
 //!
 //! Everything about the object is checked before anything is loaded: a bad object or option is
 //! one line and exit 2.
@@ -22,20 +22,15 @@ mod sink;
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Result};
-use aya::EbpfLoader;
-
 use self::attach::{Attachment, UprobeTarget};
 use self::btf::{Kind, TypeId};
 use self::decode::Plan;
 use self::globals::Setting;
 use self::object::{MapInfo, ObjectInfo, MAP_RINGBUF};
-use crate::container::{ContainerArgs, ContainerFields};
-use crate::export::Tee;
-use crate::lifecycle::{
-    load_error, open_stream, BufferKind, BufferOptions, CommonArgs, EventRate, Tracer, COUNTERS_MAP,
-};
-use crate::output::TimeColumn;
+use crate::container::ContainerArgs;
+use crate::lifecycle::{load_error, BufferKind, BufferOptions, CommonArgs, EventRate, Outlet, Tracer, COUNTERS_MAP};
+use anyhow::{anyhow, Result};
+use aya::EbpfLoader;
 
 const EXAMPLE: &str = r#"Example: bpf/examples/execsnoop.bpf.c, the exec tracer with a variable-length field
 
@@ -283,38 +278,39 @@ fn counters_map(object: &ObjectInfo, map: &str) -> Option<String> {
 
 fn stream(args: RunArgs, p: Prepared) -> Result<()> {
     let (common, options) = buffer_options(&args.common, &p);
-    let tee = Tee::start(&common.output, common.json)?;
-    let containers = ContainerFields::for_tracer(&args.container, common.json || common.output.output.is_some())?;
-    let mut bpf = load(&p, &options)?;
+    let outlet = Outlet::start(&common, &args.container)?;
     let counters = counters_map(&p.object, &p.map.name);
-    let source = open_stream(&bpf, &p.map.name, counters.as_deref(), &options)?;
-    attach::attach(&mut bpf, &p.attachments)?;
     let file = args.object.file_name().map_or(p.label.clone(), |f| f.to_string_lossy().into_owned());
     let what = format!("struct {} records from {file} (map {})", p.plan.name, p.map.name);
-    let mut tracer = Tracer::attached(bpf, source, what, options.size);
-    tracer.set_json(common.json);
-    let mut printer = sink::Printer::new(crate::writer::stdout(), p.plan, common.json, tee);
-    printer.time = (TimeColumn::new(common.timestamp, common.elapsed), p.ts_at);
-    printer.containers = (containers, p.cgroup_at);
-    let mut summary = tracer.run(common.duration, options.max_delay, &mut printer)?;
-    summary.export = printer.tee.finish(summary.export_deadline());
-    // A ring without counters: what it dropped is not known (perf's LOST records say it).
-    summary.dropped_unknown = counters.is_none() && p.map.map_type == MAP_RINGBUF;
-    let extra = match counters {
-        Some(_) => String::new(),
-        None => "; drops not counted: the object sends without bpfstream.h's counters (produced unknown)".into(),
-    };
-    let malformed = printer.malformed;
-    summary.print(
-        common.json,
-        |line| line.num("malformed", malformed).boolean("counters", counters.is_some()),
-        &extra,
-    )?;
-    if malformed > 0 {
-        let record = &printer.plan.name;
-        eprintln_lossy!("warning: {malformed} records were shorter than struct {record} or than the length they state");
+    let records = sink::Records::new(p.plan.clone(), p.ts_at, p.cgroup_at, counters.is_some());
+    let tracer = ObjectTracer { p: &p, counters, what };
+    crate::lifecycle::trace(tracer, options, outlet, common.duration, |_| Ok(records))
+}
+
+/// The object as a stream's tracer: loaded with its settings, its map streamed (with its
+/// counters if it has them), its programs attached from their sections.
+struct ObjectTracer<'a> {
+    p: &'a Prepared,
+    counters: Option<String>,
+    what: String,
+}
+
+impl Tracer for ObjectTracer<'_> {
+    fn what(&self) -> String {
+        self.what.clone()
     }
-    Ok(())
+    fn load(&self, buffer: &BufferOptions) -> Result<aya::Ebpf> {
+        load(self.p, buffer)
+    }
+    fn attach(&self, bpf: &mut aya::Ebpf) -> Result<()> {
+        attach::attach(bpf, &self.p.attachments)
+    }
+    fn events_map(&self) -> &str {
+        &self.p.map.name
+    }
+    fn counters_map(&self) -> Option<&str> {
+        self.counters.as_deref()
+    }
 }
 
 /// The common options with the object's transport, and its buffer: `--buffer-size`, else a

@@ -15,15 +15,15 @@
 use std::io::{self, Write};
 
 use anyhow::Result;
-use bpfstream::{Event, FromRecord, Record};
+use bpfstream::FromRecord;
 
-use crate::container::{ContainerArgs, ContainerFields};
-use crate::export::Tee;
+use crate::container::ContainerArgs;
 use crate::lifecycle::{
-    task_filter_globals, Attach, BufferOptions, CommonArgs, EventRate, Global, Sink, Tracer, TracerSpec,
+    task_filter_globals, Attach, BufferOptions, CommonArgs, EventRate, Format, Global, Outlet, Summary, TracerSpec,
 };
 use crate::objects;
-use crate::output::{c_str, display_bytes, JsonLine, TimeColumn};
+use crate::output::{c_str, display_bytes, JsonLine};
+use crate::writer::Output;
 
 /// `EXEC_ARGS_MAX` of bpf/exec.h: most arguments reported (and `--max-args`' ceiling).
 pub const ARGS_MAX: u32 = 128;
@@ -141,45 +141,47 @@ fn arg_text(arg: &[u8]) -> String {
     }
 }
 
-/// Prints exec events as table rows or JSON lines.
-struct Printer<W: Write> {
-    out: W,
-    json: bool,
-    time: TimeColumn,
+/// Exec events' columns, and what the summary totals.
+struct ExecFormat {
     print_uid: bool,
     max_args: u32,
-    malformed: u64,
     failed: u64,
     filename_bytes: u64,
-    tee: Tee,
-    containers: ContainerFields,
 }
 
-impl<W: Write> Printer<W> {
-    /// The event's JSON line, to stdout (`--json`) and/or `--output`.
-    fn json(&mut self, e: &Exec<'_>) -> io::Result<()> {
-        let h = &e.header;
-        let (args, truncated) = e.args(self.max_args);
-        let line = JsonLine::new("exec")
-            .num("ts_ns", h.ts_ns)
-            .num("pid", h.pid)
-            .num("ppid", h.ppid)
-            .num("uid", h.uid)
-            .bytes("comm", c_str(&h.comm))
-            .bytes("filename", e.filename)
-            .byte_strings("args", args.iter().copied())
-            .boolean("args_truncated", truncated)
-            .num("ret", h.ret)
-            .num("cgroup_id", h.cgroup_id);
-        let line = self.containers.add(line, h.cgroup_id);
-        self.tee.emit(&mut self.out, line)
+impl Format for ExecFormat {
+    type Event<'a> = Exec<'a>;
+
+    fn decode<'a>(&mut self, data: &'a [u8]) -> Option<Exec<'a>> {
+        decode(data)
     }
 
-    fn row(&mut self, e: &Exec<'_>) -> io::Result<()> {
+    fn note(&mut self, e: &Exec<'_>) {
+        self.filename_bytes += e.filename.len() as u64;
+        self.failed += u64::from(e.header.ret < 0);
+    }
+
+    fn kind(&self) -> &str {
+        "exec"
+    }
+
+    fn ts_ns(&self, e: &Exec<'_>) -> Option<u64> {
+        Some(e.header.ts_ns)
+    }
+
+    fn cgroup_id(&self, e: &Exec<'_>) -> Option<u64> {
+        Some(e.header.cgroup_id)
+    }
+
+    fn titles(&self) -> Option<String> {
+        let uid = if self.print_uid { format!("{:<6} ", "UID") } else { String::new() };
+        Some(format!("{uid}{:<16} {:<7} {:<7} {:>4} FILENAME ARGS\n", "PCOMM", "PID", "PPID", "RET"))
+    }
+
+    fn row(&mut self, e: &Exec<'_>, out: &mut Output) -> io::Result<()> {
         let h = &e.header;
-        self.time.cell(&mut self.out, h.ts_ns)?;
         if self.print_uid {
-            write!(self.out, "{:<6} ", h.uid)?;
+            write!(out, "{:<6} ", h.uid)?;
         }
         let (args, truncated) = e.args(self.max_args);
         let mut line: Vec<String> = args.iter().map(|a| arg_text(a)).collect();
@@ -187,7 +189,7 @@ impl<W: Write> Printer<W> {
             line.push("...".into());
         }
         writeln!(
-            self.out,
+            out,
             "{:<16} {:<7} {:<7} {:>4} {} {}",
             display_bytes(c_str(&h.comm)),
             h.pid,
@@ -197,83 +199,49 @@ impl<W: Write> Printer<W> {
             line.join(" ")
         )
     }
-}
 
-impl<W: Write> Sink for Printer<W> {
-    fn header(&mut self) -> io::Result<()> {
-        if self.json {
-            return Ok(());
-        }
-        self.time.title(&mut self.out)?;
-        if self.print_uid {
-            write!(self.out, "{:<6} ", "UID")?;
-        }
-        writeln!(self.out, "{:<16} {:<7} {:<7} {:>4} FILENAME ARGS", "PCOMM", "PID", "PPID", "RET")?;
-        self.out.flush()
+    fn json(&self, e: &Exec<'_>, line: JsonLine) -> JsonLine {
+        let h = &e.header;
+        let (args, truncated) = e.args(self.max_args);
+        line.num("ts_ns", h.ts_ns)
+            .num("pid", h.pid)
+            .num("ppid", h.ppid)
+            .num("uid", h.uid)
+            .bytes("comm", c_str(&h.comm))
+            .bytes("filename", e.filename)
+            .byte_strings("args", args.iter().copied())
+            .boolean("args_truncated", truncated)
+            .num("ret", h.ret)
+            .num("cgroup_id", h.cgroup_id)
     }
 
-    fn item(&mut self, item: Event<Record<'_>>) -> io::Result<()> {
-        let Event::Record(record) = item else { return Ok(()) };
-        let Some(e) = decode(record.data) else {
-            self.malformed += 1;
-            self.tee.unencoded();
-            return Ok(());
-        };
-        self.filename_bytes += e.filename.len() as u64;
-        self.failed += u64::from(e.header.ret < 0);
-        if self.tee.active() {
-            self.json(&e)?;
-        }
-        if self.json {
-            return Ok(());
-        }
-        self.row(&e)
+    fn summary_json(&self, summary: &Summary, line: JsonLine) -> JsonLine {
+        let avg = if summary.events > 0 { self.filename_bytes as f64 / summary.events as f64 } else { 0.0 };
+        line.num("failed", self.failed).float("avg_filename_bytes", avg)
     }
 
-    fn tick(&mut self) -> io::Result<()> {
-        self.tee.tick(&mut self.out)?;
-        self.out.flush()
-    }
-
-    fn export(&self) -> Option<crate::export::ExportSummary> {
-        self.tee.so_far()
+    fn summary_text(&self, _: &Summary, line: String) -> String {
+        if self.failed > 0 {
+            format!("{line}; {} failed", self.failed)
+        } else {
+            line
+        }
     }
 }
 
 pub fn run(args: ExecArgs) -> Result<()> {
-    let options = BufferOptions::for_tracer(&args.common, EventRate::Moderate);
-    let json = args.common.json;
-    let tee = Tee::start(&args.common.output, json)?;
-    let containers = ContainerFields::for_tracer(&args.container, tee.active())?;
-    let mut tracer = Tracer::start(&spec(&args), &options)?;
-    tracer.set_json(json);
-    let mut printer = Printer {
-        out: crate::writer::stdout(),
-        json,
-        time: TimeColumn::new(args.common.timestamp, args.common.elapsed),
-        print_uid: args.print_uid,
-        max_args: args.max_args,
-        malformed: 0,
-        failed: 0,
-        filename_bytes: 0,
-        tee,
-        containers,
-    };
-    let mut summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
-    summary.export = printer.tee.finish(summary.export_deadline());
-    let avg = if summary.events > 0 { printer.filename_bytes as f64 / summary.events as f64 } else { 0.0 };
-    let (malformed, failed) = (printer.malformed, printer.failed);
-    drop(printer);
-    let extra = if failed > 0 { format!("; {failed} failed") } else { String::new() };
-    summary.print(
-        json,
-        |line| line.num("malformed", malformed).num("failed", failed).float("avg_filename_bytes", avg),
-        &extra,
-    )?;
-    if malformed > 0 {
-        eprintln_lossy!("warning: {malformed} records were shorter than their header says");
-    }
-    Ok(())
+    let outlet = Outlet::start(&args.common, &args.container)?;
+    crate::lifecycle::trace(spec(&args), buffer(&args), outlet, args.common.duration, |_| Ok(format(&args)))
+}
+
+/// The buffer of `args`.
+pub fn buffer(args: &ExecArgs) -> BufferOptions {
+    BufferOptions::for_tracer(&args.common, EventRate::Moderate)
+}
+
+/// The events' format of `args`.
+pub fn format(args: &ExecArgs) -> impl Format {
+    ExecFormat { print_uid: args.print_uid, max_args: args.max_args, failed: 0, filename_bytes: 0 }
 }
 
 #[cfg(test)]

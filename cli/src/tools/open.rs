@@ -7,17 +7,18 @@ use std::io::{self, Write};
 
 use anyhow::Result;
 use aya::maps::{MapData, PerCpuArray};
-use bpfstream::{Event, FromRecord, Record};
+use bpfstream::FromRecord;
 
-use crate::container::{ContainerArgs, ContainerFields};
-use crate::export::Tee;
+use crate::container::ContainerArgs;
 use crate::lifecycle::{
-    task_filter_globals, Attach, BufferOptions, BurstBudget, CommonArgs, EventRate, Global, Sink, Tracer, TracerSpec,
+    task_filter_globals, Attach, BufferOptions, BurstBudget, CommonArgs, EventRate, Format, Global, Loaded, Outlet,
+    Summary, TracerSpec,
 };
 use crate::names::{errno_name, syscall_name};
 use crate::objects;
-use crate::output::{c_str, display_bytes, JsonLine, TimeColumn};
+use crate::output::{c_str, display_bytes, JsonLine};
 use crate::tools::per_cpu_total;
+use crate::writer::Output;
 
 /// `OPEN_FILENAME_MAX` of bpf/open.h: the longest name reported whole.
 pub const FILENAME_MAX: usize = 4096;
@@ -114,140 +115,139 @@ pub fn spec(args: &OpenArgs) -> TracerSpec {
     }
 }
 
-/// Prints open events as table rows or JSON lines.
-struct Printer<W: Write> {
-    out: W,
-    json: bool,
-    time: TimeColumn,
+/// Open events' columns, and what the summary totals.
+struct OpenFormat {
     print_uid: bool,
     extended: bool,
-    malformed: u64,
     truncated: u64,
-    tee: Tee,
-    containers: ContainerFields,
+    /// The BPF side's opens it could not track (in-flight map full), read at the end.
+    untracked_map: PerCpuArray<MapData, u64>,
+    untracked: u64,
 }
 
-impl<W: Write> Sink for Printer<W> {
-    fn header(&mut self) -> io::Result<()> {
-        if self.json {
-            return Ok(());
-        }
-        self.time.title(&mut self.out)?;
-        if self.print_uid {
-            write!(self.out, "{:<6} ", "UID")?;
-        }
-        write!(self.out, "{:<7} {:<16} {:>3} {:>3} ", "PID", "COMM", "FD", "ERR")?;
-        if self.extended {
-            write!(self.out, "{:>8} {:<8} ", "FLAGS", "SYSCALL")?;
-        }
-        writeln!(self.out, "PATH")?;
-        self.out.flush()
+impl Format for OpenFormat {
+    type Event<'a> = Open<'a>;
+
+    fn decode<'a>(&mut self, data: &'a [u8]) -> Option<Open<'a>> {
+        decode(data)
     }
 
-    fn item(&mut self, item: Event<Record<'_>>) -> io::Result<()> {
-        let Event::Record(record) = item else { return Ok(()) };
-        let Some(e) = decode(record.data) else {
-            self.malformed += 1;
-            self.tee.unencoded();
-            return Ok(());
-        };
-        let h = &e.header;
-        self.truncated += u64::from(h.truncated != 0);
-        let syscall = syscall_name(i64::from(h.nr)).unwrap_or("open");
-        if self.tee.active() {
-            let line = JsonLine::new("open")
-                .num("ts_ns", h.ts_ns)
-                .num("pid", h.pid)
-                .num("tid", h.tid)
-                .bytes("comm", c_str(&h.comm))
-                .str("syscall", syscall)
-                .bytes("filename", e.filename)
-                .num("flags", h.flags)
-                .num("ret", h.ret)
-                .num("uid", h.uid)
-                .num("cgroup_id", h.cgroup_id);
-            let line = if h.truncated != 0 { line.boolean("truncated", true) } else { line };
-            let line = self.containers.add(line, h.cgroup_id);
-            self.tee.emit(&mut self.out, line)?;
-            if self.json {
-                return Ok(());
-            }
+    fn note(&mut self, e: &Open<'_>) {
+        self.truncated += u64::from(e.header.truncated != 0);
+    }
+
+    fn kind(&self) -> &str {
+        "open"
+    }
+
+    fn ts_ns(&self, e: &Open<'_>) -> Option<u64> {
+        Some(e.header.ts_ns)
+    }
+
+    fn cgroup_id(&self, e: &Open<'_>) -> Option<u64> {
+        Some(e.header.cgroup_id)
+    }
+
+    fn titles(&self) -> Option<String> {
+        let mut titles = if self.print_uid { format!("{:<6} ", "UID") } else { String::new() };
+        titles.push_str(&format!("{:<7} {:<16} {:>3} {:>3} ", "PID", "COMM", "FD", "ERR"));
+        if self.extended {
+            titles.push_str(&format!("{:>8} {:<8} ", "FLAGS", "SYSCALL"));
         }
-        self.time.cell(&mut self.out, h.ts_ns)?;
+        titles.push_str("PATH\n");
+        Some(titles)
+    }
+
+    fn row(&mut self, e: &Open<'_>, out: &mut Output) -> io::Result<()> {
+        let h = &e.header;
         if self.print_uid {
-            write!(self.out, "{:<6} ", h.uid)?;
+            write!(out, "{:<6} ", h.uid)?;
         }
         let (fd, err) = if h.ret >= 0 { (h.ret, 0) } else { (-1, -h.ret) };
-        write!(self.out, "{:<7} {:<16} {:>3} {:>3} ", h.pid, display_bytes(c_str(&h.comm)), fd, err)?;
+        write!(out, "{:<7} {:<16} {:>3} {:>3} ", h.pid, display_bytes(c_str(&h.comm)), fd, err)?;
         if self.extended {
-            write!(self.out, "{:>8o} {:<8} ", h.flags, syscall)?;
+            write!(out, "{:>8o} {:<8} ", h.flags, syscall_name(i64::from(h.nr)).unwrap_or("open"))?;
         }
         let cut = if h.truncated != 0 { "... (truncated)" } else { "" };
-        writeln!(self.out, "{}{cut}", display_bytes(e.filename))
+        writeln!(out, "{}{cut}", display_bytes(e.filename))
     }
 
-    fn tick(&mut self) -> io::Result<()> {
-        self.tee.tick(&mut self.out)?;
-        self.out.flush()
+    fn json(&self, e: &Open<'_>, line: JsonLine) -> JsonLine {
+        let h = &e.header;
+        let line = line
+            .num("ts_ns", h.ts_ns)
+            .num("pid", h.pid)
+            .num("tid", h.tid)
+            .bytes("comm", c_str(&h.comm))
+            .str("syscall", syscall_name(i64::from(h.nr)).unwrap_or("open"))
+            .bytes("filename", e.filename)
+            .num("flags", h.flags)
+            .num("ret", h.ret)
+            .num("uid", h.uid)
+            .num("cgroup_id", h.cgroup_id);
+        if h.truncated != 0 {
+            line.boolean("truncated", true)
+        } else {
+            line
+        }
     }
 
-    fn export(&self) -> Option<crate::export::ExportSummary> {
-        self.tee.so_far()
+    fn finish(&mut self, _: &mut Output) -> Result<()> {
+        self.untracked = per_cpu_total(&self.untracked_map)?;
+        Ok(())
+    }
+
+    fn summary_json(&self, summary: &Summary, line: JsonLine) -> JsonLine {
+        line.float("avg_record_bytes", average_record(summary))
+            .num("fixed_record_bytes", FIXED_RECORD_BYTES)
+            .num("truncated", self.truncated)
+            .num("untracked", self.untracked)
+    }
+
+    fn summary_text(&self, summary: &Summary, mut line: String) -> String {
+        // With no events there is no average to compare.
+        if summary.events > 0 {
+            let avg = average_record(summary);
+            line.push_str(&format!(
+                "; records averaged {avg:.0} bytes against {FIXED_RECORD_BYTES} for a fixed-size record ({:.1}x smaller)",
+                FIXED_RECORD_BYTES as f64 / avg.max(1.0)
+            ));
+        }
+        if self.untracked > 0 {
+            line.push_str(&format!("; {} opens untracked (in-flight map full)", self.untracked));
+        }
+        line
+    }
+}
+
+/// Bytes per record delivered.
+fn average_record(summary: &Summary) -> f64 {
+    if summary.events > 0 {
+        summary.bytes as f64 / summary.events as f64
+    } else {
+        0.0
     }
 }
 
 pub fn run(args: OpenArgs) -> Result<()> {
-    let options = BufferOptions::for_tracer(&args.common, EventRate::High(BURST));
-    let json = args.common.json;
-    let tee = Tee::start(&args.common.output, json)?;
-    let containers = ContainerFields::for_tracer(&args.container, tee.active())?;
-    let mut tracer = Tracer::start(&spec(&args), &options)?;
-    tracer.set_json(json);
-    let untracked: PerCpuArray<MapData, u64> = tracer.take_map("untracked")?.try_into()?;
-    let mut printer = Printer {
-        out: crate::writer::stdout(),
-        json,
-        time: TimeColumn::new(args.common.timestamp, args.common.elapsed),
+    let outlet = Outlet::start(&args.common, &args.container)?;
+    crate::lifecycle::trace(spec(&args), buffer(&args), outlet, args.common.duration, |loaded| format(&args, loaded))
+}
+
+/// The buffer of `args`.
+pub fn buffer(args: &OpenArgs) -> BufferOptions {
+    BufferOptions::for_tracer(&args.common, EventRate::High(BURST))
+}
+
+/// The events' format of `args`, with the map it reads taken from the loaded object.
+pub fn format(args: &OpenArgs, loaded: &mut Loaded) -> Result<impl Format> {
+    Ok(OpenFormat {
         print_uid: args.print_uid,
         extended: args.extended,
-        malformed: 0,
         truncated: 0,
-        tee,
-        containers,
-    };
-    let mut summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
-    summary.export = printer.tee.finish(summary.export_deadline());
-    let (malformed, truncated) = (printer.malformed, printer.truncated);
-    drop(printer);
-    let untracked = per_cpu_total(&untracked)?;
-    let avg = if summary.events > 0 { summary.bytes as f64 / summary.events as f64 } else { 0.0 };
-    // With no events there is no average to compare.
-    let mut extra = if summary.events > 0 {
-        format!(
-            "; records averaged {avg:.0} bytes against {FIXED_RECORD_BYTES} for a fixed-size record ({:.1}x smaller)",
-            FIXED_RECORD_BYTES as f64 / avg.max(1.0)
-        )
-    } else {
-        String::new()
-    };
-    if untracked > 0 {
-        extra.push_str(&format!("; {untracked} opens untracked (in-flight map full)"));
-    }
-    summary.print(
-        json,
-        |line| {
-            line.float("avg_record_bytes", avg)
-                .num("fixed_record_bytes", FIXED_RECORD_BYTES)
-                .num("truncated", truncated)
-                .num("malformed", malformed)
-                .num("untracked", untracked)
-        },
-        &extra,
-    )?;
-    if malformed > 0 {
-        eprintln_lossy!("warning: {malformed} records were shorter than their header says");
-    }
-    Ok(())
+        untracked_map: loaded.take_map("untracked")?.try_into()?,
+        untracked: 0,
+    })
 }
 
 #[cfg(test)]

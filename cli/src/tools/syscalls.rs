@@ -9,18 +9,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use aya::maps::{MapData, PerCpuArray};
-use bpfstream::{Event, FromRecord, Record};
+use bpfstream::FromRecord;
 
-use crate::container::{ContainerArgs, ContainerFields};
-use crate::export::Tee;
+use crate::container::ContainerArgs;
 use crate::lifecycle::{
-    task_filter_globals, Attach, BufferOptions, BurstBudget, CommonArgs, EventRate, Global, Sink, Tracer, TracerSpec,
+    task_filter_globals, Attach, BufferOptions, BurstBudget, CommonArgs, EventRate, Format, Global, Loaded, Outlet,
+    Summary, TracerSpec,
 };
 use crate::names::{errno_name, syscall_name, syscall_number};
 use crate::objects;
-use crate::output::{c_str, cell_left, cell_right, display_bytes, JsonLine, TimeColumn};
+use crate::output::{c_str, cell_left, cell_right, display_bytes, JsonLine};
 use crate::tools::per_cpu_total;
 use crate::tools::syscall_summary::{GroupBy, IntervalWriter, SortBy, StatsTable};
+use crate::writer::Output;
 
 bpfstream::record! {
     /// `struct syscall_event` of bpf/syscalls.h.
@@ -118,9 +119,9 @@ fn errno_text(ret: i64) -> Option<&'static str> {
     }
 }
 
-/// `{:03}`: digits zero-padded on the left to `width`.
-fn cell_right_zeros(out: &mut String, digits: &str, width: usize) {
-    out.extend(std::iter::repeat_n('0', width.saturating_sub(digits.len())));
+/// `{:03}`: digits zero-padded on the left to 3.
+fn cell_three_digits(out: &mut String, digits: &str) {
+    out.push_str(&"000"[..3usize.saturating_sub(digits.len())]);
     out.push_str(digits);
 }
 
@@ -204,7 +205,7 @@ pub fn spec(args: &SyscallsArgs) -> TracerSpec {
 pub(crate) const SUMMARY_WHAT: &str = "syscalls, counted in the kernel (9 KiB per row and CPU, up to 1024 rows),";
 
 /// Summary mode's state.
-struct Summary {
+struct Counts {
     table: StatsTable,
     writer: IntervalWriter,
     interval: Option<Duration>,
@@ -212,41 +213,54 @@ struct Summary {
     last: Instant,
 }
 
-/// Prints syscall events as table rows or JSON lines, or folds them into summaries.
-struct Printer<W: Write> {
-    out: W,
-    /// The table row being built (reused).
-    line: String,
-    json: bool,
-    millis: bool,
-    time: TimeColumn,
-    malformed: u64,
-    summary: Option<Summary>,
-    tee: Tee,
-    containers: ContainerFields,
+impl Counts {
+    /// Prints the rows counted since the last interval.
+    fn print_interval(&mut self, out: &mut Output) -> io::Result<()> {
+        self.last = Instant::now();
+        let rows = self.table.take_rows().map_err(io::Error::other)?;
+        self.writer.write(out, rows, self.started.elapsed())
+    }
 }
 
-impl<W: Write> Printer<W> {
-    fn event(&mut self, e: &SyscallEvent) -> io::Result<()> {
-        let name = syscall_label(e.nr);
-        if self.tee.active() {
-            let line = JsonLine::new("syscall")
-                .num("ts_ns", e.ts_ns)
-                .num("duration_ns", e.duration_ns)
-                .num("pid", e.pid)
-                .num("tid", e.tid)
-                .bytes("comm", c_str(&e.comm))
-                .num("nr", e.nr)
-                .str("syscall", &name)
-                .num("ret", e.ret)
-                .num("cgroup_id", e.cgroup_id);
-            let line = self.containers.add(line, e.cgroup_id);
-            self.tee.emit(&mut self.out, line)?;
-            if self.json {
-                return Ok(());
-            }
-        }
-        self.time.cell(&mut self.out, e.ts_ns)?;
+/// Syscall events' columns, or the summaries they are folded into in the kernel.
+struct SyscallsFormat {
+    /// The table row being built (reused).
+    line: String,
+    millis: bool,
+    counts: Option<Counts>,
+    /// The BPF side's syscalls it could not track, read at the end.
+    untracked_map: PerCpuArray<MapData, u64>,
+    untracked: u64,
+    /// Summary mode: the calls counted since attach, read at the end.
+    counted: Option<u64>,
+}
+
+impl Format for SyscallsFormat {
+    type Event<'a> = SyscallEvent;
+
+    fn decode(&mut self, data: &[u8]) -> Option<SyscallEvent> {
+        SyscallEvent::from_record(data).ok()
+    }
+
+    fn kind(&self) -> &str {
+        "syscall"
+    }
+
+    fn ts_ns(&self, e: &SyscallEvent) -> Option<u64> {
+        Some(e.ts_ns)
+    }
+
+    fn cgroup_id(&self, e: &SyscallEvent) -> Option<u64> {
+        Some(e.cgroup_id)
+    }
+
+    fn titles(&self) -> Option<String> {
+        let duration = if self.millis { "DURATION(ms)" } else { "DURATION(us)" };
+        let titles = format!("{:<16} {:>7} {:>7} {:<20} {duration:>13} RET\n", "COMM", "PID", "TID", "SYSCALL");
+        self.counts.is_none().then_some(titles)
+    }
+
+    fn row(&mut self, e: &SyscallEvent, out: &mut Output) -> io::Result<()> {
         // Built by hand into a reused line (integers, no allocation): this runs for every
         // syscall of a storm. Columns as "{:<16} {:>7} {:>7} {:<20} {:>9}.{:03} {}".
         let mut num = itoa::Buffer::new();
@@ -258,105 +272,107 @@ impl<W: Write> Printer<W> {
         line.push(' ');
         cell_right(line, num.format(e.tid), 7);
         line.push(' ');
-        cell_left(line, &name, 20);
+        cell_left(line, &syscall_label(e.nr), 20);
         line.push(' ');
         let unit = if self.millis { 1_000_000 } else { 1000 };
         cell_right(line, num.format(e.duration_ns / unit), 9);
         line.push('.');
-        cell_right_zeros(line, num.format(e.duration_ns % unit / (unit / 1000)), 3);
+        cell_three_digits(line, num.format(e.duration_ns % unit / (unit / 1000)));
         line.push(' ');
         match errno_text(e.ret) {
             Some(errno) => line.push_str(errno),
             None => line.push_str(num.format(e.ret)),
         }
         line.push('\n');
-        self.out.write_all(line.as_bytes())
+        out.write_all(line.as_bytes())
     }
 
-    /// Prints the summary accumulated since the last one.
-    fn print_interval(&mut self) -> io::Result<()> {
-        let Some(s) = &mut self.summary else { return Ok(()) };
-        s.last = Instant::now();
-        let rows = s.table.take_rows().map_err(io::Error::other)?;
-        s.writer.write(&mut self.out, rows, s.started.elapsed())
+    fn json(&self, e: &SyscallEvent, line: JsonLine) -> JsonLine {
+        line.num("ts_ns", e.ts_ns)
+            .num("duration_ns", e.duration_ns)
+            .num("pid", e.pid)
+            .num("tid", e.tid)
+            .bytes("comm", c_str(&e.comm))
+            .num("nr", e.nr)
+            .str("syscall", &syscall_label(e.nr))
+            .num("ret", e.ret)
+            .num("cgroup_id", e.cgroup_id)
     }
-}
 
-impl<W: Write> Sink for Printer<W> {
-    fn header(&mut self) -> io::Result<()> {
-        if self.json || self.summary.is_some() {
-            return Ok(());
+    fn tick(&mut self, out: &mut Output) -> io::Result<()> {
+        match &mut self.counts {
+            Some(c) if c.interval.is_some_and(|i| c.last.elapsed() >= i) => c.print_interval(out),
+            _ => Ok(()),
         }
-        self.time.title(&mut self.out)?;
-        let duration = if self.millis { "DURATION(ms)" } else { "DURATION(us)" };
-        writeln!(self.out, "{:<16} {:>7} {:>7} {:<20} {duration:>13} RET", "COMM", "PID", "TID", "SYSCALL")?;
-        self.out.flush()
     }
 
-    fn item(&mut self, item: Event<Record<'_>>) -> io::Result<()> {
-        // Losses are reported by the lifecycle and totalled in its summary.
-        let Event::Record(record) = item else { return Ok(()) };
-        match SyscallEvent::from_record(record.data) {
-            Ok(e) => self.event(&e),
-            Err(_) => {
-                self.malformed += 1;
-                self.tee.unencoded();
-                Ok(())
+    /// Summary mode: the rows since the last interval (all of them without --interval), and
+    /// the calls counted since attach.
+    fn finish(&mut self, out: &mut Output) -> Result<()> {
+        self.untracked = per_cpu_total(&self.untracked_map)?;
+        let Some(c) = &mut self.counts else { return Ok(()) };
+        let rows = c.table.take_rows()?;
+        if !rows.is_empty() || c.writer.printed == 0 {
+            c.writer.write(out, rows, c.started.elapsed())?;
+        }
+        self.counted = Some(c.table.counted());
+        Ok(())
+    }
+
+    fn summary_json(&self, _: &Summary, line: JsonLine) -> JsonLine {
+        let line = line.num("untracked", self.untracked);
+        match self.counted {
+            Some(counted) => line.num("counted", counted),
+            None => line,
+        }
+    }
+
+    fn summary_text(&self, summary: &Summary, line: String) -> String {
+        let untracked = match self.untracked {
+            0 => String::new(),
+            n => format!(
+                "; {n} syscalls untracked (no kernel memory for their in-flight state or summary row at the time)"
+            ),
+        };
+        match self.counted {
+            Some(counted) => {
+                format!("{counted} syscalls counted in the kernel in {:.1} s{untracked}", summary.elapsed.as_secs_f64())
             }
+            None => line + &untracked,
         }
-    }
-
-    fn tick(&mut self) -> io::Result<()> {
-        let due = self.summary.as_ref().is_some_and(|s| s.interval.is_some_and(|i| s.last.elapsed() >= i));
-        if due {
-            self.print_interval()?;
-        }
-        self.tee.tick(&mut self.out)?;
-        self.out.flush()
-    }
-
-    fn export(&self) -> Option<crate::export::ExportSummary> {
-        self.tee.so_far()
     }
 }
 
 pub fn run(args: SyscallsArgs) -> Result<()> {
-    let summary_mode = args.summary_mode();
-    if summary_mode && args.common.output.output.is_some() {
+    if args.summary_mode() && args.common.output.output.is_some() {
         let text = "--output ships events, and the summary options (-L -i -P --top --sort) stream none\n";
         clap::Error::raw(clap::error::ErrorKind::ArgumentConflict, text).exit();
     }
-    let json = args.common.json;
-    let tee = Tee::start(&args.common.output, json)?;
-    let containers = ContainerFields::for_tracer(&args.container, tee.active())?;
+    let outlet = Outlet::start(&args.common, &args.container)?;
+    crate::lifecycle::trace(spec(&args), buffer(&args), outlet, args.common.duration, |loaded| format(&args, loaded))
+}
+
+/// The buffer of `args`.
+pub fn buffer(args: &SyscallsArgs) -> BufferOptions {
     let mut options = BufferOptions::for_tracer(&args.common, EventRate::High(BURST));
-    if summary_mode {
+    if args.summary_mode() {
         // Nothing is sent: the smallest buffer the transport takes.
         options.size = crate::host::page_size() as u64;
     }
-    let mut tracer = Tracer::start(&spec(&args), &options)?;
-    tracer.set_json(json);
-    let untracked: PerCpuArray<MapData, u64> = tracer.take_map("untracked")?.try_into()?;
+    options
+}
+
+/// The events' format of `args`, with the maps it reads taken from the loaded object.
+pub fn format(args: &SyscallsArgs, loaded: &mut Loaded) -> Result<impl Format> {
     let by = if args.by_process { GroupBy::Process } else { GroupBy::Syscall };
-    let table = if summary_mode {
-        let (rows, unbucketed) = (tracer.take_map("stats")?, tracer.take_map("stats_early")?);
-        Some(StatsTable::new(rows, unbucketed, by, args.sort.unwrap_or(SortBy::Time))?)
-    } else {
-        None
-    };
-    let now = Instant::now();
-    let mut printer = Printer {
-        out: crate::writer::stdout(),
-        line: String::new(),
-        json,
-        millis: args.milliseconds,
-        time: TimeColumn::new(args.common.timestamp, args.common.elapsed),
-        malformed: 0,
-        summary: table.map(|table| Summary {
-            table,
+    let counts = if args.summary_mode() {
+        let (rows, unbucketed) = (loaded.take_map("stats")?, loaded.take_map("stats_early")?);
+        let now = Instant::now();
+        Some(Counts {
+            table: StatsTable::new(rows, unbucketed, by, args.sort.unwrap_or(SortBy::Time))?,
             writer: IntervalWriter {
                 by,
-                json,
+                json: args.common.json,
                 top: args.top.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
                 millis: args.milliseconds,
                 printed: 0,
@@ -364,59 +380,18 @@ pub fn run(args: SyscallsArgs) -> Result<()> {
             interval: args.interval,
             started: now,
             last: now,
-        }),
-        tee,
-        containers,
-    };
-    let mut summary = tracer.run(args.common.duration, options.max_delay, &mut printer)?;
-    summary.export = printer.tee.finish(summary.export_deadline());
-    let counted = print_last_interval(&mut printer)?;
-    let malformed = printer.malformed;
-    drop(printer);
-    let untracked = per_cpu_total(&untracked)?;
-    let extra = if untracked > 0 {
-        format!(
-            "; {untracked} syscalls untracked (no kernel memory for their in-flight state or summary row at the time)"
-        )
+        })
     } else {
-        String::new()
+        None
     };
-    match counted {
-        Some(counted) if !json => {
-            summary.settle_output();
-            eprintln_lossy!("{counted} syscalls counted in the kernel in {:.1} s{extra}", summary.elapsed.as_secs_f64())
-        }
-        _ => summary.print(
-            json,
-            |line| {
-                let line = line.num("malformed", malformed).num("untracked", untracked);
-                match counted {
-                    Some(counted) => line.num("counted", counted),
-                    None => line,
-                }
-            },
-            &extra,
-        )?,
-    }
-    if malformed > 0 {
-        eprintln_lossy!("warning: {malformed} records were shorter than a syscall event");
-    }
-    Ok(())
-}
-
-/// Summary mode: the rows since the last interval (all of them without --interval), and the
-/// calls counted since attach. `None` in events mode.
-fn print_last_interval<W: Write>(printer: &mut Printer<W>) -> Result<Option<u64>> {
-    let Some(s) = &mut printer.summary else { return Ok(None) };
-    let rows = s.table.take_rows()?;
-    if !rows.is_empty() || s.writer.printed == 0 {
-        let written = s.writer.write(&mut printer.out, rows, s.started.elapsed()).and_then(|()| printer.out.flush());
-        match written {
-            Err(e) if !crate::lifecycle::is_broken_pipe(&e) => return Err(e.into()),
-            _ => {}
-        }
-    }
-    Ok(Some(s.table.counted()))
+    Ok(SyscallsFormat {
+        line: String::new(),
+        millis: args.milliseconds,
+        counts,
+        untracked_map: loaded.take_map("untracked")?.try_into()?,
+        untracked: 0,
+        counted: None,
+    })
 }
 
 #[cfg(test)]
