@@ -30,7 +30,8 @@ pub use args::{BufferKind, BufferOptions, BurstBudget, CommonArgs, EventRate};
 pub use feed::{Console, Outlet};
 pub use format::Format;
 pub use load::{
-    attach, load, load_error, map_fd, open_source, task_filter_globals, Attach, Global, Objects, TracerSpec, EVENTS_MAP,
+    attach, load, load_error, map_fd, task_filter_globals, Attach, Global, Objects, TracerSpec, COUNTERS_MAP,
+    EVENTS_MAP,
 };
 pub use run::{run, trace};
 pub use start::{start_maps, Loaded, MapStream, Tracer};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use aya::Ebpf;
-use bpfstream::{DropCounters, Poller, StatsHandle, Totals};
+use bpfstream::{Poller, Totals, TotalsHandle};
 
 use super::args::BufferOptions;
 use super::feed::{Console, Fed, Feed, Outlet};
@@ -17,16 +17,12 @@ use super::format::Format;
 use super::start::{start, Loaded, StreamSpec, Tracer};
 use super::stop::{self, Ending};
 use super::summary::Summary;
+use crate::counters::DropCounters;
 use crate::signals::{self, Signal};
 
 /// Longest single wait: a signal that lands between the check of the stop flag and the start
 /// of the wait does not interrupt it, so the wait itself must end soon.
 const LONGEST_WAIT: Duration = Duration::from_millis(250);
-
-/// Records a stream is served at most per turn: the loop looks for a stop (signal, duration,
-/// failed output) between turns, even while producers outpace it, and after each batch of a
-/// lower-priority stream the higher ones are served again.
-const BATCH_RECORDS: usize = 4096;
 
 /// A loaded stream with the way out of its events.
 pub struct Stream {
@@ -82,7 +78,7 @@ pub fn run(mut streams: Vec<Stream>, duration: Option<Duration>, console: &Conso
     for stream in &mut streams {
         objects.extend(stream.loaded.bpf.take());
         let feed: &dyn Fed = &*stream.feed;
-        feed.serve(&mut poller, &mut stream.loaded.source, stream.loaded.priority, BATCH_RECORDS)?;
+        feed.serve(&mut poller, &mut stream.loaded.source, stream.loaded.priority)?;
         feeds.push(feed);
     }
     let until = duration.map(|d| started + d);
@@ -135,7 +131,7 @@ struct Shape {
     buffer_bytes: u64,
     size: u64,
     /// What its consumer published (the poller holds the source).
-    stats: StatsHandle,
+    totals: TotalsHandle,
     counters: Option<DropCounters>,
 }
 
@@ -144,25 +140,18 @@ impl Shape {
         Shape {
             name: loaded.name.clone(),
             transport: loaded.source.transport(),
-            buffer_bytes: loaded.source.buffer_bytes(),
+            buffer_bytes: loaded.source.mapped_bytes(),
             size: loaded.size,
-            stats: loaded.source.stats_handle(),
+            totals: loaded.source.totals_handle(),
             counters: loaded.counters.take(),
         }
     }
 
     /// The stream so far: what its consumer published, with the BPF side's counters as of now.
     fn so_far(&mut self, elapsed: Duration) -> Summary {
-        let stats = self.stats.read();
-        let mut totals = Totals {
-            delivered: stats.events,
-            bytes: stats.bytes,
-            dropped: stats.lost,
-            produced: stats.produced,
-            ..Totals::default()
-        };
+        let mut totals = self.totals.read();
         if let Some(now) = self.counters.as_mut().and_then(|c| c.total().ok()) {
-            totals.produced = now.produced;
+            totals.produced = Some(now.produced);
             totals.dropped = totals.dropped.max(now.dropped);
         }
         Summary::so_far(self.name.clone(), totals, self.transport, self.buffer_bytes, elapsed)
