@@ -32,6 +32,8 @@ pub struct LossReport {
     json: bool,
     /// The stream's name, which its reports carry (`"stream"`, or before `Lost` on stderr).
     stream: Option<std::sync::Arc<str>>,
+    /// The map, when a run streams several of one object (`"map"`, or `map NAME: ` on stderr).
+    map: Option<String>,
     /// Perf buffers are one per CPU, so a burst fills one CPU's buffer; a ring is shared.
     per_cpu_buffers: bool,
     started: Instant,
@@ -51,6 +53,7 @@ impl LossReport {
         LossReport {
             json,
             stream,
+            map: None,
             per_cpu_buffers,
             started: Instant::now(),
             last_report: None,
@@ -60,6 +63,12 @@ impl LossReport {
             burst_last: None,
             worst_burst: 0,
         }
+    }
+
+    /// Reports that name `map` too (`None`: the stream is its only map).
+    pub fn of_map(mut self, map: Option<&str>) -> Self {
+        self.map = map.map(str::to_owned);
+        self
     }
 
     pub fn add(&mut self, lost: &Dropped, now: Instant) {
@@ -102,6 +111,10 @@ impl LossReport {
                     Some(name) => line.str("stream", name),
                     None => line,
                 };
+                let line = match &self.map {
+                    Some(map) => line.str("map", map),
+                    None => line,
+                };
                 let line = line.num("count", count);
                 let line = match cpu {
                     Some(cpu) => line.num("cpu", cpu),
@@ -120,7 +133,10 @@ impl LossReport {
         let cpus: Vec<String> = pending.iter().filter_map(|(cpu, n)| cpu.map(|c| format!("CPU {c}: {n}"))).collect();
         let detail = if cpus.len() > 1 { format!(" ({})", cpus.join(", ")) } else { String::new() };
         let exported = export.map(ExportSummary::text).unwrap_or_default();
-        let stream = self.stream.as_ref().map(|name| format!("{name}: ")).unwrap_or_default();
+        let mut stream = self.stream.as_ref().map(|name| format!("{name}: ")).unwrap_or_default();
+        if let Some(map) = &self.map {
+            stream.push_str(&format!("map {map}: "));
+        }
         writeln!(out, "{stream}Lost {count} events{detail} at {elapsed:.1} s; {} lost so far{exported}", self.total)?;
         out.flush()
     }
@@ -190,23 +206,35 @@ mod tests {
         assert!(out.is_empty(), "nothing new to report");
     }
 
+    /// The first report of 5 records lost on CPU 0, in JSON and for people, by a stream named
+    /// `stream` of the map `map`.
+    fn first_reports(stream: Option<&str>, map: Option<&str>) -> (String, String) {
+        [true, false]
+            .map(|json| {
+                let mut report = LossReport::new(json, false, stream.map(Into::into)).of_map(map);
+                let t0 = report.started;
+                let mut out = Vec::new();
+                report.add(&lost(5, 0), t0);
+                report.report(t0, !json, &mut out, None).unwrap();
+                String::from_utf8(out).unwrap()
+            })
+            .into()
+    }
+
     #[test]
-    fn a_named_stream_says_its_name_on_every_report() {
-        let mut report = LossReport::new(true, false, Some("exec".into()));
-        let t0 = report.started;
-        let mut out = Vec::new();
-        report.add(&lost(5, 0), t0);
-        report.report(t0, false, &mut out, None).unwrap();
-        let text = String::from_utf8(out).unwrap();
+    fn a_named_stream_and_a_map_of_several_say_their_names_on_every_report() {
+        let (json, text) = first_reports(Some("exec"), None);
         assert_eq!(
-            text,
+            json,
             "{\"type\":\"lost\",\"stream\":\"exec\",\"count\":5,\"cpu\":0,\"total\":5,\"elapsed_s\":0.000}\n"
         );
-        let mut report = LossReport::new(false, false, Some("exec".into()));
-        let mut out = Vec::new();
-        report.add(&lost(5, 0), t0);
-        report.report(t0, true, &mut out, None).unwrap();
-        assert!(String::from_utf8(out).unwrap().starts_with("exec: Lost 5 events at "));
+        assert!(text.starts_with("exec: Lost 5 events at "), "{text}");
+        let (json, text) = first_reports(None, Some("second"));
+        assert_eq!(
+            json,
+            "{\"type\":\"lost\",\"map\":\"second\",\"count\":5,\"cpu\":0,\"total\":5,\"elapsed_s\":0.000}\n"
+        );
+        assert!(text.starts_with("map second: Lost 5 events at "), "{text}");
     }
 
     #[test]

@@ -106,6 +106,126 @@ fn every_kind_arrives_decoded_from_perf_buffers() {
     every_kind_arrives_decoded("perf");
 }
 
+/// The uprobe of bpf/tests/run_maps.bpf.c: one record of `seq` per call, sent to the map `map`
+/// numbers (0 events, 1 second, 2 plain).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn bpfstream_run_maps(seq: u64, map: u64) -> u64 {
+    std::hint::black_box(seq.wrapping_add(map))
+}
+
+/// Three maps of one object, one stream each: `events` and `second` on bpfstream.h (each with
+/// its own counters), `plain` a ring written with bpf_ringbuf_output; in the perf build the first
+/// two are perf event arrays, so ring and perf buffers stream from one object.
+fn each_map_is_a_stream(transport: &str) {
+    let Some(_kernel) = kernel_test() else { return };
+    let before = id_watermarks();
+    let exe = std::env::current_exe().unwrap();
+    let target = format!("{}:bpfstream_run_maps", exe.display());
+    let file = object(&format!("run_maps.{transport}.bpf.o"));
+    let names = ["events", "second", "plain"];
+    let mut args = vec!["run", &file, "--uprobe", &target, "--json"];
+    args.extend(names.iter().flat_map(|name| ["--map", name]));
+    let run = start(&args);
+    let sent: Vec<(u64, usize)> =
+        [0, 1, 0, 2, 0, 1, 0, 2, 0, 1].into_iter().enumerate().map(|(seq, map)| (seq as u64 + 100, map)).collect();
+    for &(seq, map) in &sent {
+        bpfstream_run_maps(seq, map as u64);
+    }
+    let finished = run.stop();
+    assert!(finished.status.success(), "stderr:\n{}", finished.stderr);
+    // The plain ring keeps the size its author declared.
+    let buffers = [format!("{transport} buffer"), format!("{transport} buffer"), "ring buffer (64 KiB)".into()];
+    for (name, buffer) in names.iter().zip(buffers) {
+        let tracing =
+            format!("Tracing struct map_event records from run_maps.{transport}.bpf.o (map {name}) via {buffer}");
+        assert!(finished.stderr.contains(&tracing), "{tracing:?} in:\n{}", finished.stderr);
+    }
+    let events = finished.of_type("map_event");
+    let mut received = Vec::new();
+    for event in &events {
+        let map = event["map_"].as_u64().unwrap() as usize;
+        assert_eq!(event["map"], names[map], "each event carries the map it came from: {event}");
+        received.push((event["seq"].as_u64().unwrap(), map));
+    }
+    received.sort();
+    assert_eq!(received, sent, "every record, once");
+    let summaries = finished.of_type("summary");
+    assert_eq!(summaries.len(), 3, "one summary per map: {summaries:?}");
+    let summary =
+        |name: &str| summaries.iter().find(|s| s["map"] == name).unwrap_or_else(|| panic!("{name}: {summaries:?}"));
+    for (name, n) in [("events", 5), ("second", 3)] {
+        let s = summary(name);
+        assert_eq!(
+            (&s["events"], &s["dropped"], &s["produced"], &s["counters"]),
+            (&json!(n), &json!(0), &json!(n), &json!(true)),
+            "{s}"
+        );
+    }
+    let plain = summary("plain");
+    assert_eq!(
+        (&plain["events"], &plain["dropped"], &plain["counters"]),
+        (&json!(2), &Value::Null, &json!(false)),
+        "{plain}"
+    );
+    assert!(plain.get("produced").is_none(), "never a made-up number: {plain}");
+    // Its own names: a test beside it may make maps named events and bpfstream_stats.
+    assert_nothing_left(before, &["maps", "second", "second_stats", "plain"]);
+}
+
+#[test]
+fn each_map_is_a_stream_of_one_object_from_rings() {
+    each_map_is_a_stream("ring");
+}
+
+#[test]
+fn each_map_is_a_stream_of_one_object_from_perf_and_ring_buffers() {
+    each_map_is_a_stream("perf");
+}
+
+/// A map that overflows while bpfstream is stopped (SIGSTOP) says so on its own `lost` lines,
+/// and its summary counts them; the other map is exact by itself.
+#[test]
+fn the_lost_lines_of_a_map_name_it() {
+    let Some(_kernel) = kernel_test() else { return };
+    let exe = std::env::current_exe().unwrap();
+    let target = format!("{}:bpfstream_run_maps", exe.display());
+    let file = object("run_maps.ring.bpf.o");
+    let args =
+        ["run", &file, "--uprobe", &target, "--json", "--buffer-size", "4096", "--map", "events", "--map", "second"];
+    let run = start(&args);
+    let (sent, second) = (1000, 3);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(run.pid() as i32, libc::SIGSTOP) };
+    for seq in 0..sent {
+        bpfstream_run_maps(seq, 0);
+    }
+    for seq in 0..second {
+        bpfstream_run_maps(seq, 1);
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(run.pid() as i32, libc::SIGCONT) };
+    let finished = run.stop();
+    assert!(finished.status.success(), "stderr:\n{}", finished.stderr);
+    let lost = finished.of_type("lost");
+    assert!(lost.iter().all(|l| l["map"] == "events"), "{lost:?}");
+    let lost: u64 = lost.iter().map(|l| l["count"].as_u64().unwrap()).sum();
+    let summaries = finished.of_type("summary");
+    let summary =
+        |name: &str| summaries.iter().find(|s| s["map"] == name).unwrap_or_else(|| panic!("{name}: {summaries:?}"));
+    let events = summary("events");
+    assert!(lost > 0, "a 4 KiB ring cannot hold {sent} records: {events}");
+    assert_eq!(events["dropped"], lost, "{events}");
+    assert_eq!(events["events"].as_u64().unwrap() + lost, sent, "{events}");
+    assert_eq!(events["produced"], sent, "{events}");
+    let second_summary = summary("second");
+    assert_eq!(
+        (&second_summary["events"], &second_summary["dropped"]),
+        (&json!(second), &json!(0)),
+        "{second_summary}"
+    );
+}
+
 /// A program with its own ring and bpf_ringbuf_output (no bpfstream.h), run by a user with
 /// CAP_BPF and CAP_PERFMON only.
 #[test]
@@ -141,7 +261,7 @@ fn each_section_attaches_where_it_says_and_what_cannot_is_refused_by_name() {
         assert_eq!(err.lines().count(), 1, "one line: {err}");
         assert!(err.contains(expected), "{args:?}: {err}");
     };
-    refused(&[], "several events maps (first, second): choose one with --map NAME");
+    refused(&[], "several events maps (first, second): choose with --map NAME");
     refused(&["--map", "first"], "names no record type: give --type STRUCT");
     refused(
         &["--map", "first", "--type", "section_event"],
@@ -208,7 +328,11 @@ fn bad_objects_and_options_are_one_line_and_exit_2() {
         (&[&plain], "the object names no record type: give --type STRUCT"),
         (&[&plain, "--type", "nope"], "no struct nope in the object's BTF"),
         (&[&plain, "--type", "plain_event", "--map", "nope"], "--map nope: the object has no map nope"),
-        (&[&plain, "--type", "plain_event", "--map", "rb", "--map", "rb"], "several --map at once are not served yet"),
+        (&[&plain, "--type", "plain_event", "--map", "rb", "--map", "rb"], "--map rb is given twice"),
+        (
+            &[&plain, "--type", "plain_event", "--map", "rb", "--map", "nope"],
+            "--map nope: the object has no map nope (its events maps: rb)",
+        ),
         (
             &[&plain, "--type", "plain_event", "--set", "nope=1"],
             "--set nope: the object has no read-only global nope (its globals: target_pid)",

@@ -104,6 +104,7 @@ impl<F: Format> Feed<F> {
     ) -> Self {
         let Outlet { json, time, mut tee, containers } = outlet;
         tee.set_stream(stream.clone());
+        let loss = LossReport::new(json, transport == Transport::Perf, stream.clone()).of_map(format.map());
         Feed {
             format,
             out: Output::new(console.stdout.clone()),
@@ -112,7 +113,7 @@ impl<F: Format> Feed<F> {
             time,
             tee,
             containers,
-            loss: LossReport::new(json, transport == Transport::Perf, stream.clone()),
+            loss,
             stream,
             malformed: 0,
             failure: None,

@@ -27,6 +27,12 @@ pub trait Format: 'static {
         let _ = event;
     }
 
+    /// The map its events come from when a run streams several of one object: its loss
+    /// reports carry it (`"map"`, or `map NAME:` before `Lost`).
+    fn map(&self) -> Option<&str> {
+        None
+    }
+
     /// The event's stamp (`bpf_ktime_get_ns`), for the time column (`None`: it has none).
     fn ts_ns(&self, event: &Self::Event<'_>) -> Option<u64>;
 

@@ -27,14 +27,14 @@ mod stop;
 mod summary;
 
 pub use args::{BufferKind, BufferOptions, BurstBudget, CommonArgs, EventRate};
-pub use feed::Outlet;
+pub use feed::{Console, Outlet};
 pub use format::Format;
 pub use load::{
     attach, load, load_error, map_fd, task_filter_globals, Attach, Global, Objects, TracerSpec, COUNTERS_MAP,
     EVENTS_MAP,
 };
-pub use run::trace;
-pub use start::{Loaded, Tracer};
+pub use run::{run, trace};
+pub use start::{start_maps, Loaded, MapStream, Tracer};
 pub use summary::{is_broken_pipe, Summary};
 
 #[cfg(test)]

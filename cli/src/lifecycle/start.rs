@@ -115,7 +115,58 @@ impl Loaded {
 /// Loads every stream and opens its buffer, then attaches them all (nothing is attached unless
 /// every stream loaded), then announces each on stderr: `Tracing <what> via <buffer>...`.
 pub fn start(specs: Vec<StreamSpec<'_>>) -> Result<Vec<Loaded>> {
-    let started = load_and_attach(specs);
+    announce(load_and_attach(specs))
+}
+
+/// One of the maps of an object streamed by several ([`start_maps`]): a stream of its own, with
+/// its buffer and drop counters.
+pub struct MapStream {
+    /// Shown in `Tracing <what> via ...`.
+    pub what: String,
+    /// A ring buffer or a perf event array of the object.
+    pub map: String,
+    /// Its drop counters (`None`: it is sent to without bpfstream.h's counters).
+    pub counters: Option<String>,
+    pub buffer: BufferOptions,
+}
+
+/// The streams of several maps of one object: the object loaded once (`tracer`, for the first
+/// map's buffer; its own events map is not read), a buffer opened for each map, then attached
+/// once; announced as [`start`] does. The first stream holds the object.
+pub fn start_maps(tracer: &dyn Tracer, maps: Vec<MapStream>) -> Result<Vec<Loaded>> {
+    announce(load_maps_and_attach(tracer, maps))
+}
+
+fn load_maps_and_attach(tracer: &dyn Tracer, maps: Vec<MapStream>) -> Result<Vec<Loaded>> {
+    signals::stop_point(LOADING)?;
+    let first = maps.first().ok_or_else(|| anyhow!("no map to stream"))?;
+    let mut bpf = tracer.load(&first.buffer)?;
+    let mut opened = Vec::with_capacity(maps.len());
+    for m in &maps {
+        opened.push(open(&bpf, &m.map, m.counters.as_deref(), &m.buffer)?);
+    }
+    signals::stop_point(LOADING)?;
+    tracer.attach(&mut bpf)?;
+    let mut bpf = Some(bpf);
+    let streams = opened
+        .into_iter()
+        .zip(maps)
+        .map(|((source, counters), m)| Loaded {
+            bpf: bpf.take(),
+            source,
+            what: m.what,
+            name: None,
+            priority: 0,
+            size: m.buffer.size,
+            max_delay: m.buffer.max_delay,
+            counters,
+        })
+        .collect();
+    Ok(streams)
+}
+
+/// A start that a stop signal did not end, announced.
+fn announce(started: Result<Vec<Loaded>>) -> Result<Vec<Loaded>> {
     match started {
         // A signal may interrupt the verifier (EINTR, EAGAIN): the stop, not the error, counts.
         Err(_) if signals::stop_requested() => Err(signals::StoppedAtStart { during: LOADING.into() }.into()),
@@ -136,13 +187,7 @@ fn load_and_attach(specs: Vec<StreamSpec<'_>>) -> Result<Vec<Loaded>> {
         signals::stop_point(LOADING)?;
         let t = &spec.tracer;
         let bpf = t.load(&spec.buffer)?;
-        // Open the buffer before attaching: perf buffers must be in the map before the first
-        // event, or those events would be dropped for want of a slot.
-        let source = open_stream(&bpf, t.events_map(), t.counters_map(), &spec.buffer)?;
-        let counters = match t.counters_map().and_then(|name| bpf.map(name)) {
-            Some(map) => Some(DropCounters::of(map)?),
-            None => None,
-        };
+        let (source, counters) = open(&bpf, t.events_map(), t.counters_map(), &spec.buffer)?;
         opened.push((bpf, source, counters));
     }
     for ((bpf, ..), spec) in opened.iter_mut().zip(&specs) {
@@ -164,4 +209,21 @@ fn load_and_attach(specs: Vec<StreamSpec<'_>>) -> Result<Vec<Loaded>> {
         })
         .collect();
     Ok(streams)
+}
+
+/// The buffer of `map` with its drop counters, and a second handle on them for the run so far.
+/// Opened before attaching: perf buffers must be in the map before the first event, or those
+/// events would be dropped for want of a slot.
+fn open(
+    bpf: &Ebpf,
+    map: &str,
+    counters: Option<&str>,
+    buffer: &BufferOptions,
+) -> Result<(EventSource, Option<DropCounters>)> {
+    let source = open_stream(bpf, map, counters, buffer)?;
+    let counters = match counters.and_then(|name| bpf.map(name)) {
+        Some(map) => Some(DropCounters::of(map)?),
+        None => None,
+    };
+    Ok((source, counters))
 }

@@ -52,7 +52,7 @@ const MAP_TYPES: [&str; 34] = [
 /// What `run` chose, or why it could not.
 #[derive(Debug)]
 pub struct Choices<'a> {
-    pub events_map: Result<&'a str, String>,
+    pub events_maps: Result<Vec<&'a str>, String>,
     pub record: Result<(TypeId, &'static str), String>,
     pub programs: &'a [String],
     pub uprobes: &'a [UprobeTarget],
@@ -85,14 +85,17 @@ fn maps(out: &mut String, object: &ObjectInfo, choices: &Choices<'_>) {
     for m in &object.maps {
         let kind = MAP_TYPES.get(m.map_type as usize).copied().unwrap_or("unknown");
         let entries = m.max_entries.map_or(String::new(), |n| format!("max_entries {n}"));
-        let streamed = choices.events_map.as_deref() == Ok(m.name.as_str());
+        let streamed = choices.events_maps.as_ref().is_ok_and(|names| names.contains(&m.name.as_str()));
         let mark = match m.map_type {
-            MAP_RINGBUF | MAP_PERF_EVENT_ARRAY if streamed => "  <- streamed",
-            _ => "",
+            MAP_RINGBUF | MAP_PERF_EVENT_ARRAY if streamed => match super::counters_map(object, &m.name) {
+                Some(counters) => format!("  <- streamed, drops counted in {counters}"),
+                None => "  <- streamed, drops not counted".to_owned(),
+            },
+            _ => String::new(),
         };
         let _ = writeln!(out, "  {:<24} {kind:<18} {entries}{mark}", m.name);
     }
-    if let Err(why) = &choices.events_map {
+    if let Err(why) = &choices.events_maps {
         let _ = writeln!(out, "  (no events map chosen: {why})");
     }
 }

@@ -27,10 +27,15 @@ use self::btf::{Kind, TypeId};
 use self::decode::Plan;
 use self::globals::Setting;
 use self::object::{MapInfo, ObjectInfo, MAP_RINGBUF};
+use self::sink::{MapLabel, Records};
 use crate::container::ContainerArgs;
-use crate::lifecycle::{load_error, BufferKind, BufferOptions, CommonArgs, EventRate, Outlet, Tracer, COUNTERS_MAP};
+use crate::lifecycle::{
+    load_error, start_maps, BufferKind, BufferOptions, CommonArgs, Console, EventRate, MapStream, Outlet, Tracer,
+    COUNTERS_MAP,
+};
 use anyhow::{anyhow, Result};
 use aya::EbpfLoader;
+use bpfstream::Transport;
 
 const EXAMPLE: &str = r#"Example: bpf/examples/execsnoop.bpf.c, the exec tracer with a variable-length field
 
@@ -66,6 +71,9 @@ const EXAMPLE: &str = r#"Example: bpf/examples/execsnoop.bpf.c, the exec tracer 
   $ sudo bpfstream run execsnoop.bpf.o --set min_uid=1000 --json --fields pid,comm,filename
   {"type":"exec_record","pid":8488,"comm":"hello","filename":"/tmp/ex2/hello"}
 
+Several maps: --map events --map second ... streams each (one load, one poller, one stop); every
+event carries "map":"NAME" and each map prints its own summary; one record type for all.
+
 Attaches tracepoint/ tp/ raw_tp/ raw_tracepoint/ tp_btf/ uprobe uretprobe sections (kprobe/
 kretprobe/ where the kernel has kprobes); maps of any type; CO-RE. Refused by name, exit 2:
 kconfig and ksym externs, sections it cannot attach. README: "Your own program"."#;
@@ -77,7 +85,8 @@ pub struct RunArgs {
     /// The BPF object: an ELF file clang -target bpf -g wrote (BTF is required)
     #[arg(value_name = "OBJECT")]
     pub object: PathBuf,
-    /// The map to stream, a ring buffer or perf event array (needed when the object has several)
+    /// A map to stream, a ring buffer or perf event array (needed when the object has several;
+    /// repeatable: each map is a stream, its events carry "map")
     #[arg(long, value_name = "NAME")]
     pub map: Vec<String>,
     /// The record struct (default: the one BPFSTREAM_EXPORT_STRUCT names)
@@ -111,7 +120,8 @@ struct Prepared {
     label: String,
     bytes: Vec<u8>,
     object: ObjectInfo,
-    map: MapInfo,
+    /// The maps streamed, each a stream of the run (`"map"` on its lines when several).
+    maps: Vec<MapInfo>,
     plan: Plan,
     ts_at: Option<usize>,
     cgroup_at: Option<usize>,
@@ -143,7 +153,7 @@ fn read(args: &RunArgs) -> Result<(String, Vec<u8>, ObjectInfo), String> {
 fn describe(args: &RunArgs) -> Result<()> {
     let (label, _, object) = read(args).unwrap_or_else(|text| refuse(&text));
     let choices = describe::Choices {
-        events_map: events_map(&object, &args.map).map(|m| m.name.as_str()),
+        events_maps: events_maps(&object, &args.map).map(|maps| maps.iter().map(|m| m.name.as_str()).collect()),
         record: record_type(&object, args.record_type.as_deref()),
         programs: &args.program,
         uprobes: &args.uprobe,
@@ -162,8 +172,11 @@ fn prepare(args: &RunArgs) -> Result<Prepared, String> {
         let names: Vec<String> = object.externs.iter().map(|e| format!("{} ({})", e.name, e.describe())).collect();
         return Err(format!("{label}: bpfstream's loader (aya) cannot resolve externs: {}", names.join(", ")));
     }
-    let map = events_map(&object, &args.map).map_err(|e| format!("{label}: {e}"))?.clone();
-    check_transport(&args.common, &map, &object)?;
+    let maps: Vec<MapInfo> =
+        events_maps(&object, &args.map).map_err(|e| format!("{label}: {e}"))?.into_iter().cloned().collect();
+    for map in &maps {
+        check_transport(&args.common, map, &object)?;
+    }
     let (record, _) = record_type(&object, args.record_type.as_deref()).map_err(|e| format!("{label}: {e}"))?;
     let mut plan = Plan::compile(&object.btf, record).map_err(|e| format!("{label}: record type: {e}"))?;
     if let Some(fields) = &args.fields {
@@ -180,32 +193,45 @@ fn prepare(args: &RunArgs) -> Result<Prepared, String> {
     let attachments = attach::plan(&object, &args.program, &args.uprobe, attach::kernel_has_kprobes())
         .map_err(|e| format!("{label}: {e}"))?;
     let settings = globals::settings(&object, &args.common, &args.set)?;
-    Ok(Prepared { label, bytes, object, map, plan, ts_at, cgroup_at, attachments, settings })
+    Ok(Prepared { label, bytes, object, maps, plan, ts_at, cgroup_at, attachments, settings })
 }
 
-/// The map to stream: `--map`, or the one ring buffer or perf event array.
-fn events_map<'a>(object: &'a ObjectInfo, wanted: &[String]) -> Result<&'a MapInfo, String> {
-    match wanted {
-        [] => {
-            let events: Vec<&MapInfo> = object.maps.iter().filter(|m| m.is_events()).collect();
-            match events[..] {
-                [one] => Ok(one),
-                [] => Err("the object has no ring buffer or perf event array map to stream".into()),
-                _ => {
-                    let names: Vec<&str> = events.iter().map(|m| m.name.as_str()).collect();
-                    Err(format!(
-                        "the object has several events maps ({}): choose one with --map NAME",
-                        names.join(", ")
-                    ))
-                }
+/// The maps to stream: each `--map` (in the order given), or the one ring buffer or perf event
+/// array.
+fn events_maps<'a>(object: &'a ObjectInfo, wanted: &[String]) -> Result<Vec<&'a MapInfo>, String> {
+    if wanted.is_empty() {
+        let events: Vec<&MapInfo> = object.maps.iter().filter(|m| m.is_events()).collect();
+        return match events[..] {
+            [_] => Ok(events),
+            [] => Err("the object has no ring buffer or perf event array map to stream".into()),
+            _ => {
+                let names: Vec<&str> = events.iter().map(|m| m.name.as_str()).collect();
+                Err(format!(
+                    "the object has several events maps ({}): choose with --map NAME (repeatable: each is a stream)",
+                    names.join(", ")
+                ))
             }
+        };
+    }
+    let mut maps = Vec::with_capacity(wanted.len());
+    for (i, name) in wanted.iter().enumerate() {
+        match object.map(name) {
+            _ if wanted[..i].contains(name) => return Err(format!("--map {name} is given twice")),
+            Some(m) if m.is_events() => maps.push(m),
+            Some(_) => return Err(format!("--map {name}: not a ring buffer or perf event array")),
+            None => return Err(format!("--map {name}: the object has no map {name}{}", events_names(object))),
         }
-        [name] => match object.map(name) {
-            Some(m) if m.is_events() => Ok(m),
-            Some(_) => Err(format!("--map {name}: not a ring buffer or perf event array")),
-            None => Err(format!("--map {name}: the object has no map {name}")),
-        },
-        _ => Err("several --map at once are not served yet: run one bpfstream run per map".into()),
+    }
+    Ok(maps)
+}
+
+/// ` (its events maps: a, b)`, or nothing when it has none.
+fn events_names(object: &ObjectInfo) -> String {
+    let names: Vec<&str> = object.maps.iter().filter(|m| m.is_events()).map(|m| m.name.as_str()).collect();
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(" (its events maps: {})", names.join(", "))
     }
 }
 
@@ -277,70 +303,79 @@ fn counters_map(object: &ObjectInfo, map: &str) -> Option<String> {
 }
 
 fn stream(args: RunArgs, p: Prepared) -> Result<()> {
-    let (common, options) = buffer_options(&args.common, &p);
-    let outlet = Outlet::start(&common, &args.container)?;
-    let counters = counters_map(&p.object, &p.map.name);
     let file = args.object.file_name().map_or(p.label.clone(), |f| f.to_string_lossy().into_owned());
-    let what = format!("struct {} records from {file} (map {})", p.plan.name, p.map.name);
-    let records = sink::Records::new(p.plan.clone(), p.ts_at, p.cgroup_at, counters.is_some());
-    let tracer = ObjectTracer { p: &p, counters, what };
-    crate::lifecycle::trace(tracer, options, outlet, common.duration, |_| Ok(records))
+    let several = p.maps.len() > 1;
+    let width = p.maps.iter().map(|m| m.name.chars().count()).max().unwrap_or(0);
+    let (mut maps, mut formats, mut outlets) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, map) in p.maps.iter().enumerate() {
+        let counters = counters_map(&p.object, &map.name);
+        let (common, buffer) = buffer_options(&args.common, map, counters.is_some());
+        let label = several.then(|| MapLabel { name: map.name.clone(), width, first: i == 0 });
+        formats.push(Records::new(p.plan.clone(), p.ts_at, p.cgroup_at, counters.is_some(), label));
+        outlets.push(Outlet::start(&common, &args.container)?);
+        let what = format!("struct {} records from {file} (map {})", p.plan.name, map.name);
+        maps.push(MapStream { what, map: map.name.clone(), counters, buffer });
+    }
+    let rings = maps.iter().filter(|m| m.buffer.transport == Some(Transport::Ring));
+    let tracer = ObjectTracer { p: &p, rings: rings.map(|m| (m.map.clone(), m.buffer.size)).collect() };
+    let console = Console::process();
+    let streams = start_maps(&tracer, maps)?
+        .into_iter()
+        .zip(formats.into_iter().zip(outlets))
+        .map(|(loaded, (format, outlet))| loaded.stream(format, outlet, &console))
+        .collect();
+    crate::lifecycle::run(streams, args.common.duration, &console)?;
+    console.check()
 }
 
-/// The object as a stream's tracer: loaded with its settings, its map streamed (with its
-/// counters if it has them), its programs attached from their sections.
+/// The object as the tracer of its maps' streams: loaded with its settings and its streamed
+/// rings' sizes, its programs attached from their sections.
 struct ObjectTracer<'a> {
     p: &'a Prepared,
-    counters: Option<String>,
-    what: String,
+    /// The ring buffers streamed, with their sizes.
+    rings: Vec<(String, u64)>,
 }
 
 impl Tracer for ObjectTracer<'_> {
     fn what(&self) -> String {
-        self.what.clone()
+        format!("struct {} records from {}", self.p.plan.name, self.p.label)
     }
     fn load(&self, buffer: &BufferOptions) -> Result<aya::Ebpf> {
-        load(self.p, buffer)
+        load(self.p, buffer, &self.rings)
     }
     fn attach(&self, bpf: &mut aya::Ebpf) -> Result<()> {
         attach::attach(bpf, &self.p.attachments)
     }
-    fn events_map(&self) -> &str {
-        &self.p.map.name
-    }
-    fn counters_map(&self) -> Option<&str> {
-        self.counters.as_deref()
-    }
 }
 
-/// The common options with the object's transport, and its buffer: `--buffer-size`, else a
-/// plain object's ring as its author sized it, else the tracers' default.
-fn buffer_options(args: &CommonArgs, p: &Prepared) -> (CommonArgs, BufferOptions) {
-    let ring = p.map.map_type == MAP_RINGBUF;
+/// The common options with `map`'s transport, and its buffer: `--buffer-size`, else a ring sent
+/// to without bpfstream.h's counters as its author sized it, else the tracers' default.
+fn buffer_options(args: &CommonArgs, map: &MapInfo, counted: bool) -> (CommonArgs, BufferOptions) {
+    let ring = map.map_type == MAP_RINGBUF;
     let mut common = args.clone();
     common.buffer = Some(if ring { BufferKind::Ring } else { BufferKind::Perf });
     let mut options = BufferOptions::for_tracer(&common, EventRate::Moderate);
-    let on_bpfstream_h = p.object.global("bpfstream_wakeup_policy").is_some();
-    if let (true, false, None, Some(declared)) = (ring, on_bpfstream_h, common.buffer_size, p.map.max_entries) {
+    if let (true, false, None, Some(declared)) = (ring, counted, common.buffer_size, map.max_entries) {
         options.size = u64::from(declared);
     }
     (common, options)
 }
 
-/// Loads the object with its settings and buffer (nothing attached yet).
-fn load(p: &Prepared, options: &BufferOptions) -> Result<aya::Ebpf> {
+/// Loads the object with its settings, the wakeup policy of `options` and the sizes of the
+/// `rings` streamed (nothing attached yet).
+fn load(p: &Prepared, options: &BufferOptions, rings: &[(String, u64)]) -> Result<aya::Ebpf> {
     let mut loader = EbpfLoader::new();
     // Maps aya has no userspace type for (task storage, ...) are still created for the programs.
     loader.allow_unsupported_maps();
     for s in &p.settings {
         loader.override_global(s.name.as_str(), s.bytes.as_slice(), true);
     }
-    if p.map.map_type == MAP_RINGBUF {
-        let size = u32::try_from(options.size).map_err(|_| anyhow!("buffer size {} is too large", options.size))?;
-        loader.map_max_entries(&p.map.name, size);
+    for (map, size) in rings {
+        let size = u32::try_from(*size).map_err(|_| anyhow!("buffer size {size} is too large"))?;
+        loader.map_max_entries(map, size);
     }
-    // bpfstream.h's wakeup globals, where the object has them; the stream's map alone is sized
-    // (above: an object of any origin may have other rings, which keep their sizes).
+    // bpfstream.h's wakeup globals, where the object has them; the streamed rings alone are
+    // sized (above: an object of any origin may have other rings, which keep their sizes).
     let library = bpfstream::Options { buffer_bytes: None, ..options.library() };
     let loaded = match bpfstream::aya::load(loader, &p.bytes, &library) {
         Err(bpfstream::Error::Load(e)) => Err(e),

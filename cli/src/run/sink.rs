@@ -17,14 +17,31 @@ pub struct Records {
     pub cgroup_at: Option<usize>,
     /// Whether the object counts its drops (bpfstream.h's counters).
     pub counters: bool,
+    /// Its map, when several maps stream.
+    pub map: Option<MapLabel>,
     /// The row and the cell being built (reused).
     line: String,
     cell: String,
 }
 
+/// One of several maps streamed: its name, on its events' lines (`"map"`), in a MAP column as
+/// wide as the longest name and on its summary; the table's titles are printed by the first
+/// map's stream only.
+pub struct MapLabel {
+    pub name: String,
+    pub width: usize,
+    pub first: bool,
+}
+
 impl Records {
-    pub fn new(plan: Plan, ts_at: Option<usize>, cgroup_at: Option<usize>, counters: bool) -> Self {
-        Records { plan, ts_at, cgroup_at, counters, line: String::new(), cell: String::new() }
+    pub fn new(
+        plan: Plan,
+        ts_at: Option<usize>,
+        cgroup_at: Option<usize>,
+        counters: bool,
+        map: Option<MapLabel>,
+    ) -> Self {
+        Records { plan, ts_at, cgroup_at, counters, map, line: String::new(), cell: String::new() }
     }
 }
 
@@ -51,6 +68,10 @@ impl Format for Records {
         &self.plan.name
     }
 
+    fn map(&self) -> Option<&str> {
+        self.map.as_ref().map(|m| m.name.as_str())
+    }
+
     fn ts_ns(&self, r: &Checked<'_>) -> Option<u64> {
         u64_at(r.data, self.ts_at)
     }
@@ -61,6 +82,13 @@ impl Format for Records {
 
     fn titles(&self) -> Option<String> {
         let mut line = String::new();
+        if let Some(map) = &self.map {
+            if !map.first {
+                return None;
+            }
+            cell_left(&mut line, "MAP", map.width);
+            line.push(' ');
+        }
         let fields = self.plan.fields();
         for (i, field) in fields.iter().enumerate() {
             let title = field.name.to_uppercase();
@@ -77,6 +105,10 @@ impl Format for Records {
 
     fn row(&mut self, r: &Checked<'_>, out: &mut Output) -> io::Result<()> {
         self.line.clear();
+        if let Some(map) = &self.map {
+            cell_left(&mut self.line, &map.name, map.width);
+            self.line.push(' ');
+        }
         let fields = self.plan.fields();
         for (i, field) in fields.iter().enumerate() {
             self.cell.clear();
@@ -93,14 +125,26 @@ impl Format for Records {
     }
 
     fn json(&self, r: &Checked<'_>, line: JsonLine) -> JsonLine {
+        let line = match &self.map {
+            Some(map) => line.str("map", &map.name),
+            None => line,
+        };
         line.raw(|buf| self.plan.json(r.data, r.tail, buf))
     }
 
     fn summary_json(&self, _: &Summary, line: JsonLine) -> JsonLine {
+        let line = match &self.map {
+            Some(map) => line.str("map", &map.name),
+            None => line,
+        };
         line.boolean("counters", self.counters)
     }
 
     fn summary_text(&self, _: &Summary, line: String) -> String {
+        let line = match &self.map {
+            Some(map) => format!("map {}: {line}", map.name),
+            None => line,
+        };
         if self.counters {
             line
         } else {
