@@ -138,3 +138,163 @@ fn the_readme_example_passes_the_check() {
         "{text}"
     );
 }
+
+/// What a thread of this test does when told, and nothing else: the streams filter on its tid.
+enum Act {
+    /// getppid() this many times.
+    Calls(usize),
+    /// open() of a missing file this many times.
+    Opens(usize),
+    /// execve() of a missing file this many times (each fails with ENOENT).
+    FailedExecs(usize),
+}
+
+/// A thread of this process that does each [`Act`] it is sent, then says so.
+struct Worker {
+    tid: u32,
+    acts: std::sync::mpsc::Sender<Act>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Worker {
+    fn start() -> Worker {
+        let (tid_tx, tid) = std::sync::mpsc::channel();
+        let (acts, acts_rx) = std::sync::mpsc::channel::<Act>();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // SAFETY: gettid(2) takes nothing.
+            tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            for act in acts_rx {
+                match act {
+                    Act::Calls(n) => (0..n).for_each(|_| {
+                        // SAFETY: getppid(2) takes nothing.
+                        unsafe { libc::getppid() };
+                    }),
+                    Act::Opens(n) => (0..n).for_each(|_| {
+                        // SAFETY: open(2) of a NUL-terminated path; it fails (no such file).
+                        unsafe { libc::open(c"/nonexistent/bpfstream-agent".as_ptr(), libc::O_RDONLY) };
+                    }),
+                    Act::FailedExecs(n) => (0..n).for_each(|_| {
+                        let argv = [c"bpfstream-agent".as_ptr(), std::ptr::null()];
+                        let envp = [std::ptr::null()];
+                        // SAFETY: execve(2) of a missing file with NULL-terminated argv and envp:
+                        // it fails (ENOENT) and returns.
+                        unsafe { libc::execve(c"/nonexistent/bpfstream-agent".as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+                    }),
+                }
+                done_tx.send(()).unwrap();
+            }
+        });
+        Worker { tid: tid.recv().unwrap(), acts, done }
+    }
+
+    fn act(&self, act: Act) {
+        self.acts.send(act).unwrap();
+        self.done.recv().unwrap();
+    }
+}
+
+/// Waits (up to 60 s, scaled) until `agent` printed `lines` lines.
+fn wait_for_lines(agent: &Running, lines: usize) {
+    let deadline = deadline(std::time::Duration::from_secs(60));
+    while agent.lines_so_far() < lines && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The summary line of `stream`, which must be the only one.
+fn summary_of<'a>(lines: &'a [serde_json::Value], stream: &str) -> &'a serde_json::Value {
+    let summaries: Vec<_> = lines.iter().filter(|l| l["type"] == "summary" && l["stream"] == stream).collect();
+    assert_eq!(summaries.len(), 1, "one summary of {stream}: {lines:?}");
+    summaries[0]
+}
+
+/// The counts `keys` of a summary.
+fn counts(summary: &serde_json::Value, keys: &[&str]) -> Vec<u64> {
+    keys.iter().map(|k| summary[k].as_u64().unwrap_or_else(|| panic!("{k} in {summary}"))).collect()
+}
+
+/// Two streams of one agent, each filtered to one thread of this test: every event carries its
+/// stream, and at SIGTERM each stream's summary counts exactly its own events.
+#[test]
+fn streams_run_together_each_named_and_exact() {
+    let Some(_kernel) = kernel_test() else { return };
+    let worker = Worker::start();
+    let tid = worker.tid;
+    let file = write(
+        "two.toml",
+        &format!(
+            "[[stream]]\nname = \"execs\"\ntracer = \"exec\"\nargs = [\"--tid\", \"{tid}\"]\n\n\
+             [[stream]]\nname = \"opens\"\ntracer = \"open\"\nargs = [\"--tid\", \"{tid}\"]\npriority = 3\n"
+        ),
+    );
+    let agent = start(&["agent", "--config", file.to_str().unwrap()]);
+    let (execs, opens) = (5, 300);
+    worker.act(Act::FailedExecs(execs));
+    worker.act(Act::Opens(opens));
+    wait_for_lines(&agent, execs + opens);
+    let finished = agent.stop_with(libc::SIGTERM);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let lines = finished.json();
+    let of = |kind: &str, stream: &str| lines.iter().filter(|l| l["type"] == kind && l["stream"] == stream).count();
+    assert_eq!(of("exec", "execs"), execs, "{lines:?}");
+    assert_eq!(of("open", "opens"), opens);
+    assert!(lines.iter().filter(|l| l["type"] == "exec").all(|l| l["ret"] == -libc::ENOENT && l["pid"] != 0));
+    for (stream, n) in [("execs", execs), ("opens", opens)] {
+        let s = summary_of(&lines, stream);
+        let n = n as u64;
+        assert_eq!(counts(s, &["events", "dropped", "unwritten", "produced"]), [n, 0, 0, n], "{stream}: {s}");
+    }
+    assert_eq!(lines.len(), execs + opens + 2, "nothing else on stdout");
+    let tracing = finished.stderr.lines().filter(|l| l.starts_with("Tracing")).count();
+    assert_eq!(tracing, 2, "{}", finished.stderr);
+}
+
+/// A busy low-priority stream does not starve a high-priority one: with the agent stopped
+/// (SIGSTOP), 20,000 records wait in the low one's buffer, then one in the high one's; once the
+/// agent runs again, the high one's event is served before any of the backlog. With the
+/// priorities the other way round, it comes after the backlog's first batch (4,096 records).
+#[test]
+fn a_busy_low_priority_stream_does_not_starve_a_high_one() {
+    let Some(_kernel) = kernel_test() else { return };
+    let worker = Worker::start();
+    let tid = worker.tid;
+    let calls = 20_000;
+    for (exec_priority, calls_priority) in [(10, 0), (0, 10)] {
+        let file = write(
+            &format!("priority-{exec_priority}.toml"),
+            &format!(
+                "[[stream]]\nname = \"busy\"\ntracer = \"syscalls\"\npriority = {calls_priority}\n\
+                 args = [\"--tid\", \"{tid}\", \"--syscall\", \"getppid\", \"--buffer-size\", \"16M\"]\n\n\
+                 [[stream]]\nname = \"critical\"\ntracer = \"exec\"\npriority = {exec_priority}\n\
+                 args = [\"--tid\", \"{tid}\"]\n"
+            ),
+        );
+        let agent = start(&["agent", "--config", file.to_str().unwrap()]);
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };
+        while !common::engine::all_stopped(agent.pid()) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        worker.act(Act::Calls(calls));
+        worker.act(Act::FailedExecs(1));
+        // SAFETY: as above.
+        unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
+        wait_for_lines(&agent, calls + 1);
+        let finished = agent.stop();
+        assert!(finished.status.success(), "{}", finished.stderr);
+        let lines = finished.json();
+        let critical = lines.iter().position(|l| l["type"] == "exec").expect("the exec event");
+        let busy_before = lines[..critical].iter().filter(|l| l["stream"] == "busy").count();
+        if exec_priority > calls_priority {
+            assert_eq!(busy_before, 0, "the critical event comes first");
+        } else {
+            assert!(busy_before >= 4096, "served after the busy stream's batch: {busy_before}");
+        }
+        for (stream, n) in [("busy", calls), ("critical", 1)] {
+            let s = summary_of(&lines, stream);
+            let n = n as u64;
+            assert_eq!(counts(s, &["events", "produced", "dropped"]), [n, n, 0], "{stream}: {s}");
+        }
+    }
+}

@@ -5,12 +5,12 @@
 //! - `tracers`: each stream's `tracer` and `args`, parsed by the tracer's own command-line
 //!   parser.
 //!
-//! Running the streams (one `Poller` by priority, SIGHUP reload) is the lifecycle's.
+//! - `streams`: the file run, every stream on the lifecycle's one `Poller`, by priority.
 
 // Until the run loop reads every field, `--check` reads only some.
 #[allow(dead_code)]
 mod config;
-#[allow(dead_code)]
+mod streams;
 mod tracers;
 
 use std::path::PathBuf;
@@ -55,7 +55,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         println!("{}", describe(&config));
         return Ok(());
     }
-    anyhow::bail!("agent: {}: valid, but running the streams is not wired in this build yet", config.file)
+    streams::run(config)
 }
 
 /// `FILE: valid: 2 streams (exec: exec, slow: syscalls); output ...; metrics on ...`.

@@ -5,6 +5,7 @@
 //! - `args`: the options every tracer takes, and the buffer and wakeup policy they make;
 //! - `load`: transport, globals, loading, attaching, the event stream of one object;
 //! - `start`: every stream loaded and its buffer opened before any is attached;
+//! - `plan`: a stream before it starts (tracer, buffer, outlet, how its format is made);
 //! - `format`: what a tracer's events look like (its decoder and columns);
 //! - `feed`: a stream's way from its buffer to stdout and the exporter, and its losses;
 //! - `run`: one poller over every stream until a signal, the duration or a failed output;
@@ -21,18 +22,19 @@ mod args;
 mod feed;
 mod format;
 mod load;
+mod plan;
 mod run;
 mod start;
 mod stop;
 mod summary;
 
 pub use args::{BufferKind, BufferOptions, BurstBudget, CommonArgs, EventRate};
-pub use feed::Outlet;
+pub use feed::{Console, Outlet};
 pub use format::Format;
 pub use load::{
     attach, load, load_error, map_fd, open_source, task_filter_globals, Attach, Global, Objects, TracerSpec, EVENTS_MAP,
 };
-pub use run::trace;
+pub use plan::{run_plans, trace, StreamPlan};
 pub use start::{Loaded, Tracer};
 pub use summary::{is_broken_pipe, Summary};
 

@@ -11,10 +11,9 @@ use anyhow::{anyhow, Result};
 use aya::Ebpf;
 use bpfstream::{DropCounters, Poller, StatsHandle, Totals};
 
-use super::args::BufferOptions;
 use super::feed::{Console, Fed, Feed, Outlet};
 use super::format::Format;
-use super::start::{start, Loaded, StreamSpec, Tracer};
+use super::start::Loaded;
 use super::stop::{self, Ending};
 use super::summary::Summary;
 use crate::signals::{self, Signal};
@@ -46,24 +45,6 @@ impl Loaded {
         let feed = Feed::new(format, outlet, console, self.name.clone(), self.source.transport());
         Stream { loaded: self, feed: Box::new(RefCell::new(feed)) }
     }
-}
-
-/// A one-tracer command: its stream (`format` made once it is loaded, e.g. from its maps) run
-/// until stopped (or for `duration`), then its summary; fails when stdout failed (but for a
-/// reader that left).
-pub fn trace<F: Format>(
-    tracer: impl Tracer,
-    buffer: BufferOptions,
-    outlet: Outlet,
-    duration: Option<Duration>,
-    format: impl FnOnce(&mut Loaded) -> Result<F>,
-) -> Result<()> {
-    let console = Console::process();
-    let mut streams = start(vec![StreamSpec::alone(tracer, buffer)])?;
-    let mut loaded = streams.pop().ok_or_else(|| anyhow!("no stream started"))?;
-    let format = format(&mut loaded)?;
-    run(vec![loaded.stream(format, outlet, &console)], duration, &console)?;
-    console.check()
 }
 
 /// Runs `streams` until SIGINT/SIGTERM, `duration` or a failed output, then stops them all

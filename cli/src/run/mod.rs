@@ -32,7 +32,7 @@ use self::decode::Plan;
 use self::globals::Setting;
 use self::object::{MapInfo, ObjectInfo, MAP_RINGBUF};
 use crate::container::ContainerArgs;
-use crate::lifecycle::{load_error, BufferKind, BufferOptions, CommonArgs, EventRate, Outlet, Tracer};
+use crate::lifecycle::{load_error, BufferKind, BufferOptions, CommonArgs, EventRate, Outlet, StreamPlan, Tracer};
 
 const EXAMPLE: &str = r#"Example: bpf/examples/execsnoop.bpf.c, the exec tracer with a variable-length field
 
@@ -126,7 +126,23 @@ pub fn run(args: RunArgs) -> Result<()> {
         return describe(&args);
     }
     let prepared = prepare(&args).unwrap_or_else(|text| refuse(&text));
-    stream(args, prepared)
+    let duration = args.common.duration;
+    crate::lifecycle::trace(plan(&args, prepared)?, duration)
+}
+
+/// The stream of `args`, whose object and options `check` found valid.
+pub fn plan_checked(args: &RunArgs) -> Result<StreamPlan<'static>> {
+    let prepared = prepare(args).map_err(|text| anyhow::anyhow!(text))?;
+    plan(args, prepared)
+}
+
+/// Checks the object and options of `args` as `bpfstream run` does before loading: the reason
+/// in one line when they are refused.
+pub fn check(args: &RunArgs) -> Result<(), String> {
+    if args.describe {
+        return Err("--describe prints and exits: a stream runs".into());
+    }
+    prepare(args).map(drop)
 }
 
 /// A bad object or option: one line, exit 2 (nothing is loaded yet).
@@ -278,31 +294,31 @@ fn counters_map(object: &ObjectInfo, map: &str) -> Option<String> {
     default_stream.then(|| DropCounters::MAP.to_owned())
 }
 
-fn stream(args: RunArgs, p: Prepared) -> Result<()> {
+fn plan(args: &RunArgs, p: Prepared) -> Result<StreamPlan<'static>> {
     let (common, options) = buffer_options(&args.common, &p);
     let outlet = Outlet::start(&common, &args.container)?;
     let counters = counters_map(&p.object, &p.map.name);
     let file = args.object.file_name().map_or(p.label.clone(), |f| f.to_string_lossy().into_owned());
     let what = format!("struct {} records from {file} (map {})", p.plan.name, p.map.name);
     let records = sink::Records::new(p.plan.clone(), p.ts_at, p.cgroup_at, counters.is_some());
-    let tracer = ObjectTracer { p: &p, counters, what };
-    crate::lifecycle::trace(tracer, options, outlet, common.duration, |_| Ok(records))
+    let tracer = ObjectTracer { p, counters, what };
+    Ok(StreamPlan::new(tracer, options, outlet, |_| Ok(records)))
 }
 
 /// The object as a stream's tracer: loaded with its settings, its map streamed (with its
 /// counters if it has them), its programs attached from their sections.
-struct ObjectTracer<'a> {
-    p: &'a Prepared,
+struct ObjectTracer {
+    p: Prepared,
     counters: Option<String>,
     what: String,
 }
 
-impl Tracer for ObjectTracer<'_> {
+impl Tracer for ObjectTracer {
     fn what(&self) -> String {
         self.what.clone()
     }
     fn load(&self, buffer: &BufferOptions) -> Result<aya::Ebpf> {
-        load(self.p, buffer)
+        load(&self.p, buffer)
     }
     fn attach(&self, bpf: &mut aya::Ebpf) -> Result<()> {
         attach::attach(bpf, &self.p.attachments)
