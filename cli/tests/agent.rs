@@ -8,6 +8,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use common::worker::{Act, Worker};
 use common::*;
 
 const VALID: &str = r#"
@@ -139,61 +140,6 @@ fn the_readme_example_passes_the_check() {
     );
 }
 
-/// What a thread of this test does when told, and nothing else: the streams filter on its tid.
-enum Act {
-    /// getppid() this many times.
-    Calls(usize),
-    /// open() of a missing file this many times.
-    Opens(usize),
-    /// execve() of a missing file this many times (each fails with ENOENT).
-    FailedExecs(usize),
-}
-
-/// A thread of this process that does each [`Act`] it is sent, then says so.
-struct Worker {
-    tid: u32,
-    acts: std::sync::mpsc::Sender<Act>,
-    done: std::sync::mpsc::Receiver<()>,
-}
-
-impl Worker {
-    fn start() -> Worker {
-        let (tid_tx, tid) = std::sync::mpsc::channel();
-        let (acts, acts_rx) = std::sync::mpsc::channel::<Act>();
-        let (done_tx, done) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            // SAFETY: gettid(2) takes nothing.
-            tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
-            for act in acts_rx {
-                match act {
-                    Act::Calls(n) => (0..n).for_each(|_| {
-                        // SAFETY: getppid(2) takes nothing.
-                        unsafe { libc::getppid() };
-                    }),
-                    Act::Opens(n) => (0..n).for_each(|_| {
-                        // SAFETY: open(2) of a NUL-terminated path; it fails (no such file).
-                        unsafe { libc::open(c"/nonexistent/bpfstream-agent".as_ptr(), libc::O_RDONLY) };
-                    }),
-                    Act::FailedExecs(n) => (0..n).for_each(|_| {
-                        let argv = [c"bpfstream-agent".as_ptr(), std::ptr::null()];
-                        let envp = [std::ptr::null()];
-                        // SAFETY: execve(2) of a missing file with NULL-terminated argv and envp:
-                        // it fails (ENOENT) and returns.
-                        unsafe { libc::execve(c"/nonexistent/bpfstream-agent".as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-                    }),
-                }
-                done_tx.send(()).unwrap();
-            }
-        });
-        Worker { tid: tid.recv().unwrap(), acts, done }
-    }
-
-    fn act(&self, act: Act) {
-        self.acts.send(act).unwrap();
-        self.done.recv().unwrap();
-    }
-}
-
 /// Waits (up to 60 s, scaled) until `agent` printed `lines` lines.
 fn wait_for_lines(agent: &Running, lines: usize) {
     let deadline = deadline(std::time::Duration::from_secs(60));
@@ -295,6 +241,52 @@ fn a_busy_low_priority_stream_does_not_starve_a_high_one() {
             let s = summary_of(&lines, stream);
             let n = n as u64;
             assert_eq!(counts(s, &["events", "produced", "dropped"]), [n, n, 0], "{stream}: {s}");
+        }
+    }
+}
+
+/// With `[output]`, each stream's events go to its own subject and none to stdout, which gets
+/// each stream's summary: exported + export_failed + dropped = produced, every event exported.
+#[test]
+fn each_stream_exports_to_its_own_subject() {
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(nats) = common::engine::Nats::get() else { return };
+    let (url, subject) = nats.url("agent");
+    let worker = Worker::start();
+    let tid = worker.tid;
+    let file = write(
+        "output.toml",
+        &format!(
+            "[output]\nurl = \"{url}\"\noptions = {{ flush_timeout = \"30s\" }}\n\n\
+             [[stream]]\nname = \"execs\"\ntracer = \"exec\"\nargs = [\"--tid\", \"{tid}\"]\ntopic = \"{subject}.execs\"\n\n\
+             [[stream]]\nname = \"opens\"\ntracer = \"open\"\nargs = [\"--tid\", \"{tid}\"]\ntopic = \"{subject}.opens\"\n"
+        ),
+    );
+    let agent = start(&["agent", "--config", file.to_str().unwrap()]);
+    let (execs, opens) = (4, 60);
+    worker.act(Act::FailedExecs(execs));
+    worker.act(Act::Opens(opens));
+    let address = nats.address();
+    for (stream, n) in [("execs", execs), ("opens", opens)] {
+        let deadline = deadline(std::time::Duration::from_secs(60));
+        while common::engine::nats_messages(&address, &format!("{subject}.{stream}")).len() < n {
+            assert!(std::time::Instant::now() < deadline, "{stream}: not all exported");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    let finished = agent.stop_with(libc::SIGTERM);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let lines = finished.json();
+    assert_eq!(lines.len(), 2, "only the summaries on stdout: {lines:?}");
+    for (stream, kind, n) in [("execs", "exec", execs), ("opens", "open", opens)] {
+        let s = summary_of(&lines, stream);
+        let n = n as u64;
+        assert_eq!(counts(s, &["produced", "events", "dropped", "exported", "export_failed"]), [n, n, 0, n, 0], "{s}");
+        let messages = common::engine::nats_messages(&address, &format!("{subject}.{stream}"));
+        assert_eq!(messages.len(), n as usize, "{stream}");
+        for m in &messages {
+            let event: serde_json::Value = serde_json::from_str(&m.payload).unwrap();
+            assert_eq!((event["type"].as_str(), event["stream"].as_str()), (Some(kind), Some(stream)), "{event}");
         }
     }
 }

@@ -13,6 +13,7 @@ use super::format::Format;
 use super::run::{run, Stream};
 use super::start::{start, Loaded, StreamSpec, Tracer};
 use super::summary::Summary;
+use crate::metrics::StreamMetrics;
 
 /// Makes a loaded stream's way out: its format, on its outlet.
 type MakeStream<'t> = Box<dyn FnOnce(Loaded, Outlet, &Console) -> Result<Stream> + 't>;
@@ -22,6 +23,7 @@ pub struct StreamPlan<'t> {
     spec: StreamSpec<'t>,
     outlet: Outlet,
     make: MakeStream<'t>,
+    metrics: Option<StreamMetrics>,
 }
 
 impl<'t> StreamPlan<'t> {
@@ -37,7 +39,7 @@ impl<'t> StreamPlan<'t> {
             let format = format(&mut loaded)?;
             Ok(loaded.stream(format, outlet, console))
         };
-        StreamPlan { spec: StreamSpec::alone(tracer, buffer), outlet, make: Box::new(make) }
+        StreamPlan { spec: StreamSpec::alone(tracer, buffer), outlet, make: Box::new(make), metrics: None }
     }
 
     /// A stream of several: its events, loss reports and summary carry `"stream":name`, and a
@@ -45,6 +47,19 @@ impl<'t> StreamPlan<'t> {
     pub fn named(mut self, name: &str, priority: i32) -> Self {
         self.spec.name = Some(name.to_owned());
         self.spec.priority = priority;
+        self
+    }
+
+    /// Its events to the exporter only (see [`Outlet::export_only`]).
+    pub fn export_only(mut self) -> Self {
+        self.outlet = self.outlet.export_only();
+        self
+    }
+
+    /// Publishes the stream's counters to `metrics` while it runs (at most every 200 ms), and
+    /// its summary's at the stop; it is attached from its start to its stop.
+    pub fn measured(mut self, metrics: StreamMetrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 }
@@ -60,12 +75,14 @@ pub fn trace(plan: StreamPlan<'_>, duration: Option<Duration>) -> Result<()> {
 /// Starts every plan (nothing attached unless every one loaded), then runs them all on one
 /// poller until stopped (or for `duration`): each stream's summary, by priority.
 pub fn run_plans(plans: Vec<StreamPlan<'_>>, duration: Option<Duration>, console: &Console) -> Result<Vec<Summary>> {
-    let (specs, ways): (Vec<_>, Vec<_>) = plans.into_iter().map(|p| (p.spec, (p.outlet, p.make))).unzip();
+    let (specs, ways): (Vec<_>, Vec<_>) = plans.into_iter().map(|p| (p.spec, (p.outlet, p.make, p.metrics))).unzip();
     let loaded = start(specs)?;
-    let streams = loaded
-        .into_iter()
-        .zip(ways)
-        .map(|(loaded, (outlet, make))| make(loaded, outlet, console))
-        .collect::<Result<Vec<Stream>>>()?;
+    let make = |(loaded, (outlet, make, metrics)): (Loaded, (Outlet, MakeStream<'_>, _))| {
+        make(loaded, outlet, console).map(|mut stream| {
+            stream.metrics = metrics;
+            stream
+        })
+    };
+    let streams = loaded.into_iter().zip(ways).map(make).collect::<Result<Vec<Stream>>>()?;
     run(streams, duration, console)
 }
