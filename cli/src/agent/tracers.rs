@@ -64,9 +64,20 @@ struct TracerKind {
 const TRACERS: [TracerKind; 4] = [
     TracerKind { name: "exec", parse: |args| parse_as::<ExecArgs>("exec", args).map(TracerArgs::Exec) },
     TracerKind { name: "open", parse: |args| parse_as::<OpenArgs>("open", args).map(TracerArgs::Open) },
-    TracerKind { name: "syscalls", parse: |args| parse_as::<SyscallsArgs>("syscalls", args).map(TracerArgs::Syscalls) },
+    TracerKind { name: "syscalls", parse: parse_syscalls },
     TracerKind { name: "run", parse: parse_run },
 ];
+
+/// `bpfstream syscalls`' flags, but for its summary mode, which prints tables rather than events.
+fn parse_syscalls(args: &[String]) -> Result<TracerArgs, String> {
+    let syscalls = parse_as::<SyscallsArgs>("syscalls", args)?;
+    if syscalls.summary_mode() {
+        return Err("the summary options (-L -i -P --top --sort) print tables, not events: a stream \
+                    streams events"
+            .into());
+    }
+    Ok(TracerArgs::Syscalls(syscalls))
+}
 
 /// `bpfstream run`'s flags and object, checked as that command checks them before loading.
 fn parse_run(args: &[String]) -> Result<TracerArgs, String> {
@@ -150,6 +161,8 @@ mod tests {
             ("exec", "--output nats://127.0.0.1:4222/x", "--output is the agent's"),
             ("exec", "--help", "unexpected argument '--help' found"),
             ("exec", "positional", "unexpected argument 'positional' found"),
+            ("syscalls", "--summary", "the summary options"),
+            ("syscalls", "--top 5", "the summary options"),
         ];
         for (tracer, text, reason) in refused {
             let error = parse(tracer, &args(text)).unwrap_err();
