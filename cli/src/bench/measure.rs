@@ -384,10 +384,24 @@ Rss:                1024 kB
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
         }
         assert!(own_cpu_ns().unwrap() > before, "{x}");
-        let thread = std::thread::spawn(|| std::thread::sleep(Duration::from_millis(50)));
+        // While this thread spins, the other sleeps: its clock is its own, not the process's
+        // (its start-up, however slow the machine, is before the first reading).
+        let (started, wait) = std::sync::mpsc::channel();
+        let (wake, asleep_until) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            started.send(()).unwrap();
+            asleep_until.recv().unwrap();
+        });
+        wait.recv().unwrap();
         let clock = ThreadClock::of(&thread).unwrap();
-        let sleeping = clock.now_ns().unwrap();
-        assert!(sleeping < 20_000_000, "a sleeping thread uses little CPU: {sleeping} ns");
+        let asleep_from = clock.now_ns().unwrap();
+        let spinning_from = own_cpu_ns().unwrap();
+        while own_cpu_ns().unwrap() - spinning_from < 200_000_000 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+        }
+        let asleep = clock.now_ns().unwrap() - asleep_from;
+        wake.send(()).unwrap();
         thread.join().unwrap();
+        assert!(asleep < 100_000_000, "a sleeping thread's clock moved {asleep} ns while this one spun 200 ms");
     }
 }

@@ -10,7 +10,7 @@ pub mod time_scale;
 pub mod worker;
 pub mod workload;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -267,17 +267,33 @@ pub fn run_to_end(args: &[&str]) -> (Option<i32>, String) {
 }
 
 /// [`run_to_end`] with extra environment variables for the child.
+///
+/// Its stderr goes to a file, not a pipe: a child forked by a test running beside this one
+/// (a [`workload::Workload`]) holds, from its fork, whatever pipes were open then, and a read
+/// to the end of a pipe would wait for that child too. A run that does not end within 60 s
+/// (scaled) is killed and fails the test with what it printed.
 pub fn run_to_end_with_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut child = Command::new(bin())
-        .args(args)
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    let status = child.wait().unwrap();
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("bpfstream-test-stderr-{}-{run}", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    let mut child =
+        Command::new(bin()).args(args).envs(env.iter().copied()).stdout(Stdio::null()).stderr(file).spawn().unwrap();
+    let deadline = deadline(Duration::from_secs(60));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = std::fs::read_to_string(&path).unwrap_or_default();
+            panic!("bpfstream {args:?} did not exit within {:?}; stderr:\n{err}", scaled(Duration::from_secs(60)));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let err = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+    let _ = std::fs::remove_file(&path);
     assert!(!err.contains("panicked"), "bpfstream panicked:\n{err}");
     (status.code(), err)
 }

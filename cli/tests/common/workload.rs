@@ -80,12 +80,13 @@ impl Workload {
         };
         assert_ne!(results, libc::MAP_FAILED);
         let results = results.cast::<i64>();
+        let kept = kept_fds(fds[0], &steps);
         // SAFETY: fork; the child only makes raw syscalls on memory prepared above and _exits.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
             // SAFETY: in the child: raw syscalls on live data, then _exit without unwinding.
-            unsafe { child(fds[0], &comm, cwd.as_ref(), &steps, results) }
+            unsafe { child(fds[0], &kept, &comm, cwd.as_ref(), &steps, results) }
         }
         // One CPU for the child: a perf buffer is per CPU, so its records then come out in the
         // order it made its syscalls (a child that migrates has them come out grouped by CPU).
@@ -152,14 +153,48 @@ impl Drop for Workload {
     }
 }
 
+/// The fds the child keeps besides stdin, stdout and stderr, in order: its go pipe and the
+/// directories its steps open from.
+fn kept_fds(go: i32, steps: &[Step]) -> Vec<i32> {
+    let dirs = steps.iter().filter_map(|s| match s {
+        Step::OpenAt { dirfd, .. } if *dirfd > 2 => Some(*dirfd),
+        _ => None,
+    });
+    let mut kept: Vec<i32> = dirs.chain([go]).collect();
+    kept.sort_unstable();
+    kept.dedup();
+    kept
+}
+
+/// Closes every fd above stderr but `kept` (sorted): the pipes other tests of this process had
+/// open at the fork (a child's stderr, say), which would otherwise stay open until this child
+/// exits, and a reader waiting for their end would wait for it.
+///
+/// # Safety
+///
+/// Only in a freshly forked child: it closes fds the parent's threads may be using.
+unsafe fn close_inherited(kept: &[i32]) {
+    let mut from = 3u32;
+    for &fd in kept {
+        if fd as u32 > from {
+            // SAFETY: close_range on fds of this child alone.
+            unsafe { libc::syscall(libc::SYS_close_range, from, fd as u32 - 1, 0) };
+        }
+        from = fd as u32 + 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
+}
+
 /// The child's whole life.
 ///
 /// # Safety
 ///
 /// Only to be called in a freshly forked child; never returns.
-unsafe fn child(go: i32, comm: &CString, cwd: Option<&CString>, steps: &[Step], results: *mut i64) -> ! {
+unsafe fn child(go: i32, kept: &[i32], comm: &CString, cwd: Option<&CString>, steps: &[Step], results: *mut i64) -> ! {
     // SAFETY: raw syscalls on pointers to live data; _exit ends the child without unwinding.
     unsafe {
+        close_inherited(kept);
         libc::prctl(libc::PR_SET_NAME, comm.as_ptr());
         if let Some(cwd) = cwd {
             if libc::chdir(cwd.as_ptr()) != 0 {
