@@ -13,13 +13,28 @@
 //! that takes the CPU away mid-pass does not count against the loop. A plain read of the same
 //! memory (one load per record, no parsing) shows what the memory allows.
 //!
+//! The pull rows time the same walk through the pull API (`EventSource::read`): the caller's
+//! loop takes each record from an iterator inlined into it, so its own state (here the byte
+//! count) stays in registers, where a handler's state is memory behind a reference that every
+//! header's acquire load keeps there.
+//!
 //! `cargo bench -p bpfstream --bench parse`; BPFSTREAM_BENCH_ROUNDS (default 9) sets the rounds,
 //! BPFSTREAM_BENCH_ONLY (say `ring 8 B`: the first two columns) runs one row.
+//!
+//! The simulated buffers are the crate's test support (`src/sim.rs`), not its API: this bench
+//! includes the crate's source as a module of its own, built as for the crate's tests.
+
+// Lints that the crate's exported API is exempt from apply to it as a private module here.
+#[allow(dead_code, unused_imports, clippy::wrong_self_convention)]
+#[path = "../src/lib.rs"]
+mod bpfstream;
 
 use std::hint::black_box;
 
+// The included crate's root items, where its `crate::` paths look for them.
 use bpfstream::sim::{SimPerf, SimRing, SimRingConsumer};
-use bpfstream::Item;
+#[allow(unused_imports)]
+use bpfstream::*;
 
 /// Data bytes of every simulated buffer: larger than the caches of most machines' last level,
 /// as the bench's 64 MiB drain is, but quick to fill.
@@ -64,7 +79,18 @@ struct Pass {
     ns: f64,
 }
 
-fn ring_pass(payloads: Payloads, publish_every_record: bool) -> Pass {
+/// How a ring case takes its records.
+#[derive(Clone, Copy)]
+enum RingWay {
+    /// A handler, the consumer position published once per batch (per quarter ring).
+    Handler,
+    /// A handler, the position published after every record.
+    PublishPerRecord,
+    /// The pull.
+    Pull,
+}
+
+fn ring_pass(payloads: Payloads, way: RingWay) -> Pass {
     let ring = SimRing::new(BUFFER_BYTES);
     let payload = vec![0xa5u8; 4096];
     let mut written = 0;
@@ -72,12 +98,15 @@ fn ring_pass(payloads: Payloads, publish_every_record: bool) -> Pass {
         written += 1;
     }
     let mut consumer = ring.consumer().expect("one consumer");
-    if publish_every_record {
+    if let RingWay::PublishPerRecord = way {
         consumer.set_publish_every(0);
     }
     let mut payload_bytes = 0;
     let started = thread_cpu_ns();
-    let records = consume_ring(&mut consumer, &mut payload_bytes);
+    let records = match way {
+        RingWay::Handler | RingWay::PublishPerRecord => consume_ring(&mut consumer, &mut payload_bytes),
+        RingWay::Pull => pull_ring(&mut consumer, &mut payload_bytes),
+    };
     let ns = thread_cpu_ns() - started;
     assert_eq!(records, written, "every record written is consumed");
     Pass { records, payload_bytes, ns }
@@ -92,12 +121,38 @@ fn consume_ring(consumer: &mut SimRingConsumer<'_>, payload_bytes: &mut usize) -
 /// The timed perf consume, out of line: `scripts/loop-guard` counts the instructions in here.
 #[inline(never)]
 fn consume_perf(perf: &mut SimPerf, scratch: &mut Vec<u8>, payload_bytes: &mut usize) -> usize {
-    perf.consume(scratch, |item: Item<'_>| {
-        if let Item::Record(record) = item {
+    perf.consume(scratch, |event: Event<Record<'_>>| {
+        if let Event::Record(record) = event {
             *payload_bytes += black_box(record.data).len();
         }
     })
     .expect("a valid perf buffer")
+}
+
+/// The timed ring pull, out of line: `scripts/loop-guard` counts the instructions in here.
+#[inline(never)]
+fn pull_ring(consumer: &mut SimRingConsumer<'_>, payload_bytes: &mut usize) -> usize {
+    let (mut records, mut bytes) = (0, 0);
+    for record in consumer.read() {
+        records += 1;
+        bytes += black_box(record).len();
+    }
+    *payload_bytes = bytes;
+    records
+}
+
+/// The timed perf pull, out of line: `scripts/loop-guard` counts the instructions in here.
+#[inline(never)]
+fn pull_perf(perf: &mut SimPerf, scratch: &mut Vec<Vec<u8>>, payload_bytes: &mut usize) -> usize {
+    let (mut records, mut bytes) = (0, 0);
+    for event in perf.read(scratch) {
+        if let Event::Record(record) = event {
+            records += 1;
+            bytes += black_box(record.data).len();
+        }
+    }
+    *payload_bytes = bytes;
+    records
 }
 
 /// A simulated perf buffer written full of samples, and how many.
@@ -111,11 +166,14 @@ fn filled_perf(payloads: Payloads) -> (SimPerf, usize) {
     (perf, written)
 }
 
-fn perf_pass(payloads: Payloads) -> Pass {
+fn perf_pass(payloads: Payloads, pull: bool) -> Pass {
     let (mut perf, written) = filled_perf(payloads);
-    let (mut scratch, mut payload_bytes) = (Vec::new(), 0);
+    let (mut scratch, mut scratches, mut payload_bytes) = (Vec::new(), Vec::new(), 0);
     let started = thread_cpu_ns();
-    let records = consume_perf(&mut perf, &mut scratch, &mut payload_bytes);
+    let records = match pull {
+        false => consume_perf(&mut perf, &mut scratch, &mut payload_bytes),
+        true => pull_perf(&mut perf, &mut scratches, &mut payload_bytes),
+    };
     let ns = thread_cpu_ns() - started;
     assert_eq!(records, written, "every sample written is consumed");
     Pass { records, payload_bytes, ns }
@@ -199,17 +257,20 @@ fn main() {
     let mixed = Payloads::Mixed(&[8, 24, 100, 256, 40]);
     type Case = (&'static str, Payloads, Box<dyn Fn(Payloads) -> Pass>);
     let cases: Vec<Case> = vec![
-        ("ring", Payloads::Fixed(8), Box::new(|p| ring_pass(p, false))),
+        ("ring", Payloads::Fixed(8), Box::new(|p| ring_pass(p, RingWay::Handler))),
+        ("ring, pull", Payloads::Fixed(8), Box::new(|p| ring_pass(p, RingWay::Pull))),
         ("plain read of that memory", Payloads::Fixed(8), Box::new(plain_read)),
-        ("ring, publish per record", Payloads::Fixed(8), Box::new(|p| ring_pass(p, true))),
-        ("ring", Payloads::Fixed(64), Box::new(|p| ring_pass(p, false))),
-        ("ring", Payloads::Fixed(512), Box::new(|p| ring_pass(p, false))),
-        ("ring", mixed, Box::new(|p| ring_pass(p, false))),
-        ("perf", Payloads::Fixed(8), Box::new(perf_pass)),
+        ("ring, publish per record", Payloads::Fixed(8), Box::new(|p| ring_pass(p, RingWay::PublishPerRecord))),
+        ("ring", Payloads::Fixed(64), Box::new(|p| ring_pass(p, RingWay::Handler))),
+        ("ring", Payloads::Fixed(512), Box::new(|p| ring_pass(p, RingWay::Handler))),
+        ("ring", mixed, Box::new(|p| ring_pass(p, RingWay::Handler))),
+        ("ring, pull", mixed, Box::new(|p| ring_pass(p, RingWay::Pull))),
+        ("perf", Payloads::Fixed(8), Box::new(|p| perf_pass(p, false))),
+        ("perf, pull", Payloads::Fixed(8), Box::new(|p| perf_pass(p, true))),
         ("perf, libbpf-style loop", Payloads::Fixed(8), Box::new(perf_pass_libbpf_style)),
-        ("perf", Payloads::Fixed(64), Box::new(perf_pass)),
-        ("perf", Payloads::Fixed(512), Box::new(perf_pass)),
-        ("perf", mixed, Box::new(perf_pass)),
+        ("perf", Payloads::Fixed(64), Box::new(|p| perf_pass(p, false))),
+        ("perf", Payloads::Fixed(512), Box::new(|p| perf_pass(p, false))),
+        ("perf", mixed, Box::new(|p| perf_pass(p, false))),
     ];
     println!("Consume of a full {} MiB simulated buffer, median of {rounds} rounds", BUFFER_BYTES >> 20);
     println!("{:<26} {:<30} {:>9} {:>8} {:>8} {:>9}", "BUFFER", "PAYLOAD", "RECORDS", "ns/rec", "M rec/s", "lent GB/s");

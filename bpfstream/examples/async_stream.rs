@@ -1,52 +1,77 @@
-//! An async stream of typed events on tokio, with stats watched from another task and a clean
+//! An async stream of typed events on tokio, its totals watched from another task, and a clean
 //! end: detach the producer, ask the stream to drain, and it yields everything left (and the
-//! final loss report) before it ends. Run as root:
+//! final drop report) before it ends. Run as root:
 //!
 //! ```text
 //! cargo run -p bpfstream --example async_stream
 //! ```
-
-mod common;
+//!
+//! The runtime is tokio's current-thread one with IO and time enabled (tokio features `rt`,
+//! `time`; `#[tokio::main]` would also need `macros`, and its default flavor
+//! `rt-multi-thread`).
 
 use std::time::Duration;
 
+use aya::programs::uprobe::UProbeScope;
+use aya::programs::UProbe;
 use bpfstream::stream::EventStream;
-use bpfstream::{Event, Transport, WakeupPolicy};
-use common::{ping, PingEvent, PingOptions, PingProbe};
+use bpfstream::{Event, FromRecord, Options, WakeupPolicy};
 use futures_util::StreamExt;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    // No wakeups at all from the producers: the stream's delay timer bounds the latency.
-    let options = PingOptions { wakeup: WakeupPolicy::Never, ..PingOptions::new(Transport::Ring) };
-    let mut probe = PingProbe::load(options)?;
-    let source = probe.source()?;
-    probe.attach()?;
+static PING: &[u8] = aya::include_bytes_aligned!("obj/ping.ring.bpf.o");
 
-    let mut events = EventStream::typed::<PingEvent>(source)?;
+bpfstream::record! {
+    /// `struct ping_event` of `bpf/ping.h`.
+    pub struct Ping { pub seq: u64, pub len: u32, pub cpu: u32 }
+}
+
+/// The traced function: each call sends one record.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn bpfstream_ping(seq: u64, len: u32) {
+    std::hint::black_box((seq, len));
+}
+
+fn main() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    // No wakeups at all from the producers: the stream's delay timer bounds the latency.
+    let options = Options { wakeup: WakeupPolicy::Never, ..Options::default() };
+    let tgid = std::process::id();
+    let mut loader = aya::EbpfLoader::new();
+    loader.override_global("targ_tgid", &tgid, true);
+    let mut ebpf = bpfstream::aya::load(loader, PING, &options)?;
+    let source = bpfstream::aya::open(&ebpf, "events", &options)?;
+    let program: &mut UProbe = ebpf.program_mut("handle_ping").expect("the ping program").try_into()?;
+    program.load()?;
+    program.attach("bpfstream_ping", "/proc/self/exe", UProbeScope::CallingProcess)?;
+
+    let totals = source.totals_handle();
+    let mut events = EventStream::new(source, |r| Ping::from_record(r.data))?;
     events.set_max_delay(Some(Duration::from_millis(10)));
-    let cancel = events.stop_handle();
-    let stats = events.stats_handle();
+    let stop = events.stop_handle();
 
     let watcher = tokio::spawn(async move {
         for _ in 0..5 {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            let s = stats.read();
+            let (t, fill) = (totals.read(), totals.fill());
             println!(
-                "so far: {} events, {} lost, {} timer passes, peak fill {} B",
-                s.events, s.lost, s.timeouts, s.peak_fill
+                "so far: {} delivered, {} dropped, {} timer passes, {} bytes waiting",
+                t.delivered, t.dropped, t.timeouts, fill.used
             );
         }
     });
     let producer = tokio::task::spawn_blocking(move || {
         for seq in 0..20_000 {
-            ping(seq, 0);
+            bpfstream_ping(seq, 0);
         }
-        probe.detach(); // nothing more will be produced...
-        cancel.drain(); // ...so the stream can yield the rest and end
+        drop(ebpf); // detached: nothing more will be produced...
+        stop.drain(); // ...so the stream can yield the rest and end
     });
 
-    let (mut count, mut next_seq, mut lost) = (0u64, 0u64, 0u64);
+    let (mut count, mut next_seq, mut dropped) = (0u64, 0u64, 0u64);
     while let Some(event) = events.next().await {
         match event? {
             Event::Record(ping) => {
@@ -54,13 +79,12 @@ async fn main() -> anyhow::Result<()> {
                 next_seq = ping.seq + 1;
                 count += 1;
             }
-            Event::Lost(l) => lost += l.count,
-            Event::Malformed(e) => eprintln!("{e}"),
+            Event::Dropped(d) => dropped += d.count,
         }
     }
     producer.await?;
     watcher.await?;
-    println!("{count} records, {lost} lost; stream stats {:?}", events.stats());
-    assert_eq!(count + lost, 20_000);
+    println!("{count} records, {dropped} dropped; totals {:?}", events.totals());
+    assert_eq!(count + dropped, 20_000);
     Ok(())
 }

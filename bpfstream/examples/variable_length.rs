@@ -1,71 +1,88 @@
-//! Variable-length records: a fixed header followed by as many bytes as the event needs (the
-//! BPF side sends them with `bpfstream_output`, exactly header + len bytes on a ring; perf pads
-//! to 8 bytes). Decode the header with `FromRecord::from_record_prefix`, and copy out only the
-//! tail the header announces. Run as root:
+//! Records of variable length, in both transports: a fixed header (`struct ping_event`) and
+//! `len` bytes of data, sent with `bpfstream_output` from a per-CPU scratch buffer. A decoder
+//! reads the header with `FromRecord::from_record_prefix` and the data from the tail, while the
+//! record is still in the kernel's memory (only what the value keeps is copied). Run as root:
 //!
 //! ```text
 //! cargo run -p bpfstream --example variable_length
 //! ```
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use bpfstream::{decoding, Event, TypedError};
-use bpfstream::{FromRecord, Record, Transport};
-use common::{ping, PingEvent, PingOptions, PingProbe};
+use aya::programs::uprobe::UProbeScope;
+use aya::programs::UProbe;
+use bpfstream::stream::EventStream;
+use bpfstream::{Error, Event, FromRecord, Options, Record};
 
-/// A decoded ping: the header and its data, owned.
-#[derive(Debug)]
-struct Ping {
-    header: PingEvent,
-    data: Vec<u8>,
-    record_len: usize,
+static RING: &[u8] = aya::include_bytes_aligned!("obj/ping.ring.bpf.o");
+static PERF: &[u8] = aya::include_bytes_aligned!("obj/ping.perf.bpf.o");
+
+bpfstream::record! {
+    /// `struct ping_event` of `bpf/ping.h`; `len` bytes of data follow it.
+    #[derive(Debug)]
+    pub struct PingHeader { pub seq: u64, pub len: u32, pub cpu: u32 }
 }
 
-/// Header + tail, with the tail's length checked against the header.
-fn decode(record: Record<'_>) -> Result<Ping, TypedError> {
-    let (header, tail) = PingEvent::from_record_prefix(record.data)?;
-    let data = tail.get(..header.len as usize).ok_or(TypedError {
-        type_name: "PingEvent + data",
-        needed: std::mem::size_of::<PingEvent>() + header.len as usize,
+/// A ping with its data.
+#[derive(Debug)]
+struct Ping {
+    header: PingHeader,
+    data: Vec<u8>,
+}
+
+/// The header, then `len` bytes of the tail (a perf record's tail carries padding too).
+fn decode(record: Record<'_>) -> Result<Ping, Error> {
+    let (header, tail) = PingHeader::from_record_prefix(record.data)?;
+    let data = tail.get(..header.len as usize).ok_or(Error::Malformed {
+        type_name: "PingHeader and its data",
+        needed: std::mem::size_of::<PingHeader>() + header.len as usize,
         actual: record.data.len(),
     })?;
-    Ok(Ping { header, data: data.to_vec(), record_len: record.data.len() })
+    Ok(Ping { header, data: data.to_vec() })
+}
+
+/// The traced function: each call sends one record of `len` bytes of data.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn bpfstream_ping(seq: u64, len: u32) {
+    std::hint::black_box((seq, len));
 }
 
 fn main() -> anyhow::Result<()> {
-    for transport in [Transport::Ring, Transport::Perf] {
-        let mut probe = PingProbe::load(PingOptions::new(transport))?;
-        let mut source = probe.source()?;
-        probe.attach()?;
-        let lens = [1u32, 7, 8, 100, 1000, 4096];
+    let lens = [1u32, 7, 8, 100, 1000, 4096];
+    for (name, object) in [("ring", RING), ("perf", PERF)] {
+        let options = Options::default();
+        let tgid = std::process::id();
+        let mut loader = aya::EbpfLoader::new();
+        loader.override_global("targ_tgid", &tgid, true);
+        let mut ebpf = bpfstream::aya::load(loader, object, &options)?;
+        let source = bpfstream::aya::open(&ebpf, "events", &options)?;
+        let program: &mut UProbe = ebpf.program_mut("handle_ping").expect("the ping program").try_into()?;
+        program.load()?;
+        program.attach("bpfstream_ping", "/proc/self/exe", UProbeScope::CallingProcess)?;
         for (seq, &len) in lens.iter().enumerate() {
-            ping(seq as u64, len);
+            bpfstream_ping(seq as u64, len);
         }
+        drop(ebpf);
 
-        let mut pings = Vec::new();
-        let mut handler = decoding(decode, |event: Event<Ping>| match event {
-            Event::Record(p) => pings.push(p),
-            Event::Lost(l) => eprintln!("lost {}", l.count),
-            Event::Malformed(e) => eprintln!("malformed: {e}"),
-        });
-        while source.totals().delivered < lens.len() as u64 {
-            source.poll(Some(Duration::from_millis(100)), &mut handler)?;
+        // A blocking pull of a stream whose decoder makes each record a `Ping`.
+        let mut pings = EventStream::new(source, decode)?;
+        let mut seen = Vec::new();
+        while seen.len() < lens.len() {
+            match pings.next_blocking(Some(Duration::from_secs(1)))? {
+                Some(Event::Record(ping)) => seen.push(ping),
+                Some(Event::Dropped(d)) => eprintln!("{} dropped", d.count),
+                None => anyhow::bail!("{name}: records missing"),
+            }
         }
-        probe.detach();
-        source.finish(Instant::now() + Duration::from_secs(1), &mut handler)?;
-        drop(handler);
-
-        for p in &pings {
+        for p in &seen {
             let intact = p.data.iter().enumerate().all(|(i, &b)| b == (p.header.seq as u8).wrapping_add(i as u8));
-            println!(
-                "{transport}: seq {} data {:>4} B, record {:>4} B, data intact: {intact}",
-                p.header.seq, p.header.len, p.record_len
-            );
+            println!("{name}: seq {} data {:>4} B, intact: {intact}", p.header.seq, p.header.len);
             assert!(intact);
         }
-        assert_eq!(pings.iter().map(|p| p.header.len).collect::<Vec<_>>(), lens);
+        let (mut sources, _) = pings.into_sources();
+        let totals = sources[0].finish(Instant::now() + Duration::from_secs(1), |_| ())?;
+        assert_eq!((totals.delivered, totals.produced), (lens.len() as u64, Some(lens.len() as u64)));
     }
     Ok(())
 }

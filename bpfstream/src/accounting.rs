@@ -3,20 +3,27 @@
 //!
 //! A failed `bpf_ringbuf_reserve()` is visible only to the BPF program, so the header counts it
 //! (`dropped`) next to every attempt (`produced`). [`DropCounters`] reads those counters and
-//! turns their increments into [`Lost`] items, the same shape a perf buffer's
+//! turns their increments into [`Dropped`] reports, the same shape a perf buffer's
 //! `PERF_RECORD_LOST` takes, which is how ring-buffer drops stop being silent.
+//!
+//! A loader other than [`crate::aya::load`] sets the policy through the read-only globals
+//! `bpfstream_wakeup_policy` (`enum bpfstream_wakeup`, a u32) and `bpfstream_wakeup_arg` (a
+//! u64) before loading the object, as `bpfstream.h` documents them.
 
 use std::mem::size_of;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::sys::{self, map_type};
-use crate::{Error, LossOrigin, Lost, Totals};
+use crate::{DropOrigin, Dropped, Error};
 
-/// Name of the per-CPU counters map defined by `bpfstream.h` ([`DropCounters::MAP`]).
+/// Name of the per-CPU counters map of the default stream defined by `bpfstream.h`.
+#[cfg(any(test, feature = "aya"))]
 pub(crate) const STATS_MAP: &str = "bpfstream_stats";
 /// Name of the read-only global holding the wakeup policy.
+#[cfg(any(test, feature = "aya"))]
 pub(crate) const WAKEUP_POLICY_GLOBAL: &str = "bpfstream_wakeup_policy";
 /// Name of the read-only global holding the wakeup policy's argument.
+#[cfg(any(test, feature = "aya"))]
 pub(crate) const WAKEUP_ARG_GLOBAL: &str = "bpfstream_wakeup_arg";
 
 crate::record! {
@@ -43,8 +50,10 @@ impl Counters {
     }
 }
 
-/// When a ring-buffer producer wakes the consumer (`enum bpfstream_wakeup`). A perf buffer's
-/// equivalent is [`crate::PerfWakeup`], set when the buffer is opened.
+/// When a ring-buffer producer wakes the consumer (`enum bpfstream_wakeup` of `bpfstream.h`,
+/// read-only globals set when the object is loaded: [`crate::aya::load`] sets them). A perf
+/// buffer's equivalent is [`crate::PerfWakeup`], set when the buffer is opened. Both are fields
+/// of [`Options`](crate::Options).
 ///
 /// Minimum kernel: 5.8 (`BPF_RB_NO_WAKEUP`, `BPF_RB_FORCE_WAKEUP`, `bpf_ringbuf_query`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,8 +64,8 @@ pub enum WakeupPolicy {
     /// `BPF_RB_FORCE_WAKEUP` on every record.
     EveryRecord,
     /// `BPF_RB_NO_WAKEUP` always: the consumer must poll with a timeout, which bounds the delay
-    /// (told through `expect_wakeups`, the async streams keep their delay timer whatever
-    /// `set_max_delay` says).
+    /// (a source opened with it looks every 100 ms when asked to wait without a timeout, and
+    /// streams keep their delay timer whatever `set_max_delay` says).
     Never,
     /// Force a wakeup every N records per CPU.
     EveryRecords(u64),
@@ -68,16 +77,9 @@ pub enum WakeupPolicy {
 }
 
 impl WakeupPolicy {
-    /// The read-only globals of `bpfstream.h` that select this policy, as (name, value bytes)
-    /// pairs to set before loading the object (with aya: `EbpfLoader::override_global(name,
-    /// bytes.as_slice(), false)`, `false` as an object without a ring has no such globals).
-    pub fn globals(self) -> [(&'static str, Vec<u8>); 2] {
-        let (policy, arg) = self.numbers();
-        [(WAKEUP_POLICY_GLOBAL, policy.to_ne_bytes().to_vec()), (WAKEUP_ARG_GLOBAL, arg.to_ne_bytes().to_vec())]
-    }
-
     /// The values of `bpfstream_wakeup_policy` (`enum bpfstream_wakeup`) and
     /// `bpfstream_wakeup_arg`.
+    #[cfg(any(test, feature = "aya"))]
     pub(crate) fn numbers(self) -> (u32, u64) {
         match self {
             WakeupPolicy::Adaptive => (0, 0),
@@ -93,20 +95,17 @@ impl WakeupPolicy {
 ///
 /// Minimum kernel: 4.13 (`BPF_OBJ_GET_INFO_BY_FD`; per-CPU arrays are 4.6).
 #[derive(Debug)]
-pub struct DropCounters {
+pub(crate) struct DropCounters {
     map: OwnedFd,
     value: Vec<u8>,
     reported: Vec<u64>,
 }
 
 impl DropCounters {
-    /// Name of the counters map defined by `bpfstream.h` (`bpfstream_stats`).
-    pub const MAP: &'static str = STATS_MAP;
-
     /// Opens the counters behind `map` (a `BPF_MAP_TYPE_PERCPU_ARRAY` of
     /// `struct bpfstream_counters`).
-    pub fn new(map: impl AsFd) -> Result<Self, Error> {
-        let info = sys::expect_map_type(map.as_fd(), map_type::PERCPU_ARRAY)?;
+    pub fn new(map: BorrowedFd<'_>) -> Result<Self, Error> {
+        let info = sys::expect_map_type(map, map_type::PERCPU_ARRAY)?;
         if info.value_size as usize != size_of::<Counters>() {
             return Err(Error::WrongMapType {
                 expected: format!("per-CPU array of struct bpfstream_counters ({} bytes)", size_of::<Counters>()),
@@ -114,11 +113,7 @@ impl DropCounters {
             });
         }
         let cpus = sys::possible_cpus()?;
-        Ok(DropCounters {
-            map: sys::dup(map.as_fd())?,
-            value: vec![0; cpus * size_of::<Counters>()],
-            reported: vec![0; cpus],
-        })
+        Ok(DropCounters { map: sys::dup(map)?, value: vec![0; cpus * size_of::<Counters>()], reported: vec![0; cpus] })
     }
 
     /// The counters of every possible CPU, indexed by CPU.
@@ -134,40 +129,31 @@ impl DropCounters {
             .collect())
     }
 
-    /// What the BPF side counted, summed over all CPUs: `produced`, `dropped` and
-    /// `forced_wakeups`. Records delivered are the consumer's to count ([`EventSource`] does):
-    /// here `delivered` and `bytes` are 0.
-    ///
-    /// [`EventSource`]: crate::EventSource
-    pub fn total(&mut self) -> Result<Totals, Error> {
+    /// What the BPF side counted, summed over all CPUs (`since_wakeup` aside).
+    pub(crate) fn total(&mut self) -> Result<Counters, Error> {
         let mut sum = Counters::default();
         for c in self.read()? {
             sum.add(&c);
         }
-        Ok(Totals {
-            dropped: sum.dropped,
-            produced: Some(sum.produced),
-            forced_wakeups: Some(sum.forced_wakeups),
-            ..Totals::default()
-        })
+        Ok(sum)
     }
 
-    /// Drops counted since the last call, one [`Lost`] per CPU that dropped, as a consumer
+    /// Drops counted since the last call, one [`Dropped`] per CPU that dropped, as a consumer
     /// reports them. `floor[cpu]`, when given, is what was already reported for that CPU by other
     /// means (perf LOST records); only what exceeds both is new.
-    pub(crate) fn new_drops(&mut self, already: Option<&[u64]>) -> Result<Vec<Lost>, Error> {
+    pub(crate) fn new_drops(&mut self, already: Option<&[u64]>) -> Result<Vec<Dropped>, Error> {
         let counters = self.read()?;
         Ok(self.drops_in(&counters, already))
     }
 
     /// [`new_drops`](Self::new_drops) of counters already read (`counters`, indexed by CPU, as
     /// [`read`](Self::read) returns them), so drops and `produced` come from one snapshot.
-    pub(crate) fn drops_in(&mut self, counters: &[Counters], already: Option<&[u64]>) -> Vec<Lost> {
+    pub(crate) fn drops_in(&mut self, counters: &[Counters], already: Option<&[u64]>) -> Vec<Dropped> {
         let mut lost = Vec::new();
         for (cpu, c) in counters.iter().enumerate() {
             let seen = self.reported[cpu].max(already.and_then(|a| a.get(cpu).copied()).unwrap_or(0));
             if c.dropped > seen {
-                lost.push(Lost { count: c.dropped - seen, cpu: Some(cpu as u32), origin: LossOrigin::DropCounter });
+                lost.push(Dropped { count: c.dropped - seen, cpu: Some(cpu as u32), origin: DropOrigin::DropCounter });
             }
             self.reported[cpu] = seen.max(c.dropped);
         }
@@ -215,11 +201,6 @@ mod tests {
             policies.iter().map(|(name, policy)| ((*name).to_owned(), i64::from(policy.numbers().0))).collect();
         assert_eq!(values, rust);
         assert_eq!(WakeupPolicy::EveryRecords(0).numbers(), (3, 1), "an argument of 0 means 1");
-        let [(policy, p), (arg, a)] = WakeupPolicy::Bytes(4096).globals();
-        assert_eq!(
-            (policy, p, arg, a),
-            (WAKEUP_POLICY_GLOBAL, 4u32.to_ne_bytes().to_vec(), WAKEUP_ARG_GLOBAL, 4096u64.to_ne_bytes().to_vec())
-        );
     }
 
     #[test]
@@ -228,6 +209,8 @@ mod tests {
         assert!(
             header.contains("struct bpfstream_counters")
                 && header.contains(&format!("BPFSTREAM_COUNTERS_MAP({STATS_MAP});"))
+                && header.contains(&format!("const volatile enum bpfstream_wakeup {WAKEUP_POLICY_GLOBAL} ="))
+                && header.contains(&format!("const volatile __u64 {WAKEUP_ARG_GLOBAL} ="))
         );
     }
 }

@@ -85,10 +85,10 @@ pub enum BtfError {
 }
 
 impl StructLayout {
-    /// Checks that `M` has this struct's size and, for every C member, a field of the same
-    /// name at the same offset with the same size (and no field the C struct lacks).
-    fn check<M: Mirror + ?Sized>(&self) -> Result<(), BtfError> {
-        let (size, fields) = M::layout();
+    /// Checks a Rust type (`rust`, `size` bytes, `fields` as in [`check_layout`]) against this
+    /// struct: its size and, for every C member, a field of the same name at the same offset
+    /// with the same size (and no field the C struct lacks).
+    fn check(&self, rust: &'static str, size: usize, fields: &[(&str, usize, usize)]) -> Result<(), BtfError> {
         let mut problems = Vec::new();
         if self.size != size as u64 {
             problems.push(format!("size: C {} bytes, Rust {size} bytes", self.size));
@@ -109,7 +109,7 @@ impl StructLayout {
                 ));
             }
         }
-        for (field, offset, _) in &fields {
+        for (field, offset, _) in fields {
             if !self.members.iter().any(|m| m.name == field.trim_start_matches("r#")) {
                 problems.push(format!("Rust field {field:?} (offset {offset}) is not in the C struct"));
             }
@@ -117,7 +117,7 @@ impl StructLayout {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(BtfError::Mismatch { c: self.name.clone(), rust: std::any::type_name::<M>(), problems })
+            Err(BtfError::Mismatch { c: self.name.clone(), rust, problems })
         }
     }
 }
@@ -130,26 +130,56 @@ impl StructLayout {
 ///     pub struct Counters { pub produced: u64, pub dropped: u64, pub since_wakeup: u64, pub forced_wakeups: u64 }
 /// }
 /// use bpfstream::btf::Mirror;
-/// assert_eq!(Counters::layout(), (32, vec![("produced", 0, 8), ("dropped", 8, 8), ("since_wakeup", 16, 8), ("forced_wakeups", 24, 8)]));
 /// # let object = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/obj/ping.ring.bpf.o")).unwrap();
 /// Counters::check_btf(&object, "bpfstream_counters").unwrap();
 /// ```
 pub trait Mirror {
-    /// The type's size and, for every field in declaration order, its name, byte offset and
-    /// size (a field named `r#type` matches the C member `type`).
-    fn layout() -> (usize, Vec<(&'static str, usize, usize)>);
-
     /// Checks the type against `struct c_name` in `btf` (an ELF object's `.BTF` section, or raw
     /// BTF): same size, and every member at the same offset with the same size. In BPF C,
     /// `BPFSTREAM_EXPORT_STRUCT(c_name)` keeps a struct in the object's BTF.
-    fn check_btf(btf: &[u8], c_name: &str) -> Result<(), BtfError> {
-        struct_layout(btf, c_name)?.check::<Self>()
-    }
+    fn check_btf(btf: &[u8], c_name: &str) -> Result<(), BtfError>;
+}
+
+/// Checks a `#[repr(C)]` Rust type against `struct c_name` in `btf` (an ELF object's `.BTF`
+/// section, or raw BTF): the type is named `rust` (for the error), is `size` bytes, and has
+/// `fields`, each as (name, byte offset, size) in declaration order (`r#type` matches the C
+/// member `type`). [`record!`](crate::record) calls it for its types' [`Mirror::check_btf`];
+/// call it for a type declared otherwise.
+///
+/// ```
+/// #[repr(C)]
+/// struct Counters { produced: u64, dropped: u64, since_wakeup: u64, forced_wakeups: u64 }
+/// use std::mem::{offset_of, size_of};
+/// let fields = [
+///     ("produced", offset_of!(Counters, produced), 8),
+///     ("dropped", offset_of!(Counters, dropped), 8),
+///     ("since_wakeup", offset_of!(Counters, since_wakeup), 8),
+///     ("forced_wakeups", offset_of!(Counters, forced_wakeups), 8),
+/// ];
+/// # let object = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/obj/ping.ring.bpf.o")).unwrap();
+/// bpfstream::btf::check_layout(&object, "bpfstream_counters", "Counters", size_of::<Counters>(), &fields)?;
+/// # Ok::<(), bpfstream::btf::BtfError>(())
+/// ```
+pub fn check_layout(
+    btf: &[u8],
+    c_name: &str,
+    rust: &'static str,
+    size: usize,
+    fields: &[(&str, usize, usize)],
+) -> Result<(), BtfError> {
+    struct_layout(btf, c_name)?.check(rust, size, fields)
 }
 
 /// Finds the struct or union `name` in `btf`: an ELF object's `.BTF` section, or raw BTF.
 pub(crate) fn struct_layout(btf: &[u8], name: &str) -> Result<StructLayout, BtfError> {
     Btf::parse(btf)?.struct_layout(name)
+}
+
+/// The names of the `BPF_MAP_TYPE_RINGBUF` maps an object defines in its `.maps` section
+/// (libbpf's BTF-defined maps), borrowed from the object.
+#[cfg(feature = "aya")]
+pub(crate) fn ring_buffer_maps(object: &[u8]) -> Result<Vec<&str>, BtfError> {
+    Btf::parse(object)?.ring_buffer_maps()
 }
 
 /// The names and values of the enum `name` in `btf` (an ELF object's `.BTF` section, or raw
@@ -350,6 +380,44 @@ impl<'a> Btf<'a> {
         Err(malformed("type chain too deep (a loop?)"))
     }
 
+    /// See [`ring_buffer_maps`](crate::btf::ring_buffer_maps). A map is a variable of the
+    /// `.maps` data section whose type is a struct with a member `type`, declared by
+    /// `__uint(type, N)` as a pointer to an array of `N` elements.
+    #[cfg(feature = "aya")]
+    fn ring_buffer_maps(&self) -> Result<Vec<&'a str>, BtfError> {
+        const RINGBUF: u32 = 27; // BPF_MAP_TYPE_RINGBUF
+        let Some(section) = self
+            .types
+            .iter()
+            .find(|t| t.kind() == kind::DATASEC && self.string(t.name_off).is_ok_and(|n| n == ".maps"))
+        else {
+            return Ok(Vec::new());
+        };
+        let mut rings = Vec::new();
+        for i in 0..section.vlen() {
+            let var = self.get(self.u32_at(section.extra + 12 * i)?)?;
+            let map = self.get(var.size_or_type)?;
+            if var.kind() != kind::VAR || map.kind() != kind::STRUCT {
+                continue;
+            }
+            for m in 0..map.vlen() {
+                let at = map.extra + 12 * m;
+                if self.string(self.u32_at(at)?)? != "type" {
+                    continue;
+                }
+                let pointer = self.get(self.u32_at(at + 4)?)?;
+                let array = self.get(pointer.size_or_type)?;
+                if pointer.kind() == kind::PTR
+                    && array.kind() == kind::ARRAY
+                    && self.u32_at(array.extra + 8)? == RINGBUF
+                {
+                    rings.push(self.string(var.name_off)?);
+                }
+            }
+        }
+        Ok(rings)
+    }
+
     #[cfg(test)]
     fn enum_values(&self, name: &str) -> Result<Vec<(String, i64)>, BtfError> {
         let found =
@@ -520,11 +588,19 @@ mod tests {
             struct Short { produced: u64, dropped: u64 }
             struct Keyword { r#type: u32, cpu: u32, pad: [u64; 3] }
         }
-        assert_eq!(Keyword::layout(), (32, vec![("r#type", 0, 4), ("cpu", 4, 4), ("pad", 8, 24)]));
         Good::check_btf(PING_PERF, "bpfstream_counters").unwrap();
+        let err = Keyword::check_btf(PING_PERF, "bpfstream_counters").unwrap_err();
+        assert!(err.to_string().contains(r#"Rust field "r#type" (offset 0)"#), "{err}");
         let err = Short::check_btf(PING_PERF, "bpfstream_counters").unwrap_err();
         assert!(matches!(&err, BtfError::Mismatch { problems, .. } if problems.len() == 3), "{err}");
         assert_eq!(Good::check_btf(PING_PERF, "nope").unwrap_err(), BtfError::NotFound("nope".into()));
+    }
+
+    #[test]
+    #[cfg(feature = "aya")]
+    fn ring_buffer_maps_are_found_by_their_type() {
+        assert_eq!(ring_buffer_maps(PING_RING).unwrap(), ["events"]);
+        assert!(ring_buffer_maps(PING_PERF).unwrap().is_empty());
     }
 
     #[test]

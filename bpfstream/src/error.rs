@@ -43,9 +43,18 @@ pub enum Error {
         /// The buffer.
         what: String,
     },
-    /// A handler returned an error; the consumer stopped after that record.
-    #[error("the handler failed: {0}")]
-    Handler(#[source] crate::HandlerError),
+    /// A record too short for the type it is decoded as ([`FromRecord`](crate::FromRecord)).
+    /// In a stream it is one item: the record was consumed (it counts as delivered) and the
+    /// stream goes on after it.
+    #[error("record of {actual} bytes is too short for {type_name} ({needed} bytes)")]
+    Malformed {
+        /// The type being decoded.
+        type_name: &'static str,
+        /// Bytes it needs.
+        needed: usize,
+        /// Bytes the record has.
+        actual: usize,
+    },
     /// A size the kernel would reject.
     #[error("invalid {what} {value}: must be {valid}")]
     InvalidSize {
@@ -59,6 +68,10 @@ pub enum Error {
     /// The kernel or the setup lacks something the consumer needs.
     #[error("{0}")]
     Unsupported(String),
+    /// aya could not load the BPF object ([`aya::load`](crate::aya::load)).
+    #[cfg(feature = "aya")]
+    #[error("loading the BPF object: {0}")]
+    Load(#[source] ::aya::EbpfError),
 }
 
 impl Error {

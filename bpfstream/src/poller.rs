@@ -7,25 +7,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::ringbuf::BUSY_BACKOFF;
-use crate::stats::{Fill, Stats};
 use crate::stop::{Control, StopHandle, CANCEL, RUNNING};
 use crate::sys::{Epoll, EventFd};
-use crate::{sys, Error, EventSource, Failure, Flow, Item, Totals};
+use crate::{sys, Error, Event, EventSource, Failure, Fill, Flow, Record, Totals};
 
-/// Something the [`Poller`] can wait on and read.
+/// Something the [`Poller`] (or a stream) can wait on and read.
 pub(crate) trait Source {
     /// A descriptor that polls readable when the source has data for us.
     fn poll_fd(&self) -> BorrowedFd<'_>;
 
-    /// Hands at most `max` records (and any loss reports) to `handler` without blocking;
+    /// Hands at most `max` records (and any drop reports) to `handler` without blocking;
     /// returns the number of records. `handler` can end the pass after any item by returning
     /// [`ControlFlow::Break`]: what was handed over is consumed, the rest stays in the buffer
-    /// (the async streams use it to take exactly one item out of the kernel's buffer per item
-    /// they yield).
+    /// (the streams use it to take exactly one item out of the kernel's buffer per item they
+    /// yield).
     fn consume_until(
         &mut self,
         max: usize,
-        handler: &mut dyn FnMut(Item<'_>) -> ControlFlow<()>,
+        handler: &mut dyn FnMut(Event<Record<'_>>) -> ControlFlow<()>,
     ) -> Result<usize, Error>;
 
     /// [`consume_until`](Self::consume_until) for a handler of a known type: a source whose
@@ -34,7 +33,7 @@ pub(crate) trait Source {
     fn consume_with<H>(&mut self, max: usize, mut handler: H) -> Result<usize, Error>
     where
         Self: Sized,
-        H: FnMut(Item<'_>) -> ControlFlow<()>,
+        H: FnMut(Event<Record<'_>>) -> ControlFlow<()>,
     {
         self.consume_until(max, &mut handler)
     }
@@ -44,7 +43,7 @@ pub(crate) trait Source {
     fn drain_with<H>(&mut self, mut handler: H) -> Result<usize, Error>
     where
         Self: Sized,
-        H: FnMut(Item<'_>),
+        H: FnMut(Event<Record<'_>>),
     {
         self.drain_items(&mut handler)
     }
@@ -55,22 +54,22 @@ pub(crate) trait Source {
     fn settle_with<H>(&mut self, deadline: Instant, handler: H) -> Result<(Totals, bool), Error>
     where
         Self: Sized,
-        H: FnMut(Item<'_>) -> ControlFlow<()>,
+        H: FnMut(Event<Record<'_>>) -> ControlFlow<()>,
     {
         let _ = deadline;
         let mut handler = handler;
         let mut stopped = false;
-        self.drain_items(&mut |item: Item<'_>| stopped |= handler(item).is_break())?;
+        self.drain_items(&mut |event: Event<Record<'_>>| stopped |= handler(event).is_break())?;
         Ok((Totals::default(), stopped))
     }
 
     /// Hands over everything left, for shutdown. The default consumes until empty;
-    /// [`EventSource`] also reads its drop counters one last time ([`EventSource::finish`]).
-    fn drain_items(&mut self, handler: &mut dyn FnMut(Item<'_>)) -> Result<usize, Error> {
+    /// [`EventSource`] also reads its drop counters one last time.
+    fn drain_items(&mut self, handler: &mut dyn FnMut(Event<Record<'_>>)) -> Result<usize, Error> {
         let mut total = 0;
         loop {
-            let n = self.consume_until(usize::MAX, &mut |item: Item<'_>| {
-                handler(item);
+            let n = self.consume_until(usize::MAX, &mut |event: Event<Record<'_>>| {
+                handler(event);
                 ControlFlow::Continue(())
             })?;
             if n == 0 {
@@ -80,8 +79,7 @@ pub(crate) trait Source {
         }
     }
 
-    /// Bytes waiting and capacity, if the source knows (the async streams publish it in their
-    /// [`Stats`](crate::Stats)). The default: unknown.
+    /// Bytes waiting and capacity, if the source knows. The default: unknown.
     fn fill(&self) -> Option<Fill> {
         None
     }
@@ -103,28 +101,27 @@ pub(crate) trait Source {
     }
 
     /// Whether the producers signal [`poll_fd`](Self::poll_fd) for the records they write.
-    /// `false` for a ring buffer told [`WakeupPolicy::Never`](crate::WakeupPolicy::Never)
-    /// ([`EventSource::expect_wakeups`]): the async streams then keep a delay timer whatever
-    /// `set_max_delay` says, since nothing else would ever wake them. The default: `true`.
-    #[cfg(feature = "tokio")]
+    /// `false` for a ring buffer whose producers were loaded with
+    /// [`WakeupPolicy::Never`](crate::WakeupPolicy::Never): the streams then keep a delay timer
+    /// whatever `set_max_delay` says, since nothing else would ever wake them. The default:
+    /// `true`.
     fn sends_wakeups(&self) -> bool {
         true
     }
 
-    /// Told after every wait of a [`Poller`] whether this source's descriptor signalled, for
-    /// sources that keep [`Stats`](crate::Stats). The default ignores it.
+    /// Told after every wait whether this source's descriptor signalled, for sources that count
+    /// their wakeups. The default ignores it.
     fn note_wait(&mut self, signalled: bool) {
         let _ = signalled;
     }
 
-    /// What the source has accounted for, if it keeps [`Totals`](crate::Totals)
-    /// ([`EventSource`] does). The default: nothing.
-    fn totals(&self) -> Option<crate::Totals> {
+    /// What the source has accounted for, if it keeps [`Totals`] ([`EventSource`] does). The
+    /// default: nothing.
+    fn totals(&self) -> Option<Totals> {
         None
     }
 
     /// The source as an [`EventSource`], if it is one (to give it back from a stream).
-    #[cfg(feature = "tokio")]
     fn into_event_source(self: Box<Self>) -> Option<EventSource> {
         None
     }
@@ -140,29 +137,28 @@ impl Source for EventSource {
     fn head_is_busy(&self) -> bool {
         EventSource::head_is_busy(self)
     }
-    #[cfg(feature = "tokio")]
     fn sends_wakeups(&self) -> bool {
         EventSource::sends_wakeups(self)
     }
     fn consume_until(
         &mut self,
         max: usize,
-        handler: &mut dyn FnMut(Item<'_>) -> ControlFlow<()>,
+        handler: &mut dyn FnMut(Event<Record<'_>>) -> ControlFlow<()>,
     ) -> Result<usize, Error> {
         self.consume_n(max, handler)
     }
-    fn drain_items(&mut self, handler: &mut dyn FnMut(Item<'_>)) -> Result<usize, Error> {
+    fn drain_items(&mut self, handler: &mut dyn FnMut(Event<Record<'_>>)) -> Result<usize, Error> {
         self.drain_with(handler)
     }
-    fn consume_with<H>(&mut self, max: usize, handler: H) -> Result<usize, Error>
+    fn consume_with<H>(&mut self, max: usize, mut handler: H) -> Result<usize, Error>
     where
-        H: FnMut(Item<'_>) -> ControlFlow<()>,
+        H: FnMut(Event<Record<'_>>) -> ControlFlow<()>,
     {
-        self.consume_n(max, handler)
+        self.consume_n(max, &mut handler)
     }
     fn drain_with<H>(&mut self, handler: H) -> Result<usize, Error>
     where
-        H: FnMut(Item<'_>),
+        H: FnMut(Event<Record<'_>>),
     {
         let before = self.totals().delivered;
         let after = self.drain(handler)?.delivered;
@@ -170,22 +166,21 @@ impl Source for EventSource {
     }
     fn settle_with<H>(&mut self, deadline: Instant, handler: H) -> Result<(Totals, bool), Error>
     where
-        H: FnMut(Item<'_>) -> ControlFlow<()>,
+        H: FnMut(Event<Record<'_>>) -> ControlFlow<()>,
     {
         self.settle(deadline, handler)
     }
     fn fill(&self) -> Option<Fill> {
         Some(EventSource::fill(self))
     }
-    fn totals(&self) -> Option<crate::Totals> {
+    fn totals(&self) -> Option<Totals> {
         Some(EventSource::totals(self))
     }
-    #[cfg(feature = "tokio")]
     fn into_event_source(self: Box<Self>) -> Option<EventSource> {
         Some(*self)
     }
     fn note_wait(&mut self, signalled: bool) {
-        self.note_wait(signalled);
+        EventSource::note_wait(self, signalled);
     }
 }
 
@@ -194,15 +189,14 @@ impl Source for EventSource {
 pub(crate) struct SourceOptions {
     /// Higher is served first, and again before every batch of a lower-priority source.
     priority: i32,
-    /// Records per batch (the weight in a round). `usize::MAX`: everything available.
-    batch: usize,
+    /// Records per batch (the weight in a round); `None`: [`BATCH`] for a source below the
+    /// highest priority, everything available for one at the highest.
+    batch: Option<usize>,
 }
 
-impl Default for SourceOptions {
-    fn default() -> Self {
-        SourceOptions { priority: 0, batch: usize::MAX }
-    }
-}
+/// Records a source below the highest priority takes per turn: enough to amortize a turn, few
+/// enough that a higher-priority source waits at most one batch behind a flood.
+const BATCH: usize = 1024;
 
 /// Identifies a source added to a [`Poller`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -210,18 +204,18 @@ pub struct SourceId(pub(crate) usize);
 
 /// A source and its handler, type-erased together: one dynamic call per batch, with the
 /// source's consume loop compiled for the handler inside it.
-trait Lane {
+trait Lane<E> {
     fn source(&self) -> &dyn Source;
     fn source_mut(&mut self) -> &mut dyn Source;
     /// One batch of at most `max` records: how many, and whether the handler stopped. A handler
     /// that fails keeps its error in `failure`.
-    fn serve(&mut self, max: usize, failure: &mut Failure) -> Result<(usize, bool), Error>;
+    fn serve(&mut self, max: usize, failure: &mut Failure<E>) -> Result<(usize, bool), Error>;
     /// Everything left ([`Source::drain_with`]), past a handler that stops; its first error
     /// goes to `failure`.
-    fn drain(&mut self, failure: &mut Failure) -> Result<usize, Error>;
+    fn drain(&mut self, failure: &mut Failure<E>) -> Result<usize, Error>;
     /// One round of an exact stop ([`Source::settle_with`]): the totals, and whether the handler
     /// stopped (its error goes to `failure`).
-    fn settle(&mut self, deadline: Instant, failure: &mut Failure) -> Result<(Totals, bool), Error>;
+    fn settle(&mut self, deadline: Instant, failure: &mut Failure<E>) -> Result<(Totals, bool), Error>;
 }
 
 struct Served<'a, S, H> {
@@ -229,37 +223,37 @@ struct Served<'a, S, H> {
     handler: H,
 }
 
-impl<S: Source, F: Flow, H: FnMut(Item<'_>) -> F> Lane for Served<'_, S, H> {
+impl<S: Source, F: Flow, H: FnMut(Event<Record<'_>>) -> F> Lane<F::Error> for Served<'_, S, H> {
     fn source(&self) -> &dyn Source {
         self.source
     }
     fn source_mut(&mut self) -> &mut dyn Source {
         self.source
     }
-    fn serve(&mut self, max: usize, failure: &mut Failure) -> Result<(usize, bool), Error> {
+    fn serve(&mut self, max: usize, failure: &mut Failure<F::Error>) -> Result<(usize, bool), Error> {
         let handler = &mut self.handler;
         let mut stopped = false;
-        let served = self.source.consume_with(max, |item: Item<'_>| {
-            let flow = failure.check(handler(item));
+        let served = self.source.consume_with(max, |event: Event<Record<'_>>| {
+            let flow = failure.check(handler(event));
             stopped |= flow.is_break();
             flow
         })?;
         Ok((served, stopped))
     }
-    fn drain(&mut self, failure: &mut Failure) -> Result<usize, Error> {
+    fn drain(&mut self, failure: &mut Failure<F::Error>) -> Result<usize, Error> {
         let handler = &mut self.handler;
-        self.source.drain_with(|item: Item<'_>| {
-            let _ = failure.check(handler(item));
+        self.source.drain_with(|event: Event<Record<'_>>| {
+            let _ = failure.check(handler(event));
         })
     }
-    fn settle(&mut self, deadline: Instant, failure: &mut Failure) -> Result<(Totals, bool), Error> {
+    fn settle(&mut self, deadline: Instant, failure: &mut Failure<F::Error>) -> Result<(Totals, bool), Error> {
         let handler = &mut self.handler;
-        self.source.settle_with(deadline, |item: Item<'_>| failure.check(handler(item)))
+        self.source.settle_with(deadline, |event: Event<Record<'_>>| failure.check(handler(event)))
     }
 }
 
-struct Entry<'a> {
-    lane: Box<dyn Lane + 'a>,
+struct Entry<'a, E> {
+    lane: Box<dyn Lane<E> + 'a>,
     options: SourceOptions,
     id: SourceId,
 }
@@ -268,89 +262,101 @@ struct Entry<'a> {
 const STOP_TOKEN: u64 = u64::MAX;
 
 /// One epoll set over many [`EventSource`]s (ring and perf buffers together), each with its
-/// own handler and priority.
+/// own handler and priority; the handlers fail with `E` (by default [`Error`]: handlers that
+/// return `()` or `ControlFlow`), which every call that consumes returns.
 ///
 /// ```no_run
 /// # fn demo(mut ring: bpfstream::EventSource, mut perf: bpfstream::EventSource) -> Result<(), bpfstream::Error> {
-/// use std::time::Duration;
-/// use bpfstream::{Item, Poller};
+/// use std::time::{Duration, Instant};
+/// use bpfstream::{Event, Poller};
 ///
 /// let (mut from_ring, mut from_perf) = (0u64, 0u64);
 /// let mut poller = Poller::new()?;
-/// poller.add(&mut ring, |item: Item<'_>| if let Item::Record(_) = item { from_ring += 1 })?;
-/// poller.add(&mut perf, |item: Item<'_>| if let Item::Record(_) = item { from_perf += 1 })?;
-/// let stop = poller.stop_handle(); // Send + Clone: call stop.drain() from a signal thread
-/// # stop.drain();
-/// poller.run(Duration::from_millis(100))?; // until stopped, then a final drain
+/// poller.add(&mut ring, 1, |event| if let Event::Record(_) = event { from_ring += 1 })?;
+/// poller.add(&mut perf, 0, |event| if let Event::Record(_) = event { from_perf += 1 })?;
+/// let stop = poller.stop_handle(); // Send + Clone: call stop.cancel() from a signal thread
+/// # stop.cancel();
+/// poller.run(Duration::from_millis(100))?; // until stopped
+/// // ...detach the programs, then hand over the rest, exactly:
+/// let totals = poller.finish(Instant::now() + Duration::from_secs(1))?;
 /// # Ok(()) }
 /// ```
 ///
 /// Every poll serves every source (the check of an empty buffer is two memory loads), so the
 /// poll timeout bounds how long a record can wait even when its producer never wakes us.
-/// Sources are served by priority: before a lower-priority source gets its batch, all
-/// higher-priority sources are served again, so a flood in a bulk source cannot delay a
-/// critical one by more than one batch.
+/// Sources are served by priority, in batches: before a lower-priority source gets its batch,
+/// all higher-priority sources are served again, so a flood in a bulk source delays a critical
+/// one by at most one batch (1024 records).
+///
+/// A handler that returns an error fails the call that consumes, with that error; every handler
+/// of a poller fails with the same type `E`, which the first [`add`](Self::add) sets:
+///
+/// ```no_run
+/// # fn demo(mut source: bpfstream::EventSource) -> anyhow::Result<()> {
+/// # fn write(_: &[u8]) -> anyhow::Result<()> { Ok(()) }
+/// let mut poller = bpfstream::Poller::new()?;
+/// poller.add(&mut source, 0, |event| match event {
+///     bpfstream::Event::Record(record) => write(record.data), // anyhow::Result<()>
+///     bpfstream::Event::Dropped(_) => Ok(()),
+/// })?;
+/// poller.poll(None)?; // an anyhow::Error: the handler's own, or the library's
+/// # Ok(()) }
+/// ```
 ///
 /// Not `Send`: handlers may borrow anything, including state that is not `Send` (see the crate
 /// docs, "Threads"). Minimum kernel: that of its sources (5.8 for a ring, 4.4 for perf).
-pub struct Poller<'a> {
+pub struct Poller<'a, E = Error> {
     epoll: Epoll,
     control: Arc<Control>,
-    entries: Vec<Entry<'a>>,
+    entries: Vec<Entry<'a, E>>,
     ready: Vec<u64>,
-    /// The source whose handler stopped the last poll or consume.
+    /// The source whose handler stopped the last poll.
     stopped_by: Option<SourceId>,
-    stats: Stats,
 }
 
-impl fmt::Debug for Poller<'_> {
+impl<E> fmt::Debug for Poller<'_, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Poller").field("sources", &self.entries.len()).field("stop", &self.control.request()).finish()
     }
 }
 
-impl<'a> Poller<'a> {
+impl<'a, E: From<Error>> Poller<'a, E> {
     /// An empty poller.
     pub fn new() -> Result<Self, Error> {
         let epoll = Epoll::new()?;
         let stop_fd = EventFd::new()?;
         epoll.add(stop_fd.as_fd(), STOP_TOKEN)?;
         let control = Arc::new(Control::with_fd(stop_fd));
-        Ok(Poller { epoll, control, entries: Vec::new(), ready: Vec::new(), stopped_by: None, stats: Stats::default() })
+        Ok(Poller { epoll, control, entries: Vec::new(), ready: Vec::new(), stopped_by: None })
     }
 
-    /// Adds a source with default options; `handler` receives its records and loss reports.
-    /// Both may borrow local state for `'a`. The handler returns `()`, or a [`Flow`] that stops
-    /// the poll after this item ([`stopped_by`](Self::stopped_by) then names the source) or
-    /// fails it ([`Error::Handler`]).
-    pub fn add<F: Flow>(
-        &mut self,
-        source: &'a mut EventSource,
-        handler: impl FnMut(Item<'_>) -> F + 'a,
-    ) -> Result<SourceId, Error> {
-        self.add_source(source, SourceOptions::default(), handler)
-    }
-
-    /// Adds a source with a `priority` (higher is served first, and again before every batch of
-    /// a lower-priority source; the default is 0) and a `batch` size (records per turn;
-    /// `usize::MAX`, the default: everything available).
-    pub fn add_with<F: Flow>(
+    /// Adds a source; `handler` receives its records and drop reports. Both may borrow local
+    /// state for `'a`. A higher `priority` is served first, and again before every batch of a
+    /// lower-priority source; equal priorities take turns. The handler returns `()`, or a
+    /// [`Flow`] that stops the poll after this record ([`stopped_by`](Self::stopped_by) then
+    /// names the source) or fails it with `E`.
+    pub fn add<F: Flow<Error = E>>(
         &mut self,
         source: &'a mut EventSource,
         priority: i32,
-        batch: usize,
-        handler: impl FnMut(Item<'_>) -> F + 'a,
-    ) -> Result<SourceId, Error> {
-        self.add_source(source, SourceOptions { priority, batch }, handler)
+        handler: impl FnMut(Event<Record<'_>>) -> F + 'a,
+    ) -> Result<SourceId, Error>
+    where
+        E: 'a,
+    {
+        self.add_source(source, SourceOptions { priority, batch: None }, handler)
     }
 
     /// Adds anything that is a [`Source`] (the crate's tests add simulated ones).
-    pub(crate) fn add_source<S: Source, F: Flow>(
+    pub(crate) fn add_source<S: Source, F: Flow<Error = E>>(
         &mut self,
         source: &'a mut S,
         options: SourceOptions,
-        handler: impl FnMut(Item<'_>) -> F + 'a,
-    ) -> Result<SourceId, Error> {
+        handler: impl FnMut(Event<Record<'_>>) -> F + 'a,
+    ) -> Result<SourceId, Error>
+    where
+        E: 'a,
+    {
         let id = SourceId(self.entries.len());
         self.epoll.add_edge_triggered(source.poll_fd(), id.0 as u64)?;
         self.entries.push(Entry { lane: Box::new(Served { source, handler }), options, id });
@@ -360,51 +366,39 @@ impl<'a> Poller<'a> {
     }
 
     /// A handle that stops this poller from another thread: [`run`](Self::run) then returns,
-    /// after a final drain unless it was [`cancel`](StopHandle::cancel)led.
+    /// after a final drain unless it was [`cancel`](StopHandle::cancel)led; a
+    /// [`poll`](Self::poll) returns at once, and later ones do not wait.
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle(Arc::clone(&self.control))
     }
 
-    /// Whether a [`StopHandle`] has asked this poller to stop, or a handler stopped the last
-    /// poll.
-    pub fn is_stopped(&self) -> bool {
-        self.control.request() != RUNNING || self.stopped_by.is_some()
-    }
-
-    /// The source whose handler stopped the last [`poll`](Self::poll) or
-    /// [`consume`](Self::consume) (`None`: it served every source).
+    /// The source whose handler stopped the last [`poll`](Self::poll) (`None`: it served every
+    /// source).
     pub fn stopped_by(&self) -> Option<SourceId> {
         self.stopped_by
     }
 
     /// Waits up to `timeout` (`None`: until a source signals or a stop is asked), then serves
     /// every source by priority. Returns the number of records handled; why it returned is
-    /// [`is_stopped`](Self::is_stopped) (a [`StopHandle`]) and [`stopped_by`](Self::stopped_by) (a
-    /// handler), or the error of a handler that failed ([`Error::Handler`]). A signal
-    /// interrupting the wait (EINTR) is not an error.
-    pub fn poll(&mut self, timeout: Option<Duration>) -> Result<usize, Error> {
+    /// [`StopHandle::is_stopped`] and [`stopped_by`](Self::stopped_by) (a handler), or the error
+    /// of a handler that failed. A signal interrupting the wait (EINTR) ends it early, as a
+    /// timeout does: not an error.
+    pub fn poll(&mut self, timeout: Option<Duration>) -> Result<usize, E> {
         let wait = self.wait_for(timeout);
         self.epoll.wait(wait, &mut self.ready)?;
-        if self.ready.iter().any(|&token| token != STOP_TOKEN) {
-            self.stats.wakeups += 1;
-        } else if self.ready.is_empty() {
-            self.stats.timeouts += 1;
-        }
-        if let Some(fd) = self.control.fd().filter(|_| self.ready.contains(&STOP_TOKEN)) {
-            fd.clear();
-        }
         for entry in &mut self.entries {
             entry.lane.source_mut().note_wait(self.ready.contains(&(entry.id.0 as u64)));
         }
-        self.consume()
+        self.serve_all()
     }
 
     /// How long [`poll`](Self::poll) may wait: not at all while a source holds records no wakeup
-    /// may announce, at most [`BUSY_BACKOFF`] while one waits behind a record still being
-    /// written (taking nothing now, but not to be left for a whole timeout), else `timeout`.
+    /// may announce (or once a stop was asked), at most [`BUSY_BACKOFF`] while one waits behind
+    /// a record still being written (taking nothing now, but not to be left for a whole
+    /// timeout), else `timeout`.
     fn wait_for(&self, timeout: Option<Duration>) -> Option<Duration> {
         let sources = || self.entries.iter().map(|e| e.lane.source());
-        if sources().any(|s| s.ready_now() && !s.head_is_busy()) {
+        if self.control.request() != RUNNING || sources().any(|s| s.ready_now() && !s.head_is_busy()) {
             Some(Duration::ZERO)
         } else if sources().any(|s| s.head_is_busy()) {
             Some(timeout.map_or(BUSY_BACKOFF, |t| t.min(BUSY_BACKOFF)))
@@ -414,7 +408,7 @@ impl<'a> Poller<'a> {
     }
 
     /// Serves every source once, by priority, without blocking (until a handler stops).
-    pub fn consume(&mut self) -> Result<usize, Error> {
+    fn serve_all(&mut self) -> Result<usize, E> {
         self.stopped_by = None;
         let mut total = 0;
         for i in 0..self.entries.len() {
@@ -433,24 +427,26 @@ impl<'a> Poller<'a> {
         Ok(total)
     }
 
-    fn serve(&mut self, index: usize) -> Result<usize, Error> {
+    fn serve(&mut self, index: usize) -> Result<usize, E> {
+        let highest = self.entries[0].options.priority;
         let entry = &mut self.entries[index];
+        let below = entry.options.priority < highest;
+        let batch = entry.options.batch.unwrap_or(if below { BATCH } else { usize::MAX });
         let mut failure = Failure::default();
-        let served = entry.lane.serve(entry.options.batch, &mut failure);
+        let served = entry.lane.serve(batch, &mut failure);
         let served = served.map(|(n, stopped)| {
             if stopped {
                 self.stopped_by = Some(entry.id);
             }
-            self.stats.events += n as u64;
             n
         });
         failure.result(served)
     }
 
     /// Polls (each wait at most `max_delay`, the bound on delivery delay) until a [`StopHandle`]
-    /// asks, then drains every source (unless it asked to cancel). Returns the number of records handled.
-    /// A handler that stops it ends it at once, without the drain.
-    pub fn run(&mut self, max_delay: Duration) -> Result<usize, Error> {
+    /// asks, then drains every source (unless it asked to cancel). Returns the number of records
+    /// handled. A handler that stops it ends it at once, without the drain.
+    pub fn run(&mut self, max_delay: Duration) -> Result<usize, E> {
         let mut total = 0;
         while self.control.request() == RUNNING {
             total += self.poll(Some(max_delay))?;
@@ -470,7 +466,7 @@ impl<'a> Poller<'a> {
     /// snapshots of every source agree), by `deadline`. Returns each source's final [`Totals`],
     /// in the order the sources were added. A handler that stops ends its source's part of the
     /// round; the first handler error is returned once every source had its round.
-    pub fn finish(&mut self, deadline: Instant) -> Result<Vec<(SourceId, Totals)>, Error> {
+    pub fn finish(&mut self, deadline: Instant) -> Result<Vec<(SourceId, Totals)>, E> {
         let mut previous: Vec<Option<Option<u64>>> = vec![None; self.entries.len()];
         let mut failure = Failure::default();
         loop {
@@ -494,21 +490,13 @@ impl<'a> Poller<'a> {
 
     /// Hands over everything still buffered in every source (highest priority first). The
     /// drain goes on past a handler that stops; the first handler error is returned at the end.
-    fn drain(&mut self) -> Result<usize, Error> {
+    fn drain(&mut self) -> Result<usize, E> {
         let mut total = 0;
         let mut failure = Failure::default();
         for entry in &mut self.entries {
             total += entry.lane.drain(&mut failure)?;
         }
         failure.result(Ok(total))
-    }
-
-    /// The poller's own counts so far: `events` (records handed to handlers), `wakeups` (waits
-    /// ended by a source's signal) and `timeouts` (waits that ended with no signal; a wait ended
-    /// by the [`StopHandle`] alone is neither). Bytes, losses and fill are each source's own
-    /// ([`EventSource::stats`]).
-    pub fn stats(&self) -> Stats {
-        self.stats
     }
 
     /// The sources in the order they are served.
@@ -520,40 +508,61 @@ impl<'a> Poller<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
     use std::collections::VecDeque;
     use std::rc::Rc;
 
     use super::*;
-    use crate::Record;
 
-    /// A source over a queue of numbers, readable through an eventfd the test signals.
+    /// A source over a queue of numbers, readable through an eventfd the test signals; it
+    /// counts its waits as (wakeups, timeouts).
     struct Queue {
         items: Rc<RefCell<VecDeque<u32>>>,
         fd: Rc<EventFd>,
+        waits: Rc<Cell<(u64, u64)>>,
     }
 
     impl Queue {
         fn new(items: impl IntoIterator<Item = u32>) -> (Self, Rc<RefCell<VecDeque<u32>>>) {
             let items = Rc::new(RefCell::new(items.into_iter().collect()));
-            (Queue { items: Rc::clone(&items), fd: Rc::new(EventFd::new().unwrap()) }, items)
+            let waits = Rc::default();
+            (Queue { items: Rc::clone(&items), fd: Rc::new(EventFd::new().unwrap()), waits }, items)
         }
     }
+
+    /// A test handler's own error.
+    #[derive(Debug, PartialEq)]
+    enum Refused {
+        Value(u32),
+        Library(String),
+    }
+
+    impl From<Error> for Refused {
+        fn from(error: Error) -> Self {
+            Refused::Library(error.to_string())
+        }
+    }
+
+    const DEFAULT: SourceOptions = SourceOptions { priority: 0, batch: None };
 
     impl Source for Queue {
         fn poll_fd(&self) -> BorrowedFd<'_> {
             self.fd.as_fd()
         }
+        fn note_wait(&mut self, signalled: bool) {
+            let (wakeups, timeouts) = self.waits.get();
+            self.waits.set(if signalled { (wakeups + 1, timeouts) } else { (wakeups, timeouts + 1) });
+        }
         fn consume_until(
             &mut self,
             max: usize,
-            handler: &mut dyn FnMut(Item<'_>) -> ControlFlow<()>,
+            handler: &mut dyn FnMut(Event<Record<'_>>) -> ControlFlow<()>,
         ) -> Result<usize, Error> {
             let mut n = 0;
             while n < max {
                 let Some(x) = self.items.borrow_mut().pop_front() else { break };
                 n += 1;
-                if handler(Item::Record(Record { data: &x.to_ne_bytes(), cpu: None })).is_break() {
+                if handler(Event::Record(Record { data: &x.to_ne_bytes(), cpu: None })).is_break() {
                     break;
                 }
             }
@@ -561,10 +570,10 @@ mod tests {
         }
     }
 
-    fn value(item: Item<'_>) -> u32 {
+    fn value(item: Event<Record<'_>>) -> u32 {
         match item {
-            Item::Record(r) => u32::from_ne_bytes(r.data.try_into().unwrap()),
-            Item::Lost(_) => panic!("no losses here"),
+            Event::Record(r) => u32::from_ne_bytes(r.data.try_into().unwrap()),
+            Event::Dropped(_) => panic!("no drops here"),
         }
     }
 
@@ -576,7 +585,7 @@ mod tests {
         {
             let mut poller = Poller::new().unwrap();
             let stopper = poller
-                .add_source(&mut a, SourceOptions::default(), |item: Item<'_>| {
+                .add_source(&mut a, DEFAULT, |item: Event<Record<'_>>| {
                     seen.borrow_mut().push(value(item));
                     if value(item) == 2 {
                         ControlFlow::Break(())
@@ -585,12 +594,10 @@ mod tests {
                     }
                 })
                 .unwrap();
-            poller
-                .add_source(&mut b, SourceOptions::default(), |item: Item<'_>| seen.borrow_mut().push(value(item)))
-                .unwrap();
-            assert_eq!(poller.consume().unwrap(), 2);
-            assert_eq!((poller.stopped_by(), poller.is_stopped()), (Some(stopper), true));
-            assert_eq!(poller.consume().unwrap(), 3, "the next pass goes on");
+            poller.add_source(&mut b, DEFAULT, |item: Event<Record<'_>>| seen.borrow_mut().push(value(item))).unwrap();
+            assert_eq!(poller.serve_all().unwrap(), 2);
+            assert_eq!(poller.stopped_by(), Some(stopper));
+            assert_eq!(poller.serve_all().unwrap(), 3, "the next pass goes on");
             assert_eq!(poller.stopped_by(), None);
         }
         assert_eq!(seen.into_inner(), [1, 2, 3, 10, 20]);
@@ -600,12 +607,12 @@ mod tests {
         poller
             .add_source(
                 &mut c,
-                SourceOptions::default(),
-                |item: Item<'_>| if value(item) == 8 { Err("no room for 8") } else { Ok(()) },
+                DEFAULT,
+                |item: Event<Record<'_>>| if value(item) == 8 { Err(Refused::Value(8)) } else { Ok(()) },
             )
             .unwrap();
         let err = poller.poll(Some(Duration::ZERO)).unwrap_err();
-        assert_eq!(err.to_string(), "the handler failed: no room for 8");
+        assert_eq!(err, Refused::Value(8), "the handler's own error, as itself");
         assert_eq!(rest.borrow().iter().copied().collect::<Vec<_>>(), [9]);
     }
 
@@ -618,7 +625,7 @@ mod tests {
         // a critical record would wait behind both.
         let (mut bulk_a, _) = Queue::new(0..30);
         let (mut bulk_b, _) = Queue::new(100..130);
-        let bulk_handler = |item: Item<'_>| {
+        let bulk_handler = |item: Event<Record<'_>>| {
             let v = value(item);
             log.borrow_mut().push(('b', v));
             // Every bulk record "causes" a critical one to arrive meanwhile.
@@ -626,14 +633,14 @@ mod tests {
         };
         let mut poller = Poller::new().unwrap();
         // Added bulk first: priority, not insertion order, decides.
-        poller.add_source(&mut bulk_a, SourceOptions { priority: 0, batch: BATCH }, bulk_handler).unwrap();
-        poller.add_source(&mut bulk_b, SourceOptions { priority: 0, batch: BATCH }, bulk_handler).unwrap();
+        poller.add_source(&mut bulk_a, SourceOptions { priority: 0, batch: Some(BATCH) }, bulk_handler).unwrap();
+        poller.add_source(&mut bulk_b, SourceOptions { priority: 0, batch: Some(BATCH) }, bulk_handler).unwrap();
         poller
-            .add_source(&mut critical, SourceOptions { priority: 10, batch: usize::MAX }, |item| {
+            .add_source(&mut critical, SourceOptions { priority: 10, batch: None }, |item| {
                 log.borrow_mut().push(('c', value(item)));
             })
             .unwrap();
-        while poller.consume().unwrap() > 0 {}
+        while poller.serve_all().unwrap() > 0 {}
         drop(poller);
         let log = log.into_inner();
         assert_eq!(log.iter().filter(|(k, _)| *k == 'b').count(), 60);
@@ -657,10 +664,10 @@ mod tests {
         let (mut mid, _) = Queue::new([3]);
         let (mut high, _) = Queue::new([4, 5]);
         let mut poller = Poller::new().unwrap();
-        let record = |item: Item<'_>| order.borrow_mut().push(value(item));
-        poller.add_source(&mut low, SourceOptions { priority: -1, batch: 1 }, record).unwrap();
-        poller.add_source(&mut mid, SourceOptions { priority: 0, batch: 1 }, record).unwrap();
-        poller.add_source(&mut high, SourceOptions { priority: 5, batch: 1 }, record).unwrap();
+        let record = |item: Event<Record<'_>>| order.borrow_mut().push(value(item));
+        poller.add_source(&mut low, SourceOptions { priority: -1, batch: Some(1) }, record).unwrap();
+        poller.add_source(&mut mid, SourceOptions { priority: 0, batch: Some(1) }, record).unwrap();
+        poller.add_source(&mut high, SourceOptions { priority: 5, batch: Some(1) }, record).unwrap();
         assert_eq!(poller.drain().unwrap(), 5);
         assert_eq!(poller.sources().iter().map(|(_, o)| o.priority).collect::<Vec<_>>(), [5, 0, -1]);
         drop(poller);
@@ -672,11 +679,10 @@ mod tests {
         // Records wait in a source whose fd never signals (BPF_RB_NO_WAKEUP, or a batching
         // producer that stopped short of its threshold): the timeout alone must deliver them.
         let (mut silent, _) = Queue::new([1, 2, 3]);
+        let waits = Rc::clone(&silent.waits);
         let delivered = RefCell::new(Vec::new());
         let mut poller = Poller::new().unwrap();
-        poller
-            .add_source(&mut silent, SourceOptions::default(), |item| delivered.borrow_mut().push(value(item)))
-            .unwrap();
+        poller.add_source(&mut silent, DEFAULT, |item| delivered.borrow_mut().push(value(item))).unwrap();
         let started = std::time::Instant::now();
         let bound = Duration::from_millis(20);
         let handled = poller.poll(Some(bound)).unwrap();
@@ -684,7 +690,7 @@ mod tests {
         assert_eq!(handled, 3);
         assert!(waited >= bound, "returned after {waited:?} without any signal");
         assert!(waited < Duration::from_secs(5), "a silent source was left waiting for {waited:?}");
-        assert_eq!((poller.stats().wakeups, poller.stats().timeouts), (0, 1));
+        assert_eq!(waits.get(), (0, 1), "(wakeups, timeouts)");
         drop(poller);
         assert_eq!(delivered.into_inner(), [1, 2, 3]);
     }
@@ -698,7 +704,11 @@ mod tests {
         fn poll_fd(&self) -> BorrowedFd<'_> {
             self.fd.as_fd()
         }
-        fn consume_until(&mut self, _: usize, _: &mut dyn FnMut(Item<'_>) -> ControlFlow<()>) -> Result<usize, Error> {
+        fn consume_until(
+            &mut self,
+            _: usize,
+            _: &mut dyn FnMut(Event<Record<'_>>) -> ControlFlow<()>,
+        ) -> Result<usize, Error> {
             Ok(0)
         }
         fn ready_now(&self) -> bool {
@@ -713,7 +723,7 @@ mod tests {
     fn a_busy_head_is_looked_at_again_after_a_backoff_not_at_once() {
         let mut busy = BusyHead { fd: EventFd::new().unwrap() };
         let mut poller = Poller::new().unwrap();
-        poller.add_source(&mut busy, SourceOptions::default(), |_| {}).unwrap();
+        poller.add_source(&mut busy, DEFAULT, |_| {}).unwrap();
         let started = std::time::Instant::now();
         for _ in 0..3 {
             assert_eq!(poller.poll(Some(Duration::from_secs(5))).unwrap(), 0);
@@ -728,31 +738,37 @@ mod tests {
         // poller waits edge-triggered, so only a new wakeup (here: the one signal) ends a wait.
         let (mut queue, _) = Queue::new([]);
         queue.fd.signal(); // readable from now on: never cleared
+        let waits = Rc::clone(&queue.waits);
         let mut poller = Poller::new().unwrap();
-        poller.add_source(&mut queue, SourceOptions::default(), |_| {}).unwrap();
+        poller.add_source(&mut queue, DEFAULT, |_| {}).unwrap();
         for _ in 0..5 {
             poller.poll(Some(Duration::from_millis(5))).unwrap();
         }
-        assert_eq!((poller.stats().wakeups, poller.stats().timeouts), (1, 4));
+        assert_eq!(waits.get(), (1, 4), "(wakeups, timeouts)");
     }
 
     #[test]
-    fn stats_tell_wakeups_from_timeouts() {
+    fn sources_tell_wakeups_from_timeouts() {
         let (mut queue, items) = Queue::new([]);
         let readable = Rc::clone(&queue.fd);
+        let waits = Rc::clone(&queue.waits);
         let mut poller = Poller::new().unwrap();
-        poller.add_source(&mut queue, SourceOptions::default(), |_| {}).unwrap();
+        poller.add_source(&mut queue, DEFAULT, |_| {}).unwrap();
         poller.poll(Some(Duration::from_millis(1))).unwrap();
-        assert_eq!((poller.stats().wakeups, poller.stats().timeouts), (0, 1));
+        assert_eq!(waits.get(), (0, 1));
         items.borrow_mut().push_back(7);
         readable.signal();
         assert_eq!(poller.poll(Some(Duration::from_secs(5))).unwrap(), 1);
-        assert_eq!((poller.stats().wakeups, poller.stats().timeouts), (1, 1));
+        assert_eq!(waits.get(), (1, 1));
         readable.clear();
-        poller.stop_handle().drain();
+        let stop = poller.stop_handle();
+        stop.drain();
+        let started = std::time::Instant::now();
         poller.poll(Some(Duration::from_secs(5))).unwrap();
-        assert!(poller.is_stopped());
-        assert_eq!(poller.stats().wakeups, 1, "a stop is not a producer's wakeup");
+        poller.poll(None).unwrap();
+        assert!(stop.is_stopped());
+        assert!(started.elapsed() < Duration::from_secs(5), "a stopped poller does not wait");
+        assert_eq!(waits.get().0, 1, "a stop is not a producer's wakeup");
     }
 
     #[test]
@@ -761,21 +777,17 @@ mod tests {
         let delivered = RefCell::new(Vec::new());
         {
             let mut poller = Poller::new().unwrap();
-            poller
-                .add_source(&mut queue, SourceOptions::default(), |item| delivered.borrow_mut().push(value(item)))
-                .unwrap();
+            poller.add_source(&mut queue, DEFAULT, |item| delivered.borrow_mut().push(value(item))).unwrap();
             let stop = poller.stop_handle();
             stop.cancel();
             stop.drain(); // cancel wins, whatever the order
             assert_eq!(poller.run(Duration::from_secs(5)).unwrap(), 0, "a cancelled run hands nothing over");
-            assert!(poller.is_stopped());
+            assert!(stop.is_stopped());
         }
         assert_eq!(items.borrow().len(), 3, "what was not taken stays in the source");
         {
             let mut poller = Poller::new().unwrap();
-            poller
-                .add_source(&mut queue, SourceOptions::default(), |item| delivered.borrow_mut().push(value(item)))
-                .unwrap();
+            poller.add_source(&mut queue, DEFAULT, |item| delivered.borrow_mut().push(value(item))).unwrap();
             let stop = poller.stop_handle();
             std::thread::spawn(move || stop.drain()).join().unwrap();
             assert_eq!(poller.run(Duration::from_secs(5)).unwrap(), 3, "a drained run hands everything over");

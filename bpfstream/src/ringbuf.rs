@@ -31,17 +31,18 @@
 //! `consumer_pos` once per batch, which is what frees the space for the producers.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::ownership::RingClaim;
-use crate::scan::{self, Walk};
-use crate::stats::Fill;
+use crate::scan::{self, Corruption, Stride, Walk};
 use crate::sys::{self, map_type, Epoll, Mmap};
-use crate::{Error, WakeupPolicy};
+use crate::{Error, Fill, WakeupPolicy};
 
 /// Set in a record's length while the producer still owns it (`BPF_RINGBUF_BUSY_BIT`).
 pub(crate) const BUSY_BIT: u32 = 1 << 31;
@@ -174,7 +175,7 @@ where
                 Exit::Flagged(len_word) if len_word & BUSY_BIT != 0 => break 'batch Ok(()),
                 Exit::Flagged(len_word) => match skip_discarded(position + walked as u64, end - done, len_word) {
                     Ok(total) => done += total,
-                    Err(e) => break 'batch Err(e),
+                    Err(e) => break 'batch Err(e.into_error()),
                 },
                 Exit::Corrupt(len_word) => {
                     let reason = "record extends past the producer position";
@@ -303,11 +304,11 @@ impl Walk {
 /// Out of line: discarded records are rare, and the fast path stays small.
 #[cold]
 #[inline(never)]
-fn skip_discarded(position: u64, room: u64, len_word: u32) -> Result<u64, Error> {
+fn skip_discarded(position: u64, room: u64, len_word: u32) -> Result<u64, Corruption> {
     let len = u64::from(len_word & !DISCARD_BIT);
     let total = (len + HEADER_SIZE + 7) & !7;
     if total > room {
-        return Err(corrupt(position, len, "record extends past the producer position"));
+        return Err(corruption(position, len, "record extends past the producer position"));
     }
     Ok(total)
 }
@@ -334,21 +335,14 @@ pub(crate) fn head_is_busy<M: RingMemory + ?Sized>(mem: &M) -> bool {
     header.load(Ordering::Acquire) & BUSY_BIT != 0
 }
 
-/// Runs `pass` (records taken, and whether the head record is BUSY after it) and, while it takes
-/// nothing because the head record is BUSY, runs it again every [`BUSY_BACKOFF`] until
-/// `deadline` (`None`: until the record is committed).
-pub(crate) fn consume_past_busy(
-    deadline: Option<Instant>,
-    mut pass: impl FnMut() -> Result<(usize, bool), Error>,
-) -> Result<usize, Error> {
-    loop {
-        let (n, busy) = pass()?;
-        if n > 0 || !busy {
-            return Ok(n);
-        }
+/// Waits while `busy()`: the record at the head of a ring is still being written, which holds
+/// back what is committed behind it, and its commit may send no wakeup. Looks again every
+/// [`BUSY_BACKOFF`] until `deadline` (`None`: until it is committed).
+pub(crate) fn wait_past_busy(deadline: Option<Instant>, mut busy: impl FnMut() -> bool) {
+    while busy() {
         let left = deadline.map_or(BUSY_BACKOFF, |d| d.saturating_duration_since(Instant::now()));
         if left.is_zero() {
-            return Ok(0);
+            return;
         }
         std::thread::sleep(left.min(BUSY_BACKOFF));
     }
@@ -381,7 +375,11 @@ pub(crate) fn drain_past_busy(
 #[cold]
 #[inline(never)]
 fn corrupt(position: u64, length: u64, reason: &'static str) -> Error {
-    Error::Corrupt { transport: "ring", position, length, reason }
+    corruption(position, length, reason).into_error()
+}
+
+fn corruption(position: u64, length: u64, reason: &'static str) -> Corruption {
+    Corruption { transport: "ring", position, length, reason }
 }
 
 fn publish<M: RingMemory + ?Sized>(mem: &M, cons: u64) {
@@ -390,24 +388,13 @@ fn publish<M: RingMemory + ?Sized>(mem: &M, cons: u64) {
     mem.consumer_pos().store(cons, Ordering::Release);
 }
 
-/// Positions and fill of a ring buffer at one instant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RingStats {
-    /// Size of the data area in bytes.
-    pub size: u64,
-    /// Bytes written by producers and not yet consumed (records, headers and padding).
-    pub available: u64,
-    /// The consumer position (free-running byte counter).
-    pub consumer_pos: u64,
-    /// The producer position (free-running byte counter).
-    pub producer_pos: u64,
-}
-
-pub(crate) fn stats<M: RingMemory + ?Sized>(mem: &M) -> RingStats {
-    let size = mem.size() as u64;
+/// How full a ring is, read now: its positions and size.
+pub(crate) fn fill<M: RingMemory + ?Sized>(mem: &M) -> Fill {
+    let capacity = mem.size() as u64;
     let consumer_pos = mem.consumer_pos().load(Ordering::Relaxed);
+    // Pairs with smp_store_release(&rb->producer_pos, ...) in __bpf_ringbuf_reserve().
     let producer_pos = mem.producer_pos().load(Ordering::Acquire);
-    RingStats { size, available: producer_pos.wrapping_sub(consumer_pos).min(size), consumer_pos, producer_pos }
+    Fill { used: producer_pos.wrapping_sub(consumer_pos).min(capacity), capacity, consumer_pos, producer_pos }
 }
 
 /// The kernel's ring mapped into this process.
@@ -449,29 +436,64 @@ unsafe impl RingMemory for MappedRing {
 /// A consumer of one `BPF_MAP_TYPE_RINGBUF` (what an [`EventSource`](crate::EventSource) over a
 /// ring reads with).
 ///
-/// Records are lent to a handler as `&[u8]` straight from the kernel's memory (zero copy); the
-/// consumer position is published once per batch, after the handler has returned, so a record
-/// is never overwritten while borrowed.
+/// Records are lent as `&[u8]` straight from the kernel's memory (zero copy). A handler's
+/// records ([`consume`](Self::consume)) are freed once per stretch of the batch, after the
+/// handler has returned; a pulled batch's ([`batch`](Self::batch)) at the next call that
+/// consumes or waits, which the borrow of the records rules out while any is alive. Either way
+/// a record is never rewritten while it is borrowed.
 ///
 /// Minimum kernel: 5.8.
 pub(crate) struct RingBuffer {
     /// This process's only consumer of the map.
     _claim: RingClaim,
     fd: OwnedFd,
-    ring: MappedRing,
+    /// Shared with the source's [`TotalsHandle`](crate::TotalsHandle), which reads the fill.
+    ring: Arc<MappedRing>,
     publish_every: u64,
-    /// The map fd, edge-triggered: [`wait`](Self::wait) sleeps until the producers' next wakeup.
+    /// The map fd, edge-triggered, and a stop eventfd: [`wait`](Self::wait) sleeps until the
+    /// producers' next wakeup or a stop.
     wakeups: Epoll,
     ready: Vec<u64>,
     /// [`wait`](Self::wait) sleeps only while fewer bytes than this wait (see `expect_wakeups`).
     wake_threshold: u64,
     /// The producers' wakeup policy, as told by `expect_wakeups`.
     policy: WakeupPolicy,
+    /// The end of the last pulled batch: the consumer position to publish before anything else
+    /// reads or waits (see [`settle`](Self::settle)).
+    lent_to: Option<u64>,
+}
+
+/// The epoll token of a stop eventfd in a buffer's wait set.
+pub(crate) const STOP_TOKEN: u64 = u64::MAX;
+
+/// How a wait for a buffer's wakeup ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// The producers woke the consumer.
+    Woken,
+    /// The timeout passed, records were waiting already, or a stop was asked.
+    NotWoken,
+    /// A signal interrupted the wait (EINTR).
+    Interrupted,
+}
+
+impl Waited {
+    /// How a wait of a buffer's wait set ended: `interrupted`, or with the tokens of `ready`
+    /// (a stop is no wakeup).
+    pub(crate) fn of(interrupted: bool, ready: &[u64]) -> Self {
+        if interrupted {
+            Waited::Interrupted
+        } else if ready.iter().any(|&token| token != STOP_TOKEN) {
+            Waited::Woken
+        } else {
+            Waited::NotWoken
+        }
+    }
 }
 
 impl fmt::Debug for RingBuffer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RingBuffer").field("stats", &self.stats()).finish()
+        f.debug_struct("RingBuffer").field("fill", &self.fill()).finish()
     }
 }
 
@@ -482,8 +504,7 @@ impl RingBuffer {
     /// A ring has one consumer: while a `RingBuffer` of this process reads the map (whatever fd
     /// it was opened through), another is refused with [`Error::AlreadyConsumed`]. A consumer
     /// in another process is beyond what this process can see; do not run one.
-    pub fn new(map: impl AsFd) -> Result<Self, Error> {
-        let map = map.as_fd();
+    pub fn new(map: BorrowedFd<'_>) -> Result<Self, Error> {
         let info = sys::expect_map_type(map, map_type::RINGBUF)?;
         let size = info.max_entries as usize;
         let page = sys::page_size();
@@ -505,24 +526,26 @@ impl RingBuffer {
         Ok(RingBuffer {
             _claim: claim,
             fd,
-            ring: MappedRing { consumer, producer, data, size },
+            ring: Arc::new(MappedRing { consumer, producer, data, size }),
             publish_every: default_publish_every(size as u64),
             wakeups,
             ready: Vec::new(),
             wake_threshold: wake_threshold(WakeupPolicy::Adaptive, size as u64),
             policy: WakeupPolicy::Adaptive,
+            lent_to: None,
         })
+    }
+
+    /// Adds `stop` (an eventfd) to what [`wait`](Self::wait) wakes for.
+    pub(crate) fn watch_stop(&self, stop: BorrowedFd<'_>) -> Result<(), Error> {
+        self.wakeups.add(stop, STOP_TOKEN)
     }
 
     /// Tells [`wait`](Self::wait) which wakeups the producers send (the policy the BPF side was
     /// loaded with, see `bpfstream.h`), so that it sleeps through records written without a
     /// wakeup instead of returning for each trickle of them. The default, the kernel's
     /// [`WakeupPolicy::Adaptive`], is right for every policy but wastes CPU with the others.
-    ///
-    /// With [`WakeupPolicy::Never`] nothing wakes a consumer but its own timeout: the async
-    /// streams then keep a delay timer even if asked for none
-    /// ([`EventStream::set_max_delay`](crate::stream::EventStream::set_max_delay)).
-    pub fn expect_wakeups(&mut self, policy: WakeupPolicy) {
+    pub(crate) fn expect_wakeups(&mut self, policy: WakeupPolicy) {
         self.wake_threshold = wake_threshold(policy, self.ring.size as u64);
         self.policy = policy;
     }
@@ -533,52 +556,90 @@ impl RingBuffer {
         self.policy != WakeupPolicy::Never
     }
 
+    /// Publishes the end of the last pulled batch, if it is not yet: its records are free for
+    /// the producers from here on. Every call that consumes or waits does this first.
+    pub(crate) fn settle(&mut self) {
+        if let Some(position) = self.lent_to.take() {
+            publish(&*self.ring, position);
+        }
+    }
+
     /// Hands every committed record (at most `max`) to `handler` without blocking ([`consume`]).
     #[inline(always)]
     pub(crate) fn consume<H>(&mut self, max: usize, handler: &mut H) -> (Pass, Result<(), Error>)
     where
         H: FnMut(&[u8]) -> ControlFlow<()>,
     {
-        consume(&self.ring, max, self.publish_every, handler)
+        self.settle();
+        consume(&*self.ring, max, self.publish_every, handler)
+    }
+
+    /// The committed records now in the ring, to be pulled one by one ([`Batch`]); the consumer
+    /// position moves past them when [`finish_batch`](Self::finish_batch) is told where the
+    /// pull stopped and a later call settles it.
+    ///
+    /// # Safety
+    ///
+    /// The records the batch lends must be dead before the next call on this buffer that
+    /// settles (consume, wait, batch) and before it is dropped: the caller ties their lifetime
+    /// to a borrow of the buffer that those calls need.
+    #[inline(always)]
+    pub(crate) unsafe fn batch<'a>(&mut self) -> Batch<'a> {
+        self.settle();
+        Batch::new(&*self.ring)
+    }
+
+    /// Where a pulled batch stopped: published by the next call that settles.
+    pub(crate) fn finish_batch(&mut self, position: u64) {
+        self.lent_to = Some(position);
     }
 
     /// Whether records wait that no coming wakeup is certain to announce, so that sleeping
     /// until the next wakeup could strand them: at least the policy's wakeup threshold is
     /// waiting (with the default policy: anything at all).
-    pub fn ready_now(&self) -> bool {
+    pub(crate) fn ready_now(&self) -> bool {
         // Orders our last store of consumer_pos (the end of the previous consume) before the
-        // load of producer_pos in stats(). Pairs with the full barrier of the xchg in
+        // load of producer_pos in fill(). Pairs with the full barrier of the xchg in
         // bpf_ringbuf_commit(), between the producer's store of producer_pos (reserve) and its
         // load of consumer_pos: either the producer sees where we stopped, finds its record
         // there and wakes us, or we see its record here and do not sleep.
         fence(Ordering::SeqCst);
-        stats(&self.ring).available >= self.wake_threshold
+        fill(&*self.ring).used >= self.wake_threshold
     }
 
-    /// Sleeps up to `timeout` for the producers' next wakeup, unless [`ready_now`](Self::ready_now).
-    /// Returns whether a wakeup came.
-    pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
+    /// Sleeps up to `timeout` for the producers' next wakeup (or a stop), unless
+    /// [`ready_now`](Self::ready_now).
+    pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> Result<Waited, Error> {
+        self.settle();
         if self.ready_now() {
-            return Ok(false);
+            return Ok(Waited::NotWoken);
         }
-        self.wakeups.wait(timeout, &mut self.ready)?;
-        Ok(!self.ready.is_empty())
+        let interrupted = self.wakeups.wait(timeout, &mut self.ready)?;
+        Ok(Waited::of(interrupted, &self.ready))
     }
 
     /// Whether the record at the consumer position is still being written.
     pub(crate) fn head_is_busy(&self) -> bool {
-        head_is_busy(&self.ring)
+        head_is_busy(&*self.ring)
     }
 
-    /// Size, fill and positions, read now.
-    pub(crate) fn stats(&self) -> RingStats {
-        stats(&self.ring)
+    /// Size, fill and positions, read now (two memory loads).
+    pub(crate) fn fill(&self) -> Fill {
+        fill(&*self.ring)
     }
 
-    /// Bytes waiting and the ring's size, read now (two memory loads).
-    pub fn fill(&self) -> Fill {
-        let stats = self.stats();
-        Fill { used: stats.available, capacity: stats.size }
+    /// A function that reads the fill from the ring's memory, which it keeps mapped.
+    pub(crate) fn fill_reader(&self) -> impl Fn() -> Fill + Send + Sync + 'static {
+        let ring = Arc::clone(&self.ring);
+        move || fill(&*ring)
+    }
+}
+
+impl Drop for RingBuffer {
+    fn drop(&mut self) {
+        // The records of the last pulled batch are dead (the batch borrowed the buffer): the
+        // next consumer of the map starts after them.
+        self.settle();
     }
 }
 
@@ -588,6 +649,116 @@ impl AsFd for RingBuffer {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// The committed records of a ring at one moment, pulled one at a time (the pull API,
+/// [`Records`](crate::Records)): each is lent in place, and nothing is published until the
+/// batch is over and a later call settles it ([`RingBuffer::finish_batch`]).
+///
+/// ```text
+///  start (consumer_pos)        at                       end (producer_pos read once)
+///    |-- lent, not published ---|-- committed, not yet pulled --|
+/// ```
+///
+/// Per record: one acquire load of the header (a plain load on x86), the flag and length checks
+/// and a few register operations, all inlined into the caller's loop with the batch's state in
+/// registers: the caller's own counters are locals, not memory behind a handler's reference.
+pub(crate) struct Batch<'a> {
+    /// The data byte at `start`; the double mapping makes the `end <= size` bytes from it
+    /// contiguous.
+    first: NonNull<u8>,
+    start: u64,
+    at: u64,
+    end: u64,
+    stride: Stride,
+    /// What stopped the batch early (a corrupt header), for the next call to report.
+    pub corruption: Option<Corruption>,
+    _lent: PhantomData<&'a [u8]>,
+}
+
+// The pull's state must stay in the caller's registers: nothing below takes the batch's address
+// in a call the compiler cannot inline (the cold paths take and return values), or every
+// header's acquire load would make the loop reload it from memory.
+impl<'a> Batch<'a> {
+    /// The committed records of `mem` now: they are lent for `'a`, so its consumer position must
+    /// not move past them before then (the caller settles the batch only at a call that `'a`
+    /// rules out).
+    #[inline(always)]
+    pub(crate) fn new<M: RingMemory + ?Sized>(mem: &M) -> Self {
+        let size = mem.size() as u64;
+        // Only this consumer writes consumer_pos, so a relaxed load sees our own last store.
+        let start = mem.consumer_pos().load(Ordering::Relaxed);
+        // Pairs with smp_store_release(&rb->producer_pos, ...) in __bpf_ringbuf_reserve(): every
+        // header below the position read has been written (at least as BUSY).
+        let lead = mem.producer_pos().load(Ordering::Acquire).wrapping_sub(start);
+        // SAFETY: the offset is below `size`, inside the mapping.
+        let first = unsafe { mem.data().add((start & (size - 1)) as usize) };
+        let (end, corruption) = match lead <= size {
+            true => (lead, None),
+            false => (0, Some(corruption(start, lead, "producer position is more than one ring ahead"))),
+        };
+        Batch { first, start, at: 0, end, stride: Stride::new(HEADER_SIZE), corruption, _lent: PhantomData }
+    }
+
+    /// The next committed record, or `None` at the end of the batch: the producer position it
+    /// was made with, a record still being written (BUSY), or a corrupt header (kept in
+    /// [`corruption`](Self::corruption)).
+    #[inline(always)]
+    pub fn next(&mut self) -> Option<&'a [u8]> {
+        loop {
+            if self.at >= self.end {
+                return None;
+            }
+            let at = self.at as usize;
+            scan::prefetch(self.first.as_ptr().wrapping_add(at + scan::PREFETCH_AHEAD));
+            // SAFETY: `at < end <= size` and 8-aligned: the header is an aligned u32 inside the
+            // double mapping. The kernel writes it concurrently, hence an atomic.
+            let header = unsafe { self.first.add(at).cast::<AtomicU32>().as_ref() };
+            // Pairs with the xchg(&hdr->len, new_len) in bpf_ringbuf_commit() (a full barrier):
+            // once we see BUSY clear, the payload written before the commit is visible.
+            let len_word = header.load(Ordering::Acquire);
+            // Header plus payload, rounded up to 8 (len < 2^30 when no flag is set).
+            let total = (u64::from(len_word) + HEADER_SIZE + 7) & !7;
+            if len_word & (BUSY_BIT | DISCARD_BIT) != 0 || total > self.end - self.at {
+                match unlendable(self.start.wrapping_add(self.at), self.end - self.at, len_word) {
+                    Ok(skipped) => self.at += skipped,
+                    Err(corruption) => {
+                        self.end = self.at;
+                        self.corruption = corruption;
+                    }
+                }
+                continue;
+            }
+            // SAFETY: the record lies within the `end - at` written bytes (checked above),
+            // inside the double mapping. It is committed and stays unwritten until
+            // consumer_pos passes it, which happens only at a call that the lifetime `'a` rules
+            // out while the record is borrowed (see `RingBuffer::batch`), and no other consumer
+            // in this process can move it (`RingClaim`).
+            let payload = unsafe { std::slice::from_raw_parts(self.first.add(at + 8).as_ptr(), len_word as usize) };
+            self.at = self.stride.next(self.at, total);
+            return Some(payload);
+        }
+    }
+
+    /// The consumer position after the records pulled so far.
+    #[inline(always)]
+    pub fn position(&self) -> u64 {
+        self.start.wrapping_add(self.at)
+    }
+}
+
+/// A header at `position` that [`Batch::next`] cannot lend, `room` bytes before the producer
+/// position: a discarded record is skipped (`Ok`: its size), a BUSY one ends the batch before it
+/// (`Err(None)`), a record longer than what was written ends it with an error. Out of line,
+/// and on values: the pull's fast path stays small and its state in registers.
+#[cold]
+#[inline(never)]
+fn unlendable(position: u64, room: u64, len_word: u32) -> Result<u64, Option<Corruption>> {
+    if len_word & BUSY_BIT != 0 {
+        return Err(None);
+    }
+    // A record without flags gets here only when it does not fit: an error here too.
+    skip_discarded(position, room, len_word).map_err(Some)
 }
 
 /// Bytes waiting below which `poll` may sleep until the producers' next wakeup without leaving
@@ -634,34 +805,48 @@ mod protocol_tests {
     use proptest::prelude::*;
 
     use crate::ringbuf;
-    use crate::sim::SimRing;
+    use crate::sim::{SimRing, SimRingConsumer};
 
     fn payload(seq: usize, len: usize) -> Vec<u8> {
         (0..len).map(|i| (seq * 31 + i) as u8).collect()
     }
 
+    /// Takes records from `consumer` into `seen`: with the handler, or, when `pull` is some,
+    /// through a pulled batch stopped after that many records. Returns how many.
+    fn take(consumer: &mut SimRingConsumer<'_>, pull: Option<usize>, seen: &mut Vec<Vec<u8>>) -> usize {
+        let before = seen.len();
+        match pull {
+            None => drop(consumer.consume(|r: &[u8]| seen.push(r.to_vec())).unwrap()),
+            Some(n) => seen.extend(consumer.read().take(n).map(<[u8]>::to_vec)),
+        }
+        seen.len() - before
+    }
+
     proptest! {
         /// Whatever the mix of sizes (so the next-record prediction keeps missing and hitting),
         /// wherever the ring wraps and however the reads interleave with the writes, records
-        /// come out whole and in order, and the consumer ends where the producer is.
+        /// come out whole and in order, and the consumer ends where the producer is; through the
+        /// handler or the pull (whose batches are stopped early now and then).
         #[test]
         fn records_come_out_whole_and_in_order(
             sizes in proptest::collection::vec(0usize..200, 1..300),
             start in 0u64..10_000,
             every in 1usize..40,
+            pull in proptest::option::of(1usize..8),
         ) {
             let ring = SimRing::starting_at(1024, start);
             let mut consumer = ring.consumer().unwrap();
             let mut seen: Vec<Vec<u8>> = Vec::new();
             for (seq, &len) in sizes.iter().enumerate() {
                 while ring.output(&payload(seq, len)).is_none() {
-                    consumer.consume(|r: &[u8]| seen.push(r.to_vec())).unwrap();
+                    take(&mut consumer, pull, &mut seen);
                 }
                 if seq % every == 0 {
-                    consumer.consume(|r: &[u8]| seen.push(r.to_vec())).unwrap();
+                    take(&mut consumer, pull, &mut seen);
                 }
             }
-            consumer.consume(|r: &[u8]| seen.push(r.to_vec())).unwrap();
+            while take(&mut consumer, pull, &mut seen) > 0 {}
+            drop(consumer); // publishes the last pulled batch
             let expected: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(seq, &len)| payload(seq, len)).collect();
             prop_assert_eq!(seen, expected);
             let (consumer_pos, producer_pos) = ring.positions();

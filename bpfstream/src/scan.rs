@@ -8,6 +8,26 @@
 //! next header load before this one has arrived. [`prefetch`] asks for the cache lines a little
 //! further on, which the hardware prefetcher of a virtual machine often does not.
 
+use crate::Error;
+
+/// A record the protocol cannot produce, as a pulled batch keeps it until it is settled: plain
+/// data, which the batch can hold without a destructor (one would keep the batch, and so its
+/// cursor, in memory rather than in the caller's registers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Corruption {
+    pub transport: &'static str,
+    pub position: u64,
+    pub length: u64,
+    pub reason: &'static str,
+}
+
+impl Corruption {
+    /// The error the next call on the consumer reports.
+    pub fn into_error(self) -> Error {
+        Error::Corrupt { transport: self.transport, position: self.position, length: self.length, reason: self.reason }
+    }
+}
+
 /// Bytes ahead of the current record that [`prefetch`] asks for.
 pub(crate) const PREFETCH_AHEAD: usize = 2048;
 

@@ -1,24 +1,19 @@
 //! Simulated kernel buffers: the ring-buffer and perf-buffer memory layouts in ordinary heap
 //! memory, with producers that write exactly as the kernel does. The consumers run on them
-//! unchanged, which is how the record protocols are tested (and fuzzed) without root, and how
-//! a tool's own decoder can be tested on hand-made records.
+//! unchanged, which is how the record protocols are tested (and fuzzed) without root
+//! (`sim/tests.rs`), and what the parse bench (`benches/parse.rs`) times.
 //!
-//! ```
-//! use bpfstream::sim::SimRing;
-//! let mut ring = SimRing::new(4096);
-//! ring.output(b"hello").unwrap();
-//! let mut seen = Vec::new();
-//! ring.consumer()?.consume(|r: &[u8]| seen.push(r.to_vec()))?;
-//! assert_eq!(seen, [b"hello".to_vec()]);
-//! # Ok::<(), bpfstream::Error>(())
-//! ```
+//! Test support only: the crate's unit tests build it, and the parse bench includes this file
+//! (and the crate's source) as modules of its own.
 
+use std::cell::Cell;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::perfbuf::{self, PerfMemory};
 use crate::ringbuf::{self, RingMemory, BUSY_BIT, DISCARD_BIT, HEADER_SIZE};
-use crate::{Error, Failure, Flow, Item};
+use crate::scan::Corruption;
+use crate::{Error, Event, Failure, Flow, Record};
 
 /// 8-byte aligned, zeroed memory.
 fn aligned(bytes: usize) -> Box<[AtomicU64]> {
@@ -92,11 +87,6 @@ impl Reservation {
     /// Position of the record header.
     pub fn pos(&self) -> u64 {
         self.pos
-    }
-
-    /// Payload length.
-    pub fn payload_len(&self) -> u32 {
-        self.len
     }
 }
 
@@ -191,13 +181,13 @@ impl SimRing {
 
     /// The consumer and producer positions (free-running byte counters), read now.
     pub fn positions(&self) -> (u64, u64) {
-        let stats = ringbuf::stats(self);
-        (stats.consumer_pos, stats.producer_pos)
+        let fill = ringbuf::fill(self);
+        (fill.consumer_pos, fill.producer_pos)
     }
 
     /// Bytes written and not yet consumed (records, headers and padding).
     pub fn available(&self) -> u64 {
-        ringbuf::stats(self).available
+        ringbuf::fill(self).used
     }
 
     /// Start of the data area (mapped twice back to back, `2 * size` bytes), to check that
@@ -226,6 +216,7 @@ impl SimRing {
             ring: self,
             _claim: Claim(&self.consumed),
             publish_every: ringbuf::default_publish_every(self.size as u64),
+            lent_to: None,
         })
     }
 }
@@ -237,6 +228,44 @@ pub struct SimRingConsumer<'a> {
     /// The ring's one consumer, until dropped.
     _claim: Claim<'a>,
     publish_every: u64,
+    /// Where the last pulled batch ended: published at the next call, or on drop.
+    lent_to: Option<u64>,
+}
+
+impl Drop for SimRingConsumer<'_> {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
+/// A batch of a [`SimRing`]'s records, pulled one at a time as
+/// [`EventSource::read`](crate::EventSource::read) lends them (`ringbuf::Batch`).
+pub struct SimRingRecords<'a> {
+    batch: ringbuf::Batch<'a>,
+    lent_to: &'a mut Option<u64>,
+}
+
+impl<'a> Iterator for SimRingRecords<'a> {
+    type Item = &'a [u8];
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        self.batch.next()
+    }
+}
+
+impl SimRingRecords<'_> {
+    /// The error that ended the batch early, if one did.
+    pub fn error(&self) -> Option<Error> {
+        self.batch.corruption.map(Corruption::into_error)
+    }
+}
+
+impl Drop for SimRingRecords<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        *self.lent_to = Some(self.batch.position());
+    }
 }
 
 /// A ring's consumer flag, set while its consumer exists: cleared on drop.
@@ -252,38 +281,47 @@ impl Drop for Claim<'_> {
 impl SimRingConsumer<'_> {
     /// Consumes every committed record now in the ring, as
     /// [`EventSource::consume`](crate::EventSource::consume) does.
-    pub fn consume<F: Flow>(&mut self, handler: impl FnMut(&[u8]) -> F) -> Result<usize, Error> {
+    pub fn consume<F: Flow>(&mut self, handler: impl FnMut(&[u8]) -> F) -> Result<usize, F::Error> {
         self.consume_n(usize::MAX, handler)
     }
 
     /// As [`consume`](Self::consume), at most `max` records (the consume loop the ring buffer
     /// runs with a limit: for the streams and the poller).
-    pub fn consume_n<F: Flow>(&mut self, max: usize, mut handler: impl FnMut(&[u8]) -> F) -> Result<usize, Error> {
+    pub fn consume_n<F: Flow>(&mut self, max: usize, mut handler: impl FnMut(&[u8]) -> F) -> Result<usize, F::Error> {
+        self.settle();
         let mut failure = Failure::default();
         let (pass, result) =
             ringbuf::consume(self.ring, max, self.publish_every, &mut |r: &[u8]| failure.check(handler(r)));
         failure.result(result.map(|()| pass.records))
     }
 
-    /// As [`EventSource::poll`](crate::EventSource::poll) on a ring whose producers send no wakeups: consumes, and
-    /// while the head record is still being written (BUSY) looks again every millisecond until
-    /// `timeout` (`None`: until it is committed).
+    /// As [`EventSource::poll`](crate::EventSource::poll) on a ring whose producers send no
+    /// wakeups: while the head record is still being written (BUSY), looks again every
+    /// millisecond until `timeout` (`None`: until it is committed), then consumes.
     pub fn poll<F: Flow>(
         &mut self,
         timeout: Option<std::time::Duration>,
         mut handler: impl FnMut(&[u8]) -> F,
-    ) -> Result<usize, Error> {
+    ) -> Result<usize, F::Error> {
         let deadline = timeout.map(|t| std::time::Instant::now() + t);
-        let mut failure = Failure::default();
-        let mut check = |r: &[u8]| failure.check(handler(r));
-        let n = ringbuf::consume_past_busy(deadline, || {
-            let (pass, result) = ringbuf::consume(self.ring, usize::MAX, self.publish_every, &mut check);
-            if let Some(panic) = pass.panicked {
-                std::panic::resume_unwind(panic);
-            }
-            result.map(|()| (pass.records, ringbuf::head_is_busy(self.ring)))
-        });
-        failure.result(n)
+        ringbuf::wait_past_busy(deadline, || ringbuf::head_is_busy(self.ring));
+        self.consume_n(usize::MAX, &mut handler)
+    }
+
+    /// The committed records now in the ring, pulled one at a time; the consumer position moves
+    /// past what was pulled at the next call (or when the consumer is dropped).
+    #[inline(always)]
+    pub fn read(&mut self) -> SimRingRecords<'_> {
+        self.settle();
+        SimRingRecords { batch: ringbuf::Batch::new(self.ring), lent_to: &mut self.lent_to }
+    }
+
+    /// Publishes where the last pulled batch ended.
+    #[inline(always)]
+    fn settle(&mut self) {
+        if let Some(position) = self.lent_to.take() {
+            self.ring.consumer_pos.store(position, Ordering::Release);
+        }
     }
 
     /// Publish the consumer position every `bytes` within a batch (default: a quarter ring).
@@ -304,6 +342,38 @@ pub struct SimPerf {
     size: usize,
     pending_lost: u64,
     scratch: Vec<u8>,
+    /// Where the last pulled batch ended: published at the next call.
+    lent_to: Cell<Option<u64>>,
+}
+
+/// A batch of a [`SimPerf`]'s records, pulled one at a time as
+/// [`EventSource::read`](crate::EventSource::read) lends them (`perfbuf::Batch`).
+pub struct SimPerfRecords<'a> {
+    batch: perfbuf::Batch<'a, SimPerf>,
+    perf: &'a SimPerf,
+}
+
+impl<'a> Iterator for SimPerfRecords<'a> {
+    type Item = Event<Record<'a>>;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<Event<Record<'a>>> {
+        self.batch.next()
+    }
+}
+
+impl SimPerfRecords<'_> {
+    /// The error that ended the batch early, if one did.
+    pub fn error(&self) -> Option<Error> {
+        self.batch.corruption().map(Corruption::into_error)
+    }
+}
+
+impl Drop for SimPerfRecords<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.perf.lent_to.set(self.batch.finish().0.first().copied());
+    }
 }
 
 // SAFETY: `data` is 8-aligned and `size` bytes; the producer writes only between data_head and
@@ -321,6 +391,9 @@ unsafe impl PerfMemory for SimPerf {
     fn size(&self) -> usize {
         self.size
     }
+    fn cpu(&self) -> u32 {
+        0
+    }
 }
 
 impl SimPerf {
@@ -334,6 +407,7 @@ impl SimPerf {
             size,
             pending_lost: 0,
             scratch: Vec::new(),
+            lent_to: Cell::new(None),
         }
     }
 
@@ -410,16 +484,39 @@ impl SimPerf {
     pub fn consume<F: Flow>(
         &mut self,
         scratch: &mut Vec<u8>,
-        mut handler: impl FnMut(Item<'_>) -> F,
-    ) -> Result<usize, Error> {
+        mut handler: impl FnMut(Event<Record<'_>>) -> F,
+    ) -> Result<usize, F::Error> {
+        self.settle();
         let publish_every = (self.size as u64 / 4).max(8);
         let mut failure = Failure::default();
-        let mut check = |item: Item<'_>| failure.check(handler(item));
+        let mut check = |event: Event<Record<'_>>| failure.check(handler(event));
         let (pass, result) = perfbuf::consume(&*self, 0, scratch, usize::MAX, publish_every, &mut check);
         if let Some(panic) = pass.panicked {
             std::panic::resume_unwind(panic);
         }
         failure.result(result.map(|()| pass.records))
+    }
+
+    /// The records now in the buffer, pulled one at a time (a sample that wraps the end of the
+    /// ring copied into `scratch`); data_tail moves past what was pulled at the next call.
+    #[inline(always)]
+    pub fn read<'a>(&'a mut self, scratch: &'a mut Vec<Vec<u8>>) -> SimPerfRecords<'a> {
+        self.settle();
+        scratch.resize(1, Vec::new());
+        let perf: &'a SimPerf = self;
+        // SAFETY: the records are dead before data_tail moves past them (the next call that
+        // settles needs `&mut self`, which `'a` rules out) and before `scratch` is used again
+        // (borrowed for `'a`).
+        let batch = unsafe { perfbuf::Batch::new(std::slice::from_ref(perf), scratch) };
+        SimPerfRecords { batch, perf }
+    }
+
+    /// Publishes where the last pulled batch ended.
+    #[inline(always)]
+    fn settle(&mut self) {
+        if let Some(tail) = self.lent_to.take() {
+            self.data_tail.store(tail, Ordering::Release);
+        }
     }
 
     /// Start of the data area (`size` bytes), to check that what a consumer lends lies
@@ -453,3 +550,6 @@ impl SimPerf {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,18 +1,21 @@
 //! One event stream for either transport: a ring buffer or a perf buffer, plus the BPF-side
-//! drop counters, so a tool reads records and losses the same way whatever the kernel offers.
+//! drop counters, so a tool reads records and drops the same way whatever the kernel offers.
 
 use std::cell::Cell;
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::accounting::DropCounters;
-use crate::ringbuf;
-use crate::stats::{Fill, Stats, StatsHandle};
-use crate::sys::{self, map_type};
-use crate::{Error, Failure, Flow, Item, Lost, PerfBuffer, PerfOptions, Record, RingBuffer, WakeupPolicy};
+use crate::records::{Ended, Records};
+use crate::ringbuf::{self, Waited};
+use crate::stop::{Control, StopHandle, RUNNING};
+use crate::sys::{self, map_type, EventFd};
+use crate::{perfbuf, Dropped, Error, Event, Failure, Fill, Flow, Options, PerfBuffer, Record, RingBuffer};
+use crate::{Totals, TotalsHandle};
 
-/// Which kind of buffer carries the events.
+/// Which kind of buffer carries the events (`Display`: `ring`, `perf`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     /// `BPF_MAP_TYPE_RINGBUF`: one ring for all CPUs (Linux 5.8+).
@@ -22,108 +25,84 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// `"ring"` or `"perf"`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Transport::Ring => "ring",
-            Transport::Perf => "perf",
-        }
-    }
-
-    /// Whether this kernel can create a ring buffer map (Linux 5.8+). Creates (and frees) a
-    /// one-page ring.
-    pub fn ring_supported() -> bool {
-        sys::map_create(map_type::RINGBUF, 0, 0, sys::page_size() as u32).is_ok()
-    }
-
-    /// The best transport this kernel has: [`Transport::Ring`] if it can create one, else
-    /// [`Transport::Perf`].
+    /// The best transport this kernel has: [`Transport::Ring`] if it can create a ring buffer
+    /// map (it creates and frees a one-page ring), else [`Transport::Perf`].
     pub fn probe() -> Transport {
-        if Transport::ring_supported() {
-            Transport::Ring
-        } else {
-            Transport::Perf
+        match sys::map_create(map_type::RINGBUF, 0, 0, sys::page_size() as u32) {
+            Ok(_) => Transport::Ring,
+            Err(_) => Transport::Perf,
         }
     }
 }
 
 impl std::fmt::Display for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        f.write_str(match self {
+            Transport::Ring => "ring",
+            Transport::Perf => "perf",
+        })
     }
 }
 
-/// What a stream has accounted for: so far ([`EventSource::totals`]), or in the end
-/// ([`EventSource::finish`]). Once the producers are detached and the stream drained,
-/// `delivered + dropped + summarized == produced`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Totals {
-    /// Records handed to the handler.
-    pub delivered: u64,
-    /// Payload bytes handed to the handler.
-    pub bytes: u64,
-    /// Records reported lost (ring drop counters, perf LOST records).
-    pub dropped: u64,
-    /// What the BPF side says it tried to send, or counted in a summary instead (`None`
-    /// without drop counters).
-    pub produced: Option<u64>,
-    /// Wakeups the BPF side forced (ring buffers with a wakeup policy).
-    pub forced_wakeups: Option<u64>,
-    /// Events the BPF side counted in a summary instead of sending them, as filled in by a
-    /// tool that summarizes under backpressure (the CLI's `lab backpressure`); 0 otherwise.
-    pub summarized: u64,
-}
-
-#[cfg(feature = "tokio")]
-impl Totals {
-    /// Two sources' totals together (a stream over several).
-    pub(crate) fn sum(self, other: Totals) -> Totals {
-        let both = |a: Option<u64>, b: Option<u64>| match (a, b) {
-            (None, None) => None,
-            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
-        };
-        Totals {
-            delivered: self.delivered + other.delivered,
-            bytes: self.bytes + other.bytes,
-            dropped: self.dropped + other.dropped,
-            produced: both(self.produced, other.produced),
-            forced_wakeups: both(self.forced_wakeups, other.forced_wakeups),
-            summarized: self.summarized + other.summarized,
-        }
-    }
-}
-
-/// How long a [`StopHandle`](crate::StopHandle) drain waits for
-/// a record still being written (BUSY) at the head of a ring: its program runs on another CPU
-/// and commits within microseconds, unless that CPU is preempted.
+/// How long a [`StopHandle`] drain waits for a record still being written (BUSY) at the head of
+/// a ring: its program runs on another CPU and commits within microseconds, unless that CPU is
+/// preempted.
 const BUSY_DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
-/// How often a blocking poll without a timeout looks at a ring whose producers never wake it.
+/// How often a wait without a timeout looks at a ring whose producers never wake it.
 const UNWOKEN_LOOK_EVERY: Duration = Duration::from_millis(100);
 
-enum Buffer {
+pub(crate) enum Buffer {
     Ring(RingBuffer),
     Perf(PerfBuffer),
 }
 
-/// A ring or perf buffer with its drop counters: yields [`Item::Record`] and [`Item::Lost`] and
-/// keeps [`Totals`].
+/// A ring or perf buffer with its drop counters: hands over [`Event::Record`]s and
+/// [`Event::Dropped`] reports and keeps [`Totals`].
 ///
-/// Drop counters are read at most every [`EventSource::set_counter_interval`] (default 100 ms;
-/// a read is one system call) and always by [`EventSource::finish`].
+/// Three ways to take records, all lending them from the kernel's memory without a copy:
+/// [`consume`](Self::consume) (what is there now) and [`poll`](Self::poll) (wait, then consume)
+/// call a handler; [`read`](Self::read) waits and returns the batch as an iterator. Then
+/// [`finish`](Self::finish), once the programs are detached, hands over the rest, exactly.
+///
+/// ```no_run
+/// # fn demo(mut source: bpfstream::EventSource) -> Result<(), bpfstream::Error> {
+/// use std::time::{Duration, Instant};
+/// use bpfstream::{Event, FromRecord};
+///
+/// // A handler that may borrow local state (no 'static, no Arc).
+/// let mut pids = Vec::new();
+/// source.poll(Some(Duration::from_millis(100)), |event| match event {
+///     Event::Record(record) => pids.extend(u32::from_record(record.data)),
+///     Event::Dropped(dropped) => eprintln!("{} dropped", dropped.count),
+/// })?;
+/// // Or pull: the batch's records are lent until the next call on the source.
+/// for event in source.read(Some(Duration::from_millis(100)))? {
+///     if let Event::Record(record) = event {
+///         println!("{} bytes", record.data.len());
+///     }
+/// }
+/// // After detaching the programs: everything left, and totals that add up.
+/// let totals = source.finish(Instant::now() + Duration::from_secs(1), |_| ())?;
+/// println!("{} delivered + {} dropped of {:?}", totals.delivered, totals.dropped, totals.produced);
+/// # Ok(()) }
+/// ```
 ///
 /// Minimum kernel: 5.8 for a ring, 4.4 for a perf buffer; [`open`](Self::open) 4.13
 /// (`BPF_OBJ_GET_INFO_BY_FD`).
 pub struct EventSource {
-    buffer: Buffer,
+    pub(crate) buffer: Buffer,
     counters: Option<DropCounters>,
     counter_interval: Duration,
     last_counter_read: Option<Instant>,
-    /// Per CPU: losses reported by perf LOST records.
+    /// Per CPU: drops reported by perf LOST records.
     perf_lost: Vec<u64>,
-    totals: Totals,
-    stats: Stats,
-    stats_handle: StatsHandle,
+    pub(crate) totals: Totals,
+    handle: TotalsHandle,
+    /// What a [`StopHandle`] asked; its eventfd is in the buffer's wait set.
+    control: Arc<Control>,
+    /// The error that ended a pulled batch early: the next call returns it.
+    pub(crate) deferred: Option<Error>,
 }
 
 impl std::fmt::Debug for EventSource {
@@ -133,82 +112,76 @@ impl std::fmt::Debug for EventSource {
 }
 
 impl EventSource {
-    /// The name of the events map `bpfstream.h` defines (`BPFSTREAM_EVENTS` renames it;
-    /// `BPFSTREAM_STREAM(name)` defines more).
-    pub const MAP: &'static str = "events";
-
-    /// Opens `map` as whatever it is: a ring buffer, or a perf event array with `perf`
-    /// options.
-    pub fn open(map: impl AsFd, perf: PerfOptions) -> Result<Self, Error> {
+    /// Opens `events_map` as whatever it is: a ring buffer (its size is the map's), or a perf
+    /// event array (a buffer of `options.buffer_bytes` per CPU); with `counters_map`, the
+    /// per-CPU drop counters of `bpfstream.h` (`bpfstream_stats`, or `NAME_stats` for a stream
+    /// `BPFSTREAM_STREAM(NAME)`), which make ring drops visible and `produced` known. Without a
+    /// loader of your own, [`crate::aya::open`] finds both maps by name.
+    pub fn open(events_map: impl AsFd, counters_map: Option<BorrowedFd<'_>>, options: &Options) -> Result<Self, Error> {
         const EXPECTED: &str = "BPF_MAP_TYPE_RINGBUF or BPF_MAP_TYPE_PERF_EVENT_ARRAY";
-        let info = sys::map_info_of(map.as_fd(), EXPECTED)?;
-        match info.map_type {
-            map_type::RINGBUF => Ok(Self::with(Buffer::Ring(RingBuffer::new(map)?))),
-            map_type::PERF_EVENT_ARRAY => Ok(Self::with(Buffer::Perf(PerfBuffer::new(map, perf)?))),
-            other => Err(Error::WrongMapType {
-                expected: EXPECTED.into(),
-                actual: format!("{} ({:?})", map_type::name(other), info.name()),
-            }),
-        }
-    }
-
-    fn with(buffer: Buffer) -> Self {
-        EventSource {
+        let map = events_map.as_fd();
+        let info = sys::map_info_of(map, EXPECTED)?;
+        let buffer = match info.map_type {
+            map_type::RINGBUF => {
+                let mut ring = RingBuffer::new(map)?;
+                ring.expect_wakeups(options.wakeup);
+                Buffer::Ring(ring)
+            }
+            map_type::PERF_EVENT_ARRAY => Buffer::Perf(PerfBuffer::new(map, options)?),
+            other => {
+                return Err(Error::WrongMapType {
+                    expected: EXPECTED.into(),
+                    actual: format!("{} ({:?})", map_type::name(other), info.name()),
+                })
+            }
+        };
+        let stop = EventFd::new()?;
+        let handle = match &buffer {
+            Buffer::Ring(r) => {
+                r.watch_stop(stop.as_fd())?;
+                TotalsHandle::new(r.fill_reader())
+            }
+            Buffer::Perf(p) => {
+                p.watch_stop(stop.as_fd())?;
+                TotalsHandle::new(p.fill_reader())
+            }
+        };
+        Ok(EventSource {
             buffer,
-            counters: None,
-            counter_interval: Duration::from_millis(100),
+            counters: counters_map.map(DropCounters::new).transpose()?,
+            counter_interval: options.counter_interval,
             last_counter_read: None,
             perf_lost: Vec::new(),
             totals: Totals::default(),
-            stats: Stats::default(),
-            stats_handle: StatsHandle::new(),
-        }
-    }
-
-    /// Adds the BPF side's drop counters (the `bpfstream_stats` map of `bpfstream.h`), so ring
-    /// drops are reported and `produced` is known.
-    pub fn with_counters(mut self, counters: DropCounters) -> Self {
-        self.counters = Some(counters);
-        self
-    }
-
-    /// How often drop counters are read while streaming.
-    pub fn set_counter_interval(&mut self, interval: Duration) {
-        self.counter_interval = interval;
+            handle,
+            control: Arc::new(Control::with_fd(stop)),
+            deferred: None,
+        })
     }
 
     /// The transport.
-    pub fn transport(&self) -> crate::Transport {
+    pub fn transport(&self) -> Transport {
         match self.buffer {
             Buffer::Ring(_) => Transport::Ring,
             Buffer::Perf(_) => Transport::Perf,
         }
     }
 
-    /// The CPUs with a buffer of their own: those of a perf buffer (its online CPUs); empty for a
-    /// ring, which all CPUs share.
-    pub fn cpus(&self) -> Vec<u32> {
-        match &self.buffer {
-            Buffer::Perf(p) => p.cpus(),
-            Buffer::Ring(_) => Vec::new(),
-        }
-    }
-
     /// Bytes of memory mapped for the buffer (all CPUs for perf; for a ring, the data once plus
     /// its two control pages: the kernel maps the data pages twice but allocates them once).
-    pub fn buffer_bytes(&self) -> u64 {
+    pub fn mapped_bytes(&self) -> u64 {
         match &self.buffer {
-            Buffer::Ring(r) => r.stats().size + 2 * sys::page_size() as u64,
+            Buffer::Ring(r) => r.fill().capacity + 2 * sys::page_size() as u64,
             Buffer::Perf(p) => p.mapped_bytes() as u64,
         }
     }
 
-    /// Records and losses so far.
+    /// What this source has handed over and counted so far.
     pub fn totals(&self) -> Totals {
         self.totals
     }
 
-    /// Bytes waiting in the buffer and its capacity, read now.
+    /// How full the buffer is, read now (two memory loads; per CPU for a perf buffer).
     pub fn fill(&self) -> Fill {
         match &self.buffer {
             Buffer::Ring(r) => r.fill(),
@@ -216,125 +189,181 @@ impl EventSource {
         }
     }
 
-    /// Events, bytes, losses, wakeups and fill as of the last pass (see [`StatsHandle`]).
-    pub fn stats(&self) -> Stats {
-        self.stats
+    /// A handle that reads [`totals`](Self::totals) and [`fill`](Self::fill) from any thread,
+    /// also while a [`Poller`](crate::Poller) or a stream holds the source (take it before).
+    pub fn totals_handle(&self) -> TotalsHandle {
+        self.handle.clone()
     }
 
-    /// A handle that reads [`stats`](Self::stats) from any thread while this source is being
-    /// consumed.
-    pub fn stats_handle(&self) -> StatsHandle {
-        self.stats_handle.clone()
+    /// A handle that stops this source's waits from another thread: a [`poll`](Self::poll) or
+    /// [`read`](Self::read) blocked in its wait returns at once, and later ones do not wait
+    /// (they take what is buffered, if anything). The caller's loop then sees
+    /// [`StopHandle::is_stopped`] and ends, typically with [`finish`](Self::finish) after
+    /// detaching the programs. (A [`Poller`](crate::Poller) or a stream that serves the source
+    /// is stopped through its own handle.)
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(Arc::clone(&self.control))
     }
 
-    /// Counts a wait for this source's descriptor: `signalled` if it became readable, otherwise
-    /// it timed out (or another source woke the waiter). [`poll`](Self::poll) and
-    /// [`Poller`](crate::Poller) call this (through [`Source::note_wait`](crate::poller::Source::note_wait)).
-    pub(crate) fn note_wait(&mut self, signalled: bool) {
-        self.stats.note_wait(signalled);
+    fn stopped(&self) -> bool {
+        self.control.request() != RUNNING
     }
 
-    fn publish_stats(&mut self) {
-        let t = &self.totals;
-        self.stats.events = t.delivered;
-        self.stats.bytes = t.bytes;
-        self.stats.lost = t.dropped;
-        self.stats.produced = t.produced;
-        self.stats_handle.publish(&self.stats);
+    /// Publishes the totals to the [`TotalsHandle`].
+    fn publish(&mut self) {
+        self.handle.publish(&self.totals);
     }
 
     /// Consumes what is buffered now, without blocking; returns the number of records handed
-    /// over. Drop counters are checked if the counter interval has passed.
-    pub fn consume<F: Flow>(&mut self, mut handler: impl FnMut(Item<'_>) -> F) -> Result<usize, Error> {
-        self.consume_n(usize::MAX, &mut handler)
-    }
-
-    /// Like [`consume`](Self::consume), at most `max` records.
-    pub(crate) fn consume_n<F: Flow>(
-        &mut self,
-        max: usize,
-        mut handler: impl FnMut(Item<'_>) -> F,
-    ) -> Result<usize, Error> {
+    /// over. Drop counters are read if the counter interval has passed
+    /// ([`Options::counter_interval`]).
+    pub fn consume<F: Flow>(&mut self, mut handler: impl FnMut(Event<Record<'_>>) -> F) -> Result<usize, F::Error> {
         let mut failure = Failure::default();
-        let mut handler = |item: Item<'_>| failure.check(handler(item));
-        self.stats.note_fill(Some(self.fill()));
-        let n = self.consume_buffer(max, &mut handler);
-        let due = self.last_counter_read.is_none_or(|t| t.elapsed() >= self.counter_interval);
-        let counted = if n.is_ok() && due { self.report_counter_drops(&mut handler) } else { Ok(()) };
-        self.publish_stats();
-        failure.result(counted.and(n))
+        let n = self.consume_n(usize::MAX, &mut |event: Event<Record<'_>>| failure.check(handler(event)));
+        failure.result(n)
     }
 
-    /// Waits up to `timeout` for data, then consumes. The timeout also bounds how long a record
-    /// can wait when the producer does not wake us (`BPF_RB_NO_WAKEUP`, perf watermarks). With
-    /// no timeout on a ring whose producers never wake us ([`WakeupPolicy::Never`], told by
-    /// [`expect_wakeups`](Self::expect_wakeups)), it looks every 100 ms until it has records
-    /// rather than sleep forever.
+    /// Waits up to `timeout` for records (`None`: until some come), then consumes. The timeout
+    /// also bounds how long a record can wait when the producers do not wake the consumer
+    /// (`BPF_RB_NO_WAKEUP`, perf watermarks); with no timeout on a ring whose producers never
+    /// wake it ([`WakeupPolicy::Never`](crate::WakeupPolicy::Never)), it looks every 100 ms.
+    ///
+    /// The wait ends early, and `poll` consumes what is there (perhaps nothing) and returns
+    /// `Ok`, when a signal interrupts it (EINTR: the signal's handler has run, and the caller's
+    /// loop can look at what it set) or a [`StopHandle`] asks.
     pub fn poll<F: Flow>(
         &mut self,
         timeout: Option<Duration>,
-        mut handler: impl FnMut(Item<'_>) -> F,
-    ) -> Result<usize, Error> {
+        handler: impl FnMut(Event<Record<'_>>) -> F,
+    ) -> Result<usize, F::Error> {
+        self.wait_for_records(timeout)?;
+        self.consume(handler)
+    }
+
+    /// Waits as [`poll`](Self::poll) does, then returns what is buffered as an iterator (the
+    /// pull API, as aya's `RingBuf::next` and cilium's `Reader.Read`): records lent from the
+    /// kernel's memory, and drop reports. The consumer position moves past the batch at the next
+    /// call on the source, or when it is dropped (every call needs `&mut self`, so no record of
+    /// the batch is alive then): the batch is freed at once, and the producers' space is
+    /// returned once per batch, not per record. A record the iterator did not reach stays for
+    /// the next call. Taking a batch costs a wait at most; its records then cost a few
+    /// instructions each, inlined into the caller's loop.
+    ///
+    /// ```no_run
+    /// # fn demo(source: &mut bpfstream::EventSource) -> Result<(), bpfstream::Error> {
+    /// use bpfstream::Event;
+    /// let mut bytes = 0;
+    /// for event in source.read(Some(std::time::Duration::from_millis(100)))? {
+    ///     match event {
+    ///         Event::Record(record) => bytes += record.data.len(),
+    ///         Event::Dropped(dropped) => eprintln!("{} dropped", dropped.count),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// A corrupt record (a header the protocol cannot produce) ends the batch before it; the
+    /// next call returns the [`Error::Corrupt`].
+    // Inlined, so that the batch is made in the caller's frame: its cursor then stays in the
+    // caller's registers through the loop (a `Records` returned through memory would not).
+    #[inline(always)]
+    pub fn read(&mut self, timeout: Option<Duration>) -> Result<Records<'_>, Error> {
+        let drops = self.prepare_read(timeout)?;
+        Ok(Records::new(self, drops))
+    }
+
+    /// What [`read`](Self::read) does before the batch: the error of the last batch, the wait,
+    /// and the drop counters if they are due (their reports, to hand over after the records).
+    fn prepare_read(&mut self, timeout: Option<Duration>) -> Result<Vec<Dropped>, Error> {
+        if let Some(error) = self.deferred.take() {
+            return Err(error);
+        }
+        self.wait_for_records(timeout)?;
+        self.totals.note_fill(self.fill());
+        let mut drops = Vec::new();
+        if self.counters_due() {
+            self.report_counter_drops(&mut |event: Event<Record<'_>>| {
+                if let Event::Dropped(dropped) = event {
+                    drops.push(dropped);
+                }
+            })?;
+        }
+        self.publish();
+        Ok(drops)
+    }
+
+    /// Where a pulled batch ended (to publish at the next call), what it handed over, and the
+    /// error that ended it early.
+    #[cold]
+    pub(crate) fn end_pull(&mut self, ended: Ended, error: Option<Error>, delivered: u64, bytes: u64) {
+        match (&mut self.buffer, ended) {
+            (Buffer::Ring(ring), Ended::Ring(position)) => ring.finish_batch(position),
+            (Buffer::Perf(perf), Ended::Perf(tails)) => perf.finish_batch(&tails),
+            _ => unreachable!("a batch of the source's own buffer"),
+        }
+        self.deferred = error;
+        self.totals.delivered += delivered;
+        self.totals.bytes += bytes;
+        self.publish();
+    }
+
+    /// A perf LOST report of a pulled batch: counted, and what the drop counters have not
+    /// reported already (`None`: all of it).
+    pub(crate) fn note_pulled_drop(&mut self, dropped: Dropped) -> Option<Dropped> {
+        let new = note_perf_lost(&mut self.perf_lost, self.counters.as_mut(), dropped);
+        self.totals.dropped += new;
+        (new > 0).then_some(Dropped { count: new, ..dropped })
+    }
+
+    /// Waits up to `timeout` for records, as [`poll`](Self::poll) describes; not at all once a
+    /// stop was asked.
+    fn wait_for_records(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        let deadline = timeout.map(|t| Instant::now() + t);
         if timeout.is_none() && !self.sends_wakeups() {
-            loop {
-                let n = self.wait_and_consume(Some(UNWOKEN_LOOK_EVERY), &mut handler)?;
-                if n > 0 {
-                    return Ok(n);
+            while self.fill().used == 0 && !self.stopped() {
+                if self.wait_once(Some(UNWOKEN_LOOK_EVERY))? == Waited::Interrupted {
+                    break;
                 }
             }
+        } else if !self.stopped() {
+            self.wait_once(timeout)?;
         }
-        self.wait_and_consume(timeout, &mut handler)
+        ringbuf::wait_past_busy(deadline, || self.head_is_busy() && !self.stopped());
+        Ok(())
     }
 
-    /// One [`poll`](Self::poll): a wait of at most `timeout`, then a consume.
-    fn wait_and_consume<F: Flow>(
-        &mut self,
-        timeout: Option<Duration>,
-        handler: &mut impl FnMut(Item<'_>) -> F,
-    ) -> Result<usize, Error> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        if !self.ready_now() {
-            let signalled = match &mut self.buffer {
-                Buffer::Ring(r) => r.wait(timeout)?,
-                Buffer::Perf(p) => p.wait(timeout)?,
-            };
-            self.note_wait(signalled);
+    /// One wait of at most `timeout` for the producers' wakeup (none if records wait that no
+    /// wakeup may announce), counted in the totals.
+    fn wait_once(&mut self, timeout: Option<Duration>) -> Result<Waited, Error> {
+        if self.ready_now() {
+            return Ok(Waited::NotWoken);
         }
-        // A ring's head record still being written holds back what is committed behind it, and
-        // its commit may send no wakeup: look again every millisecond until the deadline.
-        ringbuf::consume_past_busy(deadline, || {
-            let n = self.consume_n(usize::MAX, &mut *handler)?;
-            Ok((n, self.head_is_busy()))
-        })
+        let waited = match &mut self.buffer {
+            Buffer::Ring(r) => r.wait(timeout)?,
+            Buffer::Perf(p) => p.wait(timeout)?,
+        };
+        self.note_wait(waited == Waited::Woken);
+        Ok(waited)
     }
 
-    /// Whether records wait that no coming wakeup is certain to announce, so that sleeping
-    /// until the next wakeup could strand them: for a ring, at least the wakeup threshold of the
-    /// policy told by [`expect_wakeups`](Self::expect_wakeups) is waiting (with the default
-    /// policy: anything at all); for a perf buffer, the last consume stopped early and left
-    /// records behind.
-    pub fn ready_now(&self) -> bool {
+    /// Counts a wait for this source's descriptor: `signalled` if it became readable, otherwise
+    /// it timed out (or another source woke the waiter).
+    pub(crate) fn note_wait(&mut self, signalled: bool) {
+        self.totals.note_wait(signalled);
+    }
+
+    /// Whether records wait that no coming wakeup is certain to announce, so that sleeping until
+    /// the next wakeup could strand them: for a ring, at least the wakeup threshold of its
+    /// producers' policy ([`Options::wakeup`]) is waiting (with the default policy: anything at
+    /// all); for a perf buffer, the last consume stopped early and left records behind.
+    pub(crate) fn ready_now(&self) -> bool {
         match &self.buffer {
             Buffer::Ring(r) => r.ready_now(),
             Buffer::Perf(p) => p.ready_now(),
         }
     }
 
-    /// Tells a ring buffer's waits which wakeups its producers send (the policy the BPF side
-    /// was loaded with, see `bpfstream.h`), so that [`poll`](Self::poll) sleeps through records
-    /// written without a wakeup instead of returning for each trickle of them. The default, the
-    /// kernel's [`WakeupPolicy::Adaptive`], is right for every policy but wastes CPU with the
-    /// others. With [`WakeupPolicy::Never`] nothing wakes a consumer but its own timeout: the
-    /// async streams then keep a delay timer even if asked for none. Perf buffers know their
-    /// wakeups from their [`PerfOptions`].
-    pub fn expect_wakeups(&mut self, policy: WakeupPolicy) {
-        if let Buffer::Ring(r) = &mut self.buffer {
-            r.expect_wakeups(policy);
-        }
-    }
-
-    /// Whether the producers wake the consumer at all (see `Source::sends_wakeups`); perf
-    /// buffers always do.
+    /// Whether the producers wake the consumer at all; perf buffers always do.
     pub(crate) fn sends_wakeups(&self) -> bool {
         match &self.buffer {
             Buffer::Ring(r) => r.sends_wakeups(),
@@ -342,11 +371,34 @@ impl EventSource {
         }
     }
 
+    /// Like [`consume`](Self::consume), at most `max` records, with a handler of the consume
+    /// loops' own verdict.
+    pub(crate) fn consume_n<H>(&mut self, max: usize, handler: &mut H) -> Result<usize, Error>
+    where
+        H: FnMut(Event<Record<'_>>) -> ControlFlow<()> + ?Sized,
+    {
+        if let Some(error) = self.deferred.take() {
+            return Err(error);
+        }
+        self.totals.note_fill(self.fill());
+        let n = self.consume_buffer(max, handler);
+        let counted = match n.is_ok() && self.counters_due() {
+            true => self.report_counter_drops(&mut |event: Event<Record<'_>>| handler(event)),
+            false => Ok(()),
+        };
+        self.publish();
+        counted.and(n)
+    }
+
+    fn counters_due(&self) -> bool {
+        self.last_counter_read.is_none_or(|t| t.elapsed() >= self.counter_interval)
+    }
+
     /// The exact end of the stream, once the caller has detached every program that writes to
     /// it (closed its links, or dropped the `aya::Ebpf` that holds them): hands over everything
-    /// the programs wrote, with the final loss reports, and returns the final [`Totals`], by
-    /// `deadline`. Then, with drop counters ([`with_counters`](Self::with_counters)),
-    /// `delivered + dropped == produced`, to the last event.
+    /// the programs wrote, with the final drop reports, and returns the final [`Totals`], by
+    /// `deadline`. Then, with drop counters, `delivered + dropped == produced`, to the last
+    /// record.
     ///
     /// What it does, in rounds: waits for an RCU grace period (`membarrier(2)`), so that no run
     /// of a detached program that started before can still be going; takes one snapshot of the
@@ -364,8 +416,8 @@ impl EventSource {
     pub fn finish<F: Flow>(
         &mut self,
         deadline: Instant,
-        mut handler: impl FnMut(Item<'_>) -> F,
-    ) -> Result<Totals, Error> {
+        mut handler: impl FnMut(Event<Record<'_>>) -> F,
+    ) -> Result<Totals, F::Error> {
         let mut previous = None;
         loop {
             sys::wait_for_running_programs();
@@ -384,8 +436,8 @@ impl EventSource {
     pub(crate) fn settle<F: Flow>(
         &mut self,
         deadline: Instant,
-        handler: impl FnMut(Item<'_>) -> F,
-    ) -> Result<(Totals, bool), Error> {
+        handler: impl FnMut(Event<Record<'_>>) -> F,
+    ) -> Result<(Totals, bool), F::Error> {
         let mut failure = Failure::default();
         let stopped = Cell::new(false);
         let mut handler = stopping(&mut failure, &stopped, handler);
@@ -394,20 +446,20 @@ impl EventSource {
             false => self.drain_with(deadline, &mut handler, &stopped),
         };
         drop(handler);
-        self.publish_stats();
+        self.publish();
         failure.result(drained.map(|()| (self.totals, stopped.get())))
     }
 
     /// Drains everything buffered and reads the drop counters one last time: what a
-    /// [`StopHandle`](crate::StopHandle) drain does. A record still being written (BUSY) at the
-    /// head of a ring is waited for, up to [`BUSY_DRAIN_LIMIT`].
-    pub(crate) fn drain<F: Flow>(&mut self, handler: impl FnMut(Item<'_>) -> F) -> Result<Totals, Error> {
+    /// [`StopHandle`] drain of a poller or a stream does. A record still being written (BUSY) at
+    /// the head of a ring is waited for, up to [`BUSY_DRAIN_LIMIT`].
+    pub(crate) fn drain<F: Flow>(&mut self, handler: impl FnMut(Event<Record<'_>>) -> F) -> Result<Totals, F::Error> {
         let mut failure = Failure::default();
         let stopped = Cell::new(false);
         let mut handler = stopping(&mut failure, &stopped, handler);
         let drained = self.drain_with(Instant::now() + BUSY_DRAIN_LIMIT, &mut handler, &stopped);
         drop(handler);
-        self.publish_stats();
+        self.publish();
         failure.result(drained.map(|()| self.totals))
     }
 
@@ -415,8 +467,11 @@ impl EventSource {
     /// handler stopped, reads the drop counters one last time.
     fn drain_with<H>(&mut self, deadline: Instant, handler: &mut H, stopped: &Cell<bool>) -> Result<(), Error>
     where
-        H: FnMut(Item<'_>) -> ControlFlow<()>,
+        H: FnMut(Event<Record<'_>>) -> ControlFlow<()>,
     {
+        if let Some(error) = self.deferred.take() {
+            return Err(error);
+        }
         ringbuf::drain_past_busy(deadline, || {
             if stopped.get() {
                 return Ok((0, false));
@@ -435,14 +490,17 @@ impl EventSource {
     /// dropped` reaches its `produced`, the handler stops, or `deadline`.
     fn drain_to_snapshot<H>(&mut self, deadline: Instant, handler: &mut H, stopped: &Cell<bool>) -> Result<(), Error>
     where
-        H: FnMut(Item<'_>) -> ControlFlow<()>,
+        H: FnMut(Event<Record<'_>>) -> ControlFlow<()>,
     {
+        if let Some(error) = self.deferred.take() {
+            return Err(error);
+        }
         let Some(counters) = &mut self.counters else { return Ok(()) };
         let snapshot = counters.read()?;
-        for lost in counters.drops_in(&snapshot, Some(&self.perf_lost)) {
-            self.totals.dropped += lost.count;
+        for dropped in counters.drops_in(&snapshot, Some(&self.perf_lost)) {
+            self.totals.dropped += dropped.count;
             if !stopped.get() {
-                let _ = handler(Item::Lost(lost));
+                let _ = handler(Event::Dropped(dropped));
             }
         }
         let produced = snapshot.iter().map(|c| c.produced).sum();
@@ -470,29 +528,30 @@ impl EventSource {
     #[inline(always)]
     fn consume_buffer<H>(&mut self, max: usize, handler: &mut H) -> Result<usize, Error>
     where
-        H: FnMut(Item<'_>) -> ControlFlow<()>,
+        H: FnMut(Event<Record<'_>>) -> ControlFlow<()> + ?Sized,
     {
         let totals = &mut self.totals;
         let (records, bytes, panicked, result) = match &mut self.buffer {
             Buffer::Ring(ring) => {
                 let (pass, result) =
-                    ring.consume(max, &mut |data: &[u8]| handler(Item::Record(Record { data, cpu: None })));
+                    ring.consume(max, &mut |data: &[u8]| handler(Event::Record(Record { data, cpu: None })));
                 (pass.records, pass.bytes, pass.panicked, result)
             }
             Buffer::Perf(perf) => {
                 let perf_lost = &mut self.perf_lost;
                 let counters = &mut self.counters;
-                let (pass, result) = perf.consume(max, &mut |item: Item<'_>| match item {
-                    Item::Record(_) => handler(item),
-                    Item::Lost(lost) => {
-                        let new = note_perf_lost(perf_lost, counters.as_mut(), lost);
-                        if new == 0 {
-                            return ControlFlow::Continue(());
+                let (pass, result): (perfbuf::Pass, _) =
+                    perf.consume(max, &mut |event: Event<Record<'_>>| match event {
+                        Event::Record(_) => handler(event),
+                        Event::Dropped(dropped) => {
+                            let new = note_perf_lost(perf_lost, counters.as_mut(), dropped);
+                            if new == 0 {
+                                return ControlFlow::Continue(());
+                            }
+                            totals.dropped += new;
+                            handler(Event::Dropped(Dropped { count: new, ..dropped }))
                         }
-                        totals.dropped += new;
-                        handler(Item::Lost(Lost { count: new, ..lost }))
-                    }
-                });
+                    });
                 (pass.records, pass.bytes, pass.panicked, result)
             }
         };
@@ -501,22 +560,23 @@ impl EventSource {
         if let Some(panic) = panicked {
             // What the handler was handed, the record it panicked on included, is consumed and
             // counted: a later consume or finish does not hand it over again.
-            self.publish_stats();
+            self.publish();
             std::panic::resume_unwind(panic);
         }
         result.map(|()| records)
     }
 
-    fn report_counter_drops<R>(&mut self, handler: &mut dyn FnMut(Item<'_>) -> R) -> Result<(), Error> {
+    /// Reads the drop counters: their new drops to `handler`, `produced` to the totals.
+    fn report_counter_drops<R>(&mut self, handler: &mut dyn FnMut(Event<Record<'_>>) -> R) -> Result<(), Error> {
         self.last_counter_read = Some(Instant::now());
         let Some(counters) = &mut self.counters else { return Ok(()) };
-        for lost in counters.new_drops(Some(&self.perf_lost))? {
-            self.totals.dropped += lost.count;
-            handler(Item::Lost(lost));
+        for dropped in counters.new_drops(Some(&self.perf_lost))? {
+            self.totals.dropped += dropped.count;
+            handler(Event::Dropped(dropped));
         }
         let total = counters.total()?;
-        self.totals.produced = total.produced;
-        self.totals.forced_wakeups = total.forced_wakeups;
+        self.totals.produced = Some(total.produced);
+        self.totals.forced_wakeups = Some(total.forced_wakeups);
         Ok(())
     }
 }
@@ -524,12 +584,12 @@ impl EventSource {
 /// `handler` as the consume loops take it: its verdict checked (an error kept in `failure`), and
 /// whether it ever stopped in `stopped`.
 fn stopping<'h, F: Flow>(
-    failure: &'h mut Failure,
+    failure: &'h mut Failure<F::Error>,
     stopped: &'h Cell<bool>,
-    mut handler: impl FnMut(Item<'_>) -> F + 'h,
-) -> impl FnMut(Item<'_>) -> ControlFlow<()> + 'h {
-    move |item: Item<'_>| {
-        let flow = failure.check(handler(item));
+    mut handler: impl FnMut(Event<Record<'_>>) -> F + 'h,
+) -> impl FnMut(Event<Record<'_>>) -> ControlFlow<()> + 'h {
+    move |event: Event<Record<'_>>| {
+        let flow = failure.check(handler(event));
         stopped.set(stopped.get() || flow.is_break());
         flow
     }
@@ -538,20 +598,21 @@ fn stopping<'h, F: Flow>(
 /// Adds a perf LOST record's count to its CPU's total and returns how many of them the drop
 /// counters have not reported already (the same drops may be counted by both).
 #[cold]
-fn note_perf_lost(perf_lost: &mut Vec<u64>, counters: Option<&mut DropCounters>, lost: Lost) -> u64 {
-    let cpu = lost.cpu.unwrap_or(0) as usize;
+fn note_perf_lost(perf_lost: &mut Vec<u64>, counters: Option<&mut DropCounters>, dropped: Dropped) -> u64 {
+    let cpu = dropped.cpu.unwrap_or(0) as usize;
     if perf_lost.len() <= cpu {
         perf_lost.resize(cpu + 1, 0);
     }
-    perf_lost[cpu] += lost.count;
+    perf_lost[cpu] += dropped.count;
     match counters {
         Some(c) => c.note_reported(cpu as u32, perf_lost[cpu]),
-        None => lost.count,
+        None => dropped.count,
     }
 }
 
 impl AsFd for EventSource {
-    /// Readable when records are waiting.
+    /// Readable when records are waiting (a ring's map fd; an epoll fd over a perf buffer's
+    /// CPUs): to wait for a source in an event loop of your own.
     fn as_fd(&self) -> BorrowedFd<'_> {
         match &self.buffer {
             Buffer::Ring(r) => r.as_fd(),

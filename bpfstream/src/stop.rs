@@ -1,6 +1,6 @@
-//! Stopping a consumer from another thread or task: [`StopHandle`], for a
-//! [`Poller`](crate::Poller) blocked in `poll`/`run` and for an async
-//! [`EventStream`](crate::stream::EventStream) alike.
+//! Stopping a consumer from another thread or task: [`StopHandle`], for an
+//! [`EventSource`](crate::EventSource) or a [`Poller`](crate::Poller) blocked in a wait and for
+//! an [`EventStream`](crate::stream::EventStream), blocking or async, alike.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,23 +16,24 @@ pub(crate) const DRAIN: u8 = 1;
 pub(crate) const CANCEL: u8 = 2;
 
 /// What a [`StopHandle`] asked for, and how to wake the consumer that waits: the task polling a
-/// stream (its waker), or a poller blocked in `epoll_wait` (an eventfd in its epoll set).
-#[derive(Debug, Default)]
+/// stream (its waker), or a thread blocked in `epoll_wait` (an eventfd in its epoll set, which
+/// stays readable once signalled, so that no later wait blocks).
+#[derive(Debug)]
 pub(crate) struct Control {
     request: AtomicU8,
     task: Mutex<Option<Waker>>,
-    fd: Option<EventFd>,
+    fd: EventFd,
 }
 
 impl Control {
-    /// A control that also signals `fd` (which the poller waits on) when asked.
+    /// A control that signals `fd` (which blocked consumers wait on) when asked.
     pub(crate) fn with_fd(fd: EventFd) -> Self {
-        Control { fd: Some(fd), ..Control::default() }
+        Control { request: AtomicU8::new(RUNNING), task: Mutex::new(None), fd }
     }
 
-    /// The eventfd a poller waits on, if any.
-    pub(crate) fn fd(&self) -> Option<&EventFd> {
-        self.fd.as_ref()
+    /// The eventfd blocked consumers wait on.
+    pub(crate) fn fd(&self) -> &EventFd {
+        &self.fd
     }
 
     /// What was asked so far: [`RUNNING`], [`DRAIN`] or [`CANCEL`].
@@ -47,9 +48,7 @@ impl Control {
         if let Some(task) = task {
             task.wake();
         }
-        if let Some(fd) = &self.fd {
-            fd.signal();
-        }
+        self.fd.signal();
     }
 
     /// Remembers the task to wake on a request (the stream calls it before it looks, so a
@@ -63,9 +62,14 @@ impl Control {
     }
 }
 
-/// Stops a [`Poller`](crate::Poller) or an [`EventStream`](crate::stream::EventStream) from any
-/// thread or task (`Clone + Send + Sync`; safe from a signal-handling thread), any number of
-/// times. [`cancel`](Self::cancel) wins over [`drain`](Self::drain) whatever the order.
+/// Stops an [`EventSource`](crate::EventSource), a [`Poller`](crate::Poller) or an
+/// [`EventStream`](crate::stream::EventStream) from any thread or task (`Clone + Send + Sync`;
+/// safe from a signal-handling thread), any number of times. [`cancel`](Self::cancel) wins over
+/// [`drain`](Self::drain) whatever the order.
+///
+/// What stops means depends on the consumer: a poller's [`run`](crate::Poller::run) and a
+/// stream end (after a drain, or at once); a source's waits (and a poller's) return at once and
+/// no longer wait, for the caller's loop to see [`is_stopped`](Self::is_stopped).
 #[derive(Debug, Clone)]
 pub struct StopHandle(pub(crate) Arc<Control>);
 
@@ -87,5 +91,10 @@ impl StopHandle {
     /// buffers, for the next consumer.
     pub fn cancel(&self) {
         self.0.ask(CANCEL);
+    }
+
+    /// Whether a stop (either kind) was asked.
+    pub fn is_stopped(&self) -> bool {
+        self.0.request() != RUNNING
     }
 }

@@ -376,9 +376,9 @@ impl Epoll {
         Ok(())
     }
 
-    /// Waits for readiness; returns the tokens that are ready. `None` waits forever. An
-    /// interrupted wait (EINTR, e.g. a signal) returns no tokens instead of an error.
-    pub fn wait(&self, timeout: Option<Duration>, ready: &mut Vec<u64>) -> Result<(), Error> {
+    /// Waits for readiness; leaves the tokens that are ready in `ready`. `None` waits forever.
+    /// Returns whether a signal interrupted the wait (EINTR: no tokens, not an error).
+    pub fn wait(&self, timeout: Option<Duration>, ready: &mut Vec<u64>) -> Result<bool, Error> {
         const MAX_EVENTS: usize = 64;
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
         let timeout_ms = timeout.map_or(-1, |t| {
@@ -392,12 +392,12 @@ impl Epoll {
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::EINTR) {
-                return Ok(());
+                return Ok(true);
             }
             return Err(Error::sys("epoll_wait", err));
         }
         ready.extend(events[..n as usize].iter().map(|e| e.u64));
-        Ok(())
+        Ok(false)
     }
 }
 
@@ -432,6 +432,7 @@ impl EventFd {
     }
 
     /// Resets the counter; returns whether it had been signalled.
+    #[cfg(test)]
     pub fn clear(&self) -> bool {
         let mut value: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64 from a valid non-blocking eventfd.

@@ -116,6 +116,8 @@ impl Extractor {
     fn items(&mut self, module: &str, items: &[Item]) {
         for item in items {
             match item {
+                // Test support (`#[cfg(test)] mod sim`) is no part of the API.
+                Item::Mod(m) if m.attrs.iter().any(|a| tokens(a) == "#[cfg(test)]") => {}
                 Item::Mod(m) => {
                     let child = format!("{module}::{}", m.ident);
                     if is_pub(&m.vis) {
@@ -168,7 +170,8 @@ impl Extractor {
                                 tokens(&f.sig),
                                 if f.default.is_some() { " (provided)" } else { "" }
                             )),
-                            TraitItem::Type(ty) => Some(format!("type {}{}", ty.ident, tokens(&ty.bounds))),
+                            TraitItem::Type(ty) if ty.bounds.is_empty() => Some(format!("type {}", ty.ident)),
+                            TraitItem::Type(ty) => Some(format!("type {}: {}", ty.ident, tokens(&ty.bounds))),
                             TraitItem::Const(c) => Some(format!("const {}: {}", c.ident, tokens(&c.ty))),
                             _ => None,
                         })
@@ -322,10 +325,10 @@ fn the_extractor_sees_signatures_fields_and_feature_gates() {
     let api = current_api();
     for expected in [
         "bpfstream::source: impl EventSource",
-        "pub fn consume<F: Flow>(&mut self, mut handler: impl FnMut(Item<'_>) -> F) -> Result<usize, Error>",
-        "bpfstream: #[cfg(feature = \"tokio\")] pub mod stream",
+        "pub fn consume<F: Flow>(&mut self, mut handler: impl FnMut(Event<Record<'_>>) -> F) -> Result<usize, F::Error>",
+        "bpfstream: #[cfg(feature = \"aya\")] pub mod aya",
         "bpfstream: macro record!",
-        "bpfstream::source: #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)] pub struct Totals",
+        "bpfstream::totals: #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)] pub struct Totals",
         "    delivered: u64",
     ] {
         assert!(api.contains(expected), "{expected:?} missing from the extracted API:\n{api}");

@@ -1,22 +1,25 @@
 //! The library against the real kernel (as root): the async streams compared with the blocking
-//! consumers, cancellation, the delay bound, typed and merged streams, stats. Every load is
-//! triggered by the test itself: a uprobe on `bpfstream_ping` in this binary sends one record per
-//! call (`bpf/ping.bpf.c`), and nothing else on the machine can add to it.
+//! consumers, the pull, cancellation, the delay bound, typed, merged and ordered streams, totals
+//! and fill. Every load is triggered by the test itself: a uprobe on `bpfstream_ping` in this
+//! binary sends one record per call (`bpf/ping.bpf.c`), and nothing else on the machine can add
+//! to it.
 
-#[path = "../examples/common/mod.rs"]
+#[path = "support/ping.rs"]
 mod ping;
 #[path = "support/time_scale.rs"]
 mod time_scale;
 
 use std::collections::BTreeSet;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bpfstream::stream::EventStream;
-use bpfstream::{Event, EventSource, Item, Poller, Record, Transport, WakeupPolicy};
-use bpfstream::{OwnedRecord, TypedError};
+use bpfstream::{
+    Event, EventSource, FromRecord, Options, OwnedRecord, Poller, Record, Totals, Transport, WakeupPolicy,
+};
 use futures_util::StreamExt;
-use ping::{ping, PingOptions, PingProbe};
+use ping::{ping, PingProbe};
 use time_scale::{deadline, scaled};
 
 /// Kernel tests of this binary run one at a time: the probe of one would see the pings of
@@ -50,10 +53,10 @@ struct Seen {
 }
 
 impl Seen {
-    fn item(&mut self, item: Item<'_>) {
-        match item {
-            Item::Record(r) => self.record(r.data),
-            Item::Lost(l) => self.lost += l.count,
+    fn item(&mut self, event: Event<Record<'_>>) {
+        match event {
+            Event::Record(r) => self.record(r.data),
+            Event::Dropped(d) => self.lost += d.count,
         }
     }
 
@@ -66,8 +69,7 @@ impl Seen {
     fn event(&mut self, event: Event<OwnedRecord>) {
         match event {
             Event::Record(r) => self.record(&r.data),
-            Event::Lost(l) => self.lost += l.count,
-            Event::Malformed(e) => panic!("{e}"),
+            Event::Dropped(d) => self.lost += d.count,
         }
     }
 
@@ -89,10 +91,20 @@ fn ping_from_one_cpu(count: u64, len: fn(u64) -> u32) {
     .unwrap();
 }
 
+/// A stream of the source's records, copied.
+fn copied(source: EventSource) -> EventStream {
+    EventStream::new(source, |r| Ok(OwnedRecord::from(r))).unwrap()
+}
+
+/// Options with a buffer of `bytes`.
+fn sized(bytes: u64) -> Options {
+    Options { buffer_bytes: Some(bytes), ..Options::default() }
+}
+
 /// Loads the probe, sends `count` pings from a thread pinned to CPU 0 while nobody consumes,
 /// detaches, and returns the source with everything still in it.
-fn burst(options: PingOptions, count: u64) -> EventSource {
-    let mut probe = PingProbe::load(options).unwrap();
+fn burst(transport: Transport, options: Options, count: u64) -> EventSource {
+    let mut probe = PingProbe::load(transport, options).unwrap();
     let source = probe.source().unwrap();
     probe.attach().unwrap();
     ping_from_one_cpu(count, len_of);
@@ -100,44 +112,79 @@ fn burst(options: PingOptions, count: u64) -> EventSource {
     source
 }
 
-fn drain_async(source: EventSource) -> (Seen, bpfstream::Stats) {
+fn drain_async(source: EventSource) -> (Seen, Totals) {
     runtime().block_on(async {
-        let mut stream = EventStream::new(source).unwrap();
+        let mut stream = copied(source);
         stream.stop_handle().drain();
         let mut seen = Seen::default();
         while let Some(event) = stream.next().await {
             seen.event(event.unwrap());
         }
-        (seen, stream.stats())
+        (seen, stream.totals())
     })
+}
+
+/// What a blocking pull of the stream saw (the same as the async one, as a blocking tool gets
+/// it).
+fn drain_blocking(source: EventSource) -> Seen {
+    let mut stream = copied(source);
+    stream.stop_handle().drain();
+    let mut seen = Seen::default();
+    while let Some(event) = stream.next_blocking(None).unwrap() {
+        seen.event(event);
+    }
+    seen
+}
+
+/// What pulled batches ([`EventSource::read`]) saw, until the counters add up.
+fn drain_pulled(mut source: EventSource, count: u64) -> (Seen, Totals) {
+    let mut seen = Seen::default();
+    let until = deadline(Duration::from_secs(10));
+    while seen.records.len() as u64 + seen.lost < count {
+        assert!(std::time::Instant::now() < until, "the pull never got everything: {seen:?}");
+        for event in source.read(Some(Duration::from_millis(20))).unwrap() {
+            seen.item(event);
+        }
+    }
+    (seen, source.totals())
 }
 
 fn same_load_same_items(transport: Transport) {
     let Some(_kernel) = kernel_test() else { return };
-    // Small buffers, so the burst overflows them and losses are part of what must match.
-    let options = PingOptions { ring_bytes: 16 << 10, perf_pages: 1, ..PingOptions::new(transport) };
+    // Small buffers, so the burst overflows them and drops are part of what must match.
+    let options = sized(match transport {
+        Transport::Ring => 16 << 10,
+        Transport::Perf => 4 << 10,
+    });
     let count = 600;
 
     let mut blocking = Seen::default();
-    let mut source = burst(options, count);
-    let totals = source.finish(deadline(Duration::from_secs(5)), |item: Item<'_>| blocking.item(item)).unwrap();
+    let mut source = burst(transport, options, count);
+    let totals = source.finish(deadline(Duration::from_secs(5)), |event| blocking.item(event)).unwrap();
     assert_eq!(totals.produced, Some(count));
     assert_eq!(totals.delivered + totals.dropped, count, "{totals:?}");
     assert!(totals.dropped > 0, "the burst should overflow the buffer: {totals:?}");
 
-    let (asynchronous, stats) = drain_async(burst(options, count));
+    let (asynchronous, stream_totals) = drain_async(burst(transport, options, count));
     assert_eq!(asynchronous, blocking, "the async stream saw something else than the blocking consumer");
-    assert_eq!((stats.events, stats.lost), (totals.delivered, totals.dropped));
+    assert_eq!((stream_totals.delivered, stream_totals.dropped), (totals.delivered, totals.dropped));
     assert_eq!(asynchronous.records.len() as u64 + asynchronous.lost, count);
+
+    let pulled_stream = drain_blocking(burst(transport, options, count));
+    assert_eq!(pulled_stream, blocking, "the blocking pull of a stream saw something else");
+
+    let (pulled, pulled_totals) = drain_pulled(burst(transport, options, count), count);
+    assert_eq!(pulled, blocking, "the pulled batches saw something else than the handler");
+    assert_eq!((pulled_totals.delivered, pulled_totals.dropped), (totals.delivered, totals.dropped));
 }
 
 #[test]
-fn ring_async_stream_delivers_what_the_blocking_consumer_does() {
+fn ring_streams_and_pulls_deliver_what_the_handler_does() {
     same_load_same_items(Transport::Ring);
 }
 
 #[test]
-fn perf_async_stream_delivers_what_the_blocking_consumer_does() {
+fn perf_streams_and_pulls_deliver_what_the_handler_does() {
     same_load_same_items(Transport::Perf);
 }
 
@@ -150,25 +197,24 @@ fn perf_async_stream_delivers_what_the_blocking_consumer_does() {
 fn live(transport: Transport) {
     let Some(_kernel) = kernel_test() else { return };
     let (count, batch) = (3000, 500);
-    let mut probe = PingProbe::load(PingOptions::new(transport)).unwrap();
+    let mut probe = PingProbe::new(transport).unwrap();
     let source = probe.source().unwrap();
     probe.attach().unwrap();
-    let (seen, stats) = runtime().block_on(async {
-        let mut stream = EventStream::new(source).unwrap();
+    let (seen, totals, fill) = runtime().block_on(async {
+        let (stats, progress, stats_fill) = (source.totals_handle(), source.totals_handle(), source.totals_handle());
+        let mut stream = copied(source);
         if transport == Transport::Ring {
             stream.set_max_delay(None);
         }
         let cancel = stream.stop_handle();
-        let stats = stream.stats_handle();
-        let progress = stream.stats_handle();
-        let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let running = Arc::new(AtomicBool::new(true));
         let watching = running.clone();
-        // Read the stats from another thread while the stream runs: they only grow.
+        // Read the totals from another thread while the stream runs: they only grow.
         let watcher = std::thread::spawn(move || {
             let mut last = 0;
-            while watching.load(std::sync::atomic::Ordering::Relaxed) {
-                let now = stats.read().events;
-                assert!(now >= last, "events went from {last} to {now}");
+            while watching.load(Ordering::Relaxed) {
+                let now = stats.read().delivered;
+                assert!(now >= last, "delivered went from {last} to {now}");
                 last = now;
                 std::thread::sleep(Duration::from_micros(100));
             }
@@ -179,7 +225,7 @@ fn live(transport: Transport) {
                 ping(seq, len_of(seq));
                 if (seq + 1) % batch == 0 {
                     let caught_up = deadline(Duration::from_secs(20));
-                    while progress.read().events + progress.read().lost < seq + 1 {
+                    while progress.read().delivered + progress.read().dropped < seq + 1 {
                         assert!(std::time::Instant::now() < caught_up, "stranded: {:?}", progress.read());
                         std::thread::sleep(Duration::from_millis(1));
                     }
@@ -194,14 +240,15 @@ fn live(transport: Transport) {
             }
         };
         tokio::time::timeout(scaled(Duration::from_secs(60)), all).await.expect("records stranded without a wakeup");
-        running.store(false, std::sync::atomic::Ordering::Relaxed);
+        running.store(false, Ordering::Relaxed);
         producer.join().unwrap();
+        let fill = stats_fill.fill();
         watcher.join().unwrap();
-        (seen, stream.stats())
+        (seen, stream.totals(), fill)
     });
     assert_eq!(seen.seqs(), (0..count).collect::<Vec<_>>());
-    assert_eq!((seen.lost, stats.lost, stats.events), (0, 0, count), "{stats:?}");
-    assert!(stats.peak_fill > 0 && stats.fill.capacity > 0, "{stats:?}");
+    assert_eq!((seen.lost, totals.dropped, totals.delivered), (0, 0, count), "{totals:?}");
+    assert!(totals.peak_fill > 0 && fill.capacity > 0, "{totals:?} {fill:?}");
 }
 
 #[test]
@@ -219,12 +266,12 @@ fn perf_async_stream_keeps_up_with_a_live_producer() {
 fn cancel_mid_stream(transport: Transport, how: &str) {
     let Some(_kernel) = kernel_test() else { return };
     let (count, taken) = (300u64, 100u64);
-    let mut probe = PingProbe::load(PingOptions::new(transport)).unwrap();
+    let mut probe = PingProbe::new(transport).unwrap();
     let source = probe.source().unwrap();
     probe.attach().unwrap();
     ping_from_one_cpu(count, len_of);
     let (first, rest_source, counted) = runtime().block_on(async {
-        let mut stream = EventStream::new(source).unwrap();
+        let mut stream = copied(source);
         let mut first = Seen::default();
         while (first.records.len() as u64) < taken {
             first.event(stream.next().await.unwrap().unwrap());
@@ -233,7 +280,7 @@ fn cancel_mid_stream(transport: Transport, how: &str) {
             stream.stop_handle().cancel();
             assert!(stream.next().await.is_none(), "a cancelled stream ends");
         }
-        let counted = stream.stats().events;
+        let counted = stream.totals().delivered;
         let rest_source = match how {
             // Dropping the stream drops its ring consumer; a new one continues where it stopped.
             "drop" => {
@@ -252,7 +299,7 @@ fn cancel_mid_stream(transport: Transport, how: &str) {
     let mut source = rest_source.unwrap_or_else(|| probe.source().unwrap());
     probe.detach();
     let mut rest = Seen::default();
-    let totals = source.finish(deadline(Duration::from_secs(5)), |item: Item<'_>| rest.item(item)).unwrap();
+    let totals = source.finish(deadline(Duration::from_secs(5)), |event| rest.item(event)).unwrap();
     assert_eq!(first.seqs(), (0..taken).collect::<Vec<_>>());
     assert_eq!(rest.seqs(), (taken..count).collect::<Vec<_>>(), "records after a {how} were lost or repeated");
     assert_eq!(totals.dropped, 0);
@@ -280,11 +327,11 @@ fn perf_stop_handle_cancel_leaves_the_rest_in_the_buffer() {
 fn dropped_next_futures_lose_nothing() {
     let Some(_kernel) = kernel_test() else { return };
     let count = 2000;
-    let mut probe = PingProbe::load(PingOptions::new(Transport::Ring)).unwrap();
+    let mut probe = PingProbe::new(Transport::Ring).unwrap();
     let source = probe.source().unwrap();
     probe.attach().unwrap();
     let (seen, abandoned) = runtime().block_on(async {
-        let mut stream = EventStream::new(source).unwrap();
+        let mut stream = copied(source);
         let mut abandoned = 0;
         // Nothing was sent yet: these futures are certainly dropped while waiting.
         for _ in 0..3 {
@@ -320,8 +367,8 @@ fn dropped_next_futures_lose_nothing() {
 #[test]
 fn records_without_wakeups_arrive_through_the_delay_timer() {
     let Some(_kernel) = kernel_test() else { return };
-    let stats = records_without_wakeups_arrive(Some(Duration::from_millis(20)));
-    assert!(stats.timeouts > 0, "{stats:?}");
+    let totals = records_without_wakeups_arrive(Some(Duration::from_millis(20)));
+    assert!(totals.timeouts > 0, "{totals:?}");
 }
 
 #[test]
@@ -331,17 +378,20 @@ fn records_without_wakeups_arrive_though_no_delay_timer_was_asked_for() {
     records_without_wakeups_arrive(None);
 }
 
+/// Options whose ring producers never wake the consumer (`BPF_RB_NO_WAKEUP`).
+fn never_woken() -> Options {
+    Options { wakeup: WakeupPolicy::Never, ..Options::default() }
+}
+
 /// Sends records with `BPF_RB_NO_WAKEUP` into a ring that a stream with `max_delay` waits on;
-/// returns the stream's stats once it has them all.
-fn records_without_wakeups_arrive(max_delay: Option<Duration>) -> bpfstream::Stats {
+/// returns the stream's totals once it has them all.
+fn records_without_wakeups_arrive(max_delay: Option<Duration>) -> Totals {
     let count = 50;
-    let options = PingOptions { wakeup: WakeupPolicy::Never, ..PingOptions::new(Transport::Ring) };
-    let mut probe = PingProbe::load(options).unwrap();
-    let mut source = probe.source().unwrap();
-    source.expect_wakeups(WakeupPolicy::Never);
+    let mut probe = PingProbe::load(Transport::Ring, never_woken()).unwrap();
+    let source = probe.source().unwrap();
     probe.attach().unwrap();
-    let stats = runtime().block_on(async {
-        let mut stream = EventStream::new(source).unwrap();
+    let totals = runtime().block_on(async {
+        let mut stream = copied(source);
         stream.set_max_delay(max_delay);
         let producer = tokio::task::spawn_blocking(move || {
             // Start once the stream waits, so the records land in a buffer nobody is reading.
@@ -365,11 +415,11 @@ fn records_without_wakeups_arrive(max_delay: Option<Duration>) -> bpfstream::Sta
         }
         producer.await.unwrap();
         assert_eq!(seen.seqs(), (0..count).collect::<Vec<_>>());
-        stream.stats()
+        stream.totals()
     });
     probe.detach();
-    assert_eq!(stats.wakeups, 0, "BPF_RB_NO_WAKEUP, yet the kernel woke the stream: {stats:?}");
-    stats
+    assert_eq!(totals.wakeups, 0, "BPF_RB_NO_WAKEUP, yet the kernel woke the stream: {totals:?}");
+    totals
 }
 
 /// A blocking poll without a timeout on a ring whose producers never wake it looks again on
@@ -377,15 +427,13 @@ fn records_without_wakeups_arrive(max_delay: Option<Duration>) -> bpfstream::Sta
 #[test]
 fn a_blocking_poll_without_timeout_finds_records_sent_without_wakeups() {
     let Some(_kernel) = kernel_test() else { return };
-    let options = PingOptions { wakeup: WakeupPolicy::Never, ..PingOptions::new(Transport::Ring) };
-    let mut probe = PingProbe::load(options).unwrap();
+    let mut probe = PingProbe::load(Transport::Ring, never_woken()).unwrap();
     let mut source = probe.source().unwrap();
-    source.expect_wakeups(WakeupPolicy::Never);
     probe.attach().unwrap();
     let (done_tx, done) = std::sync::mpsc::channel();
     let consumer = std::thread::spawn(move || {
         let mut seen = Seen::default();
-        let n = source.poll(None, |item: Item<'_>| seen.item(item)).unwrap();
+        let n = source.poll(None, |event| seen.item(event)).unwrap();
         done_tx.send(()).unwrap();
         (n, seen.seqs())
     });
@@ -403,10 +451,10 @@ fn a_blocking_poll_without_timeout_finds_records_sent_without_wakeups() {
 #[test]
 fn a_cancel_wakes_a_waiting_stream() {
     let Some(_kernel) = kernel_test() else { return };
-    let probe = PingProbe::load(PingOptions::new(Transport::Ring)).unwrap();
+    let probe = PingProbe::new(Transport::Ring).unwrap();
     let source = probe.source().unwrap();
     runtime().block_on(async {
-        let mut stream = EventStream::new(source).unwrap();
+        let mut stream = copied(source);
         stream.set_max_delay(None); // only the cancel can end the wait
         let cancel = stream.stop_handle();
         std::thread::spawn(move || {
@@ -432,33 +480,33 @@ bpfstream::record! {
 #[test]
 fn typed_streams_decode_and_report_short_records() {
     let Some(_kernel) = kernel_test() else { return };
-    let mut probe = PingProbe::load(PingOptions::new(Transport::Perf)).unwrap();
+    let mut probe = PingProbe::new(Transport::Perf).unwrap();
     let source = probe.source().unwrap();
     probe.attach().unwrap();
     ping(1, 0); // 16 bytes: too short
     ping(2, 32);
     ping(3, 40); // longer than BigPing: the rest is ignored
     probe.detach();
-    let events = runtime().block_on(async {
-        let mut stream = EventStream::typed::<BigPing>(source).unwrap();
+    let items = runtime().block_on(async {
+        let mut stream = EventStream::new(source, |r| BigPing::from_record(r.data)).unwrap();
         stream.stop_handle().drain();
-        let events: Vec<_> = stream.by_ref().map(Result::unwrap).collect().await;
-        assert_eq!(stream.stats().events, 3, "a malformed record is delivered (and reported)");
-        events
+        let items: Vec<_> = stream.by_ref().collect().await;
+        assert_eq!(stream.totals().delivered, 3, "a malformed record is delivered (and reported)");
+        items
     });
-    assert_eq!(events.len(), 3, "{events:?}");
-    assert!(matches!(events[0], Event::Malformed(TypedError { needed: 48, .. })), "{events:?}");
-    let Event::Record(ref big) = events[1] else { panic!("{events:?}") };
+    assert_eq!(items.len(), 3, "the stream goes on after a malformed record: {items:?}");
+    assert!(matches!(items[0], Err(bpfstream::Error::Malformed { needed: 48, .. })), "{items:?}");
+    let Ok(Event::Record(ref big)) = items[1] else { panic!("{items:?}") };
     assert_eq!((big.seq, big.len, big.data[..3].to_vec()), (2, 32, vec![2, 3, 4]));
-    assert!(matches!(events[2], Event::Record(BigPing { seq: 3, len: 40, .. })), "{events:?}");
+    assert!(matches!(items[2], Ok(Event::Record(BigPing { seq: 3, len: 40, .. }))), "{items:?}");
 }
 
 /// Two probes (a ring and a perf buffer) see every ping; a merged stream serves them by
 /// priority, and in turns when the priorities are equal.
 fn merged(perf_priority: i32) -> Vec<(&'static str, u64)> {
     let count = 40;
-    let mut ring_probe = PingProbe::load(PingOptions::new(Transport::Ring)).unwrap();
-    let mut perf_probe = PingProbe::load(PingOptions::new(Transport::Perf)).unwrap();
+    let mut ring_probe = PingProbe::new(Transport::Ring).unwrap();
+    let mut perf_probe = PingProbe::new(Transport::Perf).unwrap();
     let (ring, perf) = (ring_probe.source().unwrap(), perf_probe.source().unwrap());
     ring_probe.attach().unwrap();
     perf_probe.attach().unwrap();
@@ -467,11 +515,11 @@ fn merged(perf_priority: i32) -> Vec<(&'static str, u64)> {
     perf_probe.detach();
     runtime().block_on(async {
         let tagged = |source: &'static str| {
-            move |r: Record<'_>| -> Result<(&'static str, u64), TypedError> {
+            move |r: Record<'_>| -> Result<(&'static str, u64), bpfstream::Error> {
                 Ok((source, ping::decode(r.data).expect("intact").0.seq))
             }
         };
-        let mut merged = EventStream::with_decoder(ring, tagged("ring")).unwrap(); // priority 0
+        let mut merged = EventStream::new(ring, tagged("ring")).unwrap(); // priority 0
         merged.add(perf, perf_priority, tagged("perf")).unwrap();
         merged.stop_handle().drain();
         let mut out = Vec::new();
@@ -480,7 +528,7 @@ fn merged(perf_priority: i32) -> Vec<(&'static str, u64)> {
             let Event::Record(tagged) = event else { panic!("{event:?}") };
             out.push(tagged);
         }
-        assert_eq!(merged.stats().events, 2 * count);
+        assert_eq!(merged.totals().delivered, 2 * count);
         out
     })
 }
@@ -507,7 +555,7 @@ fn merged_stream_takes_turns_between_equal_priorities() {
 fn streams_are_send_and_run_on_spawned_tasks() {
     let Some(_kernel) = kernel_test() else { return };
     let count = 100;
-    let mut probe = PingProbe::load(PingOptions::new(Transport::Ring)).unwrap();
+    let mut probe = PingProbe::new(Transport::Ring).unwrap();
     let source = probe.source().unwrap();
     probe.attach().unwrap();
     for seq in 0..count {
@@ -515,7 +563,7 @@ fn streams_are_send_and_run_on_spawned_tasks() {
     }
     probe.detach();
     let seqs = runtime().block_on(async move {
-        let mut stream = EventStream::typed::<ping::PingEvent>(source).unwrap();
+        let mut stream = EventStream::new(source, |r| ping::PingEvent::from_record(r.data)).unwrap();
         stream.stop_handle().drain();
         // A spawned task needs a Send + 'static stream.
         tokio::spawn(async move {
@@ -542,49 +590,262 @@ fn ping_event_mirrors_the_struct_clang_laid_out() {
     }
 }
 
-/// The blocking side: a Poller whose handler borrows a local Vec, stats read from another thread
-/// while it runs, and waits counted.
+/// The blocking side: a Poller whose handler borrows a local Vec, totals read from another
+/// thread while it runs (through a handle taken before), and waits counted.
 #[test]
-fn poller_handlers_borrow_locals_and_stats_are_live() {
+fn poller_handlers_borrow_locals_and_totals_are_live() {
     let Some(_kernel) = kernel_test() else { return };
     let count = 2000;
-    let mut probe = PingProbe::load(PingOptions::new(Transport::Ring)).unwrap();
+    let mut probe = PingProbe::new(Transport::Ring).unwrap();
     let mut source = probe.source().unwrap();
     probe.attach().unwrap();
-    let stats = source.stats_handle();
+    let totals_handle = source.totals_handle();
     let mut seqs = Vec::new();
     let mut poller = Poller::new().unwrap();
     poller
-        .add(&mut source, |item: Item<'_>| {
-            if let Item::Record(r) = item {
+        .add(&mut source, 0, |event| {
+            if let Event::Record(r) = event {
                 seqs.push(ping::decode(r.data).unwrap().0.seq);
             }
         })
         .unwrap();
     let stop = poller.stop_handle();
+    let watched = totals_handle.clone();
     let producer = std::thread::spawn(move || {
         for seq in 0..count {
             ping(seq, 0); // 24 bytes each: the ring holds them all, however slow the consumer
         }
         // Watch from this thread until the consumer has everything, then stop it.
-        while stats.read().events < count {
+        while watched.read().delivered < count {
             std::thread::sleep(Duration::from_millis(1));
         }
         stop.drain();
-        stats.read()
+        (watched.read(), watched.fill())
     });
     poller.run(Duration::from_millis(50)).unwrap();
     drop(poller);
-    let seen_from_thread = producer.join().unwrap();
+    let (seen_from_thread, fill) = producer.join().unwrap();
     probe.detach();
-    let totals = source.finish(deadline(Duration::from_secs(5)), |_: Item<'_>| {}).unwrap();
+    let totals = source.finish(deadline(Duration::from_secs(5)), |_| {}).unwrap();
     assert_eq!(seqs, (0..count).collect::<Vec<_>>());
-    assert_eq!(seen_from_thread.events, count);
-    let stats = source.stats();
-    assert_eq!((stats.events, stats.lost, stats.produced), (totals.delivered, totals.dropped, totals.produced));
-    assert_eq!(stats.produced, Some(count));
-    assert!(stats.wakeups > 0, "{stats:?}");
-    assert!(stats.peak_fill > 0 && stats.fill.capacity == 256 << 10, "{stats:?}");
+    assert_eq!(seen_from_thread.delivered, count);
+    assert_eq!(totals_handle.read(), totals, "the handle reads what the source has");
+    assert_eq!(totals.produced, Some(count));
+    assert!(totals.wakeups > 0, "{totals:?}");
+    assert!(totals.peak_fill > 0 && fill.capacity == 256 << 10, "{totals:?} {fill:?}");
+}
+
+/// libbpf's ring introspection: `ring__consumer_pos`, `ring__producer_pos`,
+/// `ring__avail_data_size` and `ring__size` are `Fill`'s fields, read now (from the source or a
+/// handle); the positions move by the records' sizes, headers and padding included.
+#[test]
+fn fill_tells_positions_bytes_waiting_and_size_at_libbpfs_level() {
+    let Some(_kernel) = kernel_test() else { return };
+    for (transport, capacity) in [(Transport::Ring, 64 << 10), (Transport::Perf, 16 << 10)] {
+        let mut probe = PingProbe::load(transport, sized(capacity)).unwrap();
+        let mut source = probe.source().unwrap();
+        let handle = source.totals_handle();
+        probe.attach().unwrap();
+        let empty = source.fill();
+        ping_from_one_cpu(3, |_| 0); // 16-byte records
+        let full = handle.fill();
+        // A ring record has an 8-byte header; a perf sample an 8-byte header and a 4-byte size,
+        // its data padded to 8.
+        let (record, per_cpu) = match transport {
+            Transport::Ring => (24, 1),
+            Transport::Perf => (32, online_cpus()),
+        };
+        assert_eq!((empty.used, empty.capacity), (0, capacity * per_cpu), "{transport}: {empty:?}");
+        assert_eq!(full.used, 3 * record, "{transport}: {full:?}");
+        assert_eq!(full.producer_pos - full.consumer_pos, full.used, "{transport}: {full:?}");
+        assert_eq!(full.consumer_pos, empty.consumer_pos, "{transport}: nothing consumed yet");
+        assert_eq!(source.consume(|_| ()).unwrap(), 3);
+        let after = source.fill();
+        assert_eq!((after.used, after.consumer_pos), (0, full.producer_pos), "{transport}: {after:?}");
+        probe.detach();
+    }
+}
+
+/// The CPUs the kernel has online (a perf buffer has a ring on each).
+fn online_cpus() -> u64 {
+    let list = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    list.trim()
+        .split(',')
+        .map(|range| match range.split_once('-') {
+            Some((a, b)) => b.parse::<u64>().unwrap() - a.parse::<u64>().unwrap() + 1,
+            None => 1,
+        })
+        .sum()
+}
+
+/// One size knob, in bytes, for either transport: `Options::buffer_bytes` sizes the ring map at
+/// `aya::load` and the perf buffer at `aya::open`, rounded up to a power-of-two number of
+/// pages; a size out of range is an error, not a panic.
+#[test]
+fn one_size_in_bytes_sizes_either_transport() {
+    let Some(_kernel) = kernel_test() else { return };
+    for transport in [Transport::Ring, Transport::Perf] {
+        let probe = PingProbe::load(transport, sized(100_000)).unwrap();
+        let per_cpu = if transport == Transport::Perf { online_cpus() } else { 1 };
+        assert_eq!(probe.source().unwrap().fill().capacity, (128 << 10) * per_cpu, "{transport}");
+    }
+    for transport in [Transport::Ring, Transport::Perf] {
+        let err = PingProbe::load(transport, sized(4 << 30)).err().expect("4 GiB");
+        assert!(err.to_string().contains("buffer size"), "{transport}: {err}");
+    }
+    let probe = PingProbe::new(Transport::Perf).unwrap();
+    let err = EventSource::open(probe.map("events"), None, &sized(4 << 30)).expect_err("4 GiB per CPU");
+    assert!(matches!(err, bpfstream::Error::InvalidSize { .. }), "{err}");
+}
+
+/// The pull lends records in place: a batch's records stay valid while it is alive (they are
+/// all read after the iterator is done), and the space is returned at the next call, not
+/// before; what the iterator did not reach comes with the next batch.
+#[test]
+fn pulled_records_stay_valid_until_the_next_call() {
+    let Some(_kernel) = kernel_test() else { return };
+    for transport in [Transport::Ring, Transport::Perf] {
+        let mut probe = PingProbe::new(transport).unwrap();
+        let mut source = probe.source().unwrap();
+        probe.attach().unwrap();
+        ping_from_one_cpu(10, len_of);
+        let records: Vec<Record<'_>> = source
+            .read(Some(Duration::from_secs(1)))
+            .unwrap()
+            .filter_map(|event| match event {
+                Event::Record(record) => Some(record),
+                Event::Dropped(_) => None,
+            })
+            .take(6)
+            .collect();
+        let mut seen = Seen::default();
+        for record in &records {
+            seen.record(record.data);
+        }
+        assert_eq!(seen.seqs(), (0..6).collect::<Vec<_>>(), "{transport}");
+        let lent = source.fill();
+        assert!(lent.used > 0, "{transport}: the lent records' space is not returned yet");
+        for event in source.read(Some(Duration::ZERO)).unwrap() {
+            seen.item(event);
+        }
+        assert_eq!(seen.seqs(), (0..10).collect::<Vec<_>>(), "{transport}: the rest, in the next batch");
+        probe.detach();
+        let totals = source.finish(deadline(Duration::from_secs(5)), |event| seen.item(event)).unwrap();
+        assert_eq!((totals.delivered, totals.dropped, totals.produced), (10, 0, Some(10)), "{transport}");
+    }
+}
+
+/// A StopHandle of a bare source wakes a poll or a read blocked in its wait, from another
+/// thread, and later waits do not block.
+#[test]
+fn a_stop_handle_wakes_a_blocked_poll_and_read() {
+    let Some(_kernel) = kernel_test() else { return };
+    for transport in [Transport::Ring, Transport::Perf] {
+        let probe = PingProbe::new(transport).unwrap();
+        let mut source = probe.source().unwrap();
+        let stop = source.stop_handle();
+        let waker = stop.clone();
+        let stopper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            waker.cancel();
+        });
+        let started = std::time::Instant::now();
+        assert_eq!(source.poll(None, |_| ()).unwrap(), 0, "{transport}: nothing was sent");
+        stopper.join().unwrap();
+        assert!(stop.is_stopped());
+        assert_eq!(source.read(None).unwrap().count(), 0, "{transport}: a stopped source does not wait");
+        assert!(started.elapsed() < scaled(Duration::from_secs(20)), "{transport}: the stop did not wake the wait");
+    }
+}
+
+/// A signal that interrupts a blocking poll or read without a timeout ends its wait, as a
+/// timeout does (`Ok`, with nothing), so that the caller's loop can look at what the signal's
+/// handler set: on either transport, and on a ring whose producers never wake it (where the
+/// wait looks at the ring on its own every 100 ms).
+#[test]
+fn a_signal_ends_a_blocking_poll_and_read() {
+    let Some(_kernel) = kernel_test() else { return };
+    extern "C" fn ignore(_: libc::c_int) {}
+    // SAFETY: a handler that does nothing, for SIGUSR2, which nothing else in this binary uses.
+    unsafe { libc::signal(libc::SIGUSR2, ignore as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+    let cases = [
+        (Transport::Ring, Options::default()),
+        (Transport::Ring, never_woken()),
+        (Transport::Perf, Options::default()),
+    ];
+    for (transport, options) in cases {
+        let probe = PingProbe::load(transport, options).unwrap();
+        let mut source = probe.source().unwrap();
+        for pull in [false, true] {
+            let returned = Arc::new(AtomicBool::new(false));
+            let signaller = interrupt_until(Arc::clone(&returned), source.stop_handle());
+            let taken = if pull { source.read(None).unwrap().count() } else { source.poll(None, |_| ()).unwrap() };
+            returned.store(true, Ordering::SeqCst);
+            let stopped = signaller.join().unwrap();
+            assert!(!stopped, "{transport} {:?}, pull {pull}: the signal did not end the wait", options.wakeup);
+            assert_eq!(taken, 0, "{transport}: nothing was sent");
+        }
+    }
+}
+
+/// Sends SIGUSR2 to this thread every 10 ms until `returned` (a signal that comes before the
+/// wait begins interrupts nothing); stops the source through `stop` instead if the wait lasts
+/// 20 s, and then says so.
+fn interrupt_until(returned: Arc<AtomicBool>, stop: bpfstream::StopHandle) -> std::thread::JoinHandle<bool> {
+    // SAFETY: pthread_self has no preconditions; this thread outlives the signaller (joined).
+    let waiting = unsafe { libc::pthread_self() };
+    let deadline = deadline(Duration::from_secs(20));
+    std::thread::spawn(move || {
+        while !returned.load(Ordering::SeqCst) {
+            if std::time::Instant::now() > deadline {
+                stop.cancel();
+                return true;
+            }
+            // SAFETY: the waiting thread is alive until it joins this one.
+            unsafe { libc::pthread_kill(waiting, libc::SIGUSR2) };
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    })
+}
+
+/// A blocking tool's ordered pull: records from two CPUs of a perf buffer, the later ones
+/// written first on the other CPU, through a stream put in order and pulled with
+/// `next_blocking`, come out all, in order (the key is the ping's sequence number here, where a
+/// tool's would be a `bpf_ktime_get_ns()` stamp).
+#[test]
+fn an_ordered_blocking_pull_puts_two_cpus_in_order() {
+    let Some(_kernel) = kernel_test() else { return };
+    if online_cpus() < 2 {
+        eprintln!("skipping: one CPU");
+        return;
+    }
+    let count = 1000;
+    let mut probe = PingProbe::new(Transport::Perf).unwrap();
+    let source = probe.source().unwrap();
+    probe.attach().unwrap();
+    for (cpu, seqs) in [(1, 0..count / 2), (0, count / 2..count)] {
+        std::thread::spawn(move || {
+            ping::pin_to_cpu(cpu).unwrap();
+            seqs.for_each(|seq| ping(seq, 0));
+        })
+        .join()
+        .unwrap();
+    }
+    probe.detach();
+    let mut stream = EventStream::new(source, |r| ping::PingEvent::from_record(r.data).map(|p| (p.seq, p.cpu)))
+        .unwrap()
+        .ordered(Duration::from_millis(10), |&(seq, _): &(u64, u32)| seq);
+    stream.stop_handle().drain();
+    let (mut seqs, mut cpus) = (Vec::new(), BTreeSet::new());
+    while let Some(event) = stream.next_blocking(Some(scaled(Duration::from_secs(20)))).unwrap() {
+        let Event::Record((seq, cpu)) = event else { panic!("{event:?}") };
+        seqs.push(seq);
+        cpus.insert(cpu);
+    }
+    assert_eq!(cpus.len(), 2, "from both CPUs");
+    assert_eq!(seqs, (0..count).collect::<Vec<_>>(), "all, in key order");
+    assert_eq!(stream.totals().delivered, count);
 }
 
 /// A ring map has one consumer in this process: a second one (through any fd of the map) would
@@ -592,10 +853,10 @@ fn poller_handlers_borrow_locals_and_stats_are_live() {
 #[test]
 fn a_ring_map_has_one_consumer_per_process() {
     let Some(_kernel) = kernel_test() else { return };
-    let mut probe = PingProbe::load(PingOptions::new(Transport::Ring)).unwrap();
-    let options = bpfstream::PerfOptions::default();
-    let mut first = EventSource::open(probe.map("events").unwrap(), options).unwrap();
-    let err = EventSource::open(probe.map("events").unwrap(), options).unwrap_err();
+    let mut probe = PingProbe::new(Transport::Ring).unwrap();
+    let options = Options::default();
+    let mut first = EventSource::open(probe.map("events"), None, &options).unwrap();
+    let err = EventSource::open(probe.map("events"), None, &options).unwrap_err();
     assert!(matches!(err, bpfstream::Error::AlreadyConsumed { .. }), "{err}");
     assert!(err.to_string().contains("\"events\""), "{err}");
     let err = probe.source().unwrap_err().to_string();
@@ -603,11 +864,11 @@ fn a_ring_map_has_one_consumer_per_process() {
     probe.attach().unwrap();
     ping(1, len_of(1));
     let mut seen = Seen::default();
-    assert_eq!(first.consume(|item: Item<'_>| seen.item(item)).unwrap(), 1);
+    assert_eq!(first.consume(|event| seen.item(event)).unwrap(), 1);
     drop(first);
     let mut source = probe.source().expect("free once the first consumer is dropped");
     ping(2, len_of(2));
-    source.consume(|item: Item<'_>| seen.item(item)).unwrap();
+    source.consume(|event| seen.item(event)).unwrap();
     drop(source);
     probe.detach();
     assert_eq!(seen.seqs(), [1, 2]);
@@ -619,11 +880,11 @@ fn a_ring_map_has_one_consumer_per_process() {
 #[test]
 fn a_record_behind_a_discarded_head_is_delivered_without_a_timer() {
     let Some(_kernel) = kernel_test() else { return };
-    let mut probe = PingProbe::load(PingOptions::new(Transport::Ring)).unwrap();
+    let mut probe = PingProbe::new(Transport::Ring).unwrap();
     let source = probe.source().unwrap();
     probe.attach_program("handle_ping_behind_discard", "bpfstream_ping_behind_discard").unwrap();
     let (mut latencies, totals) = runtime().block_on(async {
-        let mut stream = EventStream::new(source).unwrap();
+        let mut stream = copied(source);
         stream.set_max_delay(None);
         let mut latencies = Vec::new();
         for seq in 0..20 {
@@ -659,17 +920,17 @@ fn a_record_behind_a_discarded_head_is_delivered_without_a_timer() {
 #[test]
 fn dropping_a_perf_buffer_leaves_the_slots_its_successor_took_over() {
     let Some(_kernel) = kernel_test() else { return };
-    let mut probe = PingProbe::load(PingOptions::new(Transport::Perf)).unwrap();
-    let options = bpfstream::PerfOptions::default();
-    let first = EventSource::open(probe.map("events").unwrap(), options).unwrap();
-    let mut second = EventSource::open(probe.map("events").unwrap(), options).unwrap();
+    let mut probe = PingProbe::new(Transport::Perf).unwrap();
+    let options = Options::default();
+    let first = EventSource::open(probe.map("events"), None, &options).unwrap();
+    let mut second = EventSource::open(probe.map("events"), None, &options).unwrap();
     drop(first);
     probe.attach().unwrap();
     for seq in 0..10 {
         ping(seq, len_of(seq));
     }
     let mut seen = Seen::default();
-    second.consume(|item: Item<'_>| seen.item(item)).unwrap();
+    second.consume(|event| seen.item(event)).unwrap();
     drop(second);
     probe.detach();
     let mut seqs = seen.seqs();
@@ -686,14 +947,17 @@ fn uprobe_storm(transport: Transport) {
     const THREADS: u64 = 4;
     const PER_THREAD: u64 = 10_000;
     let len = |seq: u64| if seq % 4 == 0 { 0 } else { ping::PING_DATA_MAX };
-    let options = PingOptions { ring_bytes: 1 << 20, perf_pages: 64, ..PingOptions::new(transport) };
-    let mut probe = PingProbe::load(options).unwrap();
+    let options = sized(match transport {
+        Transport::Ring => 1 << 20,
+        Transport::Perf => 256 << 10,
+    });
+    let mut probe = PingProbe::load(transport, options).unwrap();
     let mut source = probe.source().unwrap();
     probe.attach().unwrap();
     let done = std::sync::atomic::AtomicU64::new(0);
     let (mut seqs, mut malformed) = (Vec::new(), 0);
-    let mut handle = |item: Item<'_>| {
-        if let Item::Record(record) = item {
+    let mut handle = |event: Event<Record<'_>>| {
+        if let Event::Record(record) = event {
             match ping::decode(record.data) {
                 Some((event, _)) if event.len == len(event.seq) => seqs.push(event.seq),
                 _ => malformed += 1,
@@ -759,9 +1023,9 @@ fn a_second_perf_open_that_fails_part_way_leaves_the_first_its_slots() {
         eprintln!("skipping: one CPU, a perf open cannot fail part way");
         return;
     }
-    let mut probe = PingProbe::load(PingOptions::new(Transport::Perf)).unwrap();
-    let options = bpfstream::PerfOptions::default();
-    let mut first = EventSource::open(probe.map("events").unwrap(), options).unwrap();
+    let mut probe = PingProbe::new(Transport::Perf).unwrap();
+    let options = Options::default();
+    let mut first = EventSource::open(probe.map("events"), None, &options).unwrap();
     // The lowest free descriptors, in the order the next opens get them: the second open takes
     // three (the map's duplicate, its epoll set, the first CPU's event) before the second CPU's
     // event, the fourth, which the limit refuses.
@@ -769,7 +1033,7 @@ fn a_second_perf_open_that_fails_part_way_leaves_the_first_its_slots() {
     let fourth = std::os::fd::AsRawFd::as_raw_fd(&free[3]) as u64;
     drop(free);
     let old = set_open_files_limit(fourth);
-    let second = EventSource::open(probe.map("events").unwrap(), options);
+    let second = EventSource::open(probe.map("events"), None, &options);
     set_open_files_limit(old);
     let err = second.expect_err("the second CPU's event is past the limit");
     assert!(err.to_string().contains("Too many open files"), "{err}");
@@ -777,22 +1041,42 @@ fn a_second_perf_open_that_fails_part_way_leaves_the_first_its_slots() {
     ping_from_one_cpu(5, len_of);
     probe.detach();
     let mut seen = Seen::default();
-    first.consume(|item: Item<'_>| seen.item(item)).unwrap();
+    first.consume(|event| seen.item(event)).unwrap();
     assert_eq!((seen.seqs(), seen.lost), ((0..5).collect::<Vec<_>>(), 0), "the first buffer lost CPU 0's slot");
 }
 
-/// `finish` with a handler that fails stops at the failure and returns its error.
+/// A tool's own error, which its handlers return and which comes back as itself.
+#[derive(Debug)]
+#[allow(dead_code)] // the library's error is read through Debug
+enum ToolError {
+    NoRoom(u64),
+    Library(bpfstream::Error),
+}
+
+impl From<bpfstream::Error> for ToolError {
+    fn from(error: bpfstream::Error) -> Self {
+        ToolError::Library(error)
+    }
+}
+
+/// `finish` with a handler that fails stops at the failure and returns its error, as itself.
 #[test]
 fn finish_stops_at_a_failing_handler_and_returns_its_error() {
     let Some(_kernel) = kernel_test() else { return };
-    let mut source = burst(PingOptions::new(Transport::Ring), 5);
+    let mut source = burst(Transport::Ring, Options::default(), 5);
     let mut calls = 0;
-    let result = source.finish(deadline(Duration::from_secs(1)), |_: Item<'_>| {
+    let result = source.finish(deadline(Duration::from_secs(1)), |event| {
         calls += 1;
-        Err::<(), _>("no room")
+        let Event::Record(record) = event else { return Ok(()) };
+        Err(ToolError::NoRoom(ping::decode(record.data).unwrap().0.seq))
     });
     let err = result.expect_err("the handler failed");
-    assert_eq!((err.to_string().as_str(), calls), ("the handler failed: no room", 1));
+    assert!(matches!(err, ToolError::NoRoom(0)), "{err:?}");
+    assert_eq!(calls, 1);
+    // anyhow works as it is: its error is the handler's.
+    let result =
+        source.finish(deadline(Duration::from_secs(1)), |_| -> anyhow::Result<()> { anyhow::bail!("disk full") });
+    assert_eq!(result.expect_err("the handler failed").to_string(), "disk full");
 }
 
 /// A handler that panics mid-pass (the caller catches it): the records handed over before and
@@ -802,30 +1086,19 @@ fn finish_stops_at_a_failing_handler_and_returns_its_error() {
 fn a_handler_that_panics_hands_no_record_over_twice() {
     let Some(_kernel) = kernel_test() else { return };
     for transport in [Transport::Ring, Transport::Perf] {
-        let mut source = burst(PingOptions::new(transport), 5);
+        let mut source = burst(transport, Options::default(), 5);
         let mut seen = Seen::default();
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            source.consume(|item: Item<'_>| {
-                seen.item(item);
+            source.consume(|event| {
+                seen.item(event);
                 assert!(seen.records.len() < 3, "the handler gives up at the third record");
             })
         }));
         assert!(panicked.is_err(), "{transport}: the handler panicked");
-        let totals = source.finish(deadline(Duration::from_secs(5)), |item: Item<'_>| seen.item(item)).unwrap();
+        let totals = source.finish(deadline(Duration::from_secs(5)), |event| seen.item(event)).unwrap();
         assert_eq!(seen.seqs(), (0..5).collect::<Vec<_>>(), "{transport}: each record once, in order");
         assert_eq!((totals.delivered, totals.dropped, totals.produced), (5, 0, Some(5)), "{transport}");
     }
-}
-
-/// A perf buffer too large to describe (the watermark and the ring size are 32-bit in the
-/// kernel's interface) is an error from `open`, not a panic.
-#[test]
-fn a_perf_buffer_too_large_is_an_error() {
-    let Some(_kernel) = kernel_test() else { return };
-    let probe = PingProbe::load(PingOptions::new(Transport::Perf)).unwrap();
-    let options = bpfstream::PerfOptions { pages_per_cpu: 1 << 20, ..bpfstream::PerfOptions::default() };
-    let err = EventSource::open(probe.map("events").unwrap(), options).expect_err("4 GiB per CPU");
-    assert!(err.to_string().contains("pages per CPU"), "{err}");
 }
 
 /// The exact end of a poller's sources in one call: after the detach, every source's totals add
@@ -833,12 +1106,12 @@ fn a_perf_buffer_too_large_is_an_error() {
 #[test]
 fn a_poller_finishes_all_its_sources_exactly() {
     let Some(_kernel) = kernel_test() else { return };
-    let mut ring = burst(PingOptions::new(Transport::Ring), 7);
-    let mut perf = burst(PingOptions::new(Transport::Perf), 9);
+    let mut ring = burst(Transport::Ring, Options::default(), 7);
+    let mut perf = burst(Transport::Perf, Options::default(), 9);
     let (mut from_ring, mut from_perf) = (Seen::default(), Seen::default());
     let mut poller = Poller::new().unwrap();
-    let ring_id = poller.add(&mut ring, |item: Item<'_>| from_ring.item(item)).unwrap();
-    let perf_id = poller.add_with(&mut perf, 5, usize::MAX, |item: Item<'_>| from_perf.item(item)).unwrap();
+    let ring_id = poller.add(&mut ring, 0, |event| from_ring.item(event)).unwrap();
+    let perf_id = poller.add(&mut perf, 5, |event| from_perf.item(event)).unwrap();
     let totals = poller.finish(deadline(Duration::from_secs(5))).unwrap();
     drop(poller);
     assert_eq!(totals.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [ring_id, perf_id], "in the order added");

@@ -1,13 +1,15 @@
 //! The crate as a third party gets it: `cargo package` output, unpacked in a scratch directory,
 //! is all a tool outside this workspace builds from (and the package's own unit tests pass
-//! there). The tool (`tests/outside_tool`: its own
-//! crate, written from the crate docs) compiles its BPF program in its `build.rs` against the
-//! packaged `bpfstream.h` (`bpfstream::INCLUDE_DIR`), loads it with the `aya` feature, triggers
-//! its events itself and checks delivered + dropped == produced in both transports (as root).
+//! there). The tool is the package's own template (`template/`: build.rs, a BPF program on a
+//! tracepoint, main.rs), copied as its README says: it compiles its BPF program against the
+//! packaged `bpfstream.h` (`bpfstream::INCLUDE_DIR`), loads it with the `aya` feature, and is run
+//! in both transports (as root) while this test execs children of its own, which the tool
+//! filters on: every exec is printed, and delivered + dropped == produced at its stop (SIGINT).
 //! Skipped, saying so, when clang is missing.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::SystemTime;
 
 fn cargo() -> Command {
@@ -73,43 +75,57 @@ fn assert_self_contained_and_touch(root: &Path) {
     }
 }
 
-/// The tool's crate in `scratch/tool`, depending on the unpacked package by path.
+/// The template of the unpacked package, copied into `scratch/tool` as its README says, with
+/// the packaged crate as its `bpfstream` (by path).
 fn write_tool(scratch: &Path, package: &Path) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/outside_tool");
+    let template = package.join("template");
     let tool = scratch.join("tool");
     let _ = std::fs::remove_dir_all(&tool);
     std::fs::create_dir_all(tool.join("src")).unwrap();
-    let manifest = format!(
-        r#"[package]
-name = "outside-tool"
-version = "0.1.0"
-edition = "2021"
-publish = false
-
-[dependencies]
-bpfstream = {{ path = "{package}", features = ["aya", "tokio"] }}
-aya = "0.14"
-futures-util = {{ version = "0.3", default-features = false }}
-libc = "0.2"
-tokio = {{ version = "1", features = ["rt", "time"] }}
-
-[build-dependencies]
-bpfstream = {{ path = "{package}" }}
-
-[workspace]
-"#,
-        package = package.display()
-    );
-    std::fs::write(tool.join("Cargo.toml"), manifest).unwrap();
+    let manifest = std::fs::read_to_string(template.join("Cargo.toml.template")).unwrap();
+    let by_path = |features: &str| format!("bpfstream = {{ path = {:?}{features} }}", package.display().to_string());
+    let manifest = manifest
+        .replace(r#"bpfstream = { version = "0.1", features = ["aya"] }"#, &by_path(r#", features = ["aya"]"#))
+        .replace(r#"bpfstream = "0.1""#, &by_path(""));
+    assert_eq!(manifest.matches("path =").count(), 2, "the template's bpfstream dependencies:\n{manifest}");
+    std::fs::write(tool.join("Cargo.toml"), format!("{manifest}\n[workspace]\n")).unwrap();
     for file in ["build.rs", "src/main.rs", "src/tool.bpf.c"] {
-        std::fs::copy(source.join(file), tool.join(file)).unwrap();
+        std::fs::copy(template.join(file), tool.join(file)).unwrap();
     }
     // The tool brings its own vmlinux.h (here, the one the workspace generated for its objects).
-    let workspace = source.join("../../..");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     std::fs::copy(workspace.join("bpf/include/vmlinux.h"), tool.join("vmlinux.h")).unwrap();
     // The workspace's lock pins versions already in the local registry, so the build is offline.
     std::fs::copy(workspace.join("Cargo.lock"), tool.join("Cargo.lock")).unwrap();
     tool
+}
+
+/// Runs the tool (`extra` arguments) while this process execs `/bin/true` `count` times, then
+/// stops it with SIGINT; returns its standard output.
+fn trace_own_execs(tool: &Path, extra: &[&str], count: usize) -> String {
+    let mut child = Command::new(tool)
+        .args(["--ppid", &std::process::id().to_string()])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the tool runs");
+    // It says when it traces; execs before that are not its to see.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("tracing execs"), "the tool did not start: {line}");
+    for _ in 0..count {
+        assert!(Command::new("/bin/true").status().unwrap().success());
+    }
+    // SAFETY: kill sends a signal to the child we spawned (and have not waited for yet).
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let output = child.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "the tool failed ({}):\n{stdout}\n{rest}", output.status);
+    stdout
 }
 
 /// A scratch directory, removed when the test ends (passed or failed).
@@ -122,7 +138,7 @@ impl Drop for Removed {
 }
 
 #[test]
-fn a_tool_outside_the_workspace_builds_and_accounts_exactly_from_the_package_alone() {
+fn the_packaged_template_builds_and_accounts_exactly_from_the_package_alone() {
     if Command::new("clang").arg("--version").output().is_err() {
         eprintln!("skipping: clang is missing (apt-get install clang libbpf-dev), and the tool's BPF program needs it");
         return;
@@ -144,10 +160,23 @@ fn a_tool_outside_the_workspace_builds_and_accounts_exactly_from_the_package_alo
     }
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "the tool loads BPF programs: run the tests as root (sudo cargo test)");
-    let out = run(&mut Command::new(target.join("debug/outside-tool")));
-    let runs =
-        ["ring: produced=1000 ", "ring tenths: produced=100 ", "perf: produced=1000 ", "perf tenths: produced=100 "];
-    for run in runs.iter().chain(&["perf ordered: produced=Some(1000) delivered=1000"]) {
-        assert!(out.contains(run), "{out}");
+    mount_tracefs();
+    let execsnoop = target.join("debug/execsnoop");
+    for extra in [&[][..], &["--perf"][..]] {
+        let count = 20;
+        let out = trace_own_execs(&execsnoop, extra, count);
+        let execs: Vec<&str> = out.lines().filter(|l| l.ends_with(" true")).collect();
+        let parent = format!(" {} true", std::process::id());
+        assert_eq!(execs.len(), count, "{extra:?}: every exec, once:\n{out}");
+        assert!(execs.iter().all(|l| l.ends_with(&parent)), "{extra:?}: only this process's children:\n{out}");
+        assert!(out.contains(&format!("delivered={count} dropped=0 produced={count}")), "{extra:?}:\n{out}");
     }
+}
+
+/// Mounts tracefs where the kernel has not (the tool attaches a tracepoint by its id there).
+fn mount_tracefs() {
+    if Path::new("/sys/kernel/tracing/events").exists() {
+        return;
+    }
+    run(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]));
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
-use bpfstream::Lost;
+use bpfstream::Dropped;
 
 use crate::export::ExportSummary;
 use crate::output::JsonLine;
@@ -62,7 +62,7 @@ impl LossReport {
         }
     }
 
-    pub fn add(&mut self, lost: &Lost, now: Instant) {
+    pub fn add(&mut self, lost: &Dropped, now: Instant) {
         if lost.count == 0 {
             return;
         }
@@ -161,10 +161,10 @@ fn size_arg(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bpfstream::LossOrigin;
+    use bpfstream::DropOrigin;
 
-    fn lost(count: u64, cpu: u32) -> Lost {
-        Lost { count, cpu: Some(cpu), origin: LossOrigin::DropCounter }
+    fn lost(count: u64, cpu: u32) -> Dropped {
+        Dropped { count, cpu: Some(cpu), origin: DropOrigin::DropCounter }
     }
 
     #[test]

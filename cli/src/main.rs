@@ -24,6 +24,7 @@ mod bench;
 mod cgroup;
 mod cgroup_paths;
 mod container;
+mod counters;
 mod export;
 mod histogram;
 mod host;

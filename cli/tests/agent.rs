@@ -199,7 +199,7 @@ fn streams_run_together_each_named_and_exact() {
 /// A busy low-priority stream does not starve a high-priority one: with the agent stopped
 /// (SIGSTOP), 20,000 records wait in the low one's buffer, then one in the high one's; once the
 /// agent runs again, the high one's event is served before any of the backlog. With the
-/// priorities the other way round, it comes after the backlog's first batch (4,096 records).
+/// priorities the other way round, it comes after at least a batch of the backlog (1,024 records).
 #[test]
 fn a_busy_low_priority_stream_does_not_starve_a_high_one() {
     let Some(_kernel) = kernel_test() else { return };
@@ -235,7 +235,7 @@ fn a_busy_low_priority_stream_does_not_starve_a_high_one() {
         if exec_priority > calls_priority {
             assert_eq!(busy_before, 0, "the critical event comes first");
         } else {
-            assert!(busy_before >= 4096, "served after the busy stream's batch: {busy_before}");
+            assert!(busy_before >= 1024, "served after the busy stream's batch: {busy_before}");
         }
         for (stream, n) in [("busy", calls), ("critical", 1)] {
             let s = summary_of(&lines, stream);

@@ -80,17 +80,12 @@ const POLICIES: [WakeupPolicy; 5] = [
 ];
 
 fn load(file: &str, bytes: &[u8], policy: WakeupPolicy) -> Result<Ebpf> {
-    let wakeup = policy.globals();
     let mut loader = EbpfLoader::new();
     // Maps aya has no userspace type for (task storage) are still created for the programs.
     loader.allow_unsupported_maps();
-    for (name, bytes) in &wakeup {
-        loader.override_global(name, bytes.as_slice(), false);
-    }
-    if file.contains(".ring.") {
-        loader.map_max_entries("events", 64 << 10);
-    }
-    loader.load(bytes).map_err(|e| anyhow!("{e:?}")) // Debug: aya's Display hides the cause
+    let ring_bytes = file.contains(".ring.").then_some(64 << 10);
+    let options = bpfstream::Options { wakeup: policy, buffer_bytes: ring_bytes, ..bpfstream::Options::default() };
+    bpfstream::aya::load(loader, bytes, &options).map_err(|e| anyhow!("{e:?}")) // Debug: aya's Display hides the cause
 }
 
 /// Verifies and attaches `program` where `section` says.

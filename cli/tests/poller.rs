@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use aya::maps::Map;
 use aya::programs::RawTracePoint;
 use aya::{include_bytes_aligned, Ebpf, EbpfLoader};
-use bpfstream::{DropCounters, EventSource, Item, PerfOptions, Poller};
+use bpfstream::{Event, EventSource, Options, Poller, Record};
 use common::*;
 
 static RING: &[u8] = include_bytes_aligned!("../../bpf/obj/exec.ring.bpf.o");
@@ -49,28 +49,28 @@ fn one_poller_serves_ring_and_perf_and_stops_on_wake_after_a_final_drain() {
     let probe = probe_binary(&temp_dir("poller"), comm);
     let ring_bpf = exec_object(RING, comm);
     let perf_bpf = exec_object(PERF, comm);
-    let mut ring = EventSource::open(events_fd(&ring_bpf), PerfOptions::default()).unwrap();
-    let mut perf = EventSource::open(events_fd(&perf_bpf), PerfOptions::default()).unwrap();
+    let mut ring = EventSource::open(events_fd(&ring_bpf), None, &Options::default()).unwrap();
+    let mut perf = EventSource::open(events_fd(&perf_bpf), None, &Options::default()).unwrap();
 
     let (mut from_ring, mut from_perf, mut lost_ring, mut lost_perf) = (0u32, 0u32, 0u64, 0u64);
     {
         let mut poller = Poller::new().unwrap();
         poller
-            .add(&mut ring, |item: Item<'_>| match item {
-                Item::Record(r) => {
+            .add(&mut ring, 0, |item: Event<Record<'_>>| match item {
+                Event::Record(r) => {
                     assert!(r.cpu.is_none());
                     from_ring += 1;
                 }
-                Item::Lost(l) => lost_ring += l.count,
+                Event::Dropped(l) => lost_ring += l.count,
             })
             .unwrap();
         poller
-            .add(&mut perf, |item: Item<'_>| match item {
-                Item::Record(r) => {
+            .add(&mut perf, 0, |item: Event<Record<'_>>| match item {
+                Event::Record(r) => {
                     assert!(r.cpu.is_some());
                     from_perf += 1;
                 }
-                Item::Lost(l) => lost_perf += l.count,
+                Event::Dropped(l) => lost_perf += l.count,
             })
             .unwrap();
 
@@ -93,12 +93,13 @@ fn one_poller_serves_ring_and_perf_and_stops_on_wake_after_a_final_drain() {
             assert!(Command::new(&probe).status().unwrap().success());
         }
         let stop = poller.stop_handle();
-        std::thread::spawn(move || stop.drain()).join().unwrap();
+        let waker = stop.clone();
+        std::thread::spawn(move || waker.drain()).join().unwrap();
         let started = Instant::now();
         let n = poller.run(scaled(Duration::from_secs(30))).unwrap();
         assert!(started.elapsed() < scaled(Duration::from_secs(5)), "woken, not timed out");
         assert_eq!(n, 14);
-        assert!(poller.is_stopped());
+        assert!(stop.is_stopped());
     }
     assert_eq!((from_ring, from_perf, lost_ring, lost_perf), (12, 12, 0, 0));
 }
@@ -116,9 +117,10 @@ fn a_signal_interrupting_the_wait_is_not_an_error() {
         libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut());
     }
     let ring_bpf = exec_object(RING, "bpfs-eintr");
-    let mut ring = EventSource::open(events_fd(&ring_bpf), PerfOptions::default()).unwrap();
+    let mut ring = EventSource::open(events_fd(&ring_bpf), None, &Options::default()).unwrap();
     let mut poller = Poller::new().unwrap();
-    poller.add(&mut ring, |_: Item<'_>| ()).unwrap();
+    poller.add(&mut ring, 0, |_: Event<Record<'_>>| ()).unwrap();
+    let stop = poller.stop_handle();
     // SAFETY: pthread_self has no preconditions.
     let me = unsafe { libc::pthread_self() } as usize;
     let kicker = std::thread::spawn(move || {
@@ -130,19 +132,23 @@ fn a_signal_interrupting_the_wait_is_not_an_error() {
     assert_eq!(poller.poll(Some(scaled(Duration::from_secs(20)))).unwrap(), 0);
     assert!(started.elapsed() < scaled(Duration::from_secs(10)), "returned on the signal");
     kicker.join().unwrap();
-    assert!(!poller.is_stopped(), "a signal is not a stop request");
+    assert!(!stop.is_stopped(), "a signal is not a stop request");
 }
 
 #[test]
 fn a_source_rejects_a_map_that_is_no_event_buffer_and_bad_options() {
     let Some(_kernel) = kernel_test() else { return };
     let perf_bpf = exec_object(PERF, "bpfs-wrongtype");
-    let Map::PerCpuArray(counters) = perf_bpf.map(DropCounters::MAP).unwrap() else { panic!("counters") };
-    let err = EventSource::open(counters.fd().as_fd(), PerfOptions::default()).unwrap_err().to_string();
+    let Map::PerCpuArray(counters) = perf_bpf.map("bpfstream_stats").unwrap() else { panic!("counters") };
+    let options = Options::default();
+    let err = EventSource::open(counters.fd().as_fd(), None, &options).unwrap_err().to_string();
     assert!(err.contains("expected BPF_MAP_TYPE_RINGBUF or BPF_MAP_TYPE_PERF_EVENT_ARRAY"), "{err}");
-    let err = EventSource::open(events_fd(&perf_bpf), PerfOptions { pages_per_cpu: 3, wakeup: None }).unwrap_err();
-    assert!(err.to_string().contains("power of two"), "{err}");
+    let err = EventSource::open(events_fd(&perf_bpf), Some(events_fd(&perf_bpf)), &options).unwrap_err().to_string();
+    assert!(err.contains("wrong map type"), "events are no drop counters: {err}");
+    let too_large = Options { buffer_bytes: Some(4 << 30), ..Options::default() };
+    let err = EventSource::open(events_fd(&perf_bpf), None, &too_large).unwrap_err();
+    assert!(err.to_string().contains("at most") || err.to_string().contains("2 GiB"), "{err}");
     let stdin = std::io::stdin();
-    let err = EventSource::open(stdin.as_fd(), PerfOptions::default()).unwrap_err().to_string();
+    let err = EventSource::open(stdin.as_fd(), None, &options).unwrap_err().to_string();
     assert!(err.contains("not a BPF map"), "{err}");
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::perf::{PerfEvent, PerfEventArrayBuffer};
 use aya::maps::{Map, MapData, PerfEventArray, RingBuf};
-use bpfstream::{EventSource, Item, PerfOptions, PerfWakeup, Transport, WakeupPolicy};
+use bpfstream::{Event, EventSource, PerfWakeup, Record, Transport, WakeupPolicy};
 
 use super::libbpf::{self, Libbpf};
 use super::measure::{own_cpu_ns, pin_to_cpu, PlainRead, ThreadClock};
@@ -102,13 +102,17 @@ pub struct Options {
 pub fn open(kind: Kind, map: OwnedFd, options: Options, libbpf: Option<&Arc<Libbpf>>) -> Result<Box<dyn Consumer>> {
     Ok(match (kind.library, kind.transport) {
         (Library::Bpfstream, _) => {
-            let wakeup = match options.perf_wake {
-                PerfWake::LibraryDefault => PerfOptions::default().wakeup,
+            let perf_wakeup = match options.perf_wake {
+                PerfWake::LibraryDefault => None,
                 PerfWake::Events(n) | PerfWake::Fill(n) => Some(PerfWakeup::Events(n)),
             };
-            let mut source = EventSource::open(map, PerfOptions { pages_per_cpu: options.perf_pages, wakeup })?;
-            source.expect_wakeups(options.ring_wakeup);
-            Box::new(Ours(source))
+            let library = bpfstream::Options {
+                wakeup: options.ring_wakeup,
+                buffer_bytes: Some((options.perf_pages * crate::host::page_size()) as u64),
+                perf_wakeup,
+                ..bpfstream::Options::default()
+            };
+            Box::new(Ours(EventSource::open(map, None, &library)?))
         }
         (Library::Libbpf, transport) => {
             let libbpf = libbpf.ok_or_else(|| anyhow!("libbpf is not loaded"))?.clone();
@@ -170,9 +174,9 @@ fn wait_readable<'a>(
 /// bpfstream's consumer: an [`EventSource`] over the ring or perf buffer, without drop counters.
 struct Ours(EventSource);
 
-fn count_record(records: &mut u64) -> impl FnMut(Item<'_>) + '_ {
-    move |item: Item<'_>| {
-        if let Item::Record(_) = item {
+fn count_record(records: &mut u64) -> impl FnMut(Event<Record<'_>>) + '_ {
+    move |item: Event<Record<'_>>| {
+        if let Event::Record(_) = item {
             *records += 1;
         }
     }

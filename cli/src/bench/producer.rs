@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use aya::Ebpf;
-use bpfstream::{DropCounters, Transport, WakeupPolicy};
+use bpfstream::{Transport, WakeupPolicy};
 
+use crate::counters::DropCounters;
 use crate::lifecycle::{self, Attach, BufferOptions, Global, TracerSpec, EVENTS_MAP};
 use crate::objects;
 
@@ -89,9 +90,7 @@ impl Program {
         let (bpf, _) = lifecycle::load(&spec, &options)?;
         let events = bpf.map(EVENTS_MAP).ok_or_else(|| anyhow!("the bench object has no {EVENTS_MAP} map"))?;
         let events = lifecycle::map_fd(events)?.try_clone_to_owned().context("dup of the events map")?;
-        let stats =
-            bpf.map(DropCounters::MAP).ok_or_else(|| anyhow!("the bench object has no {} map", DropCounters::MAP))?;
-        let counters = DropCounters::new(lifecycle::map_fd(stats)?)?;
+        let counters = DropCounters::open(&bpf)?;
         Ok(Program { bpf: Some(bpf), spec, counters, events })
     }
 
@@ -114,11 +113,7 @@ impl Program {
     /// The BPF side's counters, summed over CPUs.
     pub fn counters(&mut self) -> Result<BpfCounts> {
         let totals = self.counters.total()?;
-        Ok(BpfCounts {
-            produced: totals.produced.unwrap_or(0),
-            dropped: totals.dropped,
-            forced_wakeups: totals.forced_wakeups.unwrap_or(0),
-        })
+        Ok(BpfCounts { produced: totals.produced, dropped: totals.dropped, forced_wakeups: totals.forced_wakeups })
     }
 }
 
@@ -256,7 +251,7 @@ mod tests {
 #[cfg(test)]
 mod kernel_tests {
     use super::*;
-    use bpfstream::{EventSource, Item, PerfOptions};
+    use bpfstream::{Event, EventSource, Options, Record};
 
     fn kernel_test() -> bool {
         if std::env::var_os("BPFSTREAM_SKIP_KERNEL_TESTS").is_some() {
@@ -275,19 +270,19 @@ mod kernel_tests {
         let producer = Producer::spawn(cpu).unwrap();
         let mut program = Program::load(transport, buffer, WakeupPolicy::Adaptive, producer.tid()).unwrap();
         let mut consumed = 0u64;
-        let mut count = |item: Item<'_>| {
-            if let Item::Record(r) = item {
+        let mut count = |item: Event<Record<'_>>| {
+            if let Event::Record(r) = item {
                 // 8 bytes (perf pads them to 12): the record's index in its batch.
                 let value = u64::from_ne_bytes(r.data[..8].try_into().unwrap());
                 assert!(value < BATCH && r.data.len() <= 12, "{:?}", r.data);
                 consumed += 1;
             }
         };
-        let pages = (buffer as usize / crate::host::page_size()).max(1);
         let events = program.events().unwrap();
-        let mut source = EventSource::open(events, PerfOptions { pages_per_cpu: pages, wakeup: None }).unwrap();
-        let mut drain = move |f: &mut dyn FnMut(Item<'_>)| {
-            source.consume(|item: Item<'_>| f(item)).unwrap();
+        let options = Options { buffer_bytes: Some(buffer), ..Options::default() };
+        let mut source = EventSource::open(events, None, &options).unwrap();
+        let mut drain = move |f: &mut dyn FnMut(Event<Record<'_>>)| {
+            source.consume(|item: Event<Record<'_>>| f(item)).unwrap();
         };
         program.attach().unwrap();
         // SAFETY: getpgid has no memory effects. This thread is not the producer: filtered out.

@@ -7,16 +7,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use bpfstream::{Item, Transport, WakeupPolicy};
+use bpfstream::{Event, Record, Transport, WakeupPolicy};
 
-use super::degrade::{DegradeMaps, DegradePolicy, Notice};
+use super::degrade::{DegradeMaps, DegradePolicy, Notice, PolicyTotals};
 use super::load::{self, LabEvent, Loaded, Pace, CLASS_BULK};
 use super::report::{Account, Cell, LabReport, Table};
 use super::Progress;
+use crate::counters::DropCounters;
 use crate::lifecycle::{BufferOptions, Global};
 use crate::objects;
 use crate::plot::{self, LinePanel, Series};
@@ -61,7 +61,7 @@ struct Run {
     notices: Vec<Notice>,
     notices_dropped: u64,
     /// Under the policy: `delivered + dropped + summarized == produced`.
-    totals: bpfstream::Totals,
+    totals: PolicyTotals,
     /// (seconds, delivered/s, dropped/s, summarized/s) per bucket.
     series: Vec<(f64, f64, f64, f64)>,
     start_ns: u64,
@@ -92,8 +92,7 @@ fn run_one(policy_on: bool, duration: Duration, progress: &Progress) -> Result<R
         Loaded::start("lab backpressure", objects::LAB_DEGRADE, &["lab_degrade_burst"], globals, &options)?;
     policy.check(&source)?;
     let maps = DegradeMaps::take(&mut bpf)?;
-    let producer_counters = Mutex::new(load::drop_counters(&bpf)?);
-    let mut sampler = load::drop_counters(&bpf)?;
+    let counters = DropCounters::open(&bpf)?;
     let stop = AtomicBool::new(false);
     let consumer_ready = AtomicBool::new(false);
     let start_ns = load::monotonic_ns();
@@ -104,8 +103,8 @@ fn run_one(policy_on: bool, duration: Duration, progress: &Progress) -> Result<R
     let mut notices = Vec::new();
     let mut buckets: Vec<[f64; 3]> = Vec::new();
     let bucket_of = |ts: u64| (ts.saturating_sub(start_ns) / BUCKET.as_nanos() as u64) as usize;
-    let mut handle = |item: Item<'_>, work: bool, buckets: &mut Vec<[f64; 3]>| {
-        let Item::Record(r) = item else { return };
+    let mut handle = |item: Event<Record<'_>>, work: bool, buckets: &mut Vec<[f64; 3]>| {
+        let Event::Record(r) = item else { return };
         if let Some(n) = Notice::parse(r.data) {
             notices.push(n);
             return;
@@ -131,11 +130,11 @@ fn run_one(policy_on: bool, duration: Duration, progress: &Progress) -> Result<R
                 std::thread::sleep(Duration::from_millis(1));
             }
             let snapshot = || -> Result<Snapshot> {
-                let c = producer_counters.lock().expect("counters").total()?;
+                let c = counters.total()?;
                 let d = maps.counters()?;
                 Ok(Snapshot {
                     t_ns: load::monotonic_ns(),
-                    produced: c.produced.unwrap_or(0),
+                    produced: c.produced,
                     dropped: c.dropped,
                     summarized: d.summarized,
                 })
@@ -178,10 +177,10 @@ fn run_one(policy_on: bool, duration: Duration, progress: &Progress) -> Result<R
         let mut next_sample = Instant::now() + BUCKET;
         let mut last = (0u64, 0u64, load::monotonic_ns());
         while !producer.is_finished() {
-            source.poll(Some(MAX_DELAY), |item: Item<'_>| handle(item, true, &mut buckets))?;
+            source.poll(Some(MAX_DELAY), |item: Event<Record<'_>>| handle(item, true, &mut buckets))?;
             if Instant::now() >= next_sample {
                 next_sample += BUCKET;
-                let dropped = sampler.total()?.dropped;
+                let dropped = counters.total()?.dropped;
                 let summarized = maps.counters()?.summarized;
                 let now = load::monotonic_ns();
                 // The counts happened since the last sample: put them in the middle of it.
@@ -199,7 +198,8 @@ fn run_one(policy_on: bool, duration: Duration, progress: &Progress) -> Result<R
         producer.join().expect("producer thread")
     })?;
     drop(bpf);
-    let totals = source.finish(super::finish_deadline(), |item: Item<'_>| handle(item, false, &mut buckets))?;
+    let totals =
+        source.finish(super::finish_deadline(), |item: Event<Record<'_>>| handle(item, false, &mut buckets))?;
     let counters = maps.counters()?;
     let summary = maps.summary()?;
     let notices_delivered = notices.len() as u64;
@@ -314,7 +314,7 @@ fn report(runs: Vec<Run>, per_run: Duration) -> LabReport {
             });
         }
         let t = run.totals;
-        let produced = t.produced.unwrap_or(0);
+        let produced = t.produced;
         let generated: u64 = run.generated.values().sum();
         let exact = run.summary_exact();
         table.push(vec![

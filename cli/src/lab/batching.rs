@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use bpfstream::{Item, Poller, Transport, WakeupPolicy};
+use bpfstream::{Event, Poller, Record, Transport, WakeupPolicy};
 
 use super::load::{self, LabEvent, Latencies, Loaded, Pace, CLASS_BULK};
 use super::report::{Account, Cell, LabReport, Table};
@@ -95,8 +95,8 @@ fn run_one(name: &'static str, policy: WakeupPolicy, duration: Duration, progres
     let mut tail = Latencies::default();
     let mut delivered = 0u64;
     let tail_seen = std::cell::Cell::new(0u64);
-    let mut record = |item: Item<'_>, latencies: &mut Latencies, tail: &mut Latencies| {
-        let Item::Record(r) = item else { return };
+    let mut record = |item: Event<Record<'_>>, latencies: &mut Latencies, tail: &mut Latencies| {
+        let Event::Record(r) = item else { return };
         let Some(e) = LabEvent::decode(r.data) else { return };
         let latency = load::monotonic_ns().saturating_sub(e.ts_ns);
         delivered += 1;
@@ -115,8 +115,9 @@ fn run_one(name: &'static str, policy: WakeupPolicy, duration: Duration, progres
         // being level-triggered, when data waits right after a wakeup was served).
         let stop_guard = load::StopOnDrop(&stop);
         let _pin = load::pin_current_thread(cpus.consumer)?;
+        let counts = source.totals_handle();
         let mut poller = Poller::new()?;
-        poller.add(&mut source, |item: Item<'_>| record(item, &mut latencies, &mut tail))?;
+        poller.add(&mut source, 0, |item: Event<Record<'_>>| record(item, &mut latencies, &mut tail))?;
         let producer = s.spawn(|| -> Result<()> {
             let _pin = load::pin_current_thread(cpus.load)?;
             load::paced(Pace { per_sec: RATE }, 1_000_000, &stop, |sent, n| {
@@ -143,14 +144,15 @@ fn run_one(name: &'static str, policy: WakeupPolicy, duration: Duration, progres
                 break;
             }
         }
-        wakeups = poller.stats().wakeups;
+        wakeups = counts.read().wakeups;
         drop(poller);
         producer.join().expect("producer thread")
     })?;
     let elapsed = started.elapsed();
     let cpu_ns = load::thread_cpu_ns() - cpu_before;
     drop(bpf);
-    let totals = source.finish(super::finish_deadline(), |item: Item<'_>| record(item, &mut latencies, &mut tail))?;
+    let totals =
+        source.finish(super::finish_deadline(), |item: Event<Record<'_>>| record(item, &mut latencies, &mut tail))?;
     Ok(Row {
         policy: name,
         produced: totals.produced.unwrap_or(0),

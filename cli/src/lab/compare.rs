@@ -1,15 +1,15 @@
 //! `lab compare` (exercise 2): the same tracer-like load (one record per system call) from a
-//! thread on every CPU, through a ring buffer, a perf buffer, and a perf buffer whose per-CPU
-//! streams pass through the library's ordered merge. Compared: memory mapped, ordering,
-//! throughput and consumer CPU.
+//! thread on every CPU, through a ring buffer, a perf buffer, and a perf buffer read through an
+//! ordered stream (the library's merge of its per-CPU rings by timestamp). Compared: memory
+//! mapped, ordering, throughput and consumer CPU.
 
 use std::cell::RefCell;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use bpfstream::merge::{Merged, OrderedMerge};
-use bpfstream::{Item, Poller, Transport, WakeupPolicy};
+use bpfstream::stream::EventStream;
+use bpfstream::{Event, EventSource, Poller, Record, Totals, Transport, WakeupPolicy};
 
 use super::load::{self, LabEvent, Loaded, Pace, CLASS_BULK};
 use super::report::{Account, Cell, LabReport, Table};
@@ -89,35 +89,24 @@ pub fn run(duration: Duration, progress: &mut Progress) -> Result<LabReport> {
     Ok(report(rows, per_run))
 }
 
-/// The merge of per-CPU streams by timestamp: records are (cpu, ts_ns).
-type Merge = OrderedMerge<(u32, u64), fn(&(u32, u64)) -> u64>;
-
 /// What the consumer keeps while it reads.
+#[derive(Default)]
 struct State {
-    merge: Option<Merge>,
     order: Order,
     delivered: u64,
 }
 
 impl State {
-    fn record(&mut self, item: Item<'_>) {
-        let Item::Record(record) = item else { return };
-        let Some(e) = LabEvent::decode(record.data) else { return };
-        self.delivered += 1;
-        match &mut self.merge {
-            Some(merge) => merge.push(e.cpu as usize, (e.cpu, e.ts_ns)),
-            None => self.order.see(e.ts_ns),
-        }
+    fn record(&mut self, item: Event<Record<'_>>) {
+        let Event::Record(record) = item else { return };
+        self.stamp(LabEvent::decode(record.data).map(|e| e.ts_ns));
     }
 
-    /// Hands what the merge has released to the ordering check.
-    fn drain_merge(&mut self) {
-        let Some(merge) = &mut self.merge else { return };
-        while let Some(m) = merge.pop() {
-            match m {
-                Merged::InOrder((_, ts)) | Merged::Late { item: (_, ts), .. } => self.order.see(ts),
-            }
-        }
+    /// A lab record's timestamp (`None`: not a lab record).
+    fn stamp(&mut self, ts: Option<u64>) {
+        let Some(ts) = ts else { return };
+        self.delivered += 1;
+        self.order.see(ts);
     }
 }
 
@@ -130,17 +119,12 @@ fn run_one(mode: Mode, duration: Duration, progress: &Progress) -> Result<Row> {
         perf_wakeup: None,
         max_delay: MAX_DELAY,
     };
-    let Loaded { bpf, mut source } =
-        Loaded::start("lab compare", objects::LAB_LOAD, &["lab_burst"], Vec::new(), &options)?;
-    let key: fn(&(u32, u64)) -> u64 = |e| e.1;
-    let merge = || OrderedMerge::new(cpus.len(), key).with_span(WINDOW.as_nanos() as u64).with_sorted_streams();
-    let state =
-        RefCell::new(State { merge: (mode == Mode::PerfMerged).then(merge), order: Order::default(), delivered: 0 });
+    let Loaded { bpf, source } = Loaded::start("lab compare", objects::LAB_LOAD, &["lab_burst"], Vec::new(), &options)?;
+    let (buffer_bytes, counts) = (source.mapped_bytes(), source.totals_handle());
     let stop = AtomicBool::new(false);
     let started = Instant::now();
     let cpu_before = load::thread_cpu_ns();
-    let mut wakeups = 0;
-    std::thread::scope(|s| -> Result<()> {
+    let (state, totals) = std::thread::scope(|s| -> Result<(State, Totals)> {
         let producers: Vec<_> = cpus
             .iter()
             .enumerate()
@@ -158,35 +142,21 @@ fn run_one(mode: Mode, duration: Duration, progress: &Progress) -> Result<Row> {
                 })
             })
             .collect();
-        let _stop = load::StopOnDrop(&stop);
-        let mut poller = Poller::new()?;
-        poller.add(&mut source, |item: Item<'_>| state.borrow_mut().record(item))?;
-        while started.elapsed() < duration {
-            poller.poll(Some(MAX_DELAY))?;
-            let mut state = state.borrow_mut();
-            if let Some(merge) = &mut state.merge {
-                merge.advance(load::monotonic_ns());
-            }
-            state.drain_merge();
-            progress.tick();
-        }
-        wakeups = poller.stats().wakeups;
-        drop(_stop);
+        let stopping = load::StopOnDrop(&stop);
+        let until = started + duration;
+        let read = match mode {
+            Mode::PerfMerged => read_ordered(source, until, progress, || drop(bpf)),
+            Mode::Ring | Mode::Perf => read_polled(source, until, progress, || drop(bpf)),
+        };
+        drop(stopping);
         for p in producers {
             p.join().expect("producer thread")?;
         }
-        Ok(())
+        read
     })?;
-    let buffer_bytes = source.buffer_bytes();
-    drop(bpf);
-    let totals = source.finish(super::finish_deadline(), |item: Item<'_>| state.borrow_mut().record(item))?;
-    let mut state = state.into_inner();
-    if let Some(merge) = &mut state.merge {
-        merge.finish();
-    }
-    state.drain_merge();
     let secs = started.elapsed().as_secs_f64();
     let cpu_ns = load::thread_cpu_ns() - cpu_before;
+    let late = if mode == Mode::PerfMerged { state.order.inversions } else { 0 };
     Ok(Row {
         mode,
         produced: totals.produced.unwrap_or(0),
@@ -195,11 +165,60 @@ fn run_one(mode: Mode, duration: Duration, progress: &Progress) -> Result<Row> {
         buffer_bytes,
         inversions: state.order.inversions,
         max_inversion_ns: state.order.max_behind,
-        late: state.merge.map_or(0, |m| m.stats().late),
-        wakeups,
+        late,
+        wakeups: counts.read().wakeups,
         secs,
         cpu_ns,
     })
+}
+
+/// Reads `source` through a poller until `until`, then `detach`es and finishes it.
+fn read_polled(
+    mut source: EventSource,
+    until: Instant,
+    progress: &Progress,
+    detach: impl FnOnce(),
+) -> Result<(State, Totals)> {
+    let state = RefCell::new(State::default());
+    {
+        let mut poller = Poller::new()?;
+        poller.add(&mut source, 0, |item| state.borrow_mut().record(item))?;
+        while Instant::now() < until {
+            poller.poll(Some(MAX_DELAY))?;
+            progress.tick();
+        }
+    }
+    detach();
+    let totals = source.finish(super::finish_deadline(), |item| state.borrow_mut().record(item))?;
+    Ok((state.into_inner(), totals))
+}
+
+/// Reads `source` in timestamp order (an ordered stream's blocking pull) until `until`, then
+/// `detach`es, takes what the stream held and finishes the source.
+fn read_ordered(
+    source: EventSource,
+    until: Instant,
+    progress: &Progress,
+    detach: impl FnOnce(),
+) -> Result<(State, Totals)> {
+    let mut state = State::default();
+    let stamps = |r: Record<'_>| Ok(LabEvent::decode(r.data).map(|e| e.ts_ns));
+    let mut stream = EventStream::new(source, stamps)?.ordered(WINDOW, |ts: &Option<u64>| ts.unwrap_or(0));
+    while Instant::now() < until {
+        if let Some(Event::Record(ts)) = stream.next_blocking(Some(MAX_DELAY))? {
+            state.stamp(ts);
+        }
+        progress.tick();
+    }
+    detach();
+    let (mut sources, held) = stream.into_sources();
+    for item in held {
+        if let Event::Record(ts) = item? {
+            state.stamp(ts);
+        }
+    }
+    let totals = sources[0].finish(super::finish_deadline(), |item| state.record(item))?;
+    Ok((state, totals))
 }
 
 fn report(rows: Vec<Row>, per_run: Duration) -> LabReport {
@@ -270,7 +289,7 @@ fn report(rows: Vec<Row>, per_run: Duration) -> LabReport {
     }
     if let Some(m) = get(Mode::PerfMerged) {
         notes.push(format!(
-            "perf-merged: the per-CPU streams through bpfstream::merge::OrderedMerge (k-way by timestamp, reorder \
+            "perf-merged: the per-CPU rings through an ordered bpfstream::stream::EventStream (by timestamp, reorder \
              window {} ms): {} inversions, {} records reported late.",
             WINDOW.as_millis(),
             m.inversions,

@@ -197,17 +197,30 @@ fn take_map<M: TryFrom<Map, Error = MapError>>(bpf: &mut aya::Ebpf, name: &str) 
     M::try_from(map).map_err(|e| anyhow!("map {name}: {e}"))
 }
 
+/// What a stream accounted for under the degrade policy: the library's [`Totals`], and the
+/// events the policy summarized instead of sending them, which the library does not see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolicyTotals {
+    /// Events the BPF side was asked to send, summarized ones included.
+    pub produced: u64,
+    /// Events delivered (degrade notices not counted).
+    pub delivered: u64,
+    pub dropped: u64,
+    pub summarized: u64,
+}
+
 impl DegradeCounters {
     /// A stream's [`Totals`] under the degrade policy: the `notices_delivered` notices (counted
     /// among the stream's delivered records) taken out of `delivered`, and the events the policy
     /// summarized instead of sending added to `summarized` and `produced`, so that
     /// `delivered + dropped + summarized == produced` once the stream is drained.
-    pub fn apply(&self, totals: &Totals, notices_delivered: u64) -> Totals {
-        let mut out = *totals;
-        out.produced = Some(totals.produced.unwrap_or(0) + self.summarized);
-        out.delivered = totals.delivered.saturating_sub(notices_delivered);
-        out.summarized = totals.summarized + self.summarized;
-        out
+    pub fn apply(&self, totals: &Totals, notices_delivered: u64) -> PolicyTotals {
+        PolicyTotals {
+            produced: totals.produced.unwrap_or(0) + self.summarized,
+            delivered: totals.delivered.saturating_sub(notices_delivered),
+            dropped: totals.dropped,
+            summarized: self.summarized,
+        }
     }
 }
 
@@ -273,7 +286,7 @@ mod tests {
         (totals.delivered, totals.dropped, totals.produced) = (103, 2, Some(102));
         let counters = DegradeCounters { summarized: 1000, notices: 3, ..Default::default() };
         let t = counters.apply(&totals, 3);
-        assert_eq!((t.produced, t.delivered, t.dropped, t.summarized), (Some(1102), 100, 2, 1000));
-        assert_eq!(t.delivered + t.dropped + t.summarized, t.produced.unwrap());
+        assert_eq!((t.produced, t.delivered, t.dropped, t.summarized), (1102, 100, 2, 1000));
+        assert_eq!(t.delivered + t.dropped + t.summarized, t.produced);
     }
 }

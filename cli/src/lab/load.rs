@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use aya::Ebpf;
-use bpfstream::{DropCounters, EventSource, FromRecord};
+use bpfstream::{EventSource, FromRecord};
 
 use crate::lifecycle::{self, Attach, BufferOptions, Global, Objects, TracerSpec};
 
@@ -230,12 +230,6 @@ impl std::fmt::Debug for Loaded {
     }
 }
 
-/// A second reader of a lab object's drop counters (for a producer thread's snapshots).
-pub fn drop_counters(bpf: &Ebpf) -> Result<DropCounters> {
-    let map = bpf.map(bpfstream::DropCounters::MAP).ok_or_else(|| anyhow!("no stats map"))?;
-    Ok(DropCounters::new(lifecycle::map_fd(map)?)?)
-}
-
 impl Loaded {
     /// Loads `objects` with `globals` plus the lab's pid filter, opens the buffer, attaches
     /// `programs` (each on its tracepoint in [`ATTACH_POINTS`]).
@@ -260,8 +254,11 @@ impl Loaded {
             .collect::<Result<Vec<_>>>()?;
         let spec = TracerSpec { what, objects, attach, globals };
         let (mut bpf, _) = lifecycle::load(&spec, options)?;
-        let mut source = lifecycle::open_source(&bpf, options)?;
-        source.set_counter_interval(Duration::from_millis(50));
+        let mut library = options.library();
+        library.counter_interval = Duration::from_millis(50);
+        let events = bpf.map(lifecycle::EVENTS_MAP).ok_or_else(|| anyhow!("the lab object has no events map"))?;
+        let counters = bpf.map(lifecycle::COUNTERS_MAP).ok_or_else(|| anyhow!("the lab object has no stats map"))?;
+        let source = EventSource::open(lifecycle::map_fd(events)?, Some(lifecycle::map_fd(counters)?), &library)?;
         lifecycle::attach(&mut bpf, &spec)?;
         Ok(Loaded { bpf, source })
     }

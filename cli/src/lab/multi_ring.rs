@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use bpfstream::{EventSource, Item, Poller, Transport, WakeupPolicy};
+use bpfstream::{Event, EventSource, Poller, Record, Transport, WakeupPolicy};
 
 use super::load::{self, LabEvent, Latencies, Loaded, Pace, CLASS_BULK, CLASS_CRITICAL};
 use super::report::{Account, Cell, LabReport, Table};
@@ -24,7 +24,6 @@ const BULK_RING: u64 = 256 << 10;
 const CRITICAL_PRIORITY: i32 = 10;
 const BULK_PRIORITY: i32 = 0;
 /// Bulk records served per turn; the critical ring gets a turn between bulk batches.
-const BULK_BATCH: usize = 256;
 /// Failed opens per second (the critical class).
 const CRITICAL_RATE: f64 = 1_000.0;
 /// The flood: bursts of this many bulk records, back to back.
@@ -79,8 +78,8 @@ pub fn run(duration: Duration, progress: &mut Progress) -> Result<LabReport> {
 
 /// Handles a record of either class into `stats`: while running, with the consumer's work and
 /// its latency; at teardown (after detaching, which takes a while) only counted.
-fn record(item: Item<'_>, stats: &RefCell<[ClassStats; 2]>, running: bool) {
-    let Item::Record(r) = item else { return };
+fn record(item: Event<Record<'_>>, stats: &RefCell<[ClassStats; 2]>, running: bool) {
+    let Event::Record(r) = item else { return };
     let Some(e) = LabEvent::decode(r.data) else { return };
     let latency = load::monotonic_ns().saturating_sub(e.ts_ns);
     let class = if e.class == CLASS_CRITICAL { 1 } else { 0 };
@@ -145,13 +144,14 @@ fn run_separate(duration: Duration, progress: &Progress) -> Result<Setup> {
     let stats = RefCell::new([ClassStats::default(), ClassStats::default()]);
     let (bulk_sent, opens) = {
         let mut poller = Poller::new()?;
-        poller.add_with(&mut critical, CRITICAL_PRIORITY, usize::MAX, |item: Item<'_>| record(item, &stats, true))?;
-        poller.add_with(&mut bulk, BULK_PRIORITY, BULK_BATCH, |item: Item<'_>| record(item, &stats, true))?;
+        poller.add(&mut critical, CRITICAL_PRIORITY, |item: Event<Record<'_>>| record(item, &stats, true))?;
+        poller.add(&mut bulk, BULK_PRIORITY, |item: Event<Record<'_>>| record(item, &stats, true))?;
         drive(duration, progress, || poller.poll(Some(MAX_DELAY)).map(drop).map_err(Into::into))?
     };
     drop((critical_bpf, bulk_bpf));
-    let critical_totals = critical.finish(super::finish_deadline(), |item: Item<'_>| record(item, &stats, false))?;
-    let bulk_totals = bulk.finish(super::finish_deadline(), |item: Item<'_>| record(item, &stats, false))?;
+    let critical_totals =
+        critical.finish(super::finish_deadline(), |item: Event<Record<'_>>| record(item, &stats, false))?;
+    let bulk_totals = bulk.finish(super::finish_deadline(), |item: Event<Record<'_>>| record(item, &stats, false))?;
     let [bulk_stats, critical_stats] = stats.into_inner();
     let mut warnings = Vec::new();
     let critical_produced = critical_totals.produced.unwrap_or(0);
@@ -165,7 +165,7 @@ fn run_separate(duration: Duration, progress: &Progress) -> Result<Setup> {
     let row = |ring, priority, source: &EventSource, totals: bpfstream::Totals, stats: ClassStats| RingRow {
         ring,
         priority: Some(priority),
-        buffer_bytes: source.buffer_bytes(),
+        buffer_bytes: source.mapped_bytes(),
         produced: totals.produced.unwrap_or(0),
         delivered: stats.delivered,
         dropped: totals.dropped,
@@ -192,11 +192,11 @@ fn run_shared(duration: Duration, progress: &Progress) -> Result<Setup> {
     )?;
     let stats = RefCell::new([ClassStats::default(), ClassStats::default()]);
     let (bulk_sent, opens) = drive(duration, progress, || {
-        source.poll(Some(MAX_DELAY), |item: Item<'_>| record(item, &stats, true))?;
+        source.poll(Some(MAX_DELAY), |item: Event<Record<'_>>| record(item, &stats, true))?;
         Ok(())
     })?;
     drop(bpf);
-    let totals = source.finish(super::finish_deadline(), |item: Item<'_>| record(item, &stats, false))?;
+    let totals = source.finish(super::finish_deadline(), |item: Event<Record<'_>>| record(item, &stats, false))?;
     let [bulk_stats, critical_stats] = stats.into_inner();
     let delivered = bulk_stats.delivered + critical_stats.delivered;
     let produced = totals.produced.unwrap_or(0);
@@ -212,7 +212,7 @@ fn run_shared(duration: Duration, progress: &Progress) -> Result<Setup> {
     let row = |ring, triggered: u64, stats: ClassStats| RingRow {
         ring,
         priority: None,
-        buffer_bytes: source.buffer_bytes(),
+        buffer_bytes: source.mapped_bytes(),
         produced: triggered,
         delivered: stats.delivered,
         dropped: triggered.saturating_sub(stats.delivered),
@@ -319,7 +319,7 @@ fn report(separate: Setup, shared: Setup, per_run: Duration) -> LabReport {
             "For {:.1} s per setup: a flood of bulk records (bursts of {FLOOD_BURST}, back to back, one pinned thread) \
              and {CRITICAL_RATE} failed openat() calls per second (the critical class); the consumer spends {} us per \
              record. Separate rings: critical {} (priority {CRITICAL_PRIORITY}, served whole), bulk {} (priority \
-             {BULK_PRIORITY}, {BULK_BATCH} records per turn), one Poller. Shared: both classes in one {} ring. Latency: \
+             {BULK_PRIORITY}, 1024 records per turn), one Poller. Shared: both classes in one {} ring. Latency: \
              bpf_ktime_get_ns() to delivery, for records delivered while running (not those drained at teardown). In the shared ring a class's drops are what was \
              triggered and not delivered; the ring's own counters check their total.",
             per_run.as_secs_f64(),

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use bpfstream::{Item, Transport, WakeupPolicy};
+use bpfstream::{Event, Record, Transport, WakeupPolicy};
 
 use super::load::{self, Loaded, CLASS_BULK, RECORD_BYTES};
 use super::report::{Account, Cell, LabReport, Table};
@@ -91,8 +91,8 @@ fn run_one(transport: Transport, size: u64, bursts: u64, cpus: load::Cpus, progr
         });
         let _pin = load::pin_current_thread(cpus.consumer)?;
         while !done.load(Ordering::Acquire) {
-            source.poll(Some(options.max_delay), |item: Item<'_>| {
-                if let Item::Record(_) = item {
+            source.poll(Some(options.max_delay), |item: Event<Record<'_>>| {
+                if let Event::Record(_) = item {
                     delivered += 1;
                     load::spin_ns(WORK_NS);
                 }
@@ -101,10 +101,10 @@ fn run_one(transport: Transport, size: u64, bursts: u64, cpus: load::Cpus, progr
         }
         producer.join().expect("producer thread")
     })?;
-    let mapped = source.buffer_bytes();
+    let mapped = source.mapped_bytes();
     drop(bpf);
-    let totals = source.finish(super::finish_deadline(), |item: Item<'_>| {
-        if let Item::Record(_) = item {
+    let totals = source.finish(super::finish_deadline(), |item: Event<Record<'_>>| {
+        if let Event::Record(_) = item {
             delivered += 1;
         }
     })?;
@@ -126,7 +126,7 @@ fn report(rows: Vec<Row>, bursts: u64) -> LabReport {
     let mut notes = Vec::new();
     for r in &rows {
         table.push(vec![
-            Cell::text(r.transport.name()),
+            Cell::text(r.transport.to_string()),
             Cell::Int(r.size),
             Cell::Int(r.mapped),
             Cell::Int(r.produced),

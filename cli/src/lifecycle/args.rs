@@ -182,6 +182,17 @@ pub struct BufferOptions {
 }
 
 impl BufferOptions {
+    /// The library's options for this buffer: its size in bytes (a ring's, or a perf buffer's
+    /// per CPU) and both transports' wakeup policies.
+    pub fn library(&self) -> bpfstream::Options {
+        bpfstream::Options {
+            wakeup: self.ring_wakeup,
+            buffer_bytes: Some(self.size),
+            perf_wakeup: self.perf_wakeup,
+            ..bpfstream::Options::default()
+        }
+    }
+
     /// The buffer and wakeup policy of a tracer: `--buffer-size` and `--wakeup` if given, else
     /// the defaults for its event rate.
     pub fn for_tracer(args: &CommonArgs, rate: EventRate) -> Self {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, Result};
-use bpfstream::{EventSource, Item, Poller, SourceId, Transport};
+use bpfstream::{Event, EventSource, Poller, Record, SourceId, Transport};
 
 use super::args::CommonArgs;
 use super::format::Format;
@@ -127,13 +127,13 @@ impl<F: Format> Feed<F> {
     }
 
     /// Hands `item` over; an error stops the consume at once.
-    fn item(&mut self, item: Item<'_>) -> ControlFlow<()> {
+    fn item(&mut self, item: Event<Record<'_>>) -> ControlFlow<()> {
         if self.failure.is_some() {
             return ControlFlow::Break(());
         }
         let handled = match item {
-            Item::Record(record) => self.record(record.data),
-            Item::Lost(lost) => {
+            Event::Record(record) => self.record(record.data),
+            Event::Dropped(lost) => {
                 self.loss.add(&lost, Instant::now());
                 Ok(())
             }
@@ -244,7 +244,6 @@ pub(super) trait Fed {
         poller: &mut Poller<'a>,
         source: &'a mut EventSource,
         priority: i32,
-        batch: usize,
     ) -> Result<SourceId, bpfstream::Error>;
     fn header(&self);
     fn end_batch(&self);
@@ -267,9 +266,8 @@ impl<F: Format> Fed for RefCell<Feed<F>> {
         poller: &mut Poller<'a>,
         source: &'a mut EventSource,
         priority: i32,
-        batch: usize,
     ) -> Result<SourceId, bpfstream::Error> {
-        poller.add_with(source, priority, batch, move |item: Item<'_>| self.borrow_mut().item(item))
+        poller.add(source, priority, move |item: Event<Record<'_>>| self.borrow_mut().item(item))
     }
 
     fn header(&self) {

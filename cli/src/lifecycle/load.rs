@@ -9,13 +9,16 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::Map;
 use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
-use bpfstream::{DropCounters, EventSource, PerfOptions, Transport};
+use bpfstream::{EventSource, Transport};
 
 use super::args::{BufferOptions, CommonArgs};
 use crate::tracefs;
 
 /// Name of the events map in every bpfstream BPF object (`bpfstream.h`).
 pub const EVENTS_MAP: &str = "events";
+
+/// Name of the drop counters of the events map (`bpfstream.h`).
+pub const COUNTERS_MAP: &str = "bpfstream_stats";
 
 /// One BPF program and where it attaches.
 #[derive(Debug, Clone, Copy)]
@@ -104,7 +107,7 @@ pub struct TracerSpec {
 pub const NO_RINGBUF_ENV: &str = "BPFSTREAM_NO_RINGBUF";
 
 fn ring_supported() -> bool {
-    std::env::var_os(NO_RINGBUF_ENV).is_none() && Transport::ring_supported()
+    std::env::var_os(NO_RINGBUF_ENV).is_none() && Transport::probe() == Transport::Ring
 }
 
 /// Resolves the transport, with the fallback notice of the contract.
@@ -146,25 +149,21 @@ pub fn map_fd(map: &Map) -> Result<BorrowedFd<'_>> {
 /// of `spec` (nothing attached yet).
 pub fn load(spec: &TracerSpec, options: &BufferOptions) -> Result<(Ebpf, Transport)> {
     let transport = choose_transport(options.transport)?;
-    let wakeup = options.ring_wakeup.globals();
-    let size = u32::try_from(options.size).map_err(|_| anyhow!("buffer size {} is too large", options.size))?;
     let mut loader = EbpfLoader::new();
     // Maps aya has no userspace type for (task storage) are still created for the programs.
     loader.allow_unsupported_maps();
     for g in &spec.globals {
         loader.override_global(g.name, g.bytes.as_slice(), true);
     }
-    for (name, bytes) in &wakeup {
-        loader.override_global(name, bytes.as_slice(), false);
-    }
     let object = match transport {
-        Transport::Ring => {
-            loader.map_max_entries(EVENTS_MAP, size);
-            spec.objects.ring
-        }
+        Transport::Ring => spec.objects.ring,
         Transport::Perf => spec.objects.perf,
     };
-    let mut bpf = loader.load(object).map_err(|e| load_error(spec.what, e))?;
+    // The wakeup globals and the ring's size, from the same options the stream opens with.
+    let mut bpf = match bpfstream::aya::load(loader, object, &options.library()) {
+        Err(bpfstream::Error::Load(e)) => return Err(load_error(spec.what, e)),
+        loaded => loaded?,
+    };
     verify(&mut bpf, spec)?;
     Ok((bpf, transport))
 }
@@ -232,26 +231,18 @@ fn is_permission_denied(error: &bpfstream::Error) -> bool {
     matches!(error, bpfstream::Error::Sys { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
 }
 
-/// The event stream of a loaded object: its `events` map with its drop counters.
-pub fn open_source(bpf: &Ebpf, options: &BufferOptions) -> Result<EventSource> {
-    open_stream(bpf, EVENTS_MAP, Some(DropCounters::MAP), options)
-}
-
 /// The event stream of the map `map`, with the drop counters of the map `counters` (`None`: an
 /// object that sends without bpfstream.h's counters).
 pub fn open_stream(bpf: &Ebpf, map: &str, counters: Option<&str>, options: &BufferOptions) -> Result<EventSource> {
     let events = bpf.map(map).ok_or_else(|| anyhow!("BPF object has no {map} map"))?;
-    let fd = map_fd(events)?;
-    let perf_pages = (options.size as usize / crate::host::page_size()).max(1);
-    let mut source = match EventSource::open(fd, PerfOptions { pages_per_cpu: perf_pages, wakeup: options.perf_wakeup })
-    {
+    let counters = match counters {
+        Some(name) => Some(map_fd(bpf.map(name).ok_or_else(|| anyhow!("BPF object has no {name} map"))?)?),
+        None => None,
+    };
+    match EventSource::open(map_fd(events)?, counters, &options.library()) {
         Err(e) if is_permission_denied(&e) && events_are_perf(events) => {
             bail!("{}: {}", crate::privileges::perf_permission_hint(options.size), crate::privileges::os_error(&e))
         }
-        opened => opened?,
-    };
-    source.expect_wakeups(options.ring_wakeup);
-    let Some(counters) = counters else { return Ok(source) };
-    let stats = bpf.map(counters).ok_or_else(|| anyhow!("BPF object has no {counters} map"))?;
-    Ok(source.with_counters(DropCounters::new(map_fd(stats)?)?))
+        opened => Ok(opened?),
+    }
 }

@@ -32,7 +32,8 @@ pub use args::{BufferKind, BufferOptions, BurstBudget, CommonArgs, EventRate};
 pub use feed::{Console, Outlet};
 pub use format::Format;
 pub use load::{
-    attach, load, load_error, map_fd, open_source, task_filter_globals, Attach, Global, Objects, TracerSpec, EVENTS_MAP,
+    attach, load, load_error, map_fd, task_filter_globals, Attach, Global, Objects, TracerSpec, COUNTERS_MAP,
+    EVENTS_MAP,
 };
 pub use plan::{run_plans, trace, StreamPlan};
 pub use start::{Loaded, Tracer};

@@ -9,24 +9,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use aya::Ebpf;
-use bpfstream::{DropCounters, Poller, StatsHandle, Totals};
+use bpfstream::{Poller, Totals, TotalsHandle};
 
 use super::feed::{Console, Fed, Feed, Outlet};
 use super::format::Format;
 use super::start::Loaded;
 use super::stop::{self, Ending};
 use super::summary::Summary;
+use crate::counters::DropCounters;
 use crate::metrics::{StreamCounters, StreamMetrics};
 use crate::signals::{self, Signal};
 
 /// Longest single wait: a signal that lands between the check of the stop flag and the start
 /// of the wait does not interrupt it, so the wait itself must end soon.
 const LONGEST_WAIT: Duration = Duration::from_millis(250);
-
-/// Records a stream is served at most per turn: the loop looks for a stop (signal, duration,
-/// failed output) between turns, even while producers outpace it, and after each batch of a
-/// lower-priority stream the higher ones are served again.
-const BATCH_RECORDS: usize = 4096;
 
 /// Most time between two publishes of a stream's counters to its metrics (each reads the BPF
 /// side's counters: a system call per stream).
@@ -69,7 +65,7 @@ pub fn run(mut streams: Vec<Stream>, duration: Option<Duration>, console: &Conso
     for stream in &mut streams {
         objects.extend(stream.loaded.bpf.take());
         let feed: &dyn Fed = &*stream.feed;
-        feed.serve(&mut poller, &mut stream.loaded.source, stream.loaded.priority, BATCH_RECORDS)?;
+        feed.serve(&mut poller, &mut stream.loaded.source, stream.loaded.priority)?;
         feeds.push(feed);
     }
     let until = duration.map(|d| started + d);
@@ -89,7 +85,7 @@ pub fn run(mut streams: Vec<Stream>, duration: Option<Duration>, console: &Conso
     if let Some(e) = feeds.iter().find_map(|f| f.take_failure()) {
         return Err(anyhow!(e).context("writing events"));
     }
-    let fill: Vec<f64> = shapes.iter().map(|s| s.stats.read().fill_ratio()).collect();
+    let fill: Vec<f64> = shapes.iter().map(Shape::fill_ratio).collect();
     let summaries = summarize(&feeds, shapes, totals, elapsed, ending, console)?;
     for ((m, summary), fill) in metrics.iter_mut().zip(&summaries).zip(fill) {
         if let Some(m) = m {
@@ -152,7 +148,7 @@ struct Shape {
     buffer_bytes: u64,
     size: u64,
     /// What its consumer published (the poller holds the source).
-    stats: StatsHandle,
+    totals: TotalsHandle,
     counters: Option<DropCounters>,
 }
 
@@ -166,28 +162,30 @@ impl Shape {
             name: loaded.name.clone(),
             metrics: stream.metrics.take(),
             transport: loaded.source.transport(),
-            buffer_bytes: loaded.source.buffer_bytes(),
+            buffer_bytes: loaded.source.mapped_bytes(),
             size: loaded.size,
-            stats: loaded.source.stats_handle(),
+            totals: loaded.source.totals_handle(),
             counters: loaded.counters.take(),
         }
     }
 
     /// The stream so far: what its consumer published, with the BPF side's counters as of now.
     fn so_far(&mut self, elapsed: Duration) -> Summary {
-        let stats = self.stats.read();
-        let mut totals = Totals {
-            delivered: stats.events,
-            bytes: stats.bytes,
-            dropped: stats.lost,
-            produced: stats.produced,
-            ..Totals::default()
-        };
+        let mut totals = self.totals.read();
         if let Some(now) = self.counters.as_mut().and_then(|c| c.total().ok()) {
-            totals.produced = now.produced;
+            totals.produced = Some(now.produced);
             totals.dropped = totals.dropped.max(now.dropped);
         }
         Summary::so_far(self.name.clone(), totals, self.transport, self.buffer_bytes, elapsed)
+    }
+
+    /// How full its buffer is now, 0 to 1.
+    fn fill_ratio(&self) -> f64 {
+        let fill = self.totals.fill();
+        if fill.capacity == 0 {
+            return 0.0;
+        }
+        fill.used as f64 / fill.capacity as f64
     }
 
     /// Publishes the stream so far to its metrics, if it has any.
@@ -197,7 +195,7 @@ impl Shape {
         }
         let mut summary = self.so_far(elapsed);
         feed.fill(&mut summary);
-        let counters = counters(&summary, self.stats.read().fill_ratio());
+        let counters = counters(&summary, self.fill_ratio());
         if let Some(m) = self.metrics.as_mut() {
             m.publish(&counters);
         }

@@ -9,10 +9,11 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use aya::maps::Map;
 use aya::Ebpf;
-use bpfstream::{DropCounters, EventSource, Transport};
+use bpfstream::{EventSource, Transport};
 
 use super::args::BufferOptions;
-use super::load::{attach, load, map_fd, open_stream, TracerSpec, EVENTS_MAP, LOADING};
+use super::load::{attach, load, open_stream, TracerSpec, COUNTERS_MAP, EVENTS_MAP, LOADING};
+use crate::counters::DropCounters;
 use crate::signals;
 use crate::size::human_bytes;
 
@@ -30,7 +31,7 @@ pub trait Tracer {
     }
     /// The map of its drop counters (`None`: it sends without bpfstream.h's counters).
     fn counters_map(&self) -> Option<&str> {
-        Some(DropCounters::MAP)
+        Some(COUNTERS_MAP)
     }
 }
 
@@ -102,8 +103,9 @@ impl Loaded {
         match self.source.transport() {
             Transport::Ring => format!("ring buffer ({})", human_bytes(self.size)),
             Transport::Perf => {
-                let cpus = self.source.cpus().len();
-                let total = human_bytes(self.size * cpus as u64);
+                // A perf buffer's capacity is its size on each of its CPUs.
+                let cpus = self.source.fill().capacity / self.size.max(1);
+                let total = human_bytes(self.size * cpus);
                 format!("perf buffer ({} per CPU, {cpus} CPUs: {total})", human_bytes(self.size))
             }
         }
@@ -138,7 +140,7 @@ fn load_and_attach(specs: Vec<StreamSpec<'_>>) -> Result<Vec<Loaded>> {
         // event, or those events would be dropped for want of a slot.
         let source = open_stream(&bpf, t.events_map(), t.counters_map(), &spec.buffer)?;
         let counters = match t.counters_map().and_then(|name| bpf.map(name)) {
-            Some(map) => Some(DropCounters::new(map_fd(map)?)?),
+            Some(map) => Some(DropCounters::of(map)?),
             None => None,
         };
         opened.push((bpf, source, counters));

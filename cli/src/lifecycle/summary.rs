@@ -123,7 +123,7 @@ impl Summary {
         let line = if self.dropped_unknown { line.null("dropped") } else { line.num("dropped", self.dropped) };
         let mut line = line
             .num("unwritten", unwritten)
-            .str("buffer", self.transport.name())
+            .str("buffer", &self.transport.to_string())
             .num("buffer_bytes", self.buffer_bytes);
         if let Some(p) = self.produced {
             let unaccounted = if kind == "progress" { "in_flight" } else { "unaccounted" };

@@ -1032,6 +1032,17 @@ mod tests {
         assert!(err.starts_with("--fields: kinds_event has no field \"nope\""), "{err}");
     }
 
+    /// A record type's size and its fields' (name, byte offset, size), as `record!` laid it
+    /// out (each field's size read from a zeroed value, which any `Plain` type has).
+    macro_rules! layout {
+        ($t:ty { $($field:ident),* $(,)? }) => {{
+            use bpfstream::FromRecord;
+            let zero = <$t>::from_record(&[0u8; std::mem::size_of::<$t>()]).unwrap();
+            let fields = vec![$((stringify!($field), std::mem::offset_of!($t, $field), std::mem::size_of_val(&zero.$field))),*];
+            (std::mem::size_of::<$t>(), fields)
+        }};
+    }
+
     /// The bytes of a record from its Rust mirror's layout and a value per field.
     fn record_bytes(
         (size, layout): (usize, Vec<(&str, usize, usize)>),
@@ -1058,7 +1069,6 @@ mod tests {
     #[test]
     fn the_tracers_records_decode_as_the_tracers_read_them() {
         use crate::tools::{exec, open, syscalls};
-        use bpfstream::btf::Mirror;
         use bpfstream::FromRecord;
         let le = |v: i64| v.to_le_bytes().to_vec();
         let comm = b"c\xffmm\0\0\0\0\0\0\0\0\0\0\0\0".to_vec();
@@ -1074,7 +1084,8 @@ mod tests {
             ("comm", comm.clone()),
             ("cgroup_id", le(15)),
         ];
-        let record = record_bytes(syscalls::SyscallEvent::layout(), &values, b"");
+        let layout = layout!(syscalls::SyscallEvent { ts_ns, duration_ns, ret, nr, pid, tid, comm, cgroup_id });
+        let record = record_bytes(layout, &values, b"");
         let (e, v) = (syscalls::SyscallEvent::from_record(&record).unwrap(), decoded(&plan, &record));
         assert_eq!(
             (v["ts_ns"].as_u64(), v["duration_ns"].as_u64(), v["ret"].as_i64(), v["nr"].as_i64()),
@@ -1101,7 +1112,9 @@ mod tests {
             ("truncated", le(0)),
             ("comm", comm.clone()),
         ];
-        let record = record_bytes(open::OpenEvent::layout(), &values, name);
+        let layout =
+            layout!(open::OpenEvent { ts_ns, ret, flags, cgroup_id, pid, tid, uid, nr, filename_len, truncated, comm });
+        let record = record_bytes(layout, &values, name);
         let (o, v) = (open::decode(&record).unwrap(), decoded(&plan, &record));
         assert_eq!(
             (v["ret"].as_i64(), v["flags"].as_u64(), v["uid"].as_u64(), v["nr"].as_u64()),
@@ -1123,7 +1136,9 @@ mod tests {
             ("args_len", le(args.len() as i64)),
             ("comm", comm),
         ];
-        let record = record_bytes(exec::ExecEvent::layout(), &values, &[&file[..], &args[..]].concat());
+        let layout =
+            layout!(exec::ExecEvent { ts_ns, cgroup_id, ret, pid, ppid, uid, argc, filename_len, args_len, comm });
+        let record = record_bytes(layout, &values, &[&file[..], &args[..]].concat());
         let (x, v) = (exec::decode(&record).unwrap(), decoded(&plan, &record));
         assert_eq!(
             (v["ret"].as_i64(), v["ppid"].as_u64(), v["argc"].as_u64()),

@@ -22,17 +22,17 @@ mod sink;
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Result};
-use aya::EbpfLoader;
-use bpfstream::DropCounters;
-
 use self::attach::{Attachment, UprobeTarget};
 use self::btf::{Kind, TypeId};
 use self::decode::Plan;
 use self::globals::Setting;
 use self::object::{MapInfo, ObjectInfo, MAP_RINGBUF};
 use crate::container::ContainerArgs;
-use crate::lifecycle::{load_error, BufferKind, BufferOptions, CommonArgs, EventRate, Outlet, StreamPlan, Tracer};
+use crate::lifecycle::{
+    load_error, BufferKind, BufferOptions, CommonArgs, EventRate, Outlet, StreamPlan, Tracer, COUNTERS_MAP,
+};
+use anyhow::{anyhow, Result};
+use aya::EbpfLoader;
 
 const EXAMPLE: &str = r#"Example: bpf/examples/execsnoop.bpf.c, the exec tracer with a variable-length field
 
@@ -287,11 +287,11 @@ fn counters_map(object: &ObjectInfo, map: &str) -> Option<String> {
     if object.map(&own).is_some() {
         return Some(own);
     }
-    object.map(DropCounters::MAP)?;
+    object.map(COUNTERS_MAP)?;
     let uncounted: Vec<&MapInfo> =
         object.maps.iter().filter(|m| m.is_events() && object.map(&format!("{}_stats", m.name)).is_none()).collect();
     let default_stream = map == crate::lifecycle::EVENTS_MAP || matches!(uncounted[..], [only] if only.name == map);
-    default_stream.then(|| DropCounters::MAP.to_owned())
+    default_stream.then(|| COUNTERS_MAP.to_owned())
 }
 
 fn plan(args: &RunArgs, p: Prepared) -> Result<StreamPlan<'static>> {
@@ -353,17 +353,18 @@ fn load(p: &Prepared, options: &BufferOptions) -> Result<aya::Ebpf> {
     for s in &p.settings {
         loader.override_global(s.name.as_str(), s.bytes.as_slice(), true);
     }
-    let wakeup = options.ring_wakeup.globals();
-    if p.object.global("bpfstream_wakeup_policy").is_some() {
-        for (name, bytes) in &wakeup {
-            loader.override_global(name, bytes.as_slice(), false);
-        }
-    }
     if p.map.map_type == MAP_RINGBUF {
         let size = u32::try_from(options.size).map_err(|_| anyhow!("buffer size {} is too large", options.size))?;
         loader.map_max_entries(&p.map.name, size);
     }
-    loader.load(&p.bytes).map_err(|e| {
+    // bpfstream.h's wakeup globals, where the object has them; the stream's map alone is sized
+    // (above: an object of any origin may have other rings, which keep their sizes).
+    let library = bpfstream::Options { buffer_bytes: None, ..options.library() };
+    let loaded = match bpfstream::aya::load(loader, &p.bytes, &library) {
+        Err(bpfstream::Error::Load(e)) => Err(e),
+        loaded => return Ok(loaded?),
+    };
+    loaded.map_err(|e| {
         let error = load_error(&p.label, e);
         if format!("{error:#}").contains("array index out of bounds") {
             // e.g. struct bpf_raw_tracepoint_args's args[1]: libbpf relocates it, aya does not

@@ -1,5 +1,6 @@
-//! Compiles src/tool.bpf.c twice (ring and perf transports) against the bpfstream.h that ships
-//! in the bpfstream crate, with the vmlinux.h of this crate's directory.
+//! Compiles src/tool.bpf.c twice (a ring buffer and a perf buffer) against the bpfstream.h that
+//! ships in the bpfstream crate (`bpfstream::INCLUDE_DIR`), with the vmlinux.h of this crate's
+//! directory. Needs clang and libbpf's headers (Debian: clang libbpf-dev).
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -11,13 +12,14 @@ fn main() {
         let status = Command::new(&clang)
             .args(["-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86"])
             .arg(format!("-I{}", bpfstream::INCLUDE_DIR))
-            .arg(format!("-I{manifest}"))
+            .arg(format!("-I{manifest}")) // vmlinux.h
             .args(defines)
             .args(["-c", "src/tool.bpf.c", "-o"])
             .arg(out.join(format!("tool.{variant}.bpf.o")))
             .status()
-            .unwrap_or_else(|e| panic!("running {clang}: {e}"));
+            .unwrap_or_else(|e| panic!("running {clang} (apt-get install clang libbpf-dev): {e}"));
         assert!(status.success(), "{clang} failed to build the {variant} variant of src/tool.bpf.c");
     }
     println!("cargo::rerun-if-changed=src/tool.bpf.c");
+    println!("cargo::rerun-if-changed=vmlinux.h");
 }

@@ -1,11 +1,13 @@
 //! The ring-buffer and perf-buffer record protocols on simulated kernel memory (no root): the
-//! same consumer code as on the kernel's mmap, fed by producers that write as the kernel does.
+//! same consumer code as on the kernel's mmap, fed by producers that write as the kernel does,
+//! through both the handler and the pull.
 
 use std::ops::ControlFlow;
 
-use bpfstream::sim::{SimPerf, SimRing};
-use bpfstream::{Error, Item, LossOrigin};
 use proptest::prelude::*;
+
+use super::{SimPerf, SimRing};
+use crate::{DropOrigin, Error, Event, Record};
 
 fn drain_ring(ring: &SimRing) -> Result<Vec<Vec<u8>>, Error> {
     let mut seen = Vec::new();
@@ -126,10 +128,10 @@ fn ring_corrupt_length_is_an_error_not_a_loop() {
 fn drain_perf(perf: &mut SimPerf) -> Result<Vec<Result<Vec<u8>, u64>>, Error> {
     let mut scratch = Vec::new();
     let mut seen = Vec::new();
-    perf.consume(&mut scratch, |item: Item<'_>| match item {
-        Item::Record(r) => seen.push(Ok(r.data.to_vec())),
-        Item::Lost(l) => {
-            assert_eq!(l.origin, LossOrigin::PerfLostRecord);
+    perf.consume(&mut scratch, |item: Event<Record<'_>>| match item {
+        Event::Record(r) => seen.push(Ok(r.data.to_vec())),
+        Event::Dropped(l) => {
+            assert_eq!(l.origin, DropOrigin::PerfLostRecord);
             seen.push(Err(l.count));
         }
     })?;
@@ -286,9 +288,9 @@ proptest! {
         let mut lost = 0u64;
         let mut scratch = Vec::new();
         let mut consume = |perf: &mut SimPerf, got: &mut Vec<Vec<u8>>, lost: &mut u64| {
-            perf.consume(&mut scratch, |item: Item<'_>| match item {
-                Item::Record(r) => got.push(r.data.to_vec()),
-                Item::Lost(l) => *lost += l.count,
+            perf.consume(&mut scratch, |item: Event<Record<'_>>| match item {
+                Event::Record(r) => got.push(r.data.to_vec()),
+                Event::Dropped(l) => *lost += l.count,
             }).unwrap();
         };
         for op in ops {
@@ -330,7 +332,7 @@ proptest! {
         let len = bytes.len() & !7;
         prop_assert!(perf.write_raw(&bytes[..len]));
         let mut scratch = Vec::new();
-        let _ = perf.consume(&mut scratch, |_: Item<'_>| ());
+        let _ = perf.consume(&mut scratch, |_: Event<Record<'_>>| ());
         prop_assert!(perf.available() <= len as u64);
     }
 }
@@ -375,7 +377,7 @@ fn perf_head_more_than_a_lap_ahead_is_an_error_not_a_huge_copy() {
     perf.poke(4000, &[9, 0, 0, 0, 0, 0, 0xf8, 0xff, 0xf0, 0xff, 0, 0]);
     perf.force_positions(4000, 4000 + 65536);
     let mut lent = 0;
-    let err = perf.consume(&mut Vec::new(), |_: Item<'_>| lent += 1).unwrap_err();
+    let err = perf.consume(&mut Vec::new(), |_: Event<Record<'_>>| lent += 1).unwrap_err();
     assert_eq!(lent, 0);
     assert!(err.to_string().contains("more than one buffer ahead"), "{err}");
 }
@@ -456,8 +458,8 @@ proptest! {
         perf.force_positions(tail, head);
         let data = perf.data_area();
         let mut bad = 0;
-        let result = perf.consume(&mut Vec::new(), |item: Item<'_>| {
-            if let Item::Record(r) = item {
+        let result = perf.consume(&mut Vec::new(), |item: Event<Record<'_>>| {
+            if let Event::Record(r) = item {
                 let in_place = inside(r.data, data, size);
                 let wrapped = !in_place && r.data.len() <= size;
                 bad += usize::from(!in_place && !wrapped);
@@ -469,10 +471,23 @@ proptest! {
     }
 }
 
-/// A handler that fails stops the consumer: its error comes back as `Error::Handler`, the
-/// records up to and including the failing one are consumed, the rest stay.
+/// A test handler's own error.
+#[derive(Debug, PartialEq)]
+enum Refused {
+    Record(u8),
+    Library(String),
+}
+
+impl From<Error> for Refused {
+    fn from(error: Error) -> Self {
+        Refused::Library(error.to_string())
+    }
+}
+
+/// A handler that fails stops the consumer: its error comes back as itself, the records up to
+/// and including the failing one are consumed, the rest stay.
 #[test]
-fn a_failing_handler_stops_the_consumer_with_its_error() {
+fn a_failing_handler_stops_the_consumer_with_its_own_error() {
     let ring = SimRing::new(4096);
     for i in 0..6u8 {
         ring.output(&[i]).unwrap();
@@ -484,13 +499,12 @@ fn a_failing_handler_stops_the_consumer_with_its_error() {
         .consume(|r: &[u8]| {
             seen.push(r[0]);
             if r[0] == 2 {
-                return Err(std::io::Error::other("disk full"));
+                return Err(Refused::Record(2));
             }
             Ok(())
         })
         .unwrap_err();
-    assert!(matches!(err, Error::Handler(_)), "{err}");
-    assert_eq!(err.to_string(), "the handler failed: disk full");
+    assert_eq!(err, Refused::Record(2));
     assert_eq!(seen, [0, 1, 2]);
     assert_eq!(drain_ring(&ring).unwrap(), vec![vec![3], vec![4], vec![5]]);
 
@@ -499,14 +513,119 @@ fn a_failing_handler_stops_the_consumer_with_its_error() {
         assert!(perf.output(&[i; 4]));
     }
     let mut count = 0;
-    let result = perf.consume(&mut Vec::new(), |_: Item<'_>| -> Result<ControlFlow<()>, String> {
+    let result = perf.consume(&mut Vec::new(), |_: Event<Record<'_>>| -> Result<ControlFlow<()>, Refused> {
         count += 1;
         if count == 2 {
-            Err("bad record".into())
+            Err(Refused::Record(1))
         } else {
             Ok(ControlFlow::Continue(()))
         }
     });
-    assert_eq!(result.unwrap_err().to_string(), "the handler failed: bad record");
+    assert_eq!(result.unwrap_err(), Refused::Record(1));
     assert_eq!(drain_perf(&mut perf).unwrap(), vec![Ok(vec![2; 4]), Ok(vec![3; 4])]);
+
+    // A library error reaches such a handler's caller as the handler's type, converted.
+    let ring = SimRing::new(256);
+    let at = ring.output(&[7; 16]).unwrap();
+    ring.corrupt_header(at, 4000);
+    let err = ring.consumer().unwrap().consume(|_: &[u8]| Ok::<(), Refused>(())).unwrap_err();
+    assert!(matches!(&err, Refused::Library(text) if text.contains("corrupt ring buffer")), "{err:?}");
+}
+
+/// Pulls every committed record of `ring` (one batch, as `EventSource::read`).
+fn pull_ring(ring: &SimRing) -> Result<Vec<Vec<u8>>, String> {
+    let mut consumer = ring.consumer().unwrap();
+    let mut records = consumer.read();
+    let seen: Vec<Vec<u8>> = records.by_ref().map(<[u8]>::to_vec).collect();
+    match records.error() {
+        Some(error) => Err(error.to_string()),
+        None => Ok(seen),
+    }
+}
+
+/// Pulls every record of `perf` (one batch): samples as `Ok`, drop counts as `Err`.
+fn pull_perf(perf: &mut SimPerf) -> (Vec<Result<Vec<u8>, u64>>, bool) {
+    let mut scratch = Vec::new();
+    let mut records = perf.read(&mut scratch);
+    let seen = records
+        .by_ref()
+        .map(|event| match event {
+            Event::Record(r) => Ok(r.data.to_vec()),
+            Event::Dropped(d) => Err(d.count),
+        })
+        .collect();
+    (seen, records.error().is_some())
+}
+
+#[test]
+fn a_pulled_batch_is_published_at_the_next_call_not_before() {
+    let ring = SimRing::new(4096);
+    for i in 0..4u8 {
+        ring.output(&[i; 8]).unwrap();
+    }
+    let mut consumer = ring.consumer().unwrap();
+    let records: Vec<&[u8]> = consumer.read().collect();
+    assert_eq!(records.len(), 4);
+    assert_eq!(ring.positions().0, 0, "the records are still lent: nothing published");
+    assert_eq!(records[3], &[3; 8]);
+    assert_eq!(consumer.read().count(), 0, "the next call publishes the last batch first");
+    assert_eq!(ring.positions().0, 64);
+    // What the iterator did not reach stays for the next call.
+    ring.output(b"a").unwrap();
+    ring.output(b"b").unwrap();
+    assert_eq!(consumer.read().next(), Some(&b"a"[..]));
+    assert_eq!(consumer.read().collect::<Vec<_>>(), [&b"b"[..]]);
+    drop(consumer);
+    assert_eq!(ring.available(), 0, "dropping the consumer publishes its last batch");
+}
+
+#[test]
+fn a_pull_stops_at_a_busy_record_skips_discarded_ones_and_ends_at_a_corrupt_one() {
+    let ring = SimRing::new(1024);
+    ring.output(b"one").unwrap();
+    let discarded = ring.reserve(40).unwrap();
+    ring.commit(discarded, true);
+    let busy = ring.reserve(8).unwrap();
+    ring.output(b"three").unwrap();
+    assert_eq!(pull_ring(&ring).unwrap(), vec![b"one".to_vec()]);
+    ring.fill(&busy, b"two!two!");
+    ring.commit(busy, false);
+    assert_eq!(pull_ring(&ring).unwrap(), vec![b"two!two!".to_vec(), b"three".to_vec()]);
+
+    let ring = SimRing::new(256);
+    ring.output(b"fine").unwrap();
+    let bad = ring.output(&[7; 16]).unwrap();
+    ring.corrupt_header(bad, 4000);
+    let err = pull_ring(&ring).unwrap_err();
+    assert!(err.contains("past the producer position"), "{err}");
+    assert_eq!(ring.positions().0, bad, "the batch ended before the corrupt record");
+}
+
+#[test]
+fn a_pulled_perf_batch_copies_a_wrapped_sample_and_reports_drops() {
+    let mut perf = SimPerf::starting_at(256, 256 * 3 - 16);
+    let payload: Vec<u8> = (0..60u8).collect();
+    assert!(perf.output(&payload));
+    assert!(perf.output(b"next"));
+    let (seen, corrupt) = pull_perf(&mut perf);
+    assert!(!corrupt);
+    assert_eq!(seen, vec![Ok(payload), Ok(b"next".to_vec())]);
+    assert_eq!(perf.positions().0, 256 * 3 - 16, "lent: not published yet");
+    assert!(pull_perf(&mut perf).0.is_empty());
+    assert_eq!(perf.positions(), (256 * 3 - 16 + 88, 256 * 3 - 16 + 88), "published by the next call: 72 + 16 bytes");
+
+    let mut perf = SimPerf::new(128);
+    let fitted = (0..20).filter(|_| perf.output(&[1; 20])).count();
+    assert_eq!(fitted, 4);
+    assert_eq!(pull_perf(&mut perf).0.len(), 4);
+    assert!(!perf.output(&[2; 4]), "the pulled samples' space is free only once the batch is settled");
+    assert!(pull_perf(&mut perf).0.is_empty(), "a pull settles the last batch first");
+    assert!(perf.output(&[2; 4]));
+    assert_eq!(pull_perf(&mut perf).0, vec![Err(17), Ok(vec![2; 4])]);
+
+    let mut perf = SimPerf::new(256);
+    assert!(perf.output(b"fine"));
+    assert!(perf.write_raw(&[9, 0, 0, 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+    let (seen, corrupt) = pull_perf(&mut perf);
+    assert_eq!((seen.len(), corrupt), (1, true), "the sample before the corrupt record, then the end");
 }
