@@ -73,8 +73,9 @@ impl Prometheus {
                 write!(stream, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
                 let mut response = String::new();
                 stream.read_to_string(&mut response).unwrap();
-                if let Some((_, body)) = response.split_once("\r\n\r\n") {
-                    let answer: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+                // Until it is ready, Prometheus answers `Service Unavailable`, not JSON.
+                let body = response.split_once("\r\n\r\n").map(|(_, body)| body);
+                if let Some(answer) = body.and_then(|body| serde_json::from_str::<Value>(body).ok()) {
                     if answer["status"] == "success" {
                         return answer["data"]["result"].as_array().unwrap().clone();
                     }
