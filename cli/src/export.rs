@@ -70,6 +70,11 @@ impl Tee {
         self.stream = stream;
     }
 
+    /// Whether events' lines go to stdout (`--json`).
+    pub fn writes_stdout(&self) -> bool {
+        self.json
+    }
+
     /// Whether events need their JSON line.
     pub fn active(&self) -> bool {
         self.json || self.exporter.is_some()

@@ -8,6 +8,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use common::worker::{Act, Worker};
 use common::*;
 
 const VALID: &str = r#"
@@ -137,4 +138,155 @@ fn the_readme_example_passes_the_check() {
         text.contains("valid: 2 streams (exec: exec, slow: syscalls); output kafka://127.0.0.1:9092/bpf"),
         "{text}"
     );
+}
+
+/// Waits (up to 60 s, scaled) until `agent` printed `lines` lines.
+fn wait_for_lines(agent: &Running, lines: usize) {
+    let deadline = deadline(std::time::Duration::from_secs(60));
+    while agent.lines_so_far() < lines && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The summary line of `stream`, which must be the only one.
+fn summary_of<'a>(lines: &'a [serde_json::Value], stream: &str) -> &'a serde_json::Value {
+    let summaries: Vec<_> = lines.iter().filter(|l| l["type"] == "summary" && l["stream"] == stream).collect();
+    assert_eq!(summaries.len(), 1, "one summary of {stream}: {lines:?}");
+    summaries[0]
+}
+
+/// The counts `keys` of a summary.
+fn counts(summary: &serde_json::Value, keys: &[&str]) -> Vec<u64> {
+    keys.iter().map(|k| summary[k].as_u64().unwrap_or_else(|| panic!("{k} in {summary}"))).collect()
+}
+
+/// Two streams of one agent, each filtered to one thread of this test: every event carries its
+/// stream, and at SIGTERM each stream's summary counts exactly its own events.
+#[test]
+fn streams_run_together_each_named_and_exact() {
+    let Some(_kernel) = kernel_test() else { return };
+    let worker = Worker::start();
+    let tid = worker.tid;
+    let file = write(
+        "two.toml",
+        &format!(
+            "[[stream]]\nname = \"execs\"\ntracer = \"exec\"\nargs = [\"--tid\", \"{tid}\"]\n\n\
+             [[stream]]\nname = \"opens\"\ntracer = \"open\"\nargs = [\"--tid\", \"{tid}\"]\npriority = 3\n"
+        ),
+    );
+    let agent = start(&["agent", "--config", file.to_str().unwrap()]);
+    let (execs, opens) = (5, 300);
+    worker.act(Act::FailedExecs(execs));
+    worker.act(Act::Opens(opens));
+    wait_for_lines(&agent, execs + opens);
+    let finished = agent.stop_with(libc::SIGTERM);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let lines = finished.json();
+    let of = |kind: &str, stream: &str| lines.iter().filter(|l| l["type"] == kind && l["stream"] == stream).count();
+    assert_eq!(of("exec", "execs"), execs, "{lines:?}");
+    assert_eq!(of("open", "opens"), opens);
+    assert!(lines.iter().filter(|l| l["type"] == "exec").all(|l| l["ret"] == -libc::ENOENT && l["pid"] != 0));
+    for (stream, n) in [("execs", execs), ("opens", opens)] {
+        let s = summary_of(&lines, stream);
+        let n = n as u64;
+        assert_eq!(counts(s, &["events", "dropped", "unwritten", "produced"]), [n, 0, 0, n], "{stream}: {s}");
+    }
+    assert_eq!(lines.len(), execs + opens + 2, "nothing else on stdout");
+    let tracing = finished.stderr.lines().filter(|l| l.starts_with("Tracing")).count();
+    assert_eq!(tracing, 2, "{}", finished.stderr);
+}
+
+/// A busy low-priority stream does not starve a high-priority one: with the agent stopped
+/// (SIGSTOP), 20,000 records wait in the low one's buffer, then one in the high one's; once the
+/// agent runs again, the high one's event is served before any of the backlog. With the
+/// priorities the other way round, it comes after at least a batch of the backlog (1,024 records).
+#[test]
+fn a_busy_low_priority_stream_does_not_starve_a_high_one() {
+    let Some(_kernel) = kernel_test() else { return };
+    let worker = Worker::start();
+    let tid = worker.tid;
+    let calls = 20_000;
+    for (exec_priority, calls_priority) in [(10, 0), (0, 10)] {
+        let file = write(
+            &format!("priority-{exec_priority}.toml"),
+            &format!(
+                "[[stream]]\nname = \"busy\"\ntracer = \"syscalls\"\npriority = {calls_priority}\n\
+                 args = [\"--tid\", \"{tid}\", \"--syscall\", \"getppid\", \"--buffer-size\", \"16M\"]\n\n\
+                 [[stream]]\nname = \"critical\"\ntracer = \"exec\"\npriority = {exec_priority}\n\
+                 args = [\"--tid\", \"{tid}\"]\n"
+            ),
+        );
+        let agent = start(&["agent", "--config", file.to_str().unwrap()]);
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };
+        while !common::engine::all_stopped(agent.pid()) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        worker.act(Act::Calls(calls));
+        worker.act(Act::FailedExecs(1));
+        // SAFETY: as above.
+        unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
+        wait_for_lines(&agent, calls + 1);
+        let finished = agent.stop();
+        assert!(finished.status.success(), "{}", finished.stderr);
+        let lines = finished.json();
+        let critical = lines.iter().position(|l| l["type"] == "exec").expect("the exec event");
+        let busy_before = lines[..critical].iter().filter(|l| l["stream"] == "busy").count();
+        if exec_priority > calls_priority {
+            assert_eq!(busy_before, 0, "the critical event comes first");
+        } else {
+            assert!(busy_before >= 1024, "served after the busy stream's batch: {busy_before}");
+        }
+        for (stream, n) in [("busy", calls), ("critical", 1)] {
+            let s = summary_of(&lines, stream);
+            let n = n as u64;
+            assert_eq!(counts(s, &["events", "produced", "dropped"]), [n, n, 0], "{stream}: {s}");
+        }
+    }
+}
+
+/// With `[output]`, each stream's events go to its own subject and none to stdout, which gets
+/// each stream's summary: exported + export_failed + dropped = produced, every event exported.
+#[test]
+fn each_stream_exports_to_its_own_subject() {
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(nats) = common::engine::Nats::get() else { return };
+    let (url, subject) = nats.url("agent");
+    let worker = Worker::start();
+    let tid = worker.tid;
+    let file = write(
+        "output.toml",
+        &format!(
+            "[output]\nurl = \"{url}\"\noptions = {{ flush_timeout = \"30s\" }}\n\n\
+             [[stream]]\nname = \"execs\"\ntracer = \"exec\"\nargs = [\"--tid\", \"{tid}\"]\ntopic = \"{subject}.execs\"\n\n\
+             [[stream]]\nname = \"opens\"\ntracer = \"open\"\nargs = [\"--tid\", \"{tid}\"]\ntopic = \"{subject}.opens\"\n"
+        ),
+    );
+    let agent = start(&["agent", "--config", file.to_str().unwrap()]);
+    let (execs, opens) = (4, 60);
+    worker.act(Act::FailedExecs(execs));
+    worker.act(Act::Opens(opens));
+    let address = nats.address();
+    for (stream, n) in [("execs", execs), ("opens", opens)] {
+        let deadline = deadline(std::time::Duration::from_secs(60));
+        while common::engine::nats_messages(&address, &format!("{subject}.{stream}")).len() < n {
+            assert!(std::time::Instant::now() < deadline, "{stream}: not all exported");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    let finished = agent.stop_with(libc::SIGTERM);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let lines = finished.json();
+    assert_eq!(lines.len(), 2, "only the summaries on stdout: {lines:?}");
+    for (stream, kind, n) in [("execs", "exec", execs), ("opens", "open", opens)] {
+        let s = summary_of(&lines, stream);
+        let n = n as u64;
+        assert_eq!(counts(s, &["produced", "events", "dropped", "exported", "export_failed"]), [n, n, 0, n, 0], "{s}");
+        let messages = common::engine::nats_messages(&address, &format!("{subject}.{stream}"));
+        assert_eq!(messages.len(), n as usize, "{stream}");
+        for m in &messages {
+            let event: serde_json::Value = serde_json::from_str(&m.payload).unwrap();
+            assert_eq!((event["type"].as_str(), event["stream"].as_str()), (Some(kind), Some(stream)), "{event}");
+        }
+    }
 }

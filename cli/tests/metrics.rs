@@ -3,11 +3,12 @@
 //! loopback port; once the target is gone, as an agent that stopped, every value read through
 //! Prometheus' query API (`last_over_time`: a vanished target's series are marked stale) equals
 //! what the streams published last. `/healthz` says 503 and why until every stream is attached.
+//! Then the same for a running agent: what Prometheus scraped equals each stream's summary.
 
+mod common;
 #[path = "../src/metrics/mod.rs"]
+#[allow(unused_imports)] // built alone: the binary uses what this test does not
 mod metrics;
-#[path = "../../bpfstream/tests/support/time_scale.rs"]
-mod time_scale;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,6 +16,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::time_scale;
+use common::worker::{Act, Worker};
 use metrics::{MetricsServer, Registry, StreamCounters};
 use serde_json::Value;
 
@@ -70,8 +73,9 @@ impl Prometheus {
                 write!(stream, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
                 let mut response = String::new();
                 stream.read_to_string(&mut response).unwrap();
-                if let Some((_, body)) = response.split_once("\r\n\r\n") {
-                    let answer: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+                // Until it is ready, Prometheus answers `Service Unavailable`, not JSON.
+                let body = response.split_once("\r\n\r\n").map(|(_, body)| body);
+                if let Some(answer) = body.and_then(|body| serde_json::from_str::<Value>(body).ok()) {
                     if answer["status"] == "success" {
                         return answer["data"]["result"].as_array().unwrap().clone();
                     }
@@ -195,4 +199,61 @@ fn prometheus_reads_what_the_streams_published() {
     assert!(last("process_cpu_seconds_total", "job=\"agent\"") > 0.0);
     drop(prometheus);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A running agent scraped by Prometheus: `/healthz` is 200 while its streams are attached, and
+/// what Prometheus last scraped of each stream equals that stream's summary at the stop.
+#[test]
+fn prometheus_reads_the_agents_summaries() {
+    let Some(_kernel) = common::kernel_test() else { return };
+    let dir = common::temp_dir("metrics-agent");
+    let address = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let worker = Worker::start();
+    let tid = worker.tid;
+    let config = format!(
+        "[metrics]\nlisten = \"{address}\"\n\n[[stream]]\nname = \"opens\"\ntracer = \"open\"\n\
+         args = [\"--tid\", \"{tid}\"]\n\n[[stream]]\nname = \"execs\"\ntracer = \"exec\"\n\
+         args = [\"--tid\", \"{tid}\"]\n"
+    );
+    let file = dir.join("agent.toml");
+    std::fs::write(&file, config).unwrap();
+    let agent = common::start(&["agent", "--config", file.to_str().unwrap()]);
+    // Attached once started: healthy once its run begins.
+    let deadline = time_scale::deadline(Duration::from_secs(30));
+    while get(address, "/healthz") != (200, "ok\n".into()) {
+        assert!(Instant::now() < deadline, "not healthy: {:?}", get(address, "/healthz"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let prometheus = Prometheus::start(&dir, address);
+    let up = "up{job=\"agent\"}";
+    prometheus.value_when(up, |v| v == 1.0);
+    let (opens, execs) = (40, 3);
+    worker.act(Act::Opens(opens));
+    worker.act(Act::FailedExecs(execs));
+    for (stream, n) in [("opens", opens), ("execs", execs)] {
+        let delivered = format!("bpfstream_events_delivered_total{{stream=\"{stream}\"}}");
+        prometheus.value_when(&delivered, |v| v == n as f64);
+    }
+    let finished = agent.stop_with(libc::SIGTERM);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    prometheus.value_when(up, |v| v == 0.0);
+    let last = |metric: &str, stream: &str| {
+        prometheus.value_when(&format!("last_over_time({metric}{{stream=\"{stream}\"}}[5m])"), |_| true)
+    };
+    for summary in finished.of_type("summary") {
+        let stream = summary["stream"].as_str().unwrap();
+        let count = |key: &str| summary[key].as_u64().unwrap() as f64;
+        let expected = [
+            ("bpfstream_events_produced_total", count("produced")),
+            ("bpfstream_events_delivered_total", count("events") + count("unwritten")),
+            ("bpfstream_events_dropped_total", count("dropped")),
+            ("bpfstream_events_unwritten_total", count("unwritten")),
+            ("bpfstream_stream_attached", 1.0),
+        ];
+        for (metric, value) in expected {
+            assert_eq!(last(metric, stream), value, "{metric} of {stream}: {summary}");
+        }
+    }
+    assert_eq!(finished.of_type("summary").len(), 2, "{:?}", finished.stdout);
+    assert_eq!(prometheus.value_when("last_over_time(bpfstream_build_info[5m])", |_| true), 1.0);
 }

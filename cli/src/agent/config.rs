@@ -100,6 +100,19 @@ pub struct OutputConfig {
 }
 
 impl OutputConfig {
+    /// The endpoint of a stream's events: the URL's, with `topic` as its topic or subject.
+    pub fn endpoint_for(&self, topic: Option<&str>) -> Result<Endpoint, bpfstream_export::ExportError> {
+        let Some(topic) = topic else { return Ok(self.endpoint.clone()) };
+        let url = self.endpoint.to_string();
+        let base = &url[..url.len() - self.endpoint.destination().len()];
+        format!("{base}{topic}").parse()
+    }
+
+    /// The options as `--output-option KEY=VALUE` takes them.
+    pub fn option_args(&self) -> Vec<String> {
+        self.options.iter().map(|(key, value)| format!("{key}={value}")).collect()
+    }
+
     /// The exporter's configuration, for this host and process.
     pub fn export_config(&self) -> ExportConfig {
         let mut config = ExportConfig::new(self.endpoint.clone(), Identity::of_this_process());
@@ -291,9 +304,7 @@ fn check_topic(
     let Some(output) = output else {
         return Err(at(topic.span(), format!("stream {name:?}: topic without [output]: give an [output] url")));
     };
-    let url = output.endpoint.to_string();
-    let base = &url[..url.len() - output.endpoint.destination().len()];
-    match format!("{base}{}", topic.get_ref()).parse::<Endpoint>() {
+    match output.endpoint_for(Some(topic.get_ref())) {
         Ok(_) => Ok(topic.get_ref().clone()),
         Err(e) => Err(at(topic.span(), format!("stream {name:?}: topic: {e}"))),
     }

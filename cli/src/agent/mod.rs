@@ -5,12 +5,12 @@
 //! - `tracers`: each stream's `tracer` and `args`, parsed by the tracer's own command-line
 //!   parser.
 //!
-//! Running the streams (one `Poller` by priority, SIGHUP reload) is the lifecycle's.
+//! - `streams`: the file run, every stream on the lifecycle's one `Poller`, by priority.
 
 // Until the run loop reads every field, `--check` reads only some.
 #[allow(dead_code)]
 mod config;
-#[allow(dead_code)]
+mod streams;
 mod tracers;
 
 use std::path::PathBuf;
@@ -44,8 +44,9 @@ impl AgentArgs {
 /// Checks the file (a refusal exits 2); `--config` then runs it.
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let path = args.config.as_ref().or(args.check.as_ref()).expect("clap requires one");
-    let config = match AgentConfig::load(path).and_then(|config| config.bind_metrics().map(|_| config)) {
-        Ok(config) => config,
+    let checked = AgentConfig::load(path).and_then(|config| config.bind_metrics().map(|bound| (config, bound)));
+    let (config, metrics) = match checked {
+        Ok(checked) => checked,
         Err(e) => {
             eprintln_lossy!("bpfstream agent: {e}");
             std::process::exit(2);
@@ -55,7 +56,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         println!("{}", describe(&config));
         return Ok(());
     }
-    anyhow::bail!("agent: {}: valid, but running the streams is not wired in this build yet", config.file)
+    streams::run(config, metrics)
 }
 
 /// `FILE: valid: 2 streams (exec: exec, slow: syscalls); output ...; metrics on ...`.

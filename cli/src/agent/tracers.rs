@@ -5,6 +5,10 @@
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, FromArgMatches};
 
+use anyhow::Result;
+
+use crate::lifecycle::{CommonArgs, StreamPlan};
+use crate::run::RunArgs;
 use crate::tools::exec::ExecArgs;
 use crate::tools::open::OpenArgs;
 use crate::tools::syscalls::SyscallsArgs;
@@ -15,6 +19,7 @@ pub enum TracerArgs {
     Exec(ExecArgs),
     Open(OpenArgs),
     Syscalls(SyscallsArgs),
+    Run(Box<RunArgs>),
 }
 
 impl TracerArgs {
@@ -24,6 +29,27 @@ impl TracerArgs {
             TracerArgs::Exec(_) => "exec",
             TracerArgs::Open(_) => "open",
             TracerArgs::Syscalls(_) => "syscalls",
+            TracerArgs::Run(_) => "run",
+        }
+    }
+
+    /// The options every tracer takes, which the agent sets where it owns them.
+    pub fn common_mut(&mut self) -> &mut CommonArgs {
+        match self {
+            TracerArgs::Exec(args) => &mut args.common,
+            TracerArgs::Open(args) => &mut args.common,
+            TracerArgs::Syscalls(args) => &mut args.common,
+            TracerArgs::Run(args) => &mut args.common,
+        }
+    }
+
+    /// The stream, made as the tracer's own command makes it (its output connected now).
+    pub fn plan(self) -> Result<StreamPlan<'static>> {
+        match self {
+            TracerArgs::Exec(args) => crate::tools::exec::plan(&args),
+            TracerArgs::Open(args) => crate::tools::open::plan(args),
+            TracerArgs::Syscalls(args) => crate::tools::syscalls::plan(args),
+            TracerArgs::Run(args) => crate::run::plan_checked(&args),
         }
     }
 }
@@ -34,12 +60,31 @@ struct TracerKind {
     parse: fn(&[String]) -> Result<TracerArgs, String>,
 }
 
-/// Every tracer a stream can run (`bpfstream run` joins as `run`, parsed by its `RunArgs`).
-const TRACERS: [TracerKind; 3] = [
+/// Every tracer a stream can run.
+const TRACERS: [TracerKind; 4] = [
     TracerKind { name: "exec", parse: |args| parse_as::<ExecArgs>("exec", args).map(TracerArgs::Exec) },
     TracerKind { name: "open", parse: |args| parse_as::<OpenArgs>("open", args).map(TracerArgs::Open) },
-    TracerKind { name: "syscalls", parse: |args| parse_as::<SyscallsArgs>("syscalls", args).map(TracerArgs::Syscalls) },
+    TracerKind { name: "syscalls", parse: parse_syscalls },
+    TracerKind { name: "run", parse: parse_run },
 ];
+
+/// `bpfstream syscalls`' flags, but for its summary mode, which prints tables rather than events.
+fn parse_syscalls(args: &[String]) -> Result<TracerArgs, String> {
+    let syscalls = parse_as::<SyscallsArgs>("syscalls", args)?;
+    if syscalls.summary_mode() {
+        return Err("the summary options (-L -i -P --top --sort) print tables, not events: a stream \
+                    streams events"
+            .into());
+    }
+    Ok(TracerArgs::Syscalls(syscalls))
+}
+
+/// `bpfstream run`'s flags and object, checked as that command checks them before loading.
+fn parse_run(args: &[String]) -> Result<TracerArgs, String> {
+    let run = parse_as::<RunArgs>("run", args)?;
+    crate::run::check(&run)?;
+    Ok(TracerArgs::Run(Box::new(run)))
+}
 
 /// Options the agent sets for every stream itself: events are JSON lines to its one output,
 /// and it runs until stopped.
@@ -101,7 +146,8 @@ mod tests {
         let Ok(TracerArgs::Syscalls(s)) = parse("syscalls", &args("--min-duration 10ms")) else { panic!() };
         assert_eq!(s.min_duration, Some(std::time::Duration::from_millis(10)));
         assert!(matches!(parse("open", &[]), Ok(TracerArgs::Open(_))));
-        assert_eq!(parse("run", &[]).unwrap_err(), "unknown tracer \"run\": use exec, open, syscalls");
+        assert_eq!(parse("fork", &[]).unwrap_err(), "unknown tracer \"fork\": use exec, open, syscalls, run");
+        assert!(parse("run", &args("/no/such.bpf.o")).unwrap_err().starts_with("/no/such.bpf.o: "));
     }
 
     #[test]
@@ -115,6 +161,8 @@ mod tests {
             ("exec", "--output nats://127.0.0.1:4222/x", "--output is the agent's"),
             ("exec", "--help", "unexpected argument '--help' found"),
             ("exec", "positional", "unexpected argument 'positional' found"),
+            ("syscalls", "--summary", "the summary options"),
+            ("syscalls", "--top 5", "the summary options"),
         ];
         for (tracer, text, reason) in refused {
             let error = parse(tracer, &args(text)).unwrap_err();

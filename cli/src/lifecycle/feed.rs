@@ -74,6 +74,13 @@ impl Outlet {
         let containers = ContainerFields::for_tracer(container, tee.active())?;
         Ok(Outlet { json: args.json, time: TimeColumn::new(args.timestamp, args.elapsed), tee, containers })
     }
+
+    /// Events to the exporter only, nothing of them on stdout; `lost` lines and the summary
+    /// as JSON lines on stdout (the agent's streams with `[output]`).
+    pub fn export_only(mut self) -> Self {
+        self.json = true;
+        self
+    }
 }
 
 /// A stream's events on their way out.
@@ -166,7 +173,9 @@ impl<F: Format> Feed<F> {
             };
             self.tee.emit(&mut self.out, line)?;
             if self.json {
-                self.out.end_event();
+                if self.tee.writes_stdout() {
+                    self.out.end_event();
+                }
                 return Ok(());
             }
         }
@@ -246,6 +255,8 @@ pub(super) trait Fed {
     /// Prints `summary` once the queues settled, with what stdout did not take of this stream,
     /// by `deadline` at most.
     fn print(&self, summary: &mut Summary, console: &Console, deadline: Instant);
+    /// Adds this feed's part to the run so far (`summary`, the consumer's part).
+    fn fill(&self, summary: &mut Summary);
     /// Prints the run so far (`summary`, the consumer's part) at once, with this feed's part.
     fn report(&self, summary: Summary, console: &Console);
 }
@@ -283,12 +294,16 @@ impl<F: Format> Fed for RefCell<Feed<F>> {
         self.borrow_mut().close(summary, size)
     }
 
-    fn report(&self, mut summary: Summary, console: &Console) {
+    fn fill(&self, summary: &mut Summary) {
         let feed = self.borrow();
         summary.unwritten = feed.out.unwritten();
         summary.malformed = feed.malformed;
         summary.export = feed.tee.so_far();
-        summary.report(console, feed.json);
+    }
+
+    fn report(&self, mut summary: Summary, console: &Console) {
+        self.fill(&mut summary);
+        summary.report(console, self.borrow().json);
     }
 
     fn print(&self, summary: &mut Summary, console: &Console, deadline: Instant) {

@@ -5,6 +5,7 @@
 //! - `args`: the options every tracer takes, and the buffer and wakeup policy they make;
 //! - `load`: transport, globals, loading, attaching, the event stream of one object;
 //! - `start`: every stream loaded and its buffer opened before any is attached;
+//! - `plan`: a stream before it starts (tracer, buffer, outlet, how its format is made);
 //! - `format`: what a tracer's events look like (its decoder and columns);
 //! - `feed`: a stream's way from its buffer to stdout and the exporter, and its losses;
 //! - `run`: one poller over every stream until a signal, the duration or a failed output;
@@ -21,6 +22,7 @@ mod args;
 mod feed;
 mod format;
 mod load;
+mod plan;
 mod run;
 mod start;
 mod stop;
@@ -33,7 +35,8 @@ pub use load::{
     attach, load, load_error, map_fd, task_filter_globals, Attach, Global, Objects, TracerSpec, COUNTERS_MAP,
     EVENTS_MAP,
 };
-pub use run::{run, trace};
+pub use plan::{run_plans, trace, StreamPlan};
+pub use run::run;
 pub use start::{start_maps, Loaded, MapStream, Tracer};
 pub use summary::{is_broken_pipe, Summary};
 

@@ -11,23 +11,28 @@ use anyhow::{anyhow, Result};
 use aya::Ebpf;
 use bpfstream::{Poller, Totals, TotalsHandle};
 
-use super::args::BufferOptions;
 use super::feed::{Console, Fed, Feed, Outlet};
 use super::format::Format;
-use super::start::{start, Loaded, StreamSpec, Tracer};
+use super::start::Loaded;
 use super::stop::{self, Ending};
 use super::summary::Summary;
 use crate::counters::DropCounters;
+use crate::metrics::{StreamCounters, StreamMetrics};
 use crate::signals::{self, Signal};
 
 /// Longest single wait: a signal that lands between the check of the stop flag and the start
 /// of the wait does not interrupt it, so the wait itself must end soon.
 const LONGEST_WAIT: Duration = Duration::from_millis(250);
 
-/// A loaded stream with the way out of its events.
+/// Most time between two publishes of a stream's counters to its metrics (each reads the BPF
+/// side's counters: a system call per stream).
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A loaded stream with the way out of its events, and where its counters are published.
 pub struct Stream {
     loaded: Loaded,
     feed: Box<dyn Fed>,
+    pub(super) metrics: Option<StreamMetrics>,
 }
 
 impl std::fmt::Debug for Stream {
@@ -40,26 +45,8 @@ impl Loaded {
     /// The stream of this tracer's events, in `format`, out through `outlet` to `console`.
     pub fn stream<F: Format>(self, format: F, outlet: Outlet, console: &Console) -> Stream {
         let feed = Feed::new(format, outlet, console, self.name.clone(), self.source.transport());
-        Stream { loaded: self, feed: Box::new(RefCell::new(feed)) }
+        Stream { loaded: self, feed: Box::new(RefCell::new(feed)), metrics: None }
     }
-}
-
-/// A one-tracer command: its stream (`format` made once it is loaded, e.g. from its maps) run
-/// until stopped (or for `duration`), then its summary; fails when stdout failed (but for a
-/// reader that left).
-pub fn trace<F: Format>(
-    tracer: impl Tracer,
-    buffer: BufferOptions,
-    outlet: Outlet,
-    duration: Option<Duration>,
-    format: impl FnOnce(&mut Loaded) -> Result<F>,
-) -> Result<()> {
-    let console = Console::process();
-    let mut streams = start(vec![StreamSpec::alone(tracer, buffer)])?;
-    let mut loaded = streams.pop().ok_or_else(|| anyhow!("no stream started"))?;
-    let format = format(&mut loaded)?;
-    run(vec![loaded.stream(format, outlet, &console)], duration, &console)?;
-    console.check()
 }
 
 /// Runs `streams` until SIGINT/SIGTERM, `duration` or a failed output, then stops them all
@@ -71,7 +58,7 @@ pub fn run(mut streams: Vec<Stream>, duration: Option<Duration>, console: &Conso
     streams.sort_by_key(|s| std::cmp::Reverse(s.loaded.priority));
     let max_delay = streams.iter().map(|s| s.loaded.max_delay).min().unwrap_or(LONGEST_WAIT);
     let started = Instant::now();
-    let mut shapes: Vec<Shape> = streams.iter_mut().map(|s| Shape::of(&mut s.loaded)).collect();
+    let mut shapes: Vec<Shape> = streams.iter_mut().map(Shape::of).collect();
     let mut objects: Vec<Ebpf> = Vec::with_capacity(streams.len());
     let mut feeds: Vec<&dyn Fed> = Vec::with_capacity(streams.len());
     let mut poller = Poller::new()?;
@@ -85,6 +72,10 @@ pub fn run(mut streams: Vec<Stream>, duration: Option<Duration>, console: &Conso
     let streamed = serve(&mut poller, &feeds, &mut shapes, (started, until), max_delay, console);
     let elapsed = started.elapsed();
     let ending = stop::detach(objects);
+    let mut metrics: Vec<Option<StreamMetrics>> = shapes.iter_mut().map(|s| s.metrics.take()).collect();
+    for m in metrics.iter_mut().flatten() {
+        m.set_detached("stopping: its programs are detached");
+    }
     let drained = stop::drain(&mut poller, ending);
     for feed in &feeds {
         feed.end_batch();
@@ -94,7 +85,32 @@ pub fn run(mut streams: Vec<Stream>, duration: Option<Duration>, console: &Conso
     if let Some(e) = feeds.iter().find_map(|f| f.take_failure()) {
         return Err(anyhow!(e).context("writing events"));
     }
-    summarize(&feeds, shapes, totals, elapsed, ending, console)
+    let fill: Vec<f64> = shapes.iter().map(Shape::fill_ratio).collect();
+    let summaries = summarize(&feeds, shapes, totals, elapsed, ending, console)?;
+    for ((m, summary), fill) in metrics.iter_mut().zip(&summaries).zip(fill) {
+        if let Some(m) = m {
+            m.publish(&counters(summary, fill));
+        }
+    }
+    Ok(summaries)
+}
+
+/// A stream's counters for its metrics, as its summary says them.
+fn counters(summary: &Summary, buffer_fill_ratio: f64) -> StreamCounters {
+    let export = summary.export.as_ref();
+    let stats = export.map(|e| e.stats).unwrap_or_default();
+    StreamCounters {
+        produced: summary.produced.unwrap_or(summary.events + summary.dropped),
+        delivered: summary.events,
+        dropped: summary.dropped,
+        unwritten: summary.unwritten,
+        exported: stats.exported,
+        export_queue_full: stats.queue_full,
+        export_rejected: stats.rejected,
+        export_unencoded: export.map_or(0, |e| e.unencoded),
+        export_unflushed: stats.unflushed,
+        buffer_fill_ratio,
+    }
 }
 
 /// After the drain: each stream closes (its last loss report, the exporter's flush, its last
@@ -127,6 +143,7 @@ fn summarize(
 /// counts so far.
 struct Shape {
     name: Option<std::sync::Arc<str>>,
+    metrics: Option<StreamMetrics>,
     transport: bpfstream::Transport,
     buffer_bytes: u64,
     size: u64,
@@ -136,9 +153,14 @@ struct Shape {
 }
 
 impl Shape {
-    fn of(loaded: &mut Loaded) -> Self {
+    fn of(stream: &mut Stream) -> Self {
+        let loaded = &mut stream.loaded;
+        if let Some(m) = stream.metrics.as_mut() {
+            m.set_attached();
+        }
         Shape {
             name: loaded.name.clone(),
+            metrics: stream.metrics.take(),
             transport: loaded.source.transport(),
             buffer_bytes: loaded.source.mapped_bytes(),
             size: loaded.size,
@@ -155,6 +177,28 @@ impl Shape {
             totals.dropped = totals.dropped.max(now.dropped);
         }
         Summary::so_far(self.name.clone(), totals, self.transport, self.buffer_bytes, elapsed)
+    }
+
+    /// How full its buffer is now, 0 to 1.
+    fn fill_ratio(&self) -> f64 {
+        let fill = self.totals.fill();
+        if fill.capacity == 0 {
+            return 0.0;
+        }
+        fill.used as f64 / fill.capacity as f64
+    }
+
+    /// Publishes the stream so far to its metrics, if it has any.
+    fn publish(&mut self, feed: &dyn Fed, elapsed: Duration) {
+        if self.metrics.is_none() {
+            return;
+        }
+        let mut summary = self.so_far(elapsed);
+        feed.fill(&mut summary);
+        let counters = counters(&summary, self.fill_ratio());
+        if let Some(m) = self.metrics.as_mut() {
+            m.publish(&counters);
+        }
     }
 }
 
@@ -173,6 +217,7 @@ fn serve(
         feed.header();
     }
     let broken = || console.stdout.has_failed() || feeds.iter().any(|f| f.failed());
+    let mut published = Instant::now();
     while !signals::stop_requested() && !broken() {
         let timeout = match until {
             None => max_delay,
@@ -184,6 +229,12 @@ fn serve(
         poller.poll(Some(timeout.min(LONGEST_WAIT)))?;
         for feed in feeds {
             feed.end_batch();
+        }
+        if published.elapsed() >= PUBLISH_INTERVAL {
+            published = Instant::now();
+            for (feed, shape) in feeds.iter().zip(shapes.iter_mut()) {
+                shape.publish(*feed, started.elapsed());
+            }
         }
         if signals::take(Signal::Report) {
             for (feed, shape) in feeds.iter().zip(shapes.iter_mut()) {

@@ -10,9 +10,6 @@
 //! publishes after each batch; the exporter's state goes through the `Registry::set_export*`
 //! setters. This module uses nothing else of the binary (`tests/metrics.rs` builds it alone).
 
-// Until the agent's run loop publishes into it, only `--check` (which binds) uses it.
-#![allow(dead_code, unused_imports)]
-
 mod exposition;
 mod process;
 mod registry;

@@ -177,23 +177,27 @@ impl Registry {
     }
 
     /// The exporter's endpoint (`None`: no exporter); it starts disconnected.
+    #[allow(dead_code)] // the agent runs no [output] yet
     pub fn set_exporter(&self, endpoint: Option<String>) {
         *self.exporter.endpoint.lock().unwrap_or_else(|e| e.into_inner()) = endpoint;
         self.exporter.connected.store(false, Ordering::Relaxed);
     }
 
     /// Whether the exporter is connected to its engine.
+    #[allow(dead_code)] // the agent runs no [output] yet
     pub fn set_exporter_connected(&self, connected: bool) {
         // Relaxed, as every gauge below: independent values, each read on its own.
         self.exporter.connected.store(connected, Ordering::Relaxed);
     }
 
     /// Events in the exporter's queue, not yet acknowledged.
+    #[allow(dead_code)] // the agent runs no [output] yet
     pub fn set_export_queue_depth(&self, depth: u64) {
         self.exporter.queue_depth.store(depth, Ordering::Relaxed);
     }
 
     /// Times the exporter's client reconnected (or was replaced) since the start.
+    #[allow(dead_code)] // the agent runs no [output] yet
     pub fn set_export_reconnects(&self, reconnects: u64) {
         self.exporter.reconnects.store(reconnects, Ordering::Relaxed);
     }
@@ -237,11 +241,6 @@ impl StreamMetrics {
     /// Publishes the stream's counters, all at once (a few stores; call it once per batch).
     pub fn publish(&mut self, counters: &StreamCounters) {
         self.cell.write(counters.to_words());
-    }
-
-    /// The counters last published.
-    pub fn counters(&self) -> StreamCounters {
-        self.cell.read()
     }
 
     /// The stream's programs are attached and its buffer is read.

@@ -30,8 +30,8 @@ use self::object::{MapInfo, ObjectInfo, MAP_RINGBUF};
 use self::sink::{MapLabel, Records};
 use crate::container::ContainerArgs;
 use crate::lifecycle::{
-    load_error, start_maps, BufferKind, BufferOptions, CommonArgs, Console, EventRate, MapStream, Outlet, Tracer,
-    COUNTERS_MAP,
+    load_error, start_maps, BufferKind, BufferOptions, CommonArgs, Console, EventRate, MapStream, Outlet, StreamPlan,
+    Tracer, COUNTERS_MAP,
 };
 use anyhow::{anyhow, Result};
 use aya::EbpfLoader;
@@ -134,7 +134,29 @@ pub fn run(args: RunArgs) -> Result<()> {
         return describe(&args);
     }
     let prepared = prepare(&args).unwrap_or_else(|text| refuse(&text));
-    stream(args, prepared)
+    if prepared.maps.len() > 1 {
+        return stream_maps(args, prepared);
+    }
+    let duration = args.common.duration;
+    crate::lifecycle::trace(plan(&args, prepared)?, duration)
+}
+
+/// The stream of `args`, whose object and options `check` found valid.
+pub fn plan_checked(args: &RunArgs) -> Result<StreamPlan<'static>> {
+    let prepared = prepare(args).map_err(|text| anyhow::anyhow!(text))?;
+    plan(args, prepared)
+}
+
+/// Checks the object and options of `args` as `bpfstream run` does before loading: the reason
+/// in one line when they are refused.
+pub fn check(args: &RunArgs) -> Result<(), String> {
+    if args.describe {
+        return Err("--describe prints and exits: a stream runs".into());
+    }
+    match prepare(args)?.maps.len() {
+        1 => Ok(()),
+        _ => Err(ONE_MAP_PER_STREAM.into()),
+    }
 }
 
 /// A bad object or option: one line, exit 2 (nothing is loaded yet).
@@ -302,22 +324,23 @@ fn counters_map(object: &ObjectInfo, map: &str) -> Option<String> {
     default_stream.then(|| COUNTERS_MAP.to_owned())
 }
 
-fn stream(args: RunArgs, p: Prepared) -> Result<()> {
-    let file = args.object.file_name().map_or(p.label.clone(), |f| f.to_string_lossy().into_owned());
-    let several = p.maps.len() > 1;
+/// Several maps of one object: each a stream, the object loaded and attached once.
+fn stream_maps(args: RunArgs, p: Prepared) -> Result<()> {
+    let file = file_name(&args, &p);
     let width = p.maps.iter().map(|m| m.name.chars().count()).max().unwrap_or(0);
     let (mut maps, mut formats, mut outlets) = (Vec::new(), Vec::new(), Vec::new());
     for (i, map) in p.maps.iter().enumerate() {
         let counters = counters_map(&p.object, &map.name);
         let (common, buffer) = buffer_options(&args.common, map, counters.is_some());
-        let label = several.then(|| MapLabel { name: map.name.clone(), width, first: i == 0 });
+        let label = Some(MapLabel { name: map.name.clone(), width, first: i == 0 });
         formats.push(Records::new(p.plan.clone(), p.ts_at, p.cgroup_at, counters.is_some(), label));
         outlets.push(Outlet::start(&common, &args.container)?);
         let what = format!("struct {} records from {file} (map {})", p.plan.name, map.name);
         maps.push(MapStream { what, map: map.name.clone(), counters, buffer });
     }
     let rings = maps.iter().filter(|m| m.buffer.transport == Some(Transport::Ring));
-    let tracer = ObjectTracer { p: &p, rings: rings.map(|m| (m.map.clone(), m.buffer.size)).collect() };
+    let rings = rings.map(|m| (m.map.clone(), m.buffer.size)).collect();
+    let tracer = ObjectTracer { p, rings, streamed: None };
     let console = Console::process();
     let streams = start_maps(&tracer, maps)?
         .into_iter()
@@ -328,20 +351,60 @@ fn stream(args: RunArgs, p: Prepared) -> Result<()> {
     console.check()
 }
 
-/// The object as the tracer of its maps' streams: loaded with its settings and its streamed
-/// rings' sizes, its programs attached from their sections.
-struct ObjectTracer<'a> {
-    p: &'a Prepared,
-    /// The ring buffers streamed, with their sizes.
-    rings: Vec<(String, u64)>,
+const ONE_MAP_PER_STREAM: &str = "an agent's run stream streams one map: one [[stream]] per --map";
+
+/// The stream of one map: a plan, run alone by `bpfstream run` or as one of the agent's.
+fn plan(args: &RunArgs, p: Prepared) -> Result<StreamPlan<'static>> {
+    let [map] = &p.maps[..] else {
+        return Err(anyhow!(ONE_MAP_PER_STREAM));
+    };
+    let counters = counters_map(&p.object, &map.name);
+    let (common, buffer) = buffer_options(&args.common, map, counters.is_some());
+    let outlet = Outlet::start(&common, &args.container)?;
+    let records = Records::new(p.plan.clone(), p.ts_at, p.cgroup_at, counters.is_some(), None);
+    let what = format!("struct {} records from {} (map {})", p.plan.name, file_name(args, &p), map.name);
+    let rings = if buffer.transport == Some(Transport::Ring) { vec![(map.name.clone(), buffer.size)] } else { vec![] };
+    let streamed = Some(Streamed { map: map.name.clone(), counters, what });
+    let tracer = ObjectTracer { p, rings, streamed };
+    Ok(StreamPlan::new(tracer, buffer, outlet, |_| Ok(records)))
 }
 
-impl Tracer for ObjectTracer<'_> {
+fn file_name(args: &RunArgs, p: &Prepared) -> String {
+    args.object.file_name().map_or(p.label.clone(), |f| f.to_string_lossy().into_owned())
+}
+
+/// The map a one-map stream reads, its counters, and how it is announced.
+struct Streamed {
+    map: String,
+    counters: Option<String>,
+    what: String,
+}
+
+/// The object as the tracer of its maps' streams: loaded with its settings and its streamed
+/// rings' sizes, its programs attached from their sections.
+struct ObjectTracer {
+    p: Prepared,
+    /// The ring buffers streamed, with their sizes.
+    rings: Vec<(String, u64)>,
+    /// The one map of a plan's stream (several maps are opened by `start_maps` instead).
+    streamed: Option<Streamed>,
+}
+
+impl Tracer for ObjectTracer {
     fn what(&self) -> String {
-        format!("struct {} records from {}", self.p.plan.name, self.p.label)
+        match &self.streamed {
+            Some(streamed) => streamed.what.clone(),
+            None => format!("struct {} records from {}", self.p.plan.name, self.p.label),
+        }
+    }
+    fn events_map(&self) -> &str {
+        self.streamed.as_ref().map_or(crate::lifecycle::EVENTS_MAP, |s| s.map.as_str())
+    }
+    fn counters_map(&self) -> Option<&str> {
+        self.streamed.as_ref().map_or(Some(COUNTERS_MAP), |s| s.counters.as_deref())
     }
     fn load(&self, buffer: &BufferOptions) -> Result<aya::Ebpf> {
-        load(self.p, buffer, &self.rings)
+        load(&self.p, buffer, &self.rings)
     }
     fn attach(&self, bpf: &mut aya::Ebpf) -> Result<()> {
         attach::attach(bpf, &self.p.attachments)

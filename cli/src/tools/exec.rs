@@ -19,7 +19,8 @@ use bpfstream::FromRecord;
 
 use crate::container::ContainerArgs;
 use crate::lifecycle::{
-    task_filter_globals, Attach, BufferOptions, CommonArgs, EventRate, Format, Global, Outlet, Summary, TracerSpec,
+    task_filter_globals, Attach, BufferOptions, CommonArgs, EventRate, Format, Global, Outlet, StreamPlan, Summary,
+    TracerSpec,
 };
 use crate::objects;
 use crate::output::{c_str, display_bytes, JsonLine};
@@ -230,8 +231,14 @@ impl Format for ExecFormat {
 }
 
 pub fn run(args: ExecArgs) -> Result<()> {
+    crate::lifecycle::trace(plan(&args)?, args.common.duration)
+}
+
+/// The stream of `args` (its `--output` connected now).
+pub fn plan(args: &ExecArgs) -> Result<StreamPlan<'static>> {
     let outlet = Outlet::start(&args.common, &args.container)?;
-    crate::lifecycle::trace(spec(&args), buffer(&args), outlet, args.common.duration, |_| Ok(format(&args)))
+    let format = format(args);
+    Ok(StreamPlan::new(spec(args), buffer(args), outlet, |_| Ok(format)))
 }
 
 /// The buffer of `args`.

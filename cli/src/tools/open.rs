@@ -12,7 +12,7 @@ use bpfstream::FromRecord;
 use crate::container::ContainerArgs;
 use crate::lifecycle::{
     task_filter_globals, Attach, BufferOptions, BurstBudget, CommonArgs, EventRate, Format, Global, Loaded, Outlet,
-    Summary, TracerSpec,
+    StreamPlan, Summary, TracerSpec,
 };
 use crate::names::{errno_name, syscall_name};
 use crate::objects;
@@ -230,8 +230,14 @@ fn average_record(summary: &Summary) -> f64 {
 }
 
 pub fn run(args: OpenArgs) -> Result<()> {
+    let duration = args.common.duration;
+    crate::lifecycle::trace(plan(args)?, duration)
+}
+
+/// The stream of `args` (its `--output` connected now).
+pub fn plan(args: OpenArgs) -> Result<StreamPlan<'static>> {
     let outlet = Outlet::start(&args.common, &args.container)?;
-    crate::lifecycle::trace(spec(&args), buffer(&args), outlet, args.common.duration, |loaded| format(&args, loaded))
+    Ok(StreamPlan::new(spec(&args), buffer(&args), outlet, move |loaded| format(&args, loaded)))
 }
 
 /// The buffer of `args`.

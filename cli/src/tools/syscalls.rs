@@ -14,7 +14,7 @@ use bpfstream::FromRecord;
 use crate::container::ContainerArgs;
 use crate::lifecycle::{
     task_filter_globals, Attach, BufferOptions, BurstBudget, CommonArgs, EventRate, Format, Global, Loaded, Outlet,
-    Summary, TracerSpec,
+    StreamPlan, Summary, TracerSpec,
 };
 use crate::names::{errno_name, syscall_name, syscall_number};
 use crate::objects;
@@ -348,8 +348,14 @@ pub fn run(args: SyscallsArgs) -> Result<()> {
         let text = "--output ships events, and the summary options (-L -i -P --top --sort) stream none\n";
         clap::Error::raw(clap::error::ErrorKind::ArgumentConflict, text).exit();
     }
+    let duration = args.common.duration;
+    crate::lifecycle::trace(plan(args)?, duration)
+}
+
+/// The stream of `args` (its `--output` connected now).
+pub fn plan(args: SyscallsArgs) -> Result<StreamPlan<'static>> {
     let outlet = Outlet::start(&args.common, &args.container)?;
-    crate::lifecycle::trace(spec(&args), buffer(&args), outlet, args.common.duration, |loaded| format(&args, loaded))
+    Ok(StreamPlan::new(spec(&args), buffer(&args), outlet, move |loaded| format(&args, loaded)))
 }
 
 /// The buffer of `args`.

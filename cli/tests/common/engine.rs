@@ -111,7 +111,7 @@ impl NatsServer {
 }
 
 /// Whether every thread of process `pid` is stopped (state `T` in /proc/PID/task/*/stat).
-fn all_stopped(pid: u32) -> bool {
+pub fn all_stopped(pid: u32) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
     tasks.flatten().all(|task| {
         let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();

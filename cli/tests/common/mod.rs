@@ -7,6 +7,7 @@ pub mod engine;
 pub mod storm;
 #[path = "../../../bpfstream/tests/support/time_scale.rs"]
 pub mod time_scale;
+pub mod worker;
 pub mod workload;
 
 use std::io::{BufRead, BufReader};

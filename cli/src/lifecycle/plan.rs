@@ -1,0 +1,88 @@
+//! A stream before it starts: its tracer and buffer, where its events go, and how its
+//! [`Format`] is made once its object is loaded (a tool's format may read the object's maps).
+//! A one-tracer command runs one plan ([`trace`]); the agent runs one per `[[stream]]`: the same
+//! start (every stream loaded before any is attached) and the same run.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::args::BufferOptions;
+use super::feed::{Console, Outlet};
+use super::format::Format;
+use super::run::{run, Stream};
+use super::start::{start, Loaded, StreamSpec, Tracer};
+use super::summary::Summary;
+use crate::metrics::StreamMetrics;
+
+/// Makes a loaded stream's way out: its format, on its outlet.
+type MakeStream<'t> = Box<dyn FnOnce(Loaded, Outlet, &Console) -> Result<Stream> + 't>;
+
+/// One stream to start.
+pub struct StreamPlan<'t> {
+    spec: StreamSpec<'t>,
+    outlet: Outlet,
+    make: MakeStream<'t>,
+    metrics: Option<StreamMetrics>,
+}
+
+impl<'t> StreamPlan<'t> {
+    /// `tracer` on `buffer`, its events out through `outlet` in the format `format` makes of
+    /// the loaded stream.
+    pub fn new<F: Format>(
+        tracer: impl Tracer + 't,
+        buffer: BufferOptions,
+        outlet: Outlet,
+        format: impl FnOnce(&mut Loaded) -> Result<F> + 't,
+    ) -> Self {
+        let make = move |mut loaded: Loaded, outlet: Outlet, console: &Console| {
+            let format = format(&mut loaded)?;
+            Ok(loaded.stream(format, outlet, console))
+        };
+        StreamPlan { spec: StreamSpec::alone(tracer, buffer), outlet, make: Box::new(make), metrics: None }
+    }
+
+    /// A stream of several: its events, loss reports and summary carry `"stream":name`, and a
+    /// higher `priority` is served first.
+    pub fn named(mut self, name: &str, priority: i32) -> Self {
+        self.spec.name = Some(name.to_owned());
+        self.spec.priority = priority;
+        self
+    }
+
+    /// Its events to the exporter only (see [`Outlet::export_only`]).
+    pub fn export_only(mut self) -> Self {
+        self.outlet = self.outlet.export_only();
+        self
+    }
+
+    /// Publishes the stream's counters to `metrics` while it runs (at most every 200 ms), and
+    /// its summary's at the stop; it is attached from its start to its stop.
+    pub fn measured(mut self, metrics: StreamMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+}
+
+/// A one-tracer command: its one stream run until stopped (or for `duration`), then its
+/// summary; fails when stdout failed (but for a reader that left).
+pub fn trace(plan: StreamPlan<'_>, duration: Option<Duration>) -> Result<()> {
+    let console = Console::process();
+    run_plans(vec![plan], duration, &console)?;
+    console.check()
+}
+
+/// Starts every plan (nothing attached unless every one loaded), then runs them all on one
+/// poller until stopped (or for `duration`): each stream's summary, by priority.
+pub fn run_plans(plans: Vec<StreamPlan<'_>>, duration: Option<Duration>, console: &Console) -> Result<Vec<Summary>> {
+    let (specs, ways): (Vec<_>, Vec<_>) = plans.into_iter().map(|p| (p.spec, (p.outlet, p.make, p.metrics))).unzip();
+    let loaded = start(specs)?;
+    let make = |(loaded, (outlet, make, metrics)): (Loaded, (Outlet, MakeStream<'_>, _))| {
+        make(loaded, outlet, console).map(|mut stream| {
+            stream.metrics = metrics;
+            stream
+        })
+    };
+    let streams = loaded.into_iter().zip(ways).map(make).collect::<Result<Vec<Stream>>>()?;
+    run(streams, duration, console)
+}
