@@ -110,6 +110,11 @@ pub fn restore_default() -> Result<()> {
         set_action(signal, libc::SIG_DFL)?;
     }
     if stop_requested() {
+        let stops = STOPS.load(Ordering::SeqCst) & PENDING.load(Ordering::SeqCst);
+        for signal in Signal::ALL.into_iter().filter(|s| stops & s.bit() != 0) {
+            // SAFETY: raising a signal whose action is now the default: it ends the process.
+            unsafe { libc::raise(signal.number()) };
+        }
         std::process::exit(EXIT_AT_ONCE);
     }
     Ok(())

@@ -79,10 +79,15 @@ fn console(stdout: &File) -> (Console, File) {
     (console, stderr)
 }
 
-/// A file no one else can open, gone with its descriptor (O_TMPFILE).
+/// A file no one else opens, gone with its descriptor (created, then unlinked: O_TMPFILE is not
+/// on every file system, e.g. an emulated guest's shared /tmp).
 fn tempfile() -> File {
-    use std::os::unix::fs::OpenOptionsExt;
-    File::options().read(true).write(true).custom_flags(libc::O_TMPFILE).open("/tmp").unwrap()
+    static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("bpfstream-lifecycle-test-{}-{n}", std::process::id()));
+    let file = File::options().read(true).write(true).create_new(true).open(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    file
 }
 
 fn text(mut file: &File) -> String {
