@@ -1101,6 +1101,26 @@ fn a_handler_that_panics_hands_no_record_over_twice() {
     }
 }
 
+/// A deadline bounds the wait for records still being written, not the reading of what is
+/// buffered: with the deadline already past, every source still hands over all it holds (one
+/// source's wait must not leave the next one's records unread).
+#[test]
+fn a_finish_past_its_deadline_still_reads_what_every_source_holds() {
+    let Some(_kernel) = kernel_test() else { return };
+    let mut first = burst(Transport::Ring, Options::default(), 4);
+    let mut second = burst(Transport::Perf, Options::default(), 3);
+    let (mut from_first, mut from_second) = (Seen::default(), Seen::default());
+    let mut poller = Poller::new().unwrap();
+    poller.add(&mut first, 5, |event| from_first.item(event)).unwrap();
+    poller.add(&mut second, 0, |event| from_second.item(event)).unwrap();
+    let totals = poller.finish(std::time::Instant::now()).unwrap();
+    drop(poller);
+    for ((_, totals), sent) in totals.iter().zip([4, 3]) {
+        assert_eq!((totals.delivered, totals.dropped, totals.produced), (sent, 0, Some(sent)), "{totals:?}");
+    }
+    assert_eq!((from_first.seqs(), from_second.seqs()), ((0..4).collect(), (0..3).collect()));
+}
+
 /// The exact end of a poller's sources in one call: after the detach, every source's totals add
 /// up (delivered + dropped == produced), each delivered record handed to its source's handler.
 #[test]
