@@ -277,13 +277,15 @@ fn summary_table_takes_syscount_flags() {
         by_syscall.stderr
     );
     let lines = &by_syscall.stdout;
+    assert!(lines.len() >= 5, "{lines:?}\n{}", by_syscall.stderr);
     assert!(lines[0].contains(&format!("{KNOWN_MIX_EVENTS} syscalls (percentiles within 1.6 %)")), "{lines:?}");
     assert!(lines[1].ends_with("MAX(ms)"), "{lines:?}");
     let rows: Vec<Vec<&str>> = lines[2..5].iter().map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(rows.iter().map(|r| r[0]).collect::<Vec<_>>(), ["getppid", "openat", "nanosleep"], "by count");
     let slept_ms: f64 = rows[2][6].parse().unwrap();
     assert!((200.0..2200.0).contains(&slept_ms), "{slept_ms} ms");
-    let row: Vec<&str> = by_process.stdout[2].split_whitespace().collect();
+    let third = by_process.stdout.get(2).unwrap_or_else(|| panic!("{:?}\n{}", by_process.stdout, by_process.stderr));
+    let row: Vec<&str> = third.split_whitespace().collect();
     assert_eq!(&row[..3], [pid.as_str(), "bpfs-flags", &KNOWN_MIX_EVENTS.to_string()]);
 }
 

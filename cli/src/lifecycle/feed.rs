@@ -90,6 +90,8 @@ pub(super) struct Feed<F: Format> {
     out: Output,
     /// Stderr: `Lost N events` of tables.
     err: Output,
+    /// The format's last output, printed with the summary.
+    closing: Vec<u8>,
     json: bool,
     time: TimeColumn,
     tee: Tee,
@@ -116,6 +118,7 @@ impl<F: Format> Feed<F> {
             format,
             out: Output::new(console.stdout.clone()),
             err: Output::new(console.stderr.clone()),
+            closing: Vec::new(),
             json,
             time,
             tee,
@@ -230,9 +233,8 @@ impl<F: Format> Feed<F> {
         let worst = self.loss.worst_burst();
         let record_bytes = summary.bytes.checked_div(summary.events).unwrap_or(0);
         summary.burst = (worst > 0).then(|| (worst, buffer_for_burst(size, worst, record_bytes)));
-        let finished = self.format.finish(&mut self.out);
         let _ = self.out.flush();
-        finished
+        self.format.finish(&mut self.closing)
     }
 }
 
@@ -307,7 +309,14 @@ impl<F: Format> Fed for RefCell<Feed<F>> {
     }
 
     fn print(&self, summary: &mut Summary, console: &Console, deadline: Instant) {
-        let feed = self.borrow();
+        let mut feed = self.borrow_mut();
+        let closing = std::mem::take(&mut feed.closing);
+        if !closing.is_empty() && !console.stdout.write_by(closing.clone(), deadline) {
+            // Stdout failed, or did not take it in time: it goes to stderr, as the summary does,
+            // rather than nowhere.
+            console.stdout.abandon();
+            console.stderr.write_by(closing, deadline);
+        }
         summary.unwritten = feed.out.unwritten();
         let summary = &*summary;
         summary.print(

@@ -56,8 +56,9 @@ pub trait Format: 'static {
         Ok(())
     }
 
-    /// After the drain: its last output, and what its summary reads from its maps.
-    fn finish(&mut self, out: &mut Output) -> Result<()> {
+    /// After the drain: its last output (a final table, written with the summary, by the
+    /// summary's deadline), and what its summary reads from its maps.
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<()> {
         let _ = out;
         Ok(())
     }

@@ -192,7 +192,7 @@ impl Format for OpenFormat {
         }
     }
 
-    fn finish(&mut self, _: &mut Output) -> Result<()> {
+    fn finish(&mut self, _: &mut Vec<u8>) -> Result<()> {
         self.untracked = per_cpu_total(&self.untracked_map)?;
         Ok(())
     }

@@ -308,7 +308,7 @@ impl Format for SyscallsFormat {
 
     /// Summary mode: the rows since the last interval (all of them without --interval), and
     /// the calls counted since attach.
-    fn finish(&mut self, out: &mut Output) -> Result<()> {
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<()> {
         self.untracked = per_cpu_total(&self.untracked_map)?;
         let Some(c) = &mut self.counts else { return Ok(()) };
         let rows = c.table.take_rows()?;
