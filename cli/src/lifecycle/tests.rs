@@ -189,3 +189,54 @@ fn what_stdout_does_not_take_is_counted_to_its_stream() {
         assert_eq!((&summary[0]["events"], &summary[0]["unwritten"]), (&0.into(), &n.into()), "{stream}");
     }
 }
+
+/// A format of no events whose last output is a table.
+struct TableAtTheEnd;
+
+impl super::Format for TableAtTheEnd {
+    type Event<'a> = ();
+    fn kind(&self) -> &str {
+        "none"
+    }
+    fn decode(&mut self, _: &[u8]) -> Option<()> {
+        Some(())
+    }
+    fn ts_ns(&self, _: &()) -> Option<u64> {
+        None
+    }
+    fn cgroup_id(&self, _: &()) -> Option<u64> {
+        None
+    }
+    fn titles(&self) -> Option<String> {
+        None
+    }
+    fn row(&mut self, _: &(), _: &mut crate::writer::Output) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn json(&self, _: &(), line: crate::output::JsonLine) -> crate::output::JsonLine {
+        line
+    }
+    fn finish(&mut self, out: &mut Vec<u8>) -> anyhow::Result<()> {
+        out.extend_from_slice(b"TABLE\nrow\n");
+        Ok(())
+    }
+}
+
+#[test]
+fn a_final_table_is_written_even_when_the_events_deadline_passed() {
+    use super::feed::{Fed, Feed};
+    use super::stop::Ending;
+    let stdout = tempfile();
+    let (console, _stderr) = console(&stdout);
+    let args: open::OpenArgs = parse(&[]);
+    let outlet = Outlet::start(&args.common, &args.container).unwrap();
+    let feed = std::cell::RefCell::new(Feed::new(TableAtTheEnd, outlet, &console, None, bpfstream::Transport::Ring));
+    // A stop whose drain took all its time: the events' deadline and the summary's have passed.
+    let ending = Ending::passed();
+    let mut summary =
+        Summary::new(None, bpfstream::Totals::default(), bpfstream::Transport::Ring, 4096, Duration::ZERO, ending);
+    feed.close(&mut summary, 4096).unwrap();
+    console.stdout.settle(ending.events_by);
+    feed.print(&mut summary, &console, ending.summary_deadline());
+    assert!(text(&stdout).starts_with("TABLE\nrow\n"), "{:?}", text(&stdout));
+}
