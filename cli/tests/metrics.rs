@@ -4,8 +4,8 @@
 //! Prometheus' query API (`last_over_time`: a vanished target's series are marked stale) equals
 //! what the streams published last. `/healthz` says 503 and why until every stream is attached.
 //! Then the same for a running agent: what Prometheus scraped equals each stream's summary.
-//! And a running agent whose NATS server stops and comes back: its stream's exporter series
-//! and `/healthz` follow the connection.
+//! And a running agent whose engine (NATS, Kafka) goes away and comes back: its stream's
+//! exporter series and `/healthz` follow the connection.
 
 mod common;
 #[path = "../src/metrics/mod.rs"]
@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::engine::NatsServer;
+use common::engine::{KafkaServer, NatsServer};
 use common::time_scale;
 use common::worker::{Act, Worker};
 use metrics::{ExportLink, MetricsServer, Registry, StreamCounters};
@@ -300,57 +300,99 @@ fn health_until(address: SocketAddr, what: &str, ready: impl Fn(u16, &str) -> bo
     }
 }
 
-/// An agent exporting to a private nats-server: its exporter's series while the server answers,
-/// holds three events unacknowledged (stopped), is killed and comes back. `/healthz` names the
-/// stream while its exporter is not connected, and is 200 again once it reconnected.
-#[test]
-fn the_exporters_series_and_health_follow_its_engine() {
-    let Some(_kernel) = common::kernel_test() else { return };
-    let Some(mut nats) = NatsServer::start() else { return };
+/// The series `name` of the stream `execs`.
+fn of_execs(name: &str) -> String {
+    format!("{name}{{stream=\"execs\"}}")
+}
+
+/// An agent with one stream, `execs` (the execs of thread `tid`), exporting to `url` with the
+/// `[output]` options `options`, its metrics on a free loopback port; once healthy, its
+/// exporter's series say connected, no reconnection and nothing queued. The agent and the
+/// metrics' address.
+fn exporting_agent(url: &str, options: &str, tid: u32) -> (common::Running, SocketAddr) {
     let dir = common::temp_dir("metrics-export");
     let address = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let worker = Worker::start();
     let config = format!(
-        "[output]\nurl = \"{}\"\n\n[metrics]\nlisten = \"{address}\"\n\n[[stream]]\nname = \"execs\"\n\
-         tracer = \"exec\"\nargs = [\"--tid\", \"{}\"]\n",
-        nats.url("bpf.metrics"),
-        worker.tid
+        "[output]\nurl = \"{url}\"\noptions = {{ {options} }}\n\n[metrics]\nlisten = \"{address}\"\n\n\
+         [[stream]]\nname = \"execs\"\ntracer = \"exec\"\nargs = [\"--tid\", \"{tid}\"]\n"
     );
     let file = dir.join("agent.toml");
     std::fs::write(&file, config).unwrap();
     let agent = common::start(&["agent", "--config", file.to_str().unwrap()]);
-    let series = |name: &str| format!("{name}{{stream=\"execs\"}}");
-    let (connected, depth, reconnects) = (
-        series("bpfstream_export_connected"),
-        series("bpfstream_export_queue_depth"),
-        series("bpfstream_export_reconnects_total"),
-    );
     health_until(address, "healthy once attached and connected", |status, _| status == 200);
     let page = get(address, "/metrics").1;
-    assert_eq!(value_of(&page, &connected), Some(1.0), "{page}");
-    assert_eq!(value_of(&page, &reconnects), Some(0.0), "{page}");
-    assert_eq!(value_of(&page, &depth), Some(0.0), "{page}");
+    for (name, value) in [
+        ("bpfstream_export_connected", 1.0),
+        ("bpfstream_export_reconnects_total", 0.0),
+        ("bpfstream_export_queue_depth", 0.0),
+    ] {
+        assert_eq!(value_of(&page, &of_execs(name)), Some(value), "{name}: {page}");
+    }
+    (agent, address)
+}
 
+/// Once the engine is gone: `/healthz` 503 naming the stream, and `connected` 0. The page.
+fn engine_lost(address: SocketAddr) -> String {
+    health_until(address, "503 naming the stream once the engine is gone", |status, body| {
+        status == 503 && body == "stream execs: exporter not connected to its engine\n"
+    });
+    let connected = of_execs("bpfstream_export_connected");
+    scrape_until(address, "not connected", |page| value_of(page, &connected) == Some(0.0))
+}
+
+/// Once the engine is back: `/healthz` 200, `connected` 1, a reconnection counted. The page.
+fn engine_regained(address: SocketAddr) -> String {
+    health_until(address, "200 once reconnected", |status, _| status == 200);
+    let (connected, reconnects) =
+        (of_execs("bpfstream_export_connected"), of_execs("bpfstream_export_reconnects_total"));
+    scrape_until(address, "connected again, a reconnection counted", |page| {
+        value_of(page, &connected) == Some(1.0) && value_of(page, &reconnects).is_some_and(|n| n >= 1.0)
+    })
+}
+
+/// An agent exporting to a private nats-server: the server stopped holds three events
+/// unacknowledged (the queue depth), then is killed (503, not connected, still three queued)
+/// and comes back (200, a reconnection, the three events acknowledged).
+#[test]
+fn the_exporters_series_and_health_follow_nats() {
+    let Some(_kernel) = common::kernel_test() else { return };
+    let Some(mut nats) = NatsServer::start() else { return };
+    let worker = Worker::start();
+    let (agent, address) = exporting_agent(&nats.url("bpf.metrics"), "", worker.tid);
+    let depth = of_execs("bpfstream_export_queue_depth");
     nats.run_on(false);
     worker.act(Act::FailedExecs(3));
     scrape_until(address, "3 events wait for their acknowledgement", |page| value_of(page, &depth) == Some(3.0));
     nats.kill();
-    health_until(address, "503 naming the stream once the server is gone", |status, body| {
-        status == 503 && body == "stream execs: exporter not connected to its engine\n"
-    });
-    let page = scrape_until(address, "not connected", |page| value_of(page, &connected) == Some(0.0));
+    let page = engine_lost(address);
     assert_eq!(value_of(&page, &depth), Some(3.0), "nothing acknowledged meanwhile: {page}");
-
     nats.restart();
-    health_until(address, "200 once reconnected", |status, _| status == 200);
-    let page = scrape_until(address, "the 3 events acknowledged after the reconnection", |page| {
-        value_of(page, &depth) == Some(0.0) && value_of(page, &series("bpfstream_events_exported_total")) == Some(3.0)
+    engine_regained(address);
+    let exported = of_execs("bpfstream_events_exported_total");
+    scrape_until(address, "the 3 events acknowledged after the reconnection", |page| {
+        value_of(page, &depth) == Some(0.0) && value_of(page, &exported) == Some(3.0)
     });
-    assert_eq!(value_of(&page, &connected), Some(1.0), "{page}");
-    assert!(value_of(&page, &reconnects).is_some_and(|n| n >= 1.0), "{page}");
     let finished = agent.stop_with(libc::SIGTERM);
     assert!(finished.status.success(), "{}", finished.stderr);
     let summaries = finished.of_type("summary");
     assert_eq!(summaries.len(), 1, "{:?}", finished.stdout);
     assert_eq!((summaries[0]["exported"].as_u64(), summaries[0]["export_failed"].as_u64()), (Some(3), Some(0)));
+}
+
+/// The same with a private Kafka broker (tansu), killed and restarted: librdkafka's statistics
+/// say the connection.
+#[test]
+fn the_exporters_series_and_health_follow_kafka() {
+    let Some(_kernel) = common::kernel_test() else { return };
+    let Some(mut kafka) = KafkaServer::start() else { return };
+    let worker = Worker::start();
+    let url = format!("kafka://{}/bpf.metrics", kafka.address());
+    // The broker keeps nothing across a restart: the topic is made again.
+    let (agent, address) = exporting_agent(&url, "create = \"true\"", worker.tid);
+    kafka.kill();
+    engine_lost(address);
+    kafka.restart();
+    engine_regained(address);
+    let finished = agent.stop_with(libc::SIGTERM);
+    assert!(finished.status.success(), "{}", finished.stderr);
 }
