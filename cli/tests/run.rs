@@ -114,6 +114,22 @@ pub extern "C" fn bpfstream_run_maps(seq: u64, map: u64) -> u64 {
     std::hint::black_box(seq.wrapping_add(map))
 }
 
+/// Sends ten records to the maps of bpf/tests/run_maps.bpf.c, five to `events`, three to
+/// `second`, two to `plain`: their (seq, map number).
+fn send_to_maps() -> Vec<(u64, usize)> {
+    let sent: Vec<(u64, usize)> =
+        [0, 1, 0, 2, 0, 1, 0, 2, 0, 1].into_iter().enumerate().map(|(seq, map)| (seq as u64 + 100, map)).collect();
+    for &(seq, map) in &sent {
+        bpfstream_run_maps(seq, map as u64);
+    }
+    sent
+}
+
+/// The summary of `map` among a run's summaries.
+fn summary_of<'a>(summaries: &'a [Value], map: &str) -> &'a Value {
+    summaries.iter().find(|s| s["map"] == map).unwrap_or_else(|| panic!("no summary of map {map}: {summaries:?}"))
+}
+
 /// Three maps of one object, one stream each: `events` and `second` on bpfstream.h (each with
 /// its own counters), `plain` a ring written with bpf_ringbuf_output; in the perf build the first
 /// two are perf event arrays, so ring and perf buffers stream from one object.
@@ -127,11 +143,7 @@ fn each_map_is_a_stream(transport: &str) {
     let mut args = vec!["run", &file, "--uprobe", &target, "--json"];
     args.extend(names.iter().flat_map(|name| ["--map", name]));
     let run = start(&args);
-    let sent: Vec<(u64, usize)> =
-        [0, 1, 0, 2, 0, 1, 0, 2, 0, 1].into_iter().enumerate().map(|(seq, map)| (seq as u64 + 100, map)).collect();
-    for &(seq, map) in &sent {
-        bpfstream_run_maps(seq, map as u64);
-    }
+    let sent = send_to_maps();
     let finished = run.stop();
     assert!(finished.status.success(), "stderr:\n{}", finished.stderr);
     // The plain ring keeps the size its author declared.
@@ -152,8 +164,7 @@ fn each_map_is_a_stream(transport: &str) {
     assert_eq!(received, sent, "every record, once");
     let summaries = finished.of_type("summary");
     assert_eq!(summaries.len(), 3, "one summary per map: {summaries:?}");
-    let summary =
-        |name: &str| summaries.iter().find(|s| s["map"] == name).unwrap_or_else(|| panic!("{name}: {summaries:?}"));
+    let summary = |name: &str| summary_of(&summaries, name);
     for (name, n) in [("events", 5), ("second", 3)] {
         let s = summary(name);
         assert_eq!(
@@ -211,8 +222,7 @@ fn the_lost_lines_of_a_map_name_it() {
     assert!(lost.iter().all(|l| l["map"] == "events"), "{lost:?}");
     let lost: u64 = lost.iter().map(|l| l["count"].as_u64().unwrap()).sum();
     let summaries = finished.of_type("summary");
-    let summary =
-        |name: &str| summaries.iter().find(|s| s["map"] == name).unwrap_or_else(|| panic!("{name}: {summaries:?}"));
+    let summary = |name: &str| summary_of(&summaries, name);
     let events = summary("events");
     assert!(lost > 0, "a 4 KiB ring cannot hold {sent} records: {events}");
     assert_eq!(events["dropped"], lost, "{events}");
@@ -224,6 +234,52 @@ fn the_lost_lines_of_a_map_name_it() {
         (&json!(second), &json!(0)),
         "{second_summary}"
     );
+}
+
+/// With `--output`, each map's events are exported with their `"map"`, and each map's summary
+/// accounts for its own: exported + export_failed + dropped = produced, every event exported.
+#[test]
+fn each_map_exports_its_events_with_its_own_accounting() {
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(nats) = common::engine::Nats::get() else { return };
+    let (url, subject) = nats.url("run-maps");
+    let exe = std::env::current_exe().unwrap();
+    let target = format!("{}:bpfstream_run_maps", exe.display());
+    let file = object("run_maps.ring.bpf.o");
+    let names = ["events", "second", "plain"];
+    let mut args = vec!["run", &file, "--uprobe", &target, "--json", "--output", &url];
+    args.extend(["--output-option", "flush_timeout=60s"]);
+    args.extend(names.iter().flat_map(|name| ["--map", name]));
+    let run = start(&args);
+    let sent = send_to_maps();
+    let finished = run.stop();
+    assert!(finished.status.success(), "stderr:\n{}", finished.stderr);
+    let summaries = finished.of_type("summary");
+    for (map, name) in names.iter().enumerate() {
+        let n = sent.iter().filter(|&&(_, m)| m == map).count() as u64;
+        let s = summary_of(&summaries, name);
+        assert_eq!((&s["events"], &s["exported"], &s["export_failed"]), (&json!(n), &json!(n), &json!(0)), "{s}");
+        if let Some(produced) = s["produced"].as_u64() {
+            let dropped = s["dropped"].as_u64().unwrap();
+            assert_eq!(n + dropped, produced, "exported + export_failed + dropped = produced: {s}");
+        }
+    }
+    let mut lines: Vec<String> =
+        finished.stdout.iter().filter(|l| l.starts_with("{\"type\":\"map_event\"")).cloned().collect();
+    let mut messages: Vec<String> =
+        common::engine::nats_messages(&nats.address(), &subject).into_iter().map(|m| m.payload).collect();
+    lines.sort();
+    messages.sort();
+    assert_eq!(messages, lines, "every event's line, once, each with its map");
+    let mut exported: Vec<(u64, usize)> = Vec::new();
+    for message in &messages {
+        let event: Value = serde_json::from_str(message).unwrap();
+        let map = event["map_"].as_u64().unwrap() as usize;
+        assert_eq!(event["map"], names[map], "{event}");
+        exported.push((event["seq"].as_u64().unwrap(), map));
+    }
+    exported.sort();
+    assert_eq!(exported, sent);
 }
 
 /// A program with its own ring and bpf_ringbuf_output (no bpfstream.h), run by a user with
