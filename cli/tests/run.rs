@@ -236,6 +236,52 @@ fn the_lost_lines_of_a_map_name_it() {
     );
 }
 
+/// SIGUSR1's run so far names each map as its summary does: a `progress` object with `"map"`
+/// (`--json`), or `map NAME: so far: ...` on stderr.
+fn the_run_so_far_names_each_map(json: bool) {
+    let Some(_kernel) = kernel_test() else { return };
+    let exe = std::env::current_exe().unwrap();
+    let target = format!("{}:bpfstream_run_maps", exe.display());
+    let file = object("run_maps.ring.bpf.o");
+    let names = ["events", "second", "plain"];
+    let mut args = vec!["run", &file, "--uprobe", &target];
+    args.extend(json.then_some("--json"));
+    args.extend(names.iter().flat_map(|name| ["--map", name]));
+    let run = start(&args);
+    send_to_maps();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(run.pid() as i32, libc::SIGUSR1) };
+    let reports = || match json {
+        true => run.stdout_so_far().into_iter().filter(|l| l.starts_with("{\"type\":\"progress\"")).collect(),
+        false => run.stderr_so_far().lines().filter(|l| l.contains("so far: ")).map(str::to_owned).collect(),
+    };
+    let deadline = deadline(std::time::Duration::from_secs(10));
+    let mut so_far: Vec<String> = reports();
+    while so_far.len() < names.len() {
+        assert!(std::time::Instant::now() < deadline, "not a report per map after SIGUSR1: {so_far:?}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        so_far = reports();
+    }
+    let finished = run.stop();
+    assert!(finished.status.success(), "stderr:\n{}", finished.stderr);
+    for (report, name) in so_far.iter().zip(names) {
+        match json {
+            true => assert_eq!(serde_json::from_str::<Value>(report).unwrap()["map"], name, "{report}"),
+            false => assert!(report.starts_with(&format!("map {name}: so far: ")), "{report}"),
+        }
+    }
+}
+
+#[test]
+fn the_run_so_far_names_each_map_in_json() {
+    the_run_so_far_names_each_map(true);
+}
+
+#[test]
+fn the_run_so_far_names_each_map_for_people() {
+    the_run_so_far_names_each_map(false);
+}
+
 /// With `--output`, each map's events are exported with their `"map"`, and each map's summary
 /// accounts for its own: exported + export_failed + dropped = produced, every event exported.
 #[test]
@@ -280,6 +326,48 @@ fn each_map_exports_its_events_with_its_own_accounting() {
     }
     exported.sort();
     assert_eq!(exported, sent);
+}
+
+/// An engine that hangs (SIGSTOP) behind a queue of one: what each map could not export is
+/// reported as it happens on `lost` lines (`"cause":"export"`) that name the map.
+#[test]
+fn the_export_lost_lines_of_a_map_name_it() {
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(server) = common::engine::NatsServer::start() else { return };
+    let url = server.url("bpfstream.test.run-maps-hung");
+    let exe = std::env::current_exe().unwrap();
+    let target = format!("{}:bpfstream_run_maps", exe.display());
+    let file = object("run_maps.ring.bpf.o");
+    let mut args = vec!["run", &file, "--uprobe", &target, "--json", "--output", &url, "--map", "events"];
+    args.extend(["--map", "second", "--output-option", "queue=1", "--output-option", "in_flight=1"]);
+    let run = start(&args);
+    server.run_on(false);
+    for seq in 0..20 {
+        bpfstream_run_maps(seq, 0);
+        bpfstream_run_maps(seq, 1);
+    }
+    let export_lost = |lines: &[String]| -> Vec<Value> {
+        let lost = lines.iter().filter(|l| l.starts_with("{\"type\":\"lost\"") && l.contains("\"cause\":\"export\""));
+        lost.map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let named = |lost: &[Value], map: &str| lost.iter().any(|l| l["map"] == map);
+    let deadline = deadline(std::time::Duration::from_secs(10));
+    while !["events", "second"].iter().all(|map| named(&export_lost(&run.stdout_so_far()), map)) {
+        assert!(std::time::Instant::now() < deadline, "no export loss of each map: {:?}", run.stdout_so_far());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let finished = run.stop();
+    server.run_on(true);
+    assert!(finished.status.success(), "stderr:\n{}", finished.stderr);
+    let lost = export_lost(&finished.stdout);
+    let summaries = finished.of_type("summary");
+    for map in ["events", "second"] {
+        let reported: u64 = lost.iter().filter(|l| l["map"] == map).map(|l| l["count"].as_u64().unwrap()).sum();
+        let s = summary_of(&summaries, map);
+        assert!(reported > 0 && reported <= s["export_failed"].as_u64().unwrap(), "{map}: {reported} reported: {s}");
+        assert_eq!(s["exported"].as_u64().unwrap() + s["export_failed"].as_u64().unwrap(), 20, "{s}");
+    }
+    assert!(lost.iter().all(|l| l["map"] == "events" || l["map"] == "second"), "{lost:?}");
 }
 
 /// A program with its own ring and bpf_ringbuf_output (no bpfstream.h), run by a user with
