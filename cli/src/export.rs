@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use bpfstream_export::{Endpoint, ExportConfig, ExportError, ExportStats, Exporter, Identity};
+use bpfstream_export::{Connection, Endpoint, ExportConfig, ExportError, ExportStats, Exporter, Identity};
 
 use crate::output::{display_bytes, JsonLine};
 use crate::signals::StoppedAtStart;
@@ -148,7 +148,8 @@ impl Tee {
     pub fn so_far(&self) -> Option<ExportSummary> {
         let exporter = self.exporter.as_ref()?;
         let endpoint = exporter.endpoint().to_string();
-        Some(ExportSummary { endpoint, stats: exporter.stats(), unencoded: self.unencoded })
+        let connection = exporter.connection();
+        Some(ExportSummary { endpoint, stats: exporter.stats(), unencoded: self.unencoded, connection })
     }
 
     /// After the drain: the final flush until `deadline` (the stop's budget; the
@@ -156,7 +157,8 @@ impl Tee {
     pub fn finish(&mut self, deadline: Instant) -> Option<ExportSummary> {
         let exporter = self.exporter.take()?;
         let endpoint = exporter.endpoint().to_string();
-        Some(ExportSummary { endpoint, stats: exporter.finish_by(deadline), unencoded: self.unencoded })
+        let connection = exporter.connection();
+        Some(ExportSummary { endpoint, stats: exporter.finish_by(deadline), unencoded: self.unencoded, connection })
     }
 }
 
@@ -193,6 +195,8 @@ pub struct ExportSummary {
     pub endpoint: String,
     pub stats: ExportStats,
     pub unencoded: u64,
+    /// The client's connection to its engine then (after the drain: as the final flush began).
+    pub connection: Connection,
 }
 
 impl ExportSummary {
