@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use bpfstream_export::{Endpoint, ExportConfig, ExportError, ExportStats, Exporter, Identity};
+use bpfstream_export::{Connection, Endpoint, ExportConfig, ExportError, ExportStats, Exporter, Identity};
 
 use crate::output::{display_bytes, JsonLine};
 use crate::signals::StoppedAtStart;
@@ -52,6 +52,8 @@ pub struct Tee {
     last_report: Instant,
     /// The stream's name, which its `lost` lines carry.
     stream: Option<std::sync::Arc<str>>,
+    /// Its map, when a run streams several of one object, which its `lost` lines carry too.
+    map: Option<String>,
 }
 
 impl Tee {
@@ -62,12 +64,14 @@ impl Tee {
             Some(endpoint) => Some(start_exporter(endpoint, &args.output_options)?),
             None => None,
         };
-        Ok(Tee { json, exporter, unencoded: 0, reported_failed: 0, last_report: Instant::now(), stream: None })
+        let last_report = Instant::now();
+        Ok(Tee { json, exporter, unencoded: 0, reported_failed: 0, last_report, stream: None, map: None })
     }
 
-    /// Names the stream whose events these are.
-    pub fn set_stream(&mut self, stream: Option<std::sync::Arc<str>>) {
+    /// Names the stream whose events these are, and their map when several stream.
+    pub fn set_names(&mut self, stream: Option<std::sync::Arc<str>>, map: Option<&str>) {
         self.stream = stream;
+        self.map = map.map(str::to_owned);
     }
 
     /// Whether events' lines go to stdout (`--json`).
@@ -121,12 +125,17 @@ impl Tee {
                 Some(name) => JsonLine::new("lost").str("stream", name),
                 None => JsonLine::new("lost"),
             };
+            let line = match &self.map {
+                Some(map) => line.str("map", map),
+                None => line,
+            };
             let line = line.num("count", count).str("cause", "export");
             return stats_fields(line, &stats, self.unencoded).write_to(out);
         }
         let stream = self.stream.as_ref().map(|name| format!("{name}: ")).unwrap_or_default();
+        let map = self.map.as_ref().map(|map| format!("map {map}: ")).unwrap_or_default();
         eprintln_lossy!(
-            "{stream}Lost {count} events exporting to {}: {} exported, {} export_failed so far ({} queue full)",
+            "{stream}{map}Lost {count} events exporting to {}: {} exported, {} export_failed so far ({} queue full)",
             display_bytes(exporter.endpoint().to_string().as_bytes()),
             stats.exported,
             failed,
@@ -139,7 +148,8 @@ impl Tee {
     pub fn so_far(&self) -> Option<ExportSummary> {
         let exporter = self.exporter.as_ref()?;
         let endpoint = exporter.endpoint().to_string();
-        Some(ExportSummary { endpoint, stats: exporter.stats(), unencoded: self.unencoded })
+        let connection = exporter.connection();
+        Some(ExportSummary { endpoint, stats: exporter.stats(), unencoded: self.unencoded, connection })
     }
 
     /// After the drain: the final flush until `deadline` (the stop's budget; the
@@ -147,7 +157,8 @@ impl Tee {
     pub fn finish(&mut self, deadline: Instant) -> Option<ExportSummary> {
         let exporter = self.exporter.take()?;
         let endpoint = exporter.endpoint().to_string();
-        Some(ExportSummary { endpoint, stats: exporter.finish_by(deadline), unencoded: self.unencoded })
+        let connection = exporter.connection();
+        Some(ExportSummary { endpoint, stats: exporter.finish_by(deadline), unencoded: self.unencoded, connection })
     }
 }
 
@@ -184,6 +195,8 @@ pub struct ExportSummary {
     pub endpoint: String,
     pub stats: ExportStats,
     pub unencoded: u64,
+    /// The client's connection to its engine then (after the drain: as the final flush began).
+    pub connection: Connection,
 }
 
 impl ExportSummary {

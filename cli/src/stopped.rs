@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use bpfstream_export::ExportStats;
+use bpfstream_export::{Connection, ExportStats};
 use clap::ValueEnum;
 
 use crate::export::ExportSummary;
@@ -22,6 +22,7 @@ pub fn print_summary(args: &CommonArgs, during: &str, elapsed: Duration) {
         endpoint: endpoint.to_string(),
         stats: ExportStats::default(),
         unencoded: 0,
+        connection: Connection::default(),
     });
     let by = Instant::now() + SUMMARY_WAIT;
     if args.json {

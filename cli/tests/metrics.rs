@@ -4,6 +4,8 @@
 //! Prometheus' query API (`last_over_time`: a vanished target's series are marked stale) equals
 //! what the streams published last. `/healthz` says 503 and why until every stream is attached.
 //! Then the same for a running agent: what Prometheus scraped equals each stream's summary.
+//! And a running agent whose engine (NATS, Kafka) goes away and comes back: its stream's
+//! exporter series and `/healthz` follow the connection.
 
 mod common;
 #[path = "../src/metrics/mod.rs"]
@@ -16,9 +18,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::engine::{KafkaServer, NatsServer};
 use common::time_scale;
 use common::worker::{Act, Worker};
-use metrics::{MetricsServer, Registry, StreamCounters};
+use metrics::{ExportLink, MetricsServer, Registry, StreamCounters};
 use serde_json::Value;
 
 /// `GET path` over HTTP/1.0: (status, body).
@@ -122,14 +125,14 @@ fn prometheus_reads_what_the_streams_published() {
 
     let mut exec = registry.add_stream("exec").unwrap();
     let mut slow = registry.add_stream("slow").unwrap();
-    registry.set_exporter(Some("kafka://127.0.0.1:9/bpf".into()));
     let (status, body) = get(address, "/healthz");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("stream exec: not attached: starting"), "{body}");
-    assert!(body.contains("exporter kafka://127.0.0.1:9/bpf: not connected"), "{body}");
     exec.set_attached();
     slow.set_attached();
-    registry.set_exporter_connected(true);
+    slow.publish(&StreamCounters { export_link: ExportLink::NotConnected, ..Default::default() });
+    assert_eq!(get(address, "/healthz"), (503, "stream slow: exporter not connected to its engine\n".into()));
+    slow.publish(&StreamCounters { export_link: ExportLink::Connected, ..Default::default() });
     assert_eq!(get(address, "/healthz"), (200, "ok\n".into()));
     assert_eq!(get(address, "/nothing").0, 404);
 
@@ -147,16 +150,23 @@ fn prometheus_reads_what_the_streams_published() {
         export_unencoded: 0,
         export_unflushed: 200,
         buffer_fill_ratio: 0.125,
+        export_queue_depth: 17,
+        export_reconnects: 3,
+        export_link: ExportLink::Connected,
         ..Default::default()
     };
-    let slow_last =
-        StreamCounters { produced: 42, delivered: 42, exported: 41, export_unflushed: 1, ..Default::default() };
+    let slow_last = StreamCounters {
+        produced: 42,
+        delivered: 42,
+        exported: 41,
+        export_unflushed: 1,
+        export_link: ExportLink::NotConnected,
+        ..Default::default()
+    };
     exec.publish(&exec_last);
     slow.publish(&slow_last);
-    registry.set_export_queue_depth(17);
-    registry.set_export_reconnects(3);
     prometheus.value_when("bpfstream_events_produced_total{stream=\"slow\"}", |v| v == 42.0);
-    prometheus.value_when("bpfstream_export_reconnects_total", |v| v == 3.0);
+    prometheus.value_when("bpfstream_export_reconnects_total{stream=\"exec\"}", |v| v == 3.0);
     drop(server);
     prometheus.value_when(up, |v| v == 0.0);
     assert!(prometheus.query("bpfstream_events_produced_total").is_empty(), "a vanished target's series are stale");
@@ -187,10 +197,11 @@ fn prometheus_reads_what_the_streams_published() {
         let exported_or_failed = c.exported as f64 + failed + c.export_unflushed as f64 + c.dropped as f64;
         assert_eq!(exported_or_failed, c.produced as f64, "{stream}: the accounting, from Prometheus alone");
     }
-    let output = "output=\"kafka://127.0.0.1:9/bpf\"";
-    assert_eq!(last("bpfstream_export_queue_depth", output), 17.0);
-    assert_eq!(last("bpfstream_export_reconnects_total", output), 3.0);
-    assert_eq!(last("bpfstream_export_connected", output), 1.0);
+    let (exec_label, slow_label) = ("stream=\"exec\"", "stream=\"slow\"");
+    assert_eq!(last("bpfstream_export_queue_depth", exec_label), 17.0);
+    assert_eq!(last("bpfstream_export_reconnects_total", exec_label), 3.0);
+    assert_eq!(last("bpfstream_export_connected", exec_label), 1.0);
+    assert_eq!(last("bpfstream_export_connected", slow_label), 0.0);
     assert_eq!(last("bpfstream_build_info", "version=\"9.8.7\""), 1.0);
     let started = last("process_start_time_seconds", "job=\"agent\"");
     let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
@@ -256,4 +267,132 @@ fn prometheus_reads_the_agents_summaries() {
     }
     assert_eq!(finished.of_type("summary").len(), 2, "{:?}", finished.stdout);
     assert_eq!(prometheus.value_when("last_over_time(bpfstream_build_info[5m])", |_| true), 1.0);
+}
+
+/// The value of `series` (`name{labels}`, as the page writes it) on a `/metrics` page.
+fn value_of(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Scrapes `address` until `ready` accepts the page (30 s at most, scaled); the page.
+fn scrape_until(address: SocketAddr, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = time_scale::deadline(Duration::from_secs(30));
+    loop {
+        let (_, page) = get(address, "/metrics");
+        if ready(&page) {
+            return page;
+        }
+        assert!(Instant::now() < deadline, "{what}:\n{page}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `/healthz` until `ready` accepts its answer (30 s at most, scaled).
+fn health_until(address: SocketAddr, what: &str, ready: impl Fn(u16, &str) -> bool) {
+    let deadline = time_scale::deadline(Duration::from_secs(30));
+    loop {
+        let (status, body) = get(address, "/healthz");
+        if ready(status, &body) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {status} {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The series `name` of the stream `execs`.
+fn of_execs(name: &str) -> String {
+    format!("{name}{{stream=\"execs\"}}")
+}
+
+/// An agent with one stream, `execs` (the execs of thread `tid`), exporting to `url` with the
+/// `[output]` options `options`, its metrics on a free loopback port; once healthy, its
+/// exporter's series say connected, no reconnection and nothing queued. The agent and the
+/// metrics' address.
+fn exporting_agent(url: &str, options: &str, tid: u32) -> (common::Running, SocketAddr) {
+    let dir = common::temp_dir("metrics-export");
+    let address = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = format!(
+        "[output]\nurl = \"{url}\"\noptions = {{ {options} }}\n\n[metrics]\nlisten = \"{address}\"\n\n\
+         [[stream]]\nname = \"execs\"\ntracer = \"exec\"\nargs = [\"--tid\", \"{tid}\"]\n"
+    );
+    let file = dir.join("agent.toml");
+    std::fs::write(&file, config).unwrap();
+    let agent = common::start(&["agent", "--config", file.to_str().unwrap()]);
+    health_until(address, "healthy once attached and connected", |status, _| status == 200);
+    let page = get(address, "/metrics").1;
+    for (name, value) in [
+        ("bpfstream_export_connected", 1.0),
+        ("bpfstream_export_reconnects_total", 0.0),
+        ("bpfstream_export_queue_depth", 0.0),
+    ] {
+        assert_eq!(value_of(&page, &of_execs(name)), Some(value), "{name}: {page}");
+    }
+    (agent, address)
+}
+
+/// Once the engine is gone: `/healthz` 503 naming the stream, and `connected` 0. The page.
+fn engine_lost(address: SocketAddr) -> String {
+    health_until(address, "503 naming the stream once the engine is gone", |status, body| {
+        status == 503 && body == "stream execs: exporter not connected to its engine\n"
+    });
+    let connected = of_execs("bpfstream_export_connected");
+    scrape_until(address, "not connected", |page| value_of(page, &connected) == Some(0.0))
+}
+
+/// Once the engine is back: `/healthz` 200, `connected` 1, a reconnection counted. The page.
+fn engine_regained(address: SocketAddr) -> String {
+    health_until(address, "200 once reconnected", |status, _| status == 200);
+    let (connected, reconnects) =
+        (of_execs("bpfstream_export_connected"), of_execs("bpfstream_export_reconnects_total"));
+    scrape_until(address, "connected again, a reconnection counted", |page| {
+        value_of(page, &connected) == Some(1.0) && value_of(page, &reconnects).is_some_and(|n| n >= 1.0)
+    })
+}
+
+/// An agent exporting to a private nats-server: the server stopped holds three events
+/// unacknowledged (the queue depth), then is killed (503, not connected, still three queued)
+/// and comes back (200, a reconnection, the three events acknowledged).
+#[test]
+fn the_exporters_series_and_health_follow_nats() {
+    let Some(_kernel) = common::kernel_test() else { return };
+    let Some(mut nats) = NatsServer::start() else { return };
+    let worker = Worker::start();
+    let (agent, address) = exporting_agent(&nats.url("bpf.metrics"), "", worker.tid);
+    let depth = of_execs("bpfstream_export_queue_depth");
+    nats.run_on(false);
+    worker.act(Act::FailedExecs(3));
+    scrape_until(address, "3 events wait for their acknowledgement", |page| value_of(page, &depth) == Some(3.0));
+    nats.kill();
+    let page = engine_lost(address);
+    assert_eq!(value_of(&page, &depth), Some(3.0), "nothing acknowledged meanwhile: {page}");
+    nats.restart();
+    engine_regained(address);
+    let exported = of_execs("bpfstream_events_exported_total");
+    scrape_until(address, "the 3 events acknowledged after the reconnection", |page| {
+        value_of(page, &depth) == Some(0.0) && value_of(page, &exported) == Some(3.0)
+    });
+    let finished = agent.stop_with(libc::SIGTERM);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let summaries = finished.of_type("summary");
+    assert_eq!(summaries.len(), 1, "{:?}", finished.stdout);
+    assert_eq!((summaries[0]["exported"].as_u64(), summaries[0]["export_failed"].as_u64()), (Some(3), Some(0)));
+}
+
+/// The same with a private Kafka broker (tansu), killed and restarted: librdkafka's statistics
+/// say the connection.
+#[test]
+fn the_exporters_series_and_health_follow_kafka() {
+    let Some(_kernel) = common::kernel_test() else { return };
+    let Some(mut kafka) = KafkaServer::start() else { return };
+    let worker = Worker::start();
+    let url = format!("kafka://{}/bpf.metrics", kafka.address());
+    // The broker keeps nothing across a restart: the topic is made again.
+    let (agent, address) = exporting_agent(&url, "create = \"true\"", worker.tid);
+    kafka.kill();
+    engine_lost(address);
+    kafka.restart();
+    engine_regained(address);
+    let finished = agent.stop_with(libc::SIGTERM);
+    assert!(finished.status.success(), "{}", finished.stderr);
 }

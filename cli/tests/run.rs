@@ -3,7 +3,9 @@
 //! typed values; a program without bpfstream.h streams and says its drops are not counted;
 //! every section kind attaches where it says (kprobes where the kernel has them), what cannot
 //! attach is refused by name; bad objects and options are one line and exit 2; the project's own
-//! objects through `run` give what the built-in tracers give, field for field.
+//! objects through `run` give what the built-in tracers give, field for field; several maps of
+//! one object are each a stream whose events, `lost` lines, run so far, summary and export say
+//! their map, each map's accounting exact by itself.
 //!
 //! The programs are bpf/tests/*.bpf.c, compiled now where clang is installed (else the committed
 //! objects of bpf/obj/tests/, which `bpf/build.sh --check` keeps in step with the sources).
@@ -114,6 +116,22 @@ pub extern "C" fn bpfstream_run_maps(seq: u64, map: u64) -> u64 {
     std::hint::black_box(seq.wrapping_add(map))
 }
 
+/// Sends ten records to the maps of bpf/tests/run_maps.bpf.c, five to `events`, three to
+/// `second`, two to `plain`: their (seq, map number).
+fn send_to_maps() -> Vec<(u64, usize)> {
+    let sent: Vec<(u64, usize)> =
+        [0, 1, 0, 2, 0, 1, 0, 2, 0, 1].into_iter().enumerate().map(|(seq, map)| (seq as u64 + 100, map)).collect();
+    for &(seq, map) in &sent {
+        bpfstream_run_maps(seq, map as u64);
+    }
+    sent
+}
+
+/// The summary of `map` among a run's summaries.
+fn summary_of<'a>(summaries: &'a [Value], map: &str) -> &'a Value {
+    summaries.iter().find(|s| s["map"] == map).unwrap_or_else(|| panic!("no summary of map {map}: {summaries:?}"))
+}
+
 /// Three maps of one object, one stream each: `events` and `second` on bpfstream.h (each with
 /// its own counters), `plain` a ring written with bpf_ringbuf_output; in the perf build the first
 /// two are perf event arrays, so ring and perf buffers stream from one object.
@@ -127,11 +145,7 @@ fn each_map_is_a_stream(transport: &str) {
     let mut args = vec!["run", &file, "--uprobe", &target, "--json"];
     args.extend(names.iter().flat_map(|name| ["--map", name]));
     let run = start(&args);
-    let sent: Vec<(u64, usize)> =
-        [0, 1, 0, 2, 0, 1, 0, 2, 0, 1].into_iter().enumerate().map(|(seq, map)| (seq as u64 + 100, map)).collect();
-    for &(seq, map) in &sent {
-        bpfstream_run_maps(seq, map as u64);
-    }
+    let sent = send_to_maps();
     let finished = run.stop();
     assert!(finished.status.success(), "stderr:\n{}", finished.stderr);
     // The plain ring keeps the size its author declared.
@@ -152,8 +166,7 @@ fn each_map_is_a_stream(transport: &str) {
     assert_eq!(received, sent, "every record, once");
     let summaries = finished.of_type("summary");
     assert_eq!(summaries.len(), 3, "one summary per map: {summaries:?}");
-    let summary =
-        |name: &str| summaries.iter().find(|s| s["map"] == name).unwrap_or_else(|| panic!("{name}: {summaries:?}"));
+    let summary = |name: &str| summary_of(&summaries, name);
     for (name, n) in [("events", 5), ("second", 3)] {
         let s = summary(name);
         assert_eq!(
@@ -211,8 +224,7 @@ fn the_lost_lines_of_a_map_name_it() {
     assert!(lost.iter().all(|l| l["map"] == "events"), "{lost:?}");
     let lost: u64 = lost.iter().map(|l| l["count"].as_u64().unwrap()).sum();
     let summaries = finished.of_type("summary");
-    let summary =
-        |name: &str| summaries.iter().find(|s| s["map"] == name).unwrap_or_else(|| panic!("{name}: {summaries:?}"));
+    let summary = |name: &str| summary_of(&summaries, name);
     let events = summary("events");
     assert!(lost > 0, "a 4 KiB ring cannot hold {sent} records: {events}");
     assert_eq!(events["dropped"], lost, "{events}");
@@ -224,6 +236,151 @@ fn the_lost_lines_of_a_map_name_it() {
         (&json!(second), &json!(0)),
         "{second_summary}"
     );
+}
+
+/// SIGUSR1's run so far names each map as its summary does: a `progress` object with `"map"`
+/// (`--json`), or `map NAME: so far: ...` on stderr.
+fn the_run_so_far_names_each_map(json: bool) {
+    let Some(_kernel) = kernel_test() else { return };
+    let exe = std::env::current_exe().unwrap();
+    let target = format!("{}:bpfstream_run_maps", exe.display());
+    let file = object("run_maps.ring.bpf.o");
+    let names = ["events", "second", "plain"];
+    let mut args = vec!["run", &file, "--uprobe", &target];
+    args.extend(json.then_some("--json"));
+    args.extend(names.iter().flat_map(|name| ["--map", name]));
+    let run = start(&args);
+    send_to_maps();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(run.pid() as i32, libc::SIGUSR1) };
+    let reports = || match json {
+        true => run.stdout_so_far().into_iter().filter(|l| l.starts_with("{\"type\":\"progress\"")).collect(),
+        false => run.stderr_so_far().lines().filter(|l| l.contains("so far: ")).map(str::to_owned).collect(),
+    };
+    let deadline = deadline(std::time::Duration::from_secs(10));
+    let mut so_far: Vec<String> = reports();
+    while so_far.len() < names.len() {
+        assert!(std::time::Instant::now() < deadline, "not a report per map after SIGUSR1: {so_far:?}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        so_far = reports();
+    }
+    let finished = run.stop();
+    assert!(finished.status.success(), "stderr:\n{}", finished.stderr);
+    for (report, name) in so_far.iter().zip(names) {
+        match json {
+            true => assert_eq!(serde_json::from_str::<Value>(report).unwrap()["map"], name, "{report}"),
+            false => assert!(report.starts_with(&format!("map {name}: so far: ")), "{report}"),
+        }
+    }
+}
+
+#[test]
+fn the_run_so_far_names_each_map_in_json() {
+    the_run_so_far_names_each_map(true);
+}
+
+#[test]
+fn the_run_so_far_names_each_map_for_people() {
+    the_run_so_far_names_each_map(false);
+}
+
+/// Whether the `--output` tests run here: not in an emulated guest (time scaled), which runs no
+/// exporter's test (`NO_KERNEL` in scripts/kernel-test: the host's engines are not on its
+/// loopback); their kernel side is the maps' own tests.
+fn on_the_host() -> bool {
+    let host = !time_scale::is_scaled();
+    if !host {
+        eprintln!("time is scaled (an emulated guest): the --output tests run on the host only");
+    }
+    host
+}
+
+/// With `--output`, each map's events are exported with their `"map"`, and each map's summary
+/// accounts for its own: exported + export_failed + dropped = produced, every event exported.
+#[test]
+fn each_map_exports_its_events_with_its_own_accounting() {
+    let Some(_kernel) = kernel_test().filter(|_| on_the_host()) else { return };
+    let Some(nats) = common::engine::Nats::get() else { return };
+    let (url, subject) = nats.url("run-maps");
+    let exe = std::env::current_exe().unwrap();
+    let target = format!("{}:bpfstream_run_maps", exe.display());
+    let file = object("run_maps.ring.bpf.o");
+    let names = ["events", "second", "plain"];
+    let mut args = vec!["run", &file, "--uprobe", &target, "--json", "--output", &url];
+    args.extend(["--output-option", "flush_timeout=60s"]);
+    args.extend(names.iter().flat_map(|name| ["--map", name]));
+    let run = start(&args);
+    let sent = send_to_maps();
+    let finished = run.stop();
+    assert!(finished.status.success(), "stderr:\n{}", finished.stderr);
+    let summaries = finished.of_type("summary");
+    for (map, name) in names.iter().enumerate() {
+        let n = sent.iter().filter(|&&(_, m)| m == map).count() as u64;
+        let s = summary_of(&summaries, name);
+        assert_eq!((&s["events"], &s["exported"], &s["export_failed"]), (&json!(n), &json!(n), &json!(0)), "{s}");
+        if let Some(produced) = s["produced"].as_u64() {
+            let dropped = s["dropped"].as_u64().unwrap();
+            assert_eq!(n + dropped, produced, "exported + export_failed + dropped = produced: {s}");
+        }
+    }
+    let mut lines: Vec<String> =
+        finished.stdout.iter().filter(|l| l.starts_with("{\"type\":\"map_event\"")).cloned().collect();
+    let mut messages: Vec<String> =
+        common::engine::nats_messages(&nats.address(), &subject).into_iter().map(|m| m.payload).collect();
+    lines.sort();
+    messages.sort();
+    assert_eq!(messages, lines, "every event's line, once, each with its map");
+    let mut exported: Vec<(u64, usize)> = Vec::new();
+    for message in &messages {
+        let event: Value = serde_json::from_str(message).unwrap();
+        let map = event["map_"].as_u64().unwrap() as usize;
+        assert_eq!(event["map"], names[map], "{event}");
+        exported.push((event["seq"].as_u64().unwrap(), map));
+    }
+    exported.sort();
+    assert_eq!(exported, sent);
+}
+
+/// An engine that hangs (SIGSTOP) behind a queue of one: what each map could not export is
+/// reported as it happens on `lost` lines (`"cause":"export"`) that name the map.
+#[test]
+fn the_export_lost_lines_of_a_map_name_it() {
+    let Some(_kernel) = kernel_test().filter(|_| on_the_host()) else { return };
+    let Some(server) = common::engine::NatsServer::start() else { return };
+    let url = server.url("bpfstream.test.run-maps-hung");
+    let exe = std::env::current_exe().unwrap();
+    let target = format!("{}:bpfstream_run_maps", exe.display());
+    let file = object("run_maps.ring.bpf.o");
+    let mut args = vec!["run", &file, "--uprobe", &target, "--json", "--output", &url, "--map", "events"];
+    args.extend(["--map", "second", "--output-option", "queue=1", "--output-option", "in_flight=1"]);
+    let run = start(&args);
+    server.run_on(false);
+    for seq in 0..20 {
+        bpfstream_run_maps(seq, 0);
+        bpfstream_run_maps(seq, 1);
+    }
+    let export_lost = |lines: &[String]| -> Vec<Value> {
+        let lost = lines.iter().filter(|l| l.starts_with("{\"type\":\"lost\"") && l.contains("\"cause\":\"export\""));
+        lost.map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let named = |lost: &[Value], map: &str| lost.iter().any(|l| l["map"] == map);
+    let deadline = deadline(std::time::Duration::from_secs(10));
+    while !["events", "second"].iter().all(|map| named(&export_lost(&run.stdout_so_far()), map)) {
+        assert!(std::time::Instant::now() < deadline, "no export loss of each map: {:?}", run.stdout_so_far());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let finished = run.stop();
+    server.run_on(true);
+    assert!(finished.status.success(), "stderr:\n{}", finished.stderr);
+    let lost = export_lost(&finished.stdout);
+    let summaries = finished.of_type("summary");
+    for map in ["events", "second"] {
+        let reported: u64 = lost.iter().filter(|l| l["map"] == map).map(|l| l["count"].as_u64().unwrap()).sum();
+        let s = summary_of(&summaries, map);
+        assert!(reported > 0 && reported <= s["export_failed"].as_u64().unwrap(), "{map}: {reported} reported: {s}");
+        assert_eq!(s["exported"].as_u64().unwrap() + s["export_failed"].as_u64().unwrap(), 20, "{s}");
+    }
+    assert!(lost.iter().all(|l| l["map"] == "events" || l["map"] == "second"), "{lost:?}");
 }
 
 /// A program with its own ring and bpf_ringbuf_output (no bpfstream.h), run by a user with

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::accounting::{Counters, QueueBytes};
+use crate::link::{Connection, Link};
 use crate::pipeline::{Message, Pipeline, Publisher, Wiring};
 use crate::start::{self, Starting};
 use crate::{kafka, nats, Endpoint, ExportConfig, ExportError, ExportStats};
@@ -25,6 +26,7 @@ pub struct Exporter {
     next_seq: u64,
     flush_timeout: Option<Duration>,
     endpoint: Endpoint,
+    link: Arc<Link>,
 }
 
 /// Called with the text of a publishing error (at most once per retry backoff).
@@ -46,7 +48,7 @@ impl Engine {
     }
 
     /// The exporter's thread: connects within the start's deadline, then runs the pipeline.
-    fn serve(self, config: &ExportConfig, starting: Starting, wiring: Wiring) {
+    fn serve(self, config: &ExportConfig, starting: Starting, wiring: Wiring, link: Arc<Link>) {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime,
             Err(e) => return starting.fail(ExportError::Client(format!("starting the exporter's runtime: {e}"))),
@@ -54,10 +56,10 @@ impl Engine {
         let budget = starting.budget();
         match self {
             Engine::Nats(settings) => {
-                serve(&runtime, starting, nats::NatsPublisher::connect(config, settings, budget), wiring)
+                serve(&runtime, starting, nats::NatsPublisher::connect(config, settings, budget, link), wiring)
             }
             Engine::Kafka(settings) => {
-                serve(&runtime, starting, kafka::KafkaPublisher::connect(config, settings, budget), wiring)
+                serve(&runtime, starting, kafka::KafkaPublisher::connect(config, settings, budget, link), wiring)
             }
         }
     }
@@ -110,8 +112,11 @@ impl Exporter {
         let (handshake, starting) = start::handshake(config.connect_timeout);
         let endpoint = config.endpoint.clone();
         let flush_timeout = config.flush_timeout;
-        let thread = start::spawn_unsignalled("bpfstream-export", move || engine.serve(&config, starting, wiring))
-            .map_err(|e| ExportError::Client(format!("cannot start the bpfstream-export thread: {e}")))?;
+        let link = Arc::new(Link::default());
+        let client_link = link.clone();
+        let thread =
+            start::spawn_unsignalled("bpfstream-export", move || engine.serve(&config, starting, wiring, client_link))
+                .map_err(|e| ExportError::Client(format!("cannot start the bpfstream-export thread: {e}")))?;
         // On an error the thread is left to end by itself (it stops connecting at once).
         handshake.wait(cancelled)?;
         Ok(Exporter {
@@ -123,6 +128,7 @@ impl Exporter {
             next_seq: 1,
             flush_timeout,
             endpoint,
+            link,
         })
     }
 
@@ -149,6 +155,11 @@ impl Exporter {
     /// The accounting so far.
     pub fn stats(&self) -> ExportStats {
         self.counters.snapshot()
+    }
+
+    /// Whether the client is connected to its engine now, and how often it reconnected.
+    pub fn connection(&self) -> Connection {
+        self.link.now()
     }
 
     /// Where the events go.

@@ -12,8 +12,9 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Statistics};
 
+use crate::link::Link;
 use crate::pipeline::{Delivery, Failure, Message, Publisher};
 use crate::start::{self, Budget};
 use crate::{ConnectPolicy, Endpoint, ExportConfig, ExportError, Identity};
@@ -25,22 +26,24 @@ const HEAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// is 5 minutes); a timeout makes the exporter start a new producer and publish again.
 const MESSAGE_TIMEOUT_MS: &str = "10000";
 
-/// librdkafka's client context: keeps the last error librdkafka reported about a broker, which
-/// says what failed (a TLS handshake, a certificate, SASL) when the start-up checks only see a
-/// timeout ("all brokers are down", its consequence, is left out).
+/// How often librdkafka reports its statistics, from which the exporter's connection is read
+/// (unless the `statistics.interval.ms` option says otherwise).
+const STATISTICS_INTERVAL_MS: &str = "1000";
+
+/// The last error librdkafka reported about a broker, which says what failed (a TLS handshake,
+/// a certificate, SASL) when the start-up checks only see a timeout ("all brokers are down",
+/// its consequence, is left out).
 #[derive(Clone, Default)]
 struct LastError(Arc<Mutex<Option<String>>>);
 
-impl ClientContext for LastError {
-    fn error(&self, error: KafkaError, reason: &str) {
+impl LastError {
+    fn note(&self, error: &KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             return;
         }
         *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.to_string());
     }
-}
 
-impl LastError {
     /// ` (librdkafka: REASON)`, or nothing if librdkafka reported no error.
     fn describe(&self) -> String {
         let last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
@@ -48,7 +51,44 @@ impl LastError {
     }
 }
 
-type Producer = FutureProducer<LastError>;
+/// A producer's client context: its last error, and its brokers' connections as librdkafka's
+/// statistics say them (every `statistics.interval.ms`), followed in the exporter's link.
+#[derive(Clone)]
+struct Context {
+    errors: LastError,
+    link: Arc<Link>,
+    /// The brokers' `disconnects` at the last statistics, all brokers together.
+    disconnects: Arc<AtomicU64>,
+}
+
+impl Context {
+    fn new(link: Arc<Link>) -> Self {
+        Context { errors: LastError::default(), link, disconnects: Arc::new(AtomicU64::new(0)) }
+    }
+}
+
+impl ClientContext for Context {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.note(&error, reason);
+    }
+
+    /// Connected while a broker's connection is up; each connection lost since the last
+    /// statistics is one reconnection (librdkafka reconnects every broker it lost).
+    fn stats(&self, statistics: Statistics) {
+        let brokers = statistics.brokers.values().filter(|b| b.source == "configured" || b.source == "learned");
+        let (mut up, mut disconnects) = (false, 0);
+        for broker in brokers {
+            up |= broker.state == "UP";
+            disconnects += broker.disconnects.unwrap_or(0).max(0) as u64;
+        }
+        // Relaxed: statistics come one at a time, from librdkafka's main thread.
+        let before = self.disconnects.swap(disconnects, Ordering::Relaxed);
+        self.link.count_reconnects(disconnects.saturating_sub(before));
+        self.link.set_connected(up);
+    }
+}
+
+type Producer = FutureProducer<Context>;
 
 /// Topic creation's `--output-option`s; every other key is a librdkafka property.
 #[derive(Debug)]
@@ -59,7 +99,7 @@ pub(crate) struct Settings {
 }
 
 /// Why a librdkafka property that would make `exported` mean less than acknowledged by every
-/// in-sync replica, or send events elsewhere than the URL says, is refused.
+/// in-sync replica, send events elsewhere than the URL says, or hide the connection, is refused.
 fn weakens_delivery(key: &str, value: &str) -> Option<&'static str> {
     match key {
         "acks" | "request.required.acks" if value != "all" && value != "-1" => {
@@ -72,6 +112,9 @@ fn weakens_delivery(key: &str, value: &str) -> Option<&'static str> {
             Some("the brokers are the URL's (kafka://HOST:PORT,HOST:PORT/TOPIC), which errors and the summary name")
         }
         "transactional.id" => Some("bpfstream commits no transaction: consumers that read committed would see nothing"),
+        "statistics.interval.ms" if value == "0" => {
+            Some("the exporter's connection (its metrics, the agent's /healthz) is read from librdkafka's statistics")
+        }
         _ => None,
     }
 }
@@ -100,7 +143,8 @@ impl Settings {
             .set("client.id", "bpfstream")
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("message.timeout.ms", MESSAGE_TIMEOUT_MS);
+            .set("message.timeout.ms", MESSAGE_TIMEOUT_MS)
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
         let mut settings = Settings { partitions: 1, replication_factor: 1, client };
         for (key, value) in options {
             let number = || match value.parse::<i32>() {
@@ -134,17 +178,24 @@ pub(crate) struct KafkaPublisher {
     client: ClientConfig,
     topic: Arc<Topic>,
     identity: Arc<Identity>,
+    /// Where every producer's connection is followed.
+    link: Arc<Link>,
 }
 
 impl KafkaPublisher {
     /// Creates the producer (a bad property is a usage error), then, unless `connect=retry`,
     /// checks that the brokers answer and that the topic exists (creating it if asked to),
-    /// saying in `budget` what it waits for.
-    pub async fn connect(config: &ExportConfig, settings: Settings, budget: Budget) -> Result<Self, ExportError> {
+    /// saying in `budget` what it waits for. The producers' connections are followed in `link`.
+    pub async fn connect(
+        config: &ExportConfig,
+        settings: Settings,
+        budget: Budget,
+        link: Arc<Link>,
+    ) -> Result<Self, ExportError> {
         let Endpoint::Kafka { brokers, topic } = &config.endpoint else { unreachable!("a Kafka endpoint") };
         check_room_for_librdkafka()?;
-        let errors = LastError::default();
-        let producer: Producer = settings.client.create_with_context(errors.clone()).map_err(|e| match e {
+        let context = Context::new(link.clone());
+        let producer: Producer = settings.client.create_with_context(context.clone()).map_err(|e| match e {
             e @ KafkaError::ClientConfig(..) => ExportError::Option(format!("Kafka: {e}")),
             e => ExportError::Client(format!("creating the Kafka producer: {e}")),
         })?;
@@ -158,7 +209,8 @@ impl KafkaPublisher {
             healing: AtomicBool::new(false),
         });
         if config.connect == ConnectPolicy::Fail {
-            topic.check_at_start(&producer, &errors, &budget).await?;
+            topic.check_at_start(&producer, &context.errors, &budget).await?;
+            link.set_connected(true);
         }
         Ok(KafkaPublisher {
             producer: Mutex::new((producer, 1)),
@@ -166,6 +218,7 @@ impl KafkaPublisher {
             client: settings.client,
             topic,
             identity: Arc::new(config.identity.clone()),
+            link,
         })
     }
 
@@ -180,8 +233,9 @@ impl KafkaPublisher {
         // Relaxed: a flag on its own, set by delivery reports that arrive in any order anyway.
         let stalled = self.stalled.load(Ordering::Relaxed) == current.1;
         if stalled || current.0.client().fatal_error().is_some() {
-            if let Ok(fresh) = self.client.create_with_context(LastError::default()) {
+            if let Ok(fresh) = self.client.create_with_context(Context::new(self.link.clone())) {
                 *current = (fresh, current.1 + 1);
+                self.link.count_reconnects(1);
             }
         }
         current.clone()
@@ -381,6 +435,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn statistics_say_the_connection() {
+        let link = Arc::new(Link::default());
+        let context = Context::new(link.clone());
+        let statistics = |brokers: &[(&str, &str, i64)]| {
+            let brokers = brokers.iter().map(|&(source, state, disconnects)| {
+                let broker = rdkafka::statistics::Broker {
+                    source: source.into(),
+                    state: state.into(),
+                    disconnects: Some(disconnects),
+                    ..Default::default()
+                };
+                (format!("{source}/{state}/{disconnects}"), broker)
+            });
+            Statistics { brokers: brokers.collect(), ..Default::default() }
+        };
+        context.stats(statistics(&[("configured", "UP", 0), ("internal", "UP", 9)]));
+        assert_eq!((link.now().connected, link.now().reconnects), (true, 0), "the internal broker is not the engine");
+        context.stats(statistics(&[("configured", "CONNECT", 1), ("learned", "DOWN", 1)]));
+        assert_eq!((link.now().connected, link.now().reconnects), (false, 2), "a connection lost per broker");
+        context.stats(statistics(&[("configured", "UP", 1), ("learned", "UP", 2)]));
+        assert_eq!((link.now().connected, link.now().reconnects), (true, 3), "only what was lost since");
+        Context::new(link.clone()).stats(statistics(&[("configured", "UP", 0)]));
+        assert_eq!(link.now().reconnects, 3, "a new producer counts from its own start");
+    }
+
+    #[test]
     fn settings_keep_topic_options_and_pass_the_rest_to_librdkafka() {
         let options = [("partitions", "3"), ("linger.ms", "20"), ("compression.type", "lz4")]
             .map(|(k, v)| (k.to_string(), v.to_string()));
@@ -398,6 +478,7 @@ mod tests {
             ("bootstrap.servers", "b2:9092"),
             ("metadata.broker.list", "b2:9092"),
             ("transactional.id", "t"),
+            ("statistics.interval.ms", "0"),
             ("ssl.ca.location", "/etc/hostname"),
         ] {
             let refused = Settings::parse(&[], &[(key.into(), value.into())]).unwrap_err();

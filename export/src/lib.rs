@@ -22,6 +22,7 @@ mod config;
 mod endpoint;
 mod exporter;
 mod kafka;
+mod link;
 mod nats;
 mod pipeline;
 mod start;
@@ -30,6 +31,7 @@ pub use accounting::ExportStats;
 pub use config::{ConnectPolicy, ExportConfig, Identity};
 pub use endpoint::Endpoint;
 pub use exporter::Exporter;
+pub use link::Connection;
 
 /// What can go wrong before events flow.
 #[derive(Debug, thiserror::Error)]

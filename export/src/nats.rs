@@ -9,9 +9,10 @@ use std::time::Duration;
 use async_nats::jetstream::context::{ContextBuilder, GetStreamByNameErrorKind, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
-use async_nats::{ConnectOptions, HeaderMap};
+use async_nats::{ConnectOptions, Event, HeaderMap};
 
 use crate::config::{parse_bool, parse_duration, parse_positive_duration};
+use crate::link::Link;
 use crate::pipeline::{Delivery, Failure, Message, Publisher};
 use crate::start::{self, Budget, Progress};
 use crate::{ConnectPolicy, Endpoint, ExportConfig, ExportError, Identity};
@@ -101,8 +102,8 @@ impl Settings {
         self.tls == Some(true)
     }
 
-    async fn connect_options(&self, policy: ConnectPolicy) -> Result<ConnectOptions, ExportError> {
-        let mut options = ConnectOptions::new().name("bpfstream");
+    async fn connect_options(&self, policy: ConnectPolicy, link: Arc<Link>) -> Result<ConnectOptions, ExportError> {
+        let mut options = ConnectOptions::new().name("bpfstream").event_callback(follow(link));
         if let Some(creds) = &self.creds {
             options = options
                 .credentials_file(creds)
@@ -129,6 +130,26 @@ impl Settings {
     }
 }
 
+/// The client's connection events, in `link`: connected, lost, and every connection after the
+/// first one counted as a reconnection.
+fn follow(link: Arc<Link>) -> impl Fn(Event) -> std::future::Ready<()> + Send + Sync + 'static {
+    let connected_before = AtomicBool::new(false);
+    move |event| {
+        match event {
+            Event::Connected => {
+                // Relaxed: the client's events come one at a time, from one task.
+                if connected_before.swap(true, Ordering::Relaxed) {
+                    link.count_reconnects(1);
+                }
+                link.set_connected(true);
+            }
+            Event::Disconnected | Event::Closed => link.set_connected(false),
+            _ => {}
+        }
+        std::future::ready(())
+    }
+}
+
 /// Publishes to one subject of a JetStream-enabled server.
 pub(crate) struct NatsPublisher {
     jetstream: jetstream::Context,
@@ -140,12 +161,17 @@ pub(crate) struct NatsPublisher {
 impl NatsPublisher {
     /// Connects and makes sure a stream captures the subject (creating one unless told not
     /// to), saying in `budget` what it waits for; with `connect=retry`, both happen in the
-    /// background until they succeed.
-    pub async fn connect(config: &ExportConfig, settings: Settings, budget: Budget) -> Result<Self, ExportError> {
+    /// background until they succeed. The client's connection is followed in `link`.
+    pub async fn connect(
+        config: &ExportConfig,
+        settings: Settings,
+        budget: Budget,
+        link: Arc<Link>,
+    ) -> Result<Self, ExportError> {
         let Endpoint::Nats { server, subject } = &config.endpoint else { unreachable!("a NATS endpoint") };
         let progress = &budget.progress;
         let tls = settings.tls();
-        let options = settings.connect_options(config.connect).await?;
+        let options = settings.connect_options(config.connect, link).await?;
         let connected = match config.connect {
             ConnectPolicy::Retry => options.connect(server.as_str()).await,
             ConnectPolicy::Fail => {
@@ -316,6 +342,23 @@ impl Publisher for NatsPublisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_events_are_followed() {
+        use futures_util::FutureExt;
+
+        let link = Arc::new(Link::default());
+        let follow = follow(link.clone());
+        let seen = |event| {
+            assert_eq!(follow(event).now_or_never(), Some(()), "the callback's work is done when it returns");
+            (link.now().connected, link.now().reconnects)
+        };
+        assert_eq!(seen(Event::Connected), (true, 0), "the first connection is no reconnection");
+        assert_eq!(seen(Event::Disconnected), (false, 0));
+        assert_eq!(seen(Event::SlowConsumer(1)), (false, 0));
+        assert_eq!(seen(Event::Connected), (true, 1));
+        assert_eq!(seen(Event::Closed), (false, 1));
+    }
 
     #[test]
     fn settings_parse_and_refuse_unknown_keys() {

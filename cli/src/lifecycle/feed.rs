@@ -112,7 +112,7 @@ impl<F: Format> Feed<F> {
         transport: Transport,
     ) -> Self {
         let Outlet { json, time, mut tee, containers } = outlet;
-        tee.set_stream(stream.clone());
+        tee.set_names(stream.clone(), format.map());
         let loss = LossReport::new(json, transport == Transport::Perf, stream.clone()).of_map(format.map());
         Feed {
             format,
@@ -228,6 +228,7 @@ impl<F: Format> Feed<F> {
     /// output; their accounting goes into `summary`.
     fn close(&mut self, summary: &mut Summary, size: u64) -> Result<()> {
         self.report_loss(true);
+        summary.map = self.format.map().map(str::to_owned);
         summary.export = self.tee.finish(summary.export_deadline());
         summary.malformed = self.malformed;
         let worst = self.loss.worst_burst();
@@ -298,6 +299,7 @@ impl<F: Format> Fed for RefCell<Feed<F>> {
 
     fn fill(&self, summary: &mut Summary) {
         let feed = self.borrow();
+        summary.map = feed.format.map().map(str::to_owned);
         summary.unwritten = feed.out.unwritten();
         summary.malformed = feed.malformed;
         summary.export = feed.tee.so_far();

@@ -28,7 +28,8 @@ pub trait Format: 'static {
     }
 
     /// The map its events come from when a run streams several of one object: its loss
-    /// reports carry it (`"map"`, or `map NAME:` before `Lost`).
+    /// reports (the exporter's too), the run so far and its summary carry it (`"map"`, or
+    /// `map NAME: ` before the line for people).
     fn map(&self) -> Option<&str> {
         None
     }

@@ -14,8 +14,8 @@
 //!
 //! ```text
 //!  StreamSpec ──start()──▶ Loaded ──.stream(format, outlet, console)──▶ Stream ──run()──▶ Summary
-//!   (tracer, buffer,        (attached,                                 (source +        (one per
-//!    name, priority)         buffer open)                               Feed<F>)          stream)
+//!   (tracer, maps,          (one per map:                              (source +        (one per
+//!    name, priority)         attached, buffer open)                     Feed<F>)          map)
 //! ```
 
 mod args;
@@ -36,8 +36,7 @@ pub use load::{
     EVENTS_MAP,
 };
 pub use plan::{run_plans, trace, StreamPlan};
-pub use run::run;
-pub use start::{start_maps, Loaded, MapStream, Tracer};
+pub use start::{Loaded, MapStream, Tracer};
 pub use summary::{is_broken_pipe, Summary};
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use super::start::Loaded;
 use super::stop::{self, Ending};
 use super::summary::Summary;
 use crate::counters::DropCounters;
-use crate::metrics::{StreamCounters, StreamMetrics};
+use crate::metrics::{ExportLink, StreamCounters, StreamMetrics};
 use crate::signals::{self, Signal};
 
 /// Longest single wait: a signal that lands between the check of the stop flag and the start
@@ -110,6 +110,13 @@ fn counters(summary: &Summary, buffer_fill_ratio: f64) -> StreamCounters {
         export_unencoded: export.map_or(0, |e| e.unencoded),
         export_unflushed: stats.unflushed,
         buffer_fill_ratio,
+        export_queue_depth: stats.in_flight(),
+        export_reconnects: export.map_or(0, |e| e.connection.reconnects),
+        export_link: match export {
+            None => ExportLink::NoExporter,
+            Some(e) if e.connection.connected => ExportLink::Connected,
+            Some(_) => ExportLink::NotConnected,
+        },
     }
 }
 
@@ -213,8 +220,10 @@ fn serve(
     max_delay: Duration,
     console: &Console,
 ) -> Result<()> {
-    for feed in feeds {
+    for (feed, shape) in feeds.iter().zip(shapes.iter_mut()) {
         feed.header();
+        // Before the first poll: `/healthz` sees each exporter's connection from the start.
+        shape.publish(*feed, Duration::ZERO);
     }
     let broken = || console.stdout.has_failed() || feeds.iter().any(|f| f.failed());
     let mut published = Instant::now();

@@ -1,6 +1,6 @@
-//! The start of a run: every stream loaded (its programs verified) and its buffer opened, then
-//! all of them attached, so that nothing is attached unless every stream could be; then one
-//! `Tracing...` line per stream. A stop signal during the start ends it
+//! The start of a run: every stream's object loaded once (its programs verified) and the buffer
+//! of each of its maps opened, then all of them attached, so that nothing is attached unless
+//! every stream could be; then one `Tracing...` line per map. A stop signal during the start ends it
 //! ([`StoppedAtStart`](crate::signals::StoppedAtStart)).
 
 use std::sync::Arc;
@@ -17,29 +17,16 @@ use crate::counters::DropCounters;
 use crate::signals;
 use crate::size::human_bytes;
 
-/// What a stream runs in the kernel: an object, the map it streams, the programs it attaches.
+/// What a stream runs in the kernel: an object and the programs it attaches.
 pub trait Tracer {
-    /// Shown in `Tracing <what> via ...`.
-    fn what(&self) -> String;
     /// Loads the object for `buffer`, its programs verified where it can; nothing attached.
     fn load(&self, buffer: &BufferOptions) -> Result<Ebpf>;
     /// Attaches the loaded object's programs.
     fn attach(&self, bpf: &mut Ebpf) -> Result<()>;
-    /// The map it streams: a ring buffer or a perf event array.
-    fn events_map(&self) -> &str {
-        EVENTS_MAP
-    }
-    /// The map of its drop counters (`None`: it sends without bpfstream.h's counters).
-    fn counters_map(&self) -> Option<&str> {
-        Some(COUNTERS_MAP)
-    }
 }
 
 /// A built-in tracer: an embedded object, its `events` map, its attach points.
 impl Tracer for TracerSpec {
-    fn what(&self) -> String {
-        self.what.to_owned()
-    }
     fn load(&self, buffer: &BufferOptions) -> Result<Ebpf> {
         load(self, buffer).map(|(bpf, _)| bpf)
     }
@@ -48,20 +35,50 @@ impl Tracer for TracerSpec {
     }
 }
 
-/// One stream of a run: a tracer and its buffer, with a name its events, loss reports and
-/// summary carry (`"stream":NAME`), and a priority (a higher one is served first, and again
-/// before every batch of a lower one).
+/// A map a stream reads: a ring buffer or a perf event array of its tracer's object, with its
+/// buffer and drop counters.
+pub struct MapStream {
+    /// Shown in `Tracing <what> via ...`.
+    pub what: String,
+    pub map: String,
+    /// Its drop counters (`None`: it is sent to without bpfstream.h's counters).
+    pub counters: Option<String>,
+    pub buffer: BufferOptions,
+}
+
+impl MapStream {
+    /// A built-in tracer's `events` map, counted in `bpfstream_stats`.
+    pub fn events(tracer: &TracerSpec, buffer: BufferOptions) -> Self {
+        let (map, counters) = (EVENTS_MAP.to_owned(), Some(COUNTERS_MAP.to_owned()));
+        MapStream { what: tracer.what.to_owned(), map, counters, buffer }
+    }
+}
+
+/// One stream of a run: a tracer and the maps it reads (each a stream of its own, the object
+/// loaded for the first one's buffer), with a name their events, loss reports and summaries
+/// carry (`"stream":NAME`), and a priority (a higher one is served first, and again before every
+/// batch of a lower one).
 pub struct StreamSpec<'t> {
     pub tracer: Box<dyn Tracer + 't>,
-    pub buffer: BufferOptions,
+    pub maps: Vec<MapStream>,
     pub name: Option<String>,
     pub priority: i32,
 }
 
-impl<'t> StreamSpec<'t> {
-    /// The one stream of a one-tracer command: no name, the default priority.
-    pub fn alone(tracer: impl Tracer + 't, buffer: BufferOptions) -> Self {
-        StreamSpec { tracer: Box::new(tracer), buffer, name: None, priority: 0 }
+impl StreamSpec<'_> {
+    /// The streams of its maps, loaded as `bpf` and opened as `opened`: the first holds the object.
+    fn loaded(self, bpf: Ebpf, opened: Vec<Opened>) -> impl Iterator<Item = Loaded> {
+        let (mut bpf, name, priority) = (Some(bpf), self.name.map(Arc::<str>::from), self.priority);
+        opened.into_iter().zip(self.maps).map(move |((source, counters), m)| Loaded {
+            bpf: bpf.take(),
+            source,
+            what: m.what,
+            name: name.clone(),
+            priority,
+            size: m.buffer.size,
+            max_delay: m.buffer.max_delay,
+            counters,
+        })
     }
 }
 
@@ -118,53 +135,6 @@ pub fn start(specs: Vec<StreamSpec<'_>>) -> Result<Vec<Loaded>> {
     announce(load_and_attach(specs))
 }
 
-/// One of the maps of an object streamed by several ([`start_maps`]): a stream of its own, with
-/// its buffer and drop counters.
-pub struct MapStream {
-    /// Shown in `Tracing <what> via ...`.
-    pub what: String,
-    /// A ring buffer or a perf event array of the object.
-    pub map: String,
-    /// Its drop counters (`None`: it is sent to without bpfstream.h's counters).
-    pub counters: Option<String>,
-    pub buffer: BufferOptions,
-}
-
-/// The streams of several maps of one object: the object loaded once (`tracer`, for the first
-/// map's buffer; its own events map is not read), a buffer opened for each map, then attached
-/// once; announced as [`start`] does. The first stream holds the object.
-pub fn start_maps(tracer: &dyn Tracer, maps: Vec<MapStream>) -> Result<Vec<Loaded>> {
-    announce(load_maps_and_attach(tracer, maps))
-}
-
-fn load_maps_and_attach(tracer: &dyn Tracer, maps: Vec<MapStream>) -> Result<Vec<Loaded>> {
-    signals::stop_point(LOADING)?;
-    let first = maps.first().ok_or_else(|| anyhow!("no map to stream"))?;
-    let mut bpf = tracer.load(&first.buffer)?;
-    let mut opened = Vec::with_capacity(maps.len());
-    for m in &maps {
-        opened.push(open(&bpf, &m.map, m.counters.as_deref(), &m.buffer)?);
-    }
-    signals::stop_point(LOADING)?;
-    tracer.attach(&mut bpf)?;
-    let mut bpf = Some(bpf);
-    let streams = opened
-        .into_iter()
-        .zip(maps)
-        .map(|((source, counters), m)| Loaded {
-            bpf: bpf.take(),
-            source,
-            what: m.what,
-            name: None,
-            priority: 0,
-            size: m.buffer.size,
-            max_delay: m.buffer.max_delay,
-            counters,
-        })
-        .collect();
-    Ok(streams)
-}
-
 /// A start that a stop signal did not end, announced.
 fn announce(started: Result<Vec<Loaded>>) -> Result<Vec<Loaded>> {
     match started {
@@ -182,44 +152,34 @@ fn announce(started: Result<Vec<Loaded>>) -> Result<Vec<Loaded>> {
 }
 
 fn load_and_attach(specs: Vec<StreamSpec<'_>>) -> Result<Vec<Loaded>> {
-    let mut opened = Vec::with_capacity(specs.len());
+    let mut loaded = Vec::with_capacity(specs.len());
     for spec in &specs {
         signals::stop_point(LOADING)?;
-        let t = &spec.tracer;
-        let bpf = t.load(&spec.buffer)?;
-        let (source, counters) = open(&bpf, t.events_map(), t.counters_map(), &spec.buffer)?;
-        opened.push((bpf, source, counters));
+        loaded.push(load_and_open(spec)?);
     }
-    for ((bpf, ..), spec) in opened.iter_mut().zip(&specs) {
+    for ((bpf, _), spec) in loaded.iter_mut().zip(&specs) {
         signals::stop_point(LOADING)?;
         spec.tracer.attach(bpf)?;
     }
-    let streams = opened
-        .into_iter()
-        .zip(specs)
-        .map(|((bpf, source, counters), spec)| Loaded {
-            bpf: Some(bpf),
-            source,
-            what: spec.tracer.what(),
-            name: spec.name.map(Arc::from),
-            priority: spec.priority,
-            size: spec.buffer.size,
-            max_delay: spec.buffer.max_delay,
-            counters,
-        })
-        .collect();
-    Ok(streams)
+    Ok(loaded.into_iter().zip(specs).flat_map(|((bpf, opened), spec)| spec.loaded(bpf, opened)).collect())
+}
+
+/// A map's buffer, and a second handle on its drop counters for the run so far.
+type Opened = (EventSource, Option<DropCounters>);
+
+/// The stream's object, loaded for its first map's buffer, and the buffer of each of its maps.
+fn load_and_open(spec: &StreamSpec<'_>) -> Result<(Ebpf, Vec<Opened>)> {
+    let first = spec.maps.first().ok_or_else(|| anyhow!("no map to stream"))?;
+    let bpf = spec.tracer.load(&first.buffer)?;
+    let opened = spec.maps.iter().map(|m| open(&bpf, &m.map, m.counters.as_deref(), &m.buffer));
+    let opened = opened.collect::<Result<Vec<Opened>>>()?;
+    Ok((bpf, opened))
 }
 
 /// The buffer of `map` with its drop counters, and a second handle on them for the run so far.
 /// Opened before attaching: perf buffers must be in the map before the first event, or those
 /// events would be dropped for want of a slot.
-fn open(
-    bpf: &Ebpf,
-    map: &str,
-    counters: Option<&str>,
-    buffer: &BufferOptions,
-) -> Result<(EventSource, Option<DropCounters>)> {
+fn open(bpf: &Ebpf, map: &str, counters: Option<&str>, buffer: &BufferOptions) -> Result<Opened> {
     let source = open_stream(bpf, map, counters, buffer)?;
     let counters = match counters.and_then(|name| bpf.map(name)) {
         Some(map) => Some(DropCounters::of(map)?),

@@ -21,6 +21,8 @@ use crate::writer::Output;
 pub struct Summary {
     /// The stream's name (`"stream"`), if it has one.
     pub stream: Option<Arc<str>>,
+    /// Its map (`"map"`, `map NAME: ` for people), when a run streams several of one object.
+    pub map: Option<String>,
     /// Records read from the buffer and handed to the output.
     pub events: u64,
     pub dropped: u64,
@@ -63,6 +65,7 @@ impl Summary {
     ) -> Self {
         Summary {
             stream,
+            map: None,
             events: totals.delivered,
             dropped: totals.dropped,
             produced: totals.produced,
@@ -119,6 +122,10 @@ impl Summary {
             Some(name) => JsonLine::new(kind).str("stream", name),
             None => JsonLine::new(kind),
         };
+        let line = match &self.map {
+            Some(map) => line.str("map", map),
+            None => line,
+        };
         let line = line.num("events", written);
         let line = if self.dropped_unknown { line.null("dropped") } else { line.num("dropped", self.dropped) };
         let mut line = line
@@ -172,9 +179,12 @@ impl Summary {
         s
     }
 
-    /// `NAME: ` before a line for people about a named stream.
+    /// `NAME: ` before a line for people about a named stream, `map NAME: ` about one of several
+    /// maps.
     fn prefix(&self) -> String {
-        self.stream.as_ref().map(|name| format!("{name}: ")).unwrap_or_default()
+        let stream = self.stream.as_ref().map(|name| format!("{name}: ")).unwrap_or_default();
+        let map = self.map.as_ref().map(|map| format!("map {map}: ")).unwrap_or_default();
+        stream + &map
     }
 
     /// Prints the summary (JSON on stdout, or text on stderr; when stdout cannot take the JSON

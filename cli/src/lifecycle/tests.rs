@@ -11,10 +11,11 @@ use std::time::Duration;
 use clap::Parser;
 use serde_json::Value;
 
+use super::args::BufferOptions;
 use super::feed::{Console, Outlet};
 use super::load::TracerSpec;
 use super::run::run;
-use super::start::{start, StreamSpec};
+use super::start::{start, MapStream, StreamSpec};
 use super::summary::Summary;
 use crate::tools::{open, syscalls};
 use crate::writer::Queue;
@@ -98,6 +99,12 @@ fn text(mut file: &File) -> String {
     text
 }
 
+/// The stream of `tracer`'s `events` map, named `name`.
+fn named(tracer: TracerSpec, buffer: BufferOptions, name: &str, priority: i32) -> StreamSpec<'static> {
+    let maps = vec![MapStream::events(&tracer, buffer)];
+    StreamSpec { tracer: Box::new(tracer), maps, name: Some(name.into()), priority }
+}
+
 /// Runs a `syscalls` stream named "calls" (priority 1) and an `open` stream named "opens" of a
 /// worker making `calls` getppid() and `opens` opens, both with `--json`, for `duration` after
 /// the worker is done; returns their summaries.
@@ -108,18 +115,8 @@ fn two_streams(calls: usize, opens: usize, duration: Duration, console: &Console
         parse(&["--json", "--tid", &tid, "--syscall", "getppid", "--buffer-size", "1M"].map(String::from));
     let open_args: open::OpenArgs = parse(&["--json", "--tid", &tid, "--buffer-size", "1M"].map(String::from));
     let specs = vec![
-        StreamSpec {
-            tracer: Box::new(including_this_process(open::spec(&open_args))),
-            buffer: open::buffer(&open_args),
-            name: Some("opens".into()),
-            priority: 0,
-        },
-        StreamSpec {
-            tracer: Box::new(including_this_process(syscalls::spec(&syscalls_args))),
-            buffer: syscalls::buffer(&syscalls_args),
-            name: Some("calls".into()),
-            priority: 1,
-        },
+        named(including_this_process(open::spec(&open_args)), open::buffer(&open_args), "opens", 0),
+        named(including_this_process(syscalls::spec(&syscalls_args)), syscalls::buffer(&syscalls_args), "calls", 1),
     ];
     let [mut opens, mut calls]: [_; 2] = start(specs).unwrap().try_into().unwrap();
     let open_format = open::format(&open_args, &mut opens).unwrap();

@@ -7,10 +7,9 @@
 //! produced, and unwritten counts what stdout never took.
 
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
 
 use super::process::ProcessStats;
-use super::registry::{Registry, StreamCounters};
+use super::registry::{ExportLink, Registry, StreamCounters};
 
 /// The `Content-Type` of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -51,6 +50,27 @@ const PER_STREAM: [PerStream; 8] = [
     }),
 ];
 
+/// A metric of every stream with an exporter: name, type, help, and its value in a snapshot.
+type PerExporter = (&'static str, &'static str, &'static str, fn(&StreamCounters) -> f64);
+
+const PER_EXPORTER: [PerExporter; 3] = [
+    ("bpfstream_export_connected", "gauge", "1 while the stream's exporter is connected to its engine.", |c| {
+        f64::from(u8::from(c.export_link == ExportLink::Connected))
+    }),
+    (
+        "bpfstream_export_queue_depth",
+        "gauge",
+        "Events handed to the stream's exporter, not yet acknowledged or failed.",
+        |c| c.export_queue_depth as f64,
+    ),
+    (
+        "bpfstream_export_reconnects_total",
+        "counter",
+        "Times the stream's exporter connected again after losing its engine, or replaced its client.",
+        |c| c.export_reconnects as f64,
+    ),
+];
+
 /// A cause of `bpfstream_export_failed_total` and its count in a snapshot.
 type Cause = (&'static str, fn(&StreamCounters) -> u64);
 
@@ -80,43 +100,21 @@ pub fn render(registry: &Registry) -> String {
             sample(&mut out, name, &format!("stream=\"{stream}\",cause=\"{cause}\""), value(counters) as f64);
         }
     }
-    exporter(&mut out, registry);
+    exporters(&mut out, &streams);
     process(&mut out);
     header(&mut out, "bpfstream_build_info", "gauge", "Always 1: the version of the running agent.");
     sample(&mut out, "bpfstream_build_info", &format!("version=\"{}\"", label_value(&registry.version)), 1.0);
     out
 }
 
-/// The exporter's gauges and counters (without an exporter: none).
-fn exporter(out: &mut String, registry: &Registry) {
-    let exporter = &registry.exporter;
-    let endpoint = exporter.endpoint.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let Some(endpoint) = endpoint else { return };
-    let label = format!("output=\"{}\"", label_value(&endpoint));
-    // Relaxed: independent gauges (see Registry's setters).
-    let metrics = [
-        (
-            "bpfstream_export_connected",
-            "gauge",
-            "1 while the exporter is connected to its engine.",
-            f64::from(u8::from(exporter.connected.load(Ordering::Relaxed))),
-        ),
-        (
-            "bpfstream_export_queue_depth",
-            "gauge",
-            "Events queued for the engine and not yet acknowledged, every stream.",
-            exporter.queue_depth.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "bpfstream_export_reconnects_total",
-            "counter",
-            "Times the exporter's client reconnected or was replaced.",
-            exporter.reconnects.load(Ordering::Relaxed) as f64,
-        ),
-    ];
-    for (name, kind, help, value) in metrics {
+/// The exporter's series of the streams that have one (label value, snapshot, attached).
+fn exporters(out: &mut String, streams: &[(String, StreamCounters, bool)]) {
+    let exporting: Vec<_> = streams.iter().filter(|(_, c, _)| c.export_link != ExportLink::NoExporter).collect();
+    for (name, kind, help, value) in PER_EXPORTER {
         header(out, name, kind, help);
-        sample(out, name, &label, value);
+        for (stream, counters, _) in &exporting {
+            sample(out, name, &format!("stream=\"{stream}\""), value(counters));
+        }
     }
 }
 
@@ -172,11 +170,12 @@ mod tests {
             dropped: 3,
             export_rejected: 2,
             buffer_fill_ratio: 0.25,
+            export_queue_depth: 5,
+            export_reconnects: 1,
+            export_link: ExportLink::NotConnected,
             ..Default::default()
         };
         exec.publish(&counters);
-        registry.set_exporter(Some("nats://127.0.0.1:4222/bpf".into()));
-        registry.set_export_queue_depth(5);
         let page = render(&registry);
         for line in [
             "# TYPE bpfstream_events_produced_total counter",
@@ -187,13 +186,15 @@ mod tests {
             "bpfstream_buffer_fill_ratio{stream=\"exec\"} 0.25",
             "bpfstream_stream_attached{stream=\"exec\"} 1",
             "bpfstream_stream_attached{stream=\"we\\\"ird\\\\\"} 0",
-            "bpfstream_export_queue_depth{output=\"nats://127.0.0.1:4222/bpf\"} 5",
-            "bpfstream_export_connected{output=\"nats://127.0.0.1:4222/bpf\"} 0",
+            "bpfstream_export_queue_depth{stream=\"exec\"} 5",
+            "bpfstream_export_reconnects_total{stream=\"exec\"} 1",
+            "bpfstream_export_connected{stream=\"exec\"} 0",
             "# TYPE process_cpu_seconds_total counter",
             "bpfstream_build_info{version=\"1.2.3\"} 1",
         ] {
             assert!(page.lines().any(|l| l == line), "{line} not in:\n{page}");
         }
+        assert!(!page.contains("bpfstream_export_connected{stream=\"we"), "no exporter, no exporter series:\n{page}");
         for line in page.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
             let kind = page.lines().find_map(|l| l.strip_prefix(&format!("# TYPE {name} "))).unwrap();

@@ -34,10 +34,43 @@ pub struct StreamCounters {
     pub export_unflushed: u64,
     /// How full the buffer was at the last poll, 0 to 1.
     pub buffer_fill_ratio: f64,
+    /// Events handed to the exporter, not yet acknowledged or failed.
+    pub export_queue_depth: u64,
+    /// Times the exporter's client connected again after losing its engine (or was replaced).
+    pub export_reconnects: u64,
+    pub export_link: ExportLink,
+}
+
+/// A stream's exporter and its connection to its engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExportLink {
+    /// Events go to stdout: no exporter series, nothing for `/healthz` to check.
+    #[default]
+    NoExporter,
+    Connected,
+    NotConnected,
+}
+
+impl ExportLink {
+    fn to_word(self) -> u64 {
+        match self {
+            ExportLink::NoExporter => 0,
+            ExportLink::Connected => 1,
+            ExportLink::NotConnected => 2,
+        }
+    }
+
+    fn from_word(word: u64) -> Self {
+        match word {
+            1 => ExportLink::Connected,
+            2 => ExportLink::NotConnected,
+            _ => ExportLink::NoExporter,
+        }
+    }
 }
 
 /// Words of a [`StreamCounters`].
-const WORDS: usize = 10;
+const WORDS: usize = 13;
 
 impl StreamCounters {
     fn to_words(self) -> [u64; WORDS] {
@@ -52,6 +85,9 @@ impl StreamCounters {
             self.export_unencoded,
             self.export_unflushed,
             self.buffer_fill_ratio.to_bits(),
+            self.export_queue_depth,
+            self.export_reconnects,
+            self.export_link.to_word(),
         ]
     }
 
@@ -67,6 +103,9 @@ impl StreamCounters {
             export_unencoded: w[7],
             export_unflushed: w[8],
             buffer_fill_ratio: f64::from_bits(w[9]),
+            export_queue_depth: w[10],
+            export_reconnects: w[11],
+            export_link: ExportLink::from_word(w[12]),
         }
     }
 }
@@ -129,33 +168,18 @@ impl StreamCell {
     }
 }
 
-/// The exporter shared by every stream.
-#[derive(Debug, Default)]
-pub(super) struct ExporterCell {
-    /// Where it ships (`None`: no `[output]`, events go to stdout).
-    pub(super) endpoint: Mutex<Option<String>>,
-    pub(super) connected: AtomicBool,
-    pub(super) queue_depth: AtomicU64,
-    pub(super) reconnects: AtomicU64,
-}
-
-/// Every stream's metrics and the exporter's, read by [`super::MetricsServer`].
+/// Every stream's metrics, read by [`super::MetricsServer`].
 #[derive(Debug)]
 pub struct Registry {
     pub(super) version: String,
     /// In the order they were added; taken for writing only when a stream comes or goes.
     pub(super) streams: RwLock<Vec<Arc<StreamCell>>>,
-    pub(super) exporter: ExporterCell,
 }
 
 impl Registry {
     /// An empty registry; `version` goes into `bpfstream_build_info`.
     pub fn new(version: &str) -> Arc<Self> {
-        Arc::new(Registry {
-            version: version.to_string(),
-            streams: RwLock::new(Vec::new()),
-            exporter: ExporterCell::default(),
-        })
+        Arc::new(Registry { version: version.to_string(), streams: RwLock::new(Vec::new()) })
     }
 
     /// Adds a stream, not yet attached, with zero counters; its series last as long as the
@@ -176,33 +200,7 @@ impl Registry {
         Some(StreamMetrics { registry: self.clone(), cell })
     }
 
-    /// The exporter's endpoint (`None`: no exporter); it starts disconnected.
-    #[allow(dead_code)] // the agent runs no [output] yet
-    pub fn set_exporter(&self, endpoint: Option<String>) {
-        *self.exporter.endpoint.lock().unwrap_or_else(|e| e.into_inner()) = endpoint;
-        self.exporter.connected.store(false, Ordering::Relaxed);
-    }
-
-    /// Whether the exporter is connected to its engine.
-    #[allow(dead_code)] // the agent runs no [output] yet
-    pub fn set_exporter_connected(&self, connected: bool) {
-        // Relaxed, as every gauge below: independent values, each read on its own.
-        self.exporter.connected.store(connected, Ordering::Relaxed);
-    }
-
-    /// Events in the exporter's queue, not yet acknowledged.
-    #[allow(dead_code)] // the agent runs no [output] yet
-    pub fn set_export_queue_depth(&self, depth: u64) {
-        self.exporter.queue_depth.store(depth, Ordering::Relaxed);
-    }
-
-    /// Times the exporter's client reconnected (or was replaced) since the start.
-    #[allow(dead_code)] // the agent runs no [output] yet
-    pub fn set_export_reconnects(&self, reconnects: u64) {
-        self.exporter.reconnects.store(reconnects, Ordering::Relaxed);
-    }
-
-    /// `Ok` while every stream is attached and the exporter (if any) connected; else why not,
+    /// `Ok` while every stream is attached and its exporter (if any) connected; else why not,
     /// one reason per line.
     pub fn health(&self) -> Result<(), String> {
         let mut reasons = Vec::new();
@@ -214,11 +212,8 @@ impl Registry {
             if let Some(reason) = stream.detached_reason() {
                 reasons.push(format!("stream {}: not attached: {reason}", stream.name));
             }
-        }
-        let endpoint = self.exporter.endpoint.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(endpoint) = endpoint.as_ref() {
-            if !self.exporter.connected.load(Ordering::Relaxed) {
-                reasons.push(format!("exporter {endpoint}: not connected"));
+            if stream.read().export_link == ExportLink::NotConnected {
+                reasons.push(format!("stream {}: exporter not connected to its engine", stream.name));
             }
         }
         if reasons.is_empty() {
@@ -300,9 +295,12 @@ mod tests {
         assert_eq!(registry.health(), Err("stream exec: not attached: starting".into()));
         exec.set_attached();
         assert_eq!(registry.health(), Ok(()));
-        registry.set_exporter(Some("kafka://127.0.0.1:9092/bpf".into()));
-        assert_eq!(registry.health(), Err("exporter kafka://127.0.0.1:9092/bpf: not connected".into()));
-        registry.set_exporter_connected(true);
+        let mut counters = StreamCounters { export_link: ExportLink::NotConnected, ..Default::default() };
+        exec.publish(&counters);
+        assert_eq!(registry.health(), Err("stream exec: exporter not connected to its engine".into()));
+        counters.export_link = ExportLink::Connected;
+        exec.publish(&counters);
+        assert_eq!(registry.health(), Ok(()));
         exec.set_detached("its programs were detached");
         assert_eq!(registry.health(), Err("stream exec: not attached: its programs were detached".into()));
         drop(exec);

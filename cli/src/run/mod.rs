@@ -30,8 +30,7 @@ use self::object::{MapInfo, ObjectInfo, MAP_RINGBUF};
 use self::sink::{MapLabel, Records};
 use crate::container::ContainerArgs;
 use crate::lifecycle::{
-    load_error, start_maps, BufferKind, BufferOptions, CommonArgs, Console, EventRate, MapStream, Outlet, StreamPlan,
-    Tracer, COUNTERS_MAP,
+    load_error, BufferKind, BufferOptions, CommonArgs, EventRate, MapStream, Outlet, StreamPlan, Tracer, COUNTERS_MAP,
 };
 use anyhow::{anyhow, Result};
 use aya::EbpfLoader;
@@ -134,9 +133,6 @@ pub fn run(args: RunArgs) -> Result<()> {
         return describe(&args);
     }
     let prepared = prepare(&args).unwrap_or_else(|text| refuse(&text));
-    if prepared.maps.len() > 1 {
-        return stream_maps(args, prepared);
-    }
     let duration = args.common.duration;
     crate::lifecycle::trace(plan(&args, prepared)?, duration)
 }
@@ -155,7 +151,7 @@ pub fn check(args: &RunArgs) -> Result<(), String> {
     }
     match prepare(args)?.maps.len() {
         1 => Ok(()),
-        _ => Err(ONE_MAP_PER_STREAM.into()),
+        _ => Err("an agent's run stream streams one map: one [[stream]] per --map".into()),
     }
 }
 
@@ -324,60 +320,43 @@ fn counters_map(object: &ObjectInfo, map: &str) -> Option<String> {
     default_stream.then(|| COUNTERS_MAP.to_owned())
 }
 
-/// Several maps of one object: each a stream, the object loaded and attached once.
-fn stream_maps(args: RunArgs, p: Prepared) -> Result<()> {
-    let file = file_name(&args, &p);
+/// The stream of the object's maps (each a stream of its own, its lines and summary with
+/// `"map"` when there are several): a plan, run alone by `bpfstream run` or as one of the
+/// agent's.
+fn plan(args: &RunArgs, p: Prepared) -> Result<StreamPlan<'static>> {
     let width = p.maps.iter().map(|m| m.name.chars().count()).max().unwrap_or(0);
-    let (mut maps, mut formats, mut outlets) = (Vec::new(), Vec::new(), Vec::new());
+    let several = p.maps.len() > 1;
+    let mut maps = Vec::with_capacity(p.maps.len());
     for (i, map) in p.maps.iter().enumerate() {
-        let counters = counters_map(&p.object, &map.name);
-        let (common, buffer) = buffer_options(&args.common, map, counters.is_some());
-        let label = Some(MapLabel { name: map.name.clone(), width, first: i == 0 });
-        formats.push(Records::new(p.plan.clone(), p.ts_at, p.cgroup_at, counters.is_some(), label));
-        outlets.push(Outlet::start(&common, &args.container)?);
-        let what = format!("struct {} records from {file} (map {})", p.plan.name, map.name);
-        maps.push(MapStream { what, map: map.name.clone(), counters, buffer });
+        let label = several.then(|| MapLabel { name: map.name.clone(), width, first: i == 0 });
+        maps.push(map_stream(args, &p, map, label)?);
     }
-    let rings = maps.iter().filter(|m| m.buffer.transport == Some(Transport::Ring));
-    let rings = rings.map(|m| (m.map.clone(), m.buffer.size)).collect();
-    let tracer = ObjectTracer { p, rings, streamed: None };
-    let console = Console::process();
-    let streams = start_maps(&tracer, maps)?
-        .into_iter()
-        .zip(formats.into_iter().zip(outlets))
-        .map(|(loaded, (format, outlet))| loaded.stream(format, outlet, &console))
-        .collect();
-    crate::lifecycle::run(streams, args.common.duration, &console)?;
-    console.check()
+    let rings = maps.iter().filter(|(m, ..)| m.buffer.transport == Some(Transport::Ring));
+    let rings = rings.map(|(m, ..)| (m.map.clone(), m.buffer.size)).collect();
+    let mut plan = StreamPlan::of(ObjectTracer { p, rings });
+    for (map, outlet, records) in maps {
+        plan = plan.with_map(map, outlet, |_| Ok(records));
+    }
+    Ok(plan)
 }
 
-const ONE_MAP_PER_STREAM: &str = "an agent's run stream streams one map: one [[stream]] per --map";
-
-/// The stream of one map: a plan, run alone by `bpfstream run` or as one of the agent's.
-fn plan(args: &RunArgs, p: Prepared) -> Result<StreamPlan<'static>> {
-    let [map] = &p.maps[..] else {
-        return Err(anyhow!(ONE_MAP_PER_STREAM));
-    };
+/// `map`'s stream: its buffer and counters, its outlet (`--output` connects now), its records.
+fn map_stream(
+    args: &RunArgs,
+    p: &Prepared,
+    map: &MapInfo,
+    label: Option<MapLabel>,
+) -> Result<(MapStream, Outlet, Records)> {
     let counters = counters_map(&p.object, &map.name);
     let (common, buffer) = buffer_options(&args.common, map, counters.is_some());
     let outlet = Outlet::start(&common, &args.container)?;
-    let records = Records::new(p.plan.clone(), p.ts_at, p.cgroup_at, counters.is_some(), None);
-    let what = format!("struct {} records from {} (map {})", p.plan.name, file_name(args, &p), map.name);
-    let rings = if buffer.transport == Some(Transport::Ring) { vec![(map.name.clone(), buffer.size)] } else { vec![] };
-    let streamed = Some(Streamed { map: map.name.clone(), counters, what });
-    let tracer = ObjectTracer { p, rings, streamed };
-    Ok(StreamPlan::new(tracer, buffer, outlet, |_| Ok(records)))
+    let records = Records::new(p.plan.clone(), p.ts_at, p.cgroup_at, counters.is_some(), label);
+    let what = format!("struct {} records from {} (map {})", p.plan.name, file_name(args, p), map.name);
+    Ok((MapStream { what, map: map.name.clone(), counters, buffer }, outlet, records))
 }
 
 fn file_name(args: &RunArgs, p: &Prepared) -> String {
     args.object.file_name().map_or(p.label.clone(), |f| f.to_string_lossy().into_owned())
-}
-
-/// The map a one-map stream reads, its counters, and how it is announced.
-struct Streamed {
-    map: String,
-    counters: Option<String>,
-    what: String,
 }
 
 /// The object as the tracer of its maps' streams: loaded with its settings and its streamed
@@ -386,23 +365,9 @@ struct ObjectTracer {
     p: Prepared,
     /// The ring buffers streamed, with their sizes.
     rings: Vec<(String, u64)>,
-    /// The one map of a plan's stream (several maps are opened by `start_maps` instead).
-    streamed: Option<Streamed>,
 }
 
 impl Tracer for ObjectTracer {
-    fn what(&self) -> String {
-        match &self.streamed {
-            Some(streamed) => streamed.what.clone(),
-            None => format!("struct {} records from {}", self.p.plan.name, self.p.label),
-        }
-    }
-    fn events_map(&self) -> &str {
-        self.streamed.as_ref().map_or(crate::lifecycle::EVENTS_MAP, |s| s.map.as_str())
-    }
-    fn counters_map(&self) -> Option<&str> {
-        self.streamed.as_ref().map_or(Some(COUNTERS_MAP), |s| s.counters.as_deref())
-    }
     fn load(&self, buffer: &BufferOptions) -> Result<aya::Ebpf> {
         load(&self.p, buffer, &self.rings)
     }

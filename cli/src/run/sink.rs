@@ -133,18 +133,10 @@ impl Format for Records {
     }
 
     fn summary_json(&self, _: &Summary, line: JsonLine) -> JsonLine {
-        let line = match &self.map {
-            Some(map) => line.str("map", &map.name),
-            None => line,
-        };
         line.boolean("counters", self.counters)
     }
 
     fn summary_text(&self, _: &Summary, line: String) -> String {
-        let line = match &self.map {
-            Some(map) => format!("map {}: {line}", map.name),
-            None => line,
-        };
         if self.counters {
             line
         } else {

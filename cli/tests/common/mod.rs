@@ -251,9 +251,19 @@ impl Running {
 
     /// Stdout lines printed so far (while still running).
     pub fn lines_so_far(&self) -> usize {
+        self.stdout_so_far().len()
+    }
+
+    /// The stdout lines printed so far (while still running).
+    pub fn stdout_so_far(&self) -> Vec<String> {
         let mut received = self.received.borrow_mut();
         received.extend(self.stdout.try_iter());
-        received.len()
+        received.clone()
+    }
+
+    /// What stderr printed so far (while still running).
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     pub fn pid(&self) -> u32 {
