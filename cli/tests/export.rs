@@ -134,8 +134,8 @@ fn nats_restart_mid_stream_leaves_nothing_unaccounted() {
 
 /// The engine hangs (SIGSTOP) under a stream of events: by default the final flush shares the
 /// stop's budget, so the tracer stops on time and counts what the engine did not acknowledge as
-/// unflushed. Asserts the accounting, exactly (the stop's duration is measured by hand: see the
-/// README).
+/// unflushed. Asserts the accounting, exactly (the stop's duration was checked by hand: tests
+/// judge no time).
 #[test]
 fn a_hung_engine_leaves_the_stop_bounded_and_counts_unflushed() {
     let Some(_kernel) = kernel_test() else { return };
