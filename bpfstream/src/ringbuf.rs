@@ -348,10 +348,11 @@ pub(crate) fn wait_past_busy(deadline: Option<Instant>, mut busy: impl FnMut() -
     }
 }
 
-/// A drain: runs `pass` (records taken, and whether the head record is BUSY after it) until it
+/// A drain: runs `pass` (records taken, and whether the head record was BUSY before it) until it
 /// takes nothing with no BUSY head; while the head is BUSY (its program is still writing it, and
 /// the records behind it wait), looks again every [`BUSY_BACKOFF`] until `deadline`. Returns
-/// the records taken in all.
+/// the records taken in all. The head is looked at before the pass, not after: a head
+/// committed between the pass and the look would otherwise end the drain with its record unread.
 pub(crate) fn drain_past_busy(
     deadline: Instant,
     mut pass: impl FnMut() -> Result<(usize, bool), Error>,
@@ -957,6 +958,23 @@ mod protocol_tests {
         assert_eq!(drain(&ring, &mut consumer, std::time::Duration::from_millis(5)).0, 1);
     }
 
+    #[test]
+    fn a_head_committed_right_after_a_pass_is_taken_by_the_drain() {
+        // The commit lands between a pass that found the head BUSY and the drain's next look.
+        let ring = SimRing::new(4096);
+        let busy = ring.reserve(3).unwrap();
+        ring.output(b"behind").unwrap();
+        let mut consumer = ring.consumer().unwrap();
+        let mut busy = Some(busy);
+        let taken = drain_with(&ring, &mut consumer, std::time::Duration::from_secs(30), || {
+            if let Some(head) = busy.take() {
+                ring.fill(&head, b"one");
+                ring.commit(head, false);
+            }
+        });
+        assert_eq!(taken, (2, vec![b"one".to_vec(), b"behind".to_vec()]));
+    }
+
     /// [`super::drain_past_busy`] over a simulated ring, within `limit`: the records and their
     /// payloads.
     fn drain(
@@ -964,10 +982,22 @@ mod protocol_tests {
         consumer: &mut crate::sim::SimRingConsumer<'_>,
         limit: std::time::Duration,
     ) -> (usize, Vec<Vec<u8>>) {
+        drain_with(ring, consumer, limit, || {})
+    }
+
+    /// [`drain`], running `after_pass` after each pass of the consumer.
+    fn drain_with(
+        ring: &SimRing,
+        consumer: &mut crate::sim::SimRingConsumer<'_>,
+        limit: std::time::Duration,
+        mut after_pass: impl FnMut(),
+    ) -> (usize, Vec<Vec<u8>>) {
         let mut seen = Vec::new();
         let n = super::drain_past_busy(std::time::Instant::now() + limit, || {
+            let busy = ringbuf::head_is_busy(ring);
             let pass = consumer.consume(|r: &[u8]| seen.push(r.to_vec()))?;
-            Ok((pass, ringbuf::head_is_busy(ring)))
+            after_pass();
+            Ok((pass, busy))
         });
         (n.unwrap(), seen)
     }

@@ -476,8 +476,10 @@ impl EventSource {
             if stopped.get() {
                 return Ok((0, false));
             }
+            // Looked at before the pass: a head committed during it is taken by it.
+            let busy = self.head_is_busy();
             let n = self.consume_buffer(usize::MAX, handler)?;
-            Ok((n, self.head_is_busy()))
+            Ok((n, busy))
         })?;
         // The handler stopped (or failed): what it has not taken stays, and so do the counters.
         if stopped.get() {
