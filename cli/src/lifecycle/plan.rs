@@ -105,6 +105,12 @@ pub fn trace(plan: StreamPlan<'_>, duration: Option<Duration>) -> Result<()> {
 /// Starts every plan (nothing attached unless every one loaded), then runs them all on one
 /// poller until stopped (or for `duration`): each stream's summary, by priority.
 pub fn run_plans(plans: Vec<StreamPlan<'_>>, duration: Option<Duration>, console: &Console) -> Result<Vec<Summary>> {
+    run(start_plans(plans, console)?, duration, console)
+}
+
+/// Starts every plan (nothing attached unless every one loaded): the streams, each on its way
+/// out to `console` or its exporter.
+pub fn start_plans(plans: Vec<StreamPlan<'_>>, console: &Console) -> Result<Vec<Stream>> {
     let (specs, ways): (Vec<_>, Vec<_>) = plans.into_iter().map(|p| (p.spec, (p.ways, p.metrics))).unzip();
     let loaded = start(specs)?;
     // Each map's way; the plan's metrics go to its first map's stream.
@@ -115,6 +121,5 @@ pub fn run_plans(plans: Vec<StreamPlan<'_>>, duration: Option<Duration>, console
             stream
         })
     };
-    let streams = loaded.into_iter().zip(ways).map(make).collect::<Result<Vec<Stream>>>()?;
-    run(streams, duration, console)
+    loaded.into_iter().zip(ways).map(make).collect()
 }
