@@ -35,8 +35,8 @@ pub use load::{
     attach, load, load_error, map_fd, task_filter_globals, Attach, Global, Objects, TracerSpec, COUNTERS_MAP,
     EVENTS_MAP,
 };
-pub use plan::{run_plans, start_plans, trace, StreamPlan};
-pub use run::{RunningStreams, Stream};
+pub use plan::{start_plans, trace, StreamPlan};
+pub use run::RunningStreams;
 pub use start::{Loaded, MapStream, Tracer};
 pub use summary::{is_broken_pipe, Summary};
 

@@ -14,7 +14,6 @@ use super::format::Format;
 use super::load::TracerSpec;
 use super::run::{run, Stream};
 use super::start::{start, Loaded, MapStream, StreamSpec, Tracer};
-use super::summary::Summary;
 use crate::metrics::StreamMetrics;
 
 /// Makes a loaded stream's way out: its format, on its outlet.
@@ -98,14 +97,8 @@ impl<'t> StreamPlan<'t> {
 /// summary; fails when stdout failed (but for a reader that left).
 pub fn trace(plan: StreamPlan<'_>, duration: Option<Duration>) -> Result<()> {
     let console = Console::process();
-    run_plans(vec![plan], duration, &console)?;
+    run(start_plans(vec![plan], &console)?, duration, &console)?;
     console.check()
-}
-
-/// Starts every plan (nothing attached unless every one loaded), then runs them all on one
-/// poller until stopped (or for `duration`): each stream's summary, by priority.
-pub fn run_plans(plans: Vec<StreamPlan<'_>>, duration: Option<Duration>, console: &Console) -> Result<Vec<Summary>> {
-    run(start_plans(plans, console)?, duration, console)
 }
 
 /// Starts every plan (nothing attached unless every one loaded): the streams, each on its way
