@@ -1,15 +1,14 @@
 //! `bpfstream agent --check FILE` and the refusals of `--config FILE`: a valid file exits 0
 //! with what it would run; a bad one exits 2 with `FILE:LINE: reason`, attaching nothing.
-//! Checking needs no privilege. A running agent reloads its file on SIGHUP.
+//! Checking needs no privilege.
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
+use common::agent::{counts, summary_of, wait_for_lines, write};
 use common::worker::{Act, Worker};
 use common::*;
 
@@ -33,12 +32,6 @@ name = "slow"
 tracer = "syscalls"
 args = ["--min-duration", "10ms"]
 "#;
-
-fn write(name: &str, text: &str) -> PathBuf {
-    let path = temp_dir(&format!("agent-{name}")).join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 fn agent(mode: &str, file: &Path) -> (Option<i32>, String) {
     let output = Command::new(bin()).args(["agent", mode, file.to_str().unwrap()]).output().unwrap();
@@ -140,26 +133,6 @@ fn the_readme_example_passes_the_check() {
         text.contains("valid: 2 streams (exec: exec, slow: syscalls); output kafka://127.0.0.1:9092/bpf"),
         "{text}"
     );
-}
-
-/// Waits (up to 60 s, scaled) until `agent` printed `lines` lines.
-fn wait_for_lines(agent: &Running, lines: usize) {
-    let deadline = deadline(std::time::Duration::from_secs(60));
-    while agent.lines_so_far() < lines && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
-/// The summary line of `stream`, which must be the only one.
-fn summary_of<'a>(lines: &'a [serde_json::Value], stream: &str) -> &'a serde_json::Value {
-    let summaries: Vec<_> = lines.iter().filter(|l| l["type"] == "summary" && l["stream"] == stream).collect();
-    assert_eq!(summaries.len(), 1, "one summary of {stream}: {lines:?}");
-    summaries[0]
-}
-
-/// The counts `keys` of a summary.
-fn counts(summary: &serde_json::Value, keys: &[&str]) -> Vec<u64> {
-    keys.iter().map(|k| summary[k].as_u64().unwrap_or_else(|| panic!("{k} in {summary}"))).collect()
 }
 
 /// Two streams of one agent, each filtered to one thread of this test: every event carries its
@@ -293,176 +266,3 @@ fn each_stream_exports_to_its_own_subject() {
     }
 }
 
-/// Waits (up to 60 s, scaled) until `ready` holds of `agent`; fails saying `what` otherwise.
-fn wait_until(agent: &Running, what: &str, ready: impl Fn(&Running) -> bool) {
-    let deadline = deadline(Duration::from_secs(60));
-    while !ready(agent) {
-        assert!(Instant::now() < deadline, "{what}; stderr:\n{}", agent.stderr_so_far());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Writes `text` to the agent's `file`, then sends it SIGHUP.
-fn hangup(agent: &Running, file: &Path, text: &str) {
-    std::fs::write(file, text).unwrap();
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
-}
-
-/// The agent's `n`th line on stderr that starts with `prefix` (1-based), once it printed it.
-fn nth_line(agent: &Running, prefix: &str, n: usize) -> String {
-    let lines = |a: &Running| -> Vec<String> {
-        a.stderr_so_far().lines().filter(|l| l.starts_with(prefix)).map(str::to_owned).collect()
-    };
-    wait_until(agent, &format!("{prefix}... #{n}"), |a| lines(a).len() >= n);
-    lines(agent).swap_remove(n - 1)
-}
-
-/// The `n`th reload's line: `reloaded` or `reload refused`.
-fn reload_line(agent: &Running, n: usize) -> String {
-    nth_line(agent, "bpfstream agent: reload", n)
-}
-
-/// The address of the `n`th metrics server the agent started.
-fn metrics_address(agent: &Running, n: usize) -> SocketAddr {
-    let line = nth_line(agent, "Metrics on http://", n);
-    line["Metrics on http://".len()..].split('/').next().unwrap().parse().unwrap()
-}
-
-/// `/metrics` at `address`; `None` when nothing listens there.
-fn scrape(address: SocketAddr) -> Option<String> {
-    let mut stream = TcpStream::connect(address).ok()?;
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
-    Some(response)
-}
-
-/// Whether the agent printed the summary of `stream` so far.
-fn summarized(agent: &Running, stream: &str) -> bool {
-    agent.stdout_so_far().iter().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).any(|l| {
-        l["type"] == "summary" && l["stream"] == stream
-    })
-}
-
-/// A `[[stream]]` of the given tracer, for thread `tid` only.
-fn stream_of(name: &str, tracer: &str, tid: u32, args: &str) -> String {
-    format!("[[stream]]\nname = \"{name}\"\ntracer = \"{tracer}\"\nargs = [\"--tid\", \"{tid}\"{args}]\n\n")
-}
-
-/// SIGHUP with one stream unchanged, one removed and one added: the removed one's summary comes
-/// at the reload; the unchanged one gets every event, before, around and after the reload, and
-/// its summary at the stop counts each exactly once; the added one gets those after.
-#[test]
-fn a_reload_keeps_unchanged_streams_stops_removed_ones_and_starts_added_ones() {
-    let Some(_kernel) = kernel_test() else { return };
-    let worker = Worker::start();
-    let tid = worker.tid;
-    let kept = stream_of("kept", "open", tid, "");
-    let file = write("reload.toml", &(kept.clone() + &stream_of("gone", "exec", tid, "")));
-    let agent = start(&["agent", "--config", file.to_str().unwrap()]);
-    let (before, around, after, execs, calls) = (100, 100, 100, 3, 50);
-    worker.act(Act::Opens(before));
-    worker.act(Act::FailedExecs(execs));
-    wait_for_lines(&agent, before + execs);
-    hangup(&agent, &file, &(kept + &stream_of("added", "syscalls", tid, ", \"--syscall\", \"getppid\"")));
-    worker.act(Act::Opens(around));
-    let expected = format!("bpfstream agent: reloaded {}: kept 1, started 1, stopped 1", file.display());
-    assert_eq!(reload_line(&agent, 1), expected);
-    wait_until(&agent, "the removed stream's summary at the reload", |a| summarized(a, "gone"));
-    worker.act(Act::Opens(after));
-    worker.act(Act::Calls(calls));
-    worker.act(Act::FailedExecs(1)); // no stream traces execs any more
-    let opens = before + around + after;
-    wait_for_lines(&agent, opens + execs + 1 + calls);
-    let finished = agent.stop_with(libc::SIGTERM);
-    assert!(finished.status.success(), "{}", finished.stderr);
-    let lines = finished.json();
-    let of = |kind: &str, stream: &str| lines.iter().filter(|l| l["type"] == kind && l["stream"] == stream).count();
-    assert_eq!((of("open", "kept"), of("exec", "gone"), of("syscall", "added")), (opens, execs, calls), "{lines:?}");
-    for (stream, n) in [("kept", opens), ("gone", execs), ("added", calls)] {
-        let s = summary_of(&lines, stream);
-        let n = n as u64;
-        assert_eq!(counts(s, &["events", "dropped", "unwritten", "produced"]), [n, 0, 0, n], "{stream}: {s}");
-    }
-    let gone = lines.iter().position(|l| l["type"] == "summary" && l["stream"] == "gone").unwrap();
-    let first_added = lines.iter().position(|l| l["stream"] == "added").unwrap();
-    assert!(gone < first_added, "the removed stream's summary comes before the added stream's events");
-    assert_eq!(lines.len(), opens + execs + calls + 3, "nothing else on stdout");
-}
-
-/// A file that is not valid on SIGHUP (a metrics address in use, an unknown key) is refused in
-/// one line and changes nothing: the streams run on, exact, and the stop gives their summaries.
-/// The metrics address already bound, written as such, is no refusal.
-#[test]
-fn an_invalid_file_on_reload_is_refused_and_the_streams_run_on() {
-    let Some(_kernel) = kernel_test() else { return };
-    let worker = Worker::start();
-    let tid = worker.tid;
-    let streams = stream_of("execs", "exec", tid, "") + &stream_of("opens", "open", tid, "");
-    let valid = format!("[metrics]\nlisten = \"127.0.0.1:0\"\n\n{streams}");
-    let file = write("refused.toml", &valid);
-    let agent = start(&["agent", "--config", file.to_str().unwrap()]);
-    let bound = metrics_address(&agent, 1);
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let in_use = taken.local_addr().unwrap().to_string();
-    let refusals = [
-        (valid.replace("127.0.0.1:0", &in_use), format!(":2: metrics address {in_use}: ")),
-        (valid.replace("tracer = \"open\"", "tracer = \"open\"\npriority = \"high\""), ":12: invalid type".into()),
-    ];
-    let per_round = 20;
-    for (i, (text, expected)) in refusals.iter().enumerate() {
-        hangup(&agent, &file, text);
-        let line = reload_line(&agent, i + 1);
-        let start = format!("bpfstream agent: reload refused: {}{expected}", file.display());
-        assert!(line.starts_with(&start), "expected {start:?}, got {line:?}");
-        assert!(line.ends_with("; still running the previous configuration"), "{line}");
-        worker.act(Act::Opens(per_round));
-        worker.act(Act::FailedExecs(1));
-        wait_for_lines(&agent, (i + 1) * (per_round + 1));
-    }
-    hangup(&agent, &file, &valid.replace("127.0.0.1:0", &bound.to_string()));
-    let expected = format!("bpfstream agent: reloaded {}: kept 2, started 0, stopped 0", file.display());
-    assert_eq!(reload_line(&agent, 3), expected);
-    let finished = agent.stop_with(libc::SIGTERM);
-    assert!(finished.status.success(), "{}", finished.stderr);
-    let lines = finished.json();
-    for (stream, n) in [("execs", refusals.len()), ("opens", refusals.len() * per_round)] {
-        let s = summary_of(&lines, stream);
-        let n = n as u64;
-        assert_eq!(counts(s, &["events", "dropped", "unwritten", "produced"]), [n, 0, 0, n], "{stream}: {s}");
-    }
-    assert_eq!(finished.stderr.lines().filter(|l| l.starts_with("Tracing")).count(), 2, "{}", finished.stderr);
-    drop(taken);
-}
-
-/// A `[metrics]` moved to another address on SIGHUP: the old server closes, the new one answers
-/// with the series of the streams running now (the removed stream's gone, the added one's in).
-#[test]
-fn a_moved_metrics_address_is_served_after_a_reload() {
-    let Some(_kernel) = kernel_test() else { return };
-    let worker = Worker::start();
-    let tid = worker.tid;
-    let with = |listen: &str, stream: &str| format!("[metrics]\nlisten = \"{listen}\"\n\n{stream}");
-    let file = write("moved.toml", &with("127.0.0.1:0", &stream_of("before", "exec", tid, "")));
-    let agent = start(&["agent", "--config", file.to_str().unwrap()]);
-    let old = metrics_address(&agent, 1);
-    assert!(scrape(old).unwrap().contains("bpfstream_events_produced_total{stream=\"before\"}"));
-    hangup(&agent, &file, &with("127.0.0.2:0", &stream_of("after", "exec", tid, "")));
-    let expected = format!("bpfstream agent: reloaded {}: kept 0, started 1, stopped 1", file.display());
-    assert_eq!(reload_line(&agent, 1), expected);
-    let new = metrics_address(&agent, 2);
-    assert_eq!(new.ip().to_string(), "127.0.0.2");
-    assert!(scrape(old).is_none(), "the old address is closed");
-    worker.act(Act::FailedExecs(2));
-    wait_for_lines(&agent, 3);
-    let page = scrape(new).expect("the new address answers");
-    assert!(page.contains("bpfstream_events_produced_total{stream=\"after\"}"), "{page}");
-    assert!(!page.contains("stream=\"before\""), "{page}");
-    let finished = agent.stop_with(libc::SIGTERM);
-    assert!(finished.status.success(), "{}", finished.stderr);
-    let lines = finished.json();
-    assert_eq!(counts(summary_of(&lines, "before"), &["events", "produced"]), [0, 0]);
-    assert_eq!(counts(summary_of(&lines, "after"), &["events", "produced"]), [2, 2]);
-}
