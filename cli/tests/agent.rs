@@ -265,4 +265,3 @@ fn each_stream_exports_to_its_own_subject() {
         }
     }
 }
-

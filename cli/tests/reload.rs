@@ -64,9 +64,11 @@ fn scrape(address: SocketAddr) -> Option<String> {
 
 /// Whether the agent printed the summary of `stream` so far.
 fn summarized(agent: &Running, stream: &str) -> bool {
-    agent.stdout_so_far().iter().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).any(|l| {
-        l["type"] == "summary" && l["stream"] == stream
-    })
+    agent
+        .stdout_so_far()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .any(|l| l["type"] == "summary" && l["stream"] == stream)
 }
 
 /// A `[[stream]]` of the given tracer, for thread `tid` only.

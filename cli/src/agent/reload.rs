@@ -88,7 +88,10 @@ impl Agent {
         let kept = self.written.len();
         self.rebind(config.metrics, listener)?;
         let started = self.start_new(config, console);
-        eprintln_lossy!("bpfstream agent: reloaded {}: kept {kept}, started {started}, stopped {stopped}", self.file.display());
+        eprintln_lossy!(
+            "bpfstream agent: reloaded {}: kept {kept}, started {started}, stopped {stopped}",
+            self.file.display()
+        );
         Ok(())
     }
 

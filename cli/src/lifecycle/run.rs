@@ -205,7 +205,8 @@ fn summarize(
     let mut closed = Ok(());
     for ((feed, shape), totals) in feeds.iter().zip(shapes).zip(totals) {
         let elapsed = ended.duration_since(shape.started);
-        let mut summary = Summary::new(shape.name.clone(), totals, shape.transport, shape.buffer_bytes, elapsed, ending);
+        let mut summary =
+            Summary::new(shape.name.clone(), totals, shape.transport, shape.buffer_bytes, elapsed, ending);
         closed = closed.and(feed.close(&mut summary, shape.size));
         summaries.push(summary);
     }
