@@ -8,7 +8,8 @@
 //! - `plan`: a stream before it starts (tracer, buffer, outlet, how its format is made);
 //! - `format`: what a tracer's events look like (its decoder and columns);
 //! - `feed`: a stream's way from its buffer to stdout and the exporter, and its losses;
-//! - `run`: one poller over every stream until a signal, the duration or a failed output;
+//! - `run`: one poller over every stream until a signal, the duration or a failed output (the
+//!   agent's in rounds: between two, streams stop and start while the others run on);
 //! - `stop`: detach, wait until no program can still run, drain every stream to its last event;
 //! - `summary`: each stream's accounting, printed where it can still be read.
 //!
