@@ -103,22 +103,16 @@ impl Engine {
     }
 }
 
-/// Connects, and once the caller took the exporters, runs their pipelines, each a task of the
-/// runtime (woken by its own queue and acknowledgements).
-fn serve<P: Publisher + Send + 'static>(
+/// Connects, and once the caller took the exporters, runs their pipelines together.
+fn serve<P: Publisher>(
     runtime: &tokio::runtime::Runtime,
     starting: Starting,
     connect: impl std::future::Future<Output = Result<Vec<P>, ExportError>>,
     wirings: Vec<Wiring>,
 ) {
     let Some(publishers) = runtime.block_on(starting.run(connect)) else { return };
-    runtime.block_on(async {
-        let tasks: Vec<_> =
-            publishers.into_iter().zip(wirings).map(|(p, w)| tokio::spawn(Pipeline::new(p, w).run())).collect();
-        for task in tasks {
-            let _ = task.await;
-        }
-    });
+    let pipelines = publishers.into_iter().zip(wirings).map(|(p, w)| Pipeline::new(p, w).run());
+    runtime.block_on(futures_util::future::join_all(pipelines));
 }
 
 impl Exporter {
