@@ -245,14 +245,16 @@ fn a_busy_low_priority_stream_does_not_starve_a_high_one() {
     }
 }
 
+/// A destination's messages, once `n` arrived (or a deadline passed).
+type Read = Box<dyn Fn(&str, usize) -> Vec<common::engine::Exported>>;
+
 /// Where an agent's two streams export, for [`exports_each_stream_on_one_connection`].
 struct Target {
     /// The `[output]` URL.
     url: String,
     /// The topics or subjects of the streams `execs` and `opens`.
     topics: [String; 2],
-    /// A destination's messages, once `n` arrived (or a deadline passed).
-    read: Box<dyn Fn(&str, usize) -> Vec<common::engine::Exported>>,
+    read: Read,
     /// The connections of the agent (its pid) to the engine.
     connections: Box<dyn Fn(u32) -> usize>,
 }
