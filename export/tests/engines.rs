@@ -314,22 +314,25 @@ fn start_shared(url: &str, subjects: &[&str], options: &[&str]) -> Vec<Exporter>
 }
 
 /// Exporters sharing one connection each get every one of their events acknowledged on their
-/// own subject, interleaved as the agent's streams send them.
+/// own subject, interleaved as the agent's streams send them: with a JetStream stream made for
+/// each subject, and with `stream=NAME`, one made for both.
 #[test]
 fn exporters_on_one_connection_ship_each_to_its_subject() {
     let Some((_server, port, store)) = jetstream_server("shared") else { return };
-    let url = format!("nats://127.0.0.1:{port}/shared.a");
-    let mut exporters = start_shared(&url, &["shared.a", "shared.b"], &[]);
-    let n = 5_000;
-    for i in 0..n {
-        for exporter in &mut exporters {
-            assert!(exporter.send(format!("{{\"i\":{i}}}").as_bytes()));
+    for (subjects, options) in [(["shared.a", "shared.b"], None), (["one.a", "one.b"], Some("stream=ONE"))] {
+        let url = format!("nats://127.0.0.1:{port}/{}", subjects[0]);
+        let mut exporters = start_shared(&url, &subjects, options.as_slice());
+        let n = 5_000;
+        for i in 0..n {
+            for exporter in &mut exporters {
+                assert!(exporter.send(format!("{{\"i\":{i}}}").as_bytes()));
+            }
         }
-    }
-    for (exporter, subject) in exporters.into_iter().zip(["shared.a", "shared.b"]) {
-        assert_eq!(exporter.endpoint().destination(), subject);
-        let stats = exporter.finish();
-        assert_eq!((stats.offered, stats.exported, stats.export_failed()), (n, n, 0), "{subject}: {stats:?}");
+        for (exporter, subject) in exporters.into_iter().zip(subjects) {
+            assert_eq!(exporter.endpoint().destination(), subject);
+            let stats = exporter.finish();
+            assert_eq!((stats.offered, stats.exported, stats.export_failed()), (n, n, 0), "{subject}: {stats:?}");
+        }
     }
     let _ = std::fs::remove_dir_all(&store);
 }
