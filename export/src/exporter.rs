@@ -103,7 +103,8 @@ impl Engine {
     }
 }
 
-/// Connects, and once the caller took the exporters, runs their pipelines together.
+/// Connects, and once the caller took the exporters, runs their pipelines together, polled from
+/// one future (as tokio tasks of their own, a burst's NATS publications left out of order).
 fn serve<P: Publisher>(
     runtime: &tokio::runtime::Runtime,
     starting: Starting,
