@@ -47,8 +47,9 @@ pub(super) fn serve_metrics(listener: TcpListener, registry: &Arc<Registry>) -> 
     Ok(server)
 }
 
-/// A stream as its tracer's command makes it, its events JSON lines to `output` (its exporter
-/// connected now, to the stream's topic) or stdout, its counters in `registry`.
+/// A stream as its tracer's command makes it, its events JSON lines to `output` (to the
+/// stream's topic, on the connection every stream started with it shares: made when they
+/// start) or stdout, its counters in `registry`.
 pub(super) fn plan(
     stream: StreamConfig,
     output: Option<&OutputConfig>,

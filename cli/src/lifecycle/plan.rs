@@ -101,9 +101,11 @@ pub fn trace(plan: StreamPlan<'_>, duration: Option<Duration>) -> Result<()> {
     console.check()
 }
 
-/// Starts every plan (nothing attached unless every one loaded): the streams, each on its way
-/// out to `console` or its exporter.
-pub fn start_plans(plans: Vec<StreamPlan<'_>>, console: &Console) -> Result<Vec<Stream>> {
+/// Connects the plans' `--output`s (one connection per engine, shared by every stream and map
+/// that ships to it), then starts every plan (nothing attached unless every one loaded): the
+/// streams, each on its way out to `console` or its exporter.
+pub fn start_plans(mut plans: Vec<StreamPlan<'_>>, console: &Console) -> Result<Vec<Stream>> {
+    crate::export::connect(plans.iter_mut().flat_map(|p| p.ways.iter_mut().map(|way| way.outlet.tee_mut())))?;
     let (specs, ways): (Vec<_>, Vec<_>) = plans.into_iter().map(|p| (p.spec, (p.ways, p.metrics))).unzip();
     let loaded = start(specs)?;
     // Each map's way; the plan's metrics go to its first map's stream.
