@@ -1,6 +1,7 @@
 //! `bpfstream agent` reloads its file on SIGHUP: an unchanged stream runs on, exact across the
 //! reload; a removed one stops with its summary then; an added one starts; an invalid file is
-//! refused in one line and changes nothing; a moved `[metrics]` answers on its new address.
+//! refused in one line and changes nothing; a moved `[metrics]` answers on its new address; a
+//! changed `[output]` restarts the streams that export.
 //! Unlike the agent's other tests, these run in the emulated guests too: a reload re-registers
 //! running ring and perf buffers in a new epoll set and drains some buffers while others stay
 //! attached.
@@ -195,4 +196,52 @@ fn a_moved_metrics_address_is_served_after_a_reload() {
     let lines = finished.json();
     assert_eq!(counts(summary_of(&lines, "before"), &["events", "produced"]), [0, 0]);
     assert_eq!(counts(summary_of(&lines, "after"), &["events", "produced"]), [2, 2]);
+}
+
+/// A changed `[output]` restarts every stream that exports: its summary at the reload, then the
+/// stream again on a connection of its own with a new `run`, each part exported exactly (on the
+/// host only: an emulated guest has no engine on its loopback).
+#[test]
+fn a_changed_output_restarts_the_exporting_streams() {
+    if time_scale::is_scaled() {
+        eprintln!("time is scaled (an emulated guest): the [output] reload runs on the host only");
+        return;
+    }
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(nats) = common::engine::Nats::get() else { return };
+    let (url, subject) = nats.url("reload");
+    let address = nats.address();
+    let worker = Worker::start();
+    let with = |timeout: &str| {
+        let stream = stream_of("execs", "exec", worker.tid, "");
+        format!("[output]\nurl = \"{url}\"\noptions = {{ flush_timeout = \"{timeout}\" }}\n\n{stream}")
+    };
+    let exported = |n: usize| {
+        let deadline = deadline(Duration::from_secs(60));
+        while common::engine::nats_messages(&address, &subject).len() < n {
+            assert!(Instant::now() < deadline, "not all {n} exported");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let file = write("output.toml", &with("30s"));
+    let agent = start(&["agent", "--config", file.to_str().unwrap()]);
+    worker.act(Act::FailedExecs(2));
+    exported(2);
+    hangup(&agent, &file, &with("20s"));
+    let expected = format!("bpfstream agent: reloaded {}: kept 0, started 1, stopped 1", file.display());
+    assert_eq!(reload_line(&agent, 1), expected);
+    worker.act(Act::FailedExecs(3));
+    exported(5);
+    let finished = agent.stop_with(libc::SIGTERM);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let lines = finished.json();
+    let summaries: Vec<Vec<u64>> = lines
+        .iter()
+        .filter(|l| l["type"] == "summary" && l["stream"] == "execs")
+        .map(|s| counts(s, &["produced", "events", "dropped", "exported", "export_failed"]))
+        .collect();
+    assert_eq!(summaries, [[2, 2, 0, 2, 0], [3, 3, 0, 3, 0]], "{lines:?}");
+    let messages = common::engine::nats_messages(&address, &subject);
+    let runs: std::collections::BTreeSet<&str> = messages.iter().map(|m| m.headers["run"].as_str()).collect();
+    assert_eq!((messages.len(), runs.len()), (5, 2), "{messages:?}");
 }
