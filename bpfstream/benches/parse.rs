@@ -1,8 +1,12 @@
 //! The record parsers' own cost, on simulated kernel memory: no root and no kernel, so the
 //! numbers move only when the consume loops do. Each case fills a 16 MiB buffer the way the
 //! kernel would (`bpfstream::sim`), then times one consume of everything in it; the table shows
-//! the median of the rounds. The handler takes each record's length only, so "lent GB/s" is the
-//! payload handed out, not read: the cost is the walk over the headers.
+//! the median of the rounds. Every handler (ours, and libbpf's callback in the perf row written
+//! as libbpf runs it) only takes the record through `black_box`, so that the cost is the walk
+//! over the headers, not what a handler does; "lent GB/s" is the payload handed out (as written),
+//! not read. One more ring row keeps a handler that adds each length into a counter behind a
+//! reference: a read-modify-write of memory per record, whose store-to-load chain (about five
+//! cycles) then sets the pace, as it would for any handler whose state is memory.
 //!
 //! Two ring rows isolate batching: the same loop publishing the consumer position once per
 //! batch (bpfstream's default) and after every record (what libbpf's `ring_buffer__consume`
@@ -84,6 +88,8 @@ struct Pass {
 enum RingWay {
     /// A handler, the consumer position published once per batch (per quarter ring).
     Handler,
+    /// The same, its handler adding each length into memory behind a reference.
+    HandlerSumming,
     /// A handler, the position published after every record.
     PublishPerRecord,
     /// The pull.
@@ -93,19 +99,25 @@ enum RingWay {
 fn ring_pass(payloads: Payloads, way: RingWay) -> Pass {
     let ring = SimRing::new(BUFFER_BYTES);
     let payload = vec![0xa5u8; 4096];
-    let mut written = 0;
+    let (mut written, mut payload_bytes) = (0, 0);
     while ring.output(&payload[..payloads.nth(written)]).is_some() {
+        payload_bytes += payloads.nth(written);
         written += 1;
     }
     let mut consumer = ring.consumer().expect("one consumer");
     if let RingWay::PublishPerRecord = way {
         consumer.set_publish_every(0);
     }
-    let mut payload_bytes = 0;
     let started = thread_cpu_ns();
     let records = match way {
-        RingWay::Handler | RingWay::PublishPerRecord => consume_ring(&mut consumer, &mut payload_bytes),
-        RingWay::Pull => pull_ring(&mut consumer, &mut payload_bytes),
+        RingWay::Handler | RingWay::PublishPerRecord => consume_ring(&mut consumer),
+        RingWay::HandlerSumming => {
+            let mut summed = 0;
+            let records = consume_ring_summing(&mut consumer, &mut summed);
+            assert_eq!(summed, payload_bytes, "every payload byte is lent");
+            records
+        }
+        RingWay::Pull => pull_ring(&mut consumer),
     };
     let ns = thread_cpu_ns() - started;
     assert_eq!(records, written, "every record written is consumed");
@@ -114,16 +126,26 @@ fn ring_pass(payloads: Payloads, way: RingWay) -> Pass {
 
 /// The timed ring consume, out of line: `scripts/loop-guard` counts the instructions in here.
 #[inline(never)]
-fn consume_ring(consumer: &mut SimRingConsumer<'_>, payload_bytes: &mut usize) -> usize {
+fn consume_ring(consumer: &mut SimRingConsumer<'_>) -> usize {
+    consumer
+        .consume(|record: &[u8]| {
+            black_box(record);
+        })
+        .expect("a valid ring")
+}
+
+/// The timed ring consume whose handler adds each length into `payload_bytes`.
+#[inline(never)]
+fn consume_ring_summing(consumer: &mut SimRingConsumer<'_>, payload_bytes: &mut usize) -> usize {
     consumer.consume(|record: &[u8]| *payload_bytes += black_box(record).len()).expect("a valid ring")
 }
 
 /// The timed perf consume, out of line: `scripts/loop-guard` counts the instructions in here.
 #[inline(never)]
-fn consume_perf(perf: &mut SimPerf, scratch: &mut Vec<u8>, payload_bytes: &mut usize) -> usize {
+fn consume_perf(perf: &mut SimPerf, scratch: &mut Vec<u8>) -> usize {
     perf.consume(scratch, |event: Event<Record<'_>>| {
         if let Event::Record(record) = event {
-            *payload_bytes += black_box(record.data).len();
+            black_box(record.data);
         }
     })
     .expect("a valid perf buffer")
@@ -131,48 +153,47 @@ fn consume_perf(perf: &mut SimPerf, scratch: &mut Vec<u8>, payload_bytes: &mut u
 
 /// The timed ring pull, out of line: `scripts/loop-guard` counts the instructions in here.
 #[inline(never)]
-fn pull_ring(consumer: &mut SimRingConsumer<'_>, payload_bytes: &mut usize) -> usize {
-    let (mut records, mut bytes) = (0, 0);
+fn pull_ring(consumer: &mut SimRingConsumer<'_>) -> usize {
+    let mut records = 0;
     for record in consumer.read() {
         records += 1;
-        bytes += black_box(record).len();
+        black_box(record);
     }
-    *payload_bytes = bytes;
     records
 }
 
 /// The timed perf pull, out of line: `scripts/loop-guard` counts the instructions in here.
 #[inline(never)]
-fn pull_perf(perf: &mut SimPerf, scratch: &mut Vec<Vec<u8>>, payload_bytes: &mut usize) -> usize {
-    let (mut records, mut bytes) = (0, 0);
+fn pull_perf(perf: &mut SimPerf, scratch: &mut Vec<Vec<u8>>) -> usize {
+    let mut records = 0;
     for event in perf.read(scratch) {
         if let Event::Record(record) = event {
             records += 1;
-            bytes += black_box(record.data).len();
+            black_box(record.data);
         }
     }
-    *payload_bytes = bytes;
     records
 }
 
-/// A simulated perf buffer written full of samples, and how many.
-fn filled_perf(payloads: Payloads) -> (SimPerf, usize) {
+/// A simulated perf buffer written full of samples: how many, and their payload bytes.
+fn filled_perf(payloads: Payloads) -> (SimPerf, usize, usize) {
     let mut perf = SimPerf::new(BUFFER_BYTES);
     let payload = vec![0xa5u8; 4096];
-    let mut written = 0;
+    let (mut written, mut payload_bytes) = (0, 0);
     while perf.output(&payload[..payloads.nth(written)]) {
+        payload_bytes += payloads.nth(written);
         written += 1;
     }
-    (perf, written)
+    (perf, written, payload_bytes)
 }
 
 fn perf_pass(payloads: Payloads, pull: bool) -> Pass {
-    let (mut perf, written) = filled_perf(payloads);
-    let (mut scratch, mut scratches, mut payload_bytes) = (Vec::new(), Vec::new(), 0);
+    let (mut perf, written, payload_bytes) = filled_perf(payloads);
+    let (mut scratch, mut scratches) = (Vec::new(), Vec::new());
     let started = thread_cpu_ns();
     let records = match pull {
-        false => consume_perf(&mut perf, &mut scratch, &mut payload_bytes),
-        true => pull_perf(&mut perf, &mut scratches, &mut payload_bytes),
+        false => consume_perf(&mut perf, &mut scratch),
+        true => pull_perf(&mut perf, &mut scratches),
     };
     let ns = thread_cpu_ns() - started;
     assert_eq!(records, written, "every sample written is consumed");
@@ -182,14 +203,13 @@ fn perf_pass(payloads: Payloads, pull: bool) -> Pass {
 /// libbpf's `perf_event_read_simple()` loop, for comparison: each record's size read from its
 /// header, one indirect call per record, data_tail stored once at the end.
 fn perf_pass_libbpf_style(payloads: Payloads) -> Pass {
-    let (mut perf, written) = filled_perf(payloads);
-    extern "C" fn on_sample(count: *mut usize, _data: *const u8, size: u32) {
-        // SAFETY: `count` is the caller's live counter.
-        unsafe { *count += size as usize };
+    let (mut perf, written, payload_bytes) = filled_perf(payloads);
+    extern "C" fn on_sample(_ctx: *mut u8, data: *const u8, size: u32) {
+        black_box((data, size));
     }
-    let callback: extern "C" fn(*mut usize, *const u8, u32) = black_box(on_sample);
+    let callback: extern "C" fn(*mut u8, *const u8, u32) = black_box(on_sample);
     let (data, mask) = (perf.data_area(), BUFFER_BYTES as u64 - 1);
-    let (mut records, mut payload_bytes) = (0, 0usize);
+    let mut records = 0;
     let started = thread_cpu_ns();
     let (mut tail, head) = perf.positions();
     while tail < head {
@@ -201,7 +221,7 @@ fn perf_pass_libbpf_style(payloads: Payloads) -> Pass {
         if kind == 9 {
             records += 1;
             // SAFETY: the payload follows the raw size inside the record.
-            callback(&mut payload_bytes, unsafe { data.add((tail & mask) as usize + 12) }, raw);
+            callback(std::ptr::null_mut(), unsafe { data.add((tail & mask) as usize + 12) }, raw);
         }
         tail += u64::from(size);
     }
@@ -259,6 +279,7 @@ fn main() {
     let cases: Vec<Case> = vec![
         ("ring", Payloads::Fixed(8), Box::new(|p| ring_pass(p, RingWay::Handler))),
         ("ring, pull", Payloads::Fixed(8), Box::new(|p| ring_pass(p, RingWay::Pull))),
+        ("ring, handler summing", Payloads::Fixed(8), Box::new(|p| ring_pass(p, RingWay::HandlerSumming))),
         ("plain read of that memory", Payloads::Fixed(8), Box::new(plain_read)),
         ("ring, publish per record", Payloads::Fixed(8), Box::new(|p| ring_pass(p, RingWay::PublishPerRecord))),
         ("ring", Payloads::Fixed(64), Box::new(|p| ring_pass(p, RingWay::Handler))),

@@ -231,6 +231,26 @@ impl JsonLine {
         JsonLine { buf }
     }
 
+    /// The opening every line of one kind (and stream) shares, escaped once:
+    /// `{"type":"KIND"` then `,"stream":"NAME"`. Lines begin with it in [`opened`](Self::opened).
+    pub fn opening(kind: &str, stream: Option<&str>) -> String {
+        let line = JsonLine::new(kind);
+        match stream {
+            Some(name) => line.str("stream", name),
+            None => line,
+        }
+        .buf
+    }
+
+    /// A line that begins with `opening` (made by [`opening`](Self::opening)): the same line as
+    /// `new(kind)` (and `.str("stream", name)`), without escaping them again for every event.
+    pub fn opened(opening: &str) -> Self {
+        let mut buf = SPARE.take();
+        buf.clear();
+        buf.push_str(opening);
+        JsonLine { buf }
+    }
+
     fn key(&mut self, key: &str) {
         self.buf.push_str(",\"");
         self.buf.push_str(key);
@@ -361,6 +381,14 @@ pub fn is_broken_pipe(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_opened_line_is_the_line_its_kind_and_stream_make() {
+        let opening = JsonLine::opening("a\"kind", Some("my\\stream"));
+        let expected = JsonLine::new("a\"kind").str("stream", "my\\stream").num("pid", 1).finish();
+        assert_eq!(JsonLine::opened(&opening).num("pid", 1).finish(), expected);
+        assert_eq!(JsonLine::opened(&JsonLine::opening("k", None)).finish(), r#"{"type":"k"}"#);
+    }
 
     #[test]
     fn the_time_column_counts_from_the_first_event_with_elapsed() {

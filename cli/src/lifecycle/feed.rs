@@ -96,7 +96,8 @@ pub(super) struct Feed<F: Format> {
     time: TimeColumn,
     tee: Tee,
     containers: ContainerFields,
-    stream: Option<Arc<str>>,
+    /// How each event's JSON line begins: its kind and stream, escaped once.
+    opening: String,
     loss: LossReport,
     malformed: u64,
     /// The first error of the format or an output; the stream takes nothing after it.
@@ -114,6 +115,7 @@ impl<F: Format> Feed<F> {
         let Outlet { json, time, mut tee, containers } = outlet;
         tee.set_names(stream.clone(), format.map());
         let loss = LossReport::new(json, transport == Transport::Perf, stream.clone()).of_map(format.map());
+        let opening = JsonLine::opening(format.kind(), stream.as_deref());
         Feed {
             format,
             out: Output::new(console.stdout.clone()),
@@ -124,7 +126,7 @@ impl<F: Format> Feed<F> {
             tee,
             containers,
             loss,
-            stream,
+            opening,
             malformed: 0,
             failure: None,
         }
@@ -164,12 +166,7 @@ impl<F: Format> Feed<F> {
         };
         self.format.note(&event);
         if self.tee.active() {
-            let kind = self.format.kind();
-            let line = match &self.stream {
-                Some(name) => JsonLine::new(kind).str("stream", name),
-                None => JsonLine::new(kind),
-            };
-            let line = self.format.json(&event, line);
+            let line = self.format.json(&event, JsonLine::opened(&self.opening));
             let line = match self.format.cgroup_id(&event) {
                 Some(id) => self.containers.add(line, id),
                 None => line,
