@@ -8,7 +8,9 @@ use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use bpfstream_export::{Connection, Endpoint, ExportConfig, ExportError, ExportStats, Exporter, Identity};
+use bpfstream_export::{
+    Connection, Endpoint, ErrorReporter, ExportConfig, ExportError, ExportStats, Exporter, Identity,
+};
 
 use crate::output::{display_bytes, JsonLine};
 use crate::signals::StoppedAtStart;
@@ -45,6 +47,8 @@ const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Tee {
     json: bool,
+    /// `--output` until [`connect`] gives it its exporter.
+    wanted: Option<OutputArgs>,
     exporter: Option<Exporter>,
     /// Delivered records that could not be decoded into a JSON line (so never offered).
     unencoded: u64,
@@ -57,15 +61,11 @@ pub struct Tee {
 }
 
 impl Tee {
-    /// Connects the `--output` exporter, if any. Bad options exit 2 like any usage error;
-    /// an engine that cannot be reached is an error (unless `connect=retry`).
-    pub fn start(args: &OutputArgs, json: bool) -> Result<Self> {
-        let exporter = match &args.output {
-            Some(endpoint) => Some(start_exporter(endpoint, &args.output_options)?),
-            None => None,
-        };
+    /// Stdout with `--json`, and the `--output` exporter once [`connect`] connected it.
+    pub fn new(args: &OutputArgs, json: bool) -> Self {
+        let wanted = args.output.is_some().then(|| args.clone());
         let last_report = Instant::now();
-        Ok(Tee { json, exporter, unencoded: 0, reported_failed: 0, last_report, stream: None, map: None })
+        Tee { json, wanted, exporter: None, unencoded: 0, reported_failed: 0, last_report, stream: None, map: None }
     }
 
     /// Names the stream whose events these are, and their map when several stream.
@@ -81,7 +81,7 @@ impl Tee {
 
     /// Whether events need their JSON line.
     pub fn active(&self) -> bool {
-        self.json || self.exporter.is_some()
+        self.json || self.exporter.is_some() || self.wanted.is_some()
     }
 
     /// One event: its line to stdout with `--json`, and (without the newline) to the exporter.
@@ -162,20 +162,56 @@ impl Tee {
     }
 }
 
-/// Starts the exporter; a stop signal meanwhile ends the start at once
+/// Connects the `--output` of every tee that has one: one connection per engine and options,
+/// shared by the tees that ship to it, each to its own topic or subject with its own queue and
+/// accounting. Bad options exit 2 like any usage error; an engine that cannot be reached is an
+/// error (unless `connect=retry`); a stop signal meanwhile ends the start at once
 /// ([`StoppedAtStart`](crate::signals::StoppedAtStart)).
-fn start_exporter(endpoint: &Endpoint, options: &[String]) -> Result<Exporter> {
+pub fn connect<'t>(tees: impl IntoIterator<Item = &'t mut Tee>) -> Result<()> {
+    let mut engines: Vec<(OutputArgs, Vec<String>, Vec<&mut Tee>)> = Vec::new();
+    for tee in tees {
+        let Some(wanted) = tee.wanted.take() else { continue };
+        let destination = wanted.output.as_ref().map_or_else(String::new, |e| e.destination().to_owned());
+        match engines.iter_mut().find(|(args, ..)| same_engine(args, &wanted)) {
+            Some((_, destinations, tees)) => {
+                destinations.push(destination);
+                tees.push(tee);
+            }
+            None => engines.push((wanted, vec![destination], vec![tee])),
+        }
+    }
+    for (args, destinations, tees) in engines {
+        for (tee, exporter) in tees.into_iter().zip(start_exporters(&args, destinations)?) {
+            tee.exporter = Some(exporter);
+        }
+    }
+    Ok(())
+}
+
+fn same_engine(a: &OutputArgs, b: &OutputArgs) -> bool {
+    let (Some(x), Some(y)) = (&a.output, &b.output) else { return false };
+    x.same_engine(y) && a.output_options == b.output_options
+}
+
+/// One connection to `args`' engine, an exporter for each of `destinations`.
+fn start_exporters(args: &OutputArgs, destinations: Vec<String>) -> Result<Vec<Exporter>> {
+    let endpoint = args.output.as_ref().expect("a tee that wants an output has one");
     let mut config = ExportConfig::new(endpoint.clone(), Identity::of_this_process());
-    let configured = options.iter().try_for_each(|option| config.set_text(option));
-    let on_error = Box::new(|error: &str| eprintln_lossy!("bpfstream: export: {error}"));
-    let exporter = configured.and_then(|()| Exporter::start_until(config, on_error, &crate::signals::stop_requested));
+    let configured = args.output_options.iter().try_for_each(|option| config.set_text(option));
+    let routes = destinations.into_iter().map(|d| (d, report_errors())).collect();
+    let exporters = configured.and_then(|()| Exporter::start_shared(config, routes, &crate::signals::stop_requested));
     let url = display_bytes(endpoint.to_string().as_bytes());
-    match exporter {
-        Ok(exporter) => Ok(exporter),
+    match exporters {
+        Ok(exporters) => Ok(exporters),
         Err(e) if e.is_usage() => clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n")).exit(),
         Err(ExportError::Cancelled) => Err(StoppedAtStart { during: format!("connecting to {url}") }.into()),
         Err(e) => Err(anyhow::anyhow!(e).context(format!("--output {url}"))),
     }
+}
+
+/// Publishing errors on stderr.
+fn report_errors() -> ErrorReporter {
+    Box::new(|error: &str| eprintln_lossy!("bpfstream: export: {error}"))
 }
 
 /// `exported`, `export_failed` and their breakdown.

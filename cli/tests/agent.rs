@@ -245,48 +245,107 @@ fn a_busy_low_priority_stream_does_not_starve_a_high_one() {
     }
 }
 
-/// With `[output]`, each stream's events go to its own subject and none to stdout, which gets
-/// each stream's summary: exported + export_failed + dropped = produced, every event exported.
-#[test]
-fn each_stream_exports_to_its_own_subject() {
-    let Some(_kernel) = kernel_test() else { return };
-    let Some(nats) = common::engine::Nats::get() else { return };
-    let (url, subject) = nats.url("agent");
+/// A destination's messages, once `n` arrived (or a deadline passed).
+type Read = Box<dyn Fn(&str, usize) -> Vec<common::engine::Exported>>;
+
+/// Where an agent's two streams export, for [`exports_each_stream_on_one_connection`].
+struct Target {
+    /// The `[output]` URL.
+    url: String,
+    /// The topics or subjects of the streams `execs` and `opens`.
+    topics: [String; 2],
+    read: Read,
+    /// The connections of the agent (its pid) to the engine.
+    connections: Box<dyn Fn(u32) -> usize>,
+}
+
+/// With `[output]`, the agent's streams share one connection, each stream's events going to
+/// its own topic or subject (each with its own `run`, numbered from 1 in order) and none to stdout,
+/// which gets each stream's summary: exported + export_failed + dropped = produced, every
+/// event exported, each stream counting its own.
+fn exports_each_stream_on_one_connection(target: Target) {
     let worker = Worker::start();
     let tid = worker.tid;
+    let [execs_topic, opens_topic] = &target.topics;
     let file = write(
         "output.toml",
         &format!(
-            "[output]\nurl = \"{url}\"\noptions = {{ flush_timeout = \"30s\" }}\n\n\
-             [[stream]]\nname = \"execs\"\ntracer = \"exec\"\nargs = [\"--tid\", \"{tid}\"]\ntopic = \"{subject}.execs\"\n\n\
-             [[stream]]\nname = \"opens\"\ntracer = \"open\"\nargs = [\"--tid\", \"{tid}\"]\ntopic = \"{subject}.opens\"\n"
+            "[output]\nurl = \"{}\"\noptions = {{ flush_timeout = \"30s\" }}\n\n\
+             [[stream]]\nname = \"execs\"\ntracer = \"exec\"\nargs = [\"--tid\", \"{tid}\"]\ntopic = \"{execs_topic}\"\n\n\
+             [[stream]]\nname = \"opens\"\ntracer = \"open\"\nargs = [\"--tid\", \"{tid}\"]\ntopic = \"{opens_topic}\"\n",
+            target.url
         ),
     );
     let agent = start(&["agent", "--config", file.to_str().unwrap()]);
     let (execs, opens) = (4, 60);
     worker.act(Act::FailedExecs(execs));
     worker.act(Act::Opens(opens));
-    let address = nats.address();
-    for (stream, n) in [("execs", execs), ("opens", opens)] {
-        let deadline = deadline(std::time::Duration::from_secs(60));
-        while common::engine::nats_messages(&address, &format!("{subject}.{stream}")).len() < n {
-            assert!(std::time::Instant::now() < deadline, "{stream}: not all exported");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+    for (topic, n) in [(execs_topic, execs), (opens_topic, opens)] {
+        assert_eq!((target.read)(topic, n).len(), n, "{topic}: not all exported");
     }
+    assert_eq!((target.connections)(agent.pid()), 1, "one connection for both streams");
     let finished = agent.stop_with(libc::SIGTERM);
     assert!(finished.status.success(), "{}", finished.stderr);
     let lines = finished.json();
     assert_eq!(lines.len(), 2, "only the summaries on stdout: {lines:?}");
-    for (stream, kind, n) in [("execs", "exec", execs), ("opens", "open", opens)] {
+    let mut runs = std::collections::HashSet::new();
+    for ((stream, kind, n), topic) in
+        [("execs", "exec", execs), ("opens", "open", opens)].into_iter().zip(&target.topics)
+    {
         let s = summary_of(&lines, stream);
         let n = n as u64;
         assert_eq!(counts(s, &["produced", "events", "dropped", "exported", "export_failed"]), [n, n, 0, n, 0], "{s}");
-        let messages = common::engine::nats_messages(&address, &format!("{subject}.{stream}"));
+        assert!(s["output"].as_str().unwrap().ends_with(&format!("/{topic}")), "{s}");
+        let messages = (target.read)(topic, n as usize);
         assert_eq!(messages.len(), n as usize, "{stream}");
         for m in &messages {
             let event: serde_json::Value = serde_json::from_str(&m.payload).unwrap();
             assert_eq!((event["type"].as_str(), event["stream"].as_str()), (Some(kind), Some(stream)), "{event}");
+            runs.insert(m.headers["run"].clone());
         }
+        let seqs: Vec<u64> = messages.iter().map(|m| m.seq()).collect();
+        assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "{stream}: its own seqs, in order");
     }
+    assert_eq!(runs.len(), 2, "a run per stream: {runs:?}");
+}
+
+#[test]
+fn streams_export_to_their_own_subjects_on_one_nats_connection() {
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(nats) = common::engine::Nats::get() else { return };
+    let (url, subject) = nats.url("agent");
+    let address = nats.address();
+    let port: u16 = address.rsplit_once(':').unwrap().1.parse().unwrap();
+    let reader = address.clone();
+    let read = move |subject: &str, n: usize| {
+        let deadline = deadline(std::time::Duration::from_secs(60));
+        loop {
+            let messages = common::engine::nats_messages(&reader, subject);
+            if messages.len() >= n || std::time::Instant::now() >= deadline {
+                return messages;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    exports_each_stream_on_one_connection(Target {
+        url,
+        topics: [format!("{subject}.execs"), format!("{subject}.opens")],
+        read: Box::new(read),
+        connections: Box::new(move |pid| common::engine::connections_to(pid, port)),
+    });
+}
+
+#[test]
+fn streams_export_to_their_own_topics_with_one_kafka_producer() {
+    let Some(_kernel) = kernel_test() else { return };
+    let Some(kafka) = common::engine::Kafka::get() else { return };
+    let (url, execs_topic) = kafka.url("agent-execs", true);
+    let (_, opens_topic) = kafka.url("agent-opens", true);
+    let address = kafka.address();
+    exports_each_stream_on_one_connection(Target {
+        url,
+        topics: [execs_topic, opens_topic],
+        read: Box::new(move |topic, n| common::engine::kafka_messages(&address, topic, n)),
+        connections: Box::new(|pid| common::engine::threads_named(pid, "rdk:main")),
+    });
 }

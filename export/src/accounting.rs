@@ -3,9 +3,11 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// Shared counters. Relaxed everywhere: each counter is a tally on its own; the only reader
-/// that needs them to add up reads after [`Exporter::finish`](crate::Exporter::finish) joined
-/// the exporter's thread, which orders every write before the read.
+/// One exporter's counters, shared with its pipeline. Relaxed everywhere: each counter is a
+/// tally on its own; the only reader that needs them to add up reads after
+/// [`Exporter::finish`](crate::Exporter::finish) saw the pipeline end (its end of a channel
+/// dropped after its last count: the channel's disconnection orders every write before the
+/// read).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub offered: AtomicU64,

@@ -37,6 +37,13 @@ impl Identity {
             run: format!("{started}-{}", std::process::id()),
         }
     }
+
+    /// The identity of the `index`-th destination (from 0) of a shared connection: a run of
+    /// its own, since each destination numbers its events from 1 (`RUN`, then `RUN.1`, ...).
+    pub(crate) fn of_destination(&self, index: usize) -> Self {
+        let run = if index == 0 { self.run.clone() } else { format!("{}.{index}", self.run) };
+        Identity { run, ..self.clone() }
+    }
 }
 
 /// An exporter's configuration: [`ExportConfig::new`], then [`ExportConfig::set`] for each
@@ -213,5 +220,7 @@ mod tests {
         let id = Identity::of_this_process();
         assert!(!id.host.is_empty() && id.boot_id.len() == 36, "{id:?}");
         assert!(id.run.ends_with(&format!("-{}", std::process::id())));
+        assert_eq!(id.of_destination(0), id);
+        assert_eq!(id.of_destination(2).run, format!("{}.2", id.run));
     }
 }

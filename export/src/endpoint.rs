@@ -30,6 +30,24 @@ impl Endpoint {
             Endpoint::Nats { subject, .. } => subject,
         }
     }
+
+    /// Whether `other` is on the same engine (brokers or server), whatever its destination.
+    pub fn same_engine(&self, other: &Endpoint) -> bool {
+        match (self, other) {
+            (Endpoint::Kafka { brokers, .. }, Endpoint::Kafka { brokers: others, .. }) => brokers == others,
+            (Endpoint::Nats { server, .. }, Endpoint::Nats { server: other, .. }) => server == other,
+            _ => false,
+        }
+    }
+
+    /// The same engine, with `destination` as its topic or subject (checked as in a URL).
+    pub fn with_destination(&self, destination: &str) -> Result<Endpoint, ExportError> {
+        let url = match self {
+            Endpoint::Kafka { brokers, .. } => format!("kafka://{}/{destination}", brokers.join(",")),
+            Endpoint::Nats { server, .. } => format!("nats://{server}/{destination}"),
+        };
+        url.parse()
+    }
 }
 
 impl fmt::Display for Endpoint {
@@ -144,6 +162,9 @@ mod tests {
         let n: Endpoint = "nats://localhost:4222/bpf.events".parse().unwrap();
         assert_eq!(n, Endpoint::Nats { server: "localhost:4222".into(), subject: "bpf.events".into() });
         assert_eq!(n.to_string(), "nats://localhost:4222/bpf.events");
+        assert_eq!(k.with_destination("other").unwrap().to_string(), "kafka://127.0.0.1:9092,b2:9093/other");
+        assert!(n.with_destination("a.*").is_err(), "a destination is checked as in a URL");
+        assert!(n.same_engine(&n.with_destination("other").unwrap()) && !n.same_engine(&k));
         for good in ["nats://[::1]:4222/s", "nats://nats_1.svc-a.example:4222/s", "kafka://10.0.0.1:9092/t"] {
             assert!(good.parse::<Endpoint>().is_ok(), "{good}");
         }

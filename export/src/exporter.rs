@@ -1,6 +1,16 @@
 //! The exporter as the tracer sees it: `send` never blocks (a full queue counts the event as
-//! `queue_full`), `stats` at any time, `finish` with a deadline.
+//! `queue_full`), `stats` at any time, `finish` with a deadline. Several exporters may share
+//! one connection to their engine ([`Exporter::start_shared`]), each to its own destination
+//! with its own queue, sequence, pipeline and accounting:
+//!
+//! ```text
+//!  tracer's thread(s)                    exporter's thread: one client, one pipeline per destination
+//!  Exporter (topic a) ─send─▶ [ queue ] ──▶ Pipeline ─publish(a)─┐
+//!  Exporter (topic b) ─send─▶ [ queue ] ──▶ Pipeline ─publish(b)─┴─▶ client ──▶ engine
+//!      each: its counters ◀── acks of its own publications     one Link: connected, reconnects
+//! ```
 
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -13,30 +23,54 @@ use crate::accounting::{Counters, QueueBytes};
 use crate::link::{Connection, Link};
 use crate::pipeline::{Message, Pipeline, Publisher, Wiring};
 use crate::start::{self, Starting};
-use crate::{kafka, nats, Endpoint, ExportConfig, ExportError, ExportStats};
+use crate::{kafka, nats, Endpoint, ExportConfig, ExportError, ExportStats, Identity};
 
-/// Ships events to one engine from a thread of its own.
+/// Ships events to one destination of an engine, through a connection of its own or one it
+/// shares ([`start_shared`](Self::start_shared)), from the connection's thread.
 #[derive(Debug)]
 pub struct Exporter {
     queue: Option<mpsc::Sender<Message>>,
     queue_bytes: Arc<QueueBytes>,
     counters: Arc<Counters>,
     deadline: watch::Sender<Option<Instant>>,
-    thread: Option<JoinHandle<()>>,
+    /// Disconnected once this exporter's pipeline ended (it holds the other end).
+    ended: Receiver<()>,
     next_seq: u64,
     flush_timeout: Option<Duration>,
     endpoint: Endpoint,
     link: Arc<Link>,
+    /// The connection's thread, joined when its last exporter is dropped.
+    _thread: Arc<ClientThread>,
 }
 
 /// Called with the text of a publishing error (at most once per retry backoff).
 pub type ErrorReporter = Box<dyn FnMut(&str) + Send>;
+
+/// The thread of a connection: it ends once every pipeline on it ended.
+#[derive(Debug)]
+struct ClientThread(Option<JoinHandle<()>>);
+
+impl Drop for ClientThread {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take() {
+            // A panic on the exporter's thread leaves its in-flight events in `in_flight`,
+            // where the callers' accounting shows them.
+            let _ = thread.join();
+        }
+    }
+}
 
 /// An engine's client settings, checked before anything starts (a bad option is a usage
 /// error, whatever the engine's state).
 enum Engine {
     Nats(nats::Settings),
     Kafka(kafka::Settings),
+}
+
+/// Where a pipeline publishes: its topic or subject, and the identity its messages carry.
+pub(crate) struct Destination {
+    pub name: String,
+    pub identity: Identity,
 }
 
 impl Engine {
@@ -47,34 +81,39 @@ impl Engine {
         })
     }
 
-    /// The exporter's thread: connects within the start's deadline, then runs the pipeline.
-    fn serve(self, config: &ExportConfig, starting: Starting, wiring: Wiring, link: Arc<Link>) {
+    /// The exporter's thread: connects within the start's deadline, then runs a pipeline per
+    /// destination until all of them ended.
+    fn serve(self, config: &ExportConfig, starting: Starting, routes: Vec<(Destination, Wiring)>, link: Arc<Link>) {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime,
             Err(e) => return starting.fail(ExportError::Client(format!("starting the exporter's runtime: {e}"))),
         };
         let budget = starting.budget();
+        let (destinations, wirings): (Vec<_>, Vec<_>) = routes.into_iter().unzip();
         match self {
             Engine::Nats(settings) => {
-                serve(&runtime, starting, nats::NatsPublisher::connect(config, settings, budget, link), wiring)
+                let connect = nats::NatsPublisher::connect(config, settings, budget, link, destinations);
+                serve(&runtime, starting, connect, wirings)
             }
             Engine::Kafka(settings) => {
-                serve(&runtime, starting, kafka::KafkaPublisher::connect(config, settings, budget, link), wiring)
+                let connect = kafka::KafkaPublisher::connect(config, settings, budget, link, destinations);
+                serve(&runtime, starting, connect, wirings)
             }
         }
     }
 }
 
-/// Connects, and once the caller took the exporter, runs its pipeline.
+/// Connects, and once the caller took the exporters, runs their pipelines together, polled from
+/// one future (as tokio tasks of their own, a burst's NATS publications left out of order).
 fn serve<P: Publisher>(
     runtime: &tokio::runtime::Runtime,
     starting: Starting,
-    connect: impl std::future::Future<Output = Result<P, ExportError>>,
-    wiring: Wiring,
+    connect: impl std::future::Future<Output = Result<Vec<P>, ExportError>>,
+    wirings: Vec<Wiring>,
 ) {
-    if let Some(publisher) = runtime.block_on(starting.run(connect)) {
-        runtime.block_on(Pipeline::new(publisher, wiring).run());
-    }
+    let Some(publishers) = runtime.block_on(starting.run(connect)) else { return };
+    let pipelines = publishers.into_iter().zip(wirings).map(|(p, w)| Pipeline::new(p, w).run());
+    runtime.block_on(futures_util::future::join_all(pipelines));
 }
 
 impl Exporter {
@@ -96,40 +135,57 @@ impl Exporter {
         on_error: ErrorReporter,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Self, ExportError> {
+        let destination = config.endpoint.destination().to_owned();
+        let mut exporters = Self::start_shared(config, vec![(destination, on_error)], cancelled)?;
+        Ok(exporters.remove(0))
+    }
+
+    /// [`start_until`](Self::start_until) with one connection (one Kafka producer, one NATS
+    /// client) for several destinations of the endpoint's engine: an exporter for each topic
+    /// or subject of `routes` (with its error reporter), in their order, each with its own
+    /// queue (the `queue`, `queue_bytes` and `in_flight` options bound each), its own `seq`
+    /// and `run` (`RUN`, `RUN.1`, ...) and its own accounting; the connection is theirs
+    /// ([`connection`](Self::connection)). Every destination is checked (and created when
+    /// asked to) within the start's deadline.
+    pub fn start_shared(
+        config: ExportConfig,
+        routes: Vec<(String, ErrorReporter)>,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Vec<Self>, ExportError> {
         let engine = Engine::configure(&config)?;
-        let (queue, receiver) = mpsc::channel(config.queue);
-        let (deadline, deadline_receiver) = watch::channel(None);
-        let counters = Arc::new(Counters::default());
-        let queue_bytes = Arc::new(QueueBytes::new(config.queue_bytes));
-        let wiring = Wiring {
-            queue: receiver,
-            queue_bytes: queue_bytes.clone(),
-            counters: counters.clone(),
-            deadline: deadline_receiver,
-            max_in_flight: config.in_flight,
-            on_error,
-        };
+        let endpoints =
+            routes.iter().map(|(d, _)| config.endpoint.with_destination(d)).collect::<Result<Vec<_>, _>>()?;
+        let (ends, wired): (Vec<_>, Vec<_>) = routes
+            .into_iter()
+            .enumerate()
+            .map(|(index, (name, on_error))| {
+                let (end, wiring) = End::new(&config, on_error);
+                (end, (Destination { name, identity: config.identity.of_destination(index) }, wiring))
+            })
+            .unzip();
         let (handshake, starting) = start::handshake(config.connect_timeout);
-        let endpoint = config.endpoint.clone();
         let flush_timeout = config.flush_timeout;
         let link = Arc::new(Link::default());
         let client_link = link.clone();
         let thread =
-            start::spawn_unsignalled("bpfstream-export", move || engine.serve(&config, starting, wiring, client_link))
+            start::spawn_unsignalled("bpfstream-export", move || engine.serve(&config, starting, wired, client_link))
                 .map_err(|e| ExportError::Client(format!("cannot start the bpfstream-export thread: {e}")))?;
         // On an error the thread is left to end by itself (it stops connecting at once).
         handshake.wait(cancelled)?;
-        Ok(Exporter {
-            queue: Some(queue),
-            queue_bytes,
-            counters,
-            deadline,
-            thread: Some(thread),
+        let thread = Arc::new(ClientThread(Some(thread)));
+        let exporter = |(end, endpoint): (End, Endpoint)| Exporter {
+            queue: Some(end.queue),
+            queue_bytes: end.queue_bytes,
+            counters: end.counters,
+            deadline: end.deadline,
+            ended: end.ended,
             next_seq: 1,
             flush_timeout,
             endpoint,
-            link,
-        })
+            link: link.clone(),
+            _thread: thread.clone(),
+        };
+        Ok(ends.into_iter().zip(endpoints).map(exporter).collect())
     }
 
     /// Queues one event (its bytes are copied) and numbers it; `false` if the queue was full,
@@ -190,15 +246,44 @@ impl Exporter {
     /// `flush_timeout` option.
     const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+    /// Closes the queue and waits until this exporter's pipeline ended (the other exporters
+    /// of the connection go on).
     fn close(&mut self, deadline: Instant) {
-        // The thread reads the deadline before it sees the queue closed.
+        // The pipeline reads the deadline before it sees the queue closed.
         self.deadline.send_replace(Some(deadline));
         self.queue = None;
-        if let Some(thread) = self.thread.take() {
-            // A panic on the exporter's thread leaves its in-flight events in `in_flight`,
-            // where the caller's accounting shows them.
-            let _ = thread.join();
-        }
+        // Returns once the pipeline dropped its end: it ended, or panicked.
+        let _ = self.ended.recv();
+    }
+}
+
+/// The exporter's end of its pipeline, made before the engine answers.
+struct End {
+    queue: mpsc::Sender<Message>,
+    queue_bytes: Arc<QueueBytes>,
+    counters: Arc<Counters>,
+    deadline: watch::Sender<Option<Instant>>,
+    ended: Receiver<()>,
+}
+
+impl End {
+    /// An exporter's end and its pipeline's, with the bounds of `config`.
+    fn new(config: &ExportConfig, on_error: ErrorReporter) -> (Self, Wiring) {
+        let (queue, receiver) = mpsc::channel(config.queue);
+        let (deadline, deadline_receiver) = watch::channel(None);
+        let (ending, ended) = std::sync::mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let queue_bytes = Arc::new(QueueBytes::new(config.queue_bytes));
+        let wiring = Wiring {
+            queue: receiver,
+            queue_bytes: queue_bytes.clone(),
+            counters: counters.clone(),
+            deadline: deadline_receiver,
+            max_in_flight: config.in_flight,
+            on_error,
+            _ending: ending,
+        };
+        (End { queue, queue_bytes, counters, deadline, ended }, wiring)
     }
 }
 

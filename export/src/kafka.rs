@@ -14,6 +14,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{ClientConfig, Statistics};
 
+use crate::exporter::Destination;
 use crate::link::Link;
 use crate::pipeline::{Delivery, Failure, Message, Publisher};
 use crate::start::{self, Budget};
@@ -167,61 +168,21 @@ impl Settings {
     }
 }
 
-/// Produces to one topic.
-pub(crate) struct KafkaPublisher {
+/// The connection's producer, which every topic's publisher shares, replaced by a new one
+/// after a fatal error or a stalled event.
+struct Producers {
     /// The producer and its generation (1, 2, ...: one more each time it is replaced).
-    producer: Mutex<(Producer, u64)>,
+    current: Mutex<(Producer, u64)>,
     /// The generation of a producer that let an event time out (0: none).
-    stalled: Arc<AtomicU64>,
+    stalled: AtomicU64,
     /// To make a new producer after a fatal error (an idempotent producer gives up for good
     /// when, for example, a broker that lost its state comes back).
     client: ClientConfig,
-    topic: Arc<Topic>,
-    identity: Arc<Identity>,
     /// Where every producer's connection is followed.
     link: Arc<Link>,
 }
 
-impl KafkaPublisher {
-    /// Creates the producer (a bad property is a usage error), then, unless `connect=retry`,
-    /// checks that the brokers answer and that the topic exists (creating it if asked to),
-    /// saying in `budget` what it waits for. The producers' connections are followed in `link`.
-    pub async fn connect(
-        config: &ExportConfig,
-        settings: Settings,
-        budget: Budget,
-        link: Arc<Link>,
-    ) -> Result<Self, ExportError> {
-        let Endpoint::Kafka { brokers, topic } = &config.endpoint else { unreachable!("a Kafka endpoint") };
-        check_room_for_librdkafka()?;
-        let context = Context::new(link.clone());
-        let producer: Producer = settings.client.create_with_context(context.clone()).map_err(|e| match e {
-            e @ KafkaError::ClientConfig(..) => ExportError::Option(format!("Kafka: {e}")),
-            e => ExportError::Client(format!("creating the Kafka producer: {e}")),
-        })?;
-        let topic = Arc::new(Topic {
-            name: topic.clone(),
-            brokers: brokers.join(","),
-            create: config.create == Some(true),
-            partitions: settings.partitions,
-            replication_factor: settings.replication_factor,
-            client: settings.client.clone(),
-            healing: AtomicBool::new(false),
-        });
-        if config.connect == ConnectPolicy::Fail {
-            topic.check_at_start(&producer, &context.errors, &budget).await?;
-            link.set_connected(true);
-        }
-        Ok(KafkaPublisher {
-            producer: Mutex::new((producer, 1)),
-            stalled: Arc::new(AtomicU64::new(0)),
-            client: settings.client,
-            topic,
-            identity: Arc::new(config.identity.clone()),
-            link,
-        })
-    }
-
+impl Producers {
     /// The producer and its generation, replaced by a new one if it hit a fatal error or let
     /// an event time out. An idempotent producer can stall for good or give up when a broker
     /// that lost its state comes back (tansu with memory storage, a wiped cluster): dropping
@@ -229,7 +190,7 @@ impl KafkaPublisher {
     /// again through the new one with the same `seq`, so that consumers drop what both
     /// delivered.
     fn producer(&self) -> (Producer, u64) {
-        let mut current = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         // Relaxed: a flag on its own, set by delivery reports that arrive in any order anyway.
         let stalled = self.stalled.load(Ordering::Relaxed) == current.1;
         if stalled || current.0.client().fatal_error().is_some() {
@@ -239,6 +200,61 @@ impl KafkaPublisher {
             }
         }
         current.clone()
+    }
+}
+
+/// Produces to one topic, through the producer it shares with the other topics' publishers.
+pub(crate) struct KafkaPublisher {
+    producers: Arc<Producers>,
+    topic: Arc<Topic>,
+    identity: Arc<Identity>,
+}
+
+impl KafkaPublisher {
+    /// Creates the producer (a bad property is a usage error), then, unless `connect=retry`,
+    /// checks that the brokers answer and that each destination's topic exists (creating it
+    /// if asked to), saying in `budget` what it waits for. The producers' connections are
+    /// followed in `link`. A publisher per destination, in their order.
+    pub async fn connect(
+        config: &ExportConfig,
+        settings: Settings,
+        budget: Budget,
+        link: Arc<Link>,
+        destinations: Vec<Destination>,
+    ) -> Result<Vec<Self>, ExportError> {
+        let Endpoint::Kafka { brokers, .. } = &config.endpoint else { unreachable!("a Kafka endpoint") };
+        check_room_for_librdkafka()?;
+        let context = Context::new(link.clone());
+        let producer: Producer = settings.client.create_with_context(context.clone()).map_err(|e| match e {
+            e @ KafkaError::ClientConfig(..) => ExportError::Option(format!("Kafka: {e}")),
+            e => ExportError::Client(format!("creating the Kafka producer: {e}")),
+        })?;
+        let topic = |d: &Destination| {
+            Arc::new(Topic {
+                name: d.name.clone(),
+                brokers: brokers.join(","),
+                create: config.create == Some(true),
+                partitions: settings.partitions,
+                replication_factor: settings.replication_factor,
+                client: settings.client.clone(),
+                healing: AtomicBool::new(false),
+            })
+        };
+        let topics: Vec<Arc<Topic>> = destinations.iter().map(topic).collect();
+        if config.connect == ConnectPolicy::Fail {
+            for topic in &topics {
+                topic.check_at_start(&producer, &context.errors, &budget).await?;
+            }
+            link.set_connected(true);
+        }
+        let current = Mutex::new((producer, 1));
+        let producers = Arc::new(Producers { current, stalled: AtomicU64::new(0), client: settings.client, link });
+        let publisher = |(topic, d): (Arc<Topic>, Destination)| KafkaPublisher {
+            producers: producers.clone(),
+            topic,
+            identity: Arc::new(d.identity),
+        };
+        Ok(topics.into_iter().zip(destinations).map(publisher).collect())
     }
 }
 
@@ -405,8 +421,8 @@ impl Publisher for KafkaPublisher {
             .key(id.host.as_bytes())
             .payload(message.payload.as_ref())
             .headers(headers);
-        let (producer, generation) = self.producer();
-        let stalled = self.stalled.clone();
+        let (producer, generation) = self.producers.producer();
+        let producers = self.producers.clone();
         let topic = self.topic.clone();
         match producer.send_result(record) {
             Ok(delivery) => Box::pin(async move {
@@ -414,7 +430,7 @@ impl Publisher for KafkaPublisher {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err((error, _))) => {
                         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut) {
-                            stalled.fetch_max(generation, Ordering::Relaxed);
+                            producers.stalled.fetch_max(generation, Ordering::Relaxed);
                         }
                         topic.check_soon(&producer);
                         Err(classify(error))

@@ -30,7 +30,7 @@ mod start;
 pub use accounting::ExportStats;
 pub use config::{ConnectPolicy, ExportConfig, Identity};
 pub use endpoint::Endpoint;
-pub use exporter::Exporter;
+pub use exporter::{ErrorReporter, Exporter};
 pub use link::Connection;
 
 /// What can go wrong before events flow.

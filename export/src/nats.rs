@@ -1,5 +1,6 @@
 //! NATS JetStream: publish with headers and `Nats-Msg-Id`, counted when the stream's publish
-//! acknowledgement comes back. A stream capturing the subject is created unless `create=false`.
+//! acknowledgement comes back. A stream capturing the subject is created unless `create=false`:
+//! one per subject, or with `stream=NAME` one capturing every subject of the client.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +13,7 @@ use async_nats::jetstream::{self, stream};
 use async_nats::{ConnectOptions, Event, HeaderMap};
 
 use crate::config::{parse_bool, parse_duration, parse_positive_duration};
+use crate::exporter::Destination;
 use crate::link::Link;
 use crate::pipeline::{Delivery, Failure, Message, Publisher};
 use crate::start::{self, Budget, Progress};
@@ -150,7 +152,8 @@ fn follow(link: Arc<Link>) -> impl Fn(Event) -> std::future::Ready<()> + Send + 
     }
 }
 
-/// Publishes to one subject of a JetStream-enabled server.
+/// Publishes to one subject of a JetStream-enabled server, on a client it may share with the
+/// publishers of other subjects.
 pub(crate) struct NatsPublisher {
     jetstream: jetstream::Context,
     subject: async_nats::Subject,
@@ -159,60 +162,83 @@ pub(crate) struct NatsPublisher {
 }
 
 impl NatsPublisher {
-    /// Connects and makes sure a stream captures the subject (creating one unless told not
-    /// to), saying in `budget` what it waits for; with `connect=retry`, both happen in the
-    /// background until they succeed. The client's connection is followed in `link`.
+    /// Connects one client and makes sure a stream captures each destination's subject
+    /// (creating it unless told not to), saying in `budget` what it waits for; with
+    /// `connect=retry`, both happen in the background until they succeed. The client's
+    /// connection is followed in `link`. A publisher per destination, in their order.
     pub async fn connect(
         config: &ExportConfig,
         settings: Settings,
         budget: Budget,
         link: Arc<Link>,
-    ) -> Result<Self, ExportError> {
-        let Endpoint::Nats { server, subject } = &config.endpoint else { unreachable!("a NATS endpoint") };
-        let progress = &budget.progress;
-        let tls = settings.tls();
-        let options = settings.connect_options(config.connect, link).await?;
-        let connected = match config.connect {
-            ConnectPolicy::Retry => options.connect(server.as_str()).await,
-            ConnectPolicy::Fail => {
-                let after = if tls { "the TLS handshake and the login" } else { "the login" };
-                tokio::select! {
-                    client = options.connect(server.as_str()) => client,
-                    never = start::watch(server, "nats-server", Some(("INFO", after)), progress) => match never {},
-                }
-            }
-        };
-        let over =
-            if tls { " over TLS (tls, tls_ca, tls_cert and tls_key require it: does the server have it?)" } else { "" };
-        let client = connected.map_err(|e| {
-            ExportError::Unreachable(format!(
-                "cannot reach nats-server at {server}{over}: {e}. Start it (with -js), check the address, or add \
-                 --output-option connect=retry to wait for it"
-            ))
-        })?;
+        destinations: Vec<Destination>,
+    ) -> Result<Vec<Self>, ExportError> {
+        let Endpoint::Nats { server, .. } = &config.endpoint else { unreachable!("a NATS endpoint") };
+        let client = connect_client(config, &settings, &budget.progress, link).await?;
+        // The client's bound on unacknowledged publications is every pipeline's.
+        let in_flight = config.in_flight.saturating_mul(destinations.len()).saturating_add(1);
         let jetstream = ContextBuilder::new()
             .timeout(settings.ack_timeout.unwrap_or(Duration::from_secs(5)))
-            .max_ack_inflight(config.in_flight + 1)
+            .max_ack_inflight(in_flight)
             .backpressure_on_inflight(true)
             .build(client);
-        let stream = Arc::new(StreamSetup {
-            jetstream: jetstream.clone(),
-            server: server.clone(),
-            subject: subject.clone(),
-            create: config.create.unwrap_or(true),
-            settings,
-            progress: progress.clone(),
-            healing: AtomicBool::new(false),
-        });
-        match config.connect {
-            ConnectPolicy::Fail => stream.ensure().await?,
-            ConnectPolicy::Retry => {
-                tokio::spawn(stream.clone().ensure_eventually());
+        let subjects: Vec<String> = destinations.iter().map(|d| d.name.clone()).collect();
+        let mut publishers = Vec::with_capacity(destinations.len());
+        for Destination { name, identity } in destinations {
+            // `stream=NAME`: one stream captures every subject; else one per subject.
+            let captures = if settings.stream.is_some() { subjects.clone() } else { vec![name.clone()] };
+            let stream = Arc::new(StreamSetup {
+                jetstream: jetstream.clone(),
+                server: server.clone(),
+                subject: name.clone(),
+                captures,
+                create: config.create.unwrap_or(true),
+                settings: settings.clone(),
+                progress: budget.progress.clone(),
+                healing: AtomicBool::new(false),
+            });
+            match config.connect {
+                ConnectPolicy::Fail => stream.ensure().await?,
+                ConnectPolicy::Retry => {
+                    tokio::spawn(stream.clone().ensure_eventually());
+                }
+            }
+            let (subject, identity) = (name.as_str().into(), Arc::new(identity));
+            publishers.push(NatsPublisher { jetstream: jetstream.clone(), subject, identity, stream });
+        }
+        Ok(publishers)
+    }
+}
+
+/// The client, connected (or, with `connect=retry`, connecting in the background), saying in
+/// `progress` how far the server got.
+async fn connect_client(
+    config: &ExportConfig,
+    settings: &Settings,
+    progress: &Progress,
+    link: Arc<Link>,
+) -> Result<async_nats::Client, ExportError> {
+    let Endpoint::Nats { server, .. } = &config.endpoint else { unreachable!("a NATS endpoint") };
+    let tls = settings.tls();
+    let options = settings.connect_options(config.connect, link).await?;
+    let connected = match config.connect {
+        ConnectPolicy::Retry => options.connect(server.as_str()).await,
+        ConnectPolicy::Fail => {
+            let after = if tls { "the TLS handshake and the login" } else { "the login" };
+            tokio::select! {
+                client = options.connect(server.as_str()) => client,
+                never = start::watch(server, "nats-server", Some(("INFO", after)), progress) => match never {},
             }
         }
-        let identity = Arc::new(config.identity.clone());
-        Ok(NatsPublisher { jetstream, subject: subject.as_str().into(), identity, stream })
-    }
+    };
+    let over =
+        if tls { " over TLS (tls, tls_ca, tls_cert and tls_key require it: does the server have it?)" } else { "" };
+    connected.map_err(|e| {
+        ExportError::Unreachable(format!(
+            "cannot reach nats-server at {server}{over}: {e}. Start it (with -js), check the address, or add \
+             --output-option connect=retry to wait for it"
+        ))
+    })
 }
 
 /// Finding or creating the stream that captures the subject: at start, and again whenever a
@@ -221,6 +247,8 @@ struct StreamSetup {
     jetstream: jetstream::Context,
     server: String,
     subject: String,
+    /// The subjects of a stream it creates.
+    captures: Vec<String>,
     create: bool,
     settings: Settings,
     /// What the start waits for.
@@ -251,7 +279,7 @@ impl StreamSetup {
         }
         let config = stream::Config {
             name: self.settings.stream.clone().unwrap_or_else(|| stream_name(subject)),
-            subjects: vec![subject.clone()],
+            subjects: self.captures.clone(),
             storage: self.settings.storage,
             duplicate_window: self.settings.duplicate_window.unwrap_or(Duration::from_secs(120)),
             ..Default::default()

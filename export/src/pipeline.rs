@@ -1,4 +1,4 @@
-//! The exporter's thread: takes messages off the queue, publishes them with at most
+//! A destination's pipeline on the exporter's thread: takes messages off its queue, publishes them with at most
 //! `in_flight` unacknowledged, counts acknowledgements, republishes failures after a backoff,
 //! and at the final flush's deadline counts whatever is left as unflushed.
 
@@ -99,6 +99,8 @@ pub(crate) struct Wiring {
     pub max_in_flight: usize,
     /// Called with each failure's text, at most once per backoff.
     pub on_error: Box<dyn FnMut(&str) + Send>,
+    /// Dropped with the pipeline: tells its exporter that it ended (after its last count).
+    pub _ending: std::sync::mpsc::Sender<()>,
 }
 
 /// The pipeline on the exporter's thread.
@@ -293,6 +295,7 @@ mod tests {
                 deadline: deadline_rx,
                 max_in_flight: 4,
                 on_error: Box::new(|_| {}),
+                _ending: std::sync::mpsc::channel().0,
             };
             Pipeline::new(script, wiring).run().await;
         });

@@ -6,7 +6,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bpfstream_export::{ExportConfig, ExportError, Exporter, Identity};
+use bpfstream_export::{ErrorReporter, ExportConfig, ExportError, Exporter, Identity};
 
 #[path = "support/certificates.rs"]
 mod certificates;
@@ -299,6 +299,65 @@ fn a_start_against_a_silent_engine_ends_at_its_deadline_or_when_cancelled() {
         let cancelled =
             Exporter::start_until(config, Box::new(|_| {}), &|| asked.elapsed() > Duration::from_millis(200));
         assert!(matches!(cancelled, Err(ExportError::Cancelled)), "{scheme}: {cancelled:?}");
+    }
+}
+
+/// Exporters started on one connection, one per subject, from their options on `url`.
+fn start_shared(url: &str, subjects: &[&str], options: &[&str]) -> Vec<Exporter> {
+    let mut config = ExportConfig::new(url.parse().unwrap(), Identity::of_this_process());
+    for option in options {
+        config.set_text(option).unwrap();
+    }
+    let quiet = || -> ErrorReporter { Box::new(|_| {}) };
+    let routes = subjects.iter().map(|s| (s.to_string(), quiet())).collect();
+    Exporter::start_shared(config, routes, &|| false).unwrap()
+}
+
+/// Exporters sharing one connection each get every one of their events acknowledged on their
+/// own subject, interleaved as the agent's streams send them: with a JetStream stream made for
+/// each subject, and with `stream=NAME`, one made for both.
+#[test]
+fn exporters_on_one_connection_ship_each_to_its_subject() {
+    let Some((_server, port, store)) = jetstream_server("shared") else { return };
+    for (subjects, options) in [(["shared.a", "shared.b"], None), (["one.a", "one.b"], Some("stream=ONE"))] {
+        let url = format!("nats://127.0.0.1:{port}/{}", subjects[0]);
+        let mut exporters = start_shared(&url, &subjects, options.as_slice());
+        let n = 5_000;
+        for i in 0..n {
+            for exporter in &mut exporters {
+                assert!(exporter.send(format!("{{\"i\":{i}}}").as_bytes()));
+            }
+        }
+        for (exporter, subject) in exporters.into_iter().zip(subjects) {
+            assert_eq!(exporter.endpoint().destination(), subject);
+            let stats = exporter.finish();
+            assert_eq!((stats.offered, stats.exported, stats.export_failed()), (n, n, 0), "{subject}: {stats:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&store);
+}
+
+/// On one connection, a full queue is its exporter's own: against an engine that never answers
+/// (with one event in flight at most and 4 queued), the exporter sent 100 events counts at least
+/// 95 `queue_full`, the one sent 3 none, and each accounts for every event it was given.
+#[test]
+fn a_full_queue_on_a_shared_connection_is_its_own_exporters() {
+    let port = silent_listener();
+    let url = format!("nats://127.0.0.1:{port}/full");
+    let options = ["connect=retry", "queue=4", "in_flight=1", "flush_timeout=100ms"];
+    let mut exporters = start_shared(&url, &["full", "calm"], &options);
+    for _ in 0..100 {
+        exporters[0].send(b"{}");
+    }
+    for _ in 0..3 {
+        assert!(exporters[1].send(b"{}"), "its own queue has room");
+    }
+    let calm = exporters.pop().unwrap().finish();
+    let full = exporters.pop().unwrap().finish();
+    assert!(full.queue_full >= 95 && full.offered == 100, "{full:?}");
+    assert_eq!((calm.offered, calm.queue_full, calm.unflushed), (3, 0, 3), "{calm:?}");
+    for stats in [full, calm] {
+        assert_eq!(stats.offered, stats.exported + stats.export_failed(), "{stats:?}");
     }
 }
 

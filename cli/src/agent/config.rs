@@ -102,10 +102,7 @@ pub struct OutputConfig {
 impl OutputConfig {
     /// The endpoint of a stream's events: the URL's, with `topic` as its topic or subject.
     pub fn endpoint_for(&self, topic: Option<&str>) -> Result<Endpoint, bpfstream_export::ExportError> {
-        let Some(topic) = topic else { return Ok(self.endpoint.clone()) };
-        let url = self.endpoint.to_string();
-        let base = &url[..url.len() - self.endpoint.destination().len()];
-        format!("{base}{topic}").parse()
+        topic.map_or_else(|| Ok(self.endpoint.clone()), |topic| self.endpoint.with_destination(topic))
     }
 
     /// The options as `--output-option KEY=VALUE` takes them.

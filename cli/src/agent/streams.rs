@@ -36,8 +36,9 @@ pub fn run(config: AgentConfig, metrics: Option<TcpListener>) -> Result<()> {
     console.check()
 }
 
-/// A stream as its tracer's command makes it, its events JSON lines to `output` (its exporter
-/// connected now, to the stream's topic) or stdout, its counters in `registry`.
+/// A stream as its tracer's command makes it, its events JSON lines to `output` (to the
+/// stream's topic, on the connection every stream shares: made when the run starts) or stdout,
+/// its counters in `registry`.
 fn plan(stream: StreamConfig, output: Option<&OutputConfig>, registry: &Arc<Registry>) -> Result<StreamPlan<'static>> {
     let StreamConfig { name, mut tracer, priority, topic, .. } = stream;
     let common = tracer.common_mut();

@@ -67,12 +67,17 @@ pub struct Outlet {
 }
 
 impl Outlet {
-    /// `--json`, `-T`/`--elapsed`, `--cgroup-path` and `--output`, whose exporter connects now:
-    /// an engine that cannot be reached is an error before anything is loaded.
+    /// `--json`, `-T`/`--elapsed`, `--cgroup-path` and `--output`, whose exporter connects when
+    /// the run starts ([`super::run_plans`]), before anything is loaded.
     pub fn start(args: &CommonArgs, container: &ContainerArgs) -> Result<Self> {
-        let tee = Tee::start(&args.output, args.json)?;
+        let tee = Tee::new(&args.output, args.json);
         let containers = ContainerFields::for_tracer(container, tee.active())?;
         Ok(Outlet { json: args.json, time: TimeColumn::new(args.timestamp, args.elapsed), tee, containers })
+    }
+
+    /// Where its events go besides stdout, for the run to connect its `--output`.
+    pub(super) fn tee_mut(&mut self) -> &mut Tee {
+        &mut self.tee
     }
 
     /// Events to the exporter only, nothing of them on stdout; `lost` lines and the summary

@@ -102,9 +102,15 @@ pub fn trace(plan: StreamPlan<'_>, duration: Option<Duration>) -> Result<()> {
     console.check()
 }
 
-/// Starts every plan (nothing attached unless every one loaded), then runs them all on one
-/// poller until stopped (or for `duration`): each stream's summary, by priority.
-pub fn run_plans(plans: Vec<StreamPlan<'_>>, duration: Option<Duration>, console: &Console) -> Result<Vec<Summary>> {
+/// Connects the plans' `--output`s (one connection per engine, shared by every stream and map
+/// that ships to it), starts every plan (nothing attached unless every one loaded), then runs
+/// them all on one poller until stopped (or for `duration`): each stream's summary, by priority.
+pub fn run_plans(
+    mut plans: Vec<StreamPlan<'_>>,
+    duration: Option<Duration>,
+    console: &Console,
+) -> Result<Vec<Summary>> {
+    crate::export::connect(plans.iter_mut().flat_map(|p| p.ways.iter_mut().map(|way| way.outlet.tee_mut())))?;
     let (specs, ways): (Vec<_>, Vec<_>) = plans.into_iter().map(|p| (p.spec, (p.ways, p.metrics))).unzip();
     let loaded = start(specs)?;
     // Each map's way; the plan's metrics go to its first map's stream.

@@ -466,3 +466,29 @@ impl Drop for SilentEngine {
         let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
+
+/// The established TCP connections process `pid` holds to `port` (its sockets, as
+/// `/proc/PID/fd` names them, found in `/proc/PID/net/tcp`): how many connections a client made.
+pub fn connections_to(pid: u32, port: u16) -> usize {
+    let sockets: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| fds.flatten().filter_map(|fd| std::fs::read_link(fd.path()).ok()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|link| Some(link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned()))
+        .collect();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    let to_port = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 9 && f[2].ends_with(&to_port) && f[3] == "01" && sockets.contains(f[9]))
+        .count()
+}
+
+/// The threads of process `pid` named `name` (`/proc/PID/task/*/comm`): librdkafka runs one
+/// `rdk:main` per client.
+pub fn threads_named(pid: u32, name: &str) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks.flatten().filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)).count()
+}
