@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
-/* `bpfstream bench`'s producer; mirrored in Rust by cli/src/bench/producer.rs. */
+/* `bpfstream bench`'s producer; mirrored in Rust by experiments/src/bench/producer.rs. */
 #ifndef BPFSTREAM_BENCH_H
 #define BPFSTREAM_BENCH_H
 

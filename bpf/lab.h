@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
  * The lab's synthetic load (`bpfstream lab`): records triggered by the lab's own threads, so that
- * nothing else on the machine can change the counts. Mirrored in Rust by cli/src/lab/load.rs
- * (layout tested there).
+ * nothing else on the machine can change the counts. Mirrored in Rust by
+ * experiments/src/lab/load.rs (layout tested there).
  *
  * Trigger: prctl(LAB_PRCTL_OPTION, count, key, seq, class) from the lab's process. The kernel
  * rejects the unknown option (EINVAL) after the sys_enter tracepoint has seen it; the BPF

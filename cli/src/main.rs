@@ -1,51 +1,30 @@
-//! `bpfstream`: eBPF tracers, consumer benchmarks and buffer experiments on the bpfstream
-//! library. See `bpfstream --help`.
+//! `bpfstream`: eBPF tracers, `run` of any BPF object, and the agent, on the bpfstream library;
+//! the experiments (`bench`, `lab`) come from `bpfstream-experiments`, and what both stand on
+//! from `bpfstream-core`. See `bpfstream --help`.
 
-/// `eprintln!` that never panics: when stderr has no reader any more (`2>&1 | head` after head
-/// exits), the message is dropped instead of aborting a tracer in the middle of its drain.
-macro_rules! eprintln_lossy {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
-
-/// `eprint!` that never panics (see [`eprintln_lossy`]).
-macro_rules! eprint_lossy {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = write!(std::io::stderr(), $($arg)*);
-    }};
-}
+// `eprintln_lossy!`, `eprint_lossy!`: stderr that never panics.
+#[macro_use]
+extern crate bpfstream_core;
 
 mod agent;
 mod allocator;
-mod bench;
 mod cgroup;
 mod cgroup_paths;
 mod container;
-mod counters;
 mod export;
 mod histogram;
-mod host;
-mod lab;
 mod lifecycle;
-mod limits;
 mod loss;
 mod metrics;
 mod names;
-mod objects;
-mod output;
-mod plot;
-mod privileges;
 mod run;
-mod signals;
-mod size;
 mod stopped;
 mod tools;
-mod tracefs;
-mod values;
 mod writer;
+
+// Shared with the experiments; reached from here as `crate::signals`, `crate::output`, ...
+use bpfstream_core::{counters, host, limits, objects, output, privileges, signals, size, tracefs, values};
+use bpfstream_experiments::{bench, lab};
 
 use std::process::ExitCode;
 

@@ -13,7 +13,7 @@ mod common;
 macro_rules! eprintln_lossy {
     ($($arg:tt)*) => { eprintln!($($arg)*) };
 }
-#[path = "../src/tracefs.rs"]
+#[path = "../../core/src/tracefs.rs"]
 #[allow(dead_code)] // only Tracefs::open is needed here
 mod tracefs;
 

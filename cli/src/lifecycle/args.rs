@@ -1,9 +1,11 @@
 //! The options every tracer takes, and the one place that turns them into a buffer and its
-//! wakeup policy.
+//! wakeup policy, and into the task filter's globals.
 
 use std::time::Duration;
 
 use bpfstream::{PerfWakeup, Transport, WakeupPolicy};
+
+use bpfstream_core::load::{BufferOptions, Global};
 
 use crate::values::{comm_parser, parse_task_id, parse_uid, Comm};
 
@@ -166,62 +168,51 @@ fn burst_buffer_size(args: &CommonArgs, budget: BurstBudget) -> u64 {
     one_cpu.saturating_mul(buffers_of as u64).next_power_of_two().clamp(DEFAULT_BUFFER_SIZE, MAX_DEFAULT_BUFFER)
 }
 
-/// How to set up the buffer.
-#[derive(Debug, Clone, Copy)]
-pub struct BufferOptions {
-    /// `None`: ring if the kernel has it, else perf (with a notice).
-    pub transport: Option<Transport>,
-    /// Ring: total bytes; perf: bytes per CPU.
-    pub size: u64,
-    /// Ring producers' wakeup policy.
-    pub ring_wakeup: WakeupPolicy,
-    /// Perf buffers' wakeup policy (`None`: a quarter of the buffer).
-    pub perf_wakeup: Option<PerfWakeup>,
-    /// Longest a record may wait before we read it (the poll timeout).
-    pub max_delay: Duration,
+/// The buffer and wakeup policy of a tracer: `--buffer-size` and `--wakeup` if given, else the
+/// defaults for its event rate.
+pub fn tracer_buffer(args: &CommonArgs, rate: EventRate) -> BufferOptions {
+    let (default_size, high_rate) = match rate {
+        EventRate::Moderate => (DEFAULT_BUFFER_SIZE, false),
+        EventRate::High(budget) => (burst_buffer_size(args, budget), true),
+    };
+    let default_size = match crate::privileges::perf_buffer_budget() {
+        // Without CAP_IPC_LOCK, perf buffers must fit what the user may lock.
+        Some(budget) if args.buffer == Some(BufferKind::Perf) => default_size.min(budget),
+        _ => default_size,
+    };
+    let size = args.buffer_size.unwrap_or(default_size);
+    let default_ring =
+        if high_rate { WakeupPolicy::Bytes((size / 4).min(DEFAULT_BUFFER_SIZE / 4)) } else { WakeupPolicy::Adaptive };
+    BufferOptions {
+        transport: args.buffer.map(|b| match b {
+            BufferKind::Ring => Transport::Ring,
+            BufferKind::Perf => Transport::Perf,
+        }),
+        size,
+        ring_wakeup: args.wakeup.map_or(default_ring, Wakeup::ring),
+        perf_wakeup: args.wakeup.and_then(Wakeup::perf),
+        max_delay: args.max_delay,
+    }
 }
 
-impl BufferOptions {
-    /// The library's options for this buffer: its size in bytes (a ring's, or a perf buffer's
-    /// per CPU) and both transports' wakeup policies.
-    pub fn library(&self) -> bpfstream::Options {
-        bpfstream::Options {
-            wakeup: self.ring_wakeup,
-            buffer_bytes: Some(self.size),
-            perf_wakeup: self.perf_wakeup,
-            ..bpfstream::Options::default()
-        }
-    }
-
-    /// The buffer and wakeup policy of a tracer: `--buffer-size` and `--wakeup` if given, else
-    /// the defaults for its event rate.
-    pub fn for_tracer(args: &CommonArgs, rate: EventRate) -> Self {
-        let (default_size, high_rate) = match rate {
-            EventRate::Moderate => (DEFAULT_BUFFER_SIZE, false),
-            EventRate::High(budget) => (burst_buffer_size(args, budget), true),
-        };
-        let default_size = match crate::privileges::perf_buffer_budget() {
-            // Without CAP_IPC_LOCK, perf buffers must fit what the user may lock.
-            Some(budget) if args.buffer == Some(BufferKind::Perf) => default_size.min(budget),
-            _ => default_size,
-        };
-        let size = args.buffer_size.unwrap_or(default_size);
-        let default_ring = if high_rate {
-            WakeupPolicy::Bytes((size / 4).min(DEFAULT_BUFFER_SIZE / 4))
-        } else {
-            WakeupPolicy::Adaptive
-        };
-        BufferOptions {
-            transport: args.buffer.map(|b| match b {
-                BufferKind::Ring => Transport::Ring,
-                BufferKind::Perf => Transport::Perf,
-            }),
-            size,
-            ring_wakeup: args.wakeup.map_or(default_ring, Wakeup::ring),
-            perf_wakeup: args.wakeup.and_then(Wakeup::perf),
-            max_delay: args.max_delay,
-        }
-    }
+/// The globals of `bpf/include/bpfstream_filter.h`: the task filters every tracer applies in
+/// the kernel (`--pid`, `--tid`, `--uid`, `--cgroup`, `--name`, `-n`), and bpfstream's own
+/// process, never traced.
+pub fn task_filter_globals(args: &CommonArgs, tid: Option<u32>) -> Vec<Global> {
+    let comm = args.name.as_ref().or(args.name_contains.as_ref()).map_or(&[][..], |c| c.bytes());
+    vec![
+        Global::u32("self_tgid", std::process::id()),
+        Global::u32("targ_pid", args.pid.unwrap_or(0)),
+        Global::u32("targ_tid", tid.unwrap_or(0)),
+        Global::bool("filter_uid", args.uid.is_some()),
+        Global::u32("targ_uid", args.uid.unwrap_or(0)),
+        Global::u64("targ_cgroup", args.cgroup.as_ref().map_or(0, |c| c.id)),
+        Global::u32("targ_cgroup_level", args.cgroup.as_ref().map_or(0, |c| c.level)),
+        Global::bool("filter_comm", !comm.is_empty()),
+        Global::bool("comm_substring", args.name_contains.is_some()),
+        Global::u32("targ_comm_len", comm.len() as u32),
+        Global::comm("targ_comm", comm),
+    ]
 }
 
 #[cfg(test)]

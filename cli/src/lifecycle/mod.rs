@@ -2,9 +2,10 @@
 //! brings only its BPF objects, attach points, globals and a [`Format`] (decoder and columns);
 //! the rest is here, one file per job:
 //!
-//! - `args`: the options every tracer takes, and the buffer and wakeup policy they make;
-//! - `load`: transport, globals, loading, attaching, the event stream of one object;
-//! - `start`: every stream loaded and its buffer opened before any is attached;
+//! - `args`: the options every tracer takes, and the buffer, wakeup policy and task filter they
+//!   make;
+//! - `start`: every stream loaded (`bpfstream_core::load`) and its buffer opened before any is
+//!   attached;
 //! - `plan`: a stream before it starts (tracer, buffer, outlet, how its format is made);
 //! - `format`: what a tracer's events look like (its decoder and columns);
 //! - `feed`: a stream's way from its buffer to stdout and the exporter, and its losses;
@@ -22,24 +23,20 @@
 mod args;
 mod feed;
 mod format;
-mod load;
 mod plan;
 mod run;
 mod start;
 mod stop;
 mod summary;
 
-pub use args::{BufferKind, BufferOptions, BurstBudget, CommonArgs, EventRate};
+pub use args::{task_filter_globals, tracer_buffer, BufferKind, BurstBudget, CommonArgs, EventRate};
+pub use bpfstream_core::load::{load_error, Attach, BufferOptions, Global, TracerSpec, COUNTERS_MAP, EVENTS_MAP};
 pub use feed::{Console, Outlet};
 pub use format::Format;
-pub use load::{
-    attach, load, load_error, map_fd, task_filter_globals, Attach, Global, Objects, TracerSpec, COUNTERS_MAP,
-    EVENTS_MAP,
-};
 pub use plan::{start_plans, trace, StreamPlan};
 pub use run::RunningStreams;
 pub use start::{Loaded, MapStream, Tracer};
-pub use summary::{is_broken_pipe, Summary};
+pub use summary::Summary;
 
 #[cfg(test)]
 mod tests;

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::args::BufferOptions;
+use bpfstream_core::load::{BufferOptions, TracerSpec};
+
 use super::feed::{Console, Outlet};
 use super::format::Format;
-use super::load::TracerSpec;
 use super::run::{run, Stream};
 use super::start::{start, Loaded, MapStream, StreamSpec, Tracer};
 use crate::metrics::StreamMetrics;

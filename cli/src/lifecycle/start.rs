@@ -6,13 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use aya::maps::Map;
 use aya::Ebpf;
 use bpfstream::{EventSource, Transport};
+use bpfstream_core::load::{attach, load, map_fd, BufferOptions, TracerSpec, COUNTERS_MAP, EVENTS_MAP, LOADING};
 
-use super::args::BufferOptions;
-use super::load::{attach, load, open_stream, TracerSpec, COUNTERS_MAP, EVENTS_MAP, LOADING};
 use crate::counters::DropCounters;
 use crate::signals;
 use crate::size::human_bytes;
@@ -186,4 +185,30 @@ fn open(bpf: &Ebpf, map: &str, counters: Option<&str>, buffer: &BufferOptions) -
         None => None,
     };
     Ok((source, counters))
+}
+
+/// Whether `map` is a perf event array.
+fn events_are_perf(map: &Map) -> bool {
+    matches!(map, Map::PerfEventArray(_))
+}
+
+/// Whether opening a buffer failed for want of privileges (EPERM or EACCES).
+fn is_permission_denied(error: &bpfstream::Error) -> bool {
+    matches!(error, bpfstream::Error::Sys { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
+}
+
+/// The event stream of the map `map`, with the drop counters of the map `counters` (`None`: an
+/// object that sends without bpfstream.h's counters).
+fn open_stream(bpf: &Ebpf, map: &str, counters: Option<&str>, options: &BufferOptions) -> Result<EventSource> {
+    let events = bpf.map(map).ok_or_else(|| anyhow!("BPF object has no {map} map"))?;
+    let counters = match counters {
+        Some(name) => Some(map_fd(bpf.map(name).ok_or_else(|| anyhow!("BPF object has no {name} map"))?)?),
+        None => None,
+    };
+    match EventSource::open(map_fd(events)?, counters, &options.library()) {
+        Err(e) if is_permission_denied(&e) && events_are_perf(events) => {
+            bail!("{}: {}", crate::privileges::perf_permission_hint(options.size), crate::privileges::os_error(&e))
+        }
+        opened => Ok(opened?),
+    }
 }

@@ -3,7 +3,7 @@
 //! stdout is unusable (blocked, full, closed), the summary (the JSON object with `--json`) comes
 //! on stderr instead, with what was not written.
 
-use std::io::{self, Write};
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,10 +43,6 @@ pub struct Summary {
     /// A ring without drop counters: what it dropped is not known (`"dropped": null`).
     pub dropped_unknown: bool,
     ending: Ending,
-}
-
-pub fn is_broken_pipe(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::BrokenPipe
 }
 
 impl Summary {

@@ -8,12 +8,11 @@ use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use bpfstream_core::load::{BufferOptions, TracerSpec};
 use clap::Parser;
 use serde_json::Value;
 
-use super::args::BufferOptions;
 use super::feed::{Console, Outlet};
-use super::load::TracerSpec;
 use super::run::run;
 use super::start::{start, MapStream, StreamSpec};
 use super::summary::Summary;

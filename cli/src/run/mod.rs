@@ -30,7 +30,8 @@ use self::object::{MapInfo, ObjectInfo, MAP_RINGBUF};
 use self::sink::{MapLabel, Records};
 use crate::container::ContainerArgs;
 use crate::lifecycle::{
-    load_error, BufferKind, BufferOptions, CommonArgs, EventRate, MapStream, Outlet, StreamPlan, Tracer, COUNTERS_MAP,
+    load_error, tracer_buffer, BufferKind, BufferOptions, CommonArgs, EventRate, MapStream, Outlet, StreamPlan, Tracer,
+    COUNTERS_MAP,
 };
 use anyhow::{anyhow, Result};
 use aya::EbpfLoader;
@@ -382,7 +383,7 @@ fn buffer_options(args: &CommonArgs, map: &MapInfo, counted: bool) -> (CommonArg
     let ring = map.map_type == MAP_RINGBUF;
     let mut common = args.clone();
     common.buffer = Some(if ring { BufferKind::Ring } else { BufferKind::Perf });
-    let mut options = BufferOptions::for_tracer(&common, EventRate::Moderate);
+    let mut options = tracer_buffer(&common, EventRate::Moderate);
     if let (true, false, None, Some(declared)) = (ring, counted, common.buffer_size, map.max_entries) {
         options.size = u64::from(declared);
     }

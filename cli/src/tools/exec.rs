@@ -19,8 +19,8 @@ use bpfstream::FromRecord;
 
 use crate::container::ContainerArgs;
 use crate::lifecycle::{
-    task_filter_globals, Attach, BufferOptions, CommonArgs, EventRate, Format, Global, Outlet, StreamPlan, Summary,
-    TracerSpec,
+    task_filter_globals, tracer_buffer, Attach, BufferOptions, CommonArgs, EventRate, Format, Global, Outlet,
+    StreamPlan, Summary, TracerSpec,
 };
 use crate::objects;
 use crate::output::{c_str, display_bytes, JsonLine};
@@ -243,7 +243,7 @@ pub fn plan(args: &ExecArgs) -> Result<StreamPlan<'static>> {
 
 /// The buffer of `args`.
 pub fn buffer(args: &ExecArgs) -> BufferOptions {
-    BufferOptions::for_tracer(&args.common, EventRate::Moderate)
+    tracer_buffer(&args.common, EventRate::Moderate)
 }
 
 /// The events' format of `args`.

@@ -11,8 +11,8 @@ use bpfstream::FromRecord;
 
 use crate::container::ContainerArgs;
 use crate::lifecycle::{
-    task_filter_globals, Attach, BufferOptions, BurstBudget, CommonArgs, EventRate, Format, Global, Loaded, Outlet,
-    StreamPlan, Summary, TracerSpec,
+    task_filter_globals, tracer_buffer, Attach, BufferOptions, BurstBudget, CommonArgs, EventRate, Format, Global,
+    Loaded, Outlet, StreamPlan, Summary, TracerSpec,
 };
 use crate::names::{errno_name, syscall_name};
 use crate::objects;
@@ -242,7 +242,7 @@ pub fn plan(args: OpenArgs) -> Result<StreamPlan<'static>> {
 
 /// The buffer of `args`.
 pub fn buffer(args: &OpenArgs) -> BufferOptions {
-    BufferOptions::for_tracer(&args.common, EventRate::High(BURST))
+    tracer_buffer(&args.common, EventRate::High(BURST))
 }
 
 /// The events' format of `args`, with the map it reads taken from the loaded object.

@@ -13,8 +13,8 @@ use bpfstream::FromRecord;
 
 use crate::container::ContainerArgs;
 use crate::lifecycle::{
-    task_filter_globals, Attach, BufferOptions, BurstBudget, CommonArgs, EventRate, Format, Global, Loaded, Outlet,
-    StreamPlan, Summary, TracerSpec,
+    task_filter_globals, tracer_buffer, Attach, BufferOptions, BurstBudget, CommonArgs, EventRate, Format, Global,
+    Loaded, Outlet, StreamPlan, Summary, TracerSpec,
 };
 use crate::names::{errno_name, syscall_name, syscall_number};
 use crate::objects;
@@ -360,7 +360,7 @@ pub fn plan(args: SyscallsArgs) -> Result<StreamPlan<'static>> {
 
 /// The buffer of `args`.
 pub fn buffer(args: &SyscallsArgs) -> BufferOptions {
-    let mut options = BufferOptions::for_tracer(&args.common, EventRate::High(BURST));
+    let mut options = tracer_buffer(&args.common, EventRate::High(BURST));
     if args.summary_mode() {
         // Nothing is sent: the smallest buffer the transport takes.
         options.size = crate::host::page_size() as u64;

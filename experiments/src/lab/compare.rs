@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use bpfstream::stream::EventStream;
 use bpfstream::{Event, EventSource, Poller, Record, Totals, Transport, WakeupPolicy};
+use bpfstream_core::load::BufferOptions;
 
 use super::load::{self, LabEvent, Loaded, Pace, CLASS_BULK};
 use super::report::{Account, Cell, LabReport, Table};
 use super::Progress;
-use crate::lifecycle::BufferOptions;
 use crate::objects;
 use crate::plot::{self, BarPanel};
 use crate::size::human_bytes;

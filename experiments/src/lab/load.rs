@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use aya::Ebpf;
 use bpfstream::{EventSource, FromRecord};
-
-use crate::lifecycle::{self, Attach, BufferOptions, Global, Objects, TracerSpec};
+use bpfstream_core::load::{self, Attach, BufferOptions, Global, Objects, TracerSpec};
 
 /// `LAB_PRCTL_OPTION` of bpf/lab.h.
 const LAB_PRCTL_OPTION: libc::c_ulong = 0x6270_6673;
@@ -253,13 +252,13 @@ impl Loaded {
             })
             .collect::<Result<Vec<_>>>()?;
         let spec = TracerSpec { what, objects, attach, globals };
-        let (mut bpf, _) = lifecycle::load(&spec, options)?;
+        let (mut bpf, _) = load::load(&spec, options)?;
         let mut library = options.library();
         library.counter_interval = Duration::from_millis(50);
-        let events = bpf.map(lifecycle::EVENTS_MAP).ok_or_else(|| anyhow!("the lab object has no events map"))?;
-        let counters = bpf.map(lifecycle::COUNTERS_MAP).ok_or_else(|| anyhow!("the lab object has no stats map"))?;
-        let source = EventSource::open(lifecycle::map_fd(events)?, Some(lifecycle::map_fd(counters)?), &library)?;
-        lifecycle::attach(&mut bpf, &spec)?;
+        let events = bpf.map(load::EVENTS_MAP).ok_or_else(|| anyhow!("the lab object has no events map"))?;
+        let counters = bpf.map(load::COUNTERS_MAP).ok_or_else(|| anyhow!("the lab object has no stats map"))?;
+        let source = EventSource::open(load::map_fd(events)?, Some(load::map_fd(counters)?), &library)?;
+        load::attach(&mut bpf, &spec)?;
         Ok(Loaded { bpf, source })
     }
 }

@@ -12,9 +12,9 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use aya::Ebpf;
 use bpfstream::{Transport, WakeupPolicy};
+use bpfstream_core::load::{self, Attach, BufferOptions, Global, TracerSpec, EVENTS_MAP};
 
 use crate::counters::DropCounters;
-use crate::lifecycle::{self, Attach, BufferOptions, Global, TracerSpec, EVENTS_MAP};
 use crate::objects;
 
 /// Records per getpgid() call: `BENCH_BATCH` in bpf/bench.h.
@@ -87,9 +87,9 @@ impl Program {
             perf_wakeup: None,
             max_delay: Duration::from_millis(100),
         };
-        let (bpf, _) = lifecycle::load(&spec, &options)?;
+        let (bpf, _) = load::load(&spec, &options)?;
         let events = bpf.map(EVENTS_MAP).ok_or_else(|| anyhow!("the bench object has no {EVENTS_MAP} map"))?;
-        let events = lifecycle::map_fd(events)?.try_clone_to_owned().context("dup of the events map")?;
+        let events = load::map_fd(events)?.try_clone_to_owned().context("dup of the events map")?;
         let counters = DropCounters::open(&bpf)?;
         Ok(Program { bpf: Some(bpf), spec, counters, events })
     }
@@ -102,7 +102,7 @@ impl Program {
     /// Attaches to the tracepoint: from now on the producer thread's getpgid() writes records.
     pub fn attach(&mut self) -> Result<()> {
         let bpf = self.bpf.as_mut().ok_or_else(|| anyhow!("the bench producer was detached"))?;
-        lifecycle::attach(bpf, &self.spec)
+        load::attach(bpf, &self.spec)
     }
 
     /// Detaches and unloads the program; the maps live on in the consumer and the counters.

@@ -3,7 +3,7 @@
 
 use aya::include_bytes_aligned;
 
-use crate::lifecycle::Objects;
+use crate::load::Objects;
 
 pub const EXEC: Objects = Objects {
     ring: include_bytes_aligned!("../../bpf/obj/exec.ring.bpf.o"),

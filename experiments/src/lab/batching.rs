@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use bpfstream::{Event, Poller, Record, Transport, WakeupPolicy};
+use bpfstream_core::load::BufferOptions;
 
 use super::load::{self, LabEvent, Latencies, Loaded, Pace, CLASS_BULK};
 use super::report::{Account, Cell, LabReport, Table};
 use super::Progress;
-use crate::lifecycle::BufferOptions;
 use crate::objects;
 use crate::plot::{self, BarPanel};
 use crate::size::human_bytes;

@@ -373,6 +373,11 @@ impl JsonLine {
     }
 }
 
+/// Whether writing failed because the reader went away (`| head` after head exits).
+pub fn is_broken_pipe(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::BrokenPipe
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use bpfstream::{Event, Record, Transport, WakeupPolicy};
+use bpfstream_core::load::BufferOptions;
 
 use super::load::{self, Loaded, CLASS_BULK, RECORD_BYTES};
 use super::report::{Account, Cell, LabReport, Table};
 use super::Progress;
-use crate::lifecycle::BufferOptions;
 use crate::objects;
 use crate::plot::{self, LinePanel, Series};
 use crate::size::human_bytes;

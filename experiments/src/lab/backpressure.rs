@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use bpfstream::{Event, Record, Transport, WakeupPolicy};
+use bpfstream_core::load::{BufferOptions, Global};
 
 use super::degrade::{DegradeMaps, DegradePolicy, Notice, PolicyTotals};
 use super::load::{self, LabEvent, Loaded, Pace, CLASS_BULK};
 use super::report::{Account, Cell, LabReport, Table};
 use super::Progress;
 use crate::counters::DropCounters;
-use crate::lifecycle::{BufferOptions, Global};
 use crate::objects;
 use crate::plot::{self, LinePanel, Series};
 use crate::size::human_bytes;

@@ -435,7 +435,7 @@ fn print(rows: &[Row], targets: &[report::Target], json: bool) -> Result<()> {
         out.flush()
     })();
     match written {
-        Err(e) if !crate::lifecycle::is_broken_pipe(&e) => Err(e.into()),
+        Err(e) if !crate::output::is_broken_pipe(&e) => Err(e.into()),
         _ => Ok(()),
     }
 }

@@ -1,17 +1,18 @@
-//! Loading and attaching a tracer's BPF object: the transport, the read-only globals, the
-//! programs and where they attach, and the event stream of the loaded object; and the start of
-//! a run's streams: every one loaded (its programs verified) and its buffer opened before any
-//! is attached.
+//! Loading and attaching a bpfstream BPF object: the transport, the buffer, the read-only
+//! globals, the programs and where they attach. The tracers' start (`bpfstream-cli`'s
+//! `lifecycle`) and the experiments load their objects through it.
 
 use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::Map;
 use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
-use bpfstream::{EventSource, Transport};
+use bpfstream::Transport;
 
-use super::args::{BufferOptions, CommonArgs};
+use bpfstream::{PerfWakeup, WakeupPolicy};
+
 use crate::tracefs;
 
 /// Name of the events map in every bpfstream BPF object (`bpfstream.h`).
@@ -72,24 +73,32 @@ impl Global {
     }
 }
 
-/// The globals of `bpf/include/bpfstream_filter.h`: the task filters every tracer applies in
-/// the kernel (`--pid`, `--tid`, `--uid`, `--cgroup`, `--name`, `-n`), and bpfstream's own
-/// process, never traced.
-pub fn task_filter_globals(args: &CommonArgs, tid: Option<u32>) -> Vec<Global> {
-    let comm = args.name.as_ref().or(args.name_contains.as_ref()).map_or(&[][..], |c| c.bytes());
-    vec![
-        Global::u32("self_tgid", std::process::id()),
-        Global::u32("targ_pid", args.pid.unwrap_or(0)),
-        Global::u32("targ_tid", tid.unwrap_or(0)),
-        Global::bool("filter_uid", args.uid.is_some()),
-        Global::u32("targ_uid", args.uid.unwrap_or(0)),
-        Global::u64("targ_cgroup", args.cgroup.as_ref().map_or(0, |c| c.id)),
-        Global::u32("targ_cgroup_level", args.cgroup.as_ref().map_or(0, |c| c.level)),
-        Global::bool("filter_comm", !comm.is_empty()),
-        Global::bool("comm_substring", args.name_contains.is_some()),
-        Global::u32("targ_comm_len", comm.len() as u32),
-        Global::comm("targ_comm", comm),
-    ]
+/// How to set up the buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferOptions {
+    /// `None`: ring if the kernel has it, else perf (with a notice).
+    pub transport: Option<Transport>,
+    /// Ring: total bytes; perf: bytes per CPU.
+    pub size: u64,
+    /// Ring producers' wakeup policy.
+    pub ring_wakeup: WakeupPolicy,
+    /// Perf buffers' wakeup policy (`None`: a quarter of the buffer).
+    pub perf_wakeup: Option<PerfWakeup>,
+    /// Longest a record may wait before we read it (the poll timeout).
+    pub max_delay: Duration,
+}
+
+impl BufferOptions {
+    /// The library's options for this buffer: its size in bytes (a ring's, or a perf buffer's
+    /// per CPU) and both transports' wakeup policies.
+    pub fn library(&self) -> bpfstream::Options {
+        bpfstream::Options {
+            wakeup: self.ring_wakeup,
+            buffer_bytes: Some(self.size),
+            perf_wakeup: self.perf_wakeup,
+            ..bpfstream::Options::default()
+        }
+    }
 }
 
 /// What a tracer is made of.
@@ -195,7 +204,7 @@ pub fn load_error(what: &str, e: aya::EbpfError) -> anyhow::Error {
 }
 
 /// What a start that a stop signal ended was doing.
-pub(super) const LOADING: &str = "loading the BPF programs";
+pub const LOADING: &str = "loading the BPF programs";
 
 /// Attaches every program of `spec` (loaded by [`load`]).
 pub fn attach(bpf: &mut Ebpf, spec: &TracerSpec) -> Result<()> {
@@ -220,29 +229,4 @@ pub fn attach(bpf: &mut Ebpf, spec: &TracerSpec) -> Result<()> {
 
 fn program_mut<'a>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
     bpf.program_mut(name).ok_or_else(|| anyhow!("BPF object has no program {name}"))
-}
-
-fn events_are_perf(map: &Map) -> bool {
-    matches!(map, Map::PerfEventArray(_))
-}
-
-/// Whether opening a buffer failed for want of privileges (EPERM or EACCES).
-fn is_permission_denied(error: &bpfstream::Error) -> bool {
-    matches!(error, bpfstream::Error::Sys { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
-}
-
-/// The event stream of the map `map`, with the drop counters of the map `counters` (`None`: an
-/// object that sends without bpfstream.h's counters).
-pub fn open_stream(bpf: &Ebpf, map: &str, counters: Option<&str>, options: &BufferOptions) -> Result<EventSource> {
-    let events = bpf.map(map).ok_or_else(|| anyhow!("BPF object has no {map} map"))?;
-    let counters = match counters {
-        Some(name) => Some(map_fd(bpf.map(name).ok_or_else(|| anyhow!("BPF object has no {name} map"))?)?),
-        None => None,
-    };
-    match EventSource::open(map_fd(events)?, counters, &options.library()) {
-        Err(e) if is_permission_denied(&e) && events_are_perf(events) => {
-            bail!("{}: {}", crate::privileges::perf_permission_hint(options.size), crate::privileges::os_error(&e))
-        }
-        opened => Ok(opened?),
-    }
 }

@@ -7,7 +7,7 @@ use anyhow::{anyhow, Context, Result};
 use aya::maps::{Map, MapData, PerCpuArray};
 use aya::Ebpf;
 
-use crate::lifecycle::{self, COUNTERS_MAP};
+use crate::load::{self, COUNTERS_MAP};
 
 bpfstream::record! {
     /// `struct bpfstream_counters` of `bpfstream.h`, one per CPU.
@@ -47,7 +47,7 @@ impl DropCounters {
 
     /// The counters in `map` (a stream's `bpfstream_stats`, or its own `<map>_stats`).
     pub fn of(map: &Map) -> Result<Self> {
-        let fd = lifecycle::map_fd(map)?;
+        let fd = load::map_fd(map)?;
         let data = MapData::from_fd(fd.try_clone_to_owned()?).context("opening the drop counters")?;
         Ok(DropCounters(PerCpuArray::try_from(Map::PerCpuArray(data))?))
     }
