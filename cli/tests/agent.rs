@@ -5,9 +5,10 @@
 mod common;
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
+use common::agent::{counts, summary_of, wait_for_lines, write};
 use common::worker::{Act, Worker};
 use common::*;
 
@@ -31,12 +32,6 @@ name = "slow"
 tracer = "syscalls"
 args = ["--min-duration", "10ms"]
 "#;
-
-fn write(name: &str, text: &str) -> PathBuf {
-    let path = temp_dir(&format!("agent-{name}")).join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 fn agent(mode: &str, file: &Path) -> (Option<i32>, String) {
     let output = Command::new(bin()).args(["agent", mode, file.to_str().unwrap()]).output().unwrap();
@@ -138,26 +133,6 @@ fn the_readme_example_passes_the_check() {
         text.contains("valid: 2 streams (exec: exec, slow: syscalls); output kafka://127.0.0.1:9092/bpf"),
         "{text}"
     );
-}
-
-/// Waits (up to 60 s, scaled) until `agent` printed `lines` lines.
-fn wait_for_lines(agent: &Running, lines: usize) {
-    let deadline = deadline(std::time::Duration::from_secs(60));
-    while agent.lines_so_far() < lines && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
-/// The summary line of `stream`, which must be the only one.
-fn summary_of<'a>(lines: &'a [serde_json::Value], stream: &str) -> &'a serde_json::Value {
-    let summaries: Vec<_> = lines.iter().filter(|l| l["type"] == "summary" && l["stream"] == stream).collect();
-    assert_eq!(summaries.len(), 1, "one summary of {stream}: {lines:?}");
-    summaries[0]
-}
-
-/// The counts `keys` of a summary.
-fn counts(summary: &serde_json::Value, keys: &[&str]) -> Vec<u64> {
-    keys.iter().map(|k| summary[k].as_u64().unwrap_or_else(|| panic!("{k} in {summary}"))).collect()
 }
 
 /// Two streams of one agent, each filtered to one thread of this test: every event carries its

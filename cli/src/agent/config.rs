@@ -130,7 +130,8 @@ pub struct MetricsConfig {
 
 /// A `[[stream]]` as written, to tell a changed stream from one that stays (SIGHUP).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct StreamDefinition {
+pub struct StreamDefinition {
+    name: String,
     tracer: String,
     args: Vec<String>,
     priority: i32,
@@ -152,9 +153,9 @@ pub struct StreamConfig {
 }
 
 impl StreamConfig {
-    /// Whether `other` is this stream unchanged: the same tracer, args, priority and topic.
-    pub fn same_as(&self, other: &StreamConfig) -> bool {
-        self.name == other.name && self.definition == other.definition
+    /// The stream as written: equal for the same name, tracer, args, priority and topic.
+    pub fn definition(&self) -> &StreamDefinition {
+        &self.definition
     }
 }
 
@@ -287,7 +288,8 @@ fn stream(
         None => None,
     };
     let priority = toml.priority.map_or(0, |p| p.into_inner());
-    let definition = StreamDefinition { tracer: toml.tracer.into_inner(), args, priority, topic: topic.clone() };
+    let tracer_name = toml.tracer.into_inner();
+    let definition = StreamDefinition { name: name.clone(), tracer: tracer_name, args, priority, topic: topic.clone() };
     Ok(StreamConfig { name, tracer, priority, topic, line: line_of(text, toml.name.span().start), definition })
 }
 
@@ -353,9 +355,10 @@ args = ["--min-duration", "10ms"]
         assert!(matches!(&slow.tracer, TracerArgs::Syscalls(a) if a.min_duration.is_some()));
         assert_eq!((slow.priority, slow.topic.as_deref()), (0, None));
         let again = AgentConfig::parse("agent.toml", EXAMPLE).unwrap();
-        assert!(exec.same_as(&again.streams[0]) && !exec.same_as(slow));
+        assert!(exec.definition() == again.streams[0].definition() && exec.definition() != slow.definition());
         let changed = AgentConfig::parse("agent.toml", &EXAMPLE.replace("\"-x\"", "\"-x\", \"-U\"")).unwrap();
-        assert!(!exec.same_as(&changed.streams[0]) && slow.same_as(&changed.streams[1]));
+        assert!(exec.definition() != changed.streams[0].definition());
+        assert!(slow.definition() == changed.streams[1].definition());
     }
 
     #[test]

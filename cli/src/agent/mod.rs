@@ -5,11 +5,13 @@
 //! - `tracers`: each stream's `tracer` and `args`, parsed by the tracer's own command-line
 //!   parser.
 //!
-//! - `streams`: the file run, every stream on the lifecycle's one `Poller`, by priority.
+//! - `streams`: the file run, every stream on the lifecycle's one `Poller`, by priority;
+//! - `reload`: SIGHUP, the file read again and the difference applied.
 
 // Until the run loop reads every field, `--check` reads only some.
 #[allow(dead_code)]
 mod config;
+mod reload;
 mod streams;
 mod tracers;
 
@@ -56,7 +58,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         println!("{}", describe(&config));
         return Ok(());
     }
-    streams::run(config, metrics)
+    streams::run(path, config, metrics)
 }
 
 /// `FILE: valid: 2 streams (exec: exec, slow: syscalls); output ...; metrics on ...`.

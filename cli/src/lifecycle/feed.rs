@@ -68,7 +68,7 @@ pub struct Outlet {
 
 impl Outlet {
     /// `--json`, `-T`/`--elapsed`, `--cgroup-path` and `--output`, whose exporter connects when
-    /// the run starts ([`super::run_plans`]), before anything is loaded.
+    /// the run starts ([`super::start_plans`]), before anything is loaded.
     pub fn start(args: &CommonArgs, container: &ContainerArgs) -> Result<Self> {
         let tee = Tee::new(&args.output, args.json);
         let containers = ContainerFields::for_tracer(container, tee.active())?;

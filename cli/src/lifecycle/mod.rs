@@ -9,7 +9,8 @@
 //! - `plan`: a stream before it starts (tracer, buffer, outlet, how its format is made);
 //! - `format`: what a tracer's events look like (its decoder and columns);
 //! - `feed`: a stream's way from its buffer to stdout and the exporter, and its losses;
-//! - `run`: one poller over every stream until a signal, the duration or a failed output;
+//! - `run`: one poller over every stream until a signal, the duration or a failed output (the
+//!   agent's in rounds: between two, streams stop and start while the others run on);
 //! - `stop`: detach, wait until no program can still run, drain every stream to its last event;
 //! - `summary`: each stream's accounting, printed where it can still be read.
 //!
@@ -32,7 +33,8 @@ pub use args::{task_filter_globals, tracer_buffer, BufferKind, BurstBudget, Comm
 pub use bpfstream_core::load::{load_error, Attach, BufferOptions, Global, TracerSpec, COUNTERS_MAP, EVENTS_MAP};
 pub use feed::{Console, Outlet};
 pub use format::Format;
-pub use plan::{run_plans, trace, StreamPlan};
+pub use plan::{start_plans, trace, StreamPlan};
+pub use run::RunningStreams;
 pub use start::{Loaded, MapStream, Tracer};
 pub use summary::Summary;
 

@@ -14,7 +14,6 @@ use super::feed::{Console, Outlet};
 use super::format::Format;
 use super::run::{run, Stream};
 use super::start::{start, Loaded, MapStream, StreamSpec, Tracer};
-use super::summary::Summary;
 use crate::metrics::StreamMetrics;
 
 /// Makes a loaded stream's way out: its format, on its outlet.
@@ -98,18 +97,14 @@ impl<'t> StreamPlan<'t> {
 /// summary; fails when stdout failed (but for a reader that left).
 pub fn trace(plan: StreamPlan<'_>, duration: Option<Duration>) -> Result<()> {
     let console = Console::process();
-    run_plans(vec![plan], duration, &console)?;
+    run(start_plans(vec![plan], &console)?, duration, &console)?;
     console.check()
 }
 
 /// Connects the plans' `--output`s (one connection per engine, shared by every stream and map
-/// that ships to it), starts every plan (nothing attached unless every one loaded), then runs
-/// them all on one poller until stopped (or for `duration`): each stream's summary, by priority.
-pub fn run_plans(
-    mut plans: Vec<StreamPlan<'_>>,
-    duration: Option<Duration>,
-    console: &Console,
-) -> Result<Vec<Summary>> {
+/// that ships to it), then starts every plan (nothing attached unless every one loaded): the
+/// streams, each on its way out to `console` or its exporter.
+pub fn start_plans(mut plans: Vec<StreamPlan<'_>>, console: &Console) -> Result<Vec<Stream>> {
     crate::export::connect(plans.iter_mut().flat_map(|p| p.ways.iter_mut().map(|way| way.outlet.tee_mut())))?;
     let (specs, ways): (Vec<_>, Vec<_>) = plans.into_iter().map(|p| (p.spec, (p.ways, p.metrics))).unzip();
     let loaded = start(specs)?;
@@ -121,6 +116,5 @@ pub fn run_plans(
             stream
         })
     };
-    let streams = loaded.into_iter().zip(ways).map(make).collect::<Result<Vec<Stream>>>()?;
-    run(streams, duration, console)
+    loaded.into_iter().zip(ways).map(make).collect()
 }

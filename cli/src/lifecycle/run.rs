@@ -1,8 +1,11 @@
 //! A run from its streams' first event to their summaries: one [`Poller`] serves every stream's
 //! source by priority until SIGINT/SIGTERM, the duration or a failed output ends the loop; then
-//! [`super::stop`] detaches every program and the same poller drains every source to its last
-//! event within one deadline, and each stream prints its summary. A one-tracer command is the run of one stream
-//! ([`trace`]).
+//! [`super::stop`] detaches every program, a poller of the stopping streams drains every source
+//! to its last event within one deadline, and each stream prints its summary. A one-tracer
+//! command is the run of one stream ([`super::trace`]). The agent serves in rounds
+//! ([`RunningStreams`]): between two, it stops some streams that way and adds others, and the
+//! next round's poller serves the rest where they were (the sources keep their place in their
+//! buffers and their counts; a new epoll set reports what is already waiting).
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -54,25 +57,95 @@ impl Loaded {
 /// drained and summarized by priority, highest first (then in the order given), and their
 /// summaries come back in that order. A stream whose format or output failed (but for stdout's reader
 /// leaving) makes it an error once every summary is printed.
-pub fn run(mut streams: Vec<Stream>, duration: Option<Duration>, console: &Console) -> Result<Vec<Summary>> {
-    streams.sort_by_key(|s| std::cmp::Reverse(s.loaded.priority));
-    let max_delay = streams.iter().map(|s| s.loaded.max_delay).min().unwrap_or(LONGEST_WAIT);
-    let started = Instant::now();
-    let mut shapes: Vec<Shape> = streams.iter_mut().map(Shape::of).collect();
-    let mut objects: Vec<Ebpf> = Vec::with_capacity(streams.len());
-    let mut feeds: Vec<&dyn Fed> = Vec::with_capacity(streams.len());
+pub fn run(streams: Vec<Stream>, duration: Option<Duration>, console: &Console) -> Result<Vec<Summary>> {
+    let mut running = RunningStreams::new(streams);
+    let until = duration.map(|d| Instant::now() + d);
+    let served = running.serve(until, console, &|| false);
+    let stopped = running.stop_all(console);
+    served?;
+    stopped
+}
+
+/// One stream of a run, with what its summaries say of it besides its feed's part.
+struct Member {
+    stream: Stream,
+    shape: Shape,
+}
+
+/// The streams of a run, served by one poller per round of [`serve`](Self::serve): between
+/// rounds, streams may be stopped ([`stop`](Self::stop)) and added ([`add`](Self::add)) while
+/// the others keep their programs attached, their buffers and their counts.
+pub struct RunningStreams {
+    /// By priority, highest first (then in the order added).
+    members: Vec<Member>,
+}
+
+impl RunningStreams {
+    /// `streams`, each of them attached from now on.
+    pub fn new(streams: Vec<Stream>) -> Self {
+        let mut running = RunningStreams { members: Vec::new() };
+        running.add(streams);
+        running
+    }
+
+    /// Adds `streams`: each prints its header and publishes its (zero) counters, so that
+    /// `/healthz` sees its exporter's connection from the start.
+    pub fn add(&mut self, streams: Vec<Stream>) {
+        for mut stream in streams {
+            let mut shape = Shape::of(&mut stream);
+            stream.feed.header();
+            shape.publish(&*stream.feed);
+            self.members.push(Member { stream, shape });
+        }
+        self.members.sort_by_key(|m| std::cmp::Reverse(m.stream.loaded.priority));
+    }
+
+    /// Serves every stream on one poller until SIGINT/SIGTERM, `until`, a failed output, or
+    /// `interrupted()` says so; returns whether it did.
+    pub fn serve(&mut self, until: Option<Instant>, console: &Console, interrupted: &dyn Fn() -> bool) -> Result<bool> {
+        let max_delay = self.members.iter().map(|m| m.stream.loaded.max_delay).min().unwrap_or(LONGEST_WAIT);
+        let mut poller = Poller::new()?;
+        let mut feeds: Vec<&dyn Fed> = Vec::with_capacity(self.members.len());
+        let mut shapes: Vec<&mut Shape> = Vec::with_capacity(self.members.len());
+        for Member { stream, shape } in &mut self.members {
+            let feed: &dyn Fed = &*stream.feed;
+            feed.serve(&mut poller, &mut stream.loaded.source, stream.loaded.priority)?;
+            feeds.push(feed);
+            shapes.push(shape);
+        }
+        serve(&mut poller, &feeds, &mut shapes, (until, max_delay), console, interrupted)
+    }
+
+    /// Stops the streams named in `names` as [`stop_all`](Self::stop_all) stops every one; the
+    /// others are not touched.
+    pub fn stop(&mut self, names: &[&str], console: &Console) -> Result<Vec<Summary>> {
+        let named = |m: &Member| m.shape.name.as_deref().is_some_and(|name| names.contains(&name));
+        let (stopping, staying) = std::mem::take(&mut self.members).into_iter().partition(named);
+        self.members = staying;
+        finish(stopping, console)
+    }
+
+    /// Stops every stream: detach, exact drain within one deadline, and each one's summary.
+    pub fn stop_all(self, console: &Console) -> Result<Vec<Summary>> {
+        finish(self.members, console)
+    }
+}
+
+/// Stops `members` (detach, exact drain within one deadline) and prints each one's summary.
+fn finish(mut members: Vec<Member>, console: &Console) -> Result<Vec<Summary>> {
+    let ended = Instant::now();
     let mut poller = Poller::new()?;
-    for stream in &mut streams {
-        objects.extend(stream.loaded.bpf.take());
+    let objects: Vec<Ebpf> = members.iter_mut().filter_map(|m| m.stream.loaded.bpf.take()).collect();
+    let mut metrics: Vec<Option<StreamMetrics>> = members.iter_mut().map(|m| m.shape.metrics.take()).collect();
+    let mut feeds: Vec<&dyn Fed> = Vec::with_capacity(members.len());
+    let mut shapes: Vec<&Shape> = Vec::with_capacity(members.len());
+    for Member { stream, shape } in &mut members {
         let feed: &dyn Fed = &*stream.feed;
         feed.serve(&mut poller, &mut stream.loaded.source, stream.loaded.priority)?;
         feeds.push(feed);
+        shapes.push(shape);
     }
-    let until = duration.map(|d| started + d);
-    let streamed = serve(&mut poller, &feeds, &mut shapes, (started, until), max_delay, console);
-    let elapsed = started.elapsed();
     let ending = stop::detach(objects);
-    let mut metrics: Vec<Option<StreamMetrics>> = shapes.iter_mut().map(|s| s.metrics.take()).collect();
     for m in metrics.iter_mut().flatten() {
         m.set_detached("stopping: its programs are detached");
     }
@@ -80,16 +153,14 @@ pub fn run(mut streams: Vec<Stream>, duration: Option<Duration>, console: &Conso
     for feed in &feeds {
         feed.end_batch();
     }
-    streamed?;
     let totals = drained?;
     if let Some(e) = feeds.iter().find_map(|f| f.take_failure()) {
         return Err(anyhow!(e).context("writing events"));
     }
-    let fill: Vec<f64> = shapes.iter().map(Shape::fill_ratio).collect();
-    let summaries = summarize(&feeds, shapes, totals, elapsed, ending, console)?;
-    for ((m, summary), fill) in metrics.iter_mut().zip(&summaries).zip(fill) {
+    let summaries = summarize(&feeds, &shapes, totals, ended, ending, console)?;
+    for ((m, summary), shape) in metrics.iter_mut().zip(&summaries).zip(&shapes) {
         if let Some(m) = m {
-            m.publish(&counters(summary, fill));
+            m.publish(&counters(summary, shape.fill_ratio()));
         }
     }
     Ok(summaries)
@@ -124,16 +195,18 @@ fn counters(summary: &Summary, buffer_fill_ratio: f64) -> StreamCounters {
 /// output), stdout gets until the events' deadline, then each stream prints its summary.
 fn summarize(
     feeds: &[&dyn Fed],
-    shapes: Vec<Shape>,
+    shapes: &[&Shape],
     totals: Vec<Totals>,
-    elapsed: Duration,
+    ended: Instant,
     ending: Ending,
     console: &Console,
 ) -> Result<Vec<Summary>> {
     let mut summaries = Vec::with_capacity(feeds.len());
     let mut closed = Ok(());
     for ((feed, shape), totals) in feeds.iter().zip(shapes).zip(totals) {
-        let mut summary = Summary::new(shape.name, totals, shape.transport, shape.buffer_bytes, elapsed, ending);
+        let elapsed = ended.duration_since(shape.started);
+        let mut summary =
+            Summary::new(shape.name.clone(), totals, shape.transport, shape.buffer_bytes, elapsed, ending);
         closed = closed.and(feed.close(&mut summary, shape.size));
         summaries.push(summary);
     }
@@ -146,10 +219,11 @@ fn summarize(
     closed.map(|()| summaries)
 }
 
-/// What a stream's summaries say of it besides its feed's part: its name and buffer, and its
-/// counts so far.
+/// What a stream's summaries say of it besides its feed's part: its name and buffer, when it
+/// started, and its counts so far.
 struct Shape {
     name: Option<std::sync::Arc<str>>,
+    started: Instant,
     metrics: Option<StreamMetrics>,
     transport: bpfstream::Transport,
     buffer_bytes: u64,
@@ -167,6 +241,7 @@ impl Shape {
         }
         Shape {
             name: loaded.name.clone(),
+            started: Instant::now(),
             metrics: stream.metrics.take(),
             transport: loaded.source.transport(),
             buffer_bytes: loaded.source.mapped_bytes(),
@@ -177,7 +252,8 @@ impl Shape {
     }
 
     /// The stream so far: what its consumer published, with the BPF side's counters as of now.
-    fn so_far(&mut self, elapsed: Duration) -> Summary {
+    fn so_far(&mut self) -> Summary {
+        let elapsed = self.started.elapsed();
         let mut totals = self.totals.read();
         if let Some(now) = self.counters.as_mut().and_then(|c| c.total().ok()) {
             totals.produced = Some(now.produced);
@@ -196,11 +272,11 @@ impl Shape {
     }
 
     /// Publishes the stream so far to its metrics, if it has any.
-    fn publish(&mut self, feed: &dyn Fed, elapsed: Duration) {
+    fn publish(&mut self, feed: &dyn Fed) {
         if self.metrics.is_none() {
             return;
         }
-        let mut summary = self.so_far(elapsed);
+        let mut summary = self.so_far();
         feed.fill(&mut summary);
         let counters = counters(&summary, self.fill_ratio());
         if let Some(m) = self.metrics.as_mut() {
@@ -210,24 +286,22 @@ impl Shape {
 }
 
 /// The loop: one poll per batch, bounded by the streams' `max_delay` (and [`LONGEST_WAIT`]),
-/// from `started` until the stop or the end of the duration; SIGUSR1 prints every stream's run
-/// so far.
+/// until the stop, `until` or `interrupted()` (then `Ok(true)`); SIGUSR1 prints every stream's
+/// run so far.
 fn serve(
     poller: &mut Poller<'_>,
     feeds: &[&dyn Fed],
-    shapes: &mut [Shape],
-    (started, until): (Instant, Option<Instant>),
-    max_delay: Duration,
+    shapes: &mut [&mut Shape],
+    (until, max_delay): (Option<Instant>, Duration),
     console: &Console,
-) -> Result<()> {
-    for (feed, shape) in feeds.iter().zip(shapes.iter_mut()) {
-        feed.header();
-        // Before the first poll: `/healthz` sees each exporter's connection from the start.
-        shape.publish(*feed, Duration::ZERO);
-    }
+    interrupted: &dyn Fn() -> bool,
+) -> Result<bool> {
     let broken = || console.stdout.has_failed() || feeds.iter().any(|f| f.failed());
     let mut published = Instant::now();
     while !signals::stop_requested() && !broken() {
+        if interrupted() {
+            return Ok(true);
+        }
         let timeout = match until {
             None => max_delay,
             Some(d) => match d.checked_duration_since(Instant::now()) {
@@ -242,14 +316,14 @@ fn serve(
         if published.elapsed() >= PUBLISH_INTERVAL {
             published = Instant::now();
             for (feed, shape) in feeds.iter().zip(shapes.iter_mut()) {
-                shape.publish(*feed, started.elapsed());
+                shape.publish(*feed);
             }
         }
         if signals::take(Signal::Report) {
             for (feed, shape) in feeds.iter().zip(shapes.iter_mut()) {
-                feed.report(shape.so_far(started.elapsed()), console);
+                feed.report(shape.so_far(), console);
             }
         }
     }
-    Ok(())
+    Ok(false)
 }

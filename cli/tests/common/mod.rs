@@ -1,6 +1,7 @@
 //! Shared helpers of the tests that run `bpfstream` against the real kernel (as root).
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod agent;
 #[path = "../../../export/tests/support/certificates.rs"]
 pub mod certificates;
 pub mod engine;
