@@ -138,6 +138,12 @@ pub struct StreamDefinition {
     topic: Option<String>,
 }
 
+impl StreamDefinition {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 /// One `[[stream]]`, its `args` parsed by its tracer's parser.
 #[derive(Debug)]
 pub struct StreamConfig {

@@ -32,7 +32,6 @@ use crate::signals::{self, Signal};
 /// A running stream as its file wrote it, with the exporter it was started with.
 #[derive(Debug, PartialEq)]
 pub(super) struct Written {
-    name: String,
     definition: StreamDefinition,
     output: Option<(Endpoint, Vec<(String, String)>)>,
 }
@@ -40,7 +39,7 @@ pub(super) struct Written {
 impl Written {
     pub(super) fn of(stream: &StreamConfig, output: Option<&OutputConfig>) -> Self {
         let output = output.map(|o| (o.endpoint.clone(), o.options.clone()));
-        Written { name: stream.name.clone(), definition: stream.definition().clone(), output }
+        Written { definition: stream.definition().clone(), output }
     }
 }
 
@@ -81,7 +80,7 @@ impl Agent {
         };
         let wanted: Vec<Written> = config.streams.iter().map(|s| Written::of(s, config.output.as_ref())).collect();
         let stopping: Vec<&str> =
-            self.written.iter().filter(|w| !wanted.contains(w)).map(|w| w.name.as_str()).collect();
+            self.written.iter().filter(|w| !wanted.contains(w)).map(|w| w.definition.name()).collect();
         let stopped = stopping.len();
         self.running.stop(&stopping, console)?;
         self.written.retain(|w| wanted.contains(w));
