@@ -205,6 +205,44 @@ fn each_map_is_a_stream_of_one_object_from_perf_and_ring_buffers() {
     each_map_is_a_stream("perf");
 }
 
+/// Waits until each map's run so far (SIGUSR1's `progress` lines) has every record it produced
+/// delivered or dropped: those lines are queued after the lines of what was consumed before them,
+/// so then everything consumed is out on stdout.
+fn wait_until_consumed(run: &Running, produced: &[(&str, u64)]) {
+    let progress = || -> Vec<Value> {
+        let lines = run.stdout_so_far();
+        lines
+            .iter()
+            .filter(|l| l.starts_with("{\"type\":\"progress\""))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let until = deadline(Duration::from_secs(60));
+    loop {
+        let asked = progress().len();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(run.pid() as i32, libc::SIGUSR1) };
+        let mut reports = progress();
+        while reports.len() < asked + produced.len() {
+            assert!(Instant::now() < until, "not a report per map after SIGUSR1: {reports:?}");
+            std::thread::sleep(Duration::from_millis(20));
+            reports = progress();
+        }
+        let latest = &reports[asked..];
+        let consumed = |&(map, n): &(&str, u64)| {
+            latest.iter().any(|p| {
+                let taken = p["events"].as_u64().unwrap_or(0) + p["dropped"].as_u64().unwrap_or(0);
+                p["map"] == map && p["produced"] == n && taken == n
+            })
+        };
+        if produced.iter().all(consumed) {
+            return;
+        }
+        assert!(Instant::now() < until, "not every record consumed: {latest:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A map that overflows while bpfstream is stopped (SIGSTOP) says so on its own `lost` lines,
 /// and its summary counts them; the other map is exact by itself.
 #[test]
@@ -227,6 +265,9 @@ fn the_lost_lines_of_a_map_name_it() {
     }
     // SAFETY: as above.
     unsafe { libc::kill(run.pid() as i32, libc::SIGCONT) };
+    // Every record taken before the stop, and its line out: the stop's output deadline (which an
+    // emulated machine can spend writing what was queued) is the stop tests' subject, not this.
+    wait_until_consumed(&run, &[("events", sent), ("second", second)]);
     let finished = run.stop();
     assert!(finished.status.success(), "stderr:\n{}", finished.stderr);
     let lost = finished.of_type("lost");
