@@ -1,7 +1,8 @@
 //! `bpfstream agent` reloads its file on SIGHUP: an unchanged stream runs on, exact across the
 //! reload; a removed one stops with its summary then; an added one starts; an invalid file is
-//! refused in one line and changes nothing; a moved `[metrics]` answers on its new address; a
-//! changed `[output]` restarts the streams that export.
+//! refused in one line and changes nothing; an added one that cannot start is unhealthy until
+//! removed; a moved `[metrics]` answers on its new address; a changed `[output]` restarts the
+//! streams that export.
 //! Unlike the agent's other tests, these run in the emulated guests too: a reload re-registers
 //! running ring and perf buffers in a new epoll set and drains some buffers while others stay
 //! attached.
@@ -61,6 +62,17 @@ fn scrape(address: SocketAddr) -> Option<String> {
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.0 200"), "{response}");
     Some(response)
+}
+
+/// `/healthz` at `address`: its status and body.
+fn health(address: SocketAddr) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    write!(stream, "GET /healthz HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    (status, body.to_string())
 }
 
 /// Whether the agent printed the summary of `stream` so far.
@@ -166,6 +178,40 @@ fn an_invalid_file_on_reload_is_refused_and_the_streams_run_on() {
     }
     assert_eq!(finished.stderr.lines().filter(|l| l.starts_with("Tracing")).count(), 2, "{}", finished.stderr);
     drop(taken);
+}
+
+/// A stream added on SIGHUP that cannot start (its uprobe's function does not exist) is one
+/// line naming it; the others run on, and `/healthz` says 503 naming it until a reload removes
+/// it.
+#[test]
+fn a_stream_that_cannot_start_on_reload_is_unhealthy_until_removed() {
+    let Some(_kernel) = kernel_test() else { return };
+    let worker = Worker::start();
+    let good = format!("[metrics]\nlisten = \"127.0.0.1:0\"\n\n{}", stream_of("execs", "exec", worker.tid, ""));
+    let object = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bpf/obj/tests/run_maps.ring.bpf.o");
+    let args = format!("{:?}, \"--map\", \"events\", \"--uprobe\", \"/bin/true:bpfstream_no_such_function\"", object);
+    let broken = format!("[[stream]]\nname = \"broken\"\ntracer = \"run\"\nargs = [{args}]\n");
+    let file = write("unstarted.toml", &good);
+    let agent = start(&["agent", "--config", file.to_str().unwrap()]);
+    let address = metrics_address(&agent, 1);
+    wait_until(&agent, "healthy once attached", |_| health(address) == (200, "ok\n".into()));
+    hangup(&agent, &file, &(good.clone() + &broken));
+    let reloaded = format!("bpfstream agent: reloaded {}: kept 1, started 0, stopped 0", file.display());
+    assert_eq!(reload_line(&agent, 1), reloaded);
+    let refused = nth_line(&agent, "bpfstream agent: stream \"broken\" not started: ", 1);
+    assert!(refused.ends_with("; the others run on"), "{refused}");
+    let (status, body) = health(address);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("stream broken: not started: "), "{body}");
+    worker.act(Act::FailedExecs(1));
+    wait_for_lines(&agent, 1);
+    hangup(&agent, &file, &good);
+    assert_eq!(reload_line(&agent, 2), reloaded);
+    assert_eq!(health(address), (200, "ok\n".into()));
+    let finished = agent.stop_with(libc::SIGTERM);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let lines = finished.json();
+    assert_eq!(counts(summary_of(&lines, "execs"), &["events", "dropped", "produced"]), [1, 0, 1]);
 }
 
 /// A `[metrics]` moved to another address on SIGHUP: the old server closes, the new one answers

@@ -9,7 +9,8 @@
 //!   a changed one stops so, then starts as written now; a changed `[output]` changes every
 //!   stream that exports;
 //! - a new stream starts alone: one that cannot load, attach or connect is one line naming it,
-//!   nothing of it attached, the others run on (the next reload tries it again);
+//!   nothing of it attached, the others run on, and `/healthz` says 503 naming it until a
+//!   reload starts it (each reload tries it again) or removes it;
 //! - a changed `[metrics]` address: the old server is closed and the new one bound.
 //!
 //! A file that is not valid changes nothing: one line on stderr, and the running configuration
@@ -117,10 +118,12 @@ impl Agent {
         Ok(())
     }
 
-    /// Starts each stream of `config` not running yet, alone; returns how many started.
+    /// Starts each stream of `config` not running yet, alone; returns how many started. Those
+    /// that did not are unhealthy until a reload starts or removes them.
     fn start_new(&mut self, config: AgentConfig, console: &Console) -> usize {
         let output = config.output.as_ref();
         let mut started = 0;
+        let mut not_started = Vec::new();
         for stream in config.streams {
             let written = Written::of(&stream, output);
             if self.written.contains(&written) {
@@ -136,12 +139,14 @@ impl Agent {
                     self.written.push(written);
                     started += 1;
                 }
-                Err(e) => eprintln_lossy!(
-                    "bpfstream agent: stream {name:?} not started: {}; the others run on",
-                    crate::limits::explain(&e)
-                ),
+                Err(e) => {
+                    let reason = crate::limits::explain(&e);
+                    eprintln_lossy!("bpfstream agent: stream {name:?} not started: {reason}; the others run on");
+                    not_started.push((name, reason));
+                }
             }
         }
+        self.registry.set_not_started(not_started);
         started
     }
 }

@@ -174,12 +174,14 @@ pub struct Registry {
     pub(super) version: String,
     /// In the order they were added; taken for writing only when a stream comes or goes.
     pub(super) streams: RwLock<Vec<Arc<StreamCell>>>,
+    /// The file's streams that did not start at the last reload, and why.
+    not_started: Mutex<Vec<(String, String)>>,
 }
 
 impl Registry {
     /// An empty registry; `version` goes into `bpfstream_build_info`.
     pub fn new(version: &str) -> Arc<Self> {
-        Arc::new(Registry { version: version.to_string(), streams: RwLock::new(Vec::new()) })
+        Arc::new(Registry { version: version.to_string(), streams: RwLock::default(), not_started: Mutex::default() })
     }
 
     /// Adds a stream, not yet attached, with zero counters; its series last as long as the
@@ -200,13 +202,23 @@ impl Registry {
         Some(StreamMetrics { registry: self.clone(), cell })
     }
 
-    /// `Ok` while every stream is attached and its exporter (if any) connected; else why not,
+    /// The streams of the file that did not start (name, why), in place of those of the last
+    /// reload: `/healthz` says 503 with them until a reload starts or removes them.
+    pub fn set_not_started(&self, streams: Vec<(String, String)>) {
+        *self.not_started.lock().unwrap_or_else(|e| e.into_inner()) = streams;
+    }
+
+    /// `Ok` while every stream of the file runs, is attached and its exporter (if any) connected; else why not,
     /// one reason per line.
     pub fn health(&self) -> Result<(), String> {
         let mut reasons = Vec::new();
         let streams = self.streams.read().unwrap_or_else(|e| e.into_inner());
-        if streams.is_empty() {
+        let not_started = self.not_started.lock().unwrap_or_else(|e| e.into_inner());
+        if streams.is_empty() && not_started.is_empty() {
             reasons.push("no stream".to_string());
+        }
+        for (name, reason) in not_started.iter() {
+            reasons.push(format!("stream {name}: not started: {reason}"));
         }
         for stream in streams.iter() {
             if let Some(reason) = stream.detached_reason() {
@@ -298,6 +310,10 @@ mod tests {
         let mut counters = StreamCounters { export_link: ExportLink::NotConnected, ..Default::default() };
         exec.publish(&counters);
         assert_eq!(registry.health(), Err("stream exec: exporter not connected to its engine".into()));
+        registry.set_not_started(vec![("open".into(), "no such file".into())]);
+        let both = "stream open: not started: no such file\nstream exec: exporter not connected to its engine";
+        assert_eq!(registry.health(), Err(both.into()));
+        registry.set_not_started(Vec::new());
         counters.export_link = ExportLink::Connected;
         exec.publish(&counters);
         assert_eq!(registry.health(), Ok(()));
