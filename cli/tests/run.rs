@@ -206,16 +206,18 @@ fn each_map_is_a_stream_of_one_object_from_perf_and_ring_buffers() {
 }
 
 /// Waits until each map's run so far (SIGUSR1's `progress` lines) has every record it produced
-/// delivered or dropped: those lines are queued after the lines of what was consumed before them,
-/// so then everything consumed is out on stdout.
+/// delivered or dropped, and its drops on `lost` lines: those lines are queued after the lines of
+/// what was consumed before them, so then everything is out on stdout, and the stop has nothing
+/// left to write but the summaries.
 fn wait_until_consumed(run: &Running, produced: &[(&str, u64)]) {
-    let progress = || -> Vec<Value> {
+    let of_type = |kind: &str| -> Vec<Value> {
+        let prefix = format!("{{\"type\":\"{kind}\"");
         let lines = run.stdout_so_far();
-        lines
-            .iter()
-            .filter(|l| l.starts_with("{\"type\":\"progress\""))
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        lines.iter().filter(|l| l.starts_with(&prefix)).map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let progress = || of_type("progress");
+    let reported = |map: &str| -> u64 {
+        of_type("lost").iter().filter(|l| l["map"] == map).map(|l| l["count"].as_u64().unwrap()).sum()
     };
     let until = deadline(Duration::from_secs(60));
     loop {
@@ -231,8 +233,9 @@ fn wait_until_consumed(run: &Running, produced: &[(&str, u64)]) {
         let latest = &reports[asked..];
         let consumed = |&(map, n): &(&str, u64)| {
             latest.iter().any(|p| {
-                let taken = p["events"].as_u64().unwrap_or(0) + p["dropped"].as_u64().unwrap_or(0);
-                p["map"] == map && p["produced"] == n && taken == n
+                let dropped = p["dropped"].as_u64().unwrap_or(0);
+                let taken = p["events"].as_u64().unwrap_or(0) + dropped;
+                p["map"] == map && p["produced"] == n && taken == n && reported(map) == dropped
             })
         };
         if produced.iter().all(consumed) {
