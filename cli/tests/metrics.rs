@@ -18,22 +18,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::agent::http_get;
 use common::engine::{KafkaServer, NatsServer};
 use common::time_scale;
 use common::worker::{Act, Worker};
 use metrics::{ExportLink, MetricsServer, Registry, StreamCounters};
 use serde_json::Value;
-
-/// `GET path` over HTTP/1.0: (status, body).
-fn get(address: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-    (status, body.to_string())
-}
 
 /// Percent-encodes a query parameter.
 fn encode(text: &str) -> String {
@@ -125,16 +115,16 @@ fn prometheus_reads_what_the_streams_published() {
 
     let mut exec = registry.add_stream("exec").unwrap();
     let mut slow = registry.add_stream("slow").unwrap();
-    let (status, body) = get(address, "/healthz");
+    let (status, body) = http_get(address, "/healthz");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("stream exec: not attached: starting"), "{body}");
     exec.set_attached();
     slow.set_attached();
     slow.publish(&StreamCounters { export_link: ExportLink::NotConnected, ..Default::default() });
-    assert_eq!(get(address, "/healthz"), (503, "stream slow: exporter not connected to its engine\n".into()));
+    assert_eq!(http_get(address, "/healthz"), (503, "stream slow: exporter not connected to its engine\n".into()));
     slow.publish(&StreamCounters { export_link: ExportLink::Connected, ..Default::default() });
-    assert_eq!(get(address, "/healthz"), (200, "ok\n".into()));
-    assert_eq!(get(address, "/nothing").0, 404);
+    assert_eq!(http_get(address, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(http_get(address, "/nothing").0, 404);
 
     let prometheus = Prometheus::start(&dir, address);
     let up = "up{job=\"agent\"}";
@@ -231,8 +221,8 @@ fn prometheus_reads_the_agents_summaries() {
     let agent = common::start(&["agent", "--config", file.to_str().unwrap()]);
     // Attached once started: healthy once its run begins.
     let deadline = time_scale::deadline(Duration::from_secs(30));
-    while get(address, "/healthz") != (200, "ok\n".into()) {
-        assert!(Instant::now() < deadline, "not healthy: {:?}", get(address, "/healthz"));
+    while http_get(address, "/healthz") != (200, "ok\n".into()) {
+        assert!(Instant::now() < deadline, "not healthy: {:?}", http_get(address, "/healthz"));
         std::thread::sleep(Duration::from_millis(20));
     }
     let prometheus = Prometheus::start(&dir, address);
@@ -278,7 +268,7 @@ fn value_of(page: &str, series: &str) -> Option<f64> {
 fn scrape_until(address: SocketAddr, what: &str, ready: impl Fn(&str) -> bool) -> String {
     let deadline = time_scale::deadline(Duration::from_secs(30));
     loop {
-        let (_, page) = get(address, "/metrics");
+        let (_, page) = http_get(address, "/metrics");
         if ready(&page) {
             return page;
         }
@@ -291,7 +281,7 @@ fn scrape_until(address: SocketAddr, what: &str, ready: impl Fn(&str) -> bool) -
 fn health_until(address: SocketAddr, what: &str, ready: impl Fn(u16, &str) -> bool) {
     let deadline = time_scale::deadline(Duration::from_secs(30));
     loop {
-        let (status, body) = get(address, "/healthz");
+        let (status, body) = http_get(address, "/healthz");
         if ready(status, &body) {
             return;
         }
@@ -320,7 +310,7 @@ fn exporting_agent(url: &str, options: &str, tid: u32) -> (common::Running, Sock
     std::fs::write(&file, config).unwrap();
     let agent = common::start(&["agent", "--config", file.to_str().unwrap()]);
     health_until(address, "healthy once attached and connected", |status, _| status == 200);
-    let page = get(address, "/metrics").1;
+    let page = http_get(address, "/metrics").1;
     for (name, value) in [
         ("bpfstream_export_connected", 1.0),
         ("bpfstream_export_reconnects_total", 0.0),

@@ -14,7 +14,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::agent::{counts, summary_of, wait_for_lines, write};
+use common::agent::{counts, http_get, summary_of, wait_for_lines, write};
 use common::worker::{Act, Worker};
 use common::*;
 
@@ -62,17 +62,6 @@ fn scrape(address: SocketAddr) -> Option<String> {
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.0 200"), "{response}");
     Some(response)
-}
-
-/// `/healthz` at `address`: its status and body.
-fn health(address: SocketAddr) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).unwrap();
-    write!(stream, "GET /healthz HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-    (status, body.to_string())
 }
 
 /// Whether the agent printed the summary of `stream` so far.
@@ -194,20 +183,20 @@ fn a_stream_that_cannot_start_on_reload_is_unhealthy_until_removed() {
     let file = write("unstarted.toml", &good);
     let agent = start(&["agent", "--config", file.to_str().unwrap()]);
     let address = metrics_address(&agent, 1);
-    wait_until(&agent, "healthy once attached", |_| health(address) == (200, "ok\n".into()));
+    wait_until(&agent, "healthy once attached", |_| http_get(address, "/healthz") == (200, "ok\n".into()));
     hangup(&agent, &file, &(good.clone() + &broken));
     let reloaded = format!("bpfstream agent: reloaded {}: kept 1, started 0, stopped 0", file.display());
     assert_eq!(reload_line(&agent, 1), reloaded);
     let refused = nth_line(&agent, "bpfstream agent: stream \"broken\" not started: ", 1);
     assert!(refused.ends_with("; the others run on"), "{refused}");
-    let (status, body) = health(address);
+    let (status, body) = http_get(address, "/healthz");
     assert_eq!(status, 503, "{body}");
     assert!(body.starts_with("stream broken: not started: "), "{body}");
     worker.act(Act::FailedExecs(1));
     wait_for_lines(&agent, 1);
     hangup(&agent, &file, &good);
     assert_eq!(reload_line(&agent, 2), reloaded);
-    assert_eq!(health(address), (200, "ok\n".into()));
+    assert_eq!(http_get(address, "/healthz"), (200, "ok\n".into()));
     let finished = agent.stop_with(libc::SIGTERM);
     assert!(finished.status.success(), "{}", finished.stderr);
     let lines = finished.json();

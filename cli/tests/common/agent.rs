@@ -1,5 +1,6 @@
 //! What the agent's tests share: its files, and reading its output.
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use super::{deadline, temp_dir, Running};
@@ -29,4 +30,15 @@ pub fn summary_of<'a>(lines: &'a [serde_json::Value], stream: &str) -> &'a serde
 /// The counts `keys` of a summary.
 pub fn counts(summary: &serde_json::Value, keys: &[&str]) -> Vec<u64> {
     keys.iter().map(|k| summary[k].as_u64().unwrap_or_else(|| panic!("{k} in {summary}"))).collect()
+}
+
+/// `GET path` over HTTP/1.0: (status, body).
+pub fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    (status, body.to_string())
 }
