@@ -301,8 +301,6 @@ impl Queue {
                 let rest = chunk.rest(done);
                 state.queued_bytes += rest.bytes.len();
                 state.queue.push_front(rest);
-                // The writer thread may be waiting for a chunk: the rest is its to write now.
-                self.changed.notify_all();
                 return;
             }
         }
