@@ -1,7 +1,6 @@
 //! Stdout written by a thread of its own, so that a reader that blocks, crawls, goes away or
 //! fills its disk can never hold up a tracer: the tracer formats into a buffer ([`Output`]),
-//! hands whole batches to the queue, and its stop gives the queue a bounded time to empty (and
-//! writes the last small batches itself when the thread is between batches).
+//! hands whole batches to the queue, and its stop gives the queue a bounded time to empty.
 //! An event's output is one line (or nothing), and a batch begins with its events' lines: the
 //! batch carries how many they are and where they end, nothing per event. The thread writes at
 //! most PIPE_BUF bytes at a time (all or nothing on a pipe), ending each write at a line's end,
@@ -253,7 +252,6 @@ impl Queue {
     pub fn drain_by(&self, deadline: Instant) -> bool {
         let mut state = self.lock();
         loop {
-            self.write_small_chunks(&mut state);
             if state.queue.is_empty() && state.writing.is_none() {
                 return state.error.is_none();
             }
@@ -261,32 +259,6 @@ impl Queue {
             let stalled_at = state.progress.map_or(deadline, |p| p + STALLED);
             let Some(left) = deadline.min(stalled_at).checked_duration_since(now) else { return false };
             state = self.changed.wait_timeout(state, left).unwrap_or_else(|e| e.into_inner()).0;
-        }
-    }
-
-    /// Writes from the calling thread the chunks at the queue's head that take one write of at
-    /// most PIPE_BUF each, while the writer thread is between chunks (holding the lock, it cannot
-    /// start one) and `fd` takes them without blocking: the stop's last lines (loss reports, a
-    /// summary) then do not wait for the writer thread to be scheduled, which on a loaded
-    /// machine can take longer than the stop has. Order is kept: the writer thread takes only
-    /// what is left.
-    fn write_small_chunks(&self, state: &mut State) {
-        while state.writing.is_none() && state.error.is_none() && !state.abandoned {
-            let Some(chunk) = state.queue.front() else { return };
-            if chunk.bytes.len() > libc::PIPE_BUF || !writable_now(self.fd) {
-                return;
-            }
-            let Some(chunk) = state.queue.pop_front() else { return };
-            state.queued_bytes -= chunk.bytes.len();
-            match write_all(self.fd, &chunk.bytes) {
-                Ok(()) => state.progress = Some(Instant::now()),
-                Err(e) => {
-                    state.error = Some(e.kind());
-                    self.failed.store(true, Ordering::Relaxed);
-                    state.unwritten += chunk.refuse();
-                    state.refuse_queued();
-                }
-            }
         }
     }
 
@@ -556,27 +528,6 @@ mod tests {
         assert!(taken > 0 && taken % 1024 == 0, "{taken}");
         assert_eq!(unwritten, 200 - taken as u64 / 1024);
         assert!(!queue.write_by(b"summary\n".to_vec(), Instant::now()));
-    }
-
-    #[test]
-    fn the_last_small_chunks_go_out_without_the_writer_thread() {
-        let (read, write) = pipe();
-        // No writer thread: as if it were never scheduled before the deadline.
-        let queue = Queue::new(write.as_raw_fd(), None);
-        let mut out = Output::new(queue.clone());
-        batch(&mut out, 2, b"event\n");
-        out.write_all(b"a loss report\n").unwrap();
-        out.flush().unwrap();
-        assert!(queue.write_by(b"summary\n".to_vec(), Instant::now()));
-        assert_eq!(queue.abandon(), 0);
-        let mut got = [0u8; 64];
-        // SAFETY: read(2) into a live buffer.
-        let n = unsafe { libc::read(read.as_raw_fd(), got.as_mut_ptr().cast(), got.len()) };
-        assert_eq!(&got[..n as usize], b"event\nevent\na loss report\nsummary\n");
-        // A chunk larger than one atomic write is left to the writer thread.
-        batch(&mut out, 1, &line(libc::PIPE_BUF + 1));
-        assert!(!queue.write_by(b"summary\n".to_vec(), Instant::now()));
-        assert_eq!(queue.abandon(), 1);
     }
 
     #[test]
