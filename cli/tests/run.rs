@@ -87,6 +87,12 @@ fn every_kind_arrives_decoded(transport: &str) {
     for (seq, len) in [(7, 3), (8, 0), (9, 64), (1000, 3), (1001, 2)] {
         bpfstream_run_kinds(seq, len);
     }
+    // Every line out before the stop, whose output deadline is the stop tests' subject.
+    let arrived = deadline(Duration::from_secs(30));
+    let decoded = |run: &Running| run.stdout_so_far().iter().filter(|l| l.contains("\"type\":\"kinds_event\"")).count();
+    while decoded(&run) < 3 && Instant::now() < arrived {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let finished = run.stop();
     assert!(finished.status.success(), "stderr:\n{}", finished.stderr);
     let events = finished.of_type("kinds_event");

@@ -3,6 +3,9 @@
 //! stream's lines and summary carry its name, and its accounting is exact on its own, including
 //! what stdout did not take.
 
+#[path = "../../../bpfstream/tests/support/time_scale.rs"]
+mod time_scale;
+
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::mpsc;
@@ -142,7 +145,9 @@ fn streams_of_one_run_are_each_named_and_exact() {
     let stdout = tempfile();
     let (console, _stderr) = console(&stdout);
     // The poller serves them.
-    let summaries = two_streams(calls, opens, Duration::from_millis(300), &console);
+    // Time for the writer to write them all before the stop (whose output deadline is not
+    // what this test is about), stretched on an emulated machine.
+    let summaries = two_streams(calls, opens, time_scale::scaled(Duration::from_millis(300)), &console);
     let names: Vec<_> = summaries.iter().map(|s| s.stream.as_deref().unwrap_or("")).collect();
     assert_eq!(names, ["calls", "opens"], "by priority, highest first");
     for (summary, n) in summaries.iter().zip([calls, opens]) {
