@@ -310,7 +310,10 @@ fn exporting_agent(url: &str, options: &str, tid: u32) -> (common::Running, Sock
     std::fs::write(&file, config).unwrap();
     let agent = common::start(&["agent", "--config", file.to_str().unwrap()]);
     health_until(address, "healthy once attached and connected", |status, _| status == 200);
-    let page = http_get(address, "/metrics").1;
+    // The exporter's series as the stream published them since (a publish a moment after the
+    // one /healthz read may be the first that carries them).
+    let connected = of_execs("bpfstream_export_connected");
+    let page = scrape_until(address, "connected", |page| value_of(page, &connected) == Some(1.0));
     for (name, value) in [
         ("bpfstream_export_connected", 1.0),
         ("bpfstream_export_reconnects_total", 0.0),
