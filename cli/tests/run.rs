@@ -87,12 +87,7 @@ fn every_kind_arrives_decoded(transport: &str) {
     for (seq, len) in [(7, 3), (8, 0), (9, 64), (1000, 3), (1001, 2)] {
         bpfstream_run_kinds(seq, len);
     }
-    // Every line out before the stop, whose output deadline is the stop tests' subject.
-    let arrived = deadline(Duration::from_secs(30));
-    let decoded = |run: &Running| run.stdout_so_far().iter().filter(|l| l.contains("\"type\":\"kinds_event\"")).count();
-    while decoded(&run) < 3 && Instant::now() < arrived {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_lines_of(&run, "kinds_event", 3);
     let finished = run.stop();
     assert!(finished.status.success(), "stderr:\n{}", finished.stderr);
     let events = finished.of_type("kinds_event");
@@ -121,6 +116,18 @@ fn every_kind_arrives_decoded_from_perf_buffers() {
 #[inline(never)]
 pub extern "C" fn bpfstream_run_maps(seq: u64, map: u64) -> u64 {
     std::hint::black_box(seq.wrapping_add(map))
+}
+
+/// Waits (up to 30 s, scaled) until `run` printed `n` lines of type `kind`: every line out
+/// before the stop, whose output deadline (which an emulated machine can spend detaching) is the
+/// stop tests' subject, not the caller's.
+fn wait_for_lines_of(run: &Running, kind: &str, n: usize) {
+    let arrived = deadline(Duration::from_secs(30));
+    let pattern = format!("\"type\":\"{kind}\"");
+    let printed = || run.stdout_so_far().iter().filter(|l| l.contains(&pattern)).count();
+    while printed() < n && Instant::now() < arrived {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Sends ten records to the maps of bpf/tests/run_maps.bpf.c, five to `events`, three to
@@ -153,14 +160,7 @@ fn each_map_is_a_stream(transport: &str) {
     args.extend(names.iter().flat_map(|name| ["--map", name]));
     let run = start(&args);
     let sent = send_to_maps();
-    // Every line out before the stop: the stop's output deadline (which an emulated machine can
-    // spend detaching) is not what this test is about; its accounting is the stop tests'.
-    let arrived = deadline(Duration::from_secs(30));
-    let map_events =
-        |run: &Running| run.stdout_so_far().iter().filter(|l| l.contains("\"type\":\"map_event\"")).count();
-    while map_events(&run) < sent.len() && Instant::now() < arrived {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_lines_of(&run, "map_event", sent.len());
     let finished = run.stop();
     assert!(finished.status.success(), "stderr:\n{}", finished.stderr);
     // The plain ring keeps the size its author declared.

@@ -208,8 +208,8 @@ impl Registry {
         *self.not_started.lock().unwrap_or_else(|e| e.into_inner()) = streams;
     }
 
-    /// `Ok` while every stream of the file runs, is attached and its exporter (if any) connected; else why not,
-    /// one reason per line.
+    /// `Ok` while every stream of the file runs, is attached and its exporter (if any)
+    /// connected; else why not, one reason per line.
     pub fn health(&self) -> Result<(), String> {
         let mut reasons = Vec::new();
         let streams = self.streams.read().unwrap_or_else(|e| e.into_inner());
