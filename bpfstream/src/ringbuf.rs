@@ -245,11 +245,14 @@ impl Walk {
     where
         H: FnMut(&[u8]) -> ControlFlow<()> + ?Sized,
     {
-        // A record shorter than this ends within `room` wherever in the stretch it starts: the
-        // exact check is needed only for longer ones (in the last stretch of a batch, all).
-        let slack = room - stretch;
-        // In locals, so that they stay in registers whatever the handler does with memory.
-        let (mut left, mut bytes, mut stride) = (self.left, self.bytes, self.stride);
+        // In locals, so that they stay in registers whatever the handler does with memory. The
+        // walk predicts the next header word to be the last one: `len` with `stride` its record
+        // size. A record that matches costs one compare and adds the predicted stride, so the
+        // next header's load does not wait for this one's; its payload bytes are counted per run
+        // of equal lengths, `len` times the records of the run.
+        let (mut left, mut bytes, mut stride) = (self.left, self.bytes, self.stride.size() as usize);
+        let mut len = self.len;
+        let mut run_start = left;
         let mut at = 0usize;
         let exit = loop {
             if at >= stretch {
@@ -262,41 +265,47 @@ impl Walk {
             // Pairs with the xchg(&hdr->len, new_len) in bpf_ringbuf_commit() (a full barrier):
             // once we see BUSY clear, the payload written before the commit is visible.
             let len_word = header.load(Ordering::Acquire);
-            if len_word & (BUSY_BIT | DISCARD_BIT) != 0 {
-                break Exit::Flagged(len_word);
+            if len_word != len {
+                if len_word & (BUSY_BIT | DISCARD_BIT) != 0 {
+                    break Exit::Flagged(len_word);
+                }
+                bytes += (run_start - left) as u64 * u64::from(len);
+                (run_start, len, stride) = (left, len_word, record_size(len_word));
             }
-            // Header plus payload, rounded up to 8 (len < 2^30: no overflow).
-            let total = (len_word as usize + HEADER_SIZE as usize + 7) & !7;
-            if total > slack && total > room - at {
+            let next = at + stride;
+            if next > room {
                 break Exit::Corrupt(len_word);
             }
             // SAFETY: the record lies within the readable bytes (checked above). It is committed
             // and stays unwritten until consumer_pos passes it, which happens only after the
             // handler has returned and dropped this borrow (and no other consumer in this
             // process can move it: `RingClaim`).
-            let payload = unsafe { std::slice::from_raw_parts(first.add(at + 8), len_word as usize) };
-            bytes += u64::from(len_word);
+            let payload = unsafe { std::slice::from_raw_parts(first.add(at + 8), len as usize) };
             left -= 1;
+            at = next;
             match guarded(handler, payload) {
-                Ok(flow) if flow.is_break() => {
-                    at += total;
-                    break Exit::Stopped;
-                }
+                Ok(flow) if flow.is_break() => break Exit::Stopped,
                 Ok(_) => {}
-                Err(panic) => {
-                    at += total;
-                    break Exit::Panicked(panic);
-                }
+                Err(panic) => break Exit::Panicked(panic),
             }
             if LIMITED && left == 0 {
-                at += total;
                 break Exit::Max;
             }
-            at = stride.next(at as u64, total as u64) as usize;
         };
-        (self.left, self.bytes, self.stride) = (left, bytes, stride);
+        bytes += (run_start - left) as u64 * u64::from(len);
+        self.len = len;
+        (self.left, self.bytes, self.stride) = (left, bytes, Stride::new(stride as u64));
         (at, exit)
     }
+}
+
+/// Header plus payload of a record whose length word is `len_word` (no flag set: below 2^30),
+/// rounded up to 8. Out of line, so that the compiler cannot turn the walk's branch on a new
+/// length into a conditional move that makes every next position wait for its header's load.
+#[cold]
+#[inline(never)]
+fn record_size(len_word: u32) -> usize {
+    (len_word as usize + HEADER_SIZE as usize + 7) & !7
 }
 
 /// The size of the discarded record at `position` (`len_word` read from its header, BUSY

@@ -40,12 +40,15 @@ pub(crate) struct Walk {
     pub bytes: u64,
     /// The next record's size predicted: most streams repeat one.
     pub stride: Stride,
+    /// The ring's prediction of the next length word, the one `stride` is the size of (a
+    /// perf walk predicts the size alone).
+    pub len: u32,
 }
 
 impl Walk {
     /// A walk that hands over at most `max` records, first expecting records of `size` bytes.
     pub fn new(max: usize, size: u64) -> Self {
-        Walk { left: max, bytes: 0, stride: Stride::new(size) }
+        Walk { left: max, bytes: 0, stride: Stride::new(size), len: 0 }
     }
 }
 
