@@ -258,6 +258,40 @@ impl Walk {
             if at >= stretch {
                 break Exit::StretchDone;
             }
+            // A group of records with the predicted length word: their headers first, then one
+            // acquire fence, then the handler on each, so that the handler's state is loaded
+            // once per group rather than after every header's acquire load.
+            if at + GROUP * stride <= stretch && (!LIMITED || left >= GROUP) {
+                // SAFETY: the GROUP records from `at` end within the stretch, inside the
+                // readable bytes.
+                let same = unsafe { same_headers(first.add(at), stride, len) };
+                if same > 0 {
+                    // With the relaxed loads of `same_headers`, an acquire of every header it
+                    // saw: pairs with the xchg(&hdr->len, new_len) in bpf_ringbuf_commit().
+                    fence(Ordering::Acquire);
+                    let mut handed = 0;
+                    let stopped = loop {
+                        if handed == same {
+                            break None;
+                        }
+                        // SAFETY: as for a record of the single path below: committed (its
+                        // header seen before the fence), inside the readable bytes.
+                        let payload = unsafe { std::slice::from_raw_parts(first.add(at + 8), len as usize) };
+                        (at, handed) = (at + stride, handed + 1);
+                        match guarded(handler, payload) {
+                            Ok(flow) if flow.is_break() => break Some(Exit::Stopped),
+                            Ok(_) => {}
+                            Err(panic) => break Some(Exit::Panicked(panic)),
+                        }
+                    };
+                    left -= handed;
+                    match stopped {
+                        Some(exit) => break exit,
+                        None if LIMITED && left == 0 => break Exit::Max,
+                        None => continue,
+                    }
+                }
+            }
             scan::prefetch(first.wrapping_add(at + scan::PREFETCH_AHEAD));
             // SAFETY: `at < stretch <= room`, 8-aligned: the header is an aligned u32 inside the
             // readable bytes. The kernel writes it concurrently, hence an atomic.
@@ -297,6 +331,31 @@ impl Walk {
         (self.left, self.bytes, self.stride) = (left, bytes, Stride::new(stride as u64));
         (at, exit)
     }
+}
+
+/// Records a walk hands over per group (see [`Walk::records`]).
+const GROUP: usize = 16;
+
+/// How many of the [`GROUP`] headers from `first`, `stride` bytes apart, read `len` (a length
+/// word without flags: committed records of that length), up to the first that does not.
+/// Relaxed loads: the caller's acquire fence orders them before the payloads.
+///
+/// # Safety
+///
+/// The `GROUP * stride` bytes from `first` are readable, `first` and `stride` 8-aligned.
+#[inline(always)]
+unsafe fn same_headers(first: *const u8, stride: usize, len: u32) -> usize {
+    let mut n = 0;
+    while n < GROUP {
+        let at = n * stride;
+        scan::prefetch(first.wrapping_add(at + scan::PREFETCH_AHEAD));
+        // SAFETY: an aligned u32 inside the readable bytes; the kernel writes it concurrently.
+        if unsafe { &*first.add(at).cast::<AtomicU32>() }.load(Ordering::Relaxed) != len {
+            break;
+        }
+        n += 1;
+    }
+    n
 }
 
 /// Header plus payload of a record whose length word is `len_word` (no flag set: below 2^30),
@@ -881,6 +940,36 @@ mod protocol_tests {
             .unwrap();
         assert_eq!(n as u64, handled);
         assert_eq!(ring.available(), 0);
+    }
+
+    #[test]
+    fn groups_of_equal_records_end_at_max_a_stop_or_a_busy_record() {
+        let ring = SimRing::new(1 << 16);
+        for i in 0..40u8 {
+            ring.output(&[i; 3]).unwrap();
+        }
+        let busy = ring.reserve(3).unwrap();
+        for i in 41..100u8 {
+            ring.output(&[i; 3]).unwrap();
+        }
+        let mut consumer = ring.consumer().unwrap();
+        let mut seen = Vec::new();
+        assert_eq!(consumer.consume_n(20, |r: &[u8]| seen.push(r[0])).unwrap(), 20);
+        let stop_at_33 = |r: &[u8], seen: &mut Vec<u8>| {
+            seen.push(r[0]);
+            if r[0] == 33 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        assert_eq!(consumer.consume(|r: &[u8]| stop_at_33(r, &mut seen)).unwrap(), 14);
+        assert_eq!(consumer.consume(|r: &[u8]| seen.push(r[0])).unwrap(), 6, "up to the BUSY record");
+        assert_eq!(ring.positions().0, busy.pos());
+        ring.fill(&busy, &[40; 3]);
+        ring.commit(busy, false);
+        assert_eq!(consumer.consume(|r: &[u8]| seen.push(r[0])).unwrap(), 60);
+        assert_eq!(seen, (0..100).collect::<Vec<u8>>());
     }
 
     #[test]
