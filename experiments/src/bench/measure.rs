@@ -112,7 +112,7 @@ pub fn buffer_memory() -> io::Result<Memory> {
 }
 
 /// A plain read of memory, the reference for a drain of a buffer of the same size: about as fast
-/// as memory lets a consumer go (bpfstream's ring consumer measures 80–104 % of it here).
+/// as memory lets a consumer go.
 /// Anonymous 4 KiB pages (no transparent huge pages), as a ring's data pages are, written once
 /// when made so that no pass takes a page fault.
 pub struct PlainRead {
