@@ -88,13 +88,17 @@ impl RunningStreams {
         running
     }
 
-    /// Adds `streams`: each prints its header and publishes its (zero) counters, so that
-    /// `/healthz` sees its exporter's connection from the start.
+    /// Adds `streams`: each prints its header and publishes its (zero) counters before it is
+    /// marked attached, so that `/healthz` never says 200 before it sees its exporter's
+    /// connection.
     pub fn add(&mut self, streams: Vec<Stream>) {
         for mut stream in streams {
             let mut shape = Shape::of(&mut stream);
             stream.feed.header();
             shape.publish(&*stream.feed);
+            if let Some(m) = shape.metrics.as_mut() {
+                m.set_attached();
+            }
             self.members.push(Member { stream, shape });
         }
         self.members.sort_by_key(|m| std::cmp::Reverse(m.stream.loaded.priority));
@@ -236,9 +240,6 @@ struct Shape {
 impl Shape {
     fn of(stream: &mut Stream) -> Self {
         let loaded = &mut stream.loaded;
-        if let Some(m) = stream.metrics.as_mut() {
-            m.set_attached();
-        }
         Shape {
             name: loaded.name.clone(),
             started: Instant::now(),
