@@ -246,12 +246,12 @@ impl Walk {
         H: FnMut(&[u8]) -> ControlFlow<()> + ?Sized,
     {
         // In locals, so that they stay in registers whatever the handler does with memory. The
-        // walk predicts the next header word to be the last one: `len` with `stride` its record
+        // walk predicts the next header word to be the last one: `len`, with `stride` its record
         // size. A record that matches costs one compare and adds the predicted stride, so the
         // next header's load does not wait for this one's; its payload bytes are counted per run
         // of equal lengths, `len` times the records of the run.
-        let (mut left, mut bytes, mut stride) = (self.left, self.bytes, self.stride.size() as usize);
-        let mut len = self.len;
+        let (mut left, mut bytes, mut len) = (self.left, self.bytes, self.len);
+        let mut stride = record_size(len);
         let mut run_start = left;
         let mut at = 0usize;
         let exit = loop {
@@ -327,8 +327,7 @@ impl Walk {
             }
         };
         bytes += (run_start - left) as u64 * u64::from(len);
-        self.len = len;
-        (self.left, self.bytes, self.stride) = (left, bytes, Stride::new(stride as u64));
+        (self.left, self.bytes, self.len) = (left, bytes, len);
         (at, exit)
     }
 }

@@ -40,8 +40,8 @@ pub(crate) struct Walk {
     pub bytes: u64,
     /// The next record's size predicted: most streams repeat one.
     pub stride: Stride,
-    /// The ring's prediction of the next length word, the one `stride` is the size of (a
-    /// perf walk predicts the size alone).
+    /// The ring's prediction of the next length word, from which it derives the record size
+    /// (a perf walk predicts the size alone, in `stride`).
     pub len: u32,
 }
 
