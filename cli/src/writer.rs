@@ -5,7 +5,9 @@
 //! batch carries how many they are and where they end, nothing per event. The thread writes at
 //! most PIPE_BUF bytes at a time to a pipe, socket or terminal (all or nothing on a pipe), and at
 //! most [`FILE_PIECE`] to a regular file (which no reader holds up), ending each write at a
-//! line's end, so it knows to the byte, and so to the line, what went out. An event whose line was not
+//! line's end, so it knows to the byte, and so to the line, what went out. Batches queued
+//! together (an agent's streams, each with its own) go out in one writev(2) when they fit in
+//! one such write, and a push wakes the thread only when it waits. An event whose line was not
 //! completely written when the stop gave up, or when the reader failed, or that was refused
 //! because the reader fell more than [`MAX_QUEUED`] behind, is counted as `unwritten`, to the
 //! stream whose [`Output`] wrote it: `events + dropped + unwritten = produced` for each stream,
@@ -15,7 +17,7 @@
 //!
 //! ```text
 //!  tracer thread                                   writer thread
-//!  Output.buf ──flush()──▶ queue: [Chunk, ...] ──▶ writing: bytes, done ──write(2), ≤ PIPE_BUF──▶ fd
+//!  Output.buf ──flush()──▶ queue: [Chunk, ...] ──▶ writing: [bytes, done] ──writev(2), ≤ a piece──▶ fd
 //!  [event lines | other lines]   Chunk: bytes + EventLines{end, count, unwritten: the stream's}
 //! ```
 
@@ -37,6 +39,9 @@ const STALLED: Duration = Duration::from_millis(100);
 /// Most bytes of one write(2) to a regular file: a write there does not wait for a reader, and
 /// one write per 64 KiB rather than per 4 costs a sixteenth of the calls.
 const FILE_PIECE: usize = 64 << 10;
+
+/// Most chunks one writev(2) gathers (far below IOV_MAX).
+const MAX_GATHERED: usize = 64;
 
 /// Initial room for a batch of output (a batch grows as it needs).
 const BATCH: usize = 64 << 10;
@@ -82,8 +87,8 @@ impl Chunk {
     }
 }
 
-/// The chunk the thread is writing: shared with [`Queue::abandon`], which counts what it did
-/// not write.
+/// A chunk the thread is writing: shared with [`Queue::abandon`], which counts what it did not
+/// write.
 struct Writing {
     bytes: Arc<Vec<u8>>,
     events: Option<EventLines>,
@@ -101,7 +106,12 @@ impl Writing {
 struct State {
     queue: VecDeque<Chunk>,
     queued_bytes: usize,
-    writing: Option<Writing>,
+    /// The chunks of the write under way (none: the writer is between writes).
+    writing: Vec<Writing>,
+    /// The writer waits for a chunk: a push wakes it (otherwise it finds the chunk itself).
+    writer_waits: bool,
+    /// Threads in [`Queue::drain_by`], woken when a write ends.
+    drainers: usize,
     /// Every stream's unwritten events.
     unwritten: u64,
     /// The first write error; nothing is written after it.
@@ -113,6 +123,37 @@ struct State {
 }
 
 impl State {
+    /// Whether nothing is queued or being written.
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && self.writing.is_empty()
+    }
+
+    /// Counts unwritten the events of the write under way whose line is not out.
+    fn cut_writing(&mut self) {
+        self.unwritten += self.writing.iter().map(Writing::cut).sum::<u64>();
+    }
+
+    /// The chunks of the next write: the first queued, and as many after it as fit whole in one
+    /// write of at most `piece` bytes (the streams of an agent, each with its batch, go out in
+    /// one writev(2)).
+    fn take_writing(&mut self, piece: usize) -> Vec<Arc<Vec<u8>>> {
+        let mut total = 0;
+        let mut taken = Vec::new();
+        while let Some(next) = self.queue.front() {
+            let fits = total + next.bytes.len() <= piece && taken.len() < MAX_GATHERED;
+            if !taken.is_empty() && !fits {
+                break;
+            }
+            let chunk = self.queue.pop_front().expect("a front chunk");
+            total += chunk.bytes.len();
+            self.queued_bytes -= chunk.bytes.len();
+            let bytes = Arc::new(chunk.bytes);
+            self.writing.push(Writing { bytes: bytes.clone(), events: chunk.events, done: 0 });
+            taken.push(bytes);
+        }
+        taken
+    }
+
     /// Counts unwritten what is queued, and forgets it.
     fn refuse_queued(&mut self) {
         let refused: u64 = self.queue.drain(..).map(|c| c.refuse()).sum();
@@ -127,7 +168,10 @@ pub struct Queue {
     /// Most bytes of one write: [`piece_limit`] of `fd`.
     piece: usize,
     state: Mutex<State>,
-    changed: Condvar,
+    /// Signalled by a push when the writer waits.
+    work: Condvar,
+    /// Signalled when a write ends and someone drains.
+    written: Condvar,
     /// Set with `State::error`, for a look without the lock (Relaxed: a flag on its own; the
     /// error itself is read under the lock).
     failed: AtomicBool,
@@ -166,7 +210,7 @@ impl Queue {
     fn new(fd: RawFd, error: Option<io::ErrorKind>) -> Arc<Queue> {
         let failed = AtomicBool::new(error.is_some());
         let state = Mutex::new(State { error, ..State::default() });
-        Arc::new(Queue { fd, piece: piece_limit(fd), state, changed: Condvar::new(), failed })
+        Arc::new(Queue { fd, piece: piece_limit(fd), state, work: Condvar::new(), written: Condvar::new(), failed })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -176,30 +220,32 @@ impl Queue {
     fn write_loop(&self) {
         loop {
             let mut state = self.lock();
-            let chunk = loop {
-                match state.queue.pop_front() {
-                    Some(chunk) => break chunk,
-                    None => state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
-                }
-            };
-            state.queued_bytes -= chunk.bytes.len();
-            let bytes = Arc::new(chunk.bytes);
-            state.writing = Some(Writing { bytes: bytes.clone(), events: chunk.events, done: 0 });
+            while state.queue.is_empty() {
+                state.writer_waits = true;
+                state = self.work.wait(state).unwrap_or_else(|e| e.into_inner());
+                state.writer_waits = false;
+            }
+            let chunks = state.take_writing(self.piece);
             state.progress = Some(Instant::now());
             drop(state);
-            let written = self.write_chunk(&bytes);
+            let written = match chunks.as_slice() {
+                [one] => self.write_chunk(one),
+                several => self.write_together(several),
+            };
             let mut state = self.lock();
-            let writing = state.writing.take();
             if let Err(e) = written {
                 // Only the first error counts; after it nothing is written.
                 state.error.get_or_insert(e.kind());
                 self.failed.store(true, Ordering::Relaxed);
                 if !state.abandoned {
-                    state.unwritten += writing.map_or(0, |w| w.cut());
+                    state.cut_writing();
                     state.refuse_queued();
                 }
             }
-            self.changed.notify_all();
+            state.writing.clear();
+            if state.drainers > 0 {
+                self.written.notify_all();
+            }
         }
     }
 
@@ -210,17 +256,34 @@ impl Queue {
             let piece = &bytes[done..piece_end(bytes, done, self.piece)];
             write_all(self.fd, piece)?;
             done += piece.len();
-            let mut state = self.lock();
-            if state.abandoned {
-                // What is left is counted unwritten already.
+            if !self.note_done(|_| done) {
                 return Ok(());
             }
-            if let Some(writing) = &mut state.writing {
-                writing.done = done;
-            }
-            state.progress = Some(Instant::now());
         }
         Ok(())
+    }
+
+    /// Writes whole chunks, at most a piece in all, with one writev(2) (more if the descriptor
+    /// takes part of it), then notes them out.
+    fn write_together(&self, chunks: &[Arc<Vec<u8>>]) -> io::Result<()> {
+        let mut slices: Vec<&[u8]> = chunks.iter().map(|c| c.as_slice()).collect();
+        write_all_vectored(self.fd, &mut slices)?;
+        self.note_done(|i| chunks[i].len());
+        Ok(())
+    }
+
+    /// Notes the bytes out of each chunk being written (`done` of its index); false when the
+    /// stop gave up meanwhile (what is left is counted unwritten already).
+    fn note_done(&self, done: impl Fn(usize) -> usize) -> bool {
+        let mut state = self.lock();
+        if state.abandoned {
+            return false;
+        }
+        for (i, writing) in state.writing.iter_mut().enumerate() {
+            writing.done = done(i);
+        }
+        state.progress = Some(Instant::now());
+        true
     }
 
     fn push(&self, chunk: Chunk) {
@@ -233,13 +296,17 @@ impl Queue {
             state.unwritten += chunk.refuse();
             return;
         }
-        if state.queue.is_empty() && state.writing.is_none() {
+        if state.idle() {
             // The writer was idle: its time to take this chunk starts now.
             state.progress = Some(Instant::now());
         }
         state.queued_bytes += chunk.bytes.len();
         state.queue.push_back(chunk);
-        self.changed.notify_all();
+        if state.writer_waits {
+            // Only a waiting writer needs the futex call; a busy one finds the chunk when its
+            // write ends.
+            self.work.notify_one();
+        }
     }
 
     /// Whether the output failed ([`error`](Self::error)), without taking the lock: cheap enough
@@ -259,13 +326,15 @@ impl Queue {
     pub fn drain_by(&self, deadline: Instant) -> bool {
         let mut state = self.lock();
         loop {
-            if state.queue.is_empty() && state.writing.is_none() {
+            if state.idle() {
                 return state.error.is_none();
             }
             let now = Instant::now();
             let stalled_at = state.progress.map_or(deadline, |p| p + STALLED);
             let Some(left) = deadline.min(stalled_at).checked_duration_since(now) else { return false };
-            state = self.changed.wait_timeout(state, left).unwrap_or_else(|e| e.into_inner()).0;
+            state.drainers += 1;
+            state = self.written.wait_timeout(state, left).unwrap_or_else(|e| e.into_inner()).0;
+            state.drainers -= 1;
         }
     }
 
@@ -276,7 +345,7 @@ impl Queue {
         let mut state = self.lock();
         if !state.abandoned {
             state.abandoned = true;
-            state.unwritten += state.writing.as_ref().map_or(0, Writing::cut);
+            state.cut_writing();
             state.refuse_queued();
         }
         state.unwritten
@@ -300,7 +369,7 @@ impl Queue {
         if state.abandoned {
             return false;
         }
-        let idle = state.queue.is_empty() && state.writing.is_none() && state.error.is_none();
+        let idle = state.idle() && state.error.is_none();
         if idle && bytes.len() <= libc::PIPE_BUF && writable_now(self.fd) {
             // Holding the lock: the writer thread cannot start a write meanwhile.
             return match write_all(self.fd, &bytes) {
@@ -353,6 +422,43 @@ fn writable_now(fd: RawFd) -> bool {
     // SAFETY: poll(2) on one live pollfd, without waiting.
     let ready = unsafe { libc::poll(&mut pollfd, 1, 0) };
     ready == 1 && pollfd.revents & libc::POLLOUT != 0
+}
+
+/// Writes all of `slices`, in order, with writev(2) (again for what a partial write left).
+fn write_all_vectored(fd: RawFd, mut slices: &mut [&[u8]]) -> io::Result<()> {
+    while let Some(first) = slices.first() {
+        if first.is_empty() {
+            slices = &mut slices[1..];
+            continue;
+        }
+        let iov: Vec<libc::iovec> = slices
+            .iter()
+            .map(|s| libc::iovec { iov_base: s.as_ptr() as *mut libc::c_void, iov_len: s.len() })
+            .collect();
+        // SAFETY: writev(2) reads the slices the iovecs point to, all alive and unchanged for the
+        // call; `fd` is stdout or stderr, open for the whole process.
+        let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let mut left = n as usize;
+        while left > 0 {
+            let taken = left.min(slices[0].len());
+            slices[0] = &slices[0][taken..];
+            left -= taken;
+            if slices[0].is_empty() {
+                slices = &mut slices[1..];
+            }
+        }
+    }
+    Ok(())
 }
 
 fn write_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
@@ -578,6 +684,43 @@ mod tests {
         assert_eq!(piece_end(&lines, 0, FILE_PIECE), lines.len());
         lines = b"c".repeat(3 * libc::PIPE_BUF);
         assert_eq!(piece_end(&lines, 0, libc::PIPE_BUF), libc::PIPE_BUF);
+    }
+
+    #[test]
+    fn chunks_queued_together_are_taken_whole_up_to_a_piece() {
+        let mut state = State::default();
+        let chunk = |len: usize| Chunk { bytes: vec![b'\n'; len], events: None };
+        for len in [1000, 2000, 1500, 10, 5000, 20] {
+            state.queued_bytes += len;
+            state.queue.push_back(chunk(len));
+        }
+        let mut taken = || {
+            state.writing.clear();
+            state.take_writing(libc::PIPE_BUF).iter().map(|c| c.len()).collect::<Vec<_>>()
+        };
+        assert_eq!(taken(), [1000, 2000]);
+        assert_eq!(taken(), [1500, 10]);
+        assert_eq!(taken(), [5000], "a chunk larger than a piece goes alone, in pieces");
+        assert_eq!(taken(), [20]);
+        assert_eq!((state.queued_bytes, state.writing.len()), (0, 1));
+    }
+
+    #[test]
+    fn chunks_of_several_outputs_go_out_whole_and_in_order() {
+        let (read, write) = pipe();
+        let queue = Queue::start(write.as_raw_fd()).unwrap();
+        let (mut a, mut b) = (Output::new(queue.clone()), Output::new(queue.clone()));
+        for i in 0..100 {
+            let out = if i % 3 == 0 { &mut a } else { &mut b };
+            batch(out, 1 + i % 4, format!("{i:04}\n").as_bytes());
+        }
+        assert!(queue.drain_by(Instant::now() + Duration::from_secs(30)));
+        let mut held = vec![0u8; 1 << 16];
+        // SAFETY: read(2) into a live buffer; the pipe holds less than it.
+        let n = unsafe { libc::read(read.as_raw_fd(), held.as_mut_ptr().cast(), held.len()) } as usize;
+        let expected: String = (0..100).map(|i| format!("{i:04}\n").repeat(1 + i % 4)).collect();
+        assert_eq!(std::str::from_utf8(&held[..n]).unwrap(), expected);
+        assert_eq!((a.unwritten(), b.unwritten(), queue.abandon()), (0, 0, 0));
     }
 
     #[test]
