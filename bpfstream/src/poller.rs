@@ -100,6 +100,14 @@ pub(crate) trait Source {
         false
     }
 
+    /// When a pass would hand over nothing and change nothing (no record, not even a BUSY one,
+    /// no drop report due, nothing lent to settle): publishes what the round's wait changed and
+    /// returns true, so that the round passes the source by. The default: false (every round
+    /// serves the source).
+    fn pass_if_quiet(&mut self) -> bool {
+        false
+    }
+
     /// Whether the producers signal [`poll_fd`](Self::poll_fd) for the records they write.
     /// `false` for a ring buffer whose producers were loaded with
     /// [`WakeupPolicy::Never`](crate::WakeupPolicy::Never): the streams then keep a delay timer
@@ -136,6 +144,9 @@ impl Source for EventSource {
     }
     fn head_is_busy(&self) -> bool {
         EventSource::head_is_busy(self)
+    }
+    fn pass_if_quiet(&mut self) -> bool {
+        EventSource::pass_if_quiet(self)
     }
     fn sends_wakeups(&self) -> bool {
         EventSource::sends_wakeups(self)
@@ -407,11 +418,16 @@ impl<'a, E: From<Error>> Poller<'a, E> {
         }
     }
 
-    /// Serves every source once, by priority, without blocking (until a handler stops).
+    /// Serves every source once, by priority, without blocking (until a handler stops); a
+    /// quiet one is passed by ([`Source::pass_if_quiet`]: a stream of an agent that sees
+    /// nothing costs the rounds of the busy ones a look at its positions, not a pass).
     fn serve_all(&mut self) -> Result<usize, E> {
         self.stopped_by = None;
         let mut total = 0;
         for i in 0..self.entries.len() {
+            if self.entries[i].lane.source_mut().pass_if_quiet() {
+                continue;
+            }
             total += self.serve(i)?;
             // Strict priority: higher-priority sources get another turn before lower ones.
             let priority = self.entries[i].options.priority;

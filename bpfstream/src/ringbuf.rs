@@ -657,6 +657,12 @@ impl RingBuffer {
         Batch::new(&*self.ring)
     }
 
+    /// Whether a pulled batch ended at a position not published yet (the next call that settles
+    /// publishes it).
+    pub(crate) fn holds_lent(&self) -> bool {
+        self.lent_to.is_some()
+    }
+
     /// Where a pulled batch stopped: published by the next call that settles.
     pub(crate) fn finish_batch(&mut self, position: u64) {
         self.lent_to = Some(position);

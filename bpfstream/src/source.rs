@@ -390,6 +390,23 @@ impl EventSource {
         counted.and(n)
     }
 
+    /// When a consume would hand over nothing and change nothing (a ring holding no record, not
+    /// even a BUSY one, with no drop report due, no error to return and no pulled batch to
+    /// settle): publishes the totals (the wait just counted) and returns true. A perf buffer
+    /// never passes (its LOST records and per-CPU tails are for its consume to find).
+    pub(crate) fn pass_if_quiet(&mut self) -> bool {
+        let quiet = match &self.buffer {
+            Buffer::Ring(ring) => {
+                !ring.holds_lent() && ring.fill().used == 0 && self.deferred.is_none() && !self.counters_due()
+            }
+            Buffer::Perf(_) => false,
+        };
+        if quiet {
+            self.publish();
+        }
+        quiet
+    }
+
     fn counters_due(&self) -> bool {
         self.last_counter_read.is_none_or(|t| t.elapsed() >= self.counter_interval)
     }

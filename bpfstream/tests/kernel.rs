@@ -9,10 +9,11 @@ mod ping;
 #[path = "support/time_scale.rs"]
 mod time_scale;
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bpfstream::stream::EventStream;
 use bpfstream::{
@@ -633,6 +634,47 @@ fn poller_handlers_borrow_locals_and_totals_are_live() {
     assert_eq!(totals.produced, Some(count));
     assert!(totals.wakeups > 0, "{totals:?}");
     assert!(totals.peak_fill > 0 && fill.capacity == 256 << 10, "{totals:?} {fill:?}");
+}
+
+/// A round passes a source with nothing to hand over by, yet publishes the wait it counted; the
+/// records that source gets later are served as any.
+#[test]
+fn a_quiet_source_is_passed_by_and_served_once_records_come() {
+    let Some(_kernel) = kernel_test() else { return };
+    let (mut busy, mut quiet) = (PingProbe::new(Transport::Ring).unwrap(), PingProbe::new(Transport::Ring).unwrap());
+    let (mut busy_source, mut quiet_source) = (busy.source().unwrap(), quiet.source().unwrap());
+    let quiet_totals = quiet_source.totals_handle();
+    busy.attach().unwrap();
+    let (from_busy, from_quiet) = (Cell::new(0u64), Cell::new(0u64));
+    let count = |seen: &Cell<u64>, event: Event<Record<'_>>| {
+        seen.set(seen.get() + u64::from(matches!(event, Event::Record(_))))
+    };
+    let mut poller = Poller::new().unwrap();
+    poller.add(&mut busy_source, 0, |event| count(&from_busy, event)).unwrap();
+    poller.add(&mut quiet_source, 0, |event| count(&from_quiet, event)).unwrap();
+    // The first round serves both (their drop counters are due); the second passes the quiet
+    // one by: its two waits are published all the same.
+    for round in 0..2 {
+        ping(round, 0);
+        poller.poll(Some(Duration::from_secs(5))).unwrap();
+    }
+    let seen = quiet_totals.read();
+    assert_eq!((seen.delivered, seen.wakeups + seen.timeouts), (0, 2), "{seen:?}");
+    quiet.attach().unwrap();
+    for seq in 2..12 {
+        ping(seq, 0);
+    }
+    let until = deadline(Duration::from_secs(30));
+    while from_quiet.get() < 10 && Instant::now() < until {
+        poller.poll(Some(Duration::from_millis(100))).unwrap();
+    }
+    drop(poller);
+    assert_eq!(from_quiet.get(), 10, "the records of a source passed by before are served");
+    busy.detach();
+    quiet.detach();
+    let finish = |source: &mut EventSource| source.finish(until, |_| {}).unwrap();
+    assert_eq!((finish(&mut busy_source).delivered, finish(&mut quiet_source).delivered), (12, 10));
+    assert_eq!(from_busy.get(), 12);
 }
 
 /// libbpf's ring introspection: `ring__consumer_pos`, `ring__producer_pos`,
