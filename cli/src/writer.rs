@@ -461,23 +461,8 @@ fn write_all_vectored(fd: RawFd, mut slices: &mut [&[u8]]) -> io::Result<()> {
     Ok(())
 }
 
-fn write_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        // SAFETY: write(2) from a live slice; `fd` is stdout, open for the whole process.
-        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        bytes = &bytes[n as usize..];
-    }
-    Ok(())
+fn write_all(fd: RawFd, bytes: &[u8]) -> io::Result<()> {
+    write_all_vectored(fd, &mut [bytes])
 }
 
 /// The name of the writer threads.
