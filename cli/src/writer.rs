@@ -431,13 +431,15 @@ fn write_all_vectored(fd: RawFd, mut slices: &mut [&[u8]]) -> io::Result<()> {
             slices = &mut slices[1..];
             continue;
         }
-        let iov: Vec<libc::iovec> = slices
-            .iter()
-            .map(|s| libc::iovec { iov_base: s.as_ptr() as *mut libc::c_void, iov_len: s.len() })
-            .collect();
-        // SAFETY: writev(2) reads the slices the iovecs point to, all alive and unchanged for the
-        // call; `fd` is stdout or stderr, open for the whole process.
-        let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+        // On the stack: a write of one slice (every write but a gathered one) allocates nothing.
+        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_GATHERED];
+        let count = slices.len().min(MAX_GATHERED);
+        for (entry, slice) in iov.iter_mut().zip(&slices[..count]) {
+            *entry = libc::iovec { iov_base: slice.as_ptr() as *mut libc::c_void, iov_len: slice.len() };
+        }
+        // SAFETY: writev(2) reads the first `count` iovecs, which point to slices all alive and
+        // unchanged for the call; `fd` is stdout or stderr, open for the whole process.
+        let n = unsafe { libc::writev(fd, iov.as_ptr(), count as libc::c_int) };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
