@@ -330,13 +330,20 @@ impl JsonLine {
         let lossy = json_escape_bytes(&mut self.buf, value);
         self.buf.push('"');
         if lossy {
-            self.buf.push_str(",\"");
-            self.buf.push_str(key);
-            self.buf.push_str("_hex\":\"");
-            self.buf.push_str(&hex(value));
-            self.buf.push('"');
+            self.hex_field(key, value);
         }
         self
+    }
+
+    /// `,"key_hex":"..."`: rare (bytes that are not UTF-8), so kept out of the inlined
+    /// [`bytes`](Self::bytes).
+    #[cold]
+    fn hex_field(&mut self, key: &str, value: &[u8]) {
+        self.buf.push_str(",\"");
+        self.buf.push_str(key);
+        self.buf.push_str("_hex\":\"");
+        self.buf.push_str(&hex(value));
+        self.buf.push('"');
     }
 
     /// An array of byte strings, each as in [`bytes`](Self::bytes); when any is not UTF-8,
